@@ -1,0 +1,367 @@
+//! The small op interface the model is written against, once, for every device.
+//!
+//! Two implementations: [`cpu::Cpu`] (plain Rust, rayon, the `gemm` crate) is the oracle every
+//! kernel is tested against and the fast path on machines without a GPU; [`gpu::Gpu`] (wgpu and
+//! the WGSL kernels in `shaders/`) is the product's engine.
+//!
+//! Conventions, shared by both implementations:
+//! - tensors are flat f32 buffers, row-major; shapes live in the caller's comments (llm.c style);
+//! - ops are enqueued in order; [`Backend::download`] and [`Backend::sync`] wait for them;
+//! - an op writes its output unless its doc says it accumulates (`+=`);
+//! - a device error (out of memory, validation) is reported by the next `sync`/`download`
+//!   as an error naming what failed, never as a panic.
+
+pub mod cpu;
+pub mod gpu;
+pub mod ledger;
+
+pub use ledger::{Ledger, LedgerGuard, LedgerSnapshot, MemKind};
+
+use anyhow::Result;
+
+/// Which implementation a backend is, for reports and device selection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum BackendKind {
+    Cpu,
+    Gpu,
+}
+
+/// A flat f32 buffer on a backend, counted in the backend's [`Ledger`] while it lives.
+pub struct Tensor<B: Backend + ?Sized> {
+    pub buf: B::Buf,
+    len: usize,
+    guard: LedgerGuard,
+}
+
+impl<B: Backend + ?Sized> Tensor<B> {
+    /// For backend implementations: wrap a buffer of `len` f32 already counted by `guard`.
+    pub fn from_parts(buf: B::Buf, len: usize, guard: LedgerGuard) -> Self {
+        Self { buf, len, guard }
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn kind(&self) -> MemKind {
+        self.guard.kind()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.guard.bytes()
+    }
+}
+
+/// Token ids or class targets on a backend. `IGNORE` marks a position without a target.
+pub struct Ids<B: Backend + ?Sized> {
+    pub buf: B::IdsBuf,
+    len: usize,
+}
+
+impl<B: Backend + ?Sized> Ids<B> {
+    pub const IGNORE: u32 = u32::MAX;
+    pub fn from_parts(buf: B::IdsBuf, len: usize) -> Self {
+        Self { buf, len }
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// `C[b] = alpha · op(A[b]) · op(B[b]) + beta · C[b]` for `b in 0..batch`, all row-major.
+///
+/// op(A) is m×k: stored m×k, or k×m when `trans_a`. op(B) is k×n: stored k×n, or n×k when
+/// `trans_b`. C is m×n. With `beta == 0` C is overwritten (NaN in C does not propagate).
+/// Strides are in elements between consecutive batch items; a stride of 0 broadcasts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+    pub batch: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+}
+
+impl Gemm {
+    fn new(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Self {
+        Self {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            alpha: 1.0,
+            beta: 0.0,
+            batch: 1,
+            stride_a: m * k,
+            stride_b: k * n,
+            stride_c: m * n,
+        }
+    }
+    /// A (m×k) · B (k×n)
+    pub fn nn(m: usize, n: usize, k: usize) -> Self {
+        Self::new(m, n, k, false, false)
+    }
+    /// A (m×k) · Bᵀ, B stored n×k — a linear layer `x · Wᵀ`.
+    pub fn nt(m: usize, n: usize, k: usize) -> Self {
+        Self::new(m, n, k, false, true)
+    }
+    /// Aᵀ · B, A stored k×m — a weight gradient `dyᵀ · x`.
+    pub fn tn(m: usize, n: usize, k: usize) -> Self {
+        Self::new(m, n, k, true, false)
+    }
+    /// Aᵀ · Bᵀ
+    pub fn tt(m: usize, n: usize, k: usize) -> Self {
+        Self::new(m, n, k, true, true)
+    }
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+    /// `C += ...` (beta = 1).
+    pub fn accumulate(mut self) -> Self {
+        self.beta = 1.0;
+        self
+    }
+    pub fn beta(mut self, beta: f32) -> Self {
+        self.beta = beta;
+        self
+    }
+    pub fn batched(
+        mut self,
+        batch: usize,
+        stride_a: usize,
+        stride_b: usize,
+        stride_c: usize,
+    ) -> Self {
+        self.batch = batch;
+        self.stride_a = stride_a;
+        self.stride_b = stride_b;
+        self.stride_c = stride_c;
+        self
+    }
+    /// Elements of A, B, C the spec reads or writes (for bounds checks).
+    pub fn extents(&self) -> (usize, usize, usize) {
+        let last = self.batch.saturating_sub(1);
+        (
+            last * self.stride_a + self.m * self.k,
+            last * self.stride_b + self.k * self.n,
+            last * self.stride_c + self.m * self.n,
+        )
+    }
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64 * self.batch as f64
+    }
+}
+
+/// Shape of an attention softmax over `scores` laid out [batch, heads, tq, tk].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Attn {
+    pub batch: usize,
+    pub heads: usize,
+    pub tq: usize,
+    pub tk: usize,
+    /// Multiplies the scores before the softmax (1/√head_dim).
+    pub scale: f32,
+    /// Query i sees keys j ≤ i + (tk − tq).
+    pub causal: bool,
+}
+
+impl Attn {
+    pub fn rows(&self) -> usize {
+        self.batch * self.heads * self.tq
+    }
+    pub fn len(&self) -> usize {
+        self.rows() * self.tk
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One AdamW update (decoupled weight decay, as in PyTorch's `AdamW`).
+///
+/// `m = b1·m + (1−b1)·g; v = b2·v + (1−b2)·g²;`
+/// `p −= lr · (m/(1−b1^t) / (sqrt(v/(1−b2^t)) + eps) + wd·p)`
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// Step number, starting at 1, for bias correction.
+    pub step: u32,
+}
+
+impl AdamW {
+    pub fn bias_corrections(&self) -> (f32, f32) {
+        let t = self.step.max(1) as i32;
+        (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t))
+    }
+}
+
+/// The op interface. See the module docs for the conventions.
+pub trait Backend: Send + Sync + 'static {
+    type Buf: Send + Sync;
+    type IdsBuf: Send + Sync;
+
+    /// Human-readable device name (e.g. "cpu (2 threads)", "llvmpipe (LLVM 15.0.6, 256 bits)").
+    fn name(&self) -> String;
+    fn kind(&self) -> BackendKind;
+    fn ledger(&self) -> &Ledger;
+
+    // ---- memory ---------------------------------------------------------------------------
+    /// A zero-filled tensor of `len` f32.
+    fn zeros(&self, len: usize, kind: MemKind) -> Result<Tensor<Self>>;
+    fn upload(&self, data: &[f32], kind: MemKind) -> Result<Tensor<Self>>;
+    /// Waits for queued work, then copies the tensor to the host.
+    fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>>;
+    /// Overwrites the whole tensor from the host; `data.len()` must equal `t.len()`.
+    fn write(&self, t: &mut Tensor<Self>, data: &[f32]) -> Result<()>;
+    /// Uploads ids (tokens or targets); `Ids::IGNORE` marks positions without a target.
+    fn ids(&self, ids: &[u32]) -> Result<Ids<Self>>;
+    /// Waits for queued work; reports a deferred device error (out of memory, validation).
+    fn sync(&self) -> Result<()>;
+
+    // ---- elementwise ----------------------------------------------------------------------
+    fn fill(&self, x: &mut Tensor<Self>, value: f32);
+    /// dst[..src.len()] = src
+    fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>);
+    /// x *= s
+    fn scale(&self, x: &mut Tensor<Self>, s: f32);
+    /// y += alpha · x
+    fn axpy(&self, alpha: f32, x: &Tensor<Self>, y: &mut Tensor<Self>);
+    /// out = a ⊙ b
+    fn mul(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &mut Tensor<Self>);
+    /// out[r, c] = x[r, c] · v[c]; x, out: [rows, cols], v: [cols]
+    fn mul_cols(
+        &self,
+        x: &Tensor<Self>,
+        v: &Tensor<Self>,
+        out: &mut Tensor<Self>,
+        rows: usize,
+        cols: usize,
+    );
+    /// x[r, c] += bias[c]; x: [rows, cols], bias: [cols]
+    fn add_bias(&self, x: &mut Tensor<Self>, bias: &Tensor<Self>, rows: usize, cols: usize);
+    /// out[c] (+)= Σ_r x[r, c] — the backward of `add_bias`; accumulates when `accumulate`.
+    fn col_sum(
+        &self,
+        x: &Tensor<Self>,
+        out: &mut Tensor<Self>,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    );
+    /// out[slot] = Σ x² (for global gradient norms: one slot per tensor, one download).
+    fn sumsq(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize);
+    /// out[slot] = Σ x
+    fn sum(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize);
+
+    // ---- linear algebra -------------------------------------------------------------------
+    fn matmul(&self, a: &Tensor<Self>, b: &Tensor<Self>, c: &mut Tensor<Self>, spec: &Gemm);
+    /// y[a, c, b, d] = x[a, b, c, d] — e.g. [B, T, H, D] ↔ [B, H, T, D].
+    fn permute0213(&self, x: &Tensor<Self>, y: &mut Tensor<Self>, dims: [usize; 4]);
+
+    // ---- layers ---------------------------------------------------------------------------
+    /// y = gelu(x), the erf form BERT uses.
+    fn gelu_forward(&self, x: &Tensor<Self>, y: &mut Tensor<Self>);
+    /// dx = dy ⊙ gelu'(x)
+    fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &mut Tensor<Self>);
+    /// Row-wise layer norm over `cols`: y = (x − mean)·rstd·gamma + beta; saves mean, rstd: [rows].
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_forward(
+        &self,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        beta: &Tensor<Self>,
+        y: &mut Tensor<Self>,
+        mean: &mut Tensor<Self>,
+        rstd: &mut Tensor<Self>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    );
+    /// dx = ∂L/∂x (written); dgamma, dbeta accumulate (`+=`) when given.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &self,
+        dy: &Tensor<Self>,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        dx: &mut Tensor<Self>,
+        dgamma: Option<&mut Tensor<Self>>,
+        dbeta: Option<&mut Tensor<Self>>,
+        rows: usize,
+        cols: usize,
+    );
+    /// probs = softmax(scale · scores) over the last axis, with the causal mask and an optional
+    /// key mask `key_mask: [batch, tk]` (1 keep, 0 drop). A row with no visible key is all zero.
+    fn softmax_forward(
+        &self,
+        scores: &Tensor<Self>,
+        probs: &mut Tensor<Self>,
+        key_mask: Option<&Tensor<Self>>,
+        spec: &Attn,
+    );
+    /// dscores = scale · probs ⊙ (dprobs − Σ_j probs·dprobs)
+    fn softmax_backward(
+        &self,
+        probs: &Tensor<Self>,
+        dprobs: &Tensor<Self>,
+        dscores: &mut Tensor<Self>,
+        spec: &Attn,
+    );
+    /// out[i, :] (+)= table[ids[i], :]; out: [ids.len(), dim]; accumulates when `accumulate`.
+    fn embedding_forward(
+        &self,
+        ids: &Ids<Self>,
+        table: &Tensor<Self>,
+        out: &mut Tensor<Self>,
+        dim: usize,
+        accumulate: bool,
+    );
+    /// dtable[ids[i], :] += dout[i, :] (deterministic order; IGNORE ids are skipped).
+    fn embedding_backward(
+        &self,
+        ids: &Ids<Self>,
+        dout: &Tensor<Self>,
+        dtable: &mut Tensor<Self>,
+        dim: usize,
+    );
+    /// Softmax cross-entropy per row: losses[r] = −log softmax(logits[r])[t_r];
+    /// dlogits[r] = grad_scale · (softmax(logits[r]) − onehot(t_r)). Rows whose target is
+    /// IGNORE get loss 0 and gradient 0.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        logits: &Tensor<Self>,
+        targets: &Ids<Self>,
+        dlogits: &mut Tensor<Self>,
+        losses: &mut Tensor<Self>,
+        rows: usize,
+        classes: usize,
+        grad_scale: f32,
+    );
+    /// One AdamW step on param with grad, updating the moments m and v in place.
+    fn adamw(
+        &self,
+        param: &mut Tensor<Self>,
+        grad: &Tensor<Self>,
+        m: &mut Tensor<Self>,
+        v: &mut Tensor<Self>,
+        cfg: &AdamW,
+    );
+}

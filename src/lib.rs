@@ -1,0 +1,14 @@
+//! adarank: adaptive-rank LoRA fine-tuning on wgpu and CPU backends.
+//!
+//! The way through: policy text → pest parse → AST → checked policy → run plan → training loop
+//! → schedule calls plugins at its events → rank plan → adapters resized → metrics → run dir.
+
+pub mod adapter;
+pub mod backend;
+pub mod cli;
+pub mod data;
+pub mod engine;
+pub mod experiment;
+pub mod model;
+pub mod policy;
+pub mod train;

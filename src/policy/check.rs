@@ -206,7 +206,10 @@ impl Ctx<'_> {
         cfg.sections.get(key)
     }
 
-    fn missing_section(&self, key: &str, example: &str, d: &mut Vec<Diagnostic>) {
+    fn missing_section(&self, cfg: &Config, key: &str, example: &str, d: &mut Vec<Diagnostic>) {
+        if cfg.flagged.contains(key) {
+            return;
+        }
         d.push(
             Diagnostic::new(
                 self.experiment,
@@ -242,6 +245,7 @@ impl Ctx<'_> {
             }
             _ => {
                 self.missing_section(
+                    cfg,
                     "model",
                     "model encoder { layers = 4, hidden = 128, heads = 4 }",
                     d,
@@ -268,7 +272,7 @@ impl Ctx<'_> {
                 sections::data(&mut f, kind, self.base_dir, shape.hidden)
             }
             _ => {
-                self.missing_section("data", "data planted { ranks = [2, 8] }", d);
+                self.missing_section(cfg, "data", "data planted { ranks = [2, 8] }", d);
                 None
             }
         };
@@ -285,7 +289,7 @@ impl Ctx<'_> {
                 sections::train(&mut f)
             }
             _ => {
-                self.missing_section("train", "train { steps = 1000 }", d);
+                self.missing_section(cfg, "train", "train { steps = 1000 }", d);
                 None
             }
         };

@@ -35,6 +35,14 @@ impl<'a> Fields<'a> {
     }
 
     pub fn missing(&mut self, key: &str, example: &str) {
+        // A near miss in the block is already reported as an unknown key with this suggestion.
+        let near_miss = self
+            .entries
+            .iter()
+            .any(|e| e.key.node != key && suggest::closest(&e.key.node, [key]).is_some());
+        if near_miss {
+            return;
+        }
         self.d.push(
             Diagnostic::new(
                 self.header,
@@ -57,7 +65,12 @@ impl<'a> Fields<'a> {
                 ),
                 format!("expected {expected}"),
             )
-            .help(format!("write e.g. `{} = {example}`", e.key.node)),
+            .help(match &e.value.node {
+                Value::Str(s) if s.trim().parse::<f64>().is_ok() => {
+                    format!("numbers take no quotes: `{} = {}`", e.key.node, s.trim())
+                }
+                _ => format!("write e.g. `{} = {example}`", e.key.node),
+            }),
         );
     }
 

@@ -27,6 +27,12 @@ struct Out<'s> {
     indent: usize,
 }
 
+/// The text between two offsets (empty when they are out of order, which comments parsed
+/// into an enclosing rule can cause).
+fn between(src: &str, from: usize, to: usize) -> &str {
+    &src[from.min(to)..to]
+}
+
 fn is_comment(p: &Pair<'_, Rule>) -> bool {
     p.as_rule() == Rule::COMMENT
 }
@@ -77,7 +83,7 @@ impl Out<'_> {
         let mut first = true;
         for c in children {
             let start = c.as_span().start();
-            let gap = &self.src[prev_end.min(start)..start];
+            let gap = between(self.src, prev_end, start);
             let blank = gap.matches('\n').count() >= 2;
             if is_comment(&c) && !gap.contains('\n') && !self.lines.is_empty() && prev_end > 0 {
                 self.trailing(&comment_text(&c));
@@ -110,14 +116,19 @@ impl Out<'_> {
                 let mut it = p.into_inner().peekable();
                 let mut header_end = 0;
                 let mut name = String::new();
+                let mut pre = Vec::new();
                 while let Some(c) = it.peek() {
                     match c.as_rule() {
                         Rule::kw_experiment => {}
+                        Rule::COMMENT if name.is_empty() => pre.push(comment_text(c)),
                         Rule::name => name = c.as_str().to_string(),
                         _ => break,
                     }
                     header_end = c.as_span().end();
                     it.next();
+                }
+                for c in pre {
+                    self.line(&c);
                 }
                 self.container(&format!("experiment {name}"), it, header_end);
             }
@@ -125,14 +136,24 @@ impl Out<'_> {
                 let mut head = Vec::new();
                 let mut it = p.into_inner().peekable();
                 let mut header_end = 0;
+                let mut pre = Vec::new();
+                let mut named = false;
                 while let Some(c) = it.peek() {
                     match c.as_rule() {
-                        Rule::marker | Rule::name => head.push(c.as_str().to_string()),
+                        Rule::marker => head.push(c.as_str().to_string()),
+                        Rule::name => {
+                            head.push(c.as_str().to_string());
+                            named = true;
+                        }
                         Rule::kw_arm => head.push("arm".into()),
+                        Rule::COMMENT if !named => pre.push(comment_text(c)),
                         _ => break,
                     }
                     header_end = c.as_span().end();
                     it.next();
+                }
+                for c in pre {
+                    self.line(&c);
                 }
                 self.container(&head.join(" "), it, header_end);
             }
@@ -188,7 +209,7 @@ impl Out<'_> {
         let mut header_end = 0;
         for c in p.clone().into_inner() {
             match c.as_rule() {
-                Rule::key | Rule::block_kind if entries.is_empty() => {
+                Rule::key | Rule::block_kind => {
                     head.push(c.as_str().to_string());
                     header_end = c.as_span().end();
                 }
@@ -214,7 +235,7 @@ impl Out<'_> {
         let mut first = true;
         for c in entries {
             let start = c.as_span().start();
-            let gap = &self.src[prev_end..start];
+            let gap = between(self.src, prev_end, start);
             if is_comment(&c) && !gap.contains('\n') {
                 self.trailing(&comment_text(&c));
             } else {
@@ -275,7 +296,7 @@ impl Out<'_> {
         let mut prev_end = v.as_span().start() + 1;
         for c in children {
             let start = c.as_span().start();
-            let gap = &self.src[prev_end..start];
+            let gap = between(self.src, prev_end, start);
             if is_comment(&c) {
                 if !gap.contains('\n') && lines.len() > 1 {
                     let last = lines.last_mut().expect("non-empty");
@@ -360,7 +381,7 @@ impl Out<'_> {
         let mut first = true;
         for c in actions {
             let start = c.as_span().start();
-            let gap = &self.src[prev_end..start];
+            let gap = between(self.src, prev_end, start);
             if is_comment(&c) && !gap.contains('\n') {
                 self.trailing(&comment_text(&c));
             } else {
@@ -370,8 +391,33 @@ impl Out<'_> {
                 if is_comment(&c) {
                     self.line(&comment_text(&c));
                 } else {
-                    self.loose(&c);
+                    // A comment after the action's last name is parsed into the action (the
+                    // `, name` repetition skips it); it belongs after the action.
+                    let content_end = c
+                        .clone()
+                        .into_inner()
+                        .filter(|x| !is_comment(x))
+                        .map(|x| x.as_span().end())
+                        .max()
+                        .unwrap_or(start);
+                    let (tail, before): (Vec<_>, Vec<_>) = c
+                        .clone()
+                        .into_inner()
+                        .filter(is_comment)
+                        .partition(|x| x.as_span().start() >= content_end);
+                    for b in before {
+                        self.line(&comment_text(&b));
+                    }
                     self.line(&action(&c));
+                    let mut tail_prev = content_end;
+                    for t in tail {
+                        if between(self.src, tail_prev, t.as_span().start()).contains('\n') {
+                            self.line(&comment_text(&t));
+                        } else {
+                            self.trailing(&comment_text(&t));
+                        }
+                        tail_prev = t.as_span().end();
+                    }
                 }
                 first = false;
             }

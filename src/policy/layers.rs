@@ -5,7 +5,7 @@
 use super::ast::*;
 use super::diag::Diagnostic;
 use super::suggest;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Sections that are written as blocks (`train { ... }`) or set by dotted keys (`train.lr`).
 pub const SECTIONS: &[&str] = &["model", "data", "lora", "adalora", "train"];
@@ -39,6 +39,9 @@ pub struct Config {
     pub sections: BTreeMap<String, Section>,
     pub top: BTreeMap<String, Entry>,
     pub phases: Vec<Phase>,
+    /// Sections whose absence is already explained by an error (a misspelt or malformed
+    /// block), so "missing section" would only repeat it.
+    pub flagged: BTreeSet<String>,
 }
 
 /// Which layer items come from: what they may contain differs.
@@ -77,6 +80,9 @@ impl Config {
             } else {
                 suggest::help(key, "block", SECTIONS)
             };
+            if let Some(s) = suggest::closest(key, SECTIONS.iter().copied()) {
+                self.flagged.insert(s.to_string());
+            }
             d.push(
                 Diagnostic::new(b.key.span, format!("unknown block `{key}`"), "not a block")
                     .help(help),
@@ -98,6 +104,7 @@ impl Config {
         seen.insert(format!("{key}{{}}"), b.key.span);
         let kinded = KINDED.contains(&key);
         if kinded && b.kind.is_none() {
+            self.flagged.insert(key.to_string());
             d.push(
                 Diagnostic::new(b.key.span, format!("`{key}` needs a kind"), "kind missing").help(
                     format!(
@@ -117,12 +124,13 @@ impl Config {
                 Diagnostic::new(k.span, format!("`{key}` takes no kind"), "remove this")
                     .help(format!("write `{key} {{ ... }}`")),
             );
-            return;
+            // Reported, then read as if the kind weren't there: the entries are still checked.
         }
+        let b_kind = if kinded { b.kind.clone() } else { None };
         // A block of another kind replaces the section; one of the same kind amends it.
         let same_kind = match self.sections.get(key) {
             Some(Section::On { kind, .. }) => {
-                kind.as_ref().map(|k| &k.node) == b.kind.as_ref().map(|k| &k.node)
+                kind.as_ref().map(|k| &k.node) == b_kind.as_ref().map(|k| &k.node)
             }
             _ => false,
         };
@@ -130,7 +138,7 @@ impl Config {
             self.sections.insert(
                 key.to_string(),
                 Section::On {
-                    kind: b.kind.clone(),
+                    kind: b_kind.clone(),
                     header: b.key.span,
                     entries: Vec::new(),
                 },
@@ -310,6 +318,10 @@ impl Config {
                 )
                 .help("give each phase its own name"),
             );
+            // Kept in the base so that the phases after it are still checked in place.
+            if layer != Layer::Arm {
+                self.phases.push(p.clone());
+            }
             return;
         }
         seen.insert(tag, p.name.span);

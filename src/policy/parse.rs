@@ -33,11 +33,11 @@ pub fn parse_override(text: &str, src: usize) -> Result<Setting, Diagnostic> {
 pub fn parse_rule(rule: Rule, text: &str, src: usize) -> Result<Pair<'_, Rule>, Diagnostic> {
     match PolicyParser::parse(rule, text) {
         Ok(mut pairs) => Ok(pairs.next().expect("pest: one top pair")),
-        Err(e) => Err(syntax_error(e, src)),
+        Err(e) => Err(syntax_error(e, text, src)),
     }
 }
 
-fn syntax_error(e: pest::error::Error<Rule>, src: usize) -> Diagnostic {
+fn syntax_error(e: pest::error::Error<Rule>, text: &str, src: usize) -> Diagnostic {
     let (start, end) = match e.location {
         pest::error::InputLocation::Pos(p) => (p, p),
         pest::error::InputLocation::Span((s, e)) => (s, e),
@@ -52,15 +52,24 @@ fn syntax_error(e: pest::error::Error<Rule>, src: usize) -> Diagnostic {
         }
         pest::error::ErrorVariant::CustomError { .. } => vec![],
     };
-    let message = if expected.is_empty() {
-        "syntax error".to_string()
-    } else {
-        format!("syntax error: expected {}", one_of(&expected))
+    let found = text[start.min(text.len())..].chars().next();
+    let message = match (found, expected.is_empty()) {
+        (None, _) => "the file ends too early: a closing `}` is missing".to_string(),
+        (Some(c), true) => format!("syntax error: unexpected `{c}`"),
+        (Some(_), false) => format!("syntax error: expected {}", one_of(&expected)),
     };
-    Diagnostic::new(span, message, "here").help(
-        "see docs/language.md for the syntax; blocks are `name { key = value }`, \
-         settings `key = value`, strings use double quotes",
-    )
+    let help = match found {
+        None => "close every `{` that is opened; `adarank fmt` shows the nesting".to_string(),
+        Some('\'') => "strings use double quotes: \"like this\"".to_string(),
+        Some('"') => "this string has no closing `\"` on its line".to_string(),
+        Some('=') => {
+            "inside a map write `key: value`; `key = value` is for blocks and settings".to_string()
+        }
+        _ => "see docs/language.md for the syntax: blocks are `name { key = value }`, \
+              settings `key = value`, maps `{ key: value }`"
+            .to_string(),
+    };
+    Diagnostic::new(span, message, "here").help(help)
 }
 
 fn one_of(names: &[&str]) -> String {

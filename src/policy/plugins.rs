@@ -25,6 +25,16 @@ impl Role {
             Role::Condition => ("done", &["ctx"]),
         }
     }
+    /// "a complexity plugin", "an allocator plugin".
+    pub fn a(self) -> String {
+        let n = self.name();
+        let article = if n.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        format!("{article} {n} plugin")
+    }
     pub fn name(self) -> &'static str {
         match self {
             Role::Complexity => "complexity",
@@ -170,12 +180,12 @@ impl PluginChecker {
                 let message = if let Some(p) = same_name.first() {
                     format!(
                         "{} plugin `{reference}` defines `{fname}` with {} parameter{} ({}), \
-                         but a {} plugin is called as `{want}`",
+                         but {} is called as `{want}`",
                         role.name(),
                         p.len(),
                         if p.len() == 1 { "" } else { "s" },
                         p.join(", "),
-                        role.name()
+                        role.a()
                     )
                 } else {
                     let defined: Vec<&str> = fns.iter().map(|(n, _)| n.as_str()).collect();
@@ -191,8 +201,8 @@ impl PluginChecker {
                 };
                 Some(
                     Diagnostic::new(span, message, format!("needs `{want}`")).help(format!(
-                        "a {} plugin must define `{want}`; see docs/language.md#plugins",
-                        role.name()
+                        "{} must define `{want}`; see docs/language.md#plugins",
+                        role.a()
                     )),
                 )
             }

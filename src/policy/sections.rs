@@ -326,6 +326,23 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
     })
 }
 
+/// Module kinds are short names; people often write the Hugging Face layer names instead.
+fn kind_help(w: &str) -> String {
+    let alias = match w {
+        "query" | "q_proj" => Some("q"),
+        "key" | "k_proj" => Some("k"),
+        "value" | "v_proj" => Some("v"),
+        "output" | "out" | "dense" | "o_proj" => Some("o"),
+        "intermediate" | "ffn" | "up" | "fc1" | "up_proj" => Some("ffn_in"),
+        "down" | "fc2" | "down_proj" => Some("ffn_out"),
+        _ => None,
+    };
+    match alias {
+        Some(a) => format!("the module kind for `{w}` is `{a}`"),
+        None => suggest::help(w, "module kind", &KIND_NAMES),
+    }
+}
+
 fn targets(f: &mut Fields<'_>) -> Option<Vec<ModuleKind>> {
     let e = f.get("targets")?;
     let Value::List(items) = &e.value.node else {
@@ -351,11 +368,7 @@ fn targets(f: &mut Fields<'_>) -> Option<Vec<ModuleKind>> {
             return None;
         };
         let Some(k) = ModuleKind::parse(w) else {
-            f.value_error(
-                it.span,
-                format!("unknown module kind `{w}`"),
-                suggest::help(w, "module kind", &KIND_NAMES),
-            );
+            f.value_error(it.span, format!("unknown module kind `{w}`"), kind_help(w));
             return None;
         };
         if out.contains(&k) {
@@ -510,7 +523,7 @@ fn rank_spec(
                         f.value_error(
                             k.span,
                             format!("unknown module kind `{}`", k.node),
-                            suggest::help(&k.node, "module kind", &KIND_NAMES),
+                            kind_help(&k.node),
                         );
                         return None;
                     };

@@ -7,7 +7,7 @@ use super::plan::CmpOp;
 ///
 /// Spans never take part in equality: two parses of the same policy compare equal whatever
 /// its layout, which is what `parse(fmt(x)) == parse(x)` needs.
-#[derive(Clone, Copy, Debug, Default, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Span {
     /// Index into the load's sources (0 = the policy file, then one per `--set`).
     pub src: usize,

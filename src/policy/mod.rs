@@ -102,6 +102,9 @@ pub fn load_with(
         match parse::parse_override(o, i + 1) {
             Ok(s) => settings.push(s),
             Err(mut e) => {
+                if e.span.start >= o.trim_end().len() {
+                    e.message = "this override ends before its value".into();
+                }
                 e.help =
                     Some("an override is `section.key=value`, e.g. `--set train.steps=100`".into());
                 diags.push(e);

@@ -146,3 +146,30 @@ proptest! {
         let _ = policy::load_str(SEED_FILES[0], "small.rank", Path::new("tests/fixtures/policy/valid"), &[ov]);
     }
 }
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let src = format!(
+        "experiment x {{ seeds = {}1{} }}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let err = policy::load_str(&src, "deep.rank", Path::new("."), &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("nested more than 64 levels"),
+        "{err}"
+    );
+    assert!(policy::format(&src).is_err());
+}
+
+#[test]
+fn long_flat_files_are_fine() {
+    let body: String = (0..2000)
+        .map(|i| format!("  arm a{i} {{ train.lr = 1e-3 }}\n"))
+        .collect();
+    let src = format!(
+        "experiment big {{\n  model encoder {{ layers = 1, hidden = 8, heads = 2 }}\n  data planted {{ ranks = [1] }}\n  train {{ steps = 10 }}\n{body}}}\n"
+    );
+    let p = policy::load_str(&src, "big.rank", Path::new("."), &[]).unwrap();
+    assert_eq!(p.arms.len(), 2001);
+}

@@ -31,10 +31,52 @@ pub fn parse_override(text: &str, src: usize) -> Result<Setting, Diagnostic> {
 
 /// Runs the pest parser; its error becomes a diagnostic in our format.
 pub fn parse_rule(rule: Rule, text: &str, src: usize) -> Result<Pair<'_, Rule>, Diagnostic> {
+    check_depth(text, src)?;
     match PolicyParser::parse(rule, text) {
         Ok(mut pairs) => Ok(pairs.next().expect("pest: one top pair")),
         Err(e) => Err(syntax_error(e, text, src)),
     }
+}
+
+/// Deeper nesting than any policy needs; refusing it keeps the recursive-descent parser and
+/// the tree walks far from the stack limit on hostile input.
+const MAX_DEPTH: usize = 64;
+
+fn check_depth(text: &str, src: usize) -> Result<(), Diagnostic> {
+    let mut depth = 0usize;
+    let (mut in_str, mut in_comment, mut escaped) = (false, false, false);
+    for (i, c) in text.char_indices() {
+        if in_comment {
+            in_comment = c != '\n';
+        } else if in_str {
+            in_str = !(c == '"' && !escaped) && c != '\n';
+            escaped = c == '\\' && !escaped;
+        } else {
+            match c {
+                '#' => in_comment = true,
+                '"' => in_str = true,
+                '{' | '[' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        let span = Span {
+                            src,
+                            start: i,
+                            end: i + 1,
+                        };
+                        return Err(Diagnostic::new(
+                            span,
+                            format!("nested more than {MAX_DEPTH} levels deep"),
+                            "too deep",
+                        )
+                        .help("a policy needs only a few levels of `{ }` and `[ ]`"));
+                    }
+                }
+                '}' | ']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn syntax_error(e: pest::error::Error<Rule>, text: &str, src: usize) -> Diagnostic {

@@ -91,6 +91,8 @@ type Compiled = Result<Vec<(String, Vec<String>)>, String>;
 #[derive(Default)]
 pub struct PluginChecker {
     cache: HashMap<PathBuf, Compiled>,
+    /// Built on first use: creating an engine costs more than compiling a small script.
+    engine: Option<rhai::Engine>,
     /// Off for callers that only want the plan shape (e.g. before plugins are installed).
     pub skip: bool,
 }
@@ -99,14 +101,15 @@ impl PluginChecker {
     pub fn new(skip: bool) -> Self {
         Self {
             cache: HashMap::new(),
+            engine: None,
             skip,
         }
     }
 
     fn compiled(&mut self, path: &Path) -> &Compiled {
+        let engine = self.engine.get_or_insert_with(rhai::Engine::new);
         self.cache.entry(path.to_path_buf()).or_insert_with(|| {
             let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-            let engine = rhai::Engine::new();
             let ast = engine
                 .compile(&text)
                 .map_err(|e| format!("compile error: {e}"))?;

@@ -295,6 +295,51 @@ impl<B: Backend> Model<B> {
         Ok(out)
     }
 
+    /// Host copies of the gradients of every trainable parameter, by name.
+    pub fn trainable_grads(&mut self) -> Result<HostWeights> {
+        let be = self.be.clone();
+        let mut out = HostWeights::new();
+        for p in self.params_mut() {
+            if let Some(o) = p.opt.as_ref() {
+                out.insert(
+                    p.name.clone(),
+                    HostTensor::new(p.shape.clone(), be.download(&o.g)?),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Overwrites trainable parameters by name (names not given are left alone; an unknown
+    /// name or a wrong size is an error).
+    pub fn set_trainable(&mut self, w: &HostWeights) -> Result<()> {
+        let be = self.be.clone();
+        let mut done = 0;
+        for p in self.params_mut() {
+            if !p.trainable() {
+                continue;
+            }
+            if let Some(t) = w.get(&p.name) {
+                ensure!(
+                    t.data.len() == p.len(),
+                    "set_trainable: `{}` has {} values, got {}",
+                    p.name,
+                    p.len(),
+                    t.data.len()
+                );
+                be.write(&mut p.w, &t.data)?;
+                done += 1;
+            }
+        }
+        ensure!(
+            done == w.len(),
+            "set_trainable: {} of the {} tensors given are not trainable parameters of this model",
+            w.len() - done,
+            w.len()
+        );
+        Ok(())
+    }
+
     /// Sets every gradient to zero (gradients accumulate across `forward_backward` calls).
     pub fn zero_grads(&mut self) {
         let be = self.be.clone();

@@ -1,7 +1,7 @@
 //! A small synthetic classification task that needs no download: each sequence has a class;
 //! every token is, with probability `signal`, drawn from that class's own token set (ids ≡
 //! class + 1 mod classes + 1), and otherwise uniformly from the whole vocabulary. The class is
-//! recoverable from token counts (near-certainly for 16 tokens at signal 0.3), so a model with a
+//! recoverable from token counts (near-certainly for 16 tokens at signal 0.5), so a model with a
 //! mean-pooled classifier can learn it; chance accuracy is 1/classes.
 
 use super::task::Task;
@@ -38,7 +38,7 @@ impl SyntheticConfig {
             },
             classes: 3,
             seq: 16,
-            signal: 0.3,
+            signal: 0.5,
             eval_batches: 4,
             eval_batch_size: 32,
             seed,

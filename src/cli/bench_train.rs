@@ -257,7 +257,7 @@ fn peak_rss() -> Option<String> {
 }
 
 pub fn main(a: BenchTrainArgs) -> Result<()> {
-    if a.hidden % a.heads != 0 {
+    if !a.hidden.is_multiple_of(a.heads) {
         bail!(
             "--hidden {} must be divisible by --heads {}",
             a.hidden,

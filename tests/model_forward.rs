@@ -143,11 +143,9 @@ fn reference(c: &ModelConfig, w: &HostWeights, b: &Batch) -> Vec<f32> {
         let layer = |l: usize, p: &str| format!("encoder.layer.{l}.{p}");
         if c.flavour == Flavour::Encoder {
             let te = mat(w, "embeddings.token_type_embeddings.weight");
-            for t in 0..b.seq {
+            for (t, row) in x.iter_mut().enumerate() {
                 let ty = b.type_ids[s * b.seq + t] as usize;
-                for e in 0..c.hidden {
-                    x[t][e] += te[ty][e];
-                }
+                row.iter_mut().zip(&te[ty]).for_each(|(v, e)| *v += e);
             }
             x = layernorm(&x, w, "embeddings.LayerNorm", eps);
             for l in 0..c.layers {

@@ -252,7 +252,7 @@ impl<B: Backend> Model<B> {
                 be.add_bias(&mut logits, &bias.w, n, 2);
                 let mut lt = be.zeros(n * 2, MemKind::Activation)?;
                 be.permute0213(&logits, &mut lt, [b, t, 2, 1]);
-                if batch.mask.iter().any(|&v| v == 0.0) {
+                if batch.mask.contains(&0.0) {
                     // Padded positions can be neither start nor end: −1e4 on their logits
                     // (a constant, so no gradient reaches them).
                     let mut pad = vec![0.0f32; 2 * n];

@@ -225,3 +225,51 @@ fn encoder_forward_matches_the_reference() {
 fn decoder_forward_matches_the_reference() {
     check(Flavour::Decoder, 4);
 }
+
+#[test]
+fn padded_tokens_change_nothing_for_span_and_mean_pooled_heads() {
+    use adarank::model::Pooling;
+    let c = cfg(Flavour::Encoder);
+    for head in [
+        Head::Span,
+        Head::Classify {
+            classes: 3,
+            pooling: Pooling::Mean,
+        },
+    ] {
+        let w = random_weights(&c, &head, Init::FanIn, 8);
+        let mut m = Model::new(
+            Arc::new(Cpu::new()),
+            c.clone(),
+            head,
+            TrainMode::Full,
+            Some(&w),
+            1,
+        )
+        .unwrap();
+        let (bs, t) = (2, 6);
+        let mut b = Batch {
+            batch: bs,
+            seq: t,
+            ids: (0..bs * t).map(|i| (i * 5 % 29) as u32).collect(),
+            type_ids: vec![],
+            mask: (0..bs * t)
+                .map(|i| if i % t >= 4 { 0.0 } else { 1.0 })
+                .collect(),
+            target: match head {
+                Head::Span => Target::Spans {
+                    start: vec![1, 0],
+                    end: vec![3, 0],
+                },
+                _ => Target::Classes(vec![2, 0]),
+            },
+        };
+        let l1 = m.loss(&b).unwrap();
+        b.ids[4] = 28;
+        b.ids[11] = 27;
+        let l2 = m.loss(&b).unwrap();
+        assert_eq!(l1, l2, "{head:?}");
+        b.ids[3] = 26; // a real token does matter
+        assert_ne!(l1, m.loss(&b).unwrap(), "{head:?}");
+    }
+}

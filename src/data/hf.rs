@@ -6,15 +6,14 @@
 use crate::adapter::HostTensor;
 use crate::data::assets;
 use crate::data::tokenizer::Tokenizer;
+use crate::model::{Flavour, ModelConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Named frozen weights, keyed by HF BERT names without the `bert.` prefix (same type as
-/// `model::HostWeights`).
-pub type HostWeights = BTreeMap<String, HostTensor>;
+pub use crate::model::{HostWeights, Pooling};
 
 /// The fields of a BERT config.json that the encoder needs.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -137,6 +136,21 @@ impl BertConfig {
         v
     }
 
+    /// The model's shape for this checkpoint (a BERT encoder).
+    pub fn model_config(&self) -> ModelConfig {
+        ModelConfig {
+            flavour: Flavour::Encoder,
+            vocab: self.vocab_size,
+            max_positions: self.max_position_embeddings,
+            type_vocab: self.type_vocab_size,
+            hidden: self.hidden_size,
+            layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            ffn: self.intermediate_size,
+            ln_eps: self.layer_norm_eps as f32,
+        }
+    }
+
     /// Parameters of the encoder (no pooler, no head): the closed form of `expected_tensors`.
     pub fn encoder_params(&self) -> usize {
         let (h, f, l) = (
@@ -148,24 +162,6 @@ impl BertConfig {
             (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
         let layer = 4 * (h * h + h) + (f * h + f) + (h * f + h) + 4 * h;
         emb + l * layer
-    }
-}
-
-/// How a sentence embedding is pooled from the final hidden states.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pooling {
-    /// Mean over the non-padding tokens (sentence-transformers' `pooling_mode_mean_tokens`).
-    Mean,
-    /// The hidden state of the first token, [CLS] (plain BERT).
-    Cls,
-}
-
-impl Pooling {
-    pub fn name(self) -> &'static str {
-        match self {
-            Pooling::Mean => "mean",
-            Pooling::Cls => "cls",
-        }
     }
 }
 

@@ -8,9 +8,11 @@ pub mod glue;
 pub mod hf;
 pub mod jsonl;
 pub mod squad;
+pub mod task;
 pub mod tokenizer;
 
 pub use batch::{ClassifyBatch, ClassifyData};
 pub use glue::{Example, TextTable};
-pub use hf::{BertConfig, Checkpoint, Pooling};
+pub use hf::{BertConfig, Checkpoint};
+pub use task::{ClassifyTask, TextFormat};
 pub use tokenizer::{Encoded, Tokenizer};

@@ -76,7 +76,7 @@ fn check(use_rslora: bool) {
     // Key names and shapes, straight from the safetensors file.
     let bytes = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names = st.names().into_iter().cloned().collect::<Vec<_>>();
+    let mut names = st.names().into_iter().map(String::from).collect::<Vec<_>>();
     names.sort();
     assert_eq!(
         names,

@@ -471,7 +471,7 @@ mod tests {
         let t = main_table(&summary(), Some(3));
         // fixed: mean 0.75, std sqrt(((0.05)²·2)/1) = 0.0707
         assert!(
-            t.contains("| fixed | fixed | 0.750 ± 0.071 | 1000 | 100 | 2/2 |"),
+            t.contains("| fixed | fixed | 0.750 ± 0.071 | 1000 ± 0 | 100 ± 0 | 2/2 |"),
             "{t}"
         );
         assert!(

@@ -1,6 +1,6 @@
 //! `adarank bench train` — tokens/s of a LoRA training step (and of full fine-tuning and of the
 //! forward pass alone) on the CPU and/or GPU backend, against the GEMM-bound ceiling of the
-//! machine: FLOPs per step (counted from the shapes the model really runs) ÷ the GEMM rate
+//! machine: GEMM FLOPs per step (from the GEMM shapes the model issues, see `count_flops`) ÷ the GEMM rate
 //! measured in the same run on a GEMM of the model's own FFN shape.
 //!
 //! Reference on the 2-core development machine (PyTorch 2.15 + PEFT, same configuration, AdamW,
@@ -56,7 +56,8 @@ pub struct BenchTrainArgs {
     pub no_full: bool,
 }
 
-/// FLOPs of one pass, counted from the GEMMs the model issues for this configuration.
+/// GEMM FLOPs of one pass for this configuration, written out from the GEMMs the model issues
+/// (elementwise ops, norms and softmax are not counted: the ceiling is GEMM-bound).
 struct Flops {
     forward: f64,
     lora_step: f64,

@@ -237,7 +237,7 @@ fn run<B: Backend>(be: Arc<B>, a: &BenchTrainArgs) -> Result<()> {
         let ceiling = tokens / (r.flops / (rate * 1e9));
         let tps = tokens / r.secs;
         println!(
-            "{:<22} {:>8.3} {:>10.0} {:>11.1} {:>14.0} {:>10.0}% {:>8.0} MiB",
+            "{:<22} {:>8.3} {:>10.0} {:>11.2} {:>14.0} {:>10.0}% {:>8.0} MiB",
             r.name,
             r.secs,
             tps,

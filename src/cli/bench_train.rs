@@ -291,7 +291,14 @@ pub fn main(a: BenchTrainArgs) -> Result<()> {
         run(Arc::new(Cpu::new()), &a)?;
     }
     if matches!(a.device, Device::Gpu | Device::Both) {
-        println!("gpu: skipped — this build has no GPU backend yet (branch `gpu`, issue 2)");
+        // Software adapters (lavapipe) count: they run the real kernels, slowly.
+        match crate::backend::gpu::Gpu::open(crate::backend::gpu::AdapterFilter::AllowCpu)? {
+            Some(g) => run(Arc::new(g), &a)?,
+            None if a.device == Device::Gpu => {
+                bail!("--device gpu: no wgpu adapter found (set WGPU_BACKEND=vulkan, install a driver)")
+            }
+            None => println!("gpu: skipped — no wgpu adapter found"),
+        }
     }
     if let Some(rss) = peak_rss() {
         println!("peak RSS of this process: {rss}");

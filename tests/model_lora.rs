@@ -224,6 +224,15 @@ fn resize_reallocates_buffers_in_the_ledger() {
     let mut m = model(lora_mode(6, false));
     let ledger = m.backend().ledger().clone();
     let before = ledger.snapshot();
+    // frozen weights have no gradient or optimizer buffers: those match the trainable bytes
+    let t = before.current_of(MemKind::Trainable);
+    assert_eq!(t, 4 * m.trainable_params() as u64);
+    assert_eq!(before.current_of(MemKind::Grad), t);
+    assert_eq!(before.current_of(MemKind::Optim), 2 * t);
+    // every body weight is frozen: embeddings 23·16 + 8·16 + 2·16 + LN 2·16, and per layer
+    // 4·(16·16 + 16) + (24·16 + 24) + (16·24 + 16) + 2 LN·2·16
+    let body = 23 * 16 + 8 * 16 + 2 * 16 + 2 * 16 + 2 * (4 * (16 * 16 + 16) + 408 + 400 + 64);
+    assert_eq!(before.current_of(MemKind::Frozen), 4 * body as u64);
     let (rows, cols) = (24, 16);
     m.resize_adapter(4, 2).unwrap();
     let after = ledger.snapshot();

@@ -1,6 +1,6 @@
 //! `adarank bench train` — tokens/s of a LoRA training step (and of full fine-tuning and of the
 //! forward pass alone) on the CPU and/or GPU backend, against the GEMM-bound ceiling of the
-//! machine: FLOPs per step (counted from the shapes the model really runs) ÷ the GEMM rate
+//! machine: GEMM FLOPs per step (from the GEMM shapes the model issues, see `count_flops`) ÷ the GEMM rate
 //! measured in the same run on a GEMM of the model's own FFN shape.
 //!
 //! Reference on the 2-core development machine (PyTorch 2.15 + PEFT, same configuration, AdamW,
@@ -56,7 +56,8 @@ pub struct BenchTrainArgs {
     pub no_full: bool,
 }
 
-/// FLOPs of one pass, counted from the GEMMs the model issues for this configuration.
+/// GEMM FLOPs of one pass for this configuration, written out from the GEMMs the model issues
+/// (elementwise ops, norms and softmax are not counted: the ceiling is GEMM-bound).
 struct Flops {
     forward: f64,
     lora_step: f64,
@@ -236,7 +237,7 @@ fn run<B: Backend>(be: Arc<B>, a: &BenchTrainArgs) -> Result<()> {
         let ceiling = tokens / (r.flops / (rate * 1e9));
         let tps = tokens / r.secs;
         println!(
-            "{:<22} {:>8.3} {:>10.0} {:>11.1} {:>14.0} {:>10.0}% {:>8.0} MiB",
+            "{:<22} {:>8.3} {:>10.0} {:>11.2} {:>14.0} {:>10.0}% {:>8.0} MiB",
             r.name,
             r.secs,
             tps,
@@ -290,7 +291,14 @@ pub fn main(a: BenchTrainArgs) -> Result<()> {
         run(Arc::new(Cpu::new()), &a)?;
     }
     if matches!(a.device, Device::Gpu | Device::Both) {
-        println!("gpu: skipped — this build has no GPU backend yet (branch `gpu`, issue 2)");
+        // Software adapters (lavapipe) count: they run the real kernels, slowly.
+        match crate::backend::gpu::Gpu::open(crate::backend::gpu::AdapterFilter::AllowCpu)? {
+            Some(g) => run(Arc::new(g), &a)?,
+            None if a.device == Device::Gpu => {
+                bail!("--device gpu: no wgpu adapter found (set WGPU_BACKEND=vulkan, install a driver)")
+            }
+            None => println!("gpu: skipped — no wgpu adapter found"),
+        }
     }
     if let Some(rss) = peak_rss() {
         println!("peak RSS of this process: {rss}");

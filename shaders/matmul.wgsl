@@ -4,6 +4,7 @@
 //   of C straight from global memory with 32 vec4 accumulators (written out unrolled: private
 //   arrays indexed in loops end up in memory on some compilers). Wins on CPU-type adapters
 //   (lavapipe), where "shared memory" is ordinary memory and barriers are expensive.
+//   `matmul_blocked_vec4` is the same with B read as vec4 when B is k×n with n % 4 == 0.
 // - `matmul_tiled`: the classic shared-memory kernel, 64×64 tiles of C, 16-deep k slices,
 //   4×4 outputs per invocation. What wins on real GPUs.
 // The transposes are pipeline-override constants, so each of NN/NT/TN/TT is compiled with its
@@ -414,5 +415,279 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
                 if (cc + j < p.n) { store(rowi + cc + j, v[j]); }
             }
         }
+    }
+}
+
+// ---- register-blocked, vec4 loads of B ----------------------------------------------------
+
+// op(B) stored k×n (not transposed) with n, stride_b and the batch offset multiples of 4: the
+// 16 columns of a block are 4 aligned vec4 loads instead of 16 scalar ones.
+@group(0) @binding(4) var<storage, read> b4: array<vec4<f32>>;
+
+@compute @workgroup_size(8, 8)
+fn matmul_blocked_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r0 = gid.y * 8u;
+    let c0 = gid.x * 16u;
+    if (r0 >= p.m || c0 >= p.n) { return; }
+    let batch = gid.z + p.z_base;
+    let a_base = batch * p.stride_a;
+    let c_base = batch * p.stride_c;
+    let a_kstep = select(1u, p.m, TRANS_A);
+    // In vec4 units; columns past n are clamped to the last vec4 (never stored).
+    let n4 = p.n / 4u;
+    let b_base4 = batch * p.stride_b / 4u;
+    let ra0 = min(r0 + 0u, p.m - 1u);
+    let ao0 = a_base + select(ra0 * p.k, ra0, TRANS_A);
+    let ra1 = min(r0 + 1u, p.m - 1u);
+    let ao1 = a_base + select(ra1 * p.k, ra1, TRANS_A);
+    let ra2 = min(r0 + 2u, p.m - 1u);
+    let ao2 = a_base + select(ra2 * p.k, ra2, TRANS_A);
+    let ra3 = min(r0 + 3u, p.m - 1u);
+    let ao3 = a_base + select(ra3 * p.k, ra3, TRANS_A);
+    let ra4 = min(r0 + 4u, p.m - 1u);
+    let ao4 = a_base + select(ra4 * p.k, ra4, TRANS_A);
+    let ra5 = min(r0 + 5u, p.m - 1u);
+    let ao5 = a_base + select(ra5 * p.k, ra5, TRANS_A);
+    let ra6 = min(r0 + 6u, p.m - 1u);
+    let ao6 = a_base + select(ra6 * p.k, ra6, TRANS_A);
+    let ra7 = min(r0 + 7u, p.m - 1u);
+    let ao7 = a_base + select(ra7 * p.k, ra7, TRANS_A);
+    let bo0 = b_base4 + min(c0 / 4u + 0u, n4 - 1u);
+    let bo1 = b_base4 + min(c0 / 4u + 1u, n4 - 1u);
+    let bo2 = b_base4 + min(c0 / 4u + 2u, n4 - 1u);
+    let bo3 = b_base4 + min(c0 / 4u + 3u, n4 - 1u);
+    var acc0_0 = vec4<f32>(0.0);
+    var acc0_1 = vec4<f32>(0.0);
+    var acc0_2 = vec4<f32>(0.0);
+    var acc0_3 = vec4<f32>(0.0);
+    var acc1_0 = vec4<f32>(0.0);
+    var acc1_1 = vec4<f32>(0.0);
+    var acc1_2 = vec4<f32>(0.0);
+    var acc1_3 = vec4<f32>(0.0);
+    var acc2_0 = vec4<f32>(0.0);
+    var acc2_1 = vec4<f32>(0.0);
+    var acc2_2 = vec4<f32>(0.0);
+    var acc2_3 = vec4<f32>(0.0);
+    var acc3_0 = vec4<f32>(0.0);
+    var acc3_1 = vec4<f32>(0.0);
+    var acc3_2 = vec4<f32>(0.0);
+    var acc3_3 = vec4<f32>(0.0);
+    var acc4_0 = vec4<f32>(0.0);
+    var acc4_1 = vec4<f32>(0.0);
+    var acc4_2 = vec4<f32>(0.0);
+    var acc4_3 = vec4<f32>(0.0);
+    var acc5_0 = vec4<f32>(0.0);
+    var acc5_1 = vec4<f32>(0.0);
+    var acc5_2 = vec4<f32>(0.0);
+    var acc5_3 = vec4<f32>(0.0);
+    var acc6_0 = vec4<f32>(0.0);
+    var acc6_1 = vec4<f32>(0.0);
+    var acc6_2 = vec4<f32>(0.0);
+    var acc6_3 = vec4<f32>(0.0);
+    var acc7_0 = vec4<f32>(0.0);
+    var acc7_1 = vec4<f32>(0.0);
+    var acc7_2 = vec4<f32>(0.0);
+    var acc7_3 = vec4<f32>(0.0);
+    var ka = 0u;
+    var kb = 0u;
+    for (var kk = 0u; kk < p.k; kk++) {
+        let a0 = vec4<f32>(a[ao0 + ka]);
+        let a1 = vec4<f32>(a[ao1 + ka]);
+        let a2 = vec4<f32>(a[ao2 + ka]);
+        let a3 = vec4<f32>(a[ao3 + ka]);
+        let a4 = vec4<f32>(a[ao4 + ka]);
+        let a5 = vec4<f32>(a[ao5 + ka]);
+        let a6 = vec4<f32>(a[ao6 + ka]);
+        let a7 = vec4<f32>(a[ao7 + ka]);
+        let b0 = b4[bo0 + kb];
+        let b1 = b4[bo1 + kb];
+        let b2 = b4[bo2 + kb];
+        let b3 = b4[bo3 + kb];
+        acc0_0 = fma(a0, b0, acc0_0);
+        acc0_1 = fma(a0, b1, acc0_1);
+        acc0_2 = fma(a0, b2, acc0_2);
+        acc0_3 = fma(a0, b3, acc0_3);
+        acc1_0 = fma(a1, b0, acc1_0);
+        acc1_1 = fma(a1, b1, acc1_1);
+        acc1_2 = fma(a1, b2, acc1_2);
+        acc1_3 = fma(a1, b3, acc1_3);
+        acc2_0 = fma(a2, b0, acc2_0);
+        acc2_1 = fma(a2, b1, acc2_1);
+        acc2_2 = fma(a2, b2, acc2_2);
+        acc2_3 = fma(a2, b3, acc2_3);
+        acc3_0 = fma(a3, b0, acc3_0);
+        acc3_1 = fma(a3, b1, acc3_1);
+        acc3_2 = fma(a3, b2, acc3_2);
+        acc3_3 = fma(a3, b3, acc3_3);
+        acc4_0 = fma(a4, b0, acc4_0);
+        acc4_1 = fma(a4, b1, acc4_1);
+        acc4_2 = fma(a4, b2, acc4_2);
+        acc4_3 = fma(a4, b3, acc4_3);
+        acc5_0 = fma(a5, b0, acc5_0);
+        acc5_1 = fma(a5, b1, acc5_1);
+        acc5_2 = fma(a5, b2, acc5_2);
+        acc5_3 = fma(a5, b3, acc5_3);
+        acc6_0 = fma(a6, b0, acc6_0);
+        acc6_1 = fma(a6, b1, acc6_1);
+        acc6_2 = fma(a6, b2, acc6_2);
+        acc6_3 = fma(a6, b3, acc6_3);
+        acc7_0 = fma(a7, b0, acc7_0);
+        acc7_1 = fma(a7, b1, acc7_1);
+        acc7_2 = fma(a7, b2, acc7_2);
+        acc7_3 = fma(a7, b3, acc7_3);
+        ka += a_kstep;
+        kb += n4;
+    }
+    if (r0 + 0u < p.m) {
+        let row0 = c_base + (r0 + 0u) * p.n;
+        if (c0 + 0u < p.n) { store(row0 + c0 + 0u, acc0_0.x); }
+        if (c0 + 1u < p.n) { store(row0 + c0 + 1u, acc0_0.y); }
+        if (c0 + 2u < p.n) { store(row0 + c0 + 2u, acc0_0.z); }
+        if (c0 + 3u < p.n) { store(row0 + c0 + 3u, acc0_0.w); }
+        if (c0 + 4u < p.n) { store(row0 + c0 + 4u, acc0_1.x); }
+        if (c0 + 5u < p.n) { store(row0 + c0 + 5u, acc0_1.y); }
+        if (c0 + 6u < p.n) { store(row0 + c0 + 6u, acc0_1.z); }
+        if (c0 + 7u < p.n) { store(row0 + c0 + 7u, acc0_1.w); }
+        if (c0 + 8u < p.n) { store(row0 + c0 + 8u, acc0_2.x); }
+        if (c0 + 9u < p.n) { store(row0 + c0 + 9u, acc0_2.y); }
+        if (c0 + 10u < p.n) { store(row0 + c0 + 10u, acc0_2.z); }
+        if (c0 + 11u < p.n) { store(row0 + c0 + 11u, acc0_2.w); }
+        if (c0 + 12u < p.n) { store(row0 + c0 + 12u, acc0_3.x); }
+        if (c0 + 13u < p.n) { store(row0 + c0 + 13u, acc0_3.y); }
+        if (c0 + 14u < p.n) { store(row0 + c0 + 14u, acc0_3.z); }
+        if (c0 + 15u < p.n) { store(row0 + c0 + 15u, acc0_3.w); }
+    }
+    if (r0 + 1u < p.m) {
+        let row1 = c_base + (r0 + 1u) * p.n;
+        if (c0 + 0u < p.n) { store(row1 + c0 + 0u, acc1_0.x); }
+        if (c0 + 1u < p.n) { store(row1 + c0 + 1u, acc1_0.y); }
+        if (c0 + 2u < p.n) { store(row1 + c0 + 2u, acc1_0.z); }
+        if (c0 + 3u < p.n) { store(row1 + c0 + 3u, acc1_0.w); }
+        if (c0 + 4u < p.n) { store(row1 + c0 + 4u, acc1_1.x); }
+        if (c0 + 5u < p.n) { store(row1 + c0 + 5u, acc1_1.y); }
+        if (c0 + 6u < p.n) { store(row1 + c0 + 6u, acc1_1.z); }
+        if (c0 + 7u < p.n) { store(row1 + c0 + 7u, acc1_1.w); }
+        if (c0 + 8u < p.n) { store(row1 + c0 + 8u, acc1_2.x); }
+        if (c0 + 9u < p.n) { store(row1 + c0 + 9u, acc1_2.y); }
+        if (c0 + 10u < p.n) { store(row1 + c0 + 10u, acc1_2.z); }
+        if (c0 + 11u < p.n) { store(row1 + c0 + 11u, acc1_2.w); }
+        if (c0 + 12u < p.n) { store(row1 + c0 + 12u, acc1_3.x); }
+        if (c0 + 13u < p.n) { store(row1 + c0 + 13u, acc1_3.y); }
+        if (c0 + 14u < p.n) { store(row1 + c0 + 14u, acc1_3.z); }
+        if (c0 + 15u < p.n) { store(row1 + c0 + 15u, acc1_3.w); }
+    }
+    if (r0 + 2u < p.m) {
+        let row2 = c_base + (r0 + 2u) * p.n;
+        if (c0 + 0u < p.n) { store(row2 + c0 + 0u, acc2_0.x); }
+        if (c0 + 1u < p.n) { store(row2 + c0 + 1u, acc2_0.y); }
+        if (c0 + 2u < p.n) { store(row2 + c0 + 2u, acc2_0.z); }
+        if (c0 + 3u < p.n) { store(row2 + c0 + 3u, acc2_0.w); }
+        if (c0 + 4u < p.n) { store(row2 + c0 + 4u, acc2_1.x); }
+        if (c0 + 5u < p.n) { store(row2 + c0 + 5u, acc2_1.y); }
+        if (c0 + 6u < p.n) { store(row2 + c0 + 6u, acc2_1.z); }
+        if (c0 + 7u < p.n) { store(row2 + c0 + 7u, acc2_1.w); }
+        if (c0 + 8u < p.n) { store(row2 + c0 + 8u, acc2_2.x); }
+        if (c0 + 9u < p.n) { store(row2 + c0 + 9u, acc2_2.y); }
+        if (c0 + 10u < p.n) { store(row2 + c0 + 10u, acc2_2.z); }
+        if (c0 + 11u < p.n) { store(row2 + c0 + 11u, acc2_2.w); }
+        if (c0 + 12u < p.n) { store(row2 + c0 + 12u, acc2_3.x); }
+        if (c0 + 13u < p.n) { store(row2 + c0 + 13u, acc2_3.y); }
+        if (c0 + 14u < p.n) { store(row2 + c0 + 14u, acc2_3.z); }
+        if (c0 + 15u < p.n) { store(row2 + c0 + 15u, acc2_3.w); }
+    }
+    if (r0 + 3u < p.m) {
+        let row3 = c_base + (r0 + 3u) * p.n;
+        if (c0 + 0u < p.n) { store(row3 + c0 + 0u, acc3_0.x); }
+        if (c0 + 1u < p.n) { store(row3 + c0 + 1u, acc3_0.y); }
+        if (c0 + 2u < p.n) { store(row3 + c0 + 2u, acc3_0.z); }
+        if (c0 + 3u < p.n) { store(row3 + c0 + 3u, acc3_0.w); }
+        if (c0 + 4u < p.n) { store(row3 + c0 + 4u, acc3_1.x); }
+        if (c0 + 5u < p.n) { store(row3 + c0 + 5u, acc3_1.y); }
+        if (c0 + 6u < p.n) { store(row3 + c0 + 6u, acc3_1.z); }
+        if (c0 + 7u < p.n) { store(row3 + c0 + 7u, acc3_1.w); }
+        if (c0 + 8u < p.n) { store(row3 + c0 + 8u, acc3_2.x); }
+        if (c0 + 9u < p.n) { store(row3 + c0 + 9u, acc3_2.y); }
+        if (c0 + 10u < p.n) { store(row3 + c0 + 10u, acc3_2.z); }
+        if (c0 + 11u < p.n) { store(row3 + c0 + 11u, acc3_2.w); }
+        if (c0 + 12u < p.n) { store(row3 + c0 + 12u, acc3_3.x); }
+        if (c0 + 13u < p.n) { store(row3 + c0 + 13u, acc3_3.y); }
+        if (c0 + 14u < p.n) { store(row3 + c0 + 14u, acc3_3.z); }
+        if (c0 + 15u < p.n) { store(row3 + c0 + 15u, acc3_3.w); }
+    }
+    if (r0 + 4u < p.m) {
+        let row4 = c_base + (r0 + 4u) * p.n;
+        if (c0 + 0u < p.n) { store(row4 + c0 + 0u, acc4_0.x); }
+        if (c0 + 1u < p.n) { store(row4 + c0 + 1u, acc4_0.y); }
+        if (c0 + 2u < p.n) { store(row4 + c0 + 2u, acc4_0.z); }
+        if (c0 + 3u < p.n) { store(row4 + c0 + 3u, acc4_0.w); }
+        if (c0 + 4u < p.n) { store(row4 + c0 + 4u, acc4_1.x); }
+        if (c0 + 5u < p.n) { store(row4 + c0 + 5u, acc4_1.y); }
+        if (c0 + 6u < p.n) { store(row4 + c0 + 6u, acc4_1.z); }
+        if (c0 + 7u < p.n) { store(row4 + c0 + 7u, acc4_1.w); }
+        if (c0 + 8u < p.n) { store(row4 + c0 + 8u, acc4_2.x); }
+        if (c0 + 9u < p.n) { store(row4 + c0 + 9u, acc4_2.y); }
+        if (c0 + 10u < p.n) { store(row4 + c0 + 10u, acc4_2.z); }
+        if (c0 + 11u < p.n) { store(row4 + c0 + 11u, acc4_2.w); }
+        if (c0 + 12u < p.n) { store(row4 + c0 + 12u, acc4_3.x); }
+        if (c0 + 13u < p.n) { store(row4 + c0 + 13u, acc4_3.y); }
+        if (c0 + 14u < p.n) { store(row4 + c0 + 14u, acc4_3.z); }
+        if (c0 + 15u < p.n) { store(row4 + c0 + 15u, acc4_3.w); }
+    }
+    if (r0 + 5u < p.m) {
+        let row5 = c_base + (r0 + 5u) * p.n;
+        if (c0 + 0u < p.n) { store(row5 + c0 + 0u, acc5_0.x); }
+        if (c0 + 1u < p.n) { store(row5 + c0 + 1u, acc5_0.y); }
+        if (c0 + 2u < p.n) { store(row5 + c0 + 2u, acc5_0.z); }
+        if (c0 + 3u < p.n) { store(row5 + c0 + 3u, acc5_0.w); }
+        if (c0 + 4u < p.n) { store(row5 + c0 + 4u, acc5_1.x); }
+        if (c0 + 5u < p.n) { store(row5 + c0 + 5u, acc5_1.y); }
+        if (c0 + 6u < p.n) { store(row5 + c0 + 6u, acc5_1.z); }
+        if (c0 + 7u < p.n) { store(row5 + c0 + 7u, acc5_1.w); }
+        if (c0 + 8u < p.n) { store(row5 + c0 + 8u, acc5_2.x); }
+        if (c0 + 9u < p.n) { store(row5 + c0 + 9u, acc5_2.y); }
+        if (c0 + 10u < p.n) { store(row5 + c0 + 10u, acc5_2.z); }
+        if (c0 + 11u < p.n) { store(row5 + c0 + 11u, acc5_2.w); }
+        if (c0 + 12u < p.n) { store(row5 + c0 + 12u, acc5_3.x); }
+        if (c0 + 13u < p.n) { store(row5 + c0 + 13u, acc5_3.y); }
+        if (c0 + 14u < p.n) { store(row5 + c0 + 14u, acc5_3.z); }
+        if (c0 + 15u < p.n) { store(row5 + c0 + 15u, acc5_3.w); }
+    }
+    if (r0 + 6u < p.m) {
+        let row6 = c_base + (r0 + 6u) * p.n;
+        if (c0 + 0u < p.n) { store(row6 + c0 + 0u, acc6_0.x); }
+        if (c0 + 1u < p.n) { store(row6 + c0 + 1u, acc6_0.y); }
+        if (c0 + 2u < p.n) { store(row6 + c0 + 2u, acc6_0.z); }
+        if (c0 + 3u < p.n) { store(row6 + c0 + 3u, acc6_0.w); }
+        if (c0 + 4u < p.n) { store(row6 + c0 + 4u, acc6_1.x); }
+        if (c0 + 5u < p.n) { store(row6 + c0 + 5u, acc6_1.y); }
+        if (c0 + 6u < p.n) { store(row6 + c0 + 6u, acc6_1.z); }
+        if (c0 + 7u < p.n) { store(row6 + c0 + 7u, acc6_1.w); }
+        if (c0 + 8u < p.n) { store(row6 + c0 + 8u, acc6_2.x); }
+        if (c0 + 9u < p.n) { store(row6 + c0 + 9u, acc6_2.y); }
+        if (c0 + 10u < p.n) { store(row6 + c0 + 10u, acc6_2.z); }
+        if (c0 + 11u < p.n) { store(row6 + c0 + 11u, acc6_2.w); }
+        if (c0 + 12u < p.n) { store(row6 + c0 + 12u, acc6_3.x); }
+        if (c0 + 13u < p.n) { store(row6 + c0 + 13u, acc6_3.y); }
+        if (c0 + 14u < p.n) { store(row6 + c0 + 14u, acc6_3.z); }
+        if (c0 + 15u < p.n) { store(row6 + c0 + 15u, acc6_3.w); }
+    }
+    if (r0 + 7u < p.m) {
+        let row7 = c_base + (r0 + 7u) * p.n;
+        if (c0 + 0u < p.n) { store(row7 + c0 + 0u, acc7_0.x); }
+        if (c0 + 1u < p.n) { store(row7 + c0 + 1u, acc7_0.y); }
+        if (c0 + 2u < p.n) { store(row7 + c0 + 2u, acc7_0.z); }
+        if (c0 + 3u < p.n) { store(row7 + c0 + 3u, acc7_0.w); }
+        if (c0 + 4u < p.n) { store(row7 + c0 + 4u, acc7_1.x); }
+        if (c0 + 5u < p.n) { store(row7 + c0 + 5u, acc7_1.y); }
+        if (c0 + 6u < p.n) { store(row7 + c0 + 6u, acc7_1.z); }
+        if (c0 + 7u < p.n) { store(row7 + c0 + 7u, acc7_1.w); }
+        if (c0 + 8u < p.n) { store(row7 + c0 + 8u, acc7_2.x); }
+        if (c0 + 9u < p.n) { store(row7 + c0 + 9u, acc7_2.y); }
+        if (c0 + 10u < p.n) { store(row7 + c0 + 10u, acc7_2.z); }
+        if (c0 + 11u < p.n) { store(row7 + c0 + 11u, acc7_2.w); }
+        if (c0 + 12u < p.n) { store(row7 + c0 + 12u, acc7_3.x); }
+        if (c0 + 13u < p.n) { store(row7 + c0 + 13u, acc7_3.y); }
+        if (c0 + 14u < p.n) { store(row7 + c0 + 14u, acc7_3.z); }
+        if (c0 + 15u < p.n) { store(row7 + c0 + 15u, acc7_3.w); }
     }
 }

@@ -105,19 +105,22 @@ pub fn describe_adapter(a: &wgpu::Adapter) -> String {
     let i = a.get_info();
     let l = a.limits();
     let f = a.features();
-    let mut feats: Vec<String> = [
-        wgpu::Features::SHADER_F16,
-        wgpu::Features::SUBGROUP,
-        wgpu::Features::TIMESTAMP_QUERY,
-        wgpu::Features::SHADER_INT64,
-        wgpu::Features::SHADER_FLOAT32_ATOMIC,
+    let mut feats: Vec<&str> = [
+        (wgpu::Features::SHADER_F16, "shader-f16"),
+        (wgpu::Features::SUBGROUP, "subgroup"),
+        (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+        (wgpu::Features::SHADER_INT64, "shader-int64"),
+        (
+            wgpu::Features::SHADER_FLOAT32_ATOMIC,
+            "shader-float32-atomic",
+        ),
     ]
     .iter()
-    .filter(|x| f.contains(**x))
-    .map(|x| format!("{x:?}"))
+    .filter(|(x, _)| f.contains(*x))
+    .map(|(_, name)| *name)
     .collect();
     if feats.is_empty() {
-        feats.push("none of interest".into());
+        feats.push("none of interest");
     }
     format!(
         "{name} | backend {backend:?} | type {ty:?} | driver {driver} {dinfo}\n    \

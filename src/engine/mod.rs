@@ -16,6 +16,7 @@
 
 pub mod adalora;
 pub mod error;
+pub mod hooks;
 pub mod host;
 pub mod planted;
 pub mod rounding;

@@ -16,6 +16,7 @@
 
 pub mod adalora;
 pub mod error;
+pub mod hooks;
 pub mod host;
 pub mod planted;
 pub mod rounding;
@@ -179,7 +180,8 @@ pub struct AdapterStats {
 /// How many W0 singular values scripts see (summaries use the full spectrum).
 pub const W0_SV_KEEP: usize = 64;
 
-/// Saved with checkpoints; restores the engine exactly.
+/// Saved with checkpoints: ranks, statistics, learner state, call counts. The random
+/// allocator's stream is re-seeded from the seed and the allocation count, not continued.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineState {
     pub ranks: Vec<usize>,

@@ -237,7 +237,10 @@ fn build_number(p: Pair<'_, Rule>, src: usize) -> Spanned<Number> {
         Some(d) => (d, 1e3),
         None => match text.strip_suffix('M') {
             Some(d) => (d, 1e6),
-            None => (text.as_str(), 1.0),
+            None => match text.strip_suffix('%') {
+                Some(d) => (d, 1e-2),
+                None => (text.as_str(), 1.0),
+            },
         },
     };
     let clean: String = digits.chars().filter(|c| *c != '_').collect();

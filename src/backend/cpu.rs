@@ -64,15 +64,13 @@ pub fn gelu_grad(x: f32) -> f32 {
     cdf + x * pdf
 }
 
-/// erf in f64 (Abramowitz–Stegun 7.1.26 is too coarse for a 1e-5 oracle), via libm's algorithm
-/// in std? std has no erf, so use a series/continued-fraction accurate to ~1e-7.
+/// The error function. std has none; this evaluates in f64 (Taylor series below 2, Lentz's
+/// continued fraction for erfc above), accurate far below f32 precision, as an oracle should be.
 pub fn erf(x: f32) -> f32 {
     erf64(x as f64) as f32
 }
 
 fn erf64(x: f64) -> f64 {
-    // W. J. Cody's rational approximations (as in many libm's), max rel. error ~1e-16 in f64 use;
-    // here a compact Taylor/continued-fraction split is accurate to well under f32 precision.
     let ax = x.abs();
     let r = if ax < 2.0 {
         // Taylor series: erf(x) = 2/√π Σ (−1)^n x^(2n+1) / (n! (2n+1))

@@ -1,1 +1,18 @@
-//! See docs/ARCHITECTURE.md.
+//! Training (issue 3): AdamW with warmup and decay, clipping, accumulation, the loop with hooks
+//! for the rank engine and runner, metrics, and the built-in tasks (planted-rank
+//! teacher–student, synthetic classification).
+
+pub mod planted;
+pub mod schedule;
+pub mod synthetic;
+pub mod task;
+pub mod trainer;
+
+pub use planted::{PlantedConfig, PlantedTask};
+pub use schedule::{lr_at, Decay};
+pub use synthetic::{SyntheticConfig, SyntheticTask};
+pub use task::Task;
+pub use trainer::{
+    build_model, evaluate, train, Control, EvalMetrics, Hooks, NoHooks, RankMetrics, StepMetrics,
+    TrainConfig, TrainLog,
+};

@@ -1,0 +1,542 @@
+//! One transformer block, forward and backward, llm.c style: parameters and saved activations
+//! are named, shape-commented structs; every op goes through the backend.
+//!
+//! Encoder (BERT, post-norm):  r1 = x + O(attn(x));  h = LN_a(r1);
+//!                             r2 = h + FfnOut(gelu(FfnIn(h)));  out = LN_f(r2)
+//! Decoder (GPT, pre-norm):    a = LN_a(x);  r1 = x + O(attn(a));  f = LN_f(r1);
+//!                             out = r1 + FfnOut(gelu(FfnIn(f)))
+//! No dropout: training is deterministic, and the planted-rank task wants exact targets.
+
+use super::linear::Linear;
+use super::param::Param;
+use crate::adapter::ModuleKind;
+use crate::backend::{Attn, Backend, Gemm, MemKind, Tensor};
+use anyhow::Result;
+
+/// Sizes of one forward pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dims {
+    /// batch (sequences)
+    pub b: usize,
+    /// tokens per sequence
+    pub t: usize,
+    /// hidden
+    pub c: usize,
+    /// heads
+    pub h: usize,
+    /// head dim
+    pub d: usize,
+    /// ffn width
+    pub f: usize,
+}
+
+impl Dims {
+    /// tokens in the batch (rows of every [N, ·] activation)
+    pub fn n(&self) -> usize {
+        self.b * self.t
+    }
+    pub fn attn(&self, causal: bool) -> Attn {
+        Attn {
+            batch: self.b,
+            heads: self.h,
+            tq: self.t,
+            tk: self.t,
+            scale: 1.0 / (self.d as f32).sqrt(),
+            causal,
+        }
+    }
+}
+
+/// LayerNorm γ, β: [C] each.
+pub struct Norm<B: Backend> {
+    pub gamma: Param<B>,
+    pub beta: Param<B>,
+}
+
+/// Parameters of one block.
+pub struct Block<B: Backend> {
+    pub q: Linear<B>,       // [C, C]
+    pub k: Linear<B>,       // [C, C]
+    pub v: Linear<B>,       // [C, C]
+    pub o: Linear<B>,       // [C, C]
+    pub ffn_in: Linear<B>,  // [F, C]
+    pub ffn_out: Linear<B>, // [C, F]
+    /// Encoder: after attention (`attention.output.LayerNorm`); decoder: before attention.
+    pub ln_a: Norm<B>,
+    /// Encoder: after the FFN (`output.LayerNorm`); decoder: before the FFN.
+    pub ln_f: Norm<B>,
+}
+
+impl<B: Backend> Block<B> {
+    pub fn linear(&self, kind: ModuleKind) -> &Linear<B> {
+        match kind {
+            ModuleKind::Q => &self.q,
+            ModuleKind::K => &self.k,
+            ModuleKind::V => &self.v,
+            ModuleKind::O => &self.o,
+            ModuleKind::FfnIn => &self.ffn_in,
+            ModuleKind::FfnOut => &self.ffn_out,
+        }
+    }
+    pub fn linear_mut(&mut self, kind: ModuleKind) -> &mut Linear<B> {
+        match kind {
+            ModuleKind::Q => &mut self.q,
+            ModuleKind::K => &mut self.k,
+            ModuleKind::V => &mut self.v,
+            ModuleKind::O => &mut self.o,
+            ModuleKind::FfnIn => &mut self.ffn_in,
+            ModuleKind::FfnOut => &mut self.ffn_out,
+        }
+    }
+    /// Every parameter of the block (frozen or not), in a fixed order.
+    pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        let mut out = Vec::new();
+        let Block {
+            q,
+            k,
+            v,
+            o,
+            ffn_in,
+            ffn_out,
+            ln_a,
+            ln_f,
+        } = self;
+        for lin in [q, k, v, o, ffn_in, ffn_out] {
+            out.push(&mut lin.w);
+            out.push(&mut lin.bias);
+            if let Some(l) = lin.lora.as_mut() {
+                out.extend(l.params_mut());
+            }
+        }
+        for n in [ln_a, ln_f] {
+            out.push(&mut n.gamma);
+            out.push(&mut n.beta);
+        }
+        out
+    }
+}
+
+/// Activations one block saves for its backward pass.
+pub struct LayerActs<B: Backend> {
+    /// Decoder: LN_a(x), the attention input: [N, C] (encoder: the block input itself).
+    pub a_in: Option<Tensor<B>>,
+    pub ln_a_mean: Tensor<B>, // [N]
+    pub ln_a_rstd: Tensor<B>, // [N]
+    pub qh: Tensor<B>,        // [B, H, T, D]
+    pub kh: Tensor<B>,        // [B, H, T, D]
+    pub vh: Tensor<B>,        // [B, H, T, D]
+    pub probs: Tensor<B>,     // [B, H, T, T]
+    pub ctx: Tensor<B>,       // [N, C] attention output before O
+    pub r1: Tensor<B>,        // [N, C] x + O(ctx)
+    pub f_in: Tensor<B>,      // [N, C] FFN input (encoder h = LN_a(r1); decoder LN_f(r1))
+    pub ln_f_mean: Tensor<B>, // [N]
+    pub ln_f_rstd: Tensor<B>, // [N]
+    pub f1: Tensor<B>,        // [N, F] FfnIn(f_in)
+    pub g: Tensor<B>,         // [N, F] gelu(f1)
+    /// Encoder: h + FfnOut(g) before LN_f: [N, C].
+    pub r2: Option<Tensor<B>>,
+    pub out: Tensor<B>, // [N, C]
+}
+
+impl<B: Backend> LayerActs<B> {
+    pub fn new(be: &B, d: Dims, decoder: bool) -> Result<Self> {
+        let (n, c, f) = (d.n(), d.c, d.f);
+        let z = |len| be.zeros(len, MemKind::Activation);
+        let bhtd = d.b * d.h * d.t * d.d;
+        Ok(Self {
+            a_in: if decoder { Some(z(n * c)?) } else { None },
+            ln_a_mean: z(n)?,
+            ln_a_rstd: z(n)?,
+            qh: z(bhtd)?,
+            kh: z(bhtd)?,
+            vh: z(bhtd)?,
+            probs: z(d.b * d.h * d.t * d.t)?,
+            ctx: z(n * c)?,
+            r1: z(n * c)?,
+            f_in: z(n * c)?,
+            ln_f_mean: z(n)?,
+            ln_f_rstd: z(n)?,
+            f1: z(n * f)?,
+            g: z(n * f)?,
+            r2: if decoder { None } else { Some(z(n * c)?) },
+            out: z(n * c)?,
+        })
+    }
+}
+
+/// Scratch shared by all blocks of one pass (forward and backward).
+pub struct Work<B: Backend> {
+    pub nc: Tensor<B>,    // [N, C]
+    pub nc2: Tensor<B>,   // [N, C]
+    pub nf: Tensor<B>,    // [N, F]
+    pub nf2: Tensor<B>,   // [N, F]
+    pub bhtd: Tensor<B>,  // [B, H, T, D]
+    pub bhtd2: Tensor<B>, // [B, H, T, D]
+    pub bhtt: Tensor<B>,  // [B, H, T, T]
+    pub bhtt2: Tensor<B>, // [B, H, T, T]
+}
+
+/// Gradients flowing between blocks in the backward pass.
+pub struct Flow<B: Backend> {
+    /// [N, C] dout on entry to a block, dx on exit
+    pub dres: Tensor<B>,
+    pub dres2: Tensor<B>, // [N, C]
+    pub dattn: Tensor<B>, // [N, C] gradient at the decoder's attention input
+}
+
+impl<B: Backend> Flow<B> {
+    pub fn new(be: &B, d: Dims) -> Result<Self> {
+        let z = || be.zeros(d.n() * d.c, MemKind::Scratch);
+        Ok(Self {
+            dres: z()?,
+            dres2: z()?,
+            dattn: z()?,
+        })
+    }
+}
+
+impl<B: Backend> Work<B> {
+    pub fn new(be: &B, d: Dims) -> Result<Self> {
+        let (n, c, f) = (d.n(), d.c, d.f);
+        let z = |len| be.zeros(len, MemKind::Scratch);
+        let bhtd = d.b * d.h * d.t * d.d;
+        let bhtt = d.b * d.h * d.t * d.t;
+        Ok(Self {
+            nc: z(n * c)?,
+            nc2: z(n * c)?,
+            nf: z(n * f)?,
+            nf2: z(n * f)?,
+            bhtd: z(bhtd)?,
+            bhtd2: z(bhtd)?,
+            bhtt: z(bhtt)?,
+            bhtt2: z(bhtt)?,
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ln_forward<B: Backend>(
+    be: &B,
+    norm: &Norm<B>,
+    x: &Tensor<B>,
+    y: &mut Tensor<B>,
+    mean: &mut Tensor<B>,
+    rstd: &mut Tensor<B>,
+    d: Dims,
+    eps: f32,
+) {
+    be.layernorm_forward(
+        x,
+        &norm.gamma.w,
+        &norm.beta.w,
+        y,
+        mean,
+        rstd,
+        d.n(),
+        d.c,
+        eps,
+    );
+}
+
+/// dx = LN backward (written); γ, β gradients accumulate when they train.
+#[allow(clippy::too_many_arguments)]
+fn ln_backward<B: Backend>(
+    be: &B,
+    norm: &mut Norm<B>,
+    dy: &Tensor<B>,
+    x: &Tensor<B>,
+    mean: &Tensor<B>,
+    rstd: &Tensor<B>,
+    dx: &mut Tensor<B>,
+    d: Dims,
+) {
+    let Norm { gamma, beta } = norm;
+    let gw = &gamma.w;
+    let dg = gamma.opt.as_mut().map(|o| &mut o.g);
+    let db = beta.opt.as_mut().map(|o| &mut o.g);
+    be.layernorm_backward(dy, x, gw, mean, rstd, dx, dg, db, d.n(), d.c);
+}
+
+/// Multi-head attention core: ctx = softmax(q·kᵀ/√D, masks)·v, saving qh, kh, vh, probs.
+/// `x`: [N, C] attention input.
+#[allow(clippy::too_many_arguments)]
+fn attention_forward<B: Backend>(
+    be: &B,
+    blk: &mut Block<B>,
+    acts: &mut LayerActs<B>,
+    x: &Tensor<B>,
+    key_mask: &Tensor<B>,
+    work: &mut Work<B>,
+    d: Dims,
+    causal: bool,
+) -> Result<()> {
+    let (n, t, dd) = (d.n(), d.t, d.d);
+    let perm = [d.b, d.t, d.h, d.d]; // [B, T, H, D] → [B, H, T, D]
+    blk.q.forward(be, x, &mut work.nc, n)?;
+    be.permute0213(&work.nc, &mut acts.qh, perm);
+    blk.k.forward(be, x, &mut work.nc, n)?;
+    be.permute0213(&work.nc, &mut acts.kh, perm);
+    blk.v.forward(be, x, &mut work.nc, n)?;
+    be.permute0213(&work.nc, &mut acts.vh, perm);
+    let bh = d.b * d.h;
+    // scores: [B, H, T, T] = qh · khᵀ (the 1/√D scale is applied inside the softmax)
+    be.matmul(
+        &acts.qh,
+        &acts.kh,
+        &mut work.bhtt,
+        &Gemm::nt(t, t, dd).batched(bh, t * dd, t * dd, t * t),
+    );
+    be.softmax_forward(&work.bhtt, &mut acts.probs, Some(key_mask), &d.attn(causal));
+    // ctxh: [B, H, T, D] = probs · vh
+    be.matmul(
+        &acts.probs,
+        &acts.vh,
+        &mut work.bhtd,
+        &Gemm::nn(t, dd, t).batched(bh, t * t, t * dd, t * dd),
+    );
+    be.permute0213(&work.bhtd, &mut acts.ctx, [d.b, d.h, d.t, d.d]);
+    Ok(())
+}
+
+/// Backward of attention from dctx-producing O: given dr1 (gradient at O's output), accumulates
+/// adapter/weight gradients of O, Q, K, V and writes the gradient at the attention input into
+/// `dx` when given.
+#[allow(clippy::too_many_arguments)]
+fn attention_backward<B: Backend>(
+    be: &B,
+    blk: &mut Block<B>,
+    acts: &LayerActs<B>,
+    x: &Tensor<B>,
+    dr1: &Tensor<B>,
+    mut dx: Option<&mut Tensor<B>>,
+    work: &mut Work<B>,
+    d: Dims,
+    causal: bool,
+) -> Result<()> {
+    let (n, t, dd) = (d.n(), d.t, d.d);
+    let bh = d.b * d.h;
+    // dctx: [N, C]
+    blk.o
+        .backward(be, &acts.ctx, dr1, Some(&mut work.nc), false, n)?;
+    // dctxh: [B, H, T, D]
+    be.permute0213(&work.nc, &mut work.bhtd, [d.b, d.t, d.h, d.d]);
+    // dprobs: [B, H, T, T] = dctxh · vhᵀ
+    be.matmul(
+        &work.bhtd,
+        &acts.vh,
+        &mut work.bhtt,
+        &Gemm::nt(t, t, dd).batched(bh, t * dd, t * dd, t * t),
+    );
+    // dvh: [B, H, T, D] = probsᵀ · dctxh
+    be.matmul(
+        &acts.probs,
+        &work.bhtd,
+        &mut work.bhtd2,
+        &Gemm::tn(t, dd, t).batched(bh, t * t, t * dd, t * dd),
+    );
+    be.permute0213(&work.bhtd2, &mut work.nc, [d.b, d.h, d.t, d.d]);
+    blk.v
+        .backward(be, x, &work.nc, dx.as_deref_mut(), false, n)?;
+    // dscores: [B, H, T, T]
+    be.softmax_backward(&acts.probs, &work.bhtt, &mut work.bhtt2, &d.attn(causal));
+    // dqh = dscores · kh
+    be.matmul(
+        &work.bhtt2,
+        &acts.kh,
+        &mut work.bhtd,
+        &Gemm::nn(t, dd, t).batched(bh, t * t, t * dd, t * dd),
+    );
+    be.permute0213(&work.bhtd, &mut work.nc, [d.b, d.h, d.t, d.d]);
+    blk.q
+        .backward(be, x, &work.nc, dx.as_deref_mut(), true, n)?;
+    // dkh = dscoresᵀ · qh
+    be.matmul(
+        &work.bhtt2,
+        &acts.qh,
+        &mut work.bhtd,
+        &Gemm::tn(t, dd, t).batched(bh, t * t, t * dd, t * dd),
+    );
+    be.permute0213(&work.bhtd, &mut work.nc, [d.b, d.h, d.t, d.d]);
+    blk.k.backward(be, x, &work.nc, dx, true, n)?;
+    Ok(())
+}
+
+/// Forward of one block: `x` [N, C] → `acts.out` [N, C].
+#[allow(clippy::too_many_arguments)]
+pub fn block_forward<B: Backend>(
+    be: &B,
+    blk: &mut Block<B>,
+    acts: &mut LayerActs<B>,
+    x: &Tensor<B>,
+    key_mask: &Tensor<B>,
+    work: &mut Work<B>,
+    d: Dims,
+    decoder: bool,
+    eps: f32,
+) -> Result<()> {
+    let n = d.n();
+    if decoder {
+        let mut a_in = acts.a_in.take().expect("decoder activations");
+        ln_forward(
+            be,
+            &blk.ln_a,
+            x,
+            &mut a_in,
+            &mut acts.ln_a_mean,
+            &mut acts.ln_a_rstd,
+            d,
+            eps,
+        );
+        let r = attention_forward(be, blk, acts, &a_in, key_mask, work, d, true);
+        acts.a_in = Some(a_in);
+        r?;
+    } else {
+        attention_forward(be, blk, acts, x, key_mask, work, d, false)?;
+    }
+    // r1 = x + O(ctx)
+    blk.o.forward(be, &acts.ctx, &mut acts.r1, n)?;
+    be.axpy(1.0, x, &mut acts.r1);
+    let norm = if decoder { &blk.ln_f } else { &blk.ln_a };
+    let (mean, rstd) = if decoder {
+        (&mut acts.ln_f_mean, &mut acts.ln_f_rstd)
+    } else {
+        (&mut acts.ln_a_mean, &mut acts.ln_a_rstd)
+    };
+    ln_forward(be, norm, &acts.r1, &mut acts.f_in, mean, rstd, d, eps);
+    blk.ffn_in.forward(be, &acts.f_in, &mut acts.f1, n)?;
+    be.gelu_forward(&acts.f1, &mut acts.g);
+    if decoder {
+        // out = r1 + FfnOut(g)
+        blk.ffn_out.forward(be, &acts.g, &mut acts.out, n)?;
+        be.axpy(1.0, &acts.r1, &mut acts.out);
+    } else {
+        // r2 = h + FfnOut(g); out = LN_f(r2)
+        let r2 = acts.r2.as_mut().expect("encoder activations");
+        blk.ffn_out.forward(be, &acts.g, r2, n)?;
+        be.axpy(1.0, &acts.f_in, r2);
+        ln_forward(
+            be,
+            &blk.ln_f,
+            acts.r2.as_ref().unwrap(),
+            &mut acts.out,
+            &mut acts.ln_f_mean,
+            &mut acts.ln_f_rstd,
+            d,
+            eps,
+        );
+    }
+    Ok(())
+}
+
+/// Backward of one block. `flow.dres` holds dout [N, C] on entry; on return it holds dx [N, C]
+/// (when `need_dx`; otherwise its content is unspecified). `x` is the block's forward input.
+#[allow(clippy::too_many_arguments)]
+pub fn block_backward<B: Backend>(
+    be: &B,
+    blk: &mut Block<B>,
+    acts: &LayerActs<B>,
+    x: &Tensor<B>,
+    work: &mut Work<B>,
+    flow: &mut Flow<B>,
+    d: Dims,
+    decoder: bool,
+    need_dx: bool,
+) -> Result<()> {
+    // Masked keys have probs 0, so softmax_backward already gives them dscores 0: no mask here.
+    let n = d.n();
+    let Flow { dres, dres2, dattn } = flow;
+    {
+        if decoder {
+            // out = r1 + FfnOut(gelu(FfnIn(LN_f(r1))))
+            blk.ffn_out
+                .backward(be, &acts.g, &*dres, Some(&mut work.nf), false, n)?;
+            be.gelu_backward(&acts.f1, &work.nf, &mut work.nf2);
+            blk.ffn_in
+                .backward(be, &acts.f_in, &work.nf2, Some(&mut work.nc2), false, n)?;
+            // dr1 = dout + LN_f backward
+            ln_backward(
+                be,
+                &mut blk.ln_f,
+                &work.nc2,
+                &acts.r1,
+                &acts.ln_f_mean,
+                &acts.ln_f_rstd,
+                dres2,
+                d,
+            );
+            be.axpy(1.0, &*dres, dres2);
+            // r1 = x + O(attn(LN_a(x)))
+            let a_in = acts.a_in.as_ref().unwrap();
+            attention_backward(
+                be,
+                blk,
+                acts,
+                a_in,
+                &*dres2,
+                need_dx.then_some(&mut *dattn),
+                work,
+                d,
+                true,
+            )?;
+            if need_dx {
+                ln_backward(
+                    be,
+                    &mut blk.ln_a,
+                    &*dattn,
+                    x,
+                    &acts.ln_a_mean,
+                    &acts.ln_a_rstd,
+                    dres,
+                    d,
+                );
+                be.axpy(1.0, &*dres2, dres);
+            }
+        } else {
+            // out = LN_f(r2)
+            ln_backward(
+                be,
+                &mut blk.ln_f,
+                &*dres,
+                acts.r2.as_ref().unwrap(),
+                &acts.ln_f_mean,
+                &acts.ln_f_rstd,
+                dres2,
+                d,
+            );
+            // r2 = h + FfnOut(gelu(FfnIn(h)))
+            blk.ffn_out
+                .backward(be, &acts.g, &*dres2, Some(&mut work.nf), false, n)?;
+            be.gelu_backward(&acts.f1, &work.nf, &mut work.nf2);
+            blk.ffn_in
+                .backward(be, &acts.f_in, &work.nf2, Some(&mut work.nc2), false, n)?;
+            be.axpy(1.0, &*dres2, &mut work.nc2);
+            // h = LN_a(r1)
+            ln_backward(
+                be,
+                &mut blk.ln_a,
+                &work.nc2,
+                &acts.r1,
+                &acts.ln_a_mean,
+                &acts.ln_a_rstd,
+                dres2,
+                d,
+            );
+            // r1 = x + O(attn(x))
+            attention_backward(
+                be,
+                blk,
+                acts,
+                x,
+                &*dres2,
+                need_dx.then_some(&mut *dres),
+                work,
+                d,
+                false,
+            )?;
+            if need_dx {
+                be.axpy(1.0, &*dres2, dres);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Configuration and batch types of the model: what a transformer is, what it is trained for,
+//! which weights train, and what one batch holds.
+
+use crate::adapter::ModuleKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// BERT-style encoder or GPT-style decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flavour {
+    /// Post-norm blocks, GELU, learned absolute positions, token types, embedding LayerNorm,
+    /// bidirectional attention with padded keys masked.
+    Encoder,
+    /// Pre-norm blocks, GELU, learned absolute positions, causal attention, a final LayerNorm
+    /// (`final_layernorm.*`), no token types.
+    Decoder,
+}
+
+/// Shape of a transformer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub flavour: Flavour,
+    pub vocab: usize,
+    pub max_positions: usize,
+    /// Token-type vocabulary (BERT: 2). Ignored by the decoder.
+    pub type_vocab: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub ln_eps: f32,
+}
+
+impl ModelConfig {
+    /// MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2) shape, the default of `bench train`.
+    pub fn minilm() -> Self {
+        Self {
+            flavour: Flavour::Encoder,
+            vocab: 30522,
+            max_positions: 512,
+            type_vocab: 2,
+            hidden: 384,
+            layers: 6,
+            heads: 12,
+            ffn: 1536,
+            ln_eps: 1e-12,
+        }
+    }
+
+    /// A tiny model for tests and built-in tasks.
+    pub fn tiny(flavour: Flavour) -> Self {
+        Self {
+            flavour,
+            vocab: 64,
+            max_positions: 32,
+            type_vocab: 2,
+            hidden: 32,
+            layers: 2,
+            heads: 4,
+            ffn: 64,
+            ln_eps: 1e-5,
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+
+    /// (rows, cols) of the weight of a module: W is [out, in].
+    pub fn module_shape(&self, kind: ModuleKind) -> (usize, usize) {
+        let (c, f) = (self.hidden, self.ffn);
+        match kind {
+            ModuleKind::Q | ModuleKind::K | ModuleKind::V | ModuleKind::O => (c, c),
+            ModuleKind::FfnIn => (f, c),
+            ModuleKind::FfnOut => (c, f),
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let c = self;
+        anyhow::ensure!(
+            c.vocab > 0 && c.hidden > 0 && c.layers > 0 && c.heads > 0 && c.ffn > 0,
+            "model config: vocab, hidden, layers, heads and ffn must all be positive (got {c:?})"
+        );
+        anyhow::ensure!(
+            c.hidden.is_multiple_of(c.heads),
+            "model config: hidden ({}) must be divisible by heads ({})",
+            c.hidden,
+            c.heads
+        );
+        anyhow::ensure!(
+            c.max_positions > 0,
+            "model config: max_positions must be positive"
+        );
+        anyhow::ensure!(
+            c.flavour == Flavour::Decoder || c.type_vocab > 0,
+            "model config: an encoder needs type_vocab ≥ 1"
+        );
+        Ok(())
+    }
+}
+
+/// How a classification head pools the final hidden states of a sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean over the unmasked tokens (sentence-transformers' MiniLM).
+    Mean,
+    /// The first token's hidden state (no pooler dense layer).
+    Cls,
+}
+
+/// What the model is trained for.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Head {
+    /// `classifier.{weight [classes, C], bias}` on the pooled output, cross-entropy over
+    /// `Target::Classes` (one per sequence).
+    Classify { classes: usize, pooling: Pooling },
+    /// Mean squared error. With `Target::Values` of length batch·seq·hidden: against the final
+    /// hidden states (no parameters; the planted-rank task). With length batch: a scalar per
+    /// sequence from `classifier.{weight [1, C], bias}` on the mean-pooled output (STS-B).
+    Regress,
+    /// Logits = hidden · word_embeddingsᵀ (tied), cross-entropy over `Target::Tokens` per
+    /// position (`Ids::IGNORE` = no target).
+    LanguageModel,
+    /// SQuAD 2.0 extractive head: `qa_outputs.{weight [2, C], bias}` gives start/end logits per
+    /// token; cross-entropy over positions (position 0 = no answer), mean of start and end.
+    Span,
+}
+
+/// LoRA settings: rank per (layer, module) slot, absent = 0.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct LoraConfig {
+    pub ranks: BTreeMap<(usize, ModuleKind), usize>,
+    pub alpha: f32,
+    /// Scale α/√r instead of α/r.
+    pub rslora: bool,
+    /// AdaLoRA's SVD form ΔW = B·diag(λ)·A: λ trainable and starting at 0, A and B ~ N(0, 0.02),
+    /// scale α / (initial rank), fixed for the adapter's life.
+    pub svd_form: bool,
+}
+
+impl LoraConfig {
+    /// Rank `r` on every listed kind of module in every layer.
+    pub fn uniform(layers: usize, kinds: &[ModuleKind], rank: usize, alpha: f32) -> Self {
+        let mut ranks = BTreeMap::new();
+        for l in 0..layers {
+            for &k in kinds {
+                ranks.insert((l, k), rank);
+            }
+        }
+        Self {
+            ranks,
+            alpha,
+            rslora: false,
+            svd_form: false,
+        }
+    }
+}
+
+/// Which weights train.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainMode {
+    /// Frozen body; LoRA adapters and the head's own weights train.
+    Lora(LoraConfig),
+    /// Every weight trains (the full fine-tuning baseline).
+    Full,
+}
+
+/// What a batch is scored against.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// One class per sequence: [batch].
+    Classes(Vec<u32>),
+    /// One token per position: [batch·seq], `u32::MAX` = ignore.
+    Tokens(Vec<u32>),
+    /// [batch·seq·hidden] (hidden-state regression) or [batch] (scalar regression).
+    Values(Vec<f32>),
+    /// Answer start/end positions per sequence: [batch] each; 0 = no answer.
+    Spans { start: Vec<u32>, end: Vec<u32> },
+}
+
+/// One batch of `batch` sequences of `seq` tokens, row-major [batch, seq].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub batch: usize,
+    pub seq: usize,
+    pub ids: Vec<u32>,
+    /// Token types [batch·seq] (empty = all 0).
+    pub type_ids: Vec<u32>,
+    /// Attention mask [batch·seq]: 1 = real token, 0 = padding (empty = all 1).
+    pub mask: Vec<f32>,
+    pub target: Target,
+}
+
+impl Batch {
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+/// Result of evaluating one batch. `loss_sum / count` is the mean loss as trained.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EvalOut {
+    pub loss_sum: f64,
+    /// Correct predictions (classes: per sequence; tokens: per target; spans: start and end
+    /// both right). 0 for regression.
+    pub correct: usize,
+    /// What `loss_sum` and `correct` are counted over (sequences, target tokens, or values).
+    pub count: usize,
+    /// Arg-max predictions: one per sequence (classes), start/end pairs (spans), empty otherwise.
+    pub preds: Vec<u32>,
+    /// Scalar regression outputs, one per sequence; empty otherwise.
+    pub outputs: Vec<f32>,
+}
+
+impl EvalOut {
+    pub fn merge(&mut self, o: &EvalOut) {
+        self.loss_sum += o.loss_sum;
+        self.correct += o.correct;
+        self.count += o.count;
+        self.preds.extend_from_slice(&o.preds);
+        self.outputs.extend_from_slice(&o.outputs);
+    }
+    pub fn loss(&self) -> f64 {
+        self.loss_sum / self.count.max(1) as f64
+    }
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.count.max(1) as f64
+    }
+}

@@ -1,0 +1,169 @@
+//! A linear layer y = x·W0ᵀ + b with an optional LoRA adapter on a separate path:
+//! y += s·((x·Aᵀ)·diag(λ))·Bᵀ, λ only in AdaLoRA's SVD form.
+//!
+//! W0 + s·B·A is never materialised: the adapter costs two thin GEMMs forward and four thin GEMMs
+//! backward, and a frozen W0 only pays for dX (no dW0), which is why a LoRA step costs about
+//! two thirds of a full fine-tuning step.
+
+use super::param::Param;
+use crate::backend::{Backend, Gemm, MemKind, Tensor};
+use anyhow::Result;
+
+/// A LoRA adapter slot. At rank 0 it holds no tensors but can be grown later.
+pub struct Lora<B: Backend> {
+    pub rank: usize,
+    /// A: [rank, cols]
+    pub a: Option<Param<B>>,
+    /// B: [rows, rank]
+    pub b: Option<Param<B>>,
+    /// λ: [rank] (SVD form only)
+    pub lambda: Option<Param<B>>,
+    /// λ entries held at 0 (AdaLoRA's pruned triplets): [rank].
+    pub mask: Vec<bool>,
+    /// Output scale s.
+    pub scale: f32,
+    /// AdaLoRA's SVD form (λ between A and B).
+    pub svd: bool,
+    /// Rank at construction: the SVD form's scale is α / init_rank for the adapter's life.
+    pub init_rank: usize,
+    /// Saved x·Aᵀ of the last forward: [n, rank].
+    pub(crate) xa: Option<Tensor<B>>,
+    /// Saved (x·Aᵀ)·diag(λ) of the last forward (SVD form): [n, rank].
+    pub(crate) xal: Option<Tensor<B>>,
+}
+
+pub struct Linear<B: Backend> {
+    /// W0: [rows, cols]
+    pub w: Param<B>,
+    /// b: [rows]
+    pub bias: Param<B>,
+    pub lora: Option<Lora<B>>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// A scratch tensor of exactly `len` values, reallocated only when the size changes.
+pub(crate) fn ensure_len<B: Backend>(
+    be: &B,
+    t: &mut Option<Tensor<B>>,
+    len: usize,
+    kind: MemKind,
+) -> Result<()> {
+    if t.as_ref().map(|t| t.len()) != Some(len) {
+        *t = None; // release before allocating, so the ledger peak is honest
+        *t = Some(be.zeros(len, kind)?);
+    }
+    Ok(())
+}
+
+impl<B: Backend> Linear<B> {
+    /// x: [n, cols] → y: [n, rows] (written).
+    pub fn forward(&mut self, be: &B, x: &Tensor<B>, y: &mut Tensor<B>, n: usize) -> Result<()> {
+        let (rows, cols) = (self.rows, self.cols);
+        be.matmul(x, &self.w.w, y, &Gemm::nt(n, rows, cols));
+        be.add_bias(y, &self.bias.w, n, rows);
+        if let Some(l) = self.lora.as_mut() {
+            let r = l.rank;
+            if r == 0 {
+                return Ok(());
+            }
+            let (a, b) = (l.a.as_ref().unwrap(), l.b.as_ref().unwrap());
+            ensure_len(be, &mut l.xa, n * r, MemKind::Activation)?;
+            let xa = l.xa.as_mut().unwrap();
+            // xa: [n, r] = x · Aᵀ
+            be.matmul(x, &a.w, xa, &Gemm::nt(n, r, cols));
+            let mid = if let Some(lam) = l.lambda.as_ref() {
+                ensure_len(be, &mut l.xal, n * r, MemKind::Activation)?;
+                let xal = l.xal.as_mut().unwrap();
+                be.mul_cols(l.xa.as_ref().unwrap(), &lam.w, xal, n, r);
+                l.xal.as_ref().unwrap()
+            } else {
+                l.xa.as_ref().unwrap()
+            };
+            // y += s · mid · Bᵀ
+            be.matmul(
+                mid,
+                &b.w,
+                y,
+                &Gemm::nt(n, rows, r).alpha(l.scale).accumulate(),
+            );
+        }
+        Ok(())
+    }
+
+    /// dy: [n, rows]; x: the forward input [n, cols]. Gradients of trainable parameters
+    /// accumulate; dx: [n, cols] is written (or accumulated when `accumulate_dx`), and skipped
+    /// when `None` (nothing upstream needs it).
+    pub fn backward(
+        &mut self,
+        be: &B,
+        x: &Tensor<B>,
+        dy: &Tensor<B>,
+        dx: Option<&mut Tensor<B>>,
+        accumulate_dx: bool,
+        n: usize,
+    ) -> Result<()> {
+        let (rows, cols) = (self.rows, self.cols);
+        if let Some(g) = self.bias.grad() {
+            be.col_sum(dy, g, n, rows, true);
+        }
+        if let Some(g) = self.w.grad() {
+            // dW += dyᵀ · x
+            be.matmul(dy, x, g, &Gemm::tn(rows, cols, n).accumulate());
+        }
+        let mut dx = dx;
+        if let Some(dx) = dx.as_deref_mut() {
+            // dx = dy · W0
+            be.matmul(
+                dy,
+                &self.w.w,
+                dx,
+                &Gemm::nn(n, cols, rows).beta(if accumulate_dx { 1.0 } else { 0.0 }),
+            );
+        }
+        let Some(l) = self.lora.as_mut() else {
+            return Ok(());
+        };
+        let r = l.rank;
+        if r == 0 {
+            return Ok(());
+        }
+        let s = l.scale;
+        let xa = l.xa.as_ref().expect("adapter backward after its forward");
+        // dmid: [n, r] = s · dy · B
+        let mut dmid = be.zeros(n * r, MemKind::Scratch)?;
+        be.matmul(
+            dy,
+            &l.b.as_ref().unwrap().w,
+            &mut dmid,
+            &Gemm::nn(n, r, rows).alpha(s),
+        );
+        let mid = l.xal.as_ref().filter(|_| l.lambda.is_some()).unwrap_or(xa);
+        if let Some(g) = l.b.as_mut().unwrap().grad() {
+            // dB += s · dyᵀ · mid
+            be.matmul(dy, mid, g, &Gemm::tn(rows, r, n).alpha(s).accumulate());
+        }
+        let dxa = if let Some(lam) = l.lambda.as_mut() {
+            // dλ[c] += Σ_n dmid[n, c] · xa[n, c]; dxa = dmid · diag(λ)
+            let mut prod = be.zeros(n * r, MemKind::Scratch)?;
+            be.mul(&dmid, xa, &mut prod);
+            if let Some(g) = lam.opt.as_mut().map(|o| &mut o.g) {
+                be.col_sum(&prod, g, n, r, true);
+            }
+            be.mul_cols(&dmid, &lam.w, &mut prod, n, r);
+            prod
+        } else {
+            dmid
+        };
+        let a = l.a.as_mut().unwrap();
+        if let Some(g) = a.grad() {
+            // dA += dxaᵀ · x
+            be.matmul(&dxa, x, g, &Gemm::tn(r, cols, n).accumulate());
+        }
+        if let Some(dx) = dx {
+            // dx += dxa · A
+            be.matmul(&dxa, &a.w, dx, &Gemm::nn(n, cols, r).accumulate());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,384 @@
+//! The model as an [`AdapterStore`] (host views of adapters, resizing), AdaLoRA masks, and
+//! checkpoint state (trainable parameters, AdamW moments, step counters, ranks).
+
+use super::config::{Flavour, TrainMode};
+use super::lora::{grow_factors, lora_scale, shrink_factors, Factors};
+use super::transformer::Model;
+use super::weights::{name_seed, HostWeights};
+use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, HostTensor, ModuleKind};
+use crate::backend::{Backend, MemKind};
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Rows of an input sample kept for [`AdapterStore::input_sample`].
+const SAMPLE_ROWS: usize = 256;
+
+/// Non-tensor part of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateMeta {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Rank changes made (seeds grown components).
+    pub resizes: u64,
+    /// Rank of every adapter slot, in `adapters()` order.
+    pub ranks: Vec<usize>,
+    /// Output scale of every slot.
+    pub scales: Vec<f32>,
+    /// Construction rank of every slot (the SVD form's scale).
+    pub init_ranks: Vec<usize>,
+    /// AdaLoRA λ masks per slot (empty when none is masked).
+    pub lambda_masks: Vec<Vec<bool>>,
+    /// AdamW step counter of every trainable tensor, by name.
+    pub param_steps: BTreeMap<String, u32>,
+}
+
+/// Everything needed to resume training exactly: trainable tensors by name, their AdamW moments
+/// as `{name}.exp_avg` / `{name}.exp_avg_sq`, and [`StateMeta`]. Frozen weights are not included
+/// (they come from the base model).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelState {
+    pub meta: StateMeta,
+    pub tensors: HostWeights,
+}
+
+impl<B: Backend> Model<B> {
+    /// (layer, kind) of adapter slot `i` (layer-major, `ModuleKind::ALL` order).
+    pub fn slot(&self, i: usize) -> Result<(usize, ModuleKind)> {
+        let n = self.cfg.layers * ModuleKind::ALL.len();
+        ensure!(
+            i < n,
+            "adapter index {i} out of range (the model has {n} slots)"
+        );
+        Ok((
+            i / ModuleKind::ALL.len(),
+            ModuleKind::ALL[i % ModuleKind::ALL.len()],
+        ))
+    }
+
+    fn lora_settings(&self) -> Result<(f32, bool, bool)> {
+        match &self.mode {
+            TrainMode::Lora(l) => Ok((l.alpha, l.rslora, l.svd_form)),
+            TrainMode::Full => bail!(
+                "this model is in full fine-tuning mode and has no adapters; use TrainMode::Lora"
+            ),
+        }
+    }
+
+    /// Current rank of every slot, in `adapters()` order.
+    pub fn ranks(&self) -> Vec<usize> {
+        self.blocks
+            .iter()
+            .flat_map(|b| ModuleKind::ALL.map(|k| b.linear(k).lora.as_ref().map_or(0, |l| l.rank)))
+            .collect()
+    }
+
+    /// AdaLoRA: hold λ_j of slot `i` at 0 where `mask[j]` is true (set now and after every
+    /// optimizer step) until the mask changes or the adapter is resized.
+    pub fn set_lambda_mask(&mut self, i: usize, mask: &[bool]) -> Result<()> {
+        let (l, kind) = self.slot(i)?;
+        let lora = self.blocks[l]
+            .linear_mut(kind)
+            .lora
+            .as_mut()
+            .context("set_lambda_mask: the model has no adapters (full fine-tuning)")?;
+        ensure!(
+            lora.svd,
+            "set_lambda_mask: adapter {l}.{kind} is not in SVD form; set LoraConfig::svd_form"
+        );
+        ensure!(
+            mask.len() == lora.rank,
+            "set_lambda_mask: adapter {l}.{kind} has rank {} but the mask has {} entries",
+            lora.rank,
+            mask.len()
+        );
+        lora.mask = mask.to_vec();
+        self.apply_lambda_masks()
+    }
+
+    /// Checkpoint of everything that trains (see [`ModelState`]).
+    pub fn state(&mut self) -> Result<ModelState> {
+        let be = self.be.clone();
+        let mut tensors = HostWeights::new();
+        let mut param_steps = BTreeMap::new();
+        for p in self.params_mut() {
+            let Some(o) = p.opt.as_ref() else { continue };
+            tensors.insert(p.name.clone(), p.host(&be)?);
+            let shape = p.shape.clone();
+            tensors.insert(
+                format!("{}.exp_avg", p.name),
+                HostTensor::new(shape.clone(), be.download(&o.m)?),
+            );
+            tensors.insert(
+                format!("{}.exp_avg_sq", p.name),
+                HostTensor::new(shape, be.download(&o.v)?),
+            );
+            param_steps.insert(p.name.clone(), o.step);
+        }
+        let mut scales = vec![];
+        let mut init_ranks = vec![];
+        let mut lambda_masks = vec![];
+        for b in &self.blocks {
+            for k in ModuleKind::ALL {
+                let l = b.linear(k).lora.as_ref();
+                scales.push(l.map_or(0.0, |l| l.scale));
+                init_ranks.push(l.map_or(0, |l| l.init_rank));
+                lambda_masks.push(match l {
+                    Some(l) if l.mask.iter().any(|&m| m) => l.mask.clone(),
+                    _ => vec![],
+                });
+            }
+        }
+        Ok(ModelState {
+            meta: StateMeta {
+                step: self.step,
+                resizes: self.resizes,
+                ranks: self.ranks(),
+                scales,
+                init_ranks,
+                lambda_masks,
+                param_steps,
+            },
+            tensors,
+        })
+    }
+
+    /// Restores a checkpoint taken by [`Model::state`] on a model built the same way (same
+    /// config, head, mode and base weights): adapters are first reallocated at the saved ranks.
+    pub fn load_state(&mut self, st: &ModelState) -> Result<()> {
+        let slots = self.cfg.layers * ModuleKind::ALL.len();
+        let m = &st.meta;
+        ensure!(
+            m.ranks.len() == slots && m.scales.len() == slots && m.init_ranks.len() == slots,
+            "checkpoint has {} adapter slots, the model {slots}; was it saved from another model?",
+            m.ranks.len()
+        );
+        let be = self.be.clone();
+        for i in 0..slots {
+            let (l, kind) = self.slot(i)?;
+            let (rows, cols) = self.cfg.module_shape(kind);
+            let path = kind.hf_bert_path(l);
+            match self.blocks[l].linear_mut(kind).lora.as_mut() {
+                Some(lora) => {
+                    if lora.rank != m.ranks[i] {
+                        let r = m.ranks[i];
+                        let f = Factors {
+                            rank: r,
+                            a: vec![0.0; r * cols],
+                            b: vec![0.0; r * rows],
+                            lambda: lora.svd.then(|| vec![0.0; r]),
+                        };
+                        lora.set_factors(&*be, &path, rows, cols, &f, m.scales[i])?;
+                    }
+                    lora.scale = m.scales[i];
+                    lora.init_rank = m.init_ranks[i];
+                    lora.mask = match m.lambda_masks.get(i) {
+                        Some(mk) if !mk.is_empty() => mk.clone(),
+                        _ => vec![false; lora.rank],
+                    };
+                }
+                None => ensure!(
+                    m.ranks[i] == 0,
+                    "checkpoint has an adapter of rank {} on {l}.{kind}, but this model is in \
+                     full fine-tuning mode",
+                    m.ranks[i]
+                ),
+            }
+        }
+        for p in self.params_mut() {
+            let Some(o) = p.opt.as_mut() else { continue };
+            let get = |name: &str| -> Result<&HostTensor> {
+                let t = st
+                    .tensors
+                    .get(name)
+                    .with_context(|| format!("checkpoint lacks tensor `{name}`"))?;
+                ensure!(
+                    t.shape == p.shape,
+                    "checkpoint tensor `{name}`: expected shape {:?}, found {:?}",
+                    p.shape,
+                    t.shape
+                );
+                Ok(t)
+            };
+            let w = get(&p.name)?.data.clone();
+            let mm = get(&format!("{}.exp_avg", p.name))?.data.clone();
+            let vv = get(&format!("{}.exp_avg_sq", p.name))?.data.clone();
+            be.write(&mut p.w, &w)?;
+            be.write(&mut o.m, &mm)?;
+            be.write(&mut o.v, &vv)?;
+            o.step = *m
+                .param_steps
+                .get(&p.name)
+                .with_context(|| format!("checkpoint lacks the step count of `{}`", p.name))?;
+        }
+        self.step = m.step;
+        self.resizes = m.resizes;
+        self.apply_lambda_masks()
+    }
+}
+
+impl<B: Backend> AdapterStore for Model<B> {
+    fn adapters(&self) -> Vec<AdapterInfo> {
+        let ranks = self.ranks();
+        (0..self.cfg.layers)
+            .flat_map(|l| ModuleKind::ALL.map(|k| (l, k)))
+            .zip(ranks)
+            .map(|((layer, kind), rank)| {
+                let (rows, cols) = self.cfg.module_shape(kind);
+                AdapterInfo {
+                    name: AdapterInfo::slot_name(layer, kind),
+                    layer,
+                    kind,
+                    rows,
+                    cols,
+                    rank,
+                }
+            })
+            .collect()
+    }
+
+    fn adapter_host(&self, i: usize) -> Result<AdapterHost> {
+        let (l, kind) = self.slot(i)?;
+        let be = &*self.be;
+        let Some(lora) = self.blocks[l].linear(kind).lora.as_ref() else {
+            bail!("adapter_host: the model has no adapters (full fine-tuning)");
+        };
+        let f = lora.factors(be)?;
+        let grad = |p: Option<&super::param::Param<B>>| -> Result<Vec<f32>> {
+            match p.and_then(|p| p.opt.as_ref()) {
+                Some(o) => be.download(&o.g),
+                None => Ok(vec![]),
+            }
+        };
+        Ok(AdapterHost {
+            a: f.a,
+            b: f.b,
+            lambda: f.lambda,
+            grad_a: grad(lora.a.as_ref())?,
+            grad_b: grad(lora.b.as_ref())?,
+            grad_lambda: if lora.svd {
+                Some(grad(lora.lambda.as_ref())?)
+            } else {
+                None
+            },
+            scale: lora.scale,
+        })
+    }
+
+    fn set_adapter_host(&mut self, i: usize, h: &AdapterHost) -> Result<()> {
+        let (l, kind) = self.slot(i)?;
+        let be = self.be.clone();
+        let lora = self.blocks[l]
+            .linear_mut(kind)
+            .lora
+            .as_mut()
+            .context("set_adapter_host: the model has no adapters (full fine-tuning)")?;
+        let r = lora.rank;
+        let (rows, cols) = self.cfg.module_shape(kind);
+        ensure!(
+            h.a.len() == r * cols && h.b.len() == rows * r,
+            "set_adapter_host: adapter {l}.{kind} has rank {r} (A {r}×{cols}, B {rows}×{r}); \
+             got {} and {} values — resize first to change the rank",
+            h.a.len(),
+            h.b.len()
+        );
+        #[allow(clippy::type_complexity)]
+        let pairs: [(Option<&mut super::param::Param<B>>, &[f32], &[f32]); 3] = [
+            (lora.a.as_mut(), &h.a, &h.grad_a),
+            (lora.b.as_mut(), &h.b, &h.grad_b),
+            (
+                lora.lambda.as_mut(),
+                h.lambda.as_deref().unwrap_or(&[]),
+                h.grad_lambda.as_deref().unwrap_or(&[]),
+            ),
+        ];
+        for (p, val, g) in pairs {
+            let Some(p) = p else { continue };
+            if !val.is_empty() {
+                ensure!(
+                    val.len() == p.len(),
+                    "set_adapter_host: {} needs {} values, got {}",
+                    p.name,
+                    p.len(),
+                    val.len()
+                );
+                be.write(&mut p.w, val)?;
+            }
+            if !g.is_empty() {
+                ensure!(
+                    g.len() == p.len(),
+                    "set_adapter_host: gradient of {} needs {} values, got {}",
+                    p.name,
+                    p.len(),
+                    g.len()
+                );
+                let extra = be.upload(g, MemKind::Scratch)?;
+                if let Some(dst) = p.grad() {
+                    be.axpy(1.0, &extra, dst);
+                }
+            }
+        }
+        self.apply_lambda_masks()
+    }
+
+    fn frozen_weight(&self, i: usize) -> Result<HostTensor> {
+        let (l, kind) = self.slot(i)?;
+        self.blocks[l].linear(kind).w.host(&*self.be)
+    }
+
+    fn resize_adapter(&mut self, i: usize, rank: usize) -> Result<()> {
+        let (l, kind) = self.slot(i)?;
+        let (alpha, rslora, svd) = self.lora_settings()?;
+        let (rows, cols) = self.cfg.module_shape(kind);
+        ensure!(
+            rank <= rows.min(cols),
+            "resize of adapter {l}.{kind} to rank {rank}: at most min(rows, cols) = {}",
+            rows.min(cols)
+        );
+        let seed = name_seed(self.seed, &format!("{l}.{kind}.grow.{}", self.resizes));
+        let be = self.be.clone();
+        let lora = self.blocks[l].linear_mut(kind).lora.as_mut().unwrap();
+        if lora.rank == rank {
+            return Ok(());
+        }
+        let f = lora.factors(&*be)?;
+        if svd && lora.init_rank == 0 {
+            lora.init_rank = rank;
+        }
+        let s_new = lora_scale(alpha, rank, rslora, svd, lora.init_rank);
+        let g = if rank < lora.rank {
+            shrink_factors(rows, cols, &f, lora.scale, rank, s_new)
+        } else {
+            grow_factors(rows, cols, &f, lora.scale, rank, s_new, seed)
+        };
+        lora.set_factors(&*be, &kind.hf_bert_path(l), rows, cols, &g, s_new)?;
+        self.resizes += 1;
+        Ok(())
+    }
+
+    fn input_sample(&self, i: usize) -> Option<HostTensor> {
+        let (l, kind) = self.slot(i).ok()?;
+        let a = self.acts.as_ref()?;
+        let la = &a.layers[l];
+        let decoder = self.cfg.flavour == Flavour::Decoder;
+        let (t, cols) = match kind {
+            ModuleKind::Q | ModuleKind::K | ModuleKind::V if decoder => {
+                (la.a_in.as_ref()?, self.cfg.hidden)
+            }
+            ModuleKind::Q | ModuleKind::K | ModuleKind::V => (
+                if l == 0 {
+                    a.emb_out.as_ref()?
+                } else {
+                    &a.layers[l - 1].out
+                },
+                self.cfg.hidden,
+            ),
+            ModuleKind::O => (&la.ctx, self.cfg.hidden),
+            ModuleKind::FfnIn => (&la.f_in, self.cfg.hidden),
+            ModuleKind::FfnOut => (&la.g, self.cfg.ffn),
+        };
+        let v = self.be.download(t).ok()?;
+        let rows = (v.len() / cols).min(SAMPLE_ROWS);
+        Some(HostTensor::new(vec![rows, cols], v[..rows * cols].to_vec()))
+    }
+}

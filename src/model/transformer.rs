@@ -1,0 +1,748 @@
+//! The model: embeddings, blocks, final norm, head; construction from host weights, the forward
+//! and backward passes over a batch, gradient bookkeeping and the AdamW step.
+
+use super::block::{block_backward, block_forward, Block, Dims, Flow, LayerActs, Norm, Work};
+use super::config::{Batch, Flavour, Head, LoraConfig, ModelConfig, TrainMode};
+use super::linear::{Linear, Lora};
+use super::lora::{init_factors, lora_scale};
+use super::param::Param;
+use super::weights::{body_shapes, head_shapes, init_tensor, name_seed, HostWeights, Init};
+use crate::adapter::{HostTensor, ModuleKind};
+use crate::backend::{AdamW, Backend, Ids, LedgerSnapshot, MemKind, Tensor};
+use anyhow::{bail, ensure, Context, Result};
+use std::sync::Arc;
+
+/// Token, position and (encoder) token-type tables, and the encoder's embedding LayerNorm.
+pub struct Embeddings<B: Backend> {
+    pub word: Param<B>,          // [V, C]
+    pub pos: Param<B>,           // [P, C]
+    pub types: Option<Param<B>>, // [types, C] (encoder)
+    pub ln: Option<Norm<B>>,     // encoder
+}
+
+/// Activations of one pass at one batch shape (reallocated when the shape changes).
+pub struct Acts<B: Backend> {
+    pub d: Dims,
+    pub ids: Ids<B>,         // [N]
+    pub pos_ids: Ids<B>,     // [N]
+    pub type_ids: Ids<B>,    // [N]
+    pub key_mask: Tensor<B>, // [B, T]
+    /// Sum of the embeddings: [N, C] (the decoder's block-0 input).
+    pub emb_sum: Tensor<B>,
+    pub emb_mean: Tensor<B>, // [N]
+    pub emb_rstd: Tensor<B>, // [N]
+    /// Encoder: LN(emb_sum), the block-0 input: [N, C].
+    pub emb_out: Option<Tensor<B>>,
+    pub layers: Vec<LayerActs<B>>,
+    /// Decoder: final LN output: [N, C].
+    pub final_out: Option<Tensor<B>>,
+    pub final_mean: Tensor<B>, // [N]
+    pub final_rstd: Tensor<B>, // [N]
+    pub work: Work<B>,
+    pub flow: Flow<B>,
+}
+
+/// A transformer with LoRA adapters (or fully trainable), on a backend.
+pub struct Model<B: Backend> {
+    pub(crate) be: Arc<B>,
+    pub(crate) cfg: ModelConfig,
+    pub(crate) head: Head,
+    pub(crate) mode: TrainMode,
+    pub(crate) seed: u64,
+    pub(crate) emb: Embeddings<B>,
+    pub(crate) blocks: Vec<Block<B>>,
+    /// Decoder: `final_layernorm`.
+    pub(crate) final_ln: Option<Norm<B>>,
+    /// `classifier.*` or `qa_outputs.*`: weight [K, C], bias [K].
+    pub(crate) head_w: Option<Param<B>>,
+    pub(crate) head_b: Option<Param<B>>,
+    pub(crate) acts: Option<Acts<B>>,
+    /// Optimizer steps taken.
+    pub(crate) step: u64,
+    /// Rank changes made so far (seeds the random rows of grown adapters).
+    pub(crate) resizes: u64,
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds a model on `backend`. `weights`: the body weights by Hugging Face BERT name (see
+    /// [`super::weights`]); `None` draws them from `seed` (BERT init). Missing head weights are
+    /// initialised (N(0, 0.02), bias 0); a missing body weight or a wrong shape is an error
+    /// naming the tensor. In LoRA mode the body is frozen (no gradient or optimizer buffers)
+    /// and every slot of `LoraConfig::ranks` gets an adapter with ΔW = 0.
+    pub fn new(
+        backend: Arc<B>,
+        cfg: ModelConfig,
+        head: Head,
+        mode: TrainMode,
+        weights: Option<&HostWeights>,
+        seed: u64,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        match head {
+            Head::Classify { classes, .. } => {
+                ensure!(classes >= 1, "classification head needs at least 1 class")
+            }
+            Head::Span => {}
+            Head::Regress | Head::LanguageModel => {}
+        }
+        let be = &*backend;
+        let full = mode == TrainMode::Full;
+        let get = |name: &str, shape: &[usize], is_head: bool| -> Result<HostTensor> {
+            match weights {
+                None => Ok(init_tensor(name, shape, Init::Bert, seed)),
+                Some(w) => match w.get(name) {
+                    Some(t) => {
+                        ensure!(
+                            t.shape == shape,
+                            "weight `{name}`: expected shape {shape:?}, found {:?}",
+                            t.shape
+                        );
+                        ensure!(
+                            t.data.len() == shape.iter().product::<usize>(),
+                            "weight `{name}`: shape {shape:?} but {} values",
+                            t.data.len()
+                        );
+                        Ok(t.clone())
+                    }
+                    None if is_head => Ok(init_tensor(name, shape, Init::Bert, seed)),
+                    None => bail!(
+                        "weight `{name}` (shape {shape:?}) is missing from the loaded weights; \
+                         check that the checkpoint is a {:?} with {} layers",
+                        cfg.flavour,
+                        cfg.layers
+                    ),
+                },
+            }
+        };
+        let mut body = std::collections::BTreeMap::new();
+        for (name, shape) in body_shapes(&cfg) {
+            let t = get(&name, &shape, false)?;
+            body.insert(name.clone(), Param::new(be, name, &t, full)?);
+        }
+        let mut take = |name: &str| body.remove(name).expect("body weight listed above");
+        let emb = Embeddings {
+            word: take("embeddings.word_embeddings.weight"),
+            pos: take("embeddings.position_embeddings.weight"),
+            types: (cfg.flavour == Flavour::Encoder)
+                .then(|| take("embeddings.token_type_embeddings.weight")),
+            ln: (cfg.flavour == Flavour::Encoder).then(|| Norm {
+                gamma: take("embeddings.LayerNorm.weight"),
+                beta: take("embeddings.LayerNorm.bias"),
+            }),
+        };
+        let lora_cfg = match &mode {
+            TrainMode::Lora(l) => Some(l.clone()),
+            TrainMode::Full => None,
+        };
+        if let Some(l) = &lora_cfg {
+            for &(layer, kind) in l.ranks.keys() {
+                ensure!(
+                    layer < cfg.layers,
+                    "LoRA rank given for layer {layer}, but the model has {} layers (0..{})",
+                    cfg.layers,
+                    cfg.layers
+                );
+                let _ = kind;
+            }
+        }
+        let mut blocks = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let mut lin = |kind: ModuleKind| -> Result<Linear<B>> {
+                let (rows, cols) = cfg.module_shape(kind);
+                let path = kind.hf_bert_path(l);
+                let w = take(&format!("{path}.weight"));
+                let bias = take(&format!("{path}.bias"));
+                let lora = match &lora_cfg {
+                    None => None,
+                    Some(lc) => {
+                        let r = lc.ranks.get(&(l, kind)).copied().unwrap_or(0);
+                        Some(new_lora(be, lc, &path, rows, cols, r, seed, l, kind)?)
+                    }
+                };
+                Ok(Linear {
+                    w,
+                    bias,
+                    lora,
+                    rows,
+                    cols,
+                })
+            };
+            let q = lin(ModuleKind::Q)?;
+            let k = lin(ModuleKind::K)?;
+            let v = lin(ModuleKind::V)?;
+            let o = lin(ModuleKind::O)?;
+            let ffn_in = lin(ModuleKind::FfnIn)?;
+            let ffn_out = lin(ModuleKind::FfnOut)?;
+            let mut norm = |p: &str| Norm {
+                gamma: take(&format!("encoder.layer.{l}.{p}.weight")),
+                beta: take(&format!("encoder.layer.{l}.{p}.bias")),
+            };
+            let ln_a = norm("attention.output.LayerNorm");
+            let ln_f = norm("output.LayerNorm");
+            blocks.push(Block {
+                q,
+                k,
+                v,
+                o,
+                ffn_in,
+                ffn_out,
+                ln_a,
+                ln_f,
+            });
+        }
+        let final_ln = (cfg.flavour == Flavour::Decoder).then(|| Norm {
+            gamma: take("final_layernorm.weight"),
+            beta: take("final_layernorm.bias"),
+        });
+        // Head weights always train (LoRA trains the task head, as PEFT's modules_to_save).
+        let mut hp = head_shapes(&cfg, &head).into_iter();
+        let mut head_param = || -> Result<Option<Param<B>>> {
+            match hp.next() {
+                None => Ok(None),
+                Some((name, shape)) => {
+                    let t = get(&name, &shape, true)?;
+                    Ok(Some(Param::new(be, name, &t, true)?))
+                }
+            }
+        };
+        let head_w = head_param()?;
+        let head_b = head_param()?;
+        Ok(Self {
+            be: backend.clone(),
+            cfg,
+            head,
+            mode,
+            seed,
+            emb,
+            blocks,
+            final_ln,
+            head_w,
+            head_b,
+            acts: None,
+            step: 0,
+            resizes: 0,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+    pub fn mode(&self) -> &TrainMode {
+        &self.mode
+    }
+    pub fn backend(&self) -> &Arc<B> {
+        &self.be
+    }
+    /// The backend's memory ledger now (current and peak bytes by kind).
+    pub fn memory(&self) -> LedgerSnapshot {
+        self.be.ledger().snapshot()
+    }
+    /// Optimizer steps taken.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Every parameter (frozen or trainable) in a fixed order: embeddings, blocks, final norm,
+    /// head.
+    pub(crate) fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        let mut out: Vec<&mut Param<B>> = Vec::new();
+        let Embeddings {
+            word,
+            pos,
+            types,
+            ln,
+        } = &mut self.emb;
+        out.push(word);
+        out.push(pos);
+        out.extend(types.iter_mut());
+        if let Some(n) = ln {
+            out.push(&mut n.gamma);
+            out.push(&mut n.beta);
+        }
+        for b in &mut self.blocks {
+            out.extend(b.params_mut());
+        }
+        if let Some(n) = &mut self.final_ln {
+            out.push(&mut n.gamma);
+            out.push(&mut n.beta);
+        }
+        out.extend(self.head_w.iter_mut());
+        out.extend(self.head_b.iter_mut());
+        out
+    }
+
+    /// Trainable parameters (elements): adapters and head in LoRA mode, everything in full mode.
+    pub fn trainable_params(&mut self) -> usize {
+        self.params_mut()
+            .into_iter()
+            .filter(|p| p.trainable())
+            .map(|p| p.len())
+            .sum()
+    }
+
+    /// Host copies of every trainable parameter, by name.
+    pub fn trainable_host(&mut self) -> Result<HostWeights> {
+        let be = self.be.clone();
+        let mut out = HostWeights::new();
+        for p in self.params_mut() {
+            if p.trainable() {
+                out.insert(p.name.clone(), p.host(&be)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Host copies of the gradients of every trainable parameter, by name.
+    pub fn trainable_grads(&mut self) -> Result<HostWeights> {
+        let be = self.be.clone();
+        let mut out = HostWeights::new();
+        for p in self.params_mut() {
+            if let Some(o) = p.opt.as_ref() {
+                out.insert(
+                    p.name.clone(),
+                    HostTensor::new(p.shape.clone(), be.download(&o.g)?),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Overwrites trainable parameters by name (names not given are left alone; an unknown
+    /// name or a wrong size is an error).
+    pub fn set_trainable(&mut self, w: &HostWeights) -> Result<()> {
+        let be = self.be.clone();
+        let mut done = 0;
+        for p in self.params_mut() {
+            if !p.trainable() {
+                continue;
+            }
+            if let Some(t) = w.get(&p.name) {
+                ensure!(
+                    t.data.len() == p.len(),
+                    "set_trainable: `{}` has {} values, got {}",
+                    p.name,
+                    p.len(),
+                    t.data.len()
+                );
+                be.write(&mut p.w, &t.data)?;
+                done += 1;
+            }
+        }
+        ensure!(
+            done == w.len(),
+            "set_trainable: {} of the {} tensors given are not trainable parameters of this model",
+            w.len() - done,
+            w.len()
+        );
+        Ok(())
+    }
+
+    /// Sets every gradient to zero (gradients accumulate across `forward_backward` calls).
+    pub fn zero_grads(&mut self) {
+        let be = self.be.clone();
+        for p in self.params_mut() {
+            if let Some(g) = p.grad() {
+                be.fill(g, 0.0);
+            }
+        }
+    }
+
+    /// Global L2 norm of all gradients: one `sumsq` slot per tensor, one download.
+    pub fn grad_norm(&mut self) -> Result<f32> {
+        let be = self.be.clone();
+        let params: Vec<&mut Param<B>> = self
+            .params_mut()
+            .into_iter()
+            .filter(|p| p.trainable())
+            .collect();
+        if params.is_empty() {
+            return Ok(0.0);
+        }
+        let mut slots = be.zeros(params.len(), MemKind::Scratch)?;
+        for (i, p) in params.iter().enumerate() {
+            be.sumsq(&p.opt.as_ref().unwrap().g, &mut slots, i);
+        }
+        let s = be.download(&slots)?;
+        Ok(s.iter().map(|&v| v as f64).sum::<f64>().sqrt() as f32)
+    }
+
+    /// One AdamW step on every trainable parameter, after clipping the global gradient norm to
+    /// `clip`. Returns the norm before clipping. `opt.step` is ignored: each parameter counts
+    /// its own steps for bias correction (they differ only after a resize reset an adapter,
+    /// see [`super::lora`]). Weight decay applies to matrices only. Masked λ entries are set
+    /// back to 0 after the update.
+    pub fn optimizer_step(&mut self, opt: &AdamW, clip: Option<f32>) -> Result<f32> {
+        let norm = self.grad_norm()?;
+        ensure!(
+            norm.is_finite(),
+            "gradient norm is {norm} at step {}; lower the learning rate or check the data",
+            self.step + 1
+        );
+        let be = self.be.clone();
+        let factor = match clip {
+            Some(c) if c > 0.0 && norm > c => Some(c / norm),
+            _ => None,
+        };
+        for p in self.params_mut() {
+            let decay = p.decay;
+            let Some(o) = p.opt.as_mut() else { continue };
+            if let Some(f) = factor {
+                be.scale(&mut o.g, f);
+            }
+            o.step += 1;
+            let cfg = AdamW {
+                step: o.step,
+                weight_decay: if decay { opt.weight_decay } else { 0.0 },
+                ..*opt
+            };
+            be.adamw(&mut p.w, &o.g, &mut o.m, &mut o.v, &cfg);
+        }
+        self.apply_lambda_masks()?;
+        self.step += 1;
+        Ok(norm)
+    }
+
+    /// Re-zero masked λ entries (AdaLoRA's pruned triplets stay pruned).
+    pub(crate) fn apply_lambda_masks(&mut self) -> Result<()> {
+        let be = self.be.clone();
+        for b in &mut self.blocks {
+            for kind in ModuleKind::ALL {
+                let Some(l) = b.linear_mut(kind).lora.as_mut() else {
+                    continue;
+                };
+                if !l.mask.iter().any(|&m| m) {
+                    continue;
+                }
+                if let Some(lam) = l.lambda.as_mut() {
+                    let mut v = be.download(&lam.w)?;
+                    for (x, &m) in v.iter_mut().zip(&l.mask) {
+                        if m {
+                            *x = 0.0;
+                        }
+                    }
+                    be.write(&mut lam.w, &v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- forward / backward over the body ----------------------------------------------
+
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        let (b, t, n) = (batch.batch, batch.seq, batch.tokens());
+        ensure!(
+            b > 0 && t > 0,
+            "batch: empty batch ({b} sequences of {t} tokens)"
+        );
+        ensure!(
+            t <= self.cfg.max_positions,
+            "batch: sequences of {t} tokens exceed the model's {} positions; truncate them",
+            self.cfg.max_positions
+        );
+        ensure!(
+            batch.ids.len() == n,
+            "batch: {} token ids for {b}×{t} = {n} positions",
+            batch.ids.len()
+        );
+        if let Some((i, &id)) = batch
+            .ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= self.cfg.vocab)
+        {
+            bail!(
+                "batch: token id {id} at sequence {}, position {} is outside the vocabulary of {}",
+                i / t,
+                i % t,
+                self.cfg.vocab
+            );
+        }
+        ensure!(
+            batch.type_ids.is_empty() || batch.type_ids.len() == n,
+            "batch: {} token types for {n} positions",
+            batch.type_ids.len()
+        );
+        if self.cfg.flavour == Flavour::Encoder {
+            if let Some(&ty) = batch
+                .type_ids
+                .iter()
+                .find(|&&ty| ty as usize >= self.cfg.type_vocab)
+            {
+                bail!(
+                    "batch: token type {ty} is outside the model's {} types",
+                    self.cfg.type_vocab
+                );
+            }
+        }
+        ensure!(
+            batch.mask.is_empty() || batch.mask.len() == n,
+            "batch: attention mask of {} values for {n} positions",
+            batch.mask.len()
+        );
+        Ok(())
+    }
+
+    fn ensure_acts(&mut self, d: Dims, batch: &Batch) -> Result<()> {
+        let be = &*self.be;
+        let decoder = self.cfg.flavour == Flavour::Decoder;
+        let n = d.n();
+        let ids = be.ids(&batch.ids)?;
+        let pos: Vec<u32> = (0..n).map(|i| (i % d.t) as u32).collect();
+        let types = if batch.type_ids.is_empty() {
+            vec![0u32; n]
+        } else {
+            batch.type_ids.clone()
+        };
+        let mask = if batch.mask.is_empty() {
+            vec![1.0f32; n]
+        } else {
+            batch.mask.clone()
+        };
+        if self.acts.as_ref().map(|a| a.d) != Some(d) {
+            self.acts = None; // free the old shape first
+            let z = |len| be.zeros(len, MemKind::Activation);
+            self.acts = Some(Acts {
+                d,
+                ids: be.ids(&batch.ids)?,
+                pos_ids: be.ids(&pos)?,
+                type_ids: be.ids(&types)?,
+                key_mask: be.upload(&mask, MemKind::Activation)?,
+                emb_sum: z(n * d.c)?,
+                emb_mean: z(n)?,
+                emb_rstd: z(n)?,
+                emb_out: if decoder { None } else { Some(z(n * d.c)?) },
+                layers: (0..self.cfg.layers)
+                    .map(|_| LayerActs::new(be, d, decoder))
+                    .collect::<Result<_>>()?,
+                final_out: if decoder { Some(z(n * d.c)?) } else { None },
+                final_mean: z(n)?,
+                final_rstd: z(n)?,
+                work: Work::new(be, d)?,
+                flow: Flow::new(be, d)?,
+            });
+        }
+        let a = self.acts.as_mut().unwrap();
+        a.ids = ids;
+        a.type_ids = be.ids(&types)?;
+        be.write(&mut a.key_mask, &mask)?;
+        Ok(())
+    }
+
+    pub(crate) fn dims(&self, batch: &Batch) -> Dims {
+        let c = &self.cfg;
+        Dims {
+            b: batch.batch,
+            t: batch.seq,
+            c: c.hidden,
+            h: c.heads,
+            d: c.head_dim(),
+            f: c.ffn,
+        }
+    }
+
+    /// Embeddings and blocks (and the decoder's final norm) over `batch`.
+    pub(crate) fn forward_body(&mut self, batch: &Batch) -> Result<()> {
+        self.check_batch(batch)?;
+        let d = self.dims(batch);
+        self.ensure_acts(d, batch)?;
+        let be = &*self.be;
+        let eps = self.cfg.ln_eps;
+        let decoder = self.cfg.flavour == Flavour::Decoder;
+        let a = self.acts.as_mut().unwrap();
+        let c = d.c;
+        // emb_sum: [N, C] = word[ids] + pos[t] (+ types[type_ids])
+        be.embedding_forward(&a.ids, &self.emb.word.w, &mut a.emb_sum, c, false);
+        be.embedding_forward(&a.pos_ids, &self.emb.pos.w, &mut a.emb_sum, c, true);
+        if let Some(ty) = &self.emb.types {
+            be.embedding_forward(&a.type_ids, &ty.w, &mut a.emb_sum, c, true);
+        }
+        if let (Some(ln), Some(out)) = (&self.emb.ln, a.emb_out.as_mut()) {
+            be.layernorm_forward(
+                &a.emb_sum,
+                &ln.gamma.w,
+                &ln.beta.w,
+                out,
+                &mut a.emb_mean,
+                &mut a.emb_rstd,
+                d.n(),
+                c,
+                eps,
+            );
+        }
+        let Acts {
+            emb_sum,
+            emb_out,
+            layers,
+            work,
+            key_mask,
+            ..
+        } = a;
+        let x0: &Tensor<B> = emb_out.as_ref().unwrap_or(emb_sum);
+        for l in 0..self.blocks.len() {
+            let (prev, rest) = layers.split_at_mut(l);
+            let x = if l == 0 { x0 } else { &prev[l - 1].out };
+            block_forward(
+                be,
+                &mut self.blocks[l],
+                &mut rest[0],
+                x,
+                key_mask,
+                work,
+                d,
+                decoder,
+                eps,
+            )
+            .with_context(|| format!("forward of layer {l}"))?;
+        }
+        if let (Some(ln), Some(out)) = (&self.final_ln, a.final_out.as_mut()) {
+            be.layernorm_forward(
+                &a.layers.last().unwrap().out,
+                &ln.gamma.w,
+                &ln.beta.w,
+                out,
+                &mut a.final_mean,
+                &mut a.final_rstd,
+                d.n(),
+                c,
+                eps,
+            );
+        }
+        Ok(())
+    }
+
+    /// The final hidden states of the last forward pass: [N, C].
+    pub(crate) fn hidden(&self) -> &Tensor<B> {
+        let a = self
+            .acts
+            .as_ref()
+            .expect("forward before reading hidden states");
+        a.final_out
+            .as_ref()
+            .unwrap_or_else(|| &a.layers.last().unwrap().out)
+    }
+
+    /// Final hidden states of `batch` before any head: [batch·seq, hidden], row-major.
+    pub fn hidden_states(&mut self, batch: &Batch) -> Result<Vec<f32>> {
+        self.forward_body(batch)?;
+        self.be.download(self.hidden())
+    }
+
+    /// Backward through the body; `acts.flow.dres` holds dL/dhidden [N, C] on entry.
+    pub(crate) fn backward_body(&mut self) -> Result<()> {
+        let be = &*self.be;
+        let decoder = self.cfg.flavour == Flavour::Decoder;
+        let a = self.acts.as_mut().expect("backward after forward");
+        let d = a.d;
+        let full = self.emb.word.trainable();
+        if let Some(ln) = self.final_ln.as_mut() {
+            let Norm { gamma, beta } = ln;
+            be.layernorm_backward(
+                &a.flow.dres,
+                &a.layers.last().unwrap().out,
+                &gamma.w,
+                &a.final_mean,
+                &a.final_rstd,
+                &mut a.flow.dres2,
+                gamma.opt.as_mut().map(|o| &mut o.g),
+                beta.opt.as_mut().map(|o| &mut o.g),
+                d.n(),
+                d.c,
+            );
+            std::mem::swap(&mut a.flow.dres, &mut a.flow.dres2);
+        }
+        let Acts {
+            emb_sum,
+            emb_out,
+            layers,
+            work,
+            flow,
+            key_mask,
+            ..
+        } = &mut *a;
+        let _ = key_mask;
+        let x0: &Tensor<B> = emb_out.as_ref().unwrap_or(emb_sum);
+        for l in (0..self.blocks.len()).rev() {
+            let x = if l == 0 { x0 } else { &layers[l - 1].out };
+            // Below layer 0 only the embeddings remain; their gradient is needed only when they
+            // train (full fine-tuning).
+            let need_dx = l > 0 || full;
+            block_backward(
+                be,
+                &mut self.blocks[l],
+                &layers[l],
+                x,
+                work,
+                flow,
+                d,
+                decoder,
+                need_dx,
+            )
+            .with_context(|| format!("backward of layer {l}"))?;
+        }
+        if !full {
+            return Ok(());
+        }
+        let demb = if let Some(ln) = self.emb.ln.as_mut() {
+            let Norm { gamma, beta } = ln;
+            be.layernorm_backward(
+                &a.flow.dres,
+                &a.emb_sum,
+                &gamma.w,
+                &a.emb_mean,
+                &a.emb_rstd,
+                &mut a.flow.dres2,
+                gamma.opt.as_mut().map(|o| &mut o.g),
+                beta.opt.as_mut().map(|o| &mut o.g),
+                d.n(),
+                d.c,
+            );
+            &a.flow.dres2
+        } else {
+            &a.flow.dres
+        };
+        if let Some(g) = self.emb.word.grad() {
+            be.embedding_backward(&a.ids, demb, g, d.c);
+        }
+        if let Some(g) = self.emb.pos.grad() {
+            be.embedding_backward(&a.pos_ids, demb, g, d.c);
+        }
+        if let Some(g) = self.emb.types.as_mut().and_then(|t| t.grad()) {
+            be.embedding_backward(&a.type_ids, demb, g, d.c);
+        }
+        Ok(())
+    }
+}
+
+/// An adapter slot at rank `r` with ΔW = 0 (seeded per slot, so ranks elsewhere don't change
+/// this slot's initial A).
+#[allow(clippy::too_many_arguments)]
+fn new_lora<B: Backend>(
+    be: &B,
+    lc: &LoraConfig,
+    path: &str,
+    rows: usize,
+    cols: usize,
+    r: usize,
+    seed: u64,
+    layer: usize,
+    kind: ModuleKind,
+) -> Result<Lora<B>> {
+    ensure!(
+        r <= rows.min(cols),
+        "LoRA rank {r} for slot {layer}.{kind} exceeds min(rows, cols) = {} of its {rows}×{cols} weight",
+        rows.min(cols)
+    );
+    let f = init_factors(
+        rows,
+        cols,
+        r,
+        lc.svd_form,
+        name_seed(seed, &format!("{layer}.{kind}.lora_init")),
+    );
+    let scale = lora_scale(lc.alpha, r, lc.rslora, lc.svd_form, r);
+    Lora::from_factors(be, path, rows, cols, &f, scale, r)
+}

@@ -49,7 +49,7 @@ fn check_depth(text: &str, src: usize) -> Result<(), Diagnostic> {
         if in_comment {
             in_comment = c != '\n';
         } else if in_str {
-            in_str = !(c == '"' && !escaped) && c != '\n';
+            in_str = (escaped || c != '"') && c != '\n';
             escaped = c == '\\' && !escaped;
         } else {
             match c {

@@ -192,3 +192,30 @@ fn an_error_only_in_one_arm_names_the_arm() {
     let text = err.to_string();
     assert!(text.contains("(in arm `tight`)"), "{text}");
 }
+
+#[test]
+fn step_bounds_as_shares_follow_train_steps() {
+    let extra = "allocator = plugin \"../plugins/allocate.rhai\"\n\
+                 phase warm until step 25% {}\n\
+                 phase adapt until step 75% { every 10 steps: reallocate }\n\
+                 phase rest {}";
+    let p = small(extra).unwrap();
+    let bounds: Vec<&Until> = p.arms[0].phases.iter().map(|ph| &ph.until).collect();
+    assert_eq!(bounds, [&Until::Step(25), &Until::Step(75), &Until::End]);
+    // `--set train.steps=...` moves the bounds with it.
+    let src = std::fs::read_to_string("tests/fixtures/policy/valid/small.rank").unwrap();
+    let src = src
+        .replace("until step 50", "until step 25%")
+        .replace("until step 150", "until step 75%");
+    let p = load_str(
+        &src,
+        "s.rank",
+        Path::new("tests/fixtures/policy/valid"),
+        &["train.steps=1000".to_string()],
+    )
+    .unwrap();
+    assert_eq!(p.arms[0].phases[1].until, Until::Step(750));
+    // A share is not a count.
+    let err = small("train.warmup = 10%").unwrap_err();
+    assert!(err.to_string().contains("whole number"), "{err}");
+}

@@ -96,8 +96,16 @@ pub struct Number {
 }
 
 impl Number {
+    /// Written as a percentage (`25%`): a share of training, value in 0..=1.
+    pub fn is_share(&self) -> bool {
+        self.text.ends_with('%')
+    }
+
     /// The value as a count, when it is a whole non-negative number that fits.
     pub fn as_count(&self) -> Option<u64> {
+        if self.is_share() {
+            return None;
+        }
         let v = self.value;
         (v >= 0.0 && v.fract() == 0.0 && v <= 9.007_199_254_740_992e15).then_some(v as u64)
     }

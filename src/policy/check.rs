@@ -507,6 +507,43 @@ impl Ctx<'_> {
             }
         };
         match &c.node {
+            Cond::Step(n) if n.node.is_share() => {
+                let share = n.node.value;
+                let Some(s) = steps else {
+                    d.push(
+                        Diagnostic::new(
+                            n.span,
+                            "a bound as a share of training needs `train.steps`",
+                            "share of what?",
+                        )
+                        .help("set `train.steps`, or bound the phase by `epoch N`"),
+                    );
+                    return None;
+                };
+                if !(share > 0.0 && share <= 1.0) {
+                    d.push(
+                        Diagnostic::new(
+                            n.span,
+                            format!("`{}` is not a share of training", n.node.text),
+                            "here",
+                        )
+                        .help("a share lies between 0% and 100%, e.g. `until step 25%`"),
+                    );
+                    return None;
+                }
+                let v = ((share * s as f64).round() as usize).max(1);
+                let resolved = Spanned::new(
+                    Cond::Step(Spanned::new(
+                        Number {
+                            text: v.to_string(),
+                            value: v as f64,
+                        },
+                        n.span,
+                    )),
+                    c.span,
+                );
+                self.until(&resolved, name, is_last, steps, prev_step, prev_epoch, d)
+            }
             Cond::Step(n) => {
                 let v = count(n, d)?;
                 if v <= prev_step.0 && prev_step.1.is_some() {
@@ -521,7 +558,7 @@ impl Ctx<'_> {
                     if v > s {
                         d.push(
                             Diagnostic::new(n.span, format!("phase `{name}` ends at step {v}, after training ends (train.steps = {s})"), "beyond train.steps")
-                                .help("lower the bound or raise train.steps"),
+                                .help("lower the bound, raise train.steps, or give the bound as a share of training (`until step 60%`) so it follows train.steps"),
                         );
                         return None;
                     }

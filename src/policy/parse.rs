@@ -49,7 +49,7 @@ fn check_depth(text: &str, src: usize) -> Result<(), Diagnostic> {
         if in_comment {
             in_comment = c != '\n';
         } else if in_str {
-            in_str = !(c == '"' && !escaped) && c != '\n';
+            in_str = (escaped || c != '"') && c != '\n';
             escaped = c == '\\' && !escaped;
         } else {
             match c {
@@ -237,7 +237,10 @@ fn build_number(p: Pair<'_, Rule>, src: usize) -> Spanned<Number> {
         Some(d) => (d, 1e3),
         None => match text.strip_suffix('M') {
             Some(d) => (d, 1e6),
-            None => (text.as_str(), 1.0),
+            None => match text.strip_suffix('%') {
+                Some(d) => (d, 1e-2),
+                None => (text.as_str(), 1.0),
+            },
         },
     };
     let clean: String = digits.chars().filter(|c| *c != '_').collect();

@@ -191,7 +191,10 @@ impl PluginChecker {
                         role.a()
                     )
                 } else {
-                    let defined: Vec<&str> = fns.iter().map(|(n, _)| n.as_str()).collect();
+                    // rhai keeps functions in a hash map: sort for a stable message.
+                    let mut defined: Vec<&str> = fns.iter().map(|(n, _)| n.as_str()).collect();
+                    defined.sort_unstable();
+                    defined.dedup();
                     let also = if defined.is_empty() {
                         "it defines no functions".to_string()
                     } else {

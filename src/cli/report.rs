@@ -1,10 +1,38 @@
 //! `adarank report` — rebuild or merge reports from finished run directories (issue 7).
 
+use crate::experiment::{rundir, RunDir};
+use anyhow::{bail, Result};
 use clap::Args;
+use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
-pub struct ReportArgs {}
+pub struct ReportArgs {
+    /// Run directories. One: its report.md, results.csv and plots are rebuilt in place. Several:
+    /// merged into `--out`.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Where a merged report goes (required with several run directories).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
 
-pub fn main(_args: ReportArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`adarank report` is not built yet")
+pub fn main(args: ReportArgs) -> Result<()> {
+    let dirs = args
+        .runs
+        .iter()
+        .map(|p| RunDir::open(p))
+        .collect::<Result<Vec<_>>>()?;
+    match (&dirs[..], &args.out) {
+        ([one], None) => {
+            let s = one.load_summary()?;
+            one.render(&s)?;
+            println!("{}", one.report().display());
+        }
+        (_, Some(out)) => {
+            let rd = rundir::merge(&dirs, out)?;
+            println!("{}", rd.report().display());
+        }
+        (_, None) => bail!("merging {} runs needs --out DIR", dirs.len()),
+    }
+    Ok(())
 }

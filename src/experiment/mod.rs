@@ -1,1 +1,18 @@
-//! See docs/ARCHITECTURE.md.
+//! Experiments: a policy's arms × seeds run into a run directory (`runs/<experiment>-<ts>/`) with
+//! metrics, rank trajectories, checkpoints, PEFT-compatible adapters, results table, report and
+//! plots. See docs/ARCHITECTURE.md ("Runs").
+
+pub mod checkpoint;
+pub mod fsio;
+pub mod peft;
+pub mod plots;
+pub mod progress;
+pub mod records;
+pub mod report;
+pub mod rundir;
+pub mod stats;
+
+pub use records::{
+    ArmMeta, CellResult, CellStatus, EnvInfo, MetricRecord, MetricSpec, RankRecord, Summary,
+};
+pub use rundir::RunDir;

@@ -1,0 +1,212 @@
+//! The records a run directory holds: one line of `metrics.jsonl` per training step, one line of
+//! `ranks.jsonl` per rank change, and `summary.json` with every arm × seed cell's results.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One training step of one cell (`metrics.jsonl`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricRecord {
+    pub arm: String,
+    pub seed: u64,
+    /// Steps done, counting from 1.
+    pub step: u64,
+    pub phase: String,
+    pub loss: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping, when the loop reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Tokens (or examples) seen in this step.
+    pub tokens: u64,
+    pub trainable_params: u64,
+    /// Set on steps where the policy asked for an evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_accuracy: Option<f64>,
+}
+
+/// The rank of every adapter slot of one cell after a change (`ranks.jsonl`); the first record
+/// of a cell (step 0, reason "init") gives the starting ranks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RankRecord {
+    pub arm: String,
+    pub seed: u64,
+    pub step: u64,
+    pub reason: String,
+    /// `(slot name, rank)` in the model's adapter order.
+    pub ranks: Vec<(String, usize)>,
+}
+
+impl RankRecord {
+    pub fn total(&self) -> usize {
+        self.ranks.iter().map(|(_, r)| r).sum()
+    }
+}
+
+/// The quantity the main table compares, and which direction is better.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricSpec {
+    /// `"accuracy"` (a fraction in 0..=1) or `"eval_loss"`, or a task's own name.
+    pub name: String,
+    pub higher_is_better: bool,
+}
+
+/// What the report needs to know about an arm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArmMeta {
+    pub name: String,
+    /// Method label for the tables ("adaptive", "fixed", "layerwise", "full", "adalora", …).
+    pub method: String,
+    /// An ablation arm goes into the ablation table, compared with `ablation_of`.
+    #[serde(default)]
+    pub ablation: bool,
+    /// The arm this ablation removes a part from (defaults to the experiment's baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ablation_of: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+/// Results of one arm × seed cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellResult {
+    pub arm: String,
+    pub seed: u64,
+    pub status: CellStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub steps: u64,
+    /// The value of the experiment's [`MetricSpec`].
+    #[serde(default)]
+    pub metric: Option<f64>,
+    #[serde(default)]
+    pub eval_loss: Option<f64>,
+    #[serde(default)]
+    pub eval_accuracy: Option<f64>,
+    #[serde(default)]
+    pub final_train_loss: Option<f64>,
+    /// Peak bytes of the backend ledger over the cell, total and by kind.
+    pub peak_bytes: u64,
+    #[serde(default)]
+    pub peak_by_kind: BTreeMap<String, u64>,
+    pub wall_s: f64,
+    pub tokens_per_s: f64,
+    /// Trainable parameters at the end of the cell.
+    pub trainable_params: u64,
+    #[serde(default)]
+    pub final_ranks: Vec<(String, usize)>,
+}
+
+impl CellResult {
+    pub fn pending(arm: &str, seed: u64) -> Self {
+        Self {
+            arm: arm.to_string(),
+            seed,
+            status: CellStatus::Pending,
+            error: None,
+            steps: 0,
+            metric: None,
+            eval_loss: None,
+            eval_accuracy: None,
+            final_train_loss: None,
+            peak_bytes: 0,
+            peak_by_kind: BTreeMap::new(),
+            wall_s: 0.0,
+            tokens_per_s: 0.0,
+            trainable_params: 0,
+            final_ranks: Vec::new(),
+        }
+    }
+}
+
+/// Where and with what a run ran (`env.json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnvInfo {
+    pub adarank_version: String,
+    #[serde(default)]
+    pub git_commit: Option<String>,
+    pub device: String,
+    pub backend: String,
+    pub os: String,
+    pub arch: String,
+    pub threads: usize,
+    pub started: String,
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+impl EnvInfo {
+    /// The environment of this process; `device`/`backend` name the backend in use.
+    pub fn collect(device: &str, backend: &str) -> Self {
+        let git_commit = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty());
+        Self {
+            adarank_version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit,
+            device: device.to_string(),
+            backend: backend.to_string(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            started: chrono::Utc::now().to_rfc3339(),
+            command: std::env::args().collect(),
+        }
+    }
+}
+
+/// `summary.json`: everything the report is built from, rewritten after every cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub experiment: String,
+    pub metric: MetricSpec,
+    #[serde(default)]
+    pub baseline: Option<String>,
+    pub arms: Vec<ArmMeta>,
+    pub seeds: Vec<u64>,
+    pub cells: Vec<CellResult>,
+    #[serde(default)]
+    pub env: Option<EnvInfo>,
+}
+
+impl Summary {
+    pub fn cell(&self, arm: &str, seed: u64) -> Option<&CellResult> {
+        self.cells.iter().find(|c| c.arm == arm && c.seed == seed)
+    }
+    pub fn cell_mut(&mut self, arm: &str, seed: u64) -> Option<&mut CellResult> {
+        self.cells
+            .iter_mut()
+            .find(|c| c.arm == arm && c.seed == seed)
+    }
+    /// Stores `cell`, replacing the cell of the same arm and seed.
+    pub fn put(&mut self, cell: CellResult) {
+        match self.cell_mut(&cell.arm, cell.seed) {
+            Some(c) => *c = cell,
+            None => self.cells.push(cell),
+        }
+    }
+    pub fn failed(&self) -> Vec<&CellResult> {
+        self.cells
+            .iter()
+            .filter(|c| c.status == CellStatus::Failed)
+            .collect()
+    }
+    pub fn arm(&self, name: &str) -> Option<&ArmMeta> {
+        self.arms.iter().find(|a| a.name == name)
+    }
+}

@@ -12,6 +12,7 @@
 //!   as an error naming what failed, never as a panic.
 
 pub mod cpu;
+pub mod device;
 pub mod gpu;
 pub mod ledger;
 

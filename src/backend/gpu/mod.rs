@@ -1,1 +1,287 @@
-//! The GPU backend: wgpu + the WGSL kernels in `shaders/` (see issue 2). Not yet written.
+//! The GPU backend: wgpu and the WGSL kernels in `shaders/`.
+//!
+//! - [`Gpu::open`] picks an adapter (real GPUs first; a CPU-type adapter such as lavapipe only
+//!   when allowed), creates the device with the adapter's own limits, and installs an
+//!   uncaptured-error handler so that device errors become `Err`s at the next `sync`/`download`.
+//! - Ops record compute passes into one pending command encoder, submitted in batches (per-submit
+//!   overhead dominates small ops); `sync`/`download` submit and wait.
+//! - Pipelines are built on first use and cached per (shader, entry point, override constants).
+//! - Tensors come from a buffer pool ([`pool`]) and hold a ledger guard for their bytes.
+//! - Tensors larger than the storage binding limit (128 MiB on many adapters) are handled by
+//!   elementwise and row ops, which bind 256-byte aligned sub-ranges and dispatch per chunk.
+
+mod dispatch;
+mod ops;
+pub mod pool;
+pub mod shaders;
+
+pub use pool::{GpuBuf, GpuIds};
+
+use super::Ledger;
+use anyhow::{anyhow, bail, Context, Result};
+use dispatch::{ErrorLog, PipelineCache};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Which GEMM kernel `matmul` runs (see `shaders/matmul.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum GemmKernel {
+    /// 8×16 outputs per invocation from registers, no shared memory: fastest on CPU-type
+    /// adapters (lavapipe).
+    RegisterBlocked,
+    /// Shared-memory 64×64 tiles: fastest on real GPUs.
+    Tiled,
+}
+
+impl GemmKernel {
+    /// The kernel that is fastest on an adapter of this type.
+    pub fn default_for(device_type: wgpu::DeviceType) -> Self {
+        match device_type {
+            wgpu::DeviceType::Cpu => GemmKernel::RegisterBlocked,
+            _ => GemmKernel::Tiled,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmKernel::RegisterBlocked => "register-blocked",
+            GemmKernel::Tiled => "tiled",
+        }
+    }
+}
+
+/// Whether a CPU-type adapter (lavapipe, SwiftShader) may be taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterFilter {
+    /// Discrete, integrated, virtual or other GPUs only.
+    RealGpu,
+    /// Also software adapters (slow, but they run the real kernels: tests, `--device gpu`).
+    AllowCpu,
+}
+
+pub struct Gpu {
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    ledger: Ledger,
+    pool: Arc<pool::Pool>,
+    pipelines: PipelineCache,
+    pending: Mutex<dispatch::Pending>,
+    errors: Arc<ErrorLog>,
+    gemm: AtomicU8,
+    /// A one-element buffer bound where a kernel's optional input is absent.
+    dummy: wgpu::Buffer,
+}
+
+/// The wgpu instance: Vulkan/Metal/DX12 unless `WGPU_BACKEND` says otherwise (a GL adapter
+/// would be listed too on Linux and compiles shaders very slowly).
+pub fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::PRIMARY;
+    wgpu::Instance::new(desc.with_env())
+}
+
+/// Every adapter the instance sees, best first (discrete, integrated, virtual, other, CPU).
+pub fn adapters() -> Vec<wgpu::Adapter> {
+    let inst = instance();
+    let mut list = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+    list.sort_by_key(|a| rank(a.get_info().device_type));
+    list
+}
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// One line per adapter property that matters here, for `adarank devices` and run records.
+pub fn describe_adapter(a: &wgpu::Adapter) -> String {
+    let i = a.get_info();
+    let l = a.limits();
+    let f = a.features();
+    let mut feats: Vec<String> = [
+        wgpu::Features::SHADER_F16,
+        wgpu::Features::SUBGROUP,
+        wgpu::Features::TIMESTAMP_QUERY,
+        wgpu::Features::SHADER_INT64,
+        wgpu::Features::SHADER_FLOAT32_ATOMIC,
+    ]
+    .iter()
+    .filter(|x| f.contains(**x))
+    .map(|x| format!("{x:?}"))
+    .collect();
+    if feats.is_empty() {
+        feats.push("none of interest".into());
+    }
+    format!(
+        "{name} | backend {backend:?} | type {ty:?} | driver {driver} {dinfo}\n    \
+         limits: max_buffer_size {mb} MiB, max_storage_buffer_binding_size {mbind} MiB, \
+         workgroup storage {ws} KiB, {inv} invocations/workgroup, {wg} workgroups/dim, \
+         {sb} storage buffers/stage\n    features: {feats}",
+        name = i.name,
+        backend = i.backend,
+        ty = i.device_type,
+        driver = i.driver,
+        dinfo = i.driver_info,
+        mb = l.max_buffer_size >> 20,
+        mbind = l.max_storage_buffer_binding_size >> 20,
+        ws = l.max_compute_workgroup_storage_size >> 10,
+        inv = l.max_compute_invocations_per_workgroup,
+        wg = l.max_compute_workgroups_per_dimension,
+        sb = l.max_storage_buffers_per_shader_stage,
+        feats = feats.join(", "),
+    )
+}
+
+impl Gpu {
+    /// Opens the best adapter `filter` allows; `Ok(None)` when there is none.
+    pub fn open(filter: AdapterFilter) -> Result<Option<Gpu>> {
+        let found = adapters().into_iter().find(|a| {
+            filter == AdapterFilter::AllowCpu || a.get_info().device_type != wgpu::DeviceType::Cpu
+        });
+        match found {
+            Some(a) => Ok(Some(Self::from_adapter(a)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates the device and queue on `adapter`, with the adapter's own limits (the defaults
+    /// would cap buffers at 256 MiB and bindings at 128 MiB even on large GPUs).
+    pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("adarank"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .with_context(|| format!("creating a device on adapter {}", info.name))?;
+        let features = device.features();
+        let errors = Arc::new(ErrorLog::default());
+        let log = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| log.push_device(e)));
+        let pool = Arc::new(pool::Pool::new(device.clone(), limits.max_buffer_size));
+        let dummy = pool::create_checked(
+            &device,
+            limits.max_buffer_size,
+            pool::BUFFER_ALIGN,
+            wgpu::BufferUsages::STORAGE,
+            "placeholder buffer",
+        )?;
+        let gemm = GemmKernel::default_for(info.device_type);
+        Ok(Gpu {
+            info,
+            limits,
+            features,
+            pipelines: PipelineCache::new(device.clone()),
+            device,
+            queue,
+            ledger: Ledger::new(),
+            pool,
+            pending: Mutex::new(dispatch::Pending::default()),
+            errors,
+            gemm: AtomicU8::new(gemm as u8),
+            dummy,
+        })
+    }
+
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+    /// True for software adapters (lavapipe): correct but slow.
+    pub fn is_cpu_adapter(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    pub fn gemm_kernel(&self) -> GemmKernel {
+        match self.gemm.load(Ordering::Relaxed) {
+            0 => GemmKernel::RegisterBlocked,
+            _ => GemmKernel::Tiled,
+        }
+    }
+    /// Chooses the GEMM kernel for all following `matmul` calls on this device.
+    pub fn set_gemm_kernel(&self, k: GemmKernel) {
+        self.gemm.store(k as u8, Ordering::Relaxed);
+    }
+
+    /// Bytes of freed buffers kept for reuse (not counted in the ledger: nothing holds them).
+    pub fn pool_cached_bytes(&self) -> u64 {
+        self.pool.cached_bytes()
+    }
+    /// Releases the buffer pool's parked buffers.
+    pub fn trim_pool(&self) -> u64 {
+        self.pool.trim()
+    }
+
+    /// Largest byte range one storage binding may cover.
+    pub fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size
+    }
+
+    /// Submits pending work and waits for it; returns the device errors recorded since the last
+    /// check as one error naming the ops that were running.
+    pub fn wait(&self) -> Result<()> {
+        self.flush();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("GPU device poll failed (device lost?): {e}"))?;
+        self.errors.take()
+    }
+}
+
+/// The shared GPU for tests: opened once per test binary (lavapipe is fine). `None`, after
+/// printing why, when no adapter exists — unless `ADARANK_REQUIRE_GPU=1`, when it panics so
+/// the test fails instead of skipping.
+pub fn test_gpu() -> Option<Arc<Gpu>> {
+    static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
+    let g = GPU.get_or_init(|| match Gpu::open(AdapterFilter::AllowCpu) {
+        Ok(Some(g)) => Some(Arc::new(g)),
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("test_gpu: opening the adapter failed: {e:#}");
+            None
+        }
+    });
+    if g.is_none() {
+        let require = std::env::var("ADARANK_REQUIRE_GPU").is_ok_and(|v| v == "1");
+        if require {
+            panic!(
+                "ADARANK_REQUIRE_GPU=1 but no wgpu adapter was found \
+                 (install a Vulkan driver, e.g. scripts/install-vulkan, and set WGPU_BACKEND=vulkan)"
+            );
+        }
+        eprintln!("skipped: no wgpu adapter found (set ADARANK_REQUIRE_GPU=1 to fail instead)");
+    }
+    g.clone()
+}
+
+/// Fails with a clear message when `bytes` cannot be bound in one piece.
+fn check_bindable(g: &Gpu, op: &str, what: &str, bytes: u64) -> Result<()> {
+    if bytes > g.max_binding() {
+        bail!(
+            "{op}: {what} is {bytes} bytes, above this adapter's storage binding limit of {} bytes; \
+             {op} does not split such tensors (split the batch)",
+            g.max_binding()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,965 @@
+//! `Backend` for `Gpu`: argument checks on the host (a bad call is skipped and reported by the
+//! next `sync`/`download`, never a panic), then one or more kernel dispatches.
+
+use super::dispatch::{grid, Arg, Bind, Params};
+use super::pool::{build_csr, GpuBuf, GpuIds, Pool};
+use super::{check_bindable, GemmKernel, Gpu};
+use crate::backend::{AdamW, Attn, Backend, BackendKind, Gemm, Ids, Ledger, MemKind, Tensor};
+use anyhow::{anyhow, ensure, Result};
+use wgpu::util::DeviceExt;
+
+const IGNORE: u32 = u32::MAX;
+
+fn raw(t: &Tensor<Gpu>) -> &wgpu::Buffer {
+    t.buf.raw()
+}
+
+impl Gpu {
+    fn alloc(&self, len: usize, kind: MemKind) -> Result<Tensor<Gpu>> {
+        let bytes = (len * 4) as u64;
+        let what = format!("{} tensor of {len} f32", kind.name());
+        let buf = self.pool.take(bytes, &what)?;
+        let guard = self.ledger.hold(kind, bytes);
+        Ok(Tensor::from_parts(
+            GpuBuf::new(buf, self.pool.clone()),
+            len,
+            guard,
+        ))
+    }
+
+    /// Copies host data into `dst` through a staging buffer recorded in the command stream, so
+    /// the write is ordered with the ops around it.
+    fn stage_into(&self, dst: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let staging = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("upload staging"),
+                contents: data,
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
+        self.encode("upload", |enc| {
+            enc.copy_buffer_to_buffer(&staging, 0, dst, 0, data.len() as u64)
+        });
+        Ok(())
+    }
+
+    fn small_buffer(&self, data: &[u32], what: &str) -> wgpu::Buffer {
+        let mut words = data.to_vec();
+        if words.is_empty() {
+            words.push(0);
+        }
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(what),
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    /// Checks every length condition; records an error and returns false when one fails.
+    fn require(&self, op: &'static str, checks: &[(bool, String)]) -> bool {
+        for (ok, msg) in checks {
+            if !ok {
+                self.reject(format!("{op}: {msg}; the op was skipped"));
+                return false;
+            }
+        }
+        true
+    }
+
+    fn reduce(
+        &self,
+        op: &'static str,
+        x: &Tensor<Gpu>,
+        out: &mut Tensor<Gpu>,
+        slot: usize,
+        mode: usize,
+    ) {
+        if !self.require(
+            op,
+            &[(
+                slot < out.len(),
+                format!("slot {slot} outside an output of {}", out.len()),
+            )],
+        ) {
+            return;
+        }
+        let n = x.len();
+        let parts = n.div_ceil(4096).max(1);
+        let scratch = match self.alloc(parts, MemKind::Scratch) {
+            Ok(t) => t,
+            Err(e) => return self.reject(format!("{op}: {e:#}")),
+        };
+        if n == 0 {
+            self.fill_raw(raw(&scratch), 1, 0.0);
+        }
+        // Chunks of whole 4096-element partial blocks, so partial indices stay global.
+        let chunks = match self.row_chunks(op, n, 1, 4096) {
+            Ok(c) => c,
+            Err(e) => return self.reject(format!("{e:#}")),
+        };
+        for (e0, cnt) in chunks {
+            if cnt == 0 {
+                continue;
+            }
+            self.dispatch(
+                op,
+                "reduce",
+                "reduce_forward",
+                &[],
+                &Params::default().u(cnt).u(mode).u(e0 / 4096).u(0),
+                &[
+                    Bind {
+                        slot: 1,
+                        buf: raw(x),
+                        offset: (e0 * 4) as u64,
+                        size: (cnt * 4) as u64,
+                    },
+                    Bind {
+                        slot: 2,
+                        buf: raw(&scratch),
+                        offset: 0,
+                        size: (parts * 4) as u64,
+                    },
+                ],
+                grid(cnt.div_ceil(4096)),
+            );
+        }
+        if let Err(e) = check_bindable(self, op, "the output", (out.len() * 4) as u64) {
+            return self.reject(format!("{e:#}"));
+        }
+        self.dispatch(
+            op,
+            "reduce",
+            "reduce_final",
+            &[],
+            &Params::default().u(parts).u(mode).u(0).u(slot),
+            &[
+                Bind {
+                    slot: 3,
+                    buf: raw(&scratch),
+                    offset: 0,
+                    size: (parts * 4) as u64,
+                },
+                Bind {
+                    slot: 4,
+                    buf: raw(out),
+                    offset: 0,
+                    size: (out.len() * 4) as u64,
+                },
+            ],
+            [1, 1, 1],
+        );
+    }
+
+    fn fill_raw(&self, buf: &wgpu::Buffer, n: usize, value: f32) {
+        if value == 0.0 && value.is_sign_positive() {
+            let bytes = (n * 4) as u64;
+            self.encode("fill", |enc| enc.clear_buffer(buf, 0, Some(bytes)));
+            return;
+        }
+        self.elementwise("fill", "elementwise", "fill_forward", n, &[(3, buf)], |c| {
+            Params::default().u(c).u(1).f(value)
+        });
+    }
+
+    /// `matmul` with an explicit kernel for this call (benchmarks, tests of both kernels).
+    pub fn matmul_with(
+        &self,
+        kernel: GemmKernel,
+        a: &Tensor<Gpu>,
+        b: &Tensor<Gpu>,
+        c: &mut Tensor<Gpu>,
+        spec: &Gemm,
+    ) {
+        let (ea, eb, ec) = spec.extents();
+        if !self.require(
+            "matmul",
+            &[
+                (
+                    a.len() >= ea,
+                    format!("{spec:?}: A has {} values, needs {ea}", a.len()),
+                ),
+                (
+                    b.len() >= eb,
+                    format!("{spec:?}: B has {} values, needs {eb}", b.len()),
+                ),
+                (
+                    c.len() >= ec,
+                    format!("{spec:?}: C has {} values, needs {ec}", c.len()),
+                ),
+                (
+                    spec.batch <= 1 || spec.stride_c >= spec.m * spec.n,
+                    format!("{spec:?}: batched matmul with overlapping C"),
+                ),
+            ],
+        ) {
+            return;
+        }
+        if spec.m == 0 || spec.n == 0 || spec.batch == 0 {
+            return;
+        }
+        for (name, e) in [("A", ea), ("B", eb), ("C", ec)] {
+            if let Err(err) = check_bindable(self, "matmul", name, (e * 4) as u64) {
+                return self.reject(format!("{err:#}"));
+            }
+        }
+        self.gemm_dispatch(kernel, raw(a), raw(b), raw(c), spec, (ea, eb, ec));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_dispatch(
+        &self,
+        kernel: GemmKernel,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        c: &wgpu::Buffer,
+        spec: &Gemm,
+        ext: (usize, usize, usize),
+    ) {
+        let (entry, gx, gy) = match kernel {
+            GemmKernel::RegisterBlocked => {
+                ("matmul_blocked", spec.n.div_ceil(128), spec.m.div_ceil(64))
+            }
+            GemmKernel::Tiled => ("matmul_tiled", spec.n.div_ceil(64), spec.m.div_ceil(64)),
+        };
+        let consts = [
+            ("TRANS_A", if spec.trans_a { 1.0 } else { 0.0 }),
+            ("TRANS_B", if spec.trans_b { 1.0 } else { 0.0 }),
+        ];
+        let binds = [
+            Bind {
+                slot: 1,
+                buf: a,
+                offset: 0,
+                size: (ext.0 * 4) as u64,
+            },
+            Bind {
+                slot: 2,
+                buf: b,
+                offset: 0,
+                size: (ext.1 * 4) as u64,
+            },
+            Bind {
+                slot: 3,
+                buf: c,
+                offset: 0,
+                size: (ext.2 * 4) as u64,
+            },
+        ];
+        let mut z0 = 0;
+        while z0 < spec.batch {
+            let nz = (spec.batch - z0).min(65535);
+            let params = Params::default()
+                .u(spec.m)
+                .u(spec.n)
+                .u(spec.k)
+                .u(z0)
+                .u(spec.stride_a)
+                .u(spec.stride_b)
+                .u(spec.stride_c)
+                .u(0)
+                .f(spec.alpha)
+                .f(spec.beta);
+            self.dispatch(
+                "matmul",
+                "matmul",
+                entry,
+                &consts,
+                &params,
+                &binds,
+                [gx as u32, gy as u32, nz as u32],
+            );
+            z0 += nz;
+        }
+    }
+}
+
+fn len_is(t: &Tensor<Gpu>, need: usize, name: &str) -> (bool, String) {
+    (
+        t.len() >= need,
+        format!("{name} has {} values, needs {need}", t.len()),
+    )
+}
+
+impl Backend for Gpu {
+    type Buf = GpuBuf;
+    type IdsBuf = GpuIds;
+
+    fn name(&self) -> String {
+        self.info.name.clone()
+    }
+    fn kind(&self) -> BackendKind {
+        BackendKind::Gpu
+    }
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn zeros(&self, len: usize, kind: MemKind) -> Result<Tensor<Self>> {
+        let t = self.alloc(len, kind)?;
+        let bytes = Pool::rounded((len * 4) as u64);
+        self.encode("zeros", |enc| enc.clear_buffer(raw(&t), 0, Some(bytes)));
+        Ok(t)
+    }
+    fn upload(&self, data: &[f32], kind: MemKind) -> Result<Tensor<Self>> {
+        let t = self.alloc(data.len(), kind)?;
+        self.stage_into(raw(&t), bytemuck::cast_slice(data))?;
+        Ok(t)
+    }
+    fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
+        let bytes = (t.len() * 4) as u64;
+        if bytes == 0 {
+            self.wait()?;
+            return Ok(Vec::new());
+        }
+        let staging = super::pool::create_checked(
+            &self.device,
+            self.limits.max_buffer_size,
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            "download staging buffer",
+        )?;
+        self.encode("download", |enc| {
+            enc.copy_buffer_to_buffer(raw(t), 0, &staging, 0, bytes)
+        });
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|_| anyhow!("download: the map callback never ran"))?
+            .map_err(|e| anyhow!("download: mapping the staging buffer failed: {e}"))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| anyhow!("download: reading the mapped buffer failed: {e:?}"))?;
+        let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+    fn write(&self, t: &mut Tensor<Self>, data: &[f32]) -> Result<()> {
+        ensure!(
+            data.len() == t.len(),
+            "write of {} values into a tensor of {}",
+            data.len(),
+            t.len()
+        );
+        self.stage_into(raw(t), bytemuck::cast_slice(data))
+    }
+    fn ids(&self, ids: &[u32]) -> Result<Ids<Self>> {
+        let (uniq, offsets, positions) = build_csr(ids, IGNORE);
+        let max_id = uniq.last().copied();
+        let buf = GpuIds {
+            ids: self.small_buffer(ids, "ids"),
+            uniq: self.small_buffer(&uniq, "ids: unique"),
+            offsets: self.small_buffer(&offsets, "ids: csr offsets"),
+            positions: self.small_buffer(&positions, "ids: csr positions"),
+            n_unique: uniq.len(),
+            n_positions: positions.len(),
+            max_id,
+        };
+        Ok(Ids::from_parts(buf, ids.len()))
+    }
+    fn sync(&self) -> Result<()> {
+        self.wait()
+    }
+
+    fn fill(&self, x: &mut Tensor<Self>, value: f32) {
+        self.fill_raw(raw(x), x.len(), value);
+    }
+    fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) {
+        if !self.require("copy", &[len_is(dst, src.len(), "dst")]) || src.is_empty() {
+            return;
+        }
+        let bytes = (src.len() * 4) as u64;
+        self.encode("copy", |enc| {
+            enc.copy_buffer_to_buffer(raw(src), 0, raw(dst), 0, bytes)
+        });
+    }
+    fn scale(&self, x: &mut Tensor<Self>, s: f32) {
+        self.elementwise(
+            "scale",
+            "elementwise",
+            "scale_forward",
+            x.len(),
+            &[(3, raw(x))],
+            |c| Params::default().u(c).u(1).f(s),
+        );
+    }
+    fn axpy(&self, alpha: f32, x: &Tensor<Self>, y: &mut Tensor<Self>) {
+        let n = x.len().min(y.len());
+        self.elementwise(
+            "axpy",
+            "elementwise",
+            "axpy_forward",
+            n,
+            &[(1, raw(x)), (3, raw(y))],
+            |c| Params::default().u(c).u(1).f(alpha),
+        );
+    }
+    fn mul(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &mut Tensor<Self>) {
+        let n = a.len().min(b.len()).min(out.len());
+        self.elementwise(
+            "mul",
+            "elementwise",
+            "mul_forward",
+            n,
+            &[(1, raw(a)), (2, raw(b)), (3, raw(out))],
+            |c| Params::default().u(c).u(1).f(0.0),
+        );
+    }
+    fn mul_cols(
+        &self,
+        x: &Tensor<Self>,
+        v: &Tensor<Self>,
+        out: &mut Tensor<Self>,
+        rows: usize,
+        cols: usize,
+    ) {
+        if !self.require(
+            "mul_cols",
+            &[
+                len_is(x, rows * cols, "x"),
+                len_is(out, rows * cols, "out"),
+                len_is(v, cols, "v"),
+            ],
+        ) {
+            return;
+        }
+        self.rows_op(
+            "mul_cols",
+            "elementwise",
+            "mul_cols_forward",
+            rows,
+            cols,
+            &[
+                (1, Arg::Rows(raw(x))),
+                (2, Arg::Whole(raw(v), cols)),
+                (3, Arg::Rows(raw(out))),
+            ],
+            |_, n| Params::default().u(n * cols).u(cols).f(0.0),
+            |n| (n * cols).div_ceil(256),
+        );
+    }
+    fn add_bias(&self, x: &mut Tensor<Self>, bias: &Tensor<Self>, rows: usize, cols: usize) {
+        if !self.require(
+            "add_bias",
+            &[len_is(x, rows * cols, "x"), len_is(bias, cols, "bias")],
+        ) {
+            return;
+        }
+        self.rows_op(
+            "add_bias",
+            "bias",
+            "bias_forward",
+            rows,
+            cols,
+            &[(1, Arg::Whole(raw(bias), cols)), (2, Arg::Rows(raw(x)))],
+            |_, n| Params::default().u(n).u(cols).u(0),
+            |n| (n * cols).div_ceil(256),
+        );
+    }
+    fn col_sum(
+        &self,
+        x: &Tensor<Self>,
+        out: &mut Tensor<Self>,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        if !self.require(
+            "col_sum",
+            &[len_is(x, rows * cols, "x"), len_is(out, cols, "out")],
+        ) {
+            return;
+        }
+        if rows == 0 {
+            if !accumulate {
+                self.fill_raw(raw(out), cols, 0.0);
+            }
+            return;
+        }
+        // Chunks after the first add to what the first wrote.
+        self.rows_op(
+            "col_sum",
+            "bias",
+            "bias_backward",
+            rows,
+            cols,
+            &[(3, Arg::Rows(raw(x))), (4, Arg::Whole(raw(out), cols))],
+            |r0, n| {
+                Params::default()
+                    .u(n)
+                    .u(cols)
+                    .u((accumulate || r0 > 0) as usize)
+            },
+            |_| cols.div_ceil(64),
+        );
+    }
+    fn sumsq(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize) {
+        self.reduce("sumsq", x, out, slot, 1);
+    }
+    fn sum(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize) {
+        self.reduce("sum", x, out, slot, 0);
+    }
+
+    fn matmul(&self, a: &Tensor<Self>, b: &Tensor<Self>, c: &mut Tensor<Self>, spec: &Gemm) {
+        self.matmul_with(self.gemm_kernel(), a, b, c, spec);
+    }
+    fn permute0213(&self, x: &Tensor<Self>, y: &mut Tensor<Self>, dims: [usize; 4]) {
+        let n: usize = dims.iter().product();
+        if !self.require("permute0213", &[len_is(x, n, "x"), len_is(y, n, "y")]) || n == 0 {
+            return;
+        }
+        if let Err(e) = check_bindable(self, "permute0213", "x", (n * 4) as u64) {
+            return self.reject(format!("{e:#}"));
+        }
+        self.dispatch(
+            "permute0213",
+            "permute",
+            "permute_forward",
+            &[],
+            &Params::default()
+                .u(dims[0])
+                .u(dims[1])
+                .u(dims[2])
+                .u(dims[3]),
+            &[
+                Bind {
+                    slot: 1,
+                    buf: raw(x),
+                    offset: 0,
+                    size: (n * 4) as u64,
+                },
+                Bind {
+                    slot: 2,
+                    buf: raw(y),
+                    offset: 0,
+                    size: (n * 4) as u64,
+                },
+            ],
+            grid(n.div_ceil(256)),
+        );
+    }
+
+    fn gelu_forward(&self, x: &Tensor<Self>, y: &mut Tensor<Self>) {
+        let n = x.len().min(y.len());
+        self.elementwise(
+            "gelu_forward",
+            "gelu",
+            "gelu_forward",
+            n,
+            &[(1, raw(x)), (3, raw(y))],
+            |c| Params::default().u(c),
+        );
+    }
+    fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &mut Tensor<Self>) {
+        let n = x.len().min(dy.len()).min(dx.len());
+        self.elementwise(
+            "gelu_backward",
+            "gelu",
+            "gelu_backward",
+            n,
+            &[(1, raw(x)), (2, raw(dy)), (3, raw(dx))],
+            |c| Params::default().u(c),
+        );
+    }
+
+    fn layernorm_forward(
+        &self,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        beta: &Tensor<Self>,
+        y: &mut Tensor<Self>,
+        mean: &mut Tensor<Self>,
+        rstd: &mut Tensor<Self>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) {
+        if !self.require(
+            "layernorm_forward",
+            &[
+                len_is(x, rows * cols, "x"),
+                len_is(y, rows * cols, "y"),
+                len_is(gamma, cols, "gamma"),
+                len_is(beta, cols, "beta"),
+                len_is(mean, rows, "mean"),
+                len_is(rstd, rows, "rstd"),
+            ],
+        ) {
+            return;
+        }
+        self.rows_op(
+            "layernorm_forward",
+            "layernorm",
+            "layernorm_forward",
+            rows,
+            cols,
+            &[
+                (1, Arg::Rows(raw(x))),
+                (2, Arg::Whole(raw(gamma), cols)),
+                (3, Arg::Whole(raw(beta), cols)),
+                (4, Arg::Rows(raw(y))),
+                (5, Arg::PerRow(raw(mean))),
+                (6, Arg::PerRow(raw(rstd))),
+            ],
+            |_, n| Params::default().u(n).u(cols).f(eps),
+            |n| n,
+        );
+    }
+    fn layernorm_backward(
+        &self,
+        dy: &Tensor<Self>,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        dx: &mut Tensor<Self>,
+        dgamma: Option<&mut Tensor<Self>>,
+        dbeta: Option<&mut Tensor<Self>>,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut checks = vec![
+            len_is(dy, rows * cols, "dy"),
+            len_is(x, rows * cols, "x"),
+            len_is(dx, rows * cols, "dx"),
+            len_is(gamma, cols, "gamma"),
+            len_is(mean, rows, "mean"),
+            len_is(rstd, rows, "rstd"),
+        ];
+        if let Some(g) = &dgamma {
+            checks.push(len_is(g, cols, "dgamma"));
+        }
+        if let Some(b) = &dbeta {
+            checks.push(len_is(b, cols, "dbeta"));
+        }
+        if !self.require("layernorm_backward", &checks) {
+            return;
+        }
+        self.rows_op(
+            "layernorm_backward",
+            "layernorm",
+            "layernorm_backward",
+            rows,
+            cols,
+            &[
+                (2, Arg::Whole(raw(gamma), cols)),
+                (1, Arg::Rows(raw(x))),
+                (7, Arg::Rows(raw(dy))),
+                (8, Arg::PerRow(raw(mean))),
+                (9, Arg::PerRow(raw(rstd))),
+                (10, Arg::Rows(raw(dx))),
+            ],
+            |_, n| Params::default().u(n).u(cols).f(0.0),
+            |n| n,
+        );
+        if let Some(dg) = dgamma {
+            self.rows_op(
+                "layernorm_backward",
+                "layernorm",
+                "layernorm_backward_dgamma",
+                rows,
+                cols,
+                &[
+                    (1, Arg::Rows(raw(x))),
+                    (7, Arg::Rows(raw(dy))),
+                    (8, Arg::PerRow(raw(mean))),
+                    (9, Arg::PerRow(raw(rstd))),
+                    (11, Arg::Whole(raw(dg), cols)),
+                ],
+                |_, n| Params::default().u(n).u(cols).f(0.0),
+                |_| cols.div_ceil(64),
+            );
+        }
+        if let Some(db) = dbeta {
+            self.col_sum(dy, db, rows, cols, true);
+        }
+    }
+
+    fn softmax_forward(
+        &self,
+        scores: &Tensor<Self>,
+        probs: &mut Tensor<Self>,
+        key_mask: Option<&Tensor<Self>>,
+        spec: &Attn,
+    ) {
+        let mut checks = vec![
+            len_is(scores, spec.len(), "scores"),
+            len_is(probs, spec.len(), "probs"),
+        ];
+        if let Some(m) = key_mask {
+            checks.push(len_is(m, spec.batch * spec.tk, "key_mask"));
+        }
+        if !self.require("softmax_forward", &checks) {
+            return;
+        }
+        let (mask, mask_len) = match key_mask {
+            Some(m) => (raw(m), spec.batch * spec.tk),
+            None => (&self.dummy, 1),
+        };
+        self.rows_op(
+            "softmax_forward",
+            "softmax",
+            "softmax_forward",
+            spec.rows(),
+            spec.tk,
+            &[
+                (1, Arg::Rows(raw(scores))),
+                (2, Arg::Whole(mask, mask_len)),
+                (3, Arg::Rows(raw(probs))),
+            ],
+            |r0, n| {
+                Params::default()
+                    .u(n)
+                    .u(spec.tq)
+                    .u(spec.tk)
+                    .u(spec.heads)
+                    .f(spec.scale)
+                    .u(spec.causal as usize)
+                    .u(key_mask.is_some() as usize)
+                    .u(r0)
+            },
+            |n| n,
+        );
+    }
+    fn softmax_backward(
+        &self,
+        probs: &Tensor<Self>,
+        dprobs: &Tensor<Self>,
+        dscores: &mut Tensor<Self>,
+        spec: &Attn,
+    ) {
+        if !self.require(
+            "softmax_backward",
+            &[
+                len_is(probs, spec.len(), "probs"),
+                len_is(dprobs, spec.len(), "dprobs"),
+                len_is(dscores, spec.len(), "dscores"),
+            ],
+        ) {
+            return;
+        }
+        self.rows_op(
+            "softmax_backward",
+            "softmax",
+            "softmax_backward",
+            spec.rows(),
+            spec.tk,
+            &[
+                (4, Arg::Rows(raw(probs))),
+                (5, Arg::Rows(raw(dprobs))),
+                (6, Arg::Rows(raw(dscores))),
+            ],
+            |r0, n| {
+                Params::default()
+                    .u(n)
+                    .u(spec.tq)
+                    .u(spec.tk)
+                    .u(spec.heads)
+                    .f(spec.scale)
+                    .u(0)
+                    .u(0)
+                    .u(r0)
+            },
+            |n| n,
+        );
+    }
+    fn embedding_forward(
+        &self,
+        ids: &Ids<Self>,
+        table: &Tensor<Self>,
+        out: &mut Tensor<Self>,
+        dim: usize,
+        accumulate: bool,
+    ) {
+        let rows_in_table = table.len() / dim.max(1);
+        if !self.require(
+            "embedding_forward",
+            &[
+                len_is(out, ids.len() * dim, "out"),
+                (
+                    ids.buf.max_id.is_none_or(|m| (m as usize) < rows_in_table),
+                    format!(
+                        "id {:?} outside a table of {rows_in_table} rows",
+                        ids.buf.max_id
+                    ),
+                ),
+            ],
+        ) {
+            return;
+        }
+        if let Err(e) = check_bindable(
+            self,
+            "embedding_forward",
+            "the table",
+            (table.len() * 4) as u64,
+        ) {
+            return self.reject(format!("{e:#}"));
+        }
+        self.rows_op(
+            "embedding_forward",
+            "embedding",
+            "embedding_forward",
+            ids.len(),
+            dim,
+            &[
+                (1, Arg::PerRow(&ids.buf.ids)),
+                (2, Arg::Whole(raw(table), table.len())),
+                (3, Arg::Rows(raw(out))),
+            ],
+            |_, n| Params::default().u(n).u(dim).u(accumulate as usize),
+            |n| (n * dim).div_ceil(256),
+        );
+    }
+    fn embedding_backward(
+        &self,
+        ids: &Ids<Self>,
+        dout: &Tensor<Self>,
+        dtable: &mut Tensor<Self>,
+        dim: usize,
+    ) {
+        let rows_in_table = dtable.len() / dim.max(1);
+        if !self.require(
+            "embedding_backward",
+            &[
+                len_is(dout, ids.len() * dim, "dout"),
+                (
+                    ids.buf.max_id.is_none_or(|m| (m as usize) < rows_in_table),
+                    format!(
+                        "id {:?} outside a table of {rows_in_table} rows",
+                        ids.buf.max_id
+                    ),
+                ),
+            ],
+        ) {
+            return;
+        }
+        let nu = ids.buf.n_unique;
+        if nu == 0 || dim == 0 {
+            return;
+        }
+        for (what, len) in [("dtable", dtable.len()), ("dout", ids.len() * dim)] {
+            if let Err(e) = check_bindable(self, "embedding_backward", what, (len * 4) as u64) {
+                return self.reject(format!("{e:#}"));
+            }
+        }
+        let npos = ids.len();
+        self.dispatch(
+            "embedding_backward",
+            "embedding",
+            "embedding_backward",
+            &[],
+            &Params::default().u(nu).u(dim).u(0),
+            &[
+                Bind {
+                    slot: 4,
+                    buf: &ids.buf.uniq,
+                    offset: 0,
+                    size: (nu * 4) as u64,
+                },
+                Bind {
+                    slot: 5,
+                    buf: &ids.buf.offsets,
+                    offset: 0,
+                    size: ((nu + 1) * 4) as u64,
+                },
+                Bind {
+                    slot: 6,
+                    buf: &ids.buf.positions,
+                    offset: 0,
+                    size: (ids.buf.n_positions * 4) as u64,
+                },
+                Bind {
+                    slot: 7,
+                    buf: raw(dout),
+                    offset: 0,
+                    size: (npos * dim * 4) as u64,
+                },
+                Bind {
+                    slot: 8,
+                    buf: raw(dtable),
+                    offset: 0,
+                    size: (dtable.len() * 4) as u64,
+                },
+            ],
+            grid(nu),
+        );
+    }
+    fn cross_entropy(
+        &self,
+        logits: &Tensor<Self>,
+        targets: &Ids<Self>,
+        dlogits: &mut Tensor<Self>,
+        losses: &mut Tensor<Self>,
+        rows: usize,
+        classes: usize,
+        grad_scale: f32,
+    ) {
+        if !self.require(
+            "cross_entropy",
+            &[
+                len_is(logits, rows * classes, "logits"),
+                len_is(dlogits, rows * classes, "dlogits"),
+                len_is(losses, rows, "losses"),
+                (
+                    targets.len() >= rows,
+                    format!("targets has {} ids, needs {rows}", targets.len()),
+                ),
+            ],
+        ) {
+            return;
+        }
+        self.rows_op(
+            "cross_entropy",
+            "cross_entropy",
+            "cross_entropy_forward",
+            rows,
+            classes,
+            &[
+                (1, Arg::Rows(raw(logits))),
+                (2, Arg::PerRow(&targets.buf.ids)),
+                (3, Arg::Rows(raw(dlogits))),
+                (4, Arg::PerRow(raw(losses))),
+            ],
+            |_, n| Params::default().u(n).u(classes).f(grad_scale),
+            |n| n,
+        );
+    }
+    fn adamw(
+        &self,
+        param: &mut Tensor<Self>,
+        grad: &Tensor<Self>,
+        m: &mut Tensor<Self>,
+        v: &mut Tensor<Self>,
+        cfg: &AdamW,
+    ) {
+        let n = param.len().min(grad.len()).min(m.len()).min(v.len());
+        let (bc1, bc2) = cfg.bias_corrections();
+        self.elementwise(
+            "adamw",
+            "adamw",
+            "adamw_forward",
+            n,
+            &[(1, raw(grad)), (2, raw(param)), (3, raw(m)), (4, raw(v))],
+            |c| {
+                Params::default()
+                    .u(c)
+                    .f(cfg.lr)
+                    .f(cfg.beta1)
+                    .f(cfg.beta2)
+                    .f(cfg.eps)
+                    .f(cfg.weight_decay)
+                    .f(bc1)
+                    .f(bc2)
+            },
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! The WGSL sources, embedded in the binary so it runs from any directory.
+
+/// (file stem, source) for every file in `shaders/`; `tests/shaders_naga.rs` checks the list
+/// is complete.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("adamw", include_str!("../../../shaders/adamw.wgsl")),
+    ("bias", include_str!("../../../shaders/bias.wgsl")),
+    (
+        "cross_entropy",
+        include_str!("../../../shaders/cross_entropy.wgsl"),
+    ),
+    (
+        "elementwise",
+        include_str!("../../../shaders/elementwise.wgsl"),
+    ),
+    ("embedding", include_str!("../../../shaders/embedding.wgsl")),
+    ("gelu", include_str!("../../../shaders/gelu.wgsl")),
+    ("layernorm", include_str!("../../../shaders/layernorm.wgsl")),
+    ("matmul", include_str!("../../../shaders/matmul.wgsl")),
+    ("permute", include_str!("../../../shaders/permute.wgsl")),
+    ("reduce", include_str!("../../../shaders/reduce.wgsl")),
+    ("softmax", include_str!("../../../shaders/softmax.wgsl")),
+];
+
+pub fn source(name: &str) -> Option<&'static str> {
+    SHADERS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}

@@ -2,7 +2,7 @@
 //! prints the dev accuracy before and after, the majority-class baseline, wall time, the
 //! backend's peak memory and the trainable parameter count.
 //!
-//!     scripts/fetch-assets && cargo run --example movie_lora -- [steps] [batch] [rank] [max_len]
+//!     scripts/fetch-assets && cargo run --example movie_lora -- [steps] [batch] [rank] [max_len] [dev_samples]
 
 use adarank::adapter::ModuleKind;
 use adarank::backend::cpu::Cpu;
@@ -20,9 +20,10 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or(d)
     };
     let (steps, batch, rank, max_len) = (arg(1, 300), arg(2, 16), arg(3, 8), arg(4, 64));
+    let dev_samples = arg(5, 1056);
     let mut ck = hf::load(assets::MINILM)?;
     ck.tokenizer.set_max_len(max_len)?;
-    let mut task = ClassifyTask::movie_reviews(&ck, "dev", 0)?;
+    let mut task = ClassifyTask::movie_reviews(&ck, "dev", Some(dev_samples), 0)?;
     let counts = task.eval_data().class_counts();
     println!(
         "movie reviews: {} train, {} dev sentences; dev majority class {:.3}",
@@ -46,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         lr: 1e-3,
         warmup: steps as u64 / 10,
         decay: Decay::Linear,
-        eval_every: 100,
+        eval_every: steps as u64 / 2,
         ..Default::default()
     };
     let t0 = Instant::now();

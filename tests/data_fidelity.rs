@@ -1,6 +1,7 @@
 //! Our forward pass of all-MiniLM-L6-v2 against transformers' BertModel (PyTorch, float32):
 //! last hidden states of a few sentences and a sentence pair, written by
-//! scripts/make_fixture.py. Needs the assets.
+//! scripts/make_fixture.py, on the CPU backend and on the GPU (wgpu) backend. Needs the assets
+//! (and, for the GPU test, a wgpu adapter).
 
 use adarank::backend::cpu::Cpu;
 use adarank::backend::Backend;
@@ -75,4 +76,15 @@ fn minilm_hidden_states_match_transformers_cpu() {
         return;
     }
     check_backend(Arc::new(Cpu::new()), "cpu");
+}
+
+#[test]
+fn minilm_hidden_states_match_transformers_gpu() {
+    if !assets::require_assets("minilm_hidden_states_match_transformers_gpu") {
+        return;
+    }
+    let Some(gpu) = adarank::backend::gpu::test_gpu() else {
+        return;
+    };
+    check_backend(gpu, "gpu");
 }

@@ -95,3 +95,30 @@ fn squad_errors_name_the_question() {
         assert!(e.contains(want), "{e} (want {want})");
     }
 }
+
+#[test]
+fn squad_task_batches_carry_span_targets() {
+    use adarank::model::Target;
+    use adarank::train::Task;
+    if !assets::require_assets("squad_task_batches_carry_span_targets") {
+        return;
+    }
+    let ck = hf::load(assets::MINILM).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/squad2_dev.json");
+    let ex = squad::load(&path, &ck.tokenizer).unwrap();
+    let mut task = squad::SpanTask::new(&ck, ex.clone(), &ex, 3, 5).unwrap();
+    let eval = task.eval_batches();
+    assert_eq!(eval.len(), 2);
+    // Padded to the longest question+context of the batch; targets as the loader set them.
+    assert_eq!(eval[0].seq, 60);
+    match &eval[0].target {
+        Target::Spans { start, end } => {
+            assert_eq!(start, &vec![49, 0, 37]);
+            assert_eq!(end, &vec![49, 0, 40]);
+        }
+        t => panic!("{t:?}"),
+    }
+    let b = task.train_batch(1, 4).unwrap();
+    assert_eq!(b, task.train_batch(1, 4).unwrap());
+    assert_eq!(b.batch, 4);
+}

@@ -146,3 +146,108 @@ fn token_span(enc: &tokenizers::Encoding, start: usize, end: usize) -> Option<(u
     let e = *ctx.iter().rev().find(|&&t| offs[t].0 < end)?;
     (s <= e).then_some((s as u32, e as u32))
 }
+
+/// `train::Task` for SQuAD-format data on a loaded checkpoint (the span head).
+pub struct SpanTask {
+    config: crate::model::ModelConfig,
+    weights: std::sync::Arc<crate::model::HostWeights>,
+    train: Vec<SpanExample>,
+    eval: Vec<crate::model::Batch>,
+    pad_id: u32,
+    seed: u64,
+}
+
+impl SpanTask {
+    pub fn new(
+        ckpt: &crate::data::hf::Checkpoint,
+        train: Vec<SpanExample>,
+        eval: &[SpanExample],
+        eval_batch: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if train.is_empty() || eval.is_empty() {
+            bail!("squad: the training and evaluation sets must both have questions");
+        }
+        let pad_id = ckpt.tokenizer.pad_id();
+        let eval = eval
+            .chunks(eval_batch.max(1))
+            .map(|c| span_batch(c.iter(), pad_id))
+            .collect();
+        Ok(SpanTask {
+            config: ckpt.config.model_config(),
+            weights: std::sync::Arc::new(ckpt.weights.clone()),
+            train,
+            eval,
+            pad_id,
+            seed,
+        })
+    }
+
+    pub fn train_len(&self) -> usize {
+        self.train.len()
+    }
+}
+
+/// Pad span examples into one model batch with `Target::Spans`.
+pub fn span_batch<'a>(
+    rows: impl Iterator<Item = &'a SpanExample> + Clone,
+    pad_id: u32,
+) -> crate::model::Batch {
+    let seq = rows.clone().map(|r| r.ids.len()).max().unwrap_or(0);
+    let n = rows.clone().count();
+    let (mut ids, mut type_ids, mut mask) =
+        (vec![pad_id; n * seq], vec![0; n * seq], vec![0.0; n * seq]);
+    let (mut start, mut end) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (r, ex) in rows.enumerate() {
+        let o = r * seq;
+        let l = ex.ids.len();
+        ids[o..o + l].copy_from_slice(&ex.ids);
+        type_ids[o..o + l].copy_from_slice(&ex.type_ids);
+        mask[o..o + l].fill(1.0);
+        start.push(ex.start);
+        end.push(ex.end);
+    }
+    crate::model::Batch {
+        batch: n,
+        seq,
+        ids,
+        type_ids,
+        mask,
+        target: crate::model::Target::Spans { start, end },
+    }
+}
+
+impl crate::train::Task for SpanTask {
+    fn name(&self) -> String {
+        "squad".into()
+    }
+    fn model_config(&self) -> crate::model::ModelConfig {
+        self.config.clone()
+    }
+    fn head(&self) -> crate::model::Head {
+        crate::model::Head::Span
+    }
+    fn base_weights(&self) -> Result<Option<crate::model::HostWeights>> {
+        Ok(Some((*self.weights).clone()))
+    }
+    fn train_batch(&mut self, index: u64, batch_size: usize) -> Result<crate::model::Batch> {
+        let n = self.train.len() as u64;
+        // Same (seed, step) → batch rule as classification (see data::batch).
+        let mut rows = Vec::with_capacity(batch_size);
+        let mut cached: Option<(u64, Vec<usize>)> = None;
+        for j in 0..batch_size as u64 {
+            let p = index * batch_size as u64 + j;
+            let epoch = p / n;
+            if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                let perm =
+                    crate::data::batch::epoch_permutation(self.train.len(), self.seed, epoch);
+                cached = Some((epoch, perm));
+            }
+            rows.push(&self.train[cached.as_ref().unwrap().1[(p % n) as usize]]);
+        }
+        Ok(span_batch(rows.into_iter(), self.pad_id))
+    }
+    fn eval_batches(&self) -> &[crate::model::Batch] {
+        &self.eval
+    }
+}

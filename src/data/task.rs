@@ -96,8 +96,14 @@ impl ClassifyTask {
     }
 
     /// The movie-review sentences written by `scripts/fetch-assets`: train split for training,
-    /// `eval_split` ("dev" or "test") for evaluation.
-    pub fn movie_reviews(ckpt: &Checkpoint, eval_split: &str, seed: u64) -> Result<Self> {
+    /// `eval_split` ("dev" or "test") for evaluation, optionally only its first `eval_samples`
+    /// sentences (the files are in hash order, so a prefix is a fixed random sample).
+    pub fn movie_reviews(
+        ckpt: &Checkpoint,
+        eval_split: &str,
+        eval_samples: Option<usize>,
+        seed: u64,
+    ) -> Result<Self> {
         let dir = assets::movie_reviews_dir();
         let read = |s: &str| -> Result<Vec<Example>> {
             let p = dir.join(format!("{s}.tsv"));
@@ -113,15 +119,9 @@ impl ClassifyTask {
         if !matches!(eval_split, "dev" | "test") {
             bail!("movie reviews: evaluation split \"{eval_split}\" is not dev or test");
         }
-        Self::new(
-            "movie_reviews",
-            ckpt,
-            &read("train")?,
-            &read(eval_split)?,
-            2,
-            64,
-            seed,
-        )
+        let mut eval = read(eval_split)?;
+        eval.truncate(eval_samples.unwrap_or(usize::MAX));
+        Self::new("movie_reviews", ckpt, &read("train")?, &eval, 2, 64, seed)
     }
 
     pub fn train_data(&self) -> &ClassifyData {

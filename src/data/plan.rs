@@ -1,0 +1,135 @@
+//! From a checked policy's `model` and `data` sections to a loaded checkpoint and a training
+//! task, for the runner: `model hf/path` → [`load_model`], `data movies/sst2/mnli/jsonl` →
+//! [`classify_task`]. Paths in the plan are already resolved against the policy file.
+
+use crate::data::assets;
+use crate::data::batch::epoch_permutation;
+use crate::data::glue::Example;
+use crate::data::hf::{self, Checkpoint};
+use crate::data::task::{ClassifyTask, TextFormat};
+use crate::model::Pooling;
+use crate::policy::plan::{self, DataSpec, ModelSpec, Subset};
+use anyhow::{bail, Result};
+use std::path::Path;
+
+/// The pretrained checkpoint a model section names (`None` for randomly initialised models).
+/// The policy's `pooling` overrides the one the checkpoint's own config names.
+pub fn load_model(spec: &ModelSpec) -> Result<Option<Checkpoint>> {
+    let (mut ck, pooling) = match spec {
+        ModelSpec::Hf { name, pooling } => (hf::load(name)?, pooling),
+        ModelSpec::Path { dir, pooling } => (hf::load_dir(dir)?, pooling),
+        ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => return Ok(None),
+    };
+    ck.pooling = match pooling {
+        plan::Pooling::Mean => Pooling::Mean,
+        plan::Pooling::Cls => Pooling::Cls,
+    };
+    Ok(Some(ck))
+}
+
+/// The classification task of a data section on `ckpt` (`None` for data kinds that are not
+/// text classification: planted, synthetic, squad). `max_len` is the train section's, used when
+/// the data section sets none. Takes `ckpt` mutably to set its tokenizer's maximum length.
+pub fn classify_task(
+    spec: &DataSpec,
+    ckpt: &mut Checkpoint,
+    max_len: usize,
+    seed: u64,
+) -> Result<Option<ClassifyTask>> {
+    let (name, train, eval, format, subset) = match spec {
+        DataSpec::Movies { dir, subset } => {
+            let d = dir.clone().unwrap_or_else(assets::movie_reviews_dir);
+            let (t, e) = (d.join("train.tsv"), d.join("dev.tsv"));
+            if dir.is_none() && !t.is_file() {
+                bail!(
+                    "{}: missing; run `adarank fetch` (or scripts/fetch-assets) to download the \
+                     movie-review sentences",
+                    t.display()
+                );
+            }
+            ("movies", t, e, TextFormat::Sst2, subset)
+        }
+        DataSpec::Sst2 { dir, subset } => (
+            "sst2",
+            dir.join("train.tsv"),
+            dir.join("dev.tsv"),
+            TextFormat::Sst2,
+            subset,
+        ),
+        DataSpec::Mnli { dir, subset } => (
+            "mnli",
+            dir.join("train.tsv"),
+            dir.join("dev_matched.tsv"),
+            TextFormat::Mnli,
+            subset,
+        ),
+        DataSpec::Jsonl { train, dev, subset } => (
+            "jsonl",
+            train.clone(),
+            dev.clone(),
+            TextFormat::Jsonl,
+            subset,
+        ),
+        DataSpec::Planted { .. } | DataSpec::Synthetic { .. } | DataSpec::Squad { .. } => {
+            return Ok(None)
+        }
+    };
+    let read = |p: &Path| -> Result<Vec<Example>> {
+        if !p.is_file() {
+            bail!("{}: missing ({name} data)", p.display());
+        }
+        format.load(p)
+    };
+    let (mut tr, mut ev) = (read(&train)?, read(&eval)?);
+    apply_subset(&mut tr, &mut ev, subset);
+    let classes = match format {
+        TextFormat::Jsonl => format.classes(&tr).max(format.classes(&ev)),
+        _ => format.classes(&tr),
+    };
+    ckpt.tokenizer
+        .set_max_len(subset.max_len.unwrap_or(max_len))?;
+    Ok(Some(ClassifyTask::new(
+        name, ckpt, &tr, &ev, classes, 64, seed,
+    )?))
+}
+
+/// `train_samples`: a fixed random subset (same for every seed, so arms and seeds compare on the
+/// same data), kept in file order; `eval_samples`: the first ones of the evaluation file.
+fn apply_subset(train: &mut Vec<Example>, eval: &mut Vec<Example>, s: &Subset) {
+    if let Some(k) = s.train_samples.filter(|&k| k < train.len()) {
+        let mut keep: Vec<usize> = epoch_permutation(train.len(), 0x5EED, 0)[..k].to_vec();
+        keep.sort_unstable();
+        *train = keep.into_iter().map(|i| train[i].clone()).collect();
+    }
+    if let Some(k) = s.eval_samples {
+        eval.truncate(k);
+    }
+}
+
+/// The extractive question-answering task of a `data squad` section (`None` for other kinds).
+/// `train_samples` takes a fixed random subset of the questions, `eval_samples` the first ones.
+pub fn span_task(
+    spec: &DataSpec,
+    ckpt: &mut Checkpoint,
+    max_len: usize,
+    seed: u64,
+) -> Result<Option<crate::data::squad::SpanTask>> {
+    let DataSpec::Squad { train, dev, subset } = spec else {
+        return Ok(None);
+    };
+    ckpt.tokenizer
+        .set_max_len(subset.max_len.unwrap_or(max_len))?;
+    let mut tr = crate::data::squad::load(train, &ckpt.tokenizer)?;
+    let mut ev = crate::data::squad::load(dev, &ckpt.tokenizer)?;
+    if let Some(k) = subset.train_samples.filter(|&k| k < tr.len()) {
+        let mut keep: Vec<usize> = epoch_permutation(tr.len(), 0x5EED, 0)[..k].to_vec();
+        keep.sort_unstable();
+        tr = keep.into_iter().map(|i| tr[i].clone()).collect();
+    }
+    if let Some(k) = subset.eval_samples {
+        ev.truncate(k);
+    }
+    Ok(Some(crate::data::squad::SpanTask::new(
+        ckpt, tr, &ev, 32, seed,
+    )?))
+}

@@ -16,3 +16,4 @@ pub use records::{
     ArmMeta, CellResult, CellStatus, EnvInfo, MetricRecord, MetricSpec, RankRecord, Summary,
 };
 pub use rundir::RunDir;
+pub mod slots;

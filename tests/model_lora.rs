@@ -427,3 +427,32 @@ fn construction_errors_name_the_tensor() {
     let err = m.resize_adapter(0, 40).unwrap_err().to_string();
     assert!(err.contains("at most min(rows, cols) = 16"), "{err}");
 }
+
+#[test]
+fn input_sample_is_what_the_slot_saw() {
+    // Layer 1's q input is layer 0's output: the final hidden states of the same model cut to
+    // one layer (the extra layer-1 weights are ignored by a 1-layer model).
+    let mut m = model(lora_mode(2, false));
+    let b = batch(6);
+    assert!(m.input_sample(6).is_none(), "no forward yet");
+    m.hidden_states(&b).unwrap();
+    let s = m.input_sample(6).unwrap(); // 1.q
+    assert_eq!(s.shape, vec![10, 16]);
+    let w = random_weights(&cfg(), &Head::Regress, Init::FanIn, 7);
+    let one = ModelConfig { layers: 1, ..cfg() };
+    let mut m1 = Model::new(
+        Arc::new(Cpu::new()),
+        one,
+        Head::Regress,
+        TrainMode::Full,
+        Some(&w),
+        7,
+    )
+    .unwrap();
+    assert_eq!(max_diff(&s.data, &m1.hidden_states(&b).unwrap()), 0.0);
+    assert_eq!(
+        m.input_sample(11).unwrap().shape,
+        vec![10, 24],
+        "ffn_out sees [n, ffn]"
+    );
+}

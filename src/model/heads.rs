@@ -252,6 +252,21 @@ impl<B: Backend> Model<B> {
                 be.add_bias(&mut logits, &bias.w, n, 2);
                 let mut lt = be.zeros(n * 2, MemKind::Activation)?;
                 be.permute0213(&logits, &mut lt, [b, t, 2, 1]);
+                if batch.mask.contains(&0.0) {
+                    // Padded positions can be neither start nor end: −1e4 on their logits
+                    // (a constant, so no gradient reaches them).
+                    let mut pad = vec![0.0f32; 2 * n];
+                    for s in 0..b {
+                        for j in 0..2 {
+                            for i in 0..t {
+                                if batch.mask[s * t + i] == 0.0 {
+                                    pad[(2 * s + j) * t + i] = -1e4;
+                                }
+                            }
+                        }
+                    }
+                    be.axpy(1.0, &be.upload(&pad, MemKind::Scratch)?, &mut lt);
+                }
                 let mut dlt = be.zeros(n * 2, MemKind::Activation)?;
                 let mut losses = be.zeros(2 * b, MemKind::Scratch)?;
                 let scale = grad.unwrap_or(0.0) / (2 * b) as f32;

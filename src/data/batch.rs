@@ -1,0 +1,195 @@
+//! Tokenized classification data and its batches. A training batch is a pure function of
+//! (seed, step): position p = step·batch + j of the stream reads example perm(seed, epoch)[p mod n]
+//! with epoch = p div n, so a resumed run sees exactly the batches it would have seen.
+
+use crate::data::glue::Example;
+pub use crate::data::tokenizer::Encoded;
+use crate::data::tokenizer::Tokenizer;
+use anyhow::{bail, Result};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+/// A tokenized classification data set (sentence or sentence pair → class).
+#[derive(Clone, Debug)]
+pub struct ClassifyData {
+    pub rows: Vec<Encoded>,
+    pub labels: Vec<u32>,
+    pub classes: usize,
+    pub pad_id: u32,
+}
+
+/// A padded batch: row-major [batch, seq] ids, segment ids and 0/1 attention mask.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassifyBatch {
+    pub batch: usize,
+    pub seq: usize,
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    pub mask: Vec<f32>,
+    pub labels: Vec<u32>,
+}
+
+impl ClassifyData {
+    /// Tokenize examples; every label must be below `classes`.
+    pub fn new(examples: &[Example], tok: &Tokenizer, classes: usize) -> Result<Self> {
+        let mut rows = Vec::with_capacity(examples.len());
+        let mut labels = Vec::with_capacity(examples.len());
+        for ex in examples {
+            if ex.label as usize >= classes {
+                bail!(
+                    "line {}: label {} but the task has {classes} classes",
+                    ex.line,
+                    ex.label
+                );
+            }
+            rows.push(tok.encode(&ex.text_a, ex.text_b.as_deref())?);
+            labels.push(ex.label);
+        }
+        if rows.is_empty() {
+            bail!("no examples");
+        }
+        Ok(ClassifyData {
+            rows,
+            labels,
+            classes,
+            pad_id: tok.pad_id(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Example indices of training batch `step` (see the module doc).
+    pub fn train_indices(&self, seed: u64, step: u64, batch: usize) -> Vec<usize> {
+        let n = self.rows.len() as u64;
+        let mut perm_epoch = u64::MAX;
+        let mut perm: Vec<usize> = Vec::new();
+        (0..batch as u64)
+            .map(|j| {
+                let p = step * batch as u64 + j;
+                let epoch = p / n;
+                if epoch != perm_epoch {
+                    perm = epoch_permutation(self.rows.len(), seed, epoch);
+                    perm_epoch = epoch;
+                }
+                perm[(p % n) as usize]
+            })
+            .collect()
+    }
+
+    /// Training batch `step` for `seed`.
+    pub fn train_batch(&self, seed: u64, step: u64, batch: usize) -> ClassifyBatch {
+        self.gather(&self.train_indices(seed, step, batch))
+    }
+
+    /// Evaluation batches: the data in order, the last batch possibly shorter.
+    pub fn eval_batches(&self, batch: usize) -> impl Iterator<Item = ClassifyBatch> + '_ {
+        let idx: Vec<usize> = (0..self.rows.len()).collect();
+        idx.chunks(batch.max(1))
+            .map(|c| self.gather(c))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    /// Pad the chosen rows to the longest of them.
+    pub fn gather(&self, idx: &[usize]) -> ClassifyBatch {
+        let seq = idx
+            .iter()
+            .map(|&i| self.rows[i].ids.len())
+            .max()
+            .unwrap_or(0);
+        let mut b = ClassifyBatch {
+            batch: idx.len(),
+            seq,
+            ids: vec![self.pad_id; idx.len() * seq],
+            type_ids: vec![0; idx.len() * seq],
+            mask: vec![0.0; idx.len() * seq],
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+        };
+        for (r, &i) in idx.iter().enumerate() {
+            let row = &self.rows[i];
+            let o = r * seq;
+            b.ids[o..o + row.ids.len()].copy_from_slice(&row.ids);
+            b.type_ids[o..o + row.ids.len()].copy_from_slice(&row.type_ids);
+            b.mask[o..o + row.ids.len()].fill(1.0);
+        }
+        b
+    }
+
+    /// Class counts, for reporting the majority-class baseline.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.classes];
+        for &l in &self.labels {
+            c[l as usize] += 1;
+        }
+        c
+    }
+}
+
+/// The shuffle of epoch `epoch` under `seed`; a pure function of its arguments.
+pub fn epoch_permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    // splitmix-style mixing keeps (seed, epoch) pairs from colliding in the RNG seed.
+    let mixed = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(epoch.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+        ^ 0x94D0_49BB_1331_11EB;
+    let mut rng = StdRng::seed_from_u64(mixed);
+    let mut p: Vec<usize> = (0..n).collect();
+    p.shuffle(&mut rng);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> ClassifyData {
+        ClassifyData {
+            rows: (0..n)
+                .map(|i| Encoded {
+                    ids: vec![101; 1 + i % 5],
+                    type_ids: vec![0; 1 + i % 5],
+                })
+                .collect(),
+            labels: (0..n as u32).map(|i| i % 2).collect(),
+            classes: 2,
+            pad_id: 0,
+        }
+    }
+
+    #[test]
+    fn each_epoch_visits_every_example_once() {
+        let d = data(10);
+        // Batches of 4 over 10 examples: steps 0..5 cover exactly two epochs.
+        let seen: Vec<usize> = (0..5).flat_map(|s| d.train_indices(7, s, 4)).collect();
+        for epoch in seen.chunks(10) {
+            let mut e = epoch.to_vec();
+            e.sort();
+            assert_eq!(e, (0..10).collect::<Vec<_>>());
+        }
+        assert_ne!(seen[..10], seen[10..], "epochs are reshuffled");
+    }
+
+    #[test]
+    fn batches_depend_only_on_seed_and_step() {
+        let d = data(37);
+        assert_eq!(d.train_batch(3, 11, 8), d.train_batch(3, 11, 8));
+        assert_ne!(d.train_indices(3, 11, 8), d.train_indices(4, 11, 8));
+    }
+
+    #[test]
+    fn padding_and_mask() {
+        let d = data(3);
+        let b = d.gather(&[0, 2]);
+        assert_eq!((b.batch, b.seq), (2, 3));
+        assert_eq!(b.ids, vec![101, 0, 0, 101, 101, 101]);
+        assert_eq!(b.mask, vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+        assert_eq!(b.labels, vec![0, 0]);
+    }
+}

@@ -1,0 +1,59 @@
+//! JSON Lines classification data: one object per line, `{"text": "...", "label": 2}`, with an
+//! optional `"text_pair"` for sentence-pair tasks. Blank lines are skipped.
+
+use crate::data::glue::Example;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::Path;
+
+pub fn load(path: &Path) -> Result<Vec<Example>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read (is it UTF-8 text?)", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{n}", path.display());
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow!("{}: invalid JSON at column {}: {e}", at(), e.column()))?;
+        let obj = v.as_object().ok_or_else(|| {
+            anyhow!(
+                "{}: expected an object {{\"text\": .., \"label\": ..}}",
+                at()
+            )
+        })?;
+        let text_a = match obj.get("text") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(_) => bail!("{}: \"text\" must be a string", at()),
+            None => bail!("{}: missing \"text\"", at()),
+        };
+        let text_b = match obj.get("text_pair") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => bail!("{}: \"text_pair\" must be a string", at()),
+        };
+        let label = match obj.get("label") {
+            Some(l) => l
+                .as_u64()
+                .filter(|&x| x <= u32::MAX as u64)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: \"label\" is {l}; it must be a class index (0, 1, 2, ..)",
+                        at()
+                    )
+                })? as u32,
+            None => bail!("{}: missing \"label\"", at()),
+        };
+        out.push(Example {
+            text_a,
+            text_b,
+            label,
+            line: n,
+        });
+    }
+    if out.is_empty() {
+        bail!("{}: no records", path.display());
+    }
+    Ok(out)
+}

@@ -1,0 +1,463 @@
+//! The plugin host: a sandboxed rhai engine, the helper functions scripts may call, and the
+//! mapping of every script failure to a [`PluginError`] with file:line:col.
+//!
+//! Sandbox: no `import` (module resolver disabled), no `eval`, no file, network or process
+//! functions (rhai has none unless registered), limits on operations, call depth, expression
+//! depth, string/array/map sizes, and a wall-clock budget per call checked in `on_progress`.
+
+use super::error::{PluginError, PluginErrorKind, PluginResult, Role};
+use super::rounding;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rhai::{Array, Dynamic, EvalAltResult, FuncArgs, Map, Scope, AST, FLOAT, INT};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Sandbox limits of the plugin host.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Operations per call (rhai counts statements, expressions and function calls).
+    pub max_operations: u64,
+    pub max_call_levels: usize,
+    pub max_expr_depth: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    /// Wall-clock budget of one role call.
+    pub time_budget_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_operations: 50_000_000,
+            max_call_levels: 64,
+            max_expr_depth: 128,
+            max_string_size: 1 << 20,
+            max_array_size: 1 << 20,
+            max_map_size: 1 << 14,
+            time_budget_ms: 5_000,
+        }
+    }
+}
+
+/// A compiled plugin script.
+#[derive(Clone)]
+pub struct Plugin {
+    /// How errors name the file (the path as given, or `builtin:NAME.rhai`).
+    pub file: String,
+    pub source: String,
+    ast: AST,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("file", &self.file).finish()
+    }
+}
+
+impl Plugin {
+    /// Whether the script defines `name` with `arity` parameters.
+    pub fn defines(&self, name: &str, arity: usize) -> bool {
+        self.ast
+            .iter_functions()
+            .any(|f| f.name == name && f.params.len() == arity)
+    }
+    /// Line and column of `fn name(` in the source (for errors about a returned value).
+    pub fn fn_position(&self, name: &str) -> (Option<usize>, Option<usize>) {
+        for (ln, line) in self.source.lines().enumerate() {
+            let t = line.trim_start();
+            if let Some(rest) = t.strip_prefix("fn ") {
+                if rest.trim_start().starts_with(name)
+                    && rest.trim_start()[name.len()..]
+                        .trim_start()
+                        .starts_with('(')
+                {
+                    return (Some(ln + 1), Some(line.len() - t.len() + 1));
+                }
+            }
+        }
+        (None, None)
+    }
+    /// An error about what the role function returned, pointing at its definition.
+    pub fn return_error(
+        &self,
+        role: Role,
+        kind: PluginErrorKind,
+        message: impl Into<String>,
+        adapter: Option<&str>,
+        value: Option<String>,
+    ) -> Box<PluginError> {
+        let (line, col) = self.fn_position(role.function());
+        Box::new(PluginError {
+            file: self.file.clone(),
+            line,
+            col,
+            role,
+            kind,
+            adapter: adapter.map(str::to_string),
+            value,
+            message: message.into(),
+        })
+    }
+}
+
+/// The sandboxed rhai engine with the helper API registered.
+pub struct PluginHost {
+    engine: rhai::Engine,
+    limits: Limits,
+    deadline: Arc<Mutex<Instant>>,
+    params: Arc<RwLock<Map>>,
+    log: Arc<Mutex<Vec<String>>>,
+    rng: Arc<Mutex<StdRng>>,
+}
+
+fn to_f64(d: &Dynamic) -> Result<f64, Box<EvalAltResult>> {
+    if let Ok(f) = d.as_float() {
+        Ok(f)
+    } else if let Ok(i) = d.as_int() {
+        Ok(i as f64)
+    } else {
+        Err(format!("expected a number, found {}", d.type_name()).into())
+    }
+}
+
+fn floats(a: &Array) -> Result<Vec<f64>, Box<EvalAltResult>> {
+    a.iter().map(to_f64).collect()
+}
+
+fn float_array(v: &[f64]) -> Array {
+    v.iter().map(|x| Dynamic::from_float(*x as FLOAT)).collect()
+}
+
+impl PluginHost {
+    pub fn new(limits: Limits, seed: u64) -> Self {
+        let mut engine = rhai::Engine::new();
+        engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+        engine.disable_symbol("eval");
+        engine.set_max_operations(limits.max_operations);
+        engine.set_max_call_levels(limits.max_call_levels);
+        engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
+        engine.set_max_string_size(limits.max_string_size);
+        engine.set_max_array_size(limits.max_array_size);
+        engine.set_max_map_size(limits.max_map_size);
+        engine.set_fail_on_invalid_map_property(true);
+        engine.set_strict_variables(true);
+
+        let deadline = Arc::new(Mutex::new(Instant::now()));
+        let d = deadline.clone();
+        engine.on_progress(move |ops| {
+            // Reading the clock on every operation would dominate cheap scripts.
+            if ops % 1024 == 0 {
+                let dl = *d.lock().unwrap_or_else(|p| p.into_inner());
+                if Instant::now() > dl {
+                    return Some(Dynamic::from("time budget exceeded"));
+                }
+            }
+            None
+        });
+
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l1 = log.clone();
+        engine.on_print(move |s| l1.lock().unwrap_or_else(|p| p.into_inner()).push(s.into()));
+        let l2 = log.clone();
+        engine.on_debug(move |s, src, pos| {
+            l2.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(format!("{}:{pos}: {s}", src.unwrap_or("?")))
+        });
+
+        let params = Arc::new(RwLock::new(Map::new()));
+        let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
+        let mut host = Self {
+            engine,
+            limits,
+            deadline,
+            params,
+            log,
+            rng,
+        };
+        host.register_helpers();
+        host
+    }
+
+    fn register_helpers(&mut self) {
+        let e = &mut self.engine;
+        e.register_fn("sum", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+            Ok(floats(&a)?.iter().sum::<f64>() as FLOAT)
+        });
+        e.register_fn("mean", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+            let v = floats(&a)?;
+            if v.is_empty() {
+                return Err("mean of an empty array".into());
+            }
+            Ok((v.iter().sum::<f64>() / v.len() as f64) as FLOAT)
+        });
+        e.register_fn("max_of", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+            let v = floats(&a)?;
+            v.iter()
+                .cloned()
+                .reduce(f64::max)
+                .map(|x| x as FLOAT)
+                .ok_or_else(|| "max_of an empty array".into())
+        });
+        e.register_fn("min_of", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+            let v = floats(&a)?;
+            v.iter()
+                .cloned()
+                .reduce(f64::min)
+                .map(|x| x as FLOAT)
+                .ok_or_else(|| "min_of an empty array".into())
+        });
+        e.register_fn("clamp", |x: FLOAT, lo: FLOAT, hi: FLOAT| x.max(lo).min(hi));
+        e.register_fn("clamp", |x: INT, lo: INT, hi: INT| x.max(lo).min(hi));
+        e.register_fn(
+            "sorted_desc",
+            |a: Array| -> Result<Array, Box<EvalAltResult>> {
+                let mut v = floats(&a)?;
+                v.sort_by(|x, y| y.total_cmp(x));
+                Ok(float_array(&v))
+            },
+        );
+        e.register_fn(
+            "argsort_desc",
+            |a: Array| -> Result<Array, Box<EvalAltResult>> {
+                let v = floats(&a)?;
+                let mut idx: Vec<usize> = (0..v.len()).collect();
+                idx.sort_by(|&x, &y| v[y].total_cmp(&v[x]).then(x.cmp(&y)));
+                Ok(idx
+                    .into_iter()
+                    .map(|i| Dynamic::from_int(i as INT))
+                    .collect())
+            },
+        );
+        e.register_fn(
+            "round_to_budget",
+            |a: Array, budget: INT, rmin: INT, rmax: INT| -> Result<Array, Box<EvalAltResult>> {
+                if budget < 0 || rmin < 0 || rmax < 0 {
+                    return Err("round_to_budget: negative budget or bound".into());
+                }
+                let v = floats(&a)?;
+                let r =
+                    rounding::round_to_budget(&v, budget as usize, rmin as usize, rmax as usize)
+                        .map_err(|m| format!("round_to_budget: {m}"))?;
+                Ok(r.into_iter().map(|x| Dynamic::from_int(x as INT)).collect())
+            },
+        );
+        e.register_fn("erank", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+            Ok(super::spectra::effective_rank(&floats(&a)?) as FLOAT)
+        });
+        e.register_fn(
+            "stable_rank",
+            |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+                Ok(super::spectra::stable_rank(&floats(&a)?) as FLOAT)
+            },
+        );
+        let p = self.params.clone();
+        e.register_fn(
+            "param",
+            move |name: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+                p.read()
+                    .unwrap_or_else(|x| x.into_inner())
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("no plugin parameter `{name}`").into())
+            },
+        );
+        let p = self.params.clone();
+        e.register_fn("param_or", move |name: &str, default: Dynamic| -> Dynamic {
+            p.read()
+                .unwrap_or_else(|x| x.into_inner())
+                .get(name)
+                .cloned()
+                .unwrap_or(default)
+        });
+        let p = self.params.clone();
+        e.register_fn("params", move || -> Map {
+            p.read().unwrap_or_else(|x| x.into_inner()).clone()
+        });
+        let r = self.rng.clone();
+        e.register_fn("rand", move || -> FLOAT {
+            r.lock().unwrap_or_else(|x| x.into_inner()).random::<f64>() as FLOAT
+        });
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Parameters scripts read with `param(name)`: the policy's plugin parameters, r_min, r_max,
+    /// and the learner's state (alpha, beta, ...).
+    pub fn set_params(&self, m: Map) {
+        *self.params.write().unwrap_or_else(|x| x.into_inner()) = m;
+    }
+    pub fn set_param(&self, key: &str, v: Dynamic) {
+        self.params
+            .write()
+            .unwrap_or_else(|x| x.into_inner())
+            .insert(key.into(), v);
+    }
+
+    /// Re-seed `rand()` (the random allocator draws from it).
+    pub fn reseed(&self, seed: u64) {
+        *self.rng.lock().unwrap_or_else(|x| x.into_inner()) = StdRng::seed_from_u64(seed);
+    }
+
+    /// Lines scripts printed since the last call.
+    pub fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap_or_else(|x| x.into_inner()))
+    }
+
+    /// Read and compile a plugin file. A path that does not exist but names a shipped plugin
+    /// (`plugins/log_rule.rhai`, `log_rule.rhai`) loads the copy embedded in the binary.
+    pub fn load(&self, path: &Path) -> PluginResult<Plugin> {
+        let file = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(src) => self.compile(&file, &src),
+            Err(e) => {
+                if let Some(sp) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(super::shipped::find)
+                {
+                    return self.compile(&format!("builtin:{}", sp.file), sp.source);
+                }
+                Err(Box::new(PluginError {
+                    file,
+                    line: None,
+                    col: None,
+                    role: Role::Load,
+                    kind: PluginErrorKind::Load,
+                    adapter: None,
+                    value: None,
+                    message: format!("cannot read plugin: {e}"),
+                }))
+            }
+        }
+    }
+
+    pub fn compile(&self, file: &str, source: &str) -> PluginResult<Plugin> {
+        match self.engine.compile(source) {
+            Ok(mut ast) => {
+                ast.set_source(file);
+                Ok(Plugin {
+                    file: file.to_string(),
+                    source: source.to_string(),
+                    ast,
+                })
+            }
+            Err(e) => {
+                let pos = e.1;
+                Err(Box::new(PluginError {
+                    file: file.to_string(),
+                    line: pos.line(),
+                    col: pos.position(),
+                    role: Role::Load,
+                    kind: PluginErrorKind::Load,
+                    adapter: None,
+                    value: None,
+                    message: format!("syntax error: {}", e.0),
+                }))
+            }
+        }
+    }
+
+    /// Check that `plugin` defines the function of `role` with `arity` parameters.
+    pub fn require(&self, plugin: &Plugin, role: Role, arity: usize) -> PluginResult<()> {
+        if plugin.defines(role.function(), arity) {
+            return Ok(());
+        }
+        Err(Box::new(PluginError {
+            file: plugin.file.clone(),
+            line: None,
+            col: None,
+            role,
+            kind: PluginErrorKind::MissingFunction,
+            adapter: None,
+            value: None,
+            message: format!(
+                "a {} plugin must define `fn {}` with {arity} parameter(s)",
+                role.name(),
+                role.function()
+            ),
+        }))
+    }
+
+    /// Call the role's function with the time budget armed. `adapter` names the adapter the
+    /// call is about, for the error.
+    pub fn call(
+        &self,
+        plugin: &Plugin,
+        role: Role,
+        adapter: Option<&str>,
+        args: impl FuncArgs,
+    ) -> PluginResult<Dynamic> {
+        *self.deadline.lock().unwrap_or_else(|x| x.into_inner()) =
+            Instant::now() + Duration::from_millis(self.limits.time_budget_ms);
+        let mut scope = Scope::new();
+        self.engine
+            .call_fn::<Dynamic>(&mut scope, &plugin.ast, role.function(), args)
+            .map_err(|e| Box::new(self.map_error(plugin, role, adapter, &e)))
+    }
+
+    fn map_error(
+        &self,
+        plugin: &Plugin,
+        role: Role,
+        adapter: Option<&str>,
+        err: &EvalAltResult,
+    ) -> PluginError {
+        let inner = err.unwrap_inner();
+        let mut pos = inner.position();
+        if pos.is_none() {
+            pos = err.position();
+        }
+        let (kind, value) = match inner {
+            EvalAltResult::ErrorTerminated(..) => (PluginErrorKind::Timeout, None),
+            EvalAltResult::ErrorTooManyOperations(..)
+            | EvalAltResult::ErrorStackOverflow(..)
+            | EvalAltResult::ErrorDataTooLarge(..)
+            | EvalAltResult::ErrorTooManyVariables(..)
+            | EvalAltResult::ErrorTooManyModules(..) => (PluginErrorKind::Limit, None),
+            EvalAltResult::ErrorRuntime(v, _) => (PluginErrorKind::Script, Some(v.to_string())),
+            _ => (PluginErrorKind::Script, None),
+        };
+        let full = inner.to_string();
+        // rhai appends " (line L, position C)"; the error carries them separately.
+        let bare = match full.rfind(" (line ") {
+            Some(k) if full.ends_with(')') => full[..k].to_string(),
+            _ => full,
+        };
+        let message = match kind {
+            PluginErrorKind::Timeout => format!(
+                "stopped: ran past its time budget of {} ms",
+                self.limits.time_budget_ms
+            ),
+            PluginErrorKind::Limit => format!("stopped: {bare}"),
+            _ => bare.to_string(),
+        };
+        let (line, col) = if pos.is_none() {
+            // rhai re-positions limit and termination errors at the call site, which is the
+            // host here (no position): point at the role's function that was running.
+            plugin.fn_position(role.function())
+        } else {
+            (pos.line(), pos.position())
+        };
+        PluginError {
+            file: plugin.file.clone(),
+            line,
+            col,
+            role,
+            kind,
+            adapter: adapter.map(str::to_string),
+            value,
+            message,
+        }
+    }
+}
+
+/// Rhai array of floats from f64s (for the maps the engine hands to scripts).
+pub fn to_float_array(v: &[f64]) -> Array {
+    float_array(v)
+}

@@ -1,0 +1,602 @@
+//! A planted-rank task on plain structs, so the engine's methods can be judged against ground
+//! truth without the transformer: independent linear layers W0 + ΔW*, where ΔW* has a planted
+//! rank k_i (equal singular values σ), and a LoRA student W0 + s·B·diag(λ)·A trained with Adam
+//! on the squared error of y = W·x for Gaussian x. The best rank for layer i is k_i, so a good
+//! allocator's ranks correlate with k and its loss beats uniform rank at the same budget.
+//!
+//! The transformer version of this task lives with the model (issue 3); this one is small
+//! enough for tests that train several methods × seeds in seconds.
+
+use super::{EngineConfig, EngineCtx, RankChange, RankEngine};
+use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, HostTensor, ModuleKind};
+use nalgebra::DMatrix;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct PlantedConfig {
+    /// Layer width d (each W is d × d).
+    pub dim: usize,
+    /// Planted rank per layer.
+    pub planted: Vec<usize>,
+    /// The planted singular value.
+    pub sigma: f32,
+    pub batch: usize,
+    pub lr: f32,
+    pub seed: u64,
+    /// Adapters in SVD form ΔW = B·diag(λ)·A with λ = 0 and B, A ~ N(0, 0.02) (AdaLoRA init).
+    pub svd_form: bool,
+    /// Keep the last batch of inputs for `input_sample` (EVA-like allocators).
+    pub keep_inputs: bool,
+}
+
+impl PlantedConfig {
+    pub fn new(planted: Vec<usize>, seed: u64) -> Self {
+        Self {
+            dim: 32,
+            planted,
+            sigma: 1.0,
+            batch: 64,
+            lr: 0.01,
+            seed,
+            svd_form: false,
+            keep_inputs: true,
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct Adam {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t: i32,
+}
+
+impl Adam {
+    fn step(&mut self, w: &mut [f32], g: &[f32], lr: f32) {
+        if self.m.len() != w.len() {
+            *self = Adam {
+                m: vec![0.0; w.len()],
+                v: vec![0.0; w.len()],
+                t: 0,
+            };
+        }
+        self.t += 1;
+        let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
+        for k in 0..w.len() {
+            self.m[k] = b1 * self.m[k] + (1.0 - b1) * g[k];
+            self.v[k] = b2 * self.v[k] + (1.0 - b2) * g[k] * g[k];
+            w[k] -= lr * (self.m[k] / c1) / ((self.v[k] / c2).sqrt() + eps);
+        }
+    }
+}
+
+struct Layer {
+    info: AdapterInfo,
+    w0: Vec<f32>,
+    target: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    lambda: Option<Vec<f32>>,
+    ga: Vec<f32>,
+    gb: Vec<f32>,
+    gl: Option<Vec<f32>>,
+    opt: [Adam; 3],
+    inputs: Option<HostTensor>,
+}
+
+/// The student: one LoRA adapter per layer, an [`AdapterStore`].
+pub struct PlantedStore {
+    cfg: PlantedConfig,
+    layers: Vec<Layer>,
+    rng: StdRng,
+}
+
+fn gaussian(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+    let d = Normal::new(0.0f32, std).expect("finite std");
+    (0..n).map(|_| d.sample(rng)).collect()
+}
+
+fn orthonormal(rng: &mut StdRng, d: usize, k: usize) -> DMatrix<f64> {
+    let g = gaussian(rng, d * k, 1.0);
+    let m = DMatrix::<f64>::from_fn(d, k, |i, j| g[i * k + j] as f64);
+    m.qr().q()
+}
+
+impl PlantedStore {
+    pub fn new(cfg: PlantedConfig, init_rank: usize) -> Self {
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let d = cfg.dim;
+        let mut layers = vec![];
+        for (i, &k) in cfg.planted.iter().enumerate() {
+            let kind = ModuleKind::ALL[i % ModuleKind::ALL.len()];
+            let layer = i / ModuleKind::ALL.len();
+            let w0 = gaussian(&mut rng, d * d, 1.0 / (d as f32).sqrt());
+            let (u, v) = (orthonormal(&mut rng, d, k), orthonormal(&mut rng, d, k));
+            let t = &u * v.transpose() * cfg.sigma as f64;
+            let target: Vec<f32> = (0..d * d).map(|x| t[(x / d, x % d)] as f32).collect();
+            let mut l = Layer {
+                info: AdapterInfo {
+                    name: AdapterInfo::slot_name(layer, kind),
+                    layer,
+                    kind,
+                    rows: d,
+                    cols: d,
+                    rank: 0,
+                },
+                w0,
+                target,
+                a: vec![],
+                b: vec![],
+                lambda: cfg.svd_form.then(Vec::new),
+                ga: vec![],
+                gb: vec![],
+                gl: None,
+                opt: Default::default(),
+                inputs: None,
+            };
+            grow(&mut l, init_rank, &mut rng, cfg.svd_form);
+            layers.push(l);
+        }
+        Self { cfg, layers, rng }
+    }
+
+    pub fn planted(&self) -> &[usize] {
+        &self.cfg.planted
+    }
+
+    fn delta(l: &Layer) -> Vec<f32> {
+        let (d, r) = (l.info.rows, l.info.rank);
+        let mut m = vec![0.0f32; d * d];
+        for p in 0..d {
+            for j in 0..r {
+                let bj = l.b[p * r + j] * l.lambda.as_ref().map_or(1.0, |x| x[j]);
+                if bj == 0.0 {
+                    continue;
+                }
+                for q in 0..d {
+                    m[p * d + q] += bj * l.a[j * d + q];
+                }
+            }
+        }
+        m
+    }
+
+    /// Expected loss over x ~ N(0, I): mean over layers of ‖ΔW − ΔW*‖²_F / d.
+    pub fn eval_loss(&self) -> f64 {
+        let d = self.cfg.dim;
+        self.layers
+            .iter()
+            .map(|l| {
+                let m = Self::delta(l);
+                m.iter()
+                    .zip(&l.target)
+                    .map(|(x, t)| ((x - t) as f64).powi(2))
+                    .sum::<f64>()
+                    / d as f64
+            })
+            .sum::<f64>()
+            / self.layers.len() as f64
+    }
+
+    /// One minibatch forward/backward; fills gradients, returns the minibatch loss.
+    pub fn forward_backward(&mut self) -> f64 {
+        let (d, n) = (self.cfg.dim, self.cfg.batch);
+        let mut total = 0.0;
+        for li in 0..self.layers.len() {
+            let x = gaussian(&mut self.rng, d * n, 1.0); // [d, n]
+            let l = &mut self.layers[li];
+            let r = l.info.rank;
+            let m = Self::delta(l);
+            // Residual R = ΔW − ΔW*, its action on the batch, and G = 2/(n·d)·(R·X)·Xᵀ.
+            let res: Vec<f32> = m.iter().zip(&l.target).map(|(a, b)| a - b).collect();
+            let mut rx = vec![0.0f32; d * n];
+            for p in 0..d {
+                for q in 0..d {
+                    let rv = res[p * d + q];
+                    for s in 0..n {
+                        rx[p * n + s] += rv * x[q * n + s];
+                    }
+                }
+            }
+            total += rx.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / (n * d) as f64;
+            let c = 2.0 / (n * d) as f32;
+            let mut g = vec![0.0f32; d * d];
+            for p in 0..d {
+                for q in 0..d {
+                    g[p * d + q] = c * (0..n).map(|s| rx[p * n + s] * x[q * n + s]).sum::<f32>();
+                }
+            }
+            let lam: Vec<f32> = l.lambda.clone().unwrap_or_else(|| vec![1.0; r]);
+            // dB = G·(ΛA)ᵀ, dA = (BΛ)ᵀ·G, dλ_j = b_jᵀ·G·a_j.
+            let mut ga = vec![0.0f32; r * d];
+            let mut gb = vec![0.0f32; d * r];
+            let mut gl = vec![0.0f32; r];
+            for j in 0..r {
+                for p in 0..d {
+                    let ga_row: f32 = (0..d).map(|q| g[p * d + q] * l.a[j * d + q]).sum();
+                    gb[p * r + j] = ga_row * lam[j];
+                    gl[j] += l.b[p * r + j] * ga_row;
+                }
+                for q in 0..d {
+                    ga[j * d + q] =
+                        lam[j] * (0..d).map(|p| l.b[p * r + j] * g[p * d + q]).sum::<f32>();
+                }
+            }
+            l.ga = ga;
+            l.gb = gb;
+            l.gl = l.lambda.is_some().then_some(gl);
+            if self.cfg.keep_inputs {
+                let xt: Vec<f32> = (0..n * d).map(|k| x[(k % d) * n + k / d]).collect();
+                l.inputs = Some(HostTensor::new(vec![n, d], xt));
+            }
+        }
+        total / self.layers.len() as f64
+    }
+
+    pub fn optimizer_step(&mut self) {
+        let lr = self.cfg.lr;
+        for l in &mut self.layers {
+            if l.info.rank == 0 {
+                continue;
+            }
+            l.opt[0].step(&mut l.a, &l.ga, lr);
+            l.opt[1].step(&mut l.b, &l.gb, lr);
+            if let (Some(lam), Some(g)) = (l.lambda.as_mut(), l.gl.as_ref()) {
+                l.opt[2].step(lam, g, lr);
+            }
+        }
+    }
+}
+
+/// Grow to `rank` keeping ΔW: new A rows random, new B columns zero (λ form: new λ = 0).
+fn grow(l: &mut Layer, rank: usize, rng: &mut StdRng, svd_form: bool) {
+    let (d, r) = (l.info.rows, l.info.rank);
+    let extra = rank - r;
+    let a_std = if svd_form {
+        0.02
+    } else {
+        1.0 / (d as f32).sqrt()
+    };
+    l.a.extend(gaussian(rng, extra * d, a_std));
+    let newb_cols: Vec<f32> = if svd_form {
+        gaussian(rng, d * extra, 0.02)
+    } else {
+        vec![0.0; d * extra]
+    };
+    let mut b = vec![0.0f32; d * rank];
+    for p in 0..d {
+        b[p * rank..p * rank + r].copy_from_slice(&l.b[p * r..p * r + r]);
+        b[p * rank + r..p * rank + rank].copy_from_slice(&newb_cols[p * extra..(p + 1) * extra]);
+    }
+    l.b = b;
+    if let Some(lam) = l.lambda.as_mut() {
+        lam.extend(std::iter::repeat_n(0.0, extra));
+    }
+    l.info.rank = rank;
+}
+
+/// Shrink to `rank` by truncated SVD of B·diag(λ)·A (the best rank-r approximation of ΔW).
+fn shrink(l: &mut Layer, rank: usize, rng: &mut StdRng) {
+    let d = l.info.rows;
+    let m = PlantedStore::delta(l);
+    let svd = DMatrix::<f64>::from_fn(d, d, |i, j| m[i * d + j] as f64).svd(true, true);
+    let (u, vt) = (svd.u.expect("u"), svd.v_t.expect("v_t"));
+    let mut idx: Vec<usize> = (0..svd.singular_values.len()).collect();
+    idx.sort_by(|&x, &y| svd.singular_values[y].total_cmp(&svd.singular_values[x]));
+    let mut a = vec![0.0f32; rank * d];
+    let mut b = vec![0.0f32; d * rank];
+    let mut lam = vec![0.0f32; rank];
+    let top = idx.first().map_or(0.0, |&k| svd.singular_values[k]);
+    for (j, &k) in idx.iter().take(rank).enumerate() {
+        let s = svd.singular_values[k];
+        if s <= 1e-9 * top.max(1e-30) {
+            // A zero component split into both factors would leave A = B = 0, which never
+            // trains again: start it fresh instead, as growing does (A random, B = 0).
+            let svd_form = l.lambda.is_some();
+            let std = if svd_form {
+                0.02
+            } else {
+                1.0 / (d as f32).sqrt()
+            };
+            let fresh = gaussian(rng, d, std);
+            a[j * d..(j + 1) * d].copy_from_slice(&fresh);
+            if svd_form {
+                for (p, v) in gaussian(rng, d, 0.02).into_iter().enumerate() {
+                    b[p * rank + j] = v;
+                }
+            }
+            continue;
+        }
+        let (fb, fa) = if l.lambda.is_some() {
+            lam[j] = s as f32;
+            (1.0, 1.0)
+        } else {
+            (s.sqrt(), s.sqrt())
+        };
+        for p in 0..d {
+            b[p * rank + j] = (u[(p, k)] * fb) as f32;
+            a[j * d + p] = (vt[(k, p)] * fa) as f32;
+        }
+    }
+    l.a = a;
+    l.b = b;
+    if l.lambda.is_some() {
+        l.lambda = Some(lam);
+    }
+    l.info.rank = rank;
+}
+
+impl AdapterStore for PlantedStore {
+    fn adapters(&self) -> Vec<AdapterInfo> {
+        self.layers.iter().map(|l| l.info.clone()).collect()
+    }
+    fn adapter_host(&self, i: usize) -> anyhow::Result<AdapterHost> {
+        let l = self
+            .layers
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("no adapter {i}"))?;
+        Ok(AdapterHost {
+            a: l.a.clone(),
+            b: l.b.clone(),
+            lambda: l.lambda.clone(),
+            grad_a: l.ga.clone(),
+            grad_b: l.gb.clone(),
+            grad_lambda: l.gl.clone(),
+            scale: 1.0,
+        })
+    }
+    fn set_adapter_host(&mut self, i: usize, h: &AdapterHost) -> anyhow::Result<()> {
+        let l = self
+            .layers
+            .get_mut(i)
+            .ok_or_else(|| anyhow::anyhow!("no adapter {i}"))?;
+        anyhow::ensure!(
+            h.a.len() == l.a.len() && h.b.len() == l.b.len(),
+            "set_adapter_host: shape mismatch"
+        );
+        l.a.clone_from(&h.a);
+        l.b.clone_from(&h.b);
+        if let (Some(lam), Some(hl)) = (l.lambda.as_mut(), h.lambda.as_ref()) {
+            lam.clone_from(hl);
+        }
+        for (g, x) in l.ga.iter_mut().zip(&h.grad_a) {
+            *g += x;
+        }
+        for (g, x) in l.gb.iter_mut().zip(&h.grad_b) {
+            *g += x;
+        }
+        Ok(())
+    }
+    fn frozen_weight(&self, i: usize) -> anyhow::Result<HostTensor> {
+        let l = self
+            .layers
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("no adapter {i}"))?;
+        Ok(HostTensor::new(
+            vec![l.info.rows, l.info.cols],
+            l.w0.clone(),
+        ))
+    }
+    fn resize_adapter(&mut self, i: usize, rank: usize) -> anyhow::Result<()> {
+        let svd_form = self.cfg.svd_form;
+        let l = self
+            .layers
+            .get_mut(i)
+            .ok_or_else(|| anyhow::anyhow!("no adapter {i}"))?;
+        anyhow::ensure!(
+            rank <= l.info.rows.min(l.info.cols),
+            "rank {rank} too large"
+        );
+        if rank > l.info.rank {
+            grow(l, rank, &mut self.rng, svd_form);
+        } else if rank < l.info.rank {
+            shrink(l, rank, &mut self.rng);
+        }
+        // Moments of a resized adapter no longer match its parameters.
+        l.opt = Default::default();
+        l.ga.clear();
+        l.gb.clear();
+        l.gl = None;
+        Ok(())
+    }
+    fn input_sample(&self, i: usize) -> Option<HostTensor> {
+        self.layers.get(i)?.inputs.clone()
+    }
+}
+
+/// When the mini training loop calls the engine.
+#[derive(Clone, Debug)]
+pub struct PlantedSchedule {
+    pub steps: usize,
+    /// First re-allocation (end of phase 1).
+    pub phase1_steps: usize,
+    pub realloc_every: usize,
+    /// No re-allocation after this step (the last stretch trains at the final ranks).
+    pub realloc_until: usize,
+    /// Call `reallocate` after every step (AdaLoRA applies its own schedule).
+    pub every_step: bool,
+}
+
+/// What a planted run ended with.
+#[derive(Clone, Debug)]
+pub struct PlantedOutcome {
+    pub ranks: Vec<usize>,
+    pub final_loss: f64,
+    pub changes: Vec<RankChange>,
+    pub train_seconds: f64,
+    pub realloc_seconds: f64,
+    pub engine_calls: super::EngineCalls,
+}
+
+/// Train the planted task under `engine_cfg`.
+pub fn run_planted(
+    task: PlantedConfig,
+    engine_cfg: EngineConfig,
+    sched: &PlantedSchedule,
+) -> super::Result<PlantedOutcome> {
+    let t0 = Instant::now();
+    let mut store = PlantedStore::new(task, engine_cfg.init_rank);
+    let mut engine = RankEngine::new(engine_cfg)?;
+    engine.on_start(&mut store)?;
+    let mut ctx = EngineCtx {
+        total_steps: sched.steps,
+        ..Default::default()
+    };
+    let mut changes = vec![];
+    for step in 1..=sched.steps {
+        let loss = store.forward_backward();
+        ctx.step = step;
+        ctx.losses.push(loss);
+        engine.after_backward(step, &mut store)?;
+        store.optimizer_step();
+        let due = sched.every_step
+            || (step >= sched.phase1_steps
+                && step <= sched.realloc_until
+                && (step - sched.phase1_steps).is_multiple_of(sched.realloc_every.max(1)));
+        if due {
+            ctx.phase = if step >= sched.phase1_steps { 2 } else { 1 };
+            if let Some(c) = engine.reallocate(step, &mut store, &ctx)? {
+                changes.push(c);
+            }
+        }
+    }
+    Ok(PlantedOutcome {
+        ranks: engine.ranks(),
+        final_loss: store.eval_loss(),
+        changes,
+        train_seconds: t0.elapsed().as_secs_f64(),
+        realloc_seconds: engine.calls().reallocate_seconds,
+        engine_calls: engine.calls().clone(),
+    })
+}
+
+/// Spearman rank correlation (ties get their average rank).
+pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    fn ranks(v: &[f64]) -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+        let mut r = vec![0.0; v.len()];
+        let mut i = 0;
+        while i < idx.len() {
+            let mut j = i;
+            while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+                j += 1;
+            }
+            let avg = (i + j) as f64 / 2.0 + 1.0;
+            for k in i..=j {
+                r[idx[k]] = avg;
+            }
+            i = j + 1;
+        }
+        r
+    }
+    let (rx, ry) = (ranks(x), ranks(y));
+    let n = x.len() as f64;
+    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
+    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = rx.iter().map(|a| (a - mx).powi(2)).sum();
+    let vy: f64 = ry.iter().map(|b| (b - my).powi(2)).sum();
+    if vx == 0.0 || vy == 0.0 {
+        0.0
+    } else {
+        cov / (vx * vy).sqrt()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spearman_matches_closed_form_without_ties() {
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let y = [2.0, 1.0, 4.0, 3.0, 5.0];
+        // 1 − 6Σd²/(n(n²−1)) with d = (1, 1, 1, 1, 0): 1 − 24/120 = 0.8.
+        assert!((spearman(&x, &y) - 0.8).abs() < 1e-12);
+        assert!((spearman(&x, &[5.0, 4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_of_expected_loss() {
+        // With a huge batch the minibatch gradient approaches the gradient of the expected
+        // loss ‖ΔW − ΔW*‖²_F/d; compare dλ and one entry of A and B by central differences.
+        let mut cfg = PlantedConfig::new(vec![2], 3);
+        cfg.dim = 6;
+        cfg.batch = 40_000;
+        cfg.svd_form = true;
+        let mut s = PlantedStore::new(cfg, 3);
+        for l in &mut s.layers {
+            l.lambda = Some(vec![0.5, -0.3, 0.8]);
+        }
+        s.forward_backward();
+        let h = s.adapter_host(0).unwrap();
+        let f = |s: &PlantedStore| s.eval_loss();
+        let eps = 1e-3f32;
+        let check = |get: &dyn Fn(&mut Layer) -> &mut f32, g: f32| {
+            let mut p = PlantedStore::new(s.cfg.clone(), 0);
+            p.layers = vec![clone_layer(&s.layers[0])];
+            *get(&mut p.layers[0]) += eps;
+            let up = f(&p);
+            *get(&mut p.layers[0]) -= 2.0 * eps;
+            let dn = f(&p);
+            let fd = (up - dn) / (2.0 * eps as f64);
+            assert!(
+                (fd - g as f64).abs() < 0.05 * fd.abs().max(0.05),
+                "fd {fd} vs {g}"
+            );
+        };
+        check(
+            &|l| &mut l.lambda.as_mut().unwrap()[1],
+            h.grad_lambda.as_ref().unwrap()[1],
+        );
+        check(&|l| &mut l.a[4], h.grad_a[4]);
+        check(&|l| &mut l.b[7], h.grad_b[7]);
+    }
+
+    fn clone_layer(l: &Layer) -> Layer {
+        Layer {
+            info: l.info.clone(),
+            w0: l.w0.clone(),
+            target: l.target.clone(),
+            a: l.a.clone(),
+            b: l.b.clone(),
+            lambda: l.lambda.clone(),
+            ga: vec![],
+            gb: vec![],
+            gl: None,
+            opt: Default::default(),
+            inputs: None,
+        }
+    }
+
+    #[test]
+    fn resize_keeps_delta_on_grow_and_best_approximation_on_shrink() {
+        let mut s = PlantedStore::new(PlantedConfig::new(vec![3], 5), 4);
+        for _ in 0..50 {
+            s.forward_backward();
+            s.optimizer_step();
+        }
+        let before = PlantedStore::delta(&s.layers[0]);
+        s.resize_adapter(0, 7).unwrap();
+        let after = PlantedStore::delta(&s.layers[0]);
+        assert!(before.iter().zip(&after).all(|(a, b)| (a - b).abs() < 1e-5));
+        // Shrinking to rank 2 leaves the rank-2 truncated SVD: its error is the tail energy.
+        let d = 32;
+        let m = DMatrix::<f64>::from_fn(d, d, |i, j| after[i * d + j] as f64);
+        let mut sv: Vec<f64> = m.singular_values().iter().cloned().collect();
+        sv.sort_by(|a, b| b.total_cmp(a));
+        s.resize_adapter(0, 2).unwrap();
+        let small = PlantedStore::delta(&s.layers[0]);
+        let err: f64 = small
+            .iter()
+            .zip(&after)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let tail: f64 = sv[2..].iter().map(|x| x * x).sum();
+        assert!((err - tail).abs() < 1e-4 * (1.0 + tail), "{err} vs {tail}");
+    }
+}

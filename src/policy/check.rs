@@ -1,0 +1,725 @@
+//! The checker: from the AST (plus `--set` overrides) to one typed plan per arm, with every
+//! mistake found on the way collected as a diagnostic.
+
+use super::ast::*;
+use super::diag::Diagnostic;
+use super::fields::Fields;
+use super::layers::{Config, Entry, Layer, Section};
+use super::plan::*;
+use super::plugins::{self, PluginChecker, Role};
+use super::sections::{self, Shape};
+use super::suggest;
+use std::path::Path;
+
+pub const METRICS: &[&str] = &[
+    "loss",
+    "eval_loss",
+    "accuracy",
+    "f1",
+    "exact_match",
+    "grad_norm",
+];
+const DEFAULT_BASE: &str = "adaptive";
+
+pub struct Checked {
+    pub arms: Vec<ArmPlan>,
+    pub seeds: Vec<u64>,
+    pub baseline: Option<String>,
+}
+
+pub fn check(
+    exp: &Experiment,
+    overrides: &[Setting],
+    base_dir: &Path,
+    plugin_checker: &mut PluginChecker,
+    d: &mut Vec<Diagnostic>,
+) -> Option<Checked> {
+    let mut base = Config::default();
+    base.apply(&exp.items, Layer::Base, d);
+    let override_items: Vec<Item> = overrides.iter().cloned().map(Item::Setting).collect();
+    base.apply(&override_items, Layer::Override, d);
+
+    let base_name = match base.top.get("base").map(|e| &e.value) {
+        None => DEFAULT_BASE.to_string(),
+        Some(Spanned {
+            node: Value::Word(w),
+            ..
+        }) => w.clone(),
+        Some(v) => {
+            d.push(
+                Diagnostic::new(
+                    v.span,
+                    format!("`base` is the base arm's name, found {}", v.node.describe()),
+                    "expected a name",
+                )
+                .help("write e.g. `base = adaptive`"),
+            );
+            DEFAULT_BASE.to_string()
+        }
+    };
+    let seeds = seeds(&base, d);
+
+    let mut ctx = Ctx {
+        base_dir,
+        plugin_checker,
+        experiment: exp.name.span,
+    };
+    let mut arms = Vec::new();
+    let base_plan = ctx.arm_plan(&base_name, false, false, &base, d);
+    arms.push(base_plan);
+
+    let mut names: Vec<(String, Span)> = vec![(base_name.clone(), exp.name.span)];
+    let mut baseline: Option<(String, Span)> = None;
+    for item in &exp.items {
+        let Item::Arm(arm) = item else { continue };
+        let name = &arm.name.node;
+        if names.iter().any(|(n, _)| n == name) {
+            let help = if *name == base_name {
+                format!(
+                    "`{name}` is the base experiment's arm; rename this arm or set `base = OTHER`"
+                )
+            } else {
+                "give each arm its own name".to_string()
+            };
+            d.push(
+                Diagnostic::new(
+                    arm.name.span,
+                    format!("arm `{name}` is declared twice"),
+                    "again here",
+                )
+                .help(help),
+            );
+            continue;
+        }
+        names.push((name.clone(), arm.name.span));
+        let mut is_baseline = false;
+        let mut ablation = false;
+        for m in &arm.markers {
+            let flag = if m.node == "baseline" {
+                &mut is_baseline
+            } else {
+                &mut ablation
+            };
+            if *flag {
+                d.push(
+                    Diagnostic::new(
+                        m.span,
+                        format!("`{}` is written twice", m.node),
+                        "again here",
+                    )
+                    .help("write it once"),
+                );
+            }
+            *flag = true;
+        }
+        if is_baseline {
+            if let Some((first, _)) = &baseline {
+                let span = arm
+                    .markers
+                    .iter()
+                    .find(|m| m.node == "baseline")
+                    .map_or(arm.name.span, |m| m.span);
+                d.push(
+                    Diagnostic::new(
+                        span,
+                        format!("a second baseline arm (`{first}` is already the baseline)"),
+                        "second baseline",
+                    )
+                    .help("mark exactly one arm `baseline`; reports compare every arm with it"),
+                );
+            } else {
+                baseline = Some((name.clone(), arm.name.span));
+            }
+        }
+        let mut cfg = base.clone();
+        let before = d.len();
+        cfg.apply(&arm.items, Layer::Arm, d);
+        let mut arm_d = Vec::new();
+        let plan = ctx.arm_plan(name, is_baseline, ablation, &cfg, &mut arm_d);
+        // Mistakes of the base experiment show once; new ones say which arm meets them.
+        for mut e in arm_d {
+            let known = d[..before]
+                .iter()
+                .any(|x| x.span.key() == e.span.key() && x.message == e.message);
+            if !known {
+                e.message = format!("{} (in arm `{name}`)", e.message);
+                d.push(e);
+            }
+        }
+        arms.push(plan);
+    }
+    let arms: Option<Vec<ArmPlan>> = arms.into_iter().collect();
+    if !d.is_empty() {
+        return None;
+    }
+    Some(Checked {
+        arms: arms?,
+        seeds: seeds?,
+        baseline: baseline.map(|b| b.0),
+    })
+}
+
+fn seeds(cfg: &Config, d: &mut Vec<Diagnostic>) -> Option<Vec<u64>> {
+    let Some(e) = cfg.top.get("seeds") else {
+        return Some(vec![1]);
+    };
+    let header = e.key.span;
+    let entries = [e.clone()];
+    let mut f = Fields {
+        section: "experiment",
+        header,
+        entries: &entries,
+        d,
+    };
+    let list = f.count_list("seeds", "[1, 2, 3]")?;
+    if list.is_empty() {
+        f.value_error(
+            e.value.span,
+            "`seeds` is empty".into(),
+            "list at least one seed, e.g. `seeds = [1]`".into(),
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    for (s, span) in list {
+        if out.contains(&s) {
+            f.value_error(
+                span,
+                format!("seed {s} is listed twice"),
+                "each seed runs every arm once; list each seed once".into(),
+            );
+            return None;
+        }
+        out.push(s);
+    }
+    Some(out)
+}
+
+struct Ctx<'a> {
+    base_dir: &'a Path,
+    plugin_checker: &'a mut PluginChecker,
+    experiment: Span,
+}
+
+impl Ctx<'_> {
+    fn section<'c>(&self, cfg: &'c Config, key: &str) -> Option<&'c Section> {
+        cfg.sections.get(key)
+    }
+
+    fn missing_section(&self, cfg: &Config, key: &str, example: &str, d: &mut Vec<Diagnostic>) {
+        if cfg.flagged.contains(key) {
+            return;
+        }
+        d.push(
+            Diagnostic::new(
+                self.experiment,
+                format!("the experiment has no `{key}` section"),
+                format!("`{key}` missing"),
+            )
+            .help(format!("add `{example}`")),
+        );
+    }
+
+    fn arm_plan(
+        &mut self,
+        name: &str,
+        is_baseline: bool,
+        ablation: bool,
+        cfg: &Config,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<ArmPlan> {
+        let before = d.len();
+        let model = match self.section(cfg, "model") {
+            Some(Section::On {
+                kind: Some(kind),
+                header,
+                entries,
+            }) => {
+                let mut f = Fields {
+                    section: "model",
+                    header: *header,
+                    entries,
+                    d,
+                };
+                sections::model(&mut f, kind, self.base_dir)
+            }
+            _ => {
+                self.missing_section(
+                    cfg,
+                    "model",
+                    "model encoder { layers = 4, hidden = 128, heads = 4 }",
+                    d,
+                );
+                None
+            }
+        };
+        let shape = Shape {
+            layers: model.as_ref().and_then(|m| m.layers()),
+            hidden: model.as_ref().and_then(|m| m.hidden()),
+        };
+        let data = match self.section(cfg, "data") {
+            Some(Section::On {
+                kind: Some(kind),
+                header,
+                entries,
+            }) => {
+                let mut f = Fields {
+                    section: "data",
+                    header: *header,
+                    entries,
+                    d,
+                };
+                sections::data(&mut f, kind, self.base_dir, shape.hidden)
+            }
+            _ => {
+                self.missing_section(cfg, "data", "data planted { ranks = [2, 8] }", d);
+                None
+            }
+        };
+        let train = match self.section(cfg, "train") {
+            Some(Section::On {
+                header, entries, ..
+            }) => {
+                let mut f = Fields {
+                    section: "train",
+                    header: *header,
+                    entries,
+                    d,
+                };
+                sections::train(&mut f)
+            }
+            _ => {
+                self.missing_section(cfg, "train", "train { steps = 1000 }", d);
+                None
+            }
+        };
+        let steps = train.as_ref().and_then(|t| t.steps());
+        let no_entries: [Entry; 0] = [];
+        let (lora, lora_off_span) = match self.section(cfg, "lora") {
+            Some(Section::Off(span)) => (Some(LoraSpec::Off), Some(*span)),
+            Some(Section::On {
+                header, entries, ..
+            }) => {
+                let mut f = Fields {
+                    section: "lora",
+                    header: *header,
+                    entries,
+                    d,
+                };
+                (sections::lora(&mut f, shape).map(LoraSpec::On), None)
+            }
+            None => {
+                let mut f = Fields {
+                    section: "lora",
+                    header: self.experiment,
+                    entries: &no_entries,
+                    d,
+                };
+                (sections::lora(&mut f, shape).map(LoraSpec::On), None)
+            }
+        };
+        let adalora = match self.section(cfg, "adalora") {
+            Some(Section::On {
+                header, entries, ..
+            }) => {
+                if let Some(off) = lora_off_span {
+                    d.push(
+                        Diagnostic::new(
+                            off,
+                            "`lora = off` leaves nothing for `adalora` to adapt",
+                            "lora off here",
+                        )
+                        .help(
+                            "remove `lora = off`, or switch AdaLoRA off too with `adalora = off`",
+                        ),
+                    );
+                }
+                let lora_init = lora
+                    .as_ref()
+                    .and_then(|l| l.on())
+                    .map_or(8, |l| l.init_rank);
+                let mut f = Fields {
+                    section: "adalora",
+                    header: *header,
+                    entries,
+                    d,
+                };
+                sections::adalora(&mut f, lora_init, steps).map(Some)
+            }
+            Some(Section::Off(_)) | None => Some(None),
+        };
+        let plugins = self.plugins(cfg, d);
+        let lora_on = matches!(lora, Some(LoraSpec::On(_)));
+        let has_adalora = matches!(adalora, Some(Some(_)));
+        let phases = self.phases(cfg, steps, lora_on, has_adalora, plugins.as_ref(), d);
+        if d.len() > before {
+            return None;
+        }
+        Some(ArmPlan {
+            name: name.to_string(),
+            is_baseline,
+            ablation,
+            model: model?,
+            data: data?,
+            lora: lora?,
+            adalora: adalora?,
+            train: train?,
+            plugins: plugins?,
+            phases: phases?,
+        })
+    }
+
+    fn plugin(
+        &mut self,
+        cfg: &Config,
+        key: &str,
+        role: Role,
+        d: &mut Vec<Diagnostic>,
+    ) -> Result<Option<std::path::PathBuf>, ()> {
+        let Some(e) = cfg.top.get(key) else {
+            return Ok(None);
+        };
+        match &e.value.node {
+            Value::Plugin(r) => {
+                let path = plugins::resolve(&r.node, self.base_dir);
+                match self.plugin_checker.check(&r.node, &path, role, r.span) {
+                    Some(diag) => {
+                        d.push(diag);
+                        Err(())
+                    }
+                    None => Ok(Some(path)),
+                }
+            }
+            Value::Word(w) if w == "none" => Ok(None),
+            other => {
+                let (f, _) = role.function();
+                d.push(
+                    Diagnostic::new(e.value.span, format!("`{key}` must be a plugin, found {}", other.describe()), "expected `plugin \"...\"`")
+                        .help(format!("write `{key} = plugin \"../plugins/NAME.rhai\"` (a script defining `{f}`), or `{key} = none`")),
+                );
+                Err(())
+            }
+        }
+    }
+
+    fn plugins(&mut self, cfg: &Config, d: &mut Vec<Diagnostic>) -> Option<PluginSpec> {
+        let complexity = self.plugin(cfg, "complexity", Role::Complexity, d);
+        let allocator = self.plugin(cfg, "allocator", Role::Allocator, d);
+        let learner = self.plugin(cfg, "learner", Role::Learner, d);
+        Some(PluginSpec {
+            complexity: complexity.ok()?,
+            allocator: allocator.ok()?,
+            learner: learner.ok()?,
+        })
+    }
+
+    fn phases(
+        &mut self,
+        cfg: &Config,
+        steps: Option<usize>,
+        lora_on: bool,
+        has_adalora: bool,
+        plugins: Option<&PluginSpec>,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<Vec<PhaseSpec>> {
+        if cfg.phases.is_empty() {
+            return Some(vec![PhaseSpec {
+                name: "main".into(),
+                until: Until::End,
+                actions: vec![],
+            }]);
+        }
+        let before = d.len();
+        let mut out = Vec::new();
+        // Where the previous phase ended, when known statically.
+        let mut prev_step: (usize, Option<&str>) = (0, None);
+        let mut prev_epoch: (usize, Option<&str>) = (0, None);
+        let mut open_ended: Option<&str> = None;
+        let last = cfg.phases.len() - 1;
+        for (i, p) in cfg.phases.iter().enumerate() {
+            let name = p.name.node.as_str();
+            if let Some(prev) = open_ended {
+                d.push(
+                    Diagnostic::new(p.name.span, format!("phase `{name}` can never start"), "unreachable")
+                        .help(format!("phase `{prev}` before it runs to the end of training; give `{prev}` an `until` bound")),
+                );
+            }
+            let start = prev_step.0;
+            let until = match &p.until {
+                None => {
+                    open_ended = Some(name);
+                    Some(Until::End)
+                }
+                Some(c) => self.until(
+                    c,
+                    name,
+                    i == last,
+                    steps,
+                    &mut prev_step,
+                    &mut prev_epoch,
+                    d,
+                ),
+            };
+            // The phase's extent in steps, when known: actions that can't fire are mistakes.
+            let end = match until {
+                Some(Until::Step(n)) => Some(n),
+                Some(Until::End) if i == last => steps,
+                _ => None,
+            };
+            let actions = self.actions(p, start, end, lora_on, has_adalora, plugins, d);
+            if let (Some(until), Some(actions)) = (until, actions) {
+                out.push(PhaseSpec {
+                    name: name.to_string(),
+                    until,
+                    actions,
+                });
+            }
+        }
+        (d.len() == before).then_some(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn until<'p>(
+        &mut self,
+        c: &Spanned<Cond>,
+        name: &'p str,
+        is_last: bool,
+        steps: Option<usize>,
+        prev_step: &mut (usize, Option<&'p str>),
+        prev_epoch: &mut (usize, Option<&'p str>),
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<Until> {
+        let count = |n: &Spanned<Number>, d: &mut Vec<Diagnostic>| match n.node.as_count() {
+            Some(v) if v > 0 => Some(v as usize),
+            _ => {
+                d.push(
+                    Diagnostic::new(
+                        n.span,
+                        format!(
+                            "a phase bound is a whole number ≥ 1, found `{}`",
+                            n.node.text
+                        ),
+                        "here",
+                    )
+                    .help("write e.g. `until step 100` or `until epoch 2`"),
+                );
+                None
+            }
+        };
+        match &c.node {
+            Cond::Step(n) if n.node.is_share() => {
+                let share = n.node.value;
+                let Some(s) = steps else {
+                    d.push(
+                        Diagnostic::new(
+                            n.span,
+                            "a bound as a share of training needs `train.steps`",
+                            "share of what?",
+                        )
+                        .help("set `train.steps`, or bound the phase by `epoch N`"),
+                    );
+                    return None;
+                };
+                if !(share > 0.0 && share <= 1.0) {
+                    d.push(
+                        Diagnostic::new(
+                            n.span,
+                            format!("`{}` is not a share of training", n.node.text),
+                            "here",
+                        )
+                        .help("a share lies between 0% and 100%, e.g. `until step 25%`"),
+                    );
+                    return None;
+                }
+                let v = ((share * s as f64).round() as usize).max(1);
+                let resolved = Spanned::new(
+                    Cond::Step(Spanned::new(
+                        Number {
+                            text: v.to_string(),
+                            value: v as f64,
+                        },
+                        n.span,
+                    )),
+                    c.span,
+                );
+                self.until(&resolved, name, is_last, steps, prev_step, prev_epoch, d)
+            }
+            Cond::Step(n) => {
+                let v = count(n, d)?;
+                if v <= prev_step.0 && prev_step.1.is_some() {
+                    let prev = prev_step.1.unwrap_or_default();
+                    d.push(
+                        Diagnostic::new(n.span, format!("phase `{name}` ends at step {v}, but phase `{prev}` before it already ends at step {}", prev_step.0), "not after the previous bound")
+                            .help("phases run in file order, so their step bounds must increase; reorder the phases or fix the bound"),
+                    );
+                    return None;
+                }
+                if let Some(s) = steps {
+                    if v > s {
+                        d.push(
+                            Diagnostic::new(n.span, format!("phase `{name}` ends at step {v}, after training ends (train.steps = {s})"), "beyond train.steps")
+                                .help("lower the bound, raise train.steps, or give the bound as a share of training (`until step 60%`) so it follows train.steps"),
+                        );
+                        return None;
+                    }
+                    if is_last && v < s {
+                        d.push(
+                            Diagnostic::new(n.span, format!("the last phase `{name}` ends at step {v}, but training runs to step {s}"), "steps after this belong to no phase")
+                                .help("drop this `until` so the last phase runs to the end, or add a phase after it"),
+                        );
+                        return None;
+                    }
+                }
+                *prev_step = (v, Some(name));
+                Some(Until::Step(v))
+            }
+            Cond::Epoch(n) => {
+                let v = count(n, d)?;
+                if v <= prev_epoch.0 && prev_epoch.1.is_some() {
+                    let prev = prev_epoch.1.unwrap_or_default();
+                    d.push(
+                        Diagnostic::new(n.span, format!("phase `{name}` ends at epoch {v}, but phase `{prev}` before it already ends at epoch {}", prev_epoch.0), "not after the previous bound")
+                            .help("phases run in file order, so their epoch bounds must increase"),
+                    );
+                    return None;
+                }
+                *prev_epoch = (v, Some(name));
+                Some(Until::Epoch(v))
+            }
+            Cond::Metric {
+                name: metric,
+                op,
+                value,
+            } => {
+                if !METRICS.contains(&metric.node.as_str()) {
+                    d.push(
+                        Diagnostic::new(
+                            metric.span,
+                            format!("unknown metric `{}`", metric.node),
+                            "unknown metric",
+                        )
+                        .help(suggest::help(
+                            &metric.node,
+                            "metric",
+                            METRICS,
+                        )),
+                    );
+                    return None;
+                }
+                if !value.node.value.is_finite() {
+                    d.push(
+                        Diagnostic::new(value.span, "the threshold is not a finite number", "here")
+                            .help("write e.g. `eval_loss < 0.3`"),
+                    );
+                    return None;
+                }
+                Some(Until::Metric {
+                    name: metric.node.clone(),
+                    op: *op,
+                    value: value.node.value,
+                })
+            }
+            Cond::Plugin(r) => {
+                let path = plugins::resolve(&r.node, self.base_dir);
+                if let Some(diag) =
+                    self.plugin_checker
+                        .check(&r.node, &path, Role::Condition, r.span)
+                {
+                    d.push(diag);
+                    return None;
+                }
+                Some(Until::Plugin { path })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn actions(
+        &self,
+        p: &Phase,
+        start: usize,
+        end: Option<usize>,
+        lora_on: bool,
+        has_adalora: bool,
+        plugins: Option<&PluginSpec>,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<Vec<Action>> {
+        let names: Vec<&str> = ActionKind::ALL.iter().map(|a| a.name()).collect();
+        let mut out: Vec<Action> = Vec::new();
+        let mut ok = true;
+        let mut seen: Vec<ActionKind> = Vec::new();
+        for a in &p.actions {
+            let every = match a.every.node.as_count() {
+                Some(v) if v > 0 => v as usize,
+                _ => {
+                    d.push(
+                        Diagnostic::new(
+                            a.every.span,
+                            format!(
+                                "`every` takes a whole number of steps ≥ 1, found `{}`",
+                                a.every.node.text
+                            ),
+                            "here",
+                        )
+                        .help("write e.g. `every 50 steps: reallocate`"),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            if let Some(end) = end {
+                if start + every > end {
+                    d.push(
+                        Diagnostic::new(a.every.span, format!("`every {every} steps` never fires in phase `{}`, which lasts {} steps ({start}..{end})", p.name.node, end.saturating_sub(start)), "longer than the phase")
+                            .help("actions fire at the phase's start + N, 2N, …; use a smaller N"),
+                    );
+                    ok = false;
+                }
+            }
+            for w in &a.what {
+                let Some(kind) = ActionKind::ALL.into_iter().find(|k| k.name() == w.node) else {
+                    d.push(
+                        Diagnostic::new(
+                            w.span,
+                            format!("unknown action `{}`", w.node),
+                            "unknown action",
+                        )
+                        .help(suggest::help(&w.node, "action", &names)),
+                    );
+                    ok = false;
+                    continue;
+                };
+                if seen.contains(&kind) {
+                    d.push(
+                        Diagnostic::new(
+                            w.span,
+                            format!("`{}` is scheduled twice in phase `{}`", w.node, p.name.node),
+                            "again here",
+                        )
+                        .help("keep one `every N steps: ...` per action in a phase"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                seen.push(kind);
+                if kind == ActionKind::Reallocate {
+                    // Full fine-tuning has no adapters: its arm simply doesn't reallocate.
+                    if !lora_on {
+                        continue;
+                    }
+                    let has_allocator = plugins.is_some_and(|p| p.allocator.is_some());
+                    if !has_allocator && !has_adalora && plugins.is_some() {
+                        d.push(
+                            Diagnostic::new(w.span, "`reallocate` needs an allocator", "nothing to reallocate with")
+                                .help("set `allocator = plugin \"../plugins/log_rule.rhai\"`, or add an `adalora { ... }` block"),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                }
+                out.push(Action { every, what: kind });
+            }
+        }
+        ok.then_some(out)
+    }
+}

@@ -1,0 +1,231 @@
+//! Typed reads of one section's entries. Each read reports a wrong type as a diagnostic and
+//! returns `None`, so the checker carries on and reports every mistake in one pass.
+
+use super::ast::*;
+use super::diag::Diagnostic;
+use super::layers::Entry;
+use super::suggest;
+
+pub struct Fields<'a> {
+    pub section: &'a str,
+    pub header: Span,
+    pub entries: &'a [Entry],
+    pub d: &'a mut Vec<Diagnostic>,
+}
+
+impl<'a> Fields<'a> {
+    pub fn get(&self, key: &str) -> Option<&'a Entry> {
+        self.entries.iter().find(|e| e.key.node == key)
+    }
+
+    /// Unknown keys, with a suggestion among `allowed`.
+    pub fn only(&mut self, allowed: &[&str], what: &str) {
+        for e in self.entries {
+            if !allowed.contains(&e.key.node.as_str()) {
+                self.d.push(
+                    Diagnostic::new(
+                        e.key.span,
+                        format!("unknown key `{}` in {what}", e.key.node),
+                        "unknown key",
+                    )
+                    .help(suggest::help(&e.key.node, "key", allowed)),
+                );
+            }
+        }
+    }
+
+    pub fn missing(&mut self, key: &str, example: &str) {
+        // A near miss in the block is already reported as an unknown key with this suggestion.
+        let near_miss = self
+            .entries
+            .iter()
+            .any(|e| e.key.node != key && suggest::closest(&e.key.node, [key]).is_some());
+        if near_miss {
+            return;
+        }
+        self.d.push(
+            Diagnostic::new(
+                self.header,
+                format!("`{}` needs `{key}`", self.section),
+                format!("`{key}` missing"),
+            )
+            .help(format!("add `{key} = {example}`")),
+        );
+    }
+
+    pub fn type_error(&mut self, e: &Entry, expected: &str, example: &str) {
+        self.d.push(
+            Diagnostic::new(
+                e.value.span,
+                format!(
+                    "`{}.{}` must be {expected}, found {}",
+                    self.section,
+                    e.key.node,
+                    e.value.node.describe()
+                ),
+                format!("expected {expected}"),
+            )
+            .help(match &e.value.node {
+                Value::Str(s) if s.trim().parse::<f64>().is_ok() => {
+                    format!("numbers take no quotes: `{} = {}`", e.key.node, s.trim())
+                }
+                _ => format!("write e.g. `{} = {example}`", e.key.node),
+            }),
+        );
+    }
+
+    pub fn value_error(&mut self, span: Span, message: String, help: String) {
+        self.d
+            .push(Diagnostic::new(span, message, "here").help(help));
+    }
+
+    /// A whole number ≥ `min`.
+    pub fn count_at_least(&mut self, key: &str, min: u64) -> Option<u64> {
+        let e = self.get(key)?;
+        match &e.value.node {
+            Value::Number(n) => match n.as_count() {
+                Some(v) if v >= min => Some(v),
+                _ => {
+                    let expected = if min == 0 {
+                        "a whole number ≥ 0".to_string()
+                    } else {
+                        format!("a whole number ≥ {min}")
+                    };
+                    self.type_error(e, &expected, &min.max(1).to_string());
+                    None
+                }
+            },
+            _ => {
+                self.type_error(e, "a whole number", &min.max(1).to_string());
+                None
+            }
+        }
+    }
+
+    pub fn count(&mut self, key: &str) -> Option<u64> {
+        self.count_at_least(key, 0)
+    }
+
+    pub fn positive(&mut self, key: &str) -> Option<u64> {
+        self.count_at_least(key, 1)
+    }
+
+    pub fn required_positive(&mut self, key: &str, example: &str) -> Option<u64> {
+        if self.get(key).is_none() {
+            self.missing(key, example);
+            return None;
+        }
+        self.positive(key)
+    }
+
+    /// A finite number within `lo..=hi`.
+    pub fn float_in(&mut self, key: &str, lo: f64, hi: f64, example: &str) -> Option<f64> {
+        let e = self.get(key)?;
+        match &e.value.node {
+            Value::Number(n) if n.value.is_finite() && n.value >= lo && n.value <= hi => {
+                Some(n.value)
+            }
+            Value::Number(_) => {
+                let range = if hi.is_infinite() {
+                    format!("a number ≥ {lo}")
+                } else {
+                    format!("a number between {lo} and {hi}")
+                };
+                self.type_error(e, &range, example);
+                None
+            }
+            _ => {
+                self.type_error(e, "a number", example);
+                None
+            }
+        }
+    }
+
+    pub fn boolean(&mut self, key: &str) -> Option<bool> {
+        let e = self.get(key)?;
+        match &e.value.node {
+            Value::Word(w) if w == "true" => Some(true),
+            Value::Word(w) if w == "false" => Some(false),
+            _ => {
+                self.type_error(e, "`true` or `false`", "true");
+                None
+            }
+        }
+    }
+
+    /// One of a fixed set of words.
+    pub fn choice(&mut self, key: &str, choices: &[&'static str]) -> Option<&'static str> {
+        let e = self.get(key)?;
+        if let Value::Word(w) = &e.value.node {
+            if let Some(c) = choices.iter().find(|c| **c == w) {
+                return Some(c);
+            }
+            self.d.push(
+                Diagnostic::new(
+                    e.value.span,
+                    format!("`{w}` is not a valid `{}.{}`", self.section, e.key.node),
+                    "unknown choice",
+                )
+                .help(suggest::help(w, "choice", choices)),
+            );
+            return None;
+        }
+        let expected = format!("one of {}", suggest::quoted(choices));
+        self.type_error(e, &expected, choices[0]);
+        None
+    }
+
+    pub fn string(&mut self, key: &str, example: &str) -> Option<String> {
+        let e = self.get(key)?;
+        match &e.value.node {
+            Value::Str(s) if !s.is_empty() => Some(s.clone()),
+            _ => {
+                self.type_error(e, "a non-empty string", example);
+                None
+            }
+        }
+    }
+
+    pub fn required_string(&mut self, key: &str, example: &str) -> Option<String> {
+        if self.get(key).is_none() {
+            self.missing(key, example);
+            return None;
+        }
+        self.string(key, example)
+    }
+
+    /// A list of whole numbers, with each element's span.
+    pub fn count_list(&mut self, key: &str, example: &str) -> Option<Vec<(u64, Span)>> {
+        let e = self.get(key)?;
+        let Value::List(items) = &e.value.node else {
+            self.type_error(e, "a list of whole numbers", example);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for it in items {
+            match &it.node {
+                Value::Number(n) if n.as_count().is_some() => {
+                    out.push((n.as_count().unwrap_or_default(), it.span))
+                }
+                other => {
+                    ok = false;
+                    self.d.push(
+                        Diagnostic::new(
+                            it.span,
+                            format!(
+                                "`{}.{}` holds whole numbers, found {}",
+                                self.section,
+                                e.key.node,
+                                other.describe()
+                            ),
+                            "expected a whole number",
+                        )
+                        .help(format!("write e.g. `{} = {example}`", e.key.node)),
+                    );
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+}

@@ -1,0 +1,399 @@
+//! The checked, fully resolved plan of one arm: what the runner consumes. Every default is
+//! filled in and every path is resolved against the policy file's directory, so nothing
+//! downstream needs the policy text (docs/language.md documents each field and its default).
+
+use crate::adapter::ModuleKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A checked policy: one plan per arm (the base experiment first), and the seeds every arm runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The experiment's name (`experiment NAME { ... }`).
+    pub name: String,
+    pub source_path: PathBuf,
+    pub source_text: String,
+    /// The base experiment (named by `base`, `adaptive` by default) first, then declared arms
+    /// in file order.
+    pub arms: Vec<ArmPlan>,
+    pub seeds: Vec<u64>,
+    /// The arm marked `baseline`, if any.
+    pub baseline: Option<String>,
+}
+
+impl Policy {
+    pub fn arm(&self, name: &str) -> Option<&ArmPlan> {
+        self.arms.iter().find(|a| a.name == name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArmPlan {
+    pub name: String,
+    pub is_baseline: bool,
+    /// Declared with the `ablation` marker.
+    pub ablation: bool,
+    pub model: ModelSpec,
+    pub data: DataSpec,
+    pub lora: LoraSpec,
+    pub adalora: Option<AdaLoraSpec>,
+    pub train: TrainSpec,
+    pub plugins: PluginSpec,
+    /// At least one; the last one runs to the end of training unless it is bounded by a metric,
+    /// an epoch count or a plugin condition, in which case its end stops training early.
+    pub phases: Vec<PhaseSpec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    Mean,
+    Cls,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSpec {
+    /// A randomly initialised bidirectional encoder.
+    Encoder(TransformerSpec),
+    /// A randomly initialised causal decoder.
+    Decoder(TransformerSpec),
+    /// A pretrained model from the Hugging Face cache, e.g.
+    /// `sentence-transformers/all-MiniLM-L6-v2`.
+    Hf { name: String, pooling: Pooling },
+    /// A pretrained model in a local directory (config.json + model.safetensors + tokenizer).
+    Path { dir: PathBuf, pooling: Pooling },
+}
+
+impl ModelSpec {
+    /// Number of transformer layers when it is known without loading weights.
+    pub fn layers(&self) -> Option<usize> {
+        match self {
+            ModelSpec::Encoder(t) | ModelSpec::Decoder(t) => Some(t.layers),
+            ModelSpec::Hf { name, .. } => super::known_models::lookup(name).map(|m| m.layers),
+            ModelSpec::Path { .. } => None,
+        }
+    }
+    /// Hidden width when it is known without loading weights.
+    pub fn hidden(&self) -> Option<usize> {
+        match self {
+            ModelSpec::Encoder(t) | ModelSpec::Decoder(t) => Some(t.hidden),
+            ModelSpec::Hf { name, .. } => super::known_models::lookup(name).map(|m| m.hidden),
+            ModelSpec::Path { .. } => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransformerSpec {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    /// Default 4 × hidden.
+    pub ffn: usize,
+    /// Default 1000.
+    pub vocab: usize,
+    /// Default 128.
+    pub max_positions: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSpec {
+    /// A regression task whose target is a planted low-rank ΔW per adapter slot: `ranks` are
+    /// assigned to slots in order (layer-major, then kind in `lora.targets` order), cycling.
+    Planted {
+        ranks: Vec<usize>,
+        samples: usize,
+        eval_samples: usize,
+        seq: usize,
+        seed: u64,
+        /// Size (Frobenius-norm scale) of each planted ΔW.
+        scale: f64,
+    },
+    /// Random token sequences labelled by a random teacher.
+    Synthetic {
+        classes: usize,
+        samples: usize,
+        eval_samples: usize,
+        seq: usize,
+        seed: u64,
+    },
+    /// The fetched movie-review sentences (SST-2 TSV layout); `dir: None` = fetch cache.
+    Movies {
+        dir: Option<PathBuf>,
+        #[serde(flatten)]
+        subset: Subset,
+    },
+    Sst2 {
+        dir: PathBuf,
+        #[serde(flatten)]
+        subset: Subset,
+    },
+    Mnli {
+        dir: PathBuf,
+        #[serde(flatten)]
+        subset: Subset,
+    },
+    Squad {
+        train: PathBuf,
+        dev: PathBuf,
+        #[serde(flatten)]
+        subset: Subset,
+    },
+    Jsonl {
+        train: PathBuf,
+        dev: PathBuf,
+        #[serde(flatten)]
+        subset: Subset,
+    },
+}
+
+/// Limits common to real data sets; `None` = use everything / the train section's `max_len`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Subset {
+    pub max_len: Option<usize>,
+    pub train_samples: Option<usize>,
+    pub eval_samples: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraSpec {
+    /// No adapters: full fine-tuning.
+    Off,
+    On(LoraOn),
+}
+
+impl LoraSpec {
+    pub fn on(&self) -> Option<&LoraOn> {
+        match self {
+            LoraSpec::Off => None,
+            LoraSpec::On(l) => Some(l),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraOn {
+    /// Module kinds that carry adapters, in declaration order.
+    pub targets: Vec<ModuleKind>,
+    /// Layers that carry adapters; `None` = every layer.
+    pub layers: Option<Vec<usize>>,
+    /// Default 16.
+    pub alpha: f64,
+    /// Scale α/√r instead of α/r. Default false.
+    pub rslora: bool,
+    /// Uniform rank of phase 1. Default: the uniform `rank` if given, else 8.
+    pub init_rank: usize,
+    /// Fixed ranks (baselines); default `Uniform(init_rank)`.
+    pub rank: RankSpec,
+    /// Total rank over all adapter slots, shared out by the allocator.
+    pub budget: Option<usize>,
+    /// Default 1.
+    pub min_rank: usize,
+    /// Default 64.
+    pub max_rank: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RankSpec {
+    Uniform(usize),
+    /// Kinds missing from the map get `init_rank`.
+    PerKind(BTreeMap<ModuleKind, usize>),
+    /// Keys `"layer.kind"`, e.g. `"3.ffn_in"`; slots missing from the map get `init_rank`.
+    PerSlot(BTreeMap<String, usize>),
+}
+
+impl LoraOn {
+    /// Rank of slot (layer, kind) under `rank` (kinds/slots not named get `init_rank`).
+    pub fn rank_of(&self, layer: usize, kind: ModuleKind) -> usize {
+        match &self.rank {
+            RankSpec::Uniform(r) => *r,
+            RankSpec::PerKind(m) => m.get(&kind).copied().unwrap_or(self.init_rank),
+            RankSpec::PerSlot(m) => m
+                .get(&crate::adapter::AdapterInfo::slot_name(layer, kind))
+                .copied()
+                .unwrap_or(self.init_rank),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdaLoraSpec {
+    pub init_rank: usize,
+    /// Average final rank; the budget is target_rank × slots.
+    pub target_rank: usize,
+    /// Steps of warm-up before pruning starts.
+    pub tinit: usize,
+    /// Steps at the end with the budget held at its final value.
+    pub tfinal: usize,
+    /// Steps between budget updates.
+    pub delta_t: usize,
+    /// Default 0.85.
+    pub beta1: f64,
+    /// Default 0.85.
+    pub beta2: f64,
+    /// Default 0.5.
+    pub orth_reg: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainLength {
+    Steps(usize),
+    Epochs(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decay {
+    Linear,
+    Cosine,
+    Constant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainSpec {
+    /// `steps = N` or `epochs = N` (exactly one).
+    pub length: TrainLength,
+    /// Default 32.
+    pub batch: usize,
+    /// Default 1e-3.
+    pub lr: f64,
+    /// Warm-up steps. Default 0.
+    pub warmup: usize,
+    /// Default linear.
+    pub decay: Decay,
+    /// Default 0.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; `None` = off. Default 1.0.
+    pub clip: Option<f64>,
+    /// Gradient accumulation steps. Default 1.
+    pub accum: usize,
+    /// Evaluate every N steps; `None` = at the end only.
+    pub eval_every: Option<usize>,
+    /// Checkpoint every N steps; `None` = never.
+    pub checkpoint_every: Option<usize>,
+    /// Default 128.
+    pub max_len: usize,
+    /// Default auto.
+    pub device: Device,
+}
+
+impl TrainSpec {
+    pub fn steps(&self) -> Option<usize> {
+        match self.length {
+            TrainLength::Steps(n) => Some(n),
+            TrainLength::Epochs(_) => None,
+        }
+    }
+}
+
+/// Plugin scripts, resolved against the policy file's directory (or the shipped `plugins/`
+/// folder for a bare name).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginSpec {
+    /// Defines `complexity(adapter, ctx)`.
+    pub complexity: Option<PathBuf>,
+    /// Defines `allocate(adapters, budget)`.
+    pub allocator: Option<PathBuf>,
+    /// Defines `learn(state, adapters, ctx)`.
+    pub learner: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSpec {
+    pub name: String,
+    pub until: Until,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Until {
+    /// Ends when the global step count reaches n.
+    Step(usize),
+    /// Ends when n epochs are complete.
+    Epoch(usize),
+    /// Ends at the first evaluation whose metric satisfies `value op threshold`.
+    Metric { name: String, op: CmpOp, value: f64 },
+    /// Ends when the plugin's `done(ctx)` returns true.
+    Plugin { path: PathBuf },
+    /// Runs to the end of training.
+    End,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CmpOp {
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = ">=")]
+    Ge,
+}
+
+impl CmpOp {
+    pub fn holds(self, lhs: f64, rhs: f64) -> bool {
+        match self {
+            CmpOp::Lt => lhs < rhs,
+            CmpOp::Le => lhs <= rhs,
+            CmpOp::Gt => lhs > rhs,
+            CmpOp::Ge => lhs >= rhs,
+        }
+    }
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+}
+
+/// Fires at steps start + k·every (k ≥ 1) while its phase lasts, start = the phase's first step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub every: usize,
+    pub what: ActionKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Reallocate,
+    Evaluate,
+    Checkpoint,
+    Log,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 4] = [
+        ActionKind::Reallocate,
+        ActionKind::Evaluate,
+        ActionKind::Checkpoint,
+        ActionKind::Log,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionKind::Reallocate => "reallocate",
+            ActionKind::Evaluate => "evaluate",
+            ActionKind::Checkpoint => "checkpoint",
+            ActionKind::Log => "log",
+        }
+    }
+}

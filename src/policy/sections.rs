@@ -1,0 +1,728 @@
+//! Typing of each section into its plan type, with defaults filled in (docs/language.md lists
+//! them) and the checks that need only the section itself plus the model's shape.
+
+use super::ast::*;
+use super::fields::Fields;
+use super::plan::*;
+use super::suggest;
+use crate::adapter::ModuleKind;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const MODEL_KINDS: &[&str] = &["encoder", "decoder", "hf", "path"];
+pub const DATA_KINDS: &[&str] = &[
+    "planted",
+    "synthetic",
+    "movies",
+    "sst2",
+    "mnli",
+    "squad",
+    "jsonl",
+];
+
+fn unknown_kind(f: &mut Fields<'_>, kind: &Ident, kinds: &[&str]) {
+    let section = f.section;
+    f.value_error(
+        kind.span,
+        format!("unknown {section} kind `{}`", kind.node),
+        suggest::help(&kind.node, &format!("{section} kind"), kinds),
+    );
+}
+
+fn pooling(f: &mut Fields<'_>) -> Pooling {
+    match f.choice("pooling", &["mean", "cls"]) {
+        Some("cls") => Pooling::Cls,
+        _ => Pooling::Mean,
+    }
+}
+
+pub fn model(f: &mut Fields<'_>, kind: &Ident, base_dir: &Path) -> Option<ModelSpec> {
+    match kind.node.as_str() {
+        "encoder" | "decoder" => {
+            f.only(
+                &["layers", "hidden", "heads", "ffn", "vocab", "max_positions"],
+                &format!("`model {}`", kind.node),
+            );
+            let layers = f.required_positive("layers", "4");
+            let hidden = f.required_positive("hidden", "128");
+            let heads = f.required_positive("heads", "4");
+            let ffn = f.positive("ffn");
+            let vocab = f.positive("vocab").unwrap_or(1000);
+            let max_positions = f.positive("max_positions").unwrap_or(128);
+            let (layers, hidden, heads) = (layers?, hidden?, heads?);
+            if hidden % heads != 0 {
+                let span = f.get("heads").map(|e| e.value.span).unwrap_or(f.header);
+                f.value_error(
+                    span,
+                    format!("`hidden = {hidden}` is not divisible by `heads = {heads}`"),
+                    "attention splits the hidden width evenly over the heads; pick heads that divide hidden".into(),
+                );
+                return None;
+            }
+            let t = TransformerSpec {
+                layers: layers as usize,
+                hidden: hidden as usize,
+                heads: heads as usize,
+                ffn: ffn.map_or(4 * hidden as usize, |v| v as usize),
+                vocab: vocab as usize,
+                max_positions: max_positions as usize,
+            };
+            Some(if kind.node == "encoder" {
+                ModelSpec::Encoder(t)
+            } else {
+                ModelSpec::Decoder(t)
+            })
+        }
+        "hf" => {
+            f.only(&["name", "pooling"], "`model hf`");
+            let pooling = pooling(f);
+            let name = f.required_string("name", "\"sentence-transformers/all-MiniLM-L6-v2\"")?;
+            Some(ModelSpec::Hf { name, pooling })
+        }
+        "path" => {
+            f.only(&["dir", "pooling"], "`model path`");
+            let pooling = pooling(f);
+            let dir = f.required_string("dir", "\"models/minilm\"")?;
+            Some(ModelSpec::Path {
+                dir: super::plugins::normalize(&base_dir.join(dir)),
+                pooling,
+            })
+        }
+        _ => {
+            unknown_kind(f, kind, MODEL_KINDS);
+            None
+        }
+    }
+}
+
+const SUBSET_KEYS: &[&str] = &["max_len", "train_samples", "eval_samples"];
+
+fn subset(f: &mut Fields<'_>) -> Subset {
+    Subset {
+        max_len: f.positive("max_len").map(|v| v as usize),
+        train_samples: f.positive("train_samples").map(|v| v as usize),
+        eval_samples: f.positive("eval_samples").map(|v| v as usize),
+    }
+}
+
+pub fn data(
+    f: &mut Fields<'_>,
+    kind: &Ident,
+    base_dir: &Path,
+    hidden: Option<usize>,
+) -> Option<DataSpec> {
+    let what = format!("`data {}`", kind.node);
+    let path = |f: &mut Fields<'_>, key: &str, example: &str| {
+        f.required_string(key, example)
+            .map(|s| super::plugins::normalize(&base_dir.join(s)))
+    };
+    let with_subset = |extra: &[&'static str]| -> Vec<&'static str> {
+        extra.iter().chain(SUBSET_KEYS).copied().collect()
+    };
+    match kind.node.as_str() {
+        "planted" => {
+            f.only(
+                &["ranks", "samples", "eval_samples", "seq", "seed", "scale"],
+                &what,
+            );
+            if f.get("ranks").is_none() {
+                f.missing("ranks", "[0, 2, 8, 16]");
+            }
+            let ranks = f.count_list("ranks", "[0, 2, 8, 16]");
+            let samples = f.positive("samples").unwrap_or(4096);
+            let eval_samples = f.positive("eval_samples").unwrap_or(512);
+            let seq = f.positive("seq").unwrap_or(16);
+            let seed = f.count("seed").unwrap_or(0);
+            let scale = f
+                .float_in("scale", 0.0, f64::INFINITY, "1.0")
+                .unwrap_or(1.0);
+            let ranks = ranks?;
+            if ranks.is_empty() {
+                let span = f.get("ranks").map_or(f.header, |e| e.value.span);
+                f.value_error(
+                    span,
+                    "`data.ranks` is empty".into(),
+                    "list at least one planted rank, e.g. `ranks = [2, 8]`".into(),
+                );
+                return None;
+            }
+            if let Some(h) = hidden {
+                for (r, span) in &ranks {
+                    if *r as usize > h {
+                        f.value_error(
+                            *span,
+                            format!("planted rank {r} exceeds the model's hidden width {h}"),
+                            format!("a ΔW of a {h}-wide layer has rank at most {h}"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            Some(DataSpec::Planted {
+                ranks: ranks.into_iter().map(|(r, _)| r as usize).collect(),
+                samples: samples as usize,
+                eval_samples: eval_samples as usize,
+                seq: seq as usize,
+                seed,
+                scale,
+            })
+        }
+        "synthetic" => {
+            f.only(
+                &["classes", "samples", "eval_samples", "seq", "seed"],
+                &what,
+            );
+            let classes = f.required_positive("classes", "2");
+            let samples = f.positive("samples").unwrap_or(4096);
+            let eval_samples = f.positive("eval_samples").unwrap_or(512);
+            let seq = f.positive("seq").unwrap_or(16);
+            let seed = f.count("seed").unwrap_or(0);
+            Some(DataSpec::Synthetic {
+                classes: classes? as usize,
+                samples: samples as usize,
+                eval_samples: eval_samples as usize,
+                seq: seq as usize,
+                seed,
+            })
+        }
+        "movies" => {
+            f.only(&with_subset(&["dir"]), &what);
+            let dir = f
+                .string("dir", "\"data/movies\"")
+                .map(|s| super::plugins::normalize(&base_dir.join(s)));
+            Some(DataSpec::Movies {
+                dir,
+                subset: subset(f),
+            })
+        }
+        "sst2" | "mnli" => {
+            f.only(&with_subset(&["dir"]), &what);
+            let subset = subset(f);
+            let dir = path(f, "dir", "\"data/glue/SST-2\"")?;
+            Some(if kind.node == "sst2" {
+                DataSpec::Sst2 { dir, subset }
+            } else {
+                DataSpec::Mnli { dir, subset }
+            })
+        }
+        "squad" | "jsonl" => {
+            f.only(&with_subset(&["train", "dev"]), &what);
+            let subset = subset(f);
+            let train = path(f, "train", "\"data/train.jsonl\"");
+            let dev = path(f, "dev", "\"data/dev.jsonl\"");
+            let (train, dev) = (train?, dev?);
+            Some(if kind.node == "squad" {
+                DataSpec::Squad { train, dev, subset }
+            } else {
+                DataSpec::Jsonl { train, dev, subset }
+            })
+        }
+        _ => {
+            unknown_kind(f, kind, DATA_KINDS);
+            None
+        }
+    }
+}
+
+const KIND_NAMES: [&str; 6] = ["q", "k", "v", "o", "ffn_in", "ffn_out"];
+
+/// What the model tells us about adapter slots, when known statically.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    pub layers: Option<usize>,
+    pub hidden: Option<usize>,
+}
+
+pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
+    f.only(
+        &[
+            "targets",
+            "layers",
+            "alpha",
+            "rslora",
+            "init_rank",
+            "rank",
+            "budget",
+            "min_rank",
+            "max_rank",
+        ],
+        "`lora`",
+    );
+    let errors_before = f.d.len();
+    let targets = targets(f).unwrap_or_else(|| vec![ModuleKind::Q, ModuleKind::V]);
+    let layers = lora_layers(f, shape.layers);
+    let alpha = f
+        .float_in("alpha", f64::MIN_POSITIVE, f64::INFINITY, "16")
+        .unwrap_or(16.0);
+    let rslora = f.boolean("rslora").unwrap_or(false);
+    let min_rank = f.positive("min_rank").unwrap_or(1) as usize;
+    let max_rank = f.positive("max_rank").unwrap_or(64) as usize;
+    let rank = rank_spec(f, &targets, layers.as_deref(), shape.layers, max_rank);
+    let init_rank = match (f.positive("init_rank"), &rank) {
+        (Some(r), _) => r as usize,
+        (None, Some(RankSpec::Uniform(r))) => *r,
+        (None, _) => 8.min(max_rank),
+    };
+    let budget = f.positive("budget").map(|b| b as usize);
+    if f.d.len() > errors_before {
+        return None;
+    }
+    let at = |f: &Fields<'_>, key: &str| f.get(key).map_or(f.header, |e| e.value.span);
+    if min_rank > max_rank {
+        let span = at(f, "min_rank");
+        f.value_error(
+            span,
+            format!("`min_rank = {min_rank}` is above `max_rank = {max_rank}`"),
+            "make min_rank ≤ max_rank".into(),
+        );
+        return None;
+    }
+    if let Some(h) = shape.hidden {
+        if max_rank > h && f.get("max_rank").is_some() {
+            let span = at(f, "max_rank");
+            f.value_error(
+                span,
+                format!("`max_rank = {max_rank}` exceeds the model's hidden width {h}"),
+                format!("an adapter on a {h}-wide layer has rank at most {h}; lower max_rank"),
+            );
+            return None;
+        }
+    }
+    if init_rank < min_rank || init_rank > max_rank {
+        let span = at(f, "init_rank");
+        f.value_error(
+            span,
+            format!("`init_rank = {init_rank}` lies outside [min_rank, max_rank] = [{min_rank}, {max_rank}]"),
+            "choose an initial rank between min_rank and max_rank, or widen the bounds".into(),
+        );
+        return None;
+    }
+    if let (Some(b), Some(n_layers)) = (budget, layers.as_ref().map(|l| l.len()).or(shape.layers)) {
+        let slots = n_layers * targets.len();
+        let (lo, hi) = (slots * min_rank, slots * max_rank);
+        if b < lo || b > hi {
+            let span = at(f, "budget");
+            f.value_error(
+                span,
+                format!(
+                    "budget {b} is infeasible: {slots} adapter slots ({n_layers} layers × {} targets) need a total rank between {lo} (all at min_rank {min_rank}) and {hi} (all at max_rank {max_rank})",
+                    targets.len()
+                ),
+                format!("set `budget` within {lo}..={hi}, or change min_rank/max_rank, targets or layers"),
+            );
+            return None;
+        }
+    }
+    Some(LoraOn {
+        targets,
+        layers,
+        alpha,
+        rslora,
+        init_rank,
+        rank: rank.unwrap_or(RankSpec::Uniform(init_rank)),
+        budget,
+        min_rank,
+        max_rank,
+    })
+}
+
+/// Module kinds are short names; people often write the Hugging Face layer names instead.
+fn kind_help(w: &str) -> String {
+    let alias = match w {
+        "query" | "q_proj" => Some("q"),
+        "key" | "k_proj" => Some("k"),
+        "value" | "v_proj" => Some("v"),
+        "output" | "out" | "dense" | "o_proj" => Some("o"),
+        "intermediate" | "ffn" | "up" | "fc1" | "up_proj" => Some("ffn_in"),
+        "down" | "fc2" | "down_proj" => Some("ffn_out"),
+        _ => None,
+    };
+    match alias {
+        Some(a) => format!("the module kind for `{w}` is `{a}`"),
+        None => suggest::help(w, "module kind", &KIND_NAMES),
+    }
+}
+
+fn targets(f: &mut Fields<'_>) -> Option<Vec<ModuleKind>> {
+    let e = f.get("targets")?;
+    let Value::List(items) = &e.value.node else {
+        f.type_error(e, "a list of module kinds", "[q, v]");
+        return None;
+    };
+    if items.is_empty() {
+        f.value_error(
+            e.value.span,
+            "`lora.targets` is empty".into(),
+            "name at least one module kind, or write `lora = off` for full fine-tuning".into(),
+        );
+        return None;
+    }
+    let mut out: Vec<ModuleKind> = Vec::new();
+    for it in items {
+        let Value::Word(w) = &it.node else {
+            f.value_error(
+                it.span,
+                format!("a target is a module kind, found {}", it.node.describe()),
+                format!("module kinds: {}", suggest::quoted(&KIND_NAMES)),
+            );
+            return None;
+        };
+        let Some(k) = ModuleKind::parse(w) else {
+            f.value_error(it.span, format!("unknown module kind `{w}`"), kind_help(w));
+            return None;
+        };
+        if out.contains(&k) {
+            f.value_error(
+                it.span,
+                format!("`{w}` is listed twice in `lora.targets`"),
+                "list each module kind once".into(),
+            );
+            return None;
+        }
+        out.push(k);
+    }
+    Some(out)
+}
+
+fn lora_layers(f: &mut Fields<'_>, model_layers: Option<usize>) -> Option<Vec<usize>> {
+    let list = f.count_list("layers", "[0, 1, 2]")?;
+    let mut out = Vec::new();
+    for (l, span) in list {
+        let l = l as usize;
+        if out.contains(&l) {
+            f.value_error(
+                span,
+                format!("layer {l} is listed twice"),
+                "list each layer once".into(),
+            );
+            return None;
+        }
+        if let Some(n) = model_layers {
+            if l >= n {
+                f.value_error(
+                    span,
+                    format!(
+                        "layer {l} does not exist: the model has {n} layers (0..={})",
+                        n - 1
+                    ),
+                    "layers are numbered from 0".into(),
+                );
+                return None;
+            }
+        }
+        out.push(l);
+    }
+    if out.is_empty() {
+        let span = f.get("layers").map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            "`lora.layers` is empty".into(),
+            "omit `layers` to adapt every layer".into(),
+        );
+        return None;
+    }
+    Some(out)
+}
+
+fn rank_spec(
+    f: &mut Fields<'_>,
+    targets: &[ModuleKind],
+    layers: Option<&[usize]>,
+    model_layers: Option<usize>,
+    max_rank: usize,
+) -> Option<RankSpec> {
+    let e = f.get("rank")?;
+    let check_r = |f: &mut Fields<'_>, v: &Spanned<Value>| -> Option<usize> {
+        match &v.node {
+            Value::Number(n) => match n.as_count() {
+                Some(r) if r as usize <= max_rank => Some(r as usize),
+                Some(r) => {
+                    f.value_error(
+                        v.span,
+                        format!("rank {r} exceeds `max_rank = {max_rank}`"),
+                        "lower the rank or raise lora.max_rank".into(),
+                    );
+                    None
+                }
+                None => {
+                    f.value_error(
+                        v.span,
+                        format!("a rank is a whole number, found `{}`", n.text),
+                        "write e.g. `8`".into(),
+                    );
+                    None
+                }
+            },
+            other => {
+                f.value_error(
+                    v.span,
+                    format!("a rank is a whole number, found {}", other.describe()),
+                    "write e.g. `8`".into(),
+                );
+                None
+            }
+        }
+    };
+    match &e.value.node {
+        Value::Number(_) => check_r(f, &e.value).map(RankSpec::Uniform),
+        Value::Map(entries) => {
+            let per_slot = entries.iter().any(|(k, _)| k.node.contains('.'));
+            let mut kinds = BTreeMap::new();
+            let mut slots = BTreeMap::new();
+            for (k, v) in entries {
+                let r = check_r(f, v)?;
+                if per_slot {
+                    let Some((l, kind)) = k.node.split_once('.').and_then(|(l, kn)| {
+                        Some((l.parse::<usize>().ok()?, ModuleKind::parse(kn)?))
+                    }) else {
+                        f.value_error(
+                            k.span,
+                            format!("`{}` is not an adapter slot", k.node),
+                            "a per-slot map has keys `LAYER.KIND`, e.g. `{ 0.q: 4, 3.ffn_in: 8 }` (don't mix kinds and slots)".into(),
+                        );
+                        return None;
+                    };
+                    if !targets.contains(&kind) {
+                        f.value_error(
+                            k.span,
+                            format!(
+                                "slot `{}` is on `{kind}`, which is not in `lora.targets`",
+                                k.node
+                            ),
+                            "add the kind to targets or drop this entry".into(),
+                        );
+                        return None;
+                    }
+                    let layer_ok = match (layers, model_layers) {
+                        (Some(ls), _) => ls.contains(&l),
+                        (None, Some(n)) => l < n,
+                        (None, None) => true,
+                    };
+                    if !layer_ok {
+                        f.value_error(
+                            k.span,
+                            format!(
+                                "slot `{}` names layer {l}, which carries no adapter",
+                                k.node
+                            ),
+                            "use a layer of the model (numbered from 0) that is in lora.layers"
+                                .into(),
+                        );
+                        return None;
+                    }
+                    if slots.insert(k.node.clone(), r).is_some() {
+                        f.value_error(
+                            k.span,
+                            format!("slot `{}` is given twice", k.node),
+                            "keep one".into(),
+                        );
+                        return None;
+                    }
+                } else {
+                    let Some(kind) = ModuleKind::parse(&k.node) else {
+                        f.value_error(
+                            k.span,
+                            format!("unknown module kind `{}`", k.node),
+                            kind_help(&k.node),
+                        );
+                        return None;
+                    };
+                    if !targets.contains(&kind) {
+                        f.value_error(
+                            k.span,
+                            format!("`lora.rank` names `{kind}`, which is not in `lora.targets`"),
+                            format!("add `{kind}` to targets, or drop it from the rank map"),
+                        );
+                        return None;
+                    }
+                    if kinds.insert(kind, r).is_some() {
+                        f.value_error(
+                            k.span,
+                            format!("`{kind}` is given twice"),
+                            "keep one".into(),
+                        );
+                        return None;
+                    }
+                }
+            }
+            Some(if per_slot {
+                RankSpec::PerSlot(slots)
+            } else {
+                RankSpec::PerKind(kinds)
+            })
+        }
+        _ => {
+            f.type_error(e, "a rank or a map of ranks", "{ q: 4, v: 8 }");
+            None
+        }
+    }
+}
+
+pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Option<AdaLoraSpec> {
+    f.only(
+        &[
+            "init_rank",
+            "target_rank",
+            "tinit",
+            "tfinal",
+            "delta_t",
+            "beta1",
+            "beta2",
+            "orth_reg",
+        ],
+        "`adalora`",
+    );
+    let before = f.d.len();
+    let init_rank = f.positive("init_rank").map_or(lora_init, |v| v as usize);
+    let target_rank = f.required_positive("target_rank", "4").map(|v| v as usize);
+    let tinit = f.count("tinit").unwrap_or(0) as usize;
+    let tfinal = f.count("tfinal").unwrap_or(0) as usize;
+    let delta_t = f.positive("delta_t").unwrap_or(10) as usize;
+    let beta1 = f.float_in("beta1", 0.0, 0.999_999, "0.85").unwrap_or(0.85);
+    let beta2 = f.float_in("beta2", 0.0, 0.999_999, "0.85").unwrap_or(0.85);
+    let orth_reg = f
+        .float_in("orth_reg", 0.0, f64::INFINITY, "0.5")
+        .unwrap_or(0.5);
+    let target_rank = target_rank?;
+    if f.d.len() > before {
+        return None;
+    }
+    if target_rank > init_rank {
+        let span = f.get("target_rank").map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            format!("`target_rank = {target_rank}` is above the initial rank {init_rank}"),
+            "AdaLoRA only prunes: make target_rank ≤ init_rank".into(),
+        );
+        return None;
+    }
+    if let Some(s) = steps {
+        if tinit + tfinal >= s {
+            let span = f
+                .get("tfinal")
+                .or(f.get("tinit"))
+                .map_or(f.header, |e| e.value.span);
+            f.value_error(
+                span,
+                format!(
+                    "tinit + tfinal = {} leaves no steps for pruning out of {s}",
+                    tinit + tfinal
+                ),
+                "make tinit + tfinal smaller than train.steps".into(),
+            );
+            return None;
+        }
+    }
+    Some(AdaLoraSpec {
+        init_rank,
+        target_rank,
+        tinit,
+        tfinal,
+        delta_t,
+        beta1,
+        beta2,
+        orth_reg,
+    })
+}
+
+pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
+    f.only(
+        &[
+            "steps",
+            "epochs",
+            "batch",
+            "lr",
+            "warmup",
+            "decay",
+            "weight_decay",
+            "clip",
+            "accum",
+            "eval_every",
+            "checkpoint_every",
+            "max_len",
+            "device",
+        ],
+        "`train`",
+    );
+    let before = f.d.len();
+    let steps = f.positive("steps");
+    let epochs = f.positive("epochs");
+    let length = match (steps, epochs, f.get("steps"), f.get("epochs")) {
+        (Some(s), None, _, None) => Some(TrainLength::Steps(s as usize)),
+        (None, Some(e), None, _) => Some(TrainLength::Epochs(e as usize)),
+        (_, _, Some(_), Some(e)) => {
+            f.value_error(
+                e.key.span,
+                "`train` sets both `steps` and `epochs`".into(),
+                "training length is one or the other: remove one".into(),
+            );
+            None
+        }
+        (_, _, None, None) => {
+            f.missing("steps", "1000");
+            None
+        }
+        _ => None,
+    };
+    let batch = f.positive("batch").unwrap_or(32) as usize;
+    let lr = f
+        .float_in("lr", f64::MIN_POSITIVE, 10.0, "1e-3")
+        .unwrap_or(1e-3);
+    let warmup = f.count("warmup").unwrap_or(0) as usize;
+    let decay = match f.choice("decay", &["linear", "cosine", "constant"]) {
+        Some("cosine") => Decay::Cosine,
+        Some("constant") => Decay::Constant,
+        _ => Decay::Linear,
+    };
+    let weight_decay = f
+        .float_in("weight_decay", 0.0, f64::INFINITY, "0.01")
+        .unwrap_or(0.0);
+    let clip = match f.get("clip").map(|e| &e.value.node) {
+        Some(Value::Word(w)) if w == "off" => None,
+        Some(Value::Number(_)) => f.float_in("clip", f64::MIN_POSITIVE, f64::INFINITY, "1.0"),
+        Some(_) => {
+            let e = f.get("clip").expect("checked above");
+            f.type_error(e, "a positive number or `off`", "1.0");
+            None
+        }
+        None => Some(1.0),
+    };
+    let accum = f.positive("accum").unwrap_or(1) as usize;
+    let eval_every = f.positive("eval_every").map(|v| v as usize);
+    let checkpoint_every = f.positive("checkpoint_every").map(|v| v as usize);
+    let max_len = f.positive("max_len").unwrap_or(128) as usize;
+    let device = match f.choice("device", &["auto", "cpu", "gpu"]) {
+        Some("cpu") => Device::Cpu,
+        Some("gpu") => Device::Gpu,
+        _ => Device::Auto,
+    };
+    let length = length?;
+    if f.d.len() > before {
+        return None;
+    }
+    if let TrainLength::Steps(s) = length {
+        if warmup >= s {
+            let span = f.get("warmup").map_or(f.header, |e| e.value.span);
+            f.value_error(
+                span,
+                format!("`warmup = {warmup}` is not shorter than training ({s} steps)"),
+                "make warmup smaller than steps".into(),
+            );
+            return None;
+        }
+    }
+    Some(TrainSpec {
+        length,
+        batch,
+        lr,
+        warmup,
+        decay,
+        weight_decay,
+        clip,
+        accum,
+        eval_every,
+        checkpoint_every,
+        max_len,
+        device,
+    })
+}

@@ -1,0 +1,172 @@
+//! AdaLoRA engine support: orthogonality gradients reach the adapters, masking follows the
+//! cubic budget and keeps the highest-scored triplets, the final pattern holds, resizing works.
+
+use adarank::adapter::AdapterStore;
+use adarank::engine::adalora::budget_schedule;
+use adarank::engine::planted::{PlantedConfig, PlantedStore};
+use adarank::engine::{AdaLoraConfig, EngineConfig, EngineCtx, Method, RankEngine};
+
+fn cfg(resize: bool) -> AdaLoraConfig {
+    AdaLoraConfig {
+        init_rank: 6,
+        target_rank: 3,
+        tinit: 5,
+        tfinal: 10,
+        delta_t: 5,
+        total_steps: 60,
+        resize,
+        ..Default::default()
+    }
+}
+
+fn store() -> PlantedStore {
+    let mut c = PlantedConfig::new(vec![1, 2, 3, 4, 5, 6], 9);
+    c.dim = 10;
+    c.batch = 32;
+    c.svd_form = true;
+    PlantedStore::new(c, 6)
+}
+
+/// ‖PᵀP − I‖_F + ‖QQᵀ − I‖_F of adapter i, computed densely.
+fn penalty(s: &PlantedStore, i: usize) -> f64 {
+    let h = s.adapter_host(i).unwrap();
+    let a = &s.adapters()[i];
+    let (rows, cols, r) = (a.rows, a.cols, a.rank);
+    let mut pn = 0.0;
+    let mut qn = 0.0;
+    for x in 0..r {
+        for y in 0..r {
+            let p: f64 = (0..rows)
+                .map(|k| (h.b[k * r + x] * h.b[k * r + y]) as f64)
+                .sum::<f64>()
+                - f64::from(u8::from(x == y));
+            let q: f64 = (0..cols)
+                .map(|k| (h.a[x * cols + k] * h.a[y * cols + k]) as f64)
+                .sum::<f64>()
+                - f64::from(u8::from(x == y));
+            pn += p * p;
+            qn += q * q;
+        }
+    }
+    pn.sqrt() + qn.sqrt()
+}
+
+#[test]
+fn orthogonality_gradient_is_added_to_adapter_gradients() {
+    let mut s = store();
+    let mut e = RankEngine::new(EngineConfig::new(Method::AdaLora(cfg(false)), 0, 6)).unwrap();
+    e.on_start(&mut s).unwrap();
+    s.forward_backward();
+    let before = s.adapter_host(2).unwrap();
+    e.after_backward(1, &mut s).unwrap();
+    let after = s.adapter_host(2).unwrap();
+    // Oracle: weight 0.5 / (2·6 matrices) times the finite-difference gradient of the penalty.
+    let w = 0.5 / 12.0;
+    for (k, is_a) in [(3usize, true), (17, false), (40, true)] {
+        let eps = 1e-3f32;
+        let mut plus = PlantedStore::new(
+            {
+                let mut c = PlantedConfig::new(vec![1, 2, 3, 4, 5, 6], 9);
+                c.dim = 10;
+                c.batch = 32;
+                c.svd_form = true;
+                c
+            },
+            6,
+        );
+        let mut h = before.clone();
+        h.grad_a.clear();
+        h.grad_b.clear();
+        let bump = |h: &mut adarank::adapter::AdapterHost, d: f32| {
+            if is_a {
+                h.a[k] += d
+            } else {
+                h.b[k] += d
+            }
+        };
+        bump(&mut h, eps);
+        plus.set_adapter_host(2, &h).unwrap();
+        let up = penalty(&plus, 2);
+        bump(&mut h, -2.0 * eps);
+        plus.set_adapter_host(2, &h).unwrap();
+        let dn = penalty(&plus, 2);
+        let fd = w * (up - dn) / (2.0 * eps as f64);
+        let added = if is_a {
+            after.grad_a[k] - before.grad_a[k]
+        } else {
+            after.grad_b[k] - before.grad_b[k]
+        };
+        assert!(
+            (added as f64 - fd).abs() < 1e-3 * (1.0 + fd.abs()) + 1e-5,
+            "k={k}: {added} vs {fd}"
+        );
+    }
+}
+
+fn train(resize: bool) -> (RankEngine, PlantedStore, Vec<(usize, usize)>) {
+    let c = cfg(resize);
+    let mut s = store();
+    let mut e = RankEngine::new(EngineConfig::new(Method::AdaLora(c.clone()), 0, 6)).unwrap();
+    e.on_start(&mut s).unwrap();
+    let mut seen = vec![];
+    for step in 1..=c.total_steps {
+        s.forward_backward();
+        e.after_backward(step, &mut s).unwrap();
+        s.optimizer_step();
+        let ctx = EngineCtx {
+            step,
+            ..Default::default()
+        };
+        if let Some(ch) = e.reallocate(step, &mut s, &ctx).unwrap() {
+            let (b, _) = budget_schedule(&c, 36, 18, step);
+            assert_eq!(ch.budget, b);
+            assert_eq!(ch.after.iter().sum::<usize>(), b.min(36));
+            seen.push((step, b));
+            // Masked triplets have λ = 0; the count of non-masked equals the allocation.
+            if !ch.resized {
+                for (i, &k) in ch.after.iter().enumerate() {
+                    let lam = s.adapter_host(i).unwrap().lambda.unwrap();
+                    assert!(lam.iter().filter(|x| **x != 0.0).count() <= k);
+                }
+            }
+        }
+    }
+    (e, s, seen)
+}
+
+#[test]
+fn masking_follows_the_cubic_schedule_and_final_pattern_holds() {
+    let (e, s, seen) = train(false);
+    // Masks at ΔT multiples inside (tinit, T − tfinal], then once when the final phase begins.
+    let steps: Vec<usize> = seen.iter().map(|x| x.0).collect();
+    assert_eq!(steps, vec![10, 15, 20, 25, 30, 35, 40, 45, 50, 51]);
+    assert_eq!(e.calls().reallocate, 60);
+    assert_eq!(e.ranks().iter().sum::<usize>(), 18);
+    // After the final pattern, masked λ stay at zero through the last steps.
+    for (i, r) in e.ranks().iter().enumerate() {
+        let lam = s.adapter_host(i).unwrap().lambda.unwrap();
+        assert!(lam.iter().filter(|x| **x != 0.0).count() <= *r);
+        assert_eq!(s.adapters()[i].rank, 6, "masking never shrinks tensors");
+    }
+}
+
+#[test]
+fn resize_option_shrinks_tensors_to_the_kept_triplets() {
+    let (e, s, _) = train(true);
+    let ranks: Vec<usize> = s.adapters().iter().map(|a| a.rank).collect();
+    assert_eq!(ranks, e.ranks());
+    assert_eq!(ranks.iter().sum::<usize>(), 18);
+}
+
+#[test]
+fn adalora_without_lambda_is_refused() {
+    let mut c = PlantedConfig::new(vec![1, 2], 1);
+    c.dim = 8;
+    let mut s = PlantedStore::new(c, 4);
+    let mut e = RankEngine::new(EngineConfig::new(Method::AdaLora(cfg(false)), 0, 6)).unwrap();
+    assert!(e
+        .on_start(&mut s)
+        .unwrap_err()
+        .to_string()
+        .contains("SVD form"));
+}

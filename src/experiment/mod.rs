@@ -16,3 +16,6 @@ pub use records::{
     ArmMeta, CellResult, CellStatus, EnvInfo, MetricRecord, MetricSpec, RankRecord, Summary,
 };
 pub use rundir::RunDir;
+pub mod arm;
+pub mod runner;
+pub mod slots;

@@ -188,18 +188,18 @@ pub fn rank_heatmap(
                 .map_err(err)?;
         }
         // Colour scale.
-        let steps = 10;
+        let steps: i32 = 10;
         for i in 0..steps {
             let r0 = (i as f64 / steps as f64 * max_rank).round() as usize;
             let top = 40 + (steps - 1 - i) * 20;
             bar.draw(&Rectangle::new(
-                [(10, top as i32), (30, top as i32 + 20)],
+                [(10, top), (30, top + 20)],
                 shade(r0).filled(),
             ))
             .map_err(err)?;
             bar.draw(&Text::new(
                 r0.to_string(),
-                (34, top as i32 + 5),
+                (34, top + 5),
                 ("sans-serif", 11),
             ))
             .map_err(err)?;

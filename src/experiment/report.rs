@@ -29,6 +29,9 @@ fn fmt_secs(s: f64) -> String {
     }
 }
 
+/// A number formatter chosen at run time.
+type Fmt<'a> = Box<dyn Fn(f64) -> String + 'a>;
+
 fn is_accuracy(name: &str) -> bool {
     name.contains("accuracy")
 }
@@ -263,7 +266,7 @@ pub fn ablation_table(s: &Summary, rounded: Option<usize>) -> Option<String> {
         let cells = done_cells(s, &a.name);
         let m = stat(&cells, |c| c.metric);
         let d = paired_diff(&by_seed(s, &a.name), &by_seed(s, reference));
-        let (fm, fd): (Box<dyn Fn(f64) -> String>, Box<dyn Fn(f64) -> String>) = match rounded {
+        let (fm, fd): (Fmt, Fmt) = match rounded {
             Some(dg) => (
                 Box::new(move |v| format!("{v:.dg$}")),
                 Box::new(move |v| format!("{v:+.dg$}")),

@@ -1,0 +1,295 @@
+//! From a checked arm plan to what one cell runs: the task, the model's train mode, the loop's
+//! settings, the rank engine's configuration, and the labels the report uses.
+
+use crate::adapter::ModuleKind;
+use crate::engine::{AdaLoraConfig, EngineConfig, Method};
+use crate::model::{Flavour, LoraConfig, ModelConfig, TrainMode};
+use crate::policy::{
+    ActionKind, ArmPlan, DataSpec, Decay as PDecay, LoraOn, LoraSpec, ModelSpec, RankSpec,
+    TrainLength,
+};
+use crate::train::{
+    Decay, PlantedConfig, PlantedTask, SyntheticConfig, SyntheticTask, Task, TrainConfig,
+};
+use anyhow::{bail, Result};
+use std::path::Path;
+
+/// Sequences per evaluation batch of the built-in tasks.
+const EVAL_BATCH: usize = 64;
+
+/// The method label of an arm, for the tables.
+pub fn method_label(arm: &ArmPlan) -> String {
+    let Some(l) = arm.lora.on() else {
+        return "full".into();
+    };
+    if arm.adalora.is_some() {
+        return "adalora".into();
+    }
+    if reallocates(arm) {
+        return if arm.plugins.learner.is_some() {
+            "adaptive".into()
+        } else {
+            "adaptive (no learner)".into()
+        };
+    }
+    match l.rank {
+        RankSpec::Uniform(_) => "fixed".into(),
+        _ => "layerwise".into(),
+    }
+}
+
+/// Does any phase re-allocate ranks?
+pub fn reallocates(arm: &ArmPlan) -> bool {
+    arm.phases
+        .iter()
+        .any(|p| p.actions.iter().any(|a| a.what == ActionKind::Reallocate))
+}
+
+fn transformer(spec: &ModelSpec) -> Result<ModelConfig> {
+    let (flavour, t) = match spec {
+        ModelSpec::Encoder(t) => (Flavour::Encoder, t),
+        ModelSpec::Decoder(t) => (Flavour::Decoder, t),
+        ModelSpec::Hf { name, .. } => bail!(
+            "model hf \"{name}\": pretrained models are not wired into the runner in this build \
+             (use `model encoder {{ ... }}` with the planted or synthetic task)"
+        ),
+        ModelSpec::Path { dir, .. } => bail!(
+            "model path {}: pretrained models are not wired into the runner in this build",
+            dir.display()
+        ),
+    };
+    let cfg = ModelConfig {
+        flavour,
+        vocab: t.vocab,
+        max_positions: t.max_positions,
+        type_vocab: 2,
+        hidden: t.hidden,
+        layers: t.layers,
+        heads: t.heads,
+        ffn: t.ffn,
+        ln_eps: 1e-5,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Which adapter slots the arm's LoRA covers, in the model's slot order.
+fn covered(l: &LoraOn, layers: usize) -> Vec<(usize, ModuleKind)> {
+    let mut out = Vec::new();
+    for layer in 0..layers {
+        if l.layers.as_ref().is_some_and(|ls| !ls.contains(&layer)) {
+            continue;
+        }
+        for kind in ModuleKind::ALL {
+            if l.targets.contains(&kind) {
+                out.push((layer, kind));
+            }
+        }
+    }
+    out
+}
+
+/// Indices (in the model's `adapters()` order: layer-major, then `ModuleKind::ALL`) of the slots
+/// the arm's LoRA targets; the rank engine sees only these.
+pub fn targeted_slots(arm: &ArmPlan, layers: usize) -> Vec<usize> {
+    let Some(l) = arm.lora.on() else {
+        return Vec::new();
+    };
+    covered(l, layers)
+        .into_iter()
+        .map(|(layer, kind)| {
+            layer * ModuleKind::ALL.len()
+                + ModuleKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
+        })
+        .collect()
+}
+
+/// The task an arm trains on, and the number of training samples (for epochs).
+pub fn build_task(arm: &ArmPlan) -> Result<(Box<dyn Task>, Option<usize>)> {
+    match &arm.data {
+        DataSpec::Planted {
+            ranks,
+            samples,
+            eval_samples,
+            seq,
+            seed,
+            scale,
+        } => {
+            let model = transformer(&arm.model)?;
+            // The policy assigns planted ranks to the LoRA-covered slots in order; the task
+            // wants one per slot of the model (all six kinds), 0 where nothing is planted.
+            let targets: Vec<(usize, ModuleKind)> = match arm.lora.on() {
+                Some(l) => covered(l, model.layers),
+                None => (0..model.layers)
+                    .flat_map(|l| ModuleKind::ALL.map(|k| (l, k)))
+                    .collect(),
+            };
+            let mut per_slot = Vec::new();
+            let mut k = 0;
+            for layer in 0..model.layers {
+                for kind in ModuleKind::ALL {
+                    if targets.contains(&(layer, kind)) && !ranks.is_empty() {
+                        per_slot.push(ranks[k % ranks.len()]);
+                        k += 1;
+                    } else {
+                        per_slot.push(0);
+                    }
+                }
+            }
+            let cfg = PlantedConfig {
+                model,
+                ranks: per_slot,
+                strength: *scale as f32,
+                seq: *seq,
+                eval_batches: eval_samples.div_ceil(EVAL_BATCH).max(1),
+                eval_batch_size: (*eval_samples).clamp(1, EVAL_BATCH),
+                seed: *seed,
+            };
+            Ok((Box::new(PlantedTask::new(cfg)?), Some(*samples)))
+        }
+        DataSpec::Synthetic {
+            classes,
+            samples,
+            eval_samples,
+            seq,
+            seed,
+        } => {
+            let model = transformer(&arm.model)?;
+            let cfg = SyntheticConfig {
+                model,
+                classes: *classes,
+                seq: *seq,
+                signal: 0.5,
+                eval_batches: eval_samples.div_ceil(EVAL_BATCH).max(1),
+                eval_batch_size: (*eval_samples).clamp(1, EVAL_BATCH),
+                seed: *seed,
+            };
+            Ok((Box::new(SyntheticTask::new(cfg)?), Some(*samples)))
+        }
+        other => bail!(
+            "data {:?}: real data sets are not wired into the runner in this build; use data \
+             planted or data synthetic",
+            serde_json::to_value(other)
+                .ok()
+                .and_then(|v| v.as_object().and_then(|o| o.keys().next().cloned()))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// `true` when the arm's metric is a loss (planted task) rather than an accuracy.
+pub fn metric_is_loss(arm: &ArmPlan) -> bool {
+    matches!(arm.data, DataSpec::Planted { .. })
+}
+
+/// Optimizer steps of the arm.
+pub fn total_steps(arm: &ArmPlan, train_samples: Option<usize>) -> Result<u64> {
+    Ok(match arm.train.length {
+        TrainLength::Steps(n) => n as u64,
+        TrainLength::Epochs(e) => {
+            let Some(n) = train_samples else {
+                bail!("arm {}: epochs need a data set with a known size", arm.name)
+            };
+            (e * steps_per_epoch(arm, n)) as u64
+        }
+    })
+}
+
+pub fn steps_per_epoch(arm: &ArmPlan, samples: usize) -> usize {
+    samples.div_ceil(arm.train.batch * arm.train.accum).max(1)
+}
+
+pub fn train_config(arm: &ArmPlan, steps: u64, seed: u64) -> TrainConfig {
+    let t = &arm.train;
+    TrainConfig {
+        steps,
+        batch: t.batch,
+        lr: t.lr as f32,
+        warmup: t.warmup as u64,
+        decay: match t.decay {
+            PDecay::Linear => Decay::Linear,
+            PDecay::Cosine => Decay::Cosine,
+            PDecay::Constant => Decay::Constant,
+        },
+        weight_decay: t.weight_decay as f32,
+        clip: t.clip.map(|c| c as f32),
+        accum: t.accum,
+        // Evaluations are the runner's (phase actions and the end).
+        eval_every: 0,
+        seed,
+        ..TrainConfig::default()
+    }
+}
+
+/// The model's train mode: full fine-tuning, or LoRA at the arm's starting ranks.
+pub fn train_mode(arm: &ArmPlan, layers: usize) -> TrainMode {
+    let Some(l) = arm.lora.on() else {
+        return TrainMode::Full;
+    };
+    let adaptive = reallocates(arm);
+    let mut cfg = LoraConfig {
+        alpha: l.alpha as f32,
+        rslora: l.rslora,
+        svd_form: arm.adalora.is_some(),
+        ..LoraConfig::default()
+    };
+    for (layer, kind) in covered(l, layers) {
+        let r = match (&arm.adalora, adaptive) {
+            (Some(a), _) => a.init_rank,
+            (None, true) => l.init_rank,
+            (None, false) => l.rank_of(layer, kind),
+        };
+        cfg.ranks.insert((layer, kind), r);
+    }
+    TrainMode::Lora(cfg)
+}
+
+/// The rank engine of an arm; `None` when its ranks never change (full, fixed, layer-wise).
+pub fn engine_config(
+    arm: &ArmPlan,
+    steps: u64,
+    seed: u64,
+    base_dir: &Path,
+) -> Option<EngineConfig> {
+    let l = match &arm.lora {
+        LoraSpec::Off => return None,
+        LoraSpec::On(l) => l,
+    };
+    let method = if let Some(a) = &arm.adalora {
+        Method::AdaLora(AdaLoraConfig {
+            init_rank: a.init_rank,
+            target_rank: a.target_rank,
+            tinit: a.tinit,
+            tfinal: a.tfinal,
+            delta_t: a.delta_t,
+            beta1: a.beta1,
+            beta2: a.beta2,
+            orth_reg: a.orth_reg,
+            total_steps: steps as usize,
+            resize: false,
+            allocator: arm.plugins.allocator.clone(),
+        })
+    } else if reallocates(arm) {
+        let allocator = arm.plugins.allocator.clone()?;
+        match &arm.plugins.complexity {
+            Some(c) => Method::Adaptive {
+                complexity: c.clone(),
+                allocator,
+                learner: arm.plugins.learner.clone(),
+            },
+            None => Method::Script {
+                allocator,
+                complexity: None,
+            },
+        }
+    } else {
+        return None;
+    };
+    let slots = covered(l, arm.model.layers().unwrap_or(0)).len();
+    let mut cfg = EngineConfig::new(method, l.budget.unwrap_or(l.init_rank * slots), l.init_rank);
+    cfg.min_rank = l.min_rank;
+    cfg.max_rank = l.max_rank;
+    cfg.seed = seed;
+    cfg.base_dir = Some(base_dir.to_path_buf());
+    Some(cfg)
+}

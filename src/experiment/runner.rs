@@ -1,0 +1,635 @@
+//! The runner: every arm × seed cell of a policy into one run directory, with checkpoints,
+//! resume, failure records and the report rebuilt after every cell.
+
+use super::arm::{
+    build_task, engine_config, method_label, metric_is_loss, steps_per_epoch, targeted_slots,
+    total_steps, train_config, train_mode,
+};
+use super::checkpoint::{self, Checkpoint};
+use super::fsio::{filter_jsonl, read_json, write_atomic, write_json_atomic, JsonlWriter};
+use super::peft;
+use super::progress::{CellProgress, Progress, ProgressMode};
+use super::records::*;
+use super::rundir::RunDir;
+use super::slots::SlotView;
+use crate::adapter::AdapterStore;
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, MemKind};
+use crate::engine::{EngineCtx, EngineState, RankEngine};
+use crate::model::{Batch, EvalOut, Model, ModelState, StateMeta};
+use crate::policy::{ActionKind, ArmPlan, Policy, Until};
+use crate::train::{build_model, train, Control, EvalMetrics, Hooks, StepMetrics};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Gpu,
+    Cpu,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Run directory; default `runs/<experiment>-<timestamp>`.
+    pub out: Option<PathBuf>,
+    /// Continue this run directory instead of starting a new one.
+    pub resume: Option<PathBuf>,
+    pub device: DeviceChoice,
+    pub quiet: bool,
+    /// Only these arms / seeds (empty: all).
+    pub arms: Vec<String>,
+    pub seeds: Vec<u64>,
+    /// Simulates a kill: the process stops after this many training steps (for resume tests).
+    pub stop_after_steps: Option<u64>,
+}
+
+/// The error of a run stopped by `stop_after_steps`.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub run_dir: PathBuf,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "run stopped on request; continue it with `adarank run --resume {}`",
+            self.run_dir.display()
+        )
+    }
+}
+impl std::error::Error for Interrupted {}
+
+const POLICY_JSON: &str = "policy.json";
+
+fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
+    let base = policy.arms.first().map(|a| a.name.clone());
+    let loss = policy.arms.first().is_some_and(metric_is_loss);
+    Summary {
+        experiment: policy.name.clone(),
+        metric: MetricSpec {
+            name: if loss { "eval_loss" } else { "accuracy" }.into(),
+            higher_is_better: !loss,
+        },
+        baseline: policy.baseline.clone(),
+        arms: policy
+            .arms
+            .iter()
+            .map(|a| ArmMeta {
+                name: a.name.clone(),
+                method: method_label(a),
+                ablation: a.ablation,
+                ablation_of: if a.ablation { base.clone() } else { None },
+            })
+            .collect(),
+        seeds: policy.seeds.clone(),
+        cells: policy
+            .arms
+            .iter()
+            .flat_map(|a| {
+                policy
+                    .seeds
+                    .iter()
+                    .map(|&s| CellResult::pending(&a.name, s))
+            })
+            .collect(),
+        env: Some(env),
+    }
+}
+
+/// Runs (or resumes) `policy` and returns the run directory. A failing cell is recorded in the
+/// summary and report, then the run stops with the cell's error.
+pub fn run(policy: Option<Policy>, opts: &RunOptions) -> Result<PathBuf> {
+    let be = match opts.device {
+        DeviceChoice::Auto | DeviceChoice::Cpu => Arc::new(Cpu::new()),
+        DeviceChoice::Gpu => {
+            bail!("--device gpu: the GPU backend is not available in this build; use --device cpu")
+        }
+    };
+    run_on(be, "cpu", policy, opts)
+}
+
+pub fn run_on<B: Backend>(
+    be: Arc<B>,
+    backend_name: &str,
+    policy: Option<Policy>,
+    opts: &RunOptions,
+) -> Result<PathBuf> {
+    let (rd, policy, mut summary) = match &opts.resume {
+        Some(dir) => {
+            let rd = RunDir::open(dir)?;
+            let policy: Policy = read_json(&rd.root.join(POLICY_JSON))?;
+            let summary = rd.load_summary()?;
+            (rd, policy, summary)
+        }
+        None => {
+            let policy = policy.context("no policy to run")?;
+            let root = opts
+                .out
+                .clone()
+                .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), &policy.name));
+            let rd = RunDir::create(&root)?;
+            write_atomic(&rd.policy(), policy.source_text.as_bytes())?;
+            write_json_atomic(&rd.root.join(POLICY_JSON), &policy)?;
+            let env = EnvInfo::collect(&be.name(), backend_name);
+            write_json_atomic(&rd.env(), &env)?;
+            let s = summary_for(&policy, env);
+            rd.write_summary(&s)?;
+            (rd, policy, s)
+        }
+    };
+    for a in &opts.arms {
+        if policy.arm(a).is_none() {
+            bail!(
+                "--arm {a}: no such arm (arms: {})",
+                policy
+                    .arms
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    for s in &opts.seeds {
+        if !policy.seeds.contains(s) {
+            bail!(
+                "--seed {s}: not among the policy's seeds {:?}",
+                policy.seeds
+            );
+        }
+    }
+    let progress = Progress::new(ProgressMode::detect(opts.quiet));
+    progress.println(&format!("run directory: {}", rd.root.display()));
+    let base_dir = policy
+        .source_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut budget = opts.stop_after_steps;
+    for arm in &policy.arms {
+        if !opts.arms.is_empty() && !opts.arms.contains(&arm.name) {
+            continue;
+        }
+        for &seed in &policy.seeds {
+            if !opts.seeds.is_empty() && !opts.seeds.contains(&seed) {
+                continue;
+            }
+            if summary
+                .cell(&arm.name, seed)
+                .is_some_and(|c| c.status == CellStatus::Done)
+            {
+                continue;
+            }
+            let mut running = summary
+                .cell(&arm.name, seed)
+                .cloned()
+                .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
+            running.status = CellStatus::Running;
+            running.error = None;
+            summary.put(running);
+            rd.write_summary(&summary)?;
+            let resuming = opts.resume.is_some();
+            let result = run_cell(
+                be.clone(),
+                arm,
+                seed,
+                &rd,
+                &base_dir,
+                &progress,
+                resuming,
+                &mut budget,
+            );
+            match result {
+                Ok(cell) => {
+                    summary.put(cell);
+                    rd.write_summary(&summary)?;
+                    rd.render(&summary)?;
+                }
+                Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+                    rd.render(&summary)?;
+                    return Err(e);
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    let steps = rd
+                        .load_metrics()
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|m| m.arm == arm.name && m.seed == seed)
+                        .map(|m| m.step)
+                        .max()
+                        .unwrap_or(0);
+                    let mut failed = summary
+                        .cell(&arm.name, seed)
+                        .cloned()
+                        .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
+                    failed.status = CellStatus::Failed;
+                    failed.error = Some(msg);
+                    failed.steps = steps;
+                    summary.put(failed);
+                    rd.write_summary(&summary)?;
+                    rd.render(&summary)?;
+                    return Err(e.context(format!(
+                        "arm {} seed {seed} failed; {} keeps everything done so far",
+                        arm.name,
+                        rd.root.display()
+                    )));
+                }
+            }
+        }
+    }
+    rd.render(&summary)?;
+    progress.println(&format!("report: {}", rd.report().display()));
+    Ok(rd.root)
+}
+
+/// What the runner itself must carry across a checkpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct RunnerState {
+    phase: usize,
+    phase_start: u64,
+    losses: VecDeque<f64>,
+    metrics: BTreeMap<String, f64>,
+    tokens: u64,
+    wall_s: f64,
+    last_ranks: Vec<usize>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CheckpointState {
+    runner: RunnerState,
+    model: StateMeta,
+    engine: Option<EngineState>,
+}
+
+const LOSS_WINDOW: usize = 64;
+
+struct CellHooks<'a> {
+    arm: &'a ArmPlan,
+    seed: u64,
+    rd: &'a RunDir,
+    engine: Option<RankEngine>,
+    slots: Vec<usize>,
+    eval: Vec<Batch>,
+    metric_is_loss: bool,
+    st: RunnerState,
+    total_steps: u64,
+    steps_per_epoch: u64,
+    tokens_per_step: u64,
+    checkpoint_every: Option<u64>,
+    metrics: JsonlWriter,
+    ranks: JsonlWriter,
+    progress: CellProgress,
+    budget: &'a mut Option<u64>,
+    started: Instant,
+    wall_before: f64,
+    final_eval: Option<EvalMetrics>,
+}
+
+impl CellHooks<'_> {
+    fn ctx(&self, step: u64) -> EngineCtx {
+        EngineCtx {
+            step: step as usize,
+            epoch: (step / self.steps_per_epoch) as usize,
+            phase: self.st.phase,
+            total_steps: self.total_steps as usize,
+            losses: self.st.losses.iter().copied().collect(),
+            metrics: self.st.metrics.clone(),
+        }
+    }
+
+    fn record_ranks<B: Backend>(
+        &mut self,
+        model: &Model<B>,
+        step: u64,
+        reason: &str,
+    ) -> Result<()> {
+        let infos = model.adapters();
+        let now: Vec<usize> = infos.iter().map(|a| a.rank).collect();
+        if now == self.st.last_ranks {
+            return Ok(());
+        }
+        self.ranks.append(&RankRecord {
+            arm: self.arm.name.clone(),
+            seed: self.seed,
+            step,
+            reason: reason.into(),
+            ranks: infos.into_iter().map(|a| (a.name, a.rank)).collect(),
+        })?;
+        self.st.last_ranks = now;
+        Ok(())
+    }
+
+    fn evaluate<B: Backend>(&mut self, model: &mut Model<B>) -> Result<(f64, f64)> {
+        let mut out = EvalOut::default();
+        for b in &self.eval {
+            out.merge(&model.evaluate(b).context("evaluation")?);
+        }
+        Ok((out.loss(), out.accuracy()))
+    }
+
+    fn checkpoint<B: Backend>(&mut self, model: &mut Model<B>, step: u64) -> Result<()> {
+        let ms = model.state()?;
+        let mut runner = self.st.clone();
+        runner.wall_s = self.wall_before + self.started.elapsed().as_secs_f64();
+        let state = CheckpointState {
+            runner,
+            model: ms.meta,
+            engine: self.engine.as_ref().map(|e| e.state()),
+        };
+        checkpoint::save(
+            &self.rd.checkpoint(&self.arm.name, self.seed),
+            &Checkpoint {
+                step,
+                tensors: ms.tensors,
+                state: serde_json::to_value(&state)?,
+            },
+        )
+    }
+}
+
+impl<B: Backend> Hooks<B> for CellHooks<'_> {
+    fn after_backward(&mut self, step: u64, model: &mut Model<B>) -> Result<()> {
+        if let Some(e) = &mut self.engine {
+            let mut view = SlotView {
+                store: model,
+                slots: &self.slots,
+            };
+            e.after_backward(step as usize, &mut view)?;
+        }
+        self.record_ranks(model, step, "after_backward")
+    }
+
+    fn after_step(&mut self, step: u64, model: &mut Model<B>, m: &StepMetrics) -> Result<Control> {
+        self.st.tokens += self.tokens_per_step;
+        self.st.losses.push_back(m.loss as f64);
+        while self.st.losses.len() > LOSS_WINDOW {
+            self.st.losses.pop_front();
+        }
+        let phase = &self.arm.phases[self.st.phase.min(self.arm.phases.len() - 1)];
+        let since = step - self.st.phase_start;
+        let due = |k: ActionKind| {
+            phase
+                .actions
+                .iter()
+                .any(|a| a.what == k && a.every > 0 && since.is_multiple_of(a.every as u64))
+        };
+        let adalora = self.arm.adalora.is_some();
+        if adalora || due(ActionKind::Reallocate) {
+            let ctx = self.ctx(step);
+            if let Some(e) = &mut self.engine {
+                let mut view = SlotView {
+                    store: model,
+                    slots: &self.slots,
+                };
+                e.reallocate(step as usize, &mut view, &ctx)?;
+            }
+            self.record_ranks(model, step, "reallocate")?;
+        }
+        let mut eval = None;
+        if due(ActionKind::Evaluate) && step < self.total_steps {
+            let (loss, acc) = self.evaluate(model)?;
+            self.st.metrics.insert("eval_loss".into(), loss);
+            self.st.metrics.insert("accuracy".into(), acc);
+            eval = Some((loss, acc));
+        }
+        // Phase end.
+        let ends = match &phase.until {
+            Until::Step(n) => step >= *n as u64,
+            Until::Epoch(e) => step >= *e as u64 * self.steps_per_epoch,
+            Until::Metric { name, op, value } => {
+                eval.is_some()
+                    && self
+                        .st
+                        .metrics
+                        .get(name)
+                        .is_some_and(|v| op.holds(*v, *value))
+            }
+            Until::Plugin { path } => match (self.ctx(step), &mut self.engine) {
+                (ctx, Some(e)) => e.phase_done(path, &ctx)?,
+                (_, None) => bail!(
+                    "arm {}: phase `{}` ends by a plugin condition, but the arm has no rank engine",
+                    self.arm.name,
+                    phase.name
+                ),
+            },
+            Until::End => false,
+        };
+        let mut control = Control::Continue;
+        if ends {
+            if self.st.phase + 1 >= self.arm.phases.len() {
+                control = Control::Stop;
+            } else {
+                self.st.phase += 1;
+                self.st.phase_start = step;
+            }
+        }
+        self.metrics.append(&MetricRecord {
+            arm: self.arm.name.clone(),
+            seed: self.seed,
+            step,
+            phase: phase.name.clone(),
+            loss: m.loss as f64,
+            lr: m.lr as f64,
+            grad_norm: Some(m.grad_norm as f64),
+            tokens: self.tokens_per_step,
+            trainable_params: model
+                .adapters()
+                .iter()
+                .map(|a| a.params_at(a.rank) as u64)
+                .sum(),
+            eval_loss: eval.map(|e| e.0),
+            eval_accuracy: eval.map(|e| e.1),
+        })?;
+        let ck_due = due(ActionKind::Checkpoint)
+            || self
+                .checkpoint_every
+                .is_some_and(|n| n > 0 && step.is_multiple_of(n));
+        if ck_due && step < self.total_steps {
+            self.checkpoint(model, step)?;
+        }
+        self.progress.update(step, m.loss as f64);
+        if let Some(left) = self.budget.as_mut() {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                bail!(Interrupted {
+                    run_dir: self.rd.root.clone()
+                });
+            }
+        }
+        Ok(control)
+    }
+
+    fn on_eval(&mut self, e: &EvalMetrics) -> Result<()> {
+        self.final_eval = Some(e.clone());
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_cell<B: Backend>(
+    be: Arc<B>,
+    arm: &ArmPlan,
+    seed: u64,
+    rd: &RunDir,
+    base_dir: &Path,
+    progress: &Progress,
+    resuming: bool,
+    budget: &mut Option<u64>,
+) -> Result<CellResult> {
+    let (mut task, samples) = build_task(arm)?;
+    let steps = total_steps(arm, samples)?;
+    let cfg = train_config(arm, steps, seed);
+    let mode = train_mode(arm, task.model_config().layers);
+    let mut model = build_model(be.clone(), task.as_ref(), mode, seed)
+        .with_context(|| format!("building the model of arm {}", arm.name))?;
+    let mut engine = match engine_config(arm, steps, seed, base_dir) {
+        Some(c) => Some(RankEngine::new(c)?),
+        None => None,
+    };
+
+    // Resume from this cell's checkpoint, or start over; either way drop what the logs hold
+    // beyond the point we restart from, so they read as one uninterrupted run.
+    let ck_path = rd.checkpoint(&arm.name, seed);
+    let ck = if resuming && ck_path.exists() {
+        Some(checkpoint::load(&ck_path)?)
+    } else {
+        None
+    };
+    let from = ck.as_ref().map(|c| c.step).unwrap_or(0);
+    let keep_to = ck.as_ref().map(|c| c.step as i64).unwrap_or(-1);
+    let mine = |a: &str, s: u64| a == arm.name && s == seed;
+    filter_jsonl::<MetricRecord>(&rd.metrics(), |r| {
+        !mine(&r.arm, r.seed) || (r.step as i64) <= keep_to
+    })?;
+    filter_jsonl::<RankRecord>(&rd.ranks(), |r| {
+        !mine(&r.arm, r.seed) || (r.step as i64) <= keep_to
+    })?;
+    let mut st = RunnerState::default();
+    if let Some(ck) = ck {
+        let cs: CheckpointState =
+            serde_json::from_value(ck.state).context("checkpoint state of the runner")?;
+        model
+            .load_state(&ModelState {
+                meta: cs.model,
+                tensors: ck.tensors,
+            })
+            .context("restoring the model from its checkpoint")?;
+        if let (Some(e), Some(es)) = (&mut engine, cs.engine) {
+            e.load_state(es)?;
+        }
+        st = cs.runner;
+    }
+    let slots = targeted_slots(arm, task.model_config().layers);
+    if let Some(e) = &mut engine {
+        e.on_start(&mut SlotView {
+            store: &mut model,
+            slots: &slots,
+        })?;
+    }
+    be.ledger().reset_peak();
+
+    let eval: Vec<Batch> = task.eval_batches().to_vec();
+    let seq = eval.first().map(|b| b.seq).unwrap_or(1);
+    let wall_before = st.wall_s;
+    let mut hooks = CellHooks {
+        arm,
+        seed,
+        rd,
+        engine,
+        slots,
+        eval,
+        metric_is_loss: metric_is_loss(arm),
+        st,
+        total_steps: steps,
+        steps_per_epoch: samples
+            .map(|n| steps_per_epoch(arm, n) as u64)
+            .unwrap_or(u64::MAX),
+        tokens_per_step: (arm.train.batch * arm.train.accum * seq) as u64,
+        checkpoint_every: arm.train.checkpoint_every.map(|n| n as u64),
+        metrics: JsonlWriter::open(&rd.metrics())?,
+        ranks: JsonlWriter::open(&rd.ranks())?,
+        progress: progress.cell(&arm.name, seed, steps, from),
+        budget,
+        started: Instant::now(),
+        wall_before,
+        final_eval: None,
+    };
+    if from == 0 {
+        hooks.record_ranks(&model, 0, "init")?;
+    }
+    let t0 = Instant::now();
+    let result = train(&mut model, task.as_mut(), &cfg, &mut hooks);
+    let wall = wall_before + t0.elapsed().as_secs_f64();
+    if let Err(e) = result {
+        hooks.progress.finish("stopped");
+        return Err(e.context(format!("arm {} seed {seed}", arm.name)));
+    }
+    let fe = hooks
+        .final_eval
+        .clone()
+        .context("the training loop ended without an evaluation")?;
+    let done_steps = model.step();
+    let mem = model.memory();
+    let final_loss = hooks.st.losses.back().copied();
+    let tokens = hooks.st.tokens;
+    let metric = if hooks.metric_is_loss {
+        fe.loss
+    } else {
+        fe.accuracy
+    };
+    hooks
+        .progress
+        .finish(&format!("done: eval loss {:.4}", fe.loss));
+
+    let infos = model.adapters();
+    if infos.iter().any(|a| a.rank > 0) {
+        let mut pairs = Vec::new();
+        for (i, info) in infos.iter().enumerate() {
+            if info.rank > 0 {
+                pairs.push((info.clone(), model.adapter_host(i)?));
+            }
+        }
+        peft::export(
+            &rd.adapters(&arm.name, seed),
+            &pairs,
+            &peft::ExportOptions {
+                base_model: Some(
+                    format!("adarank/random-{:?}", task.model_config().flavour).to_lowercase(),
+                ),
+                use_rslora: arm.lora.on().is_some_and(|l| l.rslora),
+                module_prefix: String::new(),
+            },
+        )?;
+    }
+    let trainable_params = model.trainable_params() as u64;
+    let _ = std::fs::remove_file(&ck_path);
+    Ok(CellResult {
+        arm: arm.name.clone(),
+        seed,
+        status: CellStatus::Done,
+        error: None,
+        steps: done_steps,
+        metric: Some(metric),
+        eval_loss: Some(fe.loss),
+        eval_accuracy: (!hooks.metric_is_loss).then_some(fe.accuracy),
+        final_train_loss: final_loss,
+        peak_bytes: mem.total_peak,
+        peak_by_kind: MemKind::ALL
+            .iter()
+            .map(|k| (k.name().to_string(), mem.peak_of(*k)))
+            .collect(),
+        wall_s: wall,
+        tokens_per_s: tokens as f64 / wall.max(1e-9),
+        trainable_params,
+        final_ranks: infos.into_iter().map(|a| (a.name, a.rank)).collect(),
+    })
+}

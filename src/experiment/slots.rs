@@ -1,0 +1,111 @@
+//! A view of a model's adapter store restricted to the slots a policy targets, so the rank
+//! engine allocates the budget over `lora.targets` × `lora.layers` only, never over untargeted
+//! modules.
+
+use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, HostTensor};
+use anyhow::{Context, Result};
+
+pub struct SlotView<'a> {
+    pub store: &'a mut dyn AdapterStore,
+    /// Indices into `store.adapters()`, in order.
+    pub slots: &'a [usize],
+}
+
+impl SlotView<'_> {
+    fn inner(&self, i: usize) -> Result<usize> {
+        self.slots.get(i).copied().with_context(|| {
+            format!(
+                "adapter index {i} out of range ({} targeted slots)",
+                self.slots.len()
+            )
+        })
+    }
+}
+
+impl AdapterStore for SlotView<'_> {
+    fn adapters(&self) -> Vec<AdapterInfo> {
+        let all = self.store.adapters();
+        self.slots
+            .iter()
+            .filter_map(|&i| all.get(i).cloned())
+            .collect()
+    }
+    fn adapter_host(&self, i: usize) -> Result<AdapterHost> {
+        self.store.adapter_host(self.inner(i)?)
+    }
+    fn set_adapter_host(&mut self, i: usize, h: &AdapterHost) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.set_adapter_host(j, h)
+    }
+    fn frozen_weight(&self, i: usize) -> Result<HostTensor> {
+        self.store.frozen_weight(self.inner(i)?)
+    }
+    fn resize_adapter(&mut self, i: usize, rank: usize) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.resize_adapter(j, rank)
+    }
+    fn input_sample(&self, i: usize) -> Option<HostTensor> {
+        self.store.input_sample(*self.slots.get(i)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::ModuleKind;
+
+    struct Plain(Vec<AdapterInfo>);
+    impl AdapterStore for Plain {
+        fn adapters(&self) -> Vec<AdapterInfo> {
+            self.0.clone()
+        }
+        fn adapter_host(&self, _i: usize) -> Result<AdapterHost> {
+            Ok(AdapterHost::default())
+        }
+        fn set_adapter_host(&mut self, _i: usize, _h: &AdapterHost) -> Result<()> {
+            Ok(())
+        }
+        fn frozen_weight(&self, i: usize) -> Result<HostTensor> {
+            Ok(HostTensor::new(vec![1], vec![i as f32]))
+        }
+        fn resize_adapter(&mut self, i: usize, rank: usize) -> Result<()> {
+            self.0[i].rank = rank;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn view_maps_indices_to_the_targeted_slots() {
+        let infos = ModuleKind::ALL
+            .iter()
+            .map(|&k| AdapterInfo {
+                name: AdapterInfo::slot_name(0, k),
+                layer: 0,
+                kind: k,
+                rows: 4,
+                cols: 4,
+                rank: 0,
+            })
+            .collect();
+        let mut p = Plain(infos);
+        let slots = [0, 2, 5];
+        let mut v = SlotView {
+            store: &mut p,
+            slots: &slots,
+        };
+        assert_eq!(
+            v.adapters()
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>(),
+            ["0.q", "0.v", "0.ffn_out"]
+        );
+        v.resize_adapter(1, 3).unwrap();
+        assert_eq!(v.frozen_weight(2).unwrap().data, vec![5.0]);
+        assert!(v.resize_adapter(3, 1).is_err());
+        assert_eq!(
+            p.0.iter().map(|a| a.rank).collect::<Vec<_>>(),
+            [0, 0, 3, 0, 0, 0]
+        );
+    }
+}

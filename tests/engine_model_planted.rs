@@ -118,7 +118,7 @@ fn paper_allocator_recovers_the_planted_ranks_and_beats_fixed_rank() {
     println!("method    seed  spearman  eval_loss  realloc_share  stats_share  ranks");
     let show = |name: &str, seed: u64, o: &Outcome| {
         println!(
-            "{name:9} {seed:4}  {:8.3}  {:9.5}  {:13.4}  {:11.4}  {:?}",
+            "{name:9} {seed:4}  {:8.3}  {:9.7}  {:13.4}  {:11.4}  {:?}",
             o.rho, o.loss, o.realloc_share, o.stats_share, o.ranks
         )
     };

@@ -1,10 +1,25 @@
-//! The rank engine driving the real transformer on the model's planted-rank task, through the
-//! training loop's hooks: every method runs end to end with real resizing or masking, the engine
-//! counts its calls, and ranks meet the budget. The figures (Spearman with the planted ranks,
-//! final eval loss, share of training time in re-allocation and in gradient statistics) are
-//! printed for the report (`--nocapture`); they are not asserted: on this task (2-layer encoder,
-//! equal ‖ΔW‖ whatever the planted rank, 200 steps) no method recovers the planted ranks yet —
-//! see plugins/README.md.
+//! The rank engine driving the real transformer on the model's planted-rank task
+//! (`PlantedTask::small`: 2-layer encoder, planted ranks 0 2 8 1 cycling over its 12 slots, every
+//! planted direction as large as a typical direction of W0), through the training loop's hooks,
+//! with real resizing or masking.
+//!
+//! Asserted over seeds 1, 2, 3, at a total rank budget of 48 (uniform rank 4), 400 steps:
+//! - the paper's method (phase 1 at uniform rank 8 for 200 steps — high enough to see every
+//!   planted rank —, then `spectral_gradient` + `alpha_beta` + `log_rule` every 50 steps up to
+//!   step 300) ends with ranks whose Spearman correlation with the planted ranks is ≥ 0.8 on
+//!   average over the seeds and ≥ 0.6 on each. Measured 0.965 / 0.967 / 0.713 (seeds 1–3; seeds
+//!   4–6: 0.949 / 0.873 / 0.923): on seed 3 the last layer's ffn_out (planted rank 1) learns a
+//!   large compensating ΔW and keeps a high rank, so the stricter "≥ 0.8 on every seed" does
+//!   not hold there and is not asserted;
+//! - its final eval loss is below 0.8 × that of fixed uniform rank 4 (same budget, same steps),
+//!   and below that of the same phase 1 followed by a uniform allocation (`fixed.rhai`), so the
+//!   gain is the allocation's, not the wider phase 1's;
+//! - every allocation meets the budget exactly, and the engine ran the allocator 3 times.
+//!
+//! Measured figures (Spearman, losses, AdaLoRA / EVA / random controls, overhead) are printed
+//! with `--nocapture` and recorded in plugins/README.md. The test runs on the CPU backend: the
+//! GPU backend matches the CPU one to 1e-6 relative on this model (tests/model_gpu.rs), far
+//! inside the margins asserted here, so the assertions carry over.
 
 use adarank::adapter::{AdapterStore, ModuleKind};
 use adarank::backend::cpu::Cpu;
@@ -16,8 +31,12 @@ use adarank::train::{build_model, train, Decay, PlantedConfig, PlantedTask, Task
 use std::sync::Arc;
 use std::time::Instant;
 
-const STEPS: u64 = 200;
-const INIT: usize = 3;
+const STEPS: u64 = 400;
+/// Phase-1 uniform rank (at most `max_rank`), above the budget's mean rank, as AdaLoRA's
+/// initial rank is above its target.
+const P1_RANK: usize = 8;
+/// Budget per adapter: total rank 4 × 12 = 48 (uniform rank 4 for the fixed baseline).
+const RANK: usize = 4;
 
 struct Outcome {
     rho: f64,
@@ -39,23 +58,24 @@ fn run(method: Method, seed: u64) -> Outcome {
     let layers = task.model_config().layers;
     let (init, svd) = match &method {
         Method::AdaLora(c) => (c.init_rank, true),
-        _ => (INIT, false),
+        Method::Fixed => (RANK, false),
+        _ => (P1_RANK, false),
     };
     let mut lora = LoraConfig::uniform(layers, &ModuleKind::ALL, init, 16.0);
     lora.svd_form = svd;
     let mut model = build_model(Arc::new(Cpu::new()), &task, TrainMode::Lora(lora), seed).unwrap();
     let n = model.adapters().len();
-    let mut cfg = EngineConfig::new(method, INIT * n, INIT);
+    let mut cfg = EngineConfig::new(method, RANK * n, init);
     cfg.min_rank = 1;
     cfg.max_rank = 10;
     cfg.seed = seed;
     let mut engine = RankEngine::new(cfg).unwrap();
     engine.on_start(&mut model).unwrap();
     let sched = ReallocSchedule {
-        phase1_steps: 50,
+        phase1_steps: 200,
         phase1_condition: None,
         every: 50,
-        until: 150,
+        until: 300,
     };
     let tcfg = TrainConfig {
         steps: STEPS,
@@ -86,9 +106,23 @@ fn run(method: Method, seed: u64) -> Outcome {
     }
 }
 
+fn script(f: &str) -> Method {
+    Method::Script {
+        allocator: format!("plugins/{f}").into(),
+        complexity: None,
+    }
+}
+
 #[test]
-fn engine_drives_the_transformer_planted_task() {
+fn paper_allocator_recovers_the_planted_ranks_and_beats_fixed_rank() {
     println!("method    seed  spearman  eval_loss  realloc_share  stats_share  ranks");
+    let show = |name: &str, seed: u64, o: &Outcome| {
+        println!(
+            "{name:9} {seed:4}  {:8.3}  {:9.7}  {:13.4}  {:11.4}  {:?}",
+            o.rho, o.loss, o.realloc_share, o.stats_share, o.ranks
+        )
+    };
+    let mut rhos = vec![];
     for seed in [1u64, 2, 3] {
         let fixed = run(Method::Fixed, seed);
         let ours = run(
@@ -99,42 +133,50 @@ fn engine_drives_the_transformer_planted_task() {
             },
             seed,
         );
-        let ada = run(
-            Method::AdaLora(AdaLoraConfig {
-                init_rank: 5,
-                target_rank: INIT,
-                tinit: 20,
-                tfinal: 50,
-                delta_t: 10,
-                total_steps: STEPS as usize,
-                ..Default::default()
-            }),
-            seed,
-        );
-        let mut all = vec![("fixed", &fixed), ("adaptive", &ours), ("adalora", &ada)];
+        // Same phase 1 at rank 8, then every adapter at the budget's uniform rank 4.
+        let warm = run(script("fixed.rhai"), seed);
+        show("fixed", seed, &fixed);
+        show("adaptive", seed, &ours);
+        show("p1+unif", seed, &warm);
         // The controls once, to keep the file near a minute.
-        let controls = (seed == 1).then(|| {
-            let script = |f: &str| Method::Script {
-                allocator: format!("plugins/{f}").into(),
-                complexity: None,
-            };
-            (
-                run(script("eva.rhai"), seed),
-                run(script("random.rhai"), seed),
-            )
-        });
-        if let Some((eva, rnd)) = &controls {
-            all.push(("eva", eva));
-            all.push(("random", rnd));
-        }
-        for (name, o) in all {
-            println!(
-                "{name:9} {seed:4}  {:8.3}  {:9.5}  {:13.4}  {:11.4}  {:?}",
-                o.rho, o.loss, o.realloc_share, o.stats_share, o.ranks
+        if seed == 1 {
+            let ada = run(
+                Method::AdaLora(AdaLoraConfig {
+                    init_rank: P1_RANK,
+                    target_rank: RANK,
+                    tinit: 20,
+                    tfinal: 50,
+                    delta_t: 10,
+                    total_steps: STEPS as usize,
+                    ..Default::default()
+                }),
+                seed,
             );
+            show("adalora", seed, &ada);
+            show("eva", seed, &run(script("eva.rhai"), seed));
+            show("random", seed, &run(script("random.rhai"), seed));
+            assert_eq!(ada.ranks.iter().sum::<usize>(), RANK * 12);
         }
         assert_eq!(ours.allocations, 3);
-        assert_eq!(ours.ranks.iter().sum::<usize>(), INIT * 12);
-        assert_eq!(ada.ranks.iter().sum::<usize>(), INIT * 12);
+        assert_eq!(ours.ranks.iter().sum::<usize>(), RANK * 12);
+        assert_eq!(warm.ranks, vec![RANK; 12]);
+        // Per seed ≥ 0.6; the mean over the seeds is asserted ≥ 0.8 below (see the doc comment).
+        assert!(
+            ours.rho >= 0.6,
+            "seed {seed}: Spearman {:.3} with the planted ranks, ranks {:?}",
+            ours.rho,
+            ours.ranks
+        );
+        rhos.push(ours.rho);
+        assert!(
+            ours.loss < 0.8 * fixed.loss && ours.loss < warm.loss,
+            "seed {seed}: eval loss {:.5} vs fixed rank {RANK} {:.5}, phase 1 + uniform {:.5}",
+            ours.loss,
+            fixed.loss,
+            warm.loss
+        );
     }
+    let mean = rhos.iter().sum::<f64>() / rhos.len() as f64;
+    println!("mean Spearman over seeds: {mean:.3}");
+    assert!(mean >= 0.8, "mean Spearman {mean:.3}: {rhos:?}");
 }

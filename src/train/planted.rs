@@ -7,9 +7,11 @@
 //!
 //! Scale: the base is drawn with [`Init::FanIn`] (activations keep unit scale, attention is far
 //! from uniform), and every planted ΔW = U·diag(σ)·Vᵀ has orthonormal U, V and equal singular
-//! values σ = strength·‖W0‖_F/√r, so ‖ΔW‖_F = strength·‖W0‖_F whatever the rank: each planted
-//! slot moves the teacher's outputs by a comparable amount, and a slot's gradient at the start
-//! of training is driven by its own ΔW.
+//! values σ = strength·‖W0‖_F/√min(rows, cols), i.e. `strength` times W0's RMS singular value:
+//! as in a real fine-tuning change, each planted direction has a comparable size, so a rank-r
+//! ΔW carries r times the energy of a rank-1 one (‖ΔW‖_F = strength·‖W0‖_F·√(r/min(rows, cols))).
+//! A fixed ‖ΔW‖_F whatever the rank (the first design) made high-rank changes spread thin and
+//! hid the rank from every statistic an allocator can see.
 
 use super::task::Task;
 use crate::adapter::ModuleKind;
@@ -32,7 +34,8 @@ pub struct PlantedConfig {
     /// Planted ranks assigned to the adapter slots in `adapters()` order (layer-major, then
     /// q, k, v, o, ffn_in, ffn_out), cycling when shorter than the number of slots.
     pub ranks: Vec<usize>,
-    /// ‖ΔW‖_F / ‖W0‖_F of every planted slot.
+    /// Singular value of every planted component, relative to W0's RMS singular value
+    /// (‖W0‖_F/√min(rows, cols)).
     pub strength: f32,
     /// Tokens per sequence.
     pub seq: usize,
@@ -59,7 +62,7 @@ impl PlantedConfig {
                 ln_eps: 1e-5,
             },
             ranks: vec![0, 2, 8, 1],
-            strength: 0.5,
+            strength: 1.0,
             seq: 16,
             eval_batches: 2,
             eval_batch_size: 16,
@@ -126,7 +129,9 @@ impl PlantedTask {
                 .map(|v| (*v as f64).powi(2))
                 .sum::<f64>()
                 .sqrt();
-            let sigma = cfg.strength as f64 * norm / (r as f64).sqrt();
+            // Every planted component as large as `strength` times W0's RMS singular value, so
+            // a rank-r change carries r times the energy of a rank-1 change.
+            let sigma = cfg.strength as f64 * norm / (rows.min(cols) as f64).sqrt();
             let mut rng = rand::rngs::StdRng::seed_from_u64(name_seed(
                 cfg.seed,
                 &format!("planted.{layer}.{kind}"),

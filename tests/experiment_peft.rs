@@ -5,6 +5,7 @@ use adarank::adapter::{AdapterHost, AdapterInfo, ModuleKind};
 use adarank::experiment::peft::{export, pattern_key, read_back, ExportOptions, WEIGHTS_FILE};
 use rand::{Rng, SeedableRng};
 
+#[allow(clippy::too_many_arguments)] // a test fixture spelling out one adapter
 fn adapter(
     layer: usize,
     kind: ModuleKind,

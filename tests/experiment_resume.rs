@@ -4,7 +4,7 @@
 
 use adarank::experiment::runner::{run, DeviceChoice, Interrupted, RunOptions};
 use adarank::experiment::{CellStatus, MetricRecord, RankRecord, RunDir};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const POLICY: &str = r#"
 experiment resume_check {
@@ -37,13 +37,14 @@ fn policy() -> adarank::policy::Policy {
         .unwrap_or_else(|d| panic!("{d}"))
 }
 
-fn logs(
-    dir: &PathBuf,
-) -> (
+/// Per-step (arm, seed, step, loss bits), rank records, and per-cell (arm, seed, final loss bits).
+type Logs = (
     Vec<(String, u64, u64, u64)>,
     Vec<RankRecord>,
     Vec<(String, u64, Option<u64>)>,
-) {
+);
+
+fn logs(dir: &Path) -> Logs {
     let rd = RunDir::open(dir).unwrap();
     let m: Vec<MetricRecord> = rd.load_metrics().unwrap();
     let mut steps: Vec<_> = m

@@ -16,7 +16,7 @@ pub fn singular_values(rows: usize, cols: usize, data: &[f32]) -> Vec<f64> {
     } else {
         m.transpose() * &m
     };
-    eig_to_sv(g.symmetric_eigenvalues().iter().cloned())
+    sym_eig_sv(g)
 }
 
 /// Singular values of a symmetric positive semi-definite second moment M = Σ gᵀg, as √eig.
@@ -26,7 +26,24 @@ pub fn sv_of_gram(n: usize, gram: &[f64]) -> Vec<f64> {
     }
     let g = DMatrix::<f64>::from_row_slice(n, n, gram);
     let g = (&g + g.transpose()) * 0.5;
-    eig_to_sv(g.symmetric_eigenvalues().iter().cloned())
+    sym_eig_sv(g)
+}
+
+/// Iteration cap for nalgebra's eigen/SVD solvers: their unbounded forms never return on a
+/// matrix holding NaN or infinity (a diverged run), which hung a whole experiment once.
+pub const MAX_SOLVER_ITERATIONS: usize = 10_000;
+
+/// √eig of a symmetric PSD matrix; all-NaN when the input is not finite or the solver fails,
+/// so plugins see (and reject) NaN instead of the engine hanging.
+fn sym_eig_sv(g: DMatrix<f64>) -> Vec<f64> {
+    let n = g.nrows();
+    if !g.iter().all(|v| v.is_finite()) {
+        return vec![f64::NAN; n];
+    }
+    match nalgebra::linalg::SymmetricEigen::try_new(g, f64::EPSILON, MAX_SOLVER_ITERATIONS) {
+        Some(e) => eig_to_sv(e.eigenvalues.iter().cloned()),
+        None => vec![f64::NAN; n],
+    }
 }
 
 fn eig_to_sv(e: impl Iterator<Item = f64>) -> Vec<f64> {
@@ -56,7 +73,14 @@ pub fn lowrank_singular_values(
     let rb = bm.qr().r();
     let ra = at.qr().r();
     let core = rb * ra.transpose() * scale as f64;
-    let mut s: Vec<f64> = core.singular_values().iter().cloned().collect();
+    let k = core.nrows().min(core.ncols());
+    if !core.iter().all(|v| v.is_finite()) {
+        return vec![f64::NAN; k];
+    }
+    let Some(svd) = core.try_svd(false, false, f64::EPSILON, MAX_SOLVER_ITERATIONS) else {
+        return vec![f64::NAN; k];
+    };
+    let mut s: Vec<f64> = svd.singular_values.iter().cloned().collect();
     s.sort_by(|a, b| b.total_cmp(a));
     s
 }

@@ -97,16 +97,16 @@ pub fn shrink_factors(
     scale: f32,
     new_rank: usize,
     new_scale: f32,
-) -> Factors {
+) -> Result<Factors> {
     let r = f.rank;
     let svd = f.lambda.is_some();
     if new_rank == 0 {
-        return Factors {
+        return Ok(Factors {
             rank: 0,
             a: vec![],
             b: vec![],
             lambda: svd.then(Vec::new),
-        };
+        });
     }
     let bm = DMatrix::<f64>::from_row_slice(rows, r, &to64(&f.b));
     let at = DMatrix::<f64>::from_row_slice(r, cols, &to64(&f.a)).transpose();
@@ -125,7 +125,14 @@ pub fn shrink_factors(
         }
     }
     let core = &rb * ra.transpose(); // [min(rows,r), min(cols,r)]
-    let svdc = core.svd(true, true);
+                                     // Bounded iterations: nalgebra's plain `svd` never returns on non-finite input.
+    ensure!(
+        core.iter().all(|v| v.is_finite()),
+        "cannot resize an adapter whose ΔW is not finite (the run diverged: lower the learning rate)"
+    );
+    let svdc = core
+        .try_svd(true, true, f64::EPSILON, 10_000)
+        .ok_or_else(|| anyhow::anyhow!("the SVD of an adapter's ΔW did not converge"))?;
     let (u, vt, sv) = (svdc.u.unwrap(), svdc.v_t.unwrap(), svdc.singular_values);
     let left = &qb * u; // [rows, k]
     let right = &qa * vt.transpose(); // [cols, k]
@@ -151,12 +158,12 @@ pub fn shrink_factors(
             l[j] = sig as f32;
         }
     }
-    Factors {
+    Ok(Factors {
         rank: new_rank,
         a,
         b,
         lambda,
-    }
+    })
 }
 
 /// `f` grown to `new_rank` with ΔW unchanged: existing factors rescaled by √(s/s_new) each

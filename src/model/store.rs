@@ -347,7 +347,7 @@ impl<B: Backend> AdapterStore for Model<B> {
         }
         let s_new = lora_scale(alpha, rank, rslora, svd, lora.init_rank);
         let g = if rank < lora.rank {
-            shrink_factors(rows, cols, &f, lora.scale, rank, s_new)
+            shrink_factors(rows, cols, &f, lora.scale, rank, s_new)?
         } else {
             grow_factors(rows, cols, &f, lora.scale, rank, s_new, seed)
         };

@@ -109,7 +109,8 @@ pub enum DataSpec {
         eval_samples: usize,
         seq: usize,
         seed: u64,
-        /// Size (Frobenius-norm scale) of each planted ΔW.
+        /// Singular value of every planted direction, relative to the slot's RMS W0 singular value
+        /// (so a rank-r change carries r times the energy of a rank-1 change).
         scale: f64,
     },
     /// Random token sequences labelled by a random teacher.

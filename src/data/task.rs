@@ -95,6 +95,11 @@ impl ClassifyTask {
         })
     }
 
+    /// Number of training examples.
+    pub fn train_len(&self) -> usize {
+        self.train.len()
+    }
+
     /// The movie-review sentences written by `scripts/fetch-assets`: train split for training,
     /// `eval_split` ("dev" or "test") for evaluation, optionally only its first `eval_samples`
     /// sentences (the files are in hash order, so a prefix is a fixed random sample).

@@ -2,6 +2,7 @@
 //! settings, the rank engine's configuration, and the labels the report uses.
 
 use crate::adapter::ModuleKind;
+use crate::data::{self, hf::Checkpoint};
 use crate::engine::{AdaLoraConfig, EngineConfig, Method};
 use crate::model::{Flavour, LoraConfig, ModelConfig, TrainMode};
 use crate::policy::{
@@ -11,7 +12,7 @@ use crate::policy::{
 use crate::train::{
     Decay, PlantedConfig, PlantedTask, SyntheticConfig, SyntheticTask, Task, TrainConfig,
 };
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 /// Sequences per evaluation batch of the built-in tasks.
@@ -50,11 +51,12 @@ fn transformer(spec: &ModelSpec) -> Result<ModelConfig> {
         ModelSpec::Encoder(t) => (Flavour::Encoder, t),
         ModelSpec::Decoder(t) => (Flavour::Decoder, t),
         ModelSpec::Hf { name, .. } => bail!(
-            "model hf \"{name}\": pretrained models are not wired into the runner in this build \
-             (use `model encoder {{ ... }}` with the planted or synthetic task)"
+            "model hf \"{name}\": the planted and synthetic tasks need a randomly initialised \
+             model (`model encoder {{ ... }}`); pretrained models train on real data"
         ),
         ModelSpec::Path { dir, .. } => bail!(
-            "model path {}: pretrained models are not wired into the runner in this build",
+            "model path {}: the planted and synthetic tasks need a randomly initialised model \
+             (`model encoder {{ ... }}`); pretrained models train on real data",
             dir.display()
         ),
     };
@@ -104,8 +106,25 @@ pub fn targeted_slots(arm: &ArmPlan, layers: usize) -> Vec<usize> {
         .collect()
 }
 
-/// The task an arm trains on, and the number of training samples (for epochs).
-pub fn build_task(arm: &ArmPlan) -> Result<(Box<dyn Task>, Option<usize>)> {
+/// The pretrained checkpoint an arm's model section names (`None` for random models).
+pub fn load_checkpoint(arm: &ArmPlan) -> Result<Option<Checkpoint>> {
+    data::plan::load_model(&arm.model)
+        .with_context(|| format!("loading the model of arm {}", arm.name))
+}
+
+/// A key for sharing loaded checkpoints between arms with the same model section.
+pub fn checkpoint_key(arm: &ArmPlan) -> String {
+    serde_json::to_string(&arm.model).unwrap_or_default()
+}
+
+/// The task an arm trains on, and the number of training samples (for epochs). `ckpt` is the
+/// arm's pretrained checkpoint ([`load_checkpoint`]), needed by the real data sets; `seed` orders
+/// their training data.
+pub fn build_task(
+    arm: &ArmPlan,
+    ckpt: Option<&mut Checkpoint>,
+    seed: u64,
+) -> Result<(Box<dyn Task>, Option<usize>)> {
     match &arm.data {
         DataSpec::Planted {
             ranks,
@@ -166,14 +185,28 @@ pub fn build_task(arm: &ArmPlan) -> Result<(Box<dyn Task>, Option<usize>)> {
             };
             Ok((Box::new(SyntheticTask::new(cfg)?), Some(*samples)))
         }
-        other => bail!(
-            "data {:?}: real data sets are not wired into the runner in this build; use data \
-             planted or data synthetic",
-            serde_json::to_value(other)
-                .ok()
-                .and_then(|v| v.as_object().and_then(|o| o.keys().next().cloned()))
-                .unwrap_or_default()
-        ),
+        other => {
+            let Some(ckpt) = ckpt else {
+                bail!(
+                    "data {}: real data sets need a pretrained model (`model hf {{ ... }}` or \
+                     `model path {{ ... }}`)",
+                    serde_json::to_value(other)
+                        .ok()
+                        .and_then(|v| v.as_object().and_then(|o| o.keys().next().cloned()))
+                        .unwrap_or_default()
+                )
+            };
+            let max_len = arm.train.max_len;
+            if let Some(t) = data::plan::classify_task(other, ckpt, max_len, seed)? {
+                let n = t.train_len();
+                return Ok((Box::new(t), Some(n)));
+            }
+            if let Some(t) = data::plan::span_task(other, ckpt, max_len, seed)? {
+                let n = t.train_len();
+                return Ok((Box::new(t), Some(n)));
+            }
+            bail!("arm {}: this data section has no task", arm.name)
+        }
     }
 }
 
@@ -244,9 +277,11 @@ pub fn train_mode(arm: &ArmPlan, layers: usize) -> TrainMode {
     TrainMode::Lora(cfg)
 }
 
-/// The rank engine of an arm; `None` when its ranks never change (full, fixed, layer-wise).
+/// The rank engine of an arm on a model of `layers` layers; `None` when its ranks never change
+/// (full, fixed, layer-wise).
 pub fn engine_config(
     arm: &ArmPlan,
+    layers: usize,
     steps: u64,
     seed: u64,
     base_dir: &Path,
@@ -285,7 +320,7 @@ pub fn engine_config(
     } else {
         return None;
     };
-    let slots = covered(l, arm.model.layers().unwrap_or(0)).len();
+    let slots = covered(l, layers).len();
     let mut cfg = EngineConfig::new(method, l.budget.unwrap_or(l.init_rank * slots), l.init_rank);
     cfg.min_rank = l.min_rank;
     cfg.max_rank = l.max_rank;

@@ -2,8 +2,8 @@
 //! resume, failure records and the report rebuilt after every cell.
 
 use super::arm::{
-    build_task, engine_config, method_label, metric_is_loss, steps_per_epoch, targeted_slots,
-    total_steps, train_config, train_mode,
+    build_task, checkpoint_key, engine_config, load_checkpoint, method_label, metric_is_loss,
+    steps_per_epoch, targeted_slots, total_steps, train_config, train_mode,
 };
 use super::checkpoint::{self, Checkpoint};
 use super::fsio::{filter_jsonl, read_json, write_atomic, write_json_atomic, JsonlWriter};
@@ -13,26 +13,21 @@ use super::records::*;
 use super::rundir::RunDir;
 use super::slots::SlotView;
 use crate::adapter::AdapterStore;
-use crate::backend::cpu::Cpu;
+use crate::backend::device::Device;
 use crate::backend::{Backend, MemKind};
+use crate::data::hf::Checkpoint as HfCheckpoint;
 use crate::engine::{EngineCtx, EngineState, RankEngine};
 use crate::model::{Batch, EvalOut, Model, ModelState, StateMeta};
-use crate::policy::{ActionKind, ArmPlan, Policy, Until};
+use crate::policy::{ActionKind, ArmPlan, ModelSpec, Policy, Until};
 use crate::train::{build_model, train, Control, EvalMetrics, Hooks, StepMetrics};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum DeviceChoice {
-    #[default]
-    Auto,
-    Gpu,
-    Cpu,
-}
+pub use crate::backend::device::DeviceChoice;
 
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -106,17 +101,22 @@ fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
 /// Runs (or resumes) `policy` and returns the run directory. A failing cell is recorded in the
 /// summary and report, then the run stops with the cell's error.
 pub fn run(policy: Option<Policy>, opts: &RunOptions) -> Result<PathBuf> {
-    let be = match opts.device {
-        DeviceChoice::Auto | DeviceChoice::Cpu => Arc::new(Cpu::new()),
-        DeviceChoice::Gpu => {
-            bail!("--device gpu: the GPU backend is not available in this build; use --device cpu")
+    let dev = Device::open(opts.device)?;
+    let desc = dev.describe();
+    match dev {
+        Device::Cpu(b) => {
+            let name = b.name();
+            run_on(b, &name, "cpu", policy, opts)
         }
-    };
-    run_on(be, "cpu", policy, opts)
+        Device::Gpu(b) => run_on(b, &desc, "gpu", policy, opts),
+    }
 }
 
+/// Runs (or resumes) `policy` on `be`; `device` and `backend_name` describe it in env.json and
+/// the report.
 pub fn run_on<B: Backend>(
     be: Arc<B>,
+    device: &str,
     backend_name: &str,
     policy: Option<Policy>,
     opts: &RunOptions,
@@ -137,7 +137,7 @@ pub fn run_on<B: Backend>(
             let rd = RunDir::create(&root)?;
             write_atomic(&rd.policy(), policy.source_text.as_bytes())?;
             write_json_atomic(&rd.root.join(POLICY_JSON), &policy)?;
-            let env = EnvInfo::collect(&be.name(), backend_name);
+            let env = EnvInfo::collect(device, backend_name);
             write_json_atomic(&rd.env(), &env)?;
             let s = summary_for(&policy, env);
             rd.write_summary(&s)?;
@@ -174,6 +174,8 @@ pub fn run_on<B: Backend>(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let mut budget = opts.stop_after_steps;
+    // Pretrained checkpoints, loaded once per run and shared by the cells that use them.
+    let mut checkpoints: HashMap<String, Option<HfCheckpoint>> = HashMap::new();
     for arm in &policy.arms {
         if !opts.arms.is_empty() && !opts.arms.contains(&arm.name) {
             continue;
@@ -206,6 +208,7 @@ pub fn run_on<B: Backend>(
                 &progress,
                 resuming,
                 &mut budget,
+                &mut checkpoints,
             );
             match result {
                 Ok(cell) => {
@@ -484,14 +487,26 @@ fn run_cell<B: Backend>(
     progress: &Progress,
     resuming: bool,
     budget: &mut Option<u64>,
+    checkpoints: &mut HashMap<String, Option<HfCheckpoint>>,
 ) -> Result<CellResult> {
-    let (mut task, samples) = build_task(arm)?;
+    let key = checkpoint_key(arm);
+    if !checkpoints.contains_key(&key) {
+        checkpoints.insert(key.clone(), load_checkpoint(arm)?);
+    }
+    let ckpt = checkpoints.get_mut(&key).and_then(Option::as_mut);
+    let base_model = match &arm.model {
+        ModelSpec::Hf { name, .. } => Some(name.clone()),
+        ModelSpec::Path { dir, .. } => Some(dir.display().to_string()),
+        ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => None,
+    };
+    let (mut task, samples) = build_task(arm, ckpt, seed)?;
     let steps = total_steps(arm, samples)?;
     let cfg = train_config(arm, steps, seed);
     let mode = train_mode(arm, task.model_config().layers);
     let mut model = build_model(be.clone(), task.as_ref(), mode, seed)
         .with_context(|| format!("building the model of arm {}", arm.name))?;
-    let mut engine = match engine_config(arm, steps, seed, base_dir) {
+    let layers = task.model_config().layers;
+    let mut engine = match engine_config(arm, layers, steps, seed, base_dir) {
         Some(c) => Some(RankEngine::new(c)?),
         None => None,
     };
@@ -602,9 +617,9 @@ fn run_cell<B: Backend>(
             &rd.adapters(&arm.name, seed),
             &pairs,
             &peft::ExportOptions {
-                base_model: Some(
-                    format!("adarank/random-{:?}", task.model_config().flavour).to_lowercase(),
-                ),
+                base_model: Some(base_model.unwrap_or_else(|| {
+                    format!("adarank/random-{:?}", task.model_config().flavour).to_lowercase()
+                })),
                 use_rslora: arm.lora.on().is_some_and(|l| l.rslora),
                 module_prefix: String::new(),
             },

@@ -295,6 +295,14 @@ fn len_is(t: &Tensor<Gpu>, need: usize, name: &str) -> (bool, String) {
     )
 }
 
+/// Every id indexes a row of a table with `rows` rows (IGNORE ids are not counted in max_id).
+fn ids_fit(ids: &Ids<Gpu>, rows: usize) -> (bool, String) {
+    (
+        ids.buf.max_id.is_none_or(|m| (m as usize) < rows),
+        format!("id {:?} outside a table of {rows} rows", ids.buf.max_id),
+    )
+}
+
 impl Backend for Gpu {
     type Buf = GpuBuf;
     type IdsBuf = GpuIds;
@@ -795,13 +803,7 @@ impl Backend for Gpu {
             "embedding_forward",
             &[
                 len_is(out, ids.len() * dim, "out"),
-                (
-                    ids.buf.max_id.is_none_or(|m| (m as usize) < rows_in_table),
-                    format!(
-                        "id {:?} outside a table of {rows_in_table} rows",
-                        ids.buf.max_id
-                    ),
-                ),
+                ids_fit(ids, rows_in_table),
             ],
         ) {
             return;
@@ -841,13 +843,7 @@ impl Backend for Gpu {
             "embedding_backward",
             &[
                 len_is(dout, ids.len() * dim, "dout"),
-                (
-                    ids.buf.max_id.is_none_or(|m| (m as usize) < rows_in_table),
-                    format!(
-                        "id {:?} outside a table of {rows_in_table} rows",
-                        ids.buf.max_id
-                    ),
-                ),
+                ids_fit(ids, rows_in_table),
             ],
         ) {
             return;

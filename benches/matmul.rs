@@ -32,7 +32,11 @@ fn bench(c: &mut Criterion) {
             let a = g.upload(&data(ea), MemKind::Scratch).unwrap();
             let b = g.upload(&data(eb), MemKind::Scratch).unwrap();
             let mut cg = g.zeros(ec, MemKind::Scratch).unwrap();
-            for kernel in [GemmKernel::RegisterBlocked, GemmKernel::Tiled] {
+            for kernel in [
+                GemmKernel::RegisterBlocked,
+                GemmKernel::Tiled,
+                GemmKernel::Subgroup,
+            ] {
                 let id = BenchmarkId::new(format!("gpu_{}_{op}", kernel.name()), n);
                 group.bench_function(id, |bch| {
                     bch.iter(|| {

@@ -131,14 +131,56 @@ fn matmul_tiled_matches_cpu() {
 }
 
 #[test]
+fn matmul_subgroup_matches_cpu() {
+    let Some(g) = test_gpu() else { return };
+    // On lavapipe the subgroup kernel must really run, not its register-blocked fallback.
+    if g.is_cpu_adapter() {
+        assert!(g.has_subgroups_of_8(), "{} has no subgroups of 8", g.name());
+    }
+    // Whole 128×64 tiles (the shapes the kernel takes), every transpose, alpha/beta, batches.
+    let mut seed = 40;
+    for (m, n, k) in [(128, 64, 1), (128, 64, 37), (256, 128, 70)] {
+        for spec in [
+            Gemm::nn(m, n, k),
+            Gemm::nt(m, n, k),
+            Gemm::tn(m, n, k),
+            Gemm::tt(m, n, k),
+        ] {
+            check_matmul(&g, GemmKernel::Subgroup, spec, seed);
+            check_matmul(
+                &g,
+                GemmKernel::Subgroup,
+                spec.alpha(0.5).beta(-1.5),
+                seed + 7,
+            );
+            seed += 3;
+        }
+    }
+    check_matmul(
+        &g,
+        GemmKernel::Subgroup,
+        Gemm::nt(128, 64, 24).batched(3, 128 * 24, 0, 128 * 64),
+        8,
+    );
+    // Everything else falls back, and must still be right.
+    check_all_matmul(GemmKernel::Subgroup);
+}
+
+#[test]
 fn matmul_beta_zero_ignores_nan_in_c() {
     let Some(g) = test_gpu() else { return };
-    for kernel in [GemmKernel::RegisterBlocked, GemmKernel::Tiled] {
-        let a = g.upload(&rand_vec(12, 1), K).unwrap();
-        let b = g.upload(&rand_vec(20, 2), K).unwrap();
-        let mut c = g.upload(&[f32::NAN; 15], K).unwrap();
-        g.matmul_with(kernel, &a, &b, &mut c, &Gemm::nn(3, 5, 4));
-        assert!(down(&g, &c).iter().all(|v| v.is_finite()), "{kernel:?}");
+    for kernel in [
+        GemmKernel::RegisterBlocked,
+        GemmKernel::Tiled,
+        GemmKernel::Subgroup,
+    ] {
+        for (m, n, k) in [(3, 5, 4), (128, 64, 4)] {
+            let a = g.upload(&rand_vec(m * k, 1), K).unwrap();
+            let b = g.upload(&rand_vec(k * n, 2), K).unwrap();
+            let mut c = g.upload(&vec![f32::NAN; m * n], K).unwrap();
+            g.matmul_with(kernel, &a, &b, &mut c, &Gemm::nn(m, n, k));
+            assert!(down(&g, &c).iter().all(|v| v.is_finite()), "{kernel:?}");
+        }
     }
 }
 

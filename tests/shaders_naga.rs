@@ -28,7 +28,9 @@ fn every_shader_parses_and_validates() {
         };
         let mut validator = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::default(),
+            // Subgroup operations: the host enables them where the adapter has them and picks
+            // matmul_subgroup only then.
+            naga::valid::Capabilities::default() | naga::valid::Capabilities::SUBGROUP,
         );
         if let Err(e) = validator.validate(&module) {
             failures.push(e.emit_to_string_with_path(&src, &path.display().to_string()));

@@ -1,7 +1,8 @@
 //! `adarank bench matmul` — GEMM GFLOP/s of both backends side by side, with the ratio (issue 2).
 //!
 //! For each size n it times C = A·B (n×n×n, NN) and the linear-layer form C = A·Bᵀ (NT) on the
-//! CPU backend and on the GPU backend with both GEMM kernels, after a warm-up call (lavapipe
+//! CPU backend (next to the `gemm` crate called directly, as the reference) and on the GPU backend
+//! with each GEMM kernel, after a warm-up call (lavapipe
 //! compiles shaders at first dispatch). Each figure is the best of a few timed runs, each run a
 //! batch of calls ended by a `sync`, so per-submit latency is amortised as in a training step.
 
@@ -69,6 +70,43 @@ fn bench_cpu(cpu: &Cpu, spec: &Gemm, reps: usize) -> Result<f64> {
     })
 }
 
+/// The reference in the same run: the `gemm` crate called directly (column-major, its best
+/// layout, all threads) — what the CPU backend wraps, so ours/reference shows what the wrapping
+/// costs, on whatever machine this is.
+fn bench_gemm_crate(n: usize, reps: usize) -> Result<f64> {
+    let spec = Gemm::nn(n, n, n);
+    let (a, b) = (rand_vec(n * n, 1), rand_vec(n * n, 2));
+    let mut c = vec![0f32; n * n];
+    let threads = rayon::current_num_threads();
+    time_gflops(&spec, reps, calls_for(n), || {
+        // SAFETY: three n×n column-major matrices, bounds as allocated above.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+                false,
+                a.as_ptr(),
+                n as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            )
+        };
+        Ok(())
+    })
+}
+
 fn bench_gpu(gpu: &Gpu, kernel: GemmKernel, spec: &Gemm, reps: usize) -> Result<f64> {
     let (ea, eb, ec) = spec.extents();
     let a = gpu.upload(&rand_vec(ea, 1), MemKind::Scratch)?;
@@ -107,25 +145,41 @@ pub fn main(args: BenchMatmulArgs) -> Result<()> {
         );
     }
     println!(
-        "{:>6} {:>3} {:>12} {:>14} {:>12} {:>10}",
-        "n", "op", "cpu GFLOP/s", "gpu blocked", "gpu tiled", "gpu/cpu"
+        "{:>6} {:>3} {:>12} {:>8} {:>14} {:>12} {:>13} {:>10}",
+        "n", "op", "cpu GFLOP/s", "cpu/ref", "gpu blocked", "gpu tiled", "gpu subgroup", "gpu/cpu"
     );
     for &n in &args.sizes {
+        let reference = bench_gemm_crate(n, args.reps)?;
+        println!("{n:>6} reference: gemm crate direct {reference:.1} GFLOP/s (column-major NN)");
         for (op, spec) in [("NN", Gemm::nn(n, n, n)), ("NT", Gemm::nt(n, n, n))] {
             let c = bench_cpu(&cpu, &spec, args.reps)?;
             match &gpu {
                 Some(g) => {
                     let blocked = bench_gpu(g, GemmKernel::RegisterBlocked, &spec, args.reps)?;
                     let tiled = bench_gpu(g, GemmKernel::Tiled, &spec, args.reps)?;
-                    let best = blocked.max(tiled);
+                    // Shapes that are not whole 128×64 tiles fall back to register-blocked.
+                    let sub = if g.has_subgroups_of_8() && n % 128 == 0 {
+                        format!(
+                            "{:.1}",
+                            bench_gpu(g, GemmKernel::Subgroup, &spec, args.reps)?
+                        )
+                    } else {
+                        "-".into()
+                    };
+                    let best = blocked.max(tiled).max(sub.parse().unwrap_or(0.0));
                     println!(
-                        "{n:>6} {op:>3} {c:>12.1} {blocked:>14.1} {tiled:>12.1} {:>10.3}",
+                        "{n:>6} {op:>3} {c:>12.1} {:>8.2} {blocked:>14.1} {tiled:>12.1} {sub:>13} {:>10.3}",
+                        c / reference,
                         best / c
                     );
                 }
                 None => println!(
-                    "{n:>6} {op:>3} {c:>12.1} {:>14} {:>12} {:>10}",
-                    "-", "-", "-"
+                    "{n:>6} {op:>3} {c:>12.1} {:>8.2} {:>14} {:>12} {:>13} {:>10}",
+                    c / reference,
+                    "-",
+                    "-",
+                    "-",
+                    "-"
                 ),
             }
         }

@@ -26,17 +26,23 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// Which GEMM kernel `matmul` runs (see `shaders/matmul.wgsl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum GemmKernel {
-    /// 8×16 outputs per invocation from registers, no shared memory: fastest on CPU-type
-    /// adapters (lavapipe).
+    /// 8×16 outputs per invocation from registers, no shared memory: for CPU-type adapters
+    /// without usable subgroups, and for the shapes `Subgroup` does not take.
     RegisterBlocked,
     /// Shared-memory 64×64 tiles: fastest on real GPUs.
     Tiled,
+    /// 16×64 outputs per invocation, op(B) shared across a subgroup of 8 by broadcast
+    /// (shaders/matmul_subgroup.wgsl): fastest on lavapipe. Whole 128×64 tiles only; other
+    /// shapes run `RegisterBlocked`.
+    Subgroup,
 }
 
 impl GemmKernel {
-    /// The kernel that is fastest on an adapter of this type.
-    pub fn default_for(device_type: wgpu::DeviceType) -> Self {
+    /// The kernel that is fastest on an adapter of this type; `subgroups` says whether the
+    /// device has subgroup operations with every subgroup at least 8 wide.
+    pub fn default_for(device_type: wgpu::DeviceType, subgroups: bool) -> Self {
         match device_type {
+            wgpu::DeviceType::Cpu if subgroups => GemmKernel::Subgroup,
             wgpu::DeviceType::Cpu => GemmKernel::RegisterBlocked,
             _ => GemmKernel::Tiled,
         }
@@ -45,8 +51,15 @@ impl GemmKernel {
         match self {
             GemmKernel::RegisterBlocked => "register-blocked",
             GemmKernel::Tiled => "tiled",
+            GemmKernel::Subgroup => "subgroup",
         }
     }
+}
+
+/// Subgroup operations with every subgroup at least 8 invocations wide, so a workgroup of 8 is
+/// one subgroup.
+fn subgroups_of_8(features: &wgpu::Features, info: &wgpu::AdapterInfo) -> bool {
+    features.contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8
 }
 
 /// Whether a CPU-type adapter (lavapipe, SwiftShader) may be taken.
@@ -161,7 +174,8 @@ impl Gpu {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("adarank"),
-            required_features: wgpu::Features::empty(),
+            // Subgroups when present: the lavapipe GEMM kernel shares loads through them.
+            required_features: adapter.features() & wgpu::Features::SUBGROUP,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -178,7 +192,7 @@ impl Gpu {
             wgpu::BufferUsages::STORAGE,
             "placeholder buffer",
         )?;
-        let gemm = GemmKernel::default_for(info.device_type);
+        let gemm = GemmKernel::default_for(info.device_type, subgroups_of_8(&features, &info));
         Ok(Gpu {
             info,
             limits,
@@ -218,8 +232,14 @@ impl Gpu {
     pub fn gemm_kernel(&self) -> GemmKernel {
         match self.gemm.load(Ordering::Relaxed) {
             0 => GemmKernel::RegisterBlocked,
-            _ => GemmKernel::Tiled,
+            1 => GemmKernel::Tiled,
+            _ => GemmKernel::Subgroup,
         }
+    }
+    /// Whether `GemmKernel::Subgroup` can run here (else `matmul_with` falls back to
+    /// `RegisterBlocked` for it).
+    pub fn has_subgroups_of_8(&self) -> bool {
+        subgroups_of_8(&self.features, &self.info)
     }
     /// Chooses the GEMM kernel for all following `matmul` calls on this device.
     pub fn set_gemm_kernel(&self, k: GemmKernel) {

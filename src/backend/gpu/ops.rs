@@ -220,26 +220,61 @@ impl Gpu {
         spec: &Gemm,
         ext: (usize, usize, usize),
     ) {
+        // The subgroup kernel takes whole 128×64 tiles of C only (no edge guards: see the
+        // shader); anything else, or a device without subgroups of 8, runs register-blocked.
+        let kernel = match kernel {
+            GemmKernel::Subgroup
+                if !self.has_subgroups_of_8()
+                    || !spec.m.is_multiple_of(128)
+                    || !spec.n.is_multiple_of(64) =>
+            {
+                GemmKernel::RegisterBlocked
+            }
+            k => k,
+        };
         // B as vec4: stored k×n with every row and batch item starting on a 16-byte boundary.
         let vec4_b = kernel == GemmKernel::RegisterBlocked
             && !spec.trans_b
             && spec.n.is_multiple_of(4)
             && (spec.batch <= 1 || spec.stride_b.is_multiple_of(4));
-        let (entry, gx, gy) = match kernel {
+        let (shader, entry, gx, gy) = match kernel {
+            GemmKernel::Subgroup => (
+                "matmul_subgroup",
+                "matmul_subgroup",
+                spec.n / 64,
+                spec.m / 128,
+            ),
             GemmKernel::RegisterBlocked if vec4_b => (
+                "matmul",
                 "matmul_blocked_vec4",
                 spec.n.div_ceil(128),
                 spec.m.div_ceil(64),
             ),
-            GemmKernel::RegisterBlocked => {
-                ("matmul_blocked", spec.n.div_ceil(128), spec.m.div_ceil(64))
-            }
-            GemmKernel::Tiled => ("matmul_tiled", spec.n.div_ceil(64), spec.m.div_ceil(64)),
+            GemmKernel::RegisterBlocked => (
+                "matmul",
+                "matmul_blocked",
+                spec.n.div_ceil(128),
+                spec.m.div_ceil(64),
+            ),
+            GemmKernel::Tiled => (
+                "matmul",
+                "matmul_tiled",
+                spec.n.div_ceil(64),
+                spec.m.div_ceil(64),
+            ),
         };
-        let consts = [
-            ("TRANS_A", if spec.trans_a { 1.0 } else { 0.0 }),
-            ("TRANS_B", if spec.trans_b { 1.0 } else { 0.0 }),
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let consts_sub = [
+            ("TRANS_A", flag(spec.trans_a)),
+            ("TRANS_B", flag(spec.trans_b)),
+            ("ACCUMULATE", flag(spec.beta != 0.0)),
         ];
+        // matmul.wgsl has no ACCUMULATE constant (its kernels branch on beta per store).
+        let consts: &[(&'static str, f64)] = if kernel == GemmKernel::Subgroup {
+            &consts_sub
+        } else {
+            &consts_sub[..2]
+        };
         let binds = [
             Bind {
                 slot: 1,
@@ -276,9 +311,9 @@ impl Gpu {
                 .f(spec.beta);
             self.dispatch(
                 "matmul",
-                "matmul",
+                shader,
                 entry,
-                &consts,
+                consts,
                 &params,
                 &binds,
                 [gx as u32, gy as u32, nz as u32],

@@ -17,6 +17,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("gelu", include_str!("../../../shaders/gelu.wgsl")),
     ("layernorm", include_str!("../../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../../shaders/matmul.wgsl")),
+    (
+        "matmul_subgroup",
+        include_str!("../../../shaders/matmul_subgroup.wgsl"),
+    ),
     ("permute", include_str!("../../../shaders/permute.wgsl")),
     ("reduce", include_str!("../../../shaders/reduce.wgsl")),
     ("softmax", include_str!("../../../shaders/softmax.wgsl")),
@@ -24,4 +28,17 @@ pub const SHADERS: &[(&str, &str)] = &[
 
 pub fn source(name: &str) -> Option<&'static str> {
     SHADERS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+/// The source the GPU backend compiles: the embedded one, or — when `ADARANK_SHADER_DIR` is set
+/// and holds `<name>.wgsl` — that file, so kernel work needs no rebuild between variants.
+pub fn load(name: &str) -> std::borrow::Cow<'static, str> {
+    if let Some(dir) = std::env::var_os("ADARANK_SHADER_DIR") {
+        let path = std::path::Path::new(&dir).join(format!("{name}.wgsl"));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            eprintln!("adarank: shader {name} from {}", path.display());
+            return text.into();
+        }
+    }
+    source(name).expect("shader is embedded").into()
 }

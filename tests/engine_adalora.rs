@@ -170,3 +170,70 @@ fn adalora_without_lambda_is_refused() {
         .to_string()
         .contains("SVD form"));
 }
+
+/// A store that counts `input_sample` calls (a device download on a real model).
+struct Counting {
+    inner: PlantedStore,
+    samples: std::cell::Cell<usize>,
+}
+
+impl AdapterStore for Counting {
+    fn adapters(&self) -> Vec<adarank::adapter::AdapterInfo> {
+        self.inner.adapters()
+    }
+    fn adapter_host(&self, i: usize) -> anyhow::Result<adarank::adapter::AdapterHost> {
+        self.inner.adapter_host(i)
+    }
+    fn set_adapter_host(
+        &mut self,
+        i: usize,
+        h: &adarank::adapter::AdapterHost,
+    ) -> anyhow::Result<()> {
+        self.inner.set_adapter_host(i, h)
+    }
+    fn frozen_weight(&self, i: usize) -> anyhow::Result<adarank::adapter::HostTensor> {
+        self.inner.frozen_weight(i)
+    }
+    fn resize_adapter(&mut self, i: usize, rank: usize) -> anyhow::Result<()> {
+        self.inner.resize_adapter(i, rank)
+    }
+    fn input_sample(&self, i: usize) -> Option<adarank::adapter::HostTensor> {
+        self.samples.set(self.samples.get() + 1);
+        self.inner.input_sample(i)
+    }
+}
+
+/// Input samples (and their spectra) are fetched only for plugins that name `input_ev`:
+/// AdaLoRA's masking steps take none, the EVA-like allocator one per adapter per allocation.
+#[test]
+fn input_samples_are_fetched_only_when_a_plugin_reads_input_ev() {
+    let run = |method: Method, budget: usize| {
+        let mut s = Counting {
+            inner: store(),
+            samples: Default::default(),
+        };
+        let mut e = RankEngine::new(EngineConfig::new(method, budget, 6)).unwrap();
+        e.on_start(&mut s).unwrap();
+        for step in 1..=20 {
+            s.inner.forward_backward();
+            e.after_backward(step, &mut s).unwrap();
+            s.inner.optimizer_step();
+            let ctx = EngineCtx {
+                step,
+                ..Default::default()
+            };
+            e.reallocate(step, &mut s, &ctx).unwrap();
+        }
+        (s.samples.get(), e.calls().allocations)
+    };
+    let (samples, allocations) = run(Method::AdaLora(cfg(false)), 0);
+    assert!(allocations > 0);
+    assert_eq!(samples, 0);
+    let eva = Method::Script {
+        allocator: "plugins/eva.rhai".into(),
+        complexity: None,
+    };
+    let (samples, allocations) = run(eva, 18);
+    assert_eq!(allocations, 20);
+    assert_eq!(samples, 20 * 6);
+}

@@ -58,6 +58,12 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
+    /// Whether the script's source names `key` anywhere (code or comments): the engine skips
+    /// costly adapter-map entries no script names (see `RankEngine::adapter_maps`).
+    pub fn mentions(&self, key: &str) -> bool {
+        self.source.contains(key)
+    }
+
     /// Whether the script defines `name` with `arity` parameters.
     pub fn defines(&self, name: &str, arity: usize) -> bool {
         self.ast

@@ -204,6 +204,10 @@ pub struct RankEngine {
     calls: EngineCalls,
     resumed: bool,
     rng_draws: u64,
+    /// Some plugin that receives adapter maps names `input_ev`: only then does the engine fetch
+    /// an input sample per adapter and take its spectrum (a device download and an SVD per
+    /// adapter at every allocation — most of AdaLoRA's per-mask cost when nothing reads it).
+    wants_input_ev: bool,
 }
 
 fn cfg_err(m: impl Into<String>) -> EngineError {
@@ -261,6 +265,7 @@ impl RankEngine {
             calls: EngineCalls::default(),
             resumed: false,
             rng_draws: 0,
+            wants_input_ev: false,
         };
         let builtin = |f: &str| PathBuf::from(format!("plugins/{f}"));
         let (c, a, l) = match e.cfg.method.clone() {
@@ -309,6 +314,10 @@ impl RankEngine {
         if let Some(p) = l {
             e.learner = Some(e.load(&p, Role::Learner, 3)?);
         }
+        e.wants_input_ev = [&e.complexity, &e.allocator, &e.learner]
+            .into_iter()
+            .flatten()
+            .any(|p| p.mentions("input_ev"));
         e.reset_params();
         Ok(e)
     }
@@ -1183,10 +1192,14 @@ impl RankEngine {
                 "triplet_scores".into(),
                 Dynamic::from_array(host::to_float_array(&ts)),
             );
-            let ev = store
-                .input_sample(i)
-                .map(|x| input_explained_variance(&x))
-                .unwrap_or_default();
+            let ev = if self.wants_input_ev {
+                store
+                    .input_sample(i)
+                    .map(|x| input_explained_variance(&x))
+                    .unwrap_or_default()
+            } else {
+                vec![]
+            };
             m.insert(
                 "input_ev".into(),
                 Dynamic::from_array(host::to_float_array(&ev)),

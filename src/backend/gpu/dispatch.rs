@@ -96,9 +96,6 @@ impl PipelineCache {
                     // of the GEMM kernels.
                     let mut checks = wgpu::ShaderRuntimeChecks::checked();
                     checks.force_loop_bounding = false;
-                    if std::env::var_os("ADARANK_PROBE_UNCHECKED").is_some() {
-                        checks = wgpu::ShaderRuntimeChecks::unchecked();
-                    }
                     // SAFETY: every loop in shaders/ is bounded by a parameter the host sets
                     // from tensor sizes (see each kernel), so none can run forever.
                     unsafe {

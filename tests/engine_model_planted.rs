@@ -3,14 +3,14 @@
 //! planted direction as large as a typical direction of W0), through the training loop's hooks,
 //! with real resizing or masking.
 //!
-//! Asserted over seeds 1, 2, 3, at a total rank budget of 48 (uniform rank 4), 400 steps:
+//! Asserted over seeds 1–6, at a total rank budget of 48 (uniform rank 4), 400 steps:
 //! - the paper's method (phase 1 at uniform rank 8 for 200 steps — high enough to see every
 //!   planted rank —, then `spectral_gradient` + `alpha_beta` + `log_rule` every 50 steps up to
-//!   step 300) ends with ranks whose Spearman correlation with the planted ranks is ≥ 0.8 on
-//!   average over the seeds and ≥ 0.6 on each. Measured 0.965 / 0.967 / 0.713 (seeds 1–3; seeds
-//!   4–6: 0.949 / 0.873 / 0.923): on seed 3 the last layer's ffn_out (planted rank 1) learns a
-//!   large compensating ΔW and keeps a high rank, so the stricter "≥ 0.8 on every seed" does
-//!   not hold there and is not asserted. On that seed the planted ranks are not the better
+//!   step 300) ends with ranks whose Spearman correlation with the planted ranks is ≥ 0.8 on at
+//!   least 5 of the 6 seeds, ≥ 0.85 on average and ≥ 0.6 on each. Measured 0.965 / 0.967 /
+//!   0.713 / 0.949 / 0.873 / 0.923 (mean 0.898): on seed 3 the last layer's ffn_out (planted
+//!   rank 1) learns a large compensating ΔW and keeps a high rank, so "≥ 0.8 on every seed"
+//!   does not hold there and is not asserted. On that seed the planted ranks are not the better
 //!   allocation for the loss: the `planted` control (the answer key 1 3 10 2 as ranks after the
 //!   same phase 1, Spearman 1) ends at 0.00105, above the paper's 0.00091 (seeds 1/2: 0.00193 /
 //!   0.00169 vs 0.00245 / 0.00255). Even at rank 8 for 400 steps, that ffn_out's learned ΔW
@@ -133,7 +133,7 @@ fn paper_allocator_recovers_the_planted_ranks_and_beats_fixed_rank() {
         )
     };
     let mut rhos = vec![];
-    for seed in [1u64, 2, 3] {
+    for seed in 1u64..=6 {
         let fixed = run(Method::Fixed, seed);
         let ours = run(
             Method::Adaptive {
@@ -145,19 +145,21 @@ fn paper_allocator_recovers_the_planted_ranks_and_beats_fixed_rank() {
         );
         // Same phase 1 at rank 8, then every adapter at the budget's uniform rank 4.
         let warm = run(script("fixed.rhai"), seed);
-        // The planted ranks as an allocation after the same phase 1 (Spearman 1), for the loss
-        // it reaches: a control, not asserted.
-        let oracle = run(
-            Method::Script {
-                allocator: "tests/fixtures/planted_oracle.rhai".into(),
-                complexity: None,
-            },
-            seed,
-        );
         show("fixed", seed, &fixed);
         show("adaptive", seed, &ours);
         show("p1+unif", seed, &warm);
-        show("planted", seed, &oracle);
+        // The planted ranks as an allocation after the same phase 1 (Spearman 1), for the loss
+        // it reaches: a control, not asserted (seeds 1–3, to keep the file near two minutes).
+        if seed <= 3 {
+            let oracle = run(
+                Method::Script {
+                    allocator: "tests/fixtures/planted_oracle.rhai".into(),
+                    complexity: None,
+                },
+                seed,
+            );
+            show("planted", seed, &oracle);
+        }
         // The controls once, to keep the file near a minute.
         if seed == 1 {
             let ada = run(
@@ -180,7 +182,7 @@ fn paper_allocator_recovers_the_planted_ranks_and_beats_fixed_rank() {
         assert_eq!(ours.allocations, 3);
         assert_eq!(ours.ranks.iter().sum::<usize>(), RANK * 12);
         assert_eq!(warm.ranks, vec![RANK; 12]);
-        // Per seed ≥ 0.6; the mean over the seeds is asserted ≥ 0.8 below (see the doc comment).
+        // Per seed ≥ 0.6; ≥ 0.8 on 5 of 6 seeds and the mean ≥ 0.85 below (see the doc comment).
         assert!(
             ours.rho >= 0.6,
             "seed {seed}: Spearman {:.3} with the planted ranks, ranks {:?}",
@@ -197,6 +199,8 @@ fn paper_allocator_recovers_the_planted_ranks_and_beats_fixed_rank() {
         );
     }
     let mean = rhos.iter().sum::<f64>() / rhos.len() as f64;
-    println!("mean Spearman over seeds: {mean:.3}");
-    assert!(mean >= 0.8, "mean Spearman {mean:.3}: {rhos:?}");
+    let above = rhos.iter().filter(|r| **r >= 0.8).count();
+    println!("mean Spearman over seeds: {mean:.3}; seeds at ≥ 0.8: {above} of 6");
+    assert!(mean >= 0.85, "mean Spearman {mean:.3}: {rhos:?}");
+    assert!(above >= 5, "Spearman ≥ 0.8 on {above} of 6 seeds: {rhos:?}");
 }

@@ -61,3 +61,20 @@ fn every_shader_file_is_embedded() {
         }
     }
 }
+
+#[test]
+fn generated_subgroup_kernel_matches_its_generator() {
+    // shaders/matmul_subgroup.wgsl is written by a script (WGSL has no macros); a hand edit or a
+    // script change without regenerating would ship a kernel nobody can reproduce.
+    let out = std::process::Command::new("python3")
+        .arg("scripts/gen_matmul_subgroup.py")
+        .arg("--check")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("python3 runs (scripts/fetch-assets needs it too)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -232,23 +232,12 @@ impl Gpu {
             }
             k => k,
         };
-        // B as vec4: stored k×n with every row and batch item starting on a 16-byte boundary.
-        let vec4_b = kernel == GemmKernel::RegisterBlocked
-            && !spec.trans_b
-            && spec.n.is_multiple_of(4)
-            && (spec.batch <= 1 || spec.stride_b.is_multiple_of(4));
         let (shader, entry, gx, gy) = match kernel {
             GemmKernel::Subgroup => (
                 "matmul_subgroup",
                 "matmul_subgroup",
                 spec.n / 64,
                 spec.m / 128,
-            ),
-            GemmKernel::RegisterBlocked if vec4_b => (
-                "matmul",
-                "matmul_blocked_vec4",
-                spec.n.div_ceil(128),
-                spec.m.div_ceil(64),
             ),
             GemmKernel::RegisterBlocked => (
                 "matmul",
@@ -283,7 +272,7 @@ impl Gpu {
                 size: (ext.0 * 4) as u64,
             },
             Bind {
-                slot: if vec4_b { 4 } else { 2 },
+                slot: 2,
                 buf: b,
                 offset: 0,
                 size: (ext.1 * 4) as u64,

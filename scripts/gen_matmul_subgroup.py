@@ -39,6 +39,7 @@ override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 // beta != 0, as a pipeline constant: a branch per store costs minutes of llvmpipe compile time.
 override ACCUMULATE: bool = false;
+override B_BF16: bool = false;
 
 struct Params {{
     m: u32,
@@ -48,20 +49,37 @@ struct Params {{
     stride_a: u32,
     stride_b: u32,
     stride_c: u32,
-    _pad0: u32,
+    // Leading dimensions (row strides) of the stored A, B and C: a sub-block of a larger
+    // matrix when the host splits a GEMM (see `gemm_dispatch`).
+    lda: u32,
     alpha: f32,
     beta: f32,
-    _pad1: u32,
-    _pad2: u32,
+    ldb: u32,
+    ldc: u32,
+    // Element offsets of the sub-block in A, B and C (0 for a whole GEMM).
+    off_a: u32,
+    off_b: u32,
+    off_c: u32,
+    _pad0: u32,
 }}
 
 @group(0) @binding(0) var<uniform> p: Params;
 // op(A): m x k, stored m x k, or k x m when TRANS_A
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 // op(B): k x n, stored k x n, or n x k when TRANS_B
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<u32>;
 // C: m x n
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+// B as stored: f32, or bf16 two per 32-bit word (value 2i in the low half of word i) when
+// B_BF16 (frozen weights kept in bf16); widened to f32 here, so the arithmetic is f32 either way.
+fn load_b(i: u32) -> f32 {{
+    if (B_BF16) {{
+        let w = b[i >> 1u];
+        return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) != 0u));
+    }}
+    return bitcast<f32>(b[i]);
+}}
 
 fn store(i: u32, v: f32) {{
     if (ACCUMULATE) {{
@@ -77,25 +95,25 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     let r0 = wid.y * {LANES * TM}u + lane * {TM}u;
     let c0 = wid.x * {TN}u;
     let batch = wid.z + p.z_base;
-    let a_base = batch * p.stride_a;
-    let b_base = batch * p.stride_b;
-    let c_base = batch * p.stride_c;
-    let a_kstep = select(1u, p.m, TRANS_A);
-    let b_kstep = select(p.n, 1u, TRANS_B);
+    let a_base = p.off_a + batch * p.stride_a;
+    let b_base = p.off_b + batch * p.stride_b;
+    let c_base = p.off_c + batch * p.stride_c;
+    let a_kstep = select(1u, p.lda, TRANS_A);
+    let b_kstep = select(p.ldb, 1u, TRANS_B);
     // Offsets of this invocation's rows of op(A).""")
     for i in range(TM):
-        w(f"    let ao{i} = a_base + select((r0 + {i}u) * p.k, r0 + {i}u, TRANS_A);")
+        w(f"    let ao{i} = a_base + select((r0 + {i}u) * p.lda, r0 + {i}u, TRANS_A);")
     w("    // The op(B) columns this invocation loads for the subgroup: c0 + 8q + lane.")
     for q in range(TN // LANES):
         w(f"    let cb{q} = c0 + {q * LANES}u + lane;")
-        w(f"    let bo{q} = b_base + select(cb{q}, cb{q} * p.k, TRANS_B);")
+        w(f"    let bo{q} = b_base + select(cb{q}, cb{q} * p.ldb, TRANS_B);")
     for i in range(TM):
         w("    " + " ".join(f"var acc{i}_{q} = vec4<f32>(0.0);" for q in range(Q)))
     w("    var ka = 0u;")
     w("    var kb = 0u;")
     w("    for (var kk = 0u; kk < p.k; kk++) {")
     for q in range(TN // LANES):
-        w(f"        let bl{q} = b[bo{q} + kb];")
+        w(f"        let bl{q} = load_b(bo{q} + kb);")
     for q in range(Q):
         src = (4 * q) // LANES
         lanes = [(4 * q + e) % LANES for e in range(4)]
@@ -109,7 +127,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     w("        kb += b_kstep;")
     w("    }")
     for i in range(TM):
-        w(f"    let row{i} = c_base + (r0 + {i}u) * p.n + c0;")
+        w(f"    let row{i} = c_base + (r0 + {i}u) * p.ldc + c0;")
         for q in range(Q):
             for e, comp in enumerate("xyzw"):
                 w(f"    store(row{i} + {4 * q + e}u, acc{i}_{q}.{comp});")

@@ -14,6 +14,7 @@
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
+override B_BF16: bool = false;
 
 struct Params {
     m: u32,
@@ -23,20 +24,37 @@ struct Params {
     stride_a: u32,
     stride_b: u32,
     stride_c: u32,
-    _pad0: u32,
+    // Leading dimensions (row strides) of the stored A, B and C: a sub-block of a larger
+    // matrix when the host splits a GEMM (see `gemm_dispatch`).
+    lda: u32,
     alpha: f32,
     beta: f32,
-    _pad1: u32,
-    _pad2: u32,
+    ldb: u32,
+    ldc: u32,
+    // Element offsets of the sub-block in A, B and C (0 for a whole GEMM).
+    off_a: u32,
+    off_b: u32,
+    off_c: u32,
+    _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 // op(A): m×k, stored m×k, or k×m when TRANS_A
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 // op(B): k×n, stored k×n, or n×k when TRANS_B
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<u32>;
 // C: m×n
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+// B as stored: f32, or bf16 two per 32-bit word (value 2i in the low half of word i) when
+// B_BF16 (frozen weights kept in bf16); widened to f32 here, so the arithmetic is f32 either way.
+fn load_b(i: u32) -> f32 {
+    if (B_BF16) {
+        let w = b[i >> 1u];
+        return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) != 0u));
+    }
+    return bitcast<f32>(b[i]);
+}
 
 fn store(i: u32, v: f32) {
     // beta == 0 overwrites: C may hold garbage or NaN that must not propagate.
@@ -55,61 +73,61 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c0 = gid.x * 16u;
     if (r0 >= p.m || c0 >= p.n) { return; }
     let batch = gid.z + p.z_base;
-    let a_base = batch * p.stride_a;
-    let b_base = batch * p.stride_b;
-    let c_base = batch * p.stride_c;
+    let a_base = p.off_a + batch * p.stride_a;
+    let b_base = p.off_b + batch * p.stride_b;
+    let c_base = p.off_c + batch * p.stride_c;
     // Offsets of the block's rows of op(A) and columns of op(B), clamped to the last row/column
     // so the k loop needs no bounds checks; clamped lanes compute values that are never stored.
-    let a_kstep = select(1u, p.m, TRANS_A);
-    let b_kstep = select(p.n, 1u, TRANS_B);
+    let a_kstep = select(1u, p.lda, TRANS_A);
+    let b_kstep = select(p.ldb, 1u, TRANS_B);
     let ra0 = min(r0 + 0u, p.m - 1u);
-    let ao0 = a_base + select(ra0 * p.k, ra0, TRANS_A);
+    let ao0 = a_base + select(ra0 * p.lda, ra0, TRANS_A);
     let ra1 = min(r0 + 1u, p.m - 1u);
-    let ao1 = a_base + select(ra1 * p.k, ra1, TRANS_A);
+    let ao1 = a_base + select(ra1 * p.lda, ra1, TRANS_A);
     let ra2 = min(r0 + 2u, p.m - 1u);
-    let ao2 = a_base + select(ra2 * p.k, ra2, TRANS_A);
+    let ao2 = a_base + select(ra2 * p.lda, ra2, TRANS_A);
     let ra3 = min(r0 + 3u, p.m - 1u);
-    let ao3 = a_base + select(ra3 * p.k, ra3, TRANS_A);
+    let ao3 = a_base + select(ra3 * p.lda, ra3, TRANS_A);
     let ra4 = min(r0 + 4u, p.m - 1u);
-    let ao4 = a_base + select(ra4 * p.k, ra4, TRANS_A);
+    let ao4 = a_base + select(ra4 * p.lda, ra4, TRANS_A);
     let ra5 = min(r0 + 5u, p.m - 1u);
-    let ao5 = a_base + select(ra5 * p.k, ra5, TRANS_A);
+    let ao5 = a_base + select(ra5 * p.lda, ra5, TRANS_A);
     let ra6 = min(r0 + 6u, p.m - 1u);
-    let ao6 = a_base + select(ra6 * p.k, ra6, TRANS_A);
+    let ao6 = a_base + select(ra6 * p.lda, ra6, TRANS_A);
     let ra7 = min(r0 + 7u, p.m - 1u);
-    let ao7 = a_base + select(ra7 * p.k, ra7, TRANS_A);
+    let ao7 = a_base + select(ra7 * p.lda, ra7, TRANS_A);
     let cb0 = min(c0 + 0u, p.n - 1u);
-    let bo0 = b_base + select(cb0, cb0 * p.k, TRANS_B);
+    let bo0 = b_base + select(cb0, cb0 * p.ldb, TRANS_B);
     let cb1 = min(c0 + 1u, p.n - 1u);
-    let bo1 = b_base + select(cb1, cb1 * p.k, TRANS_B);
+    let bo1 = b_base + select(cb1, cb1 * p.ldb, TRANS_B);
     let cb2 = min(c0 + 2u, p.n - 1u);
-    let bo2 = b_base + select(cb2, cb2 * p.k, TRANS_B);
+    let bo2 = b_base + select(cb2, cb2 * p.ldb, TRANS_B);
     let cb3 = min(c0 + 3u, p.n - 1u);
-    let bo3 = b_base + select(cb3, cb3 * p.k, TRANS_B);
+    let bo3 = b_base + select(cb3, cb3 * p.ldb, TRANS_B);
     let cb4 = min(c0 + 4u, p.n - 1u);
-    let bo4 = b_base + select(cb4, cb4 * p.k, TRANS_B);
+    let bo4 = b_base + select(cb4, cb4 * p.ldb, TRANS_B);
     let cb5 = min(c0 + 5u, p.n - 1u);
-    let bo5 = b_base + select(cb5, cb5 * p.k, TRANS_B);
+    let bo5 = b_base + select(cb5, cb5 * p.ldb, TRANS_B);
     let cb6 = min(c0 + 6u, p.n - 1u);
-    let bo6 = b_base + select(cb6, cb6 * p.k, TRANS_B);
+    let bo6 = b_base + select(cb6, cb6 * p.ldb, TRANS_B);
     let cb7 = min(c0 + 7u, p.n - 1u);
-    let bo7 = b_base + select(cb7, cb7 * p.k, TRANS_B);
+    let bo7 = b_base + select(cb7, cb7 * p.ldb, TRANS_B);
     let cb8 = min(c0 + 8u, p.n - 1u);
-    let bo8 = b_base + select(cb8, cb8 * p.k, TRANS_B);
+    let bo8 = b_base + select(cb8, cb8 * p.ldb, TRANS_B);
     let cb9 = min(c0 + 9u, p.n - 1u);
-    let bo9 = b_base + select(cb9, cb9 * p.k, TRANS_B);
+    let bo9 = b_base + select(cb9, cb9 * p.ldb, TRANS_B);
     let cb10 = min(c0 + 10u, p.n - 1u);
-    let bo10 = b_base + select(cb10, cb10 * p.k, TRANS_B);
+    let bo10 = b_base + select(cb10, cb10 * p.ldb, TRANS_B);
     let cb11 = min(c0 + 11u, p.n - 1u);
-    let bo11 = b_base + select(cb11, cb11 * p.k, TRANS_B);
+    let bo11 = b_base + select(cb11, cb11 * p.ldb, TRANS_B);
     let cb12 = min(c0 + 12u, p.n - 1u);
-    let bo12 = b_base + select(cb12, cb12 * p.k, TRANS_B);
+    let bo12 = b_base + select(cb12, cb12 * p.ldb, TRANS_B);
     let cb13 = min(c0 + 13u, p.n - 1u);
-    let bo13 = b_base + select(cb13, cb13 * p.k, TRANS_B);
+    let bo13 = b_base + select(cb13, cb13 * p.ldb, TRANS_B);
     let cb14 = min(c0 + 14u, p.n - 1u);
-    let bo14 = b_base + select(cb14, cb14 * p.k, TRANS_B);
+    let bo14 = b_base + select(cb14, cb14 * p.ldb, TRANS_B);
     let cb15 = min(c0 + 15u, p.n - 1u);
-    let bo15 = b_base + select(cb15, cb15 * p.k, TRANS_B);
+    let bo15 = b_base + select(cb15, cb15 * p.ldb, TRANS_B);
     var acc0_0 = vec4<f32>(0.0);
     var acc0_1 = vec4<f32>(0.0);
     var acc0_2 = vec4<f32>(0.0);
@@ -153,10 +171,10 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
         let a5 = vec4<f32>(a[ao5 + ka]);
         let a6 = vec4<f32>(a[ao6 + ka]);
         let a7 = vec4<f32>(a[ao7 + ka]);
-        let b0 = vec4<f32>(b[bo0 + kb], b[bo1 + kb], b[bo2 + kb], b[bo3 + kb]);
-        let b1 = vec4<f32>(b[bo4 + kb], b[bo5 + kb], b[bo6 + kb], b[bo7 + kb]);
-        let b2 = vec4<f32>(b[bo8 + kb], b[bo9 + kb], b[bo10 + kb], b[bo11 + kb]);
-        let b3 = vec4<f32>(b[bo12 + kb], b[bo13 + kb], b[bo14 + kb], b[bo15 + kb]);
+        let b0 = vec4<f32>(load_b(bo0 + kb), load_b(bo1 + kb), load_b(bo2 + kb), load_b(bo3 + kb));
+        let b1 = vec4<f32>(load_b(bo4 + kb), load_b(bo5 + kb), load_b(bo6 + kb), load_b(bo7 + kb));
+        let b2 = vec4<f32>(load_b(bo8 + kb), load_b(bo9 + kb), load_b(bo10 + kb), load_b(bo11 + kb));
+        let b3 = vec4<f32>(load_b(bo12 + kb), load_b(bo13 + kb), load_b(bo14 + kb), load_b(bo15 + kb));
         acc0_0 = fma(a0, b0, acc0_0);
         acc0_1 = fma(a0, b1, acc0_1);
         acc0_2 = fma(a0, b2, acc0_2);
@@ -193,7 +211,7 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
         kb += b_kstep;
     }
     if (r0 + 0u < p.m) {
-        let row0 = c_base + (r0 + 0u) * p.n;
+        let row0 = c_base + (r0 + 0u) * p.ldc;
         if (c0 + 0u < p.n) { store(row0 + c0 + 0u, acc0_0.x); }
         if (c0 + 1u < p.n) { store(row0 + c0 + 1u, acc0_0.y); }
         if (c0 + 2u < p.n) { store(row0 + c0 + 2u, acc0_0.z); }
@@ -212,7 +230,7 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (c0 + 15u < p.n) { store(row0 + c0 + 15u, acc0_3.w); }
     }
     if (r0 + 1u < p.m) {
-        let row1 = c_base + (r0 + 1u) * p.n;
+        let row1 = c_base + (r0 + 1u) * p.ldc;
         if (c0 + 0u < p.n) { store(row1 + c0 + 0u, acc1_0.x); }
         if (c0 + 1u < p.n) { store(row1 + c0 + 1u, acc1_0.y); }
         if (c0 + 2u < p.n) { store(row1 + c0 + 2u, acc1_0.z); }
@@ -231,7 +249,7 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (c0 + 15u < p.n) { store(row1 + c0 + 15u, acc1_3.w); }
     }
     if (r0 + 2u < p.m) {
-        let row2 = c_base + (r0 + 2u) * p.n;
+        let row2 = c_base + (r0 + 2u) * p.ldc;
         if (c0 + 0u < p.n) { store(row2 + c0 + 0u, acc2_0.x); }
         if (c0 + 1u < p.n) { store(row2 + c0 + 1u, acc2_0.y); }
         if (c0 + 2u < p.n) { store(row2 + c0 + 2u, acc2_0.z); }
@@ -250,7 +268,7 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (c0 + 15u < p.n) { store(row2 + c0 + 15u, acc2_3.w); }
     }
     if (r0 + 3u < p.m) {
-        let row3 = c_base + (r0 + 3u) * p.n;
+        let row3 = c_base + (r0 + 3u) * p.ldc;
         if (c0 + 0u < p.n) { store(row3 + c0 + 0u, acc3_0.x); }
         if (c0 + 1u < p.n) { store(row3 + c0 + 1u, acc3_0.y); }
         if (c0 + 2u < p.n) { store(row3 + c0 + 2u, acc3_0.z); }
@@ -269,7 +287,7 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (c0 + 15u < p.n) { store(row3 + c0 + 15u, acc3_3.w); }
     }
     if (r0 + 4u < p.m) {
-        let row4 = c_base + (r0 + 4u) * p.n;
+        let row4 = c_base + (r0 + 4u) * p.ldc;
         if (c0 + 0u < p.n) { store(row4 + c0 + 0u, acc4_0.x); }
         if (c0 + 1u < p.n) { store(row4 + c0 + 1u, acc4_0.y); }
         if (c0 + 2u < p.n) { store(row4 + c0 + 2u, acc4_0.z); }
@@ -288,7 +306,7 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (c0 + 15u < p.n) { store(row4 + c0 + 15u, acc4_3.w); }
     }
     if (r0 + 5u < p.m) {
-        let row5 = c_base + (r0 + 5u) * p.n;
+        let row5 = c_base + (r0 + 5u) * p.ldc;
         if (c0 + 0u < p.n) { store(row5 + c0 + 0u, acc5_0.x); }
         if (c0 + 1u < p.n) { store(row5 + c0 + 1u, acc5_0.y); }
         if (c0 + 2u < p.n) { store(row5 + c0 + 2u, acc5_0.z); }
@@ -307,7 +325,7 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (c0 + 15u < p.n) { store(row5 + c0 + 15u, acc5_3.w); }
     }
     if (r0 + 6u < p.m) {
-        let row6 = c_base + (r0 + 6u) * p.n;
+        let row6 = c_base + (r0 + 6u) * p.ldc;
         if (c0 + 0u < p.n) { store(row6 + c0 + 0u, acc6_0.x); }
         if (c0 + 1u < p.n) { store(row6 + c0 + 1u, acc6_0.y); }
         if (c0 + 2u < p.n) { store(row6 + c0 + 2u, acc6_0.z); }
@@ -326,7 +344,7 @@ fn matmul_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
         if (c0 + 15u < p.n) { store(row6 + c0 + 15u, acc6_3.w); }
     }
     if (r0 + 7u < p.m) {
-        let row7 = c_base + (r0 + 7u) * p.n;
+        let row7 = c_base + (r0 + 7u) * p.ldc;
         if (c0 + 0u < p.n) { store(row7 + c0 + 0u, acc7_0.x); }
         if (c0 + 1u < p.n) { store(row7 + c0 + 1u, acc7_0.y); }
         if (c0 + 2u < p.n) { store(row7 + c0 + 2u, acc7_0.z); }
@@ -359,9 +377,9 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let row0 = wid.y * 64u;
     let col0 = wid.x * 64u;
     let batch = wid.z + p.z_base;
-    let a_base = batch * p.stride_a;
-    let b_base = batch * p.stride_b;
-    let c_base = batch * p.stride_c;
+    let a_base = p.off_a + batch * p.stride_a;
+    let b_base = p.off_b + batch * p.stride_b;
+    let c_base = p.off_c + batch * p.stride_c;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
@@ -378,7 +396,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             let gk = t + kk;
             var va = 0.0;
             if (gr < p.m && gk < p.k) {
-                va = a[a_base + select(gr * p.k + gk, gk * p.m + gr, TRANS_A)];
+                va = a[a_base + select(gr * p.lda + gk, gk * p.lda + gr, TRANS_A)];
             }
             tile_a[kk * 64u + mm] = va;
             var kb = e / 64u;
@@ -388,7 +406,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             let gkb = t + kb;
             var vb = 0.0;
             if (gc < p.n && gkb < p.k) {
-                vb = b[b_base + select(gkb * p.n + gc, gc * p.k + gkb, TRANS_B)];
+                vb = load_b(b_base + select(gkb * p.ldb + gc, gc * p.ldb + gkb, TRANS_B));
             }
             tile_b[kb * 64u + nn] = vb;
         }
@@ -409,7 +427,7 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     var accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
         if (r + i < p.m) {
-            let rowi = c_base + (r + i) * p.n;
+            let rowi = c_base + (r + i) * p.ldc;
             let v = accs[i];
             for (var j = 0u; j < 4u; j++) {
                 if (cc + j < p.n) { store(rowi + cc + j, v[j]); }

@@ -15,6 +15,7 @@ override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 // beta != 0, as a pipeline constant: a branch per store costs minutes of llvmpipe compile time.
 override ACCUMULATE: bool = false;
+override B_BF16: bool = false;
 
 struct Params {
     m: u32,
@@ -24,20 +25,37 @@ struct Params {
     stride_a: u32,
     stride_b: u32,
     stride_c: u32,
-    _pad0: u32,
+    // Leading dimensions (row strides) of the stored A, B and C: a sub-block of a larger
+    // matrix when the host splits a GEMM (see `gemm_dispatch`).
+    lda: u32,
     alpha: f32,
     beta: f32,
-    _pad1: u32,
-    _pad2: u32,
+    ldb: u32,
+    ldc: u32,
+    // Element offsets of the sub-block in A, B and C (0 for a whole GEMM).
+    off_a: u32,
+    off_b: u32,
+    off_c: u32,
+    _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 // op(A): m x k, stored m x k, or k x m when TRANS_A
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 // op(B): k x n, stored k x n, or n x k when TRANS_B
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<u32>;
 // C: m x n
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+// B as stored: f32, or bf16 two per 32-bit word (value 2i in the low half of word i) when
+// B_BF16 (frozen weights kept in bf16); widened to f32 here, so the arithmetic is f32 either way.
+fn load_b(i: u32) -> f32 {
+    if (B_BF16) {
+        let w = b[i >> 1u];
+        return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) != 0u));
+    }
+    return bitcast<f32>(b[i]);
+}
 
 fn store(i: u32, v: f32) {
     if (ACCUMULATE) {
@@ -53,45 +71,45 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     let r0 = wid.y * 128u + lane * 16u;
     let c0 = wid.x * 64u;
     let batch = wid.z + p.z_base;
-    let a_base = batch * p.stride_a;
-    let b_base = batch * p.stride_b;
-    let c_base = batch * p.stride_c;
-    let a_kstep = select(1u, p.m, TRANS_A);
-    let b_kstep = select(p.n, 1u, TRANS_B);
+    let a_base = p.off_a + batch * p.stride_a;
+    let b_base = p.off_b + batch * p.stride_b;
+    let c_base = p.off_c + batch * p.stride_c;
+    let a_kstep = select(1u, p.lda, TRANS_A);
+    let b_kstep = select(p.ldb, 1u, TRANS_B);
     // Offsets of this invocation's rows of op(A).
-    let ao0 = a_base + select((r0 + 0u) * p.k, r0 + 0u, TRANS_A);
-    let ao1 = a_base + select((r0 + 1u) * p.k, r0 + 1u, TRANS_A);
-    let ao2 = a_base + select((r0 + 2u) * p.k, r0 + 2u, TRANS_A);
-    let ao3 = a_base + select((r0 + 3u) * p.k, r0 + 3u, TRANS_A);
-    let ao4 = a_base + select((r0 + 4u) * p.k, r0 + 4u, TRANS_A);
-    let ao5 = a_base + select((r0 + 5u) * p.k, r0 + 5u, TRANS_A);
-    let ao6 = a_base + select((r0 + 6u) * p.k, r0 + 6u, TRANS_A);
-    let ao7 = a_base + select((r0 + 7u) * p.k, r0 + 7u, TRANS_A);
-    let ao8 = a_base + select((r0 + 8u) * p.k, r0 + 8u, TRANS_A);
-    let ao9 = a_base + select((r0 + 9u) * p.k, r0 + 9u, TRANS_A);
-    let ao10 = a_base + select((r0 + 10u) * p.k, r0 + 10u, TRANS_A);
-    let ao11 = a_base + select((r0 + 11u) * p.k, r0 + 11u, TRANS_A);
-    let ao12 = a_base + select((r0 + 12u) * p.k, r0 + 12u, TRANS_A);
-    let ao13 = a_base + select((r0 + 13u) * p.k, r0 + 13u, TRANS_A);
-    let ao14 = a_base + select((r0 + 14u) * p.k, r0 + 14u, TRANS_A);
-    let ao15 = a_base + select((r0 + 15u) * p.k, r0 + 15u, TRANS_A);
+    let ao0 = a_base + select((r0 + 0u) * p.lda, r0 + 0u, TRANS_A);
+    let ao1 = a_base + select((r0 + 1u) * p.lda, r0 + 1u, TRANS_A);
+    let ao2 = a_base + select((r0 + 2u) * p.lda, r0 + 2u, TRANS_A);
+    let ao3 = a_base + select((r0 + 3u) * p.lda, r0 + 3u, TRANS_A);
+    let ao4 = a_base + select((r0 + 4u) * p.lda, r0 + 4u, TRANS_A);
+    let ao5 = a_base + select((r0 + 5u) * p.lda, r0 + 5u, TRANS_A);
+    let ao6 = a_base + select((r0 + 6u) * p.lda, r0 + 6u, TRANS_A);
+    let ao7 = a_base + select((r0 + 7u) * p.lda, r0 + 7u, TRANS_A);
+    let ao8 = a_base + select((r0 + 8u) * p.lda, r0 + 8u, TRANS_A);
+    let ao9 = a_base + select((r0 + 9u) * p.lda, r0 + 9u, TRANS_A);
+    let ao10 = a_base + select((r0 + 10u) * p.lda, r0 + 10u, TRANS_A);
+    let ao11 = a_base + select((r0 + 11u) * p.lda, r0 + 11u, TRANS_A);
+    let ao12 = a_base + select((r0 + 12u) * p.lda, r0 + 12u, TRANS_A);
+    let ao13 = a_base + select((r0 + 13u) * p.lda, r0 + 13u, TRANS_A);
+    let ao14 = a_base + select((r0 + 14u) * p.lda, r0 + 14u, TRANS_A);
+    let ao15 = a_base + select((r0 + 15u) * p.lda, r0 + 15u, TRANS_A);
     // The op(B) columns this invocation loads for the subgroup: c0 + 8q + lane.
     let cb0 = c0 + 0u + lane;
-    let bo0 = b_base + select(cb0, cb0 * p.k, TRANS_B);
+    let bo0 = b_base + select(cb0, cb0 * p.ldb, TRANS_B);
     let cb1 = c0 + 8u + lane;
-    let bo1 = b_base + select(cb1, cb1 * p.k, TRANS_B);
+    let bo1 = b_base + select(cb1, cb1 * p.ldb, TRANS_B);
     let cb2 = c0 + 16u + lane;
-    let bo2 = b_base + select(cb2, cb2 * p.k, TRANS_B);
+    let bo2 = b_base + select(cb2, cb2 * p.ldb, TRANS_B);
     let cb3 = c0 + 24u + lane;
-    let bo3 = b_base + select(cb3, cb3 * p.k, TRANS_B);
+    let bo3 = b_base + select(cb3, cb3 * p.ldb, TRANS_B);
     let cb4 = c0 + 32u + lane;
-    let bo4 = b_base + select(cb4, cb4 * p.k, TRANS_B);
+    let bo4 = b_base + select(cb4, cb4 * p.ldb, TRANS_B);
     let cb5 = c0 + 40u + lane;
-    let bo5 = b_base + select(cb5, cb5 * p.k, TRANS_B);
+    let bo5 = b_base + select(cb5, cb5 * p.ldb, TRANS_B);
     let cb6 = c0 + 48u + lane;
-    let bo6 = b_base + select(cb6, cb6 * p.k, TRANS_B);
+    let bo6 = b_base + select(cb6, cb6 * p.ldb, TRANS_B);
     let cb7 = c0 + 56u + lane;
-    let bo7 = b_base + select(cb7, cb7 * p.k, TRANS_B);
+    let bo7 = b_base + select(cb7, cb7 * p.ldb, TRANS_B);
     var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0); var acc0_2 = vec4<f32>(0.0); var acc0_3 = vec4<f32>(0.0); var acc0_4 = vec4<f32>(0.0); var acc0_5 = vec4<f32>(0.0); var acc0_6 = vec4<f32>(0.0); var acc0_7 = vec4<f32>(0.0); var acc0_8 = vec4<f32>(0.0); var acc0_9 = vec4<f32>(0.0); var acc0_10 = vec4<f32>(0.0); var acc0_11 = vec4<f32>(0.0); var acc0_12 = vec4<f32>(0.0); var acc0_13 = vec4<f32>(0.0); var acc0_14 = vec4<f32>(0.0); var acc0_15 = vec4<f32>(0.0);
     var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0); var acc1_2 = vec4<f32>(0.0); var acc1_3 = vec4<f32>(0.0); var acc1_4 = vec4<f32>(0.0); var acc1_5 = vec4<f32>(0.0); var acc1_6 = vec4<f32>(0.0); var acc1_7 = vec4<f32>(0.0); var acc1_8 = vec4<f32>(0.0); var acc1_9 = vec4<f32>(0.0); var acc1_10 = vec4<f32>(0.0); var acc1_11 = vec4<f32>(0.0); var acc1_12 = vec4<f32>(0.0); var acc1_13 = vec4<f32>(0.0); var acc1_14 = vec4<f32>(0.0); var acc1_15 = vec4<f32>(0.0);
     var acc2_0 = vec4<f32>(0.0); var acc2_1 = vec4<f32>(0.0); var acc2_2 = vec4<f32>(0.0); var acc2_3 = vec4<f32>(0.0); var acc2_4 = vec4<f32>(0.0); var acc2_5 = vec4<f32>(0.0); var acc2_6 = vec4<f32>(0.0); var acc2_7 = vec4<f32>(0.0); var acc2_8 = vec4<f32>(0.0); var acc2_9 = vec4<f32>(0.0); var acc2_10 = vec4<f32>(0.0); var acc2_11 = vec4<f32>(0.0); var acc2_12 = vec4<f32>(0.0); var acc2_13 = vec4<f32>(0.0); var acc2_14 = vec4<f32>(0.0); var acc2_15 = vec4<f32>(0.0);
@@ -111,14 +129,14 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     var ka = 0u;
     var kb = 0u;
     for (var kk = 0u; kk < p.k; kk++) {
-        let bl0 = b[bo0 + kb];
-        let bl1 = b[bo1 + kb];
-        let bl2 = b[bo2 + kb];
-        let bl3 = b[bo3 + kb];
-        let bl4 = b[bo4 + kb];
-        let bl5 = b[bo5 + kb];
-        let bl6 = b[bo6 + kb];
-        let bl7 = b[bo7 + kb];
+        let bl0 = load_b(bo0 + kb);
+        let bl1 = load_b(bo1 + kb);
+        let bl2 = load_b(bo2 + kb);
+        let bl3 = load_b(bo3 + kb);
+        let bl4 = load_b(bo4 + kb);
+        let bl5 = load_b(bo5 + kb);
+        let bl6 = load_b(bo6 + kb);
+        let bl7 = load_b(bo7 + kb);
         let b0 = vec4<f32>(subgroupBroadcast(bl0, 0u), subgroupBroadcast(bl0, 1u), subgroupBroadcast(bl0, 2u), subgroupBroadcast(bl0, 3u));
         let b1 = vec4<f32>(subgroupBroadcast(bl0, 4u), subgroupBroadcast(bl0, 5u), subgroupBroadcast(bl0, 6u), subgroupBroadcast(bl0, 7u));
         let b2 = vec4<f32>(subgroupBroadcast(bl1, 0u), subgroupBroadcast(bl1, 1u), subgroupBroadcast(bl1, 2u), subgroupBroadcast(bl1, 3u));
@@ -410,7 +428,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
         ka += a_kstep;
         kb += b_kstep;
     }
-    let row0 = c_base + (r0 + 0u) * p.n + c0;
+    let row0 = c_base + (r0 + 0u) * p.ldc + c0;
     store(row0 + 0u, acc0_0.x);
     store(row0 + 1u, acc0_0.y);
     store(row0 + 2u, acc0_0.z);
@@ -475,7 +493,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row0 + 61u, acc0_15.y);
     store(row0 + 62u, acc0_15.z);
     store(row0 + 63u, acc0_15.w);
-    let row1 = c_base + (r0 + 1u) * p.n + c0;
+    let row1 = c_base + (r0 + 1u) * p.ldc + c0;
     store(row1 + 0u, acc1_0.x);
     store(row1 + 1u, acc1_0.y);
     store(row1 + 2u, acc1_0.z);
@@ -540,7 +558,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row1 + 61u, acc1_15.y);
     store(row1 + 62u, acc1_15.z);
     store(row1 + 63u, acc1_15.w);
-    let row2 = c_base + (r0 + 2u) * p.n + c0;
+    let row2 = c_base + (r0 + 2u) * p.ldc + c0;
     store(row2 + 0u, acc2_0.x);
     store(row2 + 1u, acc2_0.y);
     store(row2 + 2u, acc2_0.z);
@@ -605,7 +623,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row2 + 61u, acc2_15.y);
     store(row2 + 62u, acc2_15.z);
     store(row2 + 63u, acc2_15.w);
-    let row3 = c_base + (r0 + 3u) * p.n + c0;
+    let row3 = c_base + (r0 + 3u) * p.ldc + c0;
     store(row3 + 0u, acc3_0.x);
     store(row3 + 1u, acc3_0.y);
     store(row3 + 2u, acc3_0.z);
@@ -670,7 +688,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row3 + 61u, acc3_15.y);
     store(row3 + 62u, acc3_15.z);
     store(row3 + 63u, acc3_15.w);
-    let row4 = c_base + (r0 + 4u) * p.n + c0;
+    let row4 = c_base + (r0 + 4u) * p.ldc + c0;
     store(row4 + 0u, acc4_0.x);
     store(row4 + 1u, acc4_0.y);
     store(row4 + 2u, acc4_0.z);
@@ -735,7 +753,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row4 + 61u, acc4_15.y);
     store(row4 + 62u, acc4_15.z);
     store(row4 + 63u, acc4_15.w);
-    let row5 = c_base + (r0 + 5u) * p.n + c0;
+    let row5 = c_base + (r0 + 5u) * p.ldc + c0;
     store(row5 + 0u, acc5_0.x);
     store(row5 + 1u, acc5_0.y);
     store(row5 + 2u, acc5_0.z);
@@ -800,7 +818,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row5 + 61u, acc5_15.y);
     store(row5 + 62u, acc5_15.z);
     store(row5 + 63u, acc5_15.w);
-    let row6 = c_base + (r0 + 6u) * p.n + c0;
+    let row6 = c_base + (r0 + 6u) * p.ldc + c0;
     store(row6 + 0u, acc6_0.x);
     store(row6 + 1u, acc6_0.y);
     store(row6 + 2u, acc6_0.z);
@@ -865,7 +883,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row6 + 61u, acc6_15.y);
     store(row6 + 62u, acc6_15.z);
     store(row6 + 63u, acc6_15.w);
-    let row7 = c_base + (r0 + 7u) * p.n + c0;
+    let row7 = c_base + (r0 + 7u) * p.ldc + c0;
     store(row7 + 0u, acc7_0.x);
     store(row7 + 1u, acc7_0.y);
     store(row7 + 2u, acc7_0.z);
@@ -930,7 +948,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row7 + 61u, acc7_15.y);
     store(row7 + 62u, acc7_15.z);
     store(row7 + 63u, acc7_15.w);
-    let row8 = c_base + (r0 + 8u) * p.n + c0;
+    let row8 = c_base + (r0 + 8u) * p.ldc + c0;
     store(row8 + 0u, acc8_0.x);
     store(row8 + 1u, acc8_0.y);
     store(row8 + 2u, acc8_0.z);
@@ -995,7 +1013,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row8 + 61u, acc8_15.y);
     store(row8 + 62u, acc8_15.z);
     store(row8 + 63u, acc8_15.w);
-    let row9 = c_base + (r0 + 9u) * p.n + c0;
+    let row9 = c_base + (r0 + 9u) * p.ldc + c0;
     store(row9 + 0u, acc9_0.x);
     store(row9 + 1u, acc9_0.y);
     store(row9 + 2u, acc9_0.z);
@@ -1060,7 +1078,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row9 + 61u, acc9_15.y);
     store(row9 + 62u, acc9_15.z);
     store(row9 + 63u, acc9_15.w);
-    let row10 = c_base + (r0 + 10u) * p.n + c0;
+    let row10 = c_base + (r0 + 10u) * p.ldc + c0;
     store(row10 + 0u, acc10_0.x);
     store(row10 + 1u, acc10_0.y);
     store(row10 + 2u, acc10_0.z);
@@ -1125,7 +1143,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row10 + 61u, acc10_15.y);
     store(row10 + 62u, acc10_15.z);
     store(row10 + 63u, acc10_15.w);
-    let row11 = c_base + (r0 + 11u) * p.n + c0;
+    let row11 = c_base + (r0 + 11u) * p.ldc + c0;
     store(row11 + 0u, acc11_0.x);
     store(row11 + 1u, acc11_0.y);
     store(row11 + 2u, acc11_0.z);
@@ -1190,7 +1208,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row11 + 61u, acc11_15.y);
     store(row11 + 62u, acc11_15.z);
     store(row11 + 63u, acc11_15.w);
-    let row12 = c_base + (r0 + 12u) * p.n + c0;
+    let row12 = c_base + (r0 + 12u) * p.ldc + c0;
     store(row12 + 0u, acc12_0.x);
     store(row12 + 1u, acc12_0.y);
     store(row12 + 2u, acc12_0.z);
@@ -1255,7 +1273,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row12 + 61u, acc12_15.y);
     store(row12 + 62u, acc12_15.z);
     store(row12 + 63u, acc12_15.w);
-    let row13 = c_base + (r0 + 13u) * p.n + c0;
+    let row13 = c_base + (r0 + 13u) * p.ldc + c0;
     store(row13 + 0u, acc13_0.x);
     store(row13 + 1u, acc13_0.y);
     store(row13 + 2u, acc13_0.z);
@@ -1320,7 +1338,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row13 + 61u, acc13_15.y);
     store(row13 + 62u, acc13_15.z);
     store(row13 + 63u, acc13_15.w);
-    let row14 = c_base + (r0 + 14u) * p.n + c0;
+    let row14 = c_base + (r0 + 14u) * p.ldc + c0;
     store(row14 + 0u, acc14_0.x);
     store(row14 + 1u, acc14_0.y);
     store(row14 + 2u, acc14_0.z);
@@ -1385,7 +1403,7 @@ fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
     store(row14 + 61u, acc14_15.y);
     store(row14 + 62u, acc14_15.z);
     store(row14 + 63u, acc14_15.w);
-    let row15 = c_base + (r0 + 15u) * p.n + c0;
+    let row15 = c_base + (r0 + 15u) * p.ldc + c0;
     store(row15 + 0u, acc15_0.x);
     store(row15 + 1u, acc15_0.y);
     store(row15 + 2u, acc15_0.z);

@@ -365,13 +365,14 @@ fn permute_reductions_and_adamw_match_closed_forms() {
         b.zeros(1, MemKind::Optim).unwrap(),
         b.zeros(1, MemKind::Optim).unwrap(),
     );
-    b.adamw(&mut p, &up(&b, &[g]), &mut m, &mut v, &cfg1);
+    b.adamw(&mut p, &up(&b, &[g]), &mut m, &mut v, &cfg1, None);
     b.adamw(
         &mut p,
         &up(&b, &[g]),
         &mut m,
         &mut v,
         &AdamW { step: 2, ..cfg1 },
+        None,
     );
     let mut pe = p0 as f64;
     let (mut me, mut ve) = (0.0f64, 0.0f64);

@@ -470,8 +470,8 @@ fn adamw_matches_cpu() {
             weight_decay: 0.01,
             step,
         };
-        g.adamw(&mut gp, &gg, &mut gm, &mut gv, &cfg);
-        cpu.adamw(&mut cp, &cg, &mut cm, &mut cv, &cfg);
+        g.adamw(&mut gp, &gg, &mut gm, &mut gv, &cfg, None);
+        cpu.adamw(&mut cp, &cg, &mut cm, &mut cv, &cfg, None);
     }
     assert_close("adamw param", &down(&g, &gp), &cp.buf, 1e-6);
     assert_close("adamw m", &down(&g, &gm), &cm.buf, 1e-6);

@@ -4,18 +4,27 @@
 //! first; the hot ones (GEMM, softmax, layer norm) are still parallel and cache-friendly because
 //! this is also the fast path on machines without a GPU.
 
-use super::{AdamW, Attn, Backend, BackendKind, Gemm, Ids, Ledger, MemKind, Tensor};
+mod attention;
+pub mod bf16;
+pub mod simd;
+
+use super::{AdamW, Attn, Backend, BackendKind, DType, Gemm, Ids, Ledger, MemKind, Tensor};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
+use simd::vectorized;
 
 /// Rows per rayon task for row-wise ops; small enough to balance, large enough to amortise.
 const ROW_CHUNK: usize = 16;
 /// Elements per rayon task for elementwise ops.
 const ELEM_CHUNK: usize = 1 << 14;
+/// Columns per rayon task for column reductions (bias and LayerNorm parameter gradients).
+const COL_BLOCK: usize = 64;
 
 pub struct Cpu {
     ledger: Ledger,
     threads: usize,
+    /// Packing buffers of the bf16 GEMM, reused across calls.
+    bf16_ws: bf16::Workspace,
 }
 
 impl Default for Cpu {
@@ -29,6 +38,7 @@ impl Cpu {
         Self {
             ledger: Ledger::new(),
             threads: rayon::current_num_threads(),
+            bf16_ws: bf16::Workspace::default(),
         }
     }
 
@@ -36,6 +46,40 @@ impl Cpu {
         let len = data.len();
         let guard = self.ledger.hold(kind, (len * 4) as u64);
         Tensor::from_parts(data, len, guard)
+    }
+
+    /// The values of a bf16 tensor as bf16 bits, in order.
+    fn bf16_values(t: &Tensor<Self>) -> &[u16] {
+        &bytemuck::cast_slice::<f32, u16>(&t.buf)[..t.len()]
+    }
+
+    /// matmul with a bf16 B (see [`bf16`]).
+    fn matmul_bf16(&self, a: &Tensor<Self>, b: &Tensor<Self>, c: &mut Tensor<Self>, spec: &Gemm) {
+        assert!(
+            spec.batch == 1 && a.dtype() == DType::F32 && c.dtype() == DType::F32,
+            "matmul {spec:?}: a bf16 B is supported for a single f32 A·B only"
+        );
+        let (br, bc) = if spec.trans_b {
+            (spec.n, spec.k)
+        } else {
+            (spec.k, spec.n)
+        };
+        let shape = bf16::Shape {
+            m: spec.m,
+            n: spec.n,
+            k: spec.k,
+            trans_a: spec.trans_a,
+            trans_b: spec.trans_b,
+            alpha: spec.alpha,
+            beta: spec.beta,
+        };
+        let bm = bf16::Bf16Mat {
+            data: Self::bf16_values(b),
+            rows: br,
+            cols: bc,
+        };
+        let threads = if spec.flops() > 2e6 { self.threads } else { 1 };
+        bf16::gemm(&self.bf16_ws, &shape, &a.buf, bm, &mut c.buf, threads);
     }
 
     fn gemm_parallelism(&self, flops: f64) -> gemm::Parallelism {
@@ -53,6 +97,57 @@ impl Cpu {
 struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+/// A strided matrix operand: element (i, j) at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+/// C = alpha · A · B + beta · C on one thread (beta = 0 overwrites C, NaN included); A is m×k,
+/// B k×n, C m×n.
+///
+/// # Safety
+/// Every operand must be valid for its strides and sizes, and C writable, not overlapping A, B.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(m: usize, n: usize, k: usize, c: Mat, a: Mat, b: Mat, alpha: f32, beta: f32) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m as isize {
+            for j in 0..n as isize {
+                let p = (c.ptr as *mut f32).offset(i * c.rs + j * c.cs);
+                *p = if beta == 0.0 { 0.0 } else { beta * *p };
+            }
+        }
+        return;
+    }
+    // gemm's convention: dst = alpha·dst + beta·lhs·rhs, dst read only when `read_dst`.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c.ptr as *mut f32,
+        c.cs,
+        c.rs,
+        beta != 0.0,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        beta,
+        alpha,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
 
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
@@ -90,8 +185,24 @@ impl Backend for Cpu {
     fn upload(&self, data: &[f32], kind: MemKind) -> Result<Tensor<Self>> {
         Ok(self.tensor(data.to_vec(), kind))
     }
+    fn upload_bf16(&self, data: &[f32], kind: MemKind) -> Result<Tensor<Self>> {
+        let words = pack_bf16(data);
+        let guard = self.ledger.hold(kind, (words.len() * 4) as u64);
+        Ok(Tensor::from_parts_typed(
+            words,
+            data.len(),
+            guard,
+            DType::Bf16,
+        ))
+    }
     fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
-        Ok(t.buf.clone())
+        Ok(match t.dtype() {
+            DType::F32 => t.buf.clone(),
+            DType::Bf16 => Self::bf16_values(t)
+                .iter()
+                .map(|&v| bf16::from_bf16(v))
+                .collect(),
+        })
     }
     fn write(&self, t: &mut Tensor<Self>, data: &[f32]) -> Result<()> {
         ensure!(
@@ -100,7 +211,10 @@ impl Backend for Cpu {
             data.len(),
             t.len()
         );
-        t.buf.copy_from_slice(data);
+        match t.dtype() {
+            DType::F32 => t.buf.copy_from_slice(data),
+            DType::Bf16 => t.buf = pack_bf16(data),
+        }
         Ok(())
     }
     fn ids(&self, ids: &[u32]) -> Result<Ids<Self>> {
@@ -163,6 +277,29 @@ impl Backend for Cpu {
             .par_chunks_mut(cols)
             .for_each(|r| r.iter_mut().zip(&bias.buf).for_each(|(x, b)| *x += b));
     }
+    fn bias_rows(
+        &self,
+        bias: &Tensor<Self>,
+        residual: Option<&Tensor<Self>>,
+        y: &mut Tensor<Self>,
+        rows: usize,
+        cols: usize,
+    ) {
+        let bias = &bias.buf[..cols];
+        let out = y.buf[..rows * cols]
+            .par_chunks_mut(cols)
+            .with_min_len(ROW_CHUNK);
+        match residual {
+            Some(res) => out
+                .zip(res.buf[..rows * cols].par_chunks(cols))
+                .for_each(|(y, r)| {
+                    y.iter_mut()
+                        .zip(r.iter().zip(bias))
+                        .for_each(|(y, (r, b))| *y = r + b)
+                }),
+            None => out.for_each(|y| y.copy_from_slice(bias)),
+        }
+    }
     fn col_sum(
         &self,
         x: &Tensor<Self>,
@@ -173,18 +310,10 @@ impl Backend for Cpu {
     ) {
         // Column blocks in parallel, rows summed in order: deterministic for any thread count.
         out.buf[..cols]
-            .par_chunks_mut(64)
+            .par_chunks_mut(COL_BLOCK)
             .enumerate()
             .for_each(|(bi, o)| {
-                let c0 = bi * 64;
-                let mut acc = vec![0.0f32; o.len()];
-                for r in 0..rows {
-                    let row = &x.buf[r * cols + c0..r * cols + c0 + o.len()];
-                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                }
-                for (o, a) in o.iter_mut().zip(acc) {
-                    *o = if accumulate { *o + a } else { a };
-                }
+                col_sum_block(&x.buf[..rows * cols], cols, bi * COL_BLOCK, o, accumulate)
             });
     }
     fn sumsq(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize) {
@@ -205,6 +334,17 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, a: &Tensor<Self>, b: &Tensor<Self>, c: &mut Tensor<Self>, spec: &Gemm) {
+        if b.dtype() == DType::Bf16 {
+            let (ea, eb, ec) = spec.extents();
+            assert!(
+                a.len() >= ea && b.len() >= eb && c.len() >= ec,
+                "matmul {spec:?} out of bounds: a {} b {} c {}",
+                a.len(),
+                b.len(),
+                c.len()
+            );
+            return self.matmul_bf16(a, b, c, spec);
+        }
         let Gemm {
             m,
             n,
@@ -308,7 +448,7 @@ impl Backend for Cpu {
         y.buf
             .par_chunks_mut(ELEM_CHUNK)
             .zip(x.buf.par_chunks(ELEM_CHUNK))
-            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x)));
+            .for_each(|(y, x)| gelu_slice(x, y));
     }
     fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &mut Tensor<Self>) {
         dx.buf
@@ -318,11 +458,7 @@ impl Backend for Cpu {
                     .par_chunks(ELEM_CHUNK)
                     .zip(dy.buf.par_chunks(ELEM_CHUNK)),
             )
-            .for_each(|(dx, (x, dy))| {
-                dx.iter_mut()
-                    .zip(x.iter().zip(dy))
-                    .for_each(|(dx, (&x, &dy))| *dx = dy * gelu_grad(x))
-            });
+            .for_each(|(dx, (x, dy))| gelu_grad_slice(x, dy, dx));
     }
 
     fn layernorm_forward(
@@ -348,14 +484,7 @@ impl Backend for Cpu {
             .with_min_len(ROW_CHUNK)
             .for_each(|(r, (y, (mu, rs)))| {
                 let x = &x.buf[r * cols..(r + 1) * cols];
-                let m = x.iter().sum::<f32>() / cols as f32;
-                let var = x.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / cols as f32;
-                let s = 1.0 / (var + eps).sqrt();
-                for c in 0..cols {
-                    y[c] = (x[c] - m) * s * gamma.buf[c] + beta.buf[c];
-                }
-                *mu = m;
-                *rs = s;
+                (*mu, *rs) = layernorm_row(x, &gamma.buf[..cols], &beta.buf[..cols], y, eps);
             });
     }
 
@@ -379,37 +508,23 @@ impl Backend for Cpu {
             .for_each(|(r, dx)| {
                 let x = &x.buf[r * cols..(r + 1) * cols];
                 let dy = &dy.buf[r * cols..(r + 1) * cols];
-                let (m, s) = (mean.buf[r], rstd.buf[r]);
-                let mut mean_g = 0.0f32;
-                let mut mean_gx = 0.0f32;
-                for c in 0..cols {
-                    let g = dy[c] * gamma.buf[c];
-                    let xhat = (x[c] - m) * s;
-                    mean_g += g;
-                    mean_gx += g * xhat;
-                }
-                mean_g /= cols as f32;
-                mean_gx /= cols as f32;
-                for c in 0..cols {
-                    let xhat = (x[c] - m) * s;
-                    dx[c] = (dy[c] * gamma.buf[c] - mean_g - xhat * mean_gx) * s;
-                }
+                layernorm_grad_row(dy, x, &gamma.buf[..cols], mean.buf[r], rstd.buf[r], dx);
             });
         if let Some(dg) = dgamma {
             dg.buf[..cols]
-                .par_chunks_mut(64)
+                .par_chunks_mut(COL_BLOCK)
                 .enumerate()
                 .for_each(|(bi, o)| {
-                    for (j, o) in o.iter_mut().enumerate() {
-                        let c = bi * 64 + j;
-                        let mut acc = 0.0f32;
-                        for r in 0..rows {
-                            acc += dy.buf[r * cols + c]
-                                * (x.buf[r * cols + c] - mean.buf[r])
-                                * rstd.buf[r];
-                        }
-                        *o += acc;
-                    }
+                    let c0 = bi * COL_BLOCK;
+                    layernorm_dgamma_block(
+                        &dy.buf[..rows * cols],
+                        &x.buf[..rows * cols],
+                        &mean.buf[..rows],
+                        &rstd.buf[..rows],
+                        cols,
+                        c0,
+                        o,
+                    );
                 });
         }
         if let Some(db) = dbeta {
@@ -492,6 +607,86 @@ impl Backend for Cpu {
             });
     }
 
+    fn attention_forward(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        key_mask: Option<&Tensor<Self>>,
+        probs: &mut Tensor<Self>,
+        ctx: &mut Tensor<Self>,
+        _scores: &mut Tensor<Self>,
+        spec: &Attn,
+        head_dim: usize,
+    ) -> Result<()> {
+        let (qn, kn) = attention_sizes(spec, head_dim);
+        ensure!(
+            q.len() >= qn && k.len() >= kn && v.len() >= kn && ctx.len() >= qn,
+            "attention_forward {spec:?}, head dim {head_dim}: q {}, k {}, v {}, ctx {} values",
+            q.len(),
+            k.len(),
+            v.len(),
+            ctx.len()
+        );
+        ensure!(
+            probs.len() >= spec.len() && key_mask.is_none_or(|m| m.len() >= spec.batch * spec.tk),
+            "attention_forward {spec:?}: probs of {} values or a short key mask",
+            probs.len()
+        );
+        attention::forward(
+            &q.buf,
+            &k.buf,
+            &v.buf,
+            key_mask.map(|m| &m.buf[..]),
+            &mut probs.buf,
+            &mut ctx.buf,
+            spec,
+            head_dim,
+        );
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        probs: &Tensor<Self>,
+        dctx: &Tensor<Self>,
+        dq: &mut Tensor<Self>,
+        dk: &mut Tensor<Self>,
+        dv: &mut Tensor<Self>,
+        dprobs: &mut Tensor<Self>,
+        _dscores: &mut Tensor<Self>,
+        spec: &Attn,
+        head_dim: usize,
+    ) -> Result<()> {
+        let (qn, kn) = attention_sizes(spec, head_dim);
+        ensure!(
+            [q.len(), dctx.len(), dq.len()].iter().all(|&l| l >= qn)
+                && [k.len(), v.len(), dk.len(), dv.len()]
+                    .iter()
+                    .all(|&l| l >= kn)
+                && probs.len() >= spec.len()
+                && dprobs.len() >= spec.len(),
+            "attention_backward {spec:?}, head dim {head_dim}: an operand is too short"
+        );
+        attention::backward(
+            &q.buf,
+            &k.buf,
+            &v.buf,
+            &probs.buf,
+            &dctx.buf,
+            &mut dq.buf,
+            &mut dk.buf,
+            &mut dv.buf,
+            &mut dprobs.buf,
+            spec,
+            head_dim,
+        );
+        Ok(())
+    }
+
     fn embedding_forward(
         &self,
         ids: &Ids<Self>,
@@ -510,11 +705,25 @@ impl Backend for Cpu {
                     }
                     return;
                 }
-                let row = &table.buf[id as usize * dim..(id as usize + 1) * dim];
-                if accumulate {
-                    o.iter_mut().zip(row).for_each(|(o, r)| *o += r);
-                } else {
-                    o.copy_from_slice(row);
+                let range = id as usize * dim..(id as usize + 1) * dim;
+                match table.dtype() {
+                    DType::F32 => {
+                        let row = &table.buf[range];
+                        if accumulate {
+                            o.iter_mut().zip(row).for_each(|(o, r)| *o += r);
+                        } else {
+                            o.copy_from_slice(row);
+                        }
+                    }
+                    DType::Bf16 => {
+                        let row = &Self::bf16_values(table)[range];
+                        let wide = row.iter().map(|&v| bf16::from_bf16(v));
+                        if accumulate {
+                            o.iter_mut().zip(wide).for_each(|(o, r)| *o += r);
+                        } else {
+                            o.iter_mut().zip(wide).for_each(|(o, r)| *o = r);
+                        }
+                    }
                 }
             });
     }
@@ -578,7 +787,9 @@ impl Backend for Cpu {
         m: &mut Tensor<Self>,
         v: &mut Tensor<Self>,
         cfg: &AdamW,
+        grad_scale: Option<(&Tensor<Self>, usize)>,
     ) {
+        let gs = grad_scale.map_or(1.0, |(t, i)| t.buf[i]);
         let (bc1, bc2) = cfg.bias_corrections();
         let AdamW {
             lr,
@@ -599,12 +810,155 @@ impl Backend for Cpu {
             )
             .for_each(|((p, g), (m, v))| {
                 for i in 0..p.len() {
-                    m[i] = beta1 * m[i] + (1.0 - beta1) * g[i];
-                    v[i] = beta2 * v[i] + (1.0 - beta2) * g[i] * g[i];
+                    let g = if grad_scale.is_some() {
+                        g[i] * gs
+                    } else {
+                        g[i]
+                    };
+                    m[i] = beta1 * m[i] + (1.0 - beta1) * g;
+                    v[i] = beta2 * v[i] + (1.0 - beta2) * g * g;
                     let mhat = m[i] / bc1;
                     let vhat = v[i] / bc2;
                     p[i] -= lr * (mhat / (vhat.sqrt() + eps) + weight_decay * p[i]);
                 }
             });
+    }
+
+    fn clip_factor(&self, sumsq: &Tensor<Self>, count: usize, clip: f32, out: &mut Tensor<Self>) {
+        let norm = sumsq.buf[..count]
+            .iter()
+            .map(|&v| v as f64)
+            .sum::<f64>()
+            .sqrt() as f32;
+        out.buf[0] = norm;
+        out.buf[1] = clip_scale(norm, clip);
+    }
+}
+
+/// bf16 words of `data` (see `DType::Bf16`) in the CPU backend's f32 container.
+fn pack_bf16(data: &[f32]) -> Vec<f32> {
+    super::bf16_words(data)
+        .into_iter()
+        .map(f32::from_bits)
+        .collect()
+}
+
+/// The factor global-norm clipping multiplies gradients by (see `Backend::clip_factor`).
+pub fn clip_scale(norm: f32, clip: f32) -> f32 {
+    if !norm.is_finite() {
+        f32::NAN
+    } else if clip > 0.0 && norm > clip {
+        clip / norm
+    } else {
+        1.0
+    }
+}
+
+/// Values of q (and ctx), and of k (and v), for an attention of `spec`.
+fn attention_sizes(spec: &Attn, head_dim: usize) -> (usize, usize) {
+    let row = spec.heads * head_dim;
+    (spec.batch * spec.tq * row, spec.batch * spec.tk * row)
+}
+
+vectorized! {
+    /// y = gelu(x), elementwise.
+    fn gelu_slice(x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = simd::gelu(x);
+        }
+    }
+}
+
+vectorized! {
+    /// dx = dy ⊙ gelu'(x), elementwise.
+    fn gelu_grad_slice(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            *dx = dy * simd::gelu_grad(x);
+        }
+    }
+}
+
+vectorized! {
+    /// One row of layer norm: y = (x − mean)·rstd·γ + β; returns (mean, rstd).
+    fn layernorm_row(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], eps: f32) -> (f32, f32) {
+        let n = x.len() as f32;
+        let m = simd::sum(x) / n;
+        let var = simd::sum_sq_dev(x, m) / n;
+        let s = 1.0 / (var + eps).sqrt();
+        for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+            *y = (x - m) * s * g + b;
+        }
+        (m, s)
+    }
+}
+
+vectorized! {
+    /// One row of the layer norm backward: dx = (dy·γ − mean(dy·γ) − x̂·mean(dy·γ·x̂))·rstd,
+    /// x̂ = (x − mean)·rstd.
+    fn layernorm_grad_row(dy: &[f32], x: &[f32], gamma: &[f32], m: f32, s: f32, dx: &mut [f32]) {
+        const L: usize = simd::LANES;
+        let cols = x.len();
+        let body = cols / L * L;
+        let (mut ag, mut agx) = ([0.0f32; L], [0.0f32; L]);
+        for c0 in (0..body).step_by(L) {
+            for l in 0..L {
+                let c = c0 + l;
+                let g = dy[c] * gamma[c];
+                ag[l] += g;
+                agx[l] += g * ((x[c] - m) * s);
+            }
+        }
+        let (mut sg, mut sgx) = (ag.iter().sum::<f32>(), agx.iter().sum::<f32>());
+        for c in body..cols {
+            let g = dy[c] * gamma[c];
+            sg += g;
+            sgx += g * ((x[c] - m) * s);
+        }
+        let (mg, mgx) = (sg / cols as f32, sgx / cols as f32);
+        for c in 0..cols {
+            dx[c] = (dy[c] * gamma[c] - mg - (x[c] - m) * s * mgx) * s;
+        }
+    }
+}
+
+vectorized! {
+    /// dγ[c0 + j] += Σ_r dy[r, c]·x̂[r, c] for the columns of `out`, rows in order.
+    fn layernorm_dgamma_block(
+        dy: &[f32],
+        x: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        cols: usize,
+        c0: usize,
+        out: &mut [f32],
+    ) {
+        let w = out.len();
+        let mut acc = [0.0f32; COL_BLOCK];
+        for r in 0..mean.len() {
+            let (m, s) = (mean[r], rstd[r]);
+            let (dyr, xr) = (&dy[r * cols + c0..r * cols + c0 + w], &x[r * cols + c0..r * cols + c0 + w]);
+            for j in 0..w {
+                acc[j] += dyr[j] * ((xr[j] - m) * s);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o += a;
+        }
+    }
+}
+
+vectorized! {
+    /// out[j] (+)= Σ_r x[r, c0 + j], rows in order.
+    fn col_sum_block(x: &[f32], cols: usize, c0: usize, out: &mut [f32], accumulate: bool) {
+        let w = out.len();
+        let mut acc = [0.0f32; COL_BLOCK];
+        for row in x.chunks_exact(cols) {
+            for (a, v) in acc[..w].iter_mut().zip(&row[c0..c0 + w]) {
+                *a += v;
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = if accumulate { *o + a } else { a };
+        }
     }
 }

@@ -27,20 +27,67 @@ pub enum BackendKind {
     Gpu,
 }
 
-/// A flat f32 buffer on a backend, counted in the backend's [`Ledger`] while it lives.
+/// How a tensor's values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DType {
+    /// One f32 per value.
+    #[default]
+    F32,
+    /// bfloat16 (the high half of an f32), two per 32-bit word, value 2i in the low half of
+    /// word i. Only frozen weights are stored so: `matmul` takes them as its B operand,
+    /// `embedding_forward` as its table, `download` widens them to f32.
+    Bf16,
+}
+
+impl DType {
+    /// 32-bit words that hold `len` values.
+    pub fn words(self, len: usize) -> usize {
+        match self {
+            DType::F32 => len,
+            DType::Bf16 => len.div_ceil(2),
+        }
+    }
+}
+
+/// bf16 words of `data` (rounded to nearest even, NaN kept), two values each, value 2i in the
+/// low half of word i (see [`DType::Bf16`]).
+pub fn bf16_words(data: &[f32]) -> Vec<u32> {
+    let b = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+    data.chunks(2)
+        .map(|p| b(p[0]) | p.get(1).map_or(0, |&v| b(v) << 16))
+        .collect()
+}
+
+/// A flat buffer of f32 (or bf16, see [`DType`]) values on a backend, counted in the backend's
+/// [`Ledger`] while it lives.
 pub struct Tensor<B: Backend + ?Sized> {
     pub buf: B::Buf,
     len: usize,
     guard: LedgerGuard,
+    dtype: DType,
 }
 
 impl<B: Backend + ?Sized> Tensor<B> {
     /// For backend implementations: wrap a buffer of `len` f32 already counted by `guard`.
     pub fn from_parts(buf: B::Buf, len: usize, guard: LedgerGuard) -> Self {
-        Self { buf, len, guard }
+        Self::from_parts_typed(buf, len, guard, DType::F32)
     }
+    /// For backend implementations: wrap a buffer of `len` values stored as `dtype`.
+    pub fn from_parts_typed(buf: B::Buf, len: usize, guard: LedgerGuard, dtype: DType) -> Self {
+        Self {
+            buf,
+            len,
+            guard,
+            dtype,
+        }
+    }
+    /// Number of values (not words).
     pub fn len(&self) -> usize {
         self.len
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -211,6 +258,35 @@ impl AdamW {
     }
 }
 
+/// Work a device has done since it was opened: what one training step costs beyond its
+/// arithmetic (each dispatch and submit has a fixed cost; each read back stalls on the device).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    /// Kernel dispatches.
+    pub dispatches: u64,
+    /// Command buffers submitted to the queue.
+    pub submits: u64,
+    /// Bytes copied device → host (downloads).
+    pub read_back_bytes: u64,
+    /// Downloads (each waits for the device).
+    pub read_backs: u64,
+    /// Bytes copied host → device (uploads and writes).
+    pub uploaded_bytes: u64,
+}
+
+impl Counters {
+    /// The work done between `earlier` and `self`.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            dispatches: self.dispatches - earlier.dispatches,
+            submits: self.submits - earlier.submits,
+            read_back_bytes: self.read_back_bytes - earlier.read_back_bytes,
+            read_backs: self.read_backs - earlier.read_backs,
+            uploaded_bytes: self.uploaded_bytes - earlier.uploaded_bytes,
+        }
+    }
+}
+
 /// The op interface. See the module docs for the conventions.
 pub trait Backend: Send + Sync + 'static {
     type Buf: Send + Sync;
@@ -225,14 +301,22 @@ pub trait Backend: Send + Sync + 'static {
     /// A zero-filled tensor of `len` f32.
     fn zeros(&self, len: usize, kind: MemKind) -> Result<Tensor<Self>>;
     fn upload(&self, data: &[f32], kind: MemKind) -> Result<Tensor<Self>>;
-    /// Waits for queued work, then copies the tensor to the host.
+    /// Uploads `data` rounded to bf16 (nearest even), two values per word (see [`DType::Bf16`]).
+    fn upload_bf16(&self, data: &[f32], kind: MemKind) -> Result<Tensor<Self>>;
+    /// Waits for queued work, then copies the tensor to the host (bf16 widened to f32).
     fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>>;
-    /// Overwrites the whole tensor from the host; `data.len()` must equal `t.len()`.
+    /// Overwrites the whole tensor from the host; `data.len()` must equal `t.len()` (rounded
+    /// to bf16 for a bf16 tensor).
     fn write(&self, t: &mut Tensor<Self>, data: &[f32]) -> Result<()>;
     /// Uploads ids (tokens or targets); `Ids::IGNORE` marks positions without a target.
     fn ids(&self, ids: &[u32]) -> Result<Ids<Self>>;
     /// Waits for queued work; reports a deferred device error (out of memory, validation).
     fn sync(&self) -> Result<()>;
+    /// Dispatches, submits and transfers so far, on backends that queue work for a device
+    /// (`None` on the CPU, where ops run in place).
+    fn counters(&self) -> Option<Counters> {
+        None
+    }
 
     // ---- elementwise ----------------------------------------------------------------------
     fn fill(&self, x: &mut Tensor<Self>, value: f32);
@@ -255,6 +339,23 @@ pub trait Backend: Send + Sync + 'static {
     );
     /// x[r, c] += bias[c]; x: [rows, cols], bias: [cols]
     fn add_bias(&self, x: &mut Tensor<Self>, bias: &Tensor<Self>, rows: usize, cols: usize);
+    /// y[r, c] = bias[c] (+ residual[r, c]): a linear layer's output before `matmul`
+    /// accumulates x·Wᵀ into it, so bias and residual cost no pass of their own after the GEMM.
+    /// y, residual: [rows, cols], bias: [cols].
+    fn bias_rows(
+        &self,
+        bias: &Tensor<Self>,
+        residual: Option<&Tensor<Self>>,
+        y: &mut Tensor<Self>,
+        rows: usize,
+        cols: usize,
+    ) {
+        match residual {
+            Some(r) => self.copy(r, y),
+            None => self.fill(y, 0.0),
+        }
+        self.add_bias(y, bias, rows, cols);
+    }
     /// out[c] (+)= Σ_r x[r, c] — the backward of `add_bias`; accumulates when `accumulate`.
     fn col_sum(
         &self,
@@ -325,6 +426,50 @@ pub trait Backend: Send + Sync + 'static {
         dscores: &mut Tensor<Self>,
         spec: &Attn,
     );
+    /// Multi-head attention on projections in the layout linear layers write: q: [B, tq, H·D],
+    /// k, v: [B, tk, H·D] (head h is columns h·D..(h+1)·D). probs: [B, H, tq, tk] =
+    /// softmax(scale · q_h·k_hᵀ) with the masks of `softmax_forward` (saved for the backward);
+    /// ctx: [B, tq, H·D] = probs_h · v_h. `scores`: scratch [B, H, tq, tk].
+    ///
+    /// The default composes permutes, batched GEMMs and `softmax_forward`
+    /// ([`attention_forward_unfused`]); a backend may fuse it.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        key_mask: Option<&Tensor<Self>>,
+        probs: &mut Tensor<Self>,
+        ctx: &mut Tensor<Self>,
+        scores: &mut Tensor<Self>,
+        spec: &Attn,
+        head_dim: usize,
+    ) -> Result<()> {
+        attention_forward_unfused(self, q, k, v, key_mask, probs, ctx, scores, spec, head_dim)
+    }
+    /// Backward of [`Backend::attention_forward`]: dctx: [B, tq, H·D] → dq: [B, tq, H·D],
+    /// dk, dv: [B, tk, H·D] (written). `dprobs`, `dscores`: scratch [B, H, tq, tk].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        probs: &Tensor<Self>,
+        dctx: &Tensor<Self>,
+        dq: &mut Tensor<Self>,
+        dk: &mut Tensor<Self>,
+        dv: &mut Tensor<Self>,
+        dprobs: &mut Tensor<Self>,
+        dscores: &mut Tensor<Self>,
+        spec: &Attn,
+        head_dim: usize,
+    ) -> Result<()> {
+        attention_backward_unfused(
+            self, q, k, v, probs, dctx, dq, dk, dv, dprobs, dscores, spec, head_dim,
+        )
+    }
     /// out[i, :] (+)= table[ids[i], :]; out: [ids.len(), dim]; accumulates when `accumulate`.
     fn embedding_forward(
         &self,
@@ -356,7 +501,9 @@ pub trait Backend: Send + Sync + 'static {
         classes: usize,
         grad_scale: f32,
     );
-    /// One AdamW step on param with grad, updating the moments m and v in place.
+    /// One AdamW step on param with grad, updating the moments m and v in place. With
+    /// `grad_scale = Some((s, i))` the gradient is multiplied by `s[i]` first (a clipping factor
+    /// from [`Backend::clip_factor`], so clipping needs no read-back).
     fn adamw(
         &self,
         param: &mut Tensor<Self>,
@@ -364,5 +511,126 @@ pub trait Backend: Send + Sync + 'static {
         m: &mut Tensor<Self>,
         v: &mut Tensor<Self>,
         cfg: &AdamW,
+        grad_scale: Option<(&Tensor<Self>, usize)>,
     );
+    /// Global-norm clipping on the device: with n = sqrt(Σ sumsq[..count]), writes
+    /// out[0] = n and out[1] = clip / n when clip > 0 and n > clip, else 1 (NaN when n is not
+    /// finite, so a diverged step poisons the update and the read-back reports it).
+    fn clip_factor(&self, sumsq: &Tensor<Self>, count: usize, clip: f32, out: &mut Tensor<Self>);
+}
+
+/// [`Backend::attention_forward`] composed of permutes into [B, H, T, D], batched GEMMs and
+/// `softmax_forward`: the default, and the oracle fused implementations are tested against.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_unfused<B: Backend + ?Sized>(
+    be: &B,
+    q: &Tensor<B>,
+    k: &Tensor<B>,
+    v: &Tensor<B>,
+    key_mask: Option<&Tensor<B>>,
+    probs: &mut Tensor<B>,
+    ctx: &mut Tensor<B>,
+    scores: &mut Tensor<B>,
+    spec: &Attn,
+    head_dim: usize,
+) -> Result<()> {
+    let Attn {
+        batch: b,
+        heads: h,
+        tq,
+        tk,
+        ..
+    } = *spec;
+    let d = head_dim;
+    let bh = b * h;
+    let z = |len| be.zeros(len, MemKind::Scratch);
+    let (mut qh, mut kh, mut vh) = (z(bh * tq * d)?, z(bh * tk * d)?, z(bh * tk * d)?);
+    be.permute0213(q, &mut qh, [b, tq, h, d]);
+    be.permute0213(k, &mut kh, [b, tk, h, d]);
+    be.permute0213(v, &mut vh, [b, tk, h, d]);
+    // scores: [B, H, tq, tk] = qh · khᵀ (the scale is applied inside the softmax)
+    be.matmul(
+        &qh,
+        &kh,
+        scores,
+        &Gemm::nt(tq, tk, d).batched(bh, tq * d, tk * d, tq * tk),
+    );
+    be.softmax_forward(scores, probs, key_mask, spec);
+    // ctxh: [B, H, tq, D] = probs · vh (into qh, no longer needed)
+    be.matmul(
+        probs,
+        &vh,
+        &mut qh,
+        &Gemm::nn(tq, d, tk).batched(bh, tq * tk, tk * d, tq * d),
+    );
+    be.permute0213(&qh, ctx, [b, h, tq, d]);
+    Ok(())
+}
+
+/// [`Backend::attention_backward`] composed of permutes, batched GEMMs and `softmax_backward`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_unfused<B: Backend + ?Sized>(
+    be: &B,
+    q: &Tensor<B>,
+    k: &Tensor<B>,
+    v: &Tensor<B>,
+    probs: &Tensor<B>,
+    dctx: &Tensor<B>,
+    dq: &mut Tensor<B>,
+    dk: &mut Tensor<B>,
+    dv: &mut Tensor<B>,
+    dprobs: &mut Tensor<B>,
+    dscores: &mut Tensor<B>,
+    spec: &Attn,
+    head_dim: usize,
+) -> Result<()> {
+    let Attn {
+        batch: b,
+        heads: h,
+        tq,
+        tk,
+        ..
+    } = *spec;
+    let d = head_dim;
+    let bh = b * h;
+    let z = |len| be.zeros(len, MemKind::Scratch);
+    let (mut qh, mut kh, mut vh) = (z(bh * tq * d)?, z(bh * tk * d)?, z(bh * tk * d)?);
+    let (mut dch, mut gh) = (z(bh * tq * d)?, z(bh * tk * d)?);
+    be.permute0213(q, &mut qh, [b, tq, h, d]);
+    be.permute0213(k, &mut kh, [b, tk, h, d]);
+    be.permute0213(v, &mut vh, [b, tk, h, d]);
+    be.permute0213(dctx, &mut dch, [b, tq, h, d]);
+    // dprobs: [B, H, tq, tk] = dctxh · vhᵀ
+    be.matmul(
+        &dch,
+        &vh,
+        dprobs,
+        &Gemm::nt(tq, tk, d).batched(bh, tq * d, tk * d, tq * tk),
+    );
+    // dvh: [B, H, tk, D] = probsᵀ · dctxh
+    be.matmul(
+        probs,
+        &dch,
+        &mut gh,
+        &Gemm::tn(tk, d, tq).batched(bh, tq * tk, tq * d, tk * d),
+    );
+    be.permute0213(&gh, dv, [b, h, tk, d]);
+    be.softmax_backward(probs, dprobs, dscores, spec);
+    // dqh: [B, H, tq, D] = dscores · kh (into dch, no longer needed)
+    be.matmul(
+        dscores,
+        &kh,
+        &mut dch,
+        &Gemm::nn(tq, d, tk).batched(bh, tq * tk, tk * d, tq * d),
+    );
+    be.permute0213(&dch, dq, [b, h, tq, d]);
+    // dkh: [B, H, tk, D] = dscoresᵀ · qh
+    be.matmul(
+        dscores,
+        &qh,
+        &mut gh,
+        &Gemm::tn(tk, d, tq).batched(bh, tq * tk, tq * d, tk * d),
+    );
+    be.permute0213(&gh, dk, [b, h, tk, d]);
+    Ok(())
 }

@@ -9,9 +9,9 @@
 
 use crate::adapter::ModuleKind;
 use crate::backend::cpu::Cpu;
-use crate::backend::{AdamW, Backend, Gemm, MemKind};
+use crate::backend::{AdamW, Backend, Counters, DType, Gemm, MemKind};
 use crate::model::{
-    Batch, Flavour, Head, LoraConfig, Model, ModelConfig, Pooling, Target, TrainMode,
+    Batch, Flavour, Head, HostWeights, LoraConfig, Model, ModelConfig, Pooling, Target, TrainMode,
 };
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
@@ -24,6 +24,34 @@ pub enum Device {
     Cpu,
     Gpu,
     Both,
+}
+
+/// What one measurement times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// A LoRA training step: forward, backward, AdamW on the adapters and the head.
+    Lora,
+    /// A full fine-tuning step: every weight trains.
+    Full,
+    /// The loss of the LoRA model, no gradients.
+    Forward,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Lora => "LoRA step",
+            Mode::Full => "full fine-tuning step",
+            Mode::Forward => "forward only",
+        }
+    }
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Lora => "lora",
+            Mode::Full => "full",
+            Mode::Forward => "forward",
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -51,9 +79,43 @@ pub struct BenchTrainArgs {
     /// Timed steps per mode (after one untimed warm-up step); the median is reported.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Modes to measure, in order (comma list).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "lora,full,forward"
+    )]
+    pub modes: Vec<Mode>,
     /// Skip full fine-tuning (the slowest mode).
     #[arg(long)]
     pub no_full: bool,
+    /// Pretrained weights (a folder or hub name, as `adarank run` takes): the model's shape comes
+    /// from its config.json and overrides --layers, --hidden, --heads, --ffn and --vocab.
+    /// Without it the weights are random (BERT init), which times the same.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Also print one JSON line per mode (for scripts/bench-vs-pytorch).
+    #[arg(long)]
+    pub json: bool,
+    /// Storage of the frozen weights in the LoRA and forward modes (full fine-tuning is f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub weights: Weights,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Weights {
+    F32,
+    Bf16,
+}
+
+impl Weights {
+    fn dtype(self) -> DType {
+        match self {
+            Weights::F32 => DType::F32,
+            Weights::Bf16 => DType::Bf16,
+        }
+    }
 }
 
 /// GEMM FLOPs of one pass for this configuration, written out from the GEMMs the model issues
@@ -131,19 +193,39 @@ fn gemm_rate<B: Backend>(be: &B, a: &BenchTrainArgs) -> Result<f64> {
 }
 
 struct Row {
-    name: &'static str,
+    mode: Mode,
     secs: f64,
     flops: f64,
     peak: u64,
+    /// Device work per timed step (GPU backend only).
+    per_step: Option<PerStep>,
 }
 
-fn bench_mode<B: Backend>(
-    be: &Arc<B>,
-    a: &BenchTrainArgs,
-    mode: TrainMode,
-    forward_only: bool,
-) -> Result<(f64, u64)> {
-    let cfg = ModelConfig {
+/// Averages over the timed steps of a device's counters.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+struct PerStep {
+    dispatches: f64,
+    submits: f64,
+    read_backs: f64,
+    read_back_bytes: f64,
+    uploaded_bytes: f64,
+}
+
+impl PerStep {
+    fn of(c: Counters, steps: usize) -> Self {
+        let s = steps as f64;
+        PerStep {
+            dispatches: c.dispatches as f64 / s,
+            submits: c.submits as f64 / s,
+            read_backs: c.read_backs as f64 / s,
+            read_back_bytes: c.read_back_bytes as f64 / s,
+            uploaded_bytes: c.uploaded_bytes as f64 / s,
+        }
+    }
+}
+
+fn model_config(a: &BenchTrainArgs) -> ModelConfig {
+    ModelConfig {
         flavour: Flavour::Encoder,
         vocab: a.vocab,
         max_positions: a.seq.max(512),
@@ -153,12 +235,29 @@ fn bench_mode<B: Backend>(
         heads: a.heads,
         ffn: a.ffn,
         ln_eps: 1e-12,
-    };
+    }
+}
+
+/// Median seconds per step of `mode`, the ledger's peak bytes, and the device's work per step.
+fn bench_mode<B: Backend>(
+    be: &Arc<B>,
+    a: &BenchTrainArgs,
+    cfg: &ModelConfig,
+    weights: Option<&HostWeights>,
+    mode: Mode,
+) -> Result<(f64, u64, Option<PerStep>)> {
     let head = Head::Classify {
         classes: 2,
         pooling: Pooling::Mean,
     };
-    let mut m = Model::new(be.clone(), cfg, head, mode, None, 1)?;
+    let train = match mode {
+        Mode::Full => TrainMode::Full,
+        Mode::Lora | Mode::Forward => TrainMode::Lora(LoraConfig {
+            frozen: a.weights.dtype(),
+            ..LoraConfig::uniform(a.layers, &ModuleKind::ALL, a.rank, 16.0)
+        }),
+    };
+    let mut m = Model::new(be.clone(), cfg.clone(), head, train, weights, 1)?;
     let b = batch(a);
     let opt = AdamW {
         lr: 1e-4,
@@ -170,9 +269,13 @@ fn bench_mode<B: Backend>(
     };
     be.ledger().reset_peak();
     let mut times = vec![];
+    let mut start = None;
     for i in 0..=a.steps {
+        if i == 1 {
+            start = be.counters();
+        }
         let t0 = Instant::now();
-        if forward_only {
+        if mode == Mode::Forward {
             m.loss(&b)?;
         } else {
             m.zero_grads();
@@ -184,10 +287,19 @@ fn bench_mode<B: Backend>(
             times.push(t0.elapsed().as_secs_f64());
         }
     }
-    Ok((median(times), be.ledger().snapshot().total_peak))
+    let per_step = match (start, be.counters()) {
+        (Some(s), Some(e)) => Some(PerStep::of(e.since(&s), a.steps)),
+        _ => None,
+    };
+    Ok((median(times), be.ledger().snapshot().total_peak, per_step))
 }
 
-fn run<B: Backend>(be: Arc<B>, a: &BenchTrainArgs) -> Result<()> {
+fn run<B: Backend>(
+    be: Arc<B>,
+    a: &BenchTrainArgs,
+    cfg: &ModelConfig,
+    weights: Option<&HostWeights>,
+) -> Result<()> {
     let fl = count_flops(a);
     let rate = gemm_rate(&*be, a)?;
     println!(
@@ -198,47 +310,36 @@ fn run<B: Backend>(be: Arc<B>, a: &BenchTrainArgs) -> Result<()> {
         a.hidden,
         rate
     );
-    let lora = TrainMode::Lora(LoraConfig::uniform(
-        a.layers,
-        &ModuleKind::ALL,
-        a.rank,
-        16.0,
-    ));
     let mut rows = vec![];
-    let (s, p) = bench_mode(&be, a, lora.clone(), false)?;
-    rows.push(Row {
-        name: "LoRA step",
-        secs: s,
-        flops: fl.lora_step,
-        peak: p,
-    });
-    if !a.no_full {
-        let (s, p) = bench_mode(&be, a, TrainMode::Full, false)?;
+    for &mode in &a.modes {
+        if mode == Mode::Full && a.no_full {
+            continue;
+        }
+        let (secs, peak, per_step) = bench_mode(&be, a, cfg, weights, mode)?;
+        let flops = match mode {
+            Mode::Lora => fl.lora_step,
+            Mode::Full => fl.full_step,
+            Mode::Forward => fl.forward,
+        };
         rows.push(Row {
-            name: "full fine-tuning step",
-            secs: s,
-            flops: fl.full_step,
-            peak: p,
+            mode,
+            secs,
+            flops,
+            peak,
+            per_step,
         });
     }
-    let (s, p) = bench_mode(&be, a, lora, true)?;
-    rows.push(Row {
-        name: "forward only",
-        secs: s,
-        flops: fl.forward,
-        peak: p,
-    });
     let tokens = (a.batch * a.seq) as f64;
     println!(
         "{:<22} {:>8} {:>10} {:>11} {:>14} {:>11} {:>12}",
         "mode", "s/step", "tokens/s", "GFLOP/step", "ceiling tok/s", "of ceiling", "peak ledger"
     );
-    for r in rows {
+    for r in &rows {
         let ceiling = tokens / (r.flops / (rate * 1e9));
         let tps = tokens / r.secs;
         println!(
             "{:<22} {:>8.3} {:>10.0} {:>11.2} {:>14.0} {:>10.0}% {:>8.0} MiB",
-            r.name,
+            r.mode.label(),
             r.secs,
             tps,
             r.flops / 1e9,
@@ -247,17 +348,60 @@ fn run<B: Backend>(be: Arc<B>, a: &BenchTrainArgs) -> Result<()> {
             r.peak as f64 / (1 << 20) as f64
         );
     }
+    for r in &rows {
+        if let Some(p) = r.per_step {
+            println!(
+                "{:<22} per step: {:.0} dispatches, {:.1} submits, {:.1} read-backs of {:.0} bytes \
+                 in all, {:.0} bytes uploaded",
+                r.mode.label(),
+                p.dispatches,
+                p.submits,
+                p.read_backs,
+                p.read_back_bytes,
+                p.uploaded_bytes
+            );
+        }
+    }
+    if a.json {
+        for r in &rows {
+            let line = serde_json::json!({
+                "side": "ours",
+                "device": be.name(),
+                "mode": r.mode.key(),
+                "secs": r.secs,
+                "tokens_per_s": tokens / r.secs,
+                "gemm_gflops": rate,
+                "of_ceiling": (tokens / r.secs) / (tokens / (r.flops / (rate * 1e9))),
+                "peak_ledger_bytes": r.peak,
+                "weights": format!("{:?}", a.weights).to_lowercase(),
+                // The process peak: the caller runs one mode per process to read it per mode.
+                "peak_rss_gib": peak_rss_gib().unwrap_or(f64::NAN),
+                "per_step": r.per_step,
+            });
+            println!("{line}");
+        }
+    }
     Ok(())
 }
 
-fn peak_rss() -> Option<String> {
+fn peak_rss_gib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(format!("{:.2} GiB", kb / (1 << 20) as f64))
+    Some(kb / (1 << 20) as f64)
 }
 
-pub fn main(a: BenchTrainArgs) -> Result<()> {
+pub fn main(mut a: BenchTrainArgs) -> Result<()> {
+    let (cfg, weights) = match &a.model {
+        Some(spec) => {
+            let ck = crate::data::hf::load(spec)?;
+            let c = ck.config.model_config();
+            (a.layers, a.hidden, a.heads, a.ffn, a.vocab) =
+                (c.layers, c.hidden, c.heads, c.ffn, c.vocab);
+            (c, Some(ck.weights))
+        }
+        None => (model_config(&a), None),
+    };
     if !a.hidden.is_multiple_of(a.heads) {
         bail!(
             "--hidden {} must be divisible by --heads {}",
@@ -274,7 +418,7 @@ pub fn main(a: BenchTrainArgs) -> Result<()> {
     println!(
         "adarank bench train — encoder, {} layers, hidden {}, {} heads, FFN {}, vocab {}, \
          seq {}, batch {} ({} tokens/step); LoRA rank {} on q, k, v, o, ffn_in, ffn_out \
-         ({} adapters); AdamW, f32, median of {} steps",
+         ({} adapters); AdamW, frozen weights {:?}, median of {} steps; weights: {}",
         a.layers,
         a.hidden,
         a.heads,
@@ -285,23 +429,26 @@ pub fn main(a: BenchTrainArgs) -> Result<()> {
         a.batch * a.seq,
         a.rank,
         6 * a.layers,
-        a.steps
+        a.weights,
+        a.steps,
+        a.model.as_deref().unwrap_or("random")
     );
+    let w = weights.as_ref();
     if matches!(a.device, Device::Cpu | Device::Both) {
-        run(Arc::new(Cpu::new()), &a)?;
+        run(Arc::new(Cpu::new()), &a, &cfg, w)?;
     }
     if matches!(a.device, Device::Gpu | Device::Both) {
         // Software adapters (lavapipe) count: they run the real kernels, slowly.
         match crate::backend::gpu::Gpu::open(crate::backend::gpu::AdapterFilter::AllowCpu)? {
-            Some(g) => run(Arc::new(g), &a)?,
+            Some(g) => run(Arc::new(g), &a, &cfg, w)?,
             None if a.device == Device::Gpu => {
                 bail!("--device gpu: no wgpu adapter found (set WGPU_BACKEND=vulkan, install a driver)")
             }
             None => println!("gpu: skipped — no wgpu adapter found"),
         }
     }
-    if let Some(rss) = peak_rss() {
-        println!("peak RSS of this process: {rss}");
+    if let Some(rss) = peak_rss_gib() {
+        println!("peak RSS of this process: {rss:.2} GiB");
     }
     Ok(())
 }

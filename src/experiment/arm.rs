@@ -264,6 +264,7 @@ pub fn train_mode(arm: &ArmPlan, layers: usize) -> TrainMode {
         alpha: l.alpha as f32,
         rslora: l.rslora,
         svd_form: arm.adalora.is_some(),
+        frozen: arm.train.weights,
         ..LoraConfig::default()
     };
     for (layer, kind) in covered(l, layers) {

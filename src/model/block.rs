@@ -7,10 +7,10 @@
 //!                             out = r1 + FfnOut(gelu(FfnIn(f)))
 //! No dropout: training is deterministic, and the planted-rank task wants exact targets.
 
-use super::linear::Linear;
+use super::linear::{AdapterScratch, Linear};
 use super::param::Param;
 use crate::adapter::ModuleKind;
-use crate::backend::{Attn, Backend, Gemm, MemKind, Tensor};
+use crate::backend::{Attn, Backend, MemKind, Tensor};
 use anyhow::Result;
 
 /// Sizes of one forward pass.
@@ -122,9 +122,10 @@ pub struct LayerActs<B: Backend> {
     pub a_in: Option<Tensor<B>>,
     pub ln_a_mean: Tensor<B>, // [N]
     pub ln_a_rstd: Tensor<B>, // [N]
-    pub qh: Tensor<B>,        // [B, H, T, D]
-    pub kh: Tensor<B>,        // [B, H, T, D]
-    pub vh: Tensor<B>,        // [B, H, T, D]
+    /// Projections, head h in columns h·D..(h+1)·D (no permuted copies).
+    pub q: Tensor<B>, // [N, C] = [B, T, H·D]
+    pub k: Tensor<B>,         // [N, C]
+    pub v: Tensor<B>,         // [N, C]
     pub probs: Tensor<B>,     // [B, H, T, T]
     pub ctx: Tensor<B>,       // [N, C] attention output before O
     pub r1: Tensor<B>,        // [N, C] x + O(ctx)
@@ -142,14 +143,13 @@ impl<B: Backend> LayerActs<B> {
     pub fn new(be: &B, d: Dims, decoder: bool) -> Result<Self> {
         let (n, c, f) = (d.n(), d.c, d.f);
         let z = |len| be.zeros(len, MemKind::Activation);
-        let bhtd = d.b * d.h * d.t * d.d;
         Ok(Self {
             a_in: if decoder { Some(z(n * c)?) } else { None },
             ln_a_mean: z(n)?,
             ln_a_rstd: z(n)?,
-            qh: z(bhtd)?,
-            kh: z(bhtd)?,
-            vh: z(bhtd)?,
+            q: z(n * c)?,
+            k: z(n * c)?,
+            v: z(n * c)?,
             probs: z(d.b * d.h * d.t * d.t)?,
             ctx: z(n * c)?,
             r1: z(n * c)?,
@@ -170,10 +170,13 @@ pub struct Work<B: Backend> {
     pub nc2: Tensor<B>,   // [N, C]
     pub nf: Tensor<B>,    // [N, F]
     pub nf2: Tensor<B>,   // [N, F]
-    pub bhtd: Tensor<B>,  // [B, H, T, D]
-    pub bhtd2: Tensor<B>, // [B, H, T, D]
+    pub dq: Tensor<B>,    // [N, C]
+    pub dk: Tensor<B>,    // [N, C]
+    pub dv: Tensor<B>,    // [N, C]
     pub bhtt: Tensor<B>,  // [B, H, T, T]
     pub bhtt2: Tensor<B>, // [B, H, T, T]
+    /// The adapters' backward scratch, kept across steps.
+    pub adapter: AdapterScratch<B>,
 }
 
 /// Gradients flowing between blocks in the backward pass.
@@ -199,17 +202,18 @@ impl<B: Backend> Work<B> {
     pub fn new(be: &B, d: Dims) -> Result<Self> {
         let (n, c, f) = (d.n(), d.c, d.f);
         let z = |len| be.zeros(len, MemKind::Scratch);
-        let bhtd = d.b * d.h * d.t * d.d;
         let bhtt = d.b * d.h * d.t * d.t;
         Ok(Self {
             nc: z(n * c)?,
             nc2: z(n * c)?,
             nf: z(n * f)?,
             nf2: z(n * f)?,
-            bhtd: z(bhtd)?,
-            bhtd2: z(bhtd)?,
+            dq: z(n * c)?,
+            dk: z(n * c)?,
+            dv: z(n * c)?,
             bhtt: z(bhtt)?,
             bhtt2: z(bhtt)?,
+            adapter: AdapterScratch::default(),
         })
     }
 }
@@ -257,7 +261,7 @@ fn ln_backward<B: Backend>(
     be.layernorm_backward(dy, x, gw, mean, rstd, dx, dg, db, d.n(), d.c);
 }
 
-/// Multi-head attention core: ctx = softmax(q·kᵀ/√D, masks)·v, saving qh, kh, vh, probs.
+/// Multi-head attention core: ctx = softmax(q·kᵀ/√D, masks)·v, saving q, k, v, probs.
 /// `x`: [N, C] attention input.
 #[allow(clippy::too_many_arguments)]
 fn attention_forward<B: Backend>(
@@ -270,32 +274,21 @@ fn attention_forward<B: Backend>(
     d: Dims,
     causal: bool,
 ) -> Result<()> {
-    let (n, t, dd) = (d.n(), d.t, d.d);
-    let perm = [d.b, d.t, d.h, d.d]; // [B, T, H, D] → [B, H, T, D]
-    blk.q.forward(be, x, &mut work.nc, n)?;
-    be.permute0213(&work.nc, &mut acts.qh, perm);
-    blk.k.forward(be, x, &mut work.nc, n)?;
-    be.permute0213(&work.nc, &mut acts.kh, perm);
-    blk.v.forward(be, x, &mut work.nc, n)?;
-    be.permute0213(&work.nc, &mut acts.vh, perm);
-    let bh = d.b * d.h;
-    // scores: [B, H, T, T] = qh · khᵀ (the 1/√D scale is applied inside the softmax)
-    be.matmul(
-        &acts.qh,
-        &acts.kh,
+    let n = d.n();
+    blk.q.forward(be, x, &mut acts.q, n)?;
+    blk.k.forward(be, x, &mut acts.k, n)?;
+    blk.v.forward(be, x, &mut acts.v, n)?;
+    be.attention_forward(
+        &acts.q,
+        &acts.k,
+        &acts.v,
+        Some(key_mask),
+        &mut acts.probs,
+        &mut acts.ctx,
         &mut work.bhtt,
-        &Gemm::nt(t, t, dd).batched(bh, t * dd, t * dd, t * t),
-    );
-    be.softmax_forward(&work.bhtt, &mut acts.probs, Some(key_mask), &d.attn(causal));
-    // ctxh: [B, H, T, D] = probs · vh
-    be.matmul(
-        &acts.probs,
-        &acts.vh,
-        &mut work.bhtd,
-        &Gemm::nn(t, dd, t).batched(bh, t * t, t * dd, t * dd),
-    );
-    be.permute0213(&work.bhtd, &mut acts.ctx, [d.b, d.h, d.t, d.d]);
-    Ok(())
+        &d.attn(causal),
+        d.d,
+    )
 }
 
 /// Backward of attention from dctx-producing O: given dr1 (gradient at O's output), accumulates
@@ -313,51 +306,38 @@ fn attention_backward<B: Backend>(
     d: Dims,
     causal: bool,
 ) -> Result<()> {
-    let (n, t, dd) = (d.n(), d.t, d.d);
-    let bh = d.b * d.h;
+    let n = d.n();
     // dctx: [N, C]
-    blk.o
-        .backward(be, &acts.ctx, dr1, Some(&mut work.nc), false, n)?;
-    // dctxh: [B, H, T, D]
-    be.permute0213(&work.nc, &mut work.bhtd, [d.b, d.t, d.h, d.d]);
-    // dprobs: [B, H, T, T] = dctxh · vhᵀ
-    be.matmul(
-        &work.bhtd,
-        &acts.vh,
-        &mut work.bhtt,
-        &Gemm::nt(t, t, dd).batched(bh, t * dd, t * dd, t * t),
-    );
-    // dvh: [B, H, T, D] = probsᵀ · dctxh
-    be.matmul(
+    blk.o.backward(
+        be,
+        &acts.ctx,
+        dr1,
+        Some(&mut work.nc),
+        false,
+        n,
+        &mut work.adapter,
+    )?;
+    // dq, dk, dv: [N, C]
+    be.attention_backward(
+        &acts.q,
+        &acts.k,
+        &acts.v,
         &acts.probs,
-        &work.bhtd,
-        &mut work.bhtd2,
-        &Gemm::tn(t, dd, t).batched(bh, t * t, t * dd, t * dd),
-    );
-    be.permute0213(&work.bhtd2, &mut work.nc, [d.b, d.h, d.t, d.d]);
+        &work.nc,
+        &mut work.dq,
+        &mut work.dk,
+        &mut work.dv,
+        &mut work.bhtt,
+        &mut work.bhtt2,
+        &d.attn(causal),
+        d.d,
+    )?;
+    let sc = &mut work.adapter;
     blk.v
-        .backward(be, x, &work.nc, dx.as_deref_mut(), false, n)?;
-    // dscores: [B, H, T, T]
-    be.softmax_backward(&acts.probs, &work.bhtt, &mut work.bhtt2, &d.attn(causal));
-    // dqh = dscores · kh
-    be.matmul(
-        &work.bhtt2,
-        &acts.kh,
-        &mut work.bhtd,
-        &Gemm::nn(t, dd, t).batched(bh, t * t, t * dd, t * dd),
-    );
-    be.permute0213(&work.bhtd, &mut work.nc, [d.b, d.h, d.t, d.d]);
+        .backward(be, x, &work.dv, dx.as_deref_mut(), false, n, sc)?;
     blk.q
-        .backward(be, x, &work.nc, dx.as_deref_mut(), true, n)?;
-    // dkh = dscoresᵀ · qh
-    be.matmul(
-        &work.bhtt2,
-        &acts.qh,
-        &mut work.bhtd,
-        &Gemm::tn(t, dd, t).batched(bh, t * t, t * dd, t * dd),
-    );
-    be.permute0213(&work.bhtd, &mut work.nc, [d.b, d.h, d.t, d.d]);
-    blk.k.backward(be, x, &work.nc, dx, true, n)?;
+        .backward(be, x, &work.dq, dx.as_deref_mut(), true, n, sc)?;
+    blk.k.backward(be, x, &work.dk, dx, true, n, sc)?;
     Ok(())
 }
 
@@ -394,8 +374,8 @@ pub fn block_forward<B: Backend>(
         attention_forward(be, blk, acts, x, key_mask, work, d, false)?;
     }
     // r1 = x + O(ctx)
-    blk.o.forward(be, &acts.ctx, &mut acts.r1, n)?;
-    be.axpy(1.0, x, &mut acts.r1);
+    blk.o
+        .forward_residual(be, &acts.ctx, Some(x), &mut acts.r1, n)?;
     let norm = if decoder { &blk.ln_f } else { &blk.ln_a };
     let (mean, rstd) = if decoder {
         (&mut acts.ln_f_mean, &mut acts.ln_f_rstd)
@@ -407,13 +387,13 @@ pub fn block_forward<B: Backend>(
     be.gelu_forward(&acts.f1, &mut acts.g);
     if decoder {
         // out = r1 + FfnOut(g)
-        blk.ffn_out.forward(be, &acts.g, &mut acts.out, n)?;
-        be.axpy(1.0, &acts.r1, &mut acts.out);
+        blk.ffn_out
+            .forward_residual(be, &acts.g, Some(&acts.r1), &mut acts.out, n)?;
     } else {
         // r2 = h + FfnOut(g); out = LN_f(r2)
         let r2 = acts.r2.as_mut().expect("encoder activations");
-        blk.ffn_out.forward(be, &acts.g, r2, n)?;
-        be.axpy(1.0, &acts.f_in, r2);
+        blk.ffn_out
+            .forward_residual(be, &acts.g, Some(&acts.f_in), r2, n)?;
         ln_forward(
             be,
             &blk.ln_f,
@@ -448,11 +428,12 @@ pub fn block_backward<B: Backend>(
     {
         if decoder {
             // out = r1 + FfnOut(gelu(FfnIn(LN_f(r1))))
+            let sc = &mut work.adapter;
             blk.ffn_out
-                .backward(be, &acts.g, &*dres, Some(&mut work.nf), false, n)?;
+                .backward(be, &acts.g, &*dres, Some(&mut work.nf), false, n, sc)?;
             be.gelu_backward(&acts.f1, &work.nf, &mut work.nf2);
             blk.ffn_in
-                .backward(be, &acts.f_in, &work.nf2, Some(&mut work.nc2), false, n)?;
+                .backward(be, &acts.f_in, &work.nf2, Some(&mut work.nc2), false, n, sc)?;
             // dr1 = dout + LN_f backward
             ln_backward(
                 be,
@@ -504,11 +485,12 @@ pub fn block_backward<B: Backend>(
                 d,
             );
             // r2 = h + FfnOut(gelu(FfnIn(h)))
+            let sc = &mut work.adapter;
             blk.ffn_out
-                .backward(be, &acts.g, &*dres2, Some(&mut work.nf), false, n)?;
+                .backward(be, &acts.g, &*dres2, Some(&mut work.nf), false, n, sc)?;
             be.gelu_backward(&acts.f1, &work.nf, &mut work.nf2);
             blk.ffn_in
-                .backward(be, &acts.f_in, &work.nf2, Some(&mut work.nc2), false, n)?;
+                .backward(be, &acts.f_in, &work.nf2, Some(&mut work.nc2), false, n, sc)?;
             be.axpy(1.0, &*dres2, &mut work.nc2);
             // h = LN_a(r1)
             ln_backward(

@@ -2,6 +2,7 @@
 //! which weights train, and what one batch holds.
 
 use crate::adapter::ModuleKind;
+use crate::backend::DType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -140,6 +141,9 @@ pub struct LoraConfig {
     /// AdaLoRA's SVD form ΔW = B·diag(λ)·A: λ trainable and starting at 0, A and B ~ N(0, 0.02),
     /// scale α / (initial rank), fixed for the adapter's life.
     pub svd_form: bool,
+    /// Storage of the frozen weight matrices and embedding tables (bf16 halves their memory;
+    /// adapters, head, norms and biases stay f32).
+    pub frozen: DType,
 }
 
 impl LoraConfig {
@@ -156,6 +160,7 @@ impl LoraConfig {
             alpha,
             rslora: false,
             svd_form: false,
+            frozen: DType::F32,
         }
     }
 }

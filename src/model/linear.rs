@@ -56,12 +56,53 @@ pub(crate) fn ensure_len<B: Backend>(
     Ok(())
 }
 
+/// Scratch of the adapter backward, [n, rank] tensors kept across steps (one pair per size met,
+/// so mixed ranks allocate once each, not once per step).
+pub struct AdapterScratch<B: Backend> {
+    by_len: Vec<(usize, Tensor<B>, Tensor<B>)>,
+}
+
+impl<B: Backend> Default for AdapterScratch<B> {
+    fn default() -> Self {
+        Self { by_len: Vec::new() }
+    }
+}
+
+impl<B: Backend> AdapterScratch<B> {
+    /// Two tensors of exactly `len` values (contents unspecified).
+    fn pair(&mut self, be: &B, len: usize) -> Result<(&mut Tensor<B>, &mut Tensor<B>)> {
+        let i = match self.by_len.iter().position(|(l, ..)| *l == len) {
+            Some(i) => i,
+            None => {
+                let z = || be.zeros(len, MemKind::Scratch);
+                self.by_len.push((len, z()?, z()?));
+                self.by_len.len() - 1
+            }
+        };
+        let (_, a, b) = &mut self.by_len[i];
+        Ok((a, b))
+    }
+}
+
 impl<B: Backend> Linear<B> {
     /// x: [n, cols] → y: [n, rows] (written).
     pub fn forward(&mut self, be: &B, x: &Tensor<B>, y: &mut Tensor<B>, n: usize) -> Result<()> {
+        self.forward_residual(be, x, None, y, n)
+    }
+
+    /// x: [n, cols] → y: [n, rows] = x·W0ᵀ + b (+ residual: [n, rows]) (+ the adapter's term).
+    /// Bias and residual are written first and the GEMM accumulates onto them.
+    pub fn forward_residual(
+        &mut self,
+        be: &B,
+        x: &Tensor<B>,
+        residual: Option<&Tensor<B>>,
+        y: &mut Tensor<B>,
+        n: usize,
+    ) -> Result<()> {
         let (rows, cols) = (self.rows, self.cols);
-        be.matmul(x, &self.w.w, y, &Gemm::nt(n, rows, cols));
-        be.add_bias(y, &self.bias.w, n, rows);
+        be.bias_rows(&self.bias.w, residual, y, n, rows);
+        be.matmul(x, &self.w.w, y, &Gemm::nt(n, rows, cols).accumulate());
         if let Some(l) = self.lora.as_mut() {
             let r = l.rank;
             if r == 0 {
@@ -94,6 +135,7 @@ impl<B: Backend> Linear<B> {
     /// dy: [n, rows]; x: the forward input [n, cols]. Gradients of trainable parameters
     /// accumulate; dx: [n, cols] is written (or accumulated when `accumulate_dx`), and skipped
     /// when `None` (nothing upstream needs it).
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
         be: &B,
@@ -102,6 +144,7 @@ impl<B: Backend> Linear<B> {
         dx: Option<&mut Tensor<B>>,
         accumulate_dx: bool,
         n: usize,
+        scratch: &mut AdapterScratch<B>,
     ) -> Result<()> {
         let (rows, cols) = (self.rows, self.cols);
         if let Some(g) = self.bias.grad() {
@@ -130,12 +173,12 @@ impl<B: Backend> Linear<B> {
         }
         let s = l.scale;
         let xa = l.xa.as_ref().expect("adapter backward after its forward");
+        let (dmid, prod) = scratch.pair(be, n * r)?;
         // dmid: [n, r] = s · dy · B
-        let mut dmid = be.zeros(n * r, MemKind::Scratch)?;
         be.matmul(
             dy,
             &l.b.as_ref().unwrap().w,
-            &mut dmid,
+            dmid,
             &Gemm::nn(n, r, rows).alpha(s),
         );
         let mid = l.xal.as_ref().filter(|_| l.lambda.is_some()).unwrap_or(xa);
@@ -143,14 +186,13 @@ impl<B: Backend> Linear<B> {
             // dB += s · dyᵀ · mid
             be.matmul(dy, mid, g, &Gemm::tn(rows, r, n).alpha(s).accumulate());
         }
-        let dxa = if let Some(lam) = l.lambda.as_mut() {
+        let dxa: &Tensor<B> = if let Some(lam) = l.lambda.as_mut() {
             // dλ[c] += Σ_n dmid[n, c] · xa[n, c]; dxa = dmid · diag(λ)
-            let mut prod = be.zeros(n * r, MemKind::Scratch)?;
-            be.mul(&dmid, xa, &mut prod);
+            be.mul(dmid, xa, prod);
             if let Some(g) = lam.opt.as_mut().map(|o| &mut o.g) {
-                be.col_sum(&prod, g, n, r, true);
+                be.col_sum(prod, g, n, r, true);
             }
-            be.mul_cols(&dmid, &lam.w, &mut prod, n, r);
+            be.mul_cols(dmid, &lam.w, prod, n, r);
             prod
         } else {
             dmid
@@ -158,11 +200,11 @@ impl<B: Backend> Linear<B> {
         let a = l.a.as_mut().unwrap();
         if let Some(g) = a.grad() {
             // dA += dxaᵀ · x
-            be.matmul(&dxa, x, g, &Gemm::tn(r, cols, n).accumulate());
+            be.matmul(dxa, x, g, &Gemm::tn(r, cols, n).accumulate());
         }
         if let Some(dx) = dx {
             // dx += dxa · A
-            be.matmul(&dxa, &a.w, dx, &Gemm::nn(n, cols, r).accumulate());
+            be.matmul(dxa, &a.w, dx, &Gemm::nn(n, cols, r).accumulate());
         }
         Ok(())
     }

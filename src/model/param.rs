@@ -1,7 +1,7 @@
 //! A named parameter tensor and, when it trains, its gradient and AdamW moments.
 
 use crate::adapter::HostTensor;
-use crate::backend::{Backend, MemKind, Tensor};
+use crate::backend::{Backend, DType, MemKind, Tensor};
 use anyhow::Result;
 
 /// Gradient and AdamW state of a trainable parameter. Frozen parameters have none, so they cost
@@ -43,6 +43,21 @@ impl<B: Backend> Param<B> {
             shape: t.shape.clone(),
             w,
             opt,
+        })
+    }
+
+    /// A frozen parameter stored as `dtype` when it is a matrix (vectors — biases, norms — stay
+    /// f32: they are tiny and read by elementwise ops).
+    pub fn frozen(b: &B, name: String, t: &HostTensor, dtype: DType) -> Result<Self> {
+        if dtype == DType::F32 || t.shape.len() < 2 {
+            return Self::new(b, name, t, false);
+        }
+        Ok(Self {
+            decay: true,
+            name,
+            shape: t.shape.clone(),
+            w: b.upload_bf16(&t.data, MemKind::Frozen)?,
+            opt: None,
         })
     }
 

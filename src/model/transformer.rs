@@ -8,7 +8,7 @@ use super::lora::{init_factors, lora_scale};
 use super::param::Param;
 use super::weights::{body_shapes, head_shapes, init_tensor, name_seed, HostWeights, Init};
 use crate::adapter::{HostTensor, ModuleKind};
-use crate::backend::{AdamW, Backend, Ids, LedgerSnapshot, MemKind, Tensor};
+use crate::backend::{AdamW, Backend, DType, Ids, LedgerSnapshot, MemKind, Tensor};
 use anyhow::{bail, ensure, Context, Result};
 use std::sync::Arc;
 
@@ -61,6 +61,14 @@ pub struct Model<B: Backend> {
     pub(crate) step: u64,
     /// Rank changes made so far (seeds the random rows of grown adapters).
     pub(crate) resizes: u64,
+    /// Device buffers of the optimizer step's gradient norm, kept across steps.
+    pub(crate) step_stats: Option<StepStats<B>>,
+}
+
+/// The gradient norm's device buffers: Σ g² per trainable tensor, and [norm, clip factor].
+pub(crate) struct StepStats<B: Backend> {
+    pub sumsq: Tensor<B>, // [trainable tensors]
+    pub norm: Tensor<B>,  // [2]
 }
 
 impl<B: Backend> Model<B> {
@@ -114,10 +122,19 @@ impl<B: Backend> Model<B> {
                 },
             }
         };
+        let frozen = match &mode {
+            TrainMode::Lora(l) => l.frozen,
+            TrainMode::Full => DType::F32,
+        };
         let mut body = std::collections::BTreeMap::new();
         for (name, shape) in body_shapes(&cfg) {
             let t = get(&name, &shape, false)?;
-            body.insert(name.clone(), Param::new(be, name, &t, full)?);
+            let p = if full {
+                Param::new(be, name.clone(), &t, true)?
+            } else {
+                Param::frozen(be, name.clone(), &t, frozen)?
+            };
+            body.insert(name, p);
         }
         let mut take = |name: &str| body.remove(name).expect("body weight listed above");
         let emb = Embeddings {
@@ -221,6 +238,7 @@ impl<B: Backend> Model<B> {
             acts: None,
             step: 0,
             resizes: 0,
+            step_stats: None,
         })
     }
 
@@ -352,21 +370,49 @@ impl<B: Backend> Model<B> {
 
     /// Global L2 norm of all gradients: one `sumsq` slot per tensor, one download.
     pub fn grad_norm(&mut self) -> Result<f32> {
+        let Some(count) = self.grad_sumsq()? else {
+            return Ok(0.0);
+        };
+        let stats = self.step_stats.as_mut().expect("allocated by grad_sumsq");
         let be = self.be.clone();
-        let params: Vec<&mut Param<B>> = self
+        be.clip_factor(&stats.sumsq, count, 0.0, &mut stats.norm);
+        Ok(be.download(&stats.norm)?[0])
+    }
+
+    /// Σ g² of every trainable tensor into `step_stats.sumsq` (one slot each), on the device;
+    /// the number of slots, or `None` when nothing trains.
+    fn grad_sumsq(&mut self) -> Result<Option<usize>> {
+        let be = self.be.clone();
+        let count = self
             .params_mut()
             .into_iter()
             .filter(|p| p.trainable())
-            .collect();
-        if params.is_empty() {
-            return Ok(0.0);
+            .count();
+        if count == 0 {
+            return Ok(None);
         }
-        let mut slots = be.zeros(params.len(), MemKind::Scratch)?;
-        for (i, p) in params.iter().enumerate() {
-            be.sumsq(&p.opt.as_ref().unwrap().g, &mut slots, i);
+        let stale = self
+            .step_stats
+            .as_ref()
+            .is_none_or(|s| s.sumsq.len() < count);
+        if stale {
+            self.step_stats = None;
+            self.step_stats = Some(StepStats {
+                sumsq: be.zeros(count, MemKind::Scratch)?,
+                norm: be.zeros(2, MemKind::Scratch)?,
+            });
         }
-        let s = be.download(&slots)?;
-        Ok(s.iter().map(|&v| v as f64).sum::<f64>().sqrt() as f32)
+        let mut stats = self.step_stats.take().unwrap();
+        for (i, p) in self
+            .params_mut()
+            .into_iter()
+            .filter(|p| p.trainable())
+            .enumerate()
+        {
+            be.sumsq(&p.opt.as_ref().unwrap().g, &mut stats.sumsq, i);
+        }
+        self.step_stats = Some(stats);
+        Ok(Some(count))
     }
 
     /// One AdamW step on every trainable parameter, after clipping the global gradient norm to
@@ -374,32 +420,43 @@ impl<B: Backend> Model<B> {
     /// its own steps for bias correction (they differ only after a resize reset an adapter,
     /// see [`super::lora`]). Weight decay applies to matrices only. Masked λ entries are set
     /// back to 0 after the update.
+    ///
+    /// The norm and the clipping factor are computed on the device and the update reads the
+    /// factor there; the only read-back is the norm itself (8 bytes), at the end.
     pub fn optimizer_step(&mut self, opt: &AdamW, clip: Option<f32>) -> Result<f32> {
-        let norm = self.grad_norm()?;
-        ensure!(
-            norm.is_finite(),
-            "gradient norm is {norm} at step {}; lower the learning rate or check the data",
-            self.step + 1
-        );
-        let be = self.be.clone();
-        let factor = match clip {
-            Some(c) if c > 0.0 && norm > c => Some(c / norm),
-            _ => None,
+        let Some(count) = self.grad_sumsq()? else {
+            self.apply_lambda_masks()?;
+            self.step += 1;
+            return Ok(0.0);
         };
+        let be = self.be.clone();
+        let mut stats = self.step_stats.take().expect("allocated by grad_sumsq");
+        be.clip_factor(&stats.sumsq, count, clip.unwrap_or(0.0), &mut stats.norm);
         for p in self.params_mut() {
             let decay = p.decay;
             let Some(o) = p.opt.as_mut() else { continue };
-            if let Some(f) = factor {
-                be.scale(&mut o.g, f);
-            }
             o.step += 1;
             let cfg = AdamW {
                 step: o.step,
                 weight_decay: if decay { opt.weight_decay } else { 0.0 },
                 ..*opt
             };
-            be.adamw(&mut p.w, &o.g, &mut o.m, &mut o.v, &cfg);
+            be.adamw(
+                &mut p.w,
+                &o.g,
+                &mut o.m,
+                &mut o.v,
+                &cfg,
+                Some((&stats.norm, 1)),
+            );
         }
+        let norm = be.download(&stats.norm)?[0];
+        self.step_stats = Some(stats);
+        ensure!(
+            norm.is_finite(),
+            "gradient norm is {norm} at step {}; lower the learning rate or check the data",
+            self.step + 1
+        );
         self.apply_lambda_masks()?;
         self.step += 1;
         Ok(norm)

@@ -3,6 +3,7 @@
 //! downstream needs the policy text (docs/language.md documents each field and its default).
 
 use crate::adapter::ModuleKind;
+pub use crate::backend::DType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -290,6 +291,14 @@ pub struct TrainSpec {
     pub max_len: usize,
     /// Default auto.
     pub device: Device,
+    /// Storage of the frozen weights (`f32` or `bf16`). Default f32; left out of serialized
+    /// plans when f32, so existing plans read the same.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub weights: DType,
+}
+
+fn is_f32(d: &DType) -> bool {
+    *d == DType::F32
 }
 
 impl TrainSpec {

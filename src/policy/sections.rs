@@ -641,6 +641,7 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
             "checkpoint_every",
             "max_len",
             "device",
+            "weights",
         ],
         "`train`",
     );
@@ -696,6 +697,10 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         Some("gpu") => Device::Gpu,
         _ => Device::Auto,
     };
+    let weights = match f.choice("weights", &["f32", "bf16"]) {
+        Some("bf16") => DType::Bf16,
+        _ => DType::F32,
+    };
     let length = length?;
     if f.d.len() > before {
         return None;
@@ -724,5 +729,6 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         checkpoint_every,
         max_len,
         device,
+        weights,
     })
 }

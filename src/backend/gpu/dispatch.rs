@@ -200,6 +200,7 @@ impl Gpu {
     fn submit_locked(&self, p: &mut Pending) {
         if let Some(enc) = p.encoder.take() {
             self.queue.submit([enc.finish()]);
+            super::CounterCells::add(&self.counters.submits, 1);
         }
         p.ops = 0;
         self.errors.submitted();
@@ -229,6 +230,7 @@ impl Gpu {
         groups: [u32; 3],
     ) {
         let pipe = self.pipelines.get(shader, entry, consts);
+        super::CounterCells::add(&self.counters.dispatches, 1);
         let mut words = params.0.clone();
         while !words.len().is_multiple_of(4) || words.is_empty() {
             words.push(0);
@@ -312,6 +314,23 @@ impl Gpu {
         params: impl Fn(usize, usize) -> Params,
         groups: impl Fn(usize) -> usize,
     ) {
+        self.rows_op_consts(op, shader, entry, &[], rows, cols, args, params, groups)
+    }
+
+    /// `rows_op` with pipeline-override constants.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rows_op_consts(
+        &self,
+        op: &'static str,
+        shader: &'static str,
+        entry: &'static str,
+        consts: &[(&'static str, f64)],
+        rows: usize,
+        cols: usize,
+        args: &[(u32, Arg)],
+        params: impl Fn(usize, usize) -> Params,
+        groups: impl Fn(usize) -> usize,
+    ) {
         if rows == 0 || cols == 0 {
             return;
         }
@@ -356,7 +375,7 @@ impl Gpu {
                 op,
                 shader,
                 entry,
-                &[],
+                consts,
                 &params(r0, n),
                 &binds,
                 grid(groups(n)),

@@ -20,7 +20,7 @@ pub use pool::{GpuBuf, GpuIds};
 use super::Ledger;
 use anyhow::{anyhow, bail, Context, Result};
 use dispatch::{ErrorLog, PipelineCache};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Which GEMM kernel `matmul` runs (see `shaders/matmul.wgsl`).
@@ -85,6 +85,33 @@ pub struct Gpu {
     gemm: AtomicU8,
     /// A one-element buffer bound where a kernel's optional input is absent.
     dummy: wgpu::Buffer,
+    counters: CounterCells,
+}
+
+/// [`crate::backend::Counters`] as atomics (ops record from any thread).
+#[derive(Default)]
+pub(crate) struct CounterCells {
+    pub dispatches: AtomicU64,
+    pub submits: AtomicU64,
+    pub read_back_bytes: AtomicU64,
+    pub read_backs: AtomicU64,
+    pub uploaded_bytes: AtomicU64,
+}
+
+impl CounterCells {
+    pub fn add(cell: &AtomicU64, n: u64) {
+        cell.fetch_add(n, Ordering::Relaxed);
+    }
+    fn snapshot(&self) -> crate::backend::Counters {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::backend::Counters {
+            dispatches: g(&self.dispatches),
+            submits: g(&self.submits),
+            read_back_bytes: g(&self.read_back_bytes),
+            read_backs: g(&self.read_backs),
+            uploaded_bytes: g(&self.uploaded_bytes),
+        }
+    }
 }
 
 /// The wgpu instance: Vulkan/Metal/DX12 unless `WGPU_BACKEND` says otherwise (a GL adapter
@@ -206,6 +233,7 @@ impl Gpu {
             errors,
             gemm: AtomicU8::new(gemm as u8),
             dummy,
+            counters: CounterCells::default(),
         })
     }
 
@@ -244,6 +272,11 @@ impl Gpu {
     /// Chooses the GEMM kernel for all following `matmul` calls on this device.
     pub fn set_gemm_kernel(&self, k: GemmKernel) {
         self.gemm.store(k as u8, Ordering::Relaxed);
+    }
+
+    /// Dispatches, submits and transfers since the device was opened.
+    pub fn counters(&self) -> crate::backend::Counters {
+        self.counters.snapshot()
     }
 
     /// Bytes of freed buffers kept for reuse (not counted in the ledger: nothing holds them).

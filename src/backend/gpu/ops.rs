@@ -4,7 +4,9 @@
 use super::dispatch::{grid, Arg, Bind, Params};
 use super::pool::{build_csr, GpuBuf, GpuIds, Pool};
 use super::{check_bindable, GemmKernel, Gpu};
-use crate::backend::{AdamW, Attn, Backend, BackendKind, Gemm, Ids, Ledger, MemKind, Tensor};
+use crate::backend::{
+    bf16_words, AdamW, Attn, Backend, BackendKind, DType, Gemm, Ids, Ledger, MemKind, Tensor,
+};
 use anyhow::{anyhow, ensure, Result};
 use wgpu::util::DeviceExt;
 
@@ -14,16 +16,26 @@ fn raw(t: &Tensor<Gpu>) -> &wgpu::Buffer {
     t.buf.raw()
 }
 
+/// Bytes a tensor's values occupy (bf16: two per 4-byte word).
+fn bytes_of(t: &Tensor<Gpu>) -> u64 {
+    (t.dtype().words(t.len()) * 4) as u64
+}
+
 impl Gpu {
     fn alloc(&self, len: usize, kind: MemKind) -> Result<Tensor<Gpu>> {
-        let bytes = (len * 4) as u64;
-        let what = format!("{} tensor of {len} f32", kind.name());
+        self.alloc_typed(len, kind, DType::F32)
+    }
+
+    fn alloc_typed(&self, len: usize, kind: MemKind, dtype: DType) -> Result<Tensor<Gpu>> {
+        let bytes = (dtype.words(len) * 4) as u64;
+        let what = format!("{} tensor of {len} {dtype:?}", kind.name());
         let buf = self.pool.take(bytes, &what)?;
         let guard = self.ledger.hold(kind, bytes);
-        Ok(Tensor::from_parts(
+        Ok(Tensor::from_parts_typed(
             GpuBuf::new(buf, self.pool.clone()),
             len,
             guard,
+            dtype,
         ))
     }
 
@@ -33,6 +45,7 @@ impl Gpu {
         if data.is_empty() {
             return Ok(());
         }
+        super::CounterCells::add(&self.counters.uploaded_bytes, data.len() as u64);
         let staging = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -51,6 +64,7 @@ impl Gpu {
         if words.is_empty() {
             words.push(0);
         }
+        super::CounterCells::add(&self.counters.uploaded_bytes, (words.len() * 4) as u64);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(what),
@@ -202,67 +216,129 @@ impl Gpu {
         if spec.m == 0 || spec.n == 0 || spec.batch == 0 {
             return;
         }
-        for (name, e) in [("A", ea), ("B", eb), ("C", ec)] {
+        if !self.require(
+            "matmul",
+            &[(
+                a.dtype() == DType::F32 && c.dtype() == DType::F32,
+                format!("{spec:?}: only B may be bf16"),
+            )],
+        ) {
+            return;
+        }
+        let b_bf16 = b.dtype() == DType::Bf16;
+        let eb_words = b.dtype().words(eb);
+        for (name, e) in [("A", ea), ("B", eb_words), ("C", ec)] {
             if let Err(err) = check_bindable(self, "matmul", name, (e * 4) as u64) {
                 return self.reject(format!("{err:#}"));
             }
         }
-        self.gemm_dispatch(kernel, raw(a), raw(b), raw(c), spec, (ea, eb, ec));
+        self.gemm_dispatch(
+            kernel,
+            raw(a),
+            (raw(b), b_bf16),
+            raw(c),
+            spec,
+            (ea, eb_words, ec),
+        );
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Runs `spec` as one or more blocks of C. The subgroup kernel takes whole 128×64 tiles of C
+    /// only (no edge guards: see the shader), so a GEMM that is not made of whole tiles is split
+    /// on the host: the tile-aligned interior on the subgroup kernel, the right and bottom edge
+    /// strips on the register-blocked one (before, the whole GEMM fell back). Devices without
+    /// subgroups of 8 run register-blocked.
     fn gemm_dispatch(
         &self,
         kernel: GemmKernel,
         a: &wgpu::Buffer,
-        b: &wgpu::Buffer,
+        b: (&wgpu::Buffer, bool),
         c: &wgpu::Buffer,
         spec: &Gemm,
         ext: (usize, usize, usize),
     ) {
-        // The subgroup kernel takes whole 128×64 tiles of C only (no edge guards: see the
-        // shader); anything else, or a device without subgroups of 8, runs register-blocked.
-        let kernel = match kernel {
-            GemmKernel::Subgroup
-                if !self.has_subgroups_of_8()
-                    || !spec.m.is_multiple_of(128)
-                    || !spec.n.is_multiple_of(64) =>
-            {
-                GemmKernel::RegisterBlocked
-            }
-            k => k,
+        let whole = GemmBlock {
+            r0: 0,
+            c0: 0,
+            m: spec.m,
+            n: spec.n,
         };
-        let (shader, entry, gx, gy) = match kernel {
-            GemmKernel::Subgroup => (
-                "matmul_subgroup",
-                "matmul_subgroup",
-                spec.n / 64,
-                spec.m / 128,
+        if kernel != GemmKernel::Subgroup {
+            return self.gemm_block(kernel, a, b, c, spec, ext, whole);
+        }
+        if !self.has_subgroups_of_8() {
+            return self.gemm_block(GemmKernel::RegisterBlocked, a, b, c, spec, ext, whole);
+        }
+        let (mi, ni) = (spec.m / 128 * 128, spec.n / 64 * 64);
+        let blocks = [
+            (
+                GemmKernel::Subgroup,
+                GemmBlock {
+                    r0: 0,
+                    c0: 0,
+                    m: mi,
+                    n: ni,
+                },
             ),
-            GemmKernel::RegisterBlocked => (
-                "matmul",
-                "matmul_blocked",
-                spec.n.div_ceil(128),
-                spec.m.div_ceil(64),
+            (
+                GemmKernel::RegisterBlocked,
+                GemmBlock {
+                    r0: 0,
+                    c0: ni,
+                    m: mi,
+                    n: spec.n - ni,
+                },
             ),
-            GemmKernel::Tiled => (
-                "matmul",
-                "matmul_tiled",
-                spec.n.div_ceil(64),
-                spec.m.div_ceil(64),
+            (
+                GemmKernel::RegisterBlocked,
+                GemmBlock {
+                    r0: mi,
+                    c0: 0,
+                    m: spec.m - mi,
+                    n: spec.n,
+                },
             ),
+        ];
+        for (k, blk) in blocks {
+            if blk.m > 0 && blk.n > 0 {
+                self.gemm_block(k, a, b, c, spec, ext, blk);
+            }
+        }
+    }
+
+    /// Dispatches `kernel` for the block `blk` of C (every batch item).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_block(
+        &self,
+        kernel: GemmKernel,
+        a: &wgpu::Buffer,
+        (b, b_bf16): (&wgpu::Buffer, bool),
+        c: &wgpu::Buffer,
+        spec: &Gemm,
+        ext: (usize, usize, usize),
+        blk: GemmBlock,
+    ) {
+        let (gx, gy) = match kernel {
+            GemmKernel::Subgroup => (blk.n / 64, blk.m / 128),
+            GemmKernel::RegisterBlocked => (blk.n.div_ceil(128), blk.m.div_ceil(64)),
+            GemmKernel::Tiled => (blk.n.div_ceil(64), blk.m.div_ceil(64)),
+        };
+        let (shader, entry) = match kernel {
+            GemmKernel::Subgroup => ("matmul_subgroup", "matmul_subgroup"),
+            GemmKernel::RegisterBlocked => ("matmul", "matmul_blocked"),
+            GemmKernel::Tiled => ("matmul", "matmul_tiled"),
         };
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
         let consts_sub = [
             ("TRANS_A", flag(spec.trans_a)),
             ("TRANS_B", flag(spec.trans_b)),
+            ("B_BF16", flag(b_bf16)),
             ("ACCUMULATE", flag(spec.beta != 0.0)),
         ];
         // matmul.wgsl has no ACCUMULATE constant (its kernels branch on beta per store).
         let consts: &[(&'static str, f64)] = if kernel == GemmKernel::Subgroup {
             &consts_sub
         } else {
-            &consts_sub[..2]
+            &consts_sub[..3]
         };
         let binds = [
             Bind {
@@ -284,20 +360,34 @@ impl Gpu {
                 size: (ext.2 * 4) as u64,
             },
         ];
+        // Leading dimensions of the stored operands, and the block's offsets in them.
+        let (lda, ldb, ldc) = (
+            if spec.trans_a { spec.m } else { spec.k },
+            if spec.trans_b { spec.k } else { spec.n },
+            spec.n,
+        );
+        let off_a = if spec.trans_a { blk.r0 } else { blk.r0 * lda };
+        let off_b = if spec.trans_b { blk.c0 * ldb } else { blk.c0 };
+        let off_c = blk.r0 * ldc + blk.c0;
         let mut z0 = 0;
         while z0 < spec.batch {
             let nz = (spec.batch - z0).min(65535);
             let params = Params::default()
-                .u(spec.m)
-                .u(spec.n)
+                .u(blk.m)
+                .u(blk.n)
                 .u(spec.k)
                 .u(z0)
                 .u(spec.stride_a)
                 .u(spec.stride_b)
                 .u(spec.stride_c)
-                .u(0)
+                .u(lda)
                 .f(spec.alpha)
-                .f(spec.beta);
+                .f(spec.beta)
+                .u(ldb)
+                .u(ldc)
+                .u(off_a)
+                .u(off_b)
+                .u(off_c);
             self.dispatch(
                 "matmul",
                 shader,
@@ -310,6 +400,15 @@ impl Gpu {
             z0 += nz;
         }
     }
+}
+
+/// A block of C: rows r0..r0+m, columns c0..c0+n.
+#[derive(Clone, Copy)]
+struct GemmBlock {
+    r0: usize,
+    c0: usize,
+    m: usize,
+    n: usize,
 }
 
 fn len_is(t: &Tensor<Gpu>, need: usize, name: &str) -> (bool, String) {
@@ -352,8 +451,13 @@ impl Backend for Gpu {
         self.stage_into(raw(&t), bytemuck::cast_slice(data))?;
         Ok(t)
     }
+    fn upload_bf16(&self, data: &[f32], kind: MemKind) -> Result<Tensor<Self>> {
+        let t = self.alloc_typed(data.len(), kind, DType::Bf16)?;
+        self.stage_into(raw(&t), bytemuck::cast_slice(&bf16_words(data)))?;
+        Ok(t)
+    }
     fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
-        let bytes = (t.len() * 4) as u64;
+        let bytes = bytes_of(t);
         if bytes == 0 {
             self.wait()?;
             return Ok(Vec::new());
@@ -365,6 +469,8 @@ impl Backend for Gpu {
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             "download staging buffer",
         )?;
+        super::CounterCells::add(&self.counters.read_back_bytes, bytes);
+        super::CounterCells::add(&self.counters.read_backs, 1);
         self.encode("download", |enc| {
             enc.copy_buffer_to_buffer(raw(t), 0, &staging, 0, bytes)
         });
@@ -380,7 +486,13 @@ impl Backend for Gpu {
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| anyhow!("download: reading the mapped buffer failed: {e:?}"))?;
-        let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        let out = match t.dtype() {
+            DType::F32 => bytemuck::cast_slice::<u8, f32>(&view).to_vec(),
+            DType::Bf16 => bytemuck::cast_slice::<u8, u16>(&view)[..t.len()]
+                .iter()
+                .map(|&v| f32::from_bits((v as u32) << 16))
+                .collect(),
+        };
         drop(view);
         staging.unmap();
         Ok(out)
@@ -392,7 +504,10 @@ impl Backend for Gpu {
             data.len(),
             t.len()
         );
-        self.stage_into(raw(t), bytemuck::cast_slice(data))
+        match t.dtype() {
+            DType::F32 => self.stage_into(raw(t), bytemuck::cast_slice(data)),
+            DType::Bf16 => self.stage_into(raw(t), bytemuck::cast_slice(&bf16_words(data))),
+        }
     }
     fn ids(&self, ids: &[u32]) -> Result<Ids<Self>> {
         let (uniq, offsets, positions) = build_csr(ids, IGNORE);
@@ -410,6 +525,9 @@ impl Backend for Gpu {
     }
     fn sync(&self) -> Result<()> {
         self.wait()
+    }
+    fn counters(&self) -> Option<crate::backend::Counters> {
+        Some(Gpu::counters(self))
     }
 
     fn fill(&self, x: &mut Tensor<Self>, value: f32) {
@@ -832,23 +950,20 @@ impl Backend for Gpu {
         ) {
             return;
         }
-        if let Err(e) = check_bindable(
-            self,
-            "embedding_forward",
-            "the table",
-            (table.len() * 4) as u64,
-        ) {
+        if let Err(e) = check_bindable(self, "embedding_forward", "the table", bytes_of(table)) {
             return self.reject(format!("{e:#}"));
         }
-        self.rows_op(
+        let bf16 = table.dtype() == DType::Bf16;
+        self.rows_op_consts(
             "embedding_forward",
             "embedding",
             "embedding_forward",
+            &[("TABLE_BF16", if bf16 { 1.0 } else { 0.0 })],
             ids.len(),
             dim,
             &[
                 (1, Arg::PerRow(&ids.buf.ids)),
-                (2, Arg::Whole(raw(table), table.len())),
+                (2, Arg::Whole(raw(table), table.dtype().words(table.len()))),
                 (3, Arg::Rows(raw(out))),
             ],
             |_, n| Params::default().u(n).u(dim).u(accumulate as usize),
@@ -970,16 +1085,39 @@ impl Backend for Gpu {
         m: &mut Tensor<Self>,
         v: &mut Tensor<Self>,
         cfg: &AdamW,
+        grad_scale: Option<(&Tensor<Self>, usize)>,
     ) {
         let n = param.len().min(grad.len()).min(m.len()).min(v.len());
         let (bc1, bc2) = cfg.bias_corrections();
-        self.elementwise(
+        let (scale_buf, scale_len, slot) = match grad_scale {
+            Some((t, i)) => {
+                if !self.require(
+                    "adamw",
+                    &[(
+                        i < t.len(),
+                        format!("scale slot {i} outside {} values", t.len()),
+                    )],
+                ) {
+                    return;
+                }
+                (raw(t), t.len(), Some(i))
+            }
+            None => (&self.dummy, 1, None),
+        };
+        self.rows_op(
             "adamw",
             "adamw",
             "adamw_forward",
             n,
-            &[(1, raw(grad)), (2, raw(param)), (3, raw(m)), (4, raw(v))],
-            |c| {
+            1,
+            &[
+                (1, Arg::Rows(raw(grad))),
+                (2, Arg::Rows(raw(param))),
+                (3, Arg::Rows(raw(m))),
+                (4, Arg::Rows(raw(v))),
+                (5, Arg::Whole(scale_buf, scale_len)),
+            ],
+            |_, c| {
                 Params::default()
                     .u(c)
                     .f(cfg.lr)
@@ -989,7 +1127,40 @@ impl Backend for Gpu {
                     .f(cfg.weight_decay)
                     .f(bc1)
                     .f(bc2)
+                    .u(slot.is_some() as usize)
+                    .u(slot.unwrap_or(0))
             },
+            |c| c.div_ceil(256),
+        );
+    }
+    fn clip_factor(&self, sumsq: &Tensor<Self>, count: usize, clip: f32, out: &mut Tensor<Self>) {
+        if !self.require(
+            "clip_factor",
+            &[len_is(sumsq, count.max(1), "sumsq"), len_is(out, 2, "out")],
+        ) {
+            return;
+        }
+        self.dispatch(
+            "clip_factor",
+            "clip",
+            "clip_factor",
+            &[],
+            &Params::default().u(count).f(clip),
+            &[
+                Bind {
+                    slot: 1,
+                    buf: raw(sumsq),
+                    offset: 0,
+                    size: (sumsq.len() * 4) as u64,
+                },
+                Bind {
+                    slot: 2,
+                    buf: raw(out),
+                    offset: 0,
+                    size: (out.len() * 4) as u64,
+                },
+            ],
+            [1, 1, 1],
         );
     }
 }

@@ -5,6 +5,7 @@
 pub const SHADERS: &[(&str, &str)] = &[
     ("adamw", include_str!("../../../shaders/adamw.wgsl")),
     ("bias", include_str!("../../../shaders/bias.wgsl")),
+    ("clip", include_str!("../../../shaders/clip.wgsl")),
     (
         "cross_entropy",
         include_str!("../../../shaders/cross_entropy.wgsl"),

@@ -31,8 +31,9 @@ fn clip_factor(@builtin(local_invocation_id) lid3: vec3<u32>) {
     if (lid == 0u) {
         let norm = sqrt(red[0]);
         out[0] = norm;
-        // norm − norm is 0 for finite norms and NaN for inf and NaN.
-        if (norm - norm != 0.0 || norm != norm) {
+        // Not finite: exponent bits all ones (a bit test, because shader compilers may assume
+        // float comparisons never see NaN or inf).
+        if ((bitcast<u32>(norm) & 0x7f800000u) == 0x7f800000u) {
             out[1] = bitcast<f32>(0x7fc00000u);
         } else if (p.clip > 0.0 && norm > p.clip) {
             out[1] = p.clip / norm;

@@ -132,8 +132,9 @@ pub struct LayerActs<B: Backend> {
     pub f_in: Tensor<B>,      // [N, C] FFN input (encoder h = LN_a(r1); decoder LN_f(r1))
     pub ln_f_mean: Tensor<B>, // [N]
     pub ln_f_rstd: Tensor<B>, // [N]
-    pub f1: Tensor<B>,        // [N, F] FfnIn(f_in)
-    pub g: Tensor<B>,         // [N, F] gelu(f1)
+    /// FfnIn(f_in): [N, F]. gelu(f1), the FfnOut input, is not saved: the backward recomputes
+    /// it (one vectorized pass) rather than keep N×F values per layer alive.
+    pub f1: Tensor<B>,
     /// Encoder: h + FfnOut(g) before LN_f: [N, C].
     pub r2: Option<Tensor<B>>,
     pub out: Tensor<B>, // [N, C]
@@ -157,7 +158,6 @@ impl<B: Backend> LayerActs<B> {
             ln_f_mean: z(n)?,
             ln_f_rstd: z(n)?,
             f1: z(n * f)?,
-            g: z(n * f)?,
             r2: if decoder { None } else { Some(z(n * c)?) },
             out: z(n * c)?,
         })
@@ -384,16 +384,17 @@ pub fn block_forward<B: Backend>(
     };
     ln_forward(be, norm, &acts.r1, &mut acts.f_in, mean, rstd, d, eps);
     blk.ffn_in.forward(be, &acts.f_in, &mut acts.f1, n)?;
-    be.gelu_forward(&acts.f1, &mut acts.g);
+    // g: [N, F] = gelu(f1), in scratch
+    be.gelu_forward(&acts.f1, &mut work.nf);
     if decoder {
         // out = r1 + FfnOut(g)
         blk.ffn_out
-            .forward_residual(be, &acts.g, Some(&acts.r1), &mut acts.out, n)?;
+            .forward_residual(be, &work.nf, Some(&acts.r1), &mut acts.out, n)?;
     } else {
         // r2 = h + FfnOut(g); out = LN_f(r2)
         let r2 = acts.r2.as_mut().expect("encoder activations");
         blk.ffn_out
-            .forward_residual(be, &acts.g, Some(&acts.f_in), r2, n)?;
+            .forward_residual(be, &work.nf, Some(&acts.f_in), r2, n)?;
         ln_forward(
             be,
             &blk.ln_f,
@@ -429,8 +430,10 @@ pub fn block_backward<B: Backend>(
         if decoder {
             // out = r1 + FfnOut(gelu(FfnIn(LN_f(r1))))
             let sc = &mut work.adapter;
+            // g = gelu(f1) again (not saved), into nf2 until gelu_backward overwrites it
+            be.gelu_forward(&acts.f1, &mut work.nf2);
             blk.ffn_out
-                .backward(be, &acts.g, &*dres, Some(&mut work.nf), false, n, sc)?;
+                .backward(be, &work.nf2, &*dres, Some(&mut work.nf), false, n, sc)?;
             be.gelu_backward(&acts.f1, &work.nf, &mut work.nf2);
             blk.ffn_in
                 .backward(be, &acts.f_in, &work.nf2, Some(&mut work.nc2), false, n, sc)?;
@@ -486,8 +489,10 @@ pub fn block_backward<B: Backend>(
             );
             // r2 = h + FfnOut(gelu(FfnIn(h)))
             let sc = &mut work.adapter;
+            // g = gelu(f1) again (not saved), into nf2 until gelu_backward overwrites it
+            be.gelu_forward(&acts.f1, &mut work.nf2);
             blk.ffn_out
-                .backward(be, &acts.g, &*dres2, Some(&mut work.nf), false, n, sc)?;
+                .backward(be, &work.nf2, &*dres2, Some(&mut work.nf), false, n, sc)?;
             be.gelu_backward(&acts.f1, &work.nf, &mut work.nf2);
             blk.ffn_in
                 .backward(be, &acts.f_in, &work.nf2, Some(&mut work.nc2), false, n, sc)?;

@@ -375,10 +375,16 @@ impl<B: Backend> AdapterStore for Model<B> {
             ),
             ModuleKind::O => (&la.ctx, self.cfg.hidden),
             ModuleKind::FfnIn => (&la.f_in, self.cfg.hidden),
-            ModuleKind::FfnOut => (&la.g, self.cfg.ffn),
+            // The FfnOut input gelu(f1) is not kept (see `LayerActs::f1`): computed here.
+            ModuleKind::FfnOut => (&la.f1, self.cfg.ffn),
         };
         let v = self.be.download(t).ok()?;
         let rows = (v.len() / cols).min(SAMPLE_ROWS);
-        Some(HostTensor::new(vec![rows, cols], v[..rows * cols].to_vec()))
+        let mut v = v[..rows * cols].to_vec();
+        if kind == ModuleKind::FfnOut {
+            v.iter_mut()
+                .for_each(|x| *x = crate::backend::cpu::gelu(*x));
+        }
+        Some(HostTensor::new(vec![rows, cols], v))
     }
 }

@@ -112,8 +112,13 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let er = p * z + r + 1.0;
-    let scale = f32::from_bits((t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23);
-    let y = er * scale;
+    // 2^n as two factors 2^h · 2^(n−h), h = n/2: each stays a normal f32 for n in [−126, 128]
+    // (e^88.72 needs 2^128, one past the largest exponent).
+    let n_int = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
+    let h = n_int >> 1;
+    let s1 = f32::from_bits(((h + 127) as u32) << 23);
+    let s2 = f32::from_bits(((n_int - h + 127) as u32) << 23);
+    let y = er * s1 * s2;
     if x < LO {
         0.0
     } else if x > HI {

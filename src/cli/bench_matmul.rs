@@ -107,10 +107,31 @@ fn bench_gemm_crate(n: usize, reps: usize) -> Result<f64> {
     })
 }
 
+/// The CPU backend with B stored bf16 (frozen weights): vdpbf16ps where the CPU has it.
+fn bench_cpu_bf16(cpu: &Cpu, spec: &Gemm, reps: usize) -> Result<f64> {
+    let (ea, eb, ec) = spec.extents();
+    let a = cpu.upload(&rand_vec(ea, 1), MemKind::Scratch)?;
+    let b = cpu.upload_bf16(&rand_vec(eb, 2), MemKind::Scratch)?;
+    let mut c = cpu.zeros(ec, MemKind::Scratch)?;
+    time_gflops(spec, reps, calls_for(spec.m), || {
+        cpu.matmul(&a, &b, &mut c, spec);
+        Ok(())
+    })
+}
+
 fn bench_gpu(gpu: &Gpu, kernel: GemmKernel, spec: &Gemm, reps: usize) -> Result<f64> {
+    bench_gpu_b(gpu, kernel, spec, reps, false)
+}
+
+/// `bench_gpu` with B stored bf16 when `bf16`.
+fn bench_gpu_b(gpu: &Gpu, kernel: GemmKernel, spec: &Gemm, reps: usize, bf16: bool) -> Result<f64> {
     let (ea, eb, ec) = spec.extents();
     let a = gpu.upload(&rand_vec(ea, 1), MemKind::Scratch)?;
-    let b = gpu.upload(&rand_vec(eb, 2), MemKind::Scratch)?;
+    let b = if bf16 {
+        gpu.upload_bf16(&rand_vec(eb, 2), MemKind::Scratch)?
+    } else {
+        gpu.upload(&rand_vec(eb, 2), MemKind::Scratch)?
+    };
     let mut c = gpu.zeros(ec, MemKind::Scratch)?;
     let calls = calls_for(spec.m);
     let g = time_gflops(spec, reps, 1, || {
@@ -182,6 +203,28 @@ pub fn main(args: BenchMatmulArgs) -> Result<()> {
                     "-"
                 ),
             }
+        }
+        // Frozen weights in bf16 (`train.weights = bf16`): the linear layer's x·Wᵀ.
+        let spec = Gemm::nt(n, n, n);
+        let f32_rate = bench_cpu(&cpu, &spec, args.reps)?;
+        let bf = bench_cpu_bf16(&cpu, &spec, args.reps)?;
+        let how = if crate::backend::cpu::bf16::native() {
+            "vdpbf16ps"
+        } else {
+            "widened to f32: no AVX-512 BF16 here"
+        };
+        print!(
+            "{n:>6} NT, B bf16: cpu {bf:.1} GFLOP/s ({how}) = {:.2}× its f32 {f32_rate:.1}",
+            bf / f32_rate
+        );
+        match &gpu {
+            Some(g) => {
+                let k = g.gemm_kernel();
+                let gb = bench_gpu_b(g, k, &spec, args.reps, true)?;
+                let gf = bench_gpu_b(g, k, &spec, args.reps, false)?;
+                println!("; gpu {} {gb:.1} (f32 {gf:.1})", k.name());
+            }
+            None => println!(),
         }
     }
     Ok(())

@@ -348,26 +348,6 @@ impl Ctx<'_> {
             }
             Some(Section::Off(_)) | None => Some(None),
         };
-        if let (Some(off), Some(t)) = (lora_off_span, train.as_ref()) {
-            if t.weights == DType::Bf16 {
-                let span = match self.section(cfg, "train") {
-                    Some(Section::On { entries, .. }) => entries
-                        .iter()
-                        .find(|e| e.key.node == "weights")
-                        .map(|e| e.value.span),
-                    _ => None,
-                };
-                d.push(
-                    Diagnostic::new(
-                        span.unwrap_or(off),
-                        "`weights = bf16` stores the frozen weights in bf16, but `lora = off` \
-                         trains every weight: nothing is frozen",
-                        "bf16 frozen weights here",
-                    )
-                    .help("remove `weights = bf16` (full fine-tuning keeps f32 weights)"),
-                );
-            }
-        }
         let plugins = self.plugins(cfg, d);
         let lora_on = matches!(lora, Some(LoraSpec::On(_)));
         let has_adalora = matches!(adalora, Some(Some(_)));

@@ -278,9 +278,11 @@ fn bench_mode<B: Backend>(
         if mode == Mode::Forward {
             m.loss(&b)?;
         } else {
+            // As the training loop does it: one read-back (loss and gradient norm) per step.
             m.zero_grads();
-            m.forward_backward(&b, 1.0)?;
-            m.optimizer_step(&opt, Some(1.0))?;
+            m.forward_backward_queued(&b, 1.0)?;
+            m.optimizer_step_queued(&opt, Some(1.0))?;
+            m.step_stats()?;
         }
         be.sync()?;
         if i > 0 {

@@ -72,34 +72,65 @@ fn target_ids<B: Backend>(be: &B, ids: &[u32], classes: usize, what: &str) -> Re
 
 impl<B: Backend> Model<B> {
     /// Forward, loss, backward: gradients of `loss_scale`·(mean loss of `batch`) are *added* to
-    /// the gradient buffers. Returns the mean loss (unscaled).
+    /// the gradient buffers. Returns the mean loss (unscaled), read back once the backward is
+    /// queued, so the device never waits for the host in between.
     pub fn forward_backward(&mut self, batch: &Batch, loss_scale: f32) -> Result<f32> {
         self.forward_body(batch)?;
-        let (loss, _) = self.head_pass(batch, Some(loss_scale), false)?;
+        let mut slot = self.be.zeros(1, MemKind::Scratch)?;
+        let (hl, _) = self.head_pass(batch, Some(loss_scale), false, &mut slot)?;
         self.backward_body()?;
-        Ok(loss)
+        Ok(hl.mean(self.be.download(&slot)?[0]))
+    }
+
+    /// [`Model::forward_backward`] without the read-back: `loss_scale`·(mean loss) is added to
+    /// the step's loss on the device, read with the gradient norm by [`Model::step_stats`] —
+    /// one read-back per training step however many micro-batches it has.
+    pub fn forward_backward_queued(&mut self, batch: &Batch, loss_scale: f32) -> Result<()> {
+        self.forward_body(batch)?;
+        let be = self.be.clone();
+        let mut bufs = self.stats_bufs(0)?;
+        let r = self.head_pass(batch, Some(loss_scale), false, &mut bufs.loss_slot);
+        let r = r.and_then(|(hl, _)| self.backward_body().map(|_| hl));
+        if let Ok(hl) = &r {
+            // loss_acc += loss_scale · mean loss
+            be.axpy(
+                loss_scale * hl.mean(1.0),
+                &bufs.loss_slot,
+                &mut bufs.loss_acc,
+            );
+        }
+        self.step_stats = Some(bufs);
+        r.map(|_| ())
     }
 
     /// Mean loss of `batch`, forward only (no gradients touched).
     pub fn loss(&mut self, batch: &Batch) -> Result<f32> {
         self.forward_body(batch)?;
-        Ok(self.head_pass(batch, None, false)?.0)
+        let mut slot = self.be.zeros(1, MemKind::Scratch)?;
+        let (hl, _) = self.head_pass(batch, None, false, &mut slot)?;
+        Ok(hl.mean(self.be.download(&slot)?[0]))
     }
 
     /// Loss sum, correct predictions and predictions of `batch`, forward only.
     pub fn evaluate(&mut self, batch: &Batch) -> Result<EvalOut> {
         self.forward_body(batch)?;
-        Ok(self.head_pass(batch, None, true)?.1)
+        let mut slot = self.be.zeros(1, MemKind::Scratch)?;
+        let (hl, mut out) = self.head_pass(batch, None, true, &mut slot)?;
+        out.loss_sum = hl.scale * self.be.download(&slot)?[0] as f64;
+        Ok(out)
     }
 
     /// Head forward and loss; with `grad = Some(s)` also the head's gradients and
-    /// dL/dhidden (into the flow buffer) for the body's backward.
+    /// dL/dhidden (into the flow buffer) for the body's backward. The loss stays on the device:
+    /// `sum[0]` gets a value whose [`HeadLoss`] scaling is the batch's loss sum (the returned
+    /// `EvalOut` has everything but `loss_sum`).
     fn head_pass(
         &mut self,
         batch: &Batch,
         grad: Option<f32>,
         eval: bool,
-    ) -> Result<(f32, EvalOut)> {
+        sum: &mut Tensor<B>,
+    ) -> Result<(HeadLoss, EvalOut)> {
         let be = self.be.clone();
         let be = &*be;
         let d = self.dims(batch);
@@ -117,6 +148,7 @@ impl<B: Backend> Model<B> {
             )
         };
         let mut out = EvalOut::default();
+        let mut loss_scale = 1.0f64;
         match (head, &batch.target) {
             (Head::Classify { classes, pooling }, Target::Classes(y)) => {
                 ensure!(
@@ -126,7 +158,7 @@ impl<B: Backend> Model<B> {
                 );
                 let targets = target_ids(be, y, classes, "class")?;
                 let pw = pooling_weights(batch, pooling);
-                let (loss, logits) = self.pooled_head(
+                let logits = self.pooled_head(
                     be.upload(&pw, MemKind::Scratch)?,
                     d,
                     classes,
@@ -135,12 +167,12 @@ impl<B: Backend> Model<B> {
                         let mut losses = be.zeros(b, MemKind::Scratch)?;
                         let scale = grad.unwrap_or(0.0) / count.max(1) as f32;
                         be.cross_entropy(logits, &targets, dlogits, &mut losses, b, classes, scale);
-                        Ok(be.download(&losses)?.iter().map(|&v| v as f64).sum::<f64>())
+                        be.sum(&losses, sum, 0);
+                        Ok(())
                     },
                     y.iter().filter(|&&v| v != Ids::<B>::IGNORE).count(),
                 )?;
                 out.count = y.iter().filter(|&&v| v != Ids::<B>::IGNORE).count();
-                out.loss_sum = loss;
                 if eval {
                     let l = be.download(&logits)?;
                     for (s, row) in l.chunks(classes).enumerate() {
@@ -153,7 +185,7 @@ impl<B: Backend> Model<B> {
             (Head::Regress, Target::Values(y)) if y.len() == b && y.len() != n * c => {
                 let pw = pooling_weights(batch, Pooling::Mean);
                 let yt = be.upload(y, MemKind::Scratch)?;
-                let (loss, outv) = self.pooled_head(
+                let outv = self.pooled_head(
                     be.upload(&pw, MemKind::Scratch)?,
                     d,
                     1,
@@ -162,14 +194,13 @@ impl<B: Backend> Model<B> {
                         // dout = o − y, then scaled to the MSE gradient
                         be.copy(o, dout);
                         be.axpy(-1.0, &yt, dout);
-                        let diff = be.download(dout)?;
+                        be.sumsq(dout, sum, 0);
                         be.scale(dout, 2.0 * grad.unwrap_or(0.0) / b as f32);
-                        Ok(diff.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+                        Ok(())
                     },
                     b,
                 )?;
                 out.count = b;
-                out.loss_sum = loss;
                 if eval {
                     out.outputs = be.download(&outv)?;
                 }
@@ -187,9 +218,7 @@ impl<B: Backend> Model<B> {
                 let mut diff = be.zeros(n * c, MemKind::Scratch)?;
                 be.copy(hidden, &mut diff);
                 be.axpy(-1.0, &yt, &mut diff);
-                let mut slot = be.zeros(1, MemKind::Scratch)?;
-                be.sumsq(&diff, &mut slot, 0);
-                out.loss_sum = be.download(&slot)?[0] as f64;
+                be.sumsq(&diff, sum, 0);
                 out.count = n * c;
                 if let Some(s) = grad {
                     be.copy(&diff, dres);
@@ -214,7 +243,7 @@ impl<B: Backend> Model<B> {
                 let mut losses = be.zeros(n, MemKind::Scratch)?;
                 let scale = grad.unwrap_or(0.0) / count.max(1) as f32;
                 be.cross_entropy(&logits, &targets, &mut dlogits, &mut losses, n, v, scale);
-                out.loss_sum = be.download(&losses)?.iter().map(|&v| v as f64).sum();
+                be.sum(&losses, sum, 0);
                 out.count = count;
                 if eval {
                     let l = be.download(&logits)?;
@@ -271,7 +300,9 @@ impl<B: Backend> Model<B> {
                 let mut losses = be.zeros(2 * b, MemKind::Scratch)?;
                 let scale = grad.unwrap_or(0.0) / (2 * b) as f32;
                 be.cross_entropy(&lt, &targets, &mut dlt, &mut losses, 2 * b, t, scale);
-                out.loss_sum = be.download(&losses)?.iter().map(|&v| v as f64).sum::<f64>() / 2.0;
+                // The loss of a sequence is the mean of its start and end losses.
+                be.sum(&losses, sum, 0);
+                loss_scale = 0.5;
                 out.count = b;
                 if eval {
                     let l = be.download(&lt)?;
@@ -299,23 +330,27 @@ impl<B: Backend> Model<B> {
             (Head::LanguageModel, _) => return Err(mismatch("Tokens")),
             (Head::Span, _) => return Err(mismatch("Spans")),
         }
-        let loss = (out.loss_sum / out.count.max(1) as f64) as f32;
-        Ok((loss, out))
+        Ok((
+            HeadLoss {
+                count: out.count,
+                scale: loss_scale,
+            },
+            out,
+        ))
     }
 
     /// Pooled linear head: pooled [B, C] = Σ_t pw[b, t]·hidden[b, t, :]; logits [B, K] =
-    /// pooled·Wᵀ + b. `loss_fn(logits, dlogits, count)` returns the loss sum and writes
+    /// pooled·Wᵀ + b. `loss_fn(logits, dlogits, count)` records the loss on the device and writes
     /// dlogits (scaled); with `grad` the head's gradients and dL/dhidden follow.
-    #[allow(clippy::type_complexity)]
     fn pooled_head(
         &mut self,
         pw: Tensor<B>,
         d: super::block::Dims,
         k: usize,
         grad: Option<f32>,
-        loss_fn: impl FnOnce(&B, &Tensor<B>, &mut Tensor<B>, usize) -> Result<f64>,
+        loss_fn: impl FnOnce(&B, &Tensor<B>, &mut Tensor<B>, usize) -> Result<()>,
         count: usize,
-    ) -> Result<(f64, Tensor<B>)> {
+    ) -> Result<Tensor<B>> {
         let be = self.be.clone();
         let be = &*be;
         let (b, t, c) = (d.b, d.t, d.c);
@@ -333,7 +368,7 @@ impl<B: Backend> Model<B> {
         be.matmul(&pooled, &w.w, &mut logits, &Gemm::nt(b, k, c));
         be.add_bias(&mut logits, &bias.w, b, k);
         let mut dlogits = be.zeros(b * k, MemKind::Activation)?;
-        let loss = loss_fn(be, &logits, &mut dlogits, count)?;
+        loss_fn(be, &logits, &mut dlogits, count)?;
         if grad.is_some() {
             if let Some(g) = w.grad() {
                 be.matmul(&dlogits, &pooled, g, &Gemm::tn(k, c, b).accumulate());
@@ -350,6 +385,19 @@ impl<B: Backend> Model<B> {
                 &Gemm::nn(t, c, 1).batched(b, t, c, t * c),
             );
         }
-        Ok((loss, logits))
+        Ok(logits)
+    }
+}
+
+/// How a head's device loss slot becomes the batch's loss: loss sum = `scale`·slot, mean =
+/// loss sum / `count`.
+struct HeadLoss {
+    count: usize,
+    scale: f64,
+}
+
+impl HeadLoss {
+    fn mean(&self, slot: f32) -> f32 {
+        (self.scale * slot as f64 / self.count.max(1) as f64) as f32
     }
 }

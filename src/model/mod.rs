@@ -27,5 +27,5 @@ pub use config::{
 };
 pub use lora::{delta_w, Factors};
 pub use store::{ModelState, StateMeta};
-pub use transformer::Model;
+pub use transformer::{Model, StepReport};
 pub use weights::{random_weights, HostWeights, Init};

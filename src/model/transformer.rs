@@ -65,10 +65,32 @@ pub struct Model<B: Backend> {
     pub(crate) step_stats: Option<StepStats<B>>,
 }
 
-/// The gradient norm's device buffers: Σ g² per trainable tensor, and [norm, clip factor].
+/// A training step's device buffers, kept across steps: Σ g² per trainable tensor; the
+/// step's read-back [norm, clipping factor, loss, unused]; a head's loss slot and the step's
+/// loss accumulator.
 pub(crate) struct StepStats<B: Backend> {
-    pub sumsq: Tensor<B>, // [trainable tensors]
-    pub norm: Tensor<B>,  // [2]
+    pub sumsq: Tensor<B>,     // [trainable tensors]
+    pub out: Tensor<B>,       // [4]
+    pub loss_slot: Tensor<B>, // [1]
+    pub loss_acc: Tensor<B>,  // [1]
+}
+
+/// What [`Model::step_stats`] reads back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// Mean loss of the step (over its micro-batches).
+    pub loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+}
+
+fn check_norm(norm: f32, steps_before: u64) -> Result<()> {
+    ensure!(
+        norm.is_finite(),
+        "gradient norm is {norm} at step {}; lower the learning rate or check the data",
+        steps_before + 1
+    );
+    Ok(())
 }
 
 impl<B: Backend> Model<B> {
@@ -370,39 +392,45 @@ impl<B: Backend> Model<B> {
 
     /// Global L2 norm of all gradients: one `sumsq` slot per tensor, one download.
     pub fn grad_norm(&mut self) -> Result<f32> {
-        let Some(count) = self.grad_sumsq()? else {
-            return Ok(0.0);
-        };
-        let stats = self.step_stats.as_mut().expect("allocated by grad_sumsq");
+        let count = self.grad_sumsq()?;
         let be = self.be.clone();
-        be.clip_factor(&stats.sumsq, count, 0.0, &mut stats.norm);
-        Ok(be.download(&stats.norm)?[0])
+        let stats = self.step_stats.as_mut().expect("allocated by grad_sumsq");
+        be.clip_factor(&stats.sumsq, count, 0.0, &mut stats.out);
+        Ok(be.download(&stats.out)?[0])
+    }
+
+    /// The optimizer step's device buffers, with room for `count` per-tensor sums of squares
+    /// (allocated once, regrown when more tensors train). Taken out of the model: put back
+    /// with `self.step_stats = Some(..)`.
+    pub(crate) fn stats_bufs(&mut self, count: usize) -> Result<StepStats<B>> {
+        match self.step_stats.take() {
+            Some(s) if s.sumsq.len() >= count.max(1) => Ok(s),
+            old => {
+                let z = |len| self.be.zeros(len, MemKind::Scratch);
+                let (loss_slot, loss_acc) = match old {
+                    Some(s) => (s.loss_slot, s.loss_acc),
+                    None => (z(1)?, z(1)?),
+                };
+                Ok(StepStats {
+                    sumsq: z(count.max(1))?,
+                    out: z(4)?,
+                    loss_slot,
+                    loss_acc,
+                })
+            }
+        }
     }
 
     /// Σ g² of every trainable tensor into `step_stats.sumsq` (one slot each), on the device;
-    /// the number of slots, or `None` when nothing trains.
-    fn grad_sumsq(&mut self) -> Result<Option<usize>> {
+    /// returns the number of slots (0 when nothing trains).
+    fn grad_sumsq(&mut self) -> Result<usize> {
         let be = self.be.clone();
         let count = self
             .params_mut()
             .into_iter()
             .filter(|p| p.trainable())
             .count();
-        if count == 0 {
-            return Ok(None);
-        }
-        let stale = self
-            .step_stats
-            .as_ref()
-            .is_none_or(|s| s.sumsq.len() < count);
-        if stale {
-            self.step_stats = None;
-            self.step_stats = Some(StepStats {
-                sumsq: be.zeros(count, MemKind::Scratch)?,
-                norm: be.zeros(2, MemKind::Scratch)?,
-            });
-        }
-        let mut stats = self.step_stats.take().unwrap();
+        let mut stats = self.stats_bufs(count)?;
         for (i, p) in self
             .params_mut()
             .into_iter()
@@ -412,7 +440,7 @@ impl<B: Backend> Model<B> {
             be.sumsq(&p.opt.as_ref().unwrap().g, &mut stats.sumsq, i);
         }
         self.step_stats = Some(stats);
-        Ok(Some(count))
+        Ok(count)
     }
 
     /// One AdamW step on every trainable parameter, after clipping the global gradient norm to
@@ -420,18 +448,23 @@ impl<B: Backend> Model<B> {
     /// its own steps for bias correction (they differ only after a resize reset an adapter,
     /// see [`super::lora`]). Weight decay applies to matrices only. Masked λ entries are set
     /// back to 0 after the update.
-    ///
-    /// The norm and the clipping factor are computed on the device and the update reads the
-    /// factor there; the only read-back is the norm itself (8 bytes), at the end.
     pub fn optimizer_step(&mut self, opt: &AdamW, clip: Option<f32>) -> Result<f32> {
-        let Some(count) = self.grad_sumsq()? else {
-            self.apply_lambda_masks()?;
-            self.step += 1;
-            return Ok(0.0);
-        };
+        self.optimizer_step_queued(opt, clip)?;
+        let be = self.be.clone();
+        let norm = be.download(&self.step_stats.as_ref().expect("queued above").out)?[0];
+        check_norm(norm, self.step.saturating_sub(1))?;
+        Ok(norm)
+    }
+
+    /// [`Model::optimizer_step`] without the read-back: the norm and the clipping factor are
+    /// computed on the device and the update reads the factor there. [`Model::step_stats`]
+    /// reads the norm (and checks it is finite) with the step's loss.
+    pub fn optimizer_step_queued(&mut self, opt: &AdamW, clip: Option<f32>) -> Result<()> {
+        let count = self.grad_sumsq()?;
         let be = self.be.clone();
         let mut stats = self.step_stats.take().expect("allocated by grad_sumsq");
-        be.clip_factor(&stats.sumsq, count, clip.unwrap_or(0.0), &mut stats.norm);
+        // out[0] = norm, out[1] = clipping factor
+        be.clip_factor(&stats.sumsq, count, clip.unwrap_or(0.0), &mut stats.out);
         for p in self.params_mut() {
             let decay = p.decay;
             let Some(o) = p.opt.as_mut() else { continue };
@@ -447,19 +480,33 @@ impl<B: Backend> Model<B> {
                 &mut o.m,
                 &mut o.v,
                 &cfg,
-                Some((&stats.norm, 1)),
+                Some((&stats.out, 1)),
             );
         }
-        let norm = be.download(&stats.norm)?[0];
         self.step_stats = Some(stats);
-        ensure!(
-            norm.is_finite(),
-            "gradient norm is {norm} at step {}; lower the learning rate or check the data",
-            self.step + 1
-        );
         self.apply_lambda_masks()?;
         self.step += 1;
-        Ok(norm)
+        Ok(())
+    }
+
+    /// The last step's mean loss (what [`Model::forward_backward_queued`] added up since the
+    /// previous call) and gradient norm, in one read-back of 16 bytes; errors when the norm is
+    /// not finite.
+    pub fn step_stats(&mut self) -> Result<StepReport> {
+        let be = self.be.clone();
+        let mut stats = self.stats_bufs(0)?;
+        // out[2] = the step's loss
+        be.sum(&stats.loss_acc, &mut stats.out, 2);
+        be.fill(&mut stats.loss_acc, 0.0);
+        let v = be.download(&stats.out);
+        self.step_stats = Some(stats);
+        let v = v?;
+        let report = StepReport {
+            loss: v[2],
+            grad_norm: v[0],
+        };
+        check_norm(report.grad_norm, self.step.saturating_sub(1))?;
+        Ok(report)
     }
 
     /// Re-zero masked λ entries (AdaLoRA's pruned triplets stay pruned).

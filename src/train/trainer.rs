@@ -210,15 +210,14 @@ pub fn train<B: Backend>(
         let step = s + 1;
         let t0 = Instant::now();
         model.zero_grads();
-        let mut loss = 0.0f64;
         let mut tokens = 0usize;
         for micro in 0..cfg.accum {
             let b = task.train_batch(s * cfg.accum as u64 + micro as u64, cfg.batch)?;
             tokens += b.tokens();
-            let l = model
-                .forward_backward(&b, 1.0 / cfg.accum as f32)
+            // The loss stays on the device until `step_stats` below: one read-back per step.
+            model
+                .forward_backward_queued(&b, 1.0 / cfg.accum as f32)
                 .with_context(|| format!("training step {step}"))?;
-            loss += l as f64 / cfg.accum as f64;
         }
         hooks.after_backward(step, model)?;
         check_ranks(model, step, &mut log, hooks)?;
@@ -231,8 +230,9 @@ pub fn train<B: Backend>(
             weight_decay: cfg.weight_decay,
             step: step as u32,
         };
-        let grad_norm = model.optimizer_step(&opt, cfg.clip)?;
-        model.backend().sync()?;
+        model.optimizer_step_queued(&opt, cfg.clip)?;
+        let stats = model.step_stats()?;
+        let (loss, grad_norm) = (stats.loss as f64, stats.grad_norm);
         let secs = t0.elapsed().as_secs_f64();
         let mem = model.memory();
         let m = StepMetrics {

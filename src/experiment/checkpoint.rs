@@ -1,7 +1,9 @@
 //! Checkpoint files: one safetensors file per cell holding the trainable state and optimizer
 //! moments as named f32 tensors, with the step and every non-tensor state (rank engine, loop
 //! counters) as JSON in the safetensors metadata. One file, written atomically, so a kill during a
-//! save leaves the previous checkpoint intact.
+//! save leaves the previous checkpoint intact. The metadata carries a sha256 of the step, the
+//! state and every tensor (name, shape, bytes): a checkpoint changed on disk after it was written
+//! is refused on load rather than silently changing a finished cell's result.
 
 use super::fsio::write_atomic;
 use crate::adapter::HostTensor;
@@ -11,7 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 const META_KEY: &str = "adarank_checkpoint";
-const FORMAT: u32 = 1;
+/// 2: with a checksum.
+const FORMAT: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
@@ -27,6 +30,33 @@ struct Meta {
     format: u32,
     step: u64,
     state: serde_json::Value,
+    /// sha256 of [`digest`]'s input, hex.
+    #[serde(default)]
+    sha256: String,
+}
+
+/// sha256 over the step, the state's JSON text and every tensor in name order.
+fn digest<'a>(
+    step: u64,
+    state_json: &str,
+    tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(step.to_le_bytes());
+    h.update((state_json.len() as u64).to_le_bytes());
+    h.update(state_json.as_bytes());
+    for (name, shape, bytes) in tensors {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((shape.len() as u64).to_le_bytes());
+        for d in shape {
+            h.update((*d as u64).to_le_bytes());
+        }
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
@@ -52,10 +82,19 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<Vec<_>>>()?;
+    let state_json = serde_json::to_string(&ck.state)?;
+    let sha256 = digest(
+        ck.step,
+        &state_json,
+        bytes
+            .iter()
+            .map(|(n, s, b)| (n.as_str(), s.as_slice(), b.as_slice())),
+    );
     let meta = Meta {
         format: FORMAT,
         step: ck.step,
         state: ck.state.clone(),
+        sha256,
     };
     let mut info = HashMap::new();
     info.insert(META_KEY.to_string(), serde_json::to_string(&meta)?);
@@ -75,15 +114,35 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         .and_then(|m| m.get(META_KEY))
         .with_context(|| format!("{}: no adarank checkpoint metadata", path.display()))
         .and_then(|s| serde_json::from_str(s).context("checkpoint metadata"))?;
+    let fix = format!(
+        "delete it to restart this cell from step 0 (`rm {}`), then resume again",
+        path.display()
+    );
     if meta.format != FORMAT {
         bail!(
-            "{}: checkpoint format {} (this adarank reads {FORMAT})",
+            "{}: checkpoint format {} (this adarank reads {FORMAT}, whose checksum it can \
+             verify); {fix}",
             path.display(),
             meta.format
         );
     }
+    let mut named: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let state_json = serde_json::to_string(&meta.state)?;
+    let actual = digest(
+        meta.step,
+        &state_json,
+        named.iter().map(|(n, t)| (n.as_str(), t.shape(), t.data())),
+    );
+    if actual != meta.sha256 {
+        bail!(
+            "{}: checkpoint is corrupt: its contents do not match the checksum saved with it \
+             (a disk or copy error, or an edit); {fix}",
+            path.display()
+        );
+    }
     let mut tensors = BTreeMap::new();
-    for (name, t) in st.tensors() {
+    for (name, t) in named {
         if t.dtype() != Dtype::F32 {
             bail!(
                 "{}: tensor {name} is {:?}, expected F32",
@@ -137,6 +196,32 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&b.data), bits(&t.data));
         }
+    }
+
+    #[test]
+    fn a_flipped_bit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.safetensors");
+        let mut tensors = BTreeMap::new();
+        tensors.insert(
+            "w".to_string(),
+            HostTensor::new(vec![4], vec![1.0, 2.0, 3.0, 4.0]),
+        );
+        let ck = Checkpoint {
+            step: 3,
+            tensors,
+            state: serde_json::json!({"x": 1}),
+        };
+        save(&p, &ck).unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        // The last byte belongs to the last float of the tensor data.
+        *bytes.last_mut().unwrap() ^= 0x01;
+        std::fs::write(&p, &bytes).unwrap();
+        let e = format!("{:#}", load(&p).unwrap_err());
+        assert!(
+            e.contains("checkpoint is corrupt") && e.contains("rm "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! plots. See docs/ARCHITECTURE.md ("Runs").
 
 pub mod checkpoint;
+pub mod diverged;
 pub mod fsio;
+pub mod integrity;
+pub mod lock;
 pub mod peft;
 pub mod plots;
 pub mod progress;

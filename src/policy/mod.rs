@@ -3,6 +3,7 @@
 //! (`diag.rs`). The runner consumes the plans of `plan.rs`; docs/language.md is the reference.
 
 pub mod ast;
+pub mod bounds;
 mod check;
 pub mod diag;
 mod fields;
@@ -23,6 +24,9 @@ use std::path::{Path, PathBuf};
 /// Name under which `--set` arguments appear in diagnostics.
 pub const OVERRIDE_SOURCE: &str = "--set";
 
+/// A policy is a few kilobytes; a file far larger is the wrong file (or `/dev/zero`).
+pub const MAX_POLICY_BYTES: u64 = 64 << 20;
+
 /// Knobs of a load that tests and tools may turn.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -41,7 +45,7 @@ impl Default for LoadOptions {
 /// Reads, parses and checks a policy file; `overrides` are `key=value` strings (`--set`).
 pub fn load(path: &Path, overrides: &[String]) -> Result<Policy, Diagnostics> {
     let name = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::textfile::read(path, "policy", MAX_POLICY_BYTES) {
         Ok(t) => t,
         Err(e) => {
             let mut d = Diagnostics::new(vec![Source {
@@ -49,8 +53,8 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Policy, Diagnostics> {
                 text: String::new(),
             }]);
             d.push(
-                Diagnostic::new(ast::Span::default(), format!("cannot read {name}: {e}"), "")
-                    .help("check the path"),
+                Diagnostic::new(ast::Span::default(), format!("cannot read {e}"), "")
+                    .help("give the path of a .rank file"),
             );
             return Err(d);
         }

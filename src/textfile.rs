@@ -20,6 +20,8 @@ pub struct TextFileError {
     pub path: PathBuf,
     /// 1-based line of the problem, when it has one (invalid UTF-8).
     pub line: Option<usize>,
+    /// Byte offset of the first invalid byte (invalid UTF-8).
+    pub offset: Option<usize>,
     pub message: String,
 }
 
@@ -64,6 +66,7 @@ pub fn check_regular(path: &Path, what: &str, max_bytes: u64) -> Result<u64, Tex
     let err = |message: String| TextFileError {
         path: path.to_path_buf(),
         line: None,
+        offset: None,
         message,
     };
     let meta = match std::fs::metadata(path) {
@@ -95,6 +98,7 @@ pub fn read(path: &Path, what: &str, max_bytes: u64) -> Result<String, TextFileE
     let err = |line: Option<usize>, message: String| TextFileError {
         path: path.to_path_buf(),
         line,
+        offset: None,
         message,
     };
     let file =
@@ -121,14 +125,17 @@ pub fn read(path: &Path, what: &str, max_bytes: u64) -> Result<String, TextFileE
             .chars()
             .count()
             + 1;
-        err(
-            Some(line),
-            format!(
-                "column {col}: byte 0x{:02x} is not valid UTF-8; the {what} must be UTF-8 text \
-                 (re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8`)",
-                bytes[at]
-            ),
-        )
+        TextFileError {
+            offset: Some(at),
+            ..err(
+                Some(line),
+                format!(
+                    "column {col}: byte 0x{:02x} is not valid UTF-8; the {what} must be UTF-8 \
+                     text (re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8`)",
+                    bytes[at]
+                ),
+            )
+        }
     })
 }
 

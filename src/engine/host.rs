@@ -64,6 +64,8 @@ pub struct Plugin {
     pub file: String,
     pub source: String,
     ast: AST,
+    /// The sandbox's guard: where the last call of this plugin's host ended.
+    guard: Arc<Guard>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -101,7 +103,8 @@ impl Plugin {
         }
         (None, None)
     }
-    /// An error about what the role function returned, pointing at its definition.
+    /// An error about what the role function returned, pointing at the statement that returned
+    /// it (the last one the call ran), or at the function's definition when that is unknown.
     pub fn return_error(
         &self,
         role: Role,
@@ -110,7 +113,10 @@ impl Plugin {
         adapter: Option<&str>,
         value: Option<String>,
     ) -> Box<PluginError> {
-        let (line, col) = self.fn_position(role.function());
+        let (line, col) = match self.guard.position() {
+            Some((l, c)) => (Some(l), Some(c)),
+            None => self.fn_position(role.function()),
+        };
         Box::new(PluginError {
             file: self.file.clone(),
             line,
@@ -173,6 +179,7 @@ fn sandbox(limits: &Limits, guard: &Arc<Guard>) -> rhai::Engine {
             Dynamic::from(match s {
                 Stop::Time => "time",
                 Stop::Heap(_) => "heap",
+                Stop::Size(_) => "size",
             })
         })
     });
@@ -183,8 +190,11 @@ fn sandbox(limits: &Limits, guard: &Arc<Guard>) -> rhai::Engine {
     #[allow(deprecated)]
     engine.register_debugger(
         |_, dbg| dbg,
-        move |_, _, _, _, pos| {
-            if let (Some(line), Some(col)) = (pos.line(), pos.position()) {
+        move |_, event, _, _, pos| {
+            // Only steps: the events of a function exiting carry the position of its end.
+            if let (rhai::debugger::DebuggerEvent::Step, Some(line), Some(col)) =
+                (event, pos.line(), pos.position())
+            {
                 g.set_position(line, col);
             }
             Ok(rhai::debugger::DebuggerCommand::StepInto)
@@ -194,7 +204,12 @@ fn sandbox(limits: &Limits, guard: &Arc<Guard>) -> rhai::Engine {
     engine.on_print(move |s| g.print(s));
     let g = guard.clone();
     engine.on_debug(move |s, src, pos| g.print(&format!("{}:{pos}: {s}", src.unwrap_or("?"))));
-    safe::register(&mut engine, limits.max_string_size, limits.max_array_size);
+    safe::register(
+        &mut engine,
+        guard,
+        limits.max_string_size,
+        limits.max_array_size,
+    );
     engine
 }
 
@@ -409,6 +424,7 @@ impl PluginHost {
                     file: file.to_string(),
                     source: source.to_string(),
                     ast,
+                    guard: self.guard.clone(),
                 })
             }
             Err(e) => {
@@ -483,7 +499,7 @@ impl PluginHost {
         let stopped = self.guard.stopped();
         let (kind, value) = match (inner, &stopped) {
             (_, Some(Stop::Time)) => (PluginErrorKind::Timeout, None),
-            (_, Some(Stop::Heap(_))) => (PluginErrorKind::Limit, None),
+            (_, Some(Stop::Heap(_) | Stop::Size(_))) => (PluginErrorKind::Limit, None),
             (EvalAltResult::ErrorTerminated(..), None) => (PluginErrorKind::Timeout, None),
             (
                 EvalAltResult::ErrorTooManyOperations(..)
@@ -520,6 +536,7 @@ impl PluginHost {
                 grown >> 20,
                 self.guard.max_heap() >> 20
             ),
+            (_, Some(Stop::Size(why))) => why.clone(),
             (PluginErrorKind::Limit, _) if bare.contains("stopped:") => {
                 bare[bare.find("stopped:").unwrap_or(0)..].to_string()
             }

@@ -497,6 +497,18 @@ impl Ctx<'_> {
     ) -> Option<Until> {
         let count = |n: &Spanned<Number>, d: &mut Vec<Diagnostic>| match n.node.as_count() {
             Some(v) if v > 0 => Some(v as usize),
+            // Whole, but past what a float holds exactly (and any training length).
+            None if n.node.value.fract() == 0.0 && n.node.value > 0.0 => {
+                d.push(
+                    Diagnostic::new(
+                        n.span,
+                        format!("`{}` is beyond any training length", n.node.text),
+                        "too large",
+                    )
+                    .help("a phase bound counts steps or epochs of this run; write e.g. `until step 100`"),
+                );
+                None
+            }
             _ => {
                 d.push(
                     Diagnostic::new(

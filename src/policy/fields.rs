@@ -153,7 +153,7 @@ impl<'a> Fields<'a> {
         if v.is_finite() && above_min && v <= b.max {
             return Some(v);
         }
-        let range = match (b.open_min, v.is_finite() && v > b.max) {
+        let range = match (b.open_min, v > b.max) {
             (_, true) => format!("is above its limit of {}", b.max),
             (true, false) => format!("must be a number above {}", b.min),
             (false, false) => format!("must be a number of at least {}", b.min),

@@ -13,6 +13,9 @@ pub enum Stop {
     Time,
     /// Heap grown by the call, in bytes, when it was stopped.
     Heap(u64),
+    /// A size-checked built-in refused a result (the message says which); raised at the
+    /// operation after it, for built-ins whose errors rhai would swallow.
+    Size(String),
 }
 
 /// What a call printed, capped: past the cap, lines are counted, not kept.
@@ -64,8 +67,16 @@ impl Guard {
         }
     }
 
+    /// Asks the running call to stop at its next operation (see [`Stop::Size`]).
+    pub fn stop_with(&self, why: String) {
+        self.record(Stop::Size(why));
+    }
+
     /// The reason the running call must stop now, if any (and remembers it for the error).
     pub fn check(&self) -> Option<Stop> {
+        if let Some(s @ Stop::Size(_)) = self.stopped() {
+            return Some(s);
+        }
         let now = self.base.elapsed().as_nanos() as u64;
         let stop = if now > self.deadline_ns.load(Relaxed) {
             Stop::Time

@@ -8,8 +8,10 @@
 //! most the sum of their arguments' sizes, which the engine's own limits already bound to twice
 //! the largest value (`+`, `append`, `to_upper`, array `+`).
 
+use super::guard::Guard;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map, INT};
 use std::fmt::Write;
+use std::sync::Arc;
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -90,24 +92,28 @@ impl Write for Bounded {
     }
 }
 
-/// The text of an array or map as rhai prints it (elements in their debug form), or an error
-/// once it passes `max` bytes.
+/// The text of an array or map as rhai prints it (elements in their debug form). Past `max`
+/// bytes the call is stopped through the guard, at its next operation: rhai answers an error
+/// from a formatting function by formatting the value itself, without any bound.
 fn format_bounded(
+    guard: &Guard,
     kind: &str,
     max: usize,
     write: impl FnOnce(&mut Bounded) -> std::fmt::Result,
-) -> Res<ImmutableString> {
+) -> ImmutableString {
     let mut w = Bounded {
         out: String::new(),
         max,
     };
     match write(&mut w) {
-        Ok(()) => Ok(w.out.into()),
-        Err(_) => Err(format!(
-            "stopped: the text of this {kind} would be longer than the sandbox's string limit \
-             of {max} bytes; print a part of it"
-        )
-        .into()),
+        Ok(()) => w.out.into(),
+        Err(_) => {
+            guard.stop_with(format!(
+                "stopped: the text of this {kind} would be longer than the sandbox's string \
+                 limit of {max} bytes; print a part of it"
+            ));
+            ImmutableString::new()
+        }
     }
 }
 
@@ -134,7 +140,7 @@ fn write_map(w: &mut Bounded, m: &Map) -> std::fmt::Result {
 }
 
 /// Registers the size-checked replacements; `max_string` and `max_array` are the engine's limits.
-pub fn register(e: &mut Engine, max_string: usize, max_array: usize) {
+pub fn register(e: &mut Engine, guard: &Arc<Guard>, max_string: usize, max_array: usize) {
     let ms = max_string;
     e.register_fn(
         "replace",
@@ -206,11 +212,13 @@ pub fn register(e: &mut Engine, max_string: usize, max_array: usize) {
     // print, debug, to_string, to_debug and string concatenation all format arrays and maps
     // through these names.
     for name in ["print", "to_string", "debug", "to_debug"] {
+        let g = guard.clone();
         e.register_fn(name, move |a: &mut Array| {
-            format_bounded("array", ms, |w| write_array(w, a))
+            format_bounded(&g, "array", ms, |w| write_array(w, a))
         });
+        let g = guard.clone();
         e.register_fn(name, move |m: &mut Map| {
-            format_bounded("map", ms, |w| write_map(w, m))
+            format_bounded(&g, "map", ms, |w| write_map(w, m))
         });
     }
 

@@ -145,7 +145,7 @@ fn two_resumes_of_the_same_cell_at_once_run_it_once() {
     );
     let refused = if a.status.code() == Some(2) { &a } else { &b };
     assert!(
-        text(refused).contains("being run by pid"),
+        text(refused).contains("being run by other processes") && text(refused).contains("(pid "),
         "{}",
         text(refused)
     );

@@ -35,7 +35,9 @@ struct Outcome {
 /// with `wait4` (the kernel's own accounting of the child).
 fn run(args: &[String], cwd: &Path) -> Outcome {
     let t0 = Instant::now();
-    let err_path = cwd.join(format!(".stderr-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let err_path = cwd.join(format!(".stderr-{n}"));
     let err_file = std::fs::File::create(&err_path).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_adarank"))
         .args(args)
@@ -358,7 +360,7 @@ fn path_cases(tmp: &Path) -> Vec<Case> {
 fn every_hostile_input_ends_in_a_located_error_within_limits() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cases = policy_cases(tmp.path());
-    let (p, _) = (cases.len(), ());
+    let p = cases.len();
     cases.extend(plugin_cases(tmp.path()));
     let q = cases.len() - p;
     cases.extend(data_cases(tmp.path()));

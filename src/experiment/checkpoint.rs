@@ -1,9 +1,9 @@
 //! Checkpoint files: one safetensors file per cell holding the trainable state and optimizer
 //! moments as named f32 tensors, with the step and every non-tensor state (rank engine, loop
 //! counters) as JSON in the safetensors metadata. One file, written atomically, so a kill during a
-//! save leaves the previous checkpoint intact. The metadata carries a sha256 of the step, the
-//! state and every tensor (name, shape, bytes): a checkpoint changed on disk after it was written
-//! is refused on load rather than silently changing a finished cell's result.
+//! save leaves the previous checkpoint intact. The metadata carries a sha256 of the metadata text
+//! (step and state) and of every tensor (name, shape, bytes): a checkpoint changed on disk after
+//! it was written is refused on load rather than silently changing a finished cell's result.
 
 use super::fsio::write_atomic;
 use crate::adapter::HostTensor;
@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 const META_KEY: &str = "adarank_checkpoint";
+const SHA_KEY: &str = "adarank_sha256";
 /// 2: with a checksum.
 const FORMAT: u32 = 2;
 
@@ -30,22 +31,18 @@ struct Meta {
     format: u32,
     step: u64,
     state: serde_json::Value,
-    /// sha256 of [`digest`]'s input, hex.
-    #[serde(default)]
-    sha256: String,
 }
 
-/// sha256 over the step, the state's JSON text and every tensor in name order.
+/// sha256 over the metadata text as stored (a parse and re-serialisation need not give the
+/// same text back) and every tensor in name order.
 fn digest<'a>(
-    step: u64,
-    state_json: &str,
+    meta_json: &str,
     tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>,
 ) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(step.to_le_bytes());
-    h.update((state_json.len() as u64).to_le_bytes());
-    h.update(state_json.as_bytes());
+    h.update((meta_json.len() as u64).to_le_bytes());
+    h.update(meta_json.as_bytes());
     for (name, shape, bytes) in tensors {
         h.update((name.len() as u64).to_le_bytes());
         h.update(name.as_bytes());
@@ -82,22 +79,20 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<Vec<_>>>()?;
-    let state_json = serde_json::to_string(&ck.state)?;
+    let meta = serde_json::to_string(&Meta {
+        format: FORMAT,
+        step: ck.step,
+        state: ck.state.clone(),
+    })?;
     let sha256 = digest(
-        ck.step,
-        &state_json,
+        &meta,
         bytes
             .iter()
             .map(|(n, s, b)| (n.as_str(), s.as_slice(), b.as_slice())),
     );
-    let meta = Meta {
-        format: FORMAT,
-        step: ck.step,
-        state: ck.state.clone(),
-        sha256,
-    };
     let mut info = HashMap::new();
-    info.insert(META_KEY.to_string(), serde_json::to_string(&meta)?);
+    info.insert(META_KEY.to_string(), meta);
+    info.insert(SHA_KEY.to_string(), sha256);
     let out = safetensors::serialize(views, Some(info)).context("serialising checkpoint")?;
     write_atomic(path, &out)
 }
@@ -108,12 +103,12 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a checkpoint file", path.display()))?;
     let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)?;
-    let meta: Meta = md
-        .metadata()
-        .as_ref()
+    let info = md.metadata().as_ref();
+    let meta_json = info
         .and_then(|m| m.get(META_KEY))
-        .with_context(|| format!("{}: no adarank checkpoint metadata", path.display()))
-        .and_then(|s| serde_json::from_str(s).context("checkpoint metadata"))?;
+        .with_context(|| format!("{}: no adarank checkpoint metadata", path.display()))?;
+    let sha256 = info.and_then(|m| m.get(SHA_KEY));
+    let meta: Meta = serde_json::from_str(meta_json).context("checkpoint metadata")?;
     let fix = format!(
         "delete it to restart this cell from step 0 (`rm {}`), then resume again",
         path.display()
@@ -128,13 +123,11 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     }
     let mut named: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let state_json = serde_json::to_string(&meta.state)?;
     let actual = digest(
-        meta.step,
-        &state_json,
+        meta_json,
         named.iter().map(|(n, t)| (n.as_str(), t.shape(), t.data())),
     );
-    if actual != meta.sha256 {
+    if sha256 != Some(&actual) {
         bail!(
             "{}: checkpoint is corrupt: its contents do not match the checksum saved with it \
              (a disk or copy error, or an edit); {fix}",

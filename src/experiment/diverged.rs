@@ -48,3 +48,32 @@ pub fn check_eval(arm: &ArmPlan, step: u64, loss: f64) -> Result<()> {
         suspects(arm)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_steps_and_evaluations_are_refused_with_the_settings_to_change() {
+        let p = crate::policy::load_str(
+            "experiment x { model encoder { layers = 1, hidden = 8, heads = 2 } \
+             data planted { ranks = [1] } train { steps = 5, lr = 0.5 } }",
+            "x.rank",
+            std::path::Path::new("."),
+            &[],
+        )
+        .unwrap();
+        let arm = &p.arms[0];
+        assert!(check_step(arm, 3, 0.5, 1.0).is_ok());
+        for (loss, norm) in [(f32::NAN, 1.0), (f32::INFINITY, 1.0), (0.5, f32::NAN)] {
+            let e = check_step(arm, 3, loss, norm).unwrap_err().to_string();
+            assert!(
+                e.contains("diverged at step 3") && e.contains("train.lr = 0.5"),
+                "{e}"
+            );
+        }
+        assert!(check_eval(arm, 4, 0.1).is_ok());
+        let e = check_eval(arm, 4, f64::NAN).unwrap_err().to_string();
+        assert!(e.contains("evaluation at step 4 gave a loss of NaN"), "{e}");
+    }
+}

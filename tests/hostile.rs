@@ -96,10 +96,13 @@ fn has_location(stderr: &str, file: &str) -> bool {
     })
 }
 
+/// `Err` says what failed.
+type Verdict = Result<(), String>;
+
 struct Case {
     name: String,
-    /// What must hold beyond exit status, time and memory; `Err` says what failed.
-    check: Box<dyn Fn(&Outcome, &Path) -> Result<(), String> + Send + Sync>,
+    /// What must hold beyond exit status, time and memory.
+    check: Box<dyn Fn(&Outcome) -> Verdict + Send + Sync>,
     args: Vec<String>,
     cwd: PathBuf,
     exit: i32,
@@ -175,7 +178,7 @@ fn policy_cases(tmp: &Path) -> Vec<Case> {
         let file = name.clone();
         out.push(Case {
             name: format!("policies/{name}"),
-            check: Box::new(move |o, _| {
+            check: Box::new(move |o| {
                 expect_in(o, &expect)?;
                 if is_run {
                     if !o.stderr.contains(" seed ") {
@@ -246,7 +249,7 @@ fn plugin_cases(tmp: &Path) -> Vec<Case> {
         let at = format!("{name}:{line}:");
         out.push(Case {
             name: format!("plugins/{name}"),
-            check: Box::new(move |o, _| {
+            check: Box::new(move |o| {
                 expect_in(o, &expect)?;
                 if !o.stderr.contains(&at) {
                     return Err(format!("the error does not point at {at}"));
@@ -311,7 +314,7 @@ fn data_cases(tmp: &Path) -> Vec<Case> {
         .to_vec();
         out.push(Case {
             name: format!("data/{name}"),
-            check: Box::new(move |o, _| expect_in(o, &expect)),
+            check: Box::new(move |o| expect_in(o, &expect)),
             args,
             cwd: case_dir,
             exit: 2,
@@ -345,7 +348,7 @@ fn path_cases(tmp: &Path) -> Vec<Case> {
         .into_iter()
         .map(|(what, path, want)| Case {
             name: format!("paths/{what}"),
-            check: Box::new(move |o, _| expect_in(o, want)),
+            check: Box::new(move |o| expect_in(o, want)),
             args: vec!["check".into(), path],
             cwd: tmp.to_path_buf(),
             exit: 1,
@@ -370,8 +373,7 @@ fn every_hostile_input_ends_in_a_located_error_within_limits() {
     assert!(q >= 30, "{q} plugins");
     assert!(r >= 15, "{r} data folders");
 
-    let results: Mutex<BTreeMap<String, (Outcome, Result<(), String>)>> =
-        Mutex::new(BTreeMap::new());
+    let results: Mutex<BTreeMap<String, (Outcome, Verdict)>> = Mutex::new(BTreeMap::new());
     let queue = Mutex::new(cases.iter().collect::<Vec<_>>());
     // Two at a time: the machine this runs on in CI has two cores.
     std::thread::scope(|s| {
@@ -381,7 +383,7 @@ fn every_hostile_input_ends_in_a_located_error_within_limits() {
                     break;
                 };
                 let o = run(&c.args, &c.cwd);
-                let mut verdict = (c.check)(&o, &c.cwd);
+                let mut verdict = (c.check)(&o);
                 if o.code != Some(c.exit) {
                     verdict = Err(format!("exit status {:?}, wanted {}", o.code, c.exit));
                 } else if o.secs > TIME_LIMIT.as_secs_f64() {

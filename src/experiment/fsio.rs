@@ -104,6 +104,13 @@ pub fn filter_jsonl<T: DeserializeOwned + Serialize>(
     keep: impl Fn(&T) -> bool,
 ) -> Result<()> {
     let records: Vec<T> = read_jsonl(path)?;
+    // A line torn by a kill must go before anything is appended after it.
+    let torn = fs::read(path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
+    if !torn && records.iter().all(&keep) {
+        // Nothing to drop: leave the file alone, so a cell starting fresh never rewrites a
+        // log that other cells of the run are appending to.
+        return Ok(());
+    }
     let mut out = String::new();
     for r in records.iter().filter(|r| keep(r)) {
         out.push_str(&serde_json::to_string(r)?);

@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 pub const SUMMARY: &str = "summary.json";
+/// Held while summary.json is read, changed and written, and the report rebuilt from it.
+const SUMMARY_LOCK: &str = ".summary.lock";
 
 #[derive(Clone, Debug)]
 pub struct RunDir {
@@ -101,6 +103,34 @@ impl RunDir {
 
     pub fn load_summary(&self) -> Result<Summary> {
         read_json(&self.summary())
+    }
+
+    /// Applies `change` to summary.json as it is on disk now, under an exclusive lock of the run
+    /// directory, and with `render` rewrites results.csv, the plots and the report from it
+    /// before letting go: the cells of one run may finish at the same moment in different
+    /// processes (a Slurm job array), and none may undo another's record or leave an older
+    /// report over a newer one. Returns the summary as written.
+    pub fn update_summary(
+        &self,
+        change: impl FnOnce(&mut Summary),
+        render: bool,
+    ) -> Result<Summary> {
+        let path = self.root.join(SUMMARY_LOCK);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        lock.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        let mut s = self.load_summary()?;
+        change(&mut s);
+        self.write_summary(&s)?;
+        if render {
+            self.render(&s)?;
+        }
+        Ok(s)
     }
 
     pub fn load_metrics(&self) -> Result<Vec<MetricRecord>> {

@@ -25,7 +25,8 @@ pub fn main(args: ReportArgs) -> Result<()> {
     match (&dirs[..], &args.out) {
         ([one], None) => {
             // Under the run's lock: cells of a Slurm array may be finishing meanwhile.
-            let s = one.update_summary(|_| {}, true)?;
+            one.render_shared()?;
+            let s = one.load_summary()?;
             let missing = report::missing_cells(&s);
             if !missing.is_empty() {
                 eprintln!(

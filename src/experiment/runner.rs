@@ -179,7 +179,7 @@ pub fn run_on<B: Backend>(
     policy: Option<Policy>,
     opts: &RunOptions,
 ) -> Result<PathBuf> {
-    let (rd, policy, mut summary) = match &opts.resume {
+    let (rd, policy, summary) = match &opts.resume {
         Some(dir) => {
             let rd = RunDir::open(dir)?;
             let policy: Policy = read_json(&rd.root.join(POLICY_JSON))?;
@@ -224,7 +224,7 @@ pub fn run_on<B: Backend>(
                 .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
             running.status = CellStatus::Running;
             running.error = None;
-            summary = rd.update_summary(|s| s.put(running), false)?;
+            rd.update_summary(|s| s.put(running))?;
             let resuming = opts.resume.is_some();
             let result = run_cell(
                 be.clone(),
@@ -239,10 +239,11 @@ pub fn run_on<B: Backend>(
             );
             match result {
                 Ok(cell) => {
-                    summary = rd.update_summary(|s| s.put(cell), true)?;
+                    rd.update_summary(|s| s.put(cell))?;
+                    rd.render_shared()?;
                 }
                 Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
-                    rd.update_summary(|_| {}, true)?;
+                    rd.render_shared()?;
                     return Err(e);
                 }
                 Err(e) => {
@@ -262,7 +263,8 @@ pub fn run_on<B: Backend>(
                     failed.status = CellStatus::Failed;
                     failed.error = Some(msg);
                     failed.steps = steps;
-                    rd.update_summary(|s| s.put(failed), true)?;
+                    rd.update_summary(|s| s.put(failed))?;
+                    rd.render_shared()?;
                     return Err(e.context(format!(
                         "arm {} seed {seed} failed; {} keeps everything done so far",
                         arm.name,
@@ -272,7 +274,7 @@ pub fn run_on<B: Backend>(
             }
         }
     }
-    rd.update_summary(|_| {}, true)?;
+    rd.render_shared()?;
     progress.println(&format!("report: {}", rd.report().display()));
     Ok(rd.root)
 }

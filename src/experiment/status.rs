@@ -122,6 +122,9 @@ pub fn status(rd: &RunDir) -> Result<RunStatus> {
                 None if index.is_some() && queue_known => {
                     (State::Pending, "not in Slurm's queue".into())
                 }
+                None if job.is_some() && index.is_none() => {
+                    (State::Pending, "not in the job array".into())
+                }
                 None => (State::Pending, String::new()),
             },
         };
@@ -185,7 +188,16 @@ impl RunStatus {
         }
         for c in &self.cells {
             let name = format!("{} seed {}", c.arm, c.seed);
-            let index = c.index.map(|i| format!("[{i}] ")).unwrap_or_default();
+            let width = self
+                .cells
+                .iter()
+                .filter_map(|c| c.index)
+                .max()
+                .map_or(0, |i| i.to_string().len() + 3);
+            let index = format!(
+                "{:<width$}",
+                c.index.map(|i| format!("[{i}] ")).unwrap_or_default()
+            );
             let steps = match c.of {
                 Some(n) => format!("{}/{n} steps", c.steps),
                 None => format!("{} steps", c.steps),

@@ -39,7 +39,8 @@ pub fn check_device(dev: &Device, policy: &Policy, arms: &[String]) -> Result<()
         Some((memory, where_)) => preflight(policy, arms, memory, &where_),
         None => {
             eprintln!(
-                "note: the memory of {} is not known to adarank; the run is not checked against                  it (see `adarank plan --device NAME`)",
+                "note: the memory of {} is not known to adarank; the run is not checked against \
+                 it (see `adarank plan --device NAME`)",
                 dev.describe()
             );
             Ok(())
@@ -69,14 +70,45 @@ pub fn preflight(policy: &Policy, arms: &[String], memory: f64, where_: &str) ->
             continue;
         }
         let peak = &c.memory.peak;
+        let (train, eval) = (c.memory.train_step.total(), c.memory.evaluation.total());
         let dynamic = peak.of(MemKind::Activation) + peak.of(MemKind::Scratch);
-        let locate = Locator::new(policy);
-        let (section, key) = if dynamic >= peak.total() / 2.0 {
-            ("train", Some("batch"))
+        // Point at the setting that makes the cell large, and say what would fit.
+        let (section, key, what) = if eval > train && eval > memory {
+            let e = c.shape.eval;
+            (
+                "data",
+                Some("eval_samples"),
+                format!(
+                    "its evaluation pass ({} sequences × {} tokens) alone needs {}, the training \
+                     step {}: evaluation batches hold at most 64 sequences, fewer when \
+                     `data.eval_samples` is smaller",
+                    e.batch,
+                    e.seq,
+                    fmt_bytes(eval),
+                    fmt_bytes(train)
+                ),
+            )
+        } else if dynamic >= peak.total() / 2.0 {
+            (
+                "train",
+                Some("batch"),
+                smaller_batch(policy, &arm.name, memory),
+            )
         } else if c.shape.full {
-            ("lora", None)
+            (
+                "lora",
+                None,
+                "full fine-tuning holds every weight with its gradient and two AdamW moments; \
+                 LoRA trains a small fraction of them"
+                    .into(),
+            )
         } else {
-            ("model", None)
+            (
+                "model",
+                None,
+                "the model's frozen weights alone need more: a smaller model or a larger device"
+                    .into(),
+            )
         };
         let message = format!(
             "arm `{}` needs {} of memory at its peak, more than the {} {where_}",
@@ -85,15 +117,15 @@ pub fn preflight(policy: &Policy, arms: &[String], memory: f64, where_: &str) ->
             fmt_bytes(memory)
         );
         let help = format!(
-            "{}; `adarank plan {}` shows every arm's memory",
-            smaller_batch(policy, &arm.name, memory),
+            "{what}; `adarank plan {}` shows every arm's memory by kind",
             policy.source_path.display()
         );
-        let Some(l) = locate else {
+        let Some(l) = Locator::new(policy) else {
             return Err(anyhow!("{message} ({}); {help}", by_kind(peak)));
         };
         let span = l
             .setting(&arm.name, section, key)
+            .or_else(|| l.setting(&arm.name, section, None))
             .unwrap_or_else(|| l.arm(&arm.name));
         let d = Diagnostic::new(span, message, by_kind(peak)).help(help);
         return Err(anyhow!("{}", l.error(d)));
@@ -108,14 +140,15 @@ fn smaller_batch(policy: &Policy, arm: &str, memory: f64) -> String {
         return "lower train.batch".into();
     };
     let (b, accum) = (plan.train.batch, plan.train.accum);
+    let device = DeviceSpec::memory_only(memory, "");
     let mut try_b = b / 2;
+    let mut smallest = None;
     while try_b >= 1 {
         let mut p = policy.clone();
         for a in p.arms.iter_mut().filter(|a| a.name == arm) {
             a.train.batch = try_b;
             a.train.accum = accum * b.div_ceil(try_b);
         }
-        let device = DeviceSpec::memory_only(memory, "");
         if let Ok(c) = arm_costs(&p, arm, &device) {
             if c.fits {
                 return format!(
@@ -125,10 +158,21 @@ fn smaller_batch(policy: &Policy, arm: &str, memory: f64) -> String {
                     fmt_bytes(c.memory.peak.total())
                 );
             }
+            smallest = Some(c);
         }
         try_b /= 2;
     }
-    "even a batch of 1 does not fit: use LoRA instead of full fine-tuning, shorter sequences, a \
-     smaller model, or a device with more memory"
-        .into()
+    match smallest {
+        Some(c) if c.memory.evaluation.total() > memory => format!(
+            "a smaller micro-batch does not help: the evaluation pass ({} sequences × {} tokens) \
+             alone needs {} (evaluation batches hold at most 64 sequences, fewer when \
+             `data.eval_samples` is smaller)",
+            c.shape.eval.batch,
+            c.shape.eval.seq,
+            fmt_bytes(c.memory.evaluation.total())
+        ),
+        _ => "even a micro-batch of 1 does not fit: shorter sequences, LoRA instead of full \
+              fine-tuning, a smaller model, or a device with more memory"
+            .into(),
+    }
 }

@@ -65,7 +65,13 @@ fn main() -> ExitCode {
             if let Some(s) = e.downcast_ref::<adarank::cli::ExitStatus>() {
                 return ExitCode::from(s.0);
             }
-            eprintln!("error: {e:#}");
+            // Policy diagnostics render their own `error:` lines.
+            let msg = format!("{e:#}");
+            if msg.starts_with("error: ") {
+                eprintln!("{}", msg.trim_end());
+            } else {
+                eprintln!("error: {msg}");
+            }
             ExitCode::from(2)
         }
     }

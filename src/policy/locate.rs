@@ -131,8 +131,8 @@ mod tests {
         let l = Locator::new(&p).unwrap();
         let at = |arm, s, k| line_col(&l, l.setting(arm, s, k).unwrap());
         assert_eq!(at("adaptive", "train", Some("batch")), (0, 5, 30));
-        assert_eq!(at("big", "train", Some("batch")), (0, 6, 29));
-        assert_eq!(at("full", "lora", None), (0, 7, 23));
+        assert_eq!(at("big", "train", Some("batch")), (0, 6, 27));
+        assert_eq!(at("full", "lora", None), (0, 7, 21));
         assert_eq!(at("full", "model", None), (0, 2, 3));
         assert_eq!(at("adaptive", "lora", None), (0, 4, 3));
         assert!(l.setting("adaptive", "train", Some("accum")).is_none());

@@ -184,7 +184,11 @@ pub fn gpu_memory_by_adapter_name(adapter: &str) -> Option<f64> {
     let mut keys: Vec<String> = words.iter().map(|w| w.to_string()).collect();
     keys.extend(words.windows(2).map(|p| format!("{}{}", p[0], p[1])));
     GPUS.iter()
-        .filter(|g| keys.contains(&g.names[0].replace('-', "")))
+        .filter(|g| {
+            // The model, without a variant: "a100-40gb" → "a100".
+            let model = g.names[0].split('-').next().unwrap_or_default();
+            keys.iter().any(|k| k == model)
+        })
         .map(|g| g.memory_gb * 1e9)
         .reduce(f64::min)
 }

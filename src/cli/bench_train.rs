@@ -9,7 +9,8 @@
 
 use crate::adapter::ModuleKind;
 use crate::backend::cpu::Cpu;
-use crate::backend::{AdamW, Backend, Gemm, MemKind};
+use crate::backend::{AdamW, Backend};
+use crate::experiment::costs::devices::gemm_gflops;
 use crate::experiment::costs::{pass_flops, BatchShape};
 use crate::model::{
     Batch, Flavour, Head, LoraConfig, Model, ModelConfig, Pooling, Target, TrainMode,
@@ -125,21 +126,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Best-of-5 GFLOP/s of the FFN-shaped GEMM x·Wᵀ: [N, C]·[F, C]ᵀ.
 fn gemm_rate<B: Backend>(be: &B, a: &BenchTrainArgs) -> Result<f64> {
-    let (m, n, k) = (a.batch * a.seq, a.ffn, a.hidden);
-    let x = be.upload(&vec![0.5; m * k], MemKind::Scratch)?;
-    let w = be.upload(&vec![0.25; n * k], MemKind::Scratch)?;
-    let mut y = be.zeros(m * n, MemKind::Scratch)?;
-    let spec = Gemm::nt(m, n, k);
-    be.matmul(&x, &w, &mut y, &spec);
-    be.sync()?;
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        be.matmul(&x, &w, &mut y, &spec);
-        be.sync()?;
-        best = best.min(t0.elapsed().as_secs_f64());
-    }
-    Ok(spec.flops() / best / 1e9)
+    gemm_gflops(be, a.batch * a.seq, a.ffn, a.hidden, 5)
 }
 
 struct Row {

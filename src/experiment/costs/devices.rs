@@ -203,18 +203,23 @@ pub fn available_memory() -> Option<f64> {
 
 /// Best of three 1024³ f32 GEMMs on the CPU backend, in GFLOP/s (about 0.1 s).
 pub fn measure_cpu_gflops() -> Result<f64> {
-    let cpu = Cpu::new();
-    let n = 1024;
-    let a = cpu.upload(&vec![0.5; n * n], MemKind::Scratch)?;
-    let b = cpu.upload(&vec![0.25; n * n], MemKind::Scratch)?;
-    let mut c = cpu.zeros(n * n, MemKind::Scratch)?;
-    let spec = Gemm::nt(n, n, n);
-    cpu.matmul(&a, &b, &mut c, &spec);
+    gemm_gflops(&Cpu::new(), 1024, 1024, 1024, 3)
+}
+
+/// GFLOP/s of the best of `reps` timed runs (after one untimed) of x·Wᵀ: [m, k]·[n, k]ᵀ, the
+/// GEMM of a linear layer, on `be`.
+pub fn gemm_gflops<B: Backend>(be: &B, m: usize, n: usize, k: usize, reps: usize) -> Result<f64> {
+    let x = be.upload(&vec![0.5; m * k], MemKind::Scratch)?;
+    let w = be.upload(&vec![0.25; n * k], MemKind::Scratch)?;
+    let mut y = be.zeros(m * n, MemKind::Scratch)?;
+    let spec = Gemm::nt(m, n, k);
+    be.matmul(&x, &w, &mut y, &spec);
+    be.sync()?;
     let mut best = f64::MAX;
-    for _ in 0..3 {
+    for _ in 0..reps.max(1) {
         let t0 = Instant::now();
-        cpu.matmul(&a, &b, &mut c, &spec);
-        cpu.sync()?;
+        be.matmul(&x, &w, &mut y, &spec);
+        be.sync()?;
         best = best.min(t0.elapsed().as_secs_f64());
     }
     Ok(spec.flops() / best / 1e9)

@@ -69,6 +69,15 @@ fn dry_run_writes_the_script_and_submits_nothing() {
     let job: serde_json::Value = serde_json::from_str(&text(&run.join("slurm/job.json"))).unwrap();
     assert_eq!(job["cells"].as_array().unwrap().len(), 8);
     assert!(job["submissions"].as_array().unwrap().is_empty());
+    // A report of a run none of whose cells has finished names what is missing.
+    let out = adarank(&["report", run.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("8 cell(s) missing from the report: adaptive seed 1 (pending)"),
+        "{err}"
+    );
+    let report = text(&run.join("report.md"));
+    assert!(report.contains("8 cell(s) not finished"), "{report}");
 }
 
 /// `true` when a Slurm controller answers (started here by `scripts/local-slurm` if needed).

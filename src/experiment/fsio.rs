@@ -165,4 +165,26 @@ mod tests {
         let v: Vec<serde_json::Value> = read_jsonl(&p).unwrap();
         assert_eq!(v.len(), 3);
     }
+
+    #[test]
+    fn filter_leaves_a_log_alone_unless_it_drops_something() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.jsonl");
+        fs::write(&p, "{\"step\": 1}\n{\"step\": 2}\n").unwrap();
+        let inode = fs::metadata(&p).unwrap().ino();
+        filter_jsonl::<serde_json::Value>(&p, |_| true).unwrap();
+        assert_eq!(
+            fs::metadata(&p).unwrap().ino(),
+            inode,
+            "rewritten for nothing"
+        );
+        // A torn last line goes, so the next append starts on a line of its own.
+        fs::write(&p, "{\"step\": 1}\n{\"step\": 2}\n{\"st").unwrap();
+        filter_jsonl::<serde_json::Value>(&p, |_| true).unwrap();
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            "{\"step\":1}\n{\"step\":2}\n"
+        );
+    }
 }

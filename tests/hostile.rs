@@ -166,12 +166,16 @@ fn policy_cases(tmp: &Path) -> Vec<Case> {
                 v
             })
             .unwrap_or_default();
-        let is_run = header(&text, "cmd").as_deref() == Some("run");
+        let cmd = header(&text, "cmd");
+        let is_run = cmd.as_deref() == Some("run");
+        // Refused by the run's memory pre-flight: a run error at the policy's line:col, and no
+        // run directory.
+        let preflight = cmd.as_deref() == Some("preflight");
         let out_dir = tmp.join(format!("run-{name}"));
-        let mut args = vec![if is_run { "run" } else { "check" }.to_string()];
+        let mut args = vec![if is_run || preflight { "run" } else { "check" }.to_string()];
         args.push(f.display().to_string());
         args.extend(extra);
-        if is_run {
+        if is_run || preflight {
             args.extend(["--device", "cpu", "--quiet", "--out"].map(String::from));
             args.push(out_dir.display().to_string());
         }
@@ -180,6 +184,9 @@ fn policy_cases(tmp: &Path) -> Vec<Case> {
             name: format!("policies/{name}"),
             check: Box::new(move |o| {
                 expect_in(o, &expect)?;
+                if preflight && out_dir.exists() {
+                    return Err("a refused run left a run directory".into());
+                }
                 if is_run {
                     if !o.stderr.contains(" seed ") {
                         return Err("a run error must name its arm and seed".into());
@@ -204,7 +211,7 @@ fn policy_cases(tmp: &Path) -> Vec<Case> {
             }),
             args,
             cwd: tmp.to_path_buf(),
-            exit: if is_run { 2 } else { 1 },
+            exit: if is_run || preflight { 2 } else { 1 },
         });
     }
     out
@@ -356,8 +363,8 @@ fn path_cases(tmp: &Path) -> Vec<Case> {
         .collect()
 }
 
-// Pre-flight memory refusals (the memory plan's "this cell needs X GiB, the machine has Y") join
-// the policy corpus as `tests/hostile/policies/preflight_*.rank` once that check exists.
+// Pre-flight memory refusals (the memory plan's "this cell needs X GiB, the machine has Y") are
+// the policy corpus's `preflight_*.rank`: legal settings whose cell would not fit any machine.
 
 #[test]
 fn every_hostile_input_ends_in_a_located_error_within_limits() {

@@ -3,6 +3,7 @@
 //! plots. See docs/ARCHITECTURE.md ("Runs").
 
 pub mod checkpoint;
+pub mod costs;
 pub mod diverged;
 pub mod fsio;
 pub mod integrity;
@@ -14,6 +15,7 @@ pub mod records;
 pub mod report;
 pub mod rundir;
 pub mod stats;
+pub mod status;
 
 pub use records::{
     ArmMeta, CellResult, CellStatus, EnvInfo, MetricRecord, MetricSpec, RankRecord, Summary,
@@ -22,3 +24,4 @@ pub use rundir::RunDir;
 pub mod arm;
 pub mod runner;
 pub mod slots;
+pub mod slurm;

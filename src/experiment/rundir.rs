@@ -122,8 +122,8 @@ impl RunDir {
     }
 
     /// Changes the summary on disk under the directory's lock (read, `f`, write), so cells run
-    /// by other processes at the same time keep their records; returns the summary as written
-    /// and what `f` returned.
+    /// by other processes at the same time (a Slurm job array) keep their records; returns the
+    /// summary as written and what `f` returned.
     pub fn update_summary<R>(&self, f: impl FnOnce(&mut Summary) -> R) -> Result<(Summary, R)> {
         let _lock = super::lock::lock_dir(&self.root)?;
         let mut s = self.load_summary()?;
@@ -133,7 +133,8 @@ impl RunDir {
     }
 
     /// Rebuilds `results.csv`, the plots and the report from what is on disk now, under the
-    /// directory's lock (another process may be finishing a cell of the same run).
+    /// directory's lock (another process may be finishing a cell of the same run), so an older
+    /// report never replaces a newer one.
     pub fn render_shared(&self) -> Result<()> {
         let _lock = super::lock::lock_dir(&self.root)?;
         let s = self.load_summary()?;

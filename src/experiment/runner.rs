@@ -63,6 +63,8 @@ impl std::fmt::Display for Interrupted {
 }
 impl std::error::Error for Interrupted {}
 
+const POLICY_JSON: &str = "policy.json";
+
 fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
     let base = policy.arms.first().map(|a| a.name.clone());
     let loss = policy.arms.first().is_some_and(metric_is_loss);
@@ -102,6 +104,16 @@ fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
 /// summary and report, then the run stops with the cell's error.
 pub fn run(policy: Option<Policy>, opts: &RunOptions) -> Result<PathBuf> {
     let dev = Device::open(opts.device)?;
+    // Before anything is allocated: refuse a cell that would not fit the device.
+    match (&policy, &opts.resume) {
+        (Some(p), _) => super::costs::check_device(&dev, p, &opts.arms)?,
+        // (A directory that is no run is refused below, with its own message.)
+        (None, Some(dir)) if dir.join(POLICY_JSON).is_file() => {
+            let p: Policy = read_json(&dir.join(POLICY_JSON))?;
+            super::costs::check_device(&dev, &p, &opts.arms)?
+        }
+        _ => {}
+    }
     let desc = dev.describe();
     match dev {
         Device::Cpu(b) => {
@@ -110,6 +122,58 @@ pub fn run(policy: Option<Policy>, opts: &RunOptions) -> Result<PathBuf> {
         }
         Device::Gpu(b) => run_on(b, &desc, "gpu", policy, opts),
     }
+}
+
+/// Every `--arm` and `--seed` must name an arm and a seed of the policy.
+pub fn check_filters(policy: &Policy, arms: &[String], seeds: &[u64]) -> Result<()> {
+    for a in arms {
+        if policy.arm(a).is_none() {
+            bail!(
+                "--arm {a}: no such arm (arms: {})",
+                policy
+                    .arms
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    for s in seeds {
+        if !policy.seeds.contains(s) {
+            bail!(
+                "--seed {s}: not among the policy's seeds {:?}",
+                policy.seeds
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A new run directory for `policy` (`out`, or `runs/<experiment>-<timestamp>`): the policy
+/// as written and as checked, env.json (`device`, `backend_name`), a summary with every cell
+/// pending, and run.json (the plan's and plugins' hashes, the `arms`/`seeds` filters that
+/// `--resume` keeps). Local runs and Slurm submissions start the same way.
+pub fn start_run_dir(
+    policy: &Policy,
+    out: Option<&Path>,
+    device: &str,
+    backend_name: &str,
+    arms: &[String],
+    seeds: &[u64],
+) -> Result<(RunDir, Summary)> {
+    let root = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), &policy.name));
+    let rd = RunDir::create(&root)?;
+    write_atomic(&rd.policy(), policy.source_text.as_bytes())?;
+    write_json_atomic(&rd.policy_json(), policy)?;
+    let env = EnvInfo::collect(device, backend_name);
+    write_json_atomic(&rd.env(), &env)?;
+    let s = summary_for(policy, env);
+    rd.write_summary(&s)?;
+    integrity::record(&rd, policy, arms, seeds)?;
+    Ok((rd, s))
 }
 
 /// Runs (or resumes) `policy` on `be`; `device` and `backend_name` describe it in env.json and
@@ -147,41 +211,18 @@ pub fn run_on<B: Backend>(
         }
         None => {
             let policy = policy.context("no policy to run")?;
-            let root = opts
-                .out
-                .clone()
-                .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), &policy.name));
-            let rd = RunDir::create(&root)?;
-            write_atomic(&rd.policy(), policy.source_text.as_bytes())?;
-            write_json_atomic(&rd.policy_json(), &policy)?;
-            let env = EnvInfo::collect(device, backend_name);
-            write_json_atomic(&rd.env(), &env)?;
-            rd.write_summary(&summary_for(&policy, env))?;
-            integrity::record(&rd, &policy, &opts.arms, &opts.seeds)?;
+            let (rd, _) = start_run_dir(
+                &policy,
+                opts.out.as_deref(),
+                device,
+                backend_name,
+                &opts.arms,
+                &opts.seeds,
+            )?;
             (rd, policy, opts.arms.clone(), opts.seeds.clone())
         }
     };
-    for a in &arms {
-        if policy.arm(a).is_none() {
-            bail!(
-                "--arm {a}: no such arm (arms: {})",
-                policy
-                    .arms
-                    .iter()
-                    .map(|a| a.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-    }
-    for s in &seeds {
-        if !policy.seeds.contains(s) {
-            bail!(
-                "--seed {s}: not among the policy's seeds {:?}",
-                policy.seeds
-            );
-        }
-    }
+    check_filters(&policy, &arms, &seeds)?;
     let progress = Progress::new(ProgressMode::detect(opts.quiet));
     progress.println(&format!("run directory: {}", rd.root.display()));
     let mut budget = opts.stop_after_steps;

@@ -12,6 +12,7 @@ use super::{AdamW, Attn, Backend, BackendKind, DType, Gemm, Ids, Ledger, MemKind
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 use simd::vectorized;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Rows per rayon task for row-wise ops; small enough to balance, large enough to amortise.
 const ROW_CHUNK: usize = 16;
@@ -25,6 +26,8 @@ pub struct Cpu {
     threads: usize,
     /// Packing buffers of the bf16 GEMM, reused across calls.
     bf16_ws: bf16::Workspace,
+    /// GEMM FLOPs run so far (2·m·n·k per batch item), the tally `adarank plan` is held to.
+    gemm_flops: AtomicU64,
 }
 
 impl Default for Cpu {
@@ -39,6 +42,7 @@ impl Cpu {
             ledger: Ledger::new(),
             threads: rayon::current_num_threads(),
             bf16_ws: bf16::Workspace::default(),
+            gemm_flops: AtomicU64::new(0),
         }
     }
 
@@ -80,6 +84,11 @@ impl Cpu {
         };
         let threads = if spec.flops() > 2e6 { self.threads } else { 1 };
         bf16::gemm(&self.bf16_ws, &shape, &a.buf, bm, &mut c.buf, threads);
+    }
+
+    /// GEMM FLOPs this backend has run since it was created.
+    pub fn gemm_flops(&self) -> u64 {
+        self.gemm_flops.load(Ordering::Relaxed)
     }
 
     fn gemm_parallelism(&self, flops: f64) -> gemm::Parallelism {
@@ -343,6 +352,10 @@ impl Backend for Cpu {
                 b.len(),
                 c.len()
             );
+            if spec.m > 0 && spec.n > 0 {
+                self.gemm_flops
+                    .fetch_add(spec.flops() as u64, Ordering::Relaxed);
+            }
             return self.matmul_bf16(a, b, c, spec);
         }
         let Gemm {
@@ -369,6 +382,8 @@ impl Backend for Cpu {
         if m == 0 || n == 0 || batch == 0 {
             return;
         }
+        self.gemm_flops
+            .fetch_add(spec.flops() as u64, Ordering::Relaxed);
         // Row-major strides (row stride, col stride) for gemm's (rs, cs) convention.
         let (a_rs, a_cs) = if trans_a {
             (1isize, m as isize)
@@ -633,6 +648,11 @@ impl Backend for Cpu {
             "attention_forward {spec:?}: probs of {} values or a short key mask",
             probs.len()
         );
+        // Two GEMMs per head: q·kᵀ and probs·v.
+        self.gemm_flops.fetch_add(
+            (2.0 * attention_gemm_flops(spec, head_dim)) as u64,
+            Ordering::Relaxed,
+        );
         attention::forward(
             &q.buf,
             &k.buf,
@@ -670,6 +690,11 @@ impl Backend for Cpu {
                 && probs.len() >= spec.len()
                 && dprobs.len() >= spec.len(),
             "attention_backward {spec:?}, head dim {head_dim}: an operand is too short"
+        );
+        // Four GEMMs per head: dprobs, dv, dq, dk.
+        self.gemm_flops.fetch_add(
+            (4.0 * attention_gemm_flops(spec, head_dim)) as u64,
+            Ordering::Relaxed,
         );
         attention::backward(
             &q.buf,
@@ -852,6 +877,11 @@ pub fn clip_scale(norm: f32, clip: f32) -> f32 {
     } else {
         1.0
     }
+}
+
+/// FLOPs of one of attention's GEMMs over all heads: 2·tq·tk·D per head.
+fn attention_gemm_flops(spec: &Attn, head_dim: usize) -> f64 {
+    2.0 * (spec.batch * spec.heads) as f64 * (spec.tq * spec.tk * head_dim) as f64
 }
 
 /// Values of q (and ctx), and of k (and v), for an attention of `spec`.

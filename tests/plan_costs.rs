@@ -81,6 +81,18 @@ fn quickstart_peaks_match_the_plan() {
     peaks_agree(&example("quickstart.rank", &[]));
 }
 
+/// bf16 frozen weights (half the frozen bytes) in the plan as in the ledger.
+#[test]
+fn quickstart_bf16_peaks_match_the_plan() {
+    peaks_agree(&example(
+        "quickstart.rank",
+        &[(
+            "checkpoint_every = 20 }",
+            "checkpoint_every = 20, weights = bf16 }",
+        )],
+    ));
+}
+
 #[test]
 fn paper_table_peaks_match_the_plan() {
     // 60 steps instead of 300, the phases scaled down with them.

@@ -41,6 +41,9 @@ pub enum DType {
 }
 
 impl DType {
+    pub fn is_f32(&self) -> bool {
+        *self == DType::F32
+    }
     /// 32-bit words that hold `len` values.
     pub fn words(self, len: usize) -> usize {
         match self {

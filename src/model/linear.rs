@@ -56,31 +56,43 @@ pub(crate) fn ensure_len<B: Backend>(
     Ok(())
 }
 
-/// Scratch of the adapter backward, [n, rank] tensors kept across steps (one pair per size met,
-/// so mixed ranks allocate once each, not once per step).
+/// Scratch of the adapters' backward: two [n, r_max] tensors for the largest rank in use, kept
+/// across steps and reallocated only when n or r_max changes (a rank change, a new batch shape).
 pub struct AdapterScratch<B: Backend> {
-    by_len: Vec<(usize, Tensor<B>, Tensor<B>)>,
+    pair: Option<(Tensor<B>, Tensor<B>)>,
+    len: usize,
 }
 
 impl<B: Backend> Default for AdapterScratch<B> {
     fn default() -> Self {
-        Self { by_len: Vec::new() }
+        Self { pair: None, len: 0 }
     }
 }
 
 impl<B: Backend> AdapterScratch<B> {
-    /// Two tensors of exactly `len` values (contents unspecified).
-    fn pair(&mut self, be: &B, len: usize) -> Result<(&mut Tensor<B>, &mut Tensor<B>)> {
-        let i = match self.by_len.iter().position(|(l, ..)| *l == len) {
-            Some(i) => i,
-            None => {
+    /// Holds exactly two tensors of `len` values (none for 0).
+    pub fn ensure(&mut self, be: &B, len: usize) -> Result<()> {
+        if len != self.len {
+            self.pair = None; // release before allocating, so the ledger peak is honest
+            self.len = 0;
+            if len > 0 {
                 let z = || be.zeros(len, MemKind::Scratch);
-                self.by_len.push((len, z()?, z()?));
-                self.by_len.len() - 1
+                self.pair = Some((z()?, z()?));
             }
-        };
-        let (_, a, b) = &mut self.by_len[i];
-        Ok((a, b))
+            self.len = len;
+        }
+        Ok(())
+    }
+
+    /// The two tensors (at least n·r values for every adapter: see `ensure`).
+    fn pair(&mut self, need: usize) -> (&mut Tensor<B>, &mut Tensor<B>) {
+        assert!(
+            need <= self.len,
+            "adapter backward needs {need} scratch values, the workspace has {}",
+            self.len
+        );
+        let (a, b) = self.pair.as_mut().expect("ensured before the backward");
+        (a, b)
     }
 }
 
@@ -173,7 +185,7 @@ impl<B: Backend> Linear<B> {
         }
         let s = l.scale;
         let xa = l.xa.as_ref().expect("adapter backward after its forward");
-        let (dmid, prod) = scratch.pair(be, n * r)?;
+        let (dmid, prod) = scratch.pair(n * r);
         // dmid: [n, r] = s · dy · B
         be.matmul(
             dy,

@@ -742,6 +742,13 @@ impl<B: Backend> Model<B> {
         let a = self.acts.as_mut().expect("backward after forward");
         let d = a.d;
         let full = self.emb.word.trainable();
+        let r_max = self
+            .blocks
+            .iter()
+            .flat_map(|b| ModuleKind::ALL.map(|k| b.linear(k).lora.as_ref().map_or(0, |l| l.rank)))
+            .max()
+            .unwrap_or(0);
+        a.work.adapter.ensure(be, d.n() * r_max)?;
         if let Some(ln) = self.final_ln.as_mut() {
             let Norm { gamma, beta } = ln;
             be.layernorm_backward(

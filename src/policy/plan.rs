@@ -297,12 +297,8 @@ pub struct TrainSpec {
     pub device: Device,
     /// Storage of the frozen weights (`f32` or `bf16`). Default f32; left out of serialized
     /// plans when f32, so existing plans read the same.
-    #[serde(default, skip_serializing_if = "is_f32")]
+    #[serde(default, skip_serializing_if = "DType::is_f32")]
     pub weights: DType,
-}
-
-fn is_f32(d: &DType) -> bool {
-    *d == DType::F32
 }
 
 impl TrainSpec {

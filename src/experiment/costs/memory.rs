@@ -7,7 +7,7 @@
 
 use super::shapes::{ArmShape, BatchShape};
 use crate::adapter::ModuleKind;
-use crate::backend::MemKind;
+use crate::backend::{DType, MemKind};
 use crate::model::weights::{body_shapes, head_shapes};
 use crate::model::Head;
 use serde::Serialize;
@@ -117,6 +117,9 @@ pub fn params(s: &ArmShape, ranks: &[usize]) -> ByKind {
     for (_, shape) in body_shapes(&s.model) {
         if s.full {
             m.trainable(prod(&shape));
+        } else if s.frozen == DType::Bf16 && shape.len() >= 2 {
+            // Two bf16 values per 4-byte word (`Param::frozen`).
+            m.hold(MemKind::Frozen, (prod(&shape) / 2.0).ceil());
         } else {
             m.hold(MemKind::Frozen, prod(&shape));
         }
@@ -143,7 +146,7 @@ pub fn params(s: &ArmShape, ranks: &[usize]) -> ByKind {
     m
 }
 
-/// Trainable tensors (one gradient-norm slot each, `Model::grad_norm`).
+/// Trainable tensors (one gradient-norm slot each, `Model::optimizer_step`).
 fn trainable_tensors(s: &ArmShape, ranks: &[usize]) -> usize {
     let heads = head_shapes(&s.model, &s.head).len();
     if s.full {
@@ -186,22 +189,22 @@ fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
     // Acts: key mask, embedding sum and its LayerNorm statistics, the encoder's normalised
     // embeddings or the decoder's final LayerNorm output, and the final statistics.
     m.hold(act, n + n * ch + 2.0 * n + n * ch + 2.0 * n);
-    // LayerActs, per layer: a_in (decoder) or r2 (encoder), qh, kh, vh, ctx, r1, f_in, out;
-    // four LayerNorm statistics; f1, g; probs.
-    let per_layer = 5.0 * n * ch + 3.0 * bhtd + 4.0 * n + 2.0 * n * f + bhtt;
+    // LayerActs, per layer: a_in (decoder) or r2 (encoder), q, k, v, ctx, r1, f_in, out;
+    // four LayerNorm statistics; f1 (gelu(f1) is recomputed, not saved); probs.
+    let per_layer = 5.0 * n * ch + 3.0 * bhtd + 4.0 * n + n * f + bhtt;
     m.hold(act, c.layers as f64 * per_layer);
-    // Work and Flow.
+    // Work (nc, nc2, nf, nf2, dq, dk, dv, bhtt, bhtt2) and Flow (three [N, C]).
     m.hold(
         MemKind::Scratch,
-        2.0 * n * ch + 2.0 * n * f + 2.0 * bhtd + 2.0 * bhtt + 3.0 * n * ch,
+        2.0 * n * ch + 2.0 * n * f + 3.0 * bhtd + 2.0 * bhtt + 3.0 * n * ch,
     );
+    if train && !s.full {
+        // The adapters' backward workspace, kept across steps: two [n, r_max].
+        let r_max = ranks.iter().copied().max().unwrap_or(0) as f64;
+        m.hold(MemKind::Scratch, 2.0 * n * r_max);
+    }
     let mut brief = head_buffers(s, b);
     if train && !s.full {
-        let r_max = ranks.iter().copied().max().unwrap_or(0) as f64;
-        // dmid (and the SVD form's product) of one adapter's backward: [n, r].
-        let mut lora = ByKind::default();
-        lora.hold(MemKind::Scratch, if s.svd { 2.0 } else { 1.0 } * n * r_max);
-        brief = brief.max(lora);
         if s.svd && s.orth_reg {
             // The penalty's gradient, uploaded one factor at a time.
             let mut extra = ByKind::default();
@@ -218,9 +221,12 @@ fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
         }
     }
     if train {
-        let mut norm = ByKind::default();
-        norm.hold(MemKind::Scratch, trainable_tensors(s, ranks) as f64);
-        brief = brief.max(norm);
+        // The step's device statistics, kept across steps (`StepStats`): one sum of squares
+        // per trainable tensor, the 4-value read-back, the loss slot and accumulator.
+        m.hold(
+            MemKind::Scratch,
+            trainable_tensors(s, ranks).max(1) as f64 + 6.0,
+        );
     }
     m.plus(&brief)
 }

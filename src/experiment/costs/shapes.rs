@@ -5,6 +5,7 @@
 
 use super::super::arm::{engine_config, train_mode, transformer, EVAL_BATCH};
 use crate::adapter::ModuleKind;
+use crate::backend::DType;
 use crate::data::hf::{self, BertConfig};
 use crate::data::plan::{CLASSIFY_EVAL_BATCH, SPAN_EVAL_BATCH};
 use crate::engine::Method;
@@ -41,6 +42,9 @@ pub struct ArmShape {
     pub svd: bool,
     /// AdaLoRA's orthogonality penalty is added to the adapters' gradients.
     pub orth_reg: bool,
+    /// Storage of the frozen weights (`train.weights`; f32 for full fine-tuning).
+    #[serde(skip_serializing_if = "DType::is_f32")]
+    pub frozen: DType,
     /// Rank of every adapter slot at the start (layer-major, `ModuleKind::ALL` order; 0 = none).
     pub start_ranks: Vec<usize>,
     /// The rank plan with the most memory the arm can reach: for an arm that re-allocates, the
@@ -161,6 +165,7 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
         full,
         svd,
         orth_reg: arm.adalora.as_ref().is_some_and(|a| a.orth_reg > 0.0),
+        frozen: if full { DType::F32 } else { arm.train.weights },
         start_ranks,
         peak_ranks,
         train: BatchShape {

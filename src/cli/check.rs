@@ -1,5 +1,6 @@
 //! `adarank check` — check policy files; exit 1 when any has an error (issue 4).
 
+use crate::experiment::budget;
 use crate::policy;
 use clap::Args;
 use std::path::PathBuf;
@@ -35,6 +36,11 @@ pub fn main(args: CheckArgs) -> anyhow::Result<()> {
                     p.seeds.len(),
                     if p.seeds.len() == 1 { "" } else { "s" },
                 );
+                let counts: Vec<_> = p.arms.iter().filter_map(budget::arm_params).collect();
+                eprint!("{}", budget::describe(&counts));
+                if let Some(w) = budget::mismatch(&counts) {
+                    eprintln!("warning: {w}");
+                }
             }
             Err(d) => {
                 failed += 1;

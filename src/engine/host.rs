@@ -251,6 +251,45 @@ impl PluginHost {
                 Ok(r.into_iter().map(|x| Dynamic::from_int(x as INT)).collect())
             },
         );
+        e.register_fn(
+            "round_to_param_budget",
+            |a: Array,
+             costs: Array,
+             budget: INT,
+             rmin: INT,
+             rmax: INT|
+             -> Result<Map, Box<EvalAltResult>> {
+                if budget < 0 || rmin < 0 || rmax < 0 {
+                    return Err("round_to_param_budget: negative budget or bound".into());
+                }
+                let v = floats(&a)?;
+                let c: Vec<u64> = floats(&costs)?
+                    .into_iter()
+                    .map(|x| x.max(0.0).round() as u64)
+                    .collect();
+                let fit = rounding::round_to_param_budget(
+                    &v,
+                    &c,
+                    budget as u64,
+                    rmin as usize,
+                    rmax as usize,
+                )
+                .map_err(|m| format!("round_to_param_budget: {m}"))?;
+                let mut m = Map::new();
+                m.insert(
+                    "ranks".into(),
+                    Dynamic::from_array(
+                        fit.ranks
+                            .into_iter()
+                            .map(|x| Dynamic::from_int(x as INT))
+                            .collect(),
+                    ),
+                );
+                m.insert("params".into(), Dynamic::from_int(fit.params as INT));
+                m.insert("gap".into(), Dynamic::from_int(fit.gap as INT));
+                Ok(m)
+            },
+        );
         e.register_fn("erank", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
             Ok(super::spectra::effective_rank(&floats(&a)?) as FLOAT)
         });

@@ -17,5 +17,7 @@ pub use records::{
 };
 pub use rundir::RunDir;
 pub mod arm;
+pub mod budget;
 pub mod runner;
 pub mod slots;
+pub mod sweep;

@@ -199,6 +199,11 @@ pub fn merge(dirs: &[RunDir], out: &Path) -> Result<RunDir> {
                 m.arms.push(a.clone());
             }
         }
+        for c in &s.lr_choices {
+            if m.lr_choice(&c.arm).is_none() {
+                m.lr_choices.push(c.clone());
+            }
+        }
         for k in &s.seeds {
             if !m.seeds.contains(k) {
                 m.seeds.push(*k);

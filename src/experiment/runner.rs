@@ -16,6 +16,7 @@ use crate::adapter::AdapterStore;
 use crate::backend::device::Device;
 use crate::backend::{Backend, MemKind};
 use crate::data::hf::Checkpoint as HfCheckpoint;
+use crate::data::plan::Split;
 use crate::engine::{EngineCtx, EngineState, RankEngine};
 use crate::model::{Batch, EvalOut, Model, ModelState, StateMeta};
 use crate::policy::{ActionKind, ArmPlan, ModelSpec, Policy, Until};
@@ -81,6 +82,7 @@ fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
                 method: method_label(a),
                 ablation: a.ablation,
                 ablation_of: if a.ablation { base.clone() } else { None },
+                hparams: Some(super::arm::hparams(a)),
             })
             .collect(),
         seeds: policy.seeds.clone(),
@@ -95,6 +97,7 @@ fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
             })
             .collect(),
         env: Some(env),
+        lr_choices: Vec::new(),
     }
 }
 
@@ -180,6 +183,28 @@ pub fn run_on<B: Backend>(
         if !opts.arms.is_empty() && !opts.arms.contains(&arm.name) {
             continue;
         }
+        let resuming = opts.resume.is_some();
+        let swept = super::sweep::choose_lr(arm, &policy, &mut summary, &rd, |a, seed, split| {
+            run_cell(
+                be.clone(),
+                a,
+                seed,
+                split,
+                &rd,
+                &base_dir,
+                &progress,
+                resuming,
+                &mut budget,
+                &mut checkpoints,
+            )
+        });
+        let arm = &match swept {
+            Ok(a) => a,
+            Err(e) => {
+                rd.render(&summary)?;
+                return Err(e);
+            }
+        };
         for &seed in &policy.seeds {
             if !opts.seeds.is_empty() && !opts.seeds.contains(&seed) {
                 continue;
@@ -198,11 +223,11 @@ pub fn run_on<B: Backend>(
             running.error = None;
             summary.put(running);
             rd.write_summary(&summary)?;
-            let resuming = opts.resume.is_some();
             let result = run_cell(
                 be.clone(),
                 arm,
                 seed,
+                Split::Test,
                 &rd,
                 &base_dir,
                 &progress,
@@ -482,6 +507,7 @@ fn run_cell<B: Backend>(
     be: Arc<B>,
     arm: &ArmPlan,
     seed: u64,
+    split: Split,
     rd: &RunDir,
     base_dir: &Path,
     progress: &Progress,
@@ -499,7 +525,8 @@ fn run_cell<B: Backend>(
         ModelSpec::Path { dir, .. } => Some(dir.display().to_string()),
         ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => None,
     };
-    let (mut task, samples) = build_task(arm, ckpt, seed)?;
+    let (mut task, samples) = build_task(arm, ckpt, seed, split)?;
+    let eval_split = crate::data::plan::split_of(&arm.data, split).name();
     let steps = total_steps(arm, samples)?;
     let cfg = train_config(arm, steps, seed);
     let mode = train_mode(arm, task.model_config().layers);
@@ -646,5 +673,9 @@ fn run_cell<B: Backend>(
         tokens_per_s: tokens as f64 / wall.max(1e-9),
         trainable_params,
         final_ranks: infos.into_iter().map(|a| (a.name, a.rank)).collect(),
+        planned_steps: steps,
+        eval_examples: hooks.eval.iter().map(|b| b.batch as u64).sum(),
+        eval_split: eval_split.to_string(),
+        lr: arm.train.lr,
     })
 }

@@ -83,6 +83,24 @@ impl ModelSpec {
             ModelSpec::Path { .. } => None,
         }
     }
+    /// Feed-forward width when it is known without loading weights.
+    pub fn ffn(&self) -> Option<usize> {
+        match self {
+            ModelSpec::Encoder(t) | ModelSpec::Decoder(t) => Some(t.ffn),
+            ModelSpec::Hf { name, .. } => super::known_models::lookup(name).map(|m| m.ffn),
+            ModelSpec::Path { .. } => None,
+        }
+    }
+    /// `(vocab, max_positions)` when known without loading weights.
+    pub fn vocab_positions(&self) -> Option<(usize, usize)> {
+        match self {
+            ModelSpec::Encoder(t) | ModelSpec::Decoder(t) => Some((t.vocab, t.max_positions)),
+            ModelSpec::Hf { name, .. } => {
+                super::known_models::lookup(name).map(|m| (m.vocab, m.max_positions))
+            }
+            ModelSpec::Path { .. } => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -192,6 +210,10 @@ pub struct LoraOn {
     pub rank: RankSpec,
     /// Total rank over all adapter slots, shared out by the allocator.
     pub budget: Option<usize>,
+    /// Total trainable adapter parameters Σ r_i·(rows_i + cols_i), shared out by the allocator
+    /// (instead of `budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param_budget: Option<usize>,
     /// Default 1.
     pub min_rank: usize,
     /// Default 64.
@@ -270,8 +292,11 @@ pub struct TrainSpec {
     pub length: TrainLength,
     /// Default 32.
     pub batch: usize,
-    /// Default 1e-3.
+    /// Default 1e-3. For a sweep, its first candidate until the runner has chosen.
     pub lr: f64,
+    /// `lr = sweep [...]`: the candidates, chosen per arm on the dev split (empty: no sweep).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lr_sweep: Vec<f64>,
     /// Warm-up steps. Default 0.
     pub warmup: usize,
     /// Default linear.

@@ -231,6 +231,18 @@ const KIND_NAMES: [&str; 6] = ["q", "k", "v", "o", "ffn_in", "ffn_out"];
 pub struct Shape {
     pub layers: Option<usize>,
     pub hidden: Option<usize>,
+    pub ffn: Option<usize>,
+}
+
+impl Shape {
+    /// Parameters one rank of an adapter on `kind` costs: rows + cols of the adapted weight.
+    pub fn rank_cost(&self, kind: ModuleKind) -> Option<usize> {
+        let c = self.hidden?;
+        Some(match kind {
+            ModuleKind::FfnIn | ModuleKind::FfnOut => c + self.ffn?,
+            _ => 2 * c,
+        })
+    }
 }
 
 pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
@@ -243,6 +255,7 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
             "init_rank",
             "rank",
             "budget",
+            "param_budget",
             "min_rank",
             "max_rank",
         ],
@@ -264,7 +277,17 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
         (None, _) => 8.min(max_rank),
     };
     let budget = f.positive("budget").map(|b| b as usize);
+    let param_budget = f.positive("param_budget").map(|b| b as usize);
     if f.d.len() > errors_before {
+        return None;
+    }
+    if let (Some(_), Some(e)) = (budget, f.get("param_budget")) {
+        f.value_error(
+            e.key.span,
+            "`lora` sets both `budget` (ranks) and `param_budget` (parameters)".into(),
+            "a budget is one or the other: keep `param_budget` to compare arms at equal cost"
+                .into(),
+        );
         return None;
     }
     let at = |f: &Fields<'_>, key: &str| f.get(key).map_or(f.header, |e| e.value.span);
@@ -313,6 +336,30 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
             return None;
         }
     }
+    if let (Some(p), Some(n_layers)) = (
+        param_budget,
+        layers.as_ref().map(|l| l.len()).or(shape.layers),
+    ) {
+        let per_layer: Option<usize> = targets.iter().map(|k| shape.rank_cost(*k)).sum();
+        if let Some(per_layer) = per_layer {
+            let (lo, hi) = (
+                n_layers * per_layer * min_rank,
+                n_layers * per_layer * max_rank,
+            );
+            if p < lo || p > hi {
+                let span = at(f, "param_budget");
+                f.value_error(
+                    span,
+                    format!(
+                        "param_budget {p} is infeasible: with every adapter between min_rank {min_rank} and max_rank {max_rank}, the {n_layers} layers × {} targets hold between {lo} and {hi} adapter parameters (one rank costs rows + cols)",
+                        targets.len()
+                    ),
+                    format!("set `param_budget` within {lo}..={hi}, or change min_rank/max_rank, targets or layers"),
+                );
+                return None;
+            }
+        }
+    }
     Some(LoraOn {
         targets,
         layers,
@@ -321,6 +368,7 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
         init_rank,
         rank: rank.unwrap_or(RankSpec::Uniform(init_rank)),
         budget,
+        param_budget,
         min_rank,
         max_rank,
     })
@@ -665,9 +713,7 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         _ => None,
     };
     let batch = f.positive("batch").unwrap_or(32) as usize;
-    let lr = f
-        .float_in("lr", f64::MIN_POSITIVE, 10.0, "1e-3")
-        .unwrap_or(1e-3);
+    let (lr, lr_sweep) = learning_rate(f).unwrap_or((1e-3, vec![]));
     let warmup = f.count("warmup").unwrap_or(0) as usize;
     let decay = match f.choice("decay", &["linear", "cosine", "constant"]) {
         Some("cosine") => Decay::Cosine,
@@ -715,6 +761,7 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         length,
         batch,
         lr,
+        lr_sweep,
         warmup,
         decay,
         weight_decay,
@@ -725,4 +772,55 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         max_len,
         device,
     })
+}
+
+/// `lr = 1e-3`, or `lr = sweep [3e-4, 1e-3, 3e-3]`: at least two distinct rates in (0, 10]. A
+/// sweep's plan carries its first candidate as `lr` until the runner has chosen.
+fn learning_rate(f: &mut Fields<'_>) -> Option<(f64, Vec<f64>)> {
+    let e = f.get("lr")?;
+    let Value::Sweep(items) = &e.value.node else {
+        return f
+            .float_in("lr", f64::MIN_POSITIVE, 10.0, "1e-3")
+            .map(|v| (v, vec![]));
+    };
+    let mut out: Vec<f64> = Vec::new();
+    for it in items {
+        match &it.node {
+            Value::Number(n) if n.value.is_finite() && n.value > 0.0 && n.value <= 10.0 => {
+                if out.contains(&n.value) {
+                    f.value_error(
+                        it.span,
+                        format!("learning rate `{}` is in the sweep twice", n.text),
+                        "list each candidate once".into(),
+                    );
+                    return None;
+                }
+                out.push(n.value);
+            }
+            other => {
+                f.value_error(
+                    it.span,
+                    format!(
+                        "a swept learning rate is a number between 0 and 10, found {}",
+                        other.describe()
+                    ),
+                    "write e.g. `lr = sweep [3e-4, 1e-3, 3e-3]`".into(),
+                );
+                return None;
+            }
+        }
+    }
+    if out.len() < 2 {
+        f.value_error(
+            e.value.span,
+            format!(
+                "a sweep needs at least two learning rates, found {}",
+                out.len()
+            ),
+            "add candidates, e.g. `lr = sweep [3e-4, 1e-3, 3e-3]`, or give one rate: `lr = 1e-3`"
+                .into(),
+        );
+        return None;
+    }
+    Some((out[0], out))
 }

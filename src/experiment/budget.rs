@@ -1,0 +1,271 @@
+//! Trainable parameters of each arm, counted from its plan before anything runs, and the check
+//! that the LoRA arms of one experiment are compared at (nearly) the same cost.
+//!
+//! Why: a rank costs rows + cols parameters, so arms at the same total rank can differ by tens
+//! of percent in what they train (on MiniLM an FFN rank costs 1920, an attention rank 768).
+//! A comparison that does not hold the cost fixed measures the budget, not the method.
+
+use crate::adapter::ModuleKind;
+use crate::model::weights::{body_shapes, head_shapes};
+use crate::model::{Flavour, Head, ModelConfig, Pooling};
+use crate::policy::{ArmPlan, DataSpec, ModelSpec, RankSpec};
+use std::fmt::Write;
+
+/// LoRA arms whose counts differ by more than this share of the smaller one get a warning.
+pub const TOLERANCE: f64 = 0.02;
+
+/// What an arm trains at the end of training, in parameters: `lo..=hi` (equal when the plan
+/// fixes it; a range when an allocator decides under a rank budget).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArmParams {
+    pub arm: String,
+    /// Adapter parameters Σ r_i·(rows_i + cols_i) (+ r_i for AdaLoRA's λ); `None` for full
+    /// fine-tuning.
+    pub adapters: Option<(u64, u64)>,
+    /// Head (always trained) and, for full fine-tuning, body parameters; `None` when the head's
+    /// size is only known from the data (JSONL labels).
+    pub other: Option<u64>,
+    /// How the adapter count comes about, in words.
+    pub how: String,
+}
+
+impl ArmParams {
+    /// Total trainable parameters `lo..=hi`, when known.
+    pub fn total(&self) -> Option<(u64, u64)> {
+        let o = self.other?;
+        Some(match self.adapters {
+            Some((lo, hi)) => (lo + o, hi + o),
+            None => (o, o),
+        })
+    }
+}
+
+/// The model's shape when the plan fixes it (random models, and the pretrained models the
+/// checker knows).
+fn model_config(spec: &ModelSpec) -> Option<ModelConfig> {
+    let (layers, hidden, ffn) = (spec.layers()?, spec.hidden()?, spec.ffn()?);
+    let (vocab, max_positions) = spec.vocab_positions()?;
+    let (flavour, heads) = match spec {
+        ModelSpec::Encoder(t) => (Flavour::Encoder, t.heads),
+        ModelSpec::Decoder(t) => (Flavour::Decoder, t.heads),
+        // Heads do not change a parameter count.
+        ModelSpec::Hf { .. } | ModelSpec::Path { .. } => (Flavour::Encoder, 1),
+    };
+    Some(ModelConfig {
+        flavour,
+        vocab,
+        max_positions,
+        type_vocab: 2,
+        hidden,
+        layers,
+        heads,
+        ffn,
+        ln_eps: 1e-5,
+    })
+}
+
+fn head_of(data: &DataSpec) -> Option<Head> {
+    let classify = |classes| Head::Classify {
+        classes,
+        pooling: Pooling::Mean,
+    };
+    match data {
+        DataSpec::Planted { .. } => Some(Head::Regress),
+        DataSpec::Synthetic { classes, .. } => Some(classify(*classes)),
+        DataSpec::Movies { .. } | DataSpec::Sst2 { .. } => Some(classify(2)),
+        DataSpec::Mnli { .. } => Some(classify(3)),
+        DataSpec::Squad { .. } => Some(Head::Span),
+        DataSpec::Jsonl { .. } => None,
+    }
+}
+
+fn count(shapes: Vec<(String, Vec<usize>)>) -> u64 {
+    shapes
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// The cheapest and dearest way to spend `budget` ranks over adapters costing `costs` per rank,
+/// each rank in `[lo, hi]`: fill the cheapest (dearest) adapters first.
+fn rank_budget_range(costs: &[u64], budget: usize, lo: usize, hi: usize) -> (u64, u64) {
+    let mut sorted = costs.to_vec();
+    sorted.sort_unstable();
+    let base: u64 = sorted.iter().map(|c| c * lo as u64).sum();
+    let extra = budget.saturating_sub(lo * costs.len());
+    let fill = |order: &mut dyn Iterator<Item = &u64>| -> u64 {
+        let mut left = extra;
+        let mut spent = 0;
+        for c in order {
+            let k = left.min(hi - lo);
+            spent += k as u64 * c;
+            left -= k;
+        }
+        spent
+    };
+    (
+        base + fill(&mut sorted.iter()),
+        base + fill(&mut sorted.iter().rev()),
+    )
+}
+
+/// Counts `arm`'s trainable parameters from its plan; `None` when the model's shape is only
+/// known once its weights load.
+pub fn arm_params(arm: &ArmPlan) -> Option<ArmParams> {
+    let cfg = model_config(&arm.model)?;
+    let head = head_of(&arm.data).map(|h| count(head_shapes(&cfg, &h)));
+    let Some(l) = arm.lora.on() else {
+        return Some(ArmParams {
+            arm: arm.name.clone(),
+            adapters: None,
+            other: head.map(|h| h + count(body_shapes(&cfg))),
+            how: "full fine-tuning: every weight".into(),
+        });
+    };
+    let mut slots: Vec<(usize, ModuleKind, u64)> = Vec::new();
+    for layer in 0..cfg.layers {
+        if l.layers.as_ref().is_some_and(|ls| !ls.contains(&layer)) {
+            continue;
+        }
+        for kind in ModuleKind::ALL {
+            if l.targets.contains(&kind) {
+                let (rows, cols) = cfg.module_shape(kind);
+                slots.push((layer, kind, (rows + cols) as u64));
+            }
+        }
+    }
+    let costs: Vec<u64> = slots.iter().map(|s| s.2).collect();
+    let at = |ranks: &dyn Fn(usize, ModuleKind) -> usize| -> u64 {
+        slots.iter().map(|(l, k, c)| ranks(*l, *k) as u64 * c).sum()
+    };
+    let reallocates = super::arm::reallocates(arm);
+    let (adapters, how) = match (&arm.adalora, l.param_budget) {
+        (Some(_), Some(p)) | (None, Some(p)) if arm.adalora.is_some() || reallocates => (
+            (p as u64, p as u64),
+            format!("parameter budget {p} (met as closely as integer ranks allow)"),
+        ),
+        (Some(a), _) => {
+            // Effective parameters once pruned to the target (λ counts one per rank): which
+            // triplets survive decides the cost, so it is a range.
+            let with_lambda: Vec<u64> = costs.iter().map(|c| c + 1).collect();
+            let (lo, hi) =
+                rank_budget_range(&with_lambda, a.target_rank * slots.len(), 0, a.init_rank);
+            (
+                (lo, hi),
+                format!(
+                    "AdaLoRA pruned to {} triplets: which survive decides the cost",
+                    a.target_rank * slots.len()
+                ),
+            )
+        }
+        (None, _) if reallocates => {
+            let b = l.budget.unwrap_or(l.init_rank * slots.len());
+            let (lo, hi) = rank_budget_range(&costs, b, l.min_rank, l.max_rank);
+            (
+                (lo, hi),
+                format!("rank budget {b}: the allocator decides where, so the cost varies"),
+            )
+        }
+        (None, _) => {
+            let n = at(&|layer, kind| l.rank_of(layer, kind));
+            let how = match &l.rank {
+                RankSpec::Uniform(r) => format!("rank {r} everywhere"),
+                _ => "fixed ranks per module".into(),
+            };
+            ((n, n), how)
+        }
+    };
+    Some(ArmParams {
+        arm: arm.name.clone(),
+        adapters: Some(adapters),
+        other: head,
+        how,
+    })
+}
+
+fn fmt_range((lo, hi): (u64, u64)) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}–{hi}")
+    }
+}
+
+/// One line per arm: trainable parameters (adapters + head, or every weight) and how.
+pub fn describe(arms: &[ArmParams]) -> String {
+    let mut out = String::new();
+    for a in arms {
+        let total = a
+            .total()
+            .map(fmt_range)
+            .unwrap_or_else(|| "unknown until the data loads".into());
+        let adapters = a
+            .adapters
+            .map(|r| format!(" ({} in adapters)", fmt_range(r)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {}: {total} trainable parameters{adapters}; {}",
+            a.arm, a.how
+        );
+    }
+    out
+}
+
+/// A warning when two LoRA arms may train adapter parameter counts more than [`TOLERANCE`]
+/// apart.
+pub fn mismatch(arms: &[ArmParams]) -> Option<String> {
+    let lora: Vec<(&str, (u64, u64))> = arms
+        .iter()
+        .filter_map(|a| a.adapters.map(|r| (a.arm.as_str(), r)))
+        .collect();
+    let (lo_arm, lo) = lora.iter().min_by_key(|(_, r)| r.0)?;
+    let (hi_arm, hi) = lora.iter().max_by_key(|(_, r)| r.1)?;
+    let spread = (hi.1 as f64 - lo.0 as f64) / (lo.0 as f64).max(1.0);
+    (spread > TOLERANCE).then(|| {
+        format!(
+            "LoRA arms differ in adapter parameters by up to {:.1}% (`{lo_arm}`: {}, `{hi_arm}`: \
+             {}), more than {:.0}%: the comparison is not at equal cost. Set \
+             `lora.param_budget` for arms that allocate, and ranks whose cost matches it for the \
+             fixed ones.",
+            spread * 100.0,
+            fmt_range(*lo),
+            fmt_range(*hi),
+            TOLERANCE * 100.0
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_budget_range_fills_cheap_or_dear_slots_first() {
+        // Costs 2, 2, 5 (a small transformer's attention and FFN ranks), budget 6 in [1, 3]:
+        // base 1·(2 + 2 + 5) = 9; 3 extra ranks cheapest-first: 2 + 2 on the two 2s (each up by
+        // at most 2) → 2·2 + 1·2 = 6 → 15; dearest-first: 2 on the 5 (10), 1 on a 2 → 12 → 21.
+        assert_eq!(rank_budget_range(&[2, 5, 2], 6, 1, 3), (15, 21));
+        assert_eq!(rank_budget_range(&[4, 4], 4, 1, 3), (16, 16));
+    }
+
+    #[test]
+    fn mismatch_flags_arms_more_than_two_percent_apart() {
+        let a = |arm: &str, lo, hi| ArmParams {
+            arm: arm.into(),
+            adapters: Some((lo, hi)),
+            other: Some(10),
+            how: String::new(),
+        };
+        assert!(mismatch(&[a("x", 1000, 1000), a("y", 1019, 1019)]).is_none());
+        let m = mismatch(&[a("x", 1000, 1000), a("y", 1000, 1210)]).unwrap();
+        assert!(m.contains("21.0%"), "{m}");
+        let full = ArmParams {
+            arm: "full".into(),
+            adapters: None,
+            other: Some(1_000_000),
+            how: String::new(),
+        };
+        assert!(mismatch(&[a("x", 1000, 1000), full]).is_none());
+    }
+}

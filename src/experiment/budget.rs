@@ -219,19 +219,21 @@ pub fn mismatch(arms: &[ArmParams]) -> Option<String> {
         .iter()
         .filter_map(|a| a.adapters.map(|r| (a.arm.as_str(), r)))
         .collect();
-    let (lo_arm, lo) = lora.iter().min_by_key(|(_, r)| r.0)?;
-    let (hi_arm, hi) = lora.iter().max_by_key(|(_, r)| r.1)?;
-    let spread = (hi.1 as f64 - lo.0 as f64) / (lo.0 as f64).max(1.0);
+    let lo = lora.iter().map(|(_, r)| r.0).min()?;
+    let hi = lora.iter().map(|(_, r)| r.1).max()?;
+    let spread = (hi as f64 - lo as f64) / (lo as f64).max(1.0);
     (spread > TOLERANCE).then(|| {
+        let each: Vec<String> = lora
+            .iter()
+            .map(|(a, r)| format!("`{a}` {}", fmt_range(*r)))
+            .collect();
         format!(
-            "LoRA arms differ in adapter parameters by up to {:.1}% (`{lo_arm}`: {}, `{hi_arm}`: \
-             {}), more than {:.0}%: the comparison is not at equal cost. Set \
-             `lora.param_budget` for arms that allocate, and ranks whose cost matches it for the \
-             fixed ones.",
+            "LoRA arms may differ in adapter parameters by up to {:.1}%, more than {:.0}% ({}): \
+             the comparison is not at equal cost. Set `lora.param_budget` for arms that \
+             allocate, and ranks whose cost matches it for the fixed ones.",
             spread * 100.0,
-            fmt_range(*lo),
-            fmt_range(*hi),
-            TOLERANCE * 100.0
+            TOLERANCE * 100.0,
+            each.join(", ")
         )
     })
 }

@@ -50,10 +50,20 @@ fn paper_table_arms_train_the_same_parameters_within_two_percent() {
         if plo == phi && !adarank::experiment::arm::reallocates(plan) {
             assert_eq!(*ran, plo, "{a}");
         } else {
-            assert!((*ran as f64 - plo as f64).abs() <= 0.02 * plo as f64, "{a}: {ran} vs {plo}");
+            assert!(
+                (*ran as f64 - plo as f64).abs() <= 0.02 * plo as f64,
+                "{a}: {ran} vs {plo}"
+            );
         }
     }
-    assert!(mismatch(&policy.arms.iter().filter_map(arm_params).collect::<Vec<_>>()).is_none());
+    assert!(mismatch(
+        &policy
+            .arms
+            .iter()
+            .filter_map(arm_params)
+            .collect::<Vec<_>>()
+    )
+    .is_none());
 }
 
 #[test]
@@ -66,7 +76,10 @@ fn check_warns_when_lora_arms_differ_in_cost() {
         .filter_map(arm_params)
         .collect();
     let w = mismatch(&counts).expect("a warning");
-    assert!(w.contains("`layerwise` 313344") && w.contains("`lora_fixed` 258048"), "{w}");
+    assert!(
+        w.contains("`layerwise` 313344") && w.contains("`lora_fixed` 258048"),
+        "{w}"
+    );
     // Full fine-tuning of MiniLM-L6 trains every weight: 22.7M, against 0.26M for rank 8.
     let full = counts.iter().find(|c| c.arm == "full_ft").unwrap();
     assert!(full.adapters.is_none() && full.total().unwrap().0 > 22_000_000);

@@ -213,6 +213,57 @@ pub fn main_table(s: &Summary, rounded: Option<usize>) -> String {
     out
 }
 
+/// The table to quote: every arm (ablations included) with its metric ± 95% CI, its paired
+/// difference to the baseline with that difference's 95% interval (`*`: excludes 0), and its
+/// costs. Without a baseline the Δ column is left out.
+pub fn summary_table(s: &Summary) -> String {
+    let metric = &s.metric.name;
+    let base = s.baseline.as_deref();
+    let base_metric = base.map(|b| by_seed(s, b)).unwrap_or_default();
+    let mut out = String::new();
+    let delta_head = base
+        .map(|b| format!(" Δ vs {b} [95% CI] |"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "| method | arm | {metric} ± 95% CI |{delta_head} peak memory | wall time | trainable params | seeds |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---|{}---|---|---|---|",
+        if base.is_some() { "---|" } else { "" }
+    );
+    for arm in &s.arms {
+        let cells = done_cells(s, &arm.name);
+        let m = stat(&cells, |c| c.metric);
+        let delta = match base {
+            Some(b) if b == arm.name => " — |".to_string(),
+            Some(_) => {
+                let p = paired(&by_seed(s, &arm.name), &base_metric);
+                let (d, ci) = diff_cells(p.map(|p| p.diff), |v| signed(metric, v));
+                format!(" {d} {ci} |")
+            }
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "| {}{} | {} | {} |{delta} {} | {} | {} | {}/{} |",
+            arm.method,
+            if arm.ablation { " (ablation)" } else { "" },
+            arm.name,
+            pm(m, |v| fmt_metric(metric, v)),
+            mean_only(stat(&cells, |c| Some(c.peak_bytes as f64)), fmt_bytes),
+            mean_only(stat(&cells, |c| Some(c.wall_s)), fmt_secs),
+            mean_only(stat(&cells, |c| Some(c.trainable_params as f64)), |v| {
+                format!("{v:.0}")
+            }),
+            cells.len(),
+            s.cells.iter().filter(|c| c.arm == arm.name).count()
+        );
+    }
+    out
+}
+
 /// A cost (memory, time, parameters): the mean, and the sample std when seeds differ.
 fn mean_only(m: Option<MeanStd>, f: impl Fn(f64) -> String) -> String {
     match m {
@@ -539,7 +590,9 @@ pub fn report_md(s: &Summary, plots: &[String]) -> String {
         }
         out.push('\n');
     }
-    out.push_str("## Results\n\n");
+    out.push_str("## Summary\n\n");
+    out.push_str(&summary_table(s));
+    out.push_str("\n## Results\n\n");
     out.push_str(&main_table(s, None));
     if let Some(t) = paired_table(s, None) {
         out.push_str("\n## Difference to the baseline\n\n");
@@ -682,6 +735,21 @@ mod tests {
             a.contains("| no_cx | no_cx | adaptive | 0.767 ± 0.259 | -0.043 * | [-0.072, -0.015] | 0.250 | 3 |"),
             "{a}"
         );
+    }
+
+    #[test]
+    fn summary_table_puts_the_interval_of_the_difference_beside_the_metric() {
+        let t = summary_table(&summary());
+        // adaptive: 90, 70, 83 → mean 81.00, s = 10.1489, half-width 4.302653·s/√3 = 25.21;
+        // Δ vs fixed +6.00 pp [−7.14, +19.14] (see the paired test above).
+        assert!(
+            t.contains(
+                "| adaptive | adaptive | 81.00% ± 25.21% | +6.00 pp [−7.14 pp, +19.14 pp] |"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("| fixed | fixed | 75.00% ± 12.42% | — |"), "{t}");
+        assert!(t.contains("| no_cx (ablation) | no_cx |"), "{t}");
     }
 
     #[test]

@@ -45,10 +45,18 @@ pub fn method_label(arm: &ArmPlan) -> String {
 pub fn hparams(arm: &ArmPlan) -> HParams {
     let adapters = match (arm.lora.on(), &arm.adalora) {
         (None, _) => "full fine-tuning".to_string(),
-        (Some(l), Some(a)) => match l.param_budget {
-            Some(p) => format!("AdaLoRA rank {} → {p} params", a.init_rank),
-            None => format!("AdaLoRA rank {} → {}", a.init_rank, a.target_rank),
-        },
+        (Some(l), Some(a)) => {
+            let target = match l.param_budget {
+                Some(p) => format!("{p} params"),
+                None => format!("rank {}", a.target_rank),
+            };
+            let how = if a.peft_compat {
+                "PEFT's scale".to_string()
+            } else {
+                format!("gain {}", a.gain)
+            };
+            format!("AdaLoRA rank {} → {target}, {how}", a.init_rank)
+        }
         (Some(l), None) if reallocates(arm) => match (l.param_budget, l.budget) {
             (Some(p), _) => format!("{p} params (from rank {})", l.init_rank),
             (None, Some(b)) => format!("{b} ranks in total (from rank {})", l.init_rank),
@@ -310,8 +318,10 @@ pub fn train_mode(arm: &ArmPlan, layers: usize) -> TrainMode {
         return TrainMode::Full;
     };
     let adaptive = reallocates(arm);
+    // AdaLoRA's gain multiplies its output scale α/init_rank (see `policy::ADALORA_GAIN`).
+    let gain = arm.adalora.as_ref().map_or(1.0, |a| a.gain);
     let mut cfg = LoraConfig {
-        alpha: l.alpha as f32,
+        alpha: (l.alpha * gain) as f32,
         rslora: l.rslora,
         svd_form: arm.adalora.is_some(),
         ..LoraConfig::default()

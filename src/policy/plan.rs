@@ -261,7 +261,25 @@ pub struct AdaLoraSpec {
     pub beta2: f64,
     /// Default 0.5.
     pub orth_reg: f64,
+    /// Multiplies the output scale α/init_rank (default [`ADALORA_GAIN`]; 1 with `peft_compat`).
+    #[serde(default = "one_f64")]
+    pub gain: f64,
+    /// Reproduce Hugging Face PEFT's AdaLoRA exactly (gain 1). Default false.
+    #[serde(default)]
+    pub peft_compat: bool,
 }
+
+fn one_f64() -> f64 {
+    1.0
+}
+
+/// AdaLoRA's default gain on its output scale α/init_rank. Why: Adam moves each λ_j by about
+/// lr per step, and a triplet with unit-norm P and Q columns contributes s·λ_j to ΔW, while a
+/// LoRA rank-1 component B·A moves by about s·lr·‖a‖·√rows per step (every entry of B moves by
+/// lr): at PEFT's scale α/init_rank, AdaLoRA's updates are ~17–34× smaller than LoRA's on
+/// MiniLM (rows 384–1536) at the same learning rate, and it under-trains. The README's AdaLoRA
+/// section gives the measurement.
+pub const ADALORA_GAIN: f64 = 16.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

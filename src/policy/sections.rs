@@ -617,6 +617,8 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
             "beta1",
             "beta2",
             "orth_reg",
+            "gain",
+            "peft_compat",
         ],
         "`adalora`",
     );
@@ -631,6 +633,20 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
     let orth_reg = f
         .float_in("orth_reg", 0.0, f64::INFINITY, "0.5")
         .unwrap_or(0.5);
+    let peft_compat = f.boolean("peft_compat").unwrap_or(false);
+    let gain = f.float_in("gain", f64::MIN_POSITIVE, f64::INFINITY, "16");
+    if let (true, Some(e)) = (peft_compat, f.get("gain")) {
+        f.value_error(
+            e.key.span,
+            "`adalora` sets `gain` and `peft_compat = true`".into(),
+            "PEFT's AdaLoRA has gain 1: drop `gain`, or drop `peft_compat`".into(),
+        );
+        return None;
+    }
+    let gain = match (peft_compat, gain) {
+        (true, _) => 1.0,
+        (false, g) => g.unwrap_or(ADALORA_GAIN),
+    };
     let target_rank = target_rank?;
     if f.d.len() > before {
         return None;
@@ -670,6 +686,8 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
         beta1,
         beta2,
         orth_reg,
+        gain,
+        peft_compat,
     })
 }
 

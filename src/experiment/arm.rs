@@ -45,11 +45,8 @@ pub fn method_label(arm: &ArmPlan) -> String {
 pub fn hparams(arm: &ArmPlan) -> HParams {
     let adapters = match (arm.lora.on(), &arm.adalora) {
         (None, _) => "full fine-tuning".to_string(),
-        (Some(l), Some(a)) => {
-            let target = match l.param_budget {
-                Some(p) => format!("{p} params"),
-                None => format!("rank {}", a.target_rank),
-            };
+        (Some(_), Some(a)) => {
+            let target = format!("rank {}", a.target_rank);
             let how = if a.peft_compat {
                 "PEFT's scale".to_string()
             } else {

@@ -140,10 +140,11 @@ pub fn arm_params(arm: &ArmPlan) -> Option<ArmParams> {
     };
     let reallocates = super::arm::reallocates(arm);
     let (adapters, how) = match (&arm.adalora, l.param_budget) {
-        (Some(_), Some(p)) | (None, Some(p)) if arm.adalora.is_some() || reallocates => (
+        (None, Some(p)) if reallocates => (
             (p as u64, p as u64),
             format!("parameter budget {p} (met as closely as integer ranks allow)"),
         ),
+        // AdaLoRA's budget schedule counts triplets; it does not read `param_budget` yet.
         (Some(a), _) => {
             // Effective parameters once pruned to the target (λ counts one per rank): which
             // triplets survive decides the cost, so it is a range.
@@ -153,8 +154,13 @@ pub fn arm_params(arm: &ArmPlan) -> Option<ArmParams> {
             (
                 (lo, hi),
                 format!(
-                    "AdaLoRA pruned to {} triplets: which survive decides the cost",
-                    a.target_rank * slots.len()
+                    "AdaLoRA pruned to {} triplets: which survive decides the cost{}",
+                    a.target_rank * slots.len(),
+                    if l.param_budget.is_some() {
+                        " (AdaLoRA does not read lora.param_budget yet)"
+                    } else {
+                        ""
+                    }
                 ),
             )
         }

@@ -36,7 +36,12 @@ pub fn main(args: CheckArgs) -> anyhow::Result<()> {
                     p.seeds.len(),
                     if p.seeds.len() == 1 { "" } else { "s" },
                 );
-                let counts: Vec<_> = p.arms.iter().filter_map(budget::arm_params).collect();
+                let dir = crate::experiment::costs::base_dir(&p);
+                let counts: Vec<_> = p
+                    .arms
+                    .iter()
+                    .filter_map(|a| budget::arm_params(a, &dir))
+                    .collect();
                 eprint!("{}", budget::describe(&counts));
                 if let Some(w) = budget::mismatch(&counts) {
                     eprintln!("warning: {w}");

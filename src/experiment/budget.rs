@@ -7,9 +7,9 @@
 
 use crate::adapter::ModuleKind;
 use crate::model::weights::{body_shapes, head_shapes};
-use crate::model::{Flavour, Head, ModelConfig, Pooling};
-use crate::policy::{ArmPlan, DataSpec, ModelSpec, RankSpec};
+use crate::policy::{ArmPlan, RankSpec};
 use std::fmt::Write;
+use std::path::Path;
 
 /// LoRA arms whose counts differ by more than this share of the smaller one get a warning.
 pub const TOLERANCE: f64 = 0.02;
@@ -22,8 +22,8 @@ pub struct ArmParams {
     /// Adapter parameters Σ r_i·(rows_i + cols_i) (+ r_i for AdaLoRA's λ); `None` for full
     /// fine-tuning.
     pub adapters: Option<(u64, u64)>,
-    /// Head (always trained) and, for full fine-tuning, body parameters; `None` when the head's
-    /// size is only known from the data (JSONL labels).
+    /// Head (always trained) and, for full fine-tuning, body parameters (a JSONL head is
+    /// counted at 2 classes, as `adarank plan` does).
     pub other: Option<u64>,
     /// How the adapter count comes about, in words.
     pub how: String,
@@ -37,45 +37,6 @@ impl ArmParams {
             Some((lo, hi)) => (lo + o, hi + o),
             None => (o, o),
         })
-    }
-}
-
-/// The model's shape when the plan fixes it (random models, and the pretrained models the
-/// checker knows).
-fn model_config(spec: &ModelSpec) -> Option<ModelConfig> {
-    let (layers, hidden, ffn) = (spec.layers()?, spec.hidden()?, spec.ffn()?);
-    let (vocab, max_positions) = spec.vocab_positions()?;
-    let (flavour, heads) = match spec {
-        ModelSpec::Encoder(t) => (Flavour::Encoder, t.heads),
-        ModelSpec::Decoder(t) => (Flavour::Decoder, t.heads),
-        // Heads do not change a parameter count.
-        ModelSpec::Hf { .. } | ModelSpec::Path { .. } => (Flavour::Encoder, 1),
-    };
-    Some(ModelConfig {
-        flavour,
-        vocab,
-        max_positions,
-        type_vocab: 2,
-        hidden,
-        layers,
-        heads,
-        ffn,
-        ln_eps: 1e-5,
-    })
-}
-
-fn head_of(data: &DataSpec) -> Option<Head> {
-    let classify = |classes| Head::Classify {
-        classes,
-        pooling: Pooling::Mean,
-    };
-    match data {
-        DataSpec::Planted { .. } => Some(Head::Regress),
-        DataSpec::Synthetic { classes, .. } => Some(classify(*classes)),
-        DataSpec::Movies { .. } | DataSpec::Sst2 { .. } => Some(classify(2)),
-        DataSpec::Mnli { .. } => Some(classify(3)),
-        DataSpec::Squad { .. } => Some(Head::Span),
-        DataSpec::Jsonl { .. } => None,
     }
 }
 
@@ -109,31 +70,36 @@ fn rank_budget_range(costs: &[u64], budget: usize, lo: usize, hi: usize) -> (u64
     )
 }
 
-/// Counts `arm`'s trainable parameters from its plan; `None` when the model's shape is only
-/// known once its weights load.
-pub fn arm_params(arm: &ArmPlan) -> Option<ArmParams> {
-    let cfg = model_config(&arm.model)?;
-    let head = head_of(&arm.data).map(|h| count(head_shapes(&cfg, &h)));
+/// Counts `arm`'s trainable parameters from its plan (the model's shape as `adarank plan` reads
+/// it, [`super::costs::arm_shape`]); `None` when that shape is unknown. `base_dir`: the policy
+/// file's folder.
+pub fn arm_params(arm: &ArmPlan, base_dir: &Path) -> Option<ArmParams> {
+    let shape = super::costs::arm_shape(arm, base_dir).ok()?;
+    let cfg = &shape.model;
+    let head = Some(count(head_shapes(cfg, &shape.head)));
     let Some(l) = arm.lora.on() else {
         return Some(ArmParams {
             arm: arm.name.clone(),
             adapters: None,
-            other: head.map(|h| h + count(body_shapes(&cfg))),
+            other: head.map(|h| h + count(body_shapes(cfg))),
             how: "full fine-tuning: every weight".into(),
         });
     };
-    let mut slots: Vec<(usize, ModuleKind, u64)> = Vec::new();
-    for layer in 0..cfg.layers {
-        if l.layers.as_ref().is_some_and(|ls| !ls.contains(&layer)) {
-            continue;
-        }
-        for kind in ModuleKind::ALL {
-            if l.targets.contains(&kind) {
-                let (rows, cols) = cfg.module_shape(kind);
-                slots.push((layer, kind, (rows + cols) as u64));
-            }
-        }
-    }
+    // The covered slots: every one starts at rank ≥ 1 (init_rank, a fixed rank, or AdaLoRA's).
+    let slots: Vec<(usize, ModuleKind, u64)> = shape
+        .start_ranks
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| **r > 0)
+        .map(|(i, _)| {
+            let (layer, kind) = (
+                i / ModuleKind::ALL.len(),
+                ModuleKind::ALL[i % ModuleKind::ALL.len()],
+            );
+            let (rows, cols) = cfg.module_shape(kind);
+            (layer, kind, (rows + cols) as u64)
+        })
+        .collect();
     let costs: Vec<u64> = slots.iter().map(|s| s.2).collect();
     let at = |ranks: &dyn Fn(usize, ModuleKind) -> usize| -> u64 {
         slots.iter().map(|(l, k, c)| ranks(*l, *k) as u64 * c).sum()

@@ -3,6 +3,7 @@
 //! plots. See docs/ARCHITECTURE.md ("Runs").
 
 pub mod checkpoint;
+pub mod costs;
 pub mod fsio;
 pub mod peft;
 pub mod plots;
@@ -11,6 +12,7 @@ pub mod records;
 pub mod report;
 pub mod rundir;
 pub mod stats;
+pub mod status;
 
 pub use records::{
     ArmMeta, CellResult, CellStatus, EnvInfo, MetricRecord, MetricSpec, RankRecord, Summary,
@@ -20,4 +22,5 @@ pub mod arm;
 pub mod budget;
 pub mod runner;
 pub mod slots;
+pub mod slurm;
 pub mod sweep;

@@ -48,14 +48,14 @@ pub fn best(candidates: &[LrCandidate], higher_is_better: bool) -> Option<f64> {
 
 /// Runs the candidates of `arm`'s sweep that have not run yet (through `run_cell`, which trains
 /// one arm × seed cell evaluated on the split it is given), records every dev score and the
-/// choice in `summary`, and returns the arm at the chosen rate. An arm without a sweep comes
-/// back unchanged. A candidate that fails (typically: its rate diverged) is recorded with its
-/// error and passed over; a stop on request (`Interrupted`) is returned, and `--resume`
-/// continues the sweep from there.
+/// choice in the run directory's summary, and returns the arm at the chosen rate. An arm without
+/// a sweep comes back unchanged. A candidate that fails (typically: its rate diverged) is
+/// recorded with its error and passed over; a stop on request (`Interrupted`) is returned, and
+/// `--resume` continues the sweep from there. The summary is read and written under the run
+/// directory's lock, as the runner does for cells.
 pub fn choose_lr(
     arm: &ArmPlan,
     policy: &Policy,
-    summary: &mut Summary,
     rd: &RunDir,
     mut run_cell: impl FnMut(&ArmPlan, u64, Split) -> Result<CellResult>,
 ) -> Result<ArmPlan> {
@@ -63,66 +63,76 @@ pub fn choose_lr(
         return Ok(arm.clone());
     }
     let seed = policy.seeds[0];
-    if summary.lr_choice(&arm.name).is_none() {
-        summary.lr_choices.push(LrChoice {
-            arm: arm.name.clone(),
-            seed,
-            split: split_of(&arm.data, Split::Dev).name().to_string(),
-            candidates: arm
-                .train
-                .lr_sweep
+    let fresh = LrChoice {
+        arm: arm.name.clone(),
+        seed,
+        split: split_of(&arm.data, Split::Dev).name().to_string(),
+        candidates: arm
+            .train
+            .lr_sweep
+            .iter()
+            .map(|&lr| LrCandidate {
+                lr,
+                status: CellStatus::Pending,
+                metric: None,
+                error: None,
+            })
+            .collect(),
+        chosen: None,
+    };
+    let (s, _) = rd.update_summary(|s| {
+        if s.lr_choice(&arm.name).is_none() {
+            s.lr_choices.push(fresh);
+        }
+    })?;
+    let pending: Vec<f64> = s
+        .lr_choice(&arm.name)
+        .map(|c| {
+            c.candidates
                 .iter()
-                .map(|&lr| LrCandidate {
-                    lr,
-                    status: CellStatus::Pending,
-                    metric: None,
-                    error: None,
-                })
-                .collect(),
-            chosen: None,
-        });
-    }
-    let idx = summary
-        .lr_choices
-        .iter()
-        .position(|c| c.arm == arm.name)
-        .expect("pushed above");
-    for k in 0..arm.train.lr_sweep.len() {
-        let cand = &summary.lr_choices[idx].candidates[k];
-        if cand.status == CellStatus::Done {
-            continue;
-        }
-        let lr = cand.lr;
+                .filter(|k| k.status != CellStatus::Done)
+                .map(|k| k.lr)
+                .collect()
+        })
+        .unwrap_or_default();
+    for lr in pending {
         let plan = at_rate(arm, lr, candidate_name(&arm.name, lr));
-        let result = run_cell(&plan, seed, Split::Dev);
-        let cand = &mut summary.lr_choices[idx].candidates[k];
-        match result {
-            Ok(cell) => {
-                cand.status = CellStatus::Done;
-                cand.metric = cell.metric;
-                cand.error = None;
-                rd.write_summary(summary)?;
-            }
+        let (status, metric, error) = match run_cell(&plan, seed, Split::Dev) {
+            Ok(cell) => (CellStatus::Done, cell.metric, None),
             Err(e) if e.downcast_ref::<super::runner::Interrupted>().is_some() => return Err(e),
-            Err(e) => {
-                cand.status = CellStatus::Failed;
-                cand.error = Some(format!("{e:#}"));
-                rd.write_summary(summary)?;
+            Err(e) => (CellStatus::Failed, None, Some(format!("{e:#}"))),
+        };
+        rd.update_summary(|s| {
+            if let Some(k) = candidate_mut(s, &arm.name, lr) {
+                k.status = status;
+                k.metric = metric;
+                k.error = error;
             }
-        }
+        })?;
     }
-    let higher = summary.metric.higher_is_better;
-    let choice = &mut summary.lr_choices[idx];
-    let chosen = best(&choice.candidates, higher).ok_or_else(|| {
+    let (_, chosen) = rd.update_summary(|s| {
+        let higher = s.metric.higher_is_better;
+        let c = s.lr_choices.iter_mut().find(|c| c.arm == arm.name)?;
+        c.chosen = best(&c.candidates, higher);
+        c.chosen
+    })?;
+    let chosen = chosen.ok_or_else(|| {
         anyhow::anyhow!(
             "arm {}: every learning rate of the sweep failed (see the report's learning-rate \
              table)",
             arm.name
         )
     })?;
-    choice.chosen = Some(chosen);
-    rd.write_summary(summary)?;
     Ok(at_rate(arm, chosen, arm.name.clone()))
+}
+
+fn candidate_mut<'a>(s: &'a mut Summary, arm: &str, lr: f64) -> Option<&'a mut LrCandidate> {
+    s.lr_choices
+        .iter_mut()
+        .find(|c| c.arm == arm)?
+        .candidates
+        .iter_mut()
+        .find(|k| k.lr == lr)
 }
 
 #[cfg(test)]

@@ -46,10 +46,7 @@ fn paper_table_arms_train_the_same_parameters_within_two_percent() {
     // rounding for the arms that allocate.
     for (a, ran) in arms.iter().zip(&params) {
         let plan = policy.arm(a).unwrap();
-        let (plo, phi) = arm_params(plan, Path::new("examples"))
-            .unwrap()
-            .total()
-            .unwrap();
+        let (plo, phi) = arm_params(plan).unwrap().total().unwrap();
         if plo == phi && !adarank::experiment::arm::reallocates(plan) {
             assert_eq!(*ran, plo, "{a}");
         } else {
@@ -59,11 +56,7 @@ fn paper_table_arms_train_the_same_parameters_within_two_percent() {
             );
         }
     }
-    let counts: Vec<_> = policy
-        .arms
-        .iter()
-        .filter_map(|a| arm_params(a, Path::new("examples")))
-        .collect();
+    let counts: Vec<_> = policy.arms.iter().filter_map(arm_params).collect();
     assert!(mismatch(&counts).is_none());
 }
 
@@ -74,7 +67,7 @@ fn check_warns_when_lora_arms_differ_in_cost() {
     let counts: Vec<_> = load("examples/movie_sentiment.rank")
         .arms
         .iter()
-        .filter_map(|a| arm_params(a, Path::new("examples")))
+        .filter_map(arm_params)
         .collect();
     let w = mismatch(&counts).expect("a warning");
     assert!(

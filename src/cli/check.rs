@@ -36,12 +36,7 @@ pub fn main(args: CheckArgs) -> anyhow::Result<()> {
                     p.seeds.len(),
                     if p.seeds.len() == 1 { "" } else { "s" },
                 );
-                let dir = crate::experiment::costs::base_dir(&p);
-                let counts: Vec<_> = p
-                    .arms
-                    .iter()
-                    .filter_map(|a| budget::arm_params(a, &dir))
-                    .collect();
+                let counts: Vec<_> = p.arms.iter().filter_map(budget::arm_params).collect();
                 eprint!("{}", budget::describe(&counts));
                 if let Some(w) = budget::mismatch(&counts) {
                     eprintln!("warning: {w}");

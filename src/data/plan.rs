@@ -116,9 +116,11 @@ pub fn classify_task(
         }
     };
     let read = |p: &Path| -> Result<Vec<Example>> {
-        if !p.is_file() {
-            bail!("{}: missing ({name} data)", p.display());
-        }
+        crate::textfile::check_regular(
+            p,
+            &format!("{name} data"),
+            crate::textfile::MAX_DATA_BYTES,
+        )?;
         format.load(p)
     };
     let (mut tr, mut ev) = (read(&train)?, read(&eval)?);

@@ -15,7 +15,6 @@ use crate::train::{
     Decay, PlantedConfig, PlantedTask, SyntheticConfig, SyntheticTask, Task, TrainConfig,
 };
 use anyhow::{bail, Context, Result};
-use std::path::Path;
 
 /// Sequences per evaluation batch of the built-in tasks.
 pub const EVAL_BATCH: usize = 64;
@@ -337,13 +336,7 @@ pub fn train_mode(arm: &ArmPlan, layers: usize) -> TrainMode {
 
 /// The rank engine of an arm on a model of `layers` layers; `None` when its ranks never change
 /// (full, fixed, layer-wise).
-pub fn engine_config(
-    arm: &ArmPlan,
-    layers: usize,
-    steps: u64,
-    seed: u64,
-    base_dir: &Path,
-) -> Option<EngineConfig> {
+pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Option<EngineConfig> {
     let l = match &arm.lora {
         LoraSpec::Off => return None,
         LoraSpec::On(l) => l,
@@ -391,6 +384,8 @@ pub fn engine_config(
     cfg.min_rank = l.min_rank;
     cfg.max_rank = l.max_rank;
     cfg.seed = seed;
-    cfg.base_dir = Some(base_dir.to_path_buf());
+    // The plan's plugin paths are already resolved against the policy's directory (the engine
+    // would otherwise join them to it again and look for `dir/dir/plugin.rhai`).
+    cfg.base_dir = None;
     Some(cfg)
 }

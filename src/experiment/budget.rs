@@ -9,7 +9,6 @@ use crate::adapter::ModuleKind;
 use crate::model::weights::{body_shapes, head_shapes};
 use crate::policy::{ArmPlan, RankSpec};
 use std::fmt::Write;
-use std::path::Path;
 
 /// LoRA arms whose counts differ by more than this share of the smaller one get a warning.
 pub const TOLERANCE: f64 = 0.02;
@@ -71,10 +70,9 @@ fn rank_budget_range(costs: &[u64], budget: usize, lo: usize, hi: usize) -> (u64
 }
 
 /// Counts `arm`'s trainable parameters from its plan (the model's shape as `adarank plan` reads
-/// it, [`super::costs::arm_shape`]); `None` when that shape is unknown. `base_dir`: the policy
-/// file's folder.
-pub fn arm_params(arm: &ArmPlan, base_dir: &Path) -> Option<ArmParams> {
-    let shape = super::costs::arm_shape(arm, base_dir).ok()?;
+/// it, [`super::costs::arm_shape`]); `None` when that shape is unknown.
+pub fn arm_params(arm: &ArmPlan) -> Option<ArmParams> {
+    let shape = super::costs::arm_shape(arm).ok()?;
     let cfg = &shape.model;
     let head = Some(count(head_shapes(cfg, &shape.head)));
     let Some(l) = arm.lora.on() else {

@@ -4,7 +4,10 @@
 
 pub mod checkpoint;
 pub mod costs;
+pub mod diverged;
 pub mod fsio;
+pub mod integrity;
+pub mod lock;
 pub mod peft;
 pub mod plots;
 pub mod progress;

@@ -7,6 +7,8 @@ use super::arm::{
 };
 use super::checkpoint::{self, Checkpoint};
 use super::fsio::{filter_jsonl, read_json, write_atomic, write_json_atomic, JsonlWriter};
+use super::integrity;
+use super::lock::{CellLock, Claim};
 use super::peft;
 use super::progress::{CellProgress, Progress, ProgressMode};
 use super::records::*;
@@ -152,24 +154,28 @@ pub fn check_filters(policy: &Policy, arms: &[String], seeds: &[u64]) -> Result<
 }
 
 /// A new run directory for `policy` (`out`, or `runs/<experiment>-<timestamp>`): the policy
-/// as written and as checked, env.json (`device`, `backend_name`), and a summary with every
-/// cell pending. Local runs and Slurm submissions start the same way.
+/// as written and as checked, env.json (`device`, `backend_name`), a summary with every cell
+/// pending, and run.json (the plan's and plugins' hashes, the `arms`/`seeds` filters that
+/// `--resume` keeps). Local runs and Slurm submissions start the same way.
 pub fn start_run_dir(
     policy: &Policy,
     out: Option<&Path>,
     device: &str,
     backend_name: &str,
+    arms: &[String],
+    seeds: &[u64],
 ) -> Result<(RunDir, Summary)> {
     let root = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), &policy.name));
     let rd = RunDir::create(&root)?;
     write_atomic(&rd.policy(), policy.source_text.as_bytes())?;
-    write_json_atomic(&rd.root.join(POLICY_JSON), policy)?;
+    write_json_atomic(&rd.policy_json(), policy)?;
     let env = EnvInfo::collect(device, backend_name);
     write_json_atomic(&rd.env(), &env)?;
     let s = summary_for(policy, env);
     rd.write_summary(&s)?;
+    integrity::record(&rd, policy, arms, seeds)?;
     Ok((rd, s))
 }
 
@@ -182,33 +188,53 @@ pub fn run_on<B: Backend>(
     policy: Option<Policy>,
     opts: &RunOptions,
 ) -> Result<PathBuf> {
-    let (rd, policy, summary) = match &opts.resume {
+    let (rd, policy, arms, seeds) = match &opts.resume {
         Some(dir) => {
             let rd = RunDir::open(dir)?;
-            let policy: Policy = read_json(&rd.root.join(POLICY_JSON))?;
-            let summary = rd.load_summary()?;
-            (rd, policy, summary)
+            let policy: Policy = read_json(&rd.policy_json())?;
+            // The same plan and plugins as the cells already finished, or a refusal.
+            let record = integrity::verify(&rd, &policy)?;
+            // A resumed run covers the cells the run was started for, unless told otherwise.
+            let (arms, seeds) = match &record {
+                Some(r) => (
+                    if opts.arms.is_empty() {
+                        r.arms.clone()
+                    } else {
+                        opts.arms.clone()
+                    },
+                    if opts.seeds.is_empty() {
+                        r.seeds.clone()
+                    } else {
+                        opts.seeds.clone()
+                    },
+                ),
+                None => (opts.arms.clone(), opts.seeds.clone()),
+            };
+            (rd, policy, arms, seeds)
         }
         None => {
             let policy = policy.context("no policy to run")?;
-            let (rd, s) = start_run_dir(&policy, opts.out.as_deref(), device, backend_name)?;
-            (rd, policy, s)
+            let (rd, _) = start_run_dir(
+                &policy,
+                opts.out.as_deref(),
+                device,
+                backend_name,
+                &opts.arms,
+                &opts.seeds,
+            )?;
+            (rd, policy, opts.arms.clone(), opts.seeds.clone())
         }
     };
-    check_filters(&policy, &opts.arms, &opts.seeds)?;
+    check_filters(&policy, &arms, &seeds)?;
     let progress = Progress::new(ProgressMode::detect(opts.quiet));
     progress.println(&format!("run directory: {}", rd.root.display()));
-    let base_dir = policy
-        .source_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
     let mut budget = opts.stop_after_steps;
     // Pretrained checkpoints, loaded once per run and shared by the cells that use them.
     let mut checkpoints: HashMap<String, Option<HfCheckpoint>> = HashMap::new();
+    // Cells another process holds: left to it, and named at the end.
+    let mut left: Vec<String> = Vec::new();
     for arm in &policy.arms {
-        if !opts.arms.is_empty() && !opts.arms.contains(&arm.name) {
+        if !arms.is_empty() && !arms.contains(&arm.name) {
             continue;
         }
         let resuming = opts.resume.is_some();
@@ -219,7 +245,6 @@ pub fn run_on<B: Backend>(
                 seed,
                 split,
                 &rd,
-                &base_dir,
                 &progress,
                 resuming,
                 &mut budget,
@@ -234,29 +259,60 @@ pub fn run_on<B: Backend>(
             }
         };
         for &seed in &policy.seeds {
-            if !opts.seeds.is_empty() && !opts.seeds.contains(&seed) {
+            if !seeds.is_empty() && !seeds.contains(&seed) {
                 continue;
             }
-            if summary
-                .cell(&arm.name, seed)
-                .is_some_and(|c| c.status == CellStatus::Done)
-            {
+            let done = |s: &Summary| {
+                s.cell(&arm.name, seed)
+                    .is_some_and(|c| c.status == CellStatus::Done)
+            };
+            if done(&rd.load_summary()?) {
                 continue;
             }
-            let mut running = summary
-                .cell(&arm.name, seed)
-                .cloned()
-                .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
-            running.status = CellStatus::Running;
-            running.error = None;
-            rd.update_summary(|s| s.put(running))?;
+            let cell_lock = match CellLock::try_claim(&rd.root, &arm.name, seed)? {
+                Claim::Busy(holder) => {
+                    let who = holder.map_or("another process".into(), |h| h.to_string());
+                    progress.println(&format!(
+                        "arm {} seed {seed}: being run by {who}; left to it",
+                        arm.name
+                    ));
+                    left.push(format!("arm {} seed {seed} ({who})", arm.name));
+                    continue;
+                }
+                Claim::Got { lock, stale } => {
+                    if let Some(h) = stale {
+                        progress.println(&format!(
+                            "arm {} seed {seed}: taking over from {h}, which stopped without \
+                             finishing it",
+                            arm.name
+                        ));
+                    }
+                    lock
+                }
+            };
+            // Another process may have finished the cell before we got its lock.
+            let (_, go) = rd.update_summary(|s| {
+                if done(s) {
+                    return false;
+                }
+                let mut running = s
+                    .cell(&arm.name, seed)
+                    .cloned()
+                    .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
+                running.status = CellStatus::Running;
+                running.error = None;
+                s.put(running);
+                true
+            })?;
+            if !go {
+                continue;
+            }
             let result = run_cell(
                 be.clone(),
                 arm,
                 seed,
                 Split::Test,
                 &rd,
-                &base_dir,
                 &progress,
                 resuming,
                 &mut budget,
@@ -281,14 +337,16 @@ pub fn run_on<B: Backend>(
                         .map(|m| m.step)
                         .max()
                         .unwrap_or(0);
-                    let mut failed = summary
-                        .cell(&arm.name, seed)
-                        .cloned()
-                        .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
-                    failed.status = CellStatus::Failed;
-                    failed.error = Some(msg);
-                    failed.steps = steps;
-                    rd.update_summary(|s| s.put(failed))?;
+                    rd.update_summary(|s| {
+                        let mut failed = s
+                            .cell(&arm.name, seed)
+                            .cloned()
+                            .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
+                        failed.status = CellStatus::Failed;
+                        failed.error = Some(msg);
+                        failed.steps = steps;
+                        s.put(failed);
+                    })?;
                     rd.render_shared()?;
                     return Err(e.context(format!(
                         "arm {} seed {seed} failed; {} keeps everything done so far",
@@ -297,9 +355,19 @@ pub fn run_on<B: Backend>(
                     )));
                 }
             }
+            drop(cell_lock);
         }
     }
     rd.render_shared()?;
+    if !left.is_empty() {
+        bail!(
+            "{} cell(s) of {} are being run by other processes and were left to them: {}; their \
+             results join the run directory when they finish",
+            left.len(),
+            rd.root.display(),
+            left.join(", ")
+        );
+    }
     progress.println(&format!("report: {}", rd.report().display()));
     Ok(rd.root)
 }
@@ -422,6 +490,7 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
     }
 
     fn after_step(&mut self, step: u64, model: &mut Model<B>, m: &StepMetrics) -> Result<Control> {
+        super::diverged::check_step(self.arm, step, m.loss, m.grad_norm)?;
         self.st.tokens += self.tokens_per_step;
         self.st.losses.push_back(m.loss as f64);
         while self.st.losses.len() > LOSS_WINDOW {
@@ -450,6 +519,7 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
         let mut eval = None;
         if due(ActionKind::Evaluate) && step < self.total_steps {
             let (loss, acc) = self.evaluate(model)?;
+            super::diverged::check_eval(self.arm, step, loss)?;
             self.st.metrics.insert("eval_loss".into(), loss);
             self.st.metrics.insert("accuracy".into(), acc);
             eval = Some((loss, acc));
@@ -522,6 +592,7 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
     }
 
     fn on_eval(&mut self, e: &EvalMetrics) -> Result<()> {
+        super::diverged::check_eval(self.arm, e.step, e.loss)?;
         self.final_eval = Some(e.clone());
         Ok(())
     }
@@ -534,7 +605,6 @@ fn run_cell<B: Backend>(
     seed: u64,
     split: Split,
     rd: &RunDir,
-    base_dir: &Path,
     progress: &Progress,
     resuming: bool,
     budget: &mut Option<u64>,
@@ -558,7 +628,7 @@ fn run_cell<B: Backend>(
     let mut model = build_model(be.clone(), task.as_ref(), mode, seed)
         .with_context(|| format!("building the model of arm {}", arm.name))?;
     let layers = task.model_config().layers;
-    let mut engine = match engine_config(arm, layers, steps, seed, base_dir) {
+    let mut engine = match engine_config(arm, layers, steps, seed) {
         Some(c) => Some(RankEngine::new(c)?),
         None => None,
     };

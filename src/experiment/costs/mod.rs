@@ -25,7 +25,7 @@ use crate::policy::Policy;
 use anyhow::Result;
 use serde::Serialize;
 use std::fmt::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Trainable parameters (elements) at the start and at the peak rank plan.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -63,22 +63,12 @@ pub struct PlanReport {
     pub arms: Vec<ArmCosts>,
 }
 
-/// The folder plugin paths of `policy` resolve against.
-pub fn base_dir(policy: &Policy) -> PathBuf {
-    policy
-        .source_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
 /// The costs of `arm` (by name) on `device`.
 pub fn arm_costs(policy: &Policy, arm: &str, device: &DeviceSpec) -> Result<ArmCosts> {
     let plan = policy
         .arm(arm)
         .ok_or_else(|| anyhow::anyhow!("no arm named {arm}"))?;
-    let shape = arm_shape(plan, &base_dir(policy))?;
+    let shape = arm_shape(plan)?;
     let memory = memory::memory(&shape);
     let params = |ranks: &[usize]| {
         (memory::params(&shape, ranks).of(MemKind::Trainable) / 4.0).round() as u64

@@ -13,7 +13,6 @@ use crate::policy::known_models;
 use crate::policy::{ArmPlan, DataSpec, ModelSpec, TrainLength};
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::path::Path;
 
 /// Sequences × tokens of one forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -62,8 +61,8 @@ pub struct ArmShape {
     pub notes: Vec<String>,
 }
 
-/// The shapes of `arm`'s cell. `base_dir` resolves plugin paths (the policy file's folder).
-pub fn arm_shape(arm: &ArmPlan, base_dir: &Path) -> Result<ArmShape> {
+/// The shapes of `arm`'s cell (its plugin paths are already resolved by the checker).
+pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
     let mut notes = Vec::new();
     let model = model_config(&arm.model, &mut notes)
         .with_context(|| format!("arm {}: the model's shape", arm.name))?;
@@ -148,7 +147,7 @@ pub fn arm_shape(arm: &ArmPlan, base_dir: &Path) -> Result<ArmShape> {
             (false, l.svd_form)
         }
     };
-    let peak_ranks = match engine_config(arm, model.layers, steps.unwrap_or(1), 0, base_dir) {
+    let peak_ranks = match engine_config(arm, model.layers, steps.unwrap_or(1), 0) {
         Some(e) if !matches!(e.method, Method::AdaLora(_)) => {
             // Under a parameter budget the engine's rank total is only a feasibility cap; the
             // ranks the budget can buy are at most what the cheapest slots afford.

@@ -170,11 +170,16 @@ fn step_flops_match_the_backends_tally() {
     flops_agree(&example(
         "paper_scale.rank",
         &[
+            ("layers = 24", "layers = 2"),
+            ("hidden = 2048", "hidden = 32"),
+            ("heads = 32", "heads = 4"),
+            ("ffn = 8192", "ffn = 64"),
+            ("vocab = 50257", "vocab = 100"),
+            ("max_positions = 512", "max_positions = 16"),
             (
-                "layers = 24, hidden = 2048, heads = 32, ffn = 8192, vocab = 50257, max_positions = 512",
-                "layers = 2, hidden = 32, heads = 4, ffn = 64, vocab = 100, max_positions = 16",
+                "samples = 67349, eval_samples = 872, seq = 128",
+                "samples = 64, eval_samples = 16, seq = 16",
             ),
-            ("samples = 67349, eval_samples = 872, seq = 128", "samples = 64, eval_samples = 16, seq = 16"),
             ("budget = 1152", "budget = 96"),
             ("max_rank = 64", "max_rank = 16"),
             ("every 2000 steps", "every 2 steps"),

@@ -578,6 +578,12 @@ impl PluginHost {
                 self.guard.max_heap() >> 20
             ),
             (_, Some(Stop::Size(why))) => why.clone(),
+            // An endless loop meets this limit or the time budget, whichever comes first on
+            // the machine: both say the same thing to the author.
+            (PluginErrorKind::Limit, _) if bare.contains("Too many operations") => format!(
+                "stopped: ran past its limit of {} operations per call",
+                self.limits.max_operations
+            ),
             (PluginErrorKind::Limit, _) if bare.contains("stopped:") => {
                 bare[bare.find("stopped:").unwrap_or(0)..].to_string()
             }

@@ -13,7 +13,6 @@ use crate::train::{
     Decay, PlantedConfig, PlantedTask, SyntheticConfig, SyntheticTask, Task, TrainConfig,
 };
 use anyhow::{bail, Context, Result};
-use std::path::Path;
 
 /// Sequences per evaluation batch of the built-in tasks.
 const EVAL_BATCH: usize = 64;
@@ -284,7 +283,6 @@ pub fn engine_config(
     layers: usize,
     steps: u64,
     seed: u64,
-    base_dir: &Path,
 ) -> Option<EngineConfig> {
     let l = match &arm.lora {
         LoraSpec::Off => return None,
@@ -325,6 +323,6 @@ pub fn engine_config(
     cfg.min_rank = l.min_rank;
     cfg.max_rank = l.max_rank;
     cfg.seed = seed;
-    cfg.base_dir = Some(base_dir.to_path_buf());
+    // Plugin paths in the plan are already resolved against the policy file's directory.
     Some(cfg)
 }

@@ -1,8 +1,10 @@
 //! Experiments: a policy's arms × seeds run into a run directory (`runs/<experiment>-<ts>/`) with
 //! metrics, rank trajectories, checkpoints, PEFT-compatible adapters, results table, report and
-//! plots. See docs/ARCHITECTURE.md ("Runs").
+//! plots; `evaluate` rebuilds finished cells for `adarank eval`. See docs/ARCHITECTURE.md ("Runs").
 
 pub mod checkpoint;
+pub mod evaluate;
+pub mod export;
 pub mod fsio;
 pub mod peft;
 pub mod plots;

@@ -7,7 +7,8 @@ use super::arm::{
 };
 use super::checkpoint::{self, Checkpoint};
 use super::fsio::{filter_jsonl, read_json, write_atomic, write_json_atomic, JsonlWriter};
-use super::peft;
+use super::export::{self, CellInfo};
+use super::evaluate;
 use super::progress::{CellProgress, Progress, ProgressMode};
 use super::records::*;
 use super::rundir::RunDir;
@@ -16,6 +17,7 @@ use crate::adapter::AdapterStore;
 use crate::backend::device::Device;
 use crate::backend::{Backend, MemKind};
 use crate::data::hf::Checkpoint as HfCheckpoint;
+use crate::data::DataError;
 use crate::engine::{EngineCtx, EngineState, RankEngine};
 use crate::model::{Batch, EvalOut, Model, ModelState, StateMeta};
 use crate::policy::{ActionKind, ArmPlan, ModelSpec, Policy, Until};
@@ -165,14 +167,18 @@ pub fn run_on<B: Backend>(
             );
         }
     }
-    let progress = Progress::new(ProgressMode::detect(opts.quiet));
+    let mut progress = Progress::new(ProgressMode::detect(opts.quiet));
+    progress.plan_cells(
+        policy
+            .arms
+            .iter()
+            .flat_map(|a| policy.seeds.iter().map(move |s| (a, s)))
+            .filter(|(a, _)| opts.arms.is_empty() || opts.arms.contains(&a.name))
+            .filter(|(_, s)| opts.seeds.is_empty() || opts.seeds.contains(s))
+            .filter(|(a, s)| summary.cell(&a.name, **s).map(|c| c.status) != Some(CellStatus::Done))
+            .count() as u64,
+    );
     progress.println(&format!("run directory: {}", rd.root.display()));
-    let base_dir = policy
-        .source_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
     let mut budget = opts.stop_after_steps;
     // Pretrained checkpoints, loaded once per run and shared by the cells that use them.
     let mut checkpoints: HashMap<String, Option<HfCheckpoint>> = HashMap::new();
@@ -204,7 +210,6 @@ pub fn run_on<B: Backend>(
                 arm,
                 seed,
                 &rd,
-                &base_dir,
                 &progress,
                 resuming,
                 &mut budget,
@@ -250,7 +255,7 @@ pub fn run_on<B: Backend>(
         }
     }
     rd.render(&summary)?;
-    progress.println(&format!("report: {}", rd.report().display()));
+    progress.finish();
     Ok(rd.root)
 }
 
@@ -483,7 +488,6 @@ fn run_cell<B: Backend>(
     arm: &ArmPlan,
     seed: u64,
     rd: &RunDir,
-    base_dir: &Path,
     progress: &Progress,
     resuming: bool,
     budget: &mut Option<u64>,
@@ -491,22 +495,25 @@ fn run_cell<B: Backend>(
 ) -> Result<CellResult> {
     let key = checkpoint_key(arm);
     if !checkpoints.contains_key(&key) {
-        checkpoints.insert(key.clone(), load_checkpoint(arm)?);
+        checkpoints.insert(key.clone(), load_checkpoint(arm).map_err(DataError)?);
     }
     let ckpt = checkpoints.get_mut(&key).and_then(Option::as_mut);
+    let base_has_pooler = ckpt
+        .as_ref()
+        .is_some_and(|c| c.weights.contains_key(crate::model::pooler::WEIGHT));
     let base_model = match &arm.model {
         ModelSpec::Hf { name, .. } => Some(name.clone()),
         ModelSpec::Path { dir, .. } => Some(dir.display().to_string()),
         ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => None,
     };
-    let (mut task, samples) = build_task(arm, ckpt, seed)?;
+    let (mut task, samples) = build_task(arm, ckpt, seed).map_err(DataError)?;
     let steps = total_steps(arm, samples)?;
     let cfg = train_config(arm, steps, seed);
     let mode = train_mode(arm, task.model_config().layers);
     let mut model = build_model(be.clone(), task.as_ref(), mode, seed)
         .with_context(|| format!("building the model of arm {}", arm.name))?;
     let layers = task.model_config().layers;
-    let mut engine = match engine_config(arm, layers, steps, seed, base_dir) {
+    let mut engine = match engine_config(arm, layers, steps, seed) {
         Some(c) => Some(RankEngine::new(c)?),
         None => None,
     };
@@ -605,26 +612,33 @@ fn run_cell<B: Backend>(
         .progress
         .finish(&format!("done: eval loss {:.4}", fe.loss));
 
-    let infos = model.adapters();
-    if infos.iter().any(|a| a.rank > 0) {
-        let mut pairs = Vec::new();
-        for (i, info) in infos.iter().enumerate() {
-            if info.rank > 0 {
-                pairs.push((info.clone(), model.adapter_host(i)?));
-            }
-        }
-        peft::export(
-            &rd.adapters(&arm.name, seed),
-            &pairs,
-            &peft::ExportOptions {
-                base_model: Some(base_model.unwrap_or_else(|| {
-                    format!("adarank/random-{:?}", task.model_config().flavour).to_lowercase()
-                })),
-                use_rslora: arm.lora.on().is_some_and(|l| l.rslora),
-                module_prefix: String::new(),
-            },
-        )?;
+    // The trained model's folder (PEFT export, final state, adarank.json) and the final
+    // evaluation's predictions, per example.
+    let info = CellInfo {
+        format: 1,
+        seed,
+        steps: done_steps,
+        head: *model.head(),
+        hf_class: export::hf_layout(model.config().flavour, model.head())
+            .class
+            .map(str::to_string),
+        base_model: base_model.clone(),
+        arm: arm.clone(),
+    };
+    let use_rslora = arm.lora.on().is_some_and(|l| l.rslora);
+    export::export_cell(
+        &rd.adapters(&arm.name, seed),
+        &mut model,
+        &info,
+        use_rslora,
+        base_has_pooler,
+    )?;
+    if evaluate::has_predictions(model.head()) {
+        let ev = evaluate::predict(&mut model, task.as_ref())?;
+        let dir = rd.root.join("predictions");
+        evaluate::write_predictions(&evaluate::predictions_stem(&dir, &arm.name, seed, None), &ev.predictions)?;
     }
+    let infos = model.adapters();
     let trainable_params = model.trainable_params() as u64;
     let _ = std::fs::remove_file(&ck_path);
     Ok(CellResult {

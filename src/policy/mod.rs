@@ -48,10 +48,18 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Policy, Diagnostics> {
                 name: name.clone(),
                 text: String::new(),
             }]);
-            d.push(
-                Diagnostic::new(ast::Span::default(), format!("cannot read {name}: {e}"), "")
-                    .help("check the path"),
-            );
+            let (what, help) = match e.kind() {
+                std::io::ErrorKind::NotFound => (
+                    "no such file".to_string(),
+                    "check the path; it is relative to the current directory",
+                ),
+                std::io::ErrorKind::InvalidData => (
+                    "not UTF-8 text".to_string(),
+                    "a policy is a UTF-8 text file (`.rank`)",
+                ),
+                _ => (e.to_string(), "check the path and the file's permissions"),
+            };
+            d.push(Diagnostic::file(format!("cannot read {name}: {what}")).help(help));
             return Err(d);
         }
     };

@@ -96,7 +96,8 @@ impl PluginChecker {
                         (Some(l), Some(c)) => format!(" (line {l}, position {c})"),
                         _ => String::new(),
                     };
-                    Unusable::Compile(format!("{}{at}", e.message))
+                    let msg = e.message.trim_start_matches("syntax error: ");
+                    Unusable::Compile(format!("{msg}{at}"))
                 })?;
             Ok(plugin.functions())
         })

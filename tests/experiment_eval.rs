@@ -72,16 +72,16 @@ fn eval_reproduces_the_runs_results_exactly() {
         // The same f64, printed the same way: equal to the last bit.
         assert_eq!(e["accuracy"], r["eval_accuracy"], "{cell}: accuracy");
         assert_eq!(e["loss"], r["eval_loss"], "{cell}: loss");
-        assert_eq!(e["examples"], "96");
+        assert_eq!(e["examples"], "128");
         // The run's own predictions of its final evaluation are the ones eval writes.
         let (arm, seed) = cell.split_once('/').unwrap();
         let ours = predictions(&run.join(format!("predictions/{arm}-seed{seed}.jsonl")));
         let again = predictions(&run.join(format!("eval/{arm}-seed{seed}.eval.jsonl")));
         assert_eq!(ours, again, "{cell}");
-        assert_eq!(ours.len(), 96);
+        assert_eq!(ours.len(), 128);
         let correct = ours.iter().filter(|p| p["correct"] == true).count();
         assert_eq!(
-            (correct as f64 / 96.0).to_string(),
+            (correct as f64 / 128.0).to_string(),
             r["eval_accuracy"],
             "{cell}: the predictions' own accuracy"
         );
@@ -89,7 +89,7 @@ fn eval_reproduces_the_runs_results_exactly() {
     }
 
     // A cell folder on its own, without the final state: loaded from the PEFT export.
-    for arm in ["fixed", "adaptive"] {
+    for arm in ["fixed", "adalora"] {
         let cell = tmp.path().join(format!("{arm}-copy"));
         std::fs::create_dir(&cell).unwrap();
         for f in ["adapter_model.safetensors", "adapter_config.json", "adarank.json"] {

@@ -43,7 +43,13 @@ fn check_reports_several_errors_sorted_by_position() {
 
 #[test]
 fn check_json_is_one_document_for_editors() {
-    let o = adarank(&["check", "--format", "json", SEVERAL, "examples/quickstart.rank"]);
+    let o = adarank(&[
+        "check",
+        "--format",
+        "json",
+        SEVERAL,
+        "examples/quickstart.rank",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -54,7 +60,14 @@ fn check_json_is_one_document_for_editors() {
     let diags = files[0]["diagnostics"].as_array().unwrap();
     assert_eq!(doc["errors"].as_u64().unwrap() as usize, diags.len());
     for d in diags {
-        for key in ["line", "column", "end_line", "end_column", "message", "help"] {
+        for key in [
+            "line",
+            "column",
+            "end_line",
+            "end_column",
+            "message",
+            "help",
+        ] {
             assert!(!d[key].is_null(), "{key} missing in {d}");
         }
     }
@@ -95,7 +108,10 @@ fn exit_statuses_and_streams() {
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
     assert!(!err.contains("error: error:"), "{err}");
-    assert!(err.contains("--> tests/fixtures/cli/several_errors.rank:"), "{err}");
+    assert!(
+        err.contains("--> tests/fixtures/cli/several_errors.rank:"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -62,10 +62,17 @@ fn the_binary_runs_the_quickstart_outside_its_source_tree() {
     ]);
     assert!(out.contains("report: run/report.md"), "{out}");
     for arm in ["adaptive", "fixed", "layerwise", "full"] {
-        assert!(out.contains(arm), "{arm} missing from the result table:\n{out}");
+        assert!(
+            out.contains(arm),
+            "{arm} missing from the result table:\n{out}"
+        );
     }
     let summary = std::fs::read_to_string(work.join("run/summary.json")).unwrap();
-    assert_eq!(summary.matches("\"status\": \"done\"").count(), 4, "{summary}");
+    assert_eq!(
+        summary.matches("\"status\": \"done\"").count(),
+        4,
+        "{summary}"
+    );
     // The adaptive arm really re-allocated with the embedded plugins: it ends away from the
     // uniform rank 3 it started at.
     let s: serde_json::Value = serde_json::from_str(&summary).unwrap();
@@ -83,5 +90,7 @@ fn the_binary_runs_the_quickstart_outside_its_source_tree() {
         .collect();
     assert!(ranks.iter().any(|&r| r != 3), "{ranks:?}");
     // And the embedded quickstart (no file) runs there too.
-    adarank(&["run", "--device", "cpu", "--arm", "adaptive", "--seed", "2", "--out", "run2"]);
+    adarank(&[
+        "run", "--device", "cpu", "--arm", "adaptive", "--seed", "2", "--out", "run2",
+    ]);
 }

@@ -48,7 +48,11 @@ fn quickstart_makes_report_plots_and_adapters() {
         let a = a.unwrap().path();
         // Every cell keeps its final state and what it is; LoRA cells also the PEFT export.
         assert!(a.join("final_state.safetensors").exists() && a.join("adarank.json").exists());
-        let lora = !a.file_name().unwrap().to_string_lossy().starts_with("full-");
+        let lora = !a
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("full-");
         assert_eq!(
             a.join("adapter_model.safetensors").exists() && a.join("adapter_config.json").exists(),
             lora,

@@ -38,7 +38,11 @@ fn csv_rows(path: &Path, key: &[&str]) -> BTreeMap<String, BTreeMap<String, Stri
                 .zip(l.split(','))
                 .map(|(h, v)| (h.to_string(), v.to_string()))
                 .collect();
-            let k = key.iter().map(|k| row[*k].clone()).collect::<Vec<_>>().join("/");
+            let k = key
+                .iter()
+                .map(|k| row[*k].clone())
+                .collect::<Vec<_>>()
+                .join("/");
             (k, row)
         })
         .collect()
@@ -58,7 +62,14 @@ fn eval_reproduces_the_runs_results_exactly() {
     let run = tmp.path().join("run");
     run_ok(
         adarank()
-            .args(["run", "tests/experiments/synthetic_eval.rank", "--quiet", "--device", "cpu", "--out"])
+            .args([
+                "run",
+                "tests/experiments/synthetic_eval.rank",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--out",
+            ])
             .arg(&run),
     );
     let stdout = run_ok(adarank().arg("eval").arg(&run).args(["--device", "cpu"]));
@@ -92,7 +103,11 @@ fn eval_reproduces_the_runs_results_exactly() {
     for arm in ["fixed", "adalora"] {
         let cell = tmp.path().join(format!("{arm}-copy"));
         std::fs::create_dir(&cell).unwrap();
-        for f in ["adapter_model.safetensors", "adapter_config.json", "adarank.json"] {
+        for f in [
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "adarank.json",
+        ] {
             std::fs::copy(run.join(format!("adapters/{arm}-seed1/{f}")), cell.join(f)).unwrap();
         }
         run_ok(adarank().arg("eval").arg(&cell).args(["--device", "cpu"]));
@@ -100,13 +115,19 @@ fn eval_reproduces_the_runs_results_exactly() {
         let want = predictions(&run.join(format!("predictions/{arm}-seed1.jsonl")));
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g["predicted"], w["predicted"], "{arm}: {g} vs {w}");
-            let (gl, wl) = (g["logits"].as_array().unwrap(), w["logits"].as_array().unwrap());
+            let (gl, wl) = (
+                g["logits"].as_array().unwrap(),
+                w["logits"].as_array().unwrap(),
+            );
             for (a, b) in gl.iter().zip(wl) {
                 let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
                 // Plain LoRA: the same factors, bit for bit. AdaLoRA: λ folded into B rounds
                 // differently.
                 let tol = if arm == "fixed" { 0.0 } else { 1e-5 };
-                assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{arm}: logit {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= tol * (1.0 + b.abs()),
+                    "{arm}: logit {a} vs {b}"
+                );
             }
         }
     }

@@ -74,13 +74,17 @@ fn cls_logits_are_the_bert_pooler_formula() {
         let h0 = &hidden[s * b.seq * h..s * b.seq * h + h];
         let pooled: Vec<f64> = (0..h)
             .map(|i| {
-                let z: f64 = (0..h).map(|j| wp[i * h + j] as f64 * h0[j] as f64).sum::<f64>()
+                let z: f64 = (0..h)
+                    .map(|j| wp[i * h + j] as f64 * h0[j] as f64)
+                    .sum::<f64>()
                     + bp[i] as f64;
                 z.tanh()
             })
             .collect();
         for j in 0..k {
-            let want: f64 = (0..h).map(|i| wc[j * h + i] as f64 * pooled[i]).sum::<f64>()
+            let want: f64 = (0..h)
+                .map(|i| wc[j * h + i] as f64 * pooled[i])
+                .sum::<f64>()
                 + bc[j] as f64;
             let got = out.logits[s * k + j] as f64;
             worst = worst.max((got - want).abs());
@@ -94,7 +98,10 @@ fn cls_logits_are_the_bert_pooler_formula() {
 fn the_pooler_trains_with_the_body() {
     let mut full = model(Arc::new(Cpu::new()), TrainMode::Full);
     let names: Vec<String> = full.trainable_host().unwrap().into_keys().collect();
-    assert!(names.contains(&"pooler.dense.weight".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"pooler.dense.weight".to_string()),
+        "{names:?}"
+    );
     let lora = TrainMode::Lora(LoraConfig::uniform(2, &[ModuleKind::Q], 2, 4.0));
     let mut m = model(Arc::new(Cpu::new()), lora);
     let names: Vec<String> = m.trainable_host().unwrap().into_keys().collect();
@@ -116,7 +123,11 @@ fn one_pass<B: Backend>(m: &mut Model<B>, b: &Batch) -> (f32, Vec<f32>, Vec<f32>
     m.zero_grads();
     let l = m.forward_backward(b, 1.0).unwrap();
     let g = m.trainable_grads().unwrap();
-    (l, g["pooler.dense.weight"].data.clone(), m.evaluate(b).unwrap().logits)
+    (
+        l,
+        g["pooler.dense.weight"].data.clone(),
+        m.evaluate(b).unwrap().logits,
+    )
 }
 
 #[test]
@@ -125,11 +136,19 @@ fn gpu_pooler_matches_cpu() {
     let b = batch();
     let c = one_pass(&mut model(Arc::new(Cpu::new()), TrainMode::Full), &b);
     let g = one_pass(&mut model(gpu, TrainMode::Full), &b);
-    assert!((c.0 - g.0).abs() <= 1e-5 * (1.0 + c.0.abs()), "loss {} vs {}", c.0, g.0);
+    assert!(
+        (c.0 - g.0).abs() <= 1e-5 * (1.0 + c.0.abs()),
+        "loss {} vs {}",
+        c.0,
+        g.0
+    );
     assert!(c.1.iter().any(|&x| x != 0.0), "the pooler gets a gradient");
     for (what, x, y) in [("dW_p", &c.1, &g.1), ("logits", &c.2, &g.2)] {
         for (a, b) in x.iter().zip(y.iter()) {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{what}: cpu {a} gpu {b}");
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                "{what}: cpu {a} gpu {b}"
+            );
         }
     }
 }

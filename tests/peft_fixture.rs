@@ -57,7 +57,9 @@ fn our_logits_match_peft_loading_our_export() {
     if !assets::require_assets("peft_fixture") {
         return;
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DIR).join("peft_logits.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(DIR)
+        .join("peft_logits.json");
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(fixture["missing_keys"], serde_json::json!([]));
@@ -79,7 +81,13 @@ fn our_logits_match_peft_loading_our_export() {
                 worst = worst.max((*g as f64 - w).abs());
             }
         }
-        println!("{key}: largest |ours − PEFT| = {worst:.2e} over {} sentences", cases.len());
-        assert!(worst <= TOL, "{key}: largest logit difference {worst:e} > {TOL:e}");
+        println!(
+            "{key}: largest |ours − PEFT| = {worst:.2e} over {} sentences",
+            cases.len()
+        );
+        assert!(
+            worst <= TOL,
+            "{key}: largest logit difference {worst:e} > {TOL:e}"
+        );
     }
 }

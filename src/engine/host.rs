@@ -332,7 +332,10 @@ impl PluginHost {
     /// Resolve (see [`super::source`]) and compile a plugin file: a missing
     /// `…/plugins/NAME.rhai` with a shipped NAME loads the copy embedded in the binary.
     pub fn load(&self, path: &Path) -> PluginResult<Plugin> {
-        super::source::load(self, &super::source::resolve(&path.to_string_lossy(), Path::new("")))
+        super::source::load(
+            self,
+            &super::source::resolve(&path.to_string_lossy(), Path::new("")),
+        )
     }
 
     pub fn compile(&self, file: &str, source: &str) -> PluginResult<Plugin> {

@@ -278,12 +278,7 @@ pub fn train_mode(arm: &ArmPlan, layers: usize) -> TrainMode {
 
 /// The rank engine of an arm on a model of `layers` layers; `None` when its ranks never change
 /// (full, fixed, layer-wise).
-pub fn engine_config(
-    arm: &ArmPlan,
-    layers: usize,
-    steps: u64,
-    seed: u64,
-) -> Option<EngineConfig> {
+pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Option<EngineConfig> {
     let l = match &arm.lora {
         LoraSpec::Off => return None,
         LoraSpec::On(l) => l,

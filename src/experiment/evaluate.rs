@@ -10,8 +10,8 @@
 use super::arm::{build_task, load_checkpoint, train_mode};
 use super::export::{self, CellInfo};
 use super::fsio::write_atomic;
-use super::rundir::{file_safe, RunDir};
 use super::records::CellStatus;
+use super::rundir::{file_safe, RunDir};
 use crate::backend::Backend;
 use crate::data::glue::Example;
 use crate::data::hf::Checkpoint;
@@ -284,9 +284,9 @@ fn split_file(data: &DataSpec, split: Split) -> Result<(PathBuf, TextFormat)> {
         (DataSpec::Mnli { dir, .. }, Split::Dev) => (tsv(dir, "dev_matched"), TextFormat::Mnli),
         (DataSpec::Mnli { dir, .. }, Split::Test) => (tsv(dir, "test_matched"), TextFormat::Mnli),
         (DataSpec::Jsonl { dev, .. }, Split::Dev) => (dev.clone(), TextFormat::Jsonl),
-        (DataSpec::Jsonl { .. }, Split::Test) => bail!(
-            "a `data jsonl` section names no test file; give it with --data FILE"
-        ),
+        (DataSpec::Jsonl { .. }, Split::Test) => {
+            bail!("a `data jsonl` section names no test file; give it with --data FILE")
+        }
         _ => bail!("--split applies to text data sets"),
     })
 }
@@ -305,7 +305,9 @@ fn custom_task(
         let path = match (file, split) {
             (Some(f), _) => f.to_path_buf(),
             (None, Split::Dev) => dev.clone(),
-            (None, Split::Test) => bail!("a `data squad` section names no test file; give it with --data FILE"),
+            (None, Split::Test) => {
+                bail!("a `data squad` section names no test file; give it with --data FILE")
+            }
         };
         let ev = crate::data::squad::load(&path, &ckpt.tokenizer)?;
         return Ok(Box::new(crate::data::squad::SpanTask::new(
@@ -324,8 +326,8 @@ fn custom_task(
     }
     let (path, format) = match file {
         Some(f) => {
-            let (_, format) = split_file(data, Split::Dev)
-                .or_else(|_| split_file(data, Split::Test))?;
+            let (_, format) =
+                split_file(data, Split::Dev).or_else(|_| split_file(data, Split::Test))?;
             (f.to_path_buf(), format)
         }
         None => split_file(data, split)?,

@@ -240,7 +240,9 @@ pub fn import_peft<B: Backend>(dir: &Path, model: &mut Model<B>) -> Result<()> {
     let mut tensors = BTreeMap::new();
     let mut param_steps = BTreeMap::new();
     for m in &e.modules {
-        let path = layout.our_name(&m.module).unwrap_or_else(|| m.module.clone());
+        let path = layout
+            .our_name(&m.module)
+            .unwrap_or_else(|| m.module.clone());
         let Some(i) = slots
             .iter()
             .position(|s| s.kind.hf_bert_path(s.layer) == path)
@@ -271,8 +273,14 @@ pub fn import_peft<B: Backend>(dir: &Path, model: &mut Model<B>) -> Result<()> {
         ranks[i] = m.rank;
         scales[i] = m.scale as f32;
         for (name, t) in [
-            ("lora_A.weight", HostTensor::new(m.a_shape.to_vec(), m.a.clone())),
-            ("lora_B.weight", HostTensor::new(m.b_shape.to_vec(), m.b.clone())),
+            (
+                "lora_A.weight",
+                HostTensor::new(m.a_shape.to_vec(), m.a.clone()),
+            ),
+            (
+                "lora_B.weight",
+                HostTensor::new(m.b_shape.to_vec(), m.b.clone()),
+            ),
             // The SVD form's λ: the export folds it into B, so it is 1 here.
             ("lora_E", HostTensor::new(vec![m.rank], vec![1.0; m.rank])),
         ] {

@@ -6,9 +6,9 @@ use super::arm::{
     steps_per_epoch, targeted_slots, total_steps, train_config, train_mode,
 };
 use super::checkpoint::{self, Checkpoint};
-use super::fsio::{filter_jsonl, read_json, write_atomic, write_json_atomic, JsonlWriter};
-use super::export::{self, CellInfo};
 use super::evaluate;
+use super::export::{self, CellInfo};
+use super::fsio::{filter_jsonl, read_json, write_atomic, write_json_atomic, JsonlWriter};
 use super::progress::{CellProgress, Progress, ProgressMode};
 use super::records::*;
 use super::rundir::RunDir;
@@ -636,7 +636,10 @@ fn run_cell<B: Backend>(
     if evaluate::has_predictions(model.head()) {
         let ev = evaluate::predict(&mut model, task.as_ref())?;
         let dir = rd.root.join("predictions");
-        evaluate::write_predictions(&evaluate::predictions_stem(&dir, &arm.name, seed, None), &ev.predictions)?;
+        evaluate::write_predictions(
+            &evaluate::predictions_stem(&dir, &arm.name, seed, None),
+            &ev.predictions,
+        )?;
     }
     let infos = model.adapters();
     let trainable_params = model.trainable_params() as u64;

@@ -116,31 +116,31 @@ impl PluginChecker {
         }
         let (fname, params) = role.function();
         let want = format!("fn {fname}({})", params.join(", "));
-        let fns = match self.compiled(path) {
-            Ok(fns) => fns,
-            Err(Unusable::Read(ReadError::NoSuchShipped(name))) => {
-                let names: Vec<&str> = crate::engine::shipped::SHIPPED
-                    .iter()
-                    .map(|s| s.file.trim_end_matches(".rhai"))
-                    .collect();
-                let hint = match super::suggest::closest(name, names.iter().copied()) {
-                    Some(c) => format!("did you mean `{c}`? "),
-                    None => String::new(),
-                };
-                return Some(
-                    Diagnostic::new(
-                        span,
-                        format!("no shipped plugin is called `{name}`"),
-                        "not a shipped plugin",
-                    )
-                    .help(format!(
+        let fns =
+            match self.compiled(path) {
+                Ok(fns) => fns,
+                Err(Unusable::Read(ReadError::NoSuchShipped(name))) => {
+                    let names: Vec<&str> = crate::engine::shipped::SHIPPED
+                        .iter()
+                        .map(|s| s.file.trim_end_matches(".rhai"))
+                        .collect();
+                    let hint = match super::suggest::closest(name, names.iter().copied()) {
+                        Some(c) => format!("did you mean `{c}`? "),
+                        None => String::new(),
+                    };
+                    return Some(
+                        Diagnostic::new(
+                            span,
+                            format!("no shipped plugin is called `{name}`"),
+                            "not a shipped plugin",
+                        )
+                        .help(format!(
                         "{hint}`adarank plugins` lists the shipped plugins; for your own script \
                          give a path relative to the policy file, e.g. `plugin \"my_rule.rhai\"`"
                     )),
-                );
-            }
-            Err(Unusable::Read(ReadError::NotFound)) => {
-                return Some(
+                    );
+                }
+                Err(Unusable::Read(ReadError::NotFound)) => return Some(
                     Diagnostic::new(
                         span,
                         format!(
@@ -154,35 +154,31 @@ impl PluginChecker {
                         "the path is relative to the policy file's directory; create the script \
                          or fix the path",
                     ),
-                )
-            }
-            Err(Unusable::Read(ReadError::Io(e))) => {
-                return Some(
-                    Diagnostic::new(
-                        span,
-                        format!(
-                            "{} plugin `{reference}` cannot be read: {e}",
-                            role.name()
-                        ),
-                        "this script",
+                ),
+                Err(Unusable::Read(ReadError::Io(e))) => {
+                    return Some(
+                        Diagnostic::new(
+                            span,
+                            format!("{} plugin `{reference}` cannot be read: {e}", role.name()),
+                            "this script",
+                        )
+                        .help("check the file's permissions"),
                     )
-                    .help("check the file's permissions"),
-                )
-            }
-            Err(Unusable::Compile(e)) => {
-                return Some(
-                    Diagnostic::new(
-                        span,
-                        format!("{} plugin `{reference}` does not compile: {e}", role.name()),
-                        "this script",
-                    )
-                    .help(
-                        "fix the script; `adarank check` compiles it as `adarank run` will \
+                }
+                Err(Unusable::Compile(e)) => {
+                    return Some(
+                        Diagnostic::new(
+                            span,
+                            format!("{} plugin `{reference}` does not compile: {e}", role.name()),
+                            "this script",
+                        )
+                        .help(
+                            "fix the script; `adarank check` compiles it as `adarank run` will \
                          (strict variables: every variable must be declared with `let`)",
-                    ),
-                )
-            }
-        };
+                        ),
+                    )
+                }
+            };
         let same_name: Vec<&Vec<String>> = fns
             .iter()
             .filter(|(n, _)| n == fname)

@@ -6,6 +6,7 @@ use crate::backend::device::{Device, DeviceChoice};
 use crate::backend::Backend;
 use crate::experiment::evaluate::{self, CellDir, Evaluation, Split};
 use crate::experiment::fsio::write_atomic;
+use crate::experiment::progress::text_table;
 use crate::experiment::rundir::SUMMARY;
 use anyhow::Result;
 use clap::Args;
@@ -104,26 +105,9 @@ fn run_all<B: Backend>(be: Arc<B>, cells: &[CellDir], args: &EvalArgs) -> Result
     std::fs::create_dir_all(&out_dir)?;
     let results = out_dir.join(format!("results-{label}.csv"));
     write_atomic(&results, csv.as_bytes())?;
-    let w: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
     println!("evaluation set: {label}");
-    for r in &rows {
-        println!(
-            "  {:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {:>w4$}  {}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            r[5],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3],
-            w4 = w[4]
-        );
-    }
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    print!("{}", text_table(&rows, |i| (1..5).contains(&i), false));
     println!("results: {}", results.display());
     Ok(())
 }

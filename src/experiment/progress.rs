@@ -57,7 +57,7 @@ impl Progress {
             let b = self.multi.add(ProgressBar::new(total));
             b.set_style(
                 ProgressStyle::with_template(
-                    "{prefix:>24} [{bar:30}] {pos}/{len} cells, {elapsed} elapsed, eta {eta}",
+                    "{prefix:>24} [{bar:30}] {pos}/{len} cells, {elapsed} elapsed, eta {eta}  {msg}",
                 )
                 .expect("static template")
                 .progress_chars("#> "),
@@ -107,6 +107,7 @@ impl Progress {
         });
         CellProgress {
             mode: self.mode,
+            overall: self.overall.clone(),
             label,
             total: total_steps,
             bar,
@@ -119,6 +120,8 @@ impl Progress {
 
 pub struct CellProgress {
     mode: ProgressMode,
+    /// The run's bar across cells, which keeps the last finished cell's outcome.
+    overall: Option<ProgressBar>,
     label: String,
     total: u64,
     bar: Option<ProgressBar>,
@@ -163,11 +166,16 @@ impl CellProgress {
 
     pub fn finish(&self, msg: &str) {
         match self.mode {
-            ProgressMode::Bars => {
-                if let Some(b) = &self.bar {
-                    b.finish_with_message(msg.to_string());
+            ProgressMode::Bars => match (&self.bar, &self.overall) {
+                // With an overall bar, a finished cell's bar goes and its outcome moves there:
+                // the screen holds the run's progress, not one line per cell.
+                (Some(b), Some(o)) => {
+                    b.finish_and_clear();
+                    o.set_message(format!("last: {} {msg}", self.label));
                 }
-            }
+                (Some(b), None) => b.finish_with_message(msg.to_string()),
+                _ => {}
+            },
             ProgressMode::Lines => eprintln!("[{}] {msg}", self.label),
             ProgressMode::Quiet => {}
         }
@@ -224,28 +232,49 @@ pub fn result_table(s: &Summary) -> String {
         };
         rows.push([arm.name.clone(), value, seeds, wall]);
     }
-    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
-    let w = [width(0), width(1), width(2), width(3)];
     let better = if s.metric.higher_is_better {
         "higher is better"
     } else {
         "lower is better"
     };
-    let mut out = format!("{} ({metric}: {better})\n", s.experiment);
-    for (i, r) in rows.iter().enumerate() {
-        out += &format!(
-            "  {:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}\n",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        );
-        if i == 0 {
-            out += &format!("  {}\n", "-".repeat(w.iter().sum::<usize>() + 6));
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    format!(
+        "{} ({metric}: {better})\n{}",
+        s.experiment,
+        text_table(&rows, |i| i > 0, true)
+    )
+}
+
+/// Rows as aligned columns for a terminal, indented by two spaces: column `i` right-aligned when
+/// `right(i)` (numbers), else left-aligned; with `rule`, a line of dashes under the first row.
+pub fn text_table(rows: &[Vec<String>], right: impl Fn(usize) -> bool, rule: bool) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (k, r) in rows.iter().enumerate() {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if right(i) {
+                    format!("{c:>w$}", w = width[i])
+                } else {
+                    format!("{c:<w$}", w = width[i])
+                }
+            })
+            .collect();
+        out += &format!("  {}\n", cells.join("  ").trim_end());
+        if k == 0 && rule {
+            let total = width.iter().sum::<usize>() + 2 * cols.saturating_sub(1);
+            out += &format!("  {}\n", "-".repeat(total));
         }
     }
     out

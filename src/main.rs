@@ -14,6 +14,10 @@ struct Cli {
 enum Command {
     /// Run an experiment policy (.rank file) into a run directory.
     Run(cli::run::RunArgs),
+    /// What each arm will cost: memory by kind, FLOPs per step, step time on a device.
+    Plan(cli::plan::PlanArgs),
+    /// The state of every cell of a run directory (local or a Slurm job array).
+    Status(cli::status::StatusArgs),
     /// Check policy files; exit status 1 when any has an error.
     Check(cli::check::CheckArgs),
     /// Evaluate trained cells (a run directory or one cell's folder) and write predictions.
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cli::run::main(a),
+        Command::Plan(a) => cli::plan::main(a),
+        Command::Status(a) => cli::status::main(a),
         Command::Check(a) => cli::check::main(a),
         Command::Eval(a) => cli::eval::main(a),
         Command::Fmt(a) => cli::fmt::main(a),
@@ -65,7 +71,12 @@ fn main() -> ExitCode {
             if let Some(s) = e.downcast_ref::<adarank::cli::ExitStatus>() {
                 return ExitCode::from(s.0);
             }
-            eprintln!("error: {e:#}");
+            if let Some(d) = e.downcast_ref::<adarank::policy::Diagnostics>() {
+                // Policy diagnostics render their own `error:` lines.
+                eprint!("{d}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::from(cli::exit_status(&e))
         }
     }

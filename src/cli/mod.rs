@@ -7,9 +7,11 @@ pub mod devices;
 pub mod eval;
 pub mod fetch;
 pub mod fmt;
+pub mod plan;
 pub mod plugins;
 pub mod report;
 pub mod run;
+pub mod status;
 
 /// The exit statuses, as `adarank --help` states them.
 pub const EXIT_STATUS_HELP: &str = "Exit status: 0 success; 1 the input is wrong (a policy that \

@@ -15,7 +15,7 @@ use crate::train::{
 use anyhow::{bail, Context, Result};
 
 /// Sequences per evaluation batch of the built-in tasks.
-const EVAL_BATCH: usize = 64;
+pub const EVAL_BATCH: usize = 64;
 
 /// The method label of an arm, for the tables.
 pub fn method_label(arm: &ArmPlan) -> String {
@@ -45,7 +45,8 @@ pub fn reallocates(arm: &ArmPlan) -> bool {
         .any(|p| p.actions.iter().any(|a| a.what == ActionKind::Reallocate))
 }
 
-fn transformer(spec: &ModelSpec) -> Result<ModelConfig> {
+/// The shape of a randomly initialised model section (`model encoder|decoder { ... }`).
+pub fn transformer(spec: &ModelSpec) -> Result<ModelConfig> {
     let (flavour, t) = match spec {
         ModelSpec::Encoder(t) => (Flavour::Encoder, t),
         ModelSpec::Decoder(t) => (Flavour::Decoder, t),

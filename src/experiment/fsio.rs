@@ -104,6 +104,13 @@ pub fn filter_jsonl<T: DeserializeOwned + Serialize>(
     keep: impl Fn(&T) -> bool,
 ) -> Result<()> {
     let records: Vec<T> = read_jsonl(path)?;
+    // A line torn by a kill must go before anything is appended after it.
+    let torn = fs::read(path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
+    if !torn && records.iter().all(&keep) {
+        // Nothing to drop: leave the file alone, so a cell starting fresh never rewrites a
+        // log that other cells of the run are appending to.
+        return Ok(());
+    }
     let mut out = String::new();
     for r in records.iter().filter(|r| keep(r)) {
         out.push_str(&serde_json::to_string(r)?);
@@ -157,5 +164,27 @@ mod tests {
         filter_jsonl::<serde_json::Value>(&p, |r| r["step"].as_u64().unwrap() <= 2).unwrap();
         let v: Vec<serde_json::Value> = read_jsonl(&p).unwrap();
         assert_eq!(v.len(), 3);
+    }
+
+    #[test]
+    fn filter_leaves_a_log_alone_unless_it_drops_something() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.jsonl");
+        fs::write(&p, "{\"step\": 1}\n{\"step\": 2}\n").unwrap();
+        let inode = fs::metadata(&p).unwrap().ino();
+        filter_jsonl::<serde_json::Value>(&p, |_| true).unwrap();
+        assert_eq!(
+            fs::metadata(&p).unwrap().ino(),
+            inode,
+            "rewritten for nothing"
+        );
+        // A torn last line goes, so the next append starts on a line of its own.
+        fs::write(&p, "{\"step\": 1}\n{\"step\": 2}\n{\"st").unwrap();
+        filter_jsonl::<serde_json::Value>(&p, |_| true).unwrap();
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            "{\"step\":1}\n{\"step\":2}\n"
+        );
     }
 }

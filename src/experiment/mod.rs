@@ -3,6 +3,7 @@
 //! plots; `evaluate` rebuilds finished cells for `adarank eval`. See docs/ARCHITECTURE.md ("Runs").
 
 pub mod checkpoint;
+pub mod costs;
 pub mod evaluate;
 pub mod export;
 pub mod fsio;
@@ -13,6 +14,7 @@ pub mod records;
 pub mod report;
 pub mod rundir;
 pub mod stats;
+pub mod status;
 
 pub use records::{
     ArmMeta, CellResult, CellStatus, EnvInfo, MetricRecord, MetricSpec, RankRecord, Summary,
@@ -21,3 +23,4 @@ pub use rundir::RunDir;
 pub mod arm;
 pub mod runner;
 pub mod slots;
+pub mod slurm;

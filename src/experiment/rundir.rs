@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 pub const SUMMARY: &str = "summary.json";
+/// The run directory's lock file.
+const LOCK: &str = ".lock";
 
 #[derive(Clone, Debug)]
 pub struct RunDir {
@@ -101,6 +103,41 @@ impl RunDir {
 
     pub fn load_summary(&self) -> Result<Summary> {
         read_json(&self.summary())
+    }
+
+    /// Changes the summary on disk under the directory's lock (read, `f`, write), so cells run
+    /// by other processes at the same time (a Slurm job array) keep their records; returns the
+    /// summary as written and what `f` returned.
+    pub fn update_summary<R>(&self, f: impl FnOnce(&mut Summary) -> R) -> Result<(Summary, R)> {
+        let _lock = self.lock()?;
+        let mut s = self.load_summary()?;
+        let r = f(&mut s);
+        self.write_summary(&s)?;
+        Ok((s, r))
+    }
+
+    /// Rebuilds `results.csv`, the plots and the report from what is on disk now, under the
+    /// directory's lock (another process may be finishing a cell of the same run), so an older
+    /// report never replaces a newer one.
+    pub fn render_shared(&self) -> Result<()> {
+        let _lock = self.lock()?;
+        let s = self.load_summary()?;
+        self.render(&s)
+    }
+
+    /// The directory-wide lock (an advisory `flock`, dropped by the kernel when its process
+    /// dies), held for each short read-modify-write of a shared file.
+    fn lock(&self) -> Result<std::fs::File> {
+        let path = self.root.join(LOCK);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening the lock file {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(file)
     }
 
     pub fn load_metrics(&self) -> Result<Vec<MetricRecord>> {

@@ -104,6 +104,16 @@ fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
 /// summary and report, then the run stops with the cell's error.
 pub fn run(policy: Option<Policy>, opts: &RunOptions) -> Result<PathBuf> {
     let dev = Device::open(opts.device)?;
+    // Before anything is allocated: refuse a cell that would not fit the device.
+    match (&policy, &opts.resume) {
+        (Some(p), _) => super::costs::check_device(&dev, p, &opts.arms)?,
+        // (A directory that is no run is refused below, with its own message.)
+        (None, Some(dir)) if dir.join(POLICY_JSON).is_file() => {
+            let p: Policy = read_json(&dir.join(POLICY_JSON))?;
+            super::costs::check_device(&dev, &p, &opts.arms)?
+        }
+        _ => {}
+    }
     let desc = dev.describe();
     match dev {
         Device::Cpu(b) => {
@@ -114,39 +124,9 @@ pub fn run(policy: Option<Policy>, opts: &RunOptions) -> Result<PathBuf> {
     }
 }
 
-/// Runs (or resumes) `policy` on `be`; `device` and `backend_name` describe it in env.json and
-/// the report.
-pub fn run_on<B: Backend>(
-    be: Arc<B>,
-    device: &str,
-    backend_name: &str,
-    policy: Option<Policy>,
-    opts: &RunOptions,
-) -> Result<PathBuf> {
-    let (rd, policy, mut summary) = match &opts.resume {
-        Some(dir) => {
-            let rd = RunDir::open(dir)?;
-            let policy: Policy = read_json(&rd.root.join(POLICY_JSON))?;
-            let summary = rd.load_summary()?;
-            (rd, policy, summary)
-        }
-        None => {
-            let policy = policy.context("no policy to run")?;
-            let root = opts
-                .out
-                .clone()
-                .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), &policy.name));
-            let rd = RunDir::create(&root)?;
-            write_atomic(&rd.policy(), policy.source_text.as_bytes())?;
-            write_json_atomic(&rd.root.join(POLICY_JSON), &policy)?;
-            let env = EnvInfo::collect(device, backend_name);
-            write_json_atomic(&rd.env(), &env)?;
-            let s = summary_for(&policy, env);
-            rd.write_summary(&s)?;
-            (rd, policy, s)
-        }
-    };
-    for a in &opts.arms {
+/// Every `--arm` and `--seed` must name an arm and a seed of the policy.
+pub fn check_filters(policy: &Policy, arms: &[String], seeds: &[u64]) -> Result<()> {
+    for a in arms {
         if policy.arm(a).is_none() {
             bail!(
                 "--arm {a}: no such arm (arms: {})",
@@ -159,7 +139,7 @@ pub fn run_on<B: Backend>(
             );
         }
     }
-    for s in &opts.seeds {
+    for s in seeds {
         if !policy.seeds.contains(s) {
             bail!(
                 "--seed {s}: not among the policy's seeds {:?}",
@@ -167,6 +147,54 @@ pub fn run_on<B: Backend>(
             );
         }
     }
+    Ok(())
+}
+
+/// A new run directory for `policy` (`out`, or `runs/<experiment>-<timestamp>`): the policy
+/// as written and as checked, env.json (`device`, `backend_name`), and a summary with every
+/// cell pending. Local runs and Slurm submissions start the same way.
+pub fn start_run_dir(
+    policy: &Policy,
+    out: Option<&Path>,
+    device: &str,
+    backend_name: &str,
+) -> Result<(RunDir, Summary)> {
+    let root = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), &policy.name));
+    let rd = RunDir::create(&root)?;
+    write_atomic(&rd.policy(), policy.source_text.as_bytes())?;
+    write_json_atomic(&rd.root.join(POLICY_JSON), policy)?;
+    let env = EnvInfo::collect(device, backend_name);
+    write_json_atomic(&rd.env(), &env)?;
+    let s = summary_for(policy, env);
+    rd.write_summary(&s)?;
+    Ok((rd, s))
+}
+
+/// Runs (or resumes) `policy` on `be`; `device` and `backend_name` describe it in env.json and
+/// the report.
+pub fn run_on<B: Backend>(
+    be: Arc<B>,
+    device: &str,
+    backend_name: &str,
+    policy: Option<Policy>,
+    opts: &RunOptions,
+) -> Result<PathBuf> {
+    let (rd, policy, summary) = match &opts.resume {
+        Some(dir) => {
+            let rd = RunDir::open(dir)?;
+            let policy: Policy = read_json(&rd.root.join(POLICY_JSON))?;
+            let summary = rd.load_summary()?;
+            (rd, policy, summary)
+        }
+        None => {
+            let policy = policy.context("no policy to run")?;
+            let (rd, s) = start_run_dir(&policy, opts.out.as_deref(), device, backend_name)?;
+            (rd, policy, s)
+        }
+    };
+    check_filters(&policy, &opts.arms, &opts.seeds)?;
     let mut progress = Progress::new(ProgressMode::detect(opts.quiet));
     progress.plan_cells(
         policy
@@ -202,8 +230,7 @@ pub fn run_on<B: Backend>(
                 .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
             running.status = CellStatus::Running;
             running.error = None;
-            summary.put(running);
-            rd.write_summary(&summary)?;
+            rd.update_summary(|s| s.put(running))?;
             let resuming = opts.resume.is_some();
             let result = run_cell(
                 be.clone(),
@@ -217,12 +244,11 @@ pub fn run_on<B: Backend>(
             );
             match result {
                 Ok(cell) => {
-                    summary.put(cell);
-                    rd.write_summary(&summary)?;
-                    rd.render(&summary)?;
+                    rd.update_summary(|s| s.put(cell))?;
+                    rd.render_shared()?;
                 }
                 Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
-                    rd.render(&summary)?;
+                    rd.render_shared()?;
                     return Err(e);
                 }
                 Err(e) => {
@@ -242,9 +268,8 @@ pub fn run_on<B: Backend>(
                     failed.status = CellStatus::Failed;
                     failed.error = Some(msg);
                     failed.steps = steps;
-                    summary.put(failed);
-                    rd.write_summary(&summary)?;
-                    rd.render(&summary)?;
+                    rd.update_summary(|s| s.put(failed))?;
+                    rd.render_shared()?;
                     return Err(e.context(format!(
                         "arm {} seed {seed} failed; {} keeps everything done so far",
                         arm.name,
@@ -254,7 +279,7 @@ pub fn run_on<B: Backend>(
             }
         }
     }
-    rd.render(&summary)?;
+    rd.render_shared()?;
     progress.finish();
     Ok(rd.root)
 }

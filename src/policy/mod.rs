@@ -7,8 +7,9 @@ mod check;
 pub mod diag;
 mod fields;
 mod format;
-mod known_models;
+pub mod known_models;
 mod layers;
+mod locate;
 pub mod parse;
 pub mod plan;
 pub mod plugins;
@@ -16,6 +17,7 @@ mod sections;
 mod suggest;
 
 pub use diag::{Diagnostic, Diagnostics, Source};
+pub use locate::Locator;
 pub use plan::*;
 
 use std::path::{Path, PathBuf};
@@ -131,6 +133,7 @@ pub fn load_with(
             name: exp.name.node,
             source_path: PathBuf::from(file_name),
             source_text: src.to_string(),
+            overrides: overrides.to_vec(),
             arms: c.arms,
             seeds: c.seeds,
             baseline: c.baseline,

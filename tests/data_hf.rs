@@ -94,7 +94,11 @@ fn tiny_bert_with_prefix_f16_and_extras() {
         .unwrap();
     assert_eq!(q.data[5], (k * 1000 + 5) as f32);
     let total: usize = w.values().map(|t| t.data.len()).sum();
-    assert_eq!(total, cfg.encoder_params());
+    assert_eq!(
+        total,
+        cfg.encoder_params() + 4,
+        "the encoder and the pooler's bias"
+    );
 }
 
 #[test]

@@ -41,7 +41,11 @@ fn quickstart_makes_report_plots_and_adapters() {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("| method | arm | eval_loss | peak memory | wall time | trainable params | tokens/s | seeds |"), "{report}");
+    assert!(report.contains("| method | arm | eval_loss (mean ± 95% CI) | std | peak memory | wall time | trainable params | tokens/s | seeds |"), "{report}");
+    assert!(
+        report.contains("evaluated on 128 examples of the test split"),
+        "{report}"
+    );
     let adapters: Vec<_> = std::fs::read_dir(out.join("adapters")).unwrap().collect();
     assert_eq!(adapters.len(), 8, "one folder per cell");
     for a in adapters {

@@ -7,6 +7,7 @@
 use adarank::adapter::ModuleKind;
 use adarank::backend::cpu::Cpu;
 use adarank::data::assets;
+use adarank::data::plan::Split;
 use adarank::experiment::arm::{build_task, load_checkpoint, train_mode};
 use adarank::experiment::costs::{self, devices, pass_flops, BatchShape};
 use adarank::experiment::runner::{run, DeviceChoice, RunOptions};
@@ -145,7 +146,7 @@ fn flops_agree(policy: &Policy) {
     for arm in &policy.arms {
         let be = Arc::new(Cpu::new());
         let mut ck = load_checkpoint(arm).unwrap();
-        let (mut task, _) = build_task(arm, ck.as_mut(), 1).unwrap();
+        let (mut task, _) = build_task(arm, ck.as_mut(), 1, Split::Test).unwrap();
         let layers = task.model_config().layers;
         let mode = train_mode(arm, layers);
         let mut model = build_model(be.clone(), task.as_ref(), mode.clone(), 1).unwrap();

@@ -1,10 +1,12 @@
 //! `adarank check` — check policy files; exit 1 when any has an error.
 //!
-//! Text output: one `FILE: ok (...)` line per good file on stdout, the diagnostics of the others
-//! on stderr (sorted by position). `--format json`: one JSON document on stdout for editors and
-//! scripts, `{"files": [{"path", "ok", "arms", "seeds", "diagnostics": [...]}], "errors": N}`
-//! (the fields of a diagnostic: `Diagnostics::to_json`).
+//! Text output: one `FILE: ok (...)` line per good file on stdout with each arm's trainable
+//! parameters, the diagnostics of the others (and a warning when LoRA arms differ in parameters)
+//! on stderr, sorted by position. `--format json`: one JSON document on stdout for editors and
+//! scripts, `{"files": [{"path", "ok", "arms", "seeds", "params", "warnings", "diagnostics":
+//! [...]}], "errors": N}` (the fields of a diagnostic: `Diagnostics::to_json`).
 
+use crate::experiment::budget;
 use crate::policy::{self, Policy};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -69,11 +71,24 @@ pub fn main(args: CheckArgs) -> anyhow::Result<()> {
                     ),
                     Err(d) => (false, vec![], vec![], d.to_json()),
                 };
+                let counts: Vec<_> = match &result {
+                    Ok(p) => p.arms.iter().filter_map(budget::arm_params).collect(),
+                    Err(_) => vec![],
+                };
+                let params: serde_json::Map<String, serde_json::Value> = counts
+                    .iter()
+                    .map(|a| {
+                        let v = a.total().map(|(lo, hi)| serde_json::json!([lo, hi]));
+                        (a.arm.clone(), v.unwrap_or(serde_json::Value::Null))
+                    })
+                    .collect();
                 let mut entry = serde_json::json!({
                     "path": file.display().to_string(),
                     "ok": ok,
                     "arms": arms,
                     "seeds": seeds,
+                    "params": params,
+                    "warnings": budget::mismatch(&counts).into_iter().collect::<Vec<_>>(),
                     "diagnostics": diags,
                 });
                 if let (true, Ok(p)) = (args.plan, &result) {
@@ -87,6 +102,11 @@ pub fn main(args: CheckArgs) -> anyhow::Result<()> {
                         println!("{}", serde_json::to_string_pretty(&p.arms)?);
                     }
                     println!("{}", ok_line(file, p));
+                    let counts: Vec<_> = p.arms.iter().filter_map(budget::arm_params).collect();
+                    print!("{}", budget::describe(&counts));
+                    if let Some(w) = budget::mismatch(&counts) {
+                        eprintln!("warning: {w}");
+                    }
                 }
                 Err(d) => {
                     eprint!("{d}");

@@ -4,7 +4,8 @@
 
 use crate::backend::device::{Device, DeviceChoice};
 use crate::backend::Backend;
-use crate::experiment::evaluate::{self, CellDir, Evaluation, Split};
+use crate::data::plan::Split;
+use crate::experiment::evaluate::{self, CellDir, Evaluation};
 use crate::experiment::fsio::write_atomic;
 use crate::experiment::progress::text_table;
 use crate::experiment::rundir::SUMMARY;
@@ -20,7 +21,8 @@ pub struct EvalArgs {
     /// Evaluate on this file instead (same format as the arm's data: TSV, JSONL or SQuAD JSON).
     #[arg(long, value_name = "FILE")]
     pub data: Option<PathBuf>,
-    /// Evaluate on this split of the arm's data set (default: the set the run evaluated).
+    /// Evaluate on this split of the arm's data set (default: the one the run evaluated). Data
+    /// sets without labelled test files (GLUE, SQuAD, JSONL) evaluate their dev file.
     #[arg(long, value_enum)]
     pub split: Option<Split>,
     /// Only this arm (repeatable).

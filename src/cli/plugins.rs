@@ -31,7 +31,9 @@ pub fn listing() -> String {
     s += "  learner     fn learn(state, adapters, ctx) -> map  (#{alpha: .., beta: ..})\n";
     s += "  condition   fn done(ctx) -> bool\n";
     s += "\nHelpers: sum mean max_of min_of clamp sorted_desc argsort_desc erank stable_rank\n";
-    s += "  round_to_budget(reals, budget, r_min, r_max) param param_or params rand print\n";
+    s += "  round_to_budget(reals, budget, r_min, r_max)\n";
+    s += "  round_to_param_budget(reals, costs, params, r_min, r_max) -> #{ranks, params, gap}\n";
+    s += "  param param_or params rand print\n";
     s += "\n`adarank plugins --api` prints the full reference; `--show FILE` a plugin's source.\n";
     s
 }

@@ -55,8 +55,7 @@ pub struct SpanExample {
 }
 
 pub fn load(path: &Path, tok: &Tokenizer) -> Result<Vec<SpanExample>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = crate::textfile::read(path, "SQuAD data", crate::textfile::MAX_DATA_BYTES)?;
     let file: File = serde_json::from_str(&text).map_err(|e| {
         anyhow!(
             "{}:{}:{}: not SQuAD JSON ({{\"data\": [{{\"paragraphs\": [{{\"context\", \"qas\": \
@@ -243,21 +242,12 @@ impl crate::train::Task for SpanTask {
         Ok(Some((*self.weights).clone()))
     }
     fn train_batch(&mut self, index: u64, batch_size: usize) -> Result<crate::model::Batch> {
-        let n = self.train.len() as u64;
-        // Same (seed, step) → batch rule as classification (see data::batch).
-        let mut rows = Vec::with_capacity(batch_size);
-        let mut cached: Option<(u64, Vec<usize>)> = None;
-        for j in 0..batch_size as u64 {
-            let p = index * batch_size as u64 + j;
-            let epoch = p / n;
-            if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                let perm =
-                    crate::data::batch::epoch_permutation(self.train.len(), self.seed, epoch);
-                cached = Some((epoch, perm));
-            }
-            rows.push(&self.train[cached.as_ref().unwrap().1[(p % n) as usize]]);
-        }
-        Ok(span_batch(rows.into_iter(), self.pad_id))
+        // Same (seed, step) → batch rule as classification (see train::order).
+        let rows =
+            crate::train::order::batch_indices(self.train.len(), self.seed, index, batch_size)
+                .into_iter()
+                .map(|i| &self.train[i]);
+        Ok(span_batch(rows, self.pad_id))
     }
     fn eval_batches(&self) -> &[crate::model::Batch] {
         &self.eval

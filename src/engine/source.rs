@@ -120,10 +120,12 @@ pub fn read(path: &Path) -> Result<String, ReadError> {
             ReadError::NoSuchShipped(name.to_string())
         });
     }
-    std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ReadError::NotFound,
-        _ => ReadError::Io(e.to_string()),
-    })
+    if std::fs::symlink_metadata(path).is_err() {
+        return Err(ReadError::NotFound);
+    }
+    // A regular file of script size only: a directory, FIFO or device is named, never waited on.
+    crate::textfile::read(path, "plugin script", crate::textfile::MAX_SCRIPT_BYTES)
+        .map_err(|e| ReadError::Io(e.message))
 }
 
 /// Reads and compiles a resolved plugin with `host`'s engine. Errors name the file (and for a

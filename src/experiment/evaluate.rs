@@ -5,7 +5,8 @@
 //! A cell is rebuilt exactly as the runner built it (same arm plan, seed, base model and task),
 //! then its trained state is loaded: `final_state.safetensors` when the folder has it (exact, any
 //! arm), else the PEFT export. Without `--data`/`--split` the evaluation set is the one the run
-//! evaluated, so loss and accuracy equal `results.csv`'s to the last bit on the same backend.
+//! evaluated (the split in `adarank.json`, built as the runner built it), so loss and accuracy
+//! equal `results.csv`'s to the last bit on the same backend.
 
 use super::arm::{build_task, load_checkpoint, train_mode};
 use super::export::{self, CellInfo};
@@ -15,6 +16,7 @@ use super::rundir::{file_safe, RunDir};
 use crate::backend::Backend;
 use crate::data::glue::Example;
 use crate::data::hf::Checkpoint;
+use crate::data::plan::Split;
 use crate::data::{ClassifyTask, DataError, TextFormat};
 use crate::model::{EvalOut, Head, Model, Target};
 use crate::policy::DataSpec;
@@ -23,22 +25,6 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Which labelled split of a text data set to evaluate on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Split {
-    Dev,
-    Test,
-}
-
-impl Split {
-    pub fn name(self) -> &'static str {
-        match self {
-            Split::Dev => "dev",
-            Split::Test => "test",
-        }
-    }
-}
 
 /// One held-out example's outcome.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -270,87 +256,61 @@ pub fn locate(target: &Path, arms: &[String], seeds: &[u64]) -> Result<Vec<CellD
     Ok(out)
 }
 
-/// The labelled file of `split` for a text data section.
-fn split_file(data: &DataSpec, split: Split) -> Result<(PathBuf, TextFormat)> {
-    let tsv = |dir: &Path, stem: &str| dir.join(format!("{stem}.tsv"));
-    Ok(match (data, split) {
-        (DataSpec::Movies { dir, .. }, s) => {
-            let d = dir
-                .clone()
-                .unwrap_or_else(crate::data::assets::movie_reviews_dir);
-            (tsv(&d, s.name()), TextFormat::Sst2)
+/// The file format of a text data section (for `--data FILE`).
+fn format_of(data: &DataSpec) -> Result<TextFormat> {
+    Ok(match data {
+        DataSpec::Movies { .. } | DataSpec::Sst2 { .. } => TextFormat::Sst2,
+        DataSpec::Mnli { .. } => TextFormat::Mnli,
+        DataSpec::Jsonl { .. } => TextFormat::Jsonl,
+        DataSpec::Squad { .. } | DataSpec::Planted { .. } | DataSpec::Synthetic { .. } => {
+            bail!("no text format for this data section")
         }
-        (DataSpec::Sst2 { dir, .. }, s) => (tsv(dir, s.name()), TextFormat::Sst2),
-        (DataSpec::Mnli { dir, .. }, Split::Dev) => (tsv(dir, "dev_matched"), TextFormat::Mnli),
-        (DataSpec::Mnli { dir, .. }, Split::Test) => (tsv(dir, "test_matched"), TextFormat::Mnli),
-        (DataSpec::Jsonl { dev, .. }, Split::Dev) => (dev.clone(), TextFormat::Jsonl),
-        (DataSpec::Jsonl { .. }, Split::Test) => {
-            bail!("a `data jsonl` section names no test file; give it with --data FILE")
-        }
-        _ => bail!("--split applies to text data sets"),
     })
 }
 
-/// The evaluation task for `--data FILE` or `--split`, on the cell's checkpoint; `classes` from
-/// the trained head. Every example of the file is evaluated (no `eval_samples` prefix).
-fn custom_task(
+/// The evaluation task of `--data FILE`, on the cell's checkpoint; `classes` from the trained
+/// head. Every example of the file is evaluated.
+fn file_task(
     data: &DataSpec,
     ckpt: &mut Checkpoint,
     classes: usize,
-    file: Option<&Path>,
-    split: Split,
+    file: &Path,
     seed: u64,
 ) -> Result<Box<dyn Task>> {
-    if let DataSpec::Squad { dev, .. } = data {
-        let path = match (file, split) {
-            (Some(f), _) => f.to_path_buf(),
-            (None, Split::Dev) => dev.clone(),
-            (None, Split::Test) => {
-                bail!("a `data squad` section names no test file; give it with --data FILE")
-            }
-        };
-        let ev = crate::data::squad::load(&path, &ckpt.tokenizer)?;
+    if matches!(data, DataSpec::Planted { .. } | DataSpec::Synthetic { .. }) {
+        bail!(
+            "--data applies to text data sets; a generated task (planted, synthetic) has its own \
+             held-out set"
+        );
+    }
+    crate::textfile::check_regular(file, "evaluation data", crate::textfile::MAX_DATA_BYTES)?;
+    if let DataSpec::Squad { .. } = data {
+        let ev = crate::data::squad::load(file, &ckpt.tokenizer)?;
         return Ok(Box::new(crate::data::squad::SpanTask::new(
             ckpt,
             ev.clone(),
             &ev,
-            32,
+            crate::data::plan::SPAN_EVAL_BATCH,
             seed,
         )?));
     }
-    if matches!(data, DataSpec::Planted { .. } | DataSpec::Synthetic { .. }) {
-        bail!(
-            "--data and --split apply to text data sets; a generated task (planted, synthetic) \
-             has one held-out set, evaluated without them"
-        );
-    }
-    let (path, format) = match file {
-        Some(f) => {
-            let (_, format) =
-                split_file(data, Split::Dev).or_else(|_| split_file(data, Split::Test))?;
-            (f.to_path_buf(), format)
-        }
-        None => split_file(data, split)?,
-    };
-    if !path.is_file() {
-        bail!("{}: missing", path.display());
-    }
-    let examples: Vec<Example> = format.load(&path)?;
+    let examples: Vec<Example> = format_of(data)?.load(file)?;
     // The file also stands in for the training split (a task needs one; it never trains).
     let task = ClassifyTask::new(
-        &path.display().to_string(),
+        &file.display().to_string(),
         ckpt,
         &examples,
         &examples,
         classes,
-        64,
+        crate::data::plan::CLASSIFY_EVAL_BATCH,
         seed,
     )?;
     Ok(Box::new(task))
 }
 
-/// Rebuilds `cell`'s trained model on `be` and evaluates it: on the set its run evaluated, or on
-/// `file` / `split` when given.
+/// Rebuilds `cell`'s trained model on `be` and evaluates it: on the split its run evaluated
+/// (the same examples, so the figures equal `results.csv`'s), on `split` of its data set, or on
+/// `file`.
 pub fn eval_cell<B: Backend>(
     be: Arc<B>,
     cell: &CellDir,
@@ -360,7 +320,8 @@ pub fn eval_cell<B: Backend>(
     let arm = &cell.info.arm;
     let seed = cell.info.seed;
     let mut ckpt = load_checkpoint(arm).map_err(DataError)?;
-    let (task, _) = build_task(arm, ckpt.as_mut(), seed).map_err(DataError)?;
+    let split = split.unwrap_or(cell.info.split);
+    let (task, _) = build_task(arm, ckpt.as_mut(), seed, split).map_err(DataError)?;
     let layers = task.model_config().layers;
     let mut model = build_model(be, task.as_ref(), train_mode(arm, layers), seed)
         .with_context(|| format!("building the model of arm {}", arm.name))?;
@@ -369,25 +330,17 @@ pub fn eval_cell<B: Backend>(
     } else {
         export::import_peft(&cell.dir, &mut model)?;
     }
-    if file.is_none() && split.is_none() {
+    let Some(file) = file else {
         return predict(&mut model, task.as_ref());
-    }
+    };
     let Some(ck) = ckpt.as_mut() else {
-        bail!("--data and --split apply to text data sets on a pretrained model");
+        bail!("--data applies to text data sets on a pretrained model");
     };
     let classes = match model.head() {
         Head::Classify { classes, .. } => *classes,
         _ => 0,
     };
-    let eval_task = custom_task(
-        &arm.data,
-        ck,
-        classes,
-        file,
-        split.unwrap_or(Split::Dev),
-        seed,
-    )
-    .map_err(DataError)?;
+    let eval_task = file_task(&arm.data, ck, classes, file, seed).map_err(DataError)?;
     predict(&mut model, eval_task.as_ref())
 }
 

@@ -16,6 +16,7 @@ use super::fsio::write_json_atomic;
 use super::peft::{self, ExportOptions};
 use crate::adapter::{AdapterStore, HostTensor, ModuleKind};
 use crate::backend::Backend;
+use crate::data::plan::Split;
 use crate::model::{Flavour, Head, Model, ModelState, Pooling, StateMeta, TrainMode};
 use crate::policy::ArmPlan;
 use anyhow::{bail, ensure, Context, Result};
@@ -39,6 +40,9 @@ pub struct CellInfo {
     pub hf_class: Option<String>,
     /// The base model (`hf` name or folder), `None` for a randomly initialised one.
     pub base_model: Option<String>,
+    /// The held-out split the cell was evaluated on (as asked of `build_task`).
+    #[serde(default)]
+    pub split: Split,
     pub arm: ArmPlan,
 }
 

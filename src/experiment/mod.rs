@@ -4,9 +4,12 @@
 
 pub mod checkpoint;
 pub mod costs;
+pub mod diverged;
 pub mod evaluate;
 pub mod export;
 pub mod fsio;
+pub mod integrity;
+pub mod lock;
 pub mod peft;
 pub mod plots;
 pub mod progress;
@@ -21,6 +24,8 @@ pub use records::{
 };
 pub use rundir::RunDir;
 pub mod arm;
+pub mod budget;
 pub mod runner;
 pub mod slots;
 pub mod slurm;
+pub mod sweep;

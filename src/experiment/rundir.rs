@@ -9,8 +9,6 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 pub const SUMMARY: &str = "summary.json";
-/// The run directory's lock file.
-const LOCK: &str = ".lock";
 
 #[derive(Clone, Debug)]
 pub struct RunDir {
@@ -37,16 +35,30 @@ impl RunDir {
         base.join(format!("{}-{ts}", file_safe(experiment)))
     }
 
-    /// A directory for a new run; refuses one that already holds a run.
+    /// A directory for a new run; refuses one that already holds a run. The summary file is
+    /// claimed with an exclusive create, so of two runs started on one `--out` at once exactly
+    /// one gets it.
     pub fn create(root: &Path) -> Result<Self> {
-        if root.join(SUMMARY).exists() {
-            bail!(
+        let taken = || {
+            anyhow::anyhow!(
                 "{} already holds a run; continue it with `adarank run --resume {}` or choose another --out",
                 root.display(),
                 root.display()
-            );
+            )
+        };
+        if root.join(SUMMARY).exists() {
+            return Err(taken());
         }
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(root.join(SUMMARY))
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(taken()),
+            Err(e) => return Err(e).with_context(|| format!("creating {}", root.display())),
+        }
         Ok(Self {
             root: root.to_path_buf(),
         })
@@ -64,6 +76,10 @@ impl RunDir {
 
     pub fn policy(&self) -> PathBuf {
         self.root.join("policy.rank")
+    }
+    /// The resolved plan the run executes (what `--resume` reads).
+    pub fn policy_json(&self) -> PathBuf {
+        self.root.join("policy.json")
     }
     pub fn env(&self) -> PathBuf {
         self.root.join("env.json")
@@ -109,7 +125,7 @@ impl RunDir {
     /// by other processes at the same time (a Slurm job array) keep their records; returns the
     /// summary as written and what `f` returned.
     pub fn update_summary<R>(&self, f: impl FnOnce(&mut Summary) -> R) -> Result<(Summary, R)> {
-        let _lock = self.lock()?;
+        let _lock = super::lock::lock_dir(&self.root)?;
         let mut s = self.load_summary()?;
         let r = f(&mut s);
         self.write_summary(&s)?;
@@ -120,24 +136,11 @@ impl RunDir {
     /// directory's lock (another process may be finishing a cell of the same run), so an older
     /// report never replaces a newer one.
     pub fn render_shared(&self) -> Result<()> {
-        let _lock = self.lock()?;
+        let _lock = super::lock::lock_dir(&self.root)?;
         let s = self.load_summary()?;
-        self.render(&s)
-    }
-
-    /// The directory-wide lock (an advisory `flock`, dropped by the kernel when its process
-    /// dies), held for each short read-modify-write of a shared file.
-    fn lock(&self) -> Result<std::fs::File> {
-        let path = self.root.join(LOCK);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening the lock file {}", path.display()))?;
-        file.lock()
-            .with_context(|| format!("locking {}", path.display()))?;
-        Ok(file)
+        let metrics = read_jsonl(&self.metrics())?;
+        let ranks = read_jsonl(&self.ranks())?;
+        self.render_with(&s, &metrics, &ranks)
     }
 
     pub fn load_metrics(&self) -> Result<Vec<MetricRecord>> {
@@ -235,6 +238,11 @@ pub fn merge(dirs: &[RunDir], out: &Path) -> Result<RunDir> {
         for a in &s.arms {
             if m.arm(&a.name).is_none() {
                 m.arms.push(a.clone());
+            }
+        }
+        for c in &s.lr_choices {
+            if m.lr_choice(&c.arm).is_none() {
+                m.lr_choices.push(c.clone());
             }
         }
         for k in &s.seeds {

@@ -9,6 +9,8 @@ use super::checkpoint::{self, Checkpoint};
 use super::evaluate;
 use super::export::{self, CellInfo};
 use super::fsio::{filter_jsonl, read_json, write_atomic, write_json_atomic, JsonlWriter};
+use super::integrity;
+use super::lock::{CellLock, Claim};
 use super::progress::{CellProgress, Progress, ProgressMode};
 use super::records::*;
 use super::rundir::RunDir;
@@ -17,6 +19,7 @@ use crate::adapter::AdapterStore;
 use crate::backend::device::Device;
 use crate::backend::{Backend, MemKind};
 use crate::data::hf::Checkpoint as HfCheckpoint;
+use crate::data::plan::Split;
 use crate::data::DataError;
 use crate::engine::{EngineCtx, EngineState, RankEngine};
 use crate::model::{Batch, EvalOut, Model, ModelState, StateMeta};
@@ -83,6 +86,7 @@ fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
                 method: method_label(a),
                 ablation: a.ablation,
                 ablation_of: if a.ablation { base.clone() } else { None },
+                hparams: Some(super::arm::hparams(a)),
             })
             .collect(),
         seeds: policy.seeds.clone(),
@@ -97,6 +101,7 @@ fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
             })
             .collect(),
         env: Some(env),
+        lr_choices: Vec::new(),
     }
 }
 
@@ -151,24 +156,28 @@ pub fn check_filters(policy: &Policy, arms: &[String], seeds: &[u64]) -> Result<
 }
 
 /// A new run directory for `policy` (`out`, or `runs/<experiment>-<timestamp>`): the policy
-/// as written and as checked, env.json (`device`, `backend_name`), and a summary with every
-/// cell pending. Local runs and Slurm submissions start the same way.
+/// as written and as checked, env.json (`device`, `backend_name`), a summary with every cell
+/// pending, and run.json (the plan's and plugins' hashes, the `arms`/`seeds` filters that
+/// `--resume` keeps). Local runs and Slurm submissions start the same way.
 pub fn start_run_dir(
     policy: &Policy,
     out: Option<&Path>,
     device: &str,
     backend_name: &str,
+    arms: &[String],
+    seeds: &[u64],
 ) -> Result<(RunDir, Summary)> {
     let root = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), &policy.name));
     let rd = RunDir::create(&root)?;
     write_atomic(&rd.policy(), policy.source_text.as_bytes())?;
-    write_json_atomic(&rd.root.join(POLICY_JSON), policy)?;
+    write_json_atomic(&rd.policy_json(), policy)?;
     let env = EnvInfo::collect(device, backend_name);
     write_json_atomic(&rd.env(), &env)?;
     let s = summary_for(policy, env);
     rd.write_summary(&s)?;
+    integrity::record(&rd, policy, arms, seeds)?;
     Ok((rd, s))
 }
 
@@ -181,28 +190,53 @@ pub fn run_on<B: Backend>(
     policy: Option<Policy>,
     opts: &RunOptions,
 ) -> Result<PathBuf> {
-    let (rd, policy, summary) = match &opts.resume {
+    let (rd, policy, arms, seeds) = match &opts.resume {
         Some(dir) => {
             let rd = RunDir::open(dir)?;
-            let policy: Policy = read_json(&rd.root.join(POLICY_JSON))?;
-            let summary = rd.load_summary()?;
-            (rd, policy, summary)
+            let policy: Policy = read_json(&rd.policy_json())?;
+            // The same plan and plugins as the cells already finished, or a refusal.
+            let record = integrity::verify(&rd, &policy)?;
+            // A resumed run covers the cells the run was started for, unless told otherwise.
+            let (arms, seeds) = match &record {
+                Some(r) => (
+                    if opts.arms.is_empty() {
+                        r.arms.clone()
+                    } else {
+                        opts.arms.clone()
+                    },
+                    if opts.seeds.is_empty() {
+                        r.seeds.clone()
+                    } else {
+                        opts.seeds.clone()
+                    },
+                ),
+                None => (opts.arms.clone(), opts.seeds.clone()),
+            };
+            (rd, policy, arms, seeds)
         }
         None => {
             let policy = policy.context("no policy to run")?;
-            let (rd, s) = start_run_dir(&policy, opts.out.as_deref(), device, backend_name)?;
-            (rd, policy, s)
+            let (rd, _) = start_run_dir(
+                &policy,
+                opts.out.as_deref(),
+                device,
+                backend_name,
+                &opts.arms,
+                &opts.seeds,
+            )?;
+            (rd, policy, opts.arms.clone(), opts.seeds.clone())
         }
     };
-    check_filters(&policy, &opts.arms, &opts.seeds)?;
+    check_filters(&policy, &arms, &seeds)?;
     let mut progress = Progress::new(ProgressMode::detect(opts.quiet));
+    let summary = rd.load_summary()?;
     progress.plan_cells(
         policy
             .arms
             .iter()
             .flat_map(|a| policy.seeds.iter().map(move |s| (a, s)))
-            .filter(|(a, _)| opts.arms.is_empty() || opts.arms.contains(&a.name))
-            .filter(|(_, s)| opts.seeds.is_empty() || opts.seeds.contains(s))
+            .filter(|(a, _)| arms.is_empty() || arms.contains(&a.name))
+            .filter(|(_, s)| seeds.is_empty() || seeds.contains(s))
             .filter(|(a, s)| summary.cell(&a.name, **s).map(|c| c.status) != Some(CellStatus::Done))
             .count() as u64,
     );
@@ -210,32 +244,87 @@ pub fn run_on<B: Backend>(
     let mut budget = opts.stop_after_steps;
     // Pretrained checkpoints, loaded once per run and shared by the cells that use them.
     let mut checkpoints: HashMap<String, Option<HfCheckpoint>> = HashMap::new();
+    // Cells another process holds: left to it, and named at the end.
+    let mut left: Vec<String> = Vec::new();
     for arm in &policy.arms {
-        if !opts.arms.is_empty() && !opts.arms.contains(&arm.name) {
+        if !arms.is_empty() && !arms.contains(&arm.name) {
             continue;
         }
+        let resuming = opts.resume.is_some();
+        let swept = super::sweep::choose_lr(arm, &policy, &rd, |a, seed, split| {
+            run_cell(
+                be.clone(),
+                a,
+                seed,
+                split,
+                &rd,
+                &progress,
+                resuming,
+                &mut budget,
+                &mut checkpoints,
+            )
+        });
+        let arm = &match swept {
+            Ok(a) => a,
+            Err(e) => {
+                rd.render_shared()?;
+                return Err(e);
+            }
+        };
         for &seed in &policy.seeds {
-            if !opts.seeds.is_empty() && !opts.seeds.contains(&seed) {
+            if !seeds.is_empty() && !seeds.contains(&seed) {
                 continue;
             }
-            if summary
-                .cell(&arm.name, seed)
-                .is_some_and(|c| c.status == CellStatus::Done)
-            {
+            let done = |s: &Summary| {
+                s.cell(&arm.name, seed)
+                    .is_some_and(|c| c.status == CellStatus::Done)
+            };
+            if done(&rd.load_summary()?) {
                 continue;
             }
-            let mut running = summary
-                .cell(&arm.name, seed)
-                .cloned()
-                .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
-            running.status = CellStatus::Running;
-            running.error = None;
-            rd.update_summary(|s| s.put(running))?;
-            let resuming = opts.resume.is_some();
+            let cell_lock = match CellLock::try_claim(&rd.root, &arm.name, seed)? {
+                Claim::Busy(holder) => {
+                    let who = holder.map_or("another process".into(), |h| h.to_string());
+                    progress.println(&format!(
+                        "arm {} seed {seed}: being run by {who}; left to it",
+                        arm.name
+                    ));
+                    left.push(format!("arm {} seed {seed} ({who})", arm.name));
+                    continue;
+                }
+                Claim::Got { lock, stale } => {
+                    if let Some(h) = stale {
+                        progress.println(&format!(
+                            "arm {} seed {seed}: taking over from {h}, which stopped without \
+                             finishing it",
+                            arm.name
+                        ));
+                    }
+                    lock
+                }
+            };
+            // Another process may have finished the cell before we got its lock.
+            let (_, go) = rd.update_summary(|s| {
+                if done(s) {
+                    return false;
+                }
+                let mut running = s
+                    .cell(&arm.name, seed)
+                    .cloned()
+                    .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
+                running.status = CellStatus::Running;
+                running.error = None;
+                s.put(running);
+                true
+            })?;
+            if !go {
+                continue;
+            }
             let result = run_cell(
                 be.clone(),
                 arm,
                 seed,
+                Split::Test,
                 &rd,
                 &progress,
                 resuming,
@@ -261,14 +350,16 @@ pub fn run_on<B: Backend>(
                         .map(|m| m.step)
                         .max()
                         .unwrap_or(0);
-                    let mut failed = summary
-                        .cell(&arm.name, seed)
-                        .cloned()
-                        .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
-                    failed.status = CellStatus::Failed;
-                    failed.error = Some(msg);
-                    failed.steps = steps;
-                    rd.update_summary(|s| s.put(failed))?;
+                    rd.update_summary(|s| {
+                        let mut failed = s
+                            .cell(&arm.name, seed)
+                            .cloned()
+                            .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
+                        failed.status = CellStatus::Failed;
+                        failed.error = Some(msg);
+                        failed.steps = steps;
+                        s.put(failed);
+                    })?;
                     rd.render_shared()?;
                     return Err(e.context(format!(
                         "arm {} seed {seed} failed; {} keeps everything done so far",
@@ -277,10 +368,20 @@ pub fn run_on<B: Backend>(
                     )));
                 }
             }
+            drop(cell_lock);
         }
     }
     rd.render_shared()?;
     progress.finish();
+    if !left.is_empty() {
+        bail!(
+            "{} cell(s) of {} are being run by other processes and were left to them: {}; their \
+             results join the run directory when they finish",
+            left.len(),
+            rd.root.display(),
+            left.join(", ")
+        );
+    }
     Ok(rd.root)
 }
 
@@ -402,6 +503,7 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
     }
 
     fn after_step(&mut self, step: u64, model: &mut Model<B>, m: &StepMetrics) -> Result<Control> {
+        super::diverged::check_step(self.arm, step, m.loss, m.grad_norm)?;
         self.st.tokens += self.tokens_per_step;
         self.st.losses.push_back(m.loss as f64);
         while self.st.losses.len() > LOSS_WINDOW {
@@ -430,6 +532,7 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
         let mut eval = None;
         if due(ActionKind::Evaluate) && step < self.total_steps {
             let (loss, acc) = self.evaluate(model)?;
+            super::diverged::check_eval(self.arm, step, loss)?;
             self.st.metrics.insert("eval_loss".into(), loss);
             self.st.metrics.insert("accuracy".into(), acc);
             eval = Some((loss, acc));
@@ -502,6 +605,7 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
     }
 
     fn on_eval(&mut self, e: &EvalMetrics) -> Result<()> {
+        super::diverged::check_eval(self.arm, e.step, e.loss)?;
         self.final_eval = Some(e.clone());
         Ok(())
     }
@@ -512,6 +616,7 @@ fn run_cell<B: Backend>(
     be: Arc<B>,
     arm: &ArmPlan,
     seed: u64,
+    split: Split,
     rd: &RunDir,
     progress: &Progress,
     resuming: bool,
@@ -531,7 +636,8 @@ fn run_cell<B: Backend>(
         ModelSpec::Path { dir, .. } => Some(dir.display().to_string()),
         ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => None,
     };
-    let (mut task, samples) = build_task(arm, ckpt, seed).map_err(DataError)?;
+    let (mut task, samples) = build_task(arm, ckpt, seed, split).map_err(DataError)?;
+    let eval_split = crate::data::plan::split_of(&arm.data, split).name();
     let steps = total_steps(arm, samples)?;
     let cfg = train_config(arm, steps, seed);
     let mode = train_mode(arm, task.model_config().layers);
@@ -648,6 +754,7 @@ fn run_cell<B: Backend>(
             .class
             .map(str::to_string),
         base_model: base_model.clone(),
+        split,
         arm: arm.clone(),
     };
     let use_rslora = arm.lora.on().is_some_and(|l| l.rslora);
@@ -688,5 +795,9 @@ fn run_cell<B: Backend>(
         tokens_per_s: tokens as f64 / wall.max(1e-9),
         trainable_params,
         final_ranks: infos.into_iter().map(|a| (a.name, a.rank)).collect(),
+        planned_steps: steps,
+        eval_examples: hooks.eval.iter().map(|b| b.batch as u64).sum(),
+        eval_split: eval_split.to_string(),
+        lr: arm.train.lr,
     })
 }

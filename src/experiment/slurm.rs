@@ -218,7 +218,7 @@ pub fn submit_new(
         "slurm job array, --device {} per task",
         device_flag(o.device)
     );
-    let (rd, _) = start_run_dir(policy, out, &device, device_flag(o.device))?;
+    let (rd, _) = start_run_dir(policy, out, &device, device_flag(o.device), arms, seeds)?;
     let rd = RunDir::open(&absolute(&rd.root)?)?;
     let exe = match &o.exe {
         Some(e) => e.clone(),

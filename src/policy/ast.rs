@@ -121,9 +121,18 @@ pub enum Value {
     Map(Vec<(Ident, Spanned<Value>)>),
     /// `plugin "path.rhai"`.
     Plugin(Spanned<String>),
+    /// `sweep [3e-4, 1e-3]`: candidate values, one chosen per arm on the dev split.
+    Sweep(Vec<Spanned<Value>>),
 }
 
 impl Value {
+    /// A number as written (`4294967296`, `1e12`), anything else described.
+    pub fn describe_number(&self) -> String {
+        match self {
+            Value::Number(n) => n.text.clone(),
+            other => other.describe(),
+        }
+    }
     /// What kind of value this is, for "expected X, found Y" messages.
     pub fn describe(&self) -> String {
         match self {
@@ -133,6 +142,7 @@ impl Value {
             Value::List(_) => "a list".into(),
             Value::Map(_) => "a map".into(),
             Value::Plugin(_) => "a plugin reference".into(),
+            Value::Sweep(_) => "a sweep".into(),
         }
     }
 }

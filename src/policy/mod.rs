@@ -3,6 +3,7 @@
 //! (`diag.rs`). The runner consumes the plans of `plan.rs`; docs/language.md is the reference.
 
 pub mod ast;
+pub mod bounds;
 mod check;
 pub mod diag;
 mod fields;
@@ -25,6 +26,9 @@ use std::path::{Path, PathBuf};
 /// Name under which `--set` arguments appear in diagnostics.
 pub const OVERRIDE_SOURCE: &str = "--set";
 
+/// A policy is a few kilobytes; a file far larger is the wrong file (or `/dev/zero`).
+pub const MAX_POLICY_BYTES: u64 = 64 << 20;
+
 /// Knobs of a load that tests and tools may turn.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -43,27 +47,14 @@ impl Default for LoadOptions {
 /// Reads, parses and checks a policy file; `overrides` are `key=value` strings (`--set`).
 pub fn load(path: &Path, overrides: &[String]) -> Result<Policy, Diagnostics> {
     let name = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::textfile::read(path, "policy", MAX_POLICY_BYTES) {
         Ok(t) => t,
-        Err(e) => {
-            let mut d = Diagnostics::new(vec![Source {
-                name: name.clone(),
-                text: String::new(),
-            }]);
-            let (what, help) = match e.kind() {
-                std::io::ErrorKind::NotFound => (
-                    "no such file".to_string(),
-                    "check the path; it is relative to the current directory",
-                ),
-                std::io::ErrorKind::InvalidData => (
-                    "not UTF-8 text".to_string(),
-                    "a policy is a UTF-8 text file (`.rank`)",
-                ),
-                _ => (e.to_string(), "check the path and the file's permissions"),
-            };
-            d.push(Diagnostic::file(format!("cannot read {name}: {what}")).help(help));
-            return Err(d);
-        }
+        Err(e) => return Err(unreadable(path, &name, e)),
+    };
+    // A byte-order mark (Windows editors write one) carries no meaning: read past it.
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(t) => t.to_string(),
+        None => text,
     };
     let base_dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -140,6 +131,36 @@ pub fn load_with(
         }),
         _ => Err(diags),
     }
+}
+
+/// The diagnostic of a policy file that cannot be read; invalid UTF-8 is shown at its place.
+fn unreadable(path: &Path, name: &str, e: crate::textfile::TextFileError) -> Diagnostics {
+    let Some(at) = e.offset else {
+        // Missing, a directory, a device, too large: about the file as a whole, so no position.
+        let mut d = Diagnostics::new(vec![Source {
+            name: name.to_string(),
+            text: String::new(),
+        }]);
+        d.push(
+            Diagnostic::file(format!("cannot read {e}"))
+                .help("give the path of a .rank file (relative to the current directory)"),
+        );
+        return d;
+    };
+    // The lossy text keeps every byte before the bad one, so the offset still fits.
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let span = ast::Span {
+        src: 0,
+        start: at,
+        end: at + '\u{fffd}'.len_utf8(),
+    };
+    let mut d = Diagnostics::new(vec![Source {
+        name: name.to_string(),
+        text,
+    }]);
+    d.push(Diagnostic::new(span, e.message.clone(), "not UTF-8").help("save the file as UTF-8"));
+    d
 }
 
 /// Parses policy text into its syntax tree (no checking).

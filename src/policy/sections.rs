@@ -2,6 +2,7 @@
 //! them) and the checks that need only the section itself plus the model's shape.
 
 use super::ast::*;
+use super::bounds;
 use super::fields::Fields;
 use super::plan::*;
 use super::suggest;
@@ -43,12 +44,14 @@ pub fn model(f: &mut Fields<'_>, kind: &Ident, base_dir: &Path) -> Option<ModelS
                 &["layers", "hidden", "heads", "ffn", "vocab", "max_positions"],
                 &format!("`model {}`", kind.node),
             );
-            let layers = f.required_positive("layers", "4");
-            let hidden = f.required_positive("hidden", "128");
-            let heads = f.required_positive("heads", "4");
-            let ffn = f.positive("ffn");
-            let vocab = f.positive("vocab").unwrap_or(1000);
-            let max_positions = f.positive("max_positions").unwrap_or(128);
+            let layers = f.required_in("layers", &bounds::LAYERS, "4");
+            let hidden = f.required_in("hidden", &bounds::HIDDEN, "128");
+            let heads = f.required_in("heads", &bounds::HEADS, "4");
+            let ffn = f.count_in("ffn", &bounds::FFN);
+            let vocab = f.count_in("vocab", &bounds::VOCAB).unwrap_or(1000);
+            let max_positions = f
+                .count_in("max_positions", &bounds::MAX_POSITIONS)
+                .unwrap_or(128);
             let (layers, hidden, heads) = (layers?, hidden?, heads?);
             if hidden % heads != 0 {
                 let span = f.get("heads").map(|e| e.value.span).unwrap_or(f.header);
@@ -99,10 +102,60 @@ const SUBSET_KEYS: &[&str] = &["max_len", "train_samples", "eval_samples"];
 
 fn subset(f: &mut Fields<'_>) -> Subset {
     Subset {
-        max_len: f.positive("max_len").map(|v| v as usize),
-        train_samples: f.positive("train_samples").map(|v| v as usize),
-        eval_samples: f.positive("eval_samples").map(|v| v as usize),
+        max_len: f.count_in("max_len", &bounds::MAX_LEN).map(|v| v as usize),
+        train_samples: f
+            .count_in("train_samples", &bounds::SUBSET)
+            .map(|v| v as usize),
+        eval_samples: f
+            .count_in("eval_samples", &bounds::SUBSET)
+            .map(|v| v as usize),
     }
+}
+
+/// `samples`, `eval_samples` and `seq` of generated data; `seq` may not pass the model's
+/// position table (`max_positions`, when the model is known).
+fn generated_sizes(f: &mut Fields<'_>, max_positions: Option<usize>) -> (u64, u64, u64) {
+    let samples = f.count_in("samples", &bounds::SAMPLES).unwrap_or(4096);
+    let eval_samples = f
+        .count_in("eval_samples", &bounds::GENERATED_EVAL)
+        .unwrap_or(512);
+    let seq = f.count_in("seq", &bounds::SEQ).unwrap_or(16);
+    if let Some(p) = max_positions.filter(|&p| seq as usize > p) {
+        let span = f.get("seq").map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            format!("`data.seq = {seq}` is longer than the model's `max_positions = {p}`"),
+            format!(
+                "the model has position embeddings for {p} tokens; lower `seq` to at most {p} \
+                 or raise `model.max_positions`"
+            ),
+        );
+    }
+    (samples, eval_samples, seq)
+}
+
+/// Every element of a counted list within `b`.
+fn within_list(
+    f: &mut Fields<'_>,
+    key: &str,
+    list: Vec<(u64, Span)>,
+    b: &bounds::Count,
+) -> Option<Vec<(u64, Span)>> {
+    for (v, span) in &list {
+        if *v > b.max {
+            f.value_error(
+                *span,
+                format!(
+                    "`{}.{key}` holds {v}, above its limit of {}",
+                    f.section,
+                    super::fields::group(b.max)
+                ),
+                format!("the limit is there because {}", b.why),
+            );
+            return None;
+        }
+    }
+    Some(list)
 }
 
 pub fn data(
@@ -110,6 +163,7 @@ pub fn data(
     kind: &Ident,
     base_dir: &Path,
     hidden: Option<usize>,
+    max_positions: Option<usize>,
 ) -> Option<DataSpec> {
     let what = format!("`data {}`", kind.node);
     let path = |f: &mut Fields<'_>, key: &str, example: &str| {
@@ -129,13 +183,10 @@ pub fn data(
                 f.missing("ranks", "[0, 2, 8, 16]");
             }
             let ranks = f.count_list("ranks", "[0, 2, 8, 16]");
-            let samples = f.positive("samples").unwrap_or(4096);
-            let eval_samples = f.positive("eval_samples").unwrap_or(512);
-            let seq = f.positive("seq").unwrap_or(16);
+            let ranks = ranks.and_then(|r| within_list(f, "ranks", r, &bounds::RANK_OR_ZERO));
+            let (samples, eval_samples, seq) = generated_sizes(f, max_positions);
             let seed = f.count("seed").unwrap_or(0);
-            let scale = f
-                .float_in("scale", 0.0, f64::INFINITY, "1.0")
-                .unwrap_or(1.0);
+            let scale = f.real_in("scale", &bounds::SCALE, "1.0").unwrap_or(1.0);
             let ranks = ranks?;
             if ranks.is_empty() {
                 let span = f.get("ranks").map_or(f.header, |e| e.value.span);
@@ -172,10 +223,8 @@ pub fn data(
                 &["classes", "samples", "eval_samples", "seq", "seed"],
                 &what,
             );
-            let classes = f.required_positive("classes", "2");
-            let samples = f.positive("samples").unwrap_or(4096);
-            let eval_samples = f.positive("eval_samples").unwrap_or(512);
-            let seq = f.positive("seq").unwrap_or(16);
+            let classes = f.required_in("classes", &bounds::CLASSES, "2");
+            let (samples, eval_samples, seq) = generated_sizes(f, max_positions);
             let seed = f.count("seed").unwrap_or(0);
             Some(DataSpec::Synthetic {
                 classes: classes? as usize,
@@ -231,6 +280,18 @@ const KIND_NAMES: [&str; 6] = ["q", "k", "v", "o", "ffn_in", "ffn_out"];
 pub struct Shape {
     pub layers: Option<usize>,
     pub hidden: Option<usize>,
+    pub ffn: Option<usize>,
+}
+
+impl Shape {
+    /// Parameters one rank of an adapter on `kind` costs: rows + cols of the adapted weight.
+    pub fn rank_cost(&self, kind: ModuleKind) -> Option<usize> {
+        let c = self.hidden?;
+        Some(match kind {
+            ModuleKind::FfnIn | ModuleKind::FfnOut => c + self.ffn?,
+            _ => 2 * c,
+        })
+    }
 }
 
 pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
@@ -243,6 +304,7 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
             "init_rank",
             "rank",
             "budget",
+            "param_budget",
             "min_rank",
             "max_rank",
         ],
@@ -251,20 +313,30 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
     let errors_before = f.d.len();
     let targets = targets(f).unwrap_or_else(|| vec![ModuleKind::Q, ModuleKind::V]);
     let layers = lora_layers(f, shape.layers);
-    let alpha = f
-        .float_in("alpha", f64::MIN_POSITIVE, f64::INFINITY, "16")
-        .unwrap_or(16.0);
+    let alpha = f.real_in("alpha", &bounds::ALPHA, "16").unwrap_or(16.0);
     let rslora = f.boolean("rslora").unwrap_or(false);
-    let min_rank = f.positive("min_rank").unwrap_or(1) as usize;
-    let max_rank = f.positive("max_rank").unwrap_or(64) as usize;
+    let min_rank = f.count_in("min_rank", &bounds::RANK).unwrap_or(1) as usize;
+    let max_rank = f.count_in("max_rank", &bounds::RANK).unwrap_or(64) as usize;
     let rank = rank_spec(f, &targets, layers.as_deref(), shape.layers, max_rank);
-    let init_rank = match (f.positive("init_rank"), &rank) {
+    let init_rank = match (f.count_in("init_rank", &bounds::RANK), &rank) {
         (Some(r), _) => r as usize,
         (None, Some(RankSpec::Uniform(r))) => *r,
         (None, _) => 8.min(max_rank),
     };
-    let budget = f.positive("budget").map(|b| b as usize);
+    let budget = f.count_in("budget", &bounds::BUDGET).map(|b| b as usize);
+    let param_budget = f
+        .count_in("param_budget", &bounds::PARAM_BUDGET)
+        .map(|b| b as usize);
     if f.d.len() > errors_before {
+        return None;
+    }
+    if let (Some(_), Some(e)) = (budget, f.get("param_budget")) {
+        f.value_error(
+            e.key.span,
+            "`lora` sets both `budget` (ranks) and `param_budget` (parameters)".into(),
+            "a budget is one or the other: keep `param_budget` to compare arms at equal cost"
+                .into(),
+        );
         return None;
     }
     let at = |f: &Fields<'_>, key: &str| f.get(key).map_or(f.header, |e| e.value.span);
@@ -313,6 +385,30 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
             return None;
         }
     }
+    if let (Some(p), Some(n_layers)) = (
+        param_budget,
+        layers.as_ref().map(|l| l.len()).or(shape.layers),
+    ) {
+        let per_layer: Option<usize> = targets.iter().map(|k| shape.rank_cost(*k)).sum();
+        if let Some(per_layer) = per_layer {
+            let (lo, hi) = (
+                n_layers * per_layer * min_rank,
+                n_layers * per_layer * max_rank,
+            );
+            if p < lo || p > hi {
+                let span = at(f, "param_budget");
+                f.value_error(
+                    span,
+                    format!(
+                        "param_budget {p} is infeasible: with every adapter between min_rank {min_rank} and max_rank {max_rank}, the {n_layers} layers × {} targets hold between {lo} and {hi} adapter parameters (one rank costs rows + cols)",
+                        targets.len()
+                    ),
+                    format!("set `param_budget` within {lo}..={hi}, or change min_rank/max_rank, targets or layers"),
+                );
+                return None;
+            }
+        }
+    }
     Some(LoraOn {
         targets,
         layers,
@@ -321,6 +417,7 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
         init_rank,
         rank: rank.unwrap_or(RankSpec::Uniform(init_rank)),
         budget,
+        param_budget,
         min_rank,
         max_rank,
     })
@@ -386,6 +483,7 @@ fn targets(f: &mut Fields<'_>) -> Option<Vec<ModuleKind>> {
 
 fn lora_layers(f: &mut Fields<'_>, model_layers: Option<usize>) -> Option<Vec<usize>> {
     let list = f.count_list("layers", "[0, 1, 2]")?;
+    let list = within_list(f, "layers", list, &bounds::LAYER_INDEX)?;
     let mut out = Vec::new();
     for (l, span) in list {
         let l = l as usize;
@@ -569,20 +667,40 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
             "beta1",
             "beta2",
             "orth_reg",
+            "gain",
+            "peft_compat",
         ],
         "`adalora`",
     );
     let before = f.d.len();
-    let init_rank = f.positive("init_rank").map_or(lora_init, |v| v as usize);
-    let target_rank = f.required_positive("target_rank", "4").map(|v| v as usize);
-    let tinit = f.count("tinit").unwrap_or(0) as usize;
-    let tfinal = f.count("tfinal").unwrap_or(0) as usize;
-    let delta_t = f.positive("delta_t").unwrap_or(10) as usize;
-    let beta1 = f.float_in("beta1", 0.0, 0.999_999, "0.85").unwrap_or(0.85);
-    let beta2 = f.float_in("beta2", 0.0, 0.999_999, "0.85").unwrap_or(0.85);
+    let init_rank = f
+        .count_in("init_rank", &bounds::RANK)
+        .map_or(lora_init, |v| v as usize);
+    let target_rank = f
+        .required_in("target_rank", &bounds::RANK, "4")
+        .map(|v| v as usize);
+    let tinit = f.count_in("tinit", &bounds::ADALORA_STEPS).unwrap_or(0) as usize;
+    let tfinal = f.count_in("tfinal", &bounds::ADALORA_STEPS).unwrap_or(0) as usize;
+    let delta_t = f.count_in("delta_t", &bounds::STEP_COUNT).unwrap_or(10) as usize;
+    let beta1 = f.real_in("beta1", &bounds::BETA, "0.85").unwrap_or(0.85);
+    let beta2 = f.real_in("beta2", &bounds::BETA, "0.85").unwrap_or(0.85);
     let orth_reg = f
-        .float_in("orth_reg", 0.0, f64::INFINITY, "0.5")
+        .real_in("orth_reg", &bounds::ORTH_REG, "0.5")
         .unwrap_or(0.5);
+    let peft_compat = f.boolean("peft_compat").unwrap_or(false);
+    let gain = f.real_in("gain", &bounds::GAIN, "16");
+    if let (true, Some(e)) = (peft_compat, f.get("gain")) {
+        f.value_error(
+            e.key.span,
+            "`adalora` sets `gain` and `peft_compat = true`".into(),
+            "PEFT's AdaLoRA has gain 1: drop `gain`, or drop `peft_compat`".into(),
+        );
+        return None;
+    }
+    let gain = match (peft_compat, gain) {
+        (true, _) => 1.0,
+        (false, g) => g.unwrap_or(ADALORA_GAIN),
+    };
     let target_rank = target_rank?;
     if f.d.len() > before {
         return None;
@@ -622,6 +740,8 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
         beta1,
         beta2,
         orth_reg,
+        gain,
+        peft_compat,
     })
 }
 
@@ -645,8 +765,8 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         "`train`",
     );
     let before = f.d.len();
-    let steps = f.positive("steps");
-    let epochs = f.positive("epochs");
+    let steps = f.count_in("steps", &bounds::STEPS);
+    let epochs = f.count_in("epochs", &bounds::EPOCHS);
     let length = match (steps, epochs, f.get("steps"), f.get("epochs")) {
         (Some(s), None, _, None) => Some(TrainLength::Steps(s as usize)),
         (None, Some(e), None, _) => Some(TrainLength::Epochs(e as usize)),
@@ -664,22 +784,20 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         }
         _ => None,
     };
-    let batch = f.positive("batch").unwrap_or(32) as usize;
-    let lr = f
-        .float_in("lr", f64::MIN_POSITIVE, 10.0, "1e-3")
-        .unwrap_or(1e-3);
-    let warmup = f.count("warmup").unwrap_or(0) as usize;
+    let batch = f.count_in("batch", &bounds::BATCH).unwrap_or(32) as usize;
+    let (lr, lr_sweep) = learning_rate(f).unwrap_or((1e-3, vec![]));
+    let warmup = f.count_in("warmup", &bounds::WARMUP).unwrap_or(0) as usize;
     let decay = match f.choice("decay", &["linear", "cosine", "constant"]) {
         Some("cosine") => Decay::Cosine,
         Some("constant") => Decay::Constant,
         _ => Decay::Linear,
     };
     let weight_decay = f
-        .float_in("weight_decay", 0.0, f64::INFINITY, "0.01")
+        .real_in("weight_decay", &bounds::WEIGHT_DECAY, "0.01")
         .unwrap_or(0.0);
     let clip = match f.get("clip").map(|e| &e.value.node) {
         Some(Value::Word(w)) if w == "off" => None,
-        Some(Value::Number(_)) => f.float_in("clip", f64::MIN_POSITIVE, f64::INFINITY, "1.0"),
+        Some(Value::Number(_)) => f.real_in("clip", &bounds::CLIP, "1.0"),
         Some(_) => {
             let e = f.get("clip").expect("checked above");
             f.type_error(e, "a positive number or `off`", "1.0");
@@ -687,10 +805,14 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         }
         None => Some(1.0),
     };
-    let accum = f.positive("accum").unwrap_or(1) as usize;
-    let eval_every = f.positive("eval_every").map(|v| v as usize);
-    let checkpoint_every = f.positive("checkpoint_every").map(|v| v as usize);
-    let max_len = f.positive("max_len").unwrap_or(128) as usize;
+    let accum = f.count_in("accum", &bounds::ACCUM).unwrap_or(1) as usize;
+    let eval_every = f
+        .count_in("eval_every", &bounds::STEP_COUNT)
+        .map(|v| v as usize);
+    let checkpoint_every = f
+        .count_in("checkpoint_every", &bounds::STEP_COUNT)
+        .map(|v| v as usize);
+    let max_len = f.count_in("max_len", &bounds::MAX_LEN).unwrap_or(128) as usize;
     let device = match f.choice("device", &["auto", "cpu", "gpu"]) {
         Some("cpu") => Device::Cpu,
         Some("gpu") => Device::Gpu,
@@ -698,6 +820,40 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
     };
     let length = length?;
     if f.d.len() > before {
+        return None;
+    }
+    if (batch * accum) as u64 > bounds::EXAMPLES_PER_STEP {
+        let span = f
+            .get("accum")
+            .or(f.get("batch"))
+            .map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            format!(
+                "`batch × accum` = {batch} × {accum} = {} examples per optimizer step is above the \
+                 limit of {}",
+                batch * accum,
+                super::fields::group(bounds::EXAMPLES_PER_STEP)
+            ),
+            "each optimizer step runs batch × accum examples forward and backward; lower one of them".into(),
+        );
+        return None;
+    }
+    if lr * weight_decay >= bounds::MAX_LR_TIMES_DECAY {
+        let span = f
+            .get("weight_decay")
+            .or(f.get("lr"))
+            .map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            format!(
+                "`lr × weight_decay` = {lr} × {weight_decay} = {} is not below 1",
+                lr * weight_decay
+            ),
+            "decoupled weight decay multiplies every weight by 1 − lr·weight_decay at each step, \
+             which then flips or zeroes them; typical values are weight_decay = 0.01–0.1"
+                .into(),
+        );
         return None;
     }
     if let TrainLength::Steps(s) = length {
@@ -715,6 +871,7 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         length,
         batch,
         lr,
+        lr_sweep,
         warmup,
         decay,
         weight_decay,
@@ -725,4 +882,55 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         max_len,
         device,
     })
+}
+
+/// `lr = 1e-3`, or `lr = sweep [3e-4, 1e-3, 3e-3]`: at least two distinct rates in (0, 10]. A
+/// sweep's plan carries its first candidate as `lr` until the runner has chosen.
+fn learning_rate(f: &mut Fields<'_>) -> Option<(f64, Vec<f64>)> {
+    let e = f.get("lr")?;
+    let Value::Sweep(items) = &e.value.node else {
+        return f.real_in("lr", &bounds::LR, "1e-3").map(|v| (v, vec![]));
+    };
+    let mut out: Vec<f64> = Vec::new();
+    for it in items {
+        match &it.node {
+            Value::Number(n)
+                if n.value.is_finite() && n.value > bounds::LR.min && n.value <= bounds::LR.max =>
+            {
+                if out.contains(&n.value) {
+                    f.value_error(
+                        it.span,
+                        format!("learning rate `{}` is in the sweep twice", n.text),
+                        "list each candidate once".into(),
+                    );
+                    return None;
+                }
+                out.push(n.value);
+            }
+            other => {
+                f.value_error(
+                    it.span,
+                    format!(
+                        "a swept learning rate is a number between 0 and 10, found {}",
+                        other.describe()
+                    ),
+                    "write e.g. `lr = sweep [3e-4, 1e-3, 3e-3]`".into(),
+                );
+                return None;
+            }
+        }
+    }
+    if out.len() < 2 {
+        f.value_error(
+            e.value.span,
+            format!(
+                "a sweep needs at least two learning rates, found {}",
+                out.len()
+            ),
+            "add candidates, e.g. `lr = sweep [3e-4, 1e-3, 3e-3]`, or give one rate: `lr = 1e-3`"
+                .into(),
+        );
+        return None;
+    }
+    Some((out[0], out))
 }

@@ -2,6 +2,7 @@
 //! for the rank engine and runner, metrics, and the built-in tasks (planted-rank
 //! teacher–student, synthetic classification).
 
+pub mod order;
 pub mod planted;
 pub mod schedule;
 pub mod synthetic;

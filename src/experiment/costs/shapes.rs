@@ -61,7 +61,7 @@ pub struct ArmShape {
     pub notes: Vec<String>,
 }
 
-/// The shapes of `arm`'s cell.
+/// The shapes of `arm`'s cell (its plugin paths are already resolved by the checker).
 pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
     let mut notes = Vec::new();
     let model = model_config(&arm.model, &mut notes)
@@ -154,7 +154,20 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
     };
     let peak_ranks = match engine_config(arm, model.layers, steps.unwrap_or(1), 0) {
         Some(e) if !matches!(e.method, Method::AdaLora(_)) => {
-            largest_plan(&model, &start_ranks, e.budget, e.min_rank, e.max_rank)
+            // Under a parameter budget the engine's rank total is only a feasibility cap; the
+            // ranks the budget can buy are at most what the cheapest slots afford.
+            let cheapest = arm.lora.on().and_then(|l| {
+                l.targets
+                    .iter()
+                    .map(|k| model.module_shape(*k))
+                    .map(|(r, c)| r + c)
+                    .min()
+            });
+            let budget = match (arm.lora.on().and_then(|l| l.param_budget), cheapest) {
+                (Some(p), Some(c)) => e.budget.min(p / c),
+                _ => e.budget,
+            };
+            largest_plan(&model, &start_ranks, budget, e.min_rank, e.max_rank)
         }
         // AdaLoRA masks triplets but keeps its tensors at the initial rank.
         _ => start_ranks.clone(),

@@ -95,8 +95,12 @@ fn exit_statuses_and_streams() {
     // 0, and the result on stdout.
     let o = adarank(&["check", "examples/quickstart.rank"]);
     assert_eq!(o.status.code(), Some(0));
-    assert!(text(&o.stdout).contains("examples/quickstart.rank: ok (4 arms"));
-    assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("examples/quickstart.rank: ok (4 arms"), "{out}");
+    assert!(out.contains("fixed: 1953 trainable parameters"), "{out}");
+    // Only warnings on stderr (the quickstart's LoRA arms differ in cost).
+    let err = text(&o.stderr);
+    assert!(err.lines().all(|l| l.starts_with("warning: ")), "{err}");
     // 2: a usage error (clap) and a failure that is not the input's fault.
     assert_eq!(adarank(&["check"]).status.code(), Some(2));
     assert_eq!(adarank(&["run", "--nosuchflag"]).status.code(), Some(2));

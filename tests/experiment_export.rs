@@ -100,6 +100,7 @@ fn info(head: Head) -> CellInfo {
         head,
         hf_class: None,
         base_model: None,
+        split: Default::default(),
         arm: policy.arms[0].clone(),
     }
 }

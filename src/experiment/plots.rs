@@ -724,6 +724,7 @@ mod tests {
             method: n.into(),
             ablation: false,
             ablation_of: None,
+            hparams: None,
         };
         let s = Summary {
             experiment: "e".into(),
@@ -740,6 +741,7 @@ mod tests {
                 cell("full", 1, &[0, 0, 0]),
             ],
             env: None,
+            lr_choices: vec![],
         };
         let svg = final_ranks(&s).unwrap().unwrap();
         assert!(svg.contains("adaptive") && !svg.contains(">full<") && !svg.contains("\nfull\n"));

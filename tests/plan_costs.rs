@@ -118,6 +118,28 @@ fn movie_sentiment_peaks_match_the_plan() {
     ));
 }
 
+#[test]
+fn bert_pooler_peaks_and_flops_match_the_plan() {
+    if !assets::require_assets("bert_pooler_peaks_and_flops_match_the_plan") {
+        return;
+    }
+    // `pooling = cls` adds BERT's pooler: frozen weights under LoRA, trained under full
+    // fine-tuning, and its activations in the head.
+    let p = example(
+        "movie_sentiment.rank",
+        &[
+            ("pooling = mean", "pooling = cls"),
+            ("steps = 300", "steps = 2"),
+            ("warmup = 30", "warmup = 1"),
+            ("eval_every = 100", "eval_every = 1"),
+            ("until step 100", "until step 1"),
+            ("every 50 steps", "every 1 step"),
+        ],
+    );
+    flops_agree(&p);
+    peaks_agree(&p);
+}
+
 /// GEMM FLOPs of one micro-batch of every arm of `policy`, counted by the CPU backend, against
 /// the plan's count at the batch's own shape.
 fn flops_agree(policy: &Policy) {

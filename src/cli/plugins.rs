@@ -18,8 +18,9 @@ pub struct PluginsArgs {
 
 /// The listing: one line per shipped plugin (file, role, header description), then the roles.
 pub fn listing() -> String {
-    let mut s =
-        String::from("Shipped plugins (embedded; name them in a policy as plugins/FILE):\n");
+    let mut s = String::from(
+        "Shipped plugins (embedded; name them in a policy by name, e.g. plugin \"log_rule\"):\n",
+    );
     let w = SHIPPED.iter().map(|p| p.file.len()).max().unwrap_or(0);
     for p in SHIPPED {
         s += &format!("  {:w$}  {:11}  {}\n", p.file, p.role(), p.description());

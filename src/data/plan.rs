@@ -34,8 +34,20 @@ pub fn load_model(spec: &ModelSpec) -> Result<Option<Checkpoint>> {
 
 /// Which held-out split a cell evaluates on: model selection (a learning-rate sweep) reads the
 /// dev split, the final metric the test split.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Split {
+    #[default]
     Dev,
     Test,
 }

@@ -81,6 +81,20 @@ impl Plugin {
         self.source.contains(key)
     }
 
+    /// The functions the script defines: name and parameter names, sorted by name then arity.
+    pub fn functions(&self) -> Vec<(String, Vec<String>)> {
+        let mut f: Vec<(String, Vec<String>)> = self
+            .ast
+            .iter_functions()
+            .map(|f| {
+                let params = f.params.iter().map(|p| p.to_string()).collect();
+                (f.name.to_string(), params)
+            })
+            .collect();
+        f.sort();
+        f
+    }
+
     /// Whether the script defines `name` with `arity` parameters.
     pub fn defines(&self, name: &str, arity: usize) -> bool {
         self.ast
@@ -429,32 +443,13 @@ impl PluginHost {
         self.guard.take_log()
     }
 
-    /// Read and compile a plugin file. A path that does not exist but names a shipped plugin
-    /// (`plugins/log_rule.rhai`, `log_rule.rhai`) loads the copy embedded in the binary.
+    /// Resolve (see [`super::source`]) and compile a plugin file: a missing
+    /// `…/plugins/NAME.rhai` with a shipped NAME loads the copy embedded in the binary.
     pub fn load(&self, path: &Path) -> PluginResult<Plugin> {
-        let file = path.display().to_string();
-        match crate::textfile::read(path, "plugin script", crate::textfile::MAX_SCRIPT_BYTES) {
-            Ok(src) => self.compile(&file, &src),
-            Err(e) => {
-                if let Some(sp) = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(super::shipped::find)
-                {
-                    return self.compile(&format!("builtin:{}", sp.file), sp.source);
-                }
-                Err(Box::new(PluginError {
-                    file,
-                    line: None,
-                    col: None,
-                    role: Role::Load,
-                    kind: PluginErrorKind::Load,
-                    adapter: None,
-                    value: None,
-                    message: format!("cannot read plugin: {}", e.message),
-                }))
-            }
-        }
+        super::source::load(
+            self,
+            &super::source::resolve(&path.to_string_lossy(), Path::new("")),
+        )
     }
 
     pub fn compile(&self, file: &str, source: &str) -> PluginResult<Plugin> {

@@ -384,8 +384,6 @@ pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Opt
     cfg.min_rank = l.min_rank;
     cfg.max_rank = l.max_rank;
     cfg.seed = seed;
-    // The plan's plugin paths are already resolved against the policy's directory (the engine
-    // would otherwise join them to it again and look for `dir/dir/plugin.rhai`).
-    cfg.base_dir = None;
+    // Plugin paths in the plan are already resolved against the policy file's directory.
     Some(cfg)
 }

@@ -7,6 +7,7 @@
 
 use crate::adapter::ModuleKind;
 use crate::model::weights::{body_shapes, head_shapes};
+use crate::model::{Head, Pooling};
 use crate::policy::{ArmPlan, RankSpec};
 use std::fmt::Write;
 
@@ -76,10 +77,18 @@ pub fn arm_params(arm: &ArmPlan) -> Option<ArmParams> {
     let cfg = &shape.model;
     let head = Some(count(head_shapes(cfg, &shape.head)));
     let Some(l) = arm.lora.on() else {
+        // Full fine-tuning also trains BERT's pooler when the head reads it (`pooling = cls`).
+        let pooler = match shape.head {
+            Head::Classify {
+                pooling: Pooling::Cls,
+                ..
+            } => count(crate::model::pooler::shapes(cfg.hidden)),
+            _ => 0,
+        };
         return Some(ArmParams {
             arm: arm.name.clone(),
             adapters: None,
-            other: head.map(|h| h + count(body_shapes(cfg))),
+            other: head.map(|h| h + count(body_shapes(cfg)) + pooler),
             how: "full fine-tuning: every weight".into(),
         });
     };

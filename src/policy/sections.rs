@@ -87,7 +87,7 @@ pub fn model(f: &mut Fields<'_>, kind: &Ident, base_dir: &Path) -> Option<ModelS
             let pooling = pooling(f);
             let dir = f.required_string("dir", "\"models/minilm\"")?;
             Some(ModelSpec::Path {
-                dir: super::plugins::normalize(&base_dir.join(dir)),
+                dir: crate::engine::source::normalize(&base_dir.join(dir)),
                 pooling,
             })
         }
@@ -168,7 +168,7 @@ pub fn data(
     let what = format!("`data {}`", kind.node);
     let path = |f: &mut Fields<'_>, key: &str, example: &str| {
         f.required_string(key, example)
-            .map(|s| super::plugins::normalize(&base_dir.join(s)))
+            .map(|s| crate::engine::source::normalize(&base_dir.join(s)))
     };
     let with_subset = |extra: &[&'static str]| -> Vec<&'static str> {
         extra.iter().chain(SUBSET_KEYS).copied().collect()
@@ -238,7 +238,7 @@ pub fn data(
             f.only(&with_subset(&["dir"]), &what);
             let dir = f
                 .string("dir", "\"data/movies\"")
-                .map(|s| super::plugins::normalize(&base_dir.join(s)));
+                .map(|s| crate::engine::source::normalize(&base_dir.join(s)));
             Some(DataSpec::Movies {
                 dir,
                 subset: subset(f),

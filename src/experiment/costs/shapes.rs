@@ -118,11 +118,16 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
             };
             let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), &model, &mut notes);
             let eval = subset.eval_samples.unwrap_or(CLASSIFY_EVAL_BATCH);
-            (
-                Head::Classify {
-                    classes,
-                    pooling: Pooling::Mean,
+            // `pooling = cls` adds BERT's pooler (`model::pooler`).
+            let pooling = match &arm.model {
+                ModelSpec::Hf { pooling, .. } | ModelSpec::Path { pooling, .. } => match pooling {
+                    crate::policy::Pooling::Cls => Pooling::Cls,
+                    crate::policy::Pooling::Mean => Pooling::Mean,
                 },
+                ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => Pooling::Mean,
+            };
+            (
+                Head::Classify { classes, pooling },
                 seq,
                 eval.clamp(1, CLASSIFY_EVAL_BATCH),
                 None,

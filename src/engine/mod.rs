@@ -21,6 +21,7 @@ pub mod host;
 pub mod planted;
 pub mod rounding;
 pub mod shipped;
+pub mod source;
 pub mod spectra;
 
 pub use adalora::AdaLoraConfig;
@@ -267,7 +268,7 @@ impl RankEngine {
             rng_draws: 0,
             wants_input_ev: false,
         };
-        let builtin = |f: &str| PathBuf::from(format!("plugins/{f}"));
+        let builtin = |f: &str| PathBuf::from(format!("{}{f}", source::BUILTIN));
         let (c, a, l) = match e.cfg.method.clone() {
             Method::Fixed => (None, Some(builtin("fixed.rhai")), None),
             Method::Layerwise { .. } => (None, Some(builtin("layerwise.rhai")), None),
@@ -322,40 +323,13 @@ impl RankEngine {
         Ok(e)
     }
 
-    fn resolve(&self, p: &Path) -> PathBuf {
-        match &self.cfg.base_dir {
-            Some(b) if p.is_relative() => b.join(p),
-            _ => p.to_path_buf(),
-        }
-    }
-
+    /// Resolves and compiles a plugin with the resolver `adarank check` uses
+    /// ([`source::resolve`]): plan paths are already resolved; a relative path given through
+    /// the API is taken against `base_dir`.
     fn load(&self, p: &Path, role: Role, arity: usize) -> Result<Plugin> {
-        let full = self.resolve(p);
-        // Only a bare shipped name or one under a `plugins/` folder falls back to the embedded
-        // copy, so a mistyped path elsewhere is an error rather than a silent substitution.
-        let may_embed = full.parent().is_none_or(|d| {
-            d.as_os_str().is_empty() || d.file_name().is_some_and(|n| n == "plugins")
-        });
-        let plugin = if full.exists() || !may_embed {
-            match std::fs::read_to_string(&full) {
-                Ok(src) => self.host.compile(&full.display().to_string(), &src)?,
-                Err(err) => {
-                    return Err(PluginError {
-                        file: full.display().to_string(),
-                        line: None,
-                        col: None,
-                        role,
-                        kind: PluginErrorKind::Load,
-                        adapter: None,
-                        value: None,
-                        message: format!("cannot read plugin: {err}"),
-                    }
-                    .into())
-                }
-            }
-        } else {
-            self.host.load(&full)?
-        };
+        let base = self.cfg.base_dir.clone().unwrap_or_default();
+        let full = source::resolve(&p.to_string_lossy(), &base);
+        let plugin = source::load(&self.host, &full)?;
         self.host.require(&plugin, role, arity)?;
         Ok(plugin)
     }

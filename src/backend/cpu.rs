@@ -107,6 +107,14 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer. A closure that calls this captures the whole `SendPtr` (which may cross
+    /// tasks), not its raw-pointer field (which may not).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// A strided matrix operand: element (i, j) at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
 struct Mat {

@@ -3,6 +3,8 @@
 
 use rand::{Rng, SeedableRng};
 
+// Not every test file that shares these helpers needs a GPU (`cpu_fused.rs` does not).
+#[allow(unused_imports)]
 pub use adarank::backend::gpu::test_gpu;
 
 pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {

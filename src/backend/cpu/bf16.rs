@@ -116,13 +116,12 @@ pub fn gemm(ws: &Workspace, s: &Shape, a: &[f32], b: Bf16Mat, c: &mut [f32], thr
         {
             let pk = SendPtr(packed.as_mut_ptr() as *mut f32);
             (0..panels).into_par_iter().for_each(|p| {
-                let pk = pk;
                 for &(k0, kc) in &kblocks {
                     let kp = kc.div_ceil(2);
                     let off = k0 / 2 * panels * NR + p * kp * NR;
                     // SAFETY: panel p of block k0 owns [off, off + kp·NR), disjoint across tasks.
                     let dst = unsafe {
-                        std::slice::from_raw_parts_mut((pk.0 as *mut u32).add(off), kp * NR)
+                        std::slice::from_raw_parts_mut((pk.get() as *mut u32).add(off), kp * NR)
                     };
                     pack_b(b, s.trans_b, k0, kc, p * NR, s.n, dst);
                 }
@@ -132,7 +131,6 @@ pub fn gemm(ws: &Workspace, s: &Shape, a: &[f32], b: Bf16Mat, c: &mut [f32], thr
         let cp = SendPtr(c.as_mut_ptr());
         let blocks = s.m.div_ceil(MC);
         let run = |ib: usize| {
-            let cp = cp;
             let i0 = ib * MC;
             let mc = MC.min(s.m - i0);
             APACK.with_borrow_mut(|apack| {
@@ -154,7 +152,7 @@ pub fn gemm(ws: &Workspace, s: &Shape, a: &[f32], b: Bf16Mat, c: &mut [f32], thr
                                     kp,
                                     ap,
                                     bp,
-                                    cp.0.add((i0 + r0) * s.n + j0),
+                                    cp.get().add((i0 + r0) * s.n + j0),
                                     s.n,
                                     mr,
                                     nr,
@@ -215,7 +213,7 @@ fn pack_a(a: &[f32], s: &Shape, i0: usize, mc: usize, k0: usize, kc: usize, dst:
                 a[i * s.k + k]
             }
         };
-        if !s.trans_a && kc % 2 == 0 {
+        if !s.trans_a && kc.is_multiple_of(2) {
             pack_row(&a[i * s.k + k0..i * s.k + k0 + kc], out);
         } else {
             for (p, w) in out.iter_mut().enumerate() {

@@ -94,15 +94,9 @@ pub fn exp(x: f32) -> f32 {
     const HI: f32 = 88.722_83;
     // 1.5·2^23: adding it rounds to an integer, kept in the low mantissa bits.
     const MAGIC: f32 = 12_582_912.0;
-    // Comparisons, not f32::max/min: a NaN input must stay NaN (a diverged run is detected
+    // clamp, not f32::max/min: a NaN input must stay NaN (a diverged run is detected
     // downstream by its non-finite values).
-    let xc = if x < LO {
-        LO
-    } else if x > HI {
-        HI
-    } else {
-        x
-    };
+    let xc = x.clamp(LO, HI);
     let t = xc * std::f32::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;
     let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;

@@ -26,12 +26,13 @@ fn a_cell_that_fits_passes() {
 
 #[test]
 fn an_evaluation_too_large_points_at_eval_samples() {
-    // The quickstart evaluates 64 sequences at a time, four times its training batch.
+    // The quickstart evaluates 64 sequences at a time, four times its training batch. The
+    // figure is the plan's peak, which `plan_costs` holds to the ledger's measured peak.
     let p = example("quickstart.rank", &[]);
     let e = preflight(&p, &[], 2e6, "in the test")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("arm `adaptive` needs 2.87 MiB"), "{e}");
+    assert!(e.contains("arm `adaptive` needs 2.68 MiB"), "{e}");
     assert!(e.contains("more than the 1.91 MiB in the test"), "{e}");
     assert!(e.contains("examples/quickstart.rank:6:"), "{e}");
     assert!(e.contains("eval_samples = 128"), "{e}");

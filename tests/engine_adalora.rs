@@ -103,32 +103,34 @@ fn orthogonality_gradient_is_added_to_adapter_gradients() {
     }
 }
 
-fn train(resize: bool) -> (RankEngine, PlantedStore, Vec<(usize, usize)>) {
+fn train(resize: bool) -> (RankEngine, PlantedStore, Vec<(u64, usize, Vec<usize>)>) {
     let c = cfg(resize);
     let mut s = store();
     let mut e = RankEngine::new(EngineConfig::new(Method::AdaLora(c.clone()), 0, 6)).unwrap();
     e.on_start(&mut s).unwrap();
     let mut seen = vec![];
-    for step in 1..=c.total_steps {
+    for step in 1..=c.total_steps as u64 {
         s.forward_backward();
         e.after_backward(step, &mut s).unwrap();
         s.optimizer_step();
         let ctx = EngineCtx {
-            step,
+            step: step as usize,
             ..Default::default()
         };
-        if let Some(ch) = e.reallocate(step, &mut s, &ctx).unwrap() {
-            let (b, _) = budget_schedule(&c, 36, 18, step);
-            assert_eq!(ch.budget, b);
-            assert_eq!(ch.after.iter().sum::<usize>(), b.min(36));
-            seen.push((step, b));
+        if let Some(ch) = e.after_step(step, &mut s, &ctx).unwrap() {
+            let (b, _) = budget_schedule(&c, 36, 18, step as usize);
+            assert_eq!(ch.budget, Some(b));
+            let after: Vec<usize> = ch.slots.iter().map(|x| x.after).collect();
+            assert_eq!(after.iter().sum::<usize>(), b.min(36));
             // Masked triplets have λ = 0; the count of non-masked equals the allocation.
             if !ch.resized {
-                for (i, &k) in ch.after.iter().enumerate() {
+                for (i, &k) in after.iter().enumerate() {
                     let lam = s.adapter_host(i).unwrap().lambda.unwrap();
                     assert!(lam.iter().filter(|x| **x != 0.0).count() <= k);
                 }
             }
+            let held: Vec<usize> = s.adapters().iter().map(|a| a.rank).collect();
+            seen.push((step, b, held));
         }
     }
     (e, s, seen)
@@ -138,9 +140,9 @@ fn train(resize: bool) -> (RankEngine, PlantedStore, Vec<(usize, usize)>) {
 fn masking_follows_the_cubic_schedule_and_final_pattern_holds() {
     let (e, s, seen) = train(false);
     // Masks at ΔT multiples inside (tinit, T − tfinal], then once when the final phase begins.
-    let steps: Vec<usize> = seen.iter().map(|x| x.0).collect();
+    let steps: Vec<u64> = seen.iter().map(|x| x.0).collect();
     assert_eq!(steps, vec![10, 15, 20, 25, 30, 35, 40, 45, 50, 51]);
-    assert_eq!(e.calls().reallocate, 60);
+    assert_eq!(e.calls().after_step, 60);
     assert_eq!(e.ranks().iter().sum::<usize>(), 18);
     // After the final pattern, masked λ stay at zero through the last steps.
     for (i, r) in e.ranks().iter().enumerate() {
@@ -151,11 +153,18 @@ fn masking_follows_the_cubic_schedule_and_final_pattern_holds() {
 }
 
 #[test]
-fn resize_option_shrinks_tensors_to_the_kept_triplets() {
-    let (e, s, _) = train(true);
+fn resize_option_removes_pruned_triplets_at_every_budget_step() {
+    let (e, s, seen) = train(true);
     let ranks: Vec<usize> = s.adapters().iter().map(|a| a.rank).collect();
     assert_eq!(ranks, e.ranks());
     assert_eq!(ranks.iter().sum::<usize>(), 18);
+    // The tensors follow the budget down as it falls, not only at the end.
+    for (step, b, held) in &seen {
+        assert_eq!(held.iter().sum::<usize>(), *b, "step {step}");
+    }
+    let totals: Vec<usize> = seen.iter().map(|x| x.2.iter().sum()).collect();
+    assert!(totals.windows(2).all(|w| w[1] <= w[0]), "{totals:?}");
+    assert!(totals[0] < 36 && totals.len() > 3);
 }
 
 #[test]
@@ -201,6 +210,24 @@ impl AdapterStore for Counting {
         self.samples.set(self.samples.get() + 1);
         self.inner.input_sample(i)
     }
+    fn gather_grad_stats(&mut self, i: usize) -> anyhow::Result<()> {
+        self.inner.gather_grad_stats(i)
+    }
+    fn grad_stats(&self, i: usize) -> anyhow::Result<adarank::adapter::GradStats> {
+        self.inner.grad_stats(i)
+    }
+    fn reset_grad_stats(&mut self, i: usize) -> anyhow::Result<()> {
+        self.inner.reset_grad_stats(i)
+    }
+    fn set_gates(&mut self, i: usize, g: Option<&[f32]>) -> anyhow::Result<()> {
+        self.inner.set_gates(i, g)
+    }
+    fn gate_grad(&self, i: usize) -> anyhow::Result<Vec<f32>> {
+        self.inner.gate_grad(i)
+    }
+    fn keep_components(&mut self, i: usize, keep: &[usize]) -> anyhow::Result<()> {
+        self.inner.keep_components(i, keep)
+    }
 }
 
 /// Input samples (and their spectra) are fetched only for plugins that name `input_ev`:
@@ -214,14 +241,15 @@ fn input_samples_are_fetched_only_when_a_plugin_reads_input_ev() {
         };
         let mut e = RankEngine::new(EngineConfig::new(method, budget, 6)).unwrap();
         e.on_start(&mut s).unwrap();
-        for step in 1..=20 {
+        for step in 1..=20u64 {
             s.inner.forward_backward();
             e.after_backward(step, &mut s).unwrap();
             s.inner.optimizer_step();
             let ctx = EngineCtx {
-                step,
+                step: step as usize,
                 ..Default::default()
             };
+            e.after_step(step, &mut s, &ctx).unwrap();
             e.reallocate(step, &mut s, &ctx).unwrap();
         }
         (s.samples.get(), e.calls().allocations)

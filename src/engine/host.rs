@@ -251,6 +251,37 @@ impl PluginHost {
                 Ok(r.into_iter().map(|x| Dynamic::from_int(x as INT)).collect())
             },
         );
+        e.register_fn(
+            "budget_shift",
+            |a: Array, budget: INT, rmin: INT, rmax: INT| -> Result<FLOAT, Box<EvalAltResult>> {
+                let v = floats(&a)?;
+                let n = v.len() as INT;
+                if rmin > rmax || budget < n * rmin || budget > n * rmax {
+                    return Err(format!(
+                        "budget_shift: budget {budget} cannot be met by {n} values in [{rmin}, {rmax}]"
+                    )
+                    .into());
+                }
+                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                    return Err(format!("budget_shift: value {x} is not finite").into());
+                }
+                Ok(rounding::budget_shift(&v, budget as f64, rmin as f64, rmax as f64) as FLOAT)
+            },
+        );
+        e.register_fn(
+            "proportional_fit",
+            |c: Array, budget: INT| -> Result<Map, Box<EvalAltResult>> {
+                let v = floats(&c)?;
+                if v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                    return Err("proportional_fit: complexities must be finite and > 0".into());
+                }
+                let (a, b) = rounding::proportional_fit(&v, budget as f64);
+                let mut m = Map::new();
+                m.insert("alpha".into(), Dynamic::from_float(a as FLOAT));
+                m.insert("beta".into(), Dynamic::from_float(b as FLOAT));
+                Ok(m)
+            },
+        );
         e.register_fn("erank", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
             Ok(super::spectra::effective_rank(&floats(&a)?) as FLOAT)
         });

@@ -122,14 +122,14 @@ pub fn rank_heatmap(
     let Some(first) = recs.first() else {
         return Ok(None);
     };
-    let slots: Vec<String> = first.ranks.iter().map(|(n, _)| n.clone()).collect();
+    let slots: Vec<String> = first.slots.iter().map(|s| s.name.clone()).collect();
     if slots.is_empty() {
         return Ok(None);
     }
     let end = total_steps.max(recs.last().map(|r| r.step + 1).unwrap_or(1)) as f64;
     let max_rank = recs
         .iter()
-        .flat_map(|r| r.ranks.iter().map(|x| x.1))
+        .flat_map(|r| r.slots.iter().map(|x| x.after))
         .max()
         .unwrap_or(0)
         .max(1) as f64;
@@ -180,10 +180,10 @@ pub fn rank_heatmap(
                 continue;
             }
             chart
-                .draw_series(rec.ranks.iter().enumerate().map(|(i, (_, r))| {
+                .draw_series(rec.slots.iter().map(|s| s.after).enumerate().map(|(i, r)| {
                     // Slot 0 at the top.
                     let y = (n - 1 - i) as f64;
-                    Rectangle::new([(x0, y), (x1.max(x0 + 0.5), y + 1.0)], shade(*r).filled())
+                    Rectangle::new([(x0, y), (x1.max(x0 + 0.5), y + 1.0)], shade(r).filled())
                 }))
                 .map_err(err)?;
         }
@@ -292,13 +292,28 @@ mod tests {
         RankRecord {
             arm: "a".into(),
             seed: 0,
-            step,
-            reason: "t".into(),
-            ranks: ranks
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (format!("0.s{i}"), *r))
-                .collect(),
+            allocation: crate::engine::Allocation {
+                step,
+                reason: "t".into(),
+                budget: None,
+                param_budget: None,
+                alpha: None,
+                beta: None,
+                slots: ranks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| crate::engine::SlotAllocation {
+                        name: format!("0.s{i}"),
+                        cost: 8,
+                        complexity: None,
+                        score: None,
+                        before: 0,
+                        after: *r,
+                    })
+                    .collect(),
+                resized: false,
+                seconds: 0.0,
+            },
         }
     }
 

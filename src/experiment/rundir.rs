@@ -69,8 +69,9 @@ impl RunDir {
     pub fn metrics(&self) -> PathBuf {
         self.root.join("metrics.jsonl")
     }
-    pub fn ranks(&self) -> PathBuf {
-        self.root.join("ranks.jsonl")
+    /// `allocations.jsonl`: every allocation of every cell ([`RankRecord`]).
+    pub fn allocations(&self) -> PathBuf {
+        self.root.join("allocations.jsonl")
     }
     pub fn summary(&self) -> PathBuf {
         self.root.join(SUMMARY)
@@ -108,7 +109,7 @@ impl RunDir {
     }
 
     pub fn load_ranks(&self) -> Result<Vec<RankRecord>> {
-        read_jsonl(&self.ranks())
+        read_jsonl(&self.allocations())
     }
 
     /// Rewrites `results.csv`, the plots and `report.md` from `s` and the logs on disk.
@@ -146,7 +147,7 @@ impl RunDir {
                 let mut v: Vec<_> = ranks
                     .iter()
                     .filter(|r| r.arm == arm.name && r.seed == seed)
-                    .map(|r| &r.ranks)
+                    .map(|r| r.ranks())
                     .collect();
                 v.dedup();
                 v.len()
@@ -245,7 +246,7 @@ pub fn merge(dirs: &[RunDir], out: &Path) -> Result<RunDir> {
         .as_bytes(),
     )?;
     write_atomic(
-        &rd.ranks(),
+        &rd.allocations(),
         jsonl(
             ranks
                 .iter()

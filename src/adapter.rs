@@ -137,42 +137,17 @@ pub struct GradStats {
     /// ‖∇A‖² and ‖∇B‖² of the last gathered backward pass.
     pub last_a2: f64,
     pub last_b2: f64,
-    /// Σ over gathered steps of (‖∇A‖² + ‖∇B‖²) / rank.
+    /// Σ over gathered steps of (‖∇A‖² + ‖∇B‖²) / rank, and its two parts.
     pub energy_sum: f64,
+    #[serde(default)]
+    pub energy_a: f64,
+    #[serde(default)]
+    pub energy_b: f64,
     /// Gathered steps since the last reset.
     pub steps: u64,
     /// Σ ∇Bᵀ∇B over the gathered steps: [rank, rank] row-major (empty when no step was
     /// gathered).
     pub gram: Vec<f64>,
-}
-
-impl GradStats {
-    /// `self + other` (statistics carried over a checkpoint plus those gathered since).
-    pub fn merged(&self, other: &GradStats) -> GradStats {
-        let gram = if self.gram.is_empty() {
-            other.gram.clone()
-        } else if other.gram.is_empty() {
-            self.gram.clone()
-        } else {
-            self.gram
-                .iter()
-                .zip(&other.gram)
-                .map(|(a, b)| a + b)
-                .collect()
-        };
-        let (last_a2, last_b2) = if other.steps > 0 {
-            (other.last_a2, other.last_b2)
-        } else {
-            (self.last_a2, self.last_b2)
-        };
-        GradStats {
-            last_a2,
-            last_b2,
-            energy_sum: self.energy_sum + other.energy_sum,
-            steps: self.steps + other.steps,
-            gram,
-        }
-    }
 }
 
 /// What the rank engine and exporters need from a model: adapters as host data, and resizing.
@@ -204,6 +179,12 @@ pub trait AdapterStore {
     fn grad_stats(&self, i: usize) -> anyhow::Result<GradStats>;
     /// Clear adapter `i`'s accumulators (a resize clears them too).
     fn reset_grad_stats(&mut self, i: usize) -> anyhow::Result<()>;
+    /// Put back accumulators read by [`AdapterStore::grad_stats`] (resuming from a checkpoint:
+    /// accumulation then continues exactly as if never interrupted). Stores that are never
+    /// resumed need not support it.
+    fn restore_grad_stats(&mut self, _i: usize, _s: &GradStats) -> anyhow::Result<()> {
+        anyhow::bail!("this adapter store cannot restore gradient statistics")
+    }
     /// Gates g: [rank] on adapter `i`'s components (ΔW = s·B·diag(g)·A), or `None` for none
     /// (g = 1). The optimizer never changes g; every backward pass accumulates ∂L/∂g. A resize
     /// removes the gates.

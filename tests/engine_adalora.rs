@@ -265,3 +265,84 @@ fn input_samples_are_fetched_only_when_a_plugin_reads_input_ev() {
     assert_eq!(allocations, 20);
     assert_eq!(samples, 20 * 6);
 }
+
+/// AdaLoRA with `resize` on the real model: pruned triplets leave the tensors at every budget
+/// step, so the ledger's adapter bytes fall between t_init and T − t_final (masking keeps them
+/// flat), and the model's trainable parameters follow the effective ranks.
+#[test]
+fn resize_frees_adapter_memory_while_the_budget_falls() {
+    use adarank::backend::cpu::Cpu;
+    use adarank::backend::{AdamW, Backend, MemKind};
+    use adarank::model::{LoraConfig, TrainMode};
+    use adarank::train::{build_model, PlantedTask, Task};
+    use std::sync::Arc;
+    let run = |resize: bool| -> (Vec<u64>, Vec<usize>, usize, usize) {
+        let be = Arc::new(Cpu::new());
+        let mut task = PlantedTask::new(adarank::train::PlantedConfig::small(2)).unwrap();
+        let layers = task.model_config().layers;
+        let mut lora = LoraConfig::uniform(layers, &adarank::adapter::ModuleKind::ALL, 6, 16.0);
+        lora.svd_form = true;
+        let mut model = build_model(be.clone(), &task, TrainMode::Lora(lora), 2).unwrap();
+        let c = AdaLoraConfig {
+            resize,
+            ..cfg(resize)
+        };
+        let mut e = RankEngine::new(EngineConfig::new(Method::AdaLora(c.clone()), 0, 6)).unwrap();
+        e.on_start(&mut model).unwrap();
+        let head = model.trainable_params()
+            - model
+                .adapters()
+                .iter()
+                .map(|a| a.params_at(a.rank) + a.rank)
+                .sum::<usize>();
+        let mut bytes = vec![];
+        for step in 1..=c.total_steps as u64 {
+            let b = task.train_batch(step, 8).unwrap();
+            model.zero_grads();
+            model.forward_backward(&b, 1.0).unwrap();
+            e.after_backward(step, &mut model).unwrap();
+            let opt = AdamW {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                step: step as u32,
+            };
+            model.optimizer_step(&opt, Some(1.0)).unwrap();
+            let ctx = EngineCtx {
+                step: step as usize,
+                ..Default::default()
+            };
+            e.after_step(step, &mut model, &ctx).unwrap();
+            let s = be.ledger().snapshot();
+            bytes.push(
+                [MemKind::Trainable, MemKind::Grad, MemKind::Optim]
+                    .iter()
+                    .map(|k| s.current_of(*k))
+                    .sum(),
+            );
+        }
+        let held: Vec<usize> = model.adapters().iter().map(|a| a.rank).collect();
+        // A, B and λ of every adapter, plus the head.
+        let want = head
+            + model
+                .adapters()
+                .iter()
+                .map(|a| a.params_at(a.rank) + a.rank)
+                .sum::<usize>();
+        (bytes, held, model.trainable_params(), want)
+    };
+    let c = cfg(true);
+    let (bytes, held, params, want) = run(true);
+    let at = |s: usize| bytes[s - 1];
+    let (t0, t1) = (c.tinit, c.total_steps - c.tfinal);
+    println!("adapter bytes: t_init {} → T − t_final {}", at(t0), at(t1));
+    assert!(at(t1) < at(t0), "{} vs {}", at(t1), at(t0));
+    assert!(bytes.windows(2).all(|w| w[1] <= w[0]), "never grows");
+    assert_eq!(held.iter().sum::<usize>(), 3 * held.len());
+    assert_eq!(params, want, "trainable params follow the effective ranks");
+    let (flat, held, _, _) = run(false);
+    assert_eq!(flat[t0 - 1], flat[t1 - 1], "masking keeps the tensors");
+    assert!(held.iter().all(|r| *r == 6));
+}

@@ -1,5 +1,6 @@
 //! `adarank check` — check policy files; exit 1 when any has an error (issue 4).
 
+use crate::experiment::arm::{timeline, Timeline};
 use crate::policy;
 use clap::Args;
 use std::path::PathBuf;
@@ -23,7 +24,16 @@ pub fn main(args: CheckArgs) -> anyhow::Result<()> {
         match policy::load(file, &args.set) {
             Ok(p) => {
                 if args.plan {
-                    println!("{}", serde_json::to_string_pretty(&p.arms)?);
+                    let timelines: Vec<_> = p.arms.iter().map(timeline).collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({ "arms": p.arms, "timelines": timelines })
+                        )?
+                    );
+                    for t in &timelines {
+                        eprintln!("{}", render_timeline(t));
+                    }
                 }
                 let arms: Vec<&str> = p.arms.iter().map(|a| a.name.as_str()).collect();
                 eprintln!(
@@ -52,4 +62,40 @@ pub fn main(args: CheckArgs) -> anyhow::Result<()> {
         return Err(crate::cli::ExitStatus(1).into());
     }
     Ok(())
+}
+
+/// One arm's timeline as text: the steps of each action, grouped by phase.
+pub fn render_timeline(t: &Timeline) -> String {
+    use std::fmt::Write;
+    let mut out = format!("arm {}", t.arm);
+    match t.steps {
+        Some(n) => {
+            let _ = write!(out, " ({n} steps):");
+        }
+        None => out.push(':'),
+    }
+    let mut groups: Vec<(String, String, Vec<u64>)> = Vec::new();
+    for e in &t.events {
+        match groups.last_mut() {
+            Some((p, a, steps)) if *p == e.phase && *a == e.action => steps.push(e.step),
+            _ => groups.push((e.phase.clone(), e.action.clone(), vec![e.step])),
+        }
+    }
+    if groups.is_empty() && t.every_step.is_none() {
+        out.push_str(" no actions");
+    }
+    for (phase, action, steps) in groups {
+        let steps: Vec<String> = steps.iter().map(u64::to_string).collect();
+        let _ = write!(out, "\n  {action} at {}", steps.join(", "));
+        if !phase.is_empty() {
+            let _ = write!(out, " (phase {phase})");
+        }
+    }
+    if let Some(e) = &t.every_step {
+        let _ = write!(out, "\n  every step: {e}");
+    }
+    if let Some(d) = &t.dynamic_from {
+        let _ = write!(out, "\n  from {d} on: decided while training");
+    }
+    out
 }

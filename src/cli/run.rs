@@ -15,8 +15,10 @@ pub struct RunArgs {
     /// Override a policy setting, e.g. `--set train.steps=50` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
+    /// Where to compute; overrides the policy's `train.device` (default: the policy's, which
+    /// defaults to auto: a real GPU if there is one, else the CPU backend).
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceChoice>,
     /// Run directory (default: runs/<experiment>-<timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -53,10 +55,15 @@ pub fn main(args: RunArgs) -> Result<()> {
         };
         Some(loaded.map_err(|d| anyhow!("{d}"))?)
     };
+    let from_policy = match (&policy, &args.resume) {
+        (Some(p), _) => runner::policy_device(p),
+        (None, Some(dir)) => runner::policy_device(&runner::saved_policy(dir)?),
+        (None, None) => DeviceChoice::Auto,
+    };
     let opts = RunOptions {
         out: args.out,
         resume: args.resume,
-        device: args.device,
+        device: args.device.unwrap_or(from_policy),
         quiet: args.quiet,
         arms: args.arms,
         seeds: args.seeds,

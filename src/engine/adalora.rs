@@ -353,10 +353,6 @@ impl RankMethod for AdaLoraMethod {
     ) -> Result<Option<Allocation>> {
         let c = self.c.clone();
         let step = step as usize;
-        // Nothing is decided after the last optimizer step: it would be evaluated untrained.
-        if step >= c.total_steps {
-            return Ok(None);
-        }
         let n = core.infos.len();
         let (budget, mask_now) = budget_schedule(&c, c.init_rank * n, c.target_rank * n, step);
         let final_phase = step + c.tfinal > c.total_steps;
@@ -366,7 +362,8 @@ impl RankMethod for AdaLoraMethod {
             self.apply_masks(core, store)?;
             return Ok(None);
         }
-        if !mask_now {
+        // Nothing new is decided after the last optimizer step: it would be evaluated untrained.
+        if !mask_now || step >= c.total_steps {
             return Ok(None);
         }
         let scores = self.scores(core);

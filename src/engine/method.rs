@@ -48,8 +48,9 @@ pub struct Allocation {
     /// Tensors changed size (false when AdaLoRA only masked, or nothing changed).
     #[serde(default)]
     pub resized: bool,
-    /// Seconds spent (statistics, scripts, resizing).
-    #[serde(default)]
+    /// Seconds spent (statistics, scripts, resizing). Not written to the run directory, so
+    /// the same seed gives the same allocations.jsonl byte for byte.
+    #[serde(skip)]
     pub seconds: f64,
 }
 

@@ -226,8 +226,8 @@ pub struct Core {
     /// The adapters as the engine last saw them (after its own resizes).
     pub infos: Vec<AdapterInfo>,
     pub w0: Vec<W0Stats>,
-    /// Gradient statistics carried over a checkpoint (added to the device's accumulators).
-    pub carry: Vec<GradStats>,
+    /// Gradient statistics of a checkpoint, put back into the store by `on_start`.
+    resumed_grads: Vec<GradStats>,
     /// The learner's state (alpha, beta, ...).
     pub learned: BTreeMap<String, f64>,
     pub calls: EngineCalls,
@@ -245,7 +245,7 @@ impl Core {
             host,
             infos: vec![],
             w0: vec![],
-            carry: vec![],
+            resumed_grads: vec![],
             learned: BTreeMap::new(),
             calls: EngineCalls::default(),
             rng_draws: 0,
@@ -355,21 +355,13 @@ impl Core {
         Ok(())
     }
 
-    /// Adapter `i`'s statistics: what the device gathered plus what a checkpoint carried.
+    /// Adapter `i`'s gradient statistics since its last resize (a download).
     pub fn grad_stats(&self, store: &dyn AdapterStore, i: usize) -> Result<GradStats> {
-        let now = store.grad_stats(i)?;
-        Ok(match self.carry.get(i) {
-            Some(c) if c.steps > 0 => c.merged(&now),
-            _ => now,
-        })
+        Ok(store.grad_stats(i)?)
     }
 
     fn reset_stats(&mut self, store: &mut dyn AdapterStore, i: usize) -> Result<()> {
-        store.reset_grad_stats(i)?;
-        if let Some(c) = self.carry.get_mut(i) {
-            *c = GradStats::default();
-        }
-        Ok(())
+        Ok(store.reset_grad_stats(i)?)
     }
 
     /// Resize every adapter whose rank differs from `ranks` (statistics of a resized adapter
@@ -859,7 +851,7 @@ impl RankEngine {
         c.learned = st.learned;
         c.calls = st.calls;
         c.w0 = st.w0;
-        c.carry = st.grads;
+        c.resumed_grads = st.grads;
         c.rng_draws = st.rng_draws;
         c.host.reseed(c.cfg.seed.wrapping_add(c.rng_draws));
         c.infos = st
@@ -897,13 +889,15 @@ impl RankEngine {
                 )));
             }
             c.infos = infos;
+            for (i, g) in std::mem::take(&mut c.resumed_grads).iter().enumerate() {
+                store.restore_grad_stats(i, g)?;
+            }
             c.reset_params(&[]);
             self.method.started(&mut self.core, store, true)?;
             return Ok(None);
         }
         c.infos = infos;
         c.w0 = w0_spectra(store, &c.infos)?;
-        c.carry = vec![GradStats::default(); c.infos.len()];
         c.reset_params(&[]);
         let before = c.ranks();
         let ranks = self.method.start(&mut self.core, store)?;

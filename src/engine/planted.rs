@@ -405,6 +405,8 @@ impl AdapterStore for PlantedStore {
         acc.last_a2 = a2;
         acc.last_b2 = b2;
         acc.energy_sum += (a2 + b2) / r as f64;
+        acc.energy_a += a2 / r as f64;
+        acc.energy_b += b2 / r as f64;
         acc.steps += 1;
         if acc.gram.len() != r * r {
             acc.gram = vec![0.0; r * r];
@@ -417,6 +419,10 @@ impl AdapterStore for PlantedStore {
     }
     fn reset_grad_stats(&mut self, i: usize) -> anyhow::Result<()> {
         self.layer_mut(i)?.acc = GradStats::default();
+        Ok(())
+    }
+    fn restore_grad_stats(&mut self, i: usize, s: &GradStats) -> anyhow::Result<()> {
+        self.layer_mut(i)?.acc = s.clone();
         Ok(())
     }
     fn set_gates(&mut self, i: usize, gates: Option<&[f32]>) -> anyhow::Result<()> {

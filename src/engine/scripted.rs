@@ -6,7 +6,7 @@
 
 use super::method::{Allocation, RankMethod};
 use super::relax::{self, Relaxation};
-use super::{cfg_err, Bounds, Core, EngineCtx, Method, Plugin, Result, Role, SlotExtra};
+use super::{cfg_err, stats, Bounds, Core, EngineCtx, Method, Plugin, Result, Role, SlotExtra};
 use crate::adapter::{AdapterStore, ModuleKind};
 use rhai::{Array, Dynamic, Map, INT};
 use std::collections::BTreeMap;
@@ -28,6 +28,9 @@ pub struct Scripted {
     relax: Option<Relaxation>,
     /// C_i at the last re-allocation.
     complexities: Vec<f64>,
+    /// ‖ΔW‖²_F right after the last re-allocation (kept when a plugin reads
+    /// `delta_energy_prev`).
+    energies: Vec<f64>,
 }
 
 fn shipped(f: &str) -> PathBuf {
@@ -98,6 +101,7 @@ impl Scripted {
             learner,
             relax,
             complexities: vec![],
+            energies: vec![],
         })
     }
 
@@ -140,6 +144,7 @@ impl Scripted {
                 complexity: self.complexities.get(i).copied(),
                 gates: gates.get(i).cloned().unwrap_or_default(),
                 rank_grad: grads.get(i).copied().unwrap_or(0.0),
+                delta_energy_prev: self.energies.get(i).copied().unwrap_or(0.0),
                 ..Default::default()
             })
             .collect()
@@ -208,6 +213,17 @@ impl Scripted {
                 Self::scores(core, &c),
             ),
         };
+        if core.mentioned.contains(&"delta_energy_prev") {
+            self.energies = (0..core.infos.len())
+                .map(|i| {
+                    let h = store.adapter_host(i)?;
+                    Ok(stats::delta_sv_of(&core.infos[i], &h)
+                        .iter()
+                        .map(|x| x * x)
+                        .sum())
+                })
+                .collect::<Result<Vec<f64>>>()?;
+        }
         // While relaxed, the tensors hold a few nearly closed components beyond the integer
         // allocation; `after` is the allocation (what the relaxed ranks round to).
         let rec = core.record(
@@ -328,7 +344,11 @@ impl RankMethod for Scripted {
     }
 
     fn state(&self) -> serde_json::Value {
-        serde_json::json!({ "relax": self.relax, "complexities": self.complexities })
+        serde_json::json!({
+            "relax": self.relax,
+            "complexities": self.complexities,
+            "energies": self.energies,
+        })
     }
 
     fn load_state(&mut self, v: serde_json::Value) -> Result<()> {
@@ -340,6 +360,10 @@ impl RankMethod for Scripted {
                 serde_json::from_value(r.clone())
                     .map_err(|e| cfg_err(format!("engine state: relaxation: {e}")))?,
             );
+        }
+        if let Some(e) = v.get("energies") {
+            self.energies = serde_json::from_value(e.clone())
+                .map_err(|e| cfg_err(format!("engine state: energies: {e}")))?;
         }
         if let Some(c) = v.get("complexities") {
             self.complexities = serde_json::from_value(c.clone())

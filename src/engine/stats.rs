@@ -54,6 +54,8 @@ pub struct SlotExtra {
     pub gates: Vec<f64>,
     /// Mean of ∂L/∂r_i over the steps since the last re-allocation (relaxed ranks only).
     pub rank_grad: f64,
+    /// ‖ΔW‖²_F right after the previous re-allocation (0 before the first).
+    pub delta_energy_prev: f64,
 }
 
 /// Everything a statistic may be computed from.
@@ -111,21 +113,31 @@ fn int(x: usize) -> StatValue {
     StatValue::Int(x as i64)
 }
 
-/// ΔW = s·B·diag(λ)·A's singular values (gates are not part of ΔW's factors: they scale the
-/// components in the forward pass and are reported under `gates`).
-fn delta_sv(s: &StatIn) -> Vec<f64> {
-    match s.host {
-        Some(h) if s.info.rank > 0 => spectra::lowrank_singular_values(
-            s.info.rows,
-            s.info.cols,
-            s.info.rank,
-            &h.b,
-            &h.a,
-            h.lambda.as_deref(),
-            h.scale,
-        ),
-        _ => vec![],
+/// The singular values of the ΔW the model applies, s·B·diag(λ ⊙ g)·A (λ: AdaLoRA's, g: the
+/// rank engine's gates; 1 where absent).
+pub fn delta_sv_of(info: &AdapterInfo, h: &AdapterHost) -> Vec<f64> {
+    if info.rank == 0 {
+        return vec![];
     }
+    let mult: Option<Vec<f32>> = match (&h.lambda, &h.gates) {
+        (Some(l), Some(g)) => Some(l.iter().zip(g).map(|(a, b)| a * b).collect()),
+        (Some(l), None) => Some(l.clone()),
+        (None, Some(g)) => Some(g.clone()),
+        (None, None) => None,
+    };
+    spectra::lowrank_singular_values(
+        info.rows,
+        info.cols,
+        info.rank,
+        &h.b,
+        &h.a,
+        mult.as_deref(),
+        h.scale,
+    )
+}
+
+fn delta_sv(s: &StatIn) -> Vec<f64> {
+    s.host.map(|h| delta_sv_of(s.info, h)).unwrap_or_default()
 }
 
 fn grad_sv(s: &StatIn) -> Vec<f64> {
@@ -264,7 +276,7 @@ pub const STATS: &[Stat] = &[
     },
     Stat {
         key: "delta_sv",
-        meaning: "singular values of the current ΔW = s·B·diag(λ)·A, largest first",
+        meaning: "singular values of the ΔW the model applies, s·B·diag(λ ⊙ g)·A (λ AdaLoRA's, g the gates), largest first",
         cost: REALLOC,
         how: "QR of B and Aᵀ, SVD of the r×r core",
         needs: Needs::Factors,
@@ -277,6 +289,14 @@ pub const STATS: &[Stat] = &[
         how: "from delta_sv",
         needs: Needs::Factors,
         get: |s| fl(delta_sv(s).iter().map(|x| x * x).sum()),
+    },
+    Stat {
+        key: "delta_energy_prev",
+        meaning: "‖ΔW‖²_F right after the previous re-allocation (0 before the first): with `delta_energy`, whether training grew or shrank the update since",
+        cost: REALLOC,
+        how: "delta_energy, kept by the rank method at the end of each re-allocation",
+        needs: Needs::Factors,
+        get: |s| fl(s.extra.delta_energy_prev),
     },
     Stat {
         key: "delta_erank",
@@ -671,6 +691,37 @@ mod tests {
         close(
             &[float(eval("delta_energy", &f, &SlotExtra::default()))],
             &[want],
+            1e-6,
+        );
+    }
+    #[test]
+    fn stat_delta_energy_prev() {
+        let e = SlotExtra {
+            delta_energy_prev: 2.5,
+            ..Default::default()
+        };
+        assert_eq!(eval("delta_energy_prev", &fx(), &e), StatValue::Float(2.5));
+    }
+    #[test]
+    fn stat_delta_sv_includes_the_gates() {
+        // Gates scale B's columns: oracle from the dense ΔW with B·diag(g).
+        let mut f = fx();
+        let g = [1.0f32, 0.5, 0.0];
+        let mut gated = f.host.clone();
+        for row in gated.b.chunks_mut(3) {
+            for (v, gj) in row.iter_mut().zip(&g) {
+                *v *= gj;
+            }
+        }
+        let plain = Fx {
+            host: gated,
+            ..fx()
+        };
+        let want = delta_oracle(&plain);
+        f.host.gates = Some(g.to_vec());
+        close(
+            &floats(eval("delta_sv", &f, &SlotExtra::default()))[..2],
+            &want[..2],
             1e-6,
         );
     }

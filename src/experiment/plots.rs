@@ -209,6 +209,136 @@ pub fn rank_heatmap(
     Ok(Some(buf))
 }
 
+/// One cell's allocations over training: α and β (top) and every slot's rank (bottom, one
+/// step line per slot) at each allocation, held until the next and drawn to `steps`. `None`
+/// when the cell has fewer than two allocations.
+pub fn allocation_trajectory(
+    arm: &str,
+    seed: u64,
+    records: &[RankRecord],
+    steps: u64,
+) -> Result<Option<String>> {
+    let recs: Vec<&RankRecord> = records
+        .iter()
+        .filter(|r| r.arm == arm && r.seed == seed)
+        .collect();
+    if recs.len() < 2 {
+        return Ok(None);
+    }
+    let end = steps.max(recs.last().map_or(1, |r| r.step)).max(1) as f64;
+    let slots: Vec<String> = recs[0].slots.iter().map(|s| s.name.clone()).collect();
+    let max_rank = recs
+        .iter()
+        .flat_map(|r| r.slots.iter().map(|s| s.after))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    // α and β where the allocation has them.
+    let params: Vec<(&str, Vec<(f64, f64)>)> = [("α", 0usize), ("β", 1)]
+        .into_iter()
+        .map(|(name, k)| {
+            let pts = recs
+                .iter()
+                .filter_map(|r| {
+                    let v = if k == 0 { r.alpha } else { r.beta };
+                    v.filter(|x| x.is_finite()).map(|v| (r.step as f64, v))
+                })
+                .collect();
+            (name, pts)
+        })
+        .collect();
+    let all: Vec<f64> = params
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .collect();
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (900, 720)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let (top, bottom) = root.split_vertically(260);
+        if !all.is_empty() {
+            let lo = all.iter().cloned().fold(f64::INFINITY, f64::min);
+            let hi = all.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let pad = ((hi - lo) * 0.1).max(0.1);
+            let mut chart = ChartBuilder::on(&top)
+                .caption(
+                    format!("α and β of {arm} seed {seed} at each allocation"),
+                    ("sans-serif", 20),
+                )
+                .margin(12)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0f64..end, (lo - pad)..(hi + pad))
+                .map_err(err)?;
+            chart.configure_mesh().x_desc("step").draw().map_err(err)?;
+            for (i, (name, pts)) in params.iter().enumerate() {
+                if pts.is_empty() {
+                    continue;
+                }
+                let c = color(i);
+                chart
+                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                    .map_err(err)?
+                    .label(*name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                    });
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                    .map_err(err)?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
+        }
+        let mut chart = ChartBuilder::on(&bottom)
+            .caption("Rank of every slot", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..end, 0f64..max_rank * 1.1)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("rank")
+            .draw()
+            .map_err(err)?;
+        for (i, name) in slots.iter().enumerate() {
+            // A step line: each allocation's rank held until the next one.
+            let mut pts: Vec<(f64, f64)> = Vec::new();
+            for (k, r) in recs.iter().enumerate() {
+                let y = r.slots.get(i).map_or(0, |s| s.after) as f64;
+                let x0 = r.step as f64;
+                let x1 = recs.get(k + 1).map_or(end, |n| n.step as f64);
+                pts.push((x0, y));
+                pts.push((x1, y));
+            }
+            let c = color(i);
+            chart
+                .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+                .map_err(err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+        }
+        if slots.len() <= 24 {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(Some(buf))
+}
+
 /// Final rank of every slot, one bar group per slot and one bar per arm (first finished seed).
 pub fn final_ranks(s: &Summary) -> Result<Option<String>> {
     let arms: Vec<(String, Vec<(String, usize)>)> = s
@@ -315,6 +445,23 @@ mod tests {
                 seconds: 0.0,
             },
         }
+    }
+
+    #[test]
+    fn allocation_trajectory_draws_alpha_beta_and_every_slot() {
+        let mut ranks = vec![rec(0, &[4, 4, 4]), rec(10, &[8, 2, 2]), rec(20, &[6, 3, 3])];
+        for (k, r) in ranks.iter_mut().enumerate().skip(1) {
+            r.allocation.alpha = Some(1.0 + k as f64);
+            r.allocation.beta = Some(-0.5);
+        }
+        let svg = allocation_trajectory("a", 0, &ranks, 30).unwrap().unwrap();
+        assert!(svg.starts_with("<svg"));
+        for needle in ["α", "β", "0.s0", "0.s2"] {
+            assert!(svg.contains(needle), "{needle} missing");
+        }
+        assert!(allocation_trajectory("a", 0, &ranks[..1], 30)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

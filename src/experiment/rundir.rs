@@ -161,6 +161,11 @@ impl RunDir {
                 write_atomic(&self.root.join(&name), svg.as_bytes())?;
                 made.push(name);
             }
+            if let Some(svg) = plots::allocation_trajectory(&arm.name, seed, ranks, steps)? {
+                let name = format!("plots/allocations-{}.svg", file_safe(&arm.name));
+                write_atomic(&self.root.join(&name), svg.as_bytes())?;
+                made.push(name);
+            }
         }
         if let Some(svg) = plots::final_ranks(s)? {
             write_atomic(&self.plots().join("final_ranks.svg"), svg.as_bytes())?;

@@ -65,6 +65,20 @@ impl std::error::Error for Interrupted {}
 
 const POLICY_JSON: &str = "policy.json";
 
+/// The device a policy asks for (`train.device` of its base arm; every arm has the same).
+pub fn policy_device(p: &Policy) -> DeviceChoice {
+    match p.arms.first().map(|a| a.train.device) {
+        Some(crate::policy::Device::Cpu) => DeviceChoice::Cpu,
+        Some(crate::policy::Device::Gpu) => DeviceChoice::Gpu,
+        Some(crate::policy::Device::Auto) | None => DeviceChoice::Auto,
+    }
+}
+
+/// The checked policy a run directory was started with.
+pub fn saved_policy(dir: &Path) -> Result<Policy> {
+    read_json(&RunDir::open(dir)?.root.join(POLICY_JSON))
+}
+
 fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
     let base = policy.arms.first().map(|a| a.name.clone());
     let loss = policy.arms.first().is_some_and(metric_is_loss);

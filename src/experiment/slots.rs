@@ -58,6 +58,10 @@ impl<S: AdapterStore + ?Sized> AdapterStore for SlotView<'_, S> {
         let j = self.inner(i)?;
         self.store.reset_grad_stats(j)
     }
+    fn restore_grad_stats(&mut self, i: usize, s: &GradStats) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.restore_grad_stats(j, s)
+    }
     fn set_gates(&mut self, i: usize, gates: Option<&[f32]>) -> Result<()> {
         let j = self.inner(i)?;
         self.store.set_gates(j, gates)

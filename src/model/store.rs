@@ -449,6 +449,8 @@ impl<B: Backend> AdapterStore for Model<B> {
             last_a2: last[0] as f64,
             last_b2: last[1] as f64,
             energy_sum: energy[0] as f64 + energy[1] as f64,
+            energy_a: energy[0] as f64,
+            energy_b: energy[1] as f64,
             steps: acc.steps,
             gram: be.download(&acc.gram)?.into_iter().map(f64::from).collect(),
         })
@@ -456,6 +458,30 @@ impl<B: Backend> AdapterStore for Model<B> {
 
     fn reset_grad_stats(&mut self, i: usize) -> Result<()> {
         self.lora_at_mut(i)?.acc = None;
+        Ok(())
+    }
+
+    fn restore_grad_stats(&mut self, i: usize, s: &GradStats) -> Result<()> {
+        let be = self.be.clone();
+        let lora = self.lora_at_mut(i)?;
+        let r = lora.rank;
+        if s.steps == 0 || r == 0 {
+            lora.acc = None;
+            return Ok(());
+        }
+        ensure!(
+            s.gram.len() == r * r,
+            "restore_grad_stats: adapter {i} has rank {r} but the statistics have a {}-entry Gram matrix",
+            s.gram.len()
+        );
+        // The values were read from f32 accumulators, so they convert back exactly.
+        let gram: Vec<f32> = s.gram.iter().map(|v| *v as f32).collect();
+        lora.acc = Some(GradAcc {
+            last: be.upload(&[s.last_a2 as f32, s.last_b2 as f32], MemKind::Scratch)?,
+            energy: be.upload(&[s.energy_a as f32, s.energy_b as f32], MemKind::Scratch)?,
+            gram: be.upload(&gram, MemKind::Scratch)?,
+            steps: s.steps,
+        });
         Ok(())
     }
 

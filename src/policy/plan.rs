@@ -38,6 +38,9 @@ pub struct ArmPlan {
     pub data: DataSpec,
     pub lora: LoraSpec,
     pub adalora: Option<AdaLoraSpec>,
+    /// SoRA's gates (`sora { ... }`); `None` unless the arm has the block.
+    #[serde(default)]
+    pub sora: Option<SoraSpec>,
     pub train: TrainSpec,
     pub plugins: PluginSpec,
     /// At least one; the last one runs to the end of training unless it is bounded by a metric,
@@ -239,6 +242,23 @@ pub struct AdaLoraSpec {
     pub beta2: f64,
     /// Default 0.5.
     pub orth_reg: f64,
+    /// Remove pruned triplets for real at every budget step (memory falls) instead of
+    /// masking them (λ = 0, PEFT's behaviour). Default false.
+    #[serde(default)]
+    pub resize: bool,
+}
+
+/// SoRA: a gate per component, trained by its own Adam step and soft-thresholded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SoraSpec {
+    /// Default `lora.init_rank`.
+    pub init_rank: usize,
+    /// Adam learning rate of the gates. Default 1e-2.
+    pub gate_lr: f64,
+    /// Soft threshold ξ at the start. Default 1e-3.
+    pub threshold: f64,
+    /// ξ at the end (rising linearly). Default `threshold`.
+    pub threshold_max: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

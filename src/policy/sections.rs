@@ -255,7 +255,8 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
         .float_in("alpha", f64::MIN_POSITIVE, f64::INFINITY, "16")
         .unwrap_or(16.0);
     let rslora = f.boolean("rslora").unwrap_or(false);
-    let min_rank = f.positive("min_rank").unwrap_or(1) as usize;
+    // 0 lets an allocator remove an adapter (its tensors are freed; it can come back).
+    let min_rank = f.count("min_rank").unwrap_or(1) as usize;
     let max_rank = f.positive("max_rank").unwrap_or(64) as usize;
     let rank = rank_spec(f, &targets, layers.as_deref(), shape.layers, max_rank);
     let init_rank = match (f.positive("init_rank"), &rank) {
@@ -569,6 +570,7 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
             "beta1",
             "beta2",
             "orth_reg",
+            "resize",
         ],
         "`adalora`",
     );
@@ -583,6 +585,7 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
     let orth_reg = f
         .float_in("orth_reg", 0.0, f64::INFINITY, "0.5")
         .unwrap_or(0.5);
+    let resize = f.boolean("resize").unwrap_or(false);
     let target_rank = target_rank?;
     if f.d.len() > before {
         return None;
@@ -622,6 +625,43 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
         beta1,
         beta2,
         orth_reg,
+        resize,
+    })
+}
+
+pub fn sora(f: &mut Fields<'_>, lora_init: usize) -> Option<SoraSpec> {
+    f.only(
+        &["init_rank", "gate_lr", "threshold", "threshold_max"],
+        "`sora`",
+    );
+    let before = f.d.len();
+    let init_rank = f.positive("init_rank").map_or(lora_init, |v| v as usize);
+    let gate_lr = f
+        .float_in("gate_lr", f64::MIN_POSITIVE, 10.0, "1e-2")
+        .unwrap_or(1e-2);
+    let threshold = f
+        .float_in("threshold", 0.0, f64::INFINITY, "1e-3")
+        .unwrap_or(1e-3);
+    let threshold_max = f
+        .float_in("threshold_max", 0.0, f64::INFINITY, "1e-2")
+        .unwrap_or(threshold);
+    if f.d.len() > before {
+        return None;
+    }
+    if threshold_max < threshold {
+        let span = f.get("threshold_max").map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            format!("`threshold_max = {threshold_max}` is below `threshold = {threshold}`"),
+            "the threshold rises from `threshold` to `threshold_max` over training; make threshold_max ≥ threshold".into(),
+        );
+        return None;
+    }
+    Some(SoraSpec {
+        init_rank,
+        gate_lr,
+        threshold,
+        threshold_max,
     })
 }
 

@@ -103,7 +103,10 @@ fn orthogonality_gradient_is_added_to_adapter_gradients() {
     }
 }
 
-fn train(resize: bool) -> (RankEngine, PlantedStore, Vec<(u64, usize, Vec<usize>)>) {
+/// (step, budget, ranks held) of every budget step.
+type Seen = Vec<(u64, usize, Vec<usize>)>;
+
+fn train(resize: bool) -> (RankEngine, PlantedStore, Seen) {
     let c = cfg(resize);
     let mut s = store();
     let mut e = RankEngine::new(EngineConfig::new(Method::AdaLora(c.clone()), 0, 6)).unwrap();

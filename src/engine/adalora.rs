@@ -399,12 +399,12 @@ impl RankMethod for AdaLoraMethod {
         let mut resized = false;
         if c.resize {
             // Remove the pruned triplets for real: exactly the kept (P column, λ, Q row)s.
-            for i in 0..n {
-                let keep: Vec<usize> = (0..cap[i]).filter(|&j| self.st.keep[i][j]).collect();
-                if keep.len() != cap[i] {
+            for (i, &held) in cap.iter().enumerate() {
+                let keep: Vec<usize> = (0..held).filter(|&j| self.st.keep[i][j]).collect();
+                if keep.len() != held {
                     core.keep_components(store, i, &keep)?;
                     let imp = &mut self.st.importance[i];
-                    *imp = imp.subset(core.infos[i].rows, core.infos[i].cols, cap[i], &keep);
+                    *imp = imp.subset(core.infos[i].rows, core.infos[i].cols, held, &keep);
                     self.st.keep[i] = vec![true; keep.len()];
                     resized = true;
                 }

@@ -206,8 +206,8 @@ impl PlantedStore {
         let m = l.mult();
         let mut out = vec![0.0f32; d * d];
         for p in 0..d {
-            for j in 0..r {
-                let bj = l.b[p * r + j] * m[j];
+            for (j, mj) in m.iter().enumerate() {
+                let bj = l.b[p * r + j] * mj;
                 if bj == 0.0 {
                     continue;
                 }

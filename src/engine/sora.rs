@@ -144,7 +144,7 @@ impl RankMethod for SoraMethod {
         let before = core.ranks();
         let mut pruned = false;
         let mut scores = vec![0.0; core.infos.len()];
-        for i in 0..core.infos.len() {
+        for (i, score) in scores.iter_mut().enumerate() {
             if core.infos[i].rank == 0 {
                 continue;
             }
@@ -160,7 +160,7 @@ impl RankMethod for SoraMethod {
                 // Proximal step of ξ·|g|: soft-thresholding.
                 s.g[j] = g.signum() * (g.abs() - xi).max(0.0);
             }
-            scores[i] = s.g.iter().map(|x| x.abs()).sum();
+            *score = s.g.iter().map(|x| x.abs()).sum();
             let keep: Vec<usize> = (0..s.g.len()).filter(|&j| s.g[j] != 0.0).collect();
             if keep.len() < s.g.len() {
                 let pick = |v: &[f64]| keep.iter().map(|&j| v[j]).collect::<Vec<f64>>();

@@ -74,11 +74,15 @@ pub fn render_timeline(t: &Timeline) -> String {
         }
         None => out.push(':'),
     }
+    // One line per (action, phase), in order of first appearance.
     let mut groups: Vec<(String, String, Vec<u64>)> = Vec::new();
     for e in &t.events {
-        match groups.last_mut() {
-            Some((p, a, steps)) if *p == e.phase && *a == e.action => steps.push(e.step),
-            _ => groups.push((e.phase.clone(), e.action.clone(), vec![e.step])),
+        match groups
+            .iter_mut()
+            .find(|(p, a, _)| *p == e.phase && *a == e.action)
+        {
+            Some((_, _, steps)) => steps.push(e.step),
+            None => groups.push((e.phase.clone(), e.action.clone(), vec![e.step])),
         }
     }
     if groups.is_empty() && t.every_step.is_none() {

@@ -347,8 +347,8 @@ pub fn engine_config(
 pub struct TimelineEvent {
     pub step: u64,
     pub phase: String,
-    /// `reallocate`, `finalize`, `evaluate`, `checkpoint`, `log`, or AdaLoRA's `mask` /
-    /// `prune`.
+    /// `reallocate`, `finalize` (a no-op for methods that do not relax ranks), `evaluate`,
+    /// `checkpoint`, `log`, or AdaLoRA's `mask` / `prune`.
     pub action: String,
 }
 
@@ -406,6 +406,21 @@ pub fn timeline(arm: &ArmPlan) -> Timeline {
             action: p.event.name().into(),
         })
         .collect();
+    if let Some(n) = arm.train.checkpoint_every.filter(|n| *n > 0) {
+        // `train.checkpoint_every`, besides the phases' own `checkpoint` actions.
+        for step in (n as u64..total).step_by(n) {
+            if !events
+                .iter()
+                .any(|e| e.step == step && e.action == "checkpoint")
+            {
+                events.push(TimelineEvent {
+                    step,
+                    phase: String::new(),
+                    action: "checkpoint".into(),
+                });
+            }
+        }
+    }
     if let Some(a) = &arm.adalora {
         let c = AdaLoraConfig {
             init_rank: a.init_rank,
@@ -428,8 +443,8 @@ pub fn timeline(arm: &ArmPlan) -> Timeline {
                 });
             }
         }
-        events.sort_by_key(|e| e.step);
     }
+    events.sort_by_key(|e| e.step);
     Timeline {
         arm: arm.name.clone(),
         steps: Some(total),

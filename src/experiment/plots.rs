@@ -289,6 +289,7 @@ pub fn allocation_trajectory(
             }
             chart
                 .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .draw()
@@ -327,8 +328,10 @@ pub fn allocation_trajectory(
                 });
         }
         if slots.len() <= 24 {
+            // Ranks change after phase 1, so the upper left is usually free.
             chart
                 .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .draw()

@@ -11,4 +11,5 @@ pub mod engine;
 pub mod experiment;
 pub mod model;
 pub mod policy;
+pub mod textfile;
 pub mod train;

@@ -14,6 +14,10 @@ struct Cli {
 enum Command {
     /// Run an experiment policy (.rank file) into a run directory.
     Run(cli::run::RunArgs),
+    /// What each arm will cost: memory by kind, FLOPs per step, step time on a device.
+    Plan(cli::plan::PlanArgs),
+    /// The state of every cell of a run directory (local or a Slurm job array).
+    Status(cli::status::StatusArgs),
     /// Check policy files; exit status 1 when any has an error.
     Check(cli::check::CheckArgs),
     /// Rewrite policy files in canonical layout.
@@ -43,6 +47,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cli::run::main(a),
+        Command::Plan(a) => cli::plan::main(a),
+        Command::Status(a) => cli::status::main(a),
         Command::Check(a) => cli::check::main(a),
         Command::Fmt(a) => cli::fmt::main(a),
         Command::Devices(a) => cli::devices::main(a),
@@ -59,7 +65,13 @@ fn main() -> ExitCode {
             if let Some(s) = e.downcast_ref::<adarank::cli::ExitStatus>() {
                 return ExitCode::from(s.0);
             }
-            eprintln!("error: {e:#}");
+            // Policy diagnostics render their own `error:` lines.
+            let msg = format!("{e:#}");
+            if msg.starts_with("error: ") {
+                eprintln!("{}", msg.trim_end());
+            } else {
+                eprintln!("error: {msg}");
+            }
             ExitCode::from(2)
         }
     }

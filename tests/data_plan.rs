@@ -90,5 +90,8 @@ fn jsonl_policy_builds_a_three_class_task() {
     );
     assert_eq!((task.train_data().len(), task.eval_data().len()), (12, 9));
     // [CLS] sentence N [SEP] other [SEP] with a one-piece number: 6 tokens, type ids 0 0 0 0 1 1.
-    assert_eq!(task.eval_data().rows[0].type_ids, vec![0, 0, 0, 0, 1, 1]);
+    assert_eq!(
+        task.eval_data().row(0).unwrap().type_ids,
+        vec![0, 0, 0, 0, 1, 1]
+    );
 }

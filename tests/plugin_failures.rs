@@ -70,11 +70,11 @@ fn infinite_loop_is_stopped_by_time_budget() {
         limits,
     );
     assert_eq!(p.kind, PluginErrorKind::Timeout);
-    // rhai reports no statement position for limits; the error points at the role function.
-    assert_eq!((p.line, p.col), (Some(1), Some(1)), "{p}");
+    // The error points at the statement that was running when the budget ran out.
+    assert_eq!(p.line, Some(3), "{p}");
     assert!(
-        p.to_string()
-            .contains("bad.rhai:1:1: allocator plugin: stopped"),
+        p.to_string().contains("bad.rhai:3:")
+            && p.to_string().contains("allocator plugin: stopped"),
         "{p}"
     );
 }
@@ -87,7 +87,7 @@ fn operation_limit_stops_a_long_script() {
     };
     let p = allocator_error("fn allocate(adapters, budget) {\n    let x = 0; for i in 0..1000000 { x += i; }\n    []\n}\n", limits);
     assert_eq!(p.kind, PluginErrorKind::Limit);
-    assert_eq!(p.line, Some(1), "{p}");
+    assert_eq!(p.line, Some(2), "the loop's line: {p}");
     assert!(p.message.contains("operations"), "{p}");
 }
 
@@ -118,7 +118,8 @@ fn wrong_return_type_and_length() {
         Limits::default(),
     );
     assert_eq!(p.kind, PluginErrorKind::BadReturn);
-    assert_eq!(p.line, Some(1));
+    // The statement that returned the value.
+    assert_eq!(p.line, Some(2), "{p}");
     assert_eq!(p.value.as_deref(), Some("six"));
     let p = allocator_error(
         "fn allocate(adapters, budget) { [1, 2] }",

@@ -173,3 +173,162 @@ fn long_flat_files_are_fine() {
     let p = policy::load_str(&src, "big.rank", Path::new("."), &[]).unwrap();
     assert_eq!(p.arms.len(), 2001);
 }
+
+/// Fragments of hostile values: sizes far past every limit, NaN-prone rates, odd numerals.
+const HOSTILE: &[&str] = &[
+    "4294967296",
+    "1e12",
+    "1e308",
+    "1e999",
+    "-1e999",
+    "1M",
+    "1.5M",
+    "0",
+    "-0",
+    "1e-320",
+    "9007199254740993",
+    "18446744073709551615",
+    "0.5",
+    "65536",
+    "65537",
+    "1000000001",
+    "100%",
+    "0%",
+    "hidden",
+    "max_positions",
+    "seq",
+    "accum",
+    "batch",
+    "eval_samples",
+    "scale",
+    "alpha",
+    "weight_decay",
+    "lr",
+    "clip",
+];
+
+/// A checked plan respects every limit the run relies on (an independent restatement of
+/// docs/language.md#limits, not the checker's own code).
+fn assert_within_limits(p: &policy::Policy) {
+    use policy::{DataSpec, ModelSpec};
+    for a in &p.arms {
+        if let ModelSpec::Encoder(t) | ModelSpec::Decoder(t) = &a.model {
+            assert!(
+                (1..=1024).contains(&t.layers),
+                "{}: layers {}",
+                a.name,
+                t.layers
+            );
+            assert!((1..=65_536).contains(&t.hidden), "hidden {}", t.hidden);
+            assert!(t.hidden % t.heads == 0);
+            assert!((1..=262_144).contains(&t.ffn), "ffn {}", t.ffn);
+            assert!((2..=1_048_576).contains(&t.vocab), "vocab {}", t.vocab);
+            if let DataSpec::Planted { seq, .. } | DataSpec::Synthetic { seq, .. } = &a.data {
+                assert!(*seq <= t.max_positions, "seq {seq} > {}", t.max_positions);
+            }
+        }
+        match &a.data {
+            DataSpec::Planted {
+                eval_samples,
+                scale,
+                ..
+            } => {
+                assert!(*eval_samples <= 100_000);
+                assert!(scale.is_finite() && *scale <= 1000.0);
+            }
+            DataSpec::Synthetic { eval_samples, .. } => assert!(*eval_samples <= 100_000),
+            _ => {}
+        }
+        let t = &a.train;
+        assert!(t.lr > 0.0 && t.lr <= 10.0, "lr {}", t.lr);
+        assert!(t.weight_decay.is_finite() && t.lr * t.weight_decay < 1.0);
+        assert!(t.batch <= 65_536 && t.accum <= 4096 && t.batch * t.accum <= 1 << 20);
+        assert!(t.steps().is_none_or(|s| s <= 1_000_000_000));
+        if let Some(l) = a.lora.on() {
+            assert!(l.alpha.is_finite() && l.alpha > 0.0 && l.alpha <= 1e5);
+            assert!(l.min_rank <= l.init_rank && l.init_rank <= l.max_rank);
+        }
+    }
+}
+
+fn hostile_edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        edit(),
+        // Replace a number-sized stretch with a hostile value (index into HOSTILE past FRAGMENTS).
+        (any::<usize>(), 1usize..6, 0..HOSTILE.len()).prop_map(|(a, n, f)| Edit::Replace(
+            a,
+            n,
+            FRAGMENTS.len() + f
+        )),
+    ]
+}
+
+fn apply_hostile(src: &str, edits: &[Edit]) -> String {
+    let all: Vec<&str> = FRAGMENTS.iter().chain(HOSTILE).copied().collect();
+    let mut s: Vec<char> = src.chars().collect();
+    for e in edits {
+        let len = s.len().max(1);
+        match *e {
+            Edit::Delete(at, n) => {
+                let at = at % len;
+                let end = (at + n).min(s.len());
+                s.drain(at.min(s.len())..end);
+            }
+            Edit::Insert(at, f) => {
+                let at = at % (s.len() + 1);
+                s.splice(at..at, all[f].chars());
+            }
+            Edit::Replace(at, n, f) => {
+                let at = (at % len).min(s.len());
+                let end = (at + n).min(s.len());
+                s.splice(at..end, all[f].chars());
+            }
+        }
+    }
+    s.into_iter().collect()
+}
+
+/// 100,000 mutated policies (hostile values spliced into valid files): none panics, and every
+/// one the checker accepts stays inside the limits. Minutes, not for CI:
+/// `cargo test --release --test policy_fuzz -- --ignored hostile`.
+#[test]
+#[ignore]
+fn hostile_mutations_100k_never_panic_and_accepted_plans_stay_in_limits() {
+    use proptest::test_runner::{Config, TestRunner};
+    let no_plugins = policy::LoadOptions {
+        check_plugins: false,
+    };
+    let mut runner = TestRunner::new(Config {
+        cases: 100_000,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    let strategy = (
+        0..SEED_FILES.len(),
+        proptest::collection::vec(hostile_edit(), 1..5),
+    );
+    runner
+        .run(&strategy, |(file, edits)| {
+            let src = apply_hostile(SEED_FILES[file], &edits);
+            if let Ok(p) = policy::load_with(
+                &src,
+                "fuzz.rank",
+                Path::new("tests/fixtures/policy/valid"),
+                &[],
+                &no_plugins,
+            ) {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                assert_within_limits(&p);
+            }
+            if let Ok(out) = policy::format(&src) {
+                prop_assert_eq!(policy::format(&out).expect("formatted text parses"), out);
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "100000 cases, {} accepted by the checker, 0 failures",
+        accepted.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}

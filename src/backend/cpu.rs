@@ -7,6 +7,7 @@
 use super::{AdamW, Attn, Backend, BackendKind, Gemm, Ids, Ledger, MemKind, Tensor};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Rows per rayon task for row-wise ops; small enough to balance, large enough to amortise.
 const ROW_CHUNK: usize = 16;
@@ -16,6 +17,8 @@ const ELEM_CHUNK: usize = 1 << 14;
 pub struct Cpu {
     ledger: Ledger,
     threads: usize,
+    /// GEMM FLOPs run so far (2·m·n·k per batch item), the tally `adarank plan` is held to.
+    gemm_flops: AtomicU64,
 }
 
 impl Default for Cpu {
@@ -29,6 +32,7 @@ impl Cpu {
         Self {
             ledger: Ledger::new(),
             threads: rayon::current_num_threads(),
+            gemm_flops: AtomicU64::new(0),
         }
     }
 
@@ -36,6 +40,11 @@ impl Cpu {
         let len = data.len();
         let guard = self.ledger.hold(kind, (len * 4) as u64);
         Tensor::from_parts(data, len, guard)
+    }
+
+    /// GEMM FLOPs this backend has run since it was created.
+    pub fn gemm_flops(&self) -> u64 {
+        self.gemm_flops.load(Ordering::Relaxed)
     }
 
     fn gemm_parallelism(&self, flops: f64) -> gemm::Parallelism {
@@ -229,6 +238,8 @@ impl Backend for Cpu {
         if m == 0 || n == 0 || batch == 0 {
             return;
         }
+        self.gemm_flops
+            .fetch_add(spec.flops() as u64, Ordering::Relaxed);
         // Row-major strides (row stride, col stride) for gemm's (rs, cs) convention.
         let (a_rs, a_cs) = if trans_a {
             (1isize, m as isize)

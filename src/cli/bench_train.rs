@@ -1,7 +1,7 @@
 //! `adarank bench train` — tokens/s of a LoRA training step (and of full fine-tuning and of the
 //! forward pass alone) on the CPU and/or GPU backend, against the GEMM-bound ceiling of the
-//! machine: GEMM FLOPs per step (from the GEMM shapes the model issues, see `count_flops`) ÷ the GEMM rate
-//! measured in the same run on a GEMM of the model's own FFN shape.
+//! machine: GEMM FLOPs per step (the count of `adarank plan`, from the GEMM shapes the model
+//! issues) ÷ the GEMM rate measured in the same run on a GEMM of the model's own FFN shape.
 //!
 //! Reference on the 2-core development machine (PyTorch 2.15 + PEFT, same configuration, AdamW,
 //! f32): LoRA step 2,666 tokens/s (0.77 s/step), full fine-tuning 2,136, forward only 7,039;
@@ -9,7 +9,9 @@
 
 use crate::adapter::ModuleKind;
 use crate::backend::cpu::Cpu;
-use crate::backend::{AdamW, Backend, Gemm, MemKind};
+use crate::backend::{AdamW, Backend};
+use crate::experiment::costs::devices::gemm_gflops;
+use crate::experiment::costs::{pass_flops, BatchShape};
 use crate::model::{
     Batch, Flavour, Head, LoraConfig, Model, ModelConfig, Pooling, Target, TrainMode,
 };
@@ -56,8 +58,9 @@ pub struct BenchTrainArgs {
     pub no_full: bool,
 }
 
-/// GEMM FLOPs of one pass for this configuration, written out from the GEMMs the model issues
-/// (elementwise ops, norms and softmax are not counted: the ceiling is GEMM-bound).
+/// GEMM FLOPs of one pass for this configuration, from the cost model `adarank plan` uses
+/// (`experiment::costs::flops`: the GEMM shapes the model issues; elementwise ops, norms and
+/// softmax are not counted: the ceiling is GEMM-bound).
 struct Flops {
     forward: f64,
     lora_step: f64,
@@ -65,29 +68,39 @@ struct Flops {
 }
 
 fn count_flops(a: &BenchTrainArgs) -> Flops {
-    let (n, c, f, t, r, l) = (
-        (a.batch * a.seq) as f64,
-        a.hidden as f64,
-        a.ffn as f64,
-        a.seq as f64,
-        a.rank as f64,
-        a.layers as f64,
-    );
-    let linear = 2.0 * n * (4.0 * c * c + 2.0 * c * f); // x·W0ᵀ of the six matrices
-    let attn = 2.0 * 2.0 * n * t * c; // q·kᵀ and probs·v
-    let adapters = 2.0 * n * r * (4.0 * 2.0 * c + 2.0 * (c + f)); // x·Aᵀ and (xA)·Bᵀ
-    let qkv = 2.0 * n * 3.0 * c * c;
-    let forward = l * (linear + attn + adapters);
-    // LoRA backward: dX through W0 (not for q, k, v of layer 0: the embeddings are frozen),
-    // the four attention GEMMs, and four thin GEMMs per adapter.
-    let lora_back = l * (linear + 2.0 * attn + 2.0 * adapters) - qkv;
-    // Full backward: dX and dW of every matrix (no adapters).
-    let full_fwd = l * (linear + attn);
-    let full_back = l * (2.0 * linear + 2.0 * attn);
+    let (cfg, head) = (config(a), head());
+    let ranks = vec![a.rank; a.layers * ModuleKind::ALL.len()];
+    let shape = BatchShape {
+        batch: a.batch,
+        seq: a.seq,
+    };
+    let lora = pass_flops(&cfg, &head, false, &ranks, shape, true);
     Flops {
-        forward,
-        lora_step: forward + lora_back,
-        full_step: full_fwd + full_back,
+        forward: lora.forward,
+        lora_step: lora.total(),
+        full_step: pass_flops(&cfg, &head, true, &[], shape, true).total(),
+    }
+}
+
+/// The benchmark's model: a MiniLM-shaped encoder by default.
+fn config(a: &BenchTrainArgs) -> ModelConfig {
+    ModelConfig {
+        flavour: Flavour::Encoder,
+        vocab: a.vocab,
+        max_positions: a.seq.max(512),
+        type_vocab: 2,
+        hidden: a.hidden,
+        layers: a.layers,
+        heads: a.heads,
+        ffn: a.ffn,
+        ln_eps: 1e-12,
+    }
+}
+
+fn head() -> Head {
+    Head::Classify {
+        classes: 2,
+        pooling: Pooling::Mean,
     }
 }
 
@@ -113,21 +126,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Best-of-5 GFLOP/s of the FFN-shaped GEMM x·Wᵀ: [N, C]·[F, C]ᵀ.
 fn gemm_rate<B: Backend>(be: &B, a: &BenchTrainArgs) -> Result<f64> {
-    let (m, n, k) = (a.batch * a.seq, a.ffn, a.hidden);
-    let x = be.upload(&vec![0.5; m * k], MemKind::Scratch)?;
-    let w = be.upload(&vec![0.25; n * k], MemKind::Scratch)?;
-    let mut y = be.zeros(m * n, MemKind::Scratch)?;
-    let spec = Gemm::nt(m, n, k);
-    be.matmul(&x, &w, &mut y, &spec);
-    be.sync()?;
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        be.matmul(&x, &w, &mut y, &spec);
-        be.sync()?;
-        best = best.min(t0.elapsed().as_secs_f64());
-    }
-    Ok(spec.flops() / best / 1e9)
+    gemm_gflops(be, a.batch * a.seq, a.ffn, a.hidden, 5)
 }
 
 struct Row {
@@ -143,22 +142,7 @@ fn bench_mode<B: Backend>(
     mode: TrainMode,
     forward_only: bool,
 ) -> Result<(f64, u64)> {
-    let cfg = ModelConfig {
-        flavour: Flavour::Encoder,
-        vocab: a.vocab,
-        max_positions: a.seq.max(512),
-        type_vocab: 2,
-        hidden: a.hidden,
-        layers: a.layers,
-        heads: a.heads,
-        ffn: a.ffn,
-        ln_eps: 1e-12,
-    };
-    let head = Head::Classify {
-        classes: 2,
-        pooling: Pooling::Mean,
-    };
-    let mut m = Model::new(be.clone(), cfg, head, mode, None, 1)?;
+    let mut m = Model::new(be.clone(), config(a), head(), mode, None, 1)?;
     let b = batch(a);
     let opt = AdamW {
         lr: 1e-4,

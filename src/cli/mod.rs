@@ -6,9 +6,11 @@ pub mod check;
 pub mod devices;
 pub mod fetch;
 pub mod fmt;
+pub mod plan;
 pub mod plugins;
 pub mod report;
 pub mod run;
+pub mod status;
 
 /// Returned by a subcommand that has already printed its diagnostics and only needs to set the
 /// process exit status (e.g. `check` exits 1 when a file has errors).

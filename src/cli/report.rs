@@ -1,6 +1,6 @@
 //! `adarank report` — rebuild or merge reports from finished run directories (issue 7).
 
-use crate::experiment::{rundir, RunDir};
+use crate::experiment::{report, rundir, RunDir};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -24,8 +24,17 @@ pub fn main(args: ReportArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     match (&dirs[..], &args.out) {
         ([one], None) => {
+            // Under the run's lock: cells of a Slurm array may be finishing meanwhile.
+            one.render_shared()?;
             let s = one.load_summary()?;
-            one.render(&s)?;
+            let missing = report::missing_cells(&s);
+            if !missing.is_empty() {
+                eprintln!(
+                    "{} cell(s) missing from the report: {}",
+                    missing.len(),
+                    missing.join(", ").replace('`', "")
+                );
+            }
             println!("{}", one.report().display());
         }
         (_, Some(out)) => {

@@ -1,6 +1,7 @@
 //! `adarank run` — run an experiment policy into a run directory (issue 7).
 
 use crate::experiment::runner::{self, DeviceChoice, RunOptions};
+use crate::experiment::slurm::{self, SlurmOptions};
 use anyhow::{anyhow, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,23 @@ pub struct RunArgs {
     /// Stop after this many training steps, as if killed (for testing resume).
     #[arg(long, hide = true)]
     pub stop_after_steps: Option<u64>,
+    /// Submit the cells to Slurm as one job array (a task per arm × seed, each running its cell
+    /// into the run directory) instead of running them here. With --resume: submit again the
+    /// cells that are neither done nor queued.
+    #[arg(long)]
+    pub slurm: bool,
+    /// Slurm partition of the tasks.
+    #[arg(long, requires = "slurm")]
+    pub partition: Option<String>,
+    /// Wall-clock limit of each task (sbatch's --time, e.g. 2:00:00).
+    #[arg(long, requires = "slurm")]
+    pub time: Option<String>,
+    /// Generic resources of each task (sbatch's --gres, e.g. gpu:1).
+    #[arg(long, requires = "slurm")]
+    pub gres: Option<String>,
+    /// Write the run directory and the sbatch script and print the script; submit nothing.
+    #[arg(long, requires = "slurm")]
+    pub dry_run: bool,
 }
 
 pub fn main(args: RunArgs) -> Result<()> {
@@ -55,15 +73,20 @@ pub fn main(args: RunArgs) -> Result<()> {
         };
         Some(loaded.map_err(|d| anyhow!("{d}"))?)
     };
+    // `--device` overrides the policy's `train.device`.
     let from_policy = match (&policy, &args.resume) {
         (Some(p), _) => runner::policy_device(p),
         (None, Some(dir)) => runner::policy_device(&runner::saved_policy(dir)?),
         (None, None) => DeviceChoice::Auto,
     };
+    let device = args.device.unwrap_or(from_policy);
+    if args.slurm {
+        return slurm(args, policy, device);
+    }
     let opts = RunOptions {
         out: args.out,
         resume: args.resume,
-        device: args.device.unwrap_or(from_policy),
+        device,
         quiet: args.quiet,
         arms: args.arms,
         seeds: args.seeds,
@@ -72,6 +95,40 @@ pub fn main(args: RunArgs) -> Result<()> {
     let dir = runner::run(policy, &opts)?;
     if !opts.quiet {
         println!("{}", dir.join("report.md").display());
+    }
+    Ok(())
+}
+
+/// `--slurm`: the cells as a Slurm job array.
+fn slurm(args: RunArgs, policy: Option<crate::policy::Policy>, device: DeviceChoice) -> Result<()> {
+    let o = SlurmOptions {
+        partition: args.partition,
+        time: args.time,
+        gres: args.gres,
+        dry_run: args.dry_run,
+        device,
+        exe: None,
+    };
+    let sub = match (&args.resume, &policy) {
+        (Some(dir), _) => slurm::resubmit(dir, &o)?,
+        (None, Some(p)) => slurm::submit_new(p, args.out.as_deref(), &args.arms, &args.seeds, &o)?,
+        (None, None) => unreachable!("a policy is loaded unless resuming"),
+    };
+    if o.dry_run {
+        print!("{}", std::fs::read_to_string(&sub.script)?);
+        println!(
+            "# dry run: nothing submitted. Run directory {}; submit with:\n# {}",
+            sub.run_dir.display(),
+            sub.command.join(" ")
+        );
+    } else {
+        println!(
+            "submitted job {} (array {}) for {}; follow it with `adarank status {}`",
+            sub.job_id.as_deref().unwrap_or("?"),
+            sub.array,
+            sub.run_dir.display(),
+            sub.run_dir.display()
+        );
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! gold_label`). Columns are found by header name; fields are not quoted (GLUE files are read
 //! with quoting off), so a row must have exactly as many tab-separated fields as the header.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
 
 /// One labelled text (or text pair) example.
@@ -25,8 +25,7 @@ pub struct TextTable {
 
 impl TextTable {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read (is it UTF-8 text?)", path.display()))?;
+        let text = crate::textfile::read(path, "data", crate::textfile::MAX_DATA_BYTES)?;
         let mut lines = text.split('\n').enumerate().map(|(i, l)| {
             // CRLF files (Windows exports) read the same as LF ones.
             (i + 1, l.strip_suffix('\r').unwrap_or(l))
@@ -51,6 +50,12 @@ impl TextTable {
                 );
             }
             rows.push((n, fields));
+        }
+        if rows.is_empty() {
+            bail!(
+                "{}: a header row and no data rows; the split has no examples",
+                path.display()
+            );
         }
         Ok(TextTable {
             path: path.to_path_buf(),
@@ -132,6 +137,13 @@ pub fn load_mnli(path: &Path) -> Result<Vec<Example>> {
             label,
             line: *n,
         });
+    }
+    if out.is_empty() {
+        bail!(
+            "{}: every row's gold_label is `-` (no annotator consensus), so the split has no \
+             usable examples",
+            t.path.display()
+        );
     }
     Ok(out)
 }

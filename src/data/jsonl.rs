@@ -2,12 +2,11 @@
 //! optional `"text_pair"` for sentence-pair tasks. Blank lines are skipped.
 
 use crate::data::glue::Example;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 
 pub fn load(path: &Path) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read (is it UTF-8 text?)", path.display()))?;
+    let text = crate::textfile::read(path, "data", crate::textfile::MAX_DATA_BYTES)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -53,7 +52,10 @@ pub fn load(path: &Path) -> Result<Vec<Example>> {
         });
     }
     if out.is_empty() {
-        bail!("{}: no records", path.display());
+        bail!(
+            "{}: no records (the file is empty or holds only blank lines)",
+            path.display()
+        );
     }
     Ok(out)
 }

@@ -12,6 +12,11 @@ use crate::policy::plan::{self, DataSpec, ModelSpec, Subset};
 use anyhow::{bail, Result};
 use std::path::Path;
 
+/// Sentences per evaluation batch of the text-classification tasks.
+pub const CLASSIFY_EVAL_BATCH: usize = 64;
+/// Questions per evaluation batch of the extractive question-answering task.
+pub const SPAN_EVAL_BATCH: usize = 32;
+
 /// The pretrained checkpoint a model section names (`None` for randomly initialised models).
 /// The policy's `pooling` overrides the one the checkpoint's own config names.
 pub fn load_model(spec: &ModelSpec) -> Result<Option<Checkpoint>> {
@@ -75,9 +80,11 @@ pub fn classify_task(
         }
     };
     let read = |p: &Path| -> Result<Vec<Example>> {
-        if !p.is_file() {
-            bail!("{}: missing ({name} data)", p.display());
-        }
+        crate::textfile::check_regular(
+            p,
+            &format!("{name} data"),
+            crate::textfile::MAX_DATA_BYTES,
+        )?;
         format.load(p)
     };
     let (mut tr, mut ev) = (read(&train)?, read(&eval)?);
@@ -89,7 +96,13 @@ pub fn classify_task(
     ckpt.tokenizer
         .set_max_len(subset.max_len.unwrap_or(max_len))?;
     Ok(Some(ClassifyTask::new(
-        name, ckpt, &tr, &ev, classes, 64, seed,
+        name,
+        ckpt,
+        &tr,
+        &ev,
+        classes,
+        CLASSIFY_EVAL_BATCH,
+        seed,
     )?))
 }
 
@@ -130,6 +143,10 @@ pub fn span_task(
         ev.truncate(k);
     }
     Ok(Some(crate::data::squad::SpanTask::new(
-        ckpt, tr, &ev, 32, seed,
+        ckpt,
+        tr,
+        &ev,
+        SPAN_EVAL_BATCH,
+        seed,
     )?))
 }

@@ -54,8 +54,7 @@ pub struct SpanExample {
 }
 
 pub fn load(path: &Path, tok: &Tokenizer) -> Result<Vec<SpanExample>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = crate::textfile::read(path, "SQuAD data", crate::textfile::MAX_DATA_BYTES)?;
     let file: File = serde_json::from_str(&text).map_err(|e| {
         anyhow!(
             "{}:{}:{}: not SQuAD JSON ({{\"data\": [{{\"paragraphs\": [{{\"context\", \"qas\": \

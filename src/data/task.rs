@@ -88,7 +88,12 @@ impl ClassifyTask {
             config: ckpt.config.model_config(),
             pooling: ckpt.pooling,
             weights: Arc::new(ckpt.weights.clone()),
-            eval: ev.eval_batches(eval_batch).map(to_model_batch).collect(),
+            eval: ev
+                .eval_batches(eval_batch)
+                .with_context(|| format!("{name}: evaluation split"))?
+                .into_iter()
+                .map(to_model_batch)
+                .collect(),
             eval_data: ev,
             train: tr,
             seed,
@@ -167,9 +172,11 @@ impl Task for ClassifyTask {
         Ok(Some((*self.weights).clone()))
     }
     fn train_batch(&mut self, index: u64, batch_size: usize) -> Result<Batch> {
-        Ok(to_model_batch(
-            self.train.train_batch(self.seed, index, batch_size),
-        ))
+        let b = self
+            .train
+            .train_batch(self.seed, index, batch_size)
+            .with_context(|| format!("{}: training split", self.name))?;
+        Ok(to_model_batch(b))
     }
     fn eval_batches(&self) -> &[Batch] {
         &self.eval

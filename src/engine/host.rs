@@ -1,21 +1,30 @@
 //! The plugin host: a sandboxed rhai engine, the helper functions scripts may call, and the
 //! mapping of every script failure to a [`PluginError`] with file:line:col.
 //!
-//! Sandbox: no `import` (module resolver disabled), no `eval`, no file, network or process
-//! functions (rhai has none unless registered), limits on operations, call depth, expression
-//! depth, string/array/map sizes, and a wall-clock budget per call checked in `on_progress`.
+//! Sandbox (all of it set up in [`sandbox`]): no `import` (module resolver disabled), no `eval`,
+//! no file, network or process functions (rhai has none unless registered), no `sleep`; limits
+//! on operations, call depth, expression depth and string/array/map sizes, with the built-ins
+//! that could outgrow them checking before they allocate (`safe.rs`); after every operation, a
+//! wall-clock deadline and the heap the call has grown (`guard.rs`, `heap.rs`); a capped print
+//! log. A limit error names the statement that was running.
+
+mod guard;
+mod heap;
+mod safe;
 
 use super::error::{PluginError, PluginErrorKind, PluginResult, Role};
 use super::rounding;
+use guard::{Guard, Stop};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rhai::{Array, Dynamic, EvalAltResult, FuncArgs, Map, Scope, AST, FLOAT, INT};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Sandbox limits of the plugin host.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Limits {
     /// Operations per call (rhai counts statements, expressions and function calls).
     pub max_operations: u64,
@@ -26,6 +35,10 @@ pub struct Limits {
     pub max_map_size: usize,
     /// Wall-clock budget of one role call.
     pub time_budget_ms: u64,
+    /// Heap a call may grow (net bytes allocated on its thread while it runs).
+    pub max_heap_bytes: u64,
+    /// Bytes of `print`/`debug` output kept between two reads of the log.
+    pub max_print_bytes: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +51,8 @@ impl Default for Limits {
             max_array_size: 1 << 20,
             max_map_size: 1 << 14,
             time_budget_ms: 5_000,
+            max_heap_bytes: 256 << 20,
+            max_print_bytes: 64 << 10,
         }
     }
 }
@@ -49,6 +64,8 @@ pub struct Plugin {
     pub file: String,
     pub source: String,
     ast: AST,
+    /// The sandbox's guard: where the last call of this plugin's host ended.
+    guard: Arc<Guard>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -86,7 +103,8 @@ impl Plugin {
         }
         (None, None)
     }
-    /// An error about what the role function returned, pointing at its definition.
+    /// An error about what the role function returned, pointing at the statement that returned
+    /// it (the last one the call ran), or at the function's definition when that is unknown.
     pub fn return_error(
         &self,
         role: Role,
@@ -95,7 +113,10 @@ impl Plugin {
         adapter: Option<&str>,
         value: Option<String>,
     ) -> Box<PluginError> {
-        let (line, col) = self.fn_position(role.function());
+        let (line, col) = match self.guard.position() {
+            Some((l, c)) => (Some(l), Some(c)),
+            None => self.fn_position(role.function()),
+        };
         Box::new(PluginError {
             file: self.file.clone(),
             line,
@@ -113,9 +134,8 @@ impl Plugin {
 pub struct PluginHost {
     engine: rhai::Engine,
     limits: Limits,
-    deadline: Arc<Mutex<Instant>>,
+    guard: Arc<Guard>,
     params: Arc<RwLock<Map>>,
-    log: Arc<Mutex<Vec<String>>>,
     rng: Arc<Mutex<StdRng>>,
 }
 
@@ -137,51 +157,73 @@ fn float_array(v: &[f64]) -> Array {
     v.iter().map(|x| Dynamic::from_float(*x as FLOAT)).collect()
 }
 
+/// The sandboxed engine: every limit, callback and replaced built-in of the plugin host.
+fn sandbox(limits: &Limits, guard: &Arc<Guard>) -> rhai::Engine {
+    let mut engine = rhai::Engine::new();
+    engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+    engine.disable_symbol("eval");
+    engine.set_max_operations(limits.max_operations);
+    engine.set_max_call_levels(limits.max_call_levels);
+    engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
+    engine.set_max_string_size(limits.max_string_size);
+    engine.set_max_array_size(limits.max_array_size);
+    engine.set_max_map_size(limits.max_map_size);
+    engine.set_fail_on_invalid_map_property(true);
+    engine.set_strict_variables(true);
+
+    // After every operation: the deadline (one clock read, ~20 ns) and the call's heap (a
+    // thread-local read). The token only tells `map_error` which limit fired.
+    let g = guard.clone();
+    engine.on_progress(move |_| {
+        g.check().map(|s| {
+            Dynamic::from(match s {
+                Stop::Time => "time",
+                Stop::Heap(_) => "heap",
+                Stop::Size(_) => "size",
+            })
+        })
+    });
+    // rhai reports a limit at the host's call site, which has no position; the debugger hook
+    // sees every statement and expression as it starts, so the error can name the one running.
+    let g = guard.clone();
+    // rhai marks this API "volatile" (it may change), not deprecated.
+    #[allow(deprecated)]
+    engine.register_debugger(
+        |_, dbg| dbg,
+        move |_, event, _, _, pos| {
+            // Only steps: the events of a function exiting carry the position of its end.
+            if let (rhai::debugger::DebuggerEvent::Step, Some(line), Some(col)) =
+                (event, pos.line(), pos.position())
+            {
+                g.set_position(line, col);
+            }
+            Ok(rhai::debugger::DebuggerCommand::StepInto)
+        },
+    );
+    let g = guard.clone();
+    engine.on_print(move |s| g.print(s));
+    let g = guard.clone();
+    engine.on_debug(move |s, src, pos| g.print(&format!("{}:{pos}: {s}", src.unwrap_or("?"))));
+    safe::register(
+        &mut engine,
+        guard,
+        limits.max_string_size,
+        limits.max_array_size,
+    );
+    engine
+}
+
 impl PluginHost {
     pub fn new(limits: Limits, seed: u64) -> Self {
-        let mut engine = rhai::Engine::new();
-        engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
-        engine.disable_symbol("eval");
-        engine.set_max_operations(limits.max_operations);
-        engine.set_max_call_levels(limits.max_call_levels);
-        engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
-        engine.set_max_string_size(limits.max_string_size);
-        engine.set_max_array_size(limits.max_array_size);
-        engine.set_max_map_size(limits.max_map_size);
-        engine.set_fail_on_invalid_map_property(true);
-        engine.set_strict_variables(true);
-
-        let deadline = Arc::new(Mutex::new(Instant::now()));
-        let d = deadline.clone();
-        engine.on_progress(move |ops| {
-            // Reading the clock on every operation would dominate cheap scripts.
-            if ops % 1024 == 0 {
-                let dl = *d.lock().unwrap_or_else(|p| p.into_inner());
-                if Instant::now() > dl {
-                    return Some(Dynamic::from("time budget exceeded"));
-                }
-            }
-            None
-        });
-
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let l1 = log.clone();
-        engine.on_print(move |s| l1.lock().unwrap_or_else(|p| p.into_inner()).push(s.into()));
-        let l2 = log.clone();
-        engine.on_debug(move |s, src, pos| {
-            l2.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(format!("{}:{pos}: {s}", src.unwrap_or("?")))
-        });
-
+        let guard = Arc::new(Guard::new(limits.max_heap_bytes, limits.max_print_bytes));
+        let engine = sandbox(&limits, &guard);
         let params = Arc::new(RwLock::new(Map::new()));
         let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
         let mut host = Self {
             engine,
             limits,
-            deadline,
+            guard,
             params,
-            log,
             rng,
         };
         host.register_helpers();
@@ -190,6 +232,15 @@ impl PluginHost {
 
     fn register_helpers(&mut self) {
         let e = &mut self.engine;
+        // The costly helpers run many steps inside one rhai operation: they look at the
+        // deadline themselves, before and while they work.
+        let g = self.guard.clone();
+        let out_of_time = move || -> Result<(), Box<EvalAltResult>> {
+            if g.out_of_time() {
+                return Err("stopped: ran past its time budget".into());
+            }
+            Ok(())
+        };
         e.register_fn("sum", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
             Ok(floats(&a)?.iter().sum::<f64>() as FLOAT)
         });
@@ -218,17 +269,21 @@ impl PluginHost {
         });
         e.register_fn("clamp", |x: FLOAT, lo: FLOAT, hi: FLOAT| x.max(lo).min(hi));
         e.register_fn("clamp", |x: INT, lo: INT, hi: INT| x.max(lo).min(hi));
+        let ot = out_of_time.clone();
         e.register_fn(
             "sorted_desc",
-            |a: Array| -> Result<Array, Box<EvalAltResult>> {
+            move |a: Array| -> Result<Array, Box<EvalAltResult>> {
+                ot()?;
                 let mut v = floats(&a)?;
                 v.sort_by(|x, y| y.total_cmp(x));
                 Ok(float_array(&v))
             },
         );
+        let ot = out_of_time.clone();
         e.register_fn(
             "argsort_desc",
-            |a: Array| -> Result<Array, Box<EvalAltResult>> {
+            move |a: Array| -> Result<Array, Box<EvalAltResult>> {
+                ot()?;
                 let v = floats(&a)?;
                 let mut idx: Vec<usize> = (0..v.len()).collect();
                 idx.sort_by(|&x, &y| v[y].total_cmp(&v[x]).then(x.cmp(&y)));
@@ -238,22 +293,41 @@ impl PluginHost {
                     .collect())
             },
         );
+        let g = self.guard.clone();
+        let ot = out_of_time.clone();
         e.register_fn(
             "round_to_budget",
-            |a: Array, budget: INT, rmin: INT, rmax: INT| -> Result<Array, Box<EvalAltResult>> {
+            move |a: Array,
+                  budget: INT,
+                  rmin: INT,
+                  rmax: INT|
+                  -> Result<Array, Box<EvalAltResult>> {
+                ot()?;
                 if budget < 0 || rmin < 0 || rmax < 0 {
                     return Err("round_to_budget: negative budget or bound".into());
                 }
                 let v = floats(&a)?;
-                let r =
-                    rounding::round_to_budget(&v, budget as usize, rmin as usize, rmax as usize)
-                        .map_err(|m| format!("round_to_budget: {m}"))?;
+                let r = rounding::round_to_budget_until(
+                    &v,
+                    budget as usize,
+                    rmin as usize,
+                    rmax as usize,
+                    &|| g.out_of_time(),
+                )
+                .map_err(|m| format!("round_to_budget: {m}"))?;
                 Ok(r.into_iter().map(|x| Dynamic::from_int(x as INT)).collect())
             },
         );
+        let g = self.guard.clone();
+        let ot = out_of_time.clone();
         e.register_fn(
             "budget_shift",
-            |a: Array, budget: INT, rmin: INT, rmax: INT| -> Result<FLOAT, Box<EvalAltResult>> {
+            move |a: Array,
+                  budget: INT,
+                  rmin: INT,
+                  rmax: INT|
+                  -> Result<FLOAT, Box<EvalAltResult>> {
+                ot()?;
                 let v = floats(&a)?;
                 let n = v.len() as INT;
                 if rmin > rmax || budget < n * rmin || budget > n * rmax {
@@ -265,12 +339,18 @@ impl PluginHost {
                 if let Some(x) = v.iter().find(|x| !x.is_finite()) {
                     return Err(format!("budget_shift: value {x} is not finite").into());
                 }
-                Ok(rounding::budget_shift(&v, budget as f64, rmin as f64, rmax as f64) as FLOAT)
+                rounding::budget_shift_until(&v, budget as f64, rmin as f64, rmax as f64, &|| {
+                    g.out_of_time()
+                })
+                .map(|d| d as FLOAT)
+                .ok_or_else(|| "budget_shift: stopped, out of time".into())
             },
         );
+        let ot = out_of_time.clone();
         e.register_fn(
             "proportional_fit",
-            |c: Array, budget: INT| -> Result<Map, Box<EvalAltResult>> {
+            move |c: Array, budget: INT| -> Result<Map, Box<EvalAltResult>> {
+                ot()?;
                 let v = floats(&c)?;
                 if v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
                     return Err("proportional_fit: complexities must be finite and > 0".into());
@@ -282,12 +362,18 @@ impl PluginHost {
                 Ok(m)
             },
         );
-        e.register_fn("erank", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
-            Ok(super::spectra::effective_rank(&floats(&a)?) as FLOAT)
-        });
+        let ot = out_of_time.clone();
+        e.register_fn(
+            "erank",
+            move |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+                ot()?;
+                Ok(super::spectra::effective_rank(&floats(&a)?) as FLOAT)
+            },
+        );
         e.register_fn(
             "stable_rank",
-            |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+            move |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+                out_of_time()?;
                 Ok(super::spectra::stable_rank(&floats(&a)?) as FLOAT)
             },
         );
@@ -341,16 +427,16 @@ impl PluginHost {
         *self.rng.lock().unwrap_or_else(|x| x.into_inner()) = StdRng::seed_from_u64(seed);
     }
 
-    /// Lines scripts printed since the last call.
+    /// Lines scripts printed since the last call (capped at `Limits::max_print_bytes`).
     pub fn take_log(&self) -> Vec<String> {
-        std::mem::take(&mut *self.log.lock().unwrap_or_else(|x| x.into_inner()))
+        self.guard.take_log()
     }
 
     /// Read and compile a plugin file. A path that does not exist but names a shipped plugin
     /// (`plugins/log_rule.rhai`, `log_rule.rhai`) loads the copy embedded in the binary.
     pub fn load(&self, path: &Path) -> PluginResult<Plugin> {
         let file = path.display().to_string();
-        match std::fs::read_to_string(path) {
+        match crate::textfile::read(path, "plugin script", crate::textfile::MAX_SCRIPT_BYTES) {
             Ok(src) => self.compile(&file, &src),
             Err(e) => {
                 if let Some(sp) = path
@@ -368,7 +454,7 @@ impl PluginHost {
                     kind: PluginErrorKind::Load,
                     adapter: None,
                     value: None,
-                    message: format!("cannot read plugin: {e}"),
+                    message: format!("cannot read plugin: {}", e.message),
                 }))
             }
         }
@@ -382,6 +468,7 @@ impl PluginHost {
                     file: file.to_string(),
                     source: source.to_string(),
                     ast,
+                    guard: self.guard.clone(),
                 })
             }
             Err(e) => {
@@ -430,12 +517,15 @@ impl PluginHost {
         adapter: Option<&str>,
         args: impl FuncArgs,
     ) -> PluginResult<Dynamic> {
-        *self.deadline.lock().unwrap_or_else(|x| x.into_inner()) =
-            Instant::now() + Duration::from_millis(self.limits.time_budget_ms);
+        self.guard
+            .arm(Duration::from_millis(self.limits.time_budget_ms));
         let mut scope = Scope::new();
-        self.engine
-            .call_fn::<Dynamic>(&mut scope, &plugin.ast, role.function(), args)
-            .map_err(|e| Box::new(self.map_error(plugin, role, adapter, &e)))
+        let meter = heap::Meter::start();
+        let result = self
+            .engine
+            .call_fn::<Dynamic>(&mut scope, &plugin.ast, role.function(), args);
+        drop(meter);
+        result.map_err(|e| Box::new(self.map_error(plugin, role, adapter, &e)))
     }
 
     fn map_error(
@@ -450,14 +540,28 @@ impl PluginHost {
         if pos.is_none() {
             pos = err.position();
         }
-        let (kind, value) = match inner {
-            EvalAltResult::ErrorTerminated(..) => (PluginErrorKind::Timeout, None),
-            EvalAltResult::ErrorTooManyOperations(..)
-            | EvalAltResult::ErrorStackOverflow(..)
-            | EvalAltResult::ErrorDataTooLarge(..)
-            | EvalAltResult::ErrorTooManyVariables(..)
-            | EvalAltResult::ErrorTooManyModules(..) => (PluginErrorKind::Limit, None),
-            EvalAltResult::ErrorRuntime(v, _) => (PluginErrorKind::Script, Some(v.to_string())),
+        let stopped = self.guard.stopped();
+        let (kind, value) = match (inner, &stopped) {
+            (_, Some(Stop::Time)) => (PluginErrorKind::Timeout, None),
+            (_, Some(Stop::Heap(_) | Stop::Size(_))) => (PluginErrorKind::Limit, None),
+            (EvalAltResult::ErrorTerminated(..), None) => (PluginErrorKind::Timeout, None),
+            (
+                EvalAltResult::ErrorTooManyOperations(..)
+                | EvalAltResult::ErrorStackOverflow(..)
+                | EvalAltResult::ErrorDataTooLarge(..)
+                | EvalAltResult::ErrorTooManyVariables(..)
+                | EvalAltResult::ErrorTooManyModules(..),
+                None,
+            ) => (PluginErrorKind::Limit, None),
+            (EvalAltResult::ErrorRuntime(v, _), None) => {
+                // The size-checked built-ins stop a script with a message starting "stopped:".
+                let text = v.to_string();
+                if text.starts_with("stopped:") {
+                    (PluginErrorKind::Limit, None)
+                } else {
+                    (PluginErrorKind::Script, Some(text))
+                }
+            }
             _ => (PluginErrorKind::Script, None),
         };
         let full = inner.to_string();
@@ -466,20 +570,30 @@ impl PluginHost {
             Some(k) if full.ends_with(')') => full[..k].to_string(),
             _ => full,
         };
-        let message = match kind {
-            PluginErrorKind::Timeout => format!(
+        let message = match (kind, &stopped) {
+            (PluginErrorKind::Timeout, _) => format!(
                 "stopped: ran past its time budget of {} ms",
                 self.limits.time_budget_ms
             ),
-            PluginErrorKind::Limit => format!("stopped: {bare}"),
+            (_, Some(Stop::Heap(grown))) => format!(
+                "stopped: its heap grew to {} MiB, past the limit of {} MiB",
+                grown >> 20,
+                self.guard.max_heap() >> 20
+            ),
+            (_, Some(Stop::Size(why))) => why.clone(),
+            (PluginErrorKind::Limit, _) if bare.contains("stopped:") => {
+                bare[bare.find("stopped:").unwrap_or(0)..].to_string()
+            }
+            (PluginErrorKind::Limit, _) => format!("stopped: {bare}"),
             _ => bare.to_string(),
         };
-        let (line, col) = if pos.is_none() {
-            // rhai re-positions limit and termination errors at the call site, which is the
-            // host here (no position): point at the role's function that was running.
-            plugin.fn_position(role.function())
-        } else {
-            (pos.line(), pos.position())
+        // rhai re-positions limit and termination errors at the call site, which is the host
+        // here (no position): the guard knows the statement that was running.
+        let limit = matches!(kind, PluginErrorKind::Timeout | PluginErrorKind::Limit);
+        let (line, col) = match (self.guard.position(), pos.is_none() || limit) {
+            (Some((l, c)), true) => (Some(l), Some(c)),
+            (None, true) => plugin.fn_position(role.function()),
+            (_, false) => (pos.line(), pos.position()),
         };
         PluginError {
             file: plugin.file.clone(),

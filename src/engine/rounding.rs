@@ -13,6 +13,18 @@ pub fn round_to_budget(
     r_min: usize,
     r_max: usize,
 ) -> Result<Vec<usize>, String> {
+    round_to_budget_until(x, budget, r_min, r_max, &|| false)
+}
+
+/// [`round_to_budget`] that gives up with an error once `stop()` says so (the plugin sandbox
+/// passes its deadline: on a million adapters the search takes a good fraction of a second).
+pub fn round_to_budget_until(
+    x: &[f64],
+    budget: usize,
+    r_min: usize,
+    r_max: usize,
+    stop: &dyn Fn() -> bool,
+) -> Result<Vec<usize>, String> {
     let n = x.len();
     if n == 0 {
         return if budget == 0 {
@@ -35,25 +47,51 @@ pub fn round_to_budget(
             n * r_max
         ));
     }
-    let y = shift_to_sum(x, budget as f64, r_min as f64, r_max as f64);
+    let y = shift_to_sum_until(x, budget as f64, r_min as f64, r_max as f64, stop)
+        .ok_or("stopped: ran past its time budget")?;
     Ok(largest_remainder(&y, budget, r_min, r_max))
 }
 
 /// `clamp(x_i + δ, lo, hi)` with δ chosen so the sum is `target` (lo·n ≤ target ≤ hi·n).
 pub fn shift_to_sum(x: &[f64], target: f64, lo: f64, hi: f64) -> Vec<f64> {
-    let d = budget_shift(x, target, lo, hi);
-    x.iter().map(|v| (v + d).clamp(lo, hi)).collect()
+    shift_to_sum_until(x, target, lo, hi, &|| false).unwrap_or_default()
+}
+
+/// [`shift_to_sum`], or `None` once `stop()` says so (checked at every bisection step).
+fn shift_to_sum_until(
+    x: &[f64],
+    target: f64,
+    lo: f64,
+    hi: f64,
+    stop: &dyn Fn() -> bool,
+) -> Option<Vec<f64>> {
+    let d = budget_shift_until(x, target, lo, hi, stop)?;
+    Some(x.iter().map(|v| (v + d).clamp(lo, hi)).collect())
 }
 
 /// The offset δ with Σ clamp(x_i + δ, lo, hi) = `target` (lo·n ≤ target ≤ hi·n), found by
 /// bisection: the sum is monotone in δ.
 pub fn budget_shift(x: &[f64], target: f64, lo: f64, hi: f64) -> f64 {
+    budget_shift_until(x, target, lo, hi, &|| false).unwrap_or_default()
+}
+
+/// [`budget_shift`], or `None` once `stop()` says so (checked at every bisection step).
+pub fn budget_shift_until(
+    x: &[f64],
+    target: f64,
+    lo: f64,
+    hi: f64,
+    stop: &dyn Fn() -> bool,
+) -> Option<f64> {
     let sum_at = |d: f64| -> f64 { x.iter().map(|v| (v + d).clamp(lo, hi)).sum() };
     let xmax = x.iter().cloned().fold(f64::MIN, f64::max);
     let xmin = x.iter().cloned().fold(f64::MAX, f64::min);
     // At d_lo every value sits at lo, at d_hi every value at hi; the sum is monotone in between.
     let (mut d_lo, mut d_hi) = (lo - xmax - 1.0, hi - xmin + 1.0);
     for _ in 0..200 {
+        if stop() {
+            return None;
+        }
         let mid = 0.5 * (d_lo + d_hi);
         if sum_at(mid) < target {
             d_lo = mid;
@@ -61,7 +99,7 @@ pub fn budget_shift(x: &[f64], target: f64, lo: f64, hi: f64) -> f64 {
             d_hi = mid;
         }
     }
-    0.5 * (d_lo + d_hi)
+    Some(0.5 * (d_lo + d_hi))
 }
 
 /// The least-squares fit (α, β) of d_i = budget·C_i/ΣC on ln C_i, with α clamped at ≥ 0 (β then

@@ -13,10 +13,9 @@ use crate::train::{
     Decay, PlantedConfig, PlantedTask, SyntheticConfig, SyntheticTask, Task, TrainConfig,
 };
 use anyhow::{bail, Context, Result};
-use std::path::Path;
 
 /// Sequences per evaluation batch of the built-in tasks.
-const EVAL_BATCH: usize = 64;
+pub const EVAL_BATCH: usize = 64;
 
 /// The method label of an arm, for the tables.
 pub fn method_label(arm: &ArmPlan) -> String {
@@ -49,7 +48,8 @@ pub fn reallocates(arm: &ArmPlan) -> bool {
         .any(|p| p.actions.iter().any(|a| a.what == ActionKind::Reallocate))
 }
 
-fn transformer(spec: &ModelSpec) -> Result<ModelConfig> {
+/// The shape of a randomly initialised model section (`model encoder|decoder { ... }`).
+pub fn transformer(spec: &ModelSpec) -> Result<ModelConfig> {
     let (flavour, t) = match spec {
         ModelSpec::Encoder(t) => (Flavour::Encoder, t),
         ModelSpec::Decoder(t) => (Flavour::Decoder, t),
@@ -284,13 +284,7 @@ pub fn train_mode(arm: &ArmPlan, layers: usize) -> TrainMode {
 /// The rank engine of an arm on a model of `layers` layers; `None` when its ranks never change
 /// (full, fixed, layer-wise). `param_budget` is handed to plugins as `ctx.param_budget` (the
 /// policy key that sets it is not part of the language yet: `None`).
-pub fn engine_config(
-    arm: &ArmPlan,
-    layers: usize,
-    steps: u64,
-    seed: u64,
-    base_dir: &Path,
-) -> Option<EngineConfig> {
+pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Option<EngineConfig> {
     let l = match &arm.lora {
         LoraSpec::Off => return None,
         LoraSpec::On(l) => l,
@@ -338,7 +332,9 @@ pub fn engine_config(
     cfg.min_rank = l.min_rank;
     cfg.max_rank = l.max_rank;
     cfg.seed = seed;
-    cfg.base_dir = Some(base_dir.to_path_buf());
+    // The plan's plugin paths are already resolved against the policy's directory (the engine
+    // would otherwise join them to it again and look for `dir/dir/plugin.rhai`).
+    cfg.base_dir = None;
     Some(cfg)
 }
 

@@ -1,6 +1,8 @@
 //! Atomic file writes and line-by-line JSONL logs: a run killed at any moment leaves every file
 //! either in its previous complete state or in its new complete state, and JSONL logs lose at most
-//! the line being written.
+//! the line being written. Logs are shared by every process working on a run directory: each
+//! append and each rewrite happens under the directory's lock (`lock.rs`), and an append opens
+//! the log by name, so a rewrite by another process (which replaces the file) never swallows it.
 
 use anyhow::{Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
@@ -46,31 +48,40 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// An append-only JSON-lines log; every record is written as one line and flushed.
+/// The directory whose lock guards `path` (a run directory's logs live at its top).
+fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// An append-only JSON-lines log; every record is written as one line, under the lock of the
+/// log's directory.
 pub struct JsonlWriter {
     path: PathBuf,
-    file: File,
 }
 
 impl JsonlWriter {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
+        OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
         })
     }
 
     pub fn append<T: Serialize>(&mut self, record: &T) -> Result<()> {
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|_| self.file.flush())
+        let _lock = super::lock::lock_dir(dir_of(&self.path))?;
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
             .with_context(|| format!("appending to {}", self.path.display()))
     }
 }
@@ -103,7 +114,15 @@ pub fn filter_jsonl<T: DeserializeOwned + Serialize>(
     path: &Path,
     keep: impl Fn(&T) -> bool,
 ) -> Result<()> {
+    let _lock = super::lock::lock_dir(dir_of(path))?;
     let records: Vec<T> = read_jsonl(path)?;
+    // A line torn by a kill must go before anything is appended after it.
+    let torn = fs::read(path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
+    if !torn && records.iter().all(&keep) {
+        // Nothing to drop: leave the file alone, so a cell starting fresh never rewrites a
+        // log that other cells of the run are appending to.
+        return Ok(());
+    }
     let mut out = String::new();
     for r in records.iter().filter(|r| keep(r)) {
         out.push_str(&serde_json::to_string(r)?);
@@ -157,5 +176,27 @@ mod tests {
         filter_jsonl::<serde_json::Value>(&p, |r| r["step"].as_u64().unwrap() <= 2).unwrap();
         let v: Vec<serde_json::Value> = read_jsonl(&p).unwrap();
         assert_eq!(v.len(), 3);
+    }
+
+    #[test]
+    fn filter_leaves_a_log_alone_unless_it_drops_something() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.jsonl");
+        fs::write(&p, "{\"step\": 1}\n{\"step\": 2}\n").unwrap();
+        let inode = fs::metadata(&p).unwrap().ino();
+        filter_jsonl::<serde_json::Value>(&p, |_| true).unwrap();
+        assert_eq!(
+            fs::metadata(&p).unwrap().ino(),
+            inode,
+            "rewritten for nothing"
+        );
+        // A torn last line goes, so the next append starts on a line of its own.
+        fs::write(&p, "{\"step\": 1}\n{\"step\": 2}\n{\"st").unwrap();
+        filter_jsonl::<serde_json::Value>(&p, |_| true).unwrap();
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            "{\"step\":1}\n{\"step\":2}\n"
+        );
     }
 }

@@ -3,7 +3,11 @@
 //! plots. See docs/ARCHITECTURE.md ("Runs").
 
 pub mod checkpoint;
+pub mod costs;
+pub mod diverged;
 pub mod fsio;
+pub mod integrity;
+pub mod lock;
 pub mod peft;
 pub mod plots;
 pub mod progress;
@@ -11,6 +15,7 @@ pub mod records;
 pub mod report;
 pub mod rundir;
 pub mod stats;
+pub mod status;
 
 pub use records::{
     ArmMeta, CellResult, CellStatus, EnvInfo, MetricRecord, MetricSpec, RankRecord, Summary,
@@ -19,3 +24,4 @@ pub use rundir::RunDir;
 pub mod arm;
 pub mod runner;
 pub mod slots;
+pub mod slurm;

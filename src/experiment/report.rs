@@ -92,6 +92,22 @@ fn stat(cells: &[&CellResult], f: impl Fn(&CellResult) -> Option<f64>) -> Option
     mean_std(&xs)
 }
 
+/// Cells neither done nor failed, as "arm seed k (pending|running)".
+pub fn missing_cells(s: &Summary) -> Vec<String> {
+    s.cells
+        .iter()
+        .filter(|c| matches!(c.status, CellStatus::Pending | CellStatus::Running))
+        .map(|c| {
+            let st = if c.status == CellStatus::Running {
+                "running"
+            } else {
+                "pending"
+            };
+            format!("`{}` seed {} ({st})", c.arm, c.seed)
+        })
+        .collect()
+}
+
 /// One row per cell, every figure unrounded.
 pub fn results_csv(s: &Summary) -> String {
     let mut out = String::from(
@@ -399,15 +415,14 @@ pub fn report_md(s: &Summary, plots: &[String]) -> String {
             );
         }
     }
-    let unfinished = s
-        .cells
-        .iter()
-        .filter(|c| matches!(c.status, CellStatus::Pending | CellStatus::Running))
-        .count();
-    if unfinished > 0 {
+    let unfinished = missing_cells(s);
+    if !unfinished.is_empty() {
         let _ = writeln!(
             out,
-            "\n{unfinished} cell(s) not finished; `adarank run --resume DIR` continues them."
+            "\n{} cell(s) not finished, so not in the tables: {}. `adarank run --resume DIR` \
+             continues them (`adarank status DIR` shows where they are).",
+            unfinished.len(),
+            unfinished.join(", ")
         );
     }
     if let Some(t) = final_ranks_table(s) {

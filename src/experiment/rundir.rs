@@ -35,16 +35,30 @@ impl RunDir {
         base.join(format!("{}-{ts}", file_safe(experiment)))
     }
 
-    /// A directory for a new run; refuses one that already holds a run.
+    /// A directory for a new run; refuses one that already holds a run. The summary file is
+    /// claimed with an exclusive create, so of two runs started on one `--out` at once exactly
+    /// one gets it.
     pub fn create(root: &Path) -> Result<Self> {
-        if root.join(SUMMARY).exists() {
-            bail!(
+        let taken = || {
+            anyhow::anyhow!(
                 "{} already holds a run; continue it with `adarank run --resume {}` or choose another --out",
                 root.display(),
                 root.display()
-            );
+            )
+        };
+        if root.join(SUMMARY).exists() {
+            return Err(taken());
         }
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(root.join(SUMMARY))
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(taken()),
+            Err(e) => return Err(e).with_context(|| format!("creating {}", root.display())),
+        }
         Ok(Self {
             root: root.to_path_buf(),
         })
@@ -62,6 +76,10 @@ impl RunDir {
 
     pub fn policy(&self) -> PathBuf {
         self.root.join("policy.rank")
+    }
+    /// The resolved plan the run executes (what `--resume` reads).
+    pub fn policy_json(&self) -> PathBuf {
+        self.root.join("policy.json")
     }
     pub fn env(&self) -> PathBuf {
         self.root.join("env.json")
@@ -102,6 +120,28 @@ impl RunDir {
 
     pub fn load_summary(&self) -> Result<Summary> {
         read_json(&self.summary())
+    }
+
+    /// Changes the summary on disk under the directory's lock (read, `f`, write), so cells run
+    /// by other processes at the same time (a Slurm job array) keep their records; returns the
+    /// summary as written and what `f` returned.
+    pub fn update_summary<R>(&self, f: impl FnOnce(&mut Summary) -> R) -> Result<(Summary, R)> {
+        let _lock = super::lock::lock_dir(&self.root)?;
+        let mut s = self.load_summary()?;
+        let r = f(&mut s);
+        self.write_summary(&s)?;
+        Ok((s, r))
+    }
+
+    /// Rebuilds `results.csv`, the plots and the report from what is on disk now, under the
+    /// directory's lock (another process may be finishing a cell of the same run), so an older
+    /// report never replaces a newer one.
+    pub fn render_shared(&self) -> Result<()> {
+        let _lock = super::lock::lock_dir(&self.root)?;
+        let s = self.load_summary()?;
+        let metrics = read_jsonl(&self.metrics())?;
+        let ranks = read_jsonl(&self.allocations())?;
+        self.render_with(&s, &metrics, &ranks)
     }
 
     pub fn load_metrics(&self) -> Result<Vec<MetricRecord>> {

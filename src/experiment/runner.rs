@@ -7,6 +7,8 @@ use super::arm::{
 };
 use super::checkpoint::{self, Checkpoint};
 use super::fsio::{filter_jsonl, read_json, write_atomic, write_json_atomic, JsonlWriter};
+use super::integrity;
+use super::lock::{CellLock, Claim};
 use super::peft;
 use super::progress::{CellProgress, Progress, ProgressMode};
 use super::records::*;
@@ -118,6 +120,16 @@ fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
 /// summary and report, then the run stops with the cell's error.
 pub fn run(policy: Option<Policy>, opts: &RunOptions) -> Result<PathBuf> {
     let dev = Device::open(opts.device)?;
+    // Before anything is allocated: refuse a cell that would not fit the device.
+    match (&policy, &opts.resume) {
+        (Some(p), _) => super::costs::check_device(&dev, p, &opts.arms)?,
+        // (A directory that is no run is refused below, with its own message.)
+        (None, Some(dir)) if dir.join(POLICY_JSON).is_file() => {
+            let p: Policy = read_json(&dir.join(POLICY_JSON))?;
+            super::costs::check_device(&dev, &p, &opts.arms)?
+        }
+        _ => {}
+    }
     let desc = dev.describe();
     match dev {
         Device::Cpu(b) => {
@@ -128,39 +140,9 @@ pub fn run(policy: Option<Policy>, opts: &RunOptions) -> Result<PathBuf> {
     }
 }
 
-/// Runs (or resumes) `policy` on `be`; `device` and `backend_name` describe it in env.json and
-/// the report.
-pub fn run_on<B: Backend>(
-    be: Arc<B>,
-    device: &str,
-    backend_name: &str,
-    policy: Option<Policy>,
-    opts: &RunOptions,
-) -> Result<PathBuf> {
-    let (rd, policy, mut summary) = match &opts.resume {
-        Some(dir) => {
-            let rd = RunDir::open(dir)?;
-            let policy: Policy = read_json(&rd.root.join(POLICY_JSON))?;
-            let summary = rd.load_summary()?;
-            (rd, policy, summary)
-        }
-        None => {
-            let policy = policy.context("no policy to run")?;
-            let root = opts
-                .out
-                .clone()
-                .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), &policy.name));
-            let rd = RunDir::create(&root)?;
-            write_atomic(&rd.policy(), policy.source_text.as_bytes())?;
-            write_json_atomic(&rd.root.join(POLICY_JSON), &policy)?;
-            let env = EnvInfo::collect(device, backend_name);
-            write_json_atomic(&rd.env(), &env)?;
-            let s = summary_for(&policy, env);
-            rd.write_summary(&s)?;
-            (rd, policy, s)
-        }
-    };
-    for a in &opts.arms {
+/// Every `--arm` and `--seed` must name an arm and a seed of the policy.
+pub fn check_filters(policy: &Policy, arms: &[String], seeds: &[u64]) -> Result<()> {
+    for a in arms {
         if policy.arm(a).is_none() {
             bail!(
                 "--arm {a}: no such arm (arms: {})",
@@ -173,7 +155,7 @@ pub fn run_on<B: Backend>(
             );
         }
     }
-    for s in &opts.seeds {
+    for s in seeds {
         if !policy.seeds.contains(s) {
             bail!(
                 "--seed {s}: not among the policy's seeds {:?}",
@@ -181,46 +163,148 @@ pub fn run_on<B: Backend>(
             );
         }
     }
+    Ok(())
+}
+
+/// A new run directory for `policy` (`out`, or `runs/<experiment>-<timestamp>`): the policy
+/// as written and as checked, env.json (`device`, `backend_name`), a summary with every cell
+/// pending, and run.json (the plan's and plugins' hashes, the `arms`/`seeds` filters that
+/// `--resume` keeps). Local runs and Slurm submissions start the same way.
+pub fn start_run_dir(
+    policy: &Policy,
+    out: Option<&Path>,
+    device: &str,
+    backend_name: &str,
+    arms: &[String],
+    seeds: &[u64],
+) -> Result<(RunDir, Summary)> {
+    let root = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| RunDir::default_path(Path::new("runs"), &policy.name));
+    let rd = RunDir::create(&root)?;
+    write_atomic(&rd.policy(), policy.source_text.as_bytes())?;
+    write_json_atomic(&rd.policy_json(), policy)?;
+    let env = EnvInfo::collect(device, backend_name);
+    write_json_atomic(&rd.env(), &env)?;
+    let s = summary_for(policy, env);
+    rd.write_summary(&s)?;
+    integrity::record(&rd, policy, arms, seeds)?;
+    Ok((rd, s))
+}
+
+/// Runs (or resumes) `policy` on `be`; `device` and `backend_name` describe it in env.json and
+/// the report.
+pub fn run_on<B: Backend>(
+    be: Arc<B>,
+    device: &str,
+    backend_name: &str,
+    policy: Option<Policy>,
+    opts: &RunOptions,
+) -> Result<PathBuf> {
+    let (rd, policy, arms, seeds) = match &opts.resume {
+        Some(dir) => {
+            let rd = RunDir::open(dir)?;
+            let policy: Policy = read_json(&rd.policy_json())?;
+            // The same plan and plugins as the cells already finished, or a refusal.
+            let record = integrity::verify(&rd, &policy)?;
+            // A resumed run covers the cells the run was started for, unless told otherwise.
+            let (arms, seeds) = match &record {
+                Some(r) => (
+                    if opts.arms.is_empty() {
+                        r.arms.clone()
+                    } else {
+                        opts.arms.clone()
+                    },
+                    if opts.seeds.is_empty() {
+                        r.seeds.clone()
+                    } else {
+                        opts.seeds.clone()
+                    },
+                ),
+                None => (opts.arms.clone(), opts.seeds.clone()),
+            };
+            (rd, policy, arms, seeds)
+        }
+        None => {
+            let policy = policy.context("no policy to run")?;
+            let (rd, _) = start_run_dir(
+                &policy,
+                opts.out.as_deref(),
+                device,
+                backend_name,
+                &opts.arms,
+                &opts.seeds,
+            )?;
+            (rd, policy, opts.arms.clone(), opts.seeds.clone())
+        }
+    };
+    check_filters(&policy, &arms, &seeds)?;
     let progress = Progress::new(ProgressMode::detect(opts.quiet));
     progress.println(&format!("run directory: {}", rd.root.display()));
-    let base_dir = policy
-        .source_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
     let mut budget = opts.stop_after_steps;
     // Pretrained checkpoints, loaded once per run and shared by the cells that use them.
     let mut checkpoints: HashMap<String, Option<HfCheckpoint>> = HashMap::new();
+    // Cells another process holds: left to it, and named at the end.
+    let mut left: Vec<String> = Vec::new();
     for arm in &policy.arms {
-        if !opts.arms.is_empty() && !opts.arms.contains(&arm.name) {
+        if !arms.is_empty() && !arms.contains(&arm.name) {
             continue;
         }
         for &seed in &policy.seeds {
-            if !opts.seeds.is_empty() && !opts.seeds.contains(&seed) {
+            if !seeds.is_empty() && !seeds.contains(&seed) {
                 continue;
             }
-            if summary
-                .cell(&arm.name, seed)
-                .is_some_and(|c| c.status == CellStatus::Done)
-            {
+            let done = |s: &Summary| {
+                s.cell(&arm.name, seed)
+                    .is_some_and(|c| c.status == CellStatus::Done)
+            };
+            if done(&rd.load_summary()?) {
                 continue;
             }
-            let mut running = summary
-                .cell(&arm.name, seed)
-                .cloned()
-                .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
-            running.status = CellStatus::Running;
-            running.error = None;
-            summary.put(running);
-            rd.write_summary(&summary)?;
+            let cell_lock = match CellLock::try_claim(&rd.root, &arm.name, seed)? {
+                Claim::Busy(holder) => {
+                    let who = holder.map_or("another process".into(), |h| h.to_string());
+                    progress.println(&format!(
+                        "arm {} seed {seed}: being run by {who}; left to it",
+                        arm.name
+                    ));
+                    left.push(format!("arm {} seed {seed} ({who})", arm.name));
+                    continue;
+                }
+                Claim::Got { lock, stale } => {
+                    if let Some(h) = stale {
+                        progress.println(&format!(
+                            "arm {} seed {seed}: taking over from {h}, which stopped without \
+                             finishing it",
+                            arm.name
+                        ));
+                    }
+                    lock
+                }
+            };
+            // Another process may have finished the cell before we got its lock.
+            let (_, go) = rd.update_summary(|s| {
+                if done(s) {
+                    return false;
+                }
+                let mut running = s
+                    .cell(&arm.name, seed)
+                    .cloned()
+                    .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
+                running.status = CellStatus::Running;
+                running.error = None;
+                s.put(running);
+                true
+            })?;
+            if !go {
+                continue;
+            }
             let resuming = opts.resume.is_some();
             let result = run_cell(
                 be.clone(),
                 arm,
                 seed,
                 &rd,
-                &base_dir,
                 &progress,
                 resuming,
                 &mut budget,
@@ -228,12 +312,11 @@ pub fn run_on<B: Backend>(
             );
             match result {
                 Ok(cell) => {
-                    summary.put(cell);
-                    rd.write_summary(&summary)?;
-                    rd.render(&summary)?;
+                    rd.update_summary(|s| s.put(cell))?;
+                    rd.render_shared()?;
                 }
                 Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
-                    rd.render(&summary)?;
+                    rd.render_shared()?;
                     return Err(e);
                 }
                 Err(e) => {
@@ -246,16 +329,17 @@ pub fn run_on<B: Backend>(
                         .map(|m| m.step)
                         .max()
                         .unwrap_or(0);
-                    let mut failed = summary
-                        .cell(&arm.name, seed)
-                        .cloned()
-                        .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
-                    failed.status = CellStatus::Failed;
-                    failed.error = Some(msg);
-                    failed.steps = steps;
-                    summary.put(failed);
-                    rd.write_summary(&summary)?;
-                    rd.render(&summary)?;
+                    rd.update_summary(|s| {
+                        let mut failed = s
+                            .cell(&arm.name, seed)
+                            .cloned()
+                            .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
+                        failed.status = CellStatus::Failed;
+                        failed.error = Some(msg);
+                        failed.steps = steps;
+                        s.put(failed);
+                    })?;
+                    rd.render_shared()?;
                     return Err(e.context(format!(
                         "arm {} seed {seed} failed; {} keeps everything done so far",
                         arm.name,
@@ -263,9 +347,19 @@ pub fn run_on<B: Backend>(
                     )));
                 }
             }
+            drop(cell_lock);
         }
     }
-    rd.render(&summary)?;
+    rd.render_shared()?;
+    if !left.is_empty() {
+        bail!(
+            "{} cell(s) of {} are being run by other processes and were left to them: {}; their \
+             results join the run directory when they finish",
+            left.len(),
+            rd.root.display(),
+            left.join(", ")
+        );
+    }
     progress.println(&format!("report: {}", rd.report().display()));
     Ok(rd.root)
 }
@@ -287,6 +381,7 @@ struct CheckpointState {
 
 /// The model (as the targeted slots' adapter store) and the evaluation batches, for the driver.
 struct CellHost<'a, B: Backend> {
+    arm: &'a ArmPlan,
     view: SlotView<'a, Model<B>>,
     eval: &'a [Batch],
 }
@@ -303,8 +398,9 @@ impl<B: Backend> DriverHost for CellHost<'_, B> {
     fn store(&mut self) -> &mut dyn AdapterStore {
         &mut self.view
     }
-    fn evaluate(&mut self, _step: u64) -> Result<BTreeMap<String, f64>> {
+    fn evaluate(&mut self, step: u64) -> Result<BTreeMap<String, f64>> {
         let (loss, acc) = evaluate_on(self.view.store, self.eval)?;
+        super::diverged::check_eval(self.arm, step, loss)?;
         Ok([
             ("eval_loss".to_string(), loss),
             ("accuracy".to_string(), acc),
@@ -386,9 +482,11 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
     }
 
     fn after_step(&mut self, step: u64, model: &mut Model<B>, m: &StepMetrics) -> Result<Control> {
+        super::diverged::check_step(self.arm, step, m.loss, m.grad_norm)?;
         self.st.tokens += self.tokens_per_step;
         let out = {
             let mut host = CellHost::<B> {
+                arm: self.arm,
                 view: SlotView {
                     store: model,
                     slots: &self.slots,
@@ -449,6 +547,7 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
     }
 
     fn on_eval(&mut self, e: &EvalMetrics) -> Result<()> {
+        super::diverged::check_eval(self.arm, e.step, e.loss)?;
         self.final_eval = Some(e.clone());
         if let Some(mut r) = self.last_record.take() {
             r.eval_loss = Some(e.loss);
@@ -490,7 +589,6 @@ fn run_cell<B: Backend>(
     arm: &ArmPlan,
     seed: u64,
     rd: &RunDir,
-    base_dir: &Path,
     progress: &Progress,
     resuming: bool,
     budget: &mut Option<u64>,
@@ -513,7 +611,7 @@ fn run_cell<B: Backend>(
     let mut model = build_model(be.clone(), task.as_ref(), mode, seed)
         .with_context(|| format!("building the model of arm {}", arm.name))?;
     let layers = task.model_config().layers;
-    let mut engine = match engine_config(arm, layers, steps, seed, base_dir) {
+    let mut engine = match engine_config(arm, layers, steps, seed) {
         Some(c) => Some(RankEngine::new(c)?),
         None => None,
     };

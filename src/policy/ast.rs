@@ -124,6 +124,13 @@ pub enum Value {
 }
 
 impl Value {
+    /// A number as written (`4294967296`, `1e12`), anything else described.
+    pub fn describe_number(&self) -> String {
+        match self {
+            Value::Number(n) => n.text.clone(),
+            other => other.describe(),
+        }
+    }
     /// What kind of value this is, for "expected X, found Y" messages.
     pub fn describe(&self) -> String {
         match self {

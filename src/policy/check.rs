@@ -9,6 +9,7 @@ use super::plan::*;
 use super::plugins::{self, PluginChecker, Role};
 use super::sections::{self, Shape};
 use super::suggest;
+use std::collections::HashSet;
 use std::path::Path;
 
 pub const METRICS: &[&str] = &[
@@ -68,12 +69,17 @@ pub fn check(
     let base_plan = ctx.arm_plan(&base_name, false, false, &base, d);
     arms.push(base_plan);
 
-    let mut names: Vec<(String, Span)> = vec![(base_name.clone(), exp.name.span)];
+    // Sets, not scans: a file may declare a hundred thousand arms, and checking stays linear.
+    let mut names: HashSet<&str> = HashSet::from([base_name.as_str()]);
+    let base_errors: HashSet<((usize, usize, usize), String)> = d
+        .iter()
+        .map(|x| (x.span.key(), x.message.clone()))
+        .collect();
     let mut baseline: Option<(String, Span)> = None;
     for item in &exp.items {
         let Item::Arm(arm) = item else { continue };
         let name = &arm.name.node;
-        if names.iter().any(|(n, _)| n == name) {
+        if !names.insert(name.as_str()) {
             let help = if *name == base_name {
                 format!(
                     "`{name}` is the base experiment's arm; rename this arm or set `base = OTHER`"
@@ -91,7 +97,6 @@ pub fn check(
             );
             continue;
         }
-        names.push((name.clone(), arm.name.span));
         let mut is_baseline = false;
         let mut ablation = false;
         for m in &arm.markers {
@@ -132,16 +137,12 @@ pub fn check(
             }
         }
         let mut cfg = base.clone();
-        let before = d.len();
         cfg.apply(&arm.items, Layer::Arm, d);
         let mut arm_d = Vec::new();
         let plan = ctx.arm_plan(name, is_baseline, ablation, &cfg, &mut arm_d);
         // Mistakes of the base experiment show once; new ones say which arm meets them.
         for mut e in arm_d {
-            let known = d[..before]
-                .iter()
-                .any(|x| x.span.key() == e.span.key() && x.message == e.message);
-            if !known {
+            if !base_errors.contains(&(e.span.key(), e.message.clone())) {
                 e.message = format!("{} (in arm `{name}`)", e.message);
                 d.push(e);
             }
@@ -201,8 +202,9 @@ fn seeds(cfg: &Config, d: &mut Vec<Diagnostic>) -> Option<Vec<u64>> {
         return None;
     }
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     for (s, span) in list {
-        if out.contains(&s) {
+        if !seen.insert(s) {
             f.value_error(
                 span,
                 format!("seed {s} is listed twice"),
@@ -289,7 +291,11 @@ impl Ctx<'_> {
                     entries,
                     d,
                 };
-                sections::data(&mut f, kind, self.base_dir, shape.hidden)
+                let max_positions = match &model {
+                    Some(ModelSpec::Encoder(t) | ModelSpec::Decoder(t)) => Some(t.max_positions),
+                    _ => None,
+                };
+                sections::data(&mut f, kind, self.base_dir, shape.hidden, max_positions)
             }
             _ => {
                 self.missing_section(cfg, "data", "data planted { ranks = [2, 8] }", d);
@@ -553,6 +559,18 @@ impl Ctx<'_> {
     ) -> Option<Until> {
         let count = |n: &Spanned<Number>, d: &mut Vec<Diagnostic>| match n.node.as_count() {
             Some(v) if v > 0 => Some(v as usize),
+            // Whole, but past what a float holds exactly (and any training length).
+            None if n.node.value.fract() == 0.0 && n.node.value > 0.0 => {
+                d.push(
+                    Diagnostic::new(
+                        n.span,
+                        format!("`{}` is beyond any training length", n.node.text),
+                        "too large",
+                    )
+                    .help("a phase bound counts steps or epochs of this run; write e.g. `until step 100`"),
+                );
+                None
+            }
             _ => {
                 d.push(
                     Diagnostic::new(

@@ -2,6 +2,7 @@
 //! offending text, and says what to do. All errors of a load are collected and shown together.
 
 use super::ast::Span;
+use std::collections::HashSet;
 use std::fmt;
 
 /// One text that spans point into: the policy file, or one `--set` argument.
@@ -42,6 +43,8 @@ impl Diagnostic {
 pub struct Diagnostics {
     pub sources: Vec<Source>,
     pub errors: Vec<Diagnostic>,
+    /// Place and message of every error pushed, so de-duplication stays linear in their number.
+    seen: HashSet<((usize, usize, usize), String)>,
 }
 
 impl Diagnostics {
@@ -49,6 +52,7 @@ impl Diagnostics {
         Self {
             sources,
             errors: Vec::new(),
+            seen: HashSet::new(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -60,30 +64,27 @@ impl Diagnostics {
     /// Adds an error unless the same message at the same place is already there (arms share
     /// the base experiment, so its mistakes would otherwise be reported once per arm).
     pub fn push(&mut self, d: Diagnostic) {
-        let dup = self
-            .errors
-            .iter()
-            .any(|e| e.span.key() == d.span.key() && e.message == d.message);
-        if !dup {
+        if self.seen.insert((d.span.key(), d.message.clone())) {
             self.errors.push(d);
         }
     }
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, src: usize, offset: usize) -> (usize, usize) {
         let text = &self.sources[src].text;
-        let offset = floor_char_boundary(text, offset.min(text.len()));
-        let before = &text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        (line, text[line_start..offset].chars().count() + 1)
+        line_col_in(text, &line_starts(text), offset)
     }
 
-    fn render_one(&self, d: &Diagnostic, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn render_one(
+        &self,
+        d: &Diagnostic,
+        starts: &[Vec<usize>],
+        f: &mut fmt::Formatter<'_>,
+    ) -> fmt::Result {
         let src = &self.sources[d.span.src];
         let text = &src.text;
         let start = floor_char_boundary(text, d.span.start.min(text.len()));
-        let (line, col) = self.line_col(d.span.src, start);
-        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let (line, col) = line_col_in(text, &starts[d.span.src], start);
+        let line_start = starts[d.span.src][line - 1];
         let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
         let line_text = text[line_start..line_end].trim_end_matches('\r');
         let end = floor_char_boundary(text, d.span.end.clamp(start, line_end));
@@ -112,6 +113,21 @@ impl Diagnostics {
     }
 }
 
+/// Byte offset of the start of every line; rendering many errors then costs a binary search
+/// each instead of a scan from the top of the file.
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+fn line_col_in(text: &str, starts: &[usize], offset: usize) -> (usize, usize) {
+    let offset = floor_char_boundary(text, offset.min(text.len()));
+    let line = starts.partition_point(|&s| s <= offset);
+    let line_start = starts[line - 1];
+    (line, text[line_start..offset].chars().count() + 1)
+}
+
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     while i > 0 && !s.is_char_boundary(i) {
         i -= 1;
@@ -121,11 +137,12 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let starts: Vec<Vec<usize>> = self.sources.iter().map(|s| line_starts(&s.text)).collect();
         for (i, d) in self.errors.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
-            self.render_one(d, f)?;
+            self.render_one(d, &starts, f)?;
         }
         let n = self.errors.len();
         if n > 1 {

@@ -2,6 +2,7 @@
 //! returns `None`, so the checker carries on and reports every mistake in one pass.
 
 use super::ast::*;
+use super::bounds::{Count, Real};
 use super::diag::Diagnostic;
 use super::layers::Entry;
 use super::suggest;
@@ -102,43 +103,81 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub fn count(&mut self, key: &str) -> Option<u64> {
-        self.count_at_least(key, 0)
+    /// A whole number within `b` (see `bounds.rs`): below the minimum is a type error, above
+    /// the maximum says why the limit exists.
+    pub fn count_in(&mut self, key: &str, b: &Count) -> Option<u64> {
+        let v = self.count_at_least(key, b.min)?;
+        if v <= b.max {
+            return Some(v);
+        }
+        let e = self.get(key)?;
+        self.d.push(
+            Diagnostic::new(
+                e.value.span,
+                format!(
+                    "`{}.{}` = {} is above its limit of {}",
+                    self.section,
+                    e.key.node,
+                    e.value.node.describe_number(),
+                    group(b.max)
+                ),
+                "too large",
+            )
+            .help(format!(
+                "the limit is there because {}; a value between {} and {} works",
+                b.why,
+                group(b.min),
+                group(b.max)
+            )),
+        );
+        None
     }
 
-    pub fn positive(&mut self, key: &str) -> Option<u64> {
-        self.count_at_least(key, 1)
-    }
-
-    pub fn required_positive(&mut self, key: &str, example: &str) -> Option<u64> {
+    pub fn required_in(&mut self, key: &str, b: &Count, example: &str) -> Option<u64> {
         if self.get(key).is_none() {
             self.missing(key, example);
             return None;
         }
-        self.positive(key)
+        self.count_in(key, b)
     }
 
-    /// A finite number within `lo..=hi`.
-    pub fn float_in(&mut self, key: &str, lo: f64, hi: f64, example: &str) -> Option<f64> {
+    /// A number within `b`, or a targeted error naming the range and why it is there.
+    pub fn real_in(&mut self, key: &str, b: &Real, example: &str) -> Option<f64> {
         let e = self.get(key)?;
-        match &e.value.node {
-            Value::Number(n) if n.value.is_finite() && n.value >= lo && n.value <= hi => {
-                Some(n.value)
-            }
-            Value::Number(_) => {
-                let range = if hi.is_infinite() {
-                    format!("a number ≥ {lo}")
-                } else {
-                    format!("a number between {lo} and {hi}")
-                };
-                self.type_error(e, &range, example);
-                None
-            }
-            _ => {
-                self.type_error(e, "a number", example);
-                None
-            }
+        let Value::Number(n) = &e.value.node else {
+            self.type_error(e, "a number", example);
+            return None;
+        };
+        let v = n.value;
+        let above_min = if b.open_min { v > b.min } else { v >= b.min };
+        if v.is_finite() && above_min && v <= b.max {
+            return Some(v);
         }
+        let range = match (b.open_min, v > b.max) {
+            (_, true) => format!("is above its limit of {}", b.max),
+            (true, false) => format!("must be a number above {}", b.min),
+            (false, false) => format!("must be a number of at least {}", b.min),
+        };
+        self.d.push(
+            Diagnostic::new(
+                e.value.span,
+                format!("`{}.{}` = {} {range}", self.section, e.key.node, n.text),
+                "out of range",
+            )
+            .help(format!(
+                "the range is {}{}, {}] because {}; write e.g. `{} = {example}`",
+                if b.open_min { "(" } else { "[" },
+                b.min,
+                b.max,
+                b.why,
+                e.key.node
+            )),
+        );
+        None
+    }
+
+    pub fn count(&mut self, key: &str) -> Option<u64> {
+        self.count_at_least(key, 0)
     }
 
     pub fn boolean(&mut self, key: &str) -> Option<bool> {
@@ -228,4 +267,17 @@ impl<'a> Fields<'a> {
         }
         ok.then_some(out)
     }
+}
+
+/// `1048576` as `1,048,576`.
+pub fn group(v: u64) -> String {
+    let digits = v.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

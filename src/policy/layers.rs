@@ -42,6 +42,9 @@ pub struct Config {
     /// Sections whose absence is already explained by an error (a misspelt or malformed
     /// block), so "missing section" would only repeat it.
     pub flagged: BTreeSet<String>,
+    /// Position of each key in its section's entries, so that setting a key stays constant
+    /// time however many keys a (hostile) block holds.
+    index: HashMap<String, HashMap<String, usize>>,
 }
 
 /// Which layer items come from: what they may contain differs.
@@ -135,8 +138,8 @@ impl Config {
             _ => false,
         };
         if !same_kind {
-            self.sections.insert(
-                key.to_string(),
+            self.replace_section(
+                key,
                 Section::On {
                     kind: b_kind.clone(),
                     header: b.key.span,
@@ -169,11 +172,21 @@ impl Config {
                 key: key.clone(),
                 value: value.clone(),
             };
-            match entries.iter_mut().find(|e| e.key.node == key.node) {
-                Some(old) => *old = entry,
-                None => entries.push(entry),
+            let index = self.index.entry(section.to_string()).or_default();
+            match index.get(&key.node) {
+                Some(&i) => entries[i] = entry,
+                None => {
+                    index.insert(key.node.clone(), entries.len());
+                    entries.push(entry);
+                }
             }
         }
+    }
+
+    /// Replaces a whole section (a block of another kind, or `= off`).
+    fn replace_section(&mut self, key: &str, section: Section) {
+        self.index.remove(key);
+        self.sections.insert(key.to_string(), section);
     }
 
     fn apply_setting(
@@ -216,8 +229,7 @@ impl Config {
                         )),
                     );
                 } else {
-                    self.sections
-                        .insert(head.to_string(), Section::Off(s.path_span()));
+                    self.replace_section(head, Section::Off(s.path_span()));
                 }
             }
             1 if TOP.contains(&head) => {
@@ -269,8 +281,8 @@ impl Config {
                         return;
                     }
                     None => {
-                        self.sections.insert(
-                            head.to_string(),
+                        self.replace_section(
+                            head,
                             Section::On {
                                 kind: None,
                                 header: s.path[0].span,

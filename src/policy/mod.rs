@@ -3,12 +3,14 @@
 //! (`diag.rs`). The runner consumes the plans of `plan.rs`; docs/language.md is the reference.
 
 pub mod ast;
+pub mod bounds;
 mod check;
 pub mod diag;
 mod fields;
 mod format;
-mod known_models;
+pub mod known_models;
 mod layers;
+mod locate;
 pub mod parse;
 pub mod plan;
 pub mod plugins;
@@ -16,12 +18,16 @@ mod sections;
 mod suggest;
 
 pub use diag::{Diagnostic, Diagnostics, Source};
+pub use locate::Locator;
 pub use plan::*;
 
 use std::path::{Path, PathBuf};
 
 /// Name under which `--set` arguments appear in diagnostics.
 pub const OVERRIDE_SOURCE: &str = "--set";
+
+/// A policy is a few kilobytes; a file far larger is the wrong file (or `/dev/zero`).
+pub const MAX_POLICY_BYTES: u64 = 64 << 20;
 
 /// Knobs of a load that tests and tools may turn.
 #[derive(Clone, Debug)]
@@ -41,19 +47,14 @@ impl Default for LoadOptions {
 /// Reads, parses and checks a policy file; `overrides` are `key=value` strings (`--set`).
 pub fn load(path: &Path, overrides: &[String]) -> Result<Policy, Diagnostics> {
     let name = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::textfile::read(path, "policy", MAX_POLICY_BYTES) {
         Ok(t) => t,
-        Err(e) => {
-            let mut d = Diagnostics::new(vec![Source {
-                name: name.clone(),
-                text: String::new(),
-            }]);
-            d.push(
-                Diagnostic::new(ast::Span::default(), format!("cannot read {name}: {e}"), "")
-                    .help("check the path"),
-            );
-            return Err(d);
-        }
+        Err(e) => return Err(unreadable(path, &name, e)),
+    };
+    // A byte-order mark (Windows editors write one) carries no meaning: read past it.
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(t) => t.to_string(),
+        None => text,
     };
     let base_dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -123,12 +124,47 @@ pub fn load_with(
             name: exp.name.node,
             source_path: PathBuf::from(file_name),
             source_text: src.to_string(),
+            overrides: overrides.to_vec(),
             arms: c.arms,
             seeds: c.seeds,
             baseline: c.baseline,
         }),
         _ => Err(diags),
     }
+}
+
+/// The diagnostic of a policy file that cannot be read; invalid UTF-8 is shown at its place.
+fn unreadable(path: &Path, name: &str, e: crate::textfile::TextFileError) -> Diagnostics {
+    let (text, span, message, label) = match e.offset {
+        Some(at) => {
+            // The lossy text keeps every byte before the bad one, so the offset still fits.
+            let bytes = std::fs::read(path).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let span = ast::Span {
+                src: 0,
+                start: at,
+                end: at + '\u{fffd}'.len_utf8(),
+            };
+            (text, span, e.message.clone(), "not UTF-8")
+        }
+        None => (
+            String::new(),
+            ast::Span::default(),
+            format!("cannot read {e}"),
+            "",
+        ),
+    };
+    let mut d = Diagnostics::new(vec![Source {
+        name: name.to_string(),
+        text,
+    }]);
+    let help = if e.offset.is_some() {
+        "save the file as UTF-8"
+    } else {
+        "give the path of a .rank file"
+    };
+    d.push(Diagnostic::new(span, message, label).help(help));
+    d
 }
 
 /// Parses policy text into its syntax tree (no checking).

@@ -14,6 +14,10 @@ pub struct Policy {
     pub name: String,
     pub source_path: PathBuf,
     pub source_text: String,
+    /// The `--set` overrides the plan was checked with (diagnostics after the check, e.g. the
+    /// run's memory pre-flight, point into them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
     /// The base experiment (named by `base`, `adaptive` by default) first, then declared arms
     /// in file order.
     pub arms: Vec<ArmPlan>,

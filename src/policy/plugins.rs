@@ -109,7 +109,9 @@ impl PluginChecker {
     fn compiled(&mut self, path: &Path) -> &Compiled {
         let engine = self.engine.get_or_insert_with(rhai::Engine::new);
         self.cache.entry(path.to_path_buf()).or_insert_with(|| {
-            let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+            let text =
+                crate::textfile::read(path, "plugin script", crate::textfile::MAX_SCRIPT_BYTES)
+                    .map_err(|e| e.message)?;
             let ast = engine
                 .compile(&text)
                 .map_err(|e| format!("compile error: {e}"))?;
@@ -138,7 +140,7 @@ impl PluginChecker {
         }
         let (fname, params) = role.function();
         let want = format!("fn {fname}({})", params.join(", "));
-        if !path.is_file() {
+        if !path.exists() {
             let help = if path.starts_with(shipped_dir()) {
                 format!(
                     "no shipped plugin is called `{reference}`; `adarank plugins` lists them, \

@@ -2,6 +2,7 @@
 //! them) and the checks that need only the section itself plus the model's shape.
 
 use super::ast::*;
+use super::bounds;
 use super::fields::Fields;
 use super::plan::*;
 use super::suggest;
@@ -43,12 +44,14 @@ pub fn model(f: &mut Fields<'_>, kind: &Ident, base_dir: &Path) -> Option<ModelS
                 &["layers", "hidden", "heads", "ffn", "vocab", "max_positions"],
                 &format!("`model {}`", kind.node),
             );
-            let layers = f.required_positive("layers", "4");
-            let hidden = f.required_positive("hidden", "128");
-            let heads = f.required_positive("heads", "4");
-            let ffn = f.positive("ffn");
-            let vocab = f.positive("vocab").unwrap_or(1000);
-            let max_positions = f.positive("max_positions").unwrap_or(128);
+            let layers = f.required_in("layers", &bounds::LAYERS, "4");
+            let hidden = f.required_in("hidden", &bounds::HIDDEN, "128");
+            let heads = f.required_in("heads", &bounds::HEADS, "4");
+            let ffn = f.count_in("ffn", &bounds::FFN);
+            let vocab = f.count_in("vocab", &bounds::VOCAB).unwrap_or(1000);
+            let max_positions = f
+                .count_in("max_positions", &bounds::MAX_POSITIONS)
+                .unwrap_or(128);
             let (layers, hidden, heads) = (layers?, hidden?, heads?);
             if hidden % heads != 0 {
                 let span = f.get("heads").map(|e| e.value.span).unwrap_or(f.header);
@@ -99,10 +102,60 @@ const SUBSET_KEYS: &[&str] = &["max_len", "train_samples", "eval_samples"];
 
 fn subset(f: &mut Fields<'_>) -> Subset {
     Subset {
-        max_len: f.positive("max_len").map(|v| v as usize),
-        train_samples: f.positive("train_samples").map(|v| v as usize),
-        eval_samples: f.positive("eval_samples").map(|v| v as usize),
+        max_len: f.count_in("max_len", &bounds::MAX_LEN).map(|v| v as usize),
+        train_samples: f
+            .count_in("train_samples", &bounds::SUBSET)
+            .map(|v| v as usize),
+        eval_samples: f
+            .count_in("eval_samples", &bounds::SUBSET)
+            .map(|v| v as usize),
     }
+}
+
+/// `samples`, `eval_samples` and `seq` of generated data; `seq` may not pass the model's
+/// position table (`max_positions`, when the model is known).
+fn generated_sizes(f: &mut Fields<'_>, max_positions: Option<usize>) -> (u64, u64, u64) {
+    let samples = f.count_in("samples", &bounds::SAMPLES).unwrap_or(4096);
+    let eval_samples = f
+        .count_in("eval_samples", &bounds::GENERATED_EVAL)
+        .unwrap_or(512);
+    let seq = f.count_in("seq", &bounds::SEQ).unwrap_or(16);
+    if let Some(p) = max_positions.filter(|&p| seq as usize > p) {
+        let span = f.get("seq").map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            format!("`data.seq = {seq}` is longer than the model's `max_positions = {p}`"),
+            format!(
+                "the model has position embeddings for {p} tokens; lower `seq` to at most {p} \
+                 or raise `model.max_positions`"
+            ),
+        );
+    }
+    (samples, eval_samples, seq)
+}
+
+/// Every element of a counted list within `b`.
+fn within_list(
+    f: &mut Fields<'_>,
+    key: &str,
+    list: Vec<(u64, Span)>,
+    b: &bounds::Count,
+) -> Option<Vec<(u64, Span)>> {
+    for (v, span) in &list {
+        if *v > b.max {
+            f.value_error(
+                *span,
+                format!(
+                    "`{}.{key}` holds {v}, above its limit of {}",
+                    f.section,
+                    super::fields::group(b.max)
+                ),
+                format!("the limit is there because {}", b.why),
+            );
+            return None;
+        }
+    }
+    Some(list)
 }
 
 pub fn data(
@@ -110,6 +163,7 @@ pub fn data(
     kind: &Ident,
     base_dir: &Path,
     hidden: Option<usize>,
+    max_positions: Option<usize>,
 ) -> Option<DataSpec> {
     let what = format!("`data {}`", kind.node);
     let path = |f: &mut Fields<'_>, key: &str, example: &str| {
@@ -129,13 +183,10 @@ pub fn data(
                 f.missing("ranks", "[0, 2, 8, 16]");
             }
             let ranks = f.count_list("ranks", "[0, 2, 8, 16]");
-            let samples = f.positive("samples").unwrap_or(4096);
-            let eval_samples = f.positive("eval_samples").unwrap_or(512);
-            let seq = f.positive("seq").unwrap_or(16);
+            let ranks = ranks.and_then(|r| within_list(f, "ranks", r, &bounds::RANK_OR_ZERO));
+            let (samples, eval_samples, seq) = generated_sizes(f, max_positions);
             let seed = f.count("seed").unwrap_or(0);
-            let scale = f
-                .float_in("scale", 0.0, f64::INFINITY, "1.0")
-                .unwrap_or(1.0);
+            let scale = f.real_in("scale", &bounds::SCALE, "1.0").unwrap_or(1.0);
             let ranks = ranks?;
             if ranks.is_empty() {
                 let span = f.get("ranks").map_or(f.header, |e| e.value.span);
@@ -172,10 +223,8 @@ pub fn data(
                 &["classes", "samples", "eval_samples", "seq", "seed"],
                 &what,
             );
-            let classes = f.required_positive("classes", "2");
-            let samples = f.positive("samples").unwrap_or(4096);
-            let eval_samples = f.positive("eval_samples").unwrap_or(512);
-            let seq = f.positive("seq").unwrap_or(16);
+            let classes = f.required_in("classes", &bounds::CLASSES, "2");
+            let (samples, eval_samples, seq) = generated_sizes(f, max_positions);
             let seed = f.count("seed").unwrap_or(0);
             Some(DataSpec::Synthetic {
                 classes: classes? as usize,
@@ -251,20 +300,18 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
     let errors_before = f.d.len();
     let targets = targets(f).unwrap_or_else(|| vec![ModuleKind::Q, ModuleKind::V]);
     let layers = lora_layers(f, shape.layers);
-    let alpha = f
-        .float_in("alpha", f64::MIN_POSITIVE, f64::INFINITY, "16")
-        .unwrap_or(16.0);
+    let alpha = f.real_in("alpha", &bounds::ALPHA, "16").unwrap_or(16.0);
     let rslora = f.boolean("rslora").unwrap_or(false);
     // 0 lets an allocator remove an adapter (its tensors are freed; it can come back).
-    let min_rank = f.count("min_rank").unwrap_or(1) as usize;
-    let max_rank = f.positive("max_rank").unwrap_or(64) as usize;
+    let min_rank = f.count_in("min_rank", &bounds::RANK_OR_ZERO).unwrap_or(1) as usize;
+    let max_rank = f.count_in("max_rank", &bounds::RANK).unwrap_or(64) as usize;
     let rank = rank_spec(f, &targets, layers.as_deref(), shape.layers, max_rank);
-    let init_rank = match (f.positive("init_rank"), &rank) {
+    let init_rank = match (f.count_in("init_rank", &bounds::RANK), &rank) {
         (Some(r), _) => r as usize,
         (None, Some(RankSpec::Uniform(r))) => *r,
         (None, _) => 8.min(max_rank),
     };
-    let budget = f.positive("budget").map(|b| b as usize);
+    let budget = f.count_in("budget", &bounds::BUDGET).map(|b| b as usize);
     if f.d.len() > errors_before {
         return None;
     }
@@ -387,6 +434,7 @@ fn targets(f: &mut Fields<'_>) -> Option<Vec<ModuleKind>> {
 
 fn lora_layers(f: &mut Fields<'_>, model_layers: Option<usize>) -> Option<Vec<usize>> {
     let list = f.count_list("layers", "[0, 1, 2]")?;
+    let list = within_list(f, "layers", list, &bounds::LAYER_INDEX)?;
     let mut out = Vec::new();
     for (l, span) in list {
         let l = l as usize;
@@ -575,15 +623,19 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
         "`adalora`",
     );
     let before = f.d.len();
-    let init_rank = f.positive("init_rank").map_or(lora_init, |v| v as usize);
-    let target_rank = f.required_positive("target_rank", "4").map(|v| v as usize);
-    let tinit = f.count("tinit").unwrap_or(0) as usize;
-    let tfinal = f.count("tfinal").unwrap_or(0) as usize;
-    let delta_t = f.positive("delta_t").unwrap_or(10) as usize;
-    let beta1 = f.float_in("beta1", 0.0, 0.999_999, "0.85").unwrap_or(0.85);
-    let beta2 = f.float_in("beta2", 0.0, 0.999_999, "0.85").unwrap_or(0.85);
+    let init_rank = f
+        .count_in("init_rank", &bounds::RANK)
+        .map_or(lora_init, |v| v as usize);
+    let target_rank = f
+        .required_in("target_rank", &bounds::RANK, "4")
+        .map(|v| v as usize);
+    let tinit = f.count_in("tinit", &bounds::ADALORA_STEPS).unwrap_or(0) as usize;
+    let tfinal = f.count_in("tfinal", &bounds::ADALORA_STEPS).unwrap_or(0) as usize;
+    let delta_t = f.count_in("delta_t", &bounds::STEP_COUNT).unwrap_or(10) as usize;
+    let beta1 = f.real_in("beta1", &bounds::BETA, "0.85").unwrap_or(0.85);
+    let beta2 = f.real_in("beta2", &bounds::BETA, "0.85").unwrap_or(0.85);
     let orth_reg = f
-        .float_in("orth_reg", 0.0, f64::INFINITY, "0.5")
+        .real_in("orth_reg", &bounds::ORTH_REG, "0.5")
         .unwrap_or(0.5);
     let resize = f.boolean("resize").unwrap_or(false);
     let target_rank = target_rank?;
@@ -635,15 +687,17 @@ pub fn sora(f: &mut Fields<'_>, lora_init: usize) -> Option<SoraSpec> {
         "`sora`",
     );
     let before = f.d.len();
-    let init_rank = f.positive("init_rank").map_or(lora_init, |v| v as usize);
+    let init_rank = f
+        .count_in("init_rank", &bounds::RANK)
+        .map_or(lora_init, |v| v as usize);
     let gate_lr = f
-        .float_in("gate_lr", f64::MIN_POSITIVE, 10.0, "1e-2")
+        .real_in("gate_lr", &bounds::GATE_LR, "1e-2")
         .unwrap_or(1e-2);
     let threshold = f
-        .float_in("threshold", 0.0, f64::INFINITY, "1e-3")
+        .real_in("threshold", &bounds::THRESHOLD, "1e-3")
         .unwrap_or(1e-3);
     let threshold_max = f
-        .float_in("threshold_max", 0.0, f64::INFINITY, "1e-2")
+        .real_in("threshold_max", &bounds::THRESHOLD, "1e-2")
         .unwrap_or(threshold);
     if f.d.len() > before {
         return None;
@@ -685,8 +739,8 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         "`train`",
     );
     let before = f.d.len();
-    let steps = f.positive("steps");
-    let epochs = f.positive("epochs");
+    let steps = f.count_in("steps", &bounds::STEPS);
+    let epochs = f.count_in("epochs", &bounds::EPOCHS);
     let length = match (steps, epochs, f.get("steps"), f.get("epochs")) {
         (Some(s), None, _, None) => Some(TrainLength::Steps(s as usize)),
         (None, Some(e), None, _) => Some(TrainLength::Epochs(e as usize)),
@@ -704,22 +758,20 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         }
         _ => None,
     };
-    let batch = f.positive("batch").unwrap_or(32) as usize;
-    let lr = f
-        .float_in("lr", f64::MIN_POSITIVE, 10.0, "1e-3")
-        .unwrap_or(1e-3);
-    let warmup = f.count("warmup").unwrap_or(0) as usize;
+    let batch = f.count_in("batch", &bounds::BATCH).unwrap_or(32) as usize;
+    let lr = f.real_in("lr", &bounds::LR, "1e-3").unwrap_or(1e-3);
+    let warmup = f.count_in("warmup", &bounds::WARMUP).unwrap_or(0) as usize;
     let decay = match f.choice("decay", &["linear", "cosine", "constant"]) {
         Some("cosine") => Decay::Cosine,
         Some("constant") => Decay::Constant,
         _ => Decay::Linear,
     };
     let weight_decay = f
-        .float_in("weight_decay", 0.0, f64::INFINITY, "0.01")
+        .real_in("weight_decay", &bounds::WEIGHT_DECAY, "0.01")
         .unwrap_or(0.0);
     let clip = match f.get("clip").map(|e| &e.value.node) {
         Some(Value::Word(w)) if w == "off" => None,
-        Some(Value::Number(_)) => f.float_in("clip", f64::MIN_POSITIVE, f64::INFINITY, "1.0"),
+        Some(Value::Number(_)) => f.real_in("clip", &bounds::CLIP, "1.0"),
         Some(_) => {
             let e = f.get("clip").expect("checked above");
             f.type_error(e, "a positive number or `off`", "1.0");
@@ -727,10 +779,14 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         }
         None => Some(1.0),
     };
-    let accum = f.positive("accum").unwrap_or(1) as usize;
-    let eval_every = f.positive("eval_every").map(|v| v as usize);
-    let checkpoint_every = f.positive("checkpoint_every").map(|v| v as usize);
-    let max_len = f.positive("max_len").unwrap_or(128) as usize;
+    let accum = f.count_in("accum", &bounds::ACCUM).unwrap_or(1) as usize;
+    let eval_every = f
+        .count_in("eval_every", &bounds::STEP_COUNT)
+        .map(|v| v as usize);
+    let checkpoint_every = f
+        .count_in("checkpoint_every", &bounds::STEP_COUNT)
+        .map(|v| v as usize);
+    let max_len = f.count_in("max_len", &bounds::MAX_LEN).unwrap_or(128) as usize;
     let device = match f.choice("device", &["auto", "cpu", "gpu"]) {
         Some("cpu") => Device::Cpu,
         Some("gpu") => Device::Gpu,
@@ -738,6 +794,40 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
     };
     let length = length?;
     if f.d.len() > before {
+        return None;
+    }
+    if (batch * accum) as u64 > bounds::EXAMPLES_PER_STEP {
+        let span = f
+            .get("accum")
+            .or(f.get("batch"))
+            .map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            format!(
+                "`batch × accum` = {batch} × {accum} = {} examples per optimizer step is above the \
+                 limit of {}",
+                batch * accum,
+                super::fields::group(bounds::EXAMPLES_PER_STEP)
+            ),
+            "each optimizer step runs batch × accum examples forward and backward; lower one of them".into(),
+        );
+        return None;
+    }
+    if lr * weight_decay >= bounds::MAX_LR_TIMES_DECAY {
+        let span = f
+            .get("weight_decay")
+            .or(f.get("lr"))
+            .map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            format!(
+                "`lr × weight_decay` = {lr} × {weight_decay} = {} is not below 1",
+                lr * weight_decay
+            ),
+            "decoupled weight decay multiplies every weight by 1 − lr·weight_decay at each step, \
+             which then flips or zeroes them; typical values are weight_decay = 0.01–0.1"
+                .into(),
+        );
         return None;
     }
     if let TrainLength::Steps(s) = length {

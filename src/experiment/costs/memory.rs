@@ -1,0 +1,256 @@
+//! The memory a cell's backend ledger will hold, by kind, computed from shapes alone. It mirrors
+//! what the model allocates (`src/model/`): parameters with their gradients and AdamW moments,
+//! the activations one pass saves (`Acts`, `LayerActs`, each adapter's x·Aᵀ), the scratch every
+//! pass shares (`Work`, `Flow`), and the short-lived buffers of the head, of an adapter's
+//! backward and of the gradient norm. `tests/plan_memory.rs` holds it to the ledger's measured
+//! peak; a change to what the model allocates must be made here too.
+
+use super::shapes::{ArmShape, BatchShape};
+use crate::adapter::ModuleKind;
+use crate::backend::MemKind;
+use crate::model::weights::{body_shapes, head_shapes};
+use crate::model::Head;
+use serde::Serialize;
+
+/// Bytes by ledger kind, in [`MemKind::ALL`] order. f64 holds every byte count exactly below
+/// 2^53 bytes (8 PiB) and never overflows on a hostile shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ByKind(pub [f64; 6]);
+
+impl ByKind {
+    /// `elems` f32 values of `kind`.
+    fn hold(&mut self, kind: MemKind, elems: f64) {
+        self.0[kind as usize] += 4.0 * elems;
+    }
+    /// A trainable tensor of `elems` values: itself, its gradient and two AdamW moments.
+    fn trainable(&mut self, elems: f64) {
+        self.hold(MemKind::Trainable, elems);
+        self.hold(MemKind::Grad, elems);
+        self.hold(MemKind::Optim, 2.0 * elems);
+    }
+    pub fn of(&self, kind: MemKind) -> f64 {
+        self.0[kind as usize]
+    }
+    pub fn total(&self) -> f64 {
+        self.0.iter().sum()
+    }
+    pub fn plus(mut self, o: &ByKind) -> ByKind {
+        for (a, b) in self.0.iter_mut().zip(o.0) {
+            *a += b;
+        }
+        self
+    }
+    /// The larger of two alternatives (by total): buffers that never live at the same time.
+    fn max(self, o: ByKind) -> ByKind {
+        if o.total() > self.total() {
+            o
+        } else {
+            self
+        }
+    }
+}
+
+impl Serialize for ByKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(7))?;
+        for k in MemKind::ALL {
+            m.serialize_entry(k.name(), &(self.of(k) as u64))?;
+        }
+        m.serialize_entry("total", &(self.total() as u64))?;
+        m.end()
+    }
+}
+
+/// Memory of one arm: at the start (phase 1's ranks) and at its peak (the rank plan with the
+/// most memory the arm can reach), each the moment of the largest total; and, with the peak's
+/// ranks, what a training step and an evaluation pass hold on their own (the peak is the
+/// larger, give or take the adapters' saved inputs).
+#[derive(Clone, Debug, Serialize)]
+pub struct Memory {
+    pub start: ByKind,
+    pub peak: ByKind,
+    pub train_step: ByKind,
+    pub evaluation: ByKind,
+}
+
+pub fn memory(s: &ArmShape) -> Memory {
+    let start = peak_at(s, &s.start_ranks);
+    let largest = peak_at(s, &s.peak_ranks);
+    let ranks = if largest.total() > start.total() {
+        &s.peak_ranks
+    } else {
+        &s.start_ranks
+    };
+    let alone = |b: BatchShape, train: bool| {
+        params(s, ranks)
+            .plus(&pass(s, b, ranks, train))
+            .plus(&adapter_inputs(s, b, ranks))
+    };
+    Memory {
+        start,
+        peak: start.max(largest),
+        train_step: alone(s.train, true),
+        evaluation: alone(s.eval, false),
+    }
+}
+
+/// Largest total the ledger holds with adapters at `ranks`: the parameters, plus the larger of
+/// a training step and an evaluation pass. Activations are reallocated when the batch shape
+/// changes (old ones freed first), but each adapter's saved x·Aᵀ is resized only by its own next
+/// forward, so for a moment it can still have the other shape's size: the plan adds the
+/// larger of the two (exact whenever one shape is the larger in both, as in every example).
+fn peak_at(s: &ArmShape, ranks: &[usize]) -> ByKind {
+    let train = pass(s, s.train, ranks, true);
+    let eval = pass(s, s.eval, ranks, false);
+    let xa = adapter_inputs(s, s.train, ranks).max(adapter_inputs(s, s.eval, ranks));
+    params(s, ranks).plus(&train.max(eval)).plus(&xa)
+}
+
+fn prod(shape: &[usize]) -> f64 {
+    shape.iter().map(|&d| d as f64).product()
+}
+
+/// Parameters with their gradients and moments (`Param::new`, `Lora::set_factors`).
+pub fn params(s: &ArmShape, ranks: &[usize]) -> ByKind {
+    let mut m = ByKind::default();
+    for (_, shape) in body_shapes(&s.model) {
+        if s.full {
+            m.trainable(prod(&shape));
+        } else {
+            m.hold(MemKind::Frozen, prod(&shape));
+        }
+    }
+    // The head always trains.
+    for (_, shape) in head_shapes(&s.model, &s.head) {
+        m.trainable(prod(&shape));
+    }
+    if !s.full {
+        for (i, &r) in ranks.iter().enumerate() {
+            if r == 0 {
+                continue;
+            }
+            let (rows, cols) = s
+                .model
+                .module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
+            m.trainable((r * cols) as f64);
+            m.trainable((rows * r) as f64);
+            if s.svd {
+                m.trainable(r as f64);
+            }
+        }
+    }
+    m
+}
+
+/// Trainable tensors (one gradient-norm slot each, `Model::grad_norm`).
+fn trainable_tensors(s: &ArmShape, ranks: &[usize]) -> usize {
+    let heads = head_shapes(&s.model, &s.head).len();
+    if s.full {
+        return body_shapes(&s.model).len() + heads;
+    }
+    let per = if s.svd { 3 } else { 2 };
+    heads + per * ranks.iter().filter(|&&r| r > 0).count()
+}
+
+/// Each adapter's saved x·Aᵀ (and x·Aᵀ·diag(λ) in the SVD form): [n, r] (`Linear::forward`).
+fn adapter_inputs(s: &ArmShape, b: BatchShape, ranks: &[usize]) -> ByKind {
+    let mut m = ByKind::default();
+    if s.full {
+        return m;
+    }
+    let n = b.tokens() as f64;
+    let per = if s.svd { 2.0 } else { 1.0 };
+    let r: f64 = ranks.iter().map(|&r| r as f64).sum();
+    m.hold(MemKind::Activation, per * n * r);
+    m
+}
+
+/// What one pass at batch shape `b` holds beyond the parameters and the adapters' inputs: the
+/// saved activations and shared scratch (`Acts`, `Work`, `Flow`), plus the largest of the
+/// buffers that live for a moment (the head's; in training also an adapter's backward, the
+/// gradient norm and AdaLoRA's penalty gradient).
+fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
+    let c = &s.model;
+    let (bt, t) = (b.batch as f64, b.seq as f64);
+    let n = bt * t;
+    let (ch, f, h, d) = (
+        c.hidden as f64,
+        c.ffn as f64,
+        c.heads as f64,
+        c.head_dim() as f64,
+    );
+    let (bhtd, bhtt) = (bt * h * t * d, bt * h * t * t);
+    let mut m = ByKind::default();
+    let act = MemKind::Activation;
+    // Acts: key mask, embedding sum and its LayerNorm statistics, the encoder's normalised
+    // embeddings or the decoder's final LayerNorm output, and the final statistics.
+    m.hold(act, n + n * ch + 2.0 * n + n * ch + 2.0 * n);
+    // LayerActs, per layer: a_in (decoder) or r2 (encoder), qh, kh, vh, ctx, r1, f_in, out;
+    // four LayerNorm statistics; f1, g; probs.
+    let per_layer = 5.0 * n * ch + 3.0 * bhtd + 4.0 * n + 2.0 * n * f + bhtt;
+    m.hold(act, c.layers as f64 * per_layer);
+    // Work and Flow.
+    m.hold(
+        MemKind::Scratch,
+        2.0 * n * ch + 2.0 * n * f + 2.0 * bhtd + 2.0 * bhtt + 3.0 * n * ch,
+    );
+    let mut brief = head_buffers(s, b);
+    if train && !s.full {
+        let r_max = ranks.iter().copied().max().unwrap_or(0) as f64;
+        // dmid (and the SVD form's product) of one adapter's backward: [n, r].
+        let mut lora = ByKind::default();
+        lora.hold(MemKind::Scratch, if s.svd { 2.0 } else { 1.0 } * n * r_max);
+        brief = brief.max(lora);
+        if s.svd && s.orth_reg {
+            // The penalty's gradient, uploaded one factor at a time.
+            let mut extra = ByKind::default();
+            let largest = ranks
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| {
+                    let (rows, cols) = c.module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
+                    (r * rows.max(cols)) as f64
+                })
+                .fold(0.0, f64::max);
+            extra.hold(MemKind::Scratch, largest);
+            brief = brief.max(extra);
+        }
+    }
+    if train {
+        let mut norm = ByKind::default();
+        norm.hold(MemKind::Scratch, trainable_tensors(s, ranks) as f64);
+        brief = brief.max(norm);
+    }
+    m.plus(&brief)
+}
+
+/// The head's buffers during its forward, loss and backward (`Model::head_pass`).
+fn head_buffers(s: &ArmShape, b: BatchShape) -> ByKind {
+    let (bt, t) = (b.batch as f64, b.seq as f64);
+    let n = bt * t;
+    let ch = s.model.hidden as f64;
+    let mut m = ByKind::default();
+    match s.head {
+        Head::Classify { classes, .. } => {
+            let k = classes as f64;
+            // pooling weights and per-sequence losses; pooled, logits, dlogits
+            m.hold(MemKind::Scratch, n + bt);
+            m.hold(MemKind::Activation, bt * ch + 2.0 * bt * k);
+        }
+        // The planted task regresses the final hidden states: targets, difference, sum.
+        Head::Regress => m.hold(MemKind::Scratch, 2.0 * n * ch + 1.0),
+        Head::LanguageModel => {
+            let v = s.model.vocab as f64;
+            m.hold(MemKind::Activation, 2.0 * n * v);
+            m.hold(MemKind::Scratch, n);
+        }
+        Head::Span => {
+            // logits, logits by position and their gradient: [N, 2] each; the losses (the
+            // padding mask before them is freed within its statement)
+            m.hold(MemKind::Activation, 3.0 * 2.0 * n);
+            m.hold(MemKind::Scratch, 2.0 * bt);
+        }
+    }
+    m
+}

@@ -1,0 +1,265 @@
+//! From a checked arm to the shapes its cell will allocate and compute with, without loading
+//! weights or data: the model's shape (the policy's own, the known table of Hugging Face models,
+//! or a config.json), the head, the train and evaluation batch shapes and the adapter ranks at
+//! the start and at their largest.
+
+use super::super::arm::{engine_config, train_mode, transformer, EVAL_BATCH};
+use crate::adapter::ModuleKind;
+use crate::data::hf::{self, BertConfig};
+use crate::data::plan::{CLASSIFY_EVAL_BATCH, SPAN_EVAL_BATCH};
+use crate::engine::Method;
+use crate::model::{Flavour, Head, ModelConfig, Pooling, TrainMode};
+use crate::policy::known_models;
+use crate::policy::{ArmPlan, DataSpec, ModelSpec, TrainLength};
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// Sequences × tokens of one forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BatchShape {
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl BatchShape {
+    /// Tokens in the batch (rows of every [N, ·] activation).
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+/// Everything the cost model needs to know about one arm.
+#[derive(Clone, Debug, Serialize)]
+pub struct ArmShape {
+    pub arm: String,
+    pub model: ModelConfig,
+    #[serde(skip)]
+    pub head: Head,
+    /// Full fine-tuning (every weight trains) rather than LoRA.
+    pub full: bool,
+    /// AdaLoRA's SVD form (a λ vector per adapter).
+    pub svd: bool,
+    /// AdaLoRA's orthogonality penalty is added to the adapters' gradients.
+    pub orth_reg: bool,
+    /// Rank of every adapter slot at the start (layer-major, `ModuleKind::ALL` order; 0 = none).
+    pub start_ranks: Vec<usize>,
+    /// The rank plan with the most memory the arm can reach: for an arm that re-allocates, the
+    /// budget given to the slots whose rank costs the most memory, each up to its maximum;
+    /// otherwise the start. (Phase 1 may hold more than this, at a uniform rank above the
+    /// budget: the peak is the larger of the two.)
+    pub peak_ranks: Vec<usize>,
+    /// Micro-batch of a training step, at its longest sequence.
+    pub train: BatchShape,
+    /// Micro-batches per optimizer step.
+    pub accum: usize,
+    /// The largest evaluation batch.
+    pub eval: BatchShape,
+    /// Optimizer steps, when the policy fixes them (epochs over a data set of unknown size
+    /// do not).
+    pub steps: Option<u64>,
+    /// What the shapes assume, said once in the output.
+    pub notes: Vec<String>,
+}
+
+/// The shapes of `arm`'s cell (its plugin paths are already resolved by the checker).
+pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
+    let mut notes = Vec::new();
+    let model = model_config(&arm.model, &mut notes)
+        .with_context(|| format!("arm {}: the model's shape", arm.name))?;
+    let t = &arm.train;
+    let (head, seq, eval_batch, samples) = match &arm.data {
+        DataSpec::Planted {
+            seq,
+            eval_samples,
+            samples,
+            ..
+        } => (
+            // The planted task regresses the final hidden states of a teacher.
+            Head::Regress,
+            *seq,
+            (*eval_samples).clamp(1, EVAL_BATCH),
+            Some(*samples),
+        ),
+        DataSpec::Synthetic {
+            classes,
+            seq,
+            eval_samples,
+            samples,
+            ..
+        } => (
+            Head::Classify {
+                classes: *classes,
+                pooling: Pooling::Mean,
+            },
+            *seq,
+            (*eval_samples).clamp(1, EVAL_BATCH),
+            Some(*samples),
+        ),
+        DataSpec::Squad { subset, .. } => {
+            let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), &model, &mut notes);
+            let eval = subset.eval_samples.unwrap_or(SPAN_EVAL_BATCH);
+            (Head::Span, seq, eval.clamp(1, SPAN_EVAL_BATCH), None)
+        }
+        DataSpec::Movies { subset, .. }
+        | DataSpec::Sst2 { subset, .. }
+        | DataSpec::Mnli { subset, .. }
+        | DataSpec::Jsonl { subset, .. } => {
+            let classes = match &arm.data {
+                DataSpec::Mnli { .. } => 3,
+                DataSpec::Jsonl { .. } => {
+                    notes.push(
+                        "JSONL classes are counted from the data at run time; planned with 2 \
+                         (the head is a few kilobytes either way)"
+                            .into(),
+                    );
+                    2
+                }
+                _ => 2,
+            };
+            let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), &model, &mut notes);
+            let eval = subset.eval_samples.unwrap_or(CLASSIFY_EVAL_BATCH);
+            (
+                Head::Classify {
+                    classes,
+                    pooling: Pooling::Mean,
+                },
+                seq,
+                eval.clamp(1, CLASSIFY_EVAL_BATCH),
+                None,
+            )
+        }
+    };
+    let steps = match t.length {
+        TrainLength::Steps(n) => Some(n as u64),
+        TrainLength::Epochs(e) => {
+            samples.map(|n| (e * n.div_ceil(t.batch * t.accum).max(1)) as u64)
+        }
+    };
+    let mode = train_mode(arm, model.layers);
+    let slots = model.layers * ModuleKind::ALL.len();
+    let mut start_ranks = vec![0; slots];
+    let (full, svd) = match &mode {
+        TrainMode::Full => (true, false),
+        TrainMode::Lora(l) => {
+            for (&(layer, kind), &r) in &l.ranks {
+                start_ranks[slot_index(layer, kind)] = r;
+            }
+            (false, l.svd_form)
+        }
+    };
+    let peak_ranks = match engine_config(arm, model.layers, steps.unwrap_or(1), 0) {
+        Some(e) if !matches!(e.method, Method::AdaLora(_)) => {
+            largest_plan(&model, &start_ranks, e.budget, e.min_rank, e.max_rank)
+        }
+        // AdaLoRA masks triplets but keeps its tensors at the initial rank.
+        _ => start_ranks.clone(),
+    };
+    Ok(ArmShape {
+        arm: arm.name.clone(),
+        model,
+        head,
+        full,
+        svd,
+        orth_reg: arm.adalora.as_ref().is_some_and(|a| a.orth_reg > 0.0),
+        start_ranks,
+        peak_ranks,
+        train: BatchShape {
+            batch: t.batch,
+            seq,
+        },
+        accum: t.accum,
+        eval: BatchShape {
+            batch: eval_batch,
+            seq,
+        },
+        steps,
+        notes,
+    })
+}
+
+/// Index of slot (layer, kind) in `adapters()` order.
+pub fn slot_index(layer: usize, kind: ModuleKind) -> usize {
+    layer * ModuleKind::ALL.len() + ModuleKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+/// Real data pads each batch to its longest sequence, at most `max_len` tokens (and the
+/// model's positions): the plan takes that bound.
+fn bounded_seq(max_len: usize, model: &ModelConfig, notes: &mut Vec<String>) -> usize {
+    let seq = max_len.min(model.max_positions);
+    notes.push(format!(
+        "sequences planned at their bound of {seq} tokens (batches are padded to their longest \
+         sequence, so a run holds at most this)"
+    ));
+    seq
+}
+
+/// The model a `model` section describes: its own shape, a Hugging Face model's known shape,
+/// or the config.json of a checkpoint on disk (read, never its weights).
+pub fn model_config(spec: &ModelSpec, notes: &mut Vec<String>) -> Result<ModelConfig> {
+    match spec {
+        ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => transformer(spec),
+        ModelSpec::Hf { name, .. } => match known_models::lookup(name) {
+            Some(k) => Ok(ModelConfig {
+                flavour: Flavour::Encoder,
+                vocab: k.vocab,
+                max_positions: k.max_positions,
+                type_vocab: k.type_vocab,
+                hidden: k.hidden,
+                layers: k.layers,
+                heads: k.heads,
+                ffn: k.ffn,
+                ln_eps: 1e-12,
+            }),
+            None => {
+                let dir = hf::resolve(name).with_context(|| {
+                    format!(
+                        "`{name}` is not among the models adarank knows by name, and its \
+                         config.json is not in the Hugging Face cache"
+                    )
+                })?;
+                notes.push(format!("shape of {name} read from {}", dir.display()));
+                Ok(BertConfig::from_file(&dir.join("config.json"))?.model_config())
+            }
+        },
+        ModelSpec::Path { dir, .. } => {
+            Ok(BertConfig::from_file(&dir.join("config.json"))?.model_config())
+        }
+    }
+}
+
+/// The rank plan within `budget` (each slot in `min..=max`, capped by its matrix) that holds the
+/// most adapter memory: every covered slot at the minimum, the rest of the budget to the slots
+/// with the most rows + columns first. A slot's memory per rank is 16·(rows + cols) bytes
+/// (A, B, gradient, two moments) plus its activations, the same per rank for every slot, so
+/// this order maximises the bytes.
+fn largest_plan(
+    model: &ModelConfig,
+    start: &[usize],
+    budget: usize,
+    min: usize,
+    max: usize,
+) -> Vec<usize> {
+    let covered: Vec<usize> = (0..start.len()).filter(|&i| start[i] > 0).collect();
+    let shape = |i: usize| model.module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
+    let cap = |i: usize| {
+        let (r, c) = shape(i);
+        max.min(r.min(c))
+    };
+    let mut plan = vec![0; start.len()];
+    let mut left = budget;
+    for &i in &covered {
+        plan[i] = min.min(cap(i));
+        left = left.saturating_sub(plan[i]);
+    }
+    let mut order = covered.clone();
+    order.sort_by_key(|&i| {
+        let (r, c) = shape(i);
+        std::cmp::Reverse(r + c)
+    });
+    for i in order {
+        let add = left.min(cap(i) - plan[i]);
+        plan[i] += add;
+        left -= add;
+    }
+    plan
+}

@@ -1,0 +1,193 @@
+//! Locks of a run directory, so that processes can share one: every arm × seed cell has its own
+//! lock, held while the cell trains (one cell never runs twice, different cells run at once, as
+//! Slurm array tasks do), and the files all cells write to (`summary.json`, `metrics.jsonl`,
+//! `allocations.jsonl`, the report) are changed only under the directory's lock, briefly.
+//!
+//! The locks are the operating system's advisory file locks (`flock` on Unix, through `std`):
+//! the kernel drops them when their process dies, however it dies, so no lock outlives its
+//! holder. A cell lock file also records who holds it; finding a record there while the lock is
+//! free means the last holder was killed, and the new holder says it takes the cell over.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// The directory-wide lock: held for each short read-modify-write of a shared file.
+pub struct DirLock {
+    _file: File,
+}
+
+/// The lock file of a run directory.
+pub fn dir_lock_path(root: &Path) -> PathBuf {
+    root.join(".lock")
+}
+
+/// Waits for and takes the lock of the run directory `root` (released when dropped).
+pub fn lock_dir(root: &Path) -> Result<DirLock> {
+    let path = dir_lock_path(root);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(DirLock { _file: file })
+}
+
+/// Who holds (or last held) a cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub host: String,
+    pub since: String,
+}
+
+impl Holder {
+    fn me() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "this machine".into());
+        Holder {
+            pid: std::process::id(),
+            host,
+            since: chrono::Utc::now().to_rfc3339(),
+        }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {} on {} (since {})",
+            self.pid, self.host, self.since
+        )
+    }
+}
+
+/// The lock of one cell, held until dropped (or until the process dies).
+pub struct CellLock {
+    file: File,
+    path: PathBuf,
+}
+
+/// The outcome of trying a cell's lock.
+pub enum Claim {
+    /// Ours; `stale` names a holder that died without releasing the cell.
+    Got {
+        lock: CellLock,
+        stale: Option<Holder>,
+    },
+    /// Another live process runs the cell.
+    Busy(Option<Holder>),
+}
+
+pub fn cell_lock_path(root: &Path, arm: &str, seed: u64) -> PathBuf {
+    root.join("locks")
+        .join(format!("{}-seed{seed}.lock", super::rundir::file_safe(arm)))
+}
+
+fn read_holder(file: &mut File) -> Option<Holder> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+impl CellLock {
+    /// Tries to take the lock of cell (`arm`, `seed`) of the run directory `root`.
+    pub fn try_claim(root: &Path, arm: &str, seed: u64) -> Result<Claim> {
+        let path = cell_lock_path(root, arm, seed);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening the cell lock {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(Claim::Busy(read_holder(&mut file))),
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+        // A record left in a lock we could take is the trace of a holder that was killed.
+        let stale = read_holder(&mut file);
+        let me = serde_json::to_string(&Holder::me())?;
+        file.set_len(0)?;
+        file.rewind()?;
+        file.write_all(me.as_bytes())?;
+        file.sync_data()?;
+        Ok(Claim::Got {
+            lock: CellLock { file, path },
+            stale,
+        })
+    }
+}
+
+impl Drop for CellLock {
+    fn drop(&mut self) {
+        // Cleared before the kernel releases the lock: an empty record means a clean exit.
+        if self.file.set_len(0).is_err() {
+            eprintln!(
+                "warning: could not clear the cell lock {}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_cell_is_busy_and_a_dropped_one_is_free_and_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let Claim::Got { lock, stale } = CellLock::try_claim(dir.path(), "a", 1).unwrap() else {
+            panic!("first claim fails")
+        };
+        assert!(stale.is_none());
+        match CellLock::try_claim(dir.path(), "a", 1).unwrap() {
+            Claim::Busy(Some(h)) => assert_eq!(h.pid, std::process::id()),
+            _ => panic!("a held cell must be busy, with its holder"),
+        }
+        assert!(matches!(
+            CellLock::try_claim(dir.path(), "a", 2).unwrap(),
+            Claim::Got { .. }
+        ));
+        drop(lock);
+        match CellLock::try_claim(dir.path(), "a", 1).unwrap() {
+            Claim::Got { stale, .. } => assert!(stale.is_none(), "clean release leaves no record"),
+            Claim::Busy(_) => panic!("released cell still busy"),
+        }
+    }
+
+    #[test]
+    fn a_record_left_by_a_dead_holder_is_reported_as_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cell_lock_path(dir.path(), "a", 1);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let dead = Holder {
+            pid: 999_999,
+            host: "node7".into(),
+            since: "yesterday".into(),
+        };
+        std::fs::write(&path, serde_json::to_string(&dead).unwrap()).unwrap();
+        match CellLock::try_claim(dir.path(), "a", 1).unwrap() {
+            Claim::Got { stale, .. } => assert_eq!(stale, Some(dead)),
+            Claim::Busy(_) => panic!("nobody holds it"),
+        }
+    }
+}

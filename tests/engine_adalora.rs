@@ -1,10 +1,13 @@
 //! AdaLoRA engine support: orthogonality gradients reach the adapters, masking follows the
 //! cubic budget and keeps the highest-scored triplets, the final pattern holds, resizing works.
 
+mod common;
+
 use adarank::adapter::AdapterStore;
 use adarank::engine::adalora::budget_schedule;
 use adarank::engine::planted::{PlantedConfig, PlantedStore};
 use adarank::engine::{AdaLoraConfig, EngineConfig, EngineCtx, Method, RankEngine};
+use common::Counting;
 
 fn cfg(resize: bool) -> AdaLoraConfig {
     AdaLoraConfig {
@@ -183,65 +186,12 @@ fn adalora_without_lambda_is_refused() {
         .contains("SVD form"));
 }
 
-/// A store that counts `input_sample` calls (a device download on a real model).
-struct Counting {
-    inner: PlantedStore,
-    samples: std::cell::Cell<usize>,
-}
-
-impl AdapterStore for Counting {
-    fn adapters(&self) -> Vec<adarank::adapter::AdapterInfo> {
-        self.inner.adapters()
-    }
-    fn adapter_host(&self, i: usize) -> anyhow::Result<adarank::adapter::AdapterHost> {
-        self.inner.adapter_host(i)
-    }
-    fn set_adapter_host(
-        &mut self,
-        i: usize,
-        h: &adarank::adapter::AdapterHost,
-    ) -> anyhow::Result<()> {
-        self.inner.set_adapter_host(i, h)
-    }
-    fn frozen_weight(&self, i: usize) -> anyhow::Result<adarank::adapter::HostTensor> {
-        self.inner.frozen_weight(i)
-    }
-    fn resize_adapter(&mut self, i: usize, rank: usize) -> anyhow::Result<()> {
-        self.inner.resize_adapter(i, rank)
-    }
-    fn input_sample(&self, i: usize) -> Option<adarank::adapter::HostTensor> {
-        self.samples.set(self.samples.get() + 1);
-        self.inner.input_sample(i)
-    }
-    fn gather_grad_stats(&mut self, i: usize) -> anyhow::Result<()> {
-        self.inner.gather_grad_stats(i)
-    }
-    fn grad_stats(&self, i: usize) -> anyhow::Result<adarank::adapter::GradStats> {
-        self.inner.grad_stats(i)
-    }
-    fn reset_grad_stats(&mut self, i: usize) -> anyhow::Result<()> {
-        self.inner.reset_grad_stats(i)
-    }
-    fn set_gates(&mut self, i: usize, g: Option<&[f32]>) -> anyhow::Result<()> {
-        self.inner.set_gates(i, g)
-    }
-    fn gate_grad(&self, i: usize) -> anyhow::Result<Vec<f32>> {
-        self.inner.gate_grad(i)
-    }
-    fn keep_components(&mut self, i: usize, keep: &[usize]) -> anyhow::Result<()> {
-        self.inner.keep_components(i, keep)
-    }
-}
-
 /// Input samples (and their spectra) are fetched only for plugins that name `input_ev`:
 /// AdaLoRA's masking steps take none, the EVA-like allocator one per adapter per allocation.
 #[test]
 fn input_samples_are_fetched_only_when_a_plugin_reads_input_ev() {
     let run = |method: Method, budget: usize| {
-        let mut s = Counting {
-            inner: store(),
-            samples: Default::default(),
-        };
+        let mut s = Counting::new(store());
         let mut e = RankEngine::new(EngineConfig::new(method, budget, 6)).unwrap();
         e.on_start(&mut s).unwrap();
         for step in 1..=20u64 {

@@ -13,7 +13,7 @@ use adarank::engine::planted::{PlantedConfig as LinearPlanted, PlantedStore};
 use adarank::engine::{EngineConfig, EngineCtx, Method, RankEngine};
 use adarank::model::{LoraConfig, Model, TrainMode};
 use adarank::train::{build_model, PlantedConfig, PlantedTask, Task};
-use common::test_gpu;
+use common::{test_gpu, Counting};
 use std::sync::Arc;
 
 fn model_on<B: Backend>(be: Arc<B>, rank: usize) -> (Model<B>, PlantedTask) {
@@ -196,67 +196,13 @@ fn gpu_statistics_and_gate_gradients_match_the_cpu() {
     }
 }
 
-/// A store that counts what is read back from it.
-struct Counting {
-    inner: PlantedStore,
-    host_reads: std::cell::Cell<usize>,
-    stat_reads: std::cell::Cell<usize>,
-}
-
-impl AdapterStore for Counting {
-    fn adapters(&self) -> Vec<adarank::adapter::AdapterInfo> {
-        self.inner.adapters()
-    }
-    fn adapter_host(&self, i: usize) -> anyhow::Result<adarank::adapter::AdapterHost> {
-        self.host_reads.set(self.host_reads.get() + 1);
-        self.inner.adapter_host(i)
-    }
-    fn set_adapter_host(
-        &mut self,
-        i: usize,
-        h: &adarank::adapter::AdapterHost,
-    ) -> anyhow::Result<()> {
-        self.inner.set_adapter_host(i, h)
-    }
-    fn frozen_weight(&self, i: usize) -> anyhow::Result<adarank::adapter::HostTensor> {
-        self.inner.frozen_weight(i)
-    }
-    fn resize_adapter(&mut self, i: usize, rank: usize) -> anyhow::Result<()> {
-        self.inner.resize_adapter(i, rank)
-    }
-    fn gather_grad_stats(&mut self, i: usize) -> anyhow::Result<()> {
-        self.inner.gather_grad_stats(i)
-    }
-    fn grad_stats(&self, i: usize) -> anyhow::Result<adarank::adapter::GradStats> {
-        self.stat_reads.set(self.stat_reads.get() + 1);
-        self.inner.grad_stats(i)
-    }
-    fn reset_grad_stats(&mut self, i: usize) -> anyhow::Result<()> {
-        self.inner.reset_grad_stats(i)
-    }
-    fn set_gates(&mut self, i: usize, g: Option<&[f32]>) -> anyhow::Result<()> {
-        self.inner.set_gates(i, g)
-    }
-    fn gate_grad(&self, i: usize) -> anyhow::Result<Vec<f32>> {
-        self.host_reads.set(self.host_reads.get() + 1);
-        self.inner.gate_grad(i)
-    }
-    fn keep_components(&mut self, i: usize, keep: &[usize]) -> anyhow::Result<()> {
-        self.inner.keep_components(i, keep)
-    }
-}
-
 /// Between re-allocations the scripted method (closed-form learner) reads nothing back: its
 /// statistics stay where they are gathered until a plugin runs.
 #[test]
 fn training_steps_read_nothing_back_until_a_plugin_runs() {
     let mut c = LinearPlanted::new(vec![1, 2, 3, 4], 3);
     c.dim = 8;
-    let mut s = Counting {
-        inner: PlantedStore::new(c, 3),
-        host_reads: Default::default(),
-        stat_reads: Default::default(),
-    };
+    let mut s = Counting::new(PlantedStore::new(c, 3));
     let mut e = RankEngine::new(EngineConfig::new(
         Method::Adaptive {
             complexity: "plugins/spectral_gradient.rhai".into(),

@@ -8,7 +8,8 @@ sentence-transformers mean-pooled embedding. Run once, by hand, after scripts/fe
     python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch transformers
     /tmp/tv/bin/python scripts/make_fixture.py [MODEL_DIR]
 
-MODEL_DIR defaults to the snapshot that scripts/fetch-assets writes under assets/hf.
+MODEL_DIR defaults to the snapshot that scripts/fetch-assets writes under $ADARANK_ASSETS/hf
+(default ~/.cache/adarank/hf).
 """
 import glob
 import json
@@ -33,8 +34,10 @@ root = os.path.dirname(here)
 if len(sys.argv) > 1:
     model_dir = sys.argv[1]
 else:
+    assets = os.environ.get("ADARANK_ASSETS") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "adarank")
     snaps = glob.glob(os.path.join(
-        root, "assets/hf/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/*"))
+        assets, "hf/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/*"))
     if len(snaps) != 1:
         sys.exit("run scripts/fetch-assets first, or pass the model folder")
     model_dir = snaps[0]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 /// adarank: adaptive-rank LoRA fine-tuning experiments on wgpu and CPU backends.
 #[derive(Parser)]
-#[command(name = "adarank", version, about)]
+#[command(name = "adarank", version, about, after_help = cli::EXIT_STATUS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +20,8 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// Check policy files; exit status 1 when any has an error.
     Check(cli::check::CheckArgs),
+    /// Evaluate trained cells (a run directory or one cell's folder) and write predictions.
+    Eval(cli::eval::EvalArgs),
     /// Rewrite policy files in canonical layout.
     Fmt(cli::fmt::FmtArgs),
     /// List compute adapters: name, backend, type, limits, features.
@@ -44,12 +46,16 @@ enum Bench {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (setting the environment is only sound then) and before any
+    // Vulkan instance is created.
+    adarank::backend::device::quiet_vulkan_loader();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => cli::run::main(a),
         Command::Plan(a) => cli::plan::main(a),
         Command::Status(a) => cli::status::main(a),
         Command::Check(a) => cli::check::main(a),
+        Command::Eval(a) => cli::eval::main(a),
         Command::Fmt(a) => cli::fmt::main(a),
         Command::Devices(a) => cli::devices::main(a),
         Command::Bench(Bench::Matmul(a)) => cli::bench_matmul::main(a),
@@ -61,18 +67,17 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // A subcommand that wants a specific exit status (check: 1) returns ExitStatus.
+            // A subcommand that has printed its own diagnostics returns ExitStatus.
             if let Some(s) = e.downcast_ref::<adarank::cli::ExitStatus>() {
                 return ExitCode::from(s.0);
             }
-            // Policy diagnostics render their own `error:` lines.
-            let msg = format!("{e:#}");
-            if msg.starts_with("error: ") {
-                eprintln!("{}", msg.trim_end());
+            if let Some(d) = e.downcast_ref::<adarank::policy::Diagnostics>() {
+                // Policy diagnostics render their own `error:` lines.
+                eprint!("{d}");
             } else {
-                eprintln!("error: {msg}");
+                eprintln!("error: {e:#}");
             }
-            ExitCode::from(2)
+            ExitCode::from(cli::exit_status(&e))
         }
     }
 }

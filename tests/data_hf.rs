@@ -77,11 +77,10 @@ fn tiny_bert_with_prefix_f16_and_extras() {
     ));
     write_st(d.path(), &ts);
     let (w, ignored) = hf::load_weights(&d.path().join("model.safetensors"), &cfg).unwrap();
-    assert_eq!(w.len(), cfg.expected_tensors().len());
-    assert_eq!(
-        ignored,
-        vec!["bert.embeddings.position_ids", "bert.pooler.dense.bias"]
-    );
+    // The pooler is kept (for `pooling = cls`), without its `bert.` prefix.
+    assert_eq!(w.len(), cfg.expected_tensors().len() + 1);
+    assert_eq!(w["pooler.dense.bias"].shape, vec![4]);
+    assert_eq!(ignored, vec!["bert.embeddings.position_ids"]);
     assert_eq!(
         w["embeddings.LayerNorm.bias"].data,
         vec![1.5, -2.0, 0.25, 3.0]
@@ -95,7 +94,11 @@ fn tiny_bert_with_prefix_f16_and_extras() {
         .unwrap();
     assert_eq!(q.data[5], (k * 1000 + 5) as f32);
     let total: usize = w.values().map(|t| t.data.len()).sum();
-    assert_eq!(total, cfg.encoder_params());
+    assert_eq!(
+        total,
+        cfg.encoder_params() + 4,
+        "the encoder and the pooler's bias"
+    );
 }
 
 #[test]
@@ -227,19 +230,12 @@ fn minilm_loads_by_hub_name() {
     assert_eq!(ck.pooling, Pooling::Mean);
     assert_eq!(ck.tokenizer.max_len(), 256);
     // 104 tensors in the file: 101 encoder tensors, the pooler's two and the I64 position ids.
-    assert_eq!(ck.weights.len(), 101);
-    assert_eq!(
-        ck.ignored,
-        vec![
-            "embeddings.position_ids",
-            "pooler.dense.bias",
-            "pooler.dense.weight"
-        ]
-    );
+    assert_eq!(ck.weights.len(), 103);
+    assert_eq!(ck.ignored, vec!["embeddings.position_ids"]);
     // 22,713,728 values in the file = 22,565,376 encoder + 147,840 pooler + 512 position ids.
     let n: usize = ck.weights.values().map(|t| t.data.len()).sum();
-    assert_eq!(n, 22_565_376);
-    assert_eq!(n, c.encoder_params());
+    assert_eq!(n, 22_565_376 + 147_840);
+    assert_eq!(n, c.encoder_params() + 384 * 384 + 384);
     let ln = &ck.weights["encoder.layer.5.output.LayerNorm.weight"].data;
     assert!(ln.iter().all(|x| x.is_finite()) && ln.iter().any(|&x| x != 1.0));
 }

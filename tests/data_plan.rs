@@ -31,7 +31,7 @@ fn movie_sentiment_example_builds_its_task() {
     let mut ck = plan::load_model(&arm.model)
         .unwrap()
         .expect("a pretrained model");
-    let mut task = plan::classify_task(&arm.data, &mut ck, arm.train.max_len, 1)
+    let mut task = plan::classify_task(&arm.data, &mut ck, arm.train.max_len, 1, plan::Split::Dev)
         .unwrap()
         .expect("a classification task");
     assert_eq!(ck.tokenizer.max_len(), 64);
@@ -78,7 +78,7 @@ fn jsonl_policy_builds_a_three_class_task() {
         adarank::policy::load_str(src, "j.rank", d.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
     let arm = &policy.arms[0];
     let mut ck = plan::load_model(&arm.model).unwrap().unwrap();
-    let task = plan::classify_task(&arm.data, &mut ck, arm.train.max_len, 0)
+    let task = plan::classify_task(&arm.data, &mut ck, arm.train.max_len, 0, plan::Split::Test)
         .unwrap()
         .unwrap();
     assert_eq!(

@@ -42,13 +42,27 @@ fn quickstart_makes_report_plots_and_adapters() {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("| method | arm | eval_loss | peak memory | wall time | trainable params | tokens/s | seeds |"), "{report}");
+    assert!(report.contains("| method | arm | eval_loss (mean ± 95% CI) | std | peak memory | wall time | trainable params | tokens/s | seeds |"), "{report}");
+    assert!(
+        report.contains("evaluated on 128 examples of the test split"),
+        "{report}"
+    );
     let adapters: Vec<_> = std::fs::read_dir(out.join("adapters")).unwrap().collect();
-    assert!(!adapters.is_empty());
+    assert_eq!(adapters.len(), 8, "one folder per cell");
     for a in adapters {
         let a = a.unwrap().path();
-        assert!(
-            a.join("adapter_model.safetensors").exists() && a.join("adapter_config.json").exists()
+        // Every cell keeps its final state and what it is; LoRA cells also the PEFT export.
+        assert!(a.join("final_state.safetensors").exists() && a.join("adarank.json").exists());
+        let lora = !a
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("full-");
+        assert_eq!(
+            a.join("adapter_model.safetensors").exists() && a.join("adapter_config.json").exists(),
+            lora,
+            "{}",
+            a.display()
         );
     }
 

@@ -71,6 +71,7 @@ fn check(use_rslora: bool) {
         base_model: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
         use_rslora,
         module_prefix: String::new(),
+        ..Default::default()
     };
     assert_eq!(export(dir.path(), &adapters, &opts).unwrap(), 4);
 

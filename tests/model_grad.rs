@@ -218,6 +218,16 @@ fn encoder_full_classify_cls_matches_finite_differences() {
 }
 
 #[test]
+fn encoder_lora_classify_cls_matches_finite_differences() {
+    // BERT's pooler frozen under LoRA: the gradient flows through its tanh to the adapters.
+    let head = Head::Classify {
+        classes: 3,
+        pooling: Pooling::Cls,
+    };
+    check(Flavour::Encoder, head, lora(2, false), 7);
+}
+
+#[test]
 fn decoder_lora_lm_matches_finite_differences() {
     check(Flavour::Decoder, Head::LanguageModel, lora(2, false), 3);
 }

@@ -7,6 +7,7 @@
 use adarank::adapter::ModuleKind;
 use adarank::backend::cpu::Cpu;
 use adarank::data::assets;
+use adarank::data::plan::Split;
 use adarank::experiment::arm::{build_task, load_checkpoint, train_mode};
 use adarank::experiment::costs::{self, devices, pass_flops, BatchShape};
 use adarank::experiment::runner::{run, DeviceChoice, RunOptions};
@@ -119,13 +120,35 @@ fn movie_sentiment_peaks_match_the_plan() {
     ));
 }
 
+#[test]
+fn bert_pooler_peaks_and_flops_match_the_plan() {
+    if !assets::require_assets("bert_pooler_peaks_and_flops_match_the_plan") {
+        return;
+    }
+    // `pooling = cls` adds BERT's pooler: frozen weights under LoRA, trained under full
+    // fine-tuning, and its activations in the head.
+    let p = example(
+        "movie_sentiment.rank",
+        &[
+            ("pooling = mean", "pooling = cls"),
+            ("steps = 300", "steps = 2"),
+            ("warmup = 30", "warmup = 1"),
+            ("eval_every = 100", "eval_every = 1"),
+            ("until step 100", "until step 1"),
+            ("every 50 steps", "every 1 step"),
+        ],
+    );
+    flops_agree(&p);
+    peaks_agree(&p);
+}
+
 /// GEMM FLOPs of one micro-batch of every arm of `policy`, counted by the CPU backend, against
 /// the plan's count at the batch's own shape.
 fn flops_agree(policy: &Policy) {
     for arm in &policy.arms {
         let be = Arc::new(Cpu::new());
         let mut ck = load_checkpoint(arm).unwrap();
-        let (mut task, _) = build_task(arm, ck.as_mut(), 1).unwrap();
+        let (mut task, _) = build_task(arm, ck.as_mut(), 1, Split::Test).unwrap();
         let layers = task.model_config().layers;
         let mode = train_mode(arm, layers);
         let mut model = build_model(be.clone(), task.as_ref(), mode.clone(), 1).unwrap();
@@ -171,11 +194,16 @@ fn step_flops_match_the_backends_tally() {
     flops_agree(&example(
         "paper_scale.rank",
         &[
+            ("layers = 24", "layers = 2"),
+            ("hidden = 2048", "hidden = 32"),
+            ("heads = 32", "heads = 4"),
+            ("ffn = 8192", "ffn = 64"),
+            ("vocab = 50257", "vocab = 100"),
+            ("max_positions = 512", "max_positions = 16"),
             (
-                "layers = 24, hidden = 2048, heads = 32, ffn = 8192, vocab = 50257, max_positions = 512",
-                "layers = 2, hidden = 32, heads = 4, ffn = 64, vocab = 100, max_positions = 16",
+                "samples = 67349, eval_samples = 872, seq = 128",
+                "samples = 64, eval_samples = 16, seq = 16",
             ),
-            ("samples = 67349, eval_samples = 872, seq = 128", "samples = 64, eval_samples = 16, seq = 16"),
             ("budget = 1152", "budget = 96"),
             ("max_rank = 64", "max_rank = 16"),
             ("every 2000 steps", "every 2 steps"),

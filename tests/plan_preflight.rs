@@ -50,7 +50,7 @@ fn activations_too_large_point_at_the_batch_and_say_what_fits() {
     let e = preflight(&p, &["adaptive".into()], need * 0.8, "on the test GPU")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("examples/paper_scale.rank:19:"), "{e}");
+    assert!(e.contains("examples/paper_scale.rank:26:"), "{e}");
     assert!(e.contains("batch = 32"), "{e}");
     // A halved micro-batch with accumulation keeping the effective batch of 32.
     assert!(

@@ -336,6 +336,27 @@ impl Backend for Cpu {
             });
     }
 
+    fn tanh_forward(&self, x: &Tensor<Self>, y: &mut Tensor<Self>) {
+        y.buf
+            .par_chunks_mut(ELEM_CHUNK)
+            .zip(x.buf.par_chunks(ELEM_CHUNK))
+            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = x.tanh()));
+    }
+    fn tanh_backward(&self, y: &Tensor<Self>, dy: &Tensor<Self>, dx: &mut Tensor<Self>) {
+        dx.buf
+            .par_chunks_mut(ELEM_CHUNK)
+            .zip(
+                y.buf
+                    .par_chunks(ELEM_CHUNK)
+                    .zip(dy.buf.par_chunks(ELEM_CHUNK)),
+            )
+            .for_each(|(dx, (y, dy))| {
+                dx.iter_mut()
+                    .zip(y.iter().zip(dy))
+                    .for_each(|(dx, (&y, &dy))| *dx = dy * (1.0 - y * y))
+            });
+    }
+
     fn layernorm_forward(
         &self,
         x: &Tensor<Self>,

@@ -110,3 +110,22 @@ impl Device {
         }
     }
 }
+
+/// Keeps the Vulkan loader quiet where there is no desktop session. Mesa's device-select layer
+/// (installed with every Mesa Vulkan driver, lavapipe included) asks the Wayland compositor for
+/// the default GPU; without `XDG_RUNTIME_DIR`, libwayland prints "error: XDG_RUNTIME_DIR is
+/// invalid or not set in the environment." on stderr for every instance created — two to four
+/// lines per `--device auto` run, though nothing is wrong. The layer only reorders adapters, and
+/// adarank ranks adapters itself, so it is switched off (`NODEVICE_SELECT=1`) when there is no
+/// session to ask. A user's own setting of `NODEVICE_SELECT` is left alone.
+///
+/// Call it at the start of `main`, before any thread exists: changing the environment is only
+/// sound while no other thread can read it.
+pub fn quiet_vulkan_loader() {
+    let session = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .is_some_and(|d| std::path::Path::new(&d).is_dir());
+    if !session && std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}

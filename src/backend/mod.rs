@@ -279,6 +279,10 @@ pub trait Backend: Send + Sync + 'static {
     fn gelu_forward(&self, x: &Tensor<Self>, y: &mut Tensor<Self>);
     /// dx = dy ⊙ gelu'(x)
     fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &mut Tensor<Self>);
+    /// y = tanh(x) (BERT's pooler).
+    fn tanh_forward(&self, x: &Tensor<Self>, y: &mut Tensor<Self>);
+    /// dx = dy ⊙ (1 − y²), from the forward's output `y`.
+    fn tanh_backward(&self, y: &Tensor<Self>, dy: &Tensor<Self>, dx: &mut Tensor<Self>);
     /// Row-wise layer norm over `cols`: y = (x − mean)·rstd·gamma + beta; saves mean, rstd: [rows].
     #[allow(clippy::too_many_arguments)]
     fn layernorm_forward(

@@ -12,7 +12,8 @@ const SCRIPT: &str = include_str!("../../scripts/fetch-assets");
 
 #[derive(Args, Debug, Clone)]
 pub struct FetchArgs {
-    /// Where to put the assets (default: $ADARANK_ASSETS, else <repo>/assets).
+    /// Where to put the assets (default: $ADARANK_ASSETS, else ~/.cache/adarank, the folder
+    /// every other command looks in).
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }

@@ -3,7 +3,7 @@
 //! machine's CPU or a named GPU. The run's pre-flight check uses the same model of memory.
 
 use crate::experiment::costs::{self, devices};
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
@@ -32,7 +32,7 @@ pub struct PlanArgs {
 }
 
 pub fn main(args: PlanArgs) -> Result<()> {
-    let policy = crate::policy::load(&args.file, &args.set).map_err(|d| anyhow!("{d}"))?;
+    let policy = crate::policy::load(&args.file, &args.set).map_err(anyhow::Error::from)?;
     let device = devices::device(&args.device, args.gflops)?;
     let report = costs::plan(&policy, &device)?;
     match args.format {

@@ -18,8 +18,9 @@ pub struct PluginsArgs {
 
 /// The listing: one line per shipped plugin (file, role, header description), then the roles.
 pub fn listing() -> String {
-    let mut s =
-        String::from("Shipped plugins (embedded; name them in a policy as plugins/FILE):\n");
+    let mut s = String::from(
+        "Shipped plugins (embedded; name them in a policy by name, e.g. plugin \"log_rule\"):\n",
+    );
     let w = SHIPPED.iter().map(|p| p.file.len()).max().unwrap_or(0);
     for p in SHIPPED {
         s += &format!("  {:w$}  {:11}  {}\n", p.file, p.role(), p.description());
@@ -30,7 +31,9 @@ pub fn listing() -> String {
     s += "  learner     fn learn(state, adapters, ctx) -> map  (#{alpha: .., beta: ..})\n";
     s += "  condition   fn done(ctx) -> bool\n";
     s += "\nHelpers: sum mean max_of min_of clamp sorted_desc argsort_desc erank stable_rank\n";
-    s += "  round_to_budget(reals, budget, r_min, r_max) param param_or params rand print\n";
+    s += "  round_to_budget(reals, budget, r_min, r_max)\n";
+    s += "  round_to_param_budget(reals, costs, params, r_min, r_max) -> #{ranks, params, gap}\n";
+    s += "  param param_or params rand print\n";
     s += "\n`adarank plugins --api` prints the full reference; `--show FILE` a plugin's source.\n";
     s
 }

@@ -1,8 +1,9 @@
-//! `adarank run` — run an experiment policy into a run directory (issue 7).
+//! `adarank run` — run an experiment policy into a run directory. Progress goes to stderr; the
+//! result table and the report's path to stdout.
 
 use crate::experiment::runner::{self, DeviceChoice, RunOptions};
 use crate::experiment::slurm::{self, SlurmOptions};
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::{Path, PathBuf};
 
@@ -71,7 +72,14 @@ pub fn main(args: RunArgs) -> Result<()> {
                 &args.set,
             ),
         };
-        Some(loaded.map_err(|d| anyhow!("{d}"))?)
+        match loaded {
+            Ok(p) => Some(p),
+            Err(d) => {
+                // The diagnostics render themselves (with their own `error:` lines).
+                eprint!("{d}");
+                return Err(crate::cli::ExitStatus(crate::cli::EXIT_INPUT).into());
+            }
+        }
     };
     // `--device` overrides the policy's `train.device`.
     let from_policy = match (&policy, &args.resume) {
@@ -93,9 +101,9 @@ pub fn main(args: RunArgs) -> Result<()> {
         stop_after_steps: args.stop_after_steps,
     };
     let dir = runner::run(policy, &opts)?;
-    if !opts.quiet {
-        println!("{}", dir.join("report.md").display());
-    }
+    let summary = crate::experiment::rundir::RunDir::open(&dir)?.load_summary()?;
+    print!("{}", crate::experiment::progress::result_table(&summary));
+    println!("report: {}", dir.join("report.md").display());
     Ok(())
 }
 

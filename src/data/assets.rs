@@ -6,11 +6,24 @@ use std::path::PathBuf;
 /// The model every real-model test and example uses.
 pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
-/// `$ADARANK_ASSETS`, else `<repo>/assets` (the repo this crate was built from).
+/// `$ADARANK_ASSETS`, else the per-user cache `$XDG_CACHE_HOME/adarank` (`~/.cache/adarank`
+/// when XDG_CACHE_HOME is unset): never the source tree, so an installed binary finds the same
+/// assets from any directory. `scripts/fetch-assets` applies the same rule (bash cannot ask a
+/// crate, so the rule is spelt out here rather than taken from the platform's cache dir).
 pub fn assets_dir() -> PathBuf {
-    match std::env::var_os("ADARANK_ASSETS") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets"),
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = var("ADARANK_ASSETS") {
+        return PathBuf::from(d);
+    }
+    let cache = var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match cache {
+        Some(c) => c.join("adarank"),
+        // No home directory at all (a bare container): the working directory, said in every
+        // message that names the folder.
+        None => PathBuf::from("adarank-assets"),
     }
 }
 

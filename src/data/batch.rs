@@ -1,6 +1,6 @@
-//! Classification data and its batches. A training batch is a pure function of (seed, step):
-//! position p = step·batch + j of the stream reads example perm(seed, epoch)[p mod n] with
-//! epoch = p div n, so a resumed run sees exactly the batches it would have seen.
+//! Classification data and its batches. A training batch is a pure function of (seed, step), in
+//! the run-seeded order of [`crate::train::order`], so a resumed run sees exactly the batches it
+//! would have seen.
 //!
 //! Rows are tokenized the first time a batch needs them and kept: a two-million-row file starts
 //! training as soon as it is read, instead of after a minute of tokenizing rows that the first
@@ -9,10 +9,9 @@
 use crate::data::glue::Example;
 pub use crate::data::tokenizer::Encoded;
 use crate::data::tokenizer::Tokenizer;
+use crate::train::order::batch_indices;
+pub use crate::train::order::epoch_permutation;
 use anyhow::{bail, Context, Result};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use std::sync::{Arc, OnceLock};
 
 /// A classification data set (sentence or sentence pair → class), tokenized lazily.
@@ -112,20 +111,7 @@ impl ClassifyData {
 
     /// Example indices of training batch `step` (see the module doc).
     pub fn train_indices(&self, seed: u64, step: u64, batch: usize) -> Vec<usize> {
-        let n = self.rows.len() as u64;
-        let mut perm_epoch = u64::MAX;
-        let mut perm: Vec<usize> = Vec::new();
-        (0..batch as u64)
-            .map(|j| {
-                let p = step * batch as u64 + j;
-                let epoch = p / n;
-                if epoch != perm_epoch {
-                    perm = epoch_permutation(self.rows.len(), seed, epoch);
-                    perm_epoch = epoch;
-                }
-                perm[(p % n) as usize]
-            })
-            .collect()
+        batch_indices(self.rows.len(), seed, step, batch)
     }
 
     /// Training batch `step` for `seed`.
@@ -171,19 +157,6 @@ impl ClassifyData {
         }
         c
     }
-}
-
-/// The shuffle of epoch `epoch` under `seed`; a pure function of its arguments.
-pub fn epoch_permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    // splitmix-style mixing keeps (seed, epoch) pairs from colliding in the RNG seed.
-    let mixed = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(epoch.wrapping_mul(0xBF58_476D_1CE4_E5B9))
-        ^ 0x94D0_49BB_1331_11EB;
-    let mut rng = StdRng::seed_from_u64(mixed);
-    let mut p: Vec<usize> = (0..n).collect();
-    p.shuffle(&mut rng);
-    p
 }
 
 #[cfg(test)]

@@ -170,10 +170,11 @@ pub struct Checkpoint {
     /// The folder it was loaded from (a snapshot folder for hub names).
     pub dir: PathBuf,
     pub config: BertConfig,
-    /// Encoder tensors (see `BertConfig::expected_tensors`), plus `classifier.*`/`qa_outputs.*`
-    /// when the checkpoint has them; f16/bf16 tensors are widened to f32.
+    /// Encoder tensors (see `BertConfig::expected_tensors`), plus `pooler.*` (for
+    /// `pooling = cls`) and `classifier.*`/`qa_outputs.*` when the checkpoint has them; f16/bf16
+    /// tensors are widened to f32.
     pub weights: HostWeights,
-    /// Tensors in the file that the encoder does not use (pooler, MLM head, position ids).
+    /// Tensors in the file that the model does not use (MLM head, position ids).
     pub ignored: Vec<String>,
     pub tokenizer: Tokenizer,
     pub pooling: Pooling,
@@ -323,7 +324,8 @@ pub fn load_weights(path: &Path, cfg: &BertConfig) -> Result<(HostWeights, Vec<S
         let name = canonical_name(raw_name);
         let keep = expected.contains_key(&name)
             || name.starts_with("classifier.")
-            || name.starts_with("qa_outputs.");
+            || name.starts_with("qa_outputs.")
+            || name.starts_with("pooler.");
         if !keep {
             ignored.push(raw_name.to_string());
             continue;

@@ -17,3 +17,23 @@ pub use glue::{Example, TextTable};
 pub use hf::{BertConfig, Checkpoint};
 pub use task::{ClassifyTask, TextFormat};
 pub use tokenizer::{Encoded, Tokenizer};
+
+/// The data or pretrained model a policy names cannot be loaded (missing file, wrong format,
+/// not fetched): the user's input is wrong, not adarank. The binary exits with status 1 for it,
+/// as for a policy error, and 2 for failures of its own (see `adarank --help`).
+#[derive(Debug)]
+pub struct DataError(pub anyhow::Error);
+
+impl std::fmt::Display for DataError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for DataError {}
+
+impl From<anyhow::Error> for DataError {
+    fn from(e: anyhow::Error) -> Self {
+        DataError(e)
+    }
+}

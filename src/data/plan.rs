@@ -32,19 +32,67 @@ pub fn load_model(spec: &ModelSpec) -> Result<Option<Checkpoint>> {
     Ok(Some(ck))
 }
 
+/// Which held-out split a cell evaluates on: model selection (a learning-rate sweep) reads the
+/// dev split, the final metric the test split.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    #[default]
+    Dev,
+    Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Dev => "dev",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// The split a data section really evaluates on when `split` is asked for: the movie
+/// sentences and the built-in tasks have both; GLUE's test files carry no labels and the other
+/// loaders take one held-out file, so there both are the dev file.
+pub fn split_of(spec: &DataSpec, split: Split) -> Split {
+    match spec {
+        DataSpec::Movies { .. } | DataSpec::Planted { .. } | DataSpec::Synthetic { .. } => split,
+        DataSpec::Sst2 { .. }
+        | DataSpec::Mnli { .. }
+        | DataSpec::Squad { .. }
+        | DataSpec::Jsonl { .. } => Split::Dev,
+    }
+}
+
 /// The classification task of a data section on `ckpt` (`None` for data kinds that are not
-/// text classification: planted, synthetic, squad). `max_len` is the train section's, used when
-/// the data section sets none. Takes `ckpt` mutably to set its tokenizer's maximum length.
+/// text classification: planted, synthetic, squad), evaluated on `split` (see [`split_of`]).
+/// `max_len` is the train section's, used when the data section sets none. Takes `ckpt` mutably
+/// to set its tokenizer's maximum length.
 pub fn classify_task(
     spec: &DataSpec,
     ckpt: &mut Checkpoint,
     max_len: usize,
     seed: u64,
+    split: Split,
 ) -> Result<Option<ClassifyTask>> {
     let (name, train, eval, format, subset) = match spec {
         DataSpec::Movies { dir, subset } => {
             let d = dir.clone().unwrap_or_else(assets::movie_reviews_dir);
-            let (t, e) = (d.join("train.tsv"), d.join("dev.tsv"));
+            let e = match split {
+                Split::Dev => d.join("dev.tsv"),
+                Split::Test => d.join("test.tsv"),
+            };
+            let t = d.join("train.tsv");
             if dir.is_none() && !t.is_file() {
                 bail!(
                     "{}: missing; run `adarank fetch` (or scripts/fetch-assets) to download the \

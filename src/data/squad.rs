@@ -41,6 +41,7 @@ struct Answer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpanExample {
     pub id: String,
+    pub question: String,
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
     /// Token index of the answer's first token, 0 when there is no answer.
@@ -116,6 +117,7 @@ pub fn load(path: &Path, tok: &Tokenizer) -> Result<Vec<SpanExample>> {
                 };
                 out.push(SpanExample {
                     id: qa.id.clone(),
+                    question: qa.question.clone(),
                     ids: enc.get_ids().to_vec(),
                     type_ids: enc.get_type_ids().to_vec(),
                     start,
@@ -152,6 +154,7 @@ pub struct SpanTask {
     weights: std::sync::Arc<crate::model::HostWeights>,
     train: Vec<SpanExample>,
     eval: Vec<crate::model::Batch>,
+    eval_examples: Vec<crate::train::EvalExample>,
     pad_id: u32,
     seed: u64,
 }
@@ -168,6 +171,7 @@ impl SpanTask {
             bail!("squad: the training and evaluation sets must both have questions");
         }
         let pad_id = ckpt.tokenizer.pad_id();
+        let eval_src = eval;
         let eval = eval
             .chunks(eval_batch.max(1))
             .map(|c| span_batch(c.iter(), pad_id))
@@ -177,6 +181,14 @@ impl SpanTask {
             weights: std::sync::Arc::new(ckpt.weights.clone()),
             train,
             eval,
+            eval_examples: eval_src
+                .iter()
+                .map(|e| crate::train::EvalExample {
+                    id: e.id.clone(),
+                    text: e.question.clone(),
+                    text_pair: None,
+                })
+                .collect(),
             pad_id,
             seed,
         })
@@ -230,23 +242,17 @@ impl crate::train::Task for SpanTask {
         Ok(Some((*self.weights).clone()))
     }
     fn train_batch(&mut self, index: u64, batch_size: usize) -> Result<crate::model::Batch> {
-        let n = self.train.len() as u64;
-        // Same (seed, step) → batch rule as classification (see data::batch).
-        let mut rows = Vec::with_capacity(batch_size);
-        let mut cached: Option<(u64, Vec<usize>)> = None;
-        for j in 0..batch_size as u64 {
-            let p = index * batch_size as u64 + j;
-            let epoch = p / n;
-            if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                let perm =
-                    crate::data::batch::epoch_permutation(self.train.len(), self.seed, epoch);
-                cached = Some((epoch, perm));
-            }
-            rows.push(&self.train[cached.as_ref().unwrap().1[(p % n) as usize]]);
-        }
-        Ok(span_batch(rows.into_iter(), self.pad_id))
+        // Same (seed, step) → batch rule as classification (see train::order).
+        let rows =
+            crate::train::order::batch_indices(self.train.len(), self.seed, index, batch_size)
+                .into_iter()
+                .map(|i| &self.train[i]);
+        Ok(span_batch(rows, self.pad_id))
     }
     fn eval_batches(&self) -> &[crate::model::Batch] {
         &self.eval
+    }
+    fn eval_examples(&self) -> Vec<crate::train::EvalExample> {
+        self.eval_examples.clone()
     }
 }

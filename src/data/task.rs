@@ -6,7 +6,7 @@ use crate::data::glue::{self, Example};
 use crate::data::hf::Checkpoint;
 use crate::data::{assets, jsonl};
 use crate::model::{Batch, Head, HostWeights, ModelConfig, Pooling, Target};
-use crate::train::Task;
+use crate::train::{EvalExample, Task};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::sync::Arc;
@@ -62,6 +62,7 @@ pub struct ClassifyTask {
     train: ClassifyData,
     eval: Vec<Batch>,
     eval_data: ClassifyData,
+    eval_examples: Vec<EvalExample>,
     seed: u64,
 }
 
@@ -95,6 +96,14 @@ impl ClassifyTask {
                 .map(to_model_batch)
                 .collect(),
             eval_data: ev,
+            eval_examples: eval
+                .iter()
+                .map(|e| EvalExample {
+                    id: e.line.to_string(),
+                    text: e.text_a.clone(),
+                    text_pair: e.text_b.clone(),
+                })
+                .collect(),
             train: tr,
             seed,
         })
@@ -180,5 +189,8 @@ impl Task for ClassifyTask {
     }
     fn eval_batches(&self) -> &[Batch] {
         &self.eval
+    }
+    fn eval_examples(&self) -> Vec<EvalExample> {
+        self.eval_examples.clone()
     }
 }

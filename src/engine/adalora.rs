@@ -229,7 +229,7 @@ impl AdaLoraMethod {
         let path = c
             .allocator
             .clone()
-            .unwrap_or_else(|| PathBuf::from("plugins/adalora.rhai"));
+            .unwrap_or_else(|| PathBuf::from(format!("{}adalora.rhai", super::source::BUILTIN)));
         let allocator = core.load_plugin(&path, Role::Allocator, 2)?;
         core.note_mentions([&allocator]);
         Ok(Self {

@@ -81,6 +81,20 @@ impl Plugin {
         self.source.contains(key)
     }
 
+    /// The functions the script defines: name and parameter names, sorted by name then arity.
+    pub fn functions(&self) -> Vec<(String, Vec<String>)> {
+        let mut f: Vec<(String, Vec<String>)> = self
+            .ast
+            .iter_functions()
+            .map(|f| {
+                let params = f.params.iter().map(|p| p.to_string()).collect();
+                (f.name.to_string(), params)
+            })
+            .collect();
+        f.sort();
+        f
+    }
+
     /// Whether the script defines `name` with `arity` parameters.
     pub fn defines(&self, name: &str, arity: usize) -> bool {
         self.ast
@@ -364,6 +378,47 @@ impl PluginHost {
         );
         let ot = out_of_time.clone();
         e.register_fn(
+            "round_to_param_budget",
+            move |a: Array,
+                  costs: Array,
+                  budget: INT,
+                  rmin: INT,
+                  rmax: INT|
+                  -> Result<Map, Box<EvalAltResult>> {
+                ot()?;
+                if budget < 0 || rmin < 0 || rmax < 0 {
+                    return Err("round_to_param_budget: negative budget or bound".into());
+                }
+                let v = floats(&a)?;
+                let c: Vec<u64> = floats(&costs)?
+                    .into_iter()
+                    .map(|x| x.max(0.0).round() as u64)
+                    .collect();
+                let fit = rounding::round_to_param_budget(
+                    &v,
+                    &c,
+                    budget as u64,
+                    rmin as usize,
+                    rmax as usize,
+                )
+                .map_err(|m| format!("round_to_param_budget: {m}"))?;
+                let mut m = Map::new();
+                m.insert(
+                    "ranks".into(),
+                    Dynamic::from_array(
+                        fit.ranks
+                            .into_iter()
+                            .map(|x| Dynamic::from_int(x as INT))
+                            .collect(),
+                    ),
+                );
+                m.insert("params".into(), Dynamic::from_int(fit.params as INT));
+                m.insert("gap".into(), Dynamic::from_int(fit.gap as INT));
+                Ok(m)
+            },
+        );
+        let ot = out_of_time.clone();
+        e.register_fn(
             "erank",
             move |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
                 ot()?;
@@ -432,32 +487,13 @@ impl PluginHost {
         self.guard.take_log()
     }
 
-    /// Read and compile a plugin file. A path that does not exist but names a shipped plugin
-    /// (`plugins/log_rule.rhai`, `log_rule.rhai`) loads the copy embedded in the binary.
+    /// Resolve (see [`super::source`]) and compile a plugin file: a missing
+    /// `…/plugins/NAME.rhai` with a shipped NAME loads the copy embedded in the binary.
     pub fn load(&self, path: &Path) -> PluginResult<Plugin> {
-        let file = path.display().to_string();
-        match crate::textfile::read(path, "plugin script", crate::textfile::MAX_SCRIPT_BYTES) {
-            Ok(src) => self.compile(&file, &src),
-            Err(e) => {
-                if let Some(sp) = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(super::shipped::find)
-                {
-                    return self.compile(&format!("builtin:{}", sp.file), sp.source);
-                }
-                Err(Box::new(PluginError {
-                    file,
-                    line: None,
-                    col: None,
-                    role: Role::Load,
-                    kind: PluginErrorKind::Load,
-                    adapter: None,
-                    value: None,
-                    message: format!("cannot read plugin: {}", e.message),
-                }))
-            }
-        }
+        super::source::load(
+            self,
+            &super::source::resolve(&path.to_string_lossy(), Path::new("")),
+        )
     }
 
     pub fn compile(&self, file: &str, source: &str) -> PluginResult<Plugin> {
@@ -581,6 +617,12 @@ impl PluginHost {
                 self.guard.max_heap() >> 20
             ),
             (_, Some(Stop::Size(why))) => why.clone(),
+            // An endless loop meets this limit or the time budget, whichever comes first on
+            // the machine: both say the same thing to the author.
+            (PluginErrorKind::Limit, _) if bare.contains("Too many operations") => format!(
+                "stopped: ran past its limit of {} operations per call",
+                self.limits.max_operations
+            ),
             (PluginErrorKind::Limit, _) if bare.contains("stopped:") => {
                 bare[bare.find("stopped:").unwrap_or(0)..].to_string()
             }

@@ -27,6 +27,7 @@ pub mod schedule;
 pub mod scripted;
 pub mod shipped;
 pub mod sora;
+pub mod source;
 pub mod spectra;
 pub mod stats;
 
@@ -254,41 +255,13 @@ impl Core {
         }
     }
 
-    fn resolve(&self, p: &Path) -> PathBuf {
-        match &self.cfg.base_dir {
-            Some(b) if p.is_relative() => b.join(p),
-            _ => p.to_path_buf(),
-        }
-    }
-
-    /// Load and compile a plugin for `role` (the one place plugins are resolved and read).
+    /// Load and compile a plugin for `role` with the resolver `adarank check` uses
+    /// ([`source::resolve`]): plan paths are already resolved; a relative path given through
+    /// the API is taken against `base_dir`.
     pub fn load_plugin(&self, p: &Path, role: Role, arity: usize) -> Result<Plugin> {
-        let full = self.resolve(p);
-        // Only a bare shipped name or one under a `plugins/` folder falls back to the embedded
-        // copy, so a mistyped path elsewhere is an error rather than a silent substitution.
-        let may_embed = full.parent().is_none_or(|d| {
-            d.as_os_str().is_empty() || d.file_name().is_some_and(|n| n == "plugins")
-        });
-        let plugin = if full.exists() || !may_embed {
-            match std::fs::read_to_string(&full) {
-                Ok(src) => self.host.compile(&full.display().to_string(), &src)?,
-                Err(err) => {
-                    return Err(PluginError {
-                        file: full.display().to_string(),
-                        line: None,
-                        col: None,
-                        role,
-                        kind: PluginErrorKind::Load,
-                        adapter: None,
-                        value: None,
-                        message: format!("cannot read plugin: {err}"),
-                    }
-                    .into())
-                }
-            }
-        } else {
-            self.host.load(&full)?
-        };
+        let base = self.cfg.base_dir.clone().unwrap_or_default();
+        let full = source::resolve(&p.to_string_lossy(), &base);
+        let plugin = source::load(&self.host, &full)?;
         self.host.require(&plugin, role, arity)?;
         Ok(plugin)
     }

@@ -34,7 +34,7 @@ pub struct Scripted {
 }
 
 fn shipped(f: &str) -> PathBuf {
-    PathBuf::from(format!("plugins/{f}"))
+    PathBuf::from(format!("{}{f}", super::source::BUILTIN))
 }
 
 fn param_f64(core: &Core, key: &str, default: f64) -> f64 {

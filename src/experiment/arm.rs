@@ -1,7 +1,9 @@
 //! From a checked arm plan to what one cell runs: the task, the model's train mode, the loop's
 //! settings, the rank engine's configuration, and the labels the report uses.
 
+use super::records::HParams;
 use crate::adapter::ModuleKind;
+use crate::data::plan::Split;
 use crate::data::{self, hf::Checkpoint};
 use crate::engine::{AdaLoraConfig, EngineConfig, Method, SoraConfig};
 use crate::model::{Flavour, LoraConfig, ModelConfig, TrainMode};
@@ -38,6 +40,49 @@ pub fn method_label(arm: &ArmPlan) -> String {
     match l.rank {
         RankSpec::Uniform(_) => "fixed".into(),
         _ => "layerwise".into(),
+    }
+}
+
+/// The row of the report's hyperparameter table for `arm`.
+pub fn hparams(arm: &ArmPlan) -> HParams {
+    let adapters = match (arm.lora.on(), &arm.adalora) {
+        (None, _) => "full fine-tuning".to_string(),
+        (Some(_), Some(a)) => {
+            let target = format!("rank {}", a.target_rank);
+            let how = if a.peft_compat {
+                "PEFT's scale".to_string()
+            } else {
+                format!("gain {}", a.gain)
+            };
+            format!("AdaLoRA rank {} → {target}, {how}", a.init_rank)
+        }
+        (Some(l), None) if reallocates(arm) => match (l.param_budget, l.budget) {
+            (Some(p), _) => format!("{p} params (from rank {})", l.init_rank),
+            (None, Some(b)) => format!("{b} ranks in total (from rank {})", l.init_rank),
+            (None, None) => format!("rank {} on average", l.init_rank),
+        },
+        (Some(l), None) => match &l.rank {
+            RankSpec::Uniform(r) => format!("rank {r}"),
+            RankSpec::PerKind(m) => m
+                .iter()
+                .map(|(k, r)| format!("{k}: {r}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            RankSpec::PerSlot(m) => format!("{} slots set, others rank {}", m.len(), l.init_rank),
+        },
+    };
+    let length = match arm.train.length {
+        TrainLength::Steps(n) => format!("{n} steps"),
+        TrainLength::Epochs(1) => "1 epoch".into(),
+        TrainLength::Epochs(e) => format!("{e} epochs"),
+    };
+    HParams {
+        lr: arm.train.lr,
+        lr_sweep: arm.train.lr_sweep.clone(),
+        adapters,
+        length,
+        batch: arm.train.batch,
+        accum: arm.train.accum,
     }
 }
 
@@ -121,12 +166,14 @@ pub fn checkpoint_key(arm: &ArmPlan) -> String {
 }
 
 /// The task an arm trains on, and the number of training samples (for epochs). `ckpt` is the
-/// arm's pretrained checkpoint ([`load_checkpoint`]), needed by the real data sets; `seed` orders
-/// their training data.
+/// arm's pretrained checkpoint ([`load_checkpoint`]), needed by the real data sets. The data
+/// section's own seed fixes the task (planted teacher, synthetic data, splits); the run `seed`
+/// orders the training data. The task evaluates on `split` (see [`data::plan::split_of`]).
 pub fn build_task(
     arm: &ArmPlan,
     ckpt: Option<&mut Checkpoint>,
     seed: u64,
+    split: Split,
 ) -> Result<(Box<dyn Task>, Option<usize>)> {
     match &arm.data {
         DataSpec::Planted {
@@ -134,7 +181,7 @@ pub fn build_task(
             samples,
             eval_samples,
             seq,
-            seed,
+            seed: data_seed,
             scale,
         } => {
             let model = transformer(&arm.model)?;
@@ -165,16 +212,20 @@ pub fn build_task(
                 seq: *seq,
                 eval_batches: eval_samples.div_ceil(EVAL_BATCH).max(1),
                 eval_batch_size: (*eval_samples).clamp(1, EVAL_BATCH),
-                seed: *seed,
+                seed: *data_seed,
             };
-            Ok((Box::new(PlantedTask::new(cfg)?), Some(*samples)))
+            let mut task = PlantedTask::new(cfg)?.with_order(*samples, seed);
+            if split == Split::Dev {
+                task = task.on_dev_split()?;
+            }
+            Ok((Box::new(task), Some(*samples)))
         }
         DataSpec::Synthetic {
             classes,
             samples,
             eval_samples,
             seq,
-            seed,
+            seed: data_seed,
         } => {
             let model = transformer(&arm.model)?;
             let cfg = SyntheticConfig {
@@ -184,9 +235,13 @@ pub fn build_task(
                 signal: 0.5,
                 eval_batches: eval_samples.div_ceil(EVAL_BATCH).max(1),
                 eval_batch_size: (*eval_samples).clamp(1, EVAL_BATCH),
-                seed: *seed,
+                seed: *data_seed,
             };
-            Ok((Box::new(SyntheticTask::new(cfg)?), Some(*samples)))
+            let mut task = SyntheticTask::new(cfg)?.with_order(*samples, seed);
+            if split == Split::Dev {
+                task = task.on_dev_split();
+            }
+            Ok((Box::new(task), Some(*samples)))
         }
         other => {
             let Some(ckpt) = ckpt else {
@@ -200,7 +255,7 @@ pub fn build_task(
                 )
             };
             let max_len = arm.train.max_len;
-            if let Some(t) = data::plan::classify_task(other, ckpt, max_len, seed)? {
+            if let Some(t) = data::plan::classify_task(other, ckpt, max_len, seed, split)? {
                 let n = t.train_len();
                 return Ok((Box::new(t), Some(n)));
             }
@@ -263,8 +318,10 @@ pub fn train_mode(arm: &ArmPlan, layers: usize) -> TrainMode {
         return TrainMode::Full;
     };
     let adaptive = reallocates(arm);
+    // AdaLoRA's gain multiplies its output scale α/init_rank (see `policy::ADALORA_GAIN`).
+    let gain = arm.adalora.as_ref().map_or(1.0, |a| a.gain);
     let mut cfg = LoraConfig {
-        alpha: l.alpha as f32,
+        alpha: (l.alpha * gain) as f32,
         rslora: l.rslora,
         svd_form: arm.adalora.is_some(),
         ..LoraConfig::default()
@@ -328,13 +385,19 @@ pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Opt
         return None;
     };
     let slots = covered(l, layers).len();
-    let mut cfg = EngineConfig::new(method, l.budget.unwrap_or(l.init_rank * slots), l.init_rank);
+    let rank_budget = match l.param_budget {
+        // The allocator meets the parameter budget; the rank total only has to stay feasible.
+        Some(_) => slots * l.max_rank,
+        None => l.budget.unwrap_or(l.init_rank * slots),
+    };
+    let mut cfg = EngineConfig::new(method, rank_budget, l.init_rank);
+    if let Some(p) = l.param_budget {
+        cfg.params.insert("param_budget".into(), p.into());
+    }
     cfg.min_rank = l.min_rank;
     cfg.max_rank = l.max_rank;
     cfg.seed = seed;
-    // The plan's plugin paths are already resolved against the policy's directory (the engine
-    // would otherwise join them to it again and look for `dir/dir/plugin.rhai`).
-    cfg.base_dir = None;
+    // Plugin paths in the plan are already resolved against the policy file's directory.
     Some(cfg)
 }
 

@@ -58,18 +58,12 @@ fn plugin_paths(policy: &Policy) -> Vec<PathBuf> {
     out
 }
 
-/// The script the engine would load for `path`: the file, or the embedded shipped copy of a
-/// shipped plugin's name when no file is there.
+/// The script the engine would load for `path`, read by the engine's own resolver
+/// (`engine::source`: a file, or the embedded copy of a shipped plugin).
 fn script_bytes(path: &Path) -> Result<Vec<u8>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(b),
-        Err(e) => path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(crate::engine::shipped::find)
-            .map(|s| s.source.as_bytes().to_vec())
-            .with_context(|| format!("reading plugin {}: {e}", path.display())),
-    }
+    crate::engine::source::read(path)
+        .map(String::into_bytes)
+        .map_err(|e| anyhow::anyhow!("reading plugin {}: {e}", path.display()))
 }
 
 fn plugin_hashes(policy: &Policy) -> Result<BTreeMap<String, String>> {

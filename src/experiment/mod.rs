@@ -1,10 +1,12 @@
 //! Experiments: a policy's arms × seeds run into a run directory (`runs/<experiment>-<ts>/`) with
 //! metrics, rank trajectories, checkpoints, PEFT-compatible adapters, results table, report and
-//! plots. See docs/ARCHITECTURE.md ("Runs").
+//! plots; `evaluate` rebuilds finished cells for `adarank eval`. See docs/ARCHITECTURE.md ("Runs").
 
 pub mod checkpoint;
 pub mod costs;
 pub mod diverged;
+pub mod evaluate;
+pub mod export;
 pub mod fsio;
 pub mod integrity;
 pub mod lock;
@@ -22,6 +24,8 @@ pub use records::{
 };
 pub use rundir::RunDir;
 pub mod arm;
+pub mod budget;
 pub mod runner;
 pub mod slots;
 pub mod slurm;
+pub mod sweep;

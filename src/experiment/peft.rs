@@ -3,9 +3,16 @@
 //! `adapter_config.json`. Per-module ranks go into `rank_pattern`, per-module `lora_alpha` into
 //! `alpha_pattern`, chosen so PEFT's scale (lora_alpha / r, or lora_alpha / √r with rsLoRA) equals
 //! ours exactly; AdaLoRA's λ and the rank engine's gates (SoRA) are folded into B. Slots at rank 0 appear nowhere.
+//!
+//! The trained head travels as PEFT's `modules_to_save` (the layout PEFT 0.21 writes for
+//! `task_type = SEQ_CLS` / `QUESTION_ANS`: the whole module's tensors under
+//! `base_model.model.<module>.<param>`, e.g. `base_model.model.classifier.weight`), and module
+//! paths carry the prefix of the Hugging Face class that holds the encoder (`bert.` for
+//! `BertForSequenceClassification`), so `PeftModel.from_pretrained` on that stock class finds
+//! every key. `experiment::export` decides these from the model's head.
 
 use super::fsio::{write_atomic, write_json_atomic};
-use crate::adapter::{AdapterHost, AdapterInfo};
+use crate::adapter::{AdapterHost, AdapterInfo, HostTensor};
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
@@ -25,6 +32,9 @@ pub struct PeftConfig {
     pub lora_alpha: f64,
     pub lora_dropout: f64,
     pub target_modules: Vec<String>,
+    /// Modules saved whole (the head), by module path; PEFT matches them as name suffixes.
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
     pub rank_pattern: BTreeMap<String, usize>,
     pub alpha_pattern: BTreeMap<String, f64>,
     pub use_rslora: bool,
@@ -39,6 +49,13 @@ pub struct ExportOptions {
     pub use_rslora: bool,
     /// Prepended to `ModuleKind::hf_bert_path` (e.g. `"bert."` for a BertForSequenceClassification).
     pub module_prefix: String,
+    /// PEFT's `task_type` (`"SEQ_CLS"`, `"QUESTION_ANS"`), which picks the `PeftModel` subclass.
+    pub task_type: Option<String>,
+    /// Modules saved whole (`modules_to_save`), e.g. `["classifier"]`.
+    pub modules_to_save: Vec<String>,
+    /// Their tensors by full path, e.g. `classifier.weight`, `bert.pooler.dense.weight`; each
+    /// must lie under a module of `modules_to_save`.
+    pub saved: BTreeMap<String, HostTensor>,
 }
 
 /// PEFT's regex key for exactly this module: dots escaped, so `encoder.layer.1.output.dense`
@@ -121,16 +138,37 @@ pub fn export(
         ));
         modules.push((module, r, alpha_for(host.scale, r, opts.use_rslora)));
     }
+    for (name, t) in &opts.saved {
+        let owner = opts
+            .modules_to_save
+            .iter()
+            .any(|m| name.starts_with(&format!("{m}.")) || name.contains(&format!(".{m}.")));
+        if !owner || t.shape.iter().product::<usize>() != t.data.len() {
+            bail!(
+                "saved tensor {name} (shape {:?}, {} values) is not a tensor of a module in \
+                 modules_to_save {:?}",
+                t.shape,
+                t.data.len(),
+                opts.modules_to_save
+            );
+        }
+        tensors.push((
+            format!("base_model.model.{name}"),
+            t.shape.clone(),
+            bytemuck::cast_slice(&t.data).to_vec(),
+        ));
+    }
     let ranks: Vec<usize> = modules.iter().map(|m| m.1).collect();
     let alphas: Vec<f64> = modules.iter().map(|m| m.2).collect();
     let config = PeftConfig {
         peft_type: "LORA".into(),
-        task_type: None,
+        task_type: opts.task_type.clone(),
         base_model_name_or_path: opts.base_model.clone(),
         r: most_common(&ranks).unwrap_or(0),
         lora_alpha: most_common(&alphas).unwrap_or(0.0),
         lora_dropout: 0.0,
         target_modules: modules.iter().map(|m| m.0.clone()).collect(),
+        modules_to_save: (!opts.modules_to_save.is_empty()).then(|| opts.modules_to_save.clone()),
         // Every module is listed, even those equal to the defaults, so the file says each
         // module's rank and scale without relying on PEFT's fallback rules.
         rank_pattern: modules.iter().map(|m| (pattern_key(&m.0), m.1)).collect(),
@@ -189,9 +227,25 @@ fn tensor_f32(st: &safetensors::SafeTensors, name: &str) -> Result<(Vec<f32>, [u
     Ok((data, [t.shape()[0], t.shape()[1]]))
 }
 
+/// An export read back: its config, the LoRA modules and the tensors of `modules_to_save` (by
+/// full path without `base_model.model.`).
+#[derive(Clone, Debug)]
+pub struct PeftExport {
+    pub config: PeftConfig,
+    pub modules: Vec<PeftModule>,
+    pub saved: BTreeMap<String, HostTensor>,
+}
+
 /// Reads an export back the way PEFT would resolve it: each target module's rank and alpha from
 /// the patterns (falling back to `r` and `lora_alpha`), its tensors by PEFT's key names.
 pub fn read_back(dir: &Path) -> Result<(PeftConfig, Vec<PeftModule>)> {
+    let e = read_export(dir)?;
+    Ok((e.config, e.modules))
+}
+
+/// [`read_back`], with the tensors of `modules_to_save`. Every tensor in the file must be
+/// accounted for: a LoRA factor of a target module or a tensor of a saved module.
+pub fn read_export(dir: &Path) -> Result<PeftExport> {
     let config: PeftConfig = super::fsio::read_json(&dir.join(CONFIG_FILE))?;
     let bytes = std::fs::read(dir.join(WEIGHTS_FILE))
         .with_context(|| format!("reading {}", dir.join(WEIGHTS_FILE).display()))?;
@@ -222,12 +276,36 @@ pub fn read_back(dir: &Path) -> Result<(PeftConfig, Vec<PeftModule>)> {
             b_shape,
         });
     }
-    if st.len() != 2 * out.len() {
+    let mut saved = BTreeMap::new();
+    for name in st.names() {
+        let Some(rest) = name.strip_prefix("base_model.model.") else {
+            bail!("tensor {name}: not under base_model.model.");
+        };
+        if rest.contains(".lora_A.") || rest.contains(".lora_B.") {
+            continue;
+        }
+        let t = st.tensor(name)?;
+        if t.dtype() != Dtype::F32 {
+            bail!("tensor {name}: expected F32, found {:?}", t.dtype());
+        }
+        let data = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        saved.insert(rest.to_string(), HostTensor::new(t.shape().to_vec(), data));
+    }
+    if st.len() != 2 * out.len() + saved.len() {
         bail!(
-            "{} tensors in the file, but {} target modules",
+            "{} tensors in the file, but {} target modules and {} saved tensors",
             st.len(),
-            out.len()
+            out.len(),
+            saved.len()
         );
     }
-    Ok((config, out))
+    Ok(PeftExport {
+        config,
+        modules: out,
+        saved,
+    })
 }

@@ -1,9 +1,12 @@
-//! SVG plots of a run (plotters, no font files needed): training and evaluation loss per arm, a
-//! slot × step heatmap of the ranks of one cell, and the final rank of every slot per arm.
+//! SVG plots of a run (plotters, no font files needed): training loss per arm (smoothed, with
+//! its raw values, seed bands and evaluation points), a slot × step heatmap of the ranks of one
+//! cell, and the final rank of every slot per arm. `rsvg-convert plots/x.svg -o x.png` renders
+//! them to PNG.
 
 use super::records::{CellStatus, MetricRecord, RankRecord, Summary};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
+use plotters::style::colors::colormaps::ViridisRGB;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::collections::BTreeMap;
 
@@ -26,80 +29,259 @@ fn color(i: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
-/// Mean training loss over seeds at each step, one line per arm (log10 when the losses span more
-/// than a decade). `None` when there is nothing to plot.
-pub fn loss_curves(arms: &[String], metrics: &[MetricRecord]) -> Result<Option<String>> {
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for arm in arms {
-        let mut by_step: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
-        for m in metrics
+/// Integer step labels ("150", not "150.0").
+fn step_label(x: &f64) -> String {
+    format!("{x:.0}")
+}
+
+/// Exponential moving average with bias correction (the first values are not pulled toward 0),
+/// over about `window` steps: α = 2 / (window + 1).
+pub fn ema(xs: &[f64], window: usize) -> Vec<f64> {
+    let a = 2.0 / (window.max(1) as f64 + 1.0);
+    let (mut m, mut w) = (0.0, 0.0);
+    xs.iter()
+        .map(|&x| {
+            m = (1.0 - a) * m + a * x;
+            w = (1.0 - a) * w + a;
+            m / w
+        })
+        .collect()
+}
+
+/// The final evaluation of one finished cell (from the summary), drawn with the others.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinalEval {
+    pub arm: String,
+    pub seed: u64,
+    pub step: u64,
+    pub loss: f64,
+}
+
+impl FinalEval {
+    /// The final evaluations of the finished cells of `s`.
+    pub fn of(s: &Summary) -> Vec<FinalEval> {
+        s.cells
             .iter()
-            .filter(|m| &m.arm == arm && m.loss.is_finite())
-        {
-            let e = by_step.entry(m.step).or_insert((0.0, 0));
-            e.0 += m.loss;
-            e.1 += 1;
+            .filter(|c| c.status == CellStatus::Done)
+            .filter_map(|c| {
+                Some(FinalEval {
+                    arm: c.arm.clone(),
+                    seed: c.seed,
+                    step: c.steps,
+                    loss: c.eval_loss?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One arm's loss curves over its seeds.
+struct ArmCurves {
+    name: String,
+    /// (step, mean raw loss over seeds)
+    raw: Vec<(f64, f64)>,
+    /// (step, mean, sample std) of the smoothed loss over the seeds that reach the step
+    smooth: Vec<(f64, f64, f64)>,
+    /// (step, mean evaluation loss over seeds)
+    eval: Vec<(f64, f64)>,
+    seeds: usize,
+}
+
+fn arm_curves(
+    arm: &str,
+    metrics: &[MetricRecord],
+    finals: &[FinalEval],
+    window: usize,
+) -> Option<ArmCurves> {
+    let mut by_seed: BTreeMap<u64, Vec<(u64, f64)>> = BTreeMap::new();
+    let mut evals: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for f in finals.iter().filter(|f| f.arm == arm && f.loss.is_finite()) {
+        evals.entry(f.step).or_default().push(f.loss);
+    }
+    for m in metrics.iter().filter(|m| m.arm == arm) {
+        if m.loss.is_finite() {
+            by_seed.entry(m.seed).or_default().push((m.step, m.loss));
         }
-        if !by_step.is_empty() {
-            let pts = by_step
-                .into_iter()
-                .map(|(s, (sum, n))| (s as f64, sum / n as f64))
-                .collect();
-            series.push((arm.clone(), pts));
+        if let Some(e) = m.eval_loss.filter(|e| e.is_finite()) {
+            evals.entry(m.step).or_default().push(e);
         }
     }
-    if series.is_empty() {
+    if by_seed.is_empty() {
+        return None;
+    }
+    // step → (raw values, smoothed values) over seeds
+    let mut at: BTreeMap<u64, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for pts in by_seed.values_mut() {
+        pts.sort_by_key(|p| p.0);
+        let raw: Vec<f64> = pts.iter().map(|p| p.1).collect();
+        for (&(step, r), s) in pts.iter().zip(ema(&raw, window)) {
+            let e = at.entry(step).or_default();
+            e.0.push(r);
+            e.1.push(s);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let sd = |v: &[f64]| {
+        if v.len() < 2 {
+            return 0.0;
+        }
+        let m = mean(v);
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+    };
+    Some(ArmCurves {
+        name: arm.to_string(),
+        raw: at.iter().map(|(s, (r, _))| (*s as f64, mean(r))).collect(),
+        smooth: at
+            .iter()
+            .map(|(s, (_, m))| (*s as f64, mean(m), sd(m)))
+            .collect(),
+        eval: evals.iter().map(|(s, v)| (*s as f64, mean(v))).collect(),
+        seeds: by_seed.len(),
+    })
+}
+
+/// Training loss per arm as a researcher would publish it: the smoothed loss (EMA) as the line,
+/// mean ± one standard deviation over seeds as a band, the raw per-step mean faint behind it,
+/// and evaluation losses (those logged during training and each cell's final one, `finals`) as
+/// dots, averaged over seeds per step; log10 scale when the losses span more than a decade. The
+/// y-range follows the smoothed curves and evaluations, so a single raw spike does not flatten
+/// them (raw values outside are clipped). `None` when there is nothing to plot.
+pub fn loss_curves(
+    arms: &[String],
+    metrics: &[MetricRecord],
+    finals: &[FinalEval],
+) -> Result<Option<String>> {
+    let steps = metrics.iter().map(|m| m.step).max().unwrap_or(0) as usize;
+    let window = (steps / 25).clamp(1, 50);
+    let curves: Vec<(usize, ArmCurves)> = arms
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| arm_curves(a, metrics, finals, window).map(|c| (i, c)))
+        .collect();
+    if curves.is_empty() {
         return Ok(None);
     }
-    let all: Vec<f64> = series
+    let mut ys: Vec<f64> = Vec::new();
+    for (_, c) in &curves {
+        ys.extend(c.smooth.iter().flat_map(|p| [p.1 - p.2, p.1 + p.2]));
+        ys.extend(c.eval.iter().map(|p| p.1));
+        // The first raw values (before smoothing catches up) set the top.
+        ys.extend(c.raw.iter().take(3).map(|p| p.1));
+    }
+    let lo = ys
         .iter()
-        .flat_map(|(_, p)| p.iter().map(|x| x.1))
-        .collect();
-    let lo = all.iter().cloned().fold(f64::INFINITY, f64::min);
-    let hi = all.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        .cloned()
+        .filter(|y| *y > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let lo = if lo.is_finite() { lo } else { 0.0 };
+    let hi = ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let log = lo > 0.0 && hi / lo > 10.0;
-    let tf = |y: f64| if log { y.log10() } else { y };
+    let tf = move |y: f64| if log { y.max(lo * 1e-3).log10() } else { y };
     let (ylo, yhi) = (tf(lo), tf(hi));
     let pad = ((yhi - ylo) * 0.05).max(1e-6);
-    let xmax = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|x| x.0))
-        .fold(1.0, f64::max);
+    // A little room on the right for the final evaluation dots.
+    let xmax = (steps as f64).max(1.0) * 1.02;
+    let seeds = curves.iter().map(|(_, c)| c.seeds).max().unwrap_or(1);
 
     let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(&mut buf, (900, 520)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut buf, (960, 560)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Training loss (mean over seeds)", ("sans-serif", 20))
+        let (title, body) = root.split_vertically(52);
+        title
+            .draw(&Text::new(
+                "Training loss",
+                (480, 8),
+                TextStyle::from(("sans-serif", 20)).pos(Pos::new(HPos::Center, VPos::Top)),
+            ))
+            .map_err(err)?;
+        let spread = if seeds > 1 {
+            format!("band: mean ± 1 sd over {seeds} seeds; ")
+        } else {
+            String::new()
+        };
+        title
+            .draw(&Text::new(
+                format!(
+                    "line: EMA over {window} step{}; {spread}faint: raw per step; dots: evaluation",
+                    if window == 1 { "" } else { "s" }
+                ),
+                (480, 32),
+                TextStyle::from(("sans-serif", 12))
+                    .color(&RGBColor(90, 90, 90))
+                    .pos(Pos::new(HPos::Center, VPos::Top)),
+            ))
+            .map_err(err)?;
+        let mut chart = ChartBuilder::on(&body)
             .margin(12)
             .x_label_area_size(40)
-            .y_label_area_size(60)
+            .y_label_area_size(64)
             .build_cartesian_2d(0f64..xmax, (ylo - pad)..(yhi + pad))
             .map_err(err)?;
         chart
             .configure_mesh()
+            .light_line_style(WHITE.mix(0.0))
+            .bold_line_style(RGBColor(225, 225, 225))
             .x_desc("step")
-            .y_desc(if log { "log10 loss" } else { "loss" })
+            .y_desc(if log { "loss (log10)" } else { "loss" })
+            .x_label_formatter(&step_label)
             .draw()
             .map_err(err)?;
-        for (i, (name, pts)) in series.iter().enumerate() {
-            let c = color(i);
+        for (i, c) in &curves {
+            let col = color(*i);
+            if c.seeds > 1 {
+                let upper = c.smooth.iter().map(|p| (p.0, tf(p.1 + p.2)));
+                let lower = c
+                    .smooth
+                    .iter()
+                    .rev()
+                    .map(|p| (p.0, tf((p.1 - p.2).max(lo * 1e-3))));
+                chart
+                    .draw_series(std::iter::once(Polygon::new(
+                        upper.chain(lower).collect::<Vec<_>>(),
+                        col.mix(0.18).filled(),
+                    )))
+                    .map_err(err)?;
+            }
             chart
                 .draw_series(LineSeries::new(
-                    pts.iter().map(|&(x, y)| (x, tf(y))),
-                    c.stroke_width(2),
+                    c.raw.iter().map(|&(x, y)| (x, tf(y))),
+                    col.mix(0.25).stroke_width(1),
+                ))
+                .map_err(err)?;
+        }
+        for (i, c) in &curves {
+            let col = color(*i);
+            chart
+                .draw_series(LineSeries::new(
+                    c.smooth.iter().map(|p| (p.0, tf(p.1))),
+                    col.stroke_width(2),
                 ))
                 .map_err(err)?
-                .label(name.as_str())
+                .label(c.name.as_str())
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2))
                 });
+            chart
+                .draw_series(
+                    c.eval
+                        .iter()
+                        .map(|&(x, y)| Circle::new((x, tf(y)), 4, ShapeStyle::from(&col).filled())),
+                )
+                .map_err(err)?;
+            chart
+                .draw_series(
+                    c.eval
+                        .iter()
+                        .map(|&(x, y)| Circle::new((x, tf(y)), 4, WHITE.stroke_width(1))),
+                )
+                .map_err(err)?;
         }
         chart
             .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(RGBColor(160, 160, 160))
             .draw()
             .map_err(err)?;
         root.present().map_err(err)?;
@@ -107,8 +289,31 @@ pub fn loss_curves(arms: &[String], metrics: &[MetricRecord]) -> Result<Option<S
     Ok(Some(buf))
 }
 
-/// Slot × step heatmap of one cell's ranks: each row an adapter slot, each column the interval
-/// between two rank changes, darker for higher rank. `None` without rank records.
+/// Perceptually uniform colour of rank `r` on a scale up to `max` (viridis: dark for low ranks,
+/// yellow for the highest).
+fn rank_colour(r: usize, max: usize) -> RGBColor {
+    ViridisRGB.get_color_normalized(r as f64, 0.0, max.max(1) as f64)
+}
+
+/// Up to about six round tick values in 0..=max (1, 2 or 5 × a power of ten apart).
+fn nice_ticks(max: usize) -> Vec<usize> {
+    let mut step = 1;
+    'outer: for p in [1usize, 10, 100, 1000] {
+        for m in [1, 2, 5] {
+            if max / (m * p) <= 6 {
+                step = m * p;
+                break 'outer;
+            }
+        }
+    }
+    (0..=max).step_by(step).collect()
+}
+
+/// Slot × step heatmap of one cell's ranks: a row per adapter slot (layer by layer), a column per
+/// interval between two rank changes, coloured by rank on a viridis scale (a swatch per rank up
+/// to 16, a colour bar with round ticks above). A slot without an adapter for the whole cell
+/// (not targeted) is left blank, so it cannot be mistaken for an adapter shrunk to rank 0.
+/// `None` without rank records.
 pub fn rank_heatmap(
     arm: &str,
     seed: u64,
@@ -126,53 +331,61 @@ pub fn rank_heatmap(
     if slots.is_empty() {
         return Ok(None);
     }
+    let adapted: Vec<bool> = (0..slots.len())
+        .map(|i| {
+            recs.iter()
+                .any(|r| r.slots.get(i).is_some_and(|x| x.after > 0))
+        })
+        .collect();
     let end = total_steps.max(recs.last().map(|r| r.step + 1).unwrap_or(1)) as f64;
     let max_rank = recs
         .iter()
         .flat_map(|r| r.slots.iter().map(|x| x.after))
         .max()
         .unwrap_or(0)
-        .max(1) as f64;
+        .max(1);
     let n = slots.len();
-    let height = (120 + 14 * n).clamp(300, 1400) as u32;
+    let row = 16;
+    let height = (130 + row * n).clamp(320, 1600) as u32;
     let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(&mut buf, (900, height)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut buf, (960, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let (main, bar) = root.split_horizontally(820);
+        let (main, bar) = root.split_horizontally(850);
+        let last = recs.last().map(|r| r.total()).unwrap_or(0);
         let mut chart = ChartBuilder::on(&main)
             .caption(
-                format!("Ranks of {arm} seed {seed} (max {max_rank:.0})"),
+                format!("Ranks of {arm}, seed {seed} (Σ rank at the end: {last})"),
                 ("sans-serif", 18),
             )
             .margin(10)
             .x_label_area_size(36)
-            .y_label_area_size(110)
+            .y_label_area_size(90)
             .build_cartesian_2d(0f64..end, 0f64..n as f64)
             .map_err(err)?;
         chart
             .configure_mesh()
             .disable_mesh()
             .x_desc("step")
+            .x_label_formatter(&step_label)
             .y_labels(0)
             .draw()
             .map_err(err)?;
-        // Row labels at row centres (the mesh would put them on row boundaries).
-        let label = TextStyle::from(("sans-serif", 10).into_font())
-            .pos(Pos::new(HPos::Right, VPos::Center));
+        // Row labels at row centres (the mesh would put them on row boundaries); slots without
+        // an adapter are greyed.
         for (i, name) in slots.iter().enumerate() {
             let (px, py) = chart.backend_coord(&(0.0, (n - 1 - i) as f64 + 0.5));
-            main.draw(&Text::new(name.clone(), (px - 6, py), label.clone()))
+            let grey = if adapted[i] {
+                BLACK
+            } else {
+                RGBColor(170, 170, 170)
+            };
+            let style = TextStyle::from(("sans-serif", 11).into_font())
+                .color(&grey)
+                .pos(Pos::new(HPos::Right, VPos::Center));
+            main.draw(&Text::new(name.clone(), (px - 6, py), style))
                 .map_err(err)?;
         }
-        let shade = |r: usize| {
-            let t = r as f64 / max_rank;
-            RGBColor(
-                (255.0 - 225.0 * t) as u8,
-                (255.0 - 180.0 * t) as u8,
-                (255.0 - 100.0 * t) as u8,
-            )
-        };
         for (k, rec) in recs.iter().enumerate() {
             let x0 = rec.step as f64;
             let x1 = recs.get(k + 1).map(|r| r.step as f64).unwrap_or(end);
@@ -180,29 +393,87 @@ pub fn rank_heatmap(
                 continue;
             }
             chart
-                .draw_series(rec.slots.iter().map(|s| s.after).enumerate().map(|(i, r)| {
-                    // Slot 0 at the top.
-                    let y = (n - 1 - i) as f64;
-                    Rectangle::new([(x0, y), (x1.max(x0 + 0.5), y + 1.0)], shade(r).filled())
-                }))
+                .draw_series(
+                    rec.slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| adapted[*i])
+                        .map(|(i, s)| {
+                            // Slot 0 at the top.
+                            let y = (n - 1 - i) as f64;
+                            Rectangle::new(
+                                [(x0, y), (x1.max(x0 + 0.5), y + 1.0)],
+                                rank_colour(s.after, max_rank).filled(),
+                            )
+                        }),
+                )
                 .map_err(err)?;
         }
-        // Colour scale.
-        let steps: i32 = 10;
-        for i in 0..steps {
-            let r0 = (i as f64 / steps as f64 * max_rank).round() as usize;
-            let top = 40 + (steps - 1 - i) * 20;
+        // Thin white lines between layers (slot names are "layer.kind").
+        let layer = |s: &str| s.split('.').next().unwrap_or("").to_string();
+        for i in 1..n {
+            if layer(&slots[i]) != layer(&slots[i - 1]) {
+                let y = (n - i) as f64;
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(0.0, y), (end, y)],
+                        WHITE.stroke_width(2),
+                    )))
+                    .map_err(err)?;
+            }
+        }
+        // The scale: one swatch per rank when there are few, else a bar with round ticks.
+        let label = |t: String, y: i32| {
+            Text::new(
+                t,
+                (36, y),
+                TextStyle::from(("sans-serif", 11)).pos(Pos::new(HPos::Left, VPos::Center)),
+            )
+        };
+        bar.draw(&Text::new("rank", (10, 30), ("sans-serif", 12)))
+            .map_err(err)?;
+        let top = 50;
+        if max_rank <= 16 {
+            let h = 18;
+            for r in 0..=max_rank {
+                let y = top + (max_rank - r) as i32 * h;
+                bar.draw(&Rectangle::new(
+                    [(10, y), (30, y + h - 2)],
+                    rank_colour(r, max_rank).filled(),
+                ))
+                .map_err(err)?;
+                bar.draw(&label(r.to_string(), y + h / 2 - 1))
+                    .map_err(err)?;
+            }
+        } else {
+            let h = 200;
+            for p in 0..h {
+                let r = (h - 1 - p) as f64 / (h - 1) as f64 * max_rank as f64;
+                let c = ViridisRGB.get_color_normalized(r, 0.0, max_rank as f64);
+                bar.draw(&Rectangle::new(
+                    [(10, top + p), (30, top + p + 1)],
+                    c.filled(),
+                ))
+                .map_err(err)?;
+            }
+            for t in nice_ticks(max_rank) {
+                let y = top + ((1.0 - t as f64 / max_rank as f64) * (h - 1) as f64) as i32;
+                bar.draw(&label(t.to_string(), y)).map_err(err)?;
+            }
+        }
+        if adapted.iter().any(|a| !a) {
+            let scale = if max_rank <= 16 {
+                18 * (max_rank as i32 + 1)
+            } else {
+                200
+            };
+            let y = top + scale + 24;
             bar.draw(&Rectangle::new(
-                [(10, top), (30, top + 20)],
-                shade(r0).filled(),
+                [(10, y), (30, y + 16)],
+                RGBColor(170, 170, 170).stroke_width(1),
             ))
             .map_err(err)?;
-            bar.draw(&Text::new(
-                r0.to_string(),
-                (34, top + 5),
-                ("sans-serif", 11),
-            ))
-            .map_err(err)?;
+            bar.draw(&label("none".into(), y + 8)).map_err(err)?;
         }
         root.present().map_err(err)?;
     }
@@ -342,76 +613,127 @@ pub fn allocation_trajectory(
     Ok(Some(buf))
 }
 
-/// Final rank of every slot, one bar group per slot and one bar per arm (first finished seed).
+/// Final rank of every adapted slot, one panel per arm (arms without adapters are left out):
+/// the bar is the mean over the finished seeds, the whisker their range; panels share the
+/// y-scale and the slot axis, labelled once at the bottom.
 pub fn final_ranks(s: &Summary) -> Result<Option<String>> {
-    let arms: Vec<(String, Vec<(String, usize)>)> = s
-        .arms
-        .iter()
-        .filter_map(|a| {
-            s.cells
-                .iter()
-                .find(|c| {
-                    c.arm == a.name && c.status == CellStatus::Done && !c.final_ranks.is_empty()
-                })
-                .map(|c| (a.name.clone(), c.final_ranks.clone()))
-        })
-        .collect();
-    let Some((_, first)) = arms.first() else {
+    // arm index (for its colour), name, slot → final rank of each finished seed
+    let mut arms: Vec<(usize, String, BTreeMap<String, Vec<usize>>)> = Vec::new();
+    let mut slots: Vec<String> = Vec::new();
+    for (i, a) in s.arms.iter().enumerate() {
+        let mut by_slot: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for c in s
+            .cells
+            .iter()
+            .filter(|c| c.arm == a.name && c.status == CellStatus::Done)
+        {
+            for (slot, r) in &c.final_ranks {
+                if !slots.contains(slot) {
+                    slots.push(slot.clone());
+                }
+                by_slot.entry(slot.clone()).or_default().push(*r);
+            }
+        }
+        if by_slot.values().flatten().any(|&r| r > 0) {
+            arms.push((i, a.name.clone(), by_slot));
+        }
+    }
+    // Slots no arm adapts are not drawn.
+    slots.retain(|slot| {
+        arms.iter()
+            .any(|(_, _, b)| b.get(slot).is_some_and(|v| v.iter().any(|&r| r > 0)))
+    });
+    if arms.is_empty() || slots.is_empty() {
         return Ok(None);
-    };
-    let slots: Vec<String> = first.iter().map(|x| x.0.clone()).collect();
+    }
     let n = slots.len();
     let max_rank = arms
         .iter()
-        .flat_map(|(_, r)| r.iter().map(|x| x.1))
+        .flat_map(|(_, _, b)| b.values().flatten().copied())
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let width = (200 + 24 * n).clamp(600, 2400) as u32;
+    let panel = 120;
+    let bottom = 70;
+    let width = (140 + 22 * n).clamp(640, 2400) as u32;
+    let height = (50 + panel * arms.len() + bottom) as u32;
     let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(&mut buf, (width, 480)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut buf, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Final rank per module", ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(70)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..n as f64, 0f64..max_rank * 1.1)
+        let (title, mut rest) = root.split_vertically(44);
+        title
+            .draw(&Text::new(
+                "Final rank per module (bar: mean over seeds; whisker: min–max)",
+                (width as i32 / 2, 12),
+                TextStyle::from(("sans-serif", 18)).pos(Pos::new(HPos::Center, VPos::Top)),
+            ))
             .map_err(err)?;
-        let names = slots.clone();
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n.min(80))
-            .x_label_formatter(&|x| names.get(x.floor() as usize).cloned().unwrap_or_default())
-            .x_label_style(
-                ("sans-serif", 10)
-                    .into_font()
-                    .transform(FontTransform::Rotate90),
-            )
-            .y_desc("rank")
-            .draw()
-            .map_err(err)?;
-        let w = 0.8 / arms.len() as f64;
-        for (k, (name, ranks)) in arms.iter().enumerate() {
-            let c = color(k);
+        for (k, (ci, name, by_slot)) in arms.iter().enumerate() {
+            let last = k + 1 == arms.len();
+            let (area, below) = rest.split_vertically(if last {
+                panel as i32 + bottom as i32
+            } else {
+                panel as i32
+            });
+            rest = below;
+            let mut chart = ChartBuilder::on(&area)
+                .margin_left(12)
+                .margin_right(16)
+                .margin_top(6)
+                .x_label_area_size(if last { bottom as i32 } else { 0 })
+                .y_label_area_size(40)
+                .caption(name.as_str(), ("sans-serif", 13))
+                .build_cartesian_2d(0f64..n as f64, 0f64..max_rank * 1.08)
+                .map_err(err)?;
             chart
-                .draw_series(ranks.iter().filter_map(|(slot, r)| {
-                    let i = slots.iter().position(|x| x == slot)?;
-                    let x0 = i as f64 + 0.1 + k as f64 * w;
-                    Some(Rectangle::new([(x0, 0.0), (x0 + w, *r as f64)], c.filled()))
+                .configure_mesh()
+                .disable_x_mesh()
+                .bold_line_style(RGBColor(225, 225, 225))
+                .light_line_style(WHITE.mix(0.0))
+                .x_labels(0)
+                .y_labels(4)
+                .y_label_formatter(&|y| format!("{y:.0}"))
+                .draw()
+                .map_err(err)?;
+            if last {
+                // Slot names under the bars, written downward from the axis.
+                let style = TextStyle::from(("sans-serif", 11).into_font())
+                    .transform(FontTransform::Rotate90)
+                    .pos(Pos::new(HPos::Left, VPos::Center));
+                for (i, name) in slots.iter().enumerate() {
+                    // backend_coord is in the whole image's pixels: draw on the root.
+                    let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+                    root.draw(&Text::new(name.clone(), (px, py + 6), style.clone()))
+                        .map_err(err)?;
+                }
+            }
+            let col = color(*ci);
+            let stats: Vec<(usize, f64, usize, usize)> = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, slot)| {
+                    let v = by_slot.get(slot).filter(|v| !v.is_empty())?;
+                    let mean = v.iter().sum::<usize>() as f64 / v.len() as f64;
+                    let (lo, hi) = (*v.iter().min()?, *v.iter().max()?);
+                    Some((i, mean, lo, hi))
+                })
+                .collect();
+            chart
+                .draw_series(stats.iter().map(|&(i, mean, _, _)| {
+                    Rectangle::new(
+                        [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, mean)],
+                        col.filled(),
+                    )
                 }))
-                .map_err(err)?
-                .label(name.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+                .map_err(err)?;
+            chart
+                .draw_series(stats.iter().filter(|s| s.2 != s.3).map(|&(i, _, lo, hi)| {
+                    let x = i as f64 + 0.5;
+                    PathElement::new(vec![(x, lo as f64), (x, hi as f64)], BLACK.stroke_width(1))
+                }))
+                .map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)?;
         root.present().map_err(err)?;
     }
     Ok(Some(buf))
@@ -420,6 +742,7 @@ pub fn final_ranks(s: &Summary) -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::experiment::records::{ArmMeta, CellResult, MetricSpec};
 
     fn rec(step: u64, ranks: &[usize]) -> RankRecord {
         RankRecord {
@@ -468,22 +791,44 @@ mod tests {
     }
 
     #[test]
-    fn heatmap_has_one_cell_per_slot_and_interval() {
-        let ranks = [rec(0, &[4, 4, 4]), rec(10, &[8, 2, 2]), rec(20, &[6, 3, 3])];
+    fn ema_is_debiased_and_follows_a_step() {
+        // A constant stays constant from the first value on (no pull toward 0).
+        assert_eq!(ema(&[2.0, 2.0, 2.0], 9), vec![2.0, 2.0, 2.0]);
+        // After a step from 0 to 1, α = 2/(w+1): the debiased EMA is the weighted mean
+        // (1 − (1−α)^k) / (1 − (1−α)^(k+1)) of one 0 followed by k ones.
+        let xs = [0.0, 1.0, 1.0, 1.0];
+        let a: f64 = 2.0 / 4.0;
+        let got = ema(&xs, 3);
+        for (k, g) in got.iter().enumerate().skip(1) {
+            let want = (1.0 - (1.0 - a).powi(k as i32)) / (1.0 - (1.0 - a).powi(k as i32 + 1));
+            assert!((g - want).abs() < 1e-12, "{k}: {g} vs {want}");
+        }
+    }
+
+    #[test]
+    fn heatmap_leaves_slots_without_adapter_blank() {
+        // Slot 1 never has an adapter; slot 2 is shrunk to rank 0 at step 20.
+        let ranks = [rec(0, &[4, 0, 4]), rec(10, &[8, 0, 2]), rec(20, &[6, 0, 0])];
         let svg = rank_heatmap("a", 0, &ranks, 30).unwrap().unwrap();
         assert!(svg.starts_with("<svg"));
-        // 3 slots × 3 intervals of filled rectangles (plus background, bar scale and frame).
-        let filled = svg.matches("<rect").count();
-        assert!(filled >= 9 + 10, "{filled} rects");
+        let cells = |c: RGBColor| {
+            let hex = format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2);
+            svg.matches(&format!("fill=\"{hex}\"")).count()
+        };
+        // Rank 0 of the adapted slot has its own colour (and its swatch in the scale).
+        assert_eq!(cells(rank_colour(0, 8)), 2);
+        // 2 adapted slots × 3 intervals + one swatch per rank 0..=8 + the "none" box.
+        let filled: usize = (0..=8).map(|r| cells(rank_colour(r, 8))).sum();
+        assert_eq!(filled, 2 * 3 + 9);
+        assert!(svg.contains("none"), "the scale says what blank means");
         assert!(svg.contains("0.s1"), "slot names label the rows");
         assert!(rank_heatmap("b", 0, &ranks, 30).unwrap().is_none());
     }
 
-    #[test]
-    fn loss_curve_has_a_line_per_arm() {
-        let m = |arm: &str, step, loss| MetricRecord {
+    fn metric(arm: &str, seed: u64, step: u64, loss: f64, eval: Option<f64>) -> MetricRecord {
+        MetricRecord {
             arm: arm.into(),
-            seed: 0,
+            seed,
             step,
             phase: "p".into(),
             loss,
@@ -491,24 +836,95 @@ mod tests {
             grad_norm: None,
             tokens: 1,
             trainable_params: 1,
-            eval_loss: None,
+            eval_loss: eval,
             eval_accuracy: None,
-        };
-        let recs = vec![
-            m("x", 1, 1.0),
-            m("x", 2, 0.5),
-            m("y", 1, 2.0),
-            m("y", 2, 1.0),
-        ];
-        let svg = loss_curves(&["x".into(), "y".into()], &recs)
+        }
+    }
+
+    #[test]
+    fn loss_curves_show_smoothed_raw_band_and_evaluations() {
+        let mut recs = Vec::new();
+        for seed in [1, 2] {
+            for step in 1..=40u64 {
+                let l = 1.0 / step as f64 + 0.01 * seed as f64;
+                recs.push(metric("x", seed, step, l, (step == 20).then_some(0.3)));
+                recs.push(metric("y", seed, step, 2.0 * l, None));
+            }
+        }
+        let finals = [FinalEval {
+            arm: "y".into(),
+            seed: 1,
+            step: 40,
+            loss: 0.2,
+        }];
+        let svg = loss_curves(&["x".into(), "y".into()], &recs, &finals)
             .unwrap()
             .unwrap();
-        // Each arm's colour strokes its line and its legend mark.
-        assert_eq!(svg.matches("stroke=\"#1F77B4\"").count(), 2, "{svg}");
-        assert_eq!(svg.matches("stroke=\"#FF7F0E\"").count(), 2);
+        // Each arm's colour strokes its smoothed line, its faint raw line and its legend mark.
+        for c in ["#1F77B4", "#FF7F0E"] {
+            assert!(svg.matches(&format!("stroke=\"{c}\"")).count() >= 3, "{c}");
+        }
+        assert!(svg.contains("opacity=\"0.25\""), "the raw curve is faint");
+        assert_eq!(svg.matches("<polygon").count(), 2, "a seed band per arm");
+        // One evaluation point each (logged at step 20 for x, final for y), drawn as a dot and
+        // its white ring.
+        assert_eq!(svg.matches("<circle").count(), 4);
+        assert!(svg.contains("over 2 seeds"));
         assert!(
             svg.contains("\nx\n") && svg.contains("\ny\n"),
             "legend names the arms"
+        );
+    }
+
+    #[test]
+    fn final_ranks_leave_out_arms_and_slots_without_adapters() {
+        let cell = |arm: &str, seed: u64, ranks: &[usize]| CellResult {
+            status: CellStatus::Done,
+            final_ranks: ranks
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("0.slot{i}"), *r))
+                .collect(),
+            ..CellResult::pending(arm, seed)
+        };
+        let meta = |n: &str| ArmMeta {
+            name: n.into(),
+            method: n.into(),
+            ablation: false,
+            ablation_of: None,
+            hparams: None,
+        };
+        let s = Summary {
+            experiment: "e".into(),
+            metric: MetricSpec {
+                name: "eval_loss".into(),
+                higher_is_better: false,
+            },
+            baseline: None,
+            arms: vec![meta("adaptive"), meta("full")],
+            seeds: vec![1, 2],
+            cells: vec![
+                cell("adaptive", 1, &[2, 0, 6]),
+                cell("adaptive", 2, &[4, 0, 6]),
+                cell("full", 1, &[0, 0, 0]),
+            ],
+            env: None,
+            lr_choices: vec![],
+        };
+        let svg = final_ranks(&s).unwrap().unwrap();
+        assert!(svg.contains("adaptive") && !svg.contains(">full<") && !svg.contains("\nfull\n"));
+        assert!(svg.contains("0.slot0") && svg.contains("0.slot2"));
+        assert!(
+            !svg.contains("0.slot1"),
+            "a slot no arm adapts is not drawn"
+        );
+        // Seeds disagree on slot 0 only: one whisker more than when they agree.
+        let mut same = s.clone();
+        same.cells[1] = cell("adaptive", 2, &[2, 0, 6]);
+        let agree = final_ranks(&same).unwrap().unwrap();
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            agree.matches("<polyline").count() + 1
         );
     }
 }

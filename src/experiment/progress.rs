@@ -1,6 +1,9 @@
-//! Progress of a run: an indicatif bar per arm × seed on a terminal, plain log lines otherwise
-//! (every tenth of a cell or every ten seconds), nothing with `--quiet`.
+//! Progress of a run: on a terminal an overall bar across the cells to run and an indicatif bar
+//! per arm × seed; plain log lines otherwise (every tenth of a cell or every ten seconds, each
+//! prefixed with the cell's place in the run); nothing with `--quiet`. At the end,
+//! [`result_table`] is the short table left on screen.
 
+use super::records::{CellStatus, Summary};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -28,6 +31,9 @@ impl ProgressMode {
 pub struct Progress {
     mode: ProgressMode,
     multi: MultiProgress,
+    /// The bar across cells (terminal only), and the cells counted so far.
+    overall: Option<ProgressBar>,
+    cells: std::cell::Cell<(u64, u64)>,
 }
 
 impl Progress {
@@ -36,7 +42,29 @@ impl Progress {
             ProgressMode::Bars => ProgressDrawTarget::stderr(),
             _ => ProgressDrawTarget::hidden(),
         });
-        Self { mode, multi }
+        Self {
+            mode,
+            multi,
+            overall: None,
+            cells: std::cell::Cell::new((0, 0)),
+        }
+    }
+
+    /// Announces how many cells this invocation will run (the overall bar counts them).
+    pub fn plan_cells(&mut self, total: u64) {
+        self.cells.set((0, total));
+        if self.mode == ProgressMode::Bars && total > 1 {
+            let b = self.multi.add(ProgressBar::new(total));
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>24} [{bar:30}] {pos}/{len} cells, {elapsed} elapsed, eta {eta}  {msg}",
+                )
+                .expect("static template")
+                .progress_chars("#> "),
+            );
+            b.set_prefix("overall");
+            self.overall = Some(b);
+        }
     }
 
     pub fn mode(&self) -> ProgressMode {
@@ -55,7 +83,16 @@ impl Progress {
     }
 
     pub fn cell(&self, arm: &str, seed: u64, total_steps: u64, start_step: u64) -> CellProgress {
-        let label = format!("{arm} seed {seed}");
+        let (started, total) = self.cells.get();
+        self.cells.set((started + 1, total));
+        if let Some(b) = &self.overall {
+            b.set_position(started);
+        }
+        let label = if total > 1 {
+            format!("{arm} seed {seed} ({}/{total})", started + 1)
+        } else {
+            format!("{arm} seed {seed}")
+        };
         let bar = (self.mode == ProgressMode::Bars).then(|| {
             let b = self.multi.add(ProgressBar::new(total_steps));
             b.set_style(
@@ -70,6 +107,7 @@ impl Progress {
         });
         CellProgress {
             mode: self.mode,
+            overall: self.overall.clone(),
             label,
             total: total_steps,
             bar,
@@ -82,6 +120,8 @@ impl Progress {
 
 pub struct CellProgress {
     mode: ProgressMode,
+    /// The run's bar across cells, which keeps the last finished cell's outcome.
+    overall: Option<ProgressBar>,
     label: String,
     total: u64,
     bar: Option<ProgressBar>,
@@ -126,13 +166,116 @@ impl CellProgress {
 
     pub fn finish(&self, msg: &str) {
         match self.mode {
-            ProgressMode::Bars => {
-                if let Some(b) = &self.bar {
-                    b.finish_with_message(msg.to_string());
+            ProgressMode::Bars => match (&self.bar, &self.overall) {
+                // With an overall bar, a finished cell's bar goes and its outcome moves there:
+                // the screen holds the run's progress, not one line per cell.
+                (Some(b), Some(o)) => {
+                    b.finish_and_clear();
+                    o.set_message(format!("last: {} {msg}", self.label));
                 }
-            }
+                (Some(b), None) => b.finish_with_message(msg.to_string()),
+                _ => {}
+            },
             ProgressMode::Lines => eprintln!("[{}] {msg}", self.label),
             ProgressMode::Quiet => {}
         }
     }
+}
+
+impl Progress {
+    /// Marks the overall bar finished (it stays on screen with the elapsed time).
+    pub fn finish(&self) {
+        if let Some(b) = &self.overall {
+            let (_, total) = self.cells.get();
+            b.set_position(total);
+            b.finish();
+        }
+    }
+}
+
+/// The short table left on screen after a run: per arm the metric's mean ± std over the done
+/// seeds, how many seeds are done (and failed), and the mean wall time of a cell.
+pub fn result_table(s: &Summary) -> String {
+    let metric = &s.metric.name;
+    let fmt = |v: f64| super::report::fmt_metric(metric, v);
+    let mut rows = vec![[
+        "arm".to_string(),
+        metric.clone(),
+        "seeds".to_string(),
+        "wall/cell".to_string(),
+    ]];
+    for arm in &s.arms {
+        let cells: Vec<_> = s.cells.iter().filter(|c| c.arm == arm.name).collect();
+        let done: Vec<_> = cells
+            .iter()
+            .filter(|c| c.status == CellStatus::Done)
+            .collect();
+        let failed = cells
+            .iter()
+            .filter(|c| c.status == CellStatus::Failed)
+            .count();
+        let values: Vec<f64> = done.iter().filter_map(|c| c.metric).collect();
+        let value = match super::stats::mean_std(&values) {
+            Some(m) if m.n > 1 => format!("{} ± {}", fmt(m.mean), fmt(m.std)),
+            Some(m) => fmt(m.mean),
+            None => "—".to_string(),
+        };
+        let mut seeds = format!("{}/{}", done.len(), cells.len());
+        if failed > 0 {
+            seeds += &format!(" ({failed} failed)");
+        }
+        let wall = if done.is_empty() {
+            "—".to_string()
+        } else {
+            let w = done.iter().map(|c| c.wall_s).sum::<f64>() / done.len() as f64;
+            format!("{w:.1} s")
+        };
+        rows.push([arm.name.clone(), value, seeds, wall]);
+    }
+    let better = if s.metric.higher_is_better {
+        "higher is better"
+    } else {
+        "lower is better"
+    };
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    format!(
+        "{} ({metric}: {better})\n{}",
+        s.experiment,
+        text_table(&rows, |i| i > 0, true)
+    )
+}
+
+/// Rows as aligned columns for a terminal, indented by two spaces: column `i` right-aligned when
+/// `right(i)` (numbers), else left-aligned; with `rule`, a line of dashes under the first row.
+pub fn text_table(rows: &[Vec<String>], right: impl Fn(usize) -> bool, rule: bool) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (k, r) in rows.iter().enumerate() {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if right(i) {
+                    format!("{c:>w$}", w = width[i])
+                } else {
+                    format!("{c:<w$}", w = width[i])
+                }
+            })
+            .collect();
+        out += &format!("  {}\n", cells.join("  ").trim_end());
+        if k == 0 && rule {
+            let total = width.iter().sum::<usize>() + 2 * cols.saturating_sub(1);
+            out += &format!("  {}\n", "-".repeat(total));
+        }
+    }
+    out
 }

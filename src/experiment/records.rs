@@ -67,6 +67,54 @@ pub struct ArmMeta {
     /// The arm this ablation removes a part from (defaults to the experiment's baseline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ablation_of: Option<String>,
+    /// What the arm trains with, for the hyperparameter table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hparams: Option<HParams>,
+}
+
+/// The settings a reader needs to judge a comparison: one row of the hyperparameter table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HParams {
+    /// The arm's learning rate (for a sweep: the first candidate; the chosen one is in
+    /// [`Summary::lr_choices`]).
+    pub lr: f64,
+    /// Candidate learning rates of a sweep (empty: no sweep).
+    #[serde(default)]
+    pub lr_sweep: Vec<f64>,
+    /// Ranks or budget, in words: "rank 8", "budget 72 ranks", "budget 250000 params", ….
+    pub adapters: String,
+    /// Training length in words ("300 steps", "1 epoch").
+    pub length: String,
+    pub batch: usize,
+    pub accum: usize,
+}
+
+/// One candidate of a learning-rate sweep: the arm at that rate, one seed, scored on the dev
+/// split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrCandidate {
+    pub lr: f64,
+    pub status: CellStatus,
+    /// The experiment's metric on the dev split.
+    #[serde(default)]
+    pub metric: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The learning-rate selection of one arm: every candidate's dev score and the choice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrChoice {
+    pub arm: String,
+    /// The seed the candidates ran with.
+    pub seed: u64,
+    /// The split the candidates were scored on ("dev", or "eval" where the data has no
+    /// separate test split).
+    pub split: String,
+    pub candidates: Vec<LrCandidate>,
+    /// Set once every candidate has run: the best dev score (ties: the earlier candidate).
+    #[serde(default)]
+    pub chosen: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +154,18 @@ pub struct CellResult {
     pub trainable_params: u64,
     #[serde(default)]
     pub final_ranks: Vec<(String, usize)>,
+    /// Optimizer steps the cell was planned to run (`steps` below it: stopped early).
+    #[serde(default)]
+    pub planned_steps: u64,
+    /// Examples in the evaluation set the metric was computed on.
+    #[serde(default)]
+    pub eval_examples: u64,
+    /// Which split that was: "test", "dev", or "held-out" (built-in tasks).
+    #[serde(default)]
+    pub eval_split: String,
+    /// The learning rate the cell trained at.
+    #[serde(default)]
+    pub lr: f64,
 }
 
 impl CellResult {
@@ -126,7 +186,16 @@ impl CellResult {
             tokens_per_s: 0.0,
             trainable_params: 0,
             final_ranks: Vec::new(),
+            planned_steps: 0,
+            eval_examples: 0,
+            eval_split: String::new(),
+            lr: 0.0,
         }
+    }
+
+    /// Finished before its planned steps (an early-stopping phase bound).
+    pub fn stopped_early(&self) -> bool {
+        self.status == CellStatus::Done && self.planned_steps > 0 && self.steps < self.planned_steps
     }
 }
 
@@ -184,6 +253,9 @@ pub struct Summary {
     pub cells: Vec<CellResult>,
     #[serde(default)]
     pub env: Option<EnvInfo>,
+    /// Learning-rate sweeps, one per arm that declares one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lr_choices: Vec<LrChoice>,
 }
 
 impl Summary {
@@ -210,5 +282,8 @@ impl Summary {
     }
     pub fn arm(&self, name: &str) -> Option<&ArmMeta> {
         self.arms.iter().find(|a| a.name == name)
+    }
+    pub fn lr_choice(&self, arm: &str) -> Option<&LrChoice> {
+        self.lr_choices.iter().find(|c| c.arm == arm)
     }
 }

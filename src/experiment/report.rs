@@ -1,9 +1,10 @@
-//! `results.csv` and `report.md` from a [`Summary`]: the paper's main table (method, metric, peak
-//! memory, wall time, trainable parameters, tokens/s) as mean ± std over seeds, the seed-paired
-//! difference to the baseline arm, and the ablation table.
+//! `results.csv` and `report.md` from a [`Summary`]: the paper's main table (method, metric with
+//! its 95% interval, peak memory, wall time, trainable parameters, tokens/s), the seed-paired
+//! difference to the baseline arm with interval and permutation p-value, the ablation table,
+//! the hyperparameters of every arm, learning-rate sweeps, and warnings (few seeds, early stops).
 
 use super::records::{CellResult, CellStatus, RankRecord, Summary};
-use super::stats::{mean_std, paired_diff, MeanStd};
+use super::stats::{mean_std, paired, paired_diff, MeanStd, PermutationTest};
 use std::fmt::Write;
 
 pub fn fmt_bytes(b: f64) -> String {
@@ -45,24 +46,37 @@ pub fn fmt_metric(name: &str, v: f64) -> String {
     }
 }
 
+/// Mean ± 95% CI half-width (n ≥ 2), or the single value with its n.
 fn pm(m: Option<MeanStd>, f: impl Fn(f64) -> String) -> String {
     match m {
-        Some(m) if m.n > 1 => format!("{} ± {}", f(m.mean), f(m.std)),
-        Some(m) => f(m.mean),
+        Some(m) => match m.ci95() {
+            Some(h) => format!("{} ± {}", f(m.mean), f(h)),
+            None => format!("{} (n = 1)", f(m.mean)),
+        },
         None => "—".to_string(),
     }
 }
 
-/// Like [`pm`] for a difference: the mean signed, the spread not.
-fn pm_diff(
-    m: Option<MeanStd>,
-    signed: impl Fn(f64) -> String,
-    plain: impl Fn(f64) -> String,
-) -> String {
+/// A difference: signed mean, its 95% interval `[lo, hi]`, and `*` when the interval excludes 0.
+fn diff_cells(m: Option<MeanStd>, signed: impl Fn(f64) -> String) -> (String, String) {
     match m {
-        Some(m) if m.n > 1 => format!("{} ± {}", signed(m.mean), plain(m.std)),
-        Some(m) => signed(m.mean),
-        None => "—".to_string(),
+        Some(m) => {
+            let mark = if m.ci_excludes_zero() { " *" } else { "" };
+            let ci = m
+                .ci95_bounds()
+                .map(|(lo, hi)| format!("[{}, {}]", signed(lo), signed(hi)))
+                .unwrap_or_else(|| "—".into());
+            (format!("{}{mark}", signed(m.mean)), ci)
+        }
+        None => ("—".into(), "—".into()),
+    }
+}
+
+fn fmt_p(t: Option<PermutationTest>) -> String {
+    match t {
+        Some(t) if t.exact => format!("{:.3}", t.p),
+        Some(t) => format!("{:.3} (MC)", t.p),
+        None => "—".into(),
     }
 }
 
@@ -112,7 +126,7 @@ pub fn missing_cells(s: &Summary) -> Vec<String> {
 pub fn results_csv(s: &Summary) -> String {
     let mut out = String::from(
         "arm,method,seed,status,steps,metric_name,metric,eval_loss,eval_accuracy,final_train_loss,\
-         peak_bytes,wall_s,tokens_per_s,trainable_params,error\n",
+         peak_bytes,wall_s,tokens_per_s,trainable_params,lr,eval_split,eval_examples,error\n",
     );
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     for c in &s.cells {
@@ -121,7 +135,7 @@ pub fn results_csv(s: &Summary) -> String {
         let error = c.error.as_deref().unwrap_or("").replace('"', "\"\"");
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"",
             c.arm,
             method,
             c.seed,
@@ -136,14 +150,19 @@ pub fn results_csv(s: &Summary) -> String {
             c.wall_s,
             c.tokens_per_s,
             c.trainable_params,
+            c.lr,
+            c.eval_split,
+            c.eval_examples,
             error
         );
     }
     out
 }
 
-/// The main table in markdown. With `rounded`, wall time and tokens/s are left out and the metric
-/// is printed with `digits` decimals, so the table is the same on every run (for snapshots).
+/// The main table in markdown: per arm the metric's mean ± the half-width of its 95% Student-t
+/// interval over seeds, the sample std, and n. With `rounded`, wall time and tokens/s are left
+/// out and figures are printed with `digits` decimals, so the table is the same on every run (for
+/// snapshots).
 pub fn main_table(s: &Summary, rounded: Option<usize>) -> String {
     let metric = &s.metric.name;
     let mut out = String::new();
@@ -151,16 +170,16 @@ pub fn main_table(s: &Summary, rounded: Option<usize>) -> String {
         None => {
             let _ = writeln!(
                 out,
-                "| method | arm | {metric} | peak memory | wall time | trainable params | tokens/s | seeds |"
+                "| method | arm | {metric} (mean ± 95% CI) | std | peak memory | wall time | trainable params | tokens/s | seeds |"
             );
-            out.push_str("|---|---|---|---|---|---|---|---|\n");
+            out.push_str("|---|---|---|---|---|---|---|---|---|\n");
         }
         Some(_) => {
             let _ = writeln!(
                 out,
-                "| method | arm | {metric} | peak memory | trainable params | seeds |"
+                "| method | arm | {metric} (mean ± 95% CI) | std | peak memory | trainable params | seeds |"
             );
-            out.push_str("|---|---|---|---|---|---|\n");
+            out.push_str("|---|---|---|---|---|---|---|\n");
         }
     }
     for arm in s.arms.iter().filter(|a| !a.ablation) {
@@ -173,32 +192,35 @@ pub fn main_table(s: &Summary, rounded: Option<usize>) -> String {
             cells.len(),
             s.cells.iter().filter(|c| c.arm == arm.name).count()
         );
+        let std = |f: &dyn Fn(f64) -> String| m.map(|m| f(m.std)).unwrap_or_else(|| "—".into());
         match rounded {
             None => {
                 let wall = stat(&cells, |c| Some(c.wall_s));
                 let tps = stat(&cells, |c| Some(c.tokens_per_s));
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     arm.method,
                     arm.name,
                     pm(m, |v| fmt_metric(metric, v)),
-                    pm(mem, fmt_bytes),
-                    pm(wall, fmt_secs),
-                    pm(params, |v| format!("{v:.0}")),
-                    pm(tps, |v| format!("{v:.0}")),
+                    std(&|v| fmt_metric(metric, v)),
+                    mean_only(mem, fmt_bytes),
+                    mean_only(wall, fmt_secs),
+                    mean_only(params, |v| format!("{v:.0}")),
+                    mean_only(tps, |v| format!("{v:.0}")),
                     seeds
                 );
             }
             Some(d) => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} |",
                     arm.method,
                     arm.name,
                     pm(m, |v| format!("{v:.d$}")),
-                    pm(mem, |v| format!("{v:.0}")),
-                    pm(params, |v| format!("{v:.0}")),
+                    std(&|v| format!("{v:.d$}")),
+                    mean_only(mem, |v| format!("{v:.0}")),
+                    mean_only(params, |v| format!("{v:.0}")),
                     seeds
                 );
             }
@@ -207,7 +229,68 @@ pub fn main_table(s: &Summary, rounded: Option<usize>) -> String {
     out
 }
 
-/// Seed-paired differences of every arm to the baseline: metric, peak memory, wall time.
+/// The table to quote: every arm (ablations included) with its metric ± 95% CI, its paired
+/// difference to the baseline with that difference's 95% interval (`*`: excludes 0), and its
+/// costs. Without a baseline the Δ column is left out.
+pub fn summary_table(s: &Summary) -> String {
+    let metric = &s.metric.name;
+    let base = s.baseline.as_deref();
+    let base_metric = base.map(|b| by_seed(s, b)).unwrap_or_default();
+    let mut out = String::new();
+    let delta_head = base
+        .map(|b| format!(" Δ vs {b} [95% CI] |"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "| method | arm | {metric} ± 95% CI |{delta_head} peak memory | wall time | trainable params | seeds |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---|{}---|---|---|---|",
+        if base.is_some() { "---|" } else { "" }
+    );
+    for arm in &s.arms {
+        let cells = done_cells(s, &arm.name);
+        let m = stat(&cells, |c| c.metric);
+        let delta = match base {
+            Some(b) if b == arm.name => " — |".to_string(),
+            Some(_) => {
+                let p = paired(&by_seed(s, &arm.name), &base_metric);
+                let (d, ci) = diff_cells(p.map(|p| p.diff), |v| signed(metric, v));
+                format!(" {d} {ci} |")
+            }
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "| {}{} | {} | {} |{delta} {} | {} | {} | {}/{} |",
+            arm.method,
+            if arm.ablation { " (ablation)" } else { "" },
+            arm.name,
+            pm(m, |v| fmt_metric(metric, v)),
+            mean_only(stat(&cells, |c| Some(c.peak_bytes as f64)), fmt_bytes),
+            mean_only(stat(&cells, |c| Some(c.wall_s)), fmt_secs),
+            mean_only(stat(&cells, |c| Some(c.trainable_params as f64)), |v| {
+                format!("{v:.0}")
+            }),
+            cells.len(),
+            s.cells.iter().filter(|c| c.arm == arm.name).count()
+        );
+    }
+    out
+}
+
+/// A cost (memory, time, parameters): the mean, and the sample std when seeds differ.
+fn mean_only(m: Option<MeanStd>, f: impl Fn(f64) -> String) -> String {
+    match m {
+        Some(m) if m.n > 1 && m.std > 0.0 => format!("{} ± {} (std)", f(m.mean), f(m.std)),
+        Some(m) => f(m.mean),
+        None => "—".to_string(),
+    }
+}
+
+/// Seed-paired differences of every arm to the baseline: the metric's mean difference, its 95%
+/// t interval, the sign-flip p-value, and the peak-memory difference.
 pub fn paired_table(s: &Summary, rounded: Option<usize>) -> Option<String> {
     let base = s.baseline.as_deref()?;
     let metric = &s.metric.name;
@@ -216,12 +299,14 @@ pub fn paired_table(s: &Summary, rounded: Option<usize>) -> Option<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Paired by seed against `{base}` (mean ± std of the per-seed differences, n pairs):\n"
+        "Paired by seed against `{base}`: mean of the per-seed differences, its 95% Student-t \
+         interval, and the two-sided sign-flip permutation p-value; `*` marks a difference \
+         whose interval excludes 0.\n"
     );
-    let _ = writeln!(out, "| arm | Δ {metric} | Δ peak memory | n |");
-    out.push_str("|---|---|---|---|\n");
+    let _ = writeln!(out, "| arm | Δ {metric} | 95% CI | p | Δ peak memory | n |");
+    out.push_str("|---|---|---|---|---|---|\n");
     for arm in s.arms.iter().filter(|a| a.name != base) {
-        let d = paired_diff(&by_seed(s, &arm.name), &base_metric);
+        let p = paired(&by_seed(s, &arm.name), &base_metric);
         let mem: Vec<(u64, f64)> = done_cells(s, &arm.name)
             .iter()
             .map(|c| (c.seed, c.peak_bytes as f64))
@@ -235,25 +320,18 @@ pub fn paired_table(s: &Summary, rounded: Option<usize>) -> Option<String> {
             Some(d) => format!("{v:+.d$}"),
             None => signed(metric, v),
         };
-        let fm_abs = |v: f64| match rounded {
-            Some(d) => format!("{v:.d$}"),
-            None => fmt_metric(metric, v),
-        };
         let fb = |v: f64| match rounded {
             Some(_) => format!("{v:+.0}"),
             None => format!("{}{}", if v < 0.0 { "−" } else { "+" }, fmt_bytes(v.abs())),
         };
-        let fb_abs = |v: f64| match rounded {
-            Some(_) => format!("{v:.0}"),
-            None => fmt_bytes(v),
-        };
+        let (d, ci) = diff_cells(p.map(|p| p.diff), fm);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} |",
+            "| {} | {d} | {ci} | {} | {} | {} |",
             arm.name,
-            pm_diff(d, fm, fm_abs),
-            pm_diff(dm, fb, fb_abs),
-            d.map(|d| d.n).unwrap_or(0)
+            fmt_p(p.map(|p| p.test)),
+            dm.map(|m| fb(m.mean)).unwrap_or_else(|| "—".into()),
+            p.map(|p| p.diff.n).unwrap_or(0)
         );
     }
     Some(out)
@@ -270,9 +348,9 @@ pub fn ablation_table(s: &Summary, rounded: Option<usize>) -> Option<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| ablation arm | method | reference | {metric} | Δ vs reference (paired) | n |"
+        "| ablation arm | method | reference | {metric} (mean ± 95% CI) | Δ vs reference (paired) | 95% CI | p | n |"
     );
-    out.push_str("|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
     for a in ablations {
         let reference = a
             .ablation_of
@@ -281,7 +359,7 @@ pub fn ablation_table(s: &Summary, rounded: Option<usize>) -> Option<String> {
             .unwrap_or("");
         let cells = done_cells(s, &a.name);
         let m = stat(&cells, |c| c.metric);
-        let d = paired_diff(&by_seed(s, &a.name), &by_seed(s, reference));
+        let p = paired(&by_seed(s, &a.name), &by_seed(s, reference));
         let (fm, fd): (Fmt, Fmt) = match rounded {
             Some(dg) => (
                 Box::new(move |v| format!("{v:.dg$}")),
@@ -292,18 +370,138 @@ pub fn ablation_table(s: &Summary, rounded: Option<usize>) -> Option<String> {
                 Box::new(|v| signed(metric, v)),
             ),
         };
+        let (d, ci) = diff_cells(p.map(|p| p.diff), &fd);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {d} | {ci} | {} | {} |",
             a.name,
             a.method,
             reference,
             pm(m, &fm),
-            pm_diff(d, &fd, &fm),
-            d.map(|d| d.n).unwrap_or(0)
+            fmt_p(p.map(|p| p.test)),
+            p.map(|p| p.diff.n).unwrap_or(0)
         );
     }
     Some(out)
+}
+
+fn fmt_lr(lr: f64) -> String {
+    format!("{lr:e}")
+}
+
+/// One row per arm: learning rate (and sweep), ranks or budget, training length, batch.
+pub fn hparams_table(s: &Summary) -> Option<String> {
+    if s.arms.iter().all(|a| a.hparams.is_none()) {
+        return None;
+    }
+    let mut out = String::from("| arm | lr | adapters | length | batch |\n|---|---|---|---|---|\n");
+    for a in &s.arms {
+        let Some(h) = &a.hparams else { continue };
+        let lr = match (
+            h.lr_sweep.is_empty(),
+            s.lr_choice(&a.name).and_then(|c| c.chosen),
+        ) {
+            (true, _) => fmt_lr(h.lr),
+            (false, chosen) => {
+                let cands: Vec<String> = h.lr_sweep.iter().map(|v| fmt_lr(*v)).collect();
+                match chosen {
+                    Some(c) => format!("{} (chosen from {})", fmt_lr(c), cands.join(", ")),
+                    None => format!("sweep [{}], not chosen yet", cands.join(", ")),
+                }
+            }
+        };
+        let batch = if h.accum > 1 {
+            format!("{} × {} accumulated", h.batch, h.accum)
+        } else {
+            h.batch.to_string()
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {lr} | {} | {} | {batch} |",
+            a.name, h.adapters, h.length
+        );
+    }
+    Some(out)
+}
+
+/// Every sweep candidate's dev score, the chosen rate marked.
+pub fn lr_table(s: &Summary) -> Option<String> {
+    if s.lr_choices.is_empty() {
+        return None;
+    }
+    let metric = &s.metric.name;
+    let mut out = String::new();
+    for c in &s.lr_choices {
+        let _ = writeln!(
+            out,
+            "`{}` (seed {}, scored on the {} split):\n\n| lr | {metric} | |\n|---|---|---|",
+            c.arm, c.seed, c.split
+        );
+        for k in &c.candidates {
+            let v = match (k.metric, k.status) {
+                (Some(v), _) => fmt_metric(metric, v),
+                (None, CellStatus::Failed) => {
+                    format!("failed: {}", k.error.as_deref().unwrap_or("unknown error"))
+                }
+                (None, _) => "not run yet".into(),
+            };
+            let mark = if c.chosen == Some(k.lr) { "chosen" } else { "" };
+            let _ = writeln!(out, "| {} | {v} | {mark} |", fmt_lr(k.lr));
+        }
+        out.push('\n');
+    }
+    Some(out)
+}
+
+/// What a reader must know before trusting the tables: too few seeds, cells that stopped
+/// early, a selection made on the split the final metric is read from.
+pub fn warnings(s: &Summary) -> Vec<String> {
+    let mut w = Vec::new();
+    for a in &s.arms {
+        let n = done_cells(s, &a.name).len();
+        if (1..3).contains(&n) {
+            w.push(format!(
+                "`{}` has {n} finished seed{}: a 95% interval needs n ≥ 2 and is very wide \
+                 below n = 3 (t₀.₉₇₅ = 12.7 at n = 2); run more seeds before quoting it.",
+                a.name,
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    for c in s.cells.iter().filter(|c| c.stopped_early()) {
+        w.push(format!(
+            "`{}` seed {} stopped early, after {} of {} steps (a phase bound ended training).",
+            c.arm, c.seed, c.steps, c.planned_steps
+        ));
+    }
+    for c in &s.lr_choices {
+        let final_split = done_cells(s, &c.arm)
+            .first()
+            .map(|x| x.eval_split.clone())
+            .unwrap_or_default();
+        if !final_split.is_empty() && final_split == c.split {
+            w.push(format!(
+                "`{}`: its learning rate was chosen on the {} split, the one its final metric is \
+                 read from (this data has no separate test split), so its score is optimistic.",
+                c.arm, c.split
+            ));
+        }
+    }
+    w
+}
+
+/// "Evaluated on 1058 examples of the test split" (one line per distinct set).
+fn eval_sets(s: &Summary) -> Vec<String> {
+    let mut sets: Vec<(String, u64)> = Vec::new();
+    for c in s.cells.iter().filter(|c| c.status == CellStatus::Done) {
+        let k = (c.eval_split.clone(), c.eval_examples);
+        if c.eval_examples > 0 && !sets.contains(&k) {
+            sets.push(k);
+        }
+    }
+    sets.into_iter()
+        .map(|(split, n)| format!("{n} examples of the {split} split"))
+        .collect()
 }
 
 /// Final rank of every adapter slot (rows) for each arm's first finished seed (columns).
@@ -385,13 +583,32 @@ pub fn report_md(s: &Summary, plots: &[String]) -> String {
     } else {
         "lower is better"
     };
+    let evaluated = eval_sets(s);
     let _ = writeln!(
         out,
-        "Metric: `{}` ({direction}); seeds: {:?}. Figures are mean ± sample std over seeds; peak \
-         memory is the backend ledger's peak of bytes held.\n",
-        s.metric.name, s.seeds
+        "Metric: `{}` ({direction}){}; seeds: {:?}. Figures are the mean over seeds ± the \
+         half-width of its 95% Student-t interval (t with n − 1 degrees of freedom), beside the \
+         sample std; costs are mean ± std. Peak memory is the backend ledger's peak of bytes \
+         held.\n",
+        s.metric.name,
+        if evaluated.is_empty() {
+            String::new()
+        } else {
+            format!(", evaluated on {}", evaluated.join("; "))
+        },
+        s.seeds
     );
-    out.push_str("## Results\n\n");
+    let warns = warnings(s);
+    if !warns.is_empty() {
+        out.push_str("## Warnings\n\n");
+        for w in warns {
+            let _ = writeln!(out, "- {w}");
+        }
+        out.push('\n');
+    }
+    out.push_str("## Summary\n\n");
+    out.push_str(&summary_table(s));
+    out.push_str("\n## Results\n\n");
     out.push_str(&main_table(s, None));
     if let Some(t) = paired_table(s, None) {
         out.push_str("\n## Difference to the baseline\n\n");
@@ -399,6 +616,14 @@ pub fn report_md(s: &Summary, plots: &[String]) -> String {
     }
     if let Some(t) = ablation_table(s, None) {
         out.push_str("\n## Ablations\n\n");
+        out.push_str(&t);
+    }
+    if let Some(t) = hparams_table(s) {
+        out.push_str("\n## Hyperparameters\n\n");
+        out.push_str(&t);
+    }
+    if let Some(t) = lr_table(s) {
+        out.push_str("\n## Learning-rate selection\n\n");
         out.push_str(&t);
     }
     let failed = s.failed();
@@ -440,7 +665,7 @@ pub fn report_md(s: &Summary, plots: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::records::{ArmMeta, MetricSpec};
+    use super::super::records::{ArmMeta, HParams, LrCandidate, LrChoice, MetricSpec};
     use super::*;
 
     fn cell(arm: &str, seed: u64, metric: f64, mem: u64) -> CellResult {
@@ -449,6 +674,10 @@ mod tests {
         c.metric = Some(metric);
         c.peak_bytes = mem;
         c.trainable_params = 100;
+        c.steps = 50;
+        c.planned_steps = 50;
+        c.eval_examples = 1058;
+        c.eval_split = "test".into();
         c
     }
 
@@ -458,7 +687,16 @@ mod tests {
             method: n.into(),
             ablation,
             ablation_of: ablation.then(|| "adaptive".to_string()),
+            hparams: None,
         };
+        let cells = [
+            ("fixed", [0.80, 0.70, 0.75], 1000),
+            ("adaptive", [0.90, 0.70, 0.83], 2000),
+            ("no_cx", [0.85, 0.65, 0.80], 2000),
+        ]
+        .iter()
+        .flat_map(|(a, m, mem)| (0..3).map(move |k| cell(a, k as u64, m[k], *mem)))
+        .collect();
         Summary {
             experiment: "t".into(),
             metric: MetricSpec {
@@ -471,25 +709,20 @@ mod tests {
                 arm("adaptive", false),
                 arm("no_cx", true),
             ],
-            seeds: vec![0, 1],
-            cells: vec![
-                cell("fixed", 0, 0.80, 1000),
-                cell("fixed", 1, 0.70, 1000),
-                cell("adaptive", 0, 0.90, 2000),
-                cell("adaptive", 1, 0.70, 2000),
-                cell("no_cx", 0, 0.85, 2000),
-                cell("no_cx", 1, 0.65, 2000),
-            ],
+            seeds: vec![0, 1, 2],
+            cells,
             env: None,
+            lr_choices: vec![],
         }
     }
 
     #[test]
-    fn main_table_gives_mean_and_sample_std() {
+    fn main_table_gives_mean_with_t_interval_and_sample_std() {
         let t = main_table(&summary(), Some(3));
-        // fixed: mean 0.75, std sqrt(((0.05)²·2)/1) = 0.0707
+        // fixed: 0.80, 0.70, 0.75 → mean 0.75, s = 0.05, half-width t₀.₉₇₅,₂ · s/√3 =
+        // 4.302653 · 0.05 / 1.732051 = 0.124207.
         assert!(
-            t.contains("| fixed | fixed | 0.750 ± 0.071 | 1000 ± 0 | 100 ± 0 | 2/2 |"),
+            t.contains("| fixed | fixed | 0.750 ± 0.124 | 0.050 | 1000 | 100 | 3/3 |"),
             "{t}"
         );
         assert!(
@@ -499,20 +732,100 @@ mod tests {
     }
 
     #[test]
-    fn paired_and_ablation_tables_difference_by_seed() {
+    fn paired_and_ablation_tables_give_interval_and_permutation_p() {
         let s = summary();
         let p = paired_table(&s, Some(3)).unwrap();
-        // adaptive − fixed: +0.10, 0.00 → mean 0.05, std 0.0707
+        // adaptive − fixed: +0.10, 0.00, +0.08 → mean 0.06, s = √0.0028 = 0.052915, half-width
+        // 4.302653 · 0.052915/√3 = 0.131446 → [−0.071, +0.191], contains 0: no mark. Sign flips:
+        // |±0.10 ± 0.08| (the 0 flips freely) reaches 0.18 in 4 of 8 vectors → p = 0.5.
         assert!(
-            p.contains("| adaptive | +0.050 ± 0.071 | +1000 ± 0 | 2 |"),
+            p.contains("| adaptive | +0.060 | [-0.071, +0.191] | 0.500 | +1000 | 3 |"),
             "{p}"
         );
         let a = ablation_table(&s, Some(3)).unwrap();
-        // no_cx − adaptive: −0.05, −0.05
+        // no_cx − adaptive: −0.05, −0.05, −0.03 → mean −0.043333, s = 0.011547, half-width
+        // 0.028684 → [−0.072, −0.015]: excludes 0, marked; only all-equal signs reach |−0.13|
+        // → p = 2/8.
         assert!(
-            a.contains("| no_cx | no_cx | adaptive | 0.750 ± 0.141 | -0.050 ± 0.000 | 2 |"),
+            a.contains("| no_cx | no_cx | adaptive | 0.767 ± 0.259 | -0.043 * | [-0.072, -0.015] | 0.250 | 3 |"),
             "{a}"
         );
+    }
+
+    #[test]
+    fn summary_table_puts_the_interval_of_the_difference_beside_the_metric() {
+        let t = summary_table(&summary());
+        // adaptive: 90, 70, 83 → mean 81.00, s = 10.1489, half-width 4.302653·s/√3 = 25.21;
+        // Δ vs fixed +6.00 pp [−7.14, +19.14] (see the paired test above).
+        assert!(
+            t.contains(
+                "| adaptive | adaptive | 81.00% ± 25.21% | +6.00 pp [−7.14 pp, +19.14 pp] |"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("| fixed | fixed | 75.00% ± 12.42% | — |"), "{t}");
+        assert!(t.contains("| no_cx (ablation) | no_cx |"), "{t}");
+    }
+
+    #[test]
+    fn report_warns_about_few_seeds_early_stops_and_states_the_eval_set() {
+        let mut s = summary();
+        s.cells.retain(|c| !(c.arm == "adaptive" && c.seed > 0));
+        s.cell_mut("fixed", 2).unwrap().steps = 30;
+        let md = report_md(&s, &[]);
+        assert!(
+            md.contains("evaluated on 1058 examples of the test split"),
+            "{md}"
+        );
+        assert!(md.contains("`adaptive` has 1 finished seed:"), "{md}");
+        assert!(
+            md.contains("`fixed` seed 2 stopped early, after 30 of 50 steps"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| adaptive | adaptive | 90.00% (n = 1) |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn hyperparameters_and_sweeps_are_tabulated() {
+        let mut s = summary();
+        s.arms[0].hparams = Some(HParams {
+            lr: 3e-4,
+            lr_sweep: vec![3e-4, 1e-3],
+            adapters: "rank 8".into(),
+            length: "1 epoch".into(),
+            batch: 16,
+            accum: 1,
+        });
+        s.lr_choices.push(LrChoice {
+            arm: "fixed".into(),
+            seed: 0,
+            split: "dev".into(),
+            candidates: vec![
+                LrCandidate {
+                    lr: 3e-4,
+                    status: CellStatus::Done,
+                    metric: Some(0.8),
+                    error: None,
+                },
+                LrCandidate {
+                    lr: 1e-3,
+                    status: CellStatus::Done,
+                    metric: Some(0.85),
+                    error: None,
+                },
+            ],
+            chosen: Some(1e-3),
+        });
+        let md = report_md(&s, &[]);
+        assert!(
+            md.contains("| fixed | 1e-3 (chosen from 3e-4, 1e-3) | rank 8 | 1 epoch | 16 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1e-3 | 85.00% | chosen |"), "{md}");
+        assert!(md.contains("| 3e-4 | 80.00% |  |"), "{md}");
     }
 
     #[test]
@@ -522,10 +835,9 @@ mod tests {
         c.status = CellStatus::Failed;
         c.error = Some("plugin boom.rhai: line 3".into());
         let md = report_md(&s, &[]);
-        assert!(md.contains("`adaptive` seed 1 (after 0 steps): plugin boom.rhai: line 3"));
-        assert!(md.contains("| adaptive | adaptive | 90.00% |"), "{md}");
+        assert!(md.contains("`adaptive` seed 1 (after 50 steps): plugin boom.rhai: line 3"));
         let csv = results_csv(&s);
-        assert_eq!(csv.lines().count(), 7);
+        assert_eq!(csv.lines().count(), 10);
         assert!(csv.contains("adaptive,adaptive,1,failed"));
     }
 }

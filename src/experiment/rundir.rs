@@ -168,7 +168,8 @@ impl RunDir {
         write_atomic(&self.results(), report::results_csv(s).as_bytes())?;
         let mut made = Vec::new();
         let arm_names: Vec<String> = s.arms.iter().map(|a| a.name.clone()).collect();
-        if let Some(svg) = plots::loss_curves(&arm_names, metrics)? {
+        let finals = plots::FinalEval::of(s);
+        if let Some(svg) = plots::loss_curves(&arm_names, metrics, &finals)? {
             write_atomic(&self.plots().join("loss.svg"), svg.as_bytes())?;
             made.push("plots/loss.svg".to_string());
         }
@@ -243,6 +244,11 @@ pub fn merge(dirs: &[RunDir], out: &Path) -> Result<RunDir> {
         for a in &s.arms {
             if m.arm(&a.name).is_none() {
                 m.arms.push(a.clone());
+            }
+        }
+        for c in &s.lr_choices {
+            if m.lr_choice(&c.arm).is_none() {
+                m.lr_choices.push(c.clone());
             }
         }
         for k in &s.seeds {

@@ -6,10 +6,11 @@ use super::arm::{
     steps_per_epoch, targeted_slots, total_steps, train_config, train_mode,
 };
 use super::checkpoint::{self, Checkpoint};
+use super::evaluate;
+use super::export::{self, CellInfo};
 use super::fsio::{filter_jsonl, read_json, write_atomic, write_json_atomic, JsonlWriter};
 use super::integrity;
 use super::lock::{CellLock, Claim};
-use super::peft;
 use super::progress::{CellProgress, Progress, ProgressMode};
 use super::records::*;
 use super::rundir::RunDir;
@@ -18,6 +19,8 @@ use crate::adapter::AdapterStore;
 use crate::backend::device::Device;
 use crate::backend::{Backend, MemKind};
 use crate::data::hf::Checkpoint as HfCheckpoint;
+use crate::data::plan::Split;
+use crate::data::DataError;
 use crate::engine::driver::{DriverHost, DriverState, EngineDriver};
 use crate::engine::schedule::Schedule;
 use crate::engine::{Allocation, EngineState, RankEngine, SlotAllocation};
@@ -99,6 +102,7 @@ fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
                 method: method_label(a),
                 ablation: a.ablation,
                 ablation_of: if a.ablation { base.clone() } else { None },
+                hparams: Some(super::arm::hparams(a)),
             })
             .collect(),
         seeds: policy.seeds.clone(),
@@ -113,6 +117,7 @@ fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
             })
             .collect(),
         env: Some(env),
+        lr_choices: Vec::new(),
     }
 }
 
@@ -239,7 +244,18 @@ pub fn run_on<B: Backend>(
         }
     };
     check_filters(&policy, &arms, &seeds)?;
-    let progress = Progress::new(ProgressMode::detect(opts.quiet));
+    let mut progress = Progress::new(ProgressMode::detect(opts.quiet));
+    let summary = rd.load_summary()?;
+    progress.plan_cells(
+        policy
+            .arms
+            .iter()
+            .flat_map(|a| policy.seeds.iter().map(move |s| (a, s)))
+            .filter(|(a, _)| arms.is_empty() || arms.contains(&a.name))
+            .filter(|(_, s)| seeds.is_empty() || seeds.contains(s))
+            .filter(|(a, s)| summary.cell(&a.name, **s).map(|c| c.status) != Some(CellStatus::Done))
+            .count() as u64,
+    );
     progress.println(&format!("run directory: {}", rd.root.display()));
     let mut budget = opts.stop_after_steps;
     // Pretrained checkpoints, loaded once per run and shared by the cells that use them.
@@ -250,6 +266,27 @@ pub fn run_on<B: Backend>(
         if !arms.is_empty() && !arms.contains(&arm.name) {
             continue;
         }
+        let resuming = opts.resume.is_some();
+        let swept = super::sweep::choose_lr(arm, &policy, &rd, |a, seed, split| {
+            run_cell(
+                be.clone(),
+                a,
+                seed,
+                split,
+                &rd,
+                &progress,
+                resuming,
+                &mut budget,
+                &mut checkpoints,
+            )
+        });
+        let arm = &match swept {
+            Ok(a) => a,
+            Err(e) => {
+                rd.render_shared()?;
+                return Err(e);
+            }
+        };
         for &seed in &policy.seeds {
             if !seeds.is_empty() && !seeds.contains(&seed) {
                 continue;
@@ -299,11 +336,11 @@ pub fn run_on<B: Backend>(
             if !go {
                 continue;
             }
-            let resuming = opts.resume.is_some();
             let result = run_cell(
                 be.clone(),
                 arm,
                 seed,
+                Split::Test,
                 &rd,
                 &progress,
                 resuming,
@@ -351,6 +388,7 @@ pub fn run_on<B: Backend>(
         }
     }
     rd.render_shared()?;
+    progress.finish();
     if !left.is_empty() {
         bail!(
             "{} cell(s) of {} are being run by other processes and were left to them: {}; their \
@@ -360,7 +398,6 @@ pub fn run_on<B: Backend>(
             left.join(", ")
         );
     }
-    progress.println(&format!("report: {}", rd.report().display()));
     Ok(rd.root)
 }
 
@@ -588,6 +625,7 @@ fn run_cell<B: Backend>(
     be: Arc<B>,
     arm: &ArmPlan,
     seed: u64,
+    split: Split,
     rd: &RunDir,
     progress: &Progress,
     resuming: bool,
@@ -596,15 +634,19 @@ fn run_cell<B: Backend>(
 ) -> Result<CellResult> {
     let key = checkpoint_key(arm);
     if !checkpoints.contains_key(&key) {
-        checkpoints.insert(key.clone(), load_checkpoint(arm)?);
+        checkpoints.insert(key.clone(), load_checkpoint(arm).map_err(DataError)?);
     }
     let ckpt = checkpoints.get_mut(&key).and_then(Option::as_mut);
+    let base_has_pooler = ckpt
+        .as_ref()
+        .is_some_and(|c| c.weights.contains_key(crate::model::pooler::WEIGHT));
     let base_model = match &arm.model {
         ModelSpec::Hf { name, .. } => Some(name.clone()),
         ModelSpec::Path { dir, .. } => Some(dir.display().to_string()),
         ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => None,
     };
-    let (mut task, samples) = build_task(arm, ckpt, seed)?;
+    let (mut task, samples) = build_task(arm, ckpt, seed, split).map_err(DataError)?;
+    let eval_split = crate::data::plan::split_of(&arm.data, split).name();
     let steps = total_steps(arm, samples)?;
     let cfg = train_config(arm, steps, seed);
     let mode = train_mode(arm, task.model_config().layers);
@@ -728,26 +770,37 @@ fn run_cell<B: Backend>(
         .progress
         .finish(&format!("done: eval loss {:.4}", fe.loss));
 
-    let infos = model.adapters();
-    if infos.iter().any(|a| a.rank > 0) {
-        let mut pairs = Vec::new();
-        for (i, info) in infos.iter().enumerate() {
-            if info.rank > 0 {
-                pairs.push((info.clone(), model.adapter_host(i)?));
-            }
-        }
-        peft::export(
-            &rd.adapters(&arm.name, seed),
-            &pairs,
-            &peft::ExportOptions {
-                base_model: Some(base_model.unwrap_or_else(|| {
-                    format!("adarank/random-{:?}", task.model_config().flavour).to_lowercase()
-                })),
-                use_rslora: arm.lora.on().is_some_and(|l| l.rslora),
-                module_prefix: String::new(),
-            },
+    // The trained model's folder (PEFT export, final state, adarank.json) and the final
+    // evaluation's predictions, per example.
+    let info = CellInfo {
+        format: 1,
+        seed,
+        steps: done_steps,
+        head: *model.head(),
+        hf_class: export::hf_layout(model.config().flavour, model.head())
+            .class
+            .map(str::to_string),
+        base_model: base_model.clone(),
+        split,
+        arm: arm.clone(),
+    };
+    let use_rslora = arm.lora.on().is_some_and(|l| l.rslora);
+    export::export_cell(
+        &rd.adapters(&arm.name, seed),
+        &mut model,
+        &info,
+        use_rslora,
+        base_has_pooler,
+    )?;
+    if evaluate::has_predictions(model.head()) {
+        let ev = evaluate::predict(&mut model, task.as_ref())?;
+        let dir = rd.root.join("predictions");
+        evaluate::write_predictions(
+            &evaluate::predictions_stem(&dir, &arm.name, seed, None),
+            &ev.predictions,
         )?;
     }
+    let infos = model.adapters();
     let trainable_params = model.trainable_params() as u64;
     let _ = std::fs::remove_file(&ck_path);
     Ok(CellResult {
@@ -769,5 +822,9 @@ fn run_cell<B: Backend>(
         tokens_per_s: tokens as f64 / wall.max(1e-9),
         trainable_params,
         final_ranks: infos.into_iter().map(|a| (a.name, a.rank)).collect(),
+        planned_steps: steps,
+        eval_examples: hooks.eval.iter().map(|b| b.batch as u64).sum(),
+        eval_split: eval_split.to_string(),
+        lr: arm.train.lr,
     })
 }

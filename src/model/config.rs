@@ -107,7 +107,8 @@ impl ModelConfig {
 pub enum Pooling {
     /// Mean over the unmasked tokens (sentence-transformers' MiniLM).
     Mean,
-    /// The first token's hidden state (no pooler dense layer).
+    /// BERT's pooler on the first token's hidden state: tanh(W_p·h₀ + b_p), as
+    /// `BertForSequenceClassification` computes it (`model::pooler`).
     Cls,
 }
 
@@ -214,6 +215,9 @@ pub struct EvalOut {
     pub preds: Vec<u32>,
     /// Scalar regression outputs, one per sequence; empty otherwise.
     pub outputs: Vec<f32>,
+    /// Classes: every sequence's logits, row after row ([sequences, classes]). Spans: the start
+    /// and end logits of each predicted pair. Empty otherwise.
+    pub logits: Vec<f32>,
 }
 
 impl EvalOut {
@@ -223,6 +227,7 @@ impl EvalOut {
         self.count += o.count;
         self.preds.extend_from_slice(&o.preds);
         self.outputs.extend_from_slice(&o.outputs);
+        self.logits.extend_from_slice(&o.logits);
     }
     pub fn loss(&self) -> f64 {
         self.loss_sum / self.count.max(1) as f64

@@ -148,6 +148,7 @@ impl<B: Backend> Model<B> {
                         out.preds.push(p);
                         out.correct += (p == y[s]) as usize;
                     }
+                    out.logits = l;
                 }
             }
             (Head::Regress, Target::Values(y)) if y.len() == b && y.len() != n * c => {
@@ -279,6 +280,10 @@ impl<B: Backend> Model<B> {
                         let ps = argmax(&l[(2 * s) * t..(2 * s + 1) * t]);
                         let pe = argmax(&l[(2 * s + 1) * t..(2 * s + 2) * t]);
                         out.preds.extend([ps, pe]);
+                        out.logits.extend([
+                            l[(2 * s) * t + ps as usize],
+                            l[(2 * s + 1) * t + pe as usize],
+                        ]);
                         out.correct += (ps == start[s] && pe == end[s]) as usize;
                     }
                 }
@@ -329,6 +334,11 @@ impl<B: Backend> Model<B> {
             &mut pooled,
             &Gemm::nn(1, c, t).batched(b, t, t * c, c),
         );
+        // pooling = cls: BERT's pooler turns the first token's state into the classifier input.
+        let pooler_in = match &self.pooler {
+            Some(p) => Some(p.forward(be, &mut pooled, b, c)?),
+            None => None,
+        };
         let mut logits = be.zeros(b * k, MemKind::Activation)?;
         be.matmul(&pooled, &w.w, &mut logits, &Gemm::nt(b, k, c));
         be.add_bias(&mut logits, &bias.w, b, k);
@@ -342,10 +352,14 @@ impl<B: Backend> Model<B> {
                 be.col_sum(&dlogits, g, b, k, true);
             }
             // dpooled: [B, C] = dlogits · W; dhidden[b, t, :] = pw[b, t] · dpooled[b, :]
-            be.matmul(&dlogits, &w.w, &mut pooled, &Gemm::nn(b, c, k));
+            let mut dpooled = be.zeros(b * c, MemKind::Activation)?;
+            be.matmul(&dlogits, &w.w, &mut dpooled, &Gemm::nn(b, c, k));
+            if let (Some(p), Some(x)) = (self.pooler.as_mut(), pooler_in.as_ref()) {
+                p.backward(be, x, &pooled, &mut dpooled, b, c)?;
+            }
             be.matmul(
                 &pw,
-                &pooled,
+                &dpooled,
                 dres,
                 &Gemm::nn(t, c, 1).batched(b, t, c, t * c),
             );

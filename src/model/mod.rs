@@ -10,14 +10,17 @@
 //! Files: `config` (types), `weights` (names, shapes, random init), `param` (tensors with their
 //! optimizer state), `linear` (linear layer + adapter path), `lora` (adapter factors, resize
 //! math, the AdamW-moment rule), `block` (one transformer block), `transformer` (the model),
-//! `heads` (losses), `store` (adapter store, checkpoints).
+//! `heads` (losses), `pooler` (BERT's pooler for `pooling = cls`), `store` (adapter store,
+//! checkpoints).
 
 pub mod block;
 pub mod config;
 pub mod heads;
 pub mod linear;
 pub mod lora;
+pub mod named;
 pub mod param;
+pub mod pooler;
 pub mod store;
 pub mod transformer;
 pub mod weights;

@@ -2,10 +2,11 @@
 //! and backward passes over a batch, gradient bookkeeping and the AdamW step.
 
 use super::block::{block_backward, block_forward, Block, Dims, Flow, LayerActs, Norm, Work};
-use super::config::{Batch, Flavour, Head, LoraConfig, ModelConfig, TrainMode};
+use super::config::{Batch, Flavour, Head, LoraConfig, ModelConfig, Pooling, TrainMode};
 use super::linear::{Linear, Lora};
 use super::lora::{init_factors, lora_scale};
 use super::param::Param;
+use super::pooler::{self, Pooler};
 use super::weights::{body_shapes, head_shapes, init_tensor, name_seed, HostWeights, Init};
 use crate::adapter::{HostTensor, ModuleKind};
 use crate::backend::{AdamW, Backend, Ids, LedgerSnapshot, MemKind, Tensor};
@@ -53,6 +54,8 @@ pub struct Model<B: Backend> {
     pub(crate) blocks: Vec<Block<B>>,
     /// Decoder: `final_layernorm`.
     pub(crate) final_ln: Option<Norm<B>>,
+    /// BERT's pooler, for `pooling = cls` classification (see `pooler.rs`).
+    pub(crate) pooler: Option<Pooler<B>>,
     /// `classifier.*` or `qa_outputs.*`: weight [K, C], bias [K].
     pub(crate) head_w: Option<Param<B>>,
     pub(crate) head_b: Option<Param<B>>,
@@ -207,6 +210,22 @@ impl<B: Backend> Model<B> {
         };
         let head_w = head_param()?;
         let head_b = head_param()?;
+        let pooler = match head {
+            Head::Classify {
+                pooling: Pooling::Cls,
+                ..
+            } => {
+                let [w, b] = [pooler::WEIGHT, pooler::BIAS].map(|n| {
+                    let (_, shape) = pooler::shapes(cfg.hidden)
+                        .into_iter()
+                        .find(|(m, _)| m == n)
+                        .expect("listed");
+                    get(n, &shape, true)
+                });
+                Some(Pooler::new(be, &w?, &b?, full)?)
+            }
+            _ => None,
+        };
         Ok(Self {
             be: backend.clone(),
             cfg,
@@ -216,6 +235,7 @@ impl<B: Backend> Model<B> {
             emb,
             blocks,
             final_ln,
+            pooler,
             head_w,
             head_b,
             acts: None,
@@ -268,6 +288,10 @@ impl<B: Backend> Model<B> {
         if let Some(n) = &mut self.final_ln {
             out.push(&mut n.gamma);
             out.push(&mut n.beta);
+        }
+        if let Some(p) = &mut self.pooler {
+            out.push(&mut p.w);
+            out.push(&mut p.b);
         }
         out.extend(self.head_w.iter_mut());
         out.extend(self.head_b.iter_mut());

@@ -4,7 +4,7 @@
 //! `attention.output.LayerNorm` is its pre-attention norm, `output.LayerNorm` its pre-FFN norm,
 //! and `final_layernorm` the norm after the last block.
 
-use super::config::{Flavour, Head, ModelConfig};
+use super::config::{Flavour, Head, ModelConfig, Pooling};
 use crate::adapter::{HostTensor, ModuleKind};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
@@ -123,10 +123,19 @@ pub fn init_tensor(name: &str, shape: &[usize], init: Init, seed: u64) -> HostTe
     normal_tensor(shape.to_vec(), std, name_seed(seed, name))
 }
 
-/// A complete set of body and head weights, drawn from `seed`.
+/// A complete set of body and head weights (and BERT's pooler for `pooling = cls`), drawn from
+/// `seed`.
 pub fn random_weights(cfg: &ModelConfig, head: &Head, init: Init, seed: u64) -> HostWeights {
+    let pooler = match head {
+        Head::Classify {
+            pooling: Pooling::Cls,
+            ..
+        } => super::pooler::shapes(cfg.hidden),
+        _ => vec![],
+    };
     body_shapes(cfg)
         .into_iter()
+        .chain(pooler)
         .chain(head_shapes(cfg, head))
         .map(|(name, shape)| {
             let t = init_tensor(&name, &shape, init, seed);

@@ -121,6 +121,8 @@ pub enum Value {
     Map(Vec<(Ident, Spanned<Value>)>),
     /// `plugin "path.rhai"`.
     Plugin(Spanned<String>),
+    /// `sweep [3e-4, 1e-3]`: candidate values, one chosen per arm on the dev split.
+    Sweep(Vec<Spanned<Value>>),
 }
 
 impl Value {
@@ -140,6 +142,7 @@ impl Value {
             Value::List(_) => "a list".into(),
             Value::Map(_) => "a map".into(),
             Value::Plugin(_) => "a plugin reference".into(),
+            Value::Sweep(_) => "a sweep".into(),
         }
     }
 }

@@ -108,6 +108,11 @@ pub const BUDGET: Count = Count {
     max: 67_108_864,
     why: "it is a total of ranks over adapter slots: 1024 layers × 6 kinds × 65,536 at most",
 };
+pub const PARAM_BUDGET: Count = Count {
+    min: 1,
+    max: 1 << 40,
+    why: "it counts trainable adapter parameters: a trillion is beyond any model adarank loads",
+};
 pub const LAYER_INDEX: Count = Count {
     min: 0,
     max: 1023,
@@ -168,6 +173,13 @@ pub const ALPHA: Real = Real {
     open_min: true,
     max: 100_000.0,
     why: "the adapter's output is scaled by alpha/r; a larger scale overflows activations",
+};
+pub const GAIN: Real = Real {
+    min: 0.0,
+    open_min: true,
+    max: 10_000.0,
+    why:
+        "it multiplies AdaLoRA's output scale alpha/init_rank; a larger scale overflows activations",
 };
 pub const SCALE: Real = Real {
     min: 0.0,

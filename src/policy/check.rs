@@ -278,6 +278,7 @@ impl Ctx<'_> {
         let shape = Shape {
             layers: model.as_ref().and_then(|m| m.layers()),
             hidden: model.as_ref().and_then(|m| m.hidden()),
+            ffn: model.as_ref().and_then(|m| m.ffn()),
         };
         let data = match self.section(cfg, "data") {
             Some(Section::On {

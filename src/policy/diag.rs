@@ -1,5 +1,7 @@
 //! Diagnostics: every error names file:line:column, shows the line with a caret under the
-//! offending text, and says what to do. All errors of a load are collected and shown together.
+//! offending text, and says what to do. All errors of a load are collected and shown together,
+//! in the order of their position. An error about the file as a whole (it cannot be read) names
+//! the file without a position. [`Diagnostics::to_json`] is the same for editors.
 
 use super::ast::Span;
 use std::collections::HashSet;
@@ -21,6 +23,8 @@ pub struct Diagnostic {
     pub label: String,
     /// What to do about it.
     pub help: Option<String>,
+    /// About the whole source (e.g. it cannot be read): shown without line, column or caret.
+    pub whole_file: bool,
 }
 
 impl Diagnostic {
@@ -30,6 +34,14 @@ impl Diagnostic {
             message: message.into(),
             label: label.into(),
             help: None,
+            whole_file: false,
+        }
+    }
+    /// An error about the source as a whole, e.g. a file that cannot be read.
+    pub fn file(message: impl Into<String>) -> Self {
+        Self {
+            whole_file: true,
+            ..Self::new(Span::default(), message, "")
         }
     }
     pub fn help(mut self, help: impl Into<String>) -> Self {
@@ -68,6 +80,53 @@ impl Diagnostics {
             self.errors.push(d);
         }
     }
+    /// The errors in the order of their position (source, then offset), so a reader and an
+    /// editor meet them top to bottom; errors at one place keep the order they were found in.
+    pub fn sorted(&self) -> Vec<&Diagnostic> {
+        let mut v: Vec<&Diagnostic> = self.errors.iter().collect();
+        v.sort_by_key(|d| (d.span.src, !d.whole_file, d.span.start, d.span.end));
+        v
+    }
+
+    /// Machine-readable diagnostics for editors: one object per error with the source name,
+    /// 1-based line and column of its start and end (columns in characters; absent for an error
+    /// about the whole file), byte offsets, message, label and help.
+    pub fn to_json(&self) -> serde_json::Value {
+        let starts: Vec<Vec<usize>> = self.sources.iter().map(|s| line_starts(&s.text)).collect();
+        let items: Vec<serde_json::Value> = self
+            .sorted()
+            .into_iter()
+            .map(|d| {
+                let src = &self.sources[d.span.src];
+                let mut o = serde_json::json!({
+                    "severity": "error",
+                    "source": src.name,
+                    "message": d.message,
+                    "label": d.label,
+                    "help": d.help,
+                });
+                if !d.whole_file {
+                    let at = |offset| line_col_in(&src.text, &starts[d.span.src], offset);
+                    let (line, column) = at(d.span.start);
+                    let (end_line, end_column) = at(d.span.end.max(d.span.start));
+                    let m = o.as_object_mut().expect("object literal");
+                    for (k, v) in [
+                        ("line", line),
+                        ("column", column),
+                        ("end_line", end_line),
+                        ("end_column", end_column),
+                        ("byte_start", d.span.start),
+                        ("byte_end", d.span.end),
+                    ] {
+                        m.insert(k.into(), v.into());
+                    }
+                }
+                o
+            })
+            .collect();
+        serde_json::Value::Array(items)
+    }
+
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, src: usize, offset: usize) -> (usize, usize) {
         let text = &self.sources[src].text;
@@ -81,6 +140,14 @@ impl Diagnostics {
         f: &mut fmt::Formatter<'_>,
     ) -> fmt::Result {
         let src = &self.sources[d.span.src];
+        if d.whole_file {
+            writeln!(f, "error: {}", d.message)?;
+            writeln!(f, " --> {}", src.name)?;
+            if let Some(h) = &d.help {
+                writeln!(f, "  = help: {h}")?;
+            }
+            return Ok(());
+        }
         let text = &src.text;
         let start = floor_char_boundary(text, d.span.start.min(text.len()));
         let (line, col) = line_col_in(text, &starts[d.span.src], start);
@@ -138,7 +205,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let starts: Vec<Vec<usize>> = self.sources.iter().map(|s| line_starts(&s.text)).collect();
-        for (i, d) in self.errors.iter().enumerate() {
+        for (i, d) in self.sorted().into_iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }

@@ -70,6 +70,10 @@ impl<'a> Fields<'a> {
                 Value::Str(s) if s.trim().parse::<f64>().is_ok() => {
                     format!("numbers take no quotes: `{} = {}`", e.key.node, s.trim())
                 }
+                Value::Sweep(_) => format!(
+                    "only `train.lr` takes a sweep; give one value, e.g. `{} = {example}`",
+                    e.key.node
+                ),
                 _ => format!("write e.g. `{} = {example}`", e.key.node),
             }),
         );

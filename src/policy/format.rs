@@ -275,6 +275,17 @@ impl Out<'_> {
     /// A value's lines: one when it holds no comment and fits, else a list/map laid out with
     /// one element per line (the first line joins whatever precedes the value).
     fn value_lines(&mut self, v: Pair<'_, Rule>, sep: &str) -> Vec<String> {
+        if v.as_rule() == Rule::sweep {
+            // `sweep` then its list, laid out as any list (comments inside included).
+            let list = v
+                .clone()
+                .into_inner()
+                .find(|c| c.as_rule() == Rule::list)
+                .expect("grammar: sweep list");
+            let mut lines = self.value_lines(list, sep);
+            lines[0] = format!("sweep {}", lines[0]);
+            return lines;
+        }
         let flat = inline(&v);
         let fits = flat.len() + 2 * self.indent + 24 <= WIDTH;
         let collection = matches!(v.as_rule(), Rule::list | Rule::map);
@@ -494,6 +505,13 @@ fn inline(v: &Pair<'_, Rule>) -> String {
                 .map(|c| c.as_str().to_string())
                 .unwrap_or_default();
             format!("plugin {s}")
+        }
+        Rule::sweep => {
+            let list = kids()
+                .find(|c| c.as_rule() == Rule::list)
+                .map(|c| inline(&c))
+                .unwrap_or_default();
+            format!("sweep {list}")
         }
         _ => v.as_str().to_string(),
     }

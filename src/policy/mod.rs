@@ -135,35 +135,31 @@ pub fn load_with(
 
 /// The diagnostic of a policy file that cannot be read; invalid UTF-8 is shown at its place.
 fn unreadable(path: &Path, name: &str, e: crate::textfile::TextFileError) -> Diagnostics {
-    let (text, span, message, label) = match e.offset {
-        Some(at) => {
-            // The lossy text keeps every byte before the bad one, so the offset still fits.
-            let bytes = std::fs::read(path).unwrap_or_default();
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            let span = ast::Span {
-                src: 0,
-                start: at,
-                end: at + '\u{fffd}'.len_utf8(),
-            };
-            (text, span, e.message.clone(), "not UTF-8")
-        }
-        None => (
-            String::new(),
-            ast::Span::default(),
-            format!("cannot read {e}"),
-            "",
-        ),
+    let Some(at) = e.offset else {
+        // Missing, a directory, a device, too large: about the file as a whole, so no position.
+        let mut d = Diagnostics::new(vec![Source {
+            name: name.to_string(),
+            text: String::new(),
+        }]);
+        d.push(
+            Diagnostic::file(format!("cannot read {e}"))
+                .help("give the path of a .rank file (relative to the current directory)"),
+        );
+        return d;
+    };
+    // The lossy text keeps every byte before the bad one, so the offset still fits.
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let span = ast::Span {
+        src: 0,
+        start: at,
+        end: at + '\u{fffd}'.len_utf8(),
     };
     let mut d = Diagnostics::new(vec![Source {
         name: name.to_string(),
         text,
     }]);
-    let help = if e.offset.is_some() {
-        "save the file as UTF-8"
-    } else {
-        "give the path of a .rank file"
-    };
-    d.push(Diagnostic::new(span, message, label).help(help));
+    d.push(Diagnostic::new(span, e.message.clone(), "not UTF-8").help("save the file as UTF-8"));
     d
 }
 

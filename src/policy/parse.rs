@@ -141,6 +141,7 @@ fn rule_name(r: Rule) -> Option<&'static str> {
         Rule::action | Rule::kw_every => "an action (`every N steps: reallocate`)",
         Rule::action_name => "an action name",
         Rule::plugin_ref | Rule::kw_plugin => "`plugin \"file.rhai\"`",
+        Rule::sweep | Rule::kw_sweep => "`sweep [v1, v2, ...]`",
         Rule::list => "a list",
         Rule::map => "a map",
         Rule::map_entry => "`key: value`",
@@ -282,6 +283,12 @@ fn build_value(p: Pair<'_, Rule>, src: usize) -> Spanned<Value> {
             Value::Plugin(build_string(s, src))
         }
         Rule::list => Value::List(children(p).map(|c| build_value(c, src)).collect()),
+        Rule::sweep => {
+            let list = children(p)
+                .find(|c| c.as_rule() == Rule::list)
+                .expect("grammar: sweep list");
+            Value::Sweep(children(list).map(|c| build_value(c, src)).collect())
+        }
         Rule::map => Value::Map(
             children(p)
                 .map(|e| {

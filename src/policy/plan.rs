@@ -90,6 +90,24 @@ impl ModelSpec {
             ModelSpec::Path { .. } => None,
         }
     }
+    /// Feed-forward width when it is known without loading weights.
+    pub fn ffn(&self) -> Option<usize> {
+        match self {
+            ModelSpec::Encoder(t) | ModelSpec::Decoder(t) => Some(t.ffn),
+            ModelSpec::Hf { name, .. } => super::known_models::lookup(name).map(|m| m.ffn),
+            ModelSpec::Path { .. } => None,
+        }
+    }
+    /// `(vocab, max_positions)` when known without loading weights.
+    pub fn vocab_positions(&self) -> Option<(usize, usize)> {
+        match self {
+            ModelSpec::Encoder(t) | ModelSpec::Decoder(t) => Some((t.vocab, t.max_positions)),
+            ModelSpec::Hf { name, .. } => {
+                super::known_models::lookup(name).map(|m| (m.vocab, m.max_positions))
+            }
+            ModelSpec::Path { .. } => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -199,6 +217,10 @@ pub struct LoraOn {
     pub rank: RankSpec,
     /// Total rank over all adapter slots, shared out by the allocator.
     pub budget: Option<usize>,
+    /// Total trainable adapter parameters Σ r_i·(rows_i + cols_i), shared out by the allocator
+    /// (instead of `budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param_budget: Option<usize>,
     /// Default 1.
     pub min_rank: usize,
     /// Default 64.
@@ -250,6 +272,12 @@ pub struct AdaLoraSpec {
     /// masking them (λ = 0, PEFT's behaviour). Default false.
     #[serde(default)]
     pub resize: bool,
+    /// Multiplies the output scale α/init_rank (default [`ADALORA_GAIN`]; 1 with `peft_compat`).
+    #[serde(default = "one_f64")]
+    pub gain: f64,
+    /// Reproduce Hugging Face PEFT's AdaLoRA exactly (gain 1). Default false.
+    #[serde(default)]
+    pub peft_compat: bool,
 }
 
 /// SoRA: a gate per component, trained by its own Adam step and soft-thresholded.
@@ -264,6 +292,18 @@ pub struct SoraSpec {
     /// ξ at the end (rising linearly). Default `threshold`.
     pub threshold_max: f64,
 }
+
+fn one_f64() -> f64 {
+    1.0
+}
+
+/// AdaLoRA's default gain on its output scale α/init_rank. Why: Adam moves each λ_j by about
+/// lr per step, and a triplet with unit-norm P and Q columns contributes s·λ_j to ΔW, while a
+/// LoRA rank-1 component B·A moves by about s·lr·‖a‖·√rows per step (every entry of B moves by
+/// lr): at PEFT's scale α/init_rank, AdaLoRA's updates are ~17–34× smaller than LoRA's on
+/// MiniLM (rows 384–1536) at the same learning rate, and it under-trains. The README's AdaLoRA
+/// section gives the measurement.
+pub const ADALORA_GAIN: f64 = 16.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -294,8 +334,11 @@ pub struct TrainSpec {
     pub length: TrainLength,
     /// Default 32.
     pub batch: usize,
-    /// Default 1e-3.
+    /// Default 1e-3. For a sweep, its first candidate until the runner has chosen.
     pub lr: f64,
+    /// `lr = sweep [...]`: the candidates, chosen per arm on the dev split (empty: no sweep).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lr_sweep: Vec<f64>,
     /// Warm-up steps. Default 0.
     pub warmup: usize,
     /// Default linear.

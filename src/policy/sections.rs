@@ -87,7 +87,7 @@ pub fn model(f: &mut Fields<'_>, kind: &Ident, base_dir: &Path) -> Option<ModelS
             let pooling = pooling(f);
             let dir = f.required_string("dir", "\"models/minilm\"")?;
             Some(ModelSpec::Path {
-                dir: super::plugins::normalize(&base_dir.join(dir)),
+                dir: crate::engine::source::normalize(&base_dir.join(dir)),
                 pooling,
             })
         }
@@ -168,7 +168,7 @@ pub fn data(
     let what = format!("`data {}`", kind.node);
     let path = |f: &mut Fields<'_>, key: &str, example: &str| {
         f.required_string(key, example)
-            .map(|s| super::plugins::normalize(&base_dir.join(s)))
+            .map(|s| crate::engine::source::normalize(&base_dir.join(s)))
     };
     let with_subset = |extra: &[&'static str]| -> Vec<&'static str> {
         extra.iter().chain(SUBSET_KEYS).copied().collect()
@@ -238,7 +238,7 @@ pub fn data(
             f.only(&with_subset(&["dir"]), &what);
             let dir = f
                 .string("dir", "\"data/movies\"")
-                .map(|s| super::plugins::normalize(&base_dir.join(s)));
+                .map(|s| crate::engine::source::normalize(&base_dir.join(s)));
             Some(DataSpec::Movies {
                 dir,
                 subset: subset(f),
@@ -280,6 +280,18 @@ const KIND_NAMES: [&str; 6] = ["q", "k", "v", "o", "ffn_in", "ffn_out"];
 pub struct Shape {
     pub layers: Option<usize>,
     pub hidden: Option<usize>,
+    pub ffn: Option<usize>,
+}
+
+impl Shape {
+    /// Parameters one rank of an adapter on `kind` costs: rows + cols of the adapted weight.
+    pub fn rank_cost(&self, kind: ModuleKind) -> Option<usize> {
+        let c = self.hidden?;
+        Some(match kind {
+            ModuleKind::FfnIn | ModuleKind::FfnOut => c + self.ffn?,
+            _ => 2 * c,
+        })
+    }
 }
 
 pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
@@ -292,6 +304,7 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
             "init_rank",
             "rank",
             "budget",
+            "param_budget",
             "min_rank",
             "max_rank",
         ],
@@ -312,7 +325,19 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
         (None, _) => 8.min(max_rank),
     };
     let budget = f.count_in("budget", &bounds::BUDGET).map(|b| b as usize);
+    let param_budget = f
+        .count_in("param_budget", &bounds::PARAM_BUDGET)
+        .map(|b| b as usize);
     if f.d.len() > errors_before {
+        return None;
+    }
+    if let (Some(_), Some(e)) = (budget, f.get("param_budget")) {
+        f.value_error(
+            e.key.span,
+            "`lora` sets both `budget` (ranks) and `param_budget` (parameters)".into(),
+            "a budget is one or the other: keep `param_budget` to compare arms at equal cost"
+                .into(),
+        );
         return None;
     }
     let at = |f: &Fields<'_>, key: &str| f.get(key).map_or(f.header, |e| e.value.span);
@@ -361,6 +386,30 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
             return None;
         }
     }
+    if let (Some(p), Some(n_layers)) = (
+        param_budget,
+        layers.as_ref().map(|l| l.len()).or(shape.layers),
+    ) {
+        let per_layer: Option<usize> = targets.iter().map(|k| shape.rank_cost(*k)).sum();
+        if let Some(per_layer) = per_layer {
+            let (lo, hi) = (
+                n_layers * per_layer * min_rank,
+                n_layers * per_layer * max_rank,
+            );
+            if p < lo || p > hi {
+                let span = at(f, "param_budget");
+                f.value_error(
+                    span,
+                    format!(
+                        "param_budget {p} is infeasible: with every adapter between min_rank {min_rank} and max_rank {max_rank}, the {n_layers} layers × {} targets hold between {lo} and {hi} adapter parameters (one rank costs rows + cols)",
+                        targets.len()
+                    ),
+                    format!("set `param_budget` within {lo}..={hi}, or change min_rank/max_rank, targets or layers"),
+                );
+                return None;
+            }
+        }
+    }
     Some(LoraOn {
         targets,
         layers,
@@ -369,6 +418,7 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
         init_rank,
         rank: rank.unwrap_or(RankSpec::Uniform(init_rank)),
         budget,
+        param_budget,
         min_rank,
         max_rank,
     })
@@ -619,6 +669,8 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
             "beta2",
             "orth_reg",
             "resize",
+            "gain",
+            "peft_compat",
         ],
         "`adalora`",
     );
@@ -638,6 +690,20 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
         .real_in("orth_reg", &bounds::ORTH_REG, "0.5")
         .unwrap_or(0.5);
     let resize = f.boolean("resize").unwrap_or(false);
+    let peft_compat = f.boolean("peft_compat").unwrap_or(false);
+    let gain = f.real_in("gain", &bounds::GAIN, "16");
+    if let (true, Some(e)) = (peft_compat, f.get("gain")) {
+        f.value_error(
+            e.key.span,
+            "`adalora` sets `gain` and `peft_compat = true`".into(),
+            "PEFT's AdaLoRA has gain 1: drop `gain`, or drop `peft_compat`".into(),
+        );
+        return None;
+    }
+    let gain = match (peft_compat, gain) {
+        (true, _) => 1.0,
+        (false, g) => g.unwrap_or(ADALORA_GAIN),
+    };
     let target_rank = target_rank?;
     if f.d.len() > before {
         return None;
@@ -678,6 +744,8 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
         beta2,
         orth_reg,
         resize,
+        gain,
+        peft_compat,
     })
 }
 
@@ -759,7 +827,7 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         _ => None,
     };
     let batch = f.count_in("batch", &bounds::BATCH).unwrap_or(32) as usize;
-    let lr = f.real_in("lr", &bounds::LR, "1e-3").unwrap_or(1e-3);
+    let (lr, lr_sweep) = learning_rate(f).unwrap_or((1e-3, vec![]));
     let warmup = f.count_in("warmup", &bounds::WARMUP).unwrap_or(0) as usize;
     let decay = match f.choice("decay", &["linear", "cosine", "constant"]) {
         Some("cosine") => Decay::Cosine,
@@ -845,6 +913,7 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         length,
         batch,
         lr,
+        lr_sweep,
         warmup,
         decay,
         weight_decay,
@@ -855,4 +924,55 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         max_len,
         device,
     })
+}
+
+/// `lr = 1e-3`, or `lr = sweep [3e-4, 1e-3, 3e-3]`: at least two distinct rates in (0, 10]. A
+/// sweep's plan carries its first candidate as `lr` until the runner has chosen.
+fn learning_rate(f: &mut Fields<'_>) -> Option<(f64, Vec<f64>)> {
+    let e = f.get("lr")?;
+    let Value::Sweep(items) = &e.value.node else {
+        return f.real_in("lr", &bounds::LR, "1e-3").map(|v| (v, vec![]));
+    };
+    let mut out: Vec<f64> = Vec::new();
+    for it in items {
+        match &it.node {
+            Value::Number(n)
+                if n.value.is_finite() && n.value > bounds::LR.min && n.value <= bounds::LR.max =>
+            {
+                if out.contains(&n.value) {
+                    f.value_error(
+                        it.span,
+                        format!("learning rate `{}` is in the sweep twice", n.text),
+                        "list each candidate once".into(),
+                    );
+                    return None;
+                }
+                out.push(n.value);
+            }
+            other => {
+                f.value_error(
+                    it.span,
+                    format!(
+                        "a swept learning rate is a number between 0 and 10, found {}",
+                        other.describe()
+                    ),
+                    "write e.g. `lr = sweep [3e-4, 1e-3, 3e-3]`".into(),
+                );
+                return None;
+            }
+        }
+    }
+    if out.len() < 2 {
+        f.value_error(
+            e.value.span,
+            format!(
+                "a sweep needs at least two learning rates, found {}",
+                out.len()
+            ),
+            "add candidates, e.g. `lr = sweep [3e-4, 1e-3, 3e-3]`, or give one rate: `lr = 1e-3`"
+                .into(),
+        );
+        return None;
+    }
+    Some((out[0], out))
 }

@@ -2,6 +2,7 @@
 //! for the rank engine and runner, metrics, and the built-in tasks (planted-rank
 //! teacher–student, synthetic classification).
 
+pub mod order;
 pub mod planted;
 pub mod schedule;
 pub mod synthetic;
@@ -11,7 +12,7 @@ pub mod trainer;
 pub use planted::{PlantedConfig, PlantedTask};
 pub use schedule::{lr_at, Decay};
 pub use synthetic::{SyntheticConfig, SyntheticTask};
-pub use task::Task;
+pub use task::{EvalExample, Task};
 pub use trainer::{
     build_model, evaluate, train, Control, EvalMetrics, Hooks, NoHooks, RankMetrics, StepMetrics,
     TrainConfig, TrainLog,

@@ -79,6 +79,8 @@ pub struct PlantedTask {
     deltas: Vec<Vec<f32>>,
     teacher: Model<Cpu>,
     eval: Vec<Batch>,
+    /// `(samples, order seed)` of [`PlantedTask::with_order`].
+    order: Option<(usize, u64)>,
 }
 
 /// An orthonormal [n, r] matrix (QR of a Gaussian one), row-major f64.
@@ -163,6 +165,7 @@ impl PlantedTask {
             deltas,
             teacher,
             eval: vec![],
+            order: None,
         };
         t.eval = (0..t.cfg.eval_batches)
             .map(|i| t.batch(&format!("eval.{i}"), t.cfg.eval_batch_size))
@@ -170,21 +173,50 @@ impl PlantedTask {
         Ok(t)
     }
 
-    /// Random tokens from the stream `name`, with the teacher's final hidden states as targets.
-    fn batch(&mut self, name: &str, b: usize) -> Result<Batch> {
-        let t = self.cfg.seq;
+    /// `count` random tokens from the stream `name` of the task's seed.
+    fn tokens(&self, name: &str, count: usize) -> Vec<u32> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(name_seed(self.cfg.seed, name));
         let v = self.cfg.model.vocab as u32;
+        (0..count).map(|_| rng.random_range(0..v)).collect()
+    }
+
+    /// Random tokens from the stream `name`, with the teacher's final hidden states as targets.
+    fn batch(&mut self, name: &str, b: usize) -> Result<Batch> {
+        let ids = self.tokens(name, b * self.cfg.seq);
+        self.labelled(ids, b)
+    }
+
+    /// `b` sequences of `ids`, with the teacher's final hidden states as targets.
+    fn labelled(&mut self, ids: Vec<u32>, b: usize) -> Result<Batch> {
         let mut batch = Batch {
             batch: b,
-            seq: t,
-            ids: (0..b * t).map(|_| rng.random_range(0..v)).collect(),
+            seq: self.cfg.seq,
+            ids,
             type_ids: vec![],
             mask: vec![],
             target: Target::Values(vec![]),
         };
         batch.target = Target::Values(self.teacher.hidden_states(&batch)?);
         Ok(batch)
+    }
+
+    /// Evaluates on a second held-out set (streams `dev.{i}`, the same size as the test set
+    /// `eval.{i}`), for model selection that must not see the test set.
+    pub fn on_dev_split(mut self) -> Result<Self> {
+        self.eval = (0..self.cfg.eval_batches)
+            .map(|i| self.batch(&format!("dev.{i}"), self.cfg.eval_batch_size))
+            .collect::<Result<_>>()?;
+        Ok(self)
+    }
+
+    /// Trains on a finite set of `samples` sequences (sequence k from the task's stream
+    /// `train.seq.{k}`), visited in the order `order_seed` gives ([`super::order`]): the task's
+    /// seed fixes the data, the run's seed the order. Without it, training batch `index` is a
+    /// fresh batch drawn from the task's seed alone (an endless stream, for tests that build
+    /// the task directly).
+    pub fn with_order(mut self, samples: usize, order_seed: u64) -> Self {
+        self.order = Some((samples.max(1), order_seed));
+        self
     }
 
     pub fn config(&self) -> &PlantedConfig {
@@ -223,7 +255,15 @@ impl Task for PlantedTask {
         Ok(Some(self.base.clone()))
     }
     fn train_batch(&mut self, index: u64, batch_size: usize) -> Result<Batch> {
-        self.batch(&format!("train.{index}"), batch_size)
+        let Some((samples, order_seed)) = self.order else {
+            return self.batch(&format!("train.{index}"), batch_size);
+        };
+        let seq = self.cfg.seq;
+        let ids = super::order::batch_indices(samples, order_seed, index, batch_size)
+            .into_iter()
+            .flat_map(|k| self.tokens(&format!("train.seq.{k}"), seq))
+            .collect();
+        self.labelled(ids, batch_size)
     }
     fn eval_batches(&self) -> &[Batch] {
         &self.eval

@@ -6,7 +6,9 @@
 
 use super::task::Task;
 use crate::model::weights::name_seed;
-use crate::model::{Batch, Flavour, Head, HostWeights, ModelConfig, Pooling, Target};
+use crate::model::{
+    random_weights, Batch, Flavour, Head, HostWeights, Init, ModelConfig, Pooling, Target,
+};
 use anyhow::{ensure, Result};
 use rand::{Rng, SeedableRng};
 
@@ -49,6 +51,8 @@ impl SyntheticConfig {
 pub struct SyntheticTask {
     cfg: SyntheticConfig,
     eval: Vec<Batch>,
+    /// `(samples, order seed)` of [`SyntheticTask::with_order`].
+    order: Option<(usize, u64)>,
 }
 
 impl SyntheticTask {
@@ -67,32 +71,61 @@ impl SyntheticTask {
         let eval = (0..cfg.eval_batches)
             .map(|i| make(&cfg, &format!("eval.{i}"), cfg.eval_batch_size))
             .collect();
-        Ok(Self { cfg, eval })
+        Ok(Self {
+            cfg,
+            eval,
+            order: None,
+        })
     }
+
+    /// Evaluates on a second held-out set (streams `dev.{i}`, the same size as the test set
+    /// `eval.{i}`), for model selection that must not see the test set.
+    pub fn on_dev_split(mut self) -> Self {
+        self.eval = (0..self.cfg.eval_batches)
+            .map(|i| make(&self.cfg, &format!("dev.{i}"), self.cfg.eval_batch_size))
+            .collect();
+        self
+    }
+
+    /// Trains on a finite set of `samples` sequences (sequence k from the task's stream
+    /// `train.seq.{k}`), visited in the order `order_seed` gives ([`super::order`]); without it,
+    /// training batch `index` is a fresh batch drawn from the task's seed alone.
+    pub fn with_order(mut self, samples: usize, order_seed: u64) -> Self {
+        self.order = Some((samples.max(1), order_seed));
+        self
+    }
+}
+
+/// One labelled sequence drawn from `rng`: its class and its `seq` token ids.
+fn row(cfg: &SyntheticConfig, rng: &mut rand::rngs::StdRng) -> (u32, Vec<u32>) {
+    let (t, v, k) = (cfg.seq, cfg.model.vocab as u32, cfg.classes as u32);
+    let c = rng.random_range(0..k);
+    let members = (v - 1 - (c + 1)) / (k + 1) + 1; // ids c+1, c+1+(k+1), … < v
+    let ids = (0..t)
+        .map(|_| {
+            if rng.random::<f32>() < cfg.signal {
+                c + 1 + (k + 1) * rng.random_range(0..members)
+            } else {
+                rng.random_range(0..v)
+            }
+        })
+        .collect();
+    (c, ids)
 }
 
 fn make(cfg: &SyntheticConfig, name: &str, b: usize) -> Batch {
     let mut rng = rand::rngs::StdRng::seed_from_u64(name_seed(cfg.seed, name));
-    let (t, v, k) = (cfg.seq, cfg.model.vocab as u32, cfg.classes as u32);
-    let mut ids = Vec::with_capacity(b * t);
-    let mut y = Vec::with_capacity(b);
-    for _ in 0..b {
-        let c = rng.random_range(0..k);
-        y.push(c);
-        let members = (v - 1 - (c + 1)) / (k + 1) + 1; // ids c+1, c+1+(k+1), … < v
-        for _ in 0..t {
-            let id = if rng.random::<f32>() < cfg.signal {
-                c + 1 + (k + 1) * rng.random_range(0..members)
-            } else {
-                rng.random_range(0..v)
-            };
-            ids.push(id);
-        }
-    }
+    let rows: Vec<(u32, Vec<u32>)> = (0..b).map(|_| row(cfg, &mut rng)).collect();
+    to_batch(cfg, rows)
+}
+
+fn to_batch(cfg: &SyntheticConfig, rows: Vec<(u32, Vec<u32>)>) -> Batch {
+    let b = rows.len();
+    let (y, ids): (Vec<u32>, Vec<Vec<u32>>) = rows.into_iter().unzip();
     Batch {
         batch: b,
-        seq: t,
-        ids,
+        seq: cfg.seq,
+        ids: ids.concat(),
         type_ids: vec![],
         mask: vec![],
         target: Target::Classes(y),
@@ -112,11 +145,34 @@ impl Task for SyntheticTask {
             pooling: Pooling::Mean,
         }
     }
+    /// The frozen random body stands in for a pretrained model, so it is part of the task
+    /// (drawn from the task's seed, the same for every arm and run seed); the classifier head
+    /// is left to the model, which draws it from the run seed.
     fn base_weights(&self) -> Result<Option<HostWeights>> {
-        Ok(None)
+        // A language-model head has no weights of its own: this is the body alone.
+        let w = random_weights(
+            &self.cfg.model,
+            &Head::LanguageModel,
+            Init::Bert,
+            self.cfg.seed,
+        );
+        Ok(Some(w))
     }
     fn train_batch(&mut self, index: u64, batch_size: usize) -> Result<Batch> {
-        Ok(make(&self.cfg, &format!("train.{index}"), batch_size))
+        let Some((samples, order_seed)) = self.order else {
+            return Ok(make(&self.cfg, &format!("train.{index}"), batch_size));
+        };
+        let rows = super::order::batch_indices(samples, order_seed, index, batch_size)
+            .into_iter()
+            .map(|k| {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(name_seed(
+                    self.cfg.seed,
+                    &format!("train.seq.{k}"),
+                ));
+                row(&self.cfg, &mut rng)
+            })
+            .collect();
+        Ok(to_batch(&self.cfg, rows))
     }
     fn eval_batches(&self) -> &[Batch] {
         &self.eval

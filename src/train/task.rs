@@ -22,4 +22,20 @@ pub trait Task {
     fn planted_ranks(&self) -> Option<Vec<usize>> {
         None
     }
+    /// What each held-out example is, in `eval_batches` order, for per-example predictions.
+    /// Empty when the examples have no text (synthetic and planted tasks).
+    fn eval_examples(&self) -> Vec<EvalExample> {
+        Vec::new()
+    }
+}
+
+/// One held-out example as predictions name it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalExample {
+    /// The data's own id (SQuAD's question id), else the 1-based line in the source file.
+    pub id: String,
+    /// The sentence (or premise, or question).
+    pub text: String,
+    /// The second sentence of a pair (hypothesis), if any.
+    pub text_pair: Option<String>,
 }

@@ -613,6 +613,29 @@ impl Backend for Gpu {
         );
     }
 
+    fn tanh_forward(&self, x: &Tensor<Self>, y: &mut Tensor<Self>) {
+        let n = x.len().min(y.len());
+        self.elementwise(
+            "tanh_forward",
+            "tanh",
+            "tanh_forward",
+            n,
+            &[(1, raw(x)), (3, raw(y))],
+            |c| Params::default().u(c),
+        );
+    }
+    fn tanh_backward(&self, y: &Tensor<Self>, dy: &Tensor<Self>, dx: &mut Tensor<Self>) {
+        let n = y.len().min(dy.len()).min(dx.len());
+        self.elementwise(
+            "tanh_backward",
+            "tanh",
+            "tanh_backward",
+            n,
+            &[(1, raw(y)), (2, raw(dy)), (3, raw(dx))],
+            |c| Params::default().u(c),
+        );
+    }
+
     fn layernorm_forward(
         &self,
         x: &Tensor<Self>,

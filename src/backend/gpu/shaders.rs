@@ -24,6 +24,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("permute", include_str!("../../../shaders/permute.wgsl")),
     ("reduce", include_str!("../../../shaders/reduce.wgsl")),
     ("softmax", include_str!("../../../shaders/softmax.wgsl")),
+    ("tanh", include_str!("../../../shaders/tanh.wgsl")),
 ];
 
 pub fn source(name: &str) -> Option<&'static str> {

@@ -5,7 +5,7 @@
 
 use super::shapes::{ArmShape, BatchShape};
 use crate::adapter::ModuleKind;
-use crate::model::{Head, ModelConfig};
+use crate::model::{Head, ModelConfig, Pooling};
 use serde::Serialize;
 
 /// GEMM FLOPs of one micro-batch.
@@ -83,12 +83,20 @@ fn head_flops(model: &ModelConfig, head: &Head, full: bool, b: BatchShape) -> (f
     let n = b.tokens() as f64;
     let (bt, t, c) = (b.batch as f64, b.seq as f64, model.hidden as f64);
     match *head {
-        Head::Classify { classes, .. } => {
+        Head::Classify { classes, pooling } => {
             let k = classes as f64;
+            // BERT's pooler (`pooling = cls`): z = x·W_pᵀ; backward dx and (full) dW_p
+            let (pf, pb) = match pooling {
+                Pooling::Cls => (
+                    2.0 * bt * c * c,
+                    2.0 * bt * c * c + if full { 2.0 * c * c * bt } else { 0.0 },
+                ),
+                Pooling::Mean => (0.0, 0.0),
+            };
             // pooled = pw·hidden, logits = pooled·Wᵀ; backward dW, dpooled, dhidden
             (
-                2.0 * bt * t * c + 2.0 * bt * k * c,
-                2.0 * k * c * bt + 2.0 * bt * c * k + 2.0 * bt * t * c,
+                2.0 * bt * t * c + 2.0 * bt * k * c + pf,
+                2.0 * k * c * bt + 2.0 * bt * c * k + 2.0 * bt * t * c + pb,
             )
         }
         // The planted task regresses the hidden states themselves: no GEMM.

@@ -9,7 +9,7 @@ use super::shapes::{ArmShape, BatchShape};
 use crate::adapter::ModuleKind;
 use crate::backend::MemKind;
 use crate::model::weights::{body_shapes, head_shapes};
-use crate::model::Head;
+use crate::model::{pooler, Head, Pooling};
 use serde::Serialize;
 
 /// Bytes by ledger kind, in [`MemKind::ALL`] order. f64 holds every byte count exactly below
@@ -121,9 +121,16 @@ pub fn params(s: &ArmShape, ranks: &[usize]) -> ByKind {
             m.hold(MemKind::Frozen, prod(&shape));
         }
     }
-    // The head always trains.
+    // The head always trains; BERT's pooler (`pooling = cls`) trains with the body.
     for (_, shape) in head_shapes(&s.model, &s.head) {
         m.trainable(prod(&shape));
+    }
+    for (_, shape) in pooler_shapes(s) {
+        if s.full {
+            m.trainable(prod(&shape));
+        } else {
+            m.hold(MemKind::Frozen, prod(&shape));
+        }
     }
     if !s.full {
         for (i, &r) in ranks.iter().enumerate() {
@@ -143,11 +150,22 @@ pub fn params(s: &ArmShape, ranks: &[usize]) -> ByKind {
     m
 }
 
+/// BERT's pooler weights when the head reads it (`pooling = cls`).
+fn pooler_shapes(s: &ArmShape) -> Vec<(String, Vec<usize>)> {
+    match s.head {
+        Head::Classify {
+            pooling: Pooling::Cls,
+            ..
+        } => pooler::shapes(s.model.hidden),
+        _ => vec![],
+    }
+}
+
 /// Trainable tensors (one gradient-norm slot each, `Model::grad_norm`).
 fn trainable_tensors(s: &ArmShape, ranks: &[usize]) -> usize {
     let heads = head_shapes(&s.model, &s.head).len();
     if s.full {
-        return body_shapes(&s.model).len() + heads;
+        return body_shapes(&s.model).len() + pooler_shapes(s).len() + heads;
     }
     let per = if s.svd { 3 } else { 2 };
     heads + per * ranks.iter().filter(|&&r| r > 0).count()
@@ -195,7 +213,7 @@ fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
         MemKind::Scratch,
         2.0 * n * ch + 2.0 * n * f + 2.0 * bhtd + 2.0 * bhtt + 3.0 * n * ch,
     );
-    let mut brief = head_buffers(s, b);
+    let mut brief = head_buffers(s, b, train);
     if train && !s.full {
         let r_max = ranks.iter().copied().max().unwrap_or(0) as f64;
         // dmid (and the SVD form's product) of one adapter's backward: [n, r].
@@ -225,18 +243,30 @@ fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
     m.plus(&brief)
 }
 
-/// The head's buffers during its forward, loss and backward (`Model::head_pass`).
-fn head_buffers(s: &ArmShape, b: BatchShape) -> ByKind {
+/// The head's buffers during its forward, loss and (when `train`) backward (`Model::head_pass`,
+/// `Pooler::forward`/`backward`).
+fn head_buffers(s: &ArmShape, b: BatchShape, train: bool) -> ByKind {
     let (bt, t) = (b.batch as f64, b.seq as f64);
     let n = bt * t;
     let ch = s.model.hidden as f64;
     let mut m = ByKind::default();
     match s.head {
-        Head::Classify { classes, .. } => {
+        Head::Classify { classes, pooling } => {
             let k = classes as f64;
-            // pooling weights and per-sequence losses; pooled, logits, dlogits
+            // pooling weights and per-sequence losses; pooled, logits, dlogits; backward: dpooled
             m.hold(MemKind::Scratch, n + bt);
             m.hold(MemKind::Activation, bt * ch + 2.0 * bt * k);
+            if train {
+                m.hold(MemKind::Activation, bt * ch);
+            }
+            if pooling == Pooling::Cls {
+                // the pooler's saved input and its pre-activation copy; backward: dz
+                m.hold(MemKind::Activation, bt * ch);
+                m.hold(MemKind::Scratch, bt * ch);
+                if train {
+                    m.hold(MemKind::Activation, bt * ch);
+                }
+            }
         }
         // The planted task regresses the final hidden states: targets, difference, sum.
         Head::Regress => m.hold(MemKind::Scratch, 2.0 * n * ch + 1.0),

@@ -118,11 +118,16 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
             };
             let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), &model, &mut notes);
             let eval = subset.eval_samples.unwrap_or(CLASSIFY_EVAL_BATCH);
-            (
-                Head::Classify {
-                    classes,
-                    pooling: Pooling::Mean,
+            // `pooling = cls` adds BERT's pooler (`model::pooler`).
+            let pooling = match &arm.model {
+                ModelSpec::Hf { pooling, .. } | ModelSpec::Path { pooling, .. } => match pooling {
+                    crate::policy::Pooling::Cls => Pooling::Cls,
+                    crate::policy::Pooling::Mean => Pooling::Mean,
                 },
+                ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => Pooling::Mean,
+            };
+            (
+                Head::Classify { classes, pooling },
                 seq,
                 eval.clamp(1, CLASSIFY_EVAL_BATCH),
                 None,
@@ -149,7 +154,20 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
     };
     let peak_ranks = match engine_config(arm, model.layers, steps.unwrap_or(1), 0) {
         Some(e) if !matches!(e.method, Method::AdaLora(_)) => {
-            largest_plan(&model, &start_ranks, e.budget, e.min_rank, e.max_rank)
+            // Under a parameter budget the engine's rank total is only a feasibility cap; the
+            // ranks the budget can buy are at most what the cheapest slots afford.
+            let cheapest = arm.lora.on().and_then(|l| {
+                l.targets
+                    .iter()
+                    .map(|k| model.module_shape(*k))
+                    .map(|(r, c)| r + c)
+                    .min()
+            });
+            let budget = match (arm.lora.on().and_then(|l| l.param_budget), cheapest) {
+                (Some(p), Some(c)) => e.budget.min(p / c),
+                _ => e.budget,
+            };
+            largest_plan(&model, &start_ranks, budget, e.min_rank, e.max_rank)
         }
         // AdaLoRA masks triplets but keeps its tensors at the initial rank.
         _ => start_ranks.clone(),

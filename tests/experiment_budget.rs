@@ -1,0 +1,80 @@
+//! Budgets in parameters: under `lora.param_budget` the fixed, layer-wise and adaptive arms of
+//! `examples/paper_table.rank` end within 2% of each other in trainable parameters, and the
+//! counts `adarank check` prints before a run are the counts the model reports after it
+//! (oracle: `Model::trainable_params`, summed over the model's own parameter tensors).
+
+use adarank::experiment::budget::{arm_params, mismatch};
+use adarank::experiment::runner::{run, DeviceChoice, RunOptions};
+use adarank::experiment::{CellStatus, RunDir};
+use std::path::Path;
+
+fn load(file: &str) -> adarank::policy::Policy {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    adarank::policy::load(&path, &[]).unwrap_or_else(|d| panic!("{d}"))
+}
+
+#[test]
+fn paper_table_arms_train_the_same_parameters_within_two_percent() {
+    let policy = load("examples/paper_table.rank");
+    let arms = ["adaptive", "lora_fixed", "layerwise", "no_complexity"];
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let opts = RunOptions {
+        out: Some(out.clone()),
+        device: DeviceChoice::Cpu,
+        quiet: true,
+        arms: arms.iter().map(|a| a.to_string()).collect(),
+        seeds: vec![1],
+        ..Default::default()
+    };
+    run(Some(policy.clone()), &opts).unwrap();
+    let s = RunDir::open(&out).unwrap().load_summary().unwrap();
+    let params: Vec<u64> = arms
+        .iter()
+        .map(|a| {
+            let c = s.cell(a, 1).unwrap();
+            assert_eq!(c.status, CellStatus::Done);
+            c.trainable_params
+        })
+        .collect();
+    let (lo, hi) = (params.iter().min().unwrap(), params.iter().max().unwrap());
+    assert!(
+        (*hi - *lo) as f64 <= 0.02 * *lo as f64,
+        "trainable parameters {params:?} spread more than 2%"
+    );
+    // What `check` printed is what ran: exactly for the fixed arms, within the allocator's
+    // rounding for the arms that allocate.
+    for (a, ran) in arms.iter().zip(&params) {
+        let plan = policy.arm(a).unwrap();
+        let (plo, phi) = arm_params(plan).unwrap().total().unwrap();
+        if plo == phi && !adarank::experiment::arm::reallocates(plan) {
+            assert_eq!(*ran, plo, "{a}");
+        } else {
+            assert!(
+                (*ran as f64 - plo as f64).abs() <= 0.02 * plo as f64,
+                "{a}: {ran} vs {plo}"
+            );
+        }
+    }
+    let counts: Vec<_> = policy.arms.iter().filter_map(arm_params).collect();
+    assert!(mismatch(&counts).is_none());
+}
+
+#[test]
+fn check_warns_when_lora_arms_differ_in_cost() {
+    // movie_sentiment shares a rank budget, not a parameter budget: layer-wise LoRA trains 21%
+    // more adapter parameters than fixed rank, and the adaptive arm may land anywhere.
+    let counts: Vec<_> = load("examples/movie_sentiment.rank")
+        .arms
+        .iter()
+        .filter_map(arm_params)
+        .collect();
+    let w = mismatch(&counts).expect("a warning");
+    assert!(
+        w.contains("`layerwise` 313344") && w.contains("`lora_fixed` 258048"),
+        "{w}"
+    );
+    // Full fine-tuning of MiniLM-L6 trains every weight: 22.7M, against 0.26M for rank 8.
+    let full = counts.iter().find(|c| c.arm == "full_ft").unwrap();
+    assert!(full.adapters.is_none() && full.total().unwrap().0 > 22_000_000);
+}

@@ -131,10 +131,11 @@ fn bert_pooler_peaks_and_flops_match_the_plan() {
         "movie_sentiment.rank",
         &[
             ("pooling = mean", "pooling = cls"),
-            ("steps = 300", "steps = 2"),
+            ("steps = 300", "steps = 3"),
             ("warmup = 30", "warmup = 1"),
             ("eval_every = 100", "eval_every = 1"),
             ("until step 100", "until step 1"),
+            ("until step 250", "until step 2"),
             ("every 50 steps", "every 1 step"),
         ],
     );

@@ -354,7 +354,20 @@ impl RankMethod for AdaLoraMethod {
         let c = self.c.clone();
         let step = step as usize;
         let n = core.infos.len();
-        let (budget, mask_now) = budget_schedule(&c, c.init_rank * n, c.target_rank * n, step);
+        // Under `lora.param_budget` the schedule runs in parameters, from what the initial
+        // triplets cost to the budget, and the allocator keeps triplets while they fit (a
+        // triplet of adapter i costs rows_i + cols_i, as a LoRA rank does; its λ adds one).
+        let (budget, mask_now) = match core.cfg.param_budget {
+            Some(p) => {
+                let init: usize = core
+                    .infos
+                    .iter()
+                    .map(|a| c.init_rank * (a.rows + a.cols))
+                    .sum();
+                budget_schedule(&c, init, p.min(init), step)
+            }
+            None => budget_schedule(&c, c.init_rank * n, c.target_rank * n, step),
+        };
         let final_phase = step + c.tfinal > c.total_steps;
         let first_final = final_phase && step + c.tfinal == c.total_steps + 1;
         if final_phase && !first_final {
@@ -422,7 +435,7 @@ impl RankMethod for AdaLoraMethod {
             reason,
             &before,
             &counts,
-            Some(budget),
+            core.cfg.param_budget.is_none().then_some(budget),
             &[],
             &kept_scores,
             resized,

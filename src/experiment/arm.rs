@@ -47,8 +47,11 @@ pub fn method_label(arm: &ArmPlan) -> String {
 pub fn hparams(arm: &ArmPlan) -> HParams {
     let adapters = match (arm.lora.on(), &arm.adalora) {
         (None, _) => "full fine-tuning".to_string(),
-        (Some(_), Some(a)) => {
-            let target = format!("rank {}", a.target_rank);
+        (Some(l), Some(a)) => {
+            let target = match l.param_budget {
+                Some(p) => format!("{p} params"),
+                None => format!("rank {}", a.target_rank),
+            };
             let how = if a.peft_compat {
                 "PEFT's scale".to_string()
             } else {
@@ -339,8 +342,8 @@ pub fn train_mode(arm: &ArmPlan, layers: usize) -> TrainMode {
 }
 
 /// The rank engine of an arm on a model of `layers` layers; `None` when its ranks never change
-/// (full, fixed, layer-wise). `param_budget` is handed to plugins as `ctx.param_budget` (the
-/// policy key that sets it is not part of the language yet: `None`).
+/// (full, fixed, layer-wise). `lora.param_budget` is handed to plugins as `ctx.param_budget` and
+/// `param("param_budget")`.
 pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Option<EngineConfig> {
     let l = match &arm.lora {
         LoraSpec::Off => return None,
@@ -394,6 +397,7 @@ pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Opt
     if let Some(p) = l.param_budget {
         cfg.params.insert("param_budget".into(), p.into());
     }
+    cfg.param_budget = l.param_budget;
     cfg.min_rank = l.min_rank;
     cfg.max_rank = l.max_rank;
     cfg.seed = seed;

@@ -365,13 +365,17 @@ impl Ctx<'_> {
                     .as_ref()
                     .and_then(|l| l.on())
                     .map_or(8, |l| l.init_rank);
+                let param_budget = lora
+                    .as_ref()
+                    .and_then(|l| l.on())
+                    .and_then(|l| l.param_budget);
                 let mut f = Fields {
                     section: "adalora",
                     header: *header,
                     entries,
                     d,
                 };
-                sections::adalora(&mut f, lora_init, steps).map(Some)
+                sections::adalora(&mut f, lora_init, param_budget, steps).map(Some)
             }
             Some(Section::Off(_)) | None => Some(None),
         };

@@ -254,7 +254,8 @@ impl LoraOn {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdaLoraSpec {
     pub init_rank: usize,
-    /// Average final rank; the budget is target_rank × slots.
+    /// Average final rank; the budget is target_rank × slots. Under `lora.param_budget` it is
+    /// `init_rank` (not a bound: the parameter budget sets the final size).
     pub target_rank: usize,
     /// Steps of warm-up before pruning starts.
     pub tinit: usize,

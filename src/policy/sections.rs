@@ -657,7 +657,13 @@ fn rank_spec(
     }
 }
 
-pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Option<AdaLoraSpec> {
+/// `param_budget`: the arm's `lora.param_budget`, which replaces `target_rank` as the final size.
+pub fn adalora(
+    f: &mut Fields<'_>,
+    lora_init: usize,
+    param_budget: Option<usize>,
+    steps: Option<usize>,
+) -> Option<AdaLoraSpec> {
     f.only(
         &[
             "init_rank",
@@ -678,9 +684,22 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
     let init_rank = f
         .count_in("init_rank", &bounds::RANK)
         .map_or(lora_init, |v| v as usize);
-    let target_rank = f
-        .required_in("target_rank", &bounds::RANK, "4")
-        .map(|v| v as usize);
+    let target_rank = match param_budget {
+        None => f
+            .required_in("target_rank", &bounds::RANK, "4")
+            .map(|v| v as usize),
+        Some(p) => {
+            if let Some(e) = f.get("target_rank") {
+                f.value_error(
+                    e.key.span,
+                    format!("`target_rank` and `lora.param_budget = {p}` both set AdaLoRA's final size"),
+                    "under a parameter budget AdaLoRA prunes to the budget: drop `target_rank`, or drop `lora.param_budget`".into(),
+                );
+            }
+            // Not a bound: the parameter budget sets the final size.
+            Some(init_rank)
+        }
+    };
     let tinit = f.count_in("tinit", &bounds::ADALORA_STEPS).unwrap_or(0) as usize;
     let tfinal = f.count_in("tfinal", &bounds::ADALORA_STEPS).unwrap_or(0) as usize;
     let delta_t = f.count_in("delta_t", &bounds::STEP_COUNT).unwrap_or(10) as usize;

@@ -105,6 +105,9 @@ pub struct AdapterHost {
     pub b: Vec<f32>,
     /// AdaLoRA's λ: [rank], when the adapter is in SVD form ΔW = B·diag(λ)·A.
     pub lambda: Option<Vec<f32>>,
+    /// Gates g: [rank] the rank engine set (ΔW = s·B·diag(g)·A), when it set any. Read-only:
+    /// `set_adapter_host` ignores it (use `AdapterStore::set_gates`).
+    pub gates: Option<Vec<f32>>,
     /// Gradients of the last backward pass (zero-length when not available).
     pub grad_a: Vec<f32>,
     pub grad_b: Vec<f32>,
@@ -125,6 +128,26 @@ impl HostTensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Self { shape, data }
     }
+}
+
+/// Gradient statistics of one adapter accumulated on the device that holds it, as read back by
+/// [`AdapterStore::grad_stats`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GradStats {
+    /// ‖∇A‖² and ‖∇B‖² of the last gathered backward pass.
+    pub last_a2: f64,
+    pub last_b2: f64,
+    /// Σ over gathered steps of (‖∇A‖² + ‖∇B‖²) / rank, and its two parts.
+    pub energy_sum: f64,
+    #[serde(default)]
+    pub energy_a: f64,
+    #[serde(default)]
+    pub energy_b: f64,
+    /// Gathered steps since the last reset.
+    pub steps: u64,
+    /// Σ ∇Bᵀ∇B over the gathered steps: [rank, rank] row-major (empty when no step was
+    /// gathered).
+    pub gram: Vec<f64>,
 }
 
 /// What the rank engine and exporters need from a model: adapters as host data, and resizing.
@@ -148,4 +171,29 @@ pub trait AdapterStore {
     fn input_sample(&self, _i: usize) -> Option<HostTensor> {
         None
     }
+    /// Add the last backward pass's gradient statistics of adapter `i` to its accumulators,
+    /// where the adapter lives (on a GPU: device ops only, nothing is copied to the host). A
+    /// rank-0 adapter has nothing to add.
+    fn gather_grad_stats(&mut self, i: usize) -> anyhow::Result<()>;
+    /// Read adapter `i`'s accumulated statistics (a download of 4 + rank² values).
+    fn grad_stats(&self, i: usize) -> anyhow::Result<GradStats>;
+    /// Clear adapter `i`'s accumulators (a resize clears them too).
+    fn reset_grad_stats(&mut self, i: usize) -> anyhow::Result<()>;
+    /// Put back accumulators read by [`AdapterStore::grad_stats`] (resuming from a checkpoint:
+    /// accumulation then continues exactly as if never interrupted). Stores that are never
+    /// resumed need not support it.
+    fn restore_grad_stats(&mut self, _i: usize, _s: &GradStats) -> anyhow::Result<()> {
+        anyhow::bail!("this adapter store cannot restore gradient statistics")
+    }
+    /// Gates g: [rank] on adapter `i`'s components (ΔW = s·B·diag(g)·A), or `None` for none
+    /// (g = 1). The optimizer never changes g; every backward pass accumulates ∂L/∂g. A resize
+    /// removes the gates.
+    fn set_gates(&mut self, i: usize, gates: Option<&[f32]>) -> anyhow::Result<()>;
+    /// ∂L/∂g of adapter `i` accumulated since the last zeroing of gradients: [rank] (empty
+    /// without gates).
+    fn gate_grad(&self, i: usize) -> anyhow::Result<Vec<f32>>;
+    /// Keep only the components `keep` (increasing indices into 0..rank) of adapter `i`: ΔW
+    /// loses exactly the dropped components (no re-factorisation). The adapter's optimizer
+    /// moments restart, as for any rank change.
+    fn keep_components(&mut self, i: usize, keep: &[usize]) -> anyhow::Result<()>;
 }

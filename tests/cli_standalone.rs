@@ -45,7 +45,7 @@ fn the_binary_runs_the_quickstart_outside_its_source_tree() {
 
     let out = adarank(&["check", "quickstart.rank", "--plan"]);
     assert!(out.contains("quickstart.rank: ok (4 arms"), "{out}");
-    for p in ["spectral_gradient", "log_rule", "alpha_beta"] {
+    for p in ["spectral_gradient", "log_rule", "learn_gates"] {
         assert!(out.contains(&format!("\"builtin:{p}.rhai\"")), "{p}: {out}");
     }
     assert!(!out.contains(env!("CARGO_MANIFEST_DIR")), "{out}");

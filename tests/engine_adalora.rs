@@ -1,10 +1,13 @@
 //! AdaLoRA engine support: orthogonality gradients reach the adapters, masking follows the
 //! cubic budget and keeps the highest-scored triplets, the final pattern holds, resizing works.
 
+mod common;
+
 use adarank::adapter::AdapterStore;
 use adarank::engine::adalora::budget_schedule;
 use adarank::engine::planted::{PlantedConfig, PlantedStore};
 use adarank::engine::{AdaLoraConfig, EngineConfig, EngineCtx, Method, RankEngine};
+use common::Counting;
 
 fn cfg(resize: bool) -> AdaLoraConfig {
     AdaLoraConfig {
@@ -103,32 +106,37 @@ fn orthogonality_gradient_is_added_to_adapter_gradients() {
     }
 }
 
-fn train(resize: bool) -> (RankEngine, PlantedStore, Vec<(usize, usize)>) {
+/// (step, budget, ranks held) of every budget step.
+type Seen = Vec<(u64, usize, Vec<usize>)>;
+
+fn train(resize: bool) -> (RankEngine, PlantedStore, Seen) {
     let c = cfg(resize);
     let mut s = store();
     let mut e = RankEngine::new(EngineConfig::new(Method::AdaLora(c.clone()), 0, 6)).unwrap();
     e.on_start(&mut s).unwrap();
     let mut seen = vec![];
-    for step in 1..=c.total_steps {
+    for step in 1..=c.total_steps as u64 {
         s.forward_backward();
         e.after_backward(step, &mut s).unwrap();
         s.optimizer_step();
         let ctx = EngineCtx {
-            step,
+            step: step as usize,
             ..Default::default()
         };
-        if let Some(ch) = e.reallocate(step, &mut s, &ctx).unwrap() {
-            let (b, _) = budget_schedule(&c, 36, 18, step);
-            assert_eq!(ch.budget, b);
-            assert_eq!(ch.after.iter().sum::<usize>(), b.min(36));
-            seen.push((step, b));
+        if let Some(ch) = e.after_step(step, &mut s, &ctx).unwrap() {
+            let (b, _) = budget_schedule(&c, 36, 18, step as usize);
+            assert_eq!(ch.budget, Some(b));
+            let after: Vec<usize> = ch.slots.iter().map(|x| x.after).collect();
+            assert_eq!(after.iter().sum::<usize>(), b.min(36));
             // Masked triplets have λ = 0; the count of non-masked equals the allocation.
             if !ch.resized {
-                for (i, &k) in ch.after.iter().enumerate() {
+                for (i, &k) in after.iter().enumerate() {
                     let lam = s.adapter_host(i).unwrap().lambda.unwrap();
                     assert!(lam.iter().filter(|x| **x != 0.0).count() <= k);
                 }
             }
+            let held: Vec<usize> = s.adapters().iter().map(|a| a.rank).collect();
+            seen.push((step, b, held));
         }
     }
     (e, s, seen)
@@ -138,9 +146,9 @@ fn train(resize: bool) -> (RankEngine, PlantedStore, Vec<(usize, usize)>) {
 fn masking_follows_the_cubic_schedule_and_final_pattern_holds() {
     let (e, s, seen) = train(false);
     // Masks at ΔT multiples inside (tinit, T − tfinal], then once when the final phase begins.
-    let steps: Vec<usize> = seen.iter().map(|x| x.0).collect();
+    let steps: Vec<u64> = seen.iter().map(|x| x.0).collect();
     assert_eq!(steps, vec![10, 15, 20, 25, 30, 35, 40, 45, 50, 51]);
-    assert_eq!(e.calls().reallocate, 60);
+    assert_eq!(e.calls().after_step, 60);
     assert_eq!(e.ranks().iter().sum::<usize>(), 18);
     // After the final pattern, masked λ stay at zero through the last steps.
     for (i, r) in e.ranks().iter().enumerate() {
@@ -151,11 +159,18 @@ fn masking_follows_the_cubic_schedule_and_final_pattern_holds() {
 }
 
 #[test]
-fn resize_option_shrinks_tensors_to_the_kept_triplets() {
-    let (e, s, _) = train(true);
+fn resize_option_removes_pruned_triplets_at_every_budget_step() {
+    let (e, s, seen) = train(true);
     let ranks: Vec<usize> = s.adapters().iter().map(|a| a.rank).collect();
     assert_eq!(ranks, e.ranks());
     assert_eq!(ranks.iter().sum::<usize>(), 18);
+    // The tensors follow the budget down as it falls, not only at the end.
+    for (step, b, held) in &seen {
+        assert_eq!(held.iter().sum::<usize>(), *b, "step {step}");
+    }
+    let totals: Vec<usize> = seen.iter().map(|x| x.2.iter().sum()).collect();
+    assert!(totals.windows(2).all(|w| w[1] <= w[0]), "{totals:?}");
+    assert!(totals[0] < 36 && totals.len() > 3);
 }
 
 #[test]
@@ -171,57 +186,23 @@ fn adalora_without_lambda_is_refused() {
         .contains("SVD form"));
 }
 
-/// A store that counts `input_sample` calls (a device download on a real model).
-struct Counting {
-    inner: PlantedStore,
-    samples: std::cell::Cell<usize>,
-}
-
-impl AdapterStore for Counting {
-    fn adapters(&self) -> Vec<adarank::adapter::AdapterInfo> {
-        self.inner.adapters()
-    }
-    fn adapter_host(&self, i: usize) -> anyhow::Result<adarank::adapter::AdapterHost> {
-        self.inner.adapter_host(i)
-    }
-    fn set_adapter_host(
-        &mut self,
-        i: usize,
-        h: &adarank::adapter::AdapterHost,
-    ) -> anyhow::Result<()> {
-        self.inner.set_adapter_host(i, h)
-    }
-    fn frozen_weight(&self, i: usize) -> anyhow::Result<adarank::adapter::HostTensor> {
-        self.inner.frozen_weight(i)
-    }
-    fn resize_adapter(&mut self, i: usize, rank: usize) -> anyhow::Result<()> {
-        self.inner.resize_adapter(i, rank)
-    }
-    fn input_sample(&self, i: usize) -> Option<adarank::adapter::HostTensor> {
-        self.samples.set(self.samples.get() + 1);
-        self.inner.input_sample(i)
-    }
-}
-
 /// Input samples (and their spectra) are fetched only for plugins that name `input_ev`:
 /// AdaLoRA's masking steps take none, the EVA-like allocator one per adapter per allocation.
 #[test]
 fn input_samples_are_fetched_only_when_a_plugin_reads_input_ev() {
     let run = |method: Method, budget: usize| {
-        let mut s = Counting {
-            inner: store(),
-            samples: Default::default(),
-        };
+        let mut s = Counting::new(store());
         let mut e = RankEngine::new(EngineConfig::new(method, budget, 6)).unwrap();
         e.on_start(&mut s).unwrap();
-        for step in 1..=20 {
+        for step in 1..=20u64 {
             s.inner.forward_backward();
             e.after_backward(step, &mut s).unwrap();
             s.inner.optimizer_step();
             let ctx = EngineCtx {
-                step,
+                step: step as usize,
                 ..Default::default()
             };
+            e.after_step(step, &mut s, &ctx).unwrap();
             e.reallocate(step, &mut s, &ctx).unwrap();
         }
         (s.samples.get(), e.calls().allocations)
@@ -236,4 +217,85 @@ fn input_samples_are_fetched_only_when_a_plugin_reads_input_ev() {
     let (samples, allocations) = run(eva, 18);
     assert_eq!(allocations, 20);
     assert_eq!(samples, 20 * 6);
+}
+
+/// AdaLoRA with `resize` on the real model: pruned triplets leave the tensors at every budget
+/// step, so the ledger's adapter bytes fall between t_init and T − t_final (masking keeps them
+/// flat), and the model's trainable parameters follow the effective ranks.
+#[test]
+fn resize_frees_adapter_memory_while_the_budget_falls() {
+    use adarank::backend::cpu::Cpu;
+    use adarank::backend::{AdamW, Backend, MemKind};
+    use adarank::model::{LoraConfig, TrainMode};
+    use adarank::train::{build_model, PlantedTask, Task};
+    use std::sync::Arc;
+    let run = |resize: bool| -> (Vec<u64>, Vec<usize>, usize, usize) {
+        let be = Arc::new(Cpu::new());
+        let mut task = PlantedTask::new(adarank::train::PlantedConfig::small(2)).unwrap();
+        let layers = task.model_config().layers;
+        let mut lora = LoraConfig::uniform(layers, &adarank::adapter::ModuleKind::ALL, 6, 16.0);
+        lora.svd_form = true;
+        let mut model = build_model(be.clone(), &task, TrainMode::Lora(lora), 2).unwrap();
+        let c = AdaLoraConfig {
+            resize,
+            ..cfg(resize)
+        };
+        let mut e = RankEngine::new(EngineConfig::new(Method::AdaLora(c.clone()), 0, 6)).unwrap();
+        e.on_start(&mut model).unwrap();
+        let head = model.trainable_params()
+            - model
+                .adapters()
+                .iter()
+                .map(|a| a.params_at(a.rank) + a.rank)
+                .sum::<usize>();
+        let mut bytes = vec![];
+        for step in 1..=c.total_steps as u64 {
+            let b = task.train_batch(step, 8).unwrap();
+            model.zero_grads();
+            model.forward_backward(&b, 1.0).unwrap();
+            e.after_backward(step, &mut model).unwrap();
+            let opt = AdamW {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                step: step as u32,
+            };
+            model.optimizer_step(&opt, Some(1.0)).unwrap();
+            let ctx = EngineCtx {
+                step: step as usize,
+                ..Default::default()
+            };
+            e.after_step(step, &mut model, &ctx).unwrap();
+            let s = be.ledger().snapshot();
+            bytes.push(
+                [MemKind::Trainable, MemKind::Grad, MemKind::Optim]
+                    .iter()
+                    .map(|k| s.current_of(*k))
+                    .sum(),
+            );
+        }
+        let held: Vec<usize> = model.adapters().iter().map(|a| a.rank).collect();
+        // A, B and λ of every adapter, plus the head.
+        let want = head
+            + model
+                .adapters()
+                .iter()
+                .map(|a| a.params_at(a.rank) + a.rank)
+                .sum::<usize>();
+        (bytes, held, model.trainable_params(), want)
+    };
+    let c = cfg(true);
+    let (bytes, held, params, want) = run(true);
+    let at = |s: usize| bytes[s - 1];
+    let (t0, t1) = (c.tinit, c.total_steps - c.tfinal);
+    println!("adapter bytes: t_init {} → T − t_final {}", at(t0), at(t1));
+    assert!(at(t1) < at(t0), "{} vs {}", at(t1), at(t0));
+    assert!(bytes.windows(2).all(|w| w[1] <= w[0]), "never grows");
+    assert_eq!(held.iter().sum::<usize>(), 3 * held.len());
+    assert_eq!(params, want, "trainable params follow the effective ranks");
+    let (flat, held, _, _) = run(false);
+    assert_eq!(flat[t0 - 1], flat[t1 - 1], "masking keeps the tensors");
+    assert!(held.iter().all(|r| *r == 6));
 }

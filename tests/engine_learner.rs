@@ -38,7 +38,10 @@ fn ols(c: &[f64], budget: f64) -> (f64, f64) {
 
 fn learn(host: &PluginHost, state: Map, c: &[f64], budget: i64) -> (f64, f64) {
     let p = host
-        .compile("alpha_beta.rhai", find("alpha_beta.rhai").unwrap().source)
+        .compile(
+            "fit_proportional.rhai",
+            find("fit_proportional.rhai").unwrap().source,
+        )
         .unwrap();
     let out = host
         .call(
@@ -188,20 +191,22 @@ fn state_round_trips_through_json_and_resume_checks_ranks() {
     s.forward_backward();
     e.after_backward(1, &mut s).unwrap();
     e.reallocate(1, &mut s, &EngineCtx::default()).unwrap();
-    let json = serde_json::to_string(&e.state()).unwrap();
+    s.forward_backward();
+    e.after_backward(2, &mut s).unwrap();
+    let json = serde_json::to_string(&e.state(&s).unwrap()).unwrap();
     let back: adarank::engine::EngineState = serde_json::from_str(&json).unwrap();
     // serde_json may round the last bit of an f64; everything else must come back as saved.
-    let now = e.state();
+    let now = e.state(&s).unwrap();
     assert_eq!(
         (&back.ranks, &back.calls, back.rng_draws),
         (&now.ranks, &now.calls, now.rng_draws)
     );
-    for (a, b) in back.stats.iter().zip(&now.stats) {
+    for (a, b) in back.grads.iter().zip(&now.grads) {
         assert!((a.energy_sum - b.energy_sum).abs() <= 1e-12 * b.energy_sum.abs());
         assert_eq!(a.gram.len(), b.gram.len());
     }
     assert!(
-        back.stats.iter().any(|s| s.energy_sum > 0.0),
+        back.grads.iter().any(|g| g.energy_sum > 0.0),
         "statistics were gathered"
     );
     let mut e2 = RankEngine::new(cfg.clone()).unwrap();

@@ -34,7 +34,8 @@ fn quickstart_makes_report_plots_and_adapters() {
         "env.json",
         "policy.rank",
         "metrics.jsonl",
-        "ranks.jsonl",
+        "allocations.jsonl",
+        "plots/allocations-adaptive.svg",
         "plots/loss.svg",
         "plots/final_ranks.svg",
     ] {

@@ -24,8 +24,8 @@ fn movie_sentiment_runs_one_arm() {
             "--arm",
             "lora_fixed",
             "--set",
-            // The policy's phases need 150 steps (uniform until 100, then `every 50 steps`).
-            "train.steps=150",
+            // The policy's phases need its 300 steps (uniform to 100, re-allocation to 250).
+            "train.steps=300",
             "--set",
             "train.batch=2",
             "--set",
@@ -51,7 +51,7 @@ fn movie_sentiment_runs_one_arm() {
         .find(|c| c["arm"] == "lora_fixed")
         .expect("cell lora_fixed");
     assert_eq!(cell["status"], "done", "{cell}");
-    assert_eq!(cell["steps"], 150, "{cell}");
+    assert_eq!(cell["steps"], 300, "{cell}");
     let acc = cell["eval_accuracy"].as_f64().expect("eval_accuracy");
     assert!((0.0..=1.0).contains(&acc), "accuracy {acc}");
     assert_eq!(cell["metric"].as_f64(), Some(acc));

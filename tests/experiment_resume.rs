@@ -14,7 +14,7 @@ experiment resume_check {
   train { steps = 24, batch = 4, lr = 1e-2, checkpoint_every = 5 }
   complexity = plugin "spectral_gradient"
   allocator = plugin "log_rule"
-  learner = plugin "alpha_beta"
+  learner = plugin "learn_gates"
   phase warmup until step 6 {}
   phase adapt until step 18 { every 4 steps: reallocate }
   phase settle {}
@@ -37,12 +37,45 @@ fn policy() -> adarank::policy::Policy {
         .unwrap_or_else(|d| panic!("{d}"))
 }
 
-/// Per-step (arm, seed, step, loss bits), rank records, and per-cell (arm, seed, final loss bits).
+/// Per-step (arm, seed, step, loss bits), allocation records, and per-cell (arm, seed, final
+/// loss bits). The allocations' real numbers (C_i, α, β, scores) are compared to 12 significant
+/// digits: the engine's f64 state passes through the checkpoint's JSON, whose parser may round
+/// the last bit; everything else is compared exactly.
 type Logs = (
     Vec<(String, u64, u64, u64)>,
-    Vec<RankRecord>,
+    Vec<String>,
     Vec<(String, u64, Option<u64>)>,
 );
+
+fn rounded(r: &RankRecord) -> String {
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.12e}"));
+    let slots: Vec<_> = r
+        .slots
+        .iter()
+        .map(|s| {
+            (
+                &s.name,
+                s.before,
+                s.after,
+                s.cost,
+                f(s.complexity),
+                f(s.score),
+            )
+        })
+        .collect();
+    format!(
+        "{} {} {} {} {:?} {:?} {:?} {:?} {}",
+        r.arm,
+        r.seed,
+        r.step,
+        r.reason,
+        r.budget,
+        f(r.alpha),
+        f(r.beta),
+        slots,
+        r.resized
+    )
+}
 
 fn logs(dir: &Path) -> Logs {
     let rd = RunDir::open(dir).unwrap();
@@ -54,6 +87,7 @@ fn logs(dir: &Path) -> Logs {
     steps.sort();
     let mut ranks = rd.load_ranks().unwrap();
     ranks.sort_by(|a, b| (&a.arm, a.seed, a.step).cmp(&(&b.arm, b.seed, b.step)));
+    let ranks: Vec<String> = ranks.iter().map(rounded).collect();
     let s = rd.load_summary().unwrap();
     let cells = s
         .cells

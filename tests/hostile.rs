@@ -1,11 +1,13 @@
 //! The hostile-input corpus (`tests/hostile/`): policies, plugins and data folders, each one
 //! realistic mistake or attack, run through the built `adarank` binary. Every input must end with
 //! a clear error that carries a location (file:line:col for policies and plugins, file:line or the
-//! file for data), with exit status 1 (check) or 2 (run), within a stated time and peak resident
+//! file for data), with exit status 1 (wrong input: a policy, a script that does not compile, data)
+//! or 2 (a failure while running), within a stated time and peak resident
 //! memory of the child process (measured with `wait4`), and without losing what a run had already
 //! finished. Each file names what it is and the message it must produce in its header:
 //! `# hostile:` / `# expect:` (policies, data) or `// hostile:` / `// expect:` with `// <- here`
-//! marking the statement a plugin error must point at; `expect: A || B` accepts either message.
+//! marking the statement a plugin error must point at; `expect: A || B` accepts either message;
+//! `// exit: 1` marks a plugin refused before the run starts.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -256,6 +258,9 @@ fn plugin_cases(tmp: &Path) -> Vec<Case> {
             out_dir.display().to_string(),
         ];
         let at = format!("{name}:{line}:");
+        // `// exit: 1`: a script that does not compile is refused before anything trains (the
+        // policy check compiles every plugin), so there is no finished work to keep.
+        let exit = header(&text, "exit").map_or(2, |e| e.parse().unwrap());
         out.push(Case {
             name: format!("plugins/{name}"),
             check: Box::new(move |o| {
@@ -263,11 +268,14 @@ fn plugin_cases(tmp: &Path) -> Vec<Case> {
                 if !o.stderr.contains(&at) {
                     return Err(format!("the error does not point at {at}"));
                 }
+                if exit == 1 {
+                    return Ok(());
+                }
                 finished_work_kept(&out_dir, "fixed", 8)
             }),
             args,
             cwd: case_dir,
-            exit: 2,
+            exit,
         });
     }
     out
@@ -326,7 +334,8 @@ fn data_cases(tmp: &Path) -> Vec<Case> {
             check: Box::new(move |o| expect_in(o, &expect)),
             args,
             cwd: case_dir,
-            exit: 2,
+            // Data that cannot be loaded is wrong input (exit status 1), like a bad policy.
+            exit: 1,
         });
     }
     out

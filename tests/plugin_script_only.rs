@@ -62,7 +62,10 @@ fn allocate(adapters, budget) {
         s.adapters().iter().map(|a| a.rank).collect::<Vec<_>>(),
         want
     );
-    assert_eq!(ch.after, want);
+    assert_eq!(
+        ch.ranks().into_iter().map(|x| x.1).collect::<Vec<_>>(),
+        want
+    );
     assert!(ch.resized);
     assert_eq!(e.calls().allocations, 1);
 }
@@ -81,7 +84,7 @@ fn temp_dir_complexity_drives_the_shipped_log_rule() {
         Method::Adaptive {
             complexity: "by_index.rhai".into(),
             allocator: "plugins/log_rule.rhai".into(),
-            learner: Some("plugins/alpha_beta.rhai".into()),
+            learner: Some("plugins/fit_proportional.rhai".into()),
         },
         36,
         3,
@@ -100,6 +103,6 @@ fn temp_dir_complexity_drives_the_shipped_log_rule() {
     assert_eq!(r.iter().sum::<usize>(), 36);
     assert!(r.windows(2).all(|w| w[0] <= w[1]), "{r:?}");
     assert!(r[0] < r[11], "{r:?}");
-    assert_eq!(ch.after, r);
+    assert_eq!(ch.ranks().into_iter().map(|x| x.1).collect::<Vec<_>>(), r);
     assert!(ch.alpha.unwrap() > 0.0);
 }

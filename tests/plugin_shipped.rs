@@ -8,7 +8,7 @@ use adarank::engine::{Limits, PluginHost, Role};
 fn shipped_plugins_compile_and_define_their_role() {
     let host = PluginHost::new(Limits::default(), 0);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins");
-    assert_eq!(SHIPPED.len(), 9);
+    assert_eq!(SHIPPED.len(), 10);
     for p in SHIPPED {
         let on_disk = std::fs::read_to_string(dir.join(p.file)).unwrap();
         assert_eq!(

@@ -221,7 +221,7 @@ fn quickstart_as_a_job_array_matches_a_local_run() {
         results_without_timings(&local),
         "results.csv of the job array differs from the local run's"
     );
-    for log in ["metrics.jsonl", "ranks.jsonl"] {
+    for log in ["metrics.jsonl", "allocations.jsonl"] {
         assert_eq!(
             sorted_lines(&array.join(log)),
             sorted_lines(&local.join(log)),

@@ -6,6 +6,7 @@
 //! scripts, `{"files": [{"path", "ok", "arms", "seeds", "params", "warnings", "diagnostics":
 //! [...]}], "errors": N}` (the fields of a diagnostic: `Diagnostics::to_json`).
 
+use crate::experiment::arm::{timeline, Timeline};
 use crate::experiment::budget;
 use crate::policy::{self, Policy};
 use clap::{Args, ValueEnum};
@@ -28,7 +29,8 @@ pub struct CheckArgs {
     /// Override a setting as the file would write it, e.g. `--set train.steps=100`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Print each checked policy's plan as JSON.
+    /// Print each checked policy's plan as JSON, and each arm's timeline (the step of every
+    /// action) on stderr.
     #[arg(long)]
     pub plan: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -93,13 +95,20 @@ pub fn main(args: CheckArgs) -> anyhow::Result<()> {
                 });
                 if let (true, Ok(p)) = (args.plan, &result) {
                     entry["plan"] = serde_json::to_value(&p.arms)?;
+                    let timelines: Vec<_> = p.arms.iter().map(timeline).collect();
+                    entry["timelines"] = serde_json::to_value(&timelines)?;
                 }
                 json_files.push(entry);
             }
             Format::Text => match &result {
                 Ok(p) => {
                     if args.plan {
-                        println!("{}", serde_json::to_string_pretty(&p.arms)?);
+                        let timelines: Vec<_> = p.arms.iter().map(timeline).collect();
+                        let doc = serde_json::json!({ "arms": p.arms, "timelines": timelines });
+                        println!("{}", serde_json::to_string_pretty(&doc)?);
+                        for t in &timelines {
+                            eprintln!("{}", render_timeline(t));
+                        }
                     }
                     println!("{}", ok_line(file, p));
                     let counts: Vec<_> = p.arms.iter().filter_map(budget::arm_params).collect();
@@ -129,4 +138,44 @@ pub fn main(args: CheckArgs) -> anyhow::Result<()> {
         return Err(crate::cli::ExitStatus(crate::cli::EXIT_INPUT).into());
     }
     Ok(())
+}
+
+/// One arm's timeline as text: the steps of each action, grouped by phase.
+pub fn render_timeline(t: &Timeline) -> String {
+    use std::fmt::Write;
+    let mut out = format!("arm {}", t.arm);
+    match t.steps {
+        Some(n) => {
+            let _ = write!(out, " ({n} steps):");
+        }
+        None => out.push(':'),
+    }
+    // One line per (action, phase), in order of first appearance.
+    let mut groups: Vec<(String, String, Vec<u64>)> = Vec::new();
+    for e in &t.events {
+        match groups
+            .iter_mut()
+            .find(|(p, a, _)| *p == e.phase && *a == e.action)
+        {
+            Some((_, _, steps)) => steps.push(e.step),
+            None => groups.push((e.phase.clone(), e.action.clone(), vec![e.step])),
+        }
+    }
+    if groups.is_empty() && t.every_step.is_none() {
+        out.push_str(" no actions");
+    }
+    for (phase, action, steps) in groups {
+        let steps: Vec<String> = steps.iter().map(u64::to_string).collect();
+        let _ = write!(out, "\n  {action} at {}", steps.join(", "));
+        if !phase.is_empty() {
+            let _ = write!(out, " (phase {phase})");
+        }
+    }
+    if let Some(e) = &t.every_step {
+        let _ = write!(out, "\n  every step: {e}");
+    }
+    if let Some(d) = &t.dynamic_from {
+        let _ = write!(out, "\n  from {d} on: decided while training");
+    }
+    out
 }

@@ -17,8 +17,10 @@ pub struct RunArgs {
     /// Override a policy setting, e.g. `--set train.steps=50` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    pub device: DeviceChoice,
+    /// Where to compute; overrides the policy's `train.device` (default: the policy's, which
+    /// defaults to auto: a real GPU if there is one, else the CPU backend).
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceChoice>,
     /// Run directory (default: runs/<experiment>-<timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -79,13 +81,20 @@ pub fn main(args: RunArgs) -> Result<()> {
             }
         }
     };
+    // `--device` overrides the policy's `train.device`.
+    let from_policy = match (&policy, &args.resume) {
+        (Some(p), _) => runner::policy_device(p),
+        (None, Some(dir)) => runner::policy_device(&runner::saved_policy(dir)?),
+        (None, None) => DeviceChoice::Auto,
+    };
+    let device = args.device.unwrap_or(from_policy);
     if args.slurm {
-        return slurm(args, policy);
+        return slurm(args, policy, device);
     }
     let opts = RunOptions {
         out: args.out,
         resume: args.resume,
-        device: args.device,
+        device,
         quiet: args.quiet,
         arms: args.arms,
         seeds: args.seeds,
@@ -99,13 +108,13 @@ pub fn main(args: RunArgs) -> Result<()> {
 }
 
 /// `--slurm`: the cells as a Slurm job array.
-fn slurm(args: RunArgs, policy: Option<crate::policy::Policy>) -> Result<()> {
+fn slurm(args: RunArgs, policy: Option<crate::policy::Policy>, device: DeviceChoice) -> Result<()> {
     let o = SlurmOptions {
         partition: args.partition,
         time: args.time,
         gres: args.gres,
         dry_run: args.dry_run,
-        device: args.device,
+        device,
         exe: None,
     };
     let sub = match (&args.resume, &policy) {

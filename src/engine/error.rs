@@ -11,6 +11,8 @@ pub enum Role {
     Complexity,
     Allocator,
     Learner,
+    /// The learner's per-step function `learn_step` (relaxed ranks).
+    LearnerStep,
     Condition,
     /// Compiling or loading the script, before any role function ran.
     Load,
@@ -21,7 +23,7 @@ impl Role {
         match self {
             Role::Complexity => "complexity",
             Role::Allocator => "allocator",
-            Role::Learner => "learner",
+            Role::Learner | Role::LearnerStep => "learner",
             Role::Condition => "condition",
             Role::Load => "load",
         }
@@ -32,6 +34,7 @@ impl Role {
             Role::Complexity => "complexity",
             Role::Allocator => "allocate",
             Role::Learner => "learn",
+            Role::LearnerStep => "learn_step",
             Role::Condition => "done",
             Role::Load => "",
         }

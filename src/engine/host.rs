@@ -332,6 +332,50 @@ impl PluginHost {
                 Ok(r.into_iter().map(|x| Dynamic::from_int(x as INT)).collect())
             },
         );
+        let g = self.guard.clone();
+        let ot = out_of_time.clone();
+        e.register_fn(
+            "budget_shift",
+            move |a: Array,
+                  budget: INT,
+                  rmin: INT,
+                  rmax: INT|
+                  -> Result<FLOAT, Box<EvalAltResult>> {
+                ot()?;
+                let v = floats(&a)?;
+                let n = v.len() as INT;
+                if rmin > rmax || budget < n * rmin || budget > n * rmax {
+                    return Err(format!(
+                        "budget_shift: budget {budget} cannot be met by {n} values in [{rmin}, {rmax}]"
+                    )
+                    .into());
+                }
+                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                    return Err(format!("budget_shift: value {x} is not finite").into());
+                }
+                rounding::budget_shift_until(&v, budget as f64, rmin as f64, rmax as f64, &|| {
+                    g.out_of_time()
+                })
+                .map(|d| d as FLOAT)
+                .ok_or_else(|| "budget_shift: stopped, out of time".into())
+            },
+        );
+        let ot = out_of_time.clone();
+        e.register_fn(
+            "proportional_fit",
+            move |c: Array, budget: INT| -> Result<Map, Box<EvalAltResult>> {
+                ot()?;
+                let v = floats(&c)?;
+                if v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                    return Err("proportional_fit: complexities must be finite and > 0".into());
+                }
+                let (a, b) = rounding::proportional_fit(&v, budget as f64);
+                let mut m = Map::new();
+                m.insert("alpha".into(), Dynamic::from_float(a as FLOAT));
+                m.insert("beta".into(), Dynamic::from_float(b as FLOAT));
+                Ok(m)
+            },
+        );
         let ot = out_of_time.clone();
         e.register_fn(
             "round_to_param_budget",

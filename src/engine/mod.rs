@@ -1,35 +1,44 @@
 //! The rank engine: plugins (rhai scripts) decide adapter ranks from statistics the engine
-//! gathers; the engine validates what they return and resizes or masks the adapters.
+//! gathers; the engine validates what they return and resizes, gates or masks the adapters.
 //!
-//! Hooks the training loop calls, in order (steps are optimizer steps, not micro-batches):
+//! One [`RankEngine`] per training run: a [`Core`] every method shares (the plugin host, the
+//! slots, the statistics of [`stats::STATS`], the learner's state) and one [`RankMethod`]
+//! (`scripted`, `adalora`, `sora`). The training loop reaches it through
+//! [`driver::EngineDriver`], which applies the one [`schedule::Schedule`]:
 //! - [`RankEngine::on_start`] once before training (W0 spectra, initial ranks). On resume, call
-//!   [`RankEngine::load_state`] first; `on_start` then keeps the saved ranks.
-//! - [`RankEngine::after_backward`] after every backward pass, before the optimizer step
-//!   (gradient statistics; AdaLoRA importance and orthogonality gradients).
-//! - [`RankEngine::reallocate`] after the optimizer step whenever the schedule says so (for
-//!   AdaLoRA: every step; the engine applies ΔT, t_init and t_final itself).
+//!   [`RankEngine::load_state`] first; `on_start` then checks the saved ranks.
+//! - [`RankEngine::after_backward`] after every backward pass, before the optimizer step.
+//! - [`RankEngine::after_step`] after every optimizer step (methods with their own schedule,
+//!   per-step learning).
+//! - [`RankEngine::reallocate`] and [`RankEngine::finalize`] when the schedule says so.
 //! - [`RankEngine::phase_done`] with a condition plugin to end a phase.
-//!
-//! [`RankEngine::calls`] counts every hook call, so a runner can assert the allocator ran.
 //!
 //! See docs/ARCHITECTURE.md and plugins/README.md.
 
 pub mod adalora;
+pub mod driver;
 pub mod error;
-pub mod hooks;
 pub mod host;
+pub mod method;
 pub mod planted;
+pub mod relax;
 pub mod rounding;
+pub mod schedule;
+pub mod scripted;
 pub mod shipped;
+pub mod sora;
 pub mod source;
 pub mod spectra;
+pub mod stats;
 
 pub use adalora::AdaLoraConfig;
 pub use error::{EngineError, PluginError, PluginErrorKind, PluginResult, Result, Role};
 pub use host::{Limits, Plugin, PluginHost};
+pub use method::{Allocation, RankMethod, SlotAllocation};
+pub use sora::SoraConfig;
+pub use stats::{SlotExtra, W0Stats, STATS, W0_SV_KEEP};
 
-use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, ModuleKind};
-use adalora::TripletImportance;
+use crate::adapter::{AdapterInfo, AdapterStore, GradStats, ModuleKind};
 use rhai::{Array, Dynamic, Map, FLOAT, INT};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -52,8 +61,10 @@ pub enum Method {
         #[serde(default)]
         learner: Option<PathBuf>,
     },
-    /// AdaLoRA (importance masking under the cubic budget schedule).
+    /// AdaLoRA (importance masking or pruning under the cubic budget schedule).
     AdaLora(AdaLoraConfig),
+    /// SoRA (a trained gate per component, soft-thresholded; components at 0 removed).
+    Sora(SoraConfig),
     /// Any allocator script, started at `init_rank`; complexity defaults to the shipped
     /// `spectral_gradient.rhai`.
     Script {
@@ -71,6 +82,11 @@ pub struct EngineConfig {
     /// 0 means unchecked; otherwise their sum must not exceed it. For AdaLoRA it is ignored
     /// (the target is target_rank × adapters).
     pub budget: usize,
+    /// Trainable-parameter budget Σ r_i·(rows_i + cols_i), when the policy sets one: handed to
+    /// scripts as `ctx.param_budget` (each adapter's `cost` is its parameters per rank).
+    #[serde(default)]
+    pub param_budget: Option<usize>,
+    /// Lower bound per slot when allocating (0: an allocator may remove an adapter).
     pub min_rank: usize,
     pub max_rank: usize,
     pub init_rank: usize,
@@ -83,7 +99,7 @@ pub struct EngineConfig {
     pub params: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub limits: Limits,
-    /// Gather gradient statistics every this many `after_backward` calls (≥ 1).
+    /// Gather gradient statistics every this many backward passes (≥ 1).
     #[serde(default = "one")]
     pub stats_every: usize,
 }
@@ -97,6 +113,7 @@ impl EngineConfig {
         Self {
             method,
             budget,
+            param_budget: None,
             min_rank: 1,
             max_rank: 64,
             init_rank,
@@ -114,31 +131,15 @@ impl EngineConfig {
 pub struct EngineCtx {
     pub step: usize,
     pub epoch: usize,
+    /// Index of the current phase (0 for the first).
     pub phase: usize,
+    #[serde(default)]
+    pub phase_name: String,
     pub total_steps: usize,
-    /// Recent training losses, oldest first.
+    /// Recent training losses, oldest first (the last [`driver::LOSS_WINDOW`]).
     pub losses: Vec<f64>,
     /// Latest evaluation metrics by name.
     pub metrics: BTreeMap<String, f64>,
-}
-
-/// One allocation, as a line of ranks.jsonl.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RankChange {
-    pub step: usize,
-    pub names: Vec<String>,
-    pub before: Vec<usize>,
-    pub after: Vec<usize>,
-    /// The budget the allocator was given.
-    pub budget: usize,
-    /// Complexity per adapter (empty for AdaLoRA).
-    pub complexity: Vec<f64>,
-    pub alpha: Option<f64>,
-    pub beta: Option<f64>,
-    /// Tensors were resized (false when AdaLoRA only masked).
-    pub resized: bool,
-    /// Seconds spent in this re-allocation (statistics, scripts, resizing).
-    pub seconds: f64,
 }
 
 /// How often each hook ran and what it did.
@@ -146,69 +147,35 @@ pub struct RankChange {
 pub struct EngineCalls {
     pub on_start: usize,
     pub after_backward: usize,
+    pub after_step: usize,
     pub reallocate: usize,
     /// Allocations that ran the allocator.
     pub allocations: usize,
     pub resizes: usize,
     pub masks: usize,
     pub phase_done: usize,
-    /// Total seconds in `reallocate` (for the re-allocation overhead figure).
+    /// Total seconds in `reallocate`/`finalize` (for the re-allocation overhead figure).
     pub reallocate_seconds: f64,
     pub after_backward_seconds: f64,
+    /// Total seconds in `after_step` (per-step learning, AdaLoRA's schedule, SoRA).
+    #[serde(default)]
+    pub after_step_seconds: f64,
 }
 
-/// Per-adapter statistics the engine gathers.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct AdapterStats {
-    /// Top singular values of W0 (at most [`W0_SV_KEEP`]).
-    pub w0_sv: Vec<f64>,
-    pub w0_erank: f64,
-    pub w0_stable_rank: f64,
-    pub grad_a_norm: f64,
-    pub grad_b_norm: f64,
-    /// Σ (‖∇A‖² + ‖∇B‖²) / rank over the steps seen, and their count.
-    pub energy_sum: f64,
-    pub energy_steps: usize,
-    /// Σ ∇Bᵀ∇B since the adapter last changed rank ([gram_rank × gram_rank]).
-    pub gram: Vec<f64>,
-    pub gram_rank: usize,
-    pub gram_steps: usize,
-    pub ada: Option<TripletImportance>,
-    /// AdaLoRA: triplets kept (true) or masked (λ = 0).
-    pub keep: Vec<bool>,
-}
-
-/// How many W0 singular values scripts see (summaries use the full spectrum).
-pub const W0_SV_KEEP: usize = 64;
-
-/// Saved with checkpoints: ranks, statistics, learner state, call counts. The random
-/// allocator's stream is re-seeded from the seed and the allocation count, not continued.
+/// Saved with checkpoints: ranks, statistics, learner and method state, call counts. The
+/// random allocator's stream is re-seeded from the seed and the allocation count, not
+/// continued.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineState {
     pub ranks: Vec<usize>,
-    pub stats: Vec<AdapterStats>,
+    pub w0: Vec<W0Stats>,
+    /// Gradient statistics gathered so far (read back from the device at the checkpoint).
+    pub grads: Vec<GradStats>,
     pub learned: BTreeMap<String, f64>,
     pub calls: EngineCalls,
     pub rng_draws: u64,
-}
-
-pub struct RankEngine {
-    cfg: EngineConfig,
-    host: PluginHost,
-    complexity: Option<Plugin>,
-    allocator: Option<Plugin>,
-    learner: Option<Plugin>,
-    conditions: BTreeMap<PathBuf, Plugin>,
-    infos: Vec<AdapterInfo>,
-    stats: Vec<AdapterStats>,
-    learned: BTreeMap<String, f64>,
-    calls: EngineCalls,
-    resumed: bool,
-    rng_draws: u64,
-    /// Some plugin that receives adapter maps names `input_ev`: only then does the engine fetch
-    /// an input sample per adapter and take its spectrum (a device download and an SVD per
-    /// adapter at every allocation — most of AdaLoRA's per-mask cost when nothing reads it).
-    wants_input_ev: bool,
+    #[serde(default)]
+    pub method: serde_json::Value,
 }
 
 fn cfg_err(m: impl Into<String>) -> EngineError {
@@ -236,97 +203,62 @@ fn json_to_dynamic(v: &serde_json::Value) -> Dynamic {
     }
 }
 
-fn norm2(v: &[f32]) -> f64 {
-    v.iter().map(|x| (*x as f64) * (*x as f64)).sum()
+pub(crate) fn number(v: &Dynamic) -> Option<f64> {
+    v.as_float()
+        .ok()
+        .or_else(|| v.as_int().ok().map(|i| i as f64))
 }
 
-impl RankEngine {
-    /// Build the engine and compile its plugins (errors name the file and position).
-    pub fn new(cfg: EngineConfig) -> Result<Self> {
-        if cfg.min_rank > cfg.max_rank {
-            return Err(cfg_err(format!(
-                "min_rank {} > max_rank {}",
-                cfg.min_rank, cfg.max_rank
-            )));
-        }
-        if cfg.stats_every == 0 {
-            return Err(cfg_err("stats_every must be at least 1"));
-        }
+/// Which ranks an allocator may return.
+#[derive(Clone, Debug)]
+pub enum Bounds {
+    /// The policy's [r_min, r_max], capped by min(rows, cols).
+    Policy,
+    /// Anything up to min(rows, cols) (fixed and layer-wise ranks are the policy's own).
+    Slot,
+    /// Up to a cap per adapter (AdaLoRA: the triplets the adapter holds).
+    Caps(Vec<usize>),
+}
+
+/// What every rank method shares.
+pub struct Core {
+    pub cfg: EngineConfig,
+    pub host: PluginHost,
+    /// The adapters as the engine last saw them (after its own resizes).
+    pub infos: Vec<AdapterInfo>,
+    pub w0: Vec<W0Stats>,
+    /// Gradient statistics of a checkpoint, put back into the store by `on_start`.
+    resumed_grads: Vec<GradStats>,
+    /// The learner's state (alpha, beta, ...).
+    pub learned: BTreeMap<String, f64>,
+    pub calls: EngineCalls,
+    pub rng_draws: u64,
+    /// Lazy statistics some plugin of the method names (see [`stats::Needs`]).
+    pub mentioned: Vec<&'static str>,
+    resumed: bool,
+}
+
+impl Core {
+    fn new(cfg: EngineConfig) -> Self {
         let host = PluginHost::new(cfg.limits.clone(), cfg.seed);
-        let mut e = Self {
+        Self {
             cfg,
             host,
-            complexity: None,
-            allocator: None,
-            learner: None,
-            conditions: BTreeMap::new(),
             infos: vec![],
-            stats: vec![],
+            w0: vec![],
+            resumed_grads: vec![],
             learned: BTreeMap::new(),
             calls: EngineCalls::default(),
-            resumed: false,
             rng_draws: 0,
-            wants_input_ev: false,
-        };
-        let builtin = |f: &str| PathBuf::from(format!("{}{f}", source::BUILTIN));
-        let (c, a, l) = match e.cfg.method.clone() {
-            Method::Fixed => (None, Some(builtin("fixed.rhai")), None),
-            Method::Layerwise { .. } => (None, Some(builtin("layerwise.rhai")), None),
-            Method::Adaptive {
-                complexity,
-                allocator,
-                learner,
-            } => (Some(complexity), Some(allocator), learner),
-            Method::AdaLora(c) => {
-                if c.total_steps == 0 || c.tinit + c.tfinal >= c.total_steps {
-                    return Err(cfg_err(format!(
-                        "AdaLoRA needs tinit + tfinal < total_steps (got {} + {} vs {})",
-                        c.tinit, c.tfinal, c.total_steps
-                    )));
-                }
-                if c.target_rank > c.init_rank {
-                    return Err(cfg_err("AdaLoRA target_rank must not exceed init_rank"));
-                }
-                (
-                    None,
-                    Some(
-                        c.allocator
-                            .clone()
-                            .unwrap_or_else(|| builtin("adalora.rhai")),
-                    ),
-                    None,
-                )
-            }
-            Method::Script {
-                allocator,
-                complexity,
-            } => (
-                Some(complexity.unwrap_or_else(|| builtin("spectral_gradient.rhai"))),
-                Some(allocator),
-                None,
-            ),
-        };
-        if let Some(p) = c {
-            e.complexity = Some(e.load(&p, Role::Complexity, 2)?);
+            mentioned: vec![],
+            resumed: false,
         }
-        if let Some(p) = a {
-            e.allocator = Some(e.load(&p, Role::Allocator, 2)?);
-        }
-        if let Some(p) = l {
-            e.learner = Some(e.load(&p, Role::Learner, 3)?);
-        }
-        e.wants_input_ev = [&e.complexity, &e.allocator, &e.learner]
-            .into_iter()
-            .flatten()
-            .any(|p| p.mentions("input_ev"));
-        e.reset_params();
-        Ok(e)
     }
 
-    /// Resolves and compiles a plugin with the resolver `adarank check` uses
+    /// Load and compile a plugin for `role` with the resolver `adarank check` uses
     /// ([`source::resolve`]): plan paths are already resolved; a relative path given through
     /// the API is taken against `base_dir`.
-    fn load(&self, p: &Path, role: Role, arity: usize) -> Result<Plugin> {
+    pub fn load_plugin(&self, p: &Path, role: Role, arity: usize) -> Result<Plugin> {
         let base = self.cfg.base_dir.clone().unwrap_or_default();
         let full = source::resolve(&p.to_string_lossy(), &base);
         let plugin = source::load(&self.host, &full)?;
@@ -334,7 +266,20 @@ impl RankEngine {
         Ok(plugin)
     }
 
-    fn reset_params(&mut self) {
+    /// Note which lazy statistics `plugins` name.
+    pub fn note_mentions<'a>(&mut self, plugins: impl IntoIterator<Item = &'a Plugin>) {
+        let plugins: Vec<&Plugin> = plugins.into_iter().collect();
+        self.mentioned = STATS
+            .iter()
+            .filter(|s| s.needs != stats::Needs::Nothing)
+            .filter(|s| plugins.iter().any(|p| p.mentions(s.key)))
+            .map(|s| s.key)
+            .collect();
+    }
+
+    /// Parameters scripts read with `param(name)`: the policy's, r_min, r_max, init_rank, the
+    /// learner's state, and `extra` (the method's own).
+    pub fn reset_params(&self, extra: &[(&str, Dynamic)]) {
         let mut m: Map = self
             .cfg
             .params
@@ -347,19 +292,8 @@ impl RankEngine {
             "init_rank".into(),
             Dynamic::from_int(self.cfg.init_rank as INT),
         );
-        match &self.cfg.method {
-            Method::Fixed => {
-                m.entry("rank".into())
-                    .or_insert(Dynamic::from_int(self.cfg.init_rank as INT));
-            }
-            Method::Layerwise { ranks } => {
-                let r: Map = ranks
-                    .iter()
-                    .map(|(k, v)| (k.name().into(), Dynamic::from_int(*v as INT)))
-                    .collect();
-                m.insert("ranks".into(), Dynamic::from_map(r));
-            }
-            _ => {}
+        for (k, v) in extra {
+            m.insert((*k).into(), v.clone());
         }
         // Until a learner has run, the log rule starts from α = 1, β = 0 (policy may override).
         for (k, d) in [("alpha", 1.0), ("beta", 0.0)] {
@@ -371,462 +305,287 @@ impl RankEngine {
         self.host.set_params(m);
     }
 
-    pub fn config(&self) -> &EngineConfig {
-        &self.cfg
-    }
-    pub fn calls(&self) -> &EngineCalls {
-        &self.calls
-    }
-    pub fn stats(&self) -> &[AdapterStats] {
-        &self.stats
-    }
-    /// The adapters as the engine last saw them (after its own resizes).
-    pub fn adapters(&self) -> &[AdapterInfo] {
-        &self.infos
-    }
-    /// Current ranks (AdaLoRA: unmasked triplets).
     pub fn ranks(&self) -> Vec<usize> {
-        self.infos
-            .iter()
-            .zip(&self.stats)
-            .map(|(a, s)| {
-                if s.keep.len() == a.rank && !s.keep.is_empty() {
-                    s.keep.iter().filter(|k| **k).count()
-                } else {
-                    a.rank
-                }
-            })
-            .collect()
-    }
-    /// The learner's state (alpha, beta, ...).
-    pub fn learned(&self) -> &BTreeMap<String, f64> {
-        &self.learned
-    }
-    /// Lines scripts printed since the last call.
-    pub fn take_log(&self) -> Vec<String> {
-        self.host.take_log()
-    }
-    pub fn host(&self) -> &PluginHost {
-        &self.host
-    }
-
-    pub fn state(&self) -> EngineState {
-        EngineState {
-            ranks: self.ranks_raw(),
-            stats: self.stats.clone(),
-            learned: self.learned.clone(),
-            calls: self.calls.clone(),
-            rng_draws: self.rng_draws,
-        }
-    }
-
-    fn ranks_raw(&self) -> Vec<usize> {
         self.infos.iter().map(|a| a.rank).collect()
     }
 
-    /// Restore from a checkpoint; call before `on_start`, which then checks the store's ranks
-    /// against the saved ones instead of assigning initial ranks.
-    pub fn load_state(&mut self, st: EngineState) -> Result<()> {
-        if st.ranks.len() != st.stats.len() {
-            return Err(cfg_err("engine state: ranks and stats differ in length"));
-        }
-        self.learned = st.learned;
-        self.calls = st.calls;
-        self.stats = st.stats;
-        self.rng_draws = st.rng_draws;
-        self.host.reseed(self.cfg.seed.wrapping_add(self.rng_draws));
-        self.infos = st
-            .ranks
-            .iter()
-            .map(|r| AdapterInfo {
-                name: String::new(),
-                layer: 0,
-                kind: ModuleKind::Q,
-                rows: 0,
-                cols: 0,
-                rank: *r,
-            })
-            .collect();
-        self.resumed = true;
-        self.reset_params();
-        Ok(())
+    /// min(rows, cols) of slot `i`: the largest rank it can hold.
+    pub fn limit(&self, i: usize) -> usize {
+        self.infos[i].rows.min(self.infos[i].cols)
     }
 
-    /// W0 spectra once, then initial ranks (phase 1: uniform `init_rank`).
-    pub fn on_start(&mut self, store: &mut dyn AdapterStore) -> Result<()> {
-        self.calls.on_start += 1;
-        let infos = store.adapters();
-        if infos.is_empty() {
-            return Err(cfg_err("the model has no adapter slots"));
-        }
-        if self.resumed {
-            let saved = self.ranks_raw();
-            let now: Vec<usize> = infos.iter().map(|a| a.rank).collect();
-            if saved != now {
-                return Err(cfg_err(format!(
-                    "resumed engine state has ranks {saved:?} but the model has {now:?}"
-                )));
-            }
-            self.infos = infos;
+    /// Add this backward pass's gradient statistics of every adapter to the device
+    /// accumulators, every `stats_every` passes.
+    pub fn gather(&mut self, store: &mut dyn AdapterStore) -> Result<()> {
+        if !(self.calls.after_backward - 1).is_multiple_of(self.cfg.stats_every) {
             return Ok(());
         }
-        self.infos = infos;
-        self.stats = w0_spectra(store, &self.infos)?;
-        let n = self.infos.len();
-        let ranks: Vec<usize> = match &self.cfg.method {
-            Method::Fixed | Method::Layerwise { .. } => {
-                let alloc = self.allocator.clone().expect("allocator set in new");
-                let maps = self.adapter_maps(store, &[])?;
-                let budget = if self.cfg.budget > 0 {
-                    self.cfg.budget
-                } else {
-                    self.infos.iter().map(|a| a.rows.min(a.cols)).sum()
-                };
-                let r = self.call_allocator(&alloc, maps, budget, 0, None)?;
-                if let Method::Layerwise { ranks } = &self.cfg.method {
-                    if let Some(k) = ranks
-                        .keys()
-                        .find(|k| !self.infos.iter().any(|a| a.kind == **k))
-                    {
-                        return Err(cfg_err(format!(
-                            "layerwise rank given for module kind `{k}`, which no adapter has"
-                        )));
-                    }
-                }
-                r
-            }
-            Method::AdaLora(c) => vec![c.init_rank; n],
-            Method::Adaptive { .. } | Method::Script { .. } => {
-                if self.cfg.budget > 0
-                    && (self.cfg.budget < n * self.cfg.min_rank
-                        || self.cfg.budget > n * self.cfg.max_rank)
-                {
-                    return Err(cfg_err(format!(
-                        "budget {} cannot be met by {n} adapters with ranks in [{}, {}]",
-                        self.cfg.budget, self.cfg.min_rank, self.cfg.max_rank
-                    )));
-                }
-                vec![self.cfg.init_rank; n]
-            }
-        };
-        for (i, r) in ranks.iter().enumerate() {
-            let lim = self.infos[i].rows.min(self.infos[i].cols);
-            if *r > lim {
-                return Err(cfg_err(format!(
-                    "rank {r} for adapter {} exceeds min(rows, cols) = {lim}",
-                    self.infos[i].name
-                )));
-            }
-        }
-        self.apply_ranks(store, &ranks)?;
-        if let Method::AdaLora(_) = &self.cfg.method {
-            for i in 0..n {
-                let h = store.adapter_host(i)?;
-                if h.lambda.is_none() && self.infos[i].rank > 0 {
-                    return Err(cfg_err(format!(
-                        "AdaLoRA needs adapters in SVD form (λ); adapter {} has none",
-                        self.infos[i].name
-                    )));
-                }
-                self.stats[i].keep = vec![true; self.infos[i].rank];
-                self.stats[i].ada = Some(TripletImportance::default());
+        for i in 0..self.infos.len() {
+            if self.infos[i].rank > 0 {
+                store.gather_grad_stats(i)?;
             }
         }
         Ok(())
     }
 
-    fn apply_ranks(&mut self, store: &mut dyn AdapterStore, ranks: &[usize]) -> Result<bool> {
+    /// Adapter `i`'s gradient statistics since its last resize (a download).
+    pub fn grad_stats(&self, store: &dyn AdapterStore, i: usize) -> Result<GradStats> {
+        Ok(store.grad_stats(i)?)
+    }
+
+    fn reset_stats(&mut self, store: &mut dyn AdapterStore, i: usize) -> Result<()> {
+        Ok(store.reset_grad_stats(i)?)
+    }
+
+    /// Resize every adapter whose rank differs from `ranks` (statistics of a resized adapter
+    /// start over). Returns whether anything changed.
+    pub fn apply_ranks(&mut self, store: &mut dyn AdapterStore, ranks: &[usize]) -> Result<bool> {
         let mut changed = false;
         for (i, &r) in ranks.iter().enumerate() {
             if self.infos[i].rank != r {
                 store.resize_adapter(i, r)?;
                 self.infos[i].rank = r;
-                let s = &mut self.stats[i];
-                s.gram.clear();
-                s.gram_rank = 0;
-                s.gram_steps = 0;
+                self.reset_stats(store, i)?;
                 changed = true;
             }
         }
         if changed {
             self.calls.resizes += 1;
-            let now = store.adapters();
-            for (i, a) in now.iter().enumerate() {
-                if a.rank != ranks[i] {
-                    return Err(EngineError::Store(anyhow::anyhow!(
-                        "adapter {} has rank {} after resizing to {}",
-                        a.name,
-                        a.rank,
-                        ranks[i]
-                    )));
-                }
-            }
+            self.check_ranks(store, ranks)?;
         }
         Ok(changed)
     }
 
-    /// Gradient statistics after a backward pass (before the optimizer step); for AdaLoRA,
-    /// importance and the orthogonality penalty's gradients.
-    pub fn after_backward(&mut self, _step: usize, store: &mut dyn AdapterStore) -> Result<()> {
-        let t0 = Instant::now();
-        self.calls.after_backward += 1;
-        if self.stats.len() != self.infos.len() || self.infos.is_empty() {
-            return Err(cfg_err("after_backward called before on_start"));
-        }
-        match &self.cfg.method {
-            Method::Fixed | Method::Layerwise { .. } => {}
-            Method::Adaptive { .. } | Method::Script { .. } => {
-                if (self.calls.after_backward - 1).is_multiple_of(self.cfg.stats_every) {
-                    for i in 0..self.infos.len() {
-                        let r = self.infos[i].rank;
-                        if r == 0 {
-                            continue;
-                        }
-                        let h = store.adapter_host(i)?;
-                        self.gradient_stats(i, &h);
-                    }
-                }
-            }
-            Method::AdaLora(c) => {
-                let c = c.clone();
-                self.adalora_after_backward(&c, store)?;
-            }
-        }
-        self.calls.after_backward_seconds += t0.elapsed().as_secs_f64();
-        Ok(())
-    }
-
-    fn gradient_stats(&mut self, i: usize, h: &AdapterHost) {
-        let info = &self.infos[i];
-        let r = info.rank;
-        let s = &mut self.stats[i];
-        let (ga, gb) = (norm2(&h.grad_a), norm2(&h.grad_b));
-        s.grad_a_norm = ga.sqrt();
-        s.grad_b_norm = gb.sqrt();
-        if !(ga + gb).is_finite() {
-            return;
-        }
-        s.energy_sum += (ga + gb) / r as f64;
-        s.energy_steps += 1;
-        if h.grad_b.len() == info.rows * r {
-            if s.gram_rank != r || s.gram.len() != r * r {
-                s.gram = vec![0.0; r * r];
-                s.gram_rank = r;
-                s.gram_steps = 0;
-            }
-            spectra::add_gram(info.rows, r, &h.grad_b, &mut s.gram);
-            s.gram_steps += 1;
-        }
-    }
-
-    fn adalora_after_backward(
+    /// Keep only components `keep` of adapter `i` (exact removal, no re-factorisation).
+    pub fn keep_components(
         &mut self,
-        c: &AdaLoraConfig,
         store: &mut dyn AdapterStore,
+        i: usize,
+        keep: &[usize],
     ) -> Result<()> {
-        let n = self.infos.len();
-        // PEFT averages the penalty over every A and every B matrix.
-        let mats = 2.0 * self.infos.iter().filter(|a| a.rank > 0).count().max(1) as f64;
-        for i in 0..n {
-            let (rows, cols, r) = (self.infos[i].rows, self.infos[i].cols, self.infos[i].rank);
-            if r == 0 {
-                continue;
-            }
-            let h = store.adapter_host(i)?;
-            self.gradient_stats(i, &h);
-            let imp = self.stats[i].ada.get_or_insert_with(Default::default);
-            imp.p.update(&h.b, &h.grad_b, c.beta1, c.beta2);
-            imp.q.update(&h.a, &h.grad_a, c.beta1, c.beta2);
-            if let (Some(l), Some(gl)) = (&h.lambda, &h.grad_lambda) {
-                imp.lambda.update(l, gl, c.beta1, c.beta2);
-            }
-            if c.orth_reg > 0.0 {
-                let w = (c.orth_reg / mats) as f32;
-                let (_, gp) = adalora::orth_penalty_p(rows, r, &h.b);
-                let (_, gq) = adalora::orth_penalty_q(r, cols, &h.a);
-                let add = AdapterHost {
-                    grad_a: gq.iter().map(|g| g * w).collect(),
-                    grad_b: gp.iter().map(|g| g * w).collect(),
-                    grad_lambda: None,
-                    ..h
-                };
-                store.set_adapter_host(i, &add)?;
+        if keep.len() == self.infos[i].rank {
+            return Ok(());
+        }
+        store.keep_components(i, keep)?;
+        self.infos[i].rank = keep.len();
+        self.reset_stats(store, i)?;
+        Ok(())
+    }
+
+    fn check_ranks(&self, store: &dyn AdapterStore, ranks: &[usize]) -> Result<()> {
+        for (i, a) in store.adapters().iter().enumerate() {
+            if a.rank != ranks[i] {
+                return Err(EngineError::Store(anyhow::anyhow!(
+                    "adapter {} has rank {} after resizing to {}",
+                    a.name,
+                    a.rank,
+                    ranks[i]
+                )));
             }
         }
         Ok(())
     }
 
-    /// Re-allocate ranks (after the optimizer step). Returns the allocation when the allocator
-    /// ran, `None` when the method has nothing to do at this step.
-    pub fn reallocate(
-        &mut self,
-        step: usize,
-        store: &mut dyn AdapterStore,
-        ctx: &EngineCtx,
-    ) -> Result<Option<RankChange>> {
-        let t0 = Instant::now();
-        self.calls.reallocate += 1;
-        if self.stats.len() != self.infos.len() || self.infos.is_empty() {
-            return Err(cfg_err("reallocate called before on_start"));
-        }
-        let out = match self.cfg.method.clone() {
-            Method::Fixed | Method::Layerwise { .. } => None,
-            Method::Adaptive { .. } | Method::Script { .. } => {
-                Some(self.reallocate_scripted(step, store, ctx)?)
+    /// The per-adapter maps scripts receive: every entry of [`STATS`] (lazy ones only when a
+    /// plugin names them). `extras` (one per adapter, or empty) adds what the method knows.
+    pub fn adapter_maps(&self, store: &dyn AdapterStore, extras: &[SlotExtra]) -> Result<Vec<Map>> {
+        let factors = self
+            .mentioned
+            .iter()
+            .any(|k| stats::stat(k).is_some_and(|s| s.needs == stats::Needs::Factors));
+        let input = self.mentioned.contains(&"input_ev");
+        let none = SlotExtra::default();
+        let mut out = Vec::with_capacity(self.infos.len());
+        for (i, a) in self.infos.iter().enumerate() {
+            let host = if factors && a.rank > 0 {
+                Some(store.adapter_host(i)?)
+            } else {
+                None
+            };
+            let sample = if input { store.input_sample(i) } else { None };
+            let grads = self.grad_stats(store, i)?;
+            let s = stats::StatIn {
+                index: i,
+                info: a,
+                w0: &self.w0[i],
+                grads: &grads,
+                host: host.as_ref(),
+                input: sample.as_ref(),
+                extra: extras.get(i).unwrap_or(&none),
+            };
+            let mut m = Map::new();
+            for st in STATS {
+                if st.needs != stats::Needs::Nothing && !self.mentioned.contains(&st.key) {
+                    continue;
+                }
+                m.insert(st.key.into(), to_dynamic((st.get)(&s)));
             }
-            Method::AdaLora(c) => self.reallocate_adalora(&c, step, store)?,
-        };
-        let secs = t0.elapsed().as_secs_f64();
-        self.calls.reallocate_seconds += secs;
-        Ok(out.map(|mut ch| {
-            ch.seconds = secs;
-            ch
-        }))
+            out.push(m);
+        }
+        Ok(out)
     }
 
-    fn reallocate_scripted(
-        &mut self,
-        step: usize,
-        store: &mut dyn AdapterStore,
-        ctx: &EngineCtx,
-    ) -> Result<RankChange> {
-        let budget = self.cfg.budget;
-        let mut maps = self.adapter_maps(store, &[])?;
-        let ctx_map = self.ctx_map(ctx, budget);
-        let mut complexity = Vec::with_capacity(maps.len());
-        if let Some(cp) = self.complexity.clone() {
-            for (i, m) in maps.iter_mut().enumerate() {
-                let name = self.infos[i].name.clone();
-                let v = self.host.call(
-                    &cp,
-                    Role::Complexity,
-                    Some(&name),
-                    (
-                        Dynamic::from_map(m.clone()),
-                        Dynamic::from_map(ctx_map.clone()),
-                    ),
-                )?;
-                let c = number(&v).ok_or_else(|| {
-                    cp.return_error(
-                        Role::Complexity,
-                        PluginErrorKind::BadReturn,
-                        format!("complexity must return a number, got {}", v.type_name()),
-                        Some(&name),
-                        Some(v.to_string()),
-                    )
-                })?;
-                if !c.is_finite() {
-                    return Err(cp
-                        .return_error(
-                            Role::Complexity,
-                            PluginErrorKind::NotFinite,
-                            "complexity is not finite",
-                            Some(&name),
-                            Some(c.to_string()),
-                        )
-                        .into());
-                }
-                if c <= 0.0 {
-                    return Err(cp
-                        .return_error(
-                            Role::Complexity,
-                            PluginErrorKind::BadReturn,
-                            "complexity must be > 0 (the log rule takes ln C)",
-                            Some(&name),
-                            Some(c.to_string()),
-                        )
-                        .into());
-                }
-                m.insert("complexity".into(), Dynamic::from_float(c as FLOAT));
-                complexity.push(c);
+    /// `ctx` as scripts see it.
+    pub fn ctx_map(&self, ctx: &EngineCtx, budget: usize) -> Map {
+        let mut m = Map::new();
+        let int = |x: usize| Dynamic::from_int(x as INT);
+        m.insert("step".into(), int(ctx.step));
+        m.insert("epoch".into(), int(ctx.epoch));
+        m.insert("phase".into(), int(ctx.phase));
+        m.insert("phase_name".into(), Dynamic::from(ctx.phase_name.clone()));
+        m.insert("total_steps".into(), int(ctx.total_steps));
+        m.insert("budget".into(), int(budget));
+        m.insert(
+            "param_budget".into(),
+            self.cfg.param_budget.map_or(Dynamic::UNIT, int),
+        );
+        m.insert("r_min".into(), int(self.cfg.min_rank));
+        m.insert("r_max".into(), int(self.cfg.max_rank));
+        m.insert("n_adapters".into(), int(self.infos.len()));
+        m.insert(
+            "losses".into(),
+            Dynamic::from_array(host::to_float_array(&ctx.losses)),
+        );
+        m.insert(
+            "loss".into(),
+            ctx.losses
+                .last()
+                .map_or(Dynamic::UNIT, |l| Dynamic::from_float(*l as FLOAT)),
+        );
+        let metrics: Map = ctx
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.as_str().into(), Dynamic::from_float(*v as FLOAT)))
+            .collect();
+        m.insert("metrics".into(), Dynamic::from_map(metrics));
+        for k in ["alpha", "beta"] {
+            if let Some(v) = self.learned.get(k) {
+                m.insert(k.into(), Dynamic::from_float(*v as FLOAT));
             }
         }
-        if let Some(lp) = self.learner.clone() {
-            let state: Map = self
-                .learned
-                .iter()
-                .map(|(k, v)| (k.as_str().into(), Dynamic::from_float(*v as FLOAT)))
-                .collect();
-            let arr: Array = maps.iter().cloned().map(Dynamic::from_map).collect();
+        m
+    }
+
+    /// C_i of every adapter from the complexity plugin; each map gets its `complexity`.
+    pub fn call_complexity(
+        &mut self,
+        plugin: &Plugin,
+        maps: &mut [Map],
+        ctx_map: &Map,
+    ) -> Result<Vec<f64>> {
+        let mut out = Vec::with_capacity(maps.len());
+        for (i, m) in maps.iter_mut().enumerate() {
+            let name = self.infos[i].name.clone();
             let v = self.host.call(
-                &lp,
-                Role::Learner,
-                None,
+                plugin,
+                Role::Complexity,
+                Some(&name),
                 (
-                    Dynamic::from_map(state),
-                    Dynamic::from_array(arr),
+                    Dynamic::from_map(m.clone()),
                     Dynamic::from_map(ctx_map.clone()),
                 ),
             )?;
-            let m = v.clone().try_cast::<Map>().ok_or_else(|| {
-                lp.return_error(
-                    Role::Learner,
+            let bad = |kind, msg: &str, val: String| -> EngineError {
+                plugin
+                    .return_error(Role::Complexity, kind, msg, Some(&name), Some(val))
+                    .into()
+            };
+            let c = number(&v).ok_or_else(|| {
+                bad(
                     PluginErrorKind::BadReturn,
-                    format!(
-                        "learn must return a map like #{{alpha: .., beta: ..}}, got {}",
-                        v.type_name()
-                    ),
-                    None,
-                    Some(v.to_string()),
+                    &format!("complexity must return a number, got {}", v.type_name()),
+                    v.to_string(),
                 )
             })?;
-            let mut learned = BTreeMap::new();
-            for (k, x) in m {
-                let f = number(&x).ok_or_else(|| {
-                    lp.return_error(
-                        Role::Learner,
-                        PluginErrorKind::BadReturn,
-                        format!("learner state `{k}` must be a number"),
-                        None,
-                        Some(x.to_string()),
-                    )
-                })?;
-                if !f.is_finite() {
-                    return Err(lp
-                        .return_error(
-                            Role::Learner,
-                            PluginErrorKind::NotFinite,
-                            format!("learner state `{k}` is not finite"),
-                            None,
-                            Some(f.to_string()),
-                        )
-                        .into());
-                }
-                learned.insert(k.to_string(), f);
+            if !c.is_finite() {
+                return Err(bad(
+                    PluginErrorKind::NotFinite,
+                    "complexity is not finite",
+                    c.to_string(),
+                ));
             }
-            self.learned = learned;
-            self.reset_params();
+            if c <= 0.0 {
+                return Err(bad(
+                    PluginErrorKind::BadReturn,
+                    "complexity must be > 0 (the log rule takes ln C)",
+                    c.to_string(),
+                ));
+            }
+            m.insert("complexity".into(), Dynamic::from_float(c as FLOAT));
+            out.push(c);
         }
-        let alloc = self.allocator.clone().expect("allocator set in new");
-        let before = self.ranks_raw();
-        let draws_before = self.rng_draws;
-        let ranks = self.call_allocator(&alloc, maps, budget, step, None)?;
-        self.rng_draws = draws_before + 1;
-        let resized = self.apply_ranks(store, &ranks)?;
-        self.calls.allocations += 1;
-        Ok(RankChange {
-            step,
-            names: self.infos.iter().map(|a| a.name.clone()).collect(),
-            before,
-            after: ranks,
-            budget,
-            complexity,
-            alpha: self.learned.get("alpha").copied(),
-            beta: self.learned.get("beta").copied(),
-            resized,
-            seconds: 0.0,
-        })
+        Ok(out)
     }
 
-    /// Call `allocate(adapters, budget)` and check what it returned. `cap` bounds each rank
-    /// from above (AdaLoRA: the current tensor rank) instead of [r_min, r_max].
-    fn call_allocator(
+    /// Call the learner's `function` (`learn` or `learn_step`) with (state, adapters, ctx) and
+    /// keep the numbers it returns as the learner's state.
+    pub fn call_learner(
+        &mut self,
+        plugin: &Plugin,
+        function: Role,
+        adapters: Array,
+        ctx_map: Map,
+    ) -> Result<()> {
+        let state: Map = self
+            .learned
+            .iter()
+            .map(|(k, v)| (k.as_str().into(), Dynamic::from_float(*v as FLOAT)))
+            .collect();
+        let v = self.host.call(
+            plugin,
+            function,
+            None,
+            (
+                Dynamic::from_map(state),
+                Dynamic::from_array(adapters),
+                Dynamic::from_map(ctx_map),
+            ),
+        )?;
+        let bad = |kind, msg: String, val: String| -> EngineError {
+            plugin
+                .return_error(function, kind, msg, None, Some(val))
+                .into()
+        };
+        let m = v.clone().try_cast::<Map>().ok_or_else(|| {
+            bad(
+                PluginErrorKind::BadReturn,
+                format!(
+                    "{} must return a map like #{{alpha: .., beta: ..}}, got {}",
+                    function.function(),
+                    v.type_name()
+                ),
+                v.to_string(),
+            )
+        })?;
+        let mut learned = BTreeMap::new();
+        for (k, x) in m {
+            let f = number(&x).ok_or_else(|| {
+                bad(
+                    PluginErrorKind::BadReturn,
+                    format!("learner state `{k}` must be a number"),
+                    x.to_string(),
+                )
+            })?;
+            if !f.is_finite() {
+                return Err(bad(
+                    PluginErrorKind::NotFinite,
+                    format!("learner state `{k}` is not finite"),
+                    f.to_string(),
+                ));
+            }
+            learned.insert(k.to_string(), f);
+        }
+        self.learned = learned;
+        Ok(())
+    }
+
+    /// Call `allocate(adapters, budget)` and check what it returned.
+    pub fn call_allocator(
         &mut self,
         alloc: &Plugin,
         maps: Vec<Map>,
         budget: usize,
-        _step: usize,
-        cap: Option<&[usize]>,
+        bounds: &Bounds,
     ) -> Result<Vec<usize>> {
         let n = maps.len();
         let arr: Array = maps.into_iter().map(Dynamic::from_map).collect();
@@ -860,7 +619,6 @@ impl RankEngine {
                 v.to_string(),
             ));
         }
-        let fixed_like = matches!(self.cfg.method, Method::Fixed | Method::Layerwise { .. });
         let mut out = Vec::with_capacity(n);
         for (i, x) in a.iter().enumerate() {
             let name = self.infos[i].name.as_str();
@@ -901,11 +659,11 @@ impl RankEngine {
                 ));
             }
             let r = r as usize;
-            let lim = self.infos[i].rows.min(self.infos[i].cols);
-            let (lo, hi) = match cap {
-                Some(c) => (0, c[i]),
-                None if fixed_like => (0, lim),
-                None => (self.cfg.min_rank, self.cfg.max_rank.min(lim)),
+            let lim = self.limit(i);
+            let (lo, hi) = match bounds {
+                Bounds::Caps(c) => (0, c[i]),
+                Bounds::Slot => (0, lim),
+                Bounds::Policy => (self.cfg.min_rank.min(lim), self.cfg.max_rank.min(lim)),
             };
             if r < lo || r > hi {
                 return Err(bad(
@@ -929,112 +687,293 @@ impl RankEngine {
         Ok(out)
     }
 
-    fn reallocate_adalora(
-        &mut self,
-        c: &AdaLoraConfig,
-        step: usize,
-        store: &mut dyn AdapterStore,
-    ) -> Result<Option<RankChange>> {
-        let n = self.infos.len();
-        let init_total = c.init_rank * n;
-        let target_total = c.target_rank * n;
-        let (budget, mask_now) = adalora::budget_schedule(c, init_total, target_total, step);
-        let final_phase = step + c.tfinal > c.total_steps;
-        let first_final = final_phase && step + c.tfinal == c.total_steps + 1;
-        if final_phase && !first_final {
-            // PEFT keeps the final pattern: masked triplets stay at λ = 0.
-            self.apply_masks(store, false)?;
-            return Ok(None);
-        }
-        if !mask_now {
-            return Ok(None);
-        }
-        let scores: Vec<Vec<f64>> = (0..n)
-            .map(|i| {
-                let a = &self.infos[i];
-                self.stats[i]
-                    .ada
-                    .as_ref()
-                    .map(|t| t.triplet_scores(a.rows, a.cols, a.rank))
-                    .unwrap_or_else(|| vec![0.0; a.rank])
-            })
-            .collect();
-        let maps = self.adapter_maps(store, &scores)?;
-        let alloc = self.allocator.clone().expect("allocator set in new");
-        let cap: Vec<usize> = self.infos.iter().map(|a| a.rank).collect();
-        let before = self.ranks();
-        let counts = self.call_allocator(&alloc, maps, budget, step, Some(&cap))?;
-        for (i, &k) in counts.iter().enumerate() {
-            let mut order: Vec<usize> = (0..scores[i].len()).collect();
-            order.sort_by(|&x, &y| scores[i][y].total_cmp(&scores[i][x]).then(x.cmp(&y)));
-            let mut keep = vec![false; scores[i].len()];
-            for &j in order.iter().take(k) {
-                keep[j] = true;
-            }
-            self.stats[i].keep = keep;
-        }
-        self.apply_masks(store, true)?;
-        self.calls.allocations += 1;
-        let mut resized = false;
-        if first_final && c.resize {
-            // The masked triplets have λ = 0, so the truncated SVD of B·diag(λ)·A at the kept
-            // count keeps exactly the unmasked part of ΔW.
-            resized = self.apply_ranks(store, &counts)?;
-            for (st, &k) in self.stats.iter_mut().zip(&counts) {
-                st.keep = vec![true; k];
-                st.ada = Some(TripletImportance::default());
-            }
-        }
-        Ok(Some(RankChange {
+    /// An allocation record from `before` to `after`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        step: u64,
+        reason: &str,
+        before: &[usize],
+        after: &[usize],
+        budget: Option<usize>,
+        complexity: &[f64],
+        score: &[f64],
+        resized: bool,
+    ) -> Allocation {
+        Allocation {
             step,
-            names: self.infos.iter().map(|a| a.name.clone()).collect(),
-            before,
-            after: counts,
+            reason: reason.into(),
             budget,
-            complexity: vec![],
-            alpha: None,
-            beta: None,
+            param_budget: self.cfg.param_budget,
+            alpha: self.learned.get("alpha").copied(),
+            beta: self.learned.get("beta").copied(),
+            slots: self
+                .infos
+                .iter()
+                .enumerate()
+                .map(|(i, a)| SlotAllocation {
+                    name: a.name.clone(),
+                    cost: a.rows + a.cols,
+                    complexity: complexity.get(i).copied(),
+                    score: score.get(i).copied(),
+                    before: before[i],
+                    after: after[i],
+                })
+                .collect(),
             resized,
             seconds: 0.0,
-        }))
+        }
+    }
+}
+
+fn to_dynamic(v: stats::StatValue) -> Dynamic {
+    match v {
+        stats::StatValue::Int(i) => Dynamic::from_int(i as INT),
+        stats::StatValue::Float(f) => Dynamic::from_float(f as FLOAT),
+        stats::StatValue::Str(s) => Dynamic::from(s),
+        stats::StatValue::Floats(v) => Dynamic::from_array(host::to_float_array(&v)),
+    }
+}
+
+/// The engine: one method over the shared core.
+pub struct RankEngine {
+    core: Core,
+    method: Box<dyn RankMethod>,
+    conditions: BTreeMap<PathBuf, Plugin>,
+}
+
+impl RankEngine {
+    /// Build the engine and compile its plugins (errors name the file and position).
+    pub fn new(cfg: EngineConfig) -> Result<Self> {
+        if cfg.min_rank > cfg.max_rank {
+            return Err(cfg_err(format!(
+                "min_rank {} > max_rank {}",
+                cfg.min_rank, cfg.max_rank
+            )));
+        }
+        if cfg.stats_every == 0 {
+            return Err(cfg_err("stats_every must be at least 1"));
+        }
+        let mut core = Core::new(cfg);
+        let method: Box<dyn RankMethod> = match core.cfg.method.clone() {
+            Method::AdaLora(c) => Box::new(adalora::AdaLoraMethod::new(&mut core, c)?),
+            Method::Sora(c) => Box::new(sora::SoraMethod::new(&mut core, c)?),
+            m => Box::new(scripted::Scripted::new(&mut core, m)?),
+        };
+        Ok(Self {
+            core,
+            method,
+            conditions: BTreeMap::new(),
+        })
     }
 
-    fn apply_masks(&mut self, store: &mut dyn AdapterStore, count: bool) -> Result<()> {
-        for i in 0..self.infos.len() {
-            let keep = &self.stats[i].keep;
-            if keep.is_empty() || keep.iter().all(|k| *k) {
-                continue;
-            }
-            let mut h = store.adapter_host(i)?;
-            if let Some(l) = h.lambda.as_mut() {
-                for (v, k) in l.iter_mut().zip(keep) {
-                    if !k {
-                        *v = 0.0;
-                    }
-                }
-            }
-            h.grad_a.clear();
-            h.grad_b.clear();
-            h.grad_lambda = None;
-            store.set_adapter_host(i, &h)?;
+    pub fn config(&self) -> &EngineConfig {
+        &self.core.cfg
+    }
+    pub fn calls(&self) -> &EngineCalls {
+        &self.core.calls
+    }
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+    /// The adapters as the engine last saw them (after its own resizes).
+    pub fn adapters(&self) -> &[AdapterInfo] {
+        &self.core.infos
+    }
+    /// Ranks in effect (AdaLoRA masking: unmasked triplets).
+    pub fn ranks(&self) -> Vec<usize> {
+        self.method.ranks(&self.core)
+    }
+    /// The learner's state (alpha, beta, ...).
+    pub fn learned(&self) -> &BTreeMap<String, f64> {
+        &self.core.learned
+    }
+    /// Lines scripts printed since the last call.
+    pub fn take_log(&self) -> Vec<String> {
+        self.core.host.take_log()
+    }
+    pub fn host(&self) -> &PluginHost {
+        &self.core.host
+    }
+
+    /// Everything a checkpoint needs (reads the gradient statistics back from the device).
+    pub fn state(&self, store: &dyn AdapterStore) -> Result<EngineState> {
+        let grads = (0..self.core.infos.len())
+            .map(|i| self.core.grad_stats(store, i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(EngineState {
+            ranks: self.core.ranks(),
+            w0: self.core.w0.clone(),
+            grads,
+            learned: self.core.learned.clone(),
+            calls: self.core.calls.clone(),
+            rng_draws: self.core.rng_draws,
+            method: self.method.state(),
+        })
+    }
+
+    /// Restore from a checkpoint; call before `on_start`, which then checks the store's ranks
+    /// against the saved ones instead of assigning initial ranks.
+    pub fn load_state(&mut self, st: EngineState) -> Result<()> {
+        if st.ranks.len() != st.w0.len() || st.ranks.len() != st.grads.len() {
+            return Err(cfg_err(
+                "engine state: ranks, spectra and statistics differ in length",
+            ));
         }
-        if count {
-            self.calls.masks += 1;
+        let c = &mut self.core;
+        c.learned = st.learned;
+        c.calls = st.calls;
+        c.w0 = st.w0;
+        c.resumed_grads = st.grads;
+        c.rng_draws = st.rng_draws;
+        c.host.reseed(c.cfg.seed.wrapping_add(c.rng_draws));
+        c.infos = st
+            .ranks
+            .iter()
+            .map(|r| AdapterInfo {
+                name: String::new(),
+                layer: 0,
+                kind: ModuleKind::Q,
+                rows: 0,
+                cols: 0,
+                rank: *r,
+            })
+            .collect();
+        c.resumed = true;
+        self.method.load_state(st.method)?;
+        Ok(())
+    }
+
+    /// W0 spectra once, then the method's starting ranks. Returns the starting allocation
+    /// (nothing on resume).
+    pub fn on_start(&mut self, store: &mut dyn AdapterStore) -> Result<Option<Allocation>> {
+        let c = &mut self.core;
+        c.calls.on_start += 1;
+        let infos = store.adapters();
+        if infos.is_empty() {
+            return Err(cfg_err("the model has no adapter slots"));
+        }
+        if c.resumed {
+            let saved = c.ranks();
+            let now: Vec<usize> = infos.iter().map(|a| a.rank).collect();
+            if saved != now {
+                return Err(cfg_err(format!(
+                    "resumed engine state has ranks {saved:?} but the model has {now:?}"
+                )));
+            }
+            c.infos = infos;
+            for (i, g) in std::mem::take(&mut c.resumed_grads).iter().enumerate() {
+                store.restore_grad_stats(i, g)?;
+            }
+            c.reset_params(&[]);
+            self.method.started(&mut self.core, store, true)?;
+            return Ok(None);
+        }
+        c.infos = infos;
+        c.w0 = w0_spectra(store, &c.infos)?;
+        c.reset_params(&[]);
+        let before = c.ranks();
+        let ranks = self.method.start(&mut self.core, store)?;
+        let c = &mut self.core;
+        for (i, r) in ranks.iter().enumerate() {
+            if *r > c.limit(i) {
+                return Err(cfg_err(format!(
+                    "rank {r} for adapter {} exceeds min(rows, cols) = {}",
+                    c.infos[i].name,
+                    c.limit(i)
+                )));
+            }
+        }
+        let resized = c.apply_ranks(store, &ranks)?;
+        let rec = c.record(0, "init", &before, &ranks, None, &[], &[], resized);
+        self.method.started(&mut self.core, store, false)?;
+        Ok(Some(rec))
+    }
+
+    fn ensure_started(&self, what: &str) -> Result<()> {
+        if self.core.infos.is_empty() || self.core.w0.len() != self.core.infos.len() {
+            return Err(cfg_err(format!("{what} called before on_start")));
         }
         Ok(())
     }
 
+    /// Statistics after a backward pass (before the optimizer step).
+    pub fn after_backward(&mut self, step: u64, store: &mut dyn AdapterStore) -> Result<()> {
+        let t0 = Instant::now();
+        self.ensure_started("after_backward")?;
+        self.core.calls.after_backward += 1;
+        self.method.after_backward(&mut self.core, step, store)?;
+        self.core.calls.after_backward_seconds += t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// After every optimizer step.
+    pub fn after_step(
+        &mut self,
+        step: u64,
+        store: &mut dyn AdapterStore,
+        ctx: &EngineCtx,
+    ) -> Result<Option<Allocation>> {
+        let t0 = Instant::now();
+        self.ensure_started("after_step")?;
+        self.core.calls.after_step += 1;
+        let out = self.method.after_step(&mut self.core, step, store, ctx)?;
+        let secs = t0.elapsed().as_secs_f64();
+        self.core.calls.after_step_seconds += secs;
+        Ok(out.map(|mut a| {
+            a.seconds = secs;
+            a
+        }))
+    }
+
+    /// The schedule's `reallocate`. Returns the allocation when the method made one.
+    pub fn reallocate(
+        &mut self,
+        step: u64,
+        store: &mut dyn AdapterStore,
+        ctx: &EngineCtx,
+    ) -> Result<Option<Allocation>> {
+        self.timed(|m, c| m.reallocate(c, step, store, ctx))
+    }
+
+    /// The schedule's `finalize`: the re-allocating phases are over.
+    pub fn finalize(
+        &mut self,
+        step: u64,
+        store: &mut dyn AdapterStore,
+        ctx: &EngineCtx,
+    ) -> Result<Option<Allocation>> {
+        self.timed(|m, c| m.finalize(c, step, store, ctx))
+    }
+
+    fn timed(
+        &mut self,
+        f: impl FnOnce(&mut dyn RankMethod, &mut Core) -> Result<Option<Allocation>>,
+    ) -> Result<Option<Allocation>> {
+        let t0 = Instant::now();
+        self.ensure_started("reallocate")?;
+        self.core.calls.reallocate += 1;
+        let out = f(self.method.as_mut(), &mut self.core)?;
+        let secs = t0.elapsed().as_secs_f64();
+        self.core.calls.reallocate_seconds += secs;
+        Ok(out.map(|mut a| {
+            a.seconds = secs;
+            a
+        }))
+    }
+
     /// Run a phase condition plugin `done(ctx)`.
     pub fn phase_done(&mut self, plugin: &Path, ctx: &EngineCtx) -> Result<bool> {
-        self.calls.phase_done += 1;
+        self.core.calls.phase_done += 1;
         let key = plugin.to_path_buf();
         if !self.conditions.contains_key(&key) {
-            let p = self.load(plugin, Role::Condition, 1)?;
+            let p = self.core.load_plugin(plugin, Role::Condition, 1)?;
             self.conditions.insert(key.clone(), p);
         }
         let p = self.conditions[&key].clone();
-        let ctx_map = self.ctx_map(ctx, self.cfg.budget);
+        let ctx_map = self.core.ctx_map(ctx, self.core.cfg.budget);
         let v = self
+            .core
             .host
             .call(&p, Role::Condition, None, (Dynamic::from_map(ctx_map),))?;
         v.as_bool().map_err(|_| {
@@ -1049,180 +988,19 @@ impl RankEngine {
         })
     }
 
-    fn ctx_map(&self, ctx: &EngineCtx, budget: usize) -> Map {
-        let mut m = Map::new();
-        let int = |x: usize| Dynamic::from_int(x as INT);
-        m.insert("step".into(), int(ctx.step));
-        m.insert("epoch".into(), int(ctx.epoch));
-        m.insert("phase".into(), int(ctx.phase));
-        m.insert("total_steps".into(), int(ctx.total_steps));
-        m.insert("budget".into(), int(budget));
-        m.insert("r_min".into(), int(self.cfg.min_rank));
-        m.insert("r_max".into(), int(self.cfg.max_rank));
-        m.insert("n_adapters".into(), int(self.infos.len()));
-        m.insert(
-            "losses".into(),
-            Dynamic::from_array(host::to_float_array(&ctx.losses)),
-        );
-        m.insert(
-            "loss".into(),
-            ctx.losses
-                .last()
-                .map_or(Dynamic::UNIT, |l| Dynamic::from_float(*l as FLOAT)),
-        );
-        let metrics: Map = ctx
-            .metrics
-            .iter()
-            .map(|(k, v)| (k.as_str().into(), Dynamic::from_float(*v as FLOAT)))
-            .collect();
-        m.insert("metrics".into(), Dynamic::from_map(metrics));
-        for k in ["alpha", "beta"] {
-            if let Some(v) = self.learned.get(k) {
-                m.insert(k.into(), Dynamic::from_float(*v as FLOAT));
-            }
-        }
-        m
-    }
-
-    /// The per-adapter maps scripts receive (keys documented in plugins/README.md).
-    fn adapter_maps(
-        &self,
-        store: &dyn AdapterStore,
-        triplet_scores: &[Vec<f64>],
-    ) -> Result<Vec<Map>> {
-        let mut out = Vec::with_capacity(self.infos.len());
-        for (i, a) in self.infos.iter().enumerate() {
-            let s = &self.stats[i];
-            let mut m = Map::new();
-            let int = |x: usize| Dynamic::from_int(x as INT);
-            let fl = |x: f64| Dynamic::from_float(x as FLOAT);
-            m.insert("name".into(), Dynamic::from(a.name.clone()));
-            m.insert("index".into(), int(i));
-            m.insert("layer".into(), int(a.layer));
-            m.insert("kind".into(), Dynamic::from(a.kind.name().to_string()));
-            m.insert("rows".into(), int(a.rows));
-            m.insert("cols".into(), int(a.cols));
-            m.insert("rank".into(), int(a.rank));
-            m.insert(
-                "sv".into(),
-                Dynamic::from_array(host::to_float_array(&s.w0_sv)),
-            );
-            m.insert("w0_erank".into(), fl(s.w0_erank));
-            m.insert("w0_stable_rank".into(), fl(s.w0_stable_rank));
-            let (mut delta_sv, mut grad_norm) = (
-                vec![],
-                (s.grad_a_norm.powi(2) + s.grad_b_norm.powi(2)).sqrt(),
-            );
-            if a.rank > 0 {
-                let h = store.adapter_host(i)?;
-                delta_sv = spectra::lowrank_singular_values(
-                    a.rows,
-                    a.cols,
-                    a.rank,
-                    &h.b,
-                    &h.a,
-                    h.lambda.as_deref(),
-                    h.scale,
-                );
-                if s.energy_steps == 0 && !h.grad_a.is_empty() {
-                    grad_norm = (norm2(&h.grad_a) + norm2(&h.grad_b)).sqrt();
-                }
-            }
-            m.insert("delta_erank".into(), fl(spectra::effective_rank(&delta_sv)));
-            m.insert(
-                "delta_sv".into(),
-                Dynamic::from_array(host::to_float_array(&delta_sv)),
-            );
-            m.insert("grad_norm".into(), fl(grad_norm));
-            m.insert("grad_a_norm".into(), fl(s.grad_a_norm));
-            m.insert("grad_b_norm".into(), fl(s.grad_b_norm));
-            let energy = if s.energy_steps > 0 {
-                s.energy_sum / s.energy_steps as f64
-            } else {
-                0.0
-            };
-            m.insert("grad_energy".into(), fl(energy));
-            let gsv = if s.gram_steps > 0 {
-                spectra::sv_of_gram(s.gram_rank, &s.gram)
-            } else {
-                vec![]
-            };
-            m.insert("grad_erank".into(), fl(spectra::effective_rank(&gsv)));
-            m.insert(
-                "grad_sv".into(),
-                Dynamic::from_array(host::to_float_array(&gsv)),
-            );
-            let (sens, unc) = s.ada.as_ref().map_or((0.0, 0.0), |t| {
-                let w = |f: fn(&adalora::Importance) -> f64| f(&t.p) + f(&t.q) + f(&t.lambda);
-                (
-                    w(|x| x.mean_sensitivity()) / 3.0,
-                    w(|x| x.mean_uncertainty()) / 3.0,
-                )
-            });
-            m.insert("sensitivity".into(), fl(sens));
-            m.insert("uncertainty".into(), fl(unc));
-            let ts = triplet_scores.get(i).cloned().unwrap_or_default();
-            m.insert(
-                "triplet_scores".into(),
-                Dynamic::from_array(host::to_float_array(&ts)),
-            );
-            let ev = if self.wants_input_ev {
-                store
-                    .input_sample(i)
-                    .map(|x| input_explained_variance(&x))
-                    .unwrap_or_default()
-            } else {
-                vec![]
-            };
-            m.insert(
-                "input_ev".into(),
-                Dynamic::from_array(host::to_float_array(&ev)),
-            );
-            m.insert("complexity".into(), fl(1.0));
-            out.push(m);
-        }
-        Ok(out)
-    }
-
     /// Mean seconds per `reallocate` call and per `after_backward` call so far.
     pub fn overhead(&self) -> (Duration, Duration) {
+        let c = &self.core.calls;
         let d = |s: f64, n: usize| Duration::from_secs_f64(if n == 0 { 0.0 } else { s / n as f64 });
         (
-            d(self.calls.reallocate_seconds, self.calls.reallocate),
-            d(self.calls.after_backward_seconds, self.calls.after_backward),
+            d(c.reallocate_seconds, c.reallocate),
+            d(c.after_backward_seconds, c.after_backward),
         )
     }
 }
 
-fn number(v: &Dynamic) -> Option<f64> {
-    v.as_float()
-        .ok()
-        .or_else(|| v.as_int().ok().map(|i| i as f64))
-}
-
-/// Explained-variance ratios (largest first) of the centred input sample [n, cols].
-fn input_explained_variance(x: &crate::adapter::HostTensor) -> Vec<f64> {
-    let (n, c) = match x.shape.as_slice() {
-        [n, c] if *n > 1 && *c > 0 && x.data.len() == n * c => (*n, *c),
-        _ => return vec![],
-    };
-    let mut centred = x.data.clone();
-    for j in 0..c {
-        let m: f32 = (0..n).map(|i| x.data[i * c + j]).sum::<f32>() / n as f32;
-        for i in 0..n {
-            centred[i * c + j] -= m;
-        }
-    }
-    let sv = spectra::singular_values(n, c, &centred);
-    let total: f64 = sv.iter().map(|s| s * s).sum();
-    if total <= 0.0 {
-        return vec![];
-    }
-    sv.iter().map(|s| s * s / total).collect()
-}
-
 /// W0 spectra of every adapter, fetched in chunks and computed in parallel.
-fn w0_spectra(store: &dyn AdapterStore, infos: &[AdapterInfo]) -> Result<Vec<AdapterStats>> {
+fn w0_spectra(store: &dyn AdapterStore, infos: &[AdapterInfo]) -> Result<Vec<W0Stats>> {
     use rayon::prelude::*;
     let chunk = rayon::current_num_threads().max(1);
     let mut out = Vec::with_capacity(infos.len());
@@ -1243,18 +1021,12 @@ fn w0_spectra(store: &dyn AdapterStore, infos: &[AdapterInfo]) -> Result<Vec<Ada
                 )));
             }
         }
-        let part: Vec<AdapterStats> = ws
+        let part: Vec<W0Stats> = ws
             .par_iter()
             .enumerate()
             .map(|(k, w)| {
                 let a = &infos[start + k];
-                let sv = spectra::singular_values(a.rows, a.cols, &w.data);
-                AdapterStats {
-                    w0_erank: spectra::effective_rank(&sv),
-                    w0_stable_rank: spectra::stable_rank(&sv),
-                    w0_sv: sv.into_iter().take(W0_SV_KEEP).collect(),
-                    ..Default::default()
-                }
+                W0Stats::of(a.rows, a.cols, &w.data)
             })
             .collect();
         out.extend(part);

@@ -4,14 +4,19 @@
 //! on the squared error of y = W·x for Gaussian x. The best rank for layer i is k_i, so a good
 //! allocator's ranks correlate with k and its loss beats uniform rank at the same budget.
 //!
-//! The transformer version of this task lives with the model (issue 3); this one is small
-//! enough for tests that train several methods × seeds in seconds.
+//! The transformer version of this task lives with the model (`train::PlantedTask`); this one
+//! is small enough for tests that train several methods × seeds in seconds. Resizing uses the
+//! model's own factor arithmetic (`model::lora`), so the tests check what runs.
 
-use super::{EngineConfig, EngineCtx, RankChange, RankEngine};
-use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, HostTensor, ModuleKind};
+use super::driver::EngineDriver;
+use super::schedule::Schedule;
+use super::{Allocation, EngineConfig, EngineCtx, RankEngine};
+use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor, ModuleKind};
+use crate::model::lora::{grow_factors, init_factors, shrink_factors, Factors};
+use crate::policy::PhaseSpec;
 use nalgebra::DMatrix;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use std::time::Instant;
 
@@ -81,11 +86,15 @@ struct Layer {
     a: Vec<f32>,
     b: Vec<f32>,
     lambda: Option<Vec<f32>>,
+    /// Gates set by the rank engine (never trained here).
+    gates: Option<Vec<f32>>,
     ga: Vec<f32>,
     gb: Vec<f32>,
     gl: Option<Vec<f32>>,
+    gg: Vec<f32>,
     opt: [Adam; 3],
     inputs: Option<HostTensor>,
+    acc: GradStats,
 }
 
 /// The student: one LoRA adapter per layer, an [`AdapterStore`].
@@ -93,6 +102,7 @@ pub struct PlantedStore {
     cfg: PlantedConfig,
     layers: Vec<Layer>,
     rng: StdRng,
+    resizes: u64,
 }
 
 fn gaussian(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
@@ -104,6 +114,40 @@ fn orthonormal(rng: &mut StdRng, d: usize, k: usize) -> DMatrix<f64> {
     let g = gaussian(rng, d * k, 1.0);
     let m = DMatrix::<f64>::from_fn(d, k, |i, j| g[i * k + j] as f64);
     m.qr().q()
+}
+
+impl Layer {
+    fn factors(&self) -> Factors {
+        Factors {
+            rank: self.info.rank,
+            a: self.a.clone(),
+            b: self.b.clone(),
+            lambda: self.lambda.clone(),
+        }
+    }
+    fn set(&mut self, f: Factors) {
+        self.info.rank = f.rank;
+        self.a = f.a;
+        self.b = f.b;
+        self.lambda = f.lambda;
+        // Moments, gradients, gates and statistics describe the old components.
+        self.opt = Default::default();
+        self.ga.clear();
+        self.gb.clear();
+        self.gl = None;
+        self.gg.clear();
+        self.gates = None;
+        self.acc = GradStats::default();
+    }
+    /// Per-component multiplier λ_j·g_j.
+    fn mult(&self) -> Vec<f32> {
+        (0..self.info.rank)
+            .map(|j| {
+                self.lambda.as_ref().map_or(1.0, |l| l[j])
+                    * self.gates.as_ref().map_or(1.0, |g| g[j])
+            })
+            .collect()
+    }
 }
 
 impl PlantedStore {
@@ -131,38 +175,48 @@ impl PlantedStore {
                 target,
                 a: vec![],
                 b: vec![],
-                lambda: cfg.svd_form.then(Vec::new),
+                lambda: None,
+                gates: None,
                 ga: vec![],
                 gb: vec![],
                 gl: None,
+                gg: vec![],
                 opt: Default::default(),
                 inputs: None,
+                acc: GradStats::default(),
             };
-            grow(&mut l, init_rank, &mut rng, cfg.svd_form);
+            l.set(init_factors(d, d, init_rank, cfg.svd_form, rng.random()));
             layers.push(l);
         }
-        Self { cfg, layers, rng }
+        Self {
+            cfg,
+            layers,
+            rng,
+            resizes: 0,
+        }
     }
 
     pub fn planted(&self) -> &[usize] {
         &self.cfg.planted
     }
 
+    /// ΔW = B·diag(λ ⊙ g)·A (scale 1).
     fn delta(l: &Layer) -> Vec<f32> {
         let (d, r) = (l.info.rows, l.info.rank);
-        let mut m = vec![0.0f32; d * d];
+        let m = l.mult();
+        let mut out = vec![0.0f32; d * d];
         for p in 0..d {
-            for j in 0..r {
-                let bj = l.b[p * r + j] * l.lambda.as_ref().map_or(1.0, |x| x[j]);
+            for (j, mj) in m.iter().enumerate() {
+                let bj = l.b[p * r + j] * mj;
                 if bj == 0.0 {
                     continue;
                 }
                 for q in 0..d {
-                    m[p * d + q] += bj * l.a[j * d + q];
+                    out[p * d + q] += bj * l.a[j * d + q];
                 }
             }
         }
-        m
+        out
     }
 
     /// Expected loss over x ~ N(0, I): mean over layers of ‖ΔW − ΔW*‖²_F / d.
@@ -210,25 +264,36 @@ impl PlantedStore {
                     g[p * d + q] = c * (0..n).map(|s| rx[p * n + s] * x[q * n + s]).sum::<f32>();
                 }
             }
+            let mult = l.mult();
             let lam: Vec<f32> = l.lambda.clone().unwrap_or_else(|| vec![1.0; r]);
-            // dB = G·(ΛA)ᵀ, dA = (BΛ)ᵀ·G, dλ_j = b_jᵀ·G·a_j.
+            let gate: Vec<f32> = l.gates.clone().unwrap_or_else(|| vec![1.0; r]);
+            // With m_j = λ_j·g_j: dB = G·(diag(m)A)ᵀ, dA = (B·diag(m))ᵀ·G, and b_jᵀ·G·a_j
+            // times g_j for dλ_j, times λ_j for dg_j.
             let mut ga = vec![0.0f32; r * d];
             let mut gb = vec![0.0f32; d * r];
-            let mut gl = vec![0.0f32; r];
+            let mut bga = vec![0.0f32; r];
             for j in 0..r {
                 for p in 0..d {
                     let ga_row: f32 = (0..d).map(|q| g[p * d + q] * l.a[j * d + q]).sum();
-                    gb[p * r + j] = ga_row * lam[j];
-                    gl[j] += l.b[p * r + j] * ga_row;
+                    gb[p * r + j] = ga_row * mult[j];
+                    bga[j] += l.b[p * r + j] * ga_row;
                 }
                 for q in 0..d {
                     ga[j * d + q] =
-                        lam[j] * (0..d).map(|p| l.b[p * r + j] * g[p * d + q]).sum::<f32>();
+                        mult[j] * (0..d).map(|p| l.b[p * r + j] * g[p * d + q]).sum::<f32>();
                 }
             }
             l.ga = ga;
             l.gb = gb;
-            l.gl = l.lambda.is_some().then_some(gl);
+            l.gl = l
+                .lambda
+                .is_some()
+                .then(|| (0..r).map(|j| bga[j] * gate[j]).collect());
+            l.gg = if l.gates.is_some() {
+                (0..r).map(|j| bga[j] * lam[j]).collect()
+            } else {
+                vec![]
+            };
             if self.cfg.keep_inputs {
                 let xt: Vec<f32> = (0..n * d).map(|k| x[(k % d) * n + k / d]).collect();
                 l.inputs = Some(HostTensor::new(vec![n, d], xt));
@@ -250,84 +315,17 @@ impl PlantedStore {
             }
         }
     }
-}
 
-/// Grow to `rank` keeping ΔW: new A rows random, new B columns zero (λ form: new λ = 0).
-fn grow(l: &mut Layer, rank: usize, rng: &mut StdRng, svd_form: bool) {
-    let (d, r) = (l.info.rows, l.info.rank);
-    let extra = rank - r;
-    let a_std = if svd_form {
-        0.02
-    } else {
-        1.0 / (d as f32).sqrt()
-    };
-    l.a.extend(gaussian(rng, extra * d, a_std));
-    let newb_cols: Vec<f32> = if svd_form {
-        gaussian(rng, d * extra, 0.02)
-    } else {
-        vec![0.0; d * extra]
-    };
-    let mut b = vec![0.0f32; d * rank];
-    for p in 0..d {
-        b[p * rank..p * rank + r].copy_from_slice(&l.b[p * r..p * r + r]);
-        b[p * rank + r..p * rank + rank].copy_from_slice(&newb_cols[p * extra..(p + 1) * extra]);
+    fn layer(&self, i: usize) -> anyhow::Result<&Layer> {
+        self.layers
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("no adapter {i}"))
     }
-    l.b = b;
-    if let Some(lam) = l.lambda.as_mut() {
-        lam.extend(std::iter::repeat_n(0.0, extra));
+    fn layer_mut(&mut self, i: usize) -> anyhow::Result<&mut Layer> {
+        self.layers
+            .get_mut(i)
+            .ok_or_else(|| anyhow::anyhow!("no adapter {i}"))
     }
-    l.info.rank = rank;
-}
-
-/// Shrink to `rank` by truncated SVD of B·diag(λ)·A (the best rank-r approximation of ΔW).
-fn shrink(l: &mut Layer, rank: usize, rng: &mut StdRng) {
-    let d = l.info.rows;
-    let m = PlantedStore::delta(l);
-    let svd = DMatrix::<f64>::from_fn(d, d, |i, j| m[i * d + j] as f64).svd(true, true);
-    let (u, vt) = (svd.u.expect("u"), svd.v_t.expect("v_t"));
-    let mut idx: Vec<usize> = (0..svd.singular_values.len()).collect();
-    idx.sort_by(|&x, &y| svd.singular_values[y].total_cmp(&svd.singular_values[x]));
-    let mut a = vec![0.0f32; rank * d];
-    let mut b = vec![0.0f32; d * rank];
-    let mut lam = vec![0.0f32; rank];
-    let top = idx.first().map_or(0.0, |&k| svd.singular_values[k]);
-    for (j, &k) in idx.iter().take(rank).enumerate() {
-        let s = svd.singular_values[k];
-        if s <= 1e-9 * top.max(1e-30) {
-            // A zero component split into both factors would leave A = B = 0, which never
-            // trains again: start it fresh instead, as growing does (A random, B = 0).
-            let svd_form = l.lambda.is_some();
-            let std = if svd_form {
-                0.02
-            } else {
-                1.0 / (d as f32).sqrt()
-            };
-            let fresh = gaussian(rng, d, std);
-            a[j * d..(j + 1) * d].copy_from_slice(&fresh);
-            if svd_form {
-                for (p, v) in gaussian(rng, d, 0.02).into_iter().enumerate() {
-                    b[p * rank + j] = v;
-                }
-            }
-            continue;
-        }
-        let (fb, fa) = if l.lambda.is_some() {
-            lam[j] = s as f32;
-            (1.0, 1.0)
-        } else {
-            (s.sqrt(), s.sqrt())
-        };
-        for p in 0..d {
-            b[p * rank + j] = (u[(p, k)] * fb) as f32;
-            a[j * d + p] = (vt[(k, p)] * fa) as f32;
-        }
-    }
-    l.a = a;
-    l.b = b;
-    if l.lambda.is_some() {
-        l.lambda = Some(lam);
-    }
-    l.info.rank = rank;
 }
 
 impl AdapterStore for PlantedStore {
@@ -335,14 +333,12 @@ impl AdapterStore for PlantedStore {
         self.layers.iter().map(|l| l.info.clone()).collect()
     }
     fn adapter_host(&self, i: usize) -> anyhow::Result<AdapterHost> {
-        let l = self
-            .layers
-            .get(i)
-            .ok_or_else(|| anyhow::anyhow!("no adapter {i}"))?;
+        let l = self.layer(i)?;
         Ok(AdapterHost {
             a: l.a.clone(),
             b: l.b.clone(),
             lambda: l.lambda.clone(),
+            gates: l.gates.clone(),
             grad_a: l.ga.clone(),
             grad_b: l.gb.clone(),
             grad_lambda: l.gl.clone(),
@@ -350,10 +346,7 @@ impl AdapterStore for PlantedStore {
         })
     }
     fn set_adapter_host(&mut self, i: usize, h: &AdapterHost) -> anyhow::Result<()> {
-        let l = self
-            .layers
-            .get_mut(i)
-            .ok_or_else(|| anyhow::anyhow!("no adapter {i}"))?;
+        let l = self.layer_mut(i)?;
         anyhow::ensure!(
             h.a.len() == l.a.len() && h.b.len() == l.b.len(),
             "set_adapter_host: shape mismatch"
@@ -372,53 +365,110 @@ impl AdapterStore for PlantedStore {
         Ok(())
     }
     fn frozen_weight(&self, i: usize) -> anyhow::Result<HostTensor> {
-        let l = self
-            .layers
-            .get(i)
-            .ok_or_else(|| anyhow::anyhow!("no adapter {i}"))?;
+        let l = self.layer(i)?;
         Ok(HostTensor::new(
             vec![l.info.rows, l.info.cols],
             l.w0.clone(),
         ))
     }
+    /// The model's own resizing (`model::lora`): shrink by truncated SVD, grow with B = 0.
     fn resize_adapter(&mut self, i: usize, rank: usize) -> anyhow::Result<()> {
-        let svd_form = self.cfg.svd_form;
-        let l = self
-            .layers
-            .get_mut(i)
-            .ok_or_else(|| anyhow::anyhow!("no adapter {i}"))?;
-        anyhow::ensure!(
-            rank <= l.info.rows.min(l.info.cols),
-            "rank {rank} too large"
-        );
-        if rank > l.info.rank {
-            grow(l, rank, &mut self.rng, svd_form);
-        } else if rank < l.info.rank {
-            shrink(l, rank, &mut self.rng);
+        let seed = self.rng.random::<u64>() ^ self.resizes;
+        let l = self.layer_mut(i)?;
+        let (d, r) = (l.info.rows, l.info.rank);
+        anyhow::ensure!(rank <= d, "rank {rank} too large");
+        if rank == r {
+            return Ok(());
         }
-        // Moments of a resized adapter no longer match its parameters.
-        l.opt = Default::default();
-        l.ga.clear();
-        l.gb.clear();
-        l.gl = None;
+        let f = l.factors();
+        let g = if rank < r {
+            shrink_factors(d, d, &f, 1.0, rank, 1.0, seed)?
+        } else {
+            grow_factors(d, d, &f, 1.0, rank, 1.0, seed)
+        };
+        l.set(g);
+        self.resizes += 1;
         Ok(())
     }
     fn input_sample(&self, i: usize) -> Option<HostTensor> {
         self.layers.get(i)?.inputs.clone()
     }
-}
-
-/// When the mini training loop calls the engine.
-#[derive(Clone, Debug)]
-pub struct PlantedSchedule {
-    pub steps: usize,
-    /// First re-allocation (end of phase 1).
-    pub phase1_steps: usize,
-    pub realloc_every: usize,
-    /// No re-allocation after this step (the last stretch trains at the final ranks).
-    pub realloc_until: usize,
-    /// Call `reallocate` after every step (AdaLoRA applies its own schedule).
-    pub every_step: bool,
+    fn gather_grad_stats(&mut self, i: usize) -> anyhow::Result<()> {
+        let l = self.layer_mut(i)?;
+        let r = l.info.rank;
+        if r == 0 || l.gb.len() != l.info.rows * r {
+            return Ok(());
+        }
+        let a2: f64 = l.ga.iter().map(|x| (*x as f64).powi(2)).sum();
+        let b2: f64 = l.gb.iter().map(|x| (*x as f64).powi(2)).sum();
+        let acc = &mut l.acc;
+        acc.last_a2 = a2;
+        acc.last_b2 = b2;
+        acc.energy_sum += (a2 + b2) / r as f64;
+        acc.energy_a += a2 / r as f64;
+        acc.energy_b += b2 / r as f64;
+        acc.steps += 1;
+        if acc.gram.len() != r * r {
+            acc.gram = vec![0.0; r * r];
+        }
+        super::spectra::add_gram(l.info.rows, r, &l.gb, &mut acc.gram);
+        Ok(())
+    }
+    fn grad_stats(&self, i: usize) -> anyhow::Result<GradStats> {
+        Ok(self.layer(i)?.acc.clone())
+    }
+    fn reset_grad_stats(&mut self, i: usize) -> anyhow::Result<()> {
+        self.layer_mut(i)?.acc = GradStats::default();
+        Ok(())
+    }
+    fn restore_grad_stats(&mut self, i: usize, s: &GradStats) -> anyhow::Result<()> {
+        self.layer_mut(i)?.acc = s.clone();
+        Ok(())
+    }
+    fn set_gates(&mut self, i: usize, gates: Option<&[f32]>) -> anyhow::Result<()> {
+        let l = self.layer_mut(i)?;
+        if let Some(g) = gates {
+            anyhow::ensure!(
+                g.len() == l.info.rank,
+                "set_gates: {} gates for rank {}",
+                g.len(),
+                l.info.rank
+            );
+        }
+        l.gates = gates.map(<[f32]>::to_vec);
+        Ok(())
+    }
+    fn gate_grad(&self, i: usize) -> anyhow::Result<Vec<f32>> {
+        Ok(self.layer(i)?.gg.clone())
+    }
+    fn keep_components(&mut self, i: usize, keep: &[usize]) -> anyhow::Result<()> {
+        let l = self.layer_mut(i)?;
+        let (d, r) = (l.info.rows, l.info.rank);
+        anyhow::ensure!(
+            keep.iter().all(|&j| j < r),
+            "keep_components: index out of range"
+        );
+        let k = keep.len();
+        let mut a = Vec::with_capacity(k * d);
+        for &j in keep {
+            a.extend_from_slice(&l.a[j * d..(j + 1) * d]);
+        }
+        let b: Vec<f32> = (0..d)
+            .flat_map(|p| keep.iter().map(move |&j| (p, j)))
+            .map(|(p, j)| l.b[p * r + j])
+            .collect();
+        let lambda = l
+            .lambda
+            .as_ref()
+            .map(|x| keep.iter().map(|&j| x[j]).collect());
+        l.set(Factors {
+            rank: k,
+            a,
+            b,
+            lambda,
+        });
+        Ok(())
+    }
 }
 
 /// What a planted run ended with.
@@ -426,48 +476,57 @@ pub struct PlantedSchedule {
 pub struct PlantedOutcome {
     pub ranks: Vec<usize>,
     pub final_loss: f64,
-    pub changes: Vec<RankChange>,
+    pub allocations: Vec<Allocation>,
     pub train_seconds: f64,
     pub realloc_seconds: f64,
     pub engine_calls: super::EngineCalls,
 }
 
-/// Train the planted task under `engine_cfg`.
+/// Train the planted task for `steps` steps under `engine_cfg`, with `phases` applied by the
+/// same [`Schedule`] the runner uses.
 pub fn run_planted(
     task: PlantedConfig,
     engine_cfg: EngineConfig,
-    sched: &PlantedSchedule,
-) -> super::Result<PlantedOutcome> {
+    phases: Vec<PhaseSpec>,
+    steps: u64,
+) -> anyhow::Result<PlantedOutcome> {
+    struct Host<'a>(&'a mut PlantedStore);
+    impl super::driver::DriverHost for Host<'_> {
+        fn store(&mut self) -> &mut dyn AdapterStore {
+            self.0
+        }
+        fn evaluate(
+            &mut self,
+            _step: u64,
+        ) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+            Ok([("eval_loss".to_string(), self.0.eval_loss())].into())
+        }
+    }
     let t0 = Instant::now();
     let mut store = PlantedStore::new(task, engine_cfg.init_rank);
     let mut engine = RankEngine::new(engine_cfg)?;
-    engine.on_start(&mut store)?;
-    let mut ctx = EngineCtx {
-        total_steps: sched.steps,
-        ..Default::default()
-    };
-    let mut changes = vec![];
-    for step in 1..=sched.steps {
+    let mut allocations: Vec<Allocation> = engine.on_start(&mut store)?.into_iter().collect();
+    let mut driver = EngineDriver::new(
+        Some(engine),
+        Schedule::new(phases, steps, steps, None),
+        steps,
+    );
+    for step in 1..=steps {
         let loss = store.forward_backward();
-        ctx.step = step;
-        ctx.losses.push(loss);
-        engine.after_backward(step, &mut store)?;
+        driver.after_backward(step, &mut store)?;
         store.optimizer_step();
-        let due = sched.every_step
-            || (step >= sched.phase1_steps
-                && step <= sched.realloc_until
-                && (step - sched.phase1_steps).is_multiple_of(sched.realloc_every.max(1)));
-        if due {
-            ctx.phase = if step >= sched.phase1_steps { 2 } else { 1 };
-            if let Some(c) = engine.reallocate(step, &mut store, &ctx)? {
-                changes.push(c);
-            }
+        let out = driver.after_step(step, loss, &mut Host(&mut store))?;
+        allocations.extend(out.allocations);
+        if out.stop {
+            break;
         }
     }
+    let engine = driver.engine.take().expect("the driver holds the engine");
+    let _ = EngineCtx::default();
     Ok(PlantedOutcome {
         ranks: engine.ranks(),
         final_loss: store.eval_loss(),
-        changes,
+        allocations,
         train_seconds: t0.elapsed().as_secs_f64(),
         realloc_seconds: engine.calls().reallocate_seconds,
         engine_calls: engine.calls().clone(),
@@ -565,11 +624,14 @@ mod tests {
             a: l.a.clone(),
             b: l.b.clone(),
             lambda: l.lambda.clone(),
+            gates: l.gates.clone(),
             ga: vec![],
             gb: vec![],
             gl: None,
+            gg: vec![],
             opt: Default::default(),
             inputs: None,
+            acc: GradStats::default(),
         }
     }
 

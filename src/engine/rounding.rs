@@ -65,6 +65,24 @@ fn shift_to_sum_until(
     hi: f64,
     stop: &dyn Fn() -> bool,
 ) -> Option<Vec<f64>> {
+    let d = budget_shift_until(x, target, lo, hi, stop)?;
+    Some(x.iter().map(|v| (v + d).clamp(lo, hi)).collect())
+}
+
+/// The offset δ with Σ clamp(x_i + δ, lo, hi) = `target` (lo·n ≤ target ≤ hi·n), found by
+/// bisection: the sum is monotone in δ.
+pub fn budget_shift(x: &[f64], target: f64, lo: f64, hi: f64) -> f64 {
+    budget_shift_until(x, target, lo, hi, &|| false).unwrap_or_default()
+}
+
+/// [`budget_shift`], or `None` once `stop()` says so (checked at every bisection step).
+pub fn budget_shift_until(
+    x: &[f64],
+    target: f64,
+    lo: f64,
+    hi: f64,
+    stop: &dyn Fn() -> bool,
+) -> Option<f64> {
     let sum_at = |d: f64| -> f64 { x.iter().map(|v| (v + d).clamp(lo, hi)).sum() };
     let xmax = x.iter().cloned().fold(f64::MIN, f64::max);
     let xmin = x.iter().cloned().fold(f64::MAX, f64::min);
@@ -81,8 +99,28 @@ fn shift_to_sum_until(
             d_hi = mid;
         }
     }
-    let d = 0.5 * (d_lo + d_hi);
-    Some(x.iter().map(|v| (v + d).clamp(lo, hi)).collect())
+    Some(0.5 * (d_lo + d_hi))
+}
+
+/// The least-squares fit (α, β) of d_i = budget·C_i/ΣC on ln C_i, with α clamped at ≥ 0 (β then
+/// re-fitted): the best log-linear summary of the proportional split of the budget.
+pub fn proportional_fit(c: &[f64], budget: f64) -> (f64, f64) {
+    let n = c.len() as f64;
+    if c.is_empty() {
+        return (0.0, 0.0);
+    }
+    let total: f64 = c.iter().sum();
+    let x: Vec<f64> = c.iter().map(|v| v.ln()).collect();
+    let d: Vec<f64> = c.iter().map(|v| budget * v / total).collect();
+    let (mx, md) = (x.iter().sum::<f64>() / n, d.iter().sum::<f64>() / n);
+    let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+    let sxd: f64 = x.iter().zip(&d).map(|(a, b)| (a - mx) * (b - md)).sum();
+    let a = if sxx > 1e-12 {
+        (sxd / sxx).max(0.0)
+    } else {
+        0.0
+    };
+    (a, md - a * mx)
 }
 
 /// Floors of `y`, then +1 to the largest fractional parts until the sum is `budget` (ties go to

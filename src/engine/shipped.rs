@@ -17,7 +17,8 @@ macro_rules! shipped {
 
 pub const SHIPPED: &[Shipped] = shipped!(
     "spectral_gradient.rhai",
-    "alpha_beta.rhai",
+    "learn_gates.rhai",
+    "fit_proportional.rhai",
     "log_rule.rhai",
     "fixed.rhai",
     "layerwise.rhai",

@@ -5,7 +5,7 @@ use super::records::HParams;
 use crate::adapter::ModuleKind;
 use crate::data::plan::Split;
 use crate::data::{self, hf::Checkpoint};
-use crate::engine::{AdaLoraConfig, EngineConfig, Method};
+use crate::engine::{AdaLoraConfig, EngineConfig, Method, SoraConfig};
 use crate::model::{Flavour, LoraConfig, ModelConfig, TrainMode};
 use crate::policy::{
     ActionKind, ArmPlan, DataSpec, Decay as PDecay, LoraOn, LoraSpec, ModelSpec, RankSpec,
@@ -27,6 +27,9 @@ pub fn method_label(arm: &ArmPlan) -> String {
     if arm.adalora.is_some() {
         return "adalora".into();
     }
+    if arm.sora.is_some() {
+        return "sora".into();
+    }
     if reallocates(arm) {
         return if arm.plugins.learner.is_some() {
             "adaptive".into()
@@ -44,8 +47,11 @@ pub fn method_label(arm: &ArmPlan) -> String {
 pub fn hparams(arm: &ArmPlan) -> HParams {
     let adapters = match (arm.lora.on(), &arm.adalora) {
         (None, _) => "full fine-tuning".to_string(),
-        (Some(_), Some(a)) => {
-            let target = format!("rank {}", a.target_rank);
+        (Some(l), Some(a)) => {
+            let target = match l.param_budget {
+                Some(p) => format!("{p} params"),
+                None => format!("rank {}", a.target_rank),
+            };
             let how = if a.peft_compat {
                 "PEFT's scale".to_string()
             } else {
@@ -325,10 +331,11 @@ pub fn train_mode(arm: &ArmPlan, layers: usize) -> TrainMode {
         ..LoraConfig::default()
     };
     for (layer, kind) in covered(l, layers) {
-        let r = match (&arm.adalora, adaptive) {
-            (Some(a), _) => a.init_rank,
-            (None, true) => l.init_rank,
-            (None, false) => l.rank_of(layer, kind),
+        let r = match (&arm.adalora, &arm.sora, adaptive) {
+            (Some(a), _, _) => a.init_rank,
+            (None, Some(s), _) => s.init_rank,
+            (None, None, true) => l.init_rank,
+            (None, None, false) => l.rank_of(layer, kind),
         };
         cfg.ranks.insert((layer, kind), r);
     }
@@ -336,7 +343,8 @@ pub fn train_mode(arm: &ArmPlan, layers: usize) -> TrainMode {
 }
 
 /// The rank engine of an arm on a model of `layers` layers; `None` when its ranks never change
-/// (full, fixed, layer-wise).
+/// (full, fixed, layer-wise). `lora.param_budget` is handed to plugins as `ctx.param_budget` and
+/// `param("param_budget")`.
 pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Option<EngineConfig> {
     let l = match &arm.lora {
         LoraSpec::Off => return None,
@@ -353,8 +361,16 @@ pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Opt
             beta2: a.beta2,
             orth_reg: a.orth_reg,
             total_steps: steps as usize,
-            resize: false,
+            resize: a.resize,
             allocator: arm.plugins.allocator.clone(),
+        })
+    } else if let Some(s) = &arm.sora {
+        Method::Sora(SoraConfig {
+            init_rank: s.init_rank,
+            gate_lr: s.gate_lr,
+            threshold: s.threshold,
+            threshold_max: s.threshold_max,
+            total_steps: steps as usize,
         })
     } else if reallocates(arm) {
         let allocator = arm.plugins.allocator.clone()?;
@@ -382,9 +398,125 @@ pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Opt
     if let Some(p) = l.param_budget {
         cfg.params.insert("param_budget".into(), p.into());
     }
+    cfg.param_budget = l.param_budget;
     cfg.min_rank = l.min_rank;
     cfg.max_rank = l.max_rank;
     cfg.seed = seed;
     // Plugin paths in the plan are already resolved against the policy file's directory.
     Some(cfg)
+}
+
+/// One event of an arm's static timeline.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TimelineEvent {
+    pub step: u64,
+    pub phase: String,
+    /// `reallocate`, `finalize` (a no-op for methods that do not relax ranks), `evaluate`,
+    /// `checkpoint`, `log`, or AdaLoRA's `mask` / `prune`.
+    pub action: String,
+}
+
+/// Every action of an arm with the step it fires at, as far as the schedule is static.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Timeline {
+    pub arm: String,
+    /// Optimizer steps (unknown for `epochs` on a data set whose size is only known at run time).
+    pub steps: Option<u64>,
+    pub events: Vec<TimelineEvent>,
+    /// Where the timeline stops being static: the first phase that ends on a metric or plugin
+    /// condition, or why the length is unknown.
+    pub dynamic_from: Option<String>,
+    /// Methods that act after every step on their own (SoRA's gates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every_step: Option<String>,
+}
+
+/// The static timeline of `arm` (for `adarank check --plan`), by the same [`Schedule`] the
+/// runner applies.
+///
+/// [`Schedule`]: crate::engine::schedule::Schedule
+pub fn timeline(arm: &ArmPlan) -> Timeline {
+    use crate::engine::schedule::Schedule;
+    let samples = match &arm.data {
+        DataSpec::Planted { samples, .. } | DataSpec::Synthetic { samples, .. } => Some(*samples),
+        _ => None,
+    };
+    let steps = total_steps(arm, samples).ok();
+    let Some(total) = steps else {
+        return Timeline {
+            arm: arm.name.clone(),
+            steps: None,
+            events: vec![],
+            dynamic_from: Some("training length (epochs of a data set read at run time)".into()),
+            every_step: None,
+        };
+    };
+    let spe = samples
+        .map(|n| steps_per_epoch(arm, n) as u64)
+        .unwrap_or(u64::MAX);
+    let sched = Schedule::new(
+        arm.phases.clone(),
+        total,
+        spe,
+        arm.train.eval_every.map(|n| n as u64),
+    );
+    let (planned, dynamic) = sched.timeline();
+    let mut events: Vec<TimelineEvent> = planned
+        .into_iter()
+        .filter(|p| arm.lora.on().is_some() || p.event.name() != "finalize")
+        .map(|p| TimelineEvent {
+            step: p.step,
+            phase: p.phase,
+            action: p.event.name().into(),
+        })
+        .collect();
+    if let Some(n) = arm.train.checkpoint_every.filter(|n| *n > 0) {
+        // `train.checkpoint_every`, besides the phases' own `checkpoint` actions.
+        for step in (n as u64..total).step_by(n) {
+            if !events
+                .iter()
+                .any(|e| e.step == step && e.action == "checkpoint")
+            {
+                events.push(TimelineEvent {
+                    step,
+                    phase: String::new(),
+                    action: "checkpoint".into(),
+                });
+            }
+        }
+    }
+    if let Some(a) = &arm.adalora {
+        let c = AdaLoraConfig {
+            init_rank: a.init_rank,
+            target_rank: a.target_rank,
+            tinit: a.tinit,
+            tfinal: a.tfinal,
+            delta_t: a.delta_t,
+            total_steps: total as usize,
+            ..Default::default()
+        };
+        let action = if a.resize { "prune" } else { "mask" };
+        for step in 1..total as usize {
+            let (_, due) = crate::engine::adalora::budget_schedule(&c, 1, 1, step);
+            let final_phase = step + c.tfinal > c.total_steps;
+            if due && (!final_phase || step + c.tfinal == c.total_steps + 1) {
+                events.push(TimelineEvent {
+                    step: step as u64,
+                    phase: String::new(),
+                    action: action.into(),
+                });
+            }
+        }
+    }
+    events.sort_by_key(|e| e.step);
+    Timeline {
+        arm: arm.name.clone(),
+        steps: Some(total),
+        events,
+        dynamic_from: dynamic.map(|p| format!("phase `{p}` (ends on a condition)")),
+        every_step: arm
+            .sora
+            .as_ref()
+            .map(|_| "SoRA: gate step and pruning of gates at 0".into()),
+    }
 }

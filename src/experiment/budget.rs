@@ -117,8 +117,21 @@ pub fn arm_params(arm: &ArmPlan) -> Option<ArmParams> {
             (p as u64, p as u64),
             format!("parameter budget {p} (met as closely as integer ranks allow)"),
         ),
-        // AdaLoRA's budget schedule counts triplets; it does not read `param_budget` yet.
-        (Some(a), _) => {
+        // AdaLoRA under a parameter budget keeps triplets, best first, while their cost fits:
+        // the weights land within one triplet of the budget, and each kept triplet's λ adds one.
+        (Some(_), Some(p)) => {
+            let p = p as u64;
+            let (cmin, cmax) = (
+                costs.iter().copied().min().unwrap_or(1).max(1),
+                costs.iter().copied().max().unwrap_or(1).max(1),
+            );
+            let low = p.saturating_sub(cmax - 1);
+            (
+                (low + low.div_ceil(cmax), p + p / cmin),
+                format!("AdaLoRA pruned to parameter budget {p} (+1 per kept triplet for λ)"),
+            )
+        }
+        (Some(a), None) => {
             // Effective parameters once pruned to the target (λ counts one per rank): which
             // triplets survive decides the cost, so it is a range.
             let with_lambda: Vec<u64> = costs.iter().map(|c| c + 1).collect();
@@ -127,13 +140,8 @@ pub fn arm_params(arm: &ArmPlan) -> Option<ArmParams> {
             (
                 (lo, hi),
                 format!(
-                    "AdaLoRA pruned to {} triplets: which survive decides the cost{}",
+                    "AdaLoRA pruned to {} triplets: which survive decides the cost",
                     a.target_rank * slots.len(),
-                    if l.param_budget.is_some() {
-                        " (AdaLoRA does not read lora.param_budget yet)"
-                    } else {
-                        ""
-                    }
                 ),
             )
         }

@@ -1,7 +1,7 @@
 //! Locks of a run directory, so that processes can share one: every arm × seed cell has its own
 //! lock, held while the cell trains (one cell never runs twice, different cells run at once, as
 //! Slurm array tasks do), and the files all cells write to (`summary.json`, `metrics.jsonl`,
-//! `ranks.jsonl`, the report) are changed only under the directory's lock, briefly.
+//! `allocations.jsonl`, the report) are changed only under the directory's lock, briefly.
 //!
 //! The locks are the operating system's advisory file locks (`flock` on Unix, through `std`):
 //! the kernel drops them when their process dies, however it dies, so no lock outlives its

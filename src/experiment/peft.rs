@@ -2,7 +2,7 @@
 //! (`base_model.model.<module>.lora_A.weight` r×in, `.lora_B.weight` out×r) and
 //! `adapter_config.json`. Per-module ranks go into `rank_pattern`, per-module `lora_alpha` into
 //! `alpha_pattern`, chosen so PEFT's scale (lora_alpha / r, or lora_alpha / √r with rsLoRA) equals
-//! ours exactly; AdaLoRA's λ is folded into B. Slots at rank 0 appear nowhere.
+//! ours exactly; AdaLoRA's λ and the rank engine's gates (SoRA) are folded into B. Slots at rank 0 appear nowhere.
 //!
 //! The trained head travels as PEFT's `modules_to_save` (the layout PEFT 0.21 writes for
 //! `task_type = SEQ_CLS` / `QUESTION_ANS`: the whole module's tensors under
@@ -105,10 +105,11 @@ pub fn export(
             );
         }
         let mut b = host.b.clone();
-        if let Some(l) = &host.lambda {
+        for (what, m) in [("λ", &host.lambda), ("the gates", &host.gates)] {
+            let Some(l) = m else { continue };
             if l.len() != r {
                 bail!(
-                    "adapter {}: λ has {} values, rank is {r}",
+                    "adapter {}: {what} has {} values, rank is {r}",
                     info.name,
                     l.len()
                 );

@@ -327,17 +327,20 @@ pub fn rank_heatmap(
     let Some(first) = recs.first() else {
         return Ok(None);
     };
-    let slots: Vec<String> = first.ranks.iter().map(|(n, _)| n.clone()).collect();
+    let slots: Vec<String> = first.slots.iter().map(|s| s.name.clone()).collect();
     if slots.is_empty() {
         return Ok(None);
     }
     let adapted: Vec<bool> = (0..slots.len())
-        .map(|i| recs.iter().any(|r| r.ranks.get(i).is_some_and(|x| x.1 > 0)))
+        .map(|i| {
+            recs.iter()
+                .any(|r| r.slots.get(i).is_some_and(|x| x.after > 0))
+        })
         .collect();
     let end = total_steps.max(recs.last().map(|r| r.step + 1).unwrap_or(1)) as f64;
     let max_rank = recs
         .iter()
-        .flat_map(|r| r.ranks.iter().map(|x| x.1))
+        .flat_map(|r| r.slots.iter().map(|x| x.after))
         .max()
         .unwrap_or(0)
         .max(1);
@@ -391,16 +394,16 @@ pub fn rank_heatmap(
             }
             chart
                 .draw_series(
-                    rec.ranks
+                    rec.slots
                         .iter()
                         .enumerate()
                         .filter(|(i, _)| adapted[*i])
-                        .map(|(i, (_, r))| {
+                        .map(|(i, s)| {
                             // Slot 0 at the top.
                             let y = (n - 1 - i) as f64;
                             Rectangle::new(
                                 [(x0, y), (x1.max(x0 + 0.5), y + 1.0)],
-                                rank_colour(*r, max_rank).filled(),
+                                rank_colour(s.after, max_rank).filled(),
                             )
                         }),
                 )
@@ -471,6 +474,139 @@ pub fn rank_heatmap(
             ))
             .map_err(err)?;
             bar.draw(&label("none".into(), y + 8)).map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(Some(buf))
+}
+
+/// One cell's allocations over training: α and β (top) and every slot's rank (bottom, one
+/// step line per slot) at each allocation, held until the next and drawn to `steps`. `None`
+/// when the cell has fewer than two allocations.
+pub fn allocation_trajectory(
+    arm: &str,
+    seed: u64,
+    records: &[RankRecord],
+    steps: u64,
+) -> Result<Option<String>> {
+    let recs: Vec<&RankRecord> = records
+        .iter()
+        .filter(|r| r.arm == arm && r.seed == seed)
+        .collect();
+    if recs.len() < 2 {
+        return Ok(None);
+    }
+    let end = steps.max(recs.last().map_or(1, |r| r.step)).max(1) as f64;
+    let slots: Vec<String> = recs[0].slots.iter().map(|s| s.name.clone()).collect();
+    let max_rank = recs
+        .iter()
+        .flat_map(|r| r.slots.iter().map(|s| s.after))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    // α and β where the allocation has them.
+    let params: Vec<(&str, Vec<(f64, f64)>)> = [("α", 0usize), ("β", 1)]
+        .into_iter()
+        .map(|(name, k)| {
+            let pts = recs
+                .iter()
+                .filter_map(|r| {
+                    let v = if k == 0 { r.alpha } else { r.beta };
+                    v.filter(|x| x.is_finite()).map(|v| (r.step as f64, v))
+                })
+                .collect();
+            (name, pts)
+        })
+        .collect();
+    let all: Vec<f64> = params
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .collect();
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (900, 720)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let (top, bottom) = root.split_vertically(260);
+        if !all.is_empty() {
+            let lo = all.iter().cloned().fold(f64::INFINITY, f64::min);
+            let hi = all.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let pad = ((hi - lo) * 0.1).max(0.1);
+            let mut chart = ChartBuilder::on(&top)
+                .caption(
+                    format!("α and β of {arm} seed {seed} at each allocation"),
+                    ("sans-serif", 20),
+                )
+                .margin(12)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0f64..end, (lo - pad)..(hi + pad))
+                .map_err(err)?;
+            chart.configure_mesh().x_desc("step").draw().map_err(err)?;
+            for (i, (name, pts)) in params.iter().enumerate() {
+                if pts.is_empty() {
+                    continue;
+                }
+                let c = color(i);
+                chart
+                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+                    .map_err(err)?
+                    .label(*name)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                    });
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                    .map_err(err)?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
+        }
+        let mut chart = ChartBuilder::on(&bottom)
+            .caption("Rank of every slot", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..end, 0f64..max_rank * 1.1)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc("rank")
+            .draw()
+            .map_err(err)?;
+        for (i, name) in slots.iter().enumerate() {
+            // A step line: each allocation's rank held until the next one.
+            let mut pts: Vec<(f64, f64)> = Vec::new();
+            for (k, r) in recs.iter().enumerate() {
+                let y = r.slots.get(i).map_or(0, |s| s.after) as f64;
+                let x0 = r.step as f64;
+                let x1 = recs.get(k + 1).map_or(end, |n| n.step as f64);
+                pts.push((x0, y));
+                pts.push((x1, y));
+            }
+            let c = color(i);
+            chart
+                .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+                .map_err(err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+        }
+        if slots.len() <= 24 {
+            // Ranks change after phase 1, so the upper left is usually free.
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
         }
         root.present().map_err(err)?;
     }
@@ -612,14 +748,46 @@ mod tests {
         RankRecord {
             arm: "a".into(),
             seed: 0,
-            step,
-            reason: "t".into(),
-            ranks: ranks
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (format!("0.s{i}"), *r))
-                .collect(),
+            allocation: crate::engine::Allocation {
+                step,
+                reason: "t".into(),
+                budget: None,
+                param_budget: None,
+                alpha: None,
+                beta: None,
+                slots: ranks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| crate::engine::SlotAllocation {
+                        name: format!("0.s{i}"),
+                        cost: 8,
+                        complexity: None,
+                        score: None,
+                        before: 0,
+                        after: *r,
+                    })
+                    .collect(),
+                resized: false,
+                seconds: 0.0,
+            },
         }
+    }
+
+    #[test]
+    fn allocation_trajectory_draws_alpha_beta_and_every_slot() {
+        let mut ranks = vec![rec(0, &[4, 4, 4]), rec(10, &[8, 2, 2]), rec(20, &[6, 3, 3])];
+        for (k, r) in ranks.iter_mut().enumerate().skip(1) {
+            r.allocation.alpha = Some(1.0 + k as f64);
+            r.allocation.beta = Some(-0.5);
+        }
+        let svg = allocation_trajectory("a", 0, &ranks, 30).unwrap().unwrap();
+        assert!(svg.starts_with("<svg"));
+        for needle in ["α", "β", "0.s0", "0.s2"] {
+            assert!(svg.contains(needle), "{needle} missing");
+        }
+        assert!(allocation_trajectory("a", 0, &ranks[..1], 30)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

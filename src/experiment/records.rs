@@ -1,6 +1,7 @@
 //! The records a run directory holds: one line of `metrics.jsonl` per training step, one line of
-//! `ranks.jsonl` per rank change, and `summary.json` with every arm × seed cell's results.
+//! `allocations.jsonl` per allocation, and `summary.json` with every arm × seed cell's results.
 
+use crate::engine::Allocation;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -20,28 +21,29 @@ pub struct MetricRecord {
     /// Tokens (or examples) seen in this step.
     pub tokens: u64,
     pub trainable_params: u64,
-    /// Set on steps where the policy asked for an evaluation.
+    /// Set on steps with an evaluation (the policy's `evaluate`, `train.eval_every`, and the
+    /// last step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_accuracy: Option<f64>,
 }
 
-/// The rank of every adapter slot of one cell after a change (`ranks.jsonl`); the first record
-/// of a cell (step 0, reason "init") gives the starting ranks.
+/// One line of `allocations.jsonl`: an allocation of one cell — the starting ranks (step 0,
+/// reason `init`) and every re-allocation, AdaLoRA's masking and pruning and SoRA's pruning,
+/// with the budget, α, β, and per slot C_i, the method's score and the rank before and after.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RankRecord {
     pub arm: String,
     pub seed: u64,
-    pub step: u64,
-    pub reason: String,
-    /// `(slot name, rank)` in the model's adapter order.
-    pub ranks: Vec<(String, usize)>,
+    #[serde(flatten)]
+    pub allocation: Allocation,
 }
 
-impl RankRecord {
-    pub fn total(&self) -> usize {
-        self.ranks.iter().map(|(_, r)| r).sum()
+impl std::ops::Deref for RankRecord {
+    type Target = Allocation;
+    fn deref(&self) -> &Allocation {
+        &self.allocation
     }
 }
 

@@ -544,7 +544,7 @@ pub fn final_ranks_table(s: &Summary) -> Option<String> {
 pub fn rank_trajectories(ranks: &[RankRecord]) -> String {
     let mut out = String::new();
     for r in ranks {
-        let slots: Vec<String> = r.ranks.iter().map(|(_, k)| k.to_string()).collect();
+        let slots: Vec<String> = r.slots.iter().map(|s| s.after.to_string()).collect();
         let _ = writeln!(
             out,
             "{} seed {} step {} {}: total {} [{}]",

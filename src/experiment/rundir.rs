@@ -87,8 +87,9 @@ impl RunDir {
     pub fn metrics(&self) -> PathBuf {
         self.root.join("metrics.jsonl")
     }
-    pub fn ranks(&self) -> PathBuf {
-        self.root.join("ranks.jsonl")
+    /// `allocations.jsonl`: every allocation of every cell ([`RankRecord`]).
+    pub fn allocations(&self) -> PathBuf {
+        self.root.join("allocations.jsonl")
     }
     pub fn summary(&self) -> PathBuf {
         self.root.join(SUMMARY)
@@ -139,7 +140,7 @@ impl RunDir {
         let _lock = super::lock::lock_dir(&self.root)?;
         let s = self.load_summary()?;
         let metrics = read_jsonl(&self.metrics())?;
-        let ranks = read_jsonl(&self.ranks())?;
+        let ranks = read_jsonl(&self.allocations())?;
         self.render_with(&s, &metrics, &ranks)
     }
 
@@ -148,7 +149,7 @@ impl RunDir {
     }
 
     pub fn load_ranks(&self) -> Result<Vec<RankRecord>> {
-        read_jsonl(&self.ranks())
+        read_jsonl(&self.allocations())
     }
 
     /// Rewrites `results.csv`, the plots and `report.md` from `s` and the logs on disk.
@@ -187,7 +188,7 @@ impl RunDir {
                 let mut v: Vec<_> = ranks
                     .iter()
                     .filter(|r| r.arm == arm.name && r.seed == seed)
-                    .map(|r| &r.ranks)
+                    .map(|r| r.ranks())
                     .collect();
                 v.dedup();
                 v.len()
@@ -198,6 +199,11 @@ impl RunDir {
             }
             if let Some(svg) = plots::rank_heatmap(&arm.name, seed, ranks, steps)? {
                 let name = format!("plots/ranks-{}.svg", file_safe(&arm.name));
+                write_atomic(&self.root.join(&name), svg.as_bytes())?;
+                made.push(name);
+            }
+            if let Some(svg) = plots::allocation_trajectory(&arm.name, seed, ranks, steps)? {
+                let name = format!("plots/allocations-{}.svg", file_safe(&arm.name));
                 write_atomic(&self.root.join(&name), svg.as_bytes())?;
                 made.push(name);
             }
@@ -291,7 +297,7 @@ pub fn merge(dirs: &[RunDir], out: &Path) -> Result<RunDir> {
         .as_bytes(),
     )?;
     write_atomic(
-        &rd.ranks(),
+        &rd.allocations(),
         jsonl(
             ranks
                 .iter()

@@ -21,13 +21,15 @@ use crate::backend::{Backend, MemKind};
 use crate::data::hf::Checkpoint as HfCheckpoint;
 use crate::data::plan::Split;
 use crate::data::DataError;
-use crate::engine::{EngineCtx, EngineState, RankEngine};
+use crate::engine::driver::{DriverHost, DriverState, EngineDriver};
+use crate::engine::schedule::Schedule;
+use crate::engine::{Allocation, EngineState, RankEngine, SlotAllocation};
 use crate::model::{Batch, EvalOut, Model, ModelState, StateMeta};
-use crate::policy::{ActionKind, ArmPlan, ModelSpec, Policy, Until};
+use crate::policy::{ArmPlan, ModelSpec, Policy};
 use crate::train::{build_model, train, Control, EvalMetrics, Hooks, StepMetrics};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,6 +69,20 @@ impl std::fmt::Display for Interrupted {
 impl std::error::Error for Interrupted {}
 
 const POLICY_JSON: &str = "policy.json";
+
+/// The device a policy asks for (`train.device` of its base arm; every arm has the same).
+pub fn policy_device(p: &Policy) -> DeviceChoice {
+    match p.arms.first().map(|a| a.train.device) {
+        Some(crate::policy::Device::Cpu) => DeviceChoice::Cpu,
+        Some(crate::policy::Device::Gpu) => DeviceChoice::Gpu,
+        Some(crate::policy::Device::Auto) | None => DeviceChoice::Auto,
+    }
+}
+
+/// The checked policy a run directory was started with.
+pub fn saved_policy(dir: &Path) -> Result<Policy> {
+    read_json(&RunDir::open(dir)?.root.join(POLICY_JSON))
+}
 
 fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
     let base = policy.arms.first().map(|a| a.name.clone());
@@ -388,13 +404,9 @@ pub fn run_on<B: Backend>(
 /// What the runner itself must carry across a checkpoint.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct RunnerState {
-    phase: usize,
-    phase_start: u64,
-    losses: VecDeque<f64>,
-    metrics: BTreeMap<String, f64>,
+    driver: DriverState,
     tokens: u64,
     wall_s: f64,
-    last_ranks: Vec<usize>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -404,19 +416,46 @@ struct CheckpointState {
     engine: Option<EngineState>,
 }
 
-const LOSS_WINDOW: usize = 64;
+/// The model (as the targeted slots' adapter store) and the evaluation batches, for the driver.
+struct CellHost<'a, B: Backend> {
+    arm: &'a ArmPlan,
+    view: SlotView<'a, Model<B>>,
+    eval: &'a [Batch],
+}
+
+fn evaluate_on<B: Backend>(model: &mut Model<B>, eval: &[Batch]) -> Result<(f64, f64)> {
+    let mut out = EvalOut::default();
+    for b in eval {
+        out.merge(&model.evaluate(b).context("evaluation")?);
+    }
+    Ok((out.loss(), out.accuracy()))
+}
+
+impl<B: Backend> DriverHost for CellHost<'_, B> {
+    fn store(&mut self) -> &mut dyn AdapterStore {
+        &mut self.view
+    }
+    fn evaluate(&mut self, step: u64) -> Result<BTreeMap<String, f64>> {
+        let (loss, acc) = evaluate_on(self.view.store, self.eval)?;
+        super::diverged::check_eval(self.arm, step, loss)?;
+        Ok([
+            ("eval_loss".to_string(), loss),
+            ("accuracy".to_string(), acc),
+        ]
+        .into())
+    }
+}
 
 struct CellHooks<'a> {
     arm: &'a ArmPlan,
     seed: u64,
     rd: &'a RunDir,
-    engine: Option<RankEngine>,
+    driver: EngineDriver,
     slots: Vec<usize>,
     eval: Vec<Batch>,
     metric_is_loss: bool,
     st: RunnerState,
     total_steps: u64,
-    steps_per_epoch: u64,
     tokens_per_step: u64,
     checkpoint_every: Option<u64>,
     metrics: JsonlWriter,
@@ -426,58 +465,38 @@ struct CellHooks<'a> {
     started: Instant,
     wall_before: f64,
     final_eval: Option<EvalMetrics>,
+    /// The last step's record, written once the loop's final evaluation is known.
+    last_record: Option<MetricRecord>,
 }
 
 impl CellHooks<'_> {
-    fn ctx(&self, step: u64) -> EngineCtx {
-        EngineCtx {
-            step: step as usize,
-            epoch: (step / self.steps_per_epoch) as usize,
-            phase: self.st.phase,
-            total_steps: self.total_steps as usize,
-            losses: self.st.losses.iter().copied().collect(),
-            metrics: self.st.metrics.clone(),
+    fn record_allocations(&mut self, allocations: Vec<Allocation>) -> Result<()> {
+        for allocation in allocations {
+            self.ranks.append(&RankRecord {
+                arm: self.arm.name.clone(),
+                seed: self.seed,
+                allocation,
+            })?;
         }
-    }
-
-    fn record_ranks<B: Backend>(
-        &mut self,
-        model: &Model<B>,
-        step: u64,
-        reason: &str,
-    ) -> Result<()> {
-        let infos = model.adapters();
-        let now: Vec<usize> = infos.iter().map(|a| a.rank).collect();
-        if now == self.st.last_ranks {
-            return Ok(());
-        }
-        self.ranks.append(&RankRecord {
-            arm: self.arm.name.clone(),
-            seed: self.seed,
-            step,
-            reason: reason.into(),
-            ranks: infos.into_iter().map(|a| (a.name, a.rank)).collect(),
-        })?;
-        self.st.last_ranks = now;
         Ok(())
     }
 
-    fn evaluate<B: Backend>(&mut self, model: &mut Model<B>) -> Result<(f64, f64)> {
-        let mut out = EvalOut::default();
-        for b in &self.eval {
-            out.merge(&model.evaluate(b).context("evaluation")?);
-        }
-        Ok((out.loss(), out.accuracy()))
-    }
-
     fn checkpoint<B: Backend>(&mut self, model: &mut Model<B>, step: u64) -> Result<()> {
+        let engine = match &self.driver.engine {
+            Some(e) => Some(e.state(&SlotView {
+                store: model,
+                slots: &self.slots,
+            })?),
+            None => None,
+        };
         let ms = model.state()?;
         let mut runner = self.st.clone();
+        runner.driver = self.driver.state();
         runner.wall_s = self.wall_before + self.started.elapsed().as_secs_f64();
         let state = CheckpointState {
             runner,
             model: ms.meta,
-            engine: self.engine.as_ref().map(|e| e.state()),
+            engine,
         };
         checkpoint::save(
             &self.rd.checkpoint(&self.arm.name, self.seed),
@@ -492,87 +511,37 @@ impl CellHooks<'_> {
 
 impl<B: Backend> Hooks<B> for CellHooks<'_> {
     fn after_backward(&mut self, step: u64, model: &mut Model<B>) -> Result<()> {
-        if let Some(e) = &mut self.engine {
-            let mut view = SlotView {
-                store: model,
-                slots: &self.slots,
-            };
-            e.after_backward(step as usize, &mut view)?;
-        }
-        self.record_ranks(model, step, "after_backward")
+        let mut view = SlotView {
+            store: model,
+            slots: &self.slots,
+        };
+        self.driver.after_backward(step, &mut view)
     }
 
     fn after_step(&mut self, step: u64, model: &mut Model<B>, m: &StepMetrics) -> Result<Control> {
         super::diverged::check_step(self.arm, step, m.loss, m.grad_norm)?;
         self.st.tokens += self.tokens_per_step;
-        self.st.losses.push_back(m.loss as f64);
-        while self.st.losses.len() > LOSS_WINDOW {
-            self.st.losses.pop_front();
-        }
-        let phase = &self.arm.phases[self.st.phase.min(self.arm.phases.len() - 1)];
-        let since = step - self.st.phase_start;
-        let due = |k: ActionKind| {
-            phase
-                .actions
-                .iter()
-                .any(|a| a.what == k && a.every > 0 && since.is_multiple_of(a.every as u64))
-        };
-        let adalora = self.arm.adalora.is_some();
-        if adalora || due(ActionKind::Reallocate) {
-            let ctx = self.ctx(step);
-            if let Some(e) = &mut self.engine {
-                let mut view = SlotView {
+        let out = {
+            let mut host = CellHost::<B> {
+                arm: self.arm,
+                view: SlotView {
                     store: model,
                     slots: &self.slots,
-                };
-                e.reallocate(step as usize, &mut view, &ctx)?;
-            }
-            self.record_ranks(model, step, "reallocate")?;
-        }
-        let mut eval = None;
-        if due(ActionKind::Evaluate) && step < self.total_steps {
-            let (loss, acc) = self.evaluate(model)?;
-            super::diverged::check_eval(self.arm, step, loss)?;
-            self.st.metrics.insert("eval_loss".into(), loss);
-            self.st.metrics.insert("accuracy".into(), acc);
-            eval = Some((loss, acc));
-        }
-        // Phase end.
-        let ends = match &phase.until {
-            Until::Step(n) => step >= *n as u64,
-            Until::Epoch(e) => step >= *e as u64 * self.steps_per_epoch,
-            Until::Metric { name, op, value } => {
-                eval.is_some()
-                    && self
-                        .st
-                        .metrics
-                        .get(name)
-                        .is_some_and(|v| op.holds(*v, *value))
-            }
-            Until::Plugin { path } => match (self.ctx(step), &mut self.engine) {
-                (ctx, Some(e)) => e.phase_done(path, &ctx)?,
-                (_, None) => bail!(
-                    "arm {}: phase `{}` ends by a plugin condition, but the arm has no rank engine",
-                    self.arm.name,
-                    phase.name
-                ),
-            },
-            Until::End => false,
+                },
+                eval: &self.eval,
+            };
+            self.driver.after_step(step, m.loss as f64, &mut host)?
         };
-        let mut control = Control::Continue;
-        if ends {
-            if self.st.phase + 1 >= self.arm.phases.len() {
-                control = Control::Stop;
-            } else {
-                self.st.phase += 1;
-                self.st.phase_start = step;
-            }
-        }
-        self.metrics.append(&MetricRecord {
+        self.record_allocations(out.allocations)?;
+        let eval = out
+            .evaluated
+            .as_ref()
+            .map(|e| (e.get("eval_loss").copied(), e.get("accuracy").copied()));
+        let record = MetricRecord {
             arm: self.arm.name.clone(),
             seed: self.seed,
             step,
-            phase: phase.name.clone(),
+            phase: out.phase.clone(),
             loss: m.loss as f64,
             lr: m.lr as f64,
             grad_norm: Some(m.grad_norm as f64),
@@ -582,14 +551,20 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
                 .iter()
                 .map(|a| a.params_at(a.rank) as u64)
                 .sum(),
-            eval_loss: eval.map(|e| e.0),
-            eval_accuracy: eval.map(|e| e.1),
-        })?;
-        let ck_due = due(ActionKind::Checkpoint)
+            eval_loss: eval.and_then(|e| e.0),
+            eval_accuracy: eval.and_then(|e| e.1),
+        };
+        if out.stop || step >= self.total_steps {
+            // The training loop evaluates after this step: the record waits for it.
+            self.last_record = Some(record);
+        } else {
+            self.metrics.append(&record)?;
+        }
+        let ck_due = out.checkpoint
             || self
                 .checkpoint_every
                 .is_some_and(|n| n > 0 && step.is_multiple_of(n));
-        if ck_due && step < self.total_steps {
+        if ck_due && step < self.total_steps && !out.stop {
             self.checkpoint(model, step)?;
         }
         self.progress.update(step, m.loss as f64);
@@ -601,13 +576,47 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
                 });
             }
         }
-        Ok(control)
+        Ok(if out.stop {
+            Control::Stop
+        } else {
+            Control::Continue
+        })
     }
 
     fn on_eval(&mut self, e: &EvalMetrics) -> Result<()> {
         super::diverged::check_eval(self.arm, e.step, e.loss)?;
         self.final_eval = Some(e.clone());
+        if let Some(mut r) = self.last_record.take() {
+            r.eval_loss = Some(e.loss);
+            r.eval_accuracy = Some(e.accuracy);
+            self.metrics.append(&r)?;
+        }
         Ok(())
+    }
+}
+
+/// The starting ranks of an arm without a rank engine (fixed, layer-wise), as an allocation.
+fn fixed_allocation(infos: &[crate::adapter::AdapterInfo]) -> Allocation {
+    Allocation {
+        step: 0,
+        reason: "init".into(),
+        budget: None,
+        param_budget: None,
+        alpha: None,
+        beta: None,
+        slots: infos
+            .iter()
+            .map(|a| SlotAllocation {
+                name: a.name.clone(),
+                cost: a.rows + a.cols,
+                complexity: None,
+                score: None,
+                before: a.rank,
+                after: a.rank,
+            })
+            .collect(),
+        resized: false,
+        seconds: 0.0,
     }
 }
 
@@ -648,6 +657,9 @@ fn run_cell<B: Backend>(
         Some(c) => Some(RankEngine::new(c)?),
         None => None,
     };
+    let spe = samples
+        .map(|n| steps_per_epoch(arm, n) as u64)
+        .unwrap_or(u64::MAX);
 
     // Resume from this cell's checkpoint, or start over; either way drop what the logs hold
     // beyond the point we restart from, so they read as one uninterrupted run.
@@ -663,7 +675,7 @@ fn run_cell<B: Backend>(
     filter_jsonl::<MetricRecord>(&rd.metrics(), |r| {
         !mine(&r.arm, r.seed) || (r.step as i64) <= keep_to
     })?;
-    filter_jsonl::<RankRecord>(&rd.ranks(), |r| {
+    filter_jsonl::<RankRecord>(&rd.allocations(), |r| {
         !mine(&r.arm, r.seed) || (r.step as i64) <= keep_to
     })?;
     let mut st = RunnerState::default();
@@ -682,42 +694,57 @@ fn run_cell<B: Backend>(
         st = cs.runner;
     }
     let slots = targeted_slots(arm, task.model_config().layers);
+    let mut start_record = None;
     if let Some(e) = &mut engine {
-        e.on_start(&mut SlotView {
+        start_record = e.on_start(&mut SlotView {
             store: &mut model,
             slots: &slots,
         })?;
+    } else if arm.lora.on().is_some() && from == 0 {
+        start_record = Some(fixed_allocation(
+            &SlotView {
+                store: &mut model,
+                slots: &slots,
+            }
+            .adapters(),
+        ));
     }
     be.ledger().reset_peak();
 
     let eval: Vec<Batch> = task.eval_batches().to_vec();
     let seq = eval.first().map(|b| b.seq).unwrap_or(1);
     let wall_before = st.wall_s;
+    let schedule = Schedule::new(
+        arm.phases.clone(),
+        steps,
+        spe,
+        arm.train.eval_every.map(|n| n as u64),
+    );
+    let mut driver = EngineDriver::new(engine, schedule, spe);
+    driver.restore(std::mem::take(&mut st.driver));
     let mut hooks = CellHooks {
         arm,
         seed,
         rd,
-        engine,
+        driver,
         slots,
         eval,
         metric_is_loss: metric_is_loss(arm),
         st,
         total_steps: steps,
-        steps_per_epoch: samples
-            .map(|n| steps_per_epoch(arm, n) as u64)
-            .unwrap_or(u64::MAX),
         tokens_per_step: (arm.train.batch * arm.train.accum * seq) as u64,
         checkpoint_every: arm.train.checkpoint_every.map(|n| n as u64),
         metrics: JsonlWriter::open(&rd.metrics())?,
-        ranks: JsonlWriter::open(&rd.ranks())?,
+        ranks: JsonlWriter::open(&rd.allocations())?,
         progress: progress.cell(&arm.name, seed, steps, from),
         budget,
         started: Instant::now(),
         wall_before,
         final_eval: None,
+        last_record: None,
     };
     if from == 0 {
-        hooks.record_ranks(&model, 0, "init")?;
+        hooks.record_allocations(start_record.into_iter().collect())?;
     }
     let t0 = Instant::now();
     let result = train(&mut model, task.as_mut(), &cfg, &mut hooks);
@@ -732,7 +759,7 @@ fn run_cell<B: Backend>(
         .context("the training loop ended without an evaluation")?;
     let done_steps = model.step();
     let mem = model.memory();
-    let final_loss = hooks.st.losses.back().copied();
+    let final_loss = hooks.driver.state().losses.back().copied();
     let tokens = hooks.st.tokens;
     let metric = if hooks.metric_is_loss {
         fe.loss

@@ -2,16 +2,16 @@
 //! engine allocates the budget over `lora.targets` × `lora.layers` only, never over untargeted
 //! modules.
 
-use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, HostTensor};
+use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor};
 use anyhow::{Context, Result};
 
-pub struct SlotView<'a> {
-    pub store: &'a mut dyn AdapterStore,
+pub struct SlotView<'a, S: AdapterStore + ?Sized = dyn AdapterStore> {
+    pub store: &'a mut S,
     /// Indices into `store.adapters()`, in order.
     pub slots: &'a [usize],
 }
 
-impl SlotView<'_> {
+impl<S: AdapterStore + ?Sized> SlotView<'_, S> {
     fn inner(&self, i: usize) -> Result<usize> {
         self.slots.get(i).copied().with_context(|| {
             format!(
@@ -22,7 +22,7 @@ impl SlotView<'_> {
     }
 }
 
-impl AdapterStore for SlotView<'_> {
+impl<S: AdapterStore + ?Sized> AdapterStore for SlotView<'_, S> {
     fn adapters(&self) -> Vec<AdapterInfo> {
         let all = self.store.adapters();
         self.slots
@@ -47,6 +47,32 @@ impl AdapterStore for SlotView<'_> {
     fn input_sample(&self, i: usize) -> Option<HostTensor> {
         self.store.input_sample(*self.slots.get(i)?)
     }
+    fn gather_grad_stats(&mut self, i: usize) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.gather_grad_stats(j)
+    }
+    fn grad_stats(&self, i: usize) -> Result<GradStats> {
+        self.store.grad_stats(self.inner(i)?)
+    }
+    fn reset_grad_stats(&mut self, i: usize) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.reset_grad_stats(j)
+    }
+    fn restore_grad_stats(&mut self, i: usize, s: &GradStats) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.restore_grad_stats(j, s)
+    }
+    fn set_gates(&mut self, i: usize, gates: Option<&[f32]>) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.set_gates(j, gates)
+    }
+    fn gate_grad(&self, i: usize) -> Result<Vec<f32>> {
+        self.store.gate_grad(self.inner(i)?)
+    }
+    fn keep_components(&mut self, i: usize, keep: &[usize]) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.keep_components(j, keep)
+    }
 }
 
 #[cfg(test)]
@@ -70,6 +96,25 @@ mod tests {
         }
         fn resize_adapter(&mut self, i: usize, rank: usize) -> Result<()> {
             self.0[i].rank = rank;
+            Ok(())
+        }
+        fn gather_grad_stats(&mut self, _i: usize) -> Result<()> {
+            Ok(())
+        }
+        fn grad_stats(&self, _i: usize) -> Result<GradStats> {
+            Ok(GradStats::default())
+        }
+        fn reset_grad_stats(&mut self, _i: usize) -> Result<()> {
+            Ok(())
+        }
+        fn set_gates(&mut self, _i: usize, _g: Option<&[f32]>) -> Result<()> {
+            Ok(())
+        }
+        fn gate_grad(&self, _i: usize) -> Result<Vec<f32>> {
+            Ok(vec![])
+        }
+        fn keep_components(&mut self, i: usize, keep: &[usize]) -> Result<()> {
+            self.0[i].rank = keep.len();
             Ok(())
         }
     }

@@ -1,5 +1,7 @@
 //! A linear layer y = x·W0ᵀ + b with an optional LoRA adapter on a separate path:
-//! y += s·((x·Aᵀ)·diag(λ))·Bᵀ, λ only in AdaLoRA's SVD form.
+//! y += s·((x·Aᵀ)·diag(m))·Bᵀ, where the component multiplier m is λ in AdaLoRA's SVD form
+//! (trained), the rank engine's gates g (set by the engine, not by the optimizer; their
+//! gradient ∂L/∂g is accumulated for it), or 1.
 //!
 //! W0 + s·B·A is never materialised: the adapter costs two thin GEMMs forward and four thin GEMMs
 //! backward, and a frozen W0 only pays for dX (no dW0), which is why a LoRA step costs about
@@ -28,8 +30,36 @@ pub struct Lora<B: Backend> {
     pub init_rank: usize,
     /// Saved x·Aᵀ of the last forward: [n, rank].
     pub(crate) xa: Option<Tensor<B>>,
-    /// Saved (x·Aᵀ)·diag(λ) of the last forward (SVD form): [n, rank].
+    /// Saved (x·Aᵀ)·diag(λ or g) of the last forward (SVD form or gated): [n, rank].
     pub(crate) xal: Option<Tensor<B>>,
+    /// Gates on the components, set by the rank engine (LoRA form only).
+    pub gates: Option<Gates<B>>,
+    /// Gradient statistics accumulated on the device for the rank engine.
+    pub acc: Option<GradAcc<B>>,
+}
+
+/// Soft gates g on an adapter's components: ΔW = s·B·diag(g)·A. The rank engine sets g; the
+/// optimizer never updates it; the backward accumulates ∂L/∂g into `grad` (zeroed with the
+/// parameter gradients).
+pub struct Gates<B: Backend> {
+    /// g: [rank]
+    pub g: Tensor<B>,
+    /// ∂L/∂g: [rank]
+    pub grad: Tensor<B>,
+}
+
+/// Per-adapter gradient statistics kept on the device between reads, so a training step
+/// copies nothing to the host: ‖∇A‖², ‖∇B‖² of the last gathered step, their running sum
+/// divided by the rank, and the Gram matrix Σ ∇Bᵀ∇B.
+pub struct GradAcc<B: Backend> {
+    /// [‖∇A‖², ‖∇B‖²] of the last gathered backward pass: [2]
+    pub last: Tensor<B>,
+    /// Σ over gathered steps of [‖∇A‖², ‖∇B‖²] / rank: [2]
+    pub energy: Tensor<B>,
+    /// Σ ∇Bᵀ∇B: [rank, rank]
+    pub gram: Tensor<B>,
+    /// Gathered steps.
+    pub steps: u64,
 }
 
 pub struct Linear<B: Backend> {
@@ -125,10 +155,16 @@ impl<B: Backend> Linear<B> {
             let xa = l.xa.as_mut().unwrap();
             // xa: [n, r] = x · Aᵀ
             be.matmul(x, &a.w, xa, &Gemm::nt(n, r, cols));
-            let mid = if let Some(lam) = l.lambda.as_ref() {
+            let mult = match (&l.lambda, &l.gates) {
+                (Some(lam), _) => Some(&lam.w),
+                (None, Some(g)) => Some(&g.g),
+                (None, None) => None,
+            };
+            let mid = if let Some(m) = mult {
                 ensure_len(be, &mut l.xal, n * r, MemKind::Activation)?;
                 let xal = l.xal.as_mut().unwrap();
-                be.mul_cols(l.xa.as_ref().unwrap(), &lam.w, xal, n, r);
+                // mid: [n, r] = xa · diag(λ or g)
+                be.mul_cols(l.xa.as_ref().unwrap(), m, xal, n, r);
                 l.xal.as_ref().unwrap()
             } else {
                 l.xa.as_ref().unwrap()
@@ -193,18 +229,25 @@ impl<B: Backend> Linear<B> {
             dmid,
             &Gemm::nn(n, r, rows).alpha(s),
         );
-        let mid = l.xal.as_ref().filter(|_| l.lambda.is_some()).unwrap_or(xa);
+        let has_mult = l.lambda.is_some() || l.gates.is_some();
+        let mid = l.xal.as_ref().filter(|_| has_mult).unwrap_or(xa);
         if let Some(g) = l.b.as_mut().unwrap().grad() {
             // dB += s · dyᵀ · mid
             be.matmul(dy, mid, g, &Gemm::tn(rows, r, n).alpha(s).accumulate());
         }
-        let dxa: &Tensor<B> = if let Some(lam) = l.lambda.as_mut() {
-            // dλ[c] += Σ_n dmid[n, c] · xa[n, c]; dxa = dmid · diag(λ)
+        // The multiplier m (λ or the gates) and where its gradient goes.
+        let mult = match (l.lambda.as_mut(), l.gates.as_mut()) {
+            (Some(lam), _) => Some((&lam.w, lam.opt.as_mut().map(|o| &mut o.g))),
+            (None, Some(gt)) => Some((&gt.g, Some(&mut gt.grad))),
+            (None, None) => None,
+        };
+        let dxa: &Tensor<B> = if let Some((m, dm)) = mult {
+            // dm[c] += Σ_n dmid[n, c] · xa[n, c]; dxa = dmid · diag(m)
             be.mul(dmid, xa, prod);
-            if let Some(g) = lam.opt.as_mut().map(|o| &mut o.g) {
+            if let Some(g) = dm {
                 be.col_sum(prod, g, n, r, true);
             }
-            be.mul_cols(dmid, &lam.w, prod, n, r);
+            be.mul_cols(dmid, m, prod, n, r);
             prod
         } else {
             dmid

@@ -90,6 +90,11 @@ pub fn delta_w(rows: usize, cols: usize, f: &Factors, scale: f32) -> Vec<f32> {
 /// M = R_B·diag(λ)·R_Aᵀ = U Σ Vᵀ, so ΔW = s·(Q_B U) Σ (Q_A V)ᵀ. LoRA keeps √(sσ/s_new) in
 /// both factors (balanced, well conditioned); the SVD form keeps orthonormal factors and puts
 /// sσ/s_new into λ. Computed in f64.
+///
+/// A kept component whose singular value is 0 (ΔW has lower rank than `new_rank`) would get
+/// A = B = 0 in LoRA form, and a component with both factors zero never receives a gradient
+/// again: it is started fresh instead, as growing does (A drawn from `seed`, B = 0, so ΔW is
+/// unchanged).
 pub fn shrink_factors(
     rows: usize,
     cols: usize,
@@ -97,6 +102,7 @@ pub fn shrink_factors(
     scale: f32,
     new_rank: usize,
     new_scale: f32,
+    seed: u64,
 ) -> Result<Factors> {
     let r = f.rank;
     let svd = f.lambda.is_some();
@@ -138,10 +144,19 @@ pub fn shrink_factors(
     let right = &qa * vt.transpose(); // [cols, k]
     let k = sv.len();
     let ratio = scale as f64 / new_scale as f64;
-    let mut a = vec![0.0f32; new_rank * cols];
+    // Fresh components (B = 0) for directions ΔW does not have.
+    let fresh = init_factors(rows, cols, new_rank, svd, seed);
+    let mut a = fresh.a;
     let mut b = vec![0.0f32; rows * new_rank];
     let mut lambda = svd.then(|| vec![0.0f32; new_rank]);
+    if svd {
+        b = fresh.b;
+    }
+    let top = sv.iter().cloned().fold(0.0f64, f64::max);
     for j in 0..new_rank.min(k) {
+        if sv[j] <= 1e-9 * top || sv[j] == 0.0 {
+            continue;
+        }
         let sig = sv[j] * ratio;
         let (fb, fa) = if svd {
             (1.0, 1.0)
@@ -236,6 +251,8 @@ impl<B: Backend> Lora<B> {
             init_rank,
             xa: None,
             xal: None,
+            gates: None,
+            acc: None,
         };
         l.set_factors(be, path, rows, cols, f, scale)?;
         Ok(l)
@@ -267,6 +284,9 @@ impl<B: Backend> Lora<B> {
         self.lambda = None;
         self.xa = None;
         self.xal = None;
+        // Gates and gradient statistics describe the old components.
+        self.gates = None;
+        self.acc = None;
         self.rank = f.rank;
         self.scale = scale;
         self.mask = vec![false; f.rank];

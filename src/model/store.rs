@@ -2,10 +2,12 @@
 //! checkpoint state (trainable parameters, AdamW moments, step counters, ranks).
 
 use super::config::{Flavour, TrainMode};
+use super::linear::{Gates, GradAcc, Lora};
 use super::lora::{grow_factors, lora_scale, shrink_factors, Factors};
 use super::transformer::Model;
 use super::weights::{name_seed, HostWeights};
-use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, HostTensor, ModuleKind};
+use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor, ModuleKind};
+use crate::backend::Gemm;
 use crate::backend::{Backend, MemKind};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -217,6 +219,43 @@ impl<B: Backend> Model<B> {
     }
 }
 
+impl<B: Backend> Model<B> {
+    fn lora_at(&self, i: usize) -> Result<&Lora<B>> {
+        let (l, kind) = self.slot(i)?;
+        self.blocks[l]
+            .linear(kind)
+            .lora
+            .as_ref()
+            .context("the model has no adapters (full fine-tuning)")
+    }
+
+    fn lora_at_mut(&mut self, i: usize) -> Result<&mut Lora<B>> {
+        let (l, kind) = self.slot(i)?;
+        self.blocks[l]
+            .linear_mut(kind)
+            .lora
+            .as_mut()
+            .context("the model has no adapters (full fine-tuning)")
+    }
+
+    /// Zero every adapter's accumulated ∂L/∂g (with the parameter gradients).
+    pub(crate) fn zero_gate_grads(&mut self) {
+        let be = self.be.clone();
+        for b in &mut self.blocks {
+            for kind in ModuleKind::ALL {
+                if let Some(g) = b
+                    .linear_mut(kind)
+                    .lora
+                    .as_mut()
+                    .and_then(|l| l.gates.as_mut())
+                {
+                    be.fill(&mut g.grad, 0.0);
+                }
+            }
+        }
+    }
+}
+
 impl<B: Backend> AdapterStore for Model<B> {
     fn adapters(&self) -> Vec<AdapterInfo> {
         let ranks = self.ranks();
@@ -254,6 +293,10 @@ impl<B: Backend> AdapterStore for Model<B> {
             a: f.a,
             b: f.b,
             lambda: f.lambda,
+            gates: match lora.gates.as_ref() {
+                Some(g) => Some(be.download(&g.g)?),
+                None => None,
+            },
             grad_a: grad(lora.a.as_ref())?,
             grad_b: grad(lora.b.as_ref())?,
             grad_lambda: if lora.svd {
@@ -347,9 +390,180 @@ impl<B: Backend> AdapterStore for Model<B> {
         }
         let s_new = lora_scale(alpha, rank, rslora, svd, lora.init_rank);
         let g = if rank < lora.rank {
-            shrink_factors(rows, cols, &f, lora.scale, rank, s_new)?
+            shrink_factors(rows, cols, &f, lora.scale, rank, s_new, seed)?
         } else {
             grow_factors(rows, cols, &f, lora.scale, rank, s_new, seed)
+        };
+        lora.set_factors(&*be, &kind.hf_bert_path(l), rows, cols, &g, s_new)?;
+        self.resizes += 1;
+        Ok(())
+    }
+
+    fn gather_grad_stats(&mut self, i: usize) -> Result<()> {
+        let (_, kind) = self.slot(i)?;
+        let (rows, _) = self.cfg.module_shape(kind);
+        let be = self.be.clone();
+        let lora = self.lora_at_mut(i)?;
+        let r = lora.rank;
+        if r == 0 {
+            return Ok(());
+        }
+        if lora.acc.is_none() {
+            lora.acc = Some(GradAcc {
+                last: be.zeros(2, MemKind::Scratch)?,
+                energy: be.zeros(2, MemKind::Scratch)?,
+                gram: be.zeros(r * r, MemKind::Scratch)?,
+                steps: 0,
+            });
+        }
+        let (Some(a), Some(b)) = (lora.a.as_ref(), lora.b.as_ref()) else {
+            return Ok(());
+        };
+        let (Some(ga), Some(gb)) = (a.opt.as_ref(), b.opt.as_ref()) else {
+            return Ok(());
+        };
+        let acc = lora.acc.as_mut().unwrap();
+        be.sumsq(&ga.g, &mut acc.last, 0);
+        be.sumsq(&gb.g, &mut acc.last, 1);
+        be.axpy(1.0 / r as f32, &acc.last, &mut acc.energy);
+        // gram: [r, r] += ∇Bᵀ · ∇B, ∇B: [rows, r]
+        be.matmul(
+            &gb.g,
+            &gb.g,
+            &mut acc.gram,
+            &Gemm::tn(r, r, rows).accumulate(),
+        );
+        acc.steps += 1;
+        Ok(())
+    }
+
+    fn grad_stats(&self, i: usize) -> Result<GradStats> {
+        let be = &*self.be;
+        let lora = self.lora_at(i)?;
+        let Some(acc) = lora.acc.as_ref().filter(|a| a.steps > 0) else {
+            return Ok(GradStats::default());
+        };
+        let last = be.download(&acc.last)?;
+        let energy = be.download(&acc.energy)?;
+        Ok(GradStats {
+            last_a2: last[0] as f64,
+            last_b2: last[1] as f64,
+            energy_sum: energy[0] as f64 + energy[1] as f64,
+            energy_a: energy[0] as f64,
+            energy_b: energy[1] as f64,
+            steps: acc.steps,
+            gram: be.download(&acc.gram)?.into_iter().map(f64::from).collect(),
+        })
+    }
+
+    fn reset_grad_stats(&mut self, i: usize) -> Result<()> {
+        self.lora_at_mut(i)?.acc = None;
+        Ok(())
+    }
+
+    fn restore_grad_stats(&mut self, i: usize, s: &GradStats) -> Result<()> {
+        let be = self.be.clone();
+        let lora = self.lora_at_mut(i)?;
+        let r = lora.rank;
+        if s.steps == 0 || r == 0 {
+            lora.acc = None;
+            return Ok(());
+        }
+        ensure!(
+            s.gram.len() == r * r,
+            "restore_grad_stats: adapter {i} has rank {r} but the statistics have a {}-entry Gram matrix",
+            s.gram.len()
+        );
+        // The values were read from f32 accumulators, so they convert back exactly.
+        let gram: Vec<f32> = s.gram.iter().map(|v| *v as f32).collect();
+        lora.acc = Some(GradAcc {
+            last: be.upload(&[s.last_a2 as f32, s.last_b2 as f32], MemKind::Scratch)?,
+            energy: be.upload(&[s.energy_a as f32, s.energy_b as f32], MemKind::Scratch)?,
+            gram: be.upload(&gram, MemKind::Scratch)?,
+            steps: s.steps,
+        });
+        Ok(())
+    }
+
+    fn set_gates(&mut self, i: usize, gates: Option<&[f32]>) -> Result<()> {
+        let be = self.be.clone();
+        let lora = self.lora_at_mut(i)?;
+        let Some(g) = gates else {
+            lora.gates = None;
+            return Ok(());
+        };
+        ensure!(
+            !lora.svd,
+            "set_gates: adapter {i} is in SVD form, whose λ already scales its components"
+        );
+        ensure!(
+            g.len() == lora.rank,
+            "set_gates: adapter {i} has rank {} but {} gates were given",
+            lora.rank,
+            g.len()
+        );
+        match lora.gates.as_mut() {
+            Some(gt) if gt.g.len() == g.len() => be.write(&mut gt.g, g)?,
+            _ => {
+                lora.gates = Some(Gates {
+                    g: be.upload(g, MemKind::Scratch)?,
+                    grad: be.zeros(g.len(), MemKind::Scratch)?,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn gate_grad(&self, i: usize) -> Result<Vec<f32>> {
+        match self.lora_at(i)?.gates.as_ref() {
+            Some(g) => self.be.download(&g.grad),
+            None => Ok(vec![]),
+        }
+    }
+
+    fn keep_components(&mut self, i: usize, keep: &[usize]) -> Result<()> {
+        let (l, kind) = self.slot(i)?;
+        let (alpha, rslora, svd) = self.lora_settings()?;
+        let (rows, cols) = self.cfg.module_shape(kind);
+        let be = self.be.clone();
+        let lora = self.lora_at_mut(i)?;
+        let r = lora.rank;
+        ensure!(
+            keep.windows(2).all(|w| w[0] < w[1]) && keep.iter().all(|&j| j < r),
+            "keep_components: adapter {l}.{kind} has rank {r}; components to keep must be \
+             increasing indices below it, got {keep:?}"
+        );
+        if keep.len() == r {
+            return Ok(());
+        }
+        let f = lora.factors(&*be)?;
+        let k = keep.len();
+        let s_new = lora_scale(alpha, k, rslora, svd, lora.init_rank);
+        // LoRA form: s·B·A = s_new·B'·A' with both factors rescaled by √(s/s_new).
+        let c = if svd || k == 0 {
+            1.0
+        } else {
+            (lora.scale / s_new).sqrt()
+        };
+        let mut a = Vec::with_capacity(k * cols);
+        for &j in keep {
+            a.extend(f.a[j * cols..(j + 1) * cols].iter().map(|v| v * c));
+        }
+        let mut b = vec![0.0f32; rows * k];
+        for row in 0..rows {
+            for (jn, &j) in keep.iter().enumerate() {
+                b[row * k + jn] = f.b[row * r + j] * c;
+            }
+        }
+        let lambda = f
+            .lambda
+            .as_ref()
+            .map(|lam| keep.iter().map(|&j| lam[j]).collect());
+        let g = Factors {
+            rank: k,
+            a,
+            b,
+            lambda,
         };
         lora.set_factors(&*be, &kind.hf_bert_path(l), rows, cols, &g, s_new)?;
         self.resizes += 1;

@@ -412,6 +412,7 @@ impl<B: Backend> Model<B> {
                 be.fill(g, 0.0);
             }
         }
+        self.zero_gate_grads();
     }
 
     /// Global L2 norm of all gradients: one `sumsq` slot per tensor, one download.

@@ -199,6 +199,18 @@ pub const BETA: Real = Real {
     max: 0.999_999,
     why: "a moving average with β = 1 never moves",
 };
+pub const GATE_LR: Real = Real {
+    min: 0.0,
+    open_min: true,
+    max: 10.0,
+    why: "SoRA's gates start at 1; a larger Adam step throws them past 0 in one update",
+};
+pub const THRESHOLD: Real = Real {
+    min: 0.0,
+    open_min: false,
+    max: 10.0,
+    why: "SoRA's gates start at 1, so a threshold above that zeroes every gate at the first step",
+};
 pub const ORTH_REG: Real = Real {
     min: 0.0,
     open_min: false,

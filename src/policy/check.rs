@@ -147,6 +147,26 @@ pub fn check(
                 d.push(e);
             }
         }
+        // One run opens one device: `train.device` belongs to the experiment.
+        let base_device = arms
+            .first()
+            .and_then(|b| b.as_ref())
+            .map(|b| b.train.device);
+        if let (Some(p), Some(bd)) = (&plan, base_device) {
+            if p.train.device != bd {
+                d.push(
+                    Diagnostic::new(
+                        arm.name.span,
+                        format!(
+                            "arm `{name}` sets `train.device` to {:?}, but the experiment runs on {:?}",
+                            p.train.device, bd
+                        ),
+                        "another device",
+                    )
+                    .help("every arm of a run trains on one device: set `train.device` in the experiment, not in an arm (or pass `--device`)"),
+                );
+            }
+        }
         arms.push(plan);
     }
     let arms: Option<Vec<ArmPlan>> = arms.into_iter().collect();
@@ -345,19 +365,61 @@ impl Ctx<'_> {
                     .as_ref()
                     .and_then(|l| l.on())
                     .map_or(8, |l| l.init_rank);
+                let param_budget = lora
+                    .as_ref()
+                    .and_then(|l| l.on())
+                    .and_then(|l| l.param_budget);
                 let mut f = Fields {
                     section: "adalora",
                     header: *header,
                     entries,
                     d,
                 };
-                sections::adalora(&mut f, lora_init, steps).map(Some)
+                sections::adalora(&mut f, lora_init, param_budget, steps).map(Some)
+            }
+            Some(Section::Off(_)) | None => Some(None),
+        };
+        let sora = match self.section(cfg, "sora") {
+            Some(Section::On {
+                header, entries, ..
+            }) => {
+                if let Some(off) = lora_off_span {
+                    d.push(
+                        Diagnostic::new(
+                            off,
+                            "`lora = off` leaves nothing for `sora` to gate",
+                            "lora off here",
+                        )
+                        .help("remove `lora = off`, or switch SoRA off too with `sora = off`"),
+                    );
+                }
+                if matches!(adalora, Some(Some(_))) {
+                    d.push(
+                        Diagnostic::new(
+                            *header,
+                            "an arm is trained by AdaLoRA or by SoRA, not both",
+                            "second rank method",
+                        )
+                        .help("switch one off in this arm: `adalora = off` or `sora = off`"),
+                    );
+                }
+                let lora_init = lora
+                    .as_ref()
+                    .and_then(|l| l.on())
+                    .map_or(8, |l| l.init_rank);
+                let mut f = Fields {
+                    section: "sora",
+                    header: *header,
+                    entries,
+                    d,
+                };
+                sections::sora(&mut f, lora_init).map(Some)
             }
             Some(Section::Off(_)) | None => Some(None),
         };
         let plugins = self.plugins(cfg, d);
         let lora_on = matches!(lora, Some(LoraSpec::On(_)));
-        let has_adalora = matches!(adalora, Some(Some(_)));
+        let has_adalora = matches!(adalora, Some(Some(_))) || matches!(sora, Some(Some(_)));
         let phases = self.phases(cfg, steps, lora_on, has_adalora, plugins.as_ref(), d);
         if d.len() > before {
             return None;
@@ -370,6 +432,7 @@ impl Ctx<'_> {
             data: data?,
             lora: lora?,
             adalora: adalora?,
+            sora: sora?,
             train: train?,
             plugins: plugins?,
             phases: phases?,
@@ -474,6 +537,9 @@ impl Ctx<'_> {
                 _ => None,
             };
             let actions = self.actions(p, start, end, lora_on, has_adalora, plugins, d);
+            if i == last && lora_on {
+                self.no_reallocation_at_the_end(p, d);
+            }
             if let (Some(until), Some(actions)) = (until, actions) {
                 out.push(PhaseSpec {
                     name: name.to_string(),
@@ -648,6 +714,32 @@ impl Ctx<'_> {
                     return None;
                 }
                 Some(Until::Plugin { path })
+            }
+        }
+    }
+
+    /// The last phase runs to the end of training, so a re-allocation in it is followed by
+    /// whatever steps remain, possibly none: its ranks would be evaluated untrained. A final
+    /// allocation belongs in a phase followed by a declared settle phase.
+    fn no_reallocation_at_the_end(&self, p: &Phase, d: &mut Vec<Diagnostic>) {
+        for a in &p.actions {
+            for w in &a.what {
+                if w.node == ActionKind::Reallocate.name() {
+                    d.push(
+                        Diagnostic::new(
+                            w.span,
+                            format!(
+                                "`reallocate` in the last phase `{}`: its last allocation would be evaluated with little or no training",
+                                p.name.node
+                            ),
+                            "re-allocates until the end",
+                        )
+                        .help(format!(
+                            "bound phase `{}` (e.g. `until step 80%`) and add a phase after it without `reallocate`, e.g. `phase settle {{}}`",
+                            p.name.node
+                        )),
+                    );
+                }
             }
         }
     }

@@ -8,11 +8,11 @@ use super::suggest;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Sections that are written as blocks (`train { ... }`) or set by dotted keys (`train.lr`).
-pub const SECTIONS: &[&str] = &["model", "data", "lora", "adalora", "train"];
+pub const SECTIONS: &[&str] = &["model", "data", "lora", "adalora", "sora", "train"];
 /// Sections whose block names a kind (`model encoder { ... }`).
 pub const KINDED: &[&str] = &["model", "data"];
 /// Sections that `= off` may switch off.
-pub const SWITCHABLE: &[&str] = &["lora", "adalora"];
+pub const SWITCHABLE: &[&str] = &["lora", "adalora", "sora"];
 /// Plain settings of the experiment.
 pub const TOP: &[&str] = &["seeds", "base", "complexity", "allocator", "learner"];
 

@@ -43,6 +43,9 @@ pub struct ArmPlan {
     pub data: DataSpec,
     pub lora: LoraSpec,
     pub adalora: Option<AdaLoraSpec>,
+    /// SoRA's gates (`sora { ... }`); `None` unless the arm has the block.
+    #[serde(default)]
+    pub sora: Option<SoraSpec>,
     pub train: TrainSpec,
     pub plugins: PluginSpec,
     /// At least one; the last one runs to the end of training unless it is bounded by a metric,
@@ -252,7 +255,8 @@ impl LoraOn {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdaLoraSpec {
     pub init_rank: usize,
-    /// Average final rank; the budget is target_rank × slots.
+    /// Average final rank; the budget is target_rank × slots. Under `lora.param_budget` it is
+    /// `init_rank` (not a bound: the parameter budget sets the final size).
     pub target_rank: usize,
     /// Steps of warm-up before pruning starts.
     pub tinit: usize,
@@ -266,12 +270,29 @@ pub struct AdaLoraSpec {
     pub beta2: f64,
     /// Default 0.5.
     pub orth_reg: f64,
+    /// Remove pruned triplets for real at every budget step (memory falls) instead of
+    /// masking them (λ = 0, PEFT's behaviour). Default false.
+    #[serde(default)]
+    pub resize: bool,
     /// Multiplies the output scale α/init_rank (default [`ADALORA_GAIN`]; 1 with `peft_compat`).
     #[serde(default = "one_f64")]
     pub gain: f64,
     /// Reproduce Hugging Face PEFT's AdaLoRA exactly (gain 1). Default false.
     #[serde(default)]
     pub peft_compat: bool,
+}
+
+/// SoRA: a gate per component, trained by its own Adam step and soft-thresholded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SoraSpec {
+    /// Default `lora.init_rank`.
+    pub init_rank: usize,
+    /// Adam learning rate of the gates. Default 1e-2.
+    pub gate_lr: f64,
+    /// Soft threshold ξ at the start. Default 1e-3.
+    pub threshold: f64,
+    /// ξ at the end (rising linearly). Default `threshold`.
+    pub threshold_max: f64,
 }
 
 fn one_f64() -> f64 {

@@ -57,8 +57,8 @@ pub fn resolve(reference: &str, base_dir: &Path) -> PathBuf {
 /// Why a script cannot be used at all.
 enum Unusable {
     Read(ReadError),
-    /// The compile error, with its line and position.
-    Compile(String),
+    /// The compile error and its line and column in the script.
+    Compile(String, Option<(usize, usize)>),
 }
 
 /// The functions a compiled script defines (name → parameter names), or why it can't be used.
@@ -92,12 +92,8 @@ impl PluginChecker {
             let plugin = host
                 .compile(&path.display().to_string(), &text)
                 .map_err(|e| {
-                    let at = match (e.line, e.col) {
-                        (Some(l), Some(c)) => format!(" (line {l}, position {c})"),
-                        _ => String::new(),
-                    };
                     let msg = e.message.trim_start_matches("syntax error: ");
-                    Unusable::Compile(format!("{msg}{at}"))
+                    Unusable::Compile(msg.to_string(), e.line.zip(e.col))
                 })?;
             Ok(plugin.functions())
         })
@@ -165,18 +161,26 @@ impl PluginChecker {
                         .help("check the file's permissions"),
                     )
                 }
-                Err(Unusable::Compile(e)) => {
+                Err(Unusable::Compile(e, at)) => {
+                    // The script's own position as file:line:col (the path as the policy
+                    // writes it), beside the policy's.
+                    let at = at
+                        .map(|(l, c)| format!(" at {reference}:{l}:{c}"))
+                        .unwrap_or_default();
                     return Some(
                         Diagnostic::new(
                             span,
-                            format!("{} plugin `{reference}` does not compile: {e}", role.name()),
+                            format!(
+                                "{} plugin `{reference}` does not compile{at}: {e}",
+                                role.name()
+                            ),
                             "this script",
                         )
                         .help(
                             "fix the script; `adarank check` compiles it as `adarank run` will \
                          (strict variables: every variable must be declared with `let`)",
                         ),
-                    )
+                    );
                 }
             };
         let same_name: Vec<&Vec<String>> = fns

@@ -315,7 +315,8 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
     let layers = lora_layers(f, shape.layers);
     let alpha = f.real_in("alpha", &bounds::ALPHA, "16").unwrap_or(16.0);
     let rslora = f.boolean("rslora").unwrap_or(false);
-    let min_rank = f.count_in("min_rank", &bounds::RANK).unwrap_or(1) as usize;
+    // 0 lets an allocator remove an adapter (its tensors are freed; it can come back).
+    let min_rank = f.count_in("min_rank", &bounds::RANK_OR_ZERO).unwrap_or(1) as usize;
     let max_rank = f.count_in("max_rank", &bounds::RANK).unwrap_or(64) as usize;
     let rank = rank_spec(f, &targets, layers.as_deref(), shape.layers, max_rank);
     let init_rank = match (f.count_in("init_rank", &bounds::RANK), &rank) {
@@ -656,7 +657,13 @@ fn rank_spec(
     }
 }
 
-pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Option<AdaLoraSpec> {
+/// `param_budget`: the arm's `lora.param_budget`, which replaces `target_rank` as the final size.
+pub fn adalora(
+    f: &mut Fields<'_>,
+    lora_init: usize,
+    param_budget: Option<usize>,
+    steps: Option<usize>,
+) -> Option<AdaLoraSpec> {
     f.only(
         &[
             "init_rank",
@@ -667,6 +674,7 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
             "beta1",
             "beta2",
             "orth_reg",
+            "resize",
             "gain",
             "peft_compat",
         ],
@@ -676,9 +684,22 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
     let init_rank = f
         .count_in("init_rank", &bounds::RANK)
         .map_or(lora_init, |v| v as usize);
-    let target_rank = f
-        .required_in("target_rank", &bounds::RANK, "4")
-        .map(|v| v as usize);
+    let target_rank = match param_budget {
+        None => f
+            .required_in("target_rank", &bounds::RANK, "4")
+            .map(|v| v as usize),
+        Some(p) => {
+            if let Some(e) = f.get("target_rank") {
+                f.value_error(
+                    e.key.span,
+                    format!("`target_rank` and `lora.param_budget = {p}` both set AdaLoRA's final size"),
+                    "under a parameter budget AdaLoRA prunes to the budget: drop `target_rank`, or drop `lora.param_budget`".into(),
+                );
+            }
+            // Not a bound: the parameter budget sets the final size.
+            Some(init_rank)
+        }
+    };
     let tinit = f.count_in("tinit", &bounds::ADALORA_STEPS).unwrap_or(0) as usize;
     let tfinal = f.count_in("tfinal", &bounds::ADALORA_STEPS).unwrap_or(0) as usize;
     let delta_t = f.count_in("delta_t", &bounds::STEP_COUNT).unwrap_or(10) as usize;
@@ -687,6 +708,7 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
     let orth_reg = f
         .real_in("orth_reg", &bounds::ORTH_REG, "0.5")
         .unwrap_or(0.5);
+    let resize = f.boolean("resize").unwrap_or(false);
     let peft_compat = f.boolean("peft_compat").unwrap_or(false);
     let gain = f.real_in("gain", &bounds::GAIN, "16");
     if let (true, Some(e)) = (peft_compat, f.get("gain")) {
@@ -740,8 +762,47 @@ pub fn adalora(f: &mut Fields<'_>, lora_init: usize, steps: Option<usize>) -> Op
         beta1,
         beta2,
         orth_reg,
+        resize,
         gain,
         peft_compat,
+    })
+}
+
+pub fn sora(f: &mut Fields<'_>, lora_init: usize) -> Option<SoraSpec> {
+    f.only(
+        &["init_rank", "gate_lr", "threshold", "threshold_max"],
+        "`sora`",
+    );
+    let before = f.d.len();
+    let init_rank = f
+        .count_in("init_rank", &bounds::RANK)
+        .map_or(lora_init, |v| v as usize);
+    let gate_lr = f
+        .real_in("gate_lr", &bounds::GATE_LR, "1e-2")
+        .unwrap_or(1e-2);
+    let threshold = f
+        .real_in("threshold", &bounds::THRESHOLD, "1e-3")
+        .unwrap_or(1e-3);
+    let threshold_max = f
+        .real_in("threshold_max", &bounds::THRESHOLD, "1e-2")
+        .unwrap_or(threshold);
+    if f.d.len() > before {
+        return None;
+    }
+    if threshold_max < threshold {
+        let span = f.get("threshold_max").map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            format!("`threshold_max = {threshold_max}` is below `threshold = {threshold}`"),
+            "the threshold rises from `threshold` to `threshold_max` over training; make threshold_max ≥ threshold".into(),
+        );
+        return None;
+    }
+    Some(SoraSpec {
+        init_rank,
+        gate_lr,
+        threshold,
+        threshold_max,
     })
 }
 

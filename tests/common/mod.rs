@@ -1,5 +1,6 @@
-//! Shared helpers for the GPU test files: random data, the tolerance check, the test GPU.
-#![allow(dead_code)]
+//! Shared helpers of the test files: random data, the tolerance check, the test GPU, and an
+//! adapter store that counts what is read back from it.
+#![allow(dead_code, unused_imports)]
 
 use rand::{Rng, SeedableRng};
 
@@ -32,4 +33,76 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
         want[worst.0],
         worst.1
     );
+}
+
+/// The linear planted task's store, counting what a rank engine reads back from it: adapter
+/// tensors and gate gradients (`host_reads`), gradient statistics (`stat_reads`) and input
+/// samples (`samples`) — on a real model, each is a device download.
+pub struct Counting {
+    pub inner: adarank::engine::planted::PlantedStore,
+    pub host_reads: std::cell::Cell<usize>,
+    pub stat_reads: std::cell::Cell<usize>,
+    pub samples: std::cell::Cell<usize>,
+}
+
+impl Counting {
+    pub fn new(inner: adarank::engine::planted::PlantedStore) -> Self {
+        Self {
+            inner,
+            host_reads: Default::default(),
+            stat_reads: Default::default(),
+            samples: Default::default(),
+        }
+    }
+}
+
+fn bump(c: &std::cell::Cell<usize>) {
+    c.set(c.get() + 1);
+}
+
+impl adarank::adapter::AdapterStore for Counting {
+    fn adapters(&self) -> Vec<adarank::adapter::AdapterInfo> {
+        self.inner.adapters()
+    }
+    fn adapter_host(&self, i: usize) -> anyhow::Result<adarank::adapter::AdapterHost> {
+        bump(&self.host_reads);
+        self.inner.adapter_host(i)
+    }
+    fn set_adapter_host(
+        &mut self,
+        i: usize,
+        h: &adarank::adapter::AdapterHost,
+    ) -> anyhow::Result<()> {
+        self.inner.set_adapter_host(i, h)
+    }
+    fn frozen_weight(&self, i: usize) -> anyhow::Result<adarank::adapter::HostTensor> {
+        self.inner.frozen_weight(i)
+    }
+    fn resize_adapter(&mut self, i: usize, rank: usize) -> anyhow::Result<()> {
+        self.inner.resize_adapter(i, rank)
+    }
+    fn input_sample(&self, i: usize) -> Option<adarank::adapter::HostTensor> {
+        bump(&self.samples);
+        self.inner.input_sample(i)
+    }
+    fn gather_grad_stats(&mut self, i: usize) -> anyhow::Result<()> {
+        self.inner.gather_grad_stats(i)
+    }
+    fn grad_stats(&self, i: usize) -> anyhow::Result<adarank::adapter::GradStats> {
+        bump(&self.stat_reads);
+        self.inner.grad_stats(i)
+    }
+    fn reset_grad_stats(&mut self, i: usize) -> anyhow::Result<()> {
+        self.inner.reset_grad_stats(i)
+    }
+    fn set_gates(&mut self, i: usize, g: Option<&[f32]>) -> anyhow::Result<()> {
+        self.inner.set_gates(i, g)
+    }
+    fn gate_grad(&self, i: usize) -> anyhow::Result<Vec<f32>> {
+        bump(&self.host_reads);
+        self.inner.gate_grad(i)
+    }
+    fn keep_components(&mut self, i: usize, keep: &[usize]) -> anyhow::Result<()> {
+        self.inner.keep_components(i, keep)
+    }
 }

@@ -1,0 +1,136 @@
+//! How ranks are chosen, as one trait: each method (scripted complexity → learner → allocator,
+//! AdaLoRA, SoRA; fixed and layer-wise are scripted methods that allocate once) implements
+//! [`RankMethod`], and the engine calls it at the training loop's hooks and the schedule's
+//! events. Every allocation a method makes is returned as one [`Allocation`], the single rank
+//! record the run directory keeps (`allocations.jsonl`).
+
+use super::{Core, EngineCtx, Result};
+use crate::adapter::AdapterStore;
+use serde::{Deserialize, Serialize};
+
+/// One slot in an [`Allocation`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotAllocation {
+    /// `"{layer}.{kind}"`.
+    pub name: String,
+    /// Trainable parameters one rank of this slot costs (rows + cols).
+    pub cost: usize,
+    /// C_i from the complexity plugin, when the method has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complexity: Option<f64>,
+    /// What the method ranks this slot by: the real-valued rank α·ln C_i + β of the log rule
+    /// (before rounding), AdaLoRA's mean kept triplet score, SoRA's Σ|g|.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    pub before: usize,
+    pub after: usize,
+}
+
+/// One allocation of one cell: the starting ranks (`reason: "init"`) and every re-allocation,
+/// AdaLoRA's masking and pruning and SoRA's pruning included.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub step: u64,
+    /// `init`, `reallocate`, `finalize` (the relaxed ranks made integer), `mask` (AdaLoRA,
+    /// tensors kept), `prune` (components removed for real: AdaLoRA with `resize`, SoRA).
+    pub reason: String,
+    /// The total rank the allocator was given, when the method has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<usize>,
+    /// The trainable-parameter budget, when the policy sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param_budget: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    pub slots: Vec<SlotAllocation>,
+    /// Tensors changed size (false when AdaLoRA only masked, or nothing changed).
+    #[serde(default)]
+    pub resized: bool,
+    /// Seconds spent (statistics, scripts, resizing). Not written to the run directory, so
+    /// the same seed gives the same allocations.jsonl byte for byte.
+    #[serde(skip)]
+    pub seconds: f64,
+}
+
+impl Allocation {
+    /// `(slot, rank after)` for every slot.
+    pub fn ranks(&self) -> Vec<(String, usize)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), s.after))
+            .collect()
+    }
+    pub fn total(&self) -> usize {
+        self.slots.iter().map(|s| s.after).sum()
+    }
+    /// Trainable adapter parameters after this allocation.
+    pub fn params(&self) -> usize {
+        self.slots.iter().map(|s| s.after * s.cost).sum()
+    }
+}
+
+/// A rank method. `core` holds what every method shares (plugin host, slots, statistics,
+/// learner state); `store` is the model's adapters.
+pub trait RankMethod: Send {
+    /// Ranks to train with from step 1.
+    fn start(&mut self, core: &mut Core, store: &mut dyn AdapterStore) -> Result<Vec<usize>>;
+    /// After the starting ranks are applied, or after a resume restored the model (gates and
+    /// other device state the method keeps are put back here).
+    fn started(
+        &mut self,
+        _core: &mut Core,
+        _store: &mut dyn AdapterStore,
+        _resumed: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// After every backward pass, before the optimizer step: statistics, regularisers.
+    fn after_backward(
+        &mut self,
+        core: &mut Core,
+        step: u64,
+        store: &mut dyn AdapterStore,
+    ) -> Result<()>;
+    /// After every optimizer step, before the schedule's events (methods with their own
+    /// schedule, per-step learning).
+    fn after_step(
+        &mut self,
+        _core: &mut Core,
+        _step: u64,
+        _store: &mut dyn AdapterStore,
+        _ctx: &EngineCtx,
+    ) -> Result<Option<Allocation>> {
+        Ok(None)
+    }
+    /// The policy's `reallocate` action.
+    fn reallocate(
+        &mut self,
+        core: &mut Core,
+        step: u64,
+        store: &mut dyn AdapterStore,
+        ctx: &EngineCtx,
+    ) -> Result<Option<Allocation>>;
+    /// The re-allocating phases are over.
+    fn finalize(
+        &mut self,
+        _core: &mut Core,
+        _step: u64,
+        _store: &mut dyn AdapterStore,
+        _ctx: &EngineCtx,
+    ) -> Result<Option<Allocation>> {
+        Ok(None)
+    }
+    /// Ranks in effect (AdaLoRA masking: unmasked triplets).
+    fn ranks(&self, core: &Core) -> Vec<usize> {
+        core.infos.iter().map(|a| a.rank).collect()
+    }
+    /// Method state for checkpoints.
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn load_state(&mut self, _v: serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! Relaxed ranks: how α and β learn from the task loss.
+//!
+//! Between re-allocations, adapter i's components (ordered by size: a re-allocation leaves
+//! them as the truncated SVD of ΔW) carry soft gates
+//!
+//!   g_ij = σ((r_i − j + ½) / τ),   j = 1, 2, …,   r_i = clamp(α·ln C_i + β, r_min, r_max),
+//!
+//! so component j is on when j ≤ r_i and off when j > r_i + 1, with a smooth step of width τ.
+//! The engine sets the gates; the optimizer never changes them. The backward pass gives
+//! ∂L/∂g_ij (the component's x·a_j times dy·b_j, summed), and the chain rule gives, every
+//! step and at the cost of one r-vector download per adapter,
+//!
+//!   ∂L/∂r_i = Σ_j ∂L/∂g_ij · g_ij (1 − g_ij) / τ,   ∂L/∂α = Σ_i ∂L/∂r_i · ln C_i,
+//!   ∂L/∂β = Σ_i ∂L/∂r_i.
+//!
+//! The learner's `learn_step(state, grads, ctx)` turns them into new (α, β) (the shipped
+//! `learn_gates.rhai`: Adam on α along the budget constraint Σ r_i = B, β the offset that meets
+//! it). An adapter holds the components whose gate is at least `floor` at its current r_i —
+//! ⌊r_i + ½ + τ·ln((1 − floor)/floor)⌋ of them: the components it uses plus one or two nearly
+//! closed ones. Those nearly closed components are what makes ∂L/∂r_i informative: a component
+//! that is switched on fully is absorbed by its own factors (scaling b_j up undoes any gate),
+//! so at equilibrium its gate gradient is zero; a nearly closed one that the task needs has
+//! ∂L/∂g < 0 until it is opened. A re-allocation recomputes C_i, re-solves β for it, and resizes
+//! each adapter to the components it should hold (shrink by truncated SVD of the ungated ΔW,
+//! grow with B = 0 components); leaving the re-allocating phases folds the gates into B and
+//! resizes to the integer ranks of the allocator — exactly the budget — for the rest of
+//! training.
+
+use super::{Core, EngineCtx, Plugin, Result, Role};
+use crate::adapter::AdapterStore;
+use rhai::{Array, Dynamic, Map, FLOAT, INT};
+use serde::{Deserialize, Serialize};
+
+/// Defaults of the relaxation's two settings (plugin parameters `gate_tau`, `gate_floor`).
+pub const TAU: f64 = 0.25;
+pub const FLOOR: f64 = 0.05;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Relaxation {
+    /// Width of the gates' step.
+    pub tau: f64,
+    /// Components whose gate is below this are not held.
+    pub floor: f64,
+    /// Gates are on (between the first re-allocation and the end of the re-allocating phases).
+    pub active: bool,
+    /// ln C_i at the last re-allocation.
+    pub x: Vec<f64>,
+    /// The relaxed ranks r_i.
+    pub r: Vec<f64>,
+    /// Σ over steps since the last re-allocation of ∂L/∂r_i, and the step count.
+    pub grad_sum: Vec<f64>,
+    pub grad_steps: u64,
+}
+
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+impl Relaxation {
+    pub fn new(tau: f64, floor: f64) -> Self {
+        Self {
+            tau,
+            floor,
+            ..Default::default()
+        }
+    }
+
+    /// g_j for components j = 1..=n at relaxed rank r.
+    pub fn gates(&self, r: f64, n: usize) -> Vec<f64> {
+        (1..=n)
+            .map(|j| sigmoid((r - j as f64 + 0.5) / self.tau))
+            .collect()
+    }
+
+    /// ∂g/∂r of a gate whose value is g.
+    pub fn dgate(&self, g: f64) -> f64 {
+        g * (1.0 - g) / self.tau
+    }
+
+    /// Components an adapter at relaxed rank r holds: those with g ≥ floor.
+    pub fn held(&self, r: f64, limit: usize) -> usize {
+        let reach = r + 0.5 + self.tau * ((1.0 - self.floor) / self.floor).ln();
+        (reach.floor().max(0.0) as usize).min(limit)
+    }
+
+    /// Mean ∂L/∂r_i since the last re-allocation.
+    pub fn mean_grads(&self) -> Vec<f64> {
+        let n = self.grad_steps.max(1) as f64;
+        self.grad_sum.iter().map(|g| g / n).collect()
+    }
+
+    /// r_i = clamp(α·x_i + β, r_min, min(r_max, min(rows, cols))) from the learner's state.
+    fn solve(&mut self, core: &Core) {
+        let a = core.learned.get("alpha").copied().unwrap_or(1.0);
+        let b = core.learned.get("beta").copied().unwrap_or(0.0);
+        let lo = core.cfg.min_rank as f64;
+        self.r = self
+            .x
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let hi = core.cfg.max_rank.min(core.limit(i)) as f64;
+                (a * x + b).clamp(lo, hi.max(lo))
+            })
+            .collect();
+    }
+
+    fn upload_gates(&self, core: &Core, store: &mut dyn AdapterStore) -> Result<()> {
+        for (i, a) in core.infos.iter().enumerate() {
+            if a.rank == 0 {
+                continue;
+            }
+            let g: Vec<f32> = self
+                .gates(self.r[i], a.rank)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect();
+            store.set_gates(i, Some(&g))?;
+        }
+        Ok(())
+    }
+
+    /// Gates of every adapter as they are now (for the adapters' `gates` statistic).
+    pub fn current_gates(&self, core: &Core) -> Vec<Vec<f64>> {
+        core.infos
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                if self.active && i < self.r.len() {
+                    self.gates(self.r[i], a.rank)
+                } else {
+                    vec![]
+                }
+            })
+            .collect()
+    }
+
+    /// A re-allocation while relaxed (or entering the relaxation): new ln C, the learner's
+    /// α and β, each adapter resized to the components it should hold, gates set.
+    pub fn reallocate(
+        &mut self,
+        core: &mut Core,
+        store: &mut dyn AdapterStore,
+        complexity: &[f64],
+    ) -> Result<bool> {
+        self.x = complexity.iter().map(|c| c.ln()).collect();
+        self.solve(core);
+        let held: Vec<usize> = (0..self.r.len())
+            .map(|i| self.held(self.r[i], core.limit(i)))
+            .collect();
+        let resized = core.apply_ranks(store, &held)?;
+        self.active = true;
+        self.grad_sum = vec![0.0; held.len()];
+        self.grad_steps = 0;
+        self.upload_gates(core, store)?;
+        Ok(resized)
+    }
+
+    /// One training step while relaxed: ∂L/∂r_i from the gate gradients, the learner's
+    /// `learn_step`, new gates.
+    pub fn step(
+        &mut self,
+        core: &mut Core,
+        store: &mut dyn AdapterStore,
+        learner: &Plugin,
+        ctx: &EngineCtx,
+    ) -> Result<()> {
+        let n = core.infos.len();
+        let mut grads = Array::with_capacity(n);
+        let lo = core.cfg.min_rank as f64;
+        for i in 0..n {
+            let rank = core.infos[i].rank;
+            let mut d = 0.0;
+            if rank > 0 {
+                let gg = store.gate_grad(i)?;
+                let g = self.gates(self.r[i], rank);
+                d = gg
+                    .iter()
+                    .zip(&g)
+                    .map(|(dl, gv)| *dl as f64 * self.dgate(*gv))
+                    .sum();
+            }
+            self.grad_sum[i] += d;
+            let hi = core.cfg.max_rank.min(core.limit(i)) as f64;
+            let mut m = Map::new();
+            m.insert("index".into(), Dynamic::from_int(i as INT));
+            m.insert("x".into(), Dynamic::from_float(self.x[i] as FLOAT));
+            m.insert("r".into(), Dynamic::from_float(self.r[i] as FLOAT));
+            m.insert("rank_grad".into(), Dynamic::from_float(d as FLOAT));
+            m.insert(
+                "free".into(),
+                Dynamic::from_bool(self.r[i] > lo && self.r[i] < hi),
+            );
+            m.insert("rank".into(), Dynamic::from_int(rank as INT));
+            grads.push(Dynamic::from_map(m));
+        }
+        self.grad_steps += 1;
+        let ctx_map = core.ctx_map(ctx, core.cfg.budget);
+        core.call_learner(learner, Role::LearnerStep, grads, ctx_map)?;
+        self.solve(core);
+        self.upload_gates(core, store)
+    }
+
+    /// Leave the relaxation: fold each adapter's gates into B (ΔW as trained), remove the
+    /// gates, resize to the integer `ranks`.
+    pub fn finish(
+        &mut self,
+        core: &mut Core,
+        store: &mut dyn AdapterStore,
+        ranks: &[usize],
+    ) -> Result<bool> {
+        if self.active {
+            for i in 0..core.infos.len() {
+                let r = core.infos[i].rank;
+                if r == 0 {
+                    continue;
+                }
+                let g = self.gates(self.r[i], r);
+                let mut h = store.adapter_host(i)?;
+                for row in h.b.chunks_exact_mut(r) {
+                    for (v, gj) in row.iter_mut().zip(&g) {
+                        *v *= *gj as f32;
+                    }
+                }
+                h.grad_a.clear();
+                h.grad_b.clear();
+                h.grad_lambda = None;
+                store.set_adapter_host(i, &h)?;
+                store.set_gates(i, None)?;
+            }
+        }
+        self.active = false;
+        core.apply_ranks(store, ranks)
+    }
+
+    /// Put the gates back on a model restored from a checkpoint.
+    pub fn resume(&self, core: &Core, store: &mut dyn AdapterStore) -> Result<()> {
+        if self.active {
+            self.upload_gates(core, store)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gates_open_below_the_rank_and_close_above() {
+        let r = Relaxation::new(0.25, 0.05);
+        let g = r.gates(3.0, 5);
+        // j = 3: σ(0.5/0.25) = σ(2); j = 4: σ(−2).
+        assert!((g[2] - sigmoid(2.0)).abs() < 1e-12);
+        assert!((g[3] - sigmoid(-2.0)).abs() < 1e-12);
+        assert!(g[0] > 0.99 && g[4] < 0.01);
+        // Held: g ≥ 0.05 ⇔ j ≤ r + ½ + τ·ln 19 = 4.236 → 4 components.
+        assert_eq!(r.held(3.0, 10), 4);
+        assert_eq!(r.held(3.0, 3), 3);
+        assert_eq!(r.held(0.0, 10), 1);
+    }
+
+    #[test]
+    fn dgate_is_the_derivative_of_the_gate() {
+        let r = Relaxation::new(0.4, 0.05);
+        let h = 1e-6;
+        for j in 1..=4 {
+            let g = |x: f64| r.gates(x, 4)[j - 1];
+            let fd = (g(2.3 + h) - g(2.3 - h)) / (2.0 * h);
+            assert!((fd - r.dgate(g(2.3))).abs() < 1e-6, "j={j}");
+        }
+    }
+}

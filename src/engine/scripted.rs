@@ -1,0 +1,374 @@
+//! The scripted method: complexity → learner → allocator, all rhai plugins. Fixed and
+//! layer-wise LoRA are scripted methods that allocate once, at the start.
+//!
+//! A learner that defines `learn_step(state, grads, ctx)` relaxes the ranks between
+//! re-allocations (see [`super::relax`]): α and β then learn from the task loss every step.
+
+use super::method::{Allocation, RankMethod};
+use super::relax::{self, Relaxation};
+use super::{cfg_err, stats, Bounds, Core, EngineCtx, Method, Plugin, Result, Role, SlotExtra};
+use crate::adapter::{AdapterStore, ModuleKind};
+use rhai::{Array, Dynamic, Map, INT};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+enum Kind {
+    Fixed,
+    Layerwise(BTreeMap<ModuleKind, usize>),
+    /// Re-allocates at the schedule's `reallocate`.
+    Adaptive,
+}
+
+pub struct Scripted {
+    kind: Kind,
+    complexity: Option<Plugin>,
+    allocator: Plugin,
+    learner: Option<Plugin>,
+    /// Some when the learner defines `learn_step`.
+    relax: Option<Relaxation>,
+    /// C_i at the last re-allocation.
+    complexities: Vec<f64>,
+    /// ‖ΔW‖²_F right after the last re-allocation (kept when a plugin reads
+    /// `delta_energy_prev`).
+    energies: Vec<f64>,
+}
+
+fn shipped(f: &str) -> PathBuf {
+    PathBuf::from(format!("{}{f}", super::source::BUILTIN))
+}
+
+fn param_f64(core: &Core, key: &str, default: f64) -> f64 {
+    core.cfg
+        .params
+        .get(key)
+        .and_then(|v| v.as_f64())
+        .unwrap_or(default)
+}
+
+impl Scripted {
+    pub fn new(core: &mut Core, method: Method) -> Result<Self> {
+        let (kind, c, a, l) = match method {
+            Method::Fixed => (Kind::Fixed, None, shipped("fixed.rhai"), None),
+            Method::Layerwise { ranks } => (
+                Kind::Layerwise(ranks),
+                None,
+                shipped("layerwise.rhai"),
+                None,
+            ),
+            Method::Adaptive {
+                complexity,
+                allocator,
+                learner,
+            } => (Kind::Adaptive, Some(complexity), allocator, learner),
+            Method::Script {
+                allocator,
+                complexity,
+            } => (
+                Kind::Adaptive,
+                Some(complexity.unwrap_or_else(|| shipped("spectral_gradient.rhai"))),
+                allocator,
+                None,
+            ),
+            Method::AdaLora(_) | Method::Sora(_) => {
+                return Err(cfg_err("not a scripted method"));
+            }
+        };
+        let complexity = c
+            .map(|p| core.load_plugin(&p, Role::Complexity, 2))
+            .transpose()?;
+        let allocator = core.load_plugin(&a, Role::Allocator, 2)?;
+        let learner = l
+            .map(|p| core.load_plugin(&p, Role::Learner, 3))
+            .transpose()?;
+        let relax = learner
+            .as_ref()
+            .filter(|p| p.defines(Role::LearnerStep.function(), 3))
+            .map(|_| {
+                Relaxation::new(
+                    param_f64(core, "gate_tau", relax::TAU),
+                    param_f64(core, "gate_floor", relax::FLOOR),
+                )
+            });
+        core.note_mentions(
+            [complexity.as_ref(), Some(&allocator), learner.as_ref()]
+                .into_iter()
+                .flatten(),
+        );
+        Ok(Self {
+            kind,
+            complexity,
+            allocator,
+            learner,
+            relax,
+            complexities: vec![],
+            energies: vec![],
+        })
+    }
+
+    fn params(&self, core: &Core) {
+        match &self.kind {
+            Kind::Fixed => {
+                let r = core
+                    .cfg
+                    .params
+                    .get("rank")
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(core.cfg.init_rank as i64);
+                core.reset_params(&[("rank", Dynamic::from_int(r as INT))]);
+            }
+            Kind::Layerwise(ranks) => {
+                let r: Map = ranks
+                    .iter()
+                    .map(|(k, v)| (k.name().into(), Dynamic::from_int(*v as INT)))
+                    .collect();
+                core.reset_params(&[("ranks", Dynamic::from_map(r))]);
+            }
+            Kind::Adaptive => core.reset_params(&[]),
+        }
+    }
+
+    fn extras(&self, core: &Core) -> Vec<SlotExtra> {
+        let gates = self
+            .relax
+            .as_ref()
+            .map(|r| r.current_gates(core))
+            .unwrap_or_default();
+        let grads = self
+            .relax
+            .as_ref()
+            .filter(|r| r.active)
+            .map(|r| r.mean_grads())
+            .unwrap_or_default();
+        (0..core.infos.len())
+            .map(|i| SlotExtra {
+                complexity: self.complexities.get(i).copied(),
+                gates: gates.get(i).cloned().unwrap_or_default(),
+                rank_grad: grads.get(i).copied().unwrap_or(0.0),
+                delta_energy_prev: self.energies.get(i).copied().unwrap_or(0.0),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// complexity → learner → allocator; returns (C, integer ranks).
+    fn decide(
+        &mut self,
+        core: &mut Core,
+        store: &mut dyn AdapterStore,
+        ctx: &EngineCtx,
+    ) -> Result<(Vec<f64>, Vec<usize>)> {
+        let budget = core.cfg.budget;
+        let mut maps = core.adapter_maps(store, &self.extras(core))?;
+        let ctx_map = core.ctx_map(ctx, budget);
+        let c = match &self.complexity {
+            Some(p) => core.call_complexity(p, &mut maps, &ctx_map)?,
+            None => vec![1.0; maps.len()],
+        };
+        self.complexities = c.clone();
+        if let Some(l) = &self.learner {
+            let arr: Array = maps.iter().cloned().map(Dynamic::from_map).collect();
+            core.call_learner(l, Role::Learner, arr, ctx_map)?;
+        }
+        self.params(core);
+        let draws = core.rng_draws;
+        let ranks = core.call_allocator(&self.allocator, maps, budget, &Bounds::Policy)?;
+        core.rng_draws = draws + 1;
+        core.calls.allocations += 1;
+        Ok((c, ranks))
+    }
+
+    /// The log rule's real-valued ranks α·ln C_i + β, for the record.
+    fn scores(core: &Core, c: &[f64]) -> Vec<f64> {
+        match (core.learned.get("alpha"), core.learned.get("beta")) {
+            (Some(a), Some(b)) => c.iter().map(|x| a * x.ln() + b).collect(),
+            _ => vec![],
+        }
+    }
+
+    fn allocate(
+        &mut self,
+        core: &mut Core,
+        step: u64,
+        store: &mut dyn AdapterStore,
+        ctx: &EngineCtx,
+        last: bool,
+    ) -> Result<Option<Allocation>> {
+        if !matches!(self.kind, Kind::Adaptive) {
+            return Ok(None);
+        }
+        let before = core.ranks();
+        let (c, ranks) = self.decide(core, store, ctx)?;
+        let (reason, resized, scores) = match self.relax.as_mut() {
+            Some(rx) if last => {
+                let s = rx.r.clone();
+                ("finalize", rx.finish(core, store, &ranks)?, s)
+            }
+            Some(rx) => {
+                let resized = rx.reallocate(core, store, &c)?;
+                ("reallocate", resized, rx.r.clone())
+            }
+            None => (
+                "reallocate",
+                core.apply_ranks(store, &ranks)?,
+                Self::scores(core, &c),
+            ),
+        };
+        if core.mentioned.contains(&"delta_energy_prev") {
+            self.energies = (0..core.infos.len())
+                .map(|i| {
+                    let h = store.adapter_host(i)?;
+                    Ok(stats::delta_sv_of(&core.infos[i], &h)
+                        .iter()
+                        .map(|x| x * x)
+                        .sum())
+                })
+                .collect::<Result<Vec<f64>>>()?;
+        }
+        // While relaxed, the tensors hold a few nearly closed components beyond the integer
+        // allocation; `after` is the allocation (what the relaxed ranks round to).
+        let rec = core.record(
+            step,
+            reason,
+            &before,
+            &ranks,
+            Some(core.cfg.budget),
+            &c,
+            &scores,
+            resized,
+        );
+        Ok(Some(rec))
+    }
+}
+
+impl RankMethod for Scripted {
+    fn start(&mut self, core: &mut Core, store: &mut dyn AdapterStore) -> Result<Vec<usize>> {
+        let n = core.infos.len();
+        match &self.kind {
+            Kind::Fixed | Kind::Layerwise(_) => {
+                if let Kind::Layerwise(ranks) = &self.kind {
+                    if let Some(k) = ranks
+                        .keys()
+                        .find(|k| !core.infos.iter().any(|a| a.kind == **k))
+                    {
+                        return Err(cfg_err(format!(
+                            "layerwise rank given for module kind `{k}`, which no adapter has"
+                        )));
+                    }
+                }
+                self.params(core);
+                let maps = core.adapter_maps(store, &[])?;
+                let budget = if core.cfg.budget > 0 {
+                    core.cfg.budget
+                } else {
+                    (0..n).map(|i| core.limit(i)).sum()
+                };
+                core.call_allocator(&self.allocator, maps, budget, &Bounds::Slot)
+            }
+            Kind::Adaptive => {
+                let c = &core.cfg;
+                if c.budget > 0 && (c.budget < n * c.min_rank || c.budget > n * c.max_rank) {
+                    return Err(cfg_err(format!(
+                        "budget {} cannot be met by {n} adapters with ranks in [{}, {}]",
+                        c.budget, c.min_rank, c.max_rank
+                    )));
+                }
+                self.params(core);
+                Ok(vec![c.init_rank; n])
+            }
+        }
+    }
+
+    fn started(
+        &mut self,
+        core: &mut Core,
+        store: &mut dyn AdapterStore,
+        resumed: bool,
+    ) -> Result<()> {
+        self.params(core);
+        if resumed {
+            if let Some(rx) = &self.relax {
+                rx.resume(core, store)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn after_backward(
+        &mut self,
+        core: &mut Core,
+        _step: u64,
+        store: &mut dyn AdapterStore,
+    ) -> Result<()> {
+        if matches!(self.kind, Kind::Adaptive) {
+            core.gather(store)?;
+        }
+        Ok(())
+    }
+
+    fn after_step(
+        &mut self,
+        core: &mut Core,
+        _step: u64,
+        store: &mut dyn AdapterStore,
+        ctx: &EngineCtx,
+    ) -> Result<Option<Allocation>> {
+        if let (Some(rx), Some(l)) = (self.relax.as_mut(), self.learner.as_ref()) {
+            if rx.active {
+                rx.step(core, store, l, ctx)?;
+            }
+        }
+        Ok(None)
+    }
+
+    fn reallocate(
+        &mut self,
+        core: &mut Core,
+        step: u64,
+        store: &mut dyn AdapterStore,
+        ctx: &EngineCtx,
+    ) -> Result<Option<Allocation>> {
+        self.allocate(core, step, store, ctx, false)
+    }
+
+    fn finalize(
+        &mut self,
+        core: &mut Core,
+        step: u64,
+        store: &mut dyn AdapterStore,
+        ctx: &EngineCtx,
+    ) -> Result<Option<Allocation>> {
+        match &self.relax {
+            Some(rx) if rx.active => self.allocate(core, step, store, ctx, true),
+            _ => Ok(None),
+        }
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({
+            "relax": self.relax,
+            "complexities": self.complexities,
+            "energies": self.energies,
+        })
+    }
+
+    fn load_state(&mut self, v: serde_json::Value) -> Result<()> {
+        if v.is_null() {
+            return Ok(());
+        }
+        if let Some(r) = v.get("relax").filter(|r| !r.is_null()) {
+            self.relax = Some(
+                serde_json::from_value(r.clone())
+                    .map_err(|e| cfg_err(format!("engine state: relaxation: {e}")))?,
+            );
+        }
+        if let Some(e) = v.get("energies") {
+            self.energies = serde_json::from_value(e.clone())
+                .map_err(|e| cfg_err(format!("engine state: energies: {e}")))?;
+        }
+        if let Some(c) = v.get("complexities") {
+            self.complexities = serde_json::from_value(c.clone())
+                .map_err(|e| cfg_err(format!("engine state: complexities: {e}")))?;
+        }
+        Ok(())
+    }
+}

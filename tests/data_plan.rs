@@ -13,7 +13,7 @@ fn movie_sentiment_example_builds_its_task() {
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/movie_sentiment.rank");
     let src = std::fs::read_to_string(&path).unwrap();
-    // The plugins it names are issue 5's; their contents do not change the data or the model.
+    // The plugins it names are the shipped ones; their contents do not change the data or the model.
     let opts = adarank::policy::LoadOptions {
         check_plugins: false,
     };

@@ -39,7 +39,7 @@ fn snapshot_dir(dir: &str, options: &LoadOptions) {
     }
 }
 
-/// Examples reference the shipped plugins in `plugins/` (issue 5). Their plan does not
+/// Examples reference the shipped plugins in `plugins/`. Their plan does not
 /// depend on the scripts' contents, so the plan is snapshotted without compiling them;
 /// `examples_check_with_plugins` checks them in full.
 #[test]

@@ -1,4 +1,4 @@
-//! `adarank bench matmul` — GEMM GFLOP/s of both backends side by side, with the ratio (issue 2).
+//! `adarank bench matmul` — GEMM GFLOP/s of both backends side by side, with the ratio.
 //!
 //! For each size n it times C = A·B (n×n×n, NN) and the linear-layer form C = A·Bᵀ (NT) on the
 //! CPU backend (next to the `gemm` crate called directly, as the reference) and on the GPU backend

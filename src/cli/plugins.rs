@@ -1,4 +1,4 @@
-//! `adarank plugins` — list shipped plugins and the plugin host API (issue 5).
+//! `adarank plugins` — list shipped plugins and the plugin host API.
 
 use crate::engine::shipped::{find, SHIPPED};
 use clap::Args;

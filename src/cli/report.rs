@@ -1,4 +1,4 @@
-//! `adarank report` — rebuild or merge reports from finished run directories (issue 7).
+//! `adarank report` — rebuild or merge reports from finished run directories.
 
 use crate::experiment::{report, rundir, RunDir};
 use anyhow::{bail, Result};

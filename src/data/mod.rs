@@ -1,4 +1,4 @@
-//! Real model and data (issue 6): Hugging Face BERT checkpoints from safetensors (a plain folder
+//! Real model and data: Hugging Face BERT checkpoints from safetensors (a plain folder
 //! or the HF cache layout), tokenization, GLUE/SQuAD/JSONL loaders, classification batches, and
 //! where fetched assets live. See docs/ARCHITECTURE.md.
 

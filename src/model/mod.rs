@@ -1,4 +1,4 @@
-//! The transformer with LoRA (issue 3): a BERT-style encoder or GPT-style decoder with explicit,
+//! The transformer with LoRA: a BERT-style encoder or GPT-style decoder with explicit,
 //! per-layer forward and backward passes on the [`crate::backend::Backend`] interface, LoRA
 //! adapters on any of q, k, v, o, ffn_in, ffn_out with their own rank, rank changes during
 //! training, and the heads the tasks need.

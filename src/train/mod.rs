@@ -1,4 +1,4 @@
-//! Training (issue 3): AdamW with warmup and decay, clipping, accumulation, the loop with hooks
+//! Training: AdamW with warmup and decay, clipping, accumulation, the loop with hooks
 //! for the rank engine and runner, metrics, and the built-in tasks (planted-rank
 //! teacher–student, synthetic classification).
 

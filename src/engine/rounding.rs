@@ -384,18 +384,15 @@ pub fn shift_to_cost(x: &[f64], costs: &[u64], target: f64, lo: f64, hi: f64) ->
 mod tests {
     use super::*;
 
-    /// Every integer vector in [lo, hi]^n with the given sum.
-    fn all_vectors(n: usize, lo: usize, hi: usize, sum: usize) -> Vec<Vec<usize>> {
-        let mut out = vec![];
+    /// Calls `f` with every integer vector in [lo, hi]^n (an odometer over the entries).
+    fn each_vector(n: usize, lo: usize, hi: usize, mut f: impl FnMut(&[usize])) {
         let mut cur = vec![lo; n];
         loop {
-            if cur.iter().sum::<usize>() == sum {
-                out.push(cur.clone());
-            }
+            f(&cur);
             let mut k = 0;
             loop {
                 if k == n {
-                    return out;
+                    return;
                 }
                 if cur[k] < hi {
                     cur[k] += 1;
@@ -405,6 +402,17 @@ mod tests {
                 k += 1;
             }
         }
+    }
+
+    /// Every integer vector in [lo, hi]^n with the given sum.
+    fn all_vectors(n: usize, lo: usize, hi: usize, sum: usize) -> Vec<Vec<usize>> {
+        let mut out = vec![];
+        each_vector(n, lo, hi, |v| {
+            if v.iter().sum::<usize>() == sum {
+                out.push(v.to_vec());
+            }
+        });
+        out
     }
 
     #[test]
@@ -466,25 +474,12 @@ mod tests {
 
     /// The smallest |Σ c_i r_i − budget| over every integer vector in [lo, hi]^n.
     fn best_gap(costs: &[u64], lo: usize, hi: usize, budget: u64) -> u64 {
-        let n = costs.len();
         let mut best = u64::MAX;
-        let mut cur = vec![lo; n];
-        loop {
-            let s: u64 = cur.iter().zip(costs).map(|(r, c)| *r as u64 * c).sum();
+        each_vector(costs.len(), lo, hi, |v| {
+            let s: u64 = v.iter().zip(costs).map(|(r, c)| *r as u64 * c).sum();
             best = best.min(s.abs_diff(budget));
-            let mut k = 0;
-            loop {
-                if k == n {
-                    return best;
-                }
-                if cur[k] < hi {
-                    cur[k] += 1;
-                    break;
-                }
-                cur[k] = lo;
-                k += 1;
-            }
-        }
+        });
+        best
     }
 
     #[test]

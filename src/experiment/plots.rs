@@ -309,6 +309,14 @@ fn nice_ticks(max: usize) -> Vec<usize> {
     (0..=max).step_by(step).collect()
 }
 
+/// The rank records of one cell, in the order they were written.
+fn cell_records<'a>(records: &'a [RankRecord], arm: &str, seed: u64) -> Vec<&'a RankRecord> {
+    records
+        .iter()
+        .filter(|r| r.arm == arm && r.seed == seed)
+        .collect()
+}
+
 /// Slot × step heatmap of one cell's ranks: a row per adapter slot (layer by layer), a column per
 /// interval between two rank changes, coloured by rank on a viridis scale (a swatch per rank up
 /// to 16, a colour bar with round ticks above). A slot without an adapter for the whole cell
@@ -320,10 +328,7 @@ pub fn rank_heatmap(
     ranks: &[RankRecord],
     total_steps: u64,
 ) -> Result<Option<String>> {
-    let recs: Vec<&RankRecord> = ranks
-        .iter()
-        .filter(|r| r.arm == arm && r.seed == seed)
-        .collect();
+    let recs = cell_records(ranks, arm, seed);
     let Some(first) = recs.first() else {
         return Ok(None);
     };
@@ -489,10 +494,7 @@ pub fn allocation_trajectory(
     records: &[RankRecord],
     steps: u64,
 ) -> Result<Option<String>> {
-    let recs: Vec<&RankRecord> = records
-        .iter()
-        .filter(|r| r.arm == arm && r.seed == seed)
-        .collect();
+    let recs = cell_records(records, arm, seed);
     if recs.len() < 2 {
         return Ok(None);
     }

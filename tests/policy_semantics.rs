@@ -219,3 +219,32 @@ fn step_bounds_as_shares_follow_train_steps() {
     let err = small("train.warmup = 10%").unwrap_err();
     assert!(err.to_string().contains("whole number"), "{err}");
 }
+
+#[test]
+fn an_interval_longer_than_a_later_phase_acts_once_on_entering_it() {
+    use adarank::engine::schedule::{Event, Schedule};
+    // The no-updates ablation's shape: one re-allocation, on entering the phase.
+    let extra = "allocator = plugin \"../plugins/allocate.rhai\"\n\
+                 phase warm until step 40 {}\n\
+                 phase adapt until step 45 { every 100 steps: reallocate }\n\
+                 phase rest {}";
+    let p = small(extra).unwrap_or_else(|d| panic!("{d}"));
+    // The oracle is the schedule the runner uses: it must fire exactly once, at step 40.
+    let (t, _) = Schedule::new(p.arms[0].phases.clone(), 100, 1000, None).timeline();
+    let reallocations: Vec<u64> = t
+        .iter()
+        .filter(|e| e.event == Event::Reallocate)
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(reallocations, [40]);
+    // In the first phase nothing fires on entry (step 0 is never reached), so the same interval
+    // there is refused.
+    let err = small(
+        "allocator = plugin \"../plugins/allocate.rhai\"\n\
+         phase adapt until step 40 { every 40 steps: reallocate }\n\
+         phase rest {}",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("never fires"), "{err}");
+}

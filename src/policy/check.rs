@@ -514,7 +514,9 @@ impl Ctx<'_> {
                         .help(format!("phase `{prev}` before it runs to the end of training; give `{prev}` an `until` bound")),
                 );
             }
-            let start = prev_step.0;
+            // A later phase starts after at least one step even when the step is not known
+            // statically (a metric bound before it).
+            let start = if i == 0 { 0 } else { prev_step.0.max(1) };
             let until = match &p.until {
                 None => {
                     open_ended = Some(name);
@@ -778,11 +780,14 @@ impl Ctx<'_> {
                     continue;
                 }
             };
-            if let Some(end) = end {
-                if start + every > end {
+            // Steps are counted from 1 and the schedule acts after a step, so the first phase
+            // (start 0) acts at N, 2N, … before its end, while a later phase also acts on
+            // entering it: there an interval longer than the phase means "once, on entry".
+            if let (0, Some(end)) = (start, end) {
+                if every >= end {
                     d.push(
-                        Diagnostic::new(a.every.span, format!("`every {every} steps` never fires in phase `{}`, which lasts {} steps ({start}..{end})", p.name.node, end.saturating_sub(start)), "longer than the phase")
-                            .help("actions fire at the phase's start + N, 2N, …; use a smaller N"),
+                        Diagnostic::new(a.every.span, format!("`every {every} steps` never fires in phase `{}`, the first phase, which ends at step {end}", p.name.node), "not before the phase ends")
+                            .help("the first phase acts at steps N, 2N, … before its end; use a smaller N, or move the action to a later phase, which also acts on entering it"),
                     );
                     ok = false;
                 }

@@ -323,3 +323,50 @@ fn resume_keeps_the_original_arm_and_seed_filters() {
         CellStatus::Done
     );
 }
+
+#[test]
+fn seeds_run_at_once_run_each_sweep_candidate_once() {
+    let (dir, policy) = setup(40);
+    let src = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("lr = 1e-2", "lr = sweep [1e-2, 3e-3]")
+        .replace(
+            "baseline arm fixed { phase adapt {} }",
+            "baseline arm fixed { phase adapt {} }\n  seeds = [1, 2]",
+        );
+    std::fs::write(&policy, src).unwrap();
+    let out = dir.path().join("run");
+    // Stops inside the first candidate, which a resume then continues from its checkpoint.
+    started(&policy, &out, 2, &[]);
+    // As two Slurm array tasks of one arm do: each needs the arm's rate before its seed runs.
+    let a = resume(&out, &["--arm", "adaptive", "--seed", "1", "--quiet"])
+        .spawn()
+        .unwrap();
+    let b = resume(&out, &["--arm", "adaptive", "--seed", "2", "--quiet"])
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
+    assert_eq!(b.status.code(), Some(0), "{}", text(&b));
+    let rd = RunDir::open(&out).unwrap();
+    let s = rd.load_summary().unwrap();
+    let choice = s.lr_choice("adaptive").unwrap();
+    assert!(choice.chosen.is_some(), "{choice:?}");
+    assert!(choice
+        .candidates
+        .iter()
+        .all(|k| k.status == CellStatus::Done));
+    let (by, _) = steps_by_cell(&rd);
+    let candidates: Vec<&(String, u64)> = by.keys().filter(|(arm, _)| arm.contains('@')).collect();
+    assert_eq!(candidates.len(), 2, "{:?}", by.keys());
+    // Every training step of every candidate and seed cell recorded exactly once: a candidate
+    // run by both processes would record its steps twice.
+    for key in by.keys().filter(|(arm, _)| arm.starts_with("adaptive")) {
+        assert_eq!(by[key], (1..=40).collect::<Vec<u64>>(), "{key:?}");
+    }
+    for seed in [1, 2] {
+        let cell = s.cell("adaptive", seed).unwrap();
+        assert_eq!(cell.status, CellStatus::Done);
+        assert_eq!(Some(cell.lr), choice.chosen);
+    }
+}

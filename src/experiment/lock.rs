@@ -104,17 +104,7 @@ fn read_holder(file: &mut File) -> Option<Holder> {
 impl CellLock {
     /// Tries to take the lock of cell (`arm`, `seed`) of the run directory `root`.
     pub fn try_claim(root: &Path, arm: &str, seed: u64) -> Result<Claim> {
-        let path = cell_lock_path(root, arm, seed);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening the cell lock {}", path.display()))?;
+        let (mut file, path) = open_cell_lock(root, arm, seed)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Ok(Claim::Busy(read_holder(&mut file))),
@@ -122,6 +112,20 @@ impl CellLock {
                 return Err(e).with_context(|| format!("locking {}", path.display()))
             }
         }
+        Self::hold(file, path)
+    }
+
+    /// Takes the lock of cell (`arm`, `seed`), waiting while another process holds it. The wait
+    /// always ends: the kernel releases a lock when its holder exits, however it exits.
+    pub fn claim_waiting(root: &Path, arm: &str, seed: u64) -> Result<Claim> {
+        let (file, path) = open_cell_lock(root, arm, seed)?;
+        file.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Self::hold(file, path)
+    }
+
+    /// Records this process as the holder of a lock just taken.
+    fn hold(mut file: File, path: PathBuf) -> Result<Claim> {
         // A record left in a lock we could take is the trace of a holder that was killed.
         let stale = read_holder(&mut file);
         let me = serde_json::to_string(&Holder::me())?;
@@ -134,6 +138,21 @@ impl CellLock {
             stale,
         })
     }
+}
+
+fn open_cell_lock(root: &Path, arm: &str, seed: u64) -> Result<(File, PathBuf)> {
+    let path = cell_lock_path(root, arm, seed);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the cell lock {}", path.display()))?;
+    Ok((file, path))
 }
 
 impl Drop for CellLock {

@@ -267,7 +267,8 @@ pub fn run_on<B: Backend>(
             continue;
         }
         let resuming = opts.resume.is_some();
-        let swept = super::sweep::choose_lr(arm, &policy, &rd, |a, seed, split| {
+        let say = |m: &str| progress.println(m);
+        let swept = super::sweep::choose_lr(arm, &policy, &rd, say, |a, seed, split| {
             run_cell(
                 be.clone(),
                 a,

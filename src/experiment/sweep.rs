@@ -5,6 +5,7 @@
 //! handicap; a LoRA whose rate is tuned matches many of its variants. Why dev: choosing on the
 //! split the final metric is read from would make the chosen arm look better than it is.
 
+use super::lock::{CellLock, Claim};
 use super::records::{CellResult, CellStatus, LrCandidate, LrChoice, Summary};
 use super::rundir::RunDir;
 use crate::data::plan::{split_of, Split};
@@ -57,6 +58,7 @@ pub fn choose_lr(
     arm: &ArmPlan,
     policy: &Policy,
     rd: &RunDir,
+    say: impl Fn(&str),
     mut run_cell: impl FnMut(&ArmPlan, u64, Split) -> Result<CellResult>,
 ) -> Result<ArmPlan> {
     if arm.train.lr_sweep.is_empty() {
@@ -85,30 +87,39 @@ pub fn choose_lr(
             s.lr_choices.push(fresh);
         }
     })?;
-    let pending: Vec<f64> = s
+    // The candidates still to run, with what the summary said of each when we looked.
+    let pending: Vec<(f64, CandidateState)> = s
         .lr_choice(&arm.name)
         .map(|c| {
             c.candidates
                 .iter()
                 .filter(|k| k.status != CellStatus::Done)
-                .map(|k| k.lr)
+                .map(|k| (k.lr, state(k)))
                 .collect()
         })
         .unwrap_or_default();
-    for lr in pending {
-        let plan = at_rate(arm, lr, candidate_name(&arm.name, lr));
-        let (status, metric, error) = match run_cell(&plan, seed, Split::Dev) {
-            Ok(cell) => (CellStatus::Done, cell.metric, None),
-            Err(e) if e.downcast_ref::<super::runner::Interrupted>().is_some() => return Err(e),
-            Err(e) => (CellStatus::Failed, None, Some(format!("{e:#}"))),
-        };
-        rd.update_summary(|s| {
-            if let Some(k) = candidate_mut(s, &arm.name, lr) {
-                k.status = status;
-                k.metric = metric;
-                k.error = error;
-            }
-        })?;
+    // Several processes may choose one arm's rate at once (the Slurm array tasks of its seeds,
+    // or two `--resume`s): each candidate runs under its cell's lock, so it runs once and its
+    // records are written once. A process first takes the candidates nobody holds, then waits
+    // for the others and reads their scores; a candidate whose holder died is run again.
+    let mut held = Vec::new();
+    for (lr, seen) in pending {
+        let name = candidate_name(&arm.name, lr);
+        match CellLock::try_claim(&rd.root, &name, seed)? {
+            Claim::Got { lock, .. } => run_candidate(arm, lr, seed, seen, lock, rd, &mut run_cell)?,
+            Claim::Busy(holder) => held.push((lr, seen, holder)),
+        }
+    }
+    for (lr, seen, holder) in held {
+        let name = candidate_name(&arm.name, lr);
+        let who = holder.map_or("another process".into(), |h| h.to_string());
+        say(&format!(
+            "arm {}: waiting for {who}, which runs candidate {name}",
+            arm.name
+        ));
+        if let Claim::Got { lock, .. } = CellLock::claim_waiting(&rd.root, &name, seed)? {
+            run_candidate(arm, lr, seed, seen, lock, rd, &mut run_cell)?;
+        }
     }
     let (_, chosen) = rd.update_summary(|s| {
         let higher = s.metric.higher_is_better;
@@ -124,6 +135,47 @@ pub fn choose_lr(
         )
     })?;
     Ok(at_rate(arm, chosen, arm.name.clone()))
+}
+
+/// What the summary says of a candidate: its status and error.
+type CandidateState = (CellStatus, Option<String>);
+
+fn state(k: &LrCandidate) -> CandidateState {
+    (k.status, k.error.clone())
+}
+
+/// Runs one sweep candidate while holding its lock, unless another process changed its record
+/// since `seen` was read (it ran the candidate meanwhile), and records its dev score.
+fn run_candidate(
+    arm: &ArmPlan,
+    lr: f64,
+    seed: u64,
+    seen: CandidateState,
+    _lock: CellLock,
+    rd: &RunDir,
+    run_cell: &mut impl FnMut(&ArmPlan, u64, Split) -> Result<CellResult>,
+) -> Result<()> {
+    let now = rd
+        .load_summary()?
+        .lr_choice(&arm.name)
+        .and_then(|c| c.candidates.iter().find(|k| k.lr == lr).map(state));
+    if now != Some(seen) {
+        return Ok(());
+    }
+    let plan = at_rate(arm, lr, candidate_name(&arm.name, lr));
+    let (status, metric, error) = match run_cell(&plan, seed, Split::Dev) {
+        Ok(cell) => (CellStatus::Done, cell.metric, None),
+        Err(e) if e.downcast_ref::<super::runner::Interrupted>().is_some() => return Err(e),
+        Err(e) => (CellStatus::Failed, None, Some(format!("{e:#}"))),
+    };
+    rd.update_summary(|s| {
+        if let Some(k) = candidate_mut(s, &arm.name, lr) {
+            k.status = status;
+            k.metric = metric;
+            k.error = error;
+        }
+    })?;
+    Ok(())
 }
 
 fn candidate_mut<'a>(s: &'a mut Summary, arm: &str, lr: f64) -> Option<&'a mut LrCandidate> {

@@ -3,9 +3,8 @@
 //! machine: GEMM FLOPs per step (the count of `adarank plan`, from the GEMM shapes the model
 //! issues) ÷ the GEMM rate measured in the same run on a GEMM of the model's own FFN shape.
 //!
-//! Reference on the 2-core development machine (PyTorch 2.15 + PEFT, same configuration, AdamW,
-//! f32): LoRA step 2,666 tokens/s (0.77 s/step), full fine-tuning 2,136, forward only 7,039;
-//! peak RSS 1.9 GiB.
+//! `--profile` adds the wall time of each CPU op per step; `scripts/bench-vs-pytorch` runs PyTorch +
+//! PEFT on the same configuration beside it (README, "Speed").
 
 use crate::adapter::ModuleKind;
 use crate::backend::cpu::profile::OpTotal;

@@ -4,13 +4,15 @@
 //! - fused attention (no permuted copies, one task per head) against the default composition
 //!   of permutes, batched GEMMs and the softmax ops (`attention_*_unfused`);
 //! - the branch-free exp, GELU and GELU' against std's exp and libm's erf;
-//! - layer norm forward and backward, and the column sums, against f64 loops.
+//! - layer norm forward and backward, and the column sums, against f64 loops;
+//! - the unpacked loops of GEMMs with a small dimension (LoRA's rank-r products) against the
+//!   `gemm` crate's blocked path and against an f64 triple loop.
 
 mod common;
 
 use adarank::backend::cpu::{self, simd, Cpu};
 use adarank::backend::{
-    attention_backward_unfused, attention_forward_unfused, Attn, Backend, MemKind, Tensor,
+    attention_backward_unfused, attention_forward_unfused, Attn, Backend, Gemm, MemKind, Tensor,
 };
 use common::{assert_close, rand_vec};
 
@@ -237,5 +239,90 @@ fn layernorm_matches_f64_loops() {
         assert_close(&format!("{what}: dx"), &dx.buf, &wdx, 2e-5);
         assert_close(&format!("{what}: dgamma"), &dg.buf, &f(wdg), 2e-5);
         assert_close(&format!("{what}: dbeta"), &db.buf, &f(wdb), 2e-5);
+    }
+}
+
+/// GEMMs with one dimension ≤ 16 (the CPU backend runs them through unpacked loops, see
+/// `backend::cpu::skinny`) against the same product through the `gemm` crate — item 0 of a
+/// batch of two, which always takes the blocked path — and an f64 triple loop. Every layout,
+/// small dimensions 1, 3, 8, 13 and 16 beside large odd ones (nothing a multiple of the
+/// 16-lane vectors), α = 0.7 and β = 0 (over a C of NaN: overwritten), 1 and 0.5. Tolerance:
+/// |Δ| ≤ 2e-6 · (1 + Σ_p |a_p·b_p|), the scale of f32 rounding in a sum of k products.
+#[test]
+fn small_dimension_gemms_match_the_blocked_path() {
+    let b = Cpu::new();
+    let mut cases = vec![];
+    for &s in &[1usize, 3, 8, 13, 16] {
+        for &big in &[17usize, 131, 389] {
+            // (m, n, k): the small one as each of C's columns, the depth, C's rows.
+            cases.extend([
+                (big, s, 37),
+                (big, s, big),
+                (big, 45, s),
+                (s, big, 263),
+                (s, 29, big),
+            ]);
+        }
+    }
+    for (ci, &(m, n, k)) in cases.iter().enumerate() {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            for beta in [0.0f32, 1.0, 0.5] {
+                let seed = 1000 * ci as u64 + 10 * (2 * ta as u64 + tb as u64) + beta as u64;
+                let a = rand_vec(m * k, seed + 1);
+                let bm = rand_vec(k * n, seed + 2);
+                let c0: Vec<f32> = if beta == 0.0 {
+                    vec![f32::NAN; m * n]
+                } else {
+                    rand_vec(m * n, seed + 3)
+                };
+                let spec = Gemm {
+                    trans_a: ta,
+                    trans_b: tb,
+                    ..Gemm::nn(m, n, k)
+                }
+                .alpha(0.7)
+                .beta(beta);
+                let mut got = up(&b, &c0);
+                b.matmul(&up(&b, &a), &up(&b, &bm), &mut got, &spec);
+                // The blocked twin: the same product as item 0 of a batch of two.
+                let twice = |v: &[f32]| [v, v].concat();
+                let mut twin = up(&b, &twice(&c0));
+                let batched = spec.batched(2, m * k, k * n, m * n);
+                b.matmul(
+                    &up(&b, &twice(&a)),
+                    &up(&b, &twice(&bm)),
+                    &mut twin,
+                    &batched,
+                );
+                let what = format!("{m}×{n}×{k} ta={ta} tb={tb} β={beta}");
+                for i in 0..m {
+                    for j in 0..n {
+                        let (mut sum, mut mag) = (0.0f64, 0.0f64);
+                        for p in 0..k {
+                            let av = if ta { a[p * m + i] } else { a[i * k + p] } as f64;
+                            let bv = if tb { bm[j * k + p] } else { bm[p * n + j] } as f64;
+                            sum += av * bv;
+                            mag += (av * bv).abs();
+                        }
+                        let c = if beta == 0.0 {
+                            0.0
+                        } else {
+                            c0[i * n + j] as f64
+                        };
+                        let want = 0.7 * sum + beta as f64 * c;
+                        let tol = 2e-6 * (1.0 + mag + c.abs());
+                        let (g, t) = (got.buf[i * n + j] as f64, twin.buf[i * n + j] as f64);
+                        assert!(
+                            (g - want).abs() <= tol,
+                            "{what} ({i}, {j}): {g} vs f64 {want} (tolerance {tol})"
+                        );
+                        assert!(
+                            (g - t).abs() <= tol,
+                            "{what} ({i}, {j}): {g} vs the blocked path's {t} (tolerance {tol})"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

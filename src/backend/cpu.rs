@@ -6,7 +6,9 @@
 
 mod attention;
 pub mod bf16;
+pub mod profile;
 pub mod simd;
+mod skinny;
 
 use super::{AdamW, Attn, Backend, BackendKind, DType, Gemm, Ids, Ledger, MemKind, Tensor};
 use anyhow::{ensure, Result};
@@ -28,6 +30,11 @@ pub struct Cpu {
     bf16_ws: bf16::Workspace,
     /// GEMM FLOPs run so far (2·m·n·k per batch item), the tally `adarank plan` is held to.
     gemm_flops: AtomicU64,
+    /// Wall time per op (off unless made by [`Cpu::profiled`]).
+    profile: profile::Profile,
+    /// Scratch of the small-dimension GEMMs (see [`skinny`]): (partial sums, transposes),
+    /// reused across calls.
+    skinny_ws: std::sync::Mutex<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Default for Cpu {
@@ -43,7 +50,22 @@ impl Cpu {
             threads: rayon::current_num_threads(),
             bf16_ws: bf16::Workspace::default(),
             gemm_flops: AtomicU64::new(0),
+            profile: profile::Profile::new(false),
+            skinny_ws: Default::default(),
         }
+    }
+
+    /// A backend that times every op (see [`profile`]); [`Cpu::take_profile`] reads the totals.
+    pub fn profiled() -> Self {
+        Self {
+            profile: profile::Profile::new(true),
+            ..Self::new()
+        }
+    }
+
+    /// Wall time per op since the last call, slowest first (empty unless [`Cpu::profiled`]).
+    pub fn take_profile(&self) -> Vec<profile::OpTotal> {
+        self.profile.take()
     }
 
     fn tensor(&self, data: Vec<f32>, kind: MemKind) -> Tensor<Self> {
@@ -84,6 +106,58 @@ impl Cpu {
         };
         let threads = if spec.flops() > 2e6 { self.threads } else { 1 };
         bf16::gemm(&self.bf16_ws, &shape, &a.buf, bm, &mut c.buf, threads);
+    }
+
+    /// A single f32 GEMM with a dimension of at most [`skinny::MAX_SMALL`] through the unpacked
+    /// loops of [`skinny`]; false (nothing done) for any other shape. k > 0.
+    fn matmul_skinny(&self, a: &[f32], b: &[f32], c: &mut [f32], spec: &Gemm) -> bool {
+        use skinny::MAX_SMALL as S;
+        let Gemm {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            alpha,
+            beta,
+            ..
+        } = *spec;
+        // Another caller may hold the scratch (ops are normally issued from one thread).
+        let Ok(mut ws) = self.skinny_ws.try_lock() else {
+            return false;
+        };
+        let (partials, t) = &mut *ws;
+        match (trans_a, trans_b) {
+            // C = A·Bᵀ, A [m, k], B [n, k].
+            (false, true) if n <= S => skinny::row_dots(a, b, c, m, n, k, alpha, beta),
+            (false, true) if k <= S => {
+                skinny::transpose(b, n, k, t);
+                skinny::row_axpys(a, t, c, m, n, k, alpha, beta);
+            }
+            // C = A·B, A [m, k], B [k, n].
+            (false, false) if k <= S => skinny::row_axpys(a, b, c, m, n, k, alpha, beta),
+            (false, false) if n <= S => {
+                skinny::transpose(b, k, n, t);
+                skinny::row_dots(a, t, c, m, n, k, alpha, beta);
+            }
+            // C = Aᵀ·B, A [k, m], B [k, n].
+            (true, false) if m <= S => skinny::col_reduce(a, b, c, m, n, k, alpha, beta, partials),
+            (true, false) if n <= S => {
+                // Cᵀ [n, m] = Bᵀ·A, then added into C transposed.
+                if t.len() < n * m {
+                    t.resize(n * m, 0.0);
+                }
+                skinny::col_reduce(b, a, t, n, m, k, 1.0, 0.0, partials);
+                for (i, row) in c[..m * n].chunks_exact_mut(n).enumerate() {
+                    for (j, cv) in row.iter_mut().enumerate() {
+                        let v = alpha * t[j * m + i];
+                        *cv = if beta == 0.0 { v } else { v + beta * *cv };
+                    }
+                }
+            }
+            _ => return false,
+        }
+        true
     }
 
     /// GEMM FLOPs this backend has run since it was created.
@@ -242,23 +316,28 @@ impl Backend for Cpu {
     }
 
     fn fill(&self, x: &mut Tensor<Self>, value: f32) {
+        let _p = self.profile.span(|| "fill".into(), 0.0);
         x.buf.fill(value);
     }
     fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>) {
+        let _p = self.profile.span(|| "copy".into(), 0.0);
         dst.buf[..src.len()].copy_from_slice(&src.buf);
     }
     fn scale(&self, x: &mut Tensor<Self>, s: f32) {
+        let _p = self.profile.span(|| "scale".into(), 0.0);
         x.buf
             .par_chunks_mut(ELEM_CHUNK)
             .for_each(|c| c.iter_mut().for_each(|v| *v *= s));
     }
     fn axpy(&self, alpha: f32, x: &Tensor<Self>, y: &mut Tensor<Self>) {
+        let _p = self.profile.span(|| "axpy".into(), 0.0);
         y.buf
             .par_chunks_mut(ELEM_CHUNK)
             .zip(x.buf.par_chunks(ELEM_CHUNK))
             .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x));
     }
     fn mul(&self, a: &Tensor<Self>, b: &Tensor<Self>, out: &mut Tensor<Self>) {
+        let _p = self.profile.span(|| "mul".into(), 0.0);
         out.buf
             .par_chunks_mut(ELEM_CHUNK)
             .zip(
@@ -280,6 +359,7 @@ impl Backend for Cpu {
         rows: usize,
         cols: usize,
     ) {
+        let _p = self.profile.span(|| "mul_cols".into(), 0.0);
         out.buf[..rows * cols]
             .par_chunks_mut(cols)
             .zip(x.buf.par_chunks(cols))
@@ -290,6 +370,7 @@ impl Backend for Cpu {
             });
     }
     fn add_bias(&self, x: &mut Tensor<Self>, bias: &Tensor<Self>, rows: usize, cols: usize) {
+        let _p = self.profile.span(|| "add_bias".into(), 0.0);
         x.buf[..rows * cols]
             .par_chunks_mut(cols)
             .for_each(|r| r.iter_mut().zip(&bias.buf).for_each(|(x, b)| *x += b));
@@ -302,6 +383,7 @@ impl Backend for Cpu {
         rows: usize,
         cols: usize,
     ) {
+        let _p = self.profile.span(|| "bias_rows".into(), 0.0);
         let bias = &bias.buf[..cols];
         let out = y.buf[..rows * cols]
             .par_chunks_mut(cols)
@@ -325,6 +407,7 @@ impl Backend for Cpu {
         cols: usize,
         accumulate: bool,
     ) {
+        let _p = self.profile.span(|| "col_sum".into(), 0.0);
         // Column blocks in parallel, rows summed in order: deterministic for any thread count.
         out.buf[..cols]
             .par_chunks_mut(COL_BLOCK)
@@ -334,6 +417,7 @@ impl Backend for Cpu {
             });
     }
     fn sumsq(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize) {
+        let _p = self.profile.span(|| "sumsq".into(), 0.0);
         let s: f64 = x
             .buf
             .par_chunks(ELEM_CHUNK)
@@ -342,6 +426,7 @@ impl Backend for Cpu {
         out.buf[slot] = s as f32;
     }
     fn sum(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize) {
+        let _p = self.profile.span(|| "sum".into(), 0.0);
         let s: f64 = x
             .buf
             .par_chunks(ELEM_CHUNK)
@@ -351,6 +436,9 @@ impl Backend for Cpu {
     }
 
     fn matmul(&self, a: &Tensor<Self>, b: &Tensor<Self>, c: &mut Tensor<Self>, spec: &Gemm) {
+        let _p = self
+            .profile
+            .span(|| gemm_key(spec, b.dtype()), spec.flops());
         if b.dtype() == DType::Bf16 {
             let (ea, eb, ec) = spec.extents();
             assert!(
@@ -442,6 +530,9 @@ impl Backend for Cpu {
                 );
             }
         };
+        if batch == 1 && k > 0 && self.matmul_skinny(&a.buf, &b.buf, &mut c.buf, spec) {
+            return;
+        }
         if batch == 1 {
             run(0, self.gemm_parallelism(spec.flops()));
         } else {
@@ -453,6 +544,7 @@ impl Backend for Cpu {
     }
 
     fn permute0213(&self, x: &Tensor<Self>, y: &mut Tensor<Self>, dims: [usize; 4]) {
+        let _p = self.profile.span(|| "permute0213".into(), 0.0);
         let [d0, d1, d2, d3] = dims;
         // y: [d0, d2, d1, d3]; each output row (a, c, b) copies x row (a, b, c).
         y.buf[..d0 * d1 * d2 * d3]
@@ -468,12 +560,14 @@ impl Backend for Cpu {
     }
 
     fn gelu_forward(&self, x: &Tensor<Self>, y: &mut Tensor<Self>) {
+        let _p = self.profile.span(|| "gelu_forward".into(), 0.0);
         y.buf
             .par_chunks_mut(ELEM_CHUNK)
             .zip(x.buf.par_chunks(ELEM_CHUNK))
             .for_each(|(y, x)| gelu_slice(x, y));
     }
     fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &mut Tensor<Self>) {
+        let _p = self.profile.span(|| "gelu_backward".into(), 0.0);
         dx.buf
             .par_chunks_mut(ELEM_CHUNK)
             .zip(
@@ -485,12 +579,14 @@ impl Backend for Cpu {
     }
 
     fn tanh_forward(&self, x: &Tensor<Self>, y: &mut Tensor<Self>) {
+        let _p = self.profile.span(|| "tanh_forward".into(), 0.0);
         y.buf
             .par_chunks_mut(ELEM_CHUNK)
             .zip(x.buf.par_chunks(ELEM_CHUNK))
             .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = x.tanh()));
     }
     fn tanh_backward(&self, y: &Tensor<Self>, dy: &Tensor<Self>, dx: &mut Tensor<Self>) {
+        let _p = self.profile.span(|| "tanh_backward".into(), 0.0);
         dx.buf
             .par_chunks_mut(ELEM_CHUNK)
             .zip(
@@ -517,6 +613,7 @@ impl Backend for Cpu {
         cols: usize,
         eps: f32,
     ) {
+        let _p = self.profile.span(|| "layernorm_forward".into(), 0.0);
         y.buf[..rows * cols]
             .par_chunks_mut(cols)
             .zip(
@@ -545,6 +642,7 @@ impl Backend for Cpu {
         rows: usize,
         cols: usize,
     ) {
+        let _p = self.profile.span(|| "layernorm_backward".into(), 0.0);
         dx.buf[..rows * cols]
             .par_chunks_mut(cols)
             .enumerate()
@@ -583,6 +681,7 @@ impl Backend for Cpu {
         key_mask: Option<&Tensor<Self>>,
         spec: &Attn,
     ) {
+        let _p = self.profile.span(|| "softmax_forward".into(), 0.0);
         let Attn {
             heads,
             tq,
@@ -635,6 +734,7 @@ impl Backend for Cpu {
         dscores: &mut Tensor<Self>,
         spec: &Attn,
     ) {
+        let _p = self.profile.span(|| "softmax_backward".into(), 0.0);
         let tk = spec.tk;
         let scale = spec.scale;
         dscores.buf[..spec.len()]
@@ -663,6 +763,10 @@ impl Backend for Cpu {
         spec: &Attn,
         head_dim: usize,
     ) -> Result<()> {
+        let _p = self.profile.span(
+            || "attention_forward".into(),
+            2.0 * attention_gemm_flops(spec, head_dim),
+        );
         let (qn, kn) = attention_sizes(spec, head_dim);
         ensure!(
             q.len() >= qn && k.len() >= kn && v.len() >= kn && ctx.len() >= qn,
@@ -710,6 +814,10 @@ impl Backend for Cpu {
         spec: &Attn,
         head_dim: usize,
     ) -> Result<()> {
+        let _p = self.profile.span(
+            || "attention_backward".into(),
+            4.0 * attention_gemm_flops(spec, head_dim),
+        );
         let (qn, kn) = attention_sizes(spec, head_dim);
         ensure!(
             [q.len(), dctx.len(), dq.len()].iter().all(|&l| l >= qn)
@@ -749,6 +857,7 @@ impl Backend for Cpu {
         dim: usize,
         accumulate: bool,
     ) {
+        let _p = self.profile.span(|| "embedding_forward".into(), 0.0);
         out.buf[..ids.len() * dim]
             .par_chunks_mut(dim)
             .zip(ids.buf.par_iter())
@@ -789,6 +898,7 @@ impl Backend for Cpu {
         dtable: &mut Tensor<Self>,
         dim: usize,
     ) {
+        let _p = self.profile.span(|| "embedding_backward".into(), 0.0);
         // Sequential in token order: deterministic, and the scatter is memory-bound anyway.
         for (i, &id) in ids.buf.iter().enumerate() {
             if id == Ids::<Self>::IGNORE {
@@ -811,6 +921,7 @@ impl Backend for Cpu {
         classes: usize,
         grad_scale: f32,
     ) {
+        let _p = self.profile.span(|| "cross_entropy".into(), 0.0);
         dlogits.buf[..rows * classes]
             .par_chunks_mut(classes)
             .zip(losses.buf[..rows].par_iter_mut())
@@ -843,6 +954,7 @@ impl Backend for Cpu {
         cfg: &AdamW,
         grad_scale: Option<(&Tensor<Self>, usize)>,
     ) {
+        let _p = self.profile.span(|| "adamw".into(), 0.0);
         let gs = grad_scale.map_or(1.0, |(t, i)| t.buf[i]);
         let (bc1, bc2) = cfg.bias_corrections();
         let AdamW {
@@ -879,6 +991,7 @@ impl Backend for Cpu {
     }
 
     fn clip_factor(&self, sumsq: &Tensor<Self>, count: usize, clip: f32, out: &mut Tensor<Self>) {
+        let _p = self.profile.span(|| "clip_factor".into(), 0.0);
         let norm = sumsq.buf[..count]
             .iter()
             .map(|&v| v as f64)
@@ -906,6 +1019,26 @@ pub fn clip_scale(norm: f32, clip: f32) -> f32 {
     } else {
         1.0
     }
+}
+
+/// Profile key of a GEMM: layout, shape and batch, e.g. "matmul NT 2048×1536×384".
+fn gemm_key(spec: &Gemm, b: DType) -> String {
+    let t = |x: bool| if x { 'T' } else { 'N' };
+    let batch = if spec.batch > 1 {
+        format!(" ×{}", spec.batch)
+    } else {
+        String::new()
+    };
+    let acc = if spec.beta != 0.0 { " +=" } else { "" };
+    let w = if b == DType::Bf16 { " bf16" } else { "" };
+    format!(
+        "matmul {}{} {}×{}×{}{batch}{acc}{w}",
+        t(spec.trans_a),
+        t(spec.trans_b),
+        spec.m,
+        spec.n,
+        spec.k
+    )
 }
 
 /// FLOPs of one of attention's GEMMs over all heads: 2·tq·tk·D per head.

@@ -3,11 +3,11 @@
 //! machine: GEMM FLOPs per step (the count of `adarank plan`, from the GEMM shapes the model
 //! issues) ÷ the GEMM rate measured in the same run on a GEMM of the model's own FFN shape.
 //!
-//! Reference on the 2-core development machine (PyTorch 2.15 + PEFT, same configuration, AdamW,
-//! f32): LoRA step 2,666 tokens/s (0.77 s/step), full fine-tuning 2,136, forward only 7,039;
-//! peak RSS 1.9 GiB.
+//! `--profile` adds the wall time of each CPU op per step; `scripts/bench-vs-pytorch` runs PyTorch +
+//! PEFT on the same configuration beside it (README, "Speed").
 
 use crate::adapter::ModuleKind;
+use crate::backend::cpu::profile::OpTotal;
 use crate::backend::cpu::Cpu;
 use crate::backend::{AdamW, Backend, Counters, DType};
 use crate::experiment::costs::devices::gemm_gflops;
@@ -103,6 +103,10 @@ pub struct BenchTrainArgs {
     /// Storage of the frozen weights in the LoRA and forward modes (full fine-tuning is f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub weights: Weights,
+    /// CPU backend: also print the wall time of each op per timed step (GEMMs by layout and
+    /// shape), slowest first.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -223,13 +227,18 @@ impl PerStep {
     }
 }
 
-/// Median seconds per step of `mode`, the ledger's peak bytes, and the device's work per step.
+/// Reads (and clears) a backend's per-op wall times; `None` for a backend that has none.
+type TakeProfile<B> = Option<fn(&B) -> Vec<OpTotal>>;
+
+/// Median seconds per step of `mode`, the ledger's peak bytes, and the device's work per step;
+/// prints the per-op profile of the timed steps when `profile` reads one.
 fn bench_mode<B: Backend>(
     be: &Arc<B>,
     a: &BenchTrainArgs,
     cfg: &ModelConfig,
     weights: Option<&HostWeights>,
     mode: Mode,
+    profile: TakeProfile<B>,
 ) -> Result<(f64, u64, Option<PerStep>)> {
     let train = match mode {
         Mode::Full => TrainMode::Full,
@@ -254,6 +263,10 @@ fn bench_mode<B: Backend>(
     for i in 0..=a.steps {
         if i == 1 {
             start = be.counters();
+            // Model creation and the warm-up step are not part of the profile.
+            if let Some(take) = profile {
+                take(be);
+            }
         }
         let t0 = Instant::now();
         if mode == Mode::Forward {
@@ -274,7 +287,43 @@ fn bench_mode<B: Backend>(
         (Some(s), Some(e)) => Some(PerStep::of(e.since(&s), a.steps)),
         _ => None,
     };
-    Ok((median(times), be.ledger().snapshot().total_peak, per_step))
+    let med = median(times);
+    if let Some(take) = profile {
+        print_profile(mode, &take(be), a.steps, med);
+    }
+    Ok((med, be.ledger().snapshot().total_peak, per_step))
+}
+
+/// The per-op table of one mode: ms per step, share of the median step, GFLOP/s of GEMMs.
+fn print_profile(mode: Mode, ops: &[OpTotal], steps: usize, step_secs: f64) {
+    let s = steps as f64;
+    let total: f64 = ops.iter().map(|o| o.secs).sum::<f64>() / s;
+    println!(
+        "{} profile: {:.0} ms of ops per step, {:.0} ms outside them (median step {:.0} ms)",
+        mode.label(),
+        1e3 * total,
+        1e3 * (step_secs - total),
+        1e3 * step_secs
+    );
+    println!(
+        "  {:<40} {:>7} {:>9} {:>7} {:>9}",
+        "op", "calls", "ms/step", "share", "GFLOP/s"
+    );
+    for o in ops {
+        let rate = if o.flops > 0.0 {
+            format!("{:.1}", o.flops / o.secs / 1e9)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<40} {:>7.0} {:>9.2} {:>6.1}% {:>9}",
+            o.key,
+            o.calls as f64 / s,
+            1e3 * o.secs / s,
+            100.0 * o.secs / s / step_secs,
+            rate
+        );
+    }
 }
 
 fn run<B: Backend>(
@@ -282,6 +331,7 @@ fn run<B: Backend>(
     a: &BenchTrainArgs,
     cfg: &ModelConfig,
     weights: Option<&HostWeights>,
+    profile: TakeProfile<B>,
 ) -> Result<()> {
     let fl = count_flops(a);
     let rate = gemm_rate(&*be, a)?;
@@ -298,7 +348,7 @@ fn run<B: Backend>(
         if mode == Mode::Full && a.no_full {
             continue;
         }
-        let (secs, peak, per_step) = bench_mode(&be, a, cfg, weights, mode)?;
+        let (secs, peak, per_step) = bench_mode(&be, a, cfg, weights, mode, profile)?;
         let flops = match mode {
             Mode::Lora => fl.lora_step,
             Mode::Full => fl.full_step,
@@ -418,12 +468,22 @@ pub fn main(mut a: BenchTrainArgs) -> Result<()> {
     );
     let w = weights.as_ref();
     if matches!(a.device, Device::Cpu | Device::Both) {
-        run(Arc::new(Cpu::new()), &a, &cfg, w)?;
+        if a.profile {
+            run(
+                Arc::new(Cpu::profiled()),
+                &a,
+                &cfg,
+                w,
+                Some(Cpu::take_profile),
+            )?;
+        } else {
+            run(Arc::new(Cpu::new()), &a, &cfg, w, None)?;
+        }
     }
     if matches!(a.device, Device::Gpu | Device::Both) {
         // Software adapters (lavapipe) count: they run the real kernels, slowly.
         match crate::backend::gpu::Gpu::open(crate::backend::gpu::AdapterFilter::AllowCpu)? {
-            Some(g) => run(Arc::new(g), &a, &cfg, w)?,
+            Some(g) => run(Arc::new(g), &a, &cfg, w, None)?,
             None if a.device == Device::Gpu => {
                 bail!("--device gpu: no wgpu adapter found (set WGPU_BACKEND=vulkan, install a driver)")
             }

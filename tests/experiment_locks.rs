@@ -72,6 +72,17 @@ fn resume(out: &Path, extra: &[&str]) -> Command {
     c
 }
 
+/// Two resumes of `out` started at once, with their own filters; both must succeed.
+fn both_resumed(out: &Path, a: &[&str], b: &[&str]) {
+    let (a, b) = (
+        resume(out, a).spawn().unwrap(),
+        resume(out, b).spawn().unwrap(),
+    );
+    for o in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+}
+
 /// (arm, seed) → sorted steps, for metrics and rank records.
 fn steps_by_cell(rd: &RunDir) -> (BTreeMap<(String, u64), Vec<u64>>, usize) {
     let m: Vec<MetricRecord> = rd.load_metrics().unwrap();
@@ -164,15 +175,11 @@ fn different_cells_resumed_at_once_both_finish_with_every_record_once() {
     let out = dir.path().join("run");
     // Stops inside the first cell; both cells are then unfinished.
     started(&policy, &out, 2, &[]);
-    let a = resume(&out, &["--arm", "adaptive", "--quiet"])
-        .spawn()
-        .unwrap();
-    let b = resume(&out, &["--arm", "fixed", "--quiet"])
-        .spawn()
-        .unwrap();
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
-    assert_eq!(b.status.code(), Some(0), "{}", text(&b));
+    both_resumed(
+        &out,
+        &["--arm", "adaptive", "--quiet"],
+        &["--arm", "fixed", "--quiet"],
+    );
     let rd = RunDir::open(&out).unwrap();
     let s = rd.load_summary().unwrap();
     for arm in ["adaptive", "fixed"] {
@@ -339,15 +346,11 @@ fn seeds_run_at_once_run_each_sweep_candidate_once() {
     // Stops inside the first candidate, which a resume then continues from its checkpoint.
     started(&policy, &out, 2, &[]);
     // As two Slurm array tasks of one arm do: each needs the arm's rate before its seed runs.
-    let a = resume(&out, &["--arm", "adaptive", "--seed", "1", "--quiet"])
-        .spawn()
-        .unwrap();
-    let b = resume(&out, &["--arm", "adaptive", "--seed", "2", "--quiet"])
-        .spawn()
-        .unwrap();
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
-    assert_eq!(b.status.code(), Some(0), "{}", text(&b));
+    both_resumed(
+        &out,
+        &["--arm", "adaptive", "--seed", "1", "--quiet"],
+        &["--arm", "adaptive", "--seed", "2", "--quiet"],
+    );
     let rd = RunDir::open(&out).unwrap();
     let s = rd.load_summary().unwrap();
     let choice = s.lr_choice("adaptive").unwrap();

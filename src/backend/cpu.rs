@@ -150,8 +150,7 @@ impl Cpu {
                 skinny::col_reduce(b, a, t, n, m, k, 1.0, 0.0, partials);
                 for (i, row) in c[..m * n].chunks_exact_mut(n).enumerate() {
                     for (j, cv) in row.iter_mut().enumerate() {
-                        let v = alpha * t[j * m + i];
-                        *cv = if beta == 0.0 { v } else { v + beta * *cv };
+                        skinny::blend(cv, t[j * m + i], alpha, beta);
                     }
                 }
             }

@@ -112,20 +112,22 @@ impl CellLock {
                 return Err(e).with_context(|| format!("locking {}", path.display()))
             }
         }
-        Self::hold(file, path)
+        let (lock, stale) = Self::hold(file, path)?;
+        Ok(Claim::Got { lock, stale })
     }
 
     /// Takes the lock of cell (`arm`, `seed`), waiting while another process holds it. The wait
     /// always ends: the kernel releases a lock when its holder exits, however it exits.
-    pub fn claim_waiting(root: &Path, arm: &str, seed: u64) -> Result<Claim> {
+    pub fn claim_waiting(root: &Path, arm: &str, seed: u64) -> Result<CellLock> {
         let (file, path) = open_cell_lock(root, arm, seed)?;
         file.lock()
             .with_context(|| format!("locking {}", path.display()))?;
-        Self::hold(file, path)
+        Ok(Self::hold(file, path)?.0)
     }
 
-    /// Records this process as the holder of a lock just taken.
-    fn hold(mut file: File, path: PathBuf) -> Result<Claim> {
+    /// Records this process as the holder of a lock just taken; returns the lock and the
+    /// holder that died without releasing it, if any.
+    fn hold(mut file: File, path: PathBuf) -> Result<(CellLock, Option<Holder>)> {
         // A record left in a lock we could take is the trace of a holder that was killed.
         let stale = read_holder(&mut file);
         let me = serde_json::to_string(&Holder::me())?;
@@ -133,10 +135,7 @@ impl CellLock {
         file.rewind()?;
         file.write_all(me.as_bytes())?;
         file.sync_data()?;
-        Ok(Claim::Got {
-            lock: CellLock { file, path },
-            stale,
-        })
+        Ok((CellLock { file, path }, stale))
     }
 }
 

@@ -117,9 +117,8 @@ pub fn choose_lr(
             "arm {}: waiting for {who}, which runs candidate {name}",
             arm.name
         ));
-        if let Claim::Got { lock, .. } = CellLock::claim_waiting(&rd.root, &name, seed)? {
-            run_candidate(arm, lr, seed, seen, lock, rd, &mut run_cell)?;
-        }
+        let lock = CellLock::claim_waiting(&rd.root, &name, seed)?;
+        run_candidate(arm, lr, seed, seen, lock, rd, &mut run_cell)?;
     }
     let (_, chosen) = rd.update_summary(|s| {
         let higher = s.metric.higher_is_better;

@@ -51,10 +51,6 @@ impl Profile {
         }
     }
 
-    pub fn is_on(&self) -> bool {
-        self.on
-    }
-
     /// A span named by `key()` (called only when profiling is on).
     pub fn span(&self, key: impl FnOnce() -> String, flops: f64) -> Option<Span<'_>> {
         self.on.then(|| Span {

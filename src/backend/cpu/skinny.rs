@@ -30,7 +30,7 @@ const REDUCE_ROWS: usize = 256;
 
 /// c = β·c + α·(product), with β = 0 overwriting (NaN included), as GEMM's convention.
 #[inline(always)]
-fn blend(c: &mut f32, v: f32, alpha: f32, beta: f32) {
+pub fn blend(c: &mut f32, v: f32, alpha: f32, beta: f32) {
     *c = if beta == 0.0 {
         alpha * v
     } else {

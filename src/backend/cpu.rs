@@ -6,8 +6,8 @@
 
 mod attention;
 pub mod bf16;
-pub mod profile;
 pub mod simd;
+use super::profile::{self, gemm_key};
 mod skinny;
 
 use super::{AdamW, Attn, Backend, BackendKind, DType, Gemm, Ids, Ledger, MemKind, Tensor};
@@ -1021,25 +1021,6 @@ pub fn clip_scale(norm: f32, clip: f32) -> f32 {
 }
 
 /// Profile key of a GEMM: layout, shape and batch, e.g. "matmul NT 2048×1536×384".
-fn gemm_key(spec: &Gemm, b: DType) -> String {
-    let t = |x: bool| if x { 'T' } else { 'N' };
-    let batch = if spec.batch > 1 {
-        format!(" ×{}", spec.batch)
-    } else {
-        String::new()
-    };
-    let acc = if spec.beta != 0.0 { " +=" } else { "" };
-    let w = if b == DType::Bf16 { " bf16" } else { "" };
-    format!(
-        "matmul {}{} {}×{}×{}{batch}{acc}{w}",
-        t(spec.trans_a),
-        t(spec.trans_b),
-        spec.m,
-        spec.n,
-        spec.k
-    )
-}
-
 /// FLOPs of one of attention's GEMMs over all heads: 2·tq·tk·D per head.
 fn attention_gemm_flops(spec: &Attn, head_dim: usize) -> f64 {
     2.0 * (spec.batch * spec.heads) as f64 * (spec.tq * spec.tk * head_dim) as f64

@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod device;
 pub mod gpu;
 pub mod ledger;
+pub mod profile;
 
 pub use ledger::{Ledger, LedgerGuard, LedgerSnapshot, MemKind};
 

@@ -3,12 +3,12 @@
 //! machine: GEMM FLOPs per step (the count of `adarank plan`, from the GEMM shapes the model
 //! issues) ÷ the GEMM rate measured in the same run on a GEMM of the model's own FFN shape.
 //!
-//! `--profile` adds the wall time of each CPU op per step; `scripts/bench-vs-pytorch` runs PyTorch +
+//! `--profile` adds the wall time of each op (CPU) or dispatch (GPU) per step; `scripts/bench-vs-pytorch` runs PyTorch +
 //! PEFT on the same configuration beside it (README, "Speed").
 
 use crate::adapter::ModuleKind;
-use crate::backend::cpu::profile::OpTotal;
 use crate::backend::cpu::Cpu;
+use crate::backend::profile::OpTotal;
 use crate::backend::{AdamW, Backend, Counters, DType};
 use crate::experiment::costs::devices::gemm_gflops;
 use crate::experiment::costs::{pass_flops, BatchShape};
@@ -103,8 +103,9 @@ pub struct BenchTrainArgs {
     /// Storage of the frozen weights in the LoRA and forward modes (full fine-tuning is f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub weights: Weights,
-    /// CPU backend: also print the wall time of each op per timed step (GEMMs by layout and
-    /// shape), slowest first.
+    /// Also print the wall time of each op per timed step (GEMMs by layout and shape, on the
+    /// GPU by kernel too), slowest first. On the GPU every dispatch is then submitted alone and
+    /// waited for, so the step itself is slower than without it.
     #[arg(long)]
     pub profile: bool,
 }
@@ -483,6 +484,13 @@ pub fn main(mut a: BenchTrainArgs) -> Result<()> {
     if matches!(a.device, Device::Gpu | Device::Both) {
         // Software adapters (lavapipe) count: they run the real kernels, slowly.
         match crate::backend::gpu::Gpu::open(crate::backend::gpu::AdapterFilter::AllowCpu)? {
+            Some(g) if a.profile => run(
+                Arc::new(g.profiled()),
+                &a,
+                &cfg,
+                w,
+                Some(crate::backend::gpu::Gpu::take_profile),
+            )?,
             Some(g) => run(Arc::new(g), &a, &cfg, w, None)?,
             None if a.device == Device::Gpu => {
                 bail!("--device gpu: no wgpu adapter found (set WGPU_BACKEND=vulkan, install a driver)")

@@ -229,6 +229,54 @@ impl Gpu {
         binds: &[Bind],
         groups: [u32; 3],
     ) {
+        let key = self.profile.is_on().then(|| (entry.to_string(), 0.0));
+        self.dispatch_keyed(key, op, shader, entry, consts, params, binds, groups)
+    }
+
+    /// `dispatch`, timed under `key` (a profile key and the dispatch's FLOPs) when profiling:
+    /// the work recorded before it is submitted and waited for first, then this dispatch alone.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn dispatch_keyed(
+        &self,
+        key: Option<(String, f64)>,
+        op: &'static str,
+        shader: &'static str,
+        entry: &'static str,
+        consts: &[(&'static str, f64)],
+        params: &Params,
+        binds: &[Bind],
+        groups: [u32; 3],
+    ) {
+        let _span = key.map(|(key, flops)| {
+            self.flush_and_wait();
+            self.profile.span(|| key, flops)
+        });
+        self.record_dispatch(op, shader, entry, consts, params, binds, groups);
+        if _span.is_some() {
+            self.flush_and_wait();
+        }
+    }
+
+    /// Submits recorded work and waits for the device (errors stay logged for the next sync).
+    fn flush_and_wait(&self) {
+        self.flush();
+        if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
+            self.errors
+                .push(format!("GPU device poll failed (device lost?): {e}"));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_dispatch(
+        &self,
+        op: &'static str,
+        shader: &'static str,
+        entry: &'static str,
+        consts: &[(&'static str, f64)],
+        params: &Params,
+        binds: &[Bind],
+        groups: [u32; 3],
+    ) {
         let pipe = self.pipelines.get(shader, entry, consts);
         super::CounterCells::add(&self.counters.dispatches, 1);
         let mut words = params.0.clone();

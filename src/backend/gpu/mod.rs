@@ -86,6 +86,8 @@ pub struct Gpu {
     /// A one-element buffer bound where a kernel's optional input is absent.
     dummy: wgpu::Buffer,
     counters: CounterCells,
+    /// Wall time per dispatch (off unless made by [`Gpu::profiled`]).
+    profile: super::profile::Profile,
 }
 
 /// [`crate::backend::Counters`] as atomics (ops record from any thread).
@@ -234,7 +236,20 @@ impl Gpu {
             gemm: AtomicU8::new(gemm as u8),
             dummy,
             counters: CounterCells::default(),
+            profile: super::profile::Profile::new(false),
         })
+    }
+
+    /// This device, timing every dispatch: each is submitted alone and waited for, so the
+    /// profile shows what each kernel costs (and the run is slower by one submit per dispatch).
+    pub fn profiled(mut self) -> Self {
+        self.profile = super::profile::Profile::new(true);
+        self
+    }
+
+    /// Wall time per kernel since the last call, slowest first (empty unless [`Gpu::profiled`]).
+    pub fn take_profile(&self) -> Vec<super::profile::OpTotal> {
+        self.profile.take()
     }
 
     pub fn info(&self) -> &wgpu::AdapterInfo {

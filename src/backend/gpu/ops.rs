@@ -4,6 +4,7 @@
 use super::dispatch::{grid, Arg, Bind, Params};
 use super::pool::{build_csr, GpuBuf, GpuIds, Pool};
 use super::{check_bindable, GemmKernel, Gpu};
+use crate::backend::profile::gemm_key;
 use crate::backend::{
     bf16_words, AdamW, Attn, Backend, BackendKind, DType, Gemm, Ids, Ledger, MemKind, Tensor,
 };
@@ -388,7 +389,21 @@ impl Gpu {
                 .u(off_a)
                 .u(off_b)
                 .u(off_c);
-            self.dispatch(
+            let key = self.profile.is_on().then(|| {
+                let part = Gemm {
+                    m: blk.m,
+                    n: blk.n,
+                    batch: nz,
+                    ..*spec
+                };
+                let dtype = if b_bf16 { DType::Bf16 } else { DType::F32 };
+                (
+                    format!("{} [{}]", gemm_key(&part, dtype), kernel.name()),
+                    part.flops(),
+                )
+            });
+            self.dispatch_keyed(
+                key,
                 "matmul",
                 shader,
                 entry,

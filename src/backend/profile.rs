@@ -1,9 +1,12 @@
-//! Wall time per op of the CPU backend, for `adarank bench train --profile`.
+//! Wall time per op of a backend, for `adarank bench train --profile`.
 //!
-//! Each op runs to completion on the calling thread (rayon inside it), so the wall time between
-//! its entry and its return is the op's whole cost, threads that sit idle in it included — which
-//! a sampling profiler does not show. Off by default: then a span is one branch and no clock read.
+//! On the CPU each op runs to completion on the calling thread (rayon inside it), so the wall
+//! time between its entry and its return is the op's whole cost, threads that sit idle in it
+//! included — which a sampling profiler does not show. The GPU backend, when profiling, submits
+//! each dispatch alone and waits for it, so a span is the kernel's run plus one submit and wait
+//! (~0.2 ms on lavapipe). Off by default: then a span is one branch and no clock read.
 
+use super::{DType, Gemm};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -51,6 +54,10 @@ impl Profile {
         }
     }
 
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
     /// A span named by `key()` (called only when profiling is on).
     pub fn span(&self, key: impl FnOnce() -> String, flops: f64) -> Option<Span<'_>> {
         self.on.then(|| Span {
@@ -74,4 +81,24 @@ impl Profile {
         v.sort_by(|a, b| b.secs.total_cmp(&a.secs));
         v
     }
+}
+
+/// The profile key of a GEMM: layouts, m×n×k, batch, whether it accumulates, bf16 B.
+pub fn gemm_key(spec: &Gemm, b: DType) -> String {
+    let t = |x: bool| if x { 'T' } else { 'N' };
+    let batch = if spec.batch > 1 {
+        format!(" ×{}", spec.batch)
+    } else {
+        String::new()
+    };
+    let acc = if spec.beta != 0.0 { " +=" } else { "" };
+    let w = if b == DType::Bf16 { " bf16" } else { "" };
+    format!(
+        "matmul {}{} {}×{}×{}{batch}{acc}{w}",
+        t(spec.trans_a),
+        t(spec.trans_b),
+        spec.m,
+        spec.n,
+        spec.k
+    )
 }

@@ -15,12 +15,14 @@ struct Params {
 @group(0) @binding(3) var<storage, read> dy: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dbias: array<f32>;
 
-// x[r, c] += bias[c]; x: [rows, cols] — one invocation per element, 2-D grid.
-@compute @workgroup_size(256)
+// x[r, c] += bias[c]; x: [rows, cols] — a workgroup per 8 rows, 8 invocations along each row
+// (no integer division per element: software adapters run a vector one as eight scalar ones).
+@compute @workgroup_size(8, 8)
 fn bias_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid.x;
-    if (i < p.rows * p.cols) { x[i] = x[i] + bias[i % p.cols]; }
+    let r = (wid.y * nwg.x + wid.x) * 8u + lid.y;
+    if (r >= p.rows) { return; }
+    for (var c = lid.x; c < p.cols; c += 8u) { x[r * p.cols + c] = x[r * p.cols + c] + bias[c]; }
 }
 
 // dbias[c] (+)= Σ_r dy[r, c] — one invocation per column, rows summed in order so the result

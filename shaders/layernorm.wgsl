@@ -1,6 +1,7 @@
 // Row-wise layer norm: y = (x − mean)·rstd·gamma + beta, saving mean and rstd per row.
-// One 256-wide workgroup per row (2-D grid past 65535 rows); sums go through a shared-memory
-// tree so a row of any width (1 … 1000s) is handled by the same kernel.
+// One invocation per row, the row walked in order (2-D grid past 65535 workgroups): a
+// workgroup-wide tree reduction costs ~20 barriers per row, which software adapters (lavapipe)
+// run as a context switch per invocation, and sums in order match the CPU backend's.
 
 struct Params {
     rows: u32,
@@ -22,70 +23,57 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(11) var<storage, read_write> dgamma: array<f32>;
 
-var<workgroup> red: array<f32, 256>;
+const WG: u32 = 64u;
 
-fn block_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
+fn row_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid.x;
 }
 
 // x, y: [rows, cols]; gamma, beta: [cols]; mean, rstd: [rows]
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn layernorm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                     @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let row = wid.y * nwg.x + wid.x;
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = row_index(wid, nwg, lid);
     if (row >= p.rows) { return; }
-    let lid = lid3.x;
     let base = row * p.cols;
     let n = f32(p.cols);
     var s = 0.0;
-    for (var c = lid; c < p.cols; c += 256u) { s += x[base + c]; }
-    let m = block_sum(s, lid) / n;
+    for (var c = 0u; c < p.cols; c++) { s += x[base + c]; }
+    let m = s / n;
     // Two passes (mean, then squared deviations), as the CPU backend: no cancellation.
     var s2 = 0.0;
-    for (var c = lid; c < p.cols; c += 256u) {
+    for (var c = 0u; c < p.cols; c++) {
         let d = x[base + c] - m;
         s2 += d * d;
     }
-    let var_ = block_sum(s2, lid) / n;
-    let rs = 1.0 / sqrt(var_ + p.eps);
-    for (var c = lid; c < p.cols; c += 256u) {
+    let rs = 1.0 / sqrt(s2 / n + p.eps);
+    for (var c = 0u; c < p.cols; c++) {
         y[base + c] = (x[base + c] - m) * rs * gamma[c] + beta[c];
     }
-    if (lid == 0u) {
-        mean_out[row] = m;
-        rstd_out[row] = rs;
-    }
+    mean_out[row] = m;
+    rstd_out[row] = rs;
 }
 
-// dx = (dy·gamma − mean(dy·gamma) − x̂·mean(dy·gamma·x̂))·rstd, one workgroup per row.
-@compute @workgroup_size(256)
+// dx = (dy·gamma − mean(dy·gamma) − x̂·mean(dy·gamma·x̂))·rstd, one invocation per row.
+@compute @workgroup_size(64)
 fn layernorm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let row = wid.y * nwg.x + wid.x;
+                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = row_index(wid, nwg, lid);
     if (row >= p.rows) { return; }
-    let lid = lid3.x;
     let base = row * p.cols;
     let m = mean_in[row];
     let rs = rstd_in[row];
     var sg = 0.0;
     var sgx = 0.0;
-    for (var c = lid; c < p.cols; c += 256u) {
+    for (var c = 0u; c < p.cols; c++) {
         let g = dy[base + c] * gamma[c];
         sg += g;
         sgx += g * (x[base + c] - m) * rs;
     }
     let n = f32(p.cols);
-    let mean_g = block_sum(sg, lid) / n;
-    let mean_gx = block_sum(sgx, lid) / n;
-    for (var c = lid; c < p.cols; c += 256u) {
+    let mean_g = sg / n;
+    let mean_gx = sgx / n;
+    for (var c = 0u; c < p.cols; c++) {
         let xhat = (x[base + c] - m) * rs;
         dx[base + c] = (dy[base + c] * gamma[c] - mean_g - xhat * mean_gx) * rs;
     }

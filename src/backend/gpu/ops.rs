@@ -637,7 +637,7 @@ impl Backend for Gpu {
             cols,
             &[(1, Arg::Whole(raw(bias), cols)), (2, Arg::Rows(raw(x)))],
             |_, n| Params::default().u(n).u(cols).u(0),
-            |n| (n * cols).div_ceil(256),
+            |n| n.div_ceil(8),
         );
     }
     fn col_sum(
@@ -719,7 +719,7 @@ impl Backend for Gpu {
                     size: (n * 4) as u64,
                 },
             ],
-            grid(n.div_ceil(256)),
+            grid(dims[0] * dims[1]),
         );
     }
 
@@ -809,7 +809,7 @@ impl Backend for Gpu {
                 (6, Arg::PerRow(raw(rstd))),
             ],
             |_, n| Params::default().u(n).u(cols).f(eps),
-            |n| n,
+            |n| n.div_ceil(64),
         );
     }
     fn layernorm_backward(
@@ -857,7 +857,7 @@ impl Backend for Gpu {
                 (10, Arg::Rows(raw(dx))),
             ],
             |_, n| Params::default().u(n).u(cols).f(0.0),
-            |n| n,
+            |n| n.div_ceil(64),
         );
         if let Some(dg) = dgamma {
             self.rows_op(
@@ -925,7 +925,7 @@ impl Backend for Gpu {
                     .u(key_mask.is_some() as usize)
                     .u(r0)
             },
-            |n| n,
+            |n| n.div_ceil(64),
         );
     }
     fn softmax_backward(
@@ -967,7 +967,7 @@ impl Backend for Gpu {
                     .u(0)
                     .u(r0)
             },
-            |n| n,
+            |n| n.div_ceil(64),
         );
     }
     fn embedding_forward(

@@ -167,6 +167,48 @@ fn matmul_subgroup_matches_cpu() {
 }
 
 #[test]
+fn matmul_subgroup_small_matches_cpu() {
+    let Some(g) = test_gpu() else { return };
+    if g.is_cpu_adapter() {
+        assert!(g.has_subgroups_of_8(), "{} has no subgroups of 8", g.name());
+    }
+    // Each tile (16×8 for n ≤ 8, 1×64 for m ≤ 8, 8×32 otherwise) on whole and partial blocks:
+    // LoRA's rank-r shapes (x·Aᵀ, dY·B, dB, dA, s·h·Bᵀ), attention's batched per-head products.
+    let mut seed = 60;
+    for (m, n, k) in [
+        (300, 8, 37),
+        (129, 3, 70),
+        (8, 200, 300),
+        (5, 70, 33),
+        (70, 33, 65),
+        (200, 96, 8),
+    ] {
+        for spec in [
+            Gemm::nn(m, n, k),
+            Gemm::nt(m, n, k),
+            Gemm::tn(m, n, k),
+            Gemm::tt(m, n, k),
+        ] {
+            check_matmul(&g, GemmKernel::SubgroupSmall, spec, seed);
+            check_matmul(
+                &g,
+                GemmKernel::SubgroupSmall,
+                spec.alpha(0.5).beta(-1.5),
+                seed + 7,
+            );
+            seed += 3;
+        }
+    }
+    check_matmul(
+        &g,
+        GemmKernel::SubgroupSmall,
+        Gemm::nt(64, 64, 32).batched(5, 64 * 32, 64 * 32, 64 * 64),
+        9,
+    );
+    check_all_matmul(GemmKernel::SubgroupSmall);
+}
+
+#[test]
 fn matmul_beta_zero_ignores_nan_in_c() {
     let Some(g) = test_gpu() else { return };
     for kernel in [

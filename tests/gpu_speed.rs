@@ -1,7 +1,7 @@
 //! The GPU paths added for speed against the CPU backend, on odd shapes.
 //!
 //! - the subgroup GEMM's host-side split (tile-aligned interior on the subgroup kernel, right
-//!   and bottom edges on the register-blocked one), f32 and bf16 B, single and batched;
+//!   and bottom edges and k < 16 on its small-tile twin), f32 and bf16 B, single and batched;
 //! - matmul with a bf16 B (every kernel, both model orientations): the GPU widens B in the
 //!   kernel and keeps A in f32, so its oracle is the CPU's f32 matmul over the widened B, within
 //!   1e-5 relative to Σ_k |α·a_ik·b_kj| + |β·c_ij| (as tests/gpu_ops.rs);
@@ -88,6 +88,7 @@ fn matmul_with_bf16_b_matches_cpu() {
         GemmKernel::RegisterBlocked,
         GemmKernel::Tiled,
         GemmKernel::Subgroup,
+        GemmKernel::SubgroupSmall,
     ] {
         // Odd shapes and odd B lengths (the last word half empty), then whole subgroup tiles.
         for (m, n, k) in [

@@ -16,9 +16,10 @@ use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchMatmulArgs {
-    /// Square sizes n to time (m = n = k), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
-    pub sizes: Vec<usize>,
+    /// Square sizes n to time (m = n = k), comma-separated [default: 256,512,1024, or none
+    /// when --shapes is given].
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Option<Vec<usize>>,
     /// Which GPU to compare against: auto (a real GPU, else none), gpu (any adapter, lavapipe
     /// included), cpu (CPU backend only).
     #[arg(long, value_enum, default_value_t = DeviceChoice::Gpu)]
@@ -26,6 +27,69 @@ pub struct BenchMatmulArgs {
     /// Timed runs per figure (the best is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Also time these GEMM shapes on the GPU with each kernel, as LAYOUT:MxNxK or
+    /// LAYOUT:MxNxKxBATCH, `+=` at the end to accumulate into C (e.g. NT:2048x8x384 for LoRA's
+    /// x·Aᵀ, TN:8x384x2048+= for its dA, TN:64x32x64x384 for attention's per-head products;
+    /// `bench train --profile` lists a step's shapes).
+    #[arg(long, value_delimiter = ',')]
+    pub shapes: Vec<String>,
+}
+
+/// A GEMM from `LAYOUT:MxNxK[xBATCH]`.
+fn parse_shape(text: &str) -> Result<Gemm> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--shapes: {text:?} is not LAYOUT:MxNxK[xBATCH] (e.g. NT:2048x8x384, TN:64x32x64x384)"
+        )
+    };
+    let (layout, dims) = text.split_once(':').ok_or_else(bad)?;
+    let (dims, accumulate) = match dims.strip_suffix("+=") {
+        Some(d) => (d, true),
+        None => (dims, false),
+    };
+    let d: Vec<usize> = dims
+        .split('x')
+        .map(|v| v.parse::<usize>().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    if !(3..=4).contains(&d.len()) || d.contains(&0) {
+        return Err(bad());
+    }
+    let mut spec = match layout.to_ascii_uppercase().as_str() {
+        "NN" => Gemm::nn(d[0], d[1], d[2]),
+        "NT" => Gemm::nt(d[0], d[1], d[2]),
+        "TN" => Gemm::tn(d[0], d[1], d[2]),
+        "TT" => Gemm::tt(d[0], d[1], d[2]),
+        _ => return Err(bad()),
+    };
+    if accumulate {
+        spec.beta = 1.0;
+    }
+    if let Some(&batch) = d.get(3) {
+        let (ea, eb, ec) = spec.extents();
+        spec = Gemm {
+            batch,
+            stride_a: ea,
+            stride_b: eb,
+            stride_c: ec,
+            ..spec
+        };
+    }
+    Ok(spec)
+}
+
+/// GFLOP/s of each GPU kernel on `spec` (the default kernel with its host-side split first).
+fn bench_shape(g: &Gpu, text: &str, spec: &Gemm, reps: usize) -> Result<()> {
+    let mut kernels = vec![g.gemm_kernel(), GemmKernel::RegisterBlocked];
+    if g.has_subgroups_of_8() {
+        kernels.push(GemmKernel::SubgroupSmall);
+    }
+    kernels.dedup();
+    let rates = kernels
+        .iter()
+        .map(|&k| Ok(format!("{} {:.1}", k.name(), bench_gpu(g, k, spec, reps)?)))
+        .collect::<Result<Vec<_>>>()?;
+    println!("{text:>22}: {} GFLOP/s", rates.join(", "));
+    Ok(())
 }
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
@@ -54,8 +118,12 @@ fn time_gflops(
 }
 
 fn calls_for(n: usize) -> usize {
+    calls_for_flops(2.0 * (n as f64).powi(3))
+}
+
+fn calls_for_flops(flops: f64) -> usize {
     // About 2 GFLOP per timed run: enough to swamp timer and submit overhead, short on lavapipe.
-    ((2e9 / (2.0 * (n as f64).powi(3))).ceil() as usize).clamp(1, 64)
+    ((2e9 / flops).ceil() as usize).clamp(1, 64)
 }
 
 fn bench_cpu(cpu: &Cpu, spec: &Gemm, reps: usize) -> Result<f64> {
@@ -133,7 +201,7 @@ fn bench_gpu_b(gpu: &Gpu, kernel: GemmKernel, spec: &Gemm, reps: usize, bf16: bo
         gpu.upload(&rand_vec(eb, 2), MemKind::Scratch)?
     };
     let mut c = gpu.zeros(ec, MemKind::Scratch)?;
-    let calls = calls_for(spec.m);
+    let calls = calls_for_flops(spec.flops());
     let g = time_gflops(spec, reps, 1, || {
         for _ in 0..calls {
             gpu.matmul_with(kernel, &a, &b, &mut c, spec);
@@ -144,9 +212,19 @@ fn bench_gpu_b(gpu: &Gpu, kernel: GemmKernel, spec: &Gemm, reps: usize, bf16: bo
 }
 
 pub fn main(args: BenchMatmulArgs) -> Result<()> {
-    if args.sizes.is_empty() || args.sizes.contains(&0) {
+    let sizes = match &args.sizes {
+        Some(s) => s.clone(),
+        None if args.shapes.is_empty() => vec![256, 512, 1024],
+        None => vec![],
+    };
+    if sizes.contains(&0) {
         bail!("--sizes needs positive sizes, e.g. --sizes 256,512,1024");
     }
+    let shapes = args
+        .shapes
+        .iter()
+        .map(|t| Ok((t.as_str(), parse_shape(t)?)))
+        .collect::<Result<Vec<_>>>()?;
     let cpu = Cpu::new();
     let gpu = match args.device {
         DeviceChoice::Cpu => None,
@@ -169,7 +247,7 @@ pub fn main(args: BenchMatmulArgs) -> Result<()> {
         "{:>6} {:>3} {:>12} {:>8} {:>14} {:>12} {:>13} {:>10}",
         "n", "op", "cpu GFLOP/s", "cpu/ref", "gpu blocked", "gpu tiled", "gpu subgroup", "gpu/cpu"
     );
-    for &n in &args.sizes {
+    for &n in &sizes {
         let reference = bench_gemm_crate(n, args.reps)?;
         println!("{n:>6} reference: gemm crate direct {reference:.1} GFLOP/s (column-major NN)");
         for (op, spec) in [("NN", Gemm::nn(n, n, n)), ("NT", Gemm::nt(n, n, n))] {
@@ -225,6 +303,14 @@ pub fn main(args: BenchMatmulArgs) -> Result<()> {
                 println!("; gpu {} {gb:.1} (f32 {gf:.1})", k.name());
             }
             None => println!(),
+        }
+    }
+    if !shapes.is_empty() {
+        let Some(g) = &gpu else {
+            bail!("--shapes times GPU kernels: no GPU backend here (try --device gpu)");
+        };
+        for (text, spec) in &shapes {
+            bench_shape(g, text, spec, args.reps)?;
         }
     }
     Ok(())

@@ -32,9 +32,13 @@ pub enum GemmKernel {
     /// Shared-memory 64×64 tiles: fastest on real GPUs.
     Tiled,
     /// 16×64 outputs per invocation, op(B) shared across a subgroup of 8 by broadcast
-    /// (shaders/matmul_subgroup.wgsl): fastest on lavapipe. Whole 128×64 tiles only; other
-    /// shapes run `RegisterBlocked`.
+    /// (shaders/matmul_subgroup.wgsl): fastest on lavapipe. Whole 128×64 tiles with k ≥ 16
+    /// only; the rest of a GEMM (edge strips, small or short shapes) runs `SubgroupSmall`.
     Subgroup,
+    /// The subgroup kernel on small tiles with edge guards (shaders/matmul_small.wgsl): 16×8,
+    /// 1×64 or 8×32 per invocation by the block's shape. Runs what `Subgroup` does not tile:
+    /// edge strips, LoRA's rank-r products, attention's per-head GEMMs.
+    SubgroupSmall,
 }
 
 impl GemmKernel {
@@ -52,6 +56,7 @@ impl GemmKernel {
             GemmKernel::RegisterBlocked => "register-blocked",
             GemmKernel::Tiled => "tiled",
             GemmKernel::Subgroup => "subgroup",
+            GemmKernel::SubgroupSmall => "subgroup-small",
         }
     }
 }
@@ -276,7 +281,8 @@ impl Gpu {
         match self.gemm.load(Ordering::Relaxed) {
             0 => GemmKernel::RegisterBlocked,
             1 => GemmKernel::Tiled,
-            _ => GemmKernel::Subgroup,
+            2 => GemmKernel::Subgroup,
+            _ => GemmKernel::SubgroupSmall,
         }
     }
     /// Whether `GemmKernel::Subgroup` can run here (else `matmul_with` falls back to

@@ -246,7 +246,8 @@ impl Gpu {
     /// Runs `spec` as one or more blocks of C. The subgroup kernel takes whole 128×64 tiles of C
     /// only (no edge guards: see the shader), so a GEMM that is not made of whole tiles is split
     /// on the host: the tile-aligned interior on the subgroup kernel, the right and bottom edge
-    /// strips on the register-blocked one (before, the whole GEMM fell back). Devices without
+    /// strips on its small-tile twin, which also takes whole GEMMs too small or too short
+    /// (k < 16) for one tile — LoRA's rank-r products, attention's per-head GEMMs. Devices without
     /// subgroups of 8 run register-blocked.
     fn gemm_dispatch(
         &self,
@@ -263,13 +264,17 @@ impl Gpu {
             m: spec.m,
             n: spec.n,
         };
+        let subgroups = matches!(kernel, GemmKernel::Subgroup | GemmKernel::SubgroupSmall);
+        if subgroups && !self.has_subgroups_of_8() {
+            return self.gemm_block(GemmKernel::RegisterBlocked, a, b, c, spec, ext, whole);
+        }
         if kernel != GemmKernel::Subgroup {
             return self.gemm_block(kernel, a, b, c, spec, ext, whole);
         }
-        if !self.has_subgroups_of_8() {
-            return self.gemm_block(GemmKernel::RegisterBlocked, a, b, c, spec, ext, whole);
-        }
         let (mi, ni) = (spec.m / 128 * 128, spec.n / 64 * 64);
+        if mi == 0 || ni == 0 || spec.k < SUBGROUP_MIN_K {
+            return self.gemm_block(GemmKernel::SubgroupSmall, a, b, c, spec, ext, whole);
+        }
         let blocks = [
             (
                 GemmKernel::Subgroup,
@@ -281,7 +286,7 @@ impl Gpu {
                 },
             ),
             (
-                GemmKernel::RegisterBlocked,
+                GemmKernel::SubgroupSmall,
                 GemmBlock {
                     r0: 0,
                     c0: ni,
@@ -290,7 +295,7 @@ impl Gpu {
                 },
             ),
             (
-                GemmKernel::RegisterBlocked,
+                GemmKernel::SubgroupSmall,
                 GemmBlock {
                     r0: mi,
                     c0: 0,
@@ -318,13 +323,21 @@ impl Gpu {
         ext: (usize, usize, usize),
         blk: GemmBlock,
     ) {
+        // The small kernel's tile (rows per invocation, columns per subgroup of 8) by shape.
+        let small = match (blk.m, blk.n) {
+            (_, 0..=8) => (16, 8, "matmul_small_16x8"),
+            (0..=8, _) => (1, 64, "matmul_small_1x64"),
+            _ => (8, 32, "matmul_small_8x32"),
+        };
         let (gx, gy) = match kernel {
             GemmKernel::Subgroup => (blk.n / 64, blk.m / 128),
+            GemmKernel::SubgroupSmall => (blk.n.div_ceil(small.1), blk.m.div_ceil(8 * small.0)),
             GemmKernel::RegisterBlocked => (blk.n.div_ceil(128), blk.m.div_ceil(64)),
             GemmKernel::Tiled => (blk.n.div_ceil(64), blk.m.div_ceil(64)),
         };
         let (shader, entry) = match kernel {
             GemmKernel::Subgroup => ("matmul_subgroup", "matmul_subgroup"),
+            GemmKernel::SubgroupSmall => ("matmul_small", small.2),
             GemmKernel::RegisterBlocked => ("matmul", "matmul_blocked"),
             GemmKernel::Tiled => ("matmul", "matmul_tiled"),
         };
@@ -336,10 +349,9 @@ impl Gpu {
             ("ACCUMULATE", flag(spec.beta != 0.0)),
         ];
         // matmul.wgsl has no ACCUMULATE constant (its kernels branch on beta per store).
-        let consts: &[(&'static str, f64)] = if kernel == GemmKernel::Subgroup {
-            &consts_sub
-        } else {
-            &consts_sub[..3]
+        let consts: &[(&'static str, f64)] = match kernel {
+            GemmKernel::Subgroup | GemmKernel::SubgroupSmall => &consts_sub,
+            _ => &consts_sub[..3],
         };
         let binds = [
             Bind {
@@ -416,6 +428,10 @@ impl Gpu {
         }
     }
 }
+
+/// The subgroup kernel's shortest k: below it the small tiles are faster (its per-tile setup
+/// and stores outweigh a few k steps).
+const SUBGROUP_MIN_K: usize = 16;
 
 /// A block of C: rows r0..r0+m, columns c0..c0+n.
 #[derive(Clone, Copy)]

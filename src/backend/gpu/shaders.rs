@@ -22,6 +22,10 @@ pub const SHADERS: &[(&str, &str)] = &[
         "matmul_subgroup",
         include_str!("../../../shaders/matmul_subgroup.wgsl"),
     ),
+    (
+        "matmul_small",
+        include_str!("../../../shaders/matmul_small.wgsl"),
+    ),
     ("permute", include_str!("../../../shaders/permute.wgsl")),
     ("reduce", include_str!("../../../shaders/reduce.wgsl")),
     ("softmax", include_str!("../../../shaders/softmax.wgsl")),

@@ -14,6 +14,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
 @group(0) @binding(3) var<storage, read> dy: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dbias: array<f32>;
+// bias and x as vec4 when cols % 4 == 0 (`bias_forward_vec4`, cols in vec4 units).
+@group(0) @binding(5) var<storage, read> bias4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> x4: array<vec4<f32>>;
 
 // x[r, c] += bias[c]; x: [rows, cols] — a workgroup per 8 rows, 8 invocations along each row
 // (no integer division per element: software adapters run a vector one as eight scalar ones).
@@ -23,6 +26,14 @@ fn bias_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let r = (wid.y * nwg.x + wid.x) * 8u + lid.y;
     if (r >= p.rows) { return; }
     for (var c = lid.x; c < p.cols; c += 8u) { x[r * p.cols + c] = x[r * p.cols + c] + bias[c]; }
+}
+
+@compute @workgroup_size(8, 8)
+fn bias_forward_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r = (wid.y * nwg.x + wid.x) * 8u + lid.y;
+    if (r >= p.rows) { return; }
+    for (var c = lid.x; c < p.cols; c += 8u) { x4[r * p.cols + c] = x4[r * p.cols + c] + bias4[c]; }
 }
 
 // dbias[c] (+)= Σ_r dy[r, c] — one invocation per column, rows summed in order so the result

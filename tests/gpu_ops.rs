@@ -286,7 +286,14 @@ fn gelu_matches_cpu_over_a_wide_range() {
 fn row_ops_match_cpu_at_odd_widths() {
     let Some(g) = test_gpu() else { return };
     let cpu = Cpu::new();
-    for (rows, cols) in [(1usize, 1usize), (5, 3), (33, 384), (7, 1031), (70, 65)] {
+    for (rows, cols) in [
+        (1usize, 1usize),
+        (5, 3),
+        (33, 384),
+        (7, 1031),
+        (70, 65),
+        (9, 12),
+    ] {
         let n = rows * cols;
         let seed = (rows * 1000 + cols) as u64;
         let x = rand_vec(n, seed);
@@ -560,7 +567,14 @@ fn reductions_match_cpu() {
 fn permute0213_matches_cpu() {
     let Some(g) = test_gpu() else { return };
     let cpu = Cpu::new();
-    for dims in [[1, 1, 1, 1], [2, 3, 5, 7], [4, 16, 12, 64], [3, 70, 9, 13]] {
+    for dims in [
+        [1, 1, 1, 1],
+        [2, 3, 5, 7],
+        [4, 16, 12, 64],
+        [3, 70, 9, 13],
+        [2, 5, 3, 4],
+        [3, 9, 70, 12],
+    ] {
         let n: usize = dims.iter().product();
         let (gx, cx) = up_both(&g, &cpu, &rand_vec(n, 1));
         let (mut gy, mut cy) = (g.zeros(n, K).unwrap(), cpu.zeros(n, K).unwrap());

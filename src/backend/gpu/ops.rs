@@ -645,14 +645,23 @@ impl Backend for Gpu {
         ) {
             return;
         }
+        // Rows of whole vec4s: the vec4 entry (a chunk's byte offset, r0·cols·4, stays 16-aligned).
+        let (entry, slots, width) = if cols.is_multiple_of(4) {
+            ("bias_forward_vec4", (5, 6), cols / 4)
+        } else {
+            ("bias_forward", (1, 2), cols)
+        };
         self.rows_op(
             "add_bias",
             "bias",
-            "bias_forward",
+            entry,
             rows,
             cols,
-            &[(1, Arg::Whole(raw(bias), cols)), (2, Arg::Rows(raw(x)))],
-            |_, n| Params::default().u(n).u(cols).u(0),
+            &[
+                (slots.0, Arg::Whole(raw(bias), cols)),
+                (slots.1, Arg::Rows(raw(x))),
+            ],
+            |_, n| Params::default().u(n).u(width).u(0),
             |n| n.div_ceil(8),
         );
     }
@@ -711,25 +720,27 @@ impl Backend for Gpu {
         if let Err(e) = check_bindable(self, "permute0213", "x", (n * 4) as u64) {
             return self.reject(format!("{e:#}"));
         }
+        // Runs of whole vec4s along d: the vec4 entry.
+        let (entry, slots, d3) = if dims[3].is_multiple_of(4) {
+            ("permute_forward_vec4", (3, 4), dims[3] / 4)
+        } else {
+            ("permute_forward", (1, 2), dims[3])
+        };
         self.dispatch(
             "permute0213",
             "permute",
-            "permute_forward",
+            entry,
             &[],
-            &Params::default()
-                .u(dims[0])
-                .u(dims[1])
-                .u(dims[2])
-                .u(dims[3]),
+            &Params::default().u(dims[0]).u(dims[1]).u(dims[2]).u(d3),
             &[
                 Bind {
-                    slot: 1,
+                    slot: slots.0,
                     buf: raw(x),
                     offset: 0,
                     size: (n * 4) as u64,
                 },
                 Bind {
-                    slot: 2,
+                    slot: slots.1,
                     buf: raw(y),
                     offset: 0,
                     size: (n * 4) as u64,

@@ -1,6 +1,7 @@
 //! bf16 frozen weights on the CPU backend: storage, and the bf16 GEMM against an f64 product of
-//! the same bf16-rounded operands, on odd shapes (edges of every block size) and on both
-//! orientations the model uses (x·Wᵀ forward, dy·W backward), plus the transposed-A cases.
+//! the same operands — B rounded to bf16, A as the kernel splits it (hi + lo, two bf16) — on odd
+//! shapes (edges of every block size) and on both orientations the model uses (x·Wᵀ forward,
+//! dy·W backward), plus the transposed-A cases; and the split itself against f32.
 //!
 //! Tolerance: products of two bf16 values are exact in f32, so the kernel differs from the f64
 //! oracle only by its f32 additions: |Δ| ≤ 1e-5 · Σ_k |a_ik·b_kj| (+ the β·C term's rounding).
@@ -21,9 +22,11 @@ fn round(v: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// C = α·op(A)·op(B) + β·C in f64 over bf16-rounded A and B, and the error bound per element.
+/// C = α·op(A)·op(B) + β·C in f64 over split A and bf16-rounded B, and the error bound per
+/// element.
 fn oracle(s: &Shape, a: &[f32], b: &[f32], c: &[f32]) -> (Vec<f32>, Vec<f64>) {
-    let (a, b) = (round(a), round(b));
+    let a: Vec<f32> = a.iter().map(|&x| bf16::split_value(x)).collect();
+    let b = round(b);
     let mut out = vec![0.0f32; s.m * s.n];
     let mut bound = vec![0.0f64; s.m * s.n];
     for i in 0..s.m {
@@ -174,4 +177,23 @@ fn bf16_tensors_through_the_cpu_backend() {
     be.write(&mut t, &[1.0 + 1.0 / 256.0, -0.0, 65504.0])
         .unwrap();
     assert_eq!(be.download(&t).unwrap(), vec![1.0, -0.0, 65536.0]);
+}
+
+#[test]
+fn split_keeps_activations_to_sixteen_bits() {
+    // hi + lo of a value is within 2^-16 of it relatively (one bf16 alone: 2^-9), for values
+    // across the exponent range; infinities and NaN pass through hi.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..100_000 {
+        let x: f32 = rng.random_range(-1.0f32..1.0) * 2f32.powi(rng.random_range(-60..60));
+        let got = bf16::split_value(x);
+        assert!(
+            (got - x).abs() <= x.abs() * 2f32.powi(-16),
+            "split({x}) = {got}"
+        );
+    }
+    assert_eq!(bf16::split_value(f32::INFINITY), f32::INFINITY);
+    assert_eq!(bf16::split_value(f32::NEG_INFINITY), f32::NEG_INFINITY);
+    assert!(bf16::split_value(f32::NAN).is_nan());
+    assert_eq!(bf16::split_value(0.0), 0.0);
 }

@@ -1,12 +1,10 @@
 //! bf16 frozen weights through the model and the policy language:
 //! - all-MiniLM-L6-v2 with bf16 frozen weights against the same model in f32 (the oracle), on
-//!   the fixture sentences (needs the assets). The GPU widens the weights and keeps activations
-//!   f32: max |Δ| < 1e-2 (measured 8.3e-3). The CPU's bf16 dot products also round the
-//!   activations entering each frozen GEMM (as mixed-precision autocast does), which adds error:
-//!   measured max |Δ| 1.3e-2 on 5 sentences, mean 1.5e-3, so it is held to max < 1.5e-2 and
-//!   mean < 2.5e-3 — above the 1e-2 we aimed for (with activations kept f32 the CPU matches the
-//!   GPU's 8.3e-3, but its GEMM then runs at the f32 rate). The fallback for CPUs without
-//!   AVX-512 BF16 rounds the same way, so the figures hold on any CPU;
+//!   the fixture sentences (needs the assets): max |Δ| < 1e-2 on both backends (measured 8.3e-3
+//!   on each, mean 1.1e-3). The GPU widens the weights and keeps activations f32; the CPU's
+//!   bf16 dot products take each activation as two bf16 (hi + lo, ~16 significant bits), so
+//!   only the weights' rounding shows. The fallback for CPUs without AVX-512 BF16 computes the
+//!   same products, so the figures hold on any CPU;
 //! - the ledger's frozen bytes roughly halved (the vectors — norms, biases — stay f32);
 //! - a LoRA training step in bf16 tracks the f32 one (random small model, no assets);
 //! - `train { weights = bf16 }` reaches the arm's LoRA settings.
@@ -116,8 +114,8 @@ fn minilm_gap<B: Backend>(be: Arc<B>) -> (f32, f32, u64, u64) {
 }
 
 #[test]
-fn minilm_bf16_hidden_states_close_to_f32_cpu() {
-    if !assets::require_assets("minilm_bf16_hidden_states_close_to_f32_cpu") {
+fn minilm_bf16_hidden_states_within_1e_2_of_f32_cpu() {
+    if !assets::require_assets("minilm_bf16_hidden_states_within_1e_2_of_f32_cpu") {
         return;
     }
     let (gap, mean, f32_bytes, bf16_bytes) = minilm_gap(Arc::new(Cpu::new()));
@@ -128,7 +126,7 @@ fn minilm_bf16_hidden_states_close_to_f32_cpu() {
         bf16_bytes as f64 / f32_bytes as f64
     );
     assert!(gap > 0.0, "bf16 weights must change something");
-    assert!(gap < 1.5e-2, "max |bf16 − f32| = {gap}");
+    assert!(gap < 1e-2, "max |bf16 − f32| = {gap}");
     assert!(mean < 2.5e-3, "mean |bf16 − f32| = {mean}");
     let ratio = bf16_bytes as f64 / f32_bytes as f64;
     assert!((0.5..0.51).contains(&ratio), "frozen bytes ratio {ratio}");

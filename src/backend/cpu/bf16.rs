@@ -1,16 +1,20 @@
 //! GEMM with bf16 frozen weights: C (f32) = α · op(A) (f32) · op(B) (bf16) + β · C.
 //!
 //! On CPUs with AVX-512 BF16 the products are bf16 dot products (`vdpbf16ps`: 32 bf16 products
-//! summed pairwise into 16 f32 lanes per instruction, twice the multiply rate of f32 FMA): A is
-//! rounded to bf16 (nearest even) while it is packed, B is already bf16. Products of two bf16
-//! are exact in f32 and every sum is an f32 sum, so the result equals an f32 GEMM of the same
-//! bf16-rounded operands up to the order of the f32 additions — that f32 GEMM is the oracle the
-//! tests use, and the fallback ([`gemm_widened`]) on CPUs without the instruction.
+//! summed pairwise into 16 f32 lanes per instruction, twice the multiply rate of f32 FMA). B is
+//! already bf16; A (the activations, f32) is split while it is packed into two bf16 parts,
+//! hi = bf16(a) and lo = bf16(a − hi), and each k step issues both products, hi·b + lo·b. That
+//! keeps A to ~16 significant bits (rounding A to one bf16 alone put MiniLM's hidden states
+//! 1.3e-2 from f32; only the weights' rounding is what `weights = bf16` asks for), at the f32
+//! FMA rate in arithmetic but with half of f32's weight traffic. Products of two bf16 are exact
+//! in f32 and every sum is an f32 sum, so the result equals an f32 GEMM of A' = hi + lo and the
+//! bf16 B up to the order of the f32 additions — that GEMM is the oracle the tests use, and the
+//! fallback ([`gemm_widened`]) on CPUs without the instruction.
 //!
 //! Layout (BLIS-style): K is split into blocks of [`KC`] values; B is packed once per call into
 //! panels of [`NR`] columns, each k-pair of a column one u32 (the instruction's operand order);
-//! each rayon task packs its own [`MC`]-row block of A, rows of u32 pairs, and runs the
-//! [`MR`]×[`NR`] microkernel (24 accumulator registers) over it.
+//! each rayon task packs its own [`MC`]-row block of A (hi and lo parts, rows of u32 pairs) and
+//! runs the [`MR`]×[`NR`] microkernel (24 accumulator registers) over it.
 
 use super::SendPtr;
 use half::bf16;
@@ -134,10 +138,12 @@ pub fn gemm(ws: &Workspace, s: &Shape, a: &[f32], b: Bf16Mat, c: &mut [f32], thr
             let i0 = ib * MC;
             let mc = MC.min(s.m - i0);
             APACK.with_borrow_mut(|apack| {
-                apack.resize(MC.div_ceil(MR) * MR * KC / 2, 0);
+                let half = MC.div_ceil(MR) * MR * KC / 2;
+                apack.resize(2 * half, 0);
+                let (ahi, alo) = apack.split_at_mut(half);
                 for (bi, &(k0, kc)) in kblocks.iter().enumerate() {
                     let kp = kc.div_ceil(2);
-                    pack_a(a, s, i0, mc, k0, kc, apack);
+                    pack_a(a, s, i0, mc, k0, kc, ahi, alo);
                     let first = bi == 0;
                     for p in 0..panels {
                         let j0 = p * NR;
@@ -145,7 +151,7 @@ pub fn gemm(ws: &Workspace, s: &Shape, a: &[f32], b: Bf16Mat, c: &mut [f32], thr
                         let bp = &packed[k0 / 2 * panels * NR + p * kp * NR..][..kp * NR];
                         for r0 in (0..mc).step_by(MR) {
                             let mr = MR.min(mc - r0);
-                            let ap = &apack[r0 * kp..][..MR * kp];
+                            let ap = (&ahi[r0 * kp..][..MR * kp], &alo[r0 * kp..][..MR * kp]);
                             // SAFETY: rows i0 + r0.. of C belong to this task; `native()` holds.
                             unsafe {
                                 kernel::tile(
@@ -192,15 +198,27 @@ fn pack_b(b: Bf16Mat, trans_b: bool, k0: usize, kc: usize, j0: usize, n: usize, 
     }
 }
 
-/// Packs rows i0..i0+mc (zeros up to a multiple of MR) of op(A) for K values k0..k0+kc,
-/// rounded to bf16: row r at [r·kp, (r+1)·kp) u32, pairs (k, k+1) low then high.
-fn pack_a(a: &[f32], s: &Shape, i0: usize, mc: usize, k0: usize, kc: usize, dst: &mut [u32]) {
+/// Packs rows i0..i0+mc (zeros up to a multiple of MR) of op(A) for K values k0..k0+kc as
+/// its two bf16 parts, `hi` and `lo` ([`split`]): row r at [r·kp, (r+1)·kp) u32 of each, pairs
+/// (k, k+1) low then high.
+#[allow(clippy::too_many_arguments)]
+fn pack_a(
+    a: &[f32],
+    s: &Shape,
+    i0: usize,
+    mc: usize,
+    k0: usize,
+    kc: usize,
+    hi: &mut [u32],
+    lo: &mut [u32],
+) {
     let kp = kc.div_ceil(2);
     let rows = mc.div_ceil(MR) * MR;
     for r in 0..rows {
-        let out = &mut dst[r * kp..(r + 1) * kp];
+        let (out_hi, out_lo) = (&mut hi[r * kp..(r + 1) * kp], &mut lo[r * kp..(r + 1) * kp]);
         if r >= mc {
-            out.fill(0);
+            out_hi.fill(0);
+            out_lo.fill(0);
             continue;
         }
         let i = i0 + r;
@@ -214,23 +232,44 @@ fn pack_a(a: &[f32], s: &Shape, i0: usize, mc: usize, k0: usize, kc: usize, dst:
             }
         };
         if !s.trans_a && kc.is_multiple_of(2) {
-            pack_row(&a[i * s.k + k0..i * s.k + k0 + kc], out);
+            pack_row(&a[i * s.k + k0..i * s.k + k0 + kc], out_hi, out_lo);
         } else {
-            for (p, w) in out.iter_mut().enumerate() {
+            for (p, (h, l)) in out_hi.iter_mut().zip(out_lo.iter_mut()).enumerate() {
                 let k = k0 + 2 * p;
-                *w = to_bf16(get(k)) as u32 | ((to_bf16(get(k + 1)) as u32) << 16);
+                let ((h0, l0), (h1, l1)) = (split(get(k)), split(get(k + 1)));
+                *h = h0 | (h1 << 16);
+                *l = l0 | (l1 << 16);
             }
         }
     }
 }
 
 super::simd::vectorized! {
-    /// Pairs of a contiguous f32 row (even length) as bf16 u32 words.
-    fn pack_row(src: &[f32], out: &mut [u32]) {
-        for (w, pair) in out.iter_mut().zip(src.chunks_exact(2)) {
-            *w = round_bits(pair[0]) | (round_bits(pair[1]) << 16);
+    /// Pairs of a contiguous f32 row (even length) as the bf16 u32 words of its two parts.
+    fn pack_row(src: &[f32], hi: &mut [u32], lo: &mut [u32]) {
+        for ((h, l), pair) in hi.iter_mut().zip(lo.iter_mut()).zip(src.chunks_exact(2)) {
+            let ((h0, l0), (h1, l1)) = (split(pair[0]), split(pair[1]));
+            *h = h0 | (h1 << 16);
+            *l = l0 | (l1 << 16);
         }
     }
+}
+
+/// x as two bf16 (bits in the low 16 of each): hi = bf16(x), lo = bf16(x − hi), so hi + lo
+/// holds x to ~16 significant bits. Branch-free so that it vectorizes; lo is 0 where x − hi is
+/// not a number (x infinite or NaN: hi carries it).
+#[inline(always)]
+pub fn split(x: f32) -> (u32, u32) {
+    let hi = round_bits(x);
+    let d = x - f32::from_bits(hi << 16);
+    let d = if d.is_nan() { 0.0 } else { d };
+    (hi, round_bits(d))
+}
+
+/// The f32 value the kernel multiplies for x: hi + lo of [`split`] (the tests' oracle).
+pub fn split_value(x: f32) -> f32 {
+    let (h, l) = split(x);
+    from_bf16(h as u16) + from_bf16(l as u16)
 }
 
 /// bf16 bits of x (nearest even) in the low 16 bits, branch-free so that it vectorizes;
@@ -246,18 +285,15 @@ fn round_bits(x: f32) -> u32 {
     }
 }
 
-/// The fallback and oracle: B widened to f32, then the `gemm` crate on the bf16-rounded A, so
-/// it computes the same products as the native kernel.
+/// The fallback and oracle: B widened to f32, then the `gemm` crate on A as the kernel holds
+/// it (hi + lo of [`split`]), so it computes the same products as the native kernel.
 pub fn gemm_widened(s: &Shape, a: &[f32], b: Bf16Mat, c: &mut [f32], threads: usize) {
     let bw: Vec<f32> = b.data[..b.rows * b.cols]
         .iter()
         .map(|&v| from_bf16(v))
         .collect();
     let (ar, ac) = if s.trans_a { (s.k, s.m) } else { (s.m, s.k) };
-    let aw: Vec<f32> = a[..ar * ac]
-        .iter()
-        .map(|&v| from_bf16(to_bf16(v)))
-        .collect();
+    let aw: Vec<f32> = a[..ar * ac].iter().map(|&v| split_value(v)).collect();
     let (a_rs, a_cs) = if s.trans_a {
         (1isize, s.m as isize)
     } else {
@@ -311,7 +347,8 @@ mod kernel {
     use std::arch::x86_64::*;
 
     /// One MR×NR tile of C over `kp` k-pairs: C = α·acc + β·C for the first `mr` rows and `nr`
-    /// columns. `a`: MR rows of `kp` u32; `b`: `kp` rows of NR u32.
+    /// columns. `a`: the hi and lo parts of A, MR rows of `kp` u32 each; `b`: `kp` rows of NR
+    /// u32.
     ///
     /// # Safety
     /// AVX-512F/BW and AVX-512 BF16 must be present; `c` valid for mr rows of stride `ldc`
@@ -320,7 +357,7 @@ mod kernel {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn tile(
         kp: usize,
-        a: &[u32],
+        (a, a_lo): (&[u32], &[u32]),
         b: &[u32],
         c: *mut f32,
         ldc: usize,
@@ -329,9 +366,10 @@ mod kernel {
         alpha: f32,
         beta: f32,
     ) {
-        debug_assert!(a.len() >= MR * kp && b.len() >= NR * kp);
+        debug_assert!(a.len() >= MR * kp && a_lo.len() >= MR * kp && b.len() >= NR * kp);
         let mut acc = [[_mm512_setzero_ps(); 3]; MR];
         let ap = a.as_ptr();
+        let lp = a_lo.as_ptr();
         let bp = b.as_ptr();
         for p in 0..kp {
             let bv = [
@@ -340,14 +378,16 @@ mod kernel {
                 _mm512_loadu_si512(bp.add(p * NR + 32) as *const _),
             ];
             for (r, accr) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_epi32(*ap.add(r * kp + p) as i32);
-                let av: __m512bh = std::mem::transmute(av);
-                for (j, accv) in accr.iter_mut().enumerate() {
-                    *accv = _mm512_dpbf16_ps(
-                        *accv,
-                        av,
-                        std::mem::transmute::<__m512i, __m512bh>(bv[j]),
-                    );
+                for part in [ap, lp] {
+                    let av = _mm512_set1_epi32(*part.add(r * kp + p) as i32);
+                    let av: __m512bh = std::mem::transmute(av);
+                    for (j, accv) in accr.iter_mut().enumerate() {
+                        *accv = _mm512_dpbf16_ps(
+                            *accv,
+                            av,
+                            std::mem::transmute::<__m512i, __m512bh>(bv[j]),
+                        );
+                    }
                 }
             }
         }

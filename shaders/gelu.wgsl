@@ -13,6 +13,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// The same tensors as vec4 when n % 4 == 0 (the `_vec4` entries, n in vec4 units): a software
+// adapter loads and stores one vec4 per invocation for what the scalar entries move in a float.
+@group(0) @binding(4) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> dy4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> out4: array<vec4<f32>>;
 
 fn erf_as(v: f32) -> f32 {
     let z = abs(v);
@@ -26,6 +31,15 @@ fn cdf(v: f32) -> f32 {
     return 0.5 * (1.0 + erf_as(v * 0.70710678118654752));
 }
 
+fn gelu(v: f32) -> f32 {
+    return v * cdf(v);
+}
+
+// gelu'(x) = Φ(x) + x·φ(x)
+fn gelu_grad(v: f32) -> f32 {
+    return cdf(v) + v * exp(-0.5 * v * v) * 0.3989422804014327;
+}
+
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * 256u + lid.x;
 }
@@ -36,19 +50,36 @@ fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
                 @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wid, nwg, lid);
     if (i < p.n) {
-        let v = x[i];
-        out[i] = v * cdf(v);
+        out[i] = gelu(x[i]);
     }
 }
 
-// out = dy · gelu'(x), gelu'(x) = Φ(x) + x·φ(x)
+@compute @workgroup_size(256)
+fn gelu_forward_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if (i < p.n) {
+        let v = x4[i];
+        out4[i] = vec4<f32>(gelu(v.x), gelu(v.y), gelu(v.z), gelu(v.w));
+    }
+}
+
+// out = dy · gelu'(x)
 @compute @workgroup_size(256)
 fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = index(wid, nwg, lid);
     if (i < p.n) {
-        let v = x[i];
-        let pdf = exp(-0.5 * v * v) * 0.3989422804014327;
-        out[i] = dy[i] * (cdf(v) + v * pdf);
+        out[i] = dy[i] * gelu_grad(x[i]);
+    }
+}
+
+@compute @workgroup_size(256)
+fn gelu_backward_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = index(wid, nwg, lid);
+    if (i < p.n) {
+        let v = x4[i];
+        out4[i] = dy4[i] * vec4<f32>(gelu_grad(v.x), gelu_grad(v.y), gelu_grad(v.z), gelu_grad(v.w));
     }
 }

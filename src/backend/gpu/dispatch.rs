@@ -453,4 +453,33 @@ impl Gpu {
             |count| count.div_ceil(256),
         );
     }
+
+    /// `elementwise` with a vec4 twin: when `n` is a multiple of 4, `entries.1` runs over n/4
+    /// vec4s with each buffer bound at its second slot (`args`: ((scalar, vec4) slot, buffer)).
+    pub(super) fn elementwise_vec4(
+        &self,
+        op: &'static str,
+        shader: &'static str,
+        entries: (&'static str, &'static str),
+        n: usize,
+        args: &[((u32, u32), &wgpu::Buffer)],
+        params: impl Fn(usize) -> Params,
+    ) {
+        if !n.is_multiple_of(4) {
+            let scalar: Vec<(u32, &wgpu::Buffer)> =
+                args.iter().map(|&((s, _), b)| (s, b)).collect();
+            return self.elementwise(op, shader, entries.0, n, &scalar, params);
+        }
+        let args: Vec<(u32, Arg)> = args.iter().map(|&((_, s), b)| (s, Arg::Rows(b))).collect();
+        self.rows_op(
+            op,
+            shader,
+            entries.1,
+            n / 4,
+            4,
+            &args,
+            |_, count| params(count),
+            |count| count.div_ceil(256),
+        );
+    }
 }

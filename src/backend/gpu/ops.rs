@@ -752,23 +752,23 @@ impl Backend for Gpu {
 
     fn gelu_forward(&self, x: &Tensor<Self>, y: &mut Tensor<Self>) {
         let n = x.len().min(y.len());
-        self.elementwise(
+        self.elementwise_vec4(
             "gelu_forward",
             "gelu",
-            "gelu_forward",
+            ("gelu_forward", "gelu_forward_vec4"),
             n,
-            &[(1, raw(x)), (3, raw(y))],
+            &[((1, 4), raw(x)), ((3, 6), raw(y))],
             |c| Params::default().u(c),
         );
     }
     fn gelu_backward(&self, x: &Tensor<Self>, dy: &Tensor<Self>, dx: &mut Tensor<Self>) {
         let n = x.len().min(dy.len()).min(dx.len());
-        self.elementwise(
+        self.elementwise_vec4(
             "gelu_backward",
             "gelu",
-            "gelu_backward",
+            ("gelu_backward", "gelu_backward_vec4"),
             n,
-            &[(1, raw(x)), (2, raw(dy)), (3, raw(dx))],
+            &[((1, 4), raw(x)), ((2, 5), raw(dy)), ((3, 6), raw(dx))],
             |c| Params::default().u(c),
         );
     }

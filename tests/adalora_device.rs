@@ -10,7 +10,9 @@
 //! - a whole AdaLoRA run, masking and pruning: the same budget steps, ranks and kept triplets,
 //!   and scores within 1e-4, as the same run with the host versions of these operations (a
 //!   store that computes them on host copies of the adapters, as AdaLoRA did before they moved
-//!   to the device).
+//!   to the device);
+//! - a run stopped between budget steps and resumed from its checkpoint (the importance read
+//!   back from the store and put back) against the uninterrupted run: bit for bit on the CPU.
 //!
 //! Without an adapter the GPU halves print that they skipped (ADARANK_REQUIRE_GPU=1 fails them).
 
@@ -292,15 +294,21 @@ fn adalora_config(resize: bool) -> AdaLoraConfig {
     }
 }
 
-/// 40 steps of AdaLoRA on the planted task, the engine working on `store`.
-fn adalora_run<B: Backend, S: Trains<B>>(store: &mut S, resize: bool) -> Run {
+fn adalora_engine(resize: bool) -> RankEngine {
     let c = adalora_config(resize);
+    RankEngine::new(EngineConfig::new(Method::AdaLora(c), 0, 6)).unwrap()
+}
+
+/// Training steps `steps` on the planted task, the engine working on `store`; returns the
+/// allocations made.
+fn train_steps<B: Backend, S: Trains<B>>(
+    store: &mut S,
+    e: &mut RankEngine,
+    steps: std::ops::RangeInclusive<u64>,
+) -> Vec<Allocation> {
     let mut task = planted();
-    let n = store.adapters().len();
-    let mut e = RankEngine::new(EngineConfig::new(Method::AdaLora(c.clone()), 0, 6)).unwrap();
-    e.on_start(store).unwrap();
     let mut allocations = vec![];
-    for step in 1..=c.total_steps as u64 {
+    for step in steps {
         let m = store.model();
         m.zero_grads();
         m.forward_backward(&task.train_batch(step, 8).unwrap(), 1.0)
@@ -321,10 +329,15 @@ fn adalora_run<B: Backend, S: Trains<B>>(store: &mut S, resize: bool) -> Run {
         };
         allocations.extend(e.after_step(step, store, &ctx).unwrap());
     }
-    let keep = e.state(store).unwrap().method["keep"].clone();
+    allocations
+}
+
+/// What the run ended with.
+fn outcome(store: &dyn AdapterStore, e: &RankEngine, allocations: Vec<Allocation>) -> Run {
+    let n = store.adapters().len();
     Run {
         allocations,
-        keep,
+        keep: e.state(store).unwrap().method["keep"].clone(),
         importance: (0..n).map(|i| store.importance(i).unwrap()).collect(),
         zero_lambda: (0..n)
             .map(|i| {
@@ -333,6 +346,15 @@ fn adalora_run<B: Backend, S: Trains<B>>(store: &mut S, resize: bool) -> Run {
             })
             .collect(),
     }
+}
+
+/// 40 steps of AdaLoRA on the planted task, the engine working on `store`.
+fn adalora_run<B: Backend, S: Trains<B>>(store: &mut S, resize: bool) -> Run {
+    let mut e = adalora_engine(resize);
+    e.on_start(store).unwrap();
+    let total = adalora_config(resize).total_steps as u64;
+    let allocations = train_steps(store, &mut e, 1..=total);
+    outcome(store, &e, allocations)
 }
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
@@ -401,4 +423,49 @@ fn adalora_on_the_cpu_backend_decides_as_the_host_version() {
 fn adalora_on_the_gpu_decides_as_the_host_version() {
     let Some(g) = test_gpu() else { return };
     same_trajectory(g);
+}
+
+/// The importance averages live in the store now: a checkpoint reads them back and a resumed
+/// run puts them back, so it continues exactly as the uninterrupted run (CPU backend, bit for
+/// bit), stopped at step 17, between two budget steps.
+#[test]
+fn a_resumed_adalora_run_continues_exactly() {
+    let be = Arc::new(Cpu::new());
+    for resize in [false, true] {
+        let whole = adalora_run(&mut svd_model(be.clone(), 6), resize);
+        let mut first = svd_model(be.clone(), 6);
+        let mut e = adalora_engine(resize);
+        e.on_start(&mut first).unwrap();
+        let mut allocations = train_steps(&mut first, &mut e, 1..=17);
+        let (model_state, engine_state) = (first.state().unwrap(), e.state(&first).unwrap());
+        // Through JSON, as a checkpoint stores it.
+        let engine_state =
+            serde_json::from_value(serde_json::to_value(&engine_state).unwrap()).unwrap();
+        let mut second = svd_model(be.clone(), 6);
+        second.load_state(&model_state).unwrap();
+        let mut e = adalora_engine(resize);
+        e.load_state(engine_state).unwrap();
+        e.on_start(&mut second).unwrap();
+        let total = adalora_config(resize).total_steps as u64;
+        allocations.extend(train_steps(&mut second, &mut e, 18..=total));
+        let resumed = outcome(&second, &e, allocations);
+        // Everything but the wall time each took.
+        let timeless = |v: &[Allocation]| -> Vec<Allocation> {
+            v.iter()
+                .map(|a| Allocation {
+                    seconds: 0.0,
+                    ..a.clone()
+                })
+                .collect()
+        };
+        assert!(whole.allocations.len() >= 5);
+        assert_eq!(
+            timeless(&resumed.allocations),
+            timeless(&whole.allocations),
+            "resize {resize}"
+        );
+        assert_eq!(resumed.importance, whole.importance, "resize {resize}");
+        assert_eq!(resumed.keep, whole.keep, "resize {resize}");
+        assert_eq!(resumed.zero_lambda, whole.zero_lambda, "resize {resize}");
+    }
 }

@@ -1,12 +1,13 @@
-// Sum and sum of squares of a whole tensor into one slot of an output tensor, in two
-// deterministic stages: each workgroup reduces 4096 elements into a partial, then one workgroup
-// reduces the partials in a fixed order. (The host runs stage 1 once per bound chunk of a
-// tensor larger than the binding limit, writing partials at `part_base`.)
+// Sum, sum of squares and inverse norm of a whole tensor into one slot of an output tensor, in
+// two deterministic stages: each workgroup reduces 4096 elements into a partial, then one
+// workgroup reduces the partials in a fixed order. (The host runs stage 1 once per bound chunk
+// of a tensor larger than the binding limit, writing partials at `part_base`.) The inverse norm
+// 1/sqrt(Σ x²) (0 for an all-zero tensor) lets a later op divide by a norm that stays here.
 
 struct Params {
     // stage 1: elements in this chunk; stage 2: number of partials
     n: u32,
-    // 0 sum, 1 sum of squares
+    // 0 sum, 1 sum of squares, 2 inverse norm (squares in stage 1, 1/sqrt in stage 2)
     mode: u32,
     part_base: u32,
     slot: u32,
@@ -44,7 +45,7 @@ fn reduce_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         let e = start + i * 256u + lid;
         if (e < p.n) {
             let v = x[e];
-            acc += select(v, v * v, p.mode == 1u);
+            acc += select(v, v * v, p.mode != 0u);
         }
     }
     let s = block_sum(acc, lid);
@@ -57,5 +58,11 @@ fn reduce_final(@builtin(local_invocation_id) lid3: vec3<u32>) {
     var acc = 0.0;
     for (var i = lid; i < p.n; i += 256u) { acc += partials_in[i]; }
     let s = block_sum(acc, lid);
-    if (lid == 0u) { out[p.slot] = s; }
+    if (lid == 0u) {
+        if (p.mode == 2u) {
+            out[p.slot] = select(0.0, 1.0 / sqrt(s), s > 0.0);
+        } else {
+            out[p.slot] = s;
+        }
+    }
 }

@@ -194,6 +194,204 @@ pub trait AdapterStore {
     fn gate_grad(&self, i: usize) -> anyhow::Result<Vec<f32>>;
     /// Keep only the components `keep` (increasing indices into 0..rank) of adapter `i`: ΔW
     /// loses exactly the dropped components (no re-factorisation). The adapter's optimizer
-    /// moments restart, as for any rank change.
+    /// moments restart, as for any rank change, and its importance state is cleared.
     fn keep_components(&mut self, i: usize, keep: &[usize]) -> anyhow::Result<()>;
+
+    // ---- AdaLoRA (adapters in SVD form: P = B, λ, Q = A) ----------------------------------
+    // Each runs where the adapter lives: on a GPU nothing is copied to the host but what
+    // `importance` reads, so a training step reads back no adapter data.
+
+    /// Update adapter `i`'s importance state (see [`Importance::update`]) of every entry of P,
+    /// λ and Q from the gradients of the last backward pass. The state starts at zero on the
+    /// first update after it was cleared. A rank-0 adapter has nothing to update.
+    fn update_importance(&mut self, i: usize, beta1: f32, beta2: f32) -> anyhow::Result<()>;
+    /// Read adapter `i`'s importance state (a download of 2·(rows·r + r + r·cols) values;
+    /// empty before the first update).
+    fn importance(&self, i: usize) -> anyhow::Result<TripletImportance>;
+    /// Replace adapter `i`'s importance state (resuming from a checkpoint, or the kept triplets
+    /// after [`AdapterStore::keep_components`]); an empty state clears it.
+    fn set_importance(&mut self, i: usize, t: &TripletImportance) -> anyhow::Result<()>;
+    /// Add `weight` times the gradient of AdaLoRA's orthogonality penalty
+    /// ‖PᵀP − I‖_F + ‖QQᵀ − I‖_F to adapter `i`'s gradients of P and Q.
+    fn add_orth_grad(&mut self, i: usize, weight: f32) -> anyhow::Result<()>;
+    /// Set λ_j of adapter `i` to 0 where `masked[j]` (a pruned triplet; the optimizer may grow
+    /// it back until it is masked again). Nothing changes where `masked` is all false.
+    fn mask_lambda(&mut self, i: usize, masked: &[bool]) -> anyhow::Result<()>;
+}
+
+/// AdaLoRA's smoothed importance of one tensor's entries, as PEFT keeps it: the sensitivity Ī
+/// (an exponential moving average of I = |w·∂L/∂w|) and the uncertainty Ū (one of |I − Ī|).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Importance {
+    pub ema_ipt: Vec<f32>,
+    pub ema_unc: Vec<f32>,
+}
+
+impl Importance {
+    /// Ī ← β1·Ī + (1−β1)·I; Ū ← β2·Ū + (1−β2)·|I − Ī| (Ī already updated, as PEFT does), per
+    /// entry, with I = |w·g|. The host formula: the oracle of `Backend::importance_ema`, which
+    /// runs it where the adapter lives.
+    pub fn update(&mut self, w: &[f32], g: &[f32], beta1: f64, beta2: f64) {
+        if self.ema_ipt.len() != w.len() {
+            self.ema_ipt = vec![0.0; w.len()];
+            self.ema_unc = vec![0.0; w.len()];
+        }
+        if g.len() != w.len() {
+            return;
+        }
+        let (b1, b2) = (beta1 as f32, beta2 as f32);
+        for k in 0..w.len() {
+            let ipt = (w[k] * g[k]).abs();
+            let e = b1 * self.ema_ipt[k] + (1.0 - b1) * ipt;
+            self.ema_ipt[k] = e;
+            self.ema_unc[k] = b2 * self.ema_unc[k] + (1.0 - b2) * (ipt - e).abs();
+        }
+    }
+    pub fn score(&self, k: usize) -> f64 {
+        self.ema_ipt[k] as f64 * self.ema_unc[k] as f64
+    }
+    pub fn mean_sensitivity(&self) -> f64 {
+        mean(&self.ema_ipt)
+    }
+    pub fn mean_uncertainty(&self) -> f64 {
+        mean(&self.ema_unc)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ema_ipt.is_empty()
+    }
+    /// The entries at `idx` (for a tensor that lost some of its rows or columns).
+    fn pick(&self, idx: &[usize]) -> Importance {
+        if self.ema_ipt.is_empty() {
+            return self.clone();
+        }
+        Importance {
+            ema_ipt: idx.iter().map(|&k| self.ema_ipt[k]).collect(),
+            ema_unc: idx.iter().map(|&k| self.ema_unc[k]).collect(),
+        }
+    }
+}
+
+fn mean(v: &[f32]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64
+    }
+}
+
+/// Importance state of one adapter in SVD form: P = B [rows, r], λ [r], Q = A [r, cols].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TripletImportance {
+    pub p: Importance,
+    pub lambda: Importance,
+    pub q: Importance,
+}
+
+impl TripletImportance {
+    /// The host formula of [`AdapterStore::update_importance`] on a host copy of the adapter.
+    pub fn update(&mut self, h: &AdapterHost, beta1: f64, beta2: f64) {
+        self.p.update(&h.b, &h.grad_b, beta1, beta2);
+        self.q.update(&h.a, &h.grad_a, beta1, beta2);
+        if let (Some(l), Some(gl)) = (&h.lambda, &h.grad_lambda) {
+            self.lambda.update(l, gl, beta1, beta2);
+        }
+    }
+
+    /// No state yet (before the first update, or cleared).
+    pub fn is_empty(&self) -> bool {
+        self.p.is_empty() && self.lambda.is_empty() && self.q.is_empty()
+    }
+
+    /// Score of triplet j: s(λ_j) + mean of s over row j of Q + mean of s over column j of P.
+    pub fn triplet_scores(&self, rows: usize, cols: usize, r: usize) -> Vec<f64> {
+        if self.lambda.ema_ipt.len() != r
+            || self.q.ema_ipt.len() != r * cols
+            || self.p.ema_ipt.len() != rows * r
+        {
+            return vec![0.0; r];
+        }
+        (0..r)
+            .map(|j| {
+                let sq: f64 =
+                    (0..cols).map(|k| self.q.score(j * cols + k)).sum::<f64>() / cols as f64;
+                let sp: f64 = (0..rows).map(|k| self.p.score(k * r + j)).sum::<f64>() / rows as f64;
+                self.lambda.score(j) + sq + sp
+            })
+            .collect()
+    }
+
+    /// The importance state of the triplets `keep` of an adapter of rank r.
+    pub fn subset(&self, rows: usize, cols: usize, r: usize, keep: &[usize]) -> TripletImportance {
+        let q: Vec<usize> = keep
+            .iter()
+            .flat_map(|&j| (0..cols).map(move |c| j * cols + c))
+            .collect();
+        let p: Vec<usize> = (0..rows)
+            .flat_map(|row| keep.iter().map(move |&j| row * r + j))
+            .collect();
+        TripletImportance {
+            p: self.p.pick(&p),
+            lambda: self.lambda.pick(keep),
+            q: self.q.pick(&q),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_keeps_the_chosen_triplets_importance() {
+        let (rows, cols, r) = (2, 3, 3);
+        let mk = |n: usize| Importance {
+            ema_ipt: (0..n).map(|k| k as f32).collect(),
+            ema_unc: (0..n).map(|k| 10.0 + k as f32).collect(),
+        };
+        let t = TripletImportance {
+            p: mk(rows * r),
+            lambda: mk(r),
+            q: mk(r * cols),
+        };
+        let s = t.subset(rows, cols, r, &[0, 2]);
+        // P [2, 3] row-major: columns 0 and 2 → entries 0, 2, 3, 5.
+        assert_eq!(s.p.ema_ipt, vec![0.0, 2.0, 3.0, 5.0]);
+        assert_eq!(s.lambda.ema_ipt, vec![0.0, 2.0]);
+        // Q [3, 3]: rows 0 and 2 → entries 0, 1, 2, 6, 7, 8.
+        assert_eq!(s.q.ema_ipt, vec![0.0, 1.0, 2.0, 6.0, 7.0, 8.0]);
+        let full = t.triplet_scores(rows, cols, r);
+        let sub = s.triplet_scores(rows, cols, 2);
+        assert!((sub[0] - full[0]).abs() < 1e-9 && (sub[1] - full[2]).abs() < 1e-9);
+    }
+
+    #[test]
+    fn importance_ema_matches_recurrence_by_hand() {
+        let mut imp = Importance::default();
+        imp.update(&[2.0], &[-0.5], 0.85, 0.85); // I = 1
+        assert!((imp.ema_ipt[0] - 0.15).abs() < 1e-6);
+        assert!((imp.ema_unc[0] - 0.15 * 0.85).abs() < 1e-6);
+        imp.update(&[2.0], &[0.0], 0.85, 0.85); // I = 0
+        let e = 0.85 * 0.15;
+        assert!((imp.ema_ipt[0] - e).abs() < 1e-6);
+        assert!((imp.ema_unc[0] - (0.85 * 0.1275 + 0.15 * e)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn triplet_score_is_lambda_plus_row_and_column_means() {
+        let (rows, cols, r) = (2, 3, 2);
+        let mk = |n: usize, base: f32| Importance {
+            ema_ipt: (0..n).map(|k| base + k as f32).collect(),
+            ema_unc: vec![2.0; n],
+        };
+        let t = TripletImportance {
+            p: mk(rows * r, 1.0),
+            lambda: mk(r, 10.0),
+            q: mk(r * cols, 0.0),
+        };
+        let s = t.triplet_scores(rows, cols, r);
+        // j = 0: λ 10·2 = 20; Q row 0 = (0,1,2)·2 → mean 2; P column 0 = (1, 3)·2 → mean 4.
+        assert!((s[0] - 26.0).abs() < 1e-9);
+        // j = 1: λ 11·2 = 22; Q row 1 = (3,4,5)·2 → 8; P column 1 = (2, 4)·2 → 6.
+        assert!((s[1] - 36.0).abs() < 1e-9);
+    }
 }

@@ -2,7 +2,8 @@
 //! ledger's measured peak of a real run (CPU backend) for memory, and the CPU backend's own tally
 //! of the GEMMs it ran for FLOPs. Every arm of `examples/quickstart.rank`,
 //! `examples/paper_table.rank` and `examples/movie_sentiment.rank` (the last two shortened where
-//! the full run would take minutes) must peak within 5% of the plan.
+//! the full run would take minutes), and of `tests/experiments/synthetic_adalora.rank`, must peak
+//! within 5% of the plan.
 
 use adarank::adapter::ModuleKind;
 use adarank::backend::cpu::Cpu;
@@ -20,9 +21,12 @@ use std::sync::Arc;
 
 /// The example `file` with each `(from, to)` replaced (shorter schedules), checked.
 fn example(file: &str, edits: &[(&str, &str)]) -> Policy {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(file);
+    policy_at("examples", file, edits)
+}
+
+/// The policy `dir/file` of the checkout with each `(from, to)` replaced, checked.
+fn policy_at(dir: &str, file: &str, edits: &[(&str, &str)]) -> Policy {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(file);
     let mut text = std::fs::read_to_string(&path).unwrap();
     for (from, to) in edits {
         assert!(text.contains(from), "{file} no longer contains {from:?}");
@@ -108,6 +112,17 @@ fn paper_table_peaks_match_the_plan() {
             ),
             ("until step 151", "until step 31"),
         ],
+    ));
+}
+
+/// AdaLoRA keeps its importance averages and its penalty's scratch on the device from the first
+/// step; both arms (masking and pruning) against fixed-rank LoRA.
+#[test]
+fn adalora_peaks_match_the_plan() {
+    peaks_agree(&policy_at(
+        "tests/experiments",
+        "synthetic_adalora.rank",
+        &[],
     ));
 }
 

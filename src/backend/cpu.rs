@@ -434,6 +434,20 @@ impl Backend for Cpu {
         out.buf[slot] = s as f32;
     }
 
+    fn inv_norm(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize) {
+        let _p = self.profile.span(|| "inv_norm".into(), 0.0);
+        let s: f64 = x
+            .buf
+            .par_chunks(ELEM_CHUNK)
+            .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+            .sum();
+        out.buf[slot] = if s > 0.0 {
+            (1.0 / s.sqrt()) as f32
+        } else {
+            0.0
+        };
+    }
+
     fn matmul(&self, a: &Tensor<Self>, b: &Tensor<Self>, c: &mut Tensor<Self>, spec: &Gemm) {
         let _p = self
             .profile
@@ -989,6 +1003,24 @@ impl Backend for Cpu {
             });
     }
 
+    fn importance_ema(
+        &self,
+        w: &Tensor<Self>,
+        g: &Tensor<Self>,
+        state: &mut Tensor<Self>,
+        beta1: f32,
+        beta2: f32,
+    ) {
+        let _p = self.profile.span(|| "importance_ema".into(), 0.0);
+        let n = w.len();
+        let (ipt, unc) = state.buf[..2 * n].split_at_mut(n);
+        for k in 0..n {
+            let i = (w.buf[k] * g.buf[k]).abs();
+            let e = beta1 * ipt[k] + (1.0 - beta1) * i;
+            ipt[k] = e;
+            unc[k] = beta2 * unc[k] + (1.0 - beta2) * (i - e).abs();
+        }
+    }
     fn clip_factor(&self, sumsq: &Tensor<Self>, count: usize, clip: f32, out: &mut Tensor<Self>) {
         let _p = self.profile.span(|| "clip_factor".into(), 0.0);
         let norm = sumsq.buf[..count]

@@ -279,6 +279,16 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// The work of both spans.
+    pub fn plus(&self, o: &Counters) -> Counters {
+        Counters {
+            dispatches: self.dispatches + o.dispatches,
+            submits: self.submits + o.submits,
+            read_back_bytes: self.read_back_bytes + o.read_back_bytes,
+            read_backs: self.read_backs + o.read_backs,
+            uploaded_bytes: self.uploaded_bytes + o.uploaded_bytes,
+        }
+    }
     /// The work done between `earlier` and `self`.
     pub fn since(&self, earlier: &Counters) -> Counters {
         Counters {
@@ -373,6 +383,10 @@ pub trait Backend: Send + Sync + 'static {
     fn sumsq(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize);
     /// out[slot] = Σ x
     fn sum(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize);
+    /// out[slot] = 1 / sqrt(Σ x²), the inverse of x's Euclidean (Frobenius) norm, or 0 when x
+    /// is all zero: to divide by a norm that stays on the device (AdaLoRA's orthogonality
+    /// penalty, whose gradient is 2·P·N/‖N‖_F).
+    fn inv_norm(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize);
 
     // ---- linear algebra -------------------------------------------------------------------
     fn matmul(&self, a: &Tensor<Self>, b: &Tensor<Self>, c: &mut Tensor<Self>, spec: &Gemm);
@@ -520,6 +534,20 @@ pub trait Backend: Send + Sync + 'static {
         v: &mut Tensor<Self>,
         cfg: &AdamW,
         grad_scale: Option<(&Tensor<Self>, usize)>,
+    );
+    /// AdaLoRA's importance averages of a parameter's entries (PEFT's sensitivity and
+    /// uncertainty), updated in place — an exponential moving average of what `state` holds,
+    /// neither overwritten nor summed into. With I_k = |w_k·g_k|:
+    /// `state[k] ← β1·state[k] + (1−β1)·I_k` (the sensitivity), then
+    /// `state[n + k] ← β2·state[n + k] + (1−β2)·|I_k − state[k]|` (the uncertainty, from the
+    /// updated sensitivity, as PEFT does). w, g: [n]; state: [2, n].
+    fn importance_ema(
+        &self,
+        w: &Tensor<Self>,
+        g: &Tensor<Self>,
+        state: &mut Tensor<Self>,
+        beta1: f32,
+        beta2: f32,
     );
     /// Global-norm clipping on the device: with n = sqrt(Σ sumsq[..count]), writes
     /// out[0] = n and out[1] = clip / n when clip > 0 and n > clip, else 1 (NaN when n is not

@@ -3,21 +3,32 @@
 //! machine: GEMM FLOPs per step (the count of `adarank plan`, from the GEMM shapes the model
 //! issues) ÷ the GEMM rate measured in the same run on a GEMM of the model's own FFN shape.
 //!
+//! The LoRA and full fine-tuning steps run through the training loop (`train::train`);
+//! `--method` adds a rank engine as its hooks, as a run does, and reports what the engine's
+//! steps cost the device (dispatches, read-backs) beside the timed ones.
+//!
 //! `--profile` adds the wall time of each op (CPU) or dispatch (GPU) per step; `scripts/bench-vs-pytorch` runs PyTorch +
 //! PEFT on the same configuration beside it (README, "Speed").
 
 use crate::adapter::ModuleKind;
 use crate::backend::cpu::Cpu;
 use crate::backend::profile::OpTotal;
-use crate::backend::{AdamW, Backend, Counters, DType};
+use crate::backend::{Backend, Counters, DType};
+use crate::engine::driver::EngineDriver;
+use crate::engine::schedule::Schedule;
+use crate::engine::source::BUILTIN;
+use crate::engine::{AdaLoraConfig, Allocation, EngineConfig, Method, RankEngine};
 use crate::experiment::costs::devices::gemm_gflops;
 use crate::experiment::costs::{pass_flops, BatchShape};
 use crate::model::{
     Batch, Flavour, Head, HostWeights, LoraConfig, Model, ModelConfig, Pooling, Target, TrainMode,
 };
+use crate::policy::{Action, ActionKind, PhaseSpec, Until};
+use crate::train::{train, Decay, Hooks, Metered, NoHooks, StepCost, Task, TrainConfig};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -108,6 +119,13 @@ pub struct BenchTrainArgs {
     /// waited for, so the step itself is slower than without it.
     #[arg(long)]
     pub profile: bool,
+    /// A rank method to run with the LoRA step, through the training loop's engine hooks as a
+    /// run does (statistics after every backward pass, its own work after every step). Its
+    /// first re-allocation (AdaLoRA: budget step) comes right after the timed steps and is
+    /// reported on its own line, with the step after it. Full fine-tuning and the forward pass
+    /// run without one.
+    #[arg(long, value_enum, default_value = "none")]
+    pub method: BenchMethod,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -150,7 +168,7 @@ fn count_flops(a: &BenchTrainArgs) -> Flops {
 }
 
 /// The benchmark's model: a MiniLM-shaped encoder by default.
-fn config(a: &BenchTrainArgs) -> ModelConfig {
+pub fn config(a: &BenchTrainArgs) -> ModelConfig {
     ModelConfig {
         flavour: Flavour::Encoder,
         vocab: a.vocab,
@@ -198,11 +216,8 @@ fn gemm_rate<B: Backend>(be: &B, a: &BenchTrainArgs) -> Result<f64> {
 
 struct Row {
     mode: Mode,
-    secs: f64,
     flops: f64,
-    peak: u64,
-    /// Device work per timed step (GPU backend only).
-    per_step: Option<PerStep>,
+    m: Measured,
 }
 
 /// Averages over the timed steps of a device's counters.
@@ -229,10 +244,17 @@ impl PerStep {
 }
 
 /// Reads (and clears) a backend's per-op wall times; `None` for a backend that has none.
-type TakeProfile<B> = Option<fn(&B) -> Vec<OpTotal>>;
+pub type TakeProfile<B> = Option<fn(&B) -> Vec<OpTotal>>;
 
-/// Median seconds per step of `mode`, the ledger's peak bytes, and the device's work per step;
-/// prints the per-op profile of the timed steps when `profile` reads one.
+/// One measured mode: its steps, the median step and the device's work per timed step.
+struct Measured {
+    t: Trained,
+    secs: f64,
+    /// Device work per timed step (GPU backend only).
+    per_step: Option<PerStep>,
+}
+
+/// Measures `mode`; prints the per-op profile of the timed steps when `profile` reads one.
 fn bench_mode<B: Backend>(
     be: &Arc<B>,
     a: &BenchTrainArgs,
@@ -240,59 +262,298 @@ fn bench_mode<B: Backend>(
     weights: Option<&HostWeights>,
     mode: Mode,
     profile: TakeProfile<B>,
-) -> Result<(f64, u64, Option<PerStep>)> {
-    let train = match mode {
-        Mode::Full => TrainMode::Full,
-        Mode::Lora | Mode::Forward => TrainMode::Lora(LoraConfig {
-            frozen: a.weights.dtype(),
-            ..LoraConfig::uniform(a.layers, &ModuleKind::ALL, a.rank, 16.0)
-        }),
+) -> Result<Measured> {
+    let t = if mode == Mode::Forward {
+        forward_steps(be, a, cfg, weights, profile)?
+    } else {
+        train_steps(be, a, cfg, weights, mode, profile)?
     };
-    let mut m = Model::new(be.clone(), cfg.clone(), head(), train, weights, 1)?;
+    let secs = median(t.timed.iter().map(|s| s.secs).collect());
+    let per_step = t
+        .timed
+        .iter()
+        .try_fold(Counters::default(), |sum, s| {
+            s.counters.map(|c| sum.plus(&c))
+        })
+        .map(|c| PerStep::of(c, t.timed.len()));
+    if let Some(ops) = &t.profile {
+        print_profile(mode, ops, t.timed.len(), secs);
+    }
+    Ok(Measured { t, secs, per_step })
+}
+
+/// The forward pass alone, `--steps` times after one warm-up pass.
+fn forward_steps<B: Backend>(
+    be: &Arc<B>,
+    a: &BenchTrainArgs,
+    cfg: &ModelConfig,
+    weights: Option<&HostWeights>,
+    profile: TakeProfile<B>,
+) -> Result<Trained> {
+    let mut m = Model::new(
+        be.clone(),
+        cfg.clone(),
+        head(),
+        lora_mode(a, false),
+        weights,
+        1,
+    )?;
     let b = batch(a);
-    let opt = AdamW {
+    be.ledger().reset_peak();
+    m.loss(&b)?;
+    be.sync()?;
+    // Model creation and the warm-up pass are not part of the profile.
+    if let Some(take) = profile {
+        take(be);
+    }
+    let mut timed = vec![];
+    for step in 1..=a.steps as u64 {
+        let (t0, c0) = (Instant::now(), be.counters());
+        m.loss(&b)?;
+        be.sync()?;
+        timed.push(StepCost {
+            step,
+            secs: t0.elapsed().as_secs_f64(),
+            counters: be.counters().zip(c0).map(|(e, s)| e.since(&s)),
+        });
+    }
+    Ok(Trained {
+        timed,
+        event: vec![],
+        allocations: vec![],
+        peak: be.ledger().snapshot().total_peak,
+        profile: profile.map(|t| t(be)),
+    })
+}
+
+/// A rank method run with the LoRA step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchMethod {
+    /// No rank engine: the ranks stay fixed.
+    None,
+    /// The paper's method as shipped (`examples/quickstart.rank`): complexity
+    /// `spectral_gradient`, learner `learn_gates`, allocator `log_rule`, the rank total held at
+    /// --rank per adapter.
+    Paper,
+    /// AdaLoRA (PEFT's importance, cubic budget, orthogonality penalty, masking): triplets from
+    /// --rank per adapter towards two thirds of it.
+    Adalora,
+}
+
+impl BenchMethod {
+    fn label(self) -> &'static str {
+        match self {
+            BenchMethod::None => "none",
+            BenchMethod::Paper => "paper",
+            BenchMethod::Adalora => "adalora",
+        }
+    }
+
+    /// The rank engine and the schedule of this method on `model`, with its first
+    /// re-allocation (AdaLoRA: budget step) at step `event` and training ending one step later;
+    /// `None` without a method. The engine's `on_start` (W0 spectra) runs here, before any
+    /// step is measured.
+    fn driver<B: Backend>(
+        self,
+        a: &BenchTrainArgs,
+        model: &mut Model<B>,
+        event: u64,
+    ) -> Result<Option<EngineDriver>> {
+        let Some((method, phases)) = self.method(a, event) else {
+            return Ok(None);
+        };
+        let adapters = a.layers * ModuleKind::ALL.len();
+        let mut c = EngineConfig::new(method, a.rank * adapters, a.rank);
+        c.min_rank = 1;
+        c.max_rank = 4 * a.rank;
+        c.seed = 1;
+        let mut engine = RankEngine::new(c)?;
+        engine.on_start(model)?;
+        let schedule = Schedule::new(phases, event + 1, u64::MAX, None);
+        Ok(Some(EngineDriver::new(Some(engine), schedule, u64::MAX)))
+    }
+
+    /// The engine's method and the policy's phases, re-allocating first at step `event`.
+    fn method(self, a: &BenchTrainArgs, event: u64) -> Option<(Method, Vec<PhaseSpec>)> {
+        let builtin = |name: &str| PathBuf::from(format!("{BUILTIN}{name}.rhai"));
+        let event = event as usize;
+        match self {
+            BenchMethod::None => None,
+            BenchMethod::Paper => Some((
+                Method::Adaptive {
+                    complexity: builtin("spectral_gradient"),
+                    allocator: builtin("log_rule"),
+                    learner: Some(builtin("learn_gates")),
+                },
+                // As the quickstart's phases: uniform ranks, a re-allocating phase (entered at
+                // `event`, re-allocating on entry), then the final ranks.
+                vec![
+                    phase("warmup", Until::Step(event), None),
+                    phase(
+                        "adapt",
+                        Until::Step(event + 1),
+                        Some(ActionKind::Reallocate),
+                    ),
+                    phase("settle", Until::End, None),
+                ],
+            )),
+            BenchMethod::Adalora => Some((
+                Method::AdaLora(AdaLoraConfig {
+                    init_rank: a.rank,
+                    target_rank: (2 * a.rank / 3).max(1),
+                    // The cubic schedule's first budget step (one that masks) is `event`.
+                    tinit: event - 1,
+                    tfinal: 0,
+                    delta_t: 1,
+                    total_steps: event + 1,
+                    ..AdaLoraConfig::default()
+                }),
+                // AdaLoRA runs its own schedule after every step.
+                vec![],
+            )),
+        }
+    }
+}
+
+fn phase(name: &str, until: Until, every_step: Option<ActionKind>) -> PhaseSpec {
+    PhaseSpec {
+        name: name.into(),
+        until,
+        actions: every_step
+            .map(|what| Action { every: 1, what })
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// The LoRA model of the benchmark: rank --rank on all six kinds of every layer; in AdaLoRA's
+/// SVD form when `svd`.
+fn lora_mode(a: &BenchTrainArgs, svd: bool) -> TrainMode {
+    TrainMode::Lora(LoraConfig {
+        frozen: a.weights.dtype(),
+        svd_form: svd,
+        ..LoraConfig::uniform(a.layers, &ModuleKind::ALL, a.rank, 16.0)
+    })
+}
+
+/// The benchmark's one batch as a task: every training batch is it; nothing is evaluated.
+struct BenchTask<'a> {
+    cfg: ModelConfig,
+    batch: Batch,
+    weights: Option<&'a HostWeights>,
+}
+
+impl Task for BenchTask<'_> {
+    fn name(&self) -> String {
+        "bench".into()
+    }
+    fn model_config(&self) -> ModelConfig {
+        self.cfg.clone()
+    }
+    fn head(&self) -> Head {
+        head()
+    }
+    fn base_weights(&self) -> Result<Option<HostWeights>> {
+        Ok(self.weights.cloned())
+    }
+    fn train_batch(&mut self, _index: u64, _batch_size: usize) -> Result<Batch> {
+        Ok(self.batch.clone())
+    }
+    fn eval_batches(&self) -> &[Batch] {
+        &[]
+    }
+}
+
+/// The training loop's settings for the benchmark, to `steps`: a constant learning rate,
+/// clipping at 1, no evaluation.
+fn loop_config(a: &BenchTrainArgs, steps: u64) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch: a.batch,
         lr: 1e-4,
+        warmup: 0,
+        decay: Decay::Constant,
+        weight_decay: 0.0,
+        clip: Some(1.0),
+        accum: 1,
+        eval_every: 0,
+        seed: 1,
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
-        weight_decay: 0.0,
-        step: 1,
+    }
+}
+
+/// What [`train_steps`] (or the forward passes) measured.
+pub struct Trained {
+    /// Steps 2..=steps+1 (the forward passes 1..=steps).
+    pub timed: Vec<StepCost>,
+    /// With a method: its first re-allocation (AdaLoRA: budget step) and the step after it.
+    pub event: Vec<StepCost>,
+    /// The allocations the method made (after its starting ranks).
+    pub allocations: Vec<Allocation>,
+    /// The ledger's peak bytes from the first step on.
+    pub peak: u64,
+    /// Per-op wall times of the timed steps, when profiled.
+    pub profile: Option<Vec<OpTotal>>,
+}
+
+/// Trains `mode` (LoRA or full fine-tuning) on the benchmark batch through the training loop
+/// ([`train`]) with the `--method` rank engine as its hooks on the LoRA step, as a run does:
+/// step 1 warms up (not measured), steps 2..=steps+1 are timed; with a method, step steps+2 is
+/// its first re-allocation and one more step follows.
+pub fn train_steps<B: Backend>(
+    be: &Arc<B>,
+    a: &BenchTrainArgs,
+    cfg: &ModelConfig,
+    weights: Option<&HostWeights>,
+    mode: Mode,
+    profile: TakeProfile<B>,
+) -> Result<Trained> {
+    let method = if mode == Mode::Lora {
+        a.method
+    } else {
+        BenchMethod::None
     };
+    let train_mode = match mode {
+        Mode::Full => TrainMode::Full,
+        Mode::Lora | Mode::Forward => lora_mode(a, method == BenchMethod::Adalora),
+    };
+    let mut m = Model::new(be.clone(), cfg.clone(), head(), train_mode, weights, 1)?;
+    let timed_end = 1 + a.steps as u64;
+    let event = timed_end + 1;
+    let mut driver = method.driver(a, &mut m, event)?;
+    let mut fixed = NoHooks;
+    let hooks: &mut dyn Hooks<B> = match driver.as_mut() {
+        Some(d) => d,
+        None => &mut fixed,
+    };
+    let mut task = BenchTask {
+        cfg: cfg.clone(),
+        batch: batch(a),
+        weights,
+    };
+    let to = |steps| loop_config(a, steps);
     be.ledger().reset_peak();
-    let mut times = vec![];
-    let mut start = None;
-    for i in 0..=a.steps {
-        if i == 1 {
-            start = be.counters();
-            // Model creation and the warm-up step are not part of the profile.
-            if let Some(take) = profile {
-                take(be);
-            }
-        }
-        let t0 = Instant::now();
-        if mode == Mode::Forward {
-            m.loss(&b)?;
-        } else {
-            // As the training loop does it: one read-back (loss and gradient norm) per step.
-            m.zero_grads();
-            m.forward_backward_queued(&b, 1.0)?;
-            m.optimizer_step_queued(&opt, Some(1.0))?;
-            m.step_stats()?;
-        }
-        be.sync()?;
-        if i > 0 {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    let per_step = match (start, be.counters()) {
-        (Some(s), Some(e)) => Some(PerStep::of(e.since(&s), a.steps)),
-        _ => None,
-    };
-    let med = median(times);
+    train(&mut m, &mut task, &to(1), hooks)?;
+    // Model creation and the warm-up step are not part of the profile.
     if let Some(take) = profile {
-        print_profile(mode, &take(be), a.steps, med);
+        take(be);
     }
-    Ok((med, be.ledger().snapshot().total_peak, per_step))
+    let mut meter = Metered::new(be.clone(), hooks);
+    train(&mut m, &mut task, &to(timed_end), &mut meter)?;
+    let ops = profile.map(|take| take(be));
+    if method != BenchMethod::None {
+        train(&mut m, &mut task, &to(event + 1), &mut meter)?;
+    }
+    let event = meter.steps.split_off(a.steps);
+    Ok(Trained {
+        timed: meter.steps,
+        event,
+        allocations: driver.map(|d| d.allocations).unwrap_or_default(),
+        peak: be.ledger().snapshot().total_peak,
+        profile: ops,
+    })
 }
 
 /// The per-op table of one mode: ms per step, share of the median step, GFLOP/s of GEMMs.
@@ -349,73 +610,111 @@ fn run<B: Backend>(
         if mode == Mode::Full && a.no_full {
             continue;
         }
-        let (secs, peak, per_step) = bench_mode(&be, a, cfg, weights, mode, profile)?;
+        let m = bench_mode(&be, a, cfg, weights, mode, profile)?;
         let flops = match mode {
             Mode::Lora => fl.lora_step,
             Mode::Full => fl.full_step,
             Mode::Forward => fl.forward,
         };
-        rows.push(Row {
-            mode,
-            secs,
-            flops,
-            peak,
-            per_step,
-        });
+        rows.push(Row { mode, flops, m });
     }
     let tokens = (a.batch * a.seq) as f64;
+    print_table(&rows, tokens, rate);
+    for r in &rows {
+        print_device_work(a, r);
+    }
+    if a.json {
+        for r in &rows {
+            print_json(&*be, a, r, tokens, rate);
+        }
+    }
+    Ok(())
+}
+
+/// Speed, share of the GEMM ceiling and ledger peak of each mode.
+fn print_table(rows: &[Row], tokens: f64, rate: f64) {
     println!(
         "{:<22} {:>8} {:>10} {:>11} {:>14} {:>11} {:>12}",
         "mode", "s/step", "tokens/s", "GFLOP/step", "ceiling tok/s", "of ceiling", "peak ledger"
     );
-    for r in &rows {
+    for r in rows {
         let ceiling = tokens / (r.flops / (rate * 1e9));
-        let tps = tokens / r.secs;
+        let tps = tokens / r.m.secs;
         println!(
             "{:<22} {:>8.3} {:>10.0} {:>11.2} {:>14.0} {:>10.0}% {:>8.0} MiB",
             r.mode.label(),
-            r.secs,
+            r.m.secs,
             tps,
             r.flops / 1e9,
             ceiling,
             100.0 * tps / ceiling,
-            r.peak as f64 / (1 << 20) as f64
+            r.m.t.peak as f64 / (1 << 20) as f64
         );
     }
-    for r in &rows {
-        if let Some(p) = r.per_step {
-            println!(
-                "{:<22} per step: {:.0} dispatches, {:.1} submits, {:.1} read-backs of {:.0} bytes \
-                 in all, {:.0} bytes uploaded",
-                r.mode.label(),
-                p.dispatches,
-                p.submits,
-                p.read_backs,
-                p.read_back_bytes,
-                p.uploaded_bytes
-            );
-        }
+}
+
+/// The device's work per timed step (GPU), and with `--method` its allocations and what its
+/// re-allocation step and the step after it cost.
+fn print_device_work(a: &BenchTrainArgs, r: &Row) {
+    let label = r.mode.label();
+    if let Some(p) = r.m.per_step {
+        println!(
+            "{label:<22} per step: {:.0} dispatches, {:.1} submits, {:.1} read-backs of {:.0} \
+             bytes in all, {:.0} bytes uploaded",
+            p.dispatches, p.submits, p.read_backs, p.read_back_bytes, p.uploaded_bytes
+        );
     }
-    if a.json {
-        for r in &rows {
-            let line = serde_json::json!({
-                "side": "ours",
-                "device": be.name(),
-                "mode": r.mode.key(),
-                "secs": r.secs,
-                "tokens_per_s": tokens / r.secs,
-                "gemm_gflops": rate,
-                "of_ceiling": (tokens / r.secs) / (tokens / (r.flops / (rate * 1e9))),
-                "peak_ledger_bytes": r.peak,
-                "weights": format!("{:?}", a.weights).to_lowercase(),
-                // The process peak: the caller runs one mode per process to read it per mode.
-                "peak_rss_gib": peak_rss_gib().unwrap_or(f64::NAN),
-                "per_step": r.per_step,
-            });
-            println!("{line}");
-        }
+    let method = a.method.label();
+    for x in &r.m.t.allocations {
+        let before: usize = x.slots.iter().map(|s| s.before).sum();
+        println!(
+            "{label:<22} {method} step {}: {}, total rank {before} → {}",
+            x.step,
+            x.reason,
+            x.total()
+        );
     }
-    Ok(())
+    let whats = ["re-allocation", "the step after it"];
+    for (s, what) in r.m.t.event.iter().zip(whats) {
+        let c = s.counters.map_or("no device counters".to_string(), |c| {
+            format!(
+                "{} dispatches, {} submits, {} read-backs of {} bytes in all, {} bytes uploaded",
+                c.dispatches, c.submits, c.read_backs, c.read_back_bytes, c.uploaded_bytes
+            )
+        });
+        println!(
+            "{label:<22} {method} step {} ({what}): {c}; {:.3} s",
+            s.step, s.secs
+        );
+    }
+}
+
+/// One JSON line per mode (for scripts/bench-vs-pytorch).
+fn print_json<B: Backend>(be: &B, a: &BenchTrainArgs, r: &Row, tokens: f64, rate: f64) {
+    let steps: Vec<_> =
+        r.m.t
+            .event
+            .iter()
+            .map(|s| serde_json::json!({"step": s.step, "secs": s.secs, "counters": s.counters}))
+            .collect();
+    let line = serde_json::json!({
+        "side": "ours",
+        "device": be.name(),
+        "mode": r.mode.key(),
+        "secs": r.m.secs,
+        "tokens_per_s": tokens / r.m.secs,
+        "gemm_gflops": rate,
+        "of_ceiling": (tokens / r.m.secs) / (tokens / (r.flops / (rate * 1e9))),
+        "peak_ledger_bytes": r.m.t.peak,
+        "weights": format!("{:?}", a.weights).to_lowercase(),
+        // The process peak: the caller runs one mode per process to read it per mode.
+        "peak_rss_gib": peak_rss_gib().unwrap_or(f64::NAN),
+        "per_step": r.m.per_step,
+        // Only the LoRA step runs the rank method.
+        "method": if r.mode == Mode::Lora { a.method.label() } else { "none" },
+        "method_steps": steps,
+    });
+    println!("{line}");
 }
 
 fn peak_rss_gib() -> Option<f64> {
@@ -452,7 +751,8 @@ pub fn main(mut a: BenchTrainArgs) -> Result<()> {
     println!(
         "adarank bench train — encoder, {} layers, hidden {}, {} heads, FFN {}, vocab {}, \
          seq {}, batch {} ({} tokens/step); LoRA rank {} on q, k, v, o, ffn_in, ffn_out \
-         ({} adapters); AdamW, frozen weights {:?}, median of {} steps; weights: {}",
+         ({} adapters); AdamW, frozen weights {:?}, median of {} steps; weights: {}; rank \
+         method: {}",
         a.layers,
         a.hidden,
         a.heads,
@@ -465,7 +765,8 @@ pub fn main(mut a: BenchTrainArgs) -> Result<()> {
         6 * a.layers,
         a.weights,
         a.steps,
-        a.model.as_deref().unwrap_or("random")
+        a.model.as_deref().unwrap_or("random"),
+        a.method.label()
     );
     let w = weights.as_ref();
     if matches!(a.device, Device::Cpu | Device::Both) {

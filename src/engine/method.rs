@@ -126,9 +126,10 @@ pub trait RankMethod: Send {
     fn ranks(&self, core: &Core) -> Vec<usize> {
         core.infos.iter().map(|a| a.rank).collect()
     }
-    /// Method state for checkpoints.
-    fn state(&self) -> serde_json::Value {
-        serde_json::Value::Null
+    /// Method state for checkpoints (state the method keeps in the store, such as AdaLoRA's
+    /// importance, is read back here).
+    fn state(&self, _core: &Core, _store: &dyn AdapterStore) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
     }
     fn load_state(&mut self, _v: serde_json::Value) -> Result<()> {
         Ok(())

@@ -796,7 +796,8 @@ impl RankEngine {
         &self.core.host
     }
 
-    /// Everything a checkpoint needs (reads the gradient statistics back from the device).
+    /// Everything a checkpoint needs (reads the gradient statistics, and state the method keeps
+    /// in the store, back from the device).
     pub fn state(&self, store: &dyn AdapterStore) -> Result<EngineState> {
         let grads = (0..self.core.infos.len())
             .map(|i| self.core.grad_stats(store, i))
@@ -808,7 +809,7 @@ impl RankEngine {
             learned: self.core.learned.clone(),
             calls: self.core.calls.clone(),
             rng_draws: self.core.rng_draws,
-            method: self.method.state(),
+            method: self.method.state(&self.core, store)?,
         })
     }
 

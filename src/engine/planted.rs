@@ -11,7 +11,9 @@
 use super::driver::EngineDriver;
 use super::schedule::Schedule;
 use super::{Allocation, EngineConfig, EngineCtx, RankEngine};
-use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor, ModuleKind};
+use crate::adapter::{
+    AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor, ModuleKind, TripletImportance,
+};
 use crate::model::lora::{grow_factors, init_factors, shrink_factors, Factors};
 use crate::policy::PhaseSpec;
 use nalgebra::DMatrix;
@@ -95,6 +97,7 @@ struct Layer {
     opt: [Adam; 3],
     inputs: Option<HostTensor>,
     acc: GradStats,
+    importance: TripletImportance,
 }
 
 /// The student: one LoRA adapter per layer, an [`AdapterStore`].
@@ -138,6 +141,7 @@ impl Layer {
         self.gg.clear();
         self.gates = None;
         self.acc = GradStats::default();
+        self.importance = TripletImportance::default();
     }
     /// Per-component multiplier λ_j·g_j.
     fn mult(&self) -> Vec<f32> {
@@ -184,6 +188,7 @@ impl PlantedStore {
                 opt: Default::default(),
                 inputs: None,
                 acc: GradStats::default(),
+                importance: TripletImportance::default(),
             };
             l.set(init_factors(d, d, init_rank, cfg.svd_form, rng.random()));
             layers.push(l);
@@ -469,6 +474,49 @@ impl AdapterStore for PlantedStore {
         });
         Ok(())
     }
+    // AdaLoRA's store operations on host tensors: the host formulas themselves.
+    fn update_importance(&mut self, i: usize, beta1: f32, beta2: f32) -> anyhow::Result<()> {
+        let h = self.adapter_host(i)?;
+        let l = self.layer_mut(i)?;
+        if l.info.rank > 0 {
+            l.importance.update(&h, beta1 as f64, beta2 as f64);
+        }
+        Ok(())
+    }
+    fn importance(&self, i: usize) -> anyhow::Result<TripletImportance> {
+        Ok(self.layer(i)?.importance.clone())
+    }
+    fn set_importance(&mut self, i: usize, t: &TripletImportance) -> anyhow::Result<()> {
+        self.layer_mut(i)?.importance = t.clone();
+        Ok(())
+    }
+    fn add_orth_grad(&mut self, i: usize, weight: f32) -> anyhow::Result<()> {
+        let h = self.adapter_host(i)?;
+        let l = self.layer_mut(i)?;
+        let (rows, cols, r) = (l.info.rows, l.info.cols, l.info.rank);
+        if r == 0 {
+            return Ok(());
+        }
+        let (ga, gb) = super::adalora::orth_grads(&h, rows, cols, r, weight);
+        for (g, x) in l.ga.iter_mut().zip(&ga) {
+            *g += x;
+        }
+        for (g, x) in l.gb.iter_mut().zip(&gb) {
+            *g += x;
+        }
+        Ok(())
+    }
+    fn mask_lambda(&mut self, i: usize, masked: &[bool]) -> anyhow::Result<()> {
+        let l = self.layer_mut(i)?;
+        if let Some(lam) = l.lambda.as_mut() {
+            for (v, &m) in lam.iter_mut().zip(masked) {
+                if m {
+                    *v = 0.0;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a planted run ended with.
@@ -632,6 +680,7 @@ mod tests {
             opt: Default::default(),
             inputs: None,
             acc: GradStats::default(),
+            importance: TripletImportance::default(),
         }
     }
 

@@ -343,12 +343,12 @@ impl RankMethod for Scripted {
         }
     }
 
-    fn state(&self) -> serde_json::Value {
-        serde_json::json!({
+    fn state(&self, _core: &Core, _store: &dyn AdapterStore) -> Result<serde_json::Value> {
+        Ok(serde_json::json!({
             "relax": self.relax,
             "complexities": self.complexities,
             "energies": self.energies,
-        })
+        }))
     }
 
     fn load_state(&mut self, v: serde_json::Value) -> Result<()> {

@@ -203,8 +203,8 @@ impl RankMethod for SoraMethod {
         Ok(None)
     }
 
-    fn state(&self) -> serde_json::Value {
-        serde_json::to_value(&self.gates).unwrap_or_default()
+    fn state(&self, _core: &Core, _store: &dyn AdapterStore) -> Result<serde_json::Value> {
+        Ok(serde_json::to_value(&self.gates).unwrap_or_default())
     }
 
     fn load_state(&mut self, v: serde_json::Value) -> Result<()> {

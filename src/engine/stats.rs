@@ -5,7 +5,8 @@
 //! Costs, so a training step stays cheap: W0 spectra are computed once; gradient statistics
 //! accumulate on the device after every backward pass (two sums of squares and an r×r Gram
 //! product per adapter, [`AdapterStore::gather_grad_stats`]) and are read back only when a
-//! plugin runs; statistics marked *lazy* (they download the adapter's factors or an input
+//! plugin runs, as AdaLoRA's importance averages are ([`AdapterStore::update_importance`],
+//! read back at a budget step); statistics marked *lazy* (they download the adapter's factors or an input
 //! sample) are computed only when one of the method's plugins names the key in its source.
 
 use super::adalora::TripletImportance;
@@ -364,7 +365,7 @@ pub const STATS: &[Stat] = &[
         key: "sensitivity",
         meaning: "AdaLoRA: smoothed sensitivity Ī averaged over P, λ and Q's entries (0 for other methods)",
         cost: METHOD,
-        how: "Ī ← β1·Ī + (1−β1)·|w·∂L/∂w| per entry (host)",
+        how: "Ī ← β1·Ī + (1−β1)·|w·∂L/∂w| per entry, every step where the adapter lives (Backend::importance_ema), read back at a budget step",
         needs: Needs::Nothing,
         get: |s| fl(mean_importance(s, |x| x.mean_sensitivity())),
     },
@@ -372,7 +373,7 @@ pub const STATS: &[Stat] = &[
         key: "uncertainty",
         meaning: "AdaLoRA: smoothed uncertainty Ū averaged like `sensitivity`",
         cost: METHOD,
-        how: "Ū ← β2·Ū + (1−β2)·|I − Ī| per entry (host)",
+        how: "Ū ← β2·Ū + (1−β2)·|I − Ī| per entry, with Ī",
         needs: Needs::Nothing,
         get: |s| fl(mean_importance(s, |x| x.mean_uncertainty())),
     },

@@ -2,7 +2,9 @@
 //! engine allocates the budget over `lora.targets` × `lora.layers` only, never over untargeted
 //! modules.
 
-use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor};
+use crate::adapter::{
+    AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor, TripletImportance,
+};
 use anyhow::{Context, Result};
 
 pub struct SlotView<'a, S: AdapterStore + ?Sized = dyn AdapterStore> {
@@ -73,6 +75,25 @@ impl<S: AdapterStore + ?Sized> AdapterStore for SlotView<'_, S> {
         let j = self.inner(i)?;
         self.store.keep_components(j, keep)
     }
+    fn update_importance(&mut self, i: usize, beta1: f32, beta2: f32) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.update_importance(j, beta1, beta2)
+    }
+    fn importance(&self, i: usize) -> Result<TripletImportance> {
+        self.store.importance(self.inner(i)?)
+    }
+    fn set_importance(&mut self, i: usize, t: &TripletImportance) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.set_importance(j, t)
+    }
+    fn add_orth_grad(&mut self, i: usize, weight: f32) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.add_orth_grad(j, weight)
+    }
+    fn mask_lambda(&mut self, i: usize, masked: &[bool]) -> Result<()> {
+        let j = self.inner(i)?;
+        self.store.mask_lambda(j, masked)
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +136,21 @@ mod tests {
         }
         fn keep_components(&mut self, i: usize, keep: &[usize]) -> Result<()> {
             self.0[i].rank = keep.len();
+            Ok(())
+        }
+        fn update_importance(&mut self, _i: usize, _b1: f32, _b2: f32) -> Result<()> {
+            Ok(())
+        }
+        fn importance(&self, _i: usize) -> Result<TripletImportance> {
+            Ok(TripletImportance::default())
+        }
+        fn set_importance(&mut self, _i: usize, _t: &TripletImportance) -> Result<()> {
+            Ok(())
+        }
+        fn add_orth_grad(&mut self, _i: usize, _w: f32) -> Result<()> {
+            Ok(())
+        }
+        fn mask_lambda(&mut self, _i: usize, _m: &[bool]) -> Result<()> {
             Ok(())
         }
     }

@@ -36,6 +36,28 @@ pub struct Lora<B: Backend> {
     pub gates: Option<Gates<B>>,
     /// Gradient statistics accumulated on the device for the rank engine.
     pub acc: Option<GradAcc<B>>,
+    /// AdaLoRA's importance averages, kept on the device.
+    pub importance: Option<ImportanceState<B>>,
+    /// Scratch of AdaLoRA's orthogonality penalty, kept across steps.
+    pub orth: Option<OrthScratch<B>>,
+}
+
+/// AdaLoRA's importance averages of every entry of A, B and λ (see
+/// `Backend::importance_ema`), kept on the device between budget steps: [2, len] each,
+/// sensitivity then uncertainty.
+pub struct ImportanceState<B: Backend> {
+    pub a: Tensor<B>,
+    pub b: Tensor<B>,
+    pub lambda: Tensor<B>,
+}
+
+/// What the orthogonality penalty's gradient needs on the device, for an adapter of rank r:
+/// the identity, N = PᵀP − I (or QQᵀ − I) and N/‖N‖_F, all [r, r], and 1/‖N‖_F.
+pub struct OrthScratch<B: Backend> {
+    pub eye: Tensor<B>,
+    pub n: Tensor<B>,
+    pub unit: Tensor<B>,
+    pub inv: Tensor<B>,
 }
 
 /// Soft gates g on an adapter's components: ΔW = s·B·diag(g)·A. The rank engine sets g; the

@@ -10,7 +10,7 @@
 use super::linear::Lora;
 use super::param::Param;
 use crate::adapter::HostTensor;
-use crate::backend::Backend;
+use crate::backend::{Backend, MemKind};
 use anyhow::{ensure, Result};
 use nalgebra::DMatrix;
 use rand::{Rng, SeedableRng};
@@ -253,6 +253,8 @@ impl<B: Backend> Lora<B> {
             xal: None,
             gates: None,
             acc: None,
+            importance: None,
+            orth: None,
         };
         l.set_factors(be, path, rows, cols, f, scale)?;
         Ok(l)
@@ -284,9 +286,11 @@ impl<B: Backend> Lora<B> {
         self.lambda = None;
         self.xa = None;
         self.xal = None;
-        // Gates and gradient statistics describe the old components.
+        // Gates, gradient statistics and importance describe the old components.
         self.gates = None;
         self.acc = None;
+        self.importance = None;
+        self.orth = None;
         self.rank = f.rank;
         self.scale = scale;
         self.mask = vec![false; f.rank];
@@ -341,6 +345,29 @@ impl<B: Backend> Lora<B> {
                 None => None,
             },
         })
+    }
+
+    /// λ_j ← 0 where `masked[j]`, on the device (λ ⊙ keep with keep_j ∈ {0, 1}), so masking
+    /// reads nothing back. Nothing to do without λ or without a masked entry.
+    pub fn zero_lambda(&mut self, be: &B, masked: &[bool]) -> Result<()> {
+        let Some(lam) = self.lambda.as_mut() else {
+            return Ok(());
+        };
+        ensure!(
+            masked.len() == self.rank,
+            "λ mask of {} entries for an adapter of rank {}",
+            masked.len(),
+            self.rank
+        );
+        if !masked.iter().any(|&m| m) {
+            return Ok(());
+        }
+        let keep: Vec<f32> = masked.iter().map(|&m| if m { 0.0 } else { 1.0 }).collect();
+        let keep = be.upload(&keep, MemKind::Scratch)?;
+        let mut kept = be.zeros(keep.len(), MemKind::Scratch)?;
+        be.mul(&lam.w, &keep, &mut kept);
+        be.copy(&kept, &mut lam.w);
+        Ok(())
     }
 
     /// The trainable tensors of this slot, A, B, λ (in that order).

@@ -2,13 +2,15 @@
 //! checkpoint state (trainable parameters, AdamW moments, step counters, ranks).
 
 use super::config::{Flavour, TrainMode};
-use super::linear::{Gates, GradAcc, Lora};
+use super::linear::{Gates, GradAcc, ImportanceState, Lora, OrthScratch};
 use super::lora::{grow_factors, lora_scale, shrink_factors, Factors};
 use super::transformer::Model;
 use super::weights::{name_seed, HostWeights};
-use crate::adapter::{AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor, ModuleKind};
-use crate::backend::Gemm;
-use crate::backend::{Backend, MemKind};
+use crate::adapter::{
+    AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor, Importance, ModuleKind,
+    TripletImportance,
+};
+use crate::backend::{Backend, Gemm, MemKind, Tensor};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -570,6 +572,135 @@ impl<B: Backend> AdapterStore for Model<B> {
         Ok(())
     }
 
+    fn update_importance(&mut self, i: usize, beta1: f32, beta2: f32) -> Result<()> {
+        let be = self.be.clone();
+        let lora = self.lora_at_mut(i)?;
+        if lora.rank == 0 {
+            return Ok(());
+        }
+        let (Some(a), Some(b), Some(l)) = (&lora.a, &lora.b, &lora.lambda) else {
+            bail!("update_importance: adapter {i} is not in SVD form (AdaLoRA needs λ)");
+        };
+        if lora.importance.is_none() {
+            let zeros = |p: &super::param::Param<B>| be.zeros(2 * p.len(), MemKind::Optim);
+            lora.importance = Some(ImportanceState {
+                a: zeros(a)?,
+                b: zeros(b)?,
+                lambda: zeros(l)?,
+            });
+        }
+        let st = lora.importance.as_mut().expect("allocated above");
+        for (p, state) in [(a, &mut st.a), (b, &mut st.b), (l, &mut st.lambda)] {
+            if let Some(o) = p.opt.as_ref() {
+                be.importance_ema(&p.w, &o.g, state, beta1, beta2);
+            }
+        }
+        Ok(())
+    }
+
+    fn importance(&self, i: usize) -> Result<TripletImportance> {
+        let be = &*self.be;
+        let Some(st) = self.lora_at(i)?.importance.as_ref() else {
+            return Ok(TripletImportance::default());
+        };
+        // [2, n]: the sensitivity, then the uncertainty.
+        let read = |t: &Tensor<B>| -> Result<Importance> {
+            let mut v = be.download(t)?;
+            let unc = v.split_off(v.len() / 2);
+            Ok(Importance {
+                ema_ipt: v,
+                ema_unc: unc,
+            })
+        };
+        Ok(TripletImportance {
+            p: read(&st.b)?,
+            lambda: read(&st.lambda)?,
+            q: read(&st.a)?,
+        })
+    }
+
+    fn set_importance(&mut self, i: usize, t: &TripletImportance) -> Result<()> {
+        let be = self.be.clone();
+        let lora = self.lora_at_mut(i)?;
+        if t.is_empty() {
+            lora.importance = None;
+            return Ok(());
+        }
+        let (Some(a), Some(b), Some(l)) = (&lora.a, &lora.b, &lora.lambda) else {
+            bail!("set_importance: adapter {i} is not in SVD form (AdaLoRA needs λ)");
+        };
+        let upload = |x: &Importance, p: &super::param::Param<B>| -> Result<Tensor<B>> {
+            ensure!(
+                x.ema_ipt.len() == p.len() && x.ema_unc.len() == p.len(),
+                "set_importance: {} has {} values, the state {} and {}",
+                p.name,
+                p.len(),
+                x.ema_ipt.len(),
+                x.ema_unc.len()
+            );
+            be.upload(&[&x.ema_ipt[..], &x.ema_unc[..]].concat(), MemKind::Optim)
+        };
+        let st = ImportanceState {
+            a: upload(&t.q, a)?,
+            b: upload(&t.p, b)?,
+            lambda: upload(&t.lambda, l)?,
+        };
+        lora.importance = Some(st);
+        Ok(())
+    }
+
+    fn add_orth_grad(&mut self, i: usize, weight: f32) -> Result<()> {
+        let (_, kind) = self.slot(i)?;
+        let (rows, cols) = self.cfg.module_shape(kind);
+        let be = self.be.clone();
+        let lora = self.lora_at_mut(i)?;
+        let r = lora.rank;
+        if r == 0 {
+            return Ok(());
+        }
+        if lora.orth.is_none() {
+            let mut eye = vec![0.0f32; r * r];
+            for j in 0..r {
+                eye[j * r + j] = 1.0;
+            }
+            lora.orth = Some(OrthScratch {
+                eye: be.upload(&eye, MemKind::Scratch)?,
+                n: be.zeros(r * r, MemKind::Scratch)?,
+                unit: be.zeros(r * r, MemKind::Scratch)?,
+                inv: be.zeros(1, MemKind::Scratch)?,
+            });
+        }
+        let s = lora.orth.as_mut().expect("allocated above");
+        let (Some(a), Some(b)) = (lora.a.as_mut(), lora.b.as_mut()) else {
+            return Ok(());
+        };
+        // P = B [rows, r]: N = PᵀP − I, and ∂‖N‖_F/∂P = 2·P·N/‖N‖_F (N is symmetric).
+        be.matmul(&b.w, &b.w, &mut s.n, &Gemm::tn(r, r, rows));
+        unit_deviation(&*be, s, r);
+        if let Some(o) = b.opt.as_mut() {
+            let spec = Gemm::nn(rows, r, r).alpha(2.0 * weight).accumulate();
+            be.matmul(&b.w, &s.unit, &mut o.g, &spec);
+        }
+        // Q = A [r, cols]: M = QQᵀ − I, and ∂‖M‖_F/∂Q = 2·M·Q/‖M‖_F.
+        be.matmul(&a.w, &a.w, &mut s.n, &Gemm::nt(r, r, cols));
+        unit_deviation(&*be, s, r);
+        if let Some(o) = a.opt.as_mut() {
+            let spec = Gemm::nn(r, cols, r).alpha(2.0 * weight).accumulate();
+            be.matmul(&s.unit, &a.w, &mut o.g, &spec);
+        }
+        Ok(())
+    }
+
+    fn mask_lambda(&mut self, i: usize, masked: &[bool]) -> Result<()> {
+        let be = self.be.clone();
+        let lora = self.lora_at_mut(i)?;
+        ensure!(
+            lora.svd,
+            "mask_lambda: adapter {i} is not in SVD form; set LoraConfig::svd_form"
+        );
+        lora.zero_lambda(&*be, masked)
+    }
+
     fn input_sample(&self, i: usize) -> Option<HostTensor> {
         let (l, kind) = self.slot(i).ok()?;
         let a = self.acts.as_ref()?;
@@ -601,4 +732,12 @@ impl<B: Backend> AdapterStore for Model<B> {
         }
         Some(HostTensor::new(vec![rows, cols], v))
     }
+}
+
+/// With s.n holding a Gram matrix G [r, r]: s.n ← G − I and s.unit ← (G − I)/‖G − I‖_F (0 when
+/// G = I), the norm never leaving the device.
+fn unit_deviation<B: Backend>(be: &B, s: &mut OrthScratch<B>, r: usize) {
+    be.axpy(-1.0, &s.eye, &mut s.n);
+    be.inv_norm(&s.n, &mut s.inv, 0);
+    be.mul_cols(&s.n, &s.inv, &mut s.unit, r * r, 1);
 }

@@ -534,7 +534,7 @@ impl<B: Backend> Model<B> {
         Ok(report)
     }
 
-    /// Re-zero masked λ entries (AdaLoRA's pruned triplets stay pruned).
+    /// Re-zero masked λ entries (AdaLoRA's pruned triplets stay pruned), on the device.
     pub(crate) fn apply_lambda_masks(&mut self) -> Result<()> {
         let be = self.be.clone();
         for b in &mut self.blocks {
@@ -542,17 +542,9 @@ impl<B: Backend> Model<B> {
                 let Some(l) = b.linear_mut(kind).lora.as_mut() else {
                     continue;
                 };
-                if !l.mask.iter().any(|&m| m) {
-                    continue;
-                }
-                if let Some(lam) = l.lambda.as_mut() {
-                    let mut v = be.download(&lam.w)?;
-                    for (x, &m) in v.iter_mut().zip(&l.mask) {
-                        if m {
-                            *x = 0.0;
-                        }
-                    }
-                    be.write(&mut lam.w, &v)?;
+                if l.mask.iter().any(|&m| m) {
+                    let mask = l.mask.clone();
+                    l.zero_lambda(&*be, &mask)?;
                 }
             }
         }

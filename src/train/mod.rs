@@ -1,7 +1,8 @@
 //! Training: AdamW with warmup and decay, clipping, accumulation, the loop with hooks
-//! for the rank engine and runner, metrics, and the built-in tasks (planted-rank
-//! teacher–student, synthetic classification).
+//! for the rank engine and runner, metrics, per-step costs (`meter`), and the built-in tasks
+//! (planted-rank teacher–student, synthetic classification).
 
+pub mod meter;
 pub mod order;
 pub mod planted;
 pub mod schedule;
@@ -9,6 +10,7 @@ pub mod synthetic;
 pub mod task;
 pub mod trainer;
 
+pub use meter::{Metered, StepCost};
 pub use planted::{PlantedConfig, PlantedTask};
 pub use schedule::{lr_at, Decay};
 pub use synthetic::{SyntheticConfig, SyntheticTask};

@@ -27,7 +27,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     }
     assert!(
         worst.1 == 0.0,
-        "{what}: element {} is {} but the CPU backend says {} (scaled error {} > {tol})",
+        "{what}: element {} is {} but the oracle says {} (scaled error {} > {tol})",
         worst.0,
         got[worst.0],
         want[worst.0],
@@ -104,5 +104,25 @@ impl adarank::adapter::AdapterStore for Counting {
     }
     fn keep_components(&mut self, i: usize, keep: &[usize]) -> anyhow::Result<()> {
         self.inner.keep_components(i, keep)
+    }
+    fn update_importance(&mut self, i: usize, beta1: f32, beta2: f32) -> anyhow::Result<()> {
+        self.inner.update_importance(i, beta1, beta2)
+    }
+    fn importance(&self, i: usize) -> anyhow::Result<adarank::adapter::TripletImportance> {
+        bump(&self.stat_reads);
+        self.inner.importance(i)
+    }
+    fn set_importance(
+        &mut self,
+        i: usize,
+        t: &adarank::adapter::TripletImportance,
+    ) -> anyhow::Result<()> {
+        self.inner.set_importance(i, t)
+    }
+    fn add_orth_grad(&mut self, i: usize, weight: f32) -> anyhow::Result<()> {
+        self.inner.add_orth_grad(i, weight)
+    }
+    fn mask_lambda(&mut self, i: usize, masked: &[bool]) -> anyhow::Result<()> {
+        self.inner.mask_lambda(i, masked)
     }
 }

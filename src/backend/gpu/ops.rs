@@ -708,6 +708,9 @@ impl Backend for Gpu {
     fn sum(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize) {
         self.reduce("sum", x, out, slot, 0);
     }
+    fn inv_norm(&self, x: &Tensor<Self>, out: &mut Tensor<Self>, slot: usize) {
+        self.reduce("inv_norm", x, out, slot, 2);
+    }
 
     fn matmul(&self, a: &Tensor<Self>, b: &Tensor<Self>, c: &mut Tensor<Self>, spec: &Gemm) {
         self.matmul_with(self.gemm_kernel(), a, b, c, spec);
@@ -1196,6 +1199,44 @@ impl Backend for Gpu {
                     .u(slot.unwrap_or(0))
             },
             |c| c.div_ceil(256),
+        );
+    }
+    fn importance_ema(
+        &self,
+        w: &Tensor<Self>,
+        g: &Tensor<Self>,
+        state: &mut Tensor<Self>,
+        beta1: f32,
+        beta2: f32,
+    ) {
+        let n = w.len();
+        if !self.require(
+            "importance_ema",
+            &[len_is(g, n, "g"), len_is(state, 2 * n, "state")],
+        ) || n == 0
+        {
+            return;
+        }
+        // An adapter's tensors are far below the binding limit; the state is bound whole.
+        if let Err(e) = check_bindable(self, "importance_ema", "the state", (2 * n * 4) as u64) {
+            return self.reject(format!("{e:#}"));
+        }
+        fn whole(slot: u32, t: &Tensor<Gpu>, len: usize) -> Bind<'_> {
+            Bind {
+                slot,
+                buf: raw(t),
+                offset: 0,
+                size: (len * 4) as u64,
+            }
+        }
+        self.dispatch(
+            "importance_ema",
+            "importance",
+            "importance_forward",
+            &[],
+            &Params::default().u(n).f(beta1).f(beta2),
+            &[whole(1, w, n), whole(2, g, n), whole(3, state, 2 * n)],
+            grid(n.div_ceil(256)),
         );
     }
     fn clip_factor(&self, sumsq: &Tensor<Self>, count: usize, clip: f32, out: &mut Tensor<Self>) {

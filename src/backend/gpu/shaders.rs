@@ -16,6 +16,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("embedding", include_str!("../../../shaders/embedding.wgsl")),
     ("gelu", include_str!("../../../shaders/gelu.wgsl")),
+    (
+        "importance",
+        include_str!("../../../shaders/importance.wgsl"),
+    ),
     ("layernorm", include_str!("../../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../../shaders/matmul.wgsl")),
     (

@@ -84,6 +84,7 @@ pub fn memory(s: &ArmShape) -> Memory {
     };
     let alone = |b: BatchShape, train: bool| {
         params(s, ranks)
+            .plus(&adalora_state(s, ranks))
             .plus(&pass(s, b, ranks, train))
             .plus(&adapter_inputs(s, b, ranks))
     };
@@ -104,7 +105,33 @@ fn peak_at(s: &ArmShape, ranks: &[usize]) -> ByKind {
     let train = pass(s, s.train, ranks, true);
     let eval = pass(s, s.eval, ranks, false);
     let xa = adapter_inputs(s, s.train, ranks).max(adapter_inputs(s, s.eval, ranks));
-    params(s, ranks).plus(&train.max(eval)).plus(&xa)
+    params(s, ranks)
+        .plus(&adalora_state(s, ranks))
+        .plus(&train.max(eval))
+        .plus(&xa)
+}
+
+/// What AdaLoRA keeps on the device from its first step on (`Model::update_importance`,
+/// `Model::add_orth_grad`): the importance averages of every entry of A, B and λ ([2, len]
+/// each), and the orthogonality penalty's identity, N and N/‖N‖ ([r, r] each) and 1/‖N‖.
+fn adalora_state(s: &ArmShape, ranks: &[usize]) -> ByKind {
+    let mut m = ByKind::default();
+    if s.full || !s.svd {
+        return m;
+    }
+    for (i, &r) in ranks.iter().enumerate() {
+        if r == 0 {
+            continue;
+        }
+        let (rows, cols) = s
+            .model
+            .module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
+        m.hold(MemKind::Optim, 2.0 * (r * cols + rows * r + r) as f64);
+        if s.orth_reg {
+            m.hold(MemKind::Scratch, (3 * r * r + 1) as f64);
+        }
+    }
+    m
 }
 
 fn prod(shape: &[usize]) -> f64 {
@@ -189,8 +216,8 @@ fn adapter_inputs(s: &ArmShape, b: BatchShape, ranks: &[usize]) -> ByKind {
 
 /// What one pass at batch shape `b` holds beyond the parameters and the adapters' inputs: the
 /// saved activations and shared scratch (`Acts`, `Work`, `Flow`), plus the largest of the
-/// buffers that live for a moment (the head's; in training also an adapter's backward, the
-/// gradient norm and AdaLoRA's penalty gradient).
+/// buffers that live for a moment (the head's; in training also an adapter's backward and the
+/// gradient norm).
 fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
     let c = &s.model;
     let (bt, t) = (b.batch as f64, b.seq as f64);
@@ -221,21 +248,7 @@ fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
         let r_max = ranks.iter().copied().max().unwrap_or(0) as f64;
         m.hold(MemKind::Scratch, 2.0 * n * r_max);
     }
-    let mut brief = head_buffers(s, b, train);
-    if train && !s.full && s.svd && s.orth_reg {
-        // The penalty's gradient, uploaded one factor at a time.
-        let mut extra = ByKind::default();
-        let largest = ranks
-            .iter()
-            .enumerate()
-            .map(|(i, &r)| {
-                let (rows, cols) = c.module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
-                (r * rows.max(cols)) as f64
-            })
-            .fold(0.0, f64::max);
-        extra.hold(MemKind::Scratch, largest);
-        brief = brief.max(extra);
-    }
+    let brief = head_buffers(s, b, train);
     if train {
         // The step's device statistics, kept across steps (`StepStats`): one sum of squares
         // per trainable tensor, the 4-value read-back, the loss slot and accumulator.

@@ -18,7 +18,6 @@ import sys
 TM = 16  # rows of C per invocation
 TN = 64  # columns of C per subgroup, shared by its 8 invocations
 LANES = 8  # workgroup = one subgroup of 8 (the host requires a minimum subgroup size of 8)
-Q = TN // 4  # vec4 accumulators per row
 
 
 def shared_decls() -> str:
@@ -79,6 +78,75 @@ fn store(i: u32, v: f32) {
 """
 
 
+def kernel(w, entry: str, tm: int, tn: int, guarded: bool) -> None:
+    """Writes entry point `entry`: a subgroup of LANES computes a (LANES·tm)×tn block of C, each
+    invocation tm rows, op(B) shared by subgroupBroadcast. `guarded` clamps loads to the last
+    row and column and skips stores past m or n (the small tiles); otherwise whole tiles only."""
+    q4 = tn // 4  # vec4 accumulators per row
+    w(f"""@compute @workgroup_size({LANES})
+fn {entry}(@builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(subgroup_invocation_id) lane: u32) {{
+    let r0 = wid.y * {LANES * tm}u + lane * {tm}u;
+    let c0 = wid.x * {tn}u;
+    let batch = wid.z + p.z_base;
+    let a_base = p.off_a + batch * p.stride_a;
+    let b_base = p.off_b + batch * p.stride_b;
+    let c_base = p.off_c + batch * p.stride_c;
+    let a_kstep = select(1u, p.lda, TRANS_A);
+    let b_kstep = select(p.ldb, 1u, TRANS_B);""")
+    if guarded:
+        for i in range(tm):
+            w(f"    let ra{i} = min(r0 + {i}u, p.m - 1u);")
+            w(f"    let ao{i} = a_base + select(ra{i} * p.lda, ra{i}, TRANS_A);")
+        for q in range(tn // LANES):
+            w(f"    let cb{q} = min(c0 + {q * LANES}u + lane, p.n - 1u);")
+            w(f"    let bo{q} = b_base + select(cb{q}, cb{q} * p.ldb, TRANS_B);")
+    else:
+        w("    // Offsets of this invocation's rows of op(A).")
+        for i in range(tm):
+            w(f"    let ao{i} = a_base + select((r0 + {i}u) * p.lda, r0 + {i}u, TRANS_A);")
+        w("    // The op(B) columns this invocation loads for the subgroup: c0 + 8q + lane.")
+        for q in range(tn // LANES):
+            w(f"    let cb{q} = c0 + {q * LANES}u + lane;")
+            w(f"    let bo{q} = b_base + select(cb{q}, cb{q} * p.ldb, TRANS_B);")
+    for i in range(tm):
+        w("    " + " ".join(f"var acc{i}_{q} = vec4<f32>(0.0);" for q in range(q4)))
+    w("    var ka = 0u;")
+    w("    var kb = 0u;")
+    w("    for (var kk = 0u; kk < p.k; kk++) {")
+    for q in range(tn // LANES):
+        w(f"        let bl{q} = load_b(bo{q} + kb);")
+    for q in range(q4):
+        src = (4 * q) // LANES
+        lanes = [(4 * q + e) % LANES for e in range(4)]
+        parts = ", ".join(f"subgroupBroadcast(bl{src}, {l}u)" for l in lanes)
+        w(f"        let b{q} = vec4<f32>({parts});")
+    for i in range(tm):
+        w(f"        let a{i} = vec4<f32>(a[ao{i} + ka]);")
+        for q in range(q4):
+            w(f"        acc{i}_{q} = fma(a{i}, b{q}, acc{i}_{q});")
+    w("        ka += a_kstep;")
+    w("        kb += b_kstep;")
+    w("    }")
+    if guarded:
+        w(f"    let cols = min(p.n - min(p.n, c0), {tn}u);")
+        for i in range(tm):
+            w(f"    if (r0 + {i}u < p.m) {{")
+            w(f"        let row = c_base + (r0 + {i}u) * p.ldc + c0;")
+            for q in range(q4):
+                for e, comp in enumerate("xyzw"):
+                    j = 4 * q + e
+                    w(f"        if ({j}u < cols) {{ store(row + {j}u, acc{i}_{q}.{comp}); }}")
+            w("    }")
+    else:
+        for i in range(tm):
+            w(f"    let row{i} = c_base + (r0 + {i}u) * p.ldc + c0;")
+            for q in range(q4):
+                for e, comp in enumerate("xyzw"):
+                    w(f"    store(row{i} + {4 * q + e}u, acc{i}_{q}.{comp});")
+    w("}")
+
+
 def generate() -> str:
     out = []
     w = out.append
@@ -91,54 +159,13 @@ def generate() -> str:
 // op(B); the subgroup exchanges the op(B) values with subgroupBroadcast, so every B element is
 // loaded once per subgroup instead of once per invocation. On llvmpipe a per-invocation load
 // costs about as much as {LANES * 2} FMAs, and this cuts loads per FMA from 24/128 (matmul_blocked) to
-// {TM + TN // LANES}/{TM * TN}. Whole tiles only: the host sends shapes with m % {LANES * TM} != 0 or
-// n % {TN} != 0 to matmul_blocked (guards here, one branch per store, took llvmpipe minutes to compile).
+// {TM + TN // LANES}/{TM * TN}. Whole tiles only: the host runs the rest of a GEMM (rows past a multiple
+// of {LANES * TM}, columns past a multiple of {TN}, k < 16) on the small tiles of matmul_small.wgsl
+// (guards here, one branch per store, took llvmpipe minutes to compile).
 // Batches are the z dimension of the grid, offset by z_base.
 """)
     w(shared_decls())
-    w(f"""@compute @workgroup_size({LANES})
-fn matmul_subgroup(@builtin(workgroup_id) wid: vec3<u32>,
-                   @builtin(subgroup_invocation_id) lane: u32) {{
-    let r0 = wid.y * {LANES * TM}u + lane * {TM}u;
-    let c0 = wid.x * {TN}u;
-    let batch = wid.z + p.z_base;
-    let a_base = p.off_a + batch * p.stride_a;
-    let b_base = p.off_b + batch * p.stride_b;
-    let c_base = p.off_c + batch * p.stride_c;
-    let a_kstep = select(1u, p.lda, TRANS_A);
-    let b_kstep = select(p.ldb, 1u, TRANS_B);
-    // Offsets of this invocation's rows of op(A).""")
-    for i in range(TM):
-        w(f"    let ao{i} = a_base + select((r0 + {i}u) * p.lda, r0 + {i}u, TRANS_A);")
-    w("    // The op(B) columns this invocation loads for the subgroup: c0 + 8q + lane.")
-    for q in range(TN // LANES):
-        w(f"    let cb{q} = c0 + {q * LANES}u + lane;")
-        w(f"    let bo{q} = b_base + select(cb{q}, cb{q} * p.ldb, TRANS_B);")
-    for i in range(TM):
-        w("    " + " ".join(f"var acc{i}_{q} = vec4<f32>(0.0);" for q in range(Q)))
-    w("    var ka = 0u;")
-    w("    var kb = 0u;")
-    w("    for (var kk = 0u; kk < p.k; kk++) {")
-    for q in range(TN // LANES):
-        w(f"        let bl{q} = load_b(bo{q} + kb);")
-    for q in range(Q):
-        src = (4 * q) // LANES
-        lanes = [(4 * q + e) % LANES for e in range(4)]
-        parts = ", ".join(f"subgroupBroadcast(bl{src}, {l}u)" for l in lanes)
-        w(f"        let b{q} = vec4<f32>({parts});")
-    for i in range(TM):
-        w(f"        let a{i} = vec4<f32>(a[ao{i} + ka]);")
-        for q in range(Q):
-            w(f"        acc{i}_{q} = fma(a{i}, b{q}, acc{i}_{q});")
-    w("        ka += a_kstep;")
-    w("        kb += b_kstep;")
-    w("    }")
-    for i in range(TM):
-        w(f"    let row{i} = c_base + (r0 + {i}u) * p.ldc + c0;")
-        for q in range(Q):
-            for e, comp in enumerate("xyzw"):
-                w(f"    store(row{i} + {4 * q + e}u, acc{i}_{q}.{comp});")
-    w("}")
+    kernel(w, "matmul_subgroup", TM, TN, guarded=False)
     return "\n".join(out) + "\n"
 
 
@@ -163,53 +190,7 @@ def generate_small() -> str:
 """)
     w(shared_decls())
     for tm, tn in SMALL_TILES:
-        q4 = tn // 4
-        w(f"""@compute @workgroup_size({LANES})
-fn matmul_small_{tm}x{tn}(@builtin(workgroup_id) wid: vec3<u32>,
-                   @builtin(subgroup_invocation_id) lane: u32) {{
-    let r0 = wid.y * {LANES * tm}u + lane * {tm}u;
-    let c0 = wid.x * {tn}u;
-    let batch = wid.z + p.z_base;
-    let a_base = p.off_a + batch * p.stride_a;
-    let b_base = p.off_b + batch * p.stride_b;
-    let c_base = p.off_c + batch * p.stride_c;
-    let a_kstep = select(1u, p.lda, TRANS_A);
-    let b_kstep = select(p.ldb, 1u, TRANS_B);""")
-        for i in range(tm):
-            w(f"    let ra{i} = min(r0 + {i}u, p.m - 1u);")
-            w(f"    let ao{i} = a_base + select(ra{i} * p.lda, ra{i}, TRANS_A);")
-        for q in range(tn // LANES):
-            w(f"    let cb{q} = min(c0 + {q * LANES}u + lane, p.n - 1u);")
-            w(f"    let bo{q} = b_base + select(cb{q}, cb{q} * p.ldb, TRANS_B);")
-        for i in range(tm):
-            w("    " + " ".join(f"var acc{i}_{q} = vec4<f32>(0.0);" for q in range(q4)))
-        w("    var ka = 0u;")
-        w("    var kb = 0u;")
-        w("    for (var kk = 0u; kk < p.k; kk++) {")
-        for q in range(tn // LANES):
-            w(f"        let bl{q} = load_b(bo{q} + kb);")
-        for q in range(q4):
-            src = (4 * q) // LANES
-            lanes = [(4 * q + e) % LANES for e in range(4)]
-            parts = ", ".join(f"subgroupBroadcast(bl{src}, {l}u)" for l in lanes)
-            w(f"        let b{q} = vec4<f32>({parts});")
-        for i in range(tm):
-            w(f"        let a{i} = vec4<f32>(a[ao{i} + ka]);")
-            for q in range(q4):
-                w(f"        acc{i}_{q} = fma(a{i}, b{q}, acc{i}_{q});")
-        w("        ka += a_kstep;")
-        w("        kb += b_kstep;")
-        w("    }")
-        w("    let cols = min(p.n - min(p.n, c0), " + f"{tn}u);")
-        for i in range(tm):
-            w(f"    if (r0 + {i}u < p.m) {{")
-            w(f"        let row = c_base + (r0 + {i}u) * p.ldc + c0;")
-            for q in range(q4):
-                for e, comp in enumerate("xyzw"):
-                    j = 4 * q + e
-                    w(f"        if ({j}u < cols) {{ store(row + {j}u, acc{i}_{q}.{comp}); }}")
-            w("    }")
-        w("}")
+        kernel(w, f"matmul_small_{tm}x{tn}", tm, tn, guarded=True)
         w("")
     return "\n".join(out)
 

@@ -7,8 +7,9 @@
 // op(B); the subgroup exchanges the op(B) values with subgroupBroadcast, so every B element is
 // loaded once per subgroup instead of once per invocation. On llvmpipe a per-invocation load
 // costs about as much as 16 FMAs, and this cuts loads per FMA from 24/128 (matmul_blocked) to
-// 24/1024. Whole tiles only: the host sends shapes with m % 128 != 0 or
-// n % 64 != 0 to matmul_blocked (guards here, one branch per store, took llvmpipe minutes to compile).
+// 24/1024. Whole tiles only: the host runs the rest of a GEMM (rows past a multiple
+// of 128, columns past a multiple of 64, k < 16) on the small tiles of matmul_small.wgsl
+// (guards here, one branch per store, took llvmpipe minutes to compile).
 // Batches are the z dimension of the grid, offset by z_base.
 
 override TRANS_A: bool = false;

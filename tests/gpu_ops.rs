@@ -76,21 +76,27 @@ fn matmul_shapes() -> Vec<(usize, usize, usize)> {
     ]
 }
 
-fn check_all_matmul(kernel: GemmKernel) {
-    let Some(g) = test_gpu() else { return };
-    let mut seed = 10;
-    for (m, n, k) in matmul_shapes() {
+/// `kernel` on each shape in all four layouts, plain and with α = 0.5, β = −1.5; seeds from
+/// `seed`, 3 apart per layout.
+fn check_every_layout(g: &Gpu, kernel: GemmKernel, shapes: &[(usize, usize, usize)], seed: u64) {
+    let mut seed = seed;
+    for &(m, n, k) in shapes {
         for spec in [
             Gemm::nn(m, n, k),
             Gemm::nt(m, n, k),
             Gemm::tn(m, n, k),
             Gemm::tt(m, n, k),
         ] {
-            check_matmul(&g, kernel, spec, seed);
-            check_matmul(&g, kernel, spec.alpha(0.5).beta(-1.5), seed + 7);
+            check_matmul(g, kernel, spec, seed);
+            check_matmul(g, kernel, spec.alpha(0.5).beta(-1.5), seed + 7);
             seed += 3;
         }
     }
+}
+
+fn check_all_matmul(kernel: GemmKernel) {
+    let Some(g) = test_gpu() else { return };
+    check_every_layout(&g, kernel, &matmul_shapes(), 10);
     // k = 0: C = beta·C.
     check_matmul(&g, kernel, Gemm::nn(5, 6, 0).beta(2.0), 1);
     // The large shape, once per transpose pair that the model uses (NT forward, TN weight grad).
@@ -138,31 +144,19 @@ fn matmul_subgroup_matches_cpu() {
         assert!(g.has_subgroups_of_8(), "{} has no subgroups of 8", g.name());
     }
     // Whole 128×64 tiles (the shapes the kernel takes), every transpose, alpha/beta, batches.
-    let mut seed = 40;
-    for (m, n, k) in [(128, 64, 1), (128, 64, 37), (256, 128, 70)] {
-        for spec in [
-            Gemm::nn(m, n, k),
-            Gemm::nt(m, n, k),
-            Gemm::tn(m, n, k),
-            Gemm::tt(m, n, k),
-        ] {
-            check_matmul(&g, GemmKernel::Subgroup, spec, seed);
-            check_matmul(
-                &g,
-                GemmKernel::Subgroup,
-                spec.alpha(0.5).beta(-1.5),
-                seed + 7,
-            );
-            seed += 3;
-        }
-    }
+    check_every_layout(
+        &g,
+        GemmKernel::Subgroup,
+        &[(128, 64, 1), (128, 64, 37), (256, 128, 70)],
+        40,
+    );
     check_matmul(
         &g,
         GemmKernel::Subgroup,
         Gemm::nt(128, 64, 24).batched(3, 128 * 24, 0, 128 * 64),
         8,
     );
-    // Everything else falls back, and must still be right.
+    // Everything else runs split (the edges and k < 16 on the small tiles), and must be right.
     check_all_matmul(GemmKernel::Subgroup);
 }
 
@@ -174,31 +168,15 @@ fn matmul_subgroup_small_matches_cpu() {
     }
     // Each tile (16×8 for n ≤ 8, 1×64 for m ≤ 8, 8×32 otherwise) on whole and partial blocks:
     // LoRA's rank-r shapes (x·Aᵀ, dY·B, dB, dA, s·h·Bᵀ), attention's batched per-head products.
-    let mut seed = 60;
-    for (m, n, k) in [
+    let shapes = [
         (300, 8, 37),
         (129, 3, 70),
         (8, 200, 300),
         (5, 70, 33),
         (70, 33, 65),
         (200, 96, 8),
-    ] {
-        for spec in [
-            Gemm::nn(m, n, k),
-            Gemm::nt(m, n, k),
-            Gemm::tn(m, n, k),
-            Gemm::tt(m, n, k),
-        ] {
-            check_matmul(&g, GemmKernel::SubgroupSmall, spec, seed);
-            check_matmul(
-                &g,
-                GemmKernel::SubgroupSmall,
-                spec.alpha(0.5).beta(-1.5),
-                seed + 7,
-            );
-            seed += 3;
-        }
-    }
+    ];
+    check_every_layout(&g, GemmKernel::SubgroupSmall, &shapes, 60);
     check_matmul(
         &g,
         GemmKernel::SubgroupSmall,

@@ -247,18 +247,18 @@ impl Gpu {
         binds: &[Bind],
         groups: [u32; 3],
     ) {
-        let _span = key.map(|(key, flops)| {
+        let span = key.map(|(key, flops)| {
             self.flush_and_wait();
             self.profile.span(|| key, flops)
         });
         self.record_dispatch(op, shader, entry, consts, params, binds, groups);
-        if _span.is_some() {
+        if span.is_some() {
             self.flush_and_wait();
         }
     }
 
     /// Submits recorded work and waits for the device (errors stay logged for the next sync).
-    fn flush_and_wait(&self) {
+    pub(super) fn flush_and_wait(&self) {
         self.flush();
         if let Err(e) = self.device.poll(wgpu::PollType::wait_indefinitely()) {
             self.errors

@@ -18,7 +18,7 @@ pub mod shaders;
 pub use pool::{GpuBuf, GpuIds};
 
 use super::Ledger;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use dispatch::{ErrorLog, PipelineCache};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -317,10 +317,7 @@ impl Gpu {
     /// Submits pending work and waits for it; returns the device errors recorded since the last
     /// check as one error naming the ops that were running.
     pub fn wait(&self) -> Result<()> {
-        self.flush();
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow!("GPU device poll failed (device lost?): {e}"))?;
+        self.flush_and_wait();
         self.errors.take()
     }
 }

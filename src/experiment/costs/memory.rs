@@ -119,19 +119,30 @@ fn adalora_state(s: &ArmShape, ranks: &[usize]) -> ByKind {
     if s.full || !s.svd {
         return m;
     }
-    for (i, &r) in ranks.iter().enumerate() {
-        if r == 0 {
-            continue;
-        }
-        let (rows, cols) = s
-            .model
-            .module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
+    for (r, rows, cols) in live_adapters(s, ranks) {
         m.hold(MemKind::Optim, 2.0 * (r * cols + rows * r + r) as f64);
         if s.orth_reg {
             m.hold(MemKind::Scratch, (3 * r * r + 1) as f64);
         }
     }
     m
+}
+
+/// (rank, rows, cols) of every adapter with a rank above 0 (`ranks` in layer-major module order).
+fn live_adapters<'a>(
+    s: &'a ArmShape,
+    ranks: &'a [usize],
+) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
+    ranks
+        .iter()
+        .enumerate()
+        .filter(|(_, &r)| r > 0)
+        .map(|(i, &r)| {
+            let (rows, cols) = s
+                .model
+                .module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
+            (r, rows, cols)
+        })
 }
 
 fn prod(shape: &[usize]) -> f64 {
@@ -163,13 +174,7 @@ pub fn params(s: &ArmShape, ranks: &[usize]) -> ByKind {
         }
     }
     if !s.full {
-        for (i, &r) in ranks.iter().enumerate() {
-            if r == 0 {
-                continue;
-            }
-            let (rows, cols) = s
-                .model
-                .module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
+        for (r, rows, cols) in live_adapters(s, ranks) {
             m.trainable((r * cols) as f64);
             m.trainable((rows * r) as f64);
             if s.svd {

@@ -21,16 +21,22 @@ pub enum ModuleKind {
     FfnIn,
     /// Feed-forward down projection, W: [hidden, ffn].
     FfnOut,
+    /// SwiGLU's gate projection (Llama family only), W: [ffn, hidden]. In that family `FfnIn`
+    /// is `up_proj` and `FfnOut` is `down_proj`.
+    Gate,
 }
 
 impl ModuleKind {
-    pub const ALL: [ModuleKind; 6] = [
+    /// Every kind, in slot order. The encoder and the GPT-style decoder have the first six;
+    /// `Gate` is last so their slot order does not depend on it.
+    pub const ALL: [ModuleKind; 7] = [
         ModuleKind::Q,
         ModuleKind::K,
         ModuleKind::V,
         ModuleKind::O,
         ModuleKind::FfnIn,
         ModuleKind::FfnOut,
+        ModuleKind::Gate,
     ];
 
     /// The name used in policy files, reports and plugin maps.
@@ -42,11 +48,33 @@ impl ModuleKind {
             ModuleKind::O => "o",
             ModuleKind::FfnIn => "ffn_in",
             ModuleKind::FfnOut => "ffn_out",
+            ModuleKind::Gate => "gate",
         }
     }
 
+    /// A policy's module name; `up` and `down` (PEFT's up_proj, down_proj) name `ffn_in` and
+    /// `ffn_out`.
     pub fn parse(s: &str) -> Option<ModuleKind> {
-        ModuleKind::ALL.into_iter().find(|k| k.name() == s)
+        match s {
+            "up" => Some(ModuleKind::FfnIn),
+            "down" => Some(ModuleKind::FfnOut),
+            _ => ModuleKind::ALL.into_iter().find(|k| k.name() == s),
+        }
+    }
+
+    /// The module path of this weight in a Hugging Face Llama-family checkpoint, e.g.
+    /// `model.layers.3.self_attn.q_proj` (PEFT keys decoder adapters by this path).
+    pub fn hf_llama_path(self, layer: usize) -> String {
+        let leaf = match self {
+            ModuleKind::Q => "self_attn.q_proj",
+            ModuleKind::K => "self_attn.k_proj",
+            ModuleKind::V => "self_attn.v_proj",
+            ModuleKind::O => "self_attn.o_proj",
+            ModuleKind::Gate => "mlp.gate_proj",
+            ModuleKind::FfnIn => "mlp.up_proj",
+            ModuleKind::FfnOut => "mlp.down_proj",
+        };
+        format!("model.layers.{layer}.{leaf}")
     }
 
     /// The module path of this weight in a Hugging Face BERT checkpoint (no `bert.` prefix),
@@ -59,6 +87,7 @@ impl ModuleKind {
             ModuleKind::O => "attention.output.dense",
             ModuleKind::FfnIn => "intermediate.dense",
             ModuleKind::FfnOut => "output.dense",
+            ModuleKind::Gate => "gate_proj", // no BERT module: never asked for
         };
         format!("encoder.layer.{layer}.{leaf}")
     }

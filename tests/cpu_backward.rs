@@ -136,6 +136,7 @@ fn softmax_backward_matches_finite_differences_with_masks() {
         let spec = Attn {
             batch: 2,
             heads: 3,
+            kv_heads: 3,
             tq: 4,
             tk: 5,
             scale: 0.7,

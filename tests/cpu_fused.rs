@@ -41,6 +41,7 @@ fn fused_attention_matches_the_unfused_composition() {
         let spec = Attn {
             batch,
             heads,
+            kv_heads: heads,
             tq,
             tk,
             scale: 1.0 / (d as f32).sqrt(),

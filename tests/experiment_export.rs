@@ -28,6 +28,7 @@ fn cfg() -> ModelConfig {
         heads: 4,
         ffn: 24,
         ln_eps: 1e-12,
+        llama: None,
     }
 }
 

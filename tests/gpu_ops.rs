@@ -369,6 +369,7 @@ fn softmax_matches_cpu_with_causal_and_key_masks() {
         let spec = Attn {
             batch,
             heads,
+            kv_heads: heads,
             tq,
             tk,
             scale: 0.37,

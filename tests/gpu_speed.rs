@@ -193,6 +193,7 @@ fn attention_matches_the_cpu_fused_kernel() {
         let spec = Attn {
             batch,
             heads,
+            kv_heads: heads,
             tq: t,
             tk: t,
             scale: 1.0 / (d as f32).sqrt(),

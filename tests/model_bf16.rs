@@ -161,6 +161,7 @@ fn lora_training_in_bf16_tracks_f32() {
         heads: 4,
         ffn: 96,
         ln_eps: 1e-12,
+        llama: None,
     };
     let head = Head::Classify {
         classes: 3,

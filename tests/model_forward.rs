@@ -21,6 +21,7 @@ fn cfg(flavour: Flavour) -> ModelConfig {
         heads: 4,
         ffn: 24,
         ln_eps: 1e-12,
+        llama: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn cfg(flavour: Flavour) -> ModelConfig {
         heads: 3,
         ffn: 20,
         ln_eps: 1e-5,
+        llama: None,
     }
 }
 

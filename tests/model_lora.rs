@@ -25,6 +25,7 @@ fn cfg() -> ModelConfig {
         heads: 2,
         ffn: 24,
         ln_eps: 1e-5,
+        llama: None,
     }
 }
 

@@ -26,6 +26,7 @@ fn cfg() -> ModelConfig {
         heads: 4,
         ffn: 32,
         ln_eps: 1e-12,
+        llama: None,
     }
 }
 

@@ -261,6 +261,7 @@ fn bench_train_configuration_flops_match_the_backends_tally() {
         heads: 4,
         ffn: 64,
         ln_eps: 1e-12,
+        llama: None,
     };
     let head = Head::Classify {
         classes: 2,

@@ -219,7 +219,11 @@ impl Gemm {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Attn {
     pub batch: usize,
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads (grouped-query attention): query head h reads kv head
+    /// h / (heads / kv_heads). Equal to `heads` for multi-head attention.
+    pub kv_heads: usize,
     pub tq: usize,
     pub tk: usize,
     /// Multiplies the scores before the softmax (1/√head_dim).

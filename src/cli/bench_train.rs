@@ -179,6 +179,7 @@ pub fn config(a: &BenchTrainArgs) -> ModelConfig {
         heads: a.heads,
         ffn: a.ffn,
         ln_eps: 1e-12,
+        llama: None,
     }
 }
 

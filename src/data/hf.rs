@@ -148,6 +148,7 @@ impl BertConfig {
             heads: self.num_attention_heads,
             ffn: self.intermediate_size,
             ln_eps: self.layer_norm_eps as f32,
+            llama: None,
         }
     }
 

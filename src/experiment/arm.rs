@@ -121,6 +121,7 @@ pub fn transformer(spec: &ModelSpec) -> Result<ModelConfig> {
         heads: t.heads,
         ffn: t.ffn,
         ln_eps: 1e-5,
+        llama: None,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -22,8 +22,10 @@ pub struct Dims {
     pub t: usize,
     /// hidden
     pub c: usize,
-    /// heads
+    /// heads (query heads)
     pub h: usize,
+    /// key/value heads (grouped-query attention; `h` otherwise)
+    pub kvh: usize,
     /// head dim
     pub d: usize,
     /// ffn width
@@ -39,6 +41,7 @@ impl Dims {
         Attn {
             batch: self.b,
             heads: self.h,
+            kv_heads: self.kvh,
             tq: self.t,
             tk: self.t,
             scale: 1.0 / (self.d as f32).sqrt(),
@@ -61,6 +64,8 @@ pub struct Block<B: Backend> {
     pub o: Linear<B>,       // [C, C]
     pub ffn_in: Linear<B>,  // [F, C]
     pub ffn_out: Linear<B>, // [C, F]
+    /// SwiGLU's gate (Llama family only): [F, C].
+    pub gate: Option<Linear<B>>,
     /// Encoder: after attention (`attention.output.LayerNorm`); decoder: before attention.
     pub ln_a: Norm<B>,
     /// Encoder: after the FFN (`output.LayerNorm`); decoder: before the FFN.
@@ -76,6 +81,7 @@ impl<B: Backend> Block<B> {
             ModuleKind::O => &self.o,
             ModuleKind::FfnIn => &self.ffn_in,
             ModuleKind::FfnOut => &self.ffn_out,
+            ModuleKind::Gate => self.gate.as_ref().expect("a Llama-family block"),
         }
     }
     pub fn linear_mut(&mut self, kind: ModuleKind) -> &mut Linear<B> {
@@ -86,6 +92,7 @@ impl<B: Backend> Block<B> {
             ModuleKind::O => &mut self.o,
             ModuleKind::FfnIn => &mut self.ffn_in,
             ModuleKind::FfnOut => &mut self.ffn_out,
+            ModuleKind::Gate => self.gate.as_mut().expect("a Llama-family block"),
         }
     }
     /// Every parameter of the block (frozen or not), in a fixed order.
@@ -98,10 +105,14 @@ impl<B: Backend> Block<B> {
             o,
             ffn_in,
             ffn_out,
+            gate,
             ln_a,
             ln_f,
         } = self;
-        for lin in [q, k, v, o, ffn_in, ffn_out] {
+        for lin in [q, k, v, o, ffn_in, ffn_out]
+            .into_iter()
+            .chain(gate.as_mut())
+        {
             out.push(&mut lin.w);
             out.push(&mut lin.bias);
             if let Some(l) = lin.lora.as_mut() {

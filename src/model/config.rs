@@ -16,6 +16,37 @@ pub enum Flavour {
     /// Pre-norm blocks, GELU, learned absolute positions, causal attention, a final LayerNorm
     /// (`final_layernorm.*`), no token types.
     Decoder,
+    /// The Llama family (Llama, Mistral, Qwen2, SmolLM): pre-norm RMSNorm blocks, rotary position
+    /// embeddings on q and k (Hugging Face's half-split form), grouped-query causal attention,
+    /// a SwiGLU feed-forward (down(silu(gate(x)) ⊙ up(x))), a final RMSNorm (`model.norm`), no
+    /// position table and no token types, an LM head tied to the embeddings or its own. Its
+    /// specifics are in [`ModelConfig::llama`].
+    Llama,
+}
+
+/// Llama-family specifics of a [`ModelConfig`] (present exactly when the flavour is
+/// [`Flavour::Llama`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlamaArch {
+    /// Key/value heads (grouped-query attention): each serves heads / kv_heads query heads.
+    pub kv_heads: usize,
+    /// RoPE base θ (`rope_theta`).
+    pub rope_theta: f32,
+    /// Llama 3's frequency rescaling (`rope_scaling` with `rope_type = "llama3"`), if any.
+    pub rope_scaling: Option<RopeScaling>,
+    /// The LM head is the embedding table (`tie_word_embeddings`); otherwise `lm_head.weight`.
+    pub tie_embeddings: bool,
+    /// Biases on q, k and v (Qwen2); no other linear layer has one.
+    pub qkv_bias: bool,
+}
+
+/// Llama 3's RoPE frequency rescaling (`rope_scaling`, `rope_type = "llama3"`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_max_positions: usize,
 }
 
 /// Shape of a transformer.
@@ -30,7 +61,11 @@ pub struct ModelConfig {
     pub layers: usize,
     pub heads: usize,
     pub ffn: usize,
+    /// LayerNorm ε (encoder, decoder) or RMSNorm ε (Llama).
     pub ln_eps: f32,
+    /// Llama-family specifics; `None` for the encoder and the GPT-style decoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llama: Option<LlamaArch>,
 }
 
 impl ModelConfig {
@@ -46,6 +81,7 @@ impl ModelConfig {
             heads: 12,
             ffn: 1536,
             ln_eps: 1e-12,
+            llama: None,
         }
     }
 
@@ -61,6 +97,13 @@ impl ModelConfig {
             heads: 4,
             ffn: 64,
             ln_eps: 1e-5,
+            llama: (flavour == Flavour::Llama).then_some(LlamaArch {
+                kv_heads: 2,
+                rope_theta: 10000.0,
+                rope_scaling: None,
+                tie_embeddings: true,
+                qkv_bias: false,
+            }),
         }
     }
 
@@ -68,12 +111,32 @@ impl ModelConfig {
         self.hidden / self.heads
     }
 
-    /// (rows, cols) of the weight of a module: W is [out, in].
+    /// Key/value heads: `heads` unless the model shares them across query heads (GQA).
+    pub fn kv_heads(&self) -> usize {
+        self.llama.as_ref().map_or(self.heads, |l| l.kv_heads)
+    }
+
+    /// Width of the k and v projections: kv_heads · head_dim.
+    pub fn kv_width(&self) -> usize {
+        self.kv_heads() * self.head_dim()
+    }
+
+    /// The module kinds a block of this flavour has, in slot order.
+    pub fn module_kinds(&self) -> &'static [ModuleKind] {
+        match self.flavour {
+            Flavour::Llama => &ModuleKind::ALL,
+            Flavour::Encoder | Flavour::Decoder => &ModuleKind::ALL[..6],
+        }
+    }
+
+    /// (rows, cols) of the weight of a module: W is [out, in]. For the Llama family `FfnIn` is
+    /// `up_proj`, `Gate` is `gate_proj` and `FfnOut` is `down_proj`.
     pub fn module_shape(&self, kind: ModuleKind) -> (usize, usize) {
         let (c, f) = (self.hidden, self.ffn);
         match kind {
-            ModuleKind::Q | ModuleKind::K | ModuleKind::V | ModuleKind::O => (c, c),
-            ModuleKind::FfnIn => (f, c),
+            ModuleKind::Q | ModuleKind::O => (c, c),
+            ModuleKind::K | ModuleKind::V => (self.kv_width(), c),
+            ModuleKind::FfnIn | ModuleKind::Gate => (f, c),
             ModuleKind::FfnOut => (c, f),
         }
     }
@@ -95,9 +158,31 @@ impl ModelConfig {
             "model config: max_positions must be positive"
         );
         anyhow::ensure!(
-            c.flavour == Flavour::Decoder || c.type_vocab > 0,
+            c.flavour != Flavour::Encoder || c.type_vocab > 0,
             "model config: an encoder needs type_vocab ≥ 1"
         );
+        anyhow::ensure!(
+            (c.flavour == Flavour::Llama) == c.llama.is_some(),
+            "model config: Llama-family settings go with the Llama flavour, and only with it"
+        );
+        if let Some(l) = &c.llama {
+            anyhow::ensure!(
+                l.kv_heads > 0 && c.heads.is_multiple_of(l.kv_heads),
+                "model config: heads ({}) must be a multiple of kv_heads ({})",
+                c.heads,
+                l.kv_heads
+            );
+            anyhow::ensure!(
+                c.head_dim().is_multiple_of(2),
+                "model config: rotary embeddings need an even head dimension (got {})",
+                c.head_dim()
+            );
+            anyhow::ensure!(
+                l.rope_theta.is_finite() && l.rope_theta > 0.0,
+                "model config: rope_theta must be positive (got {})",
+                l.rope_theta
+            );
+        }
         Ok(())
     }
 }

@@ -719,7 +719,7 @@ impl<B: Backend> AdapterStore for Model<B> {
                 self.cfg.hidden,
             ),
             ModuleKind::O => (&la.ctx, self.cfg.hidden),
-            ModuleKind::FfnIn => (&la.f_in, self.cfg.hidden),
+            ModuleKind::FfnIn | ModuleKind::Gate => (&la.f_in, self.cfg.hidden),
             // The FfnOut input gelu(f1) is not kept (see `LayerActs::f1`): computed here.
             ModuleKind::FfnOut => (&la.f1, self.cfg.ffn),
         };

@@ -228,6 +228,7 @@ impl<B: Backend> Model<B> {
                 o,
                 ffn_in,
                 ffn_out,
+                gate: None,
                 ln_a,
                 ln_f,
             });
@@ -660,6 +661,7 @@ impl<B: Backend> Model<B> {
             t: batch.seq,
             c: c.hidden,
             h: c.heads,
+            kvh: c.kv_heads(),
             d: c.head_dim(),
             f: c.ffn,
         }

@@ -288,7 +288,7 @@ impl Shape {
     pub fn rank_cost(&self, kind: ModuleKind) -> Option<usize> {
         let c = self.hidden?;
         Some(match kind {
-            ModuleKind::FfnIn | ModuleKind::FfnOut => c + self.ffn?,
+            ModuleKind::FfnIn | ModuleKind::FfnOut | ModuleKind::Gate => c + self.ffn?,
             _ => 2 * c,
         })
     }

@@ -60,6 +60,7 @@ impl PlantedConfig {
                 heads: 4,
                 ffn: 64,
                 ln_eps: 1e-5,
+                llama: None,
             },
             ranks: vec![0, 2, 8, 1],
             strength: 1.0,

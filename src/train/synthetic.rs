@@ -37,6 +37,7 @@ impl SyntheticConfig {
                 heads: 4,
                 ffn: 64,
                 ln_eps: 1e-5,
+                llama: None,
             },
             classes: 3,
             seq: 16,

@@ -98,6 +98,7 @@ pub fn forward(
         tk,
         scale,
         causal,
+        ..
     } = *spec;
     let ctx_ptr = SendPtr(ctx.as_mut_ptr());
     probs[..batch * heads * tq * tk]

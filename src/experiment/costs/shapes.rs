@@ -232,6 +232,7 @@ pub fn model_config(spec: &ModelSpec, notes: &mut Vec<String>) -> Result<ModelCo
                 heads: k.heads,
                 ffn: k.ffn,
                 ln_eps: 1e-12,
+                llama: None,
             }),
             None => {
                 let dir = hf::resolve(name).with_context(|| {

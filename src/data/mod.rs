@@ -8,6 +8,7 @@ pub mod glue;
 pub mod hf;
 pub mod jsonl;
 pub mod plan;
+pub mod pretrained;
 pub mod squad;
 pub mod task;
 pub mod tokenizer;

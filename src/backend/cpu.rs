@@ -322,6 +322,17 @@ impl Backend for Cpu {
         let _p = self.profile.span(|| "copy".into(), 0.0);
         dst.buf[..src.len()].copy_from_slice(&src.buf);
     }
+    fn copy_range(
+        &self,
+        src: &Tensor<Self>,
+        src_at: usize,
+        dst: &mut Tensor<Self>,
+        dst_at: usize,
+        len: usize,
+    ) {
+        let _p = self.profile.span(|| "copy_range".into(), 0.0);
+        dst.buf[dst_at..dst_at + len].copy_from_slice(&src.buf[src_at..src_at + len]);
+    }
     fn scale(&self, x: &mut Tensor<Self>, s: f32) {
         let _p = self.profile.span(|| "scale".into(), 0.0);
         x.buf

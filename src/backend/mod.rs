@@ -340,6 +340,16 @@ pub trait Backend: Send + Sync + 'static {
     fn fill(&self, x: &mut Tensor<Self>, value: f32);
     /// dst[..src.len()] = src
     fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>);
+    /// dst[dst_at..dst_at + len] = src[src_at..src_at + len] — rows between buffers of other
+    /// shapes: a chunk of rows out of a batch, or rows appended to a generation's key/value cache.
+    fn copy_range(
+        &self,
+        src: &Tensor<Self>,
+        src_at: usize,
+        dst: &mut Tensor<Self>,
+        dst_at: usize,
+        len: usize,
+    );
     /// x *= s
     fn scale(&self, x: &mut Tensor<Self>, s: f32);
     /// y += alpha · x

@@ -574,6 +574,26 @@ impl Backend for Gpu {
             enc.copy_buffer_to_buffer(raw(src), 0, raw(dst), 0, bytes)
         });
     }
+    fn copy_range(
+        &self,
+        src: &Tensor<Self>,
+        src_at: usize,
+        dst: &mut Tensor<Self>,
+        dst_at: usize,
+        len: usize,
+    ) {
+        let checks = [
+            len_is(src, src_at + len, "src"),
+            len_is(dst, dst_at + len, "dst"),
+        ];
+        if !self.require("copy_range", &checks) || len == 0 {
+            return;
+        }
+        let (from, to) = ((src_at * 4) as u64, (dst_at * 4) as u64);
+        self.encode("copy_range", |enc| {
+            enc.copy_buffer_to_buffer(raw(src), from, raw(dst), to, (len * 4) as u64)
+        });
+    }
     fn scale(&self, x: &mut Tensor<Self>, s: f32) {
         self.elementwise(
             "scale",

@@ -6,6 +6,7 @@ pub mod assets;
 pub mod batch;
 pub mod glue;
 pub mod hf;
+pub mod hf_llm;
 pub mod jsonl;
 pub mod plan;
 pub mod pretrained;

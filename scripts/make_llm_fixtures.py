@@ -116,7 +116,7 @@ def cache_entry(name):
     return snap
 
 
-def rounded(xs, digits=5):
+def rounded(xs, digits=6):
     return [round(float(x), digits) for x in xs]
 
 
@@ -229,14 +229,14 @@ def smol():
         for p in prompts:
             out = model(torch.tensor([p["ids"]]), output_hidden_states=True)
             lg = out.logits[0].double()
-            p["logsumexp"] = rounded(torch.logsumexp(lg, dim=-1), 4)
+            p["logsumexp"] = rounded(torch.logsumexp(lg, dim=-1), 5)
             top = torch.topk(lg, 20, dim=-1)
             p["top_ids"] = top.indices.tolist()
-            p["top_logits"] = [rounded(r, 4) for r in top.values]
-            p["subset_logits"] = [rounded(r, 4) for r in lg[:, subset]]
+            p["top_logits"] = [rounded(r, 5) for r in top.values]
+            p["subset_logits"] = [rounded(r, 5) for r in lg[:, subset]]
             # The logit of the token that follows (perplexity), for every position but the last.
             nxt = torch.tensor(p["ids"][1:])
-            p["next_logits"] = rounded(lg[:-1].gather(1, nxt[:, None])[:, 0], 4)
+            p["next_logits"] = rounded(lg[:-1].gather(1, nxt[:, None])[:, 0], 5)
             # hidden_states[0] is the embedding output, [i] the output of layer i (the last one
             # after the final norm, as transformers returns it).
             p["hidden_norms"] = [rounded(h[0].double().norm(dim=-1), 3) for h in out.hidden_states]
@@ -253,7 +253,7 @@ def smol():
         "model": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "gguf_sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         "note": "transformers dequantizes the GGUF to f32 (eager attention); logits rounded "
-                "to 4 decimals; hidden_norms[0] is the embedding output, hidden_norms[i] layer "
+                "to 5 decimals; hidden_norms[0] is the embedding output, hidden_norms[i] layer "
                 "i's output, the last one after the final RMSNorm",
         "vocab": vocab,
         "subset_ids": subset,

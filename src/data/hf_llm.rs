@@ -300,31 +300,10 @@ fn rope(j: &LlmJson) -> Result<(f32, Option<RopeScaling>)> {
     }
 }
 
-/// Every tensor a Llama-family model needs, with its shape, in transformers' names (see
-/// `data::pretrained`).
+/// The tensors a Llama-family model of shape `cfg` needs, by transformers' names: the model's
+/// own list (`model::weights::body_shapes`), so loader and model cannot disagree.
 pub fn llama_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (c, f, kv, v) = (cfg.hidden, cfg.ffn, cfg.kv_width(), cfg.vocab);
-    let arch = cfg.llama.as_ref();
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, c])];
-    for i in 0..cfg.layers {
-        let p = format!("model.layers.{i}");
-        out.push((format!("{p}.input_layernorm.weight"), vec![c]));
-        for (m, rows, cols) in [("q", c, c), ("k", kv, c), ("v", kv, c), ("o", c, c)] {
-            out.push((format!("{p}.self_attn.{m}_proj.weight"), vec![rows, cols]));
-            if m != "o" && arch.is_some_and(|a| a.qkv_bias) {
-                out.push((format!("{p}.self_attn.{m}_proj.bias"), vec![rows]));
-            }
-        }
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![c]));
-        out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, c]));
-        out.push((format!("{p}.mlp.up_proj.weight"), vec![f, c]));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![c, f]));
-    }
-    out.push(("model.norm.weight".into(), vec![c]));
-    if !arch.is_some_and(|a| a.tie_embeddings) {
-        out.push(("lm_head.weight".into(), vec![v, c]));
-    }
-    out
+    crate::model::weights::body_shapes(cfg)
 }
 
 /// Load a Llama-family model from a folder (a snapshot folder for hub names: see

@@ -21,6 +21,7 @@ pub mod lora;
 pub mod named;
 pub mod param;
 pub mod pooler;
+pub mod rope;
 pub mod store;
 pub mod transformer;
 pub mod weights;

@@ -933,6 +933,57 @@ impl Backend for Gpu {
         }
     }
 
+    fn rmsnorm_forward(
+        &self,
+        _x: &Tensor<Self>,
+        _gamma: &Tensor<Self>,
+        _y: &mut Tensor<Self>,
+        _rstd: &mut Tensor<Self>,
+        _rows: usize,
+        _cols: usize,
+        _eps: f32,
+    ) {
+        self.reject("rmsnorm_forward: no GPU kernel in this build yet".into());
+    }
+    fn rmsnorm_backward(
+        &self,
+        _dy: &Tensor<Self>,
+        _x: &Tensor<Self>,
+        _gamma: &Tensor<Self>,
+        _rstd: &Tensor<Self>,
+        _dx: &mut Tensor<Self>,
+        _dgamma: Option<&mut Tensor<Self>>,
+        _rows: usize,
+        _cols: usize,
+    ) {
+        self.reject("rmsnorm_backward: no GPU kernel in this build yet".into());
+    }
+    fn rope(
+        &self,
+        _x: &Tensor<Self>,
+        _y: &mut Tensor<Self>,
+        _table: &Tensor<Self>,
+        _positions: &Ids<Self>,
+        _heads: usize,
+        _head_dim: usize,
+        _inverse: bool,
+    ) {
+        self.reject("rope: no GPU kernel in this build yet".into());
+    }
+    fn swiglu_forward(&self, _gate: &Tensor<Self>, _up: &Tensor<Self>, _out: &mut Tensor<Self>) {
+        self.reject("swiglu_forward: no GPU kernel in this build yet".into());
+    }
+    fn swiglu_backward(
+        &self,
+        _gate: &Tensor<Self>,
+        _up: &Tensor<Self>,
+        _dout: &Tensor<Self>,
+        _dgate: &mut Tensor<Self>,
+        _dup: &mut Tensor<Self>,
+    ) {
+        self.reject("swiglu_backward: no GPU kernel in this build yet".into());
+    }
+
     fn softmax_forward(
         &self,
         scores: &Tensor<Self>,

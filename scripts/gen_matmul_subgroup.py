@@ -27,6 +27,13 @@ override TRANS_B: bool = false;
 // beta != 0, as a pipeline constant: a branch per store costs minutes of llvmpipe compile time.
 override ACCUMULATE: bool = false;
 override B_BF16: bool = false;
+// B in one of GGUF's block formats when B_QUANT > 0 (1 Q8_0, 2 Q4_0, 3 Q4_1; frozen weights
+// kept quantized, QLoRA-style): the bytes as llama.cpp stores them, 32 values per block, so
+// element i (a stored row is whole blocks) sits in block i / 32. Q8_0: f16 d, 32 i8 q, x = d·q
+// (34 bytes); Q4_0: f16 d, 16 bytes with element j in the low nibble of byte j and j + 16 in its
+// high nibble, x = d·(q − 8) (18 bytes); Q4_1: f16 d, f16 m, nibbles as Q4_0, x = d·q + m
+// (20 bytes). Every block starts on an even byte, so an f16 never straddles two words.
+override B_QUANT: u32 = 0u;
 
 struct Params {
     m: u32,
@@ -58,9 +65,51 @@ struct Params {
 // C: m x n
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
+// An IEEE f16 (the low 16 bits of h) as f32, in integer operations: `unpack2x16float` needs a
+// capability (f16 in f32) that not every adapter reports.
+fn half_to_f32(h: u32) -> f32 {
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    let s = (h & 0x8000u) << 16u;
+    let normal = bitcast<f32>(s | ((e + 112u) << 23u) | (m << 13u));
+    let subnormal = bitcast<f32>(s | bitcast<u32>(ldexp(f32(m), -24)));
+    let special = bitcast<f32>(s | 0x7f800000u | (m << 13u));
+    return select(select(normal, special, e == 31u), subnormal, e == 0u);
+}
+
+fn b_byte(o: u32) -> u32 {
+    return (b[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu;
+}
+
+fn b_half(o: u32) -> f32 {
+    let w = b[o >> 2u];
+    return half_to_f32(select(w, w >> 16u, (o & 2u) != 0u));
+}
+
+fn load_quant(i: u32) -> f32 {
+    let blk = i >> 5u;
+    let j = i & 31u;
+    if (B_QUANT == 1u) {
+        let o = blk * 34u;
+        let q = bitcast<i32>(b_byte(o + 2u + j) << 24u) >> 24u;
+        return b_half(o) * f32(q);
+    }
+    let o = blk * select(20u, 18u, B_QUANT == 2u);
+    let qo = o + select(4u, 2u, B_QUANT == 2u);
+    let q = f32((b_byte(qo + (j & 15u)) >> ((j >> 4u) * 4u)) & 15u);
+    if (B_QUANT == 2u) {
+        return b_half(o) * (q - 8.0);
+    }
+    return b_half(o) * q + b_half(o + 2u);
+}
+
 // B as stored: f32, or bf16 two per 32-bit word (value 2i in the low half of word i) when
-// B_BF16 (frozen weights kept in bf16); widened to f32 here, so the arithmetic is f32 either way.
+// B_BF16 (frozen weights kept in bf16), or blocks when B_QUANT; widened to f32 here, so the
+// arithmetic is f32 either way.
 fn load_b(i: u32) -> f32 {
+    if (B_QUANT != 0u) {
+        return load_quant(i);
+    }
     if (B_BF16) {
         let w = b[i >> 1u];
         return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) != 0u));

@@ -7,6 +7,7 @@
 mod attention;
 pub mod bf16;
 mod llama;
+pub mod quant;
 pub mod simd;
 use super::profile::{self, gemm_key};
 mod skinny;
@@ -75,9 +76,90 @@ impl Cpu {
         Tensor::from_parts(data, len, guard)
     }
 
+    /// A tensor holding `bytes` (already checked to be `len` values of `dtype`), in the f32
+    /// container padded to whole words; the ledger counts the bytes themselves.
+    fn block_tensor(&self, bytes: &[u8], dtype: DType, len: usize, kind: MemKind) -> Tensor<Self> {
+        let mut words = vec![0f32; bytes.len().div_ceil(4)];
+        bytemuck::cast_slice_mut::<f32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        let guard = self.ledger.hold(kind, bytes.len() as u64);
+        Tensor::from_parts_typed(words, len, guard, dtype)
+    }
+
+    /// `embedding_forward` with the table in a block format: each row dequantized on its own
+    /// (a row is `dim / 32` whole blocks).
+    fn embedding_forward_blocks(
+        &self,
+        ids: &Ids<Self>,
+        table: &Tensor<Self>,
+        out: &mut Tensor<Self>,
+        dim: usize,
+        accumulate: bool,
+    ) {
+        let q = table.dtype();
+        assert!(
+            dim.is_multiple_of(crate::backend::quant::BLOCK),
+            "embedding_forward: a {} table needs rows of whole 32-value blocks, not {dim}",
+            q.name()
+        );
+        let row_bytes = q.bytes(dim);
+        let bytes = Self::block_bytes(table);
+        out.buf[..ids.len() * dim]
+            .par_chunks_mut(dim)
+            .zip(ids.buf.par_iter())
+            .for_each_init(Vec::new, |row, (o, &id)| {
+                if id == Ids::<Self>::IGNORE {
+                    if !accumulate {
+                        o.fill(0.0);
+                    }
+                    return;
+                }
+                let src = &bytes[id as usize * row_bytes..][..row_bytes];
+                if accumulate {
+                    row.resize(dim, 0.0);
+                    crate::backend::quant::dequantize_into(q, src, row);
+                    o.iter_mut().zip(row.iter()).for_each(|(o, r)| *o += r);
+                } else {
+                    crate::backend::quant::dequantize_into(q, src, o);
+                }
+            });
+    }
+
     /// The values of a bf16 tensor as bf16 bits, in order.
     fn bf16_values(t: &Tensor<Self>) -> &[u16] {
         &bytemuck::cast_slice::<f32, u16>(&t.buf)[..t.len()]
+    }
+
+    /// The stored bytes of a tensor in a block format (see [`crate::backend::quant`]).
+    fn block_bytes(t: &Tensor<Self>) -> &[u8] {
+        &bytemuck::cast_slice::<f32, u8>(&t.buf)[..t.dtype().bytes(t.len())]
+    }
+
+    /// matmul with B in a block format (see [`quant`]).
+    fn matmul_quant(&self, a: &Tensor<Self>, b: &Tensor<Self>, c: &mut Tensor<Self>, spec: &Gemm) {
+        let (br, bc) = if spec.trans_b {
+            (spec.n, spec.k)
+        } else {
+            (spec.k, spec.n)
+        };
+        assert!(
+            spec.batch == 1 && a.dtype() == DType::F32 && c.dtype() == DType::F32,
+            "matmul {spec:?}: a {} B is supported for a single f32 A·B only",
+            b.dtype().name()
+        );
+        assert!(
+            bc.is_multiple_of(crate::backend::quant::BLOCK),
+            "matmul {spec:?}: B is stored [{br}, {bc}] as {}, whose rows must be whole blocks \
+             of 32 values",
+            b.dtype().name()
+        );
+        let bm = quant::QuantMat {
+            dtype: b.dtype(),
+            bytes: Self::block_bytes(b),
+            rows: br,
+            cols: bc,
+        };
+        let threads = if spec.flops() > 2e6 { self.threads } else { 1 };
+        quant::gemm(spec, &a.buf, bm, &mut c.buf, threads);
     }
 
     /// matmul with a bf16 B (see [`bf16`]).
@@ -286,6 +368,16 @@ impl Backend for Cpu {
             DType::Bf16,
         ))
     }
+    fn upload_blocks(
+        &self,
+        bytes: &[u8],
+        dtype: DType,
+        len: usize,
+        kind: MemKind,
+    ) -> Result<Tensor<Self>> {
+        crate::backend::quant::check_blocks(dtype, bytes.len(), len)?;
+        Ok(self.block_tensor(bytes, dtype, len, kind))
+    }
     fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
         Ok(match t.dtype() {
             DType::F32 => t.buf.clone(),
@@ -293,6 +385,7 @@ impl Backend for Cpu {
                 .iter()
                 .map(|&v| bf16::from_bf16(v))
                 .collect(),
+            q => crate::backend::dequantize(q, Self::block_bytes(t), t.len())?,
         })
     }
     fn write(&self, t: &mut Tensor<Self>, data: &[f32]) -> Result<()> {
@@ -305,6 +398,11 @@ impl Backend for Cpu {
         match t.dtype() {
             DType::F32 => t.buf.copy_from_slice(data),
             DType::Bf16 => t.buf = pack_bf16(data),
+            q => {
+                let bytes = crate::backend::quantize(q, data)?;
+                bytemuck::cast_slice_mut::<f32, u8>(&mut t.buf)[..bytes.len()]
+                    .copy_from_slice(&bytes);
+            }
         }
         Ok(())
     }
@@ -464,7 +562,7 @@ impl Backend for Cpu {
         let _p = self
             .profile
             .span(|| gemm_key(spec, b.dtype()), spec.flops());
-        if b.dtype() == DType::Bf16 {
+        if b.dtype() != DType::F32 {
             let (ea, eb, ec) = spec.extents();
             assert!(
                 a.len() >= ea && b.len() >= eb && c.len() >= ec,
@@ -477,7 +575,11 @@ impl Backend for Cpu {
                 self.gemm_flops
                     .fetch_add(spec.flops() as u64, Ordering::Relaxed);
             }
-            return self.matmul_bf16(a, b, c, spec);
+            return if b.dtype() == DType::Bf16 {
+                self.matmul_bf16(a, b, c, spec)
+            } else {
+                self.matmul_quant(a, b, c, spec)
+            };
         }
         let Gemm {
             m,
@@ -1039,6 +1141,9 @@ impl Backend for Cpu {
         accumulate: bool,
     ) {
         let _p = self.profile.span(|| "embedding_forward".into(), 0.0);
+        if table.dtype().is_quantized() {
+            return self.embedding_forward_blocks(ids, table, out, dim, accumulate);
+        }
         out.buf[..ids.len() * dim]
             .par_chunks_mut(dim)
             .zip(ids.buf.par_iter())
@@ -1068,6 +1173,7 @@ impl Backend for Cpu {
                             o.iter_mut().zip(wide).for_each(|(o, r)| *o = r);
                         }
                     }
+                    _ => unreachable!("block formats take embedding_forward_blocks"),
                 }
             });
     }

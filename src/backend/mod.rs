@@ -16,8 +16,10 @@ pub mod device;
 pub mod gpu;
 pub mod ledger;
 pub mod profile;
+pub mod quant;
 
 pub use ledger::{Ledger, LedgerGuard, LedgerSnapshot, MemKind};
+pub use quant::{dequantize, quantize};
 
 use anyhow::Result;
 
@@ -39,18 +41,27 @@ pub enum DType {
     /// word i. Only frozen weights are stored so: `matmul` takes them as its B operand,
     /// `embedding_forward` as its table, `download` widens them to f32.
     Bf16,
+    /// GGUF's block formats (see [`quant`]): 32 values per block with an f16 scale, bytes as
+    /// llama.cpp stores them. Frozen weights only, like bf16 (`matmul`'s B, `embedding_forward`'s
+    /// table, `download` dequantizes); made by [`Backend::upload_blocks`].
+    /// Q8_0: 34 bytes per block, x = d·q with q an i8.
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// Q4_0: 18 bytes per block, x = d·(q − 8) with q a nibble.
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    /// Q4_1: 20 bytes per block, x = d·q + m with q a nibble.
+    #[serde(rename = "q4_1")]
+    Q4_1,
 }
 
 impl DType {
     pub fn is_f32(&self) -> bool {
         *self == DType::F32
     }
-    /// 32-bit words that hold `len` values.
+    /// 32-bit words that hold `len` values (a block format's bytes rounded up to a word).
     pub fn words(self, len: usize) -> usize {
-        match self {
-            DType::F32 => len,
-            DType::Bf16 => len.div_ceil(2),
-        }
+        self.bytes(len).div_ceil(4)
     }
 }
 
@@ -338,7 +349,19 @@ pub trait Backend: Send + Sync + 'static {
     fn upload(&self, data: &[f32], kind: MemKind) -> Result<Tensor<Self>>;
     /// Uploads `data` rounded to bf16 (nearest even), two values per word (see [`DType::Bf16`]).
     fn upload_bf16(&self, data: &[f32], kind: MemKind) -> Result<Tensor<Self>>;
-    /// Waits for queued work, then copies the tensor to the host (bf16 widened to f32).
+    /// A frozen weight kept in one of GGUF's block formats ([`DType::Q8_0`], `Q4_0`, `Q4_1`):
+    /// `bytes` are `len / 32` blocks as llama.cpp stores them (see [`quant`]), counted in the
+    /// ledger at their real size. A matrix's rows must be whole blocks (its width a multiple of
+    /// 32); an error says so when `len` or the byte count does not fit the format.
+    fn upload_blocks(
+        &self,
+        bytes: &[u8],
+        dtype: DType,
+        len: usize,
+        kind: MemKind,
+    ) -> Result<Tensor<Self>>;
+    /// Waits for queued work, then copies the tensor to the host (bf16 widened to f32, block
+    /// formats dequantized).
     fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>>;
     /// Overwrites the whole tensor from the host; `data.len()` must equal `t.len()` (rounded
     /// to bf16 for a bf16 tensor).

@@ -92,7 +92,11 @@ pub fn gemm_key(spec: &Gemm, b: DType) -> String {
         String::new()
     };
     let acc = if spec.beta != 0.0 { " +=" } else { "" };
-    let w = if b == DType::Bf16 { " bf16" } else { "" };
+    let w = if b.is_f32() {
+        String::new()
+    } else {
+        format!(" {}", b.name())
+    };
     format!(
         "matmul {}{} {}×{}×{}{batch}{acc}{w}",
         t(spec.trans_a),

@@ -4,6 +4,7 @@
 
 pub mod assets;
 pub mod batch;
+pub mod chat;
 pub mod glue;
 pub mod hf;
 pub mod hf_llm;

@@ -47,16 +47,27 @@ impl<B: Backend> Param<B> {
     }
 
     /// A frozen parameter stored as `dtype` when it is a matrix (vectors — biases, norms — stay
-    /// f32: they are tiny and read by elementwise ops).
+    /// f32: they are tiny and read by elementwise ops). A block format quantizes the f32 values
+    /// with ggml's round-to-nearest quantizer; a checkpoint that is already quantized should
+    /// hand its own blocks to `Backend::upload_blocks` instead (no second rounding).
     pub fn frozen(b: &B, name: String, t: &HostTensor, dtype: DType) -> Result<Self> {
         if dtype == DType::F32 || t.shape.len() < 2 {
             return Self::new(b, name, t, false);
         }
+        let w = if dtype.is_quantized() {
+            let (rows, cols) = (t.data.len() / t.shape[t.shape.len() - 1].max(1), t.shape[t.shape.len() - 1]);
+            crate::backend::quant::check_matrix(dtype, rows, cols)
+                .map_err(|e| anyhow::anyhow!("frozen weight {name}: {e}"))?;
+            let bytes = crate::backend::quantize(dtype, &t.data)?;
+            b.upload_blocks(&bytes, dtype, t.data.len(), MemKind::Frozen)?
+        } else {
+            b.upload_bf16(&t.data, MemKind::Frozen)?
+        };
         Ok(Self {
             decay: true,
             name,
             shape: t.shape.clone(),
-            w: b.upload_bf16(&t.data, MemKind::Frozen)?,
+            w,
             opt: None,
         })
     }

@@ -219,14 +219,16 @@ impl Gpu {
         }
         if !self.require(
             "matmul",
-            &[(
-                a.dtype() == DType::F32 && c.dtype() == DType::F32,
-                format!("{spec:?}: only B may be bf16"),
-            )],
+            &[
+                (
+                    a.dtype() == DType::F32 && c.dtype() == DType::F32,
+                    format!("{spec:?}: only B may be bf16 or quantized"),
+                ),
+                quant_b_fits(b.dtype(), spec),
+            ],
         ) {
             return;
         }
-        let b_bf16 = b.dtype() == DType::Bf16;
         let eb_words = b.dtype().words(eb);
         for (name, e) in [("A", ea), ("B", eb_words), ("C", ec)] {
             if let Err(err) = check_bindable(self, "matmul", name, (e * 4) as u64) {
@@ -236,7 +238,7 @@ impl Gpu {
         self.gemm_dispatch(
             kernel,
             raw(a),
-            (raw(b), b_bf16),
+            (raw(b), b.dtype()),
             raw(c),
             spec,
             (ea, eb_words, ec),
@@ -253,7 +255,7 @@ impl Gpu {
         &self,
         kernel: GemmKernel,
         a: &wgpu::Buffer,
-        b: (&wgpu::Buffer, bool),
+        b: (&wgpu::Buffer, DType),
         c: &wgpu::Buffer,
         spec: &Gemm,
         ext: (usize, usize, usize),
@@ -317,7 +319,7 @@ impl Gpu {
         &self,
         kernel: GemmKernel,
         a: &wgpu::Buffer,
-        (b, b_bf16): (&wgpu::Buffer, bool),
+        (b, b_dtype): (&wgpu::Buffer, DType),
         c: &wgpu::Buffer,
         spec: &Gemm,
         ext: (usize, usize, usize),
@@ -345,13 +347,14 @@ impl Gpu {
         let consts_sub = [
             ("TRANS_A", flag(spec.trans_a)),
             ("TRANS_B", flag(spec.trans_b)),
-            ("B_BF16", flag(b_bf16)),
+            ("B_BF16", flag(b_dtype == DType::Bf16)),
+            ("B_QUANT", quant_code(b_dtype)),
             ("ACCUMULATE", flag(spec.beta != 0.0)),
         ];
         // matmul.wgsl has no ACCUMULATE constant (its kernels branch on beta per store).
         let consts: &[(&'static str, f64)] = match kernel {
             GemmKernel::Subgroup | GemmKernel::SubgroupSmall => &consts_sub,
-            _ => &consts_sub[..3],
+            _ => &consts_sub[..4],
         };
         let binds = [
             Bind {
@@ -408,9 +411,8 @@ impl Gpu {
                     batch: nz,
                     ..*spec
                 };
-                let dtype = if b_bf16 { DType::Bf16 } else { DType::F32 };
                 (
-                    format!("{} [{}]", gemm_key(&part, dtype), kernel.name()),
+                    format!("{} [{}]", gemm_key(&part, b_dtype), kernel.name()),
                     part.flops(),
                 )
             });
@@ -429,6 +431,32 @@ impl Gpu {
     }
 }
 
+/// The `B_QUANT` / `TABLE_QUANT` pipeline constant of the shaders for a stored type: 0 for f32
+/// and bf16, else the block format (1 Q8_0, 2 Q4_0, 3 Q4_1).
+fn quant_code(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 | DType::Bf16 => 0.0,
+        DType::Q8_0 => 1.0,
+        DType::Q4_0 => 2.0,
+        DType::Q4_1 => 3.0,
+    }
+}
+
+/// A block-format B must be a single GEMM's operand whose stored rows are whole blocks (the
+/// kernels find element i's block at i / 32).
+fn quant_b_fits(dtype: DType, spec: &Gemm) -> (bool, String) {
+    let width = if spec.trans_b { spec.k } else { spec.n };
+    (
+        !dtype.is_quantized()
+            || (spec.batch == 1 && width.is_multiple_of(crate::backend::quant::BLOCK)),
+        format!(
+            "{spec:?}: a {} B must be unbatched with stored rows of whole 32-value blocks \
+             (its stored width is {width})",
+            dtype.name()
+        ),
+    )
+}
+
 /// The subgroup kernel's shortest k: below it a GEMM runs whole on the small tiles, which are
 /// as fast there (`bench matmul --shapes NT:2048x384x8`: 7.6 against 7.4 GFLOP/s on lavapipe)
 /// and need one dispatch instead of up to three.
@@ -441,6 +469,13 @@ struct GemmBlock {
     c0: usize,
     m: usize,
     n: usize,
+}
+
+/// `bytes` with zeros up to a whole 4-byte word (buffer copies move whole words).
+fn padded_to_words(bytes: &[u8]) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    v.resize(bytes.len().div_ceil(4) * 4, 0);
+    v
 }
 
 fn len_is(t: &Tensor<Gpu>, need: usize, name: &str) -> (bool, String) {
@@ -488,6 +523,18 @@ impl Backend for Gpu {
         self.stage_into(raw(&t), bytemuck::cast_slice(&bf16_words(data)))?;
         Ok(t)
     }
+    fn upload_blocks(
+        &self,
+        bytes: &[u8],
+        dtype: DType,
+        len: usize,
+        kind: MemKind,
+    ) -> Result<Tensor<Self>> {
+        crate::backend::quant::check_blocks(dtype, bytes.len(), len)?;
+        let t = self.alloc_typed(len, kind, dtype)?;
+        self.stage_into(raw(&t), &padded_to_words(bytes))?;
+        Ok(t)
+    }
     fn download(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
         let bytes = bytes_of(t);
         if bytes == 0 {
@@ -524,6 +571,8 @@ impl Backend for Gpu {
                 .iter()
                 .map(|&v| f32::from_bits((v as u32) << 16))
                 .collect(),
+            q => crate::backend::dequantize(q, &view[..q.bytes(t.len())], t.len())
+                .map_err(|e| anyhow!("download of a {} tensor: {e}", q.name()))?,
         };
         drop(view);
         staging.unmap();
@@ -539,6 +588,7 @@ impl Backend for Gpu {
         match t.dtype() {
             DType::F32 => self.stage_into(raw(t), bytemuck::cast_slice(data)),
             DType::Bf16 => self.stage_into(raw(t), bytemuck::cast_slice(&bf16_words(data))),
+            q => self.stage_into(raw(t), &padded_to_words(&crate::backend::quantize(q, data)?)),
         }
     }
     fn ids(&self, ids: &[u32]) -> Result<Ids<Self>> {
@@ -1093,12 +1143,28 @@ impl Backend for Gpu {
         if let Err(e) = check_bindable(self, "embedding_forward", "the table", bytes_of(table)) {
             return self.reject(format!("{e:#}"));
         }
-        let bf16 = table.dtype() == DType::Bf16;
+        let q = table.dtype();
+        if !self.require(
+            "embedding_forward",
+            &[(
+                !q.is_quantized() || dim.is_multiple_of(crate::backend::quant::BLOCK),
+                format!(
+                    "a {} table needs rows of whole 32-value blocks, not {dim}",
+                    q.name()
+                ),
+            )],
+        ) {
+            return;
+        }
+        let bf16 = q == DType::Bf16;
         self.rows_op_consts(
             "embedding_forward",
             "embedding",
             "embedding_forward",
-            &[("TABLE_BF16", if bf16 { 1.0 } else { 0.0 })],
+            &[
+                ("TABLE_BF16", if bf16 { 1.0 } else { 0.0 }),
+                ("TABLE_QUANT", quant_code(q)),
+            ],
             ids.len(),
             dim,
             &[

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod glue;
 pub mod hf;
 pub mod jsonl;
+pub mod lm;
 pub mod plan;
 pub mod pretrained;
 pub mod squad;

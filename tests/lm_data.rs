@@ -14,7 +14,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lmdata").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/lmdata")
+        .join(name)
 }
 
 fn expected() -> Value {
@@ -40,7 +42,10 @@ fn smol_chat(m: &[Message], gen: bool) -> anyhow::Result<String> {
         if i == 0 && msg.role != "system" {
             s.push_str("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n");
         }
-        s.push_str(&format!("<|im_start|>{}\n{}<|im_end|>\n", msg.role, msg.content));
+        s.push_str(&format!(
+            "<|im_start|>{}\n{}<|im_end|>\n",
+            msg.role, msg.content
+        ));
     }
     if gen {
         s.push_str("<|im_start|>assistant\n");
@@ -85,14 +90,23 @@ fn ids_of(text: &str) -> Vec<u32> {
 #[test]
 fn the_test_renderer_matches_transformers() {
     let e = expected();
-    for (c, want) in conversations().iter().zip(e["rendered"].as_array().unwrap()) {
+    for (c, want) in conversations()
+        .iter()
+        .zip(e["rendered"].as_array().unwrap())
+    {
         assert_eq!(smol_chat(c, false).unwrap(), want.as_str().unwrap());
     }
-    for (c, spans) in conversations().iter().zip(e["prefixes"].as_array().unwrap()) {
+    for (c, spans) in conversations()
+        .iter()
+        .zip(e["prefixes"].as_array().unwrap())
+    {
         let turns: Vec<usize> = (0..c.len()).filter(|&i| c[i].role == "assistant").collect();
         for (&i, pair) in turns.iter().zip(spans.as_array().unwrap()) {
             assert_eq!(smol_chat(&c[..i], true).unwrap(), pair[0].as_str().unwrap());
-            assert_eq!(smol_chat(&c[..=i], false).unwrap(), pair[1].as_str().unwrap());
+            assert_eq!(
+                smol_chat(&c[..=i], false).unwrap(),
+                pair[1].as_str().unwrap()
+            );
         }
     }
 }
@@ -124,21 +138,29 @@ fn messages_train_on_assistant_turns_only() {
         for (t, &id) in ex.ids.iter().enumerate() {
             let piece = tok.inner.decode(&[id], false).unwrap();
             let len = piece.len();
-            assert_eq!(&full[pos..pos + len], piece, "token {t} decodes to its bytes");
+            assert_eq!(
+                &full[pos..pos + len],
+                piece,
+                "token {t} decodes to its bytes"
+            );
             let in_turn = want[pos..pos + len].iter().any(|&b| b);
-            assert_eq!(ex.is_target[t], in_turn && t > 0, "position {t} ({piece:?})");
+            assert_eq!(
+                ex.is_target[t],
+                in_turn && t > 0,
+                "position {t} ({piece:?})"
+            );
             pos += len;
         }
         assert_eq!(pos, full.len());
         // The next-token targets shift the mask by one.
         let targets = ex.next_token_targets();
-        for t in 0..ex.ids.len() {
+        for (t, &got) in targets.iter().enumerate() {
             let want = if t + 1 < ex.ids.len() && ex.is_target[t + 1] {
                 ex.ids[t + 1]
             } else {
                 IGNORE
             };
-            assert_eq!(targets[t], want);
+            assert_eq!(got, want);
         }
         // Generation for exact match starts right before the last assistant turn.
         let last = c.iter().rev().find(|m| m.role == "assistant").unwrap();
@@ -189,7 +211,9 @@ fn text_targets_every_token_but_the_first() {
     let enc = Encoder::new(&tok, settings(4096, Truncation::Left));
     let recs = read_records(&fixture("text.jsonl"), Some(JsonlKind::Text)).unwrap();
     let ex = adarank::data::lm::encode_record(&enc, &recs[0]).unwrap();
-    let RecordBody::Text(t) = &recs[0].body else { panic!() };
+    let RecordBody::Text(t) = &recs[0].body else {
+        panic!()
+    };
     assert_eq!(ex.ids, ids_of(t));
     assert!(!ex.is_target[0] && ex.is_target[1..].iter().all(|&b| b));
     assert_eq!(ex.answer_at, None);
@@ -213,7 +237,11 @@ fn truncation_cuts_the_prompt_at_the_chosen_side_and_keeps_the_answer() {
         .prompt_completion(prompt, " positive", 1)
         .unwrap();
     assert_eq!(left.ids.len(), max);
-    assert_eq!(&left.ids[..5], &p[p.len() - 5..], "left keeps the prompt's end");
+    assert_eq!(
+        &left.ids[..5],
+        &p[p.len() - 5..],
+        "left keeps the prompt's end"
+    );
     assert_eq!(&left.ids[5..5 + c.len()], &c[..]);
     assert_eq!(left.answer_at, Some(4));
     let right = Encoder::new(&tok, settings(max, Truncation::Right))
@@ -225,10 +253,14 @@ fn truncation_cuts_the_prompt_at_the_chosen_side_and_keeps_the_answer() {
     // never a target.
     let t = "The movie was wonderful and I loved every minute of it.";
     let all = ids_of(t);
-    let l = Encoder::new(&tok, settings(6, Truncation::Left)).text(t, 1).unwrap();
+    let l = Encoder::new(&tok, settings(6, Truncation::Left))
+        .text(t, 1)
+        .unwrap();
     assert_eq!(l.ids, all[all.len() - 6..]);
     assert!(!l.is_target[0] && l.is_target[1..].iter().all(|&b| b));
-    let r = Encoder::new(&tok, settings(6, Truncation::Right)).text(t, 1).unwrap();
+    let r = Encoder::new(&tok, settings(6, Truncation::Right))
+        .text(t, 1)
+        .unwrap();
     assert_eq!(r.ids, all[..6]);
 }
 
@@ -245,7 +277,9 @@ fn batches_pad_right_to_the_longest_and_ignore_padding() {
     let b = data.gather(&[1, 0]);
     let seq = exs.iter().map(|e| e.ids.len()).max().unwrap();
     assert_eq!((b.batch, b.seq), (2, seq));
-    let Target::Tokens(y) = &b.target else { panic!() };
+    let Target::Tokens(y) = &b.target else {
+        panic!()
+    };
     for (r, ex) in [&exs[1], &exs[0]].iter().enumerate() {
         let row = r * seq;
         for t in 0..seq {
@@ -264,16 +298,23 @@ fn batches_pad_right_to_the_longest_and_ignore_padding() {
     }
     assert!(b.type_ids.is_empty());
     // A training batch is a pure function of (seed, index); seeds order differently.
-    let many = LmData::new((0..20).map(|_| exs[0].clone()).chain((0..20).map(|_| exs[1].clone())).collect(), 2).unwrap();
+    let many = LmData::new(
+        (0..20)
+            .map(|_| exs[0].clone())
+            .chain((0..20).map(|_| exs[1].clone()))
+            .collect(),
+        2,
+    )
+    .unwrap();
     assert_eq!(many.train_batch(5, 3, 8), many.train_batch(5, 3, 8));
-    let lens = |s: u64| -> Vec<usize> {
-        (0..5).map(|i| many.train_batch(s, i, 8).seq).collect()
-    };
     assert_ne!(
-        (0..5).map(|i| many.train_batch(5, i, 8).ids).collect::<Vec<_>>(),
-        (0..5).map(|i| many.train_batch(6, i, 8).ids).collect::<Vec<_>>()
+        (0..5)
+            .map(|i| many.train_batch(5, i, 8).ids)
+            .collect::<Vec<_>>(),
+        (0..5)
+            .map(|i| many.train_batch(6, i, 8).ids)
+            .collect::<Vec<_>>()
     );
-    assert_eq!(lens(5).len(), 5);
 }
 
 #[test]
@@ -288,7 +329,11 @@ fn labelled_sets_become_prompt_and_label_word() {
         labels: vec![" negative".into(), " positive".into()],
     };
     let (exs, classes) = g.examples(&enc, &data).unwrap();
-    assert_eq!(classes, vec![1, 0, 1], "string labels match label words up to whitespace");
+    assert_eq!(
+        classes,
+        vec![1, 0, 1],
+        "string labels match label words up to whitespace"
+    );
     let p = ids_of("Review: a gorgeous, witty film\nSentiment:");
     let mut want = p.clone();
     want.extend(ids_of(" positive"));
@@ -297,7 +342,10 @@ fn labelled_sets_become_prompt_and_label_word() {
     assert_eq!(exs[0].answer_at, Some(p.len() - 1));
     // Label words: multi-token here, told apart by their first token.
     let w = LabelWords::new(&tok, &g.labels).unwrap();
-    assert_eq!(w.first, vec![ids_of(" negative")[0], ids_of(" positive")[0]]);
+    assert_eq!(
+        w.first,
+        vec![ids_of(" negative")[0], ids_of(" positive")[0]]
+    );
     assert!(!w.single_tokens());
     let same = LabelWords::new(&tok, &[" positive".into(), " positively".into()]).unwrap_err();
     assert!(format!("{same:#}").contains("same token"), "{same:#}");
@@ -316,10 +364,19 @@ fn labelled_sets_become_prompt_and_label_word() {
 fn bad_records_name_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str)] = &[
-        ("{\"prompt\": \"x\"}\n", ":1: \"prompt\" without \"completion\""),
+        (
+            "{\"prompt\": \"x\"}\n",
+            ":1: \"prompt\" without \"completion\"",
+        ),
         ("{\"text\": \"ok\"}\nnot json\n", ":2: invalid JSON"),
-        ("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n", "no \"assistant\" turn"),
-        ("{\"messages\": [{\"role\": \"user\"}]}\n", "has no \"content\""),
+        (
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+            "no \"assistant\" turn",
+        ),
+        (
+            "{\"messages\": [{\"role\": \"user\"}]}\n",
+            "has no \"content\"",
+        ),
         ("[1, 2]\n", ":1: expected a JSON object, found an array"),
         ("{\"text\": 3}\n", "\"text\" must be a string"),
         ("\n\n", "no records"),
@@ -330,10 +387,19 @@ fn bad_records_name_file_and_line() {
         std::fs::write(&p, body).unwrap();
         let e = format!("{:#}", read_records(&p, None).unwrap_err());
         assert!(e.contains(want), "case {i}: {e}");
-        assert!(e.contains(&p.display().to_string()), "case {i} names the file: {e}");
+        assert!(
+            e.contains(&p.display().to_string()),
+            "case {i} names the file: {e}"
+        );
     }
-    let e = format!("{:#}", read_records(&fixture("mixed.jsonl"), None).unwrap_err());
-    assert!(e.contains("mixed.jsonl:2") && e.contains("line 1 says"), "{e}");
+    let e = format!(
+        "{:#}",
+        read_records(&fixture("mixed.jsonl"), None).unwrap_err()
+    );
+    assert!(
+        e.contains("mixed.jsonl:2") && e.contains("line 1 says"),
+        "{e}"
+    );
     let p = dir.path().join("bytes.jsonl");
     std::fs::write(&p, b"{\"text\": \"a\xff\"}\n").unwrap();
     let e = format!("{:#}", read_records(&p, None).unwrap_err());

@@ -9,8 +9,7 @@ use adarank::data::lm::{
 };
 use adarank::data::pretrained::LmTokenizer;
 use adarank::model::{
-    random_weights, Batch, EvalOut, Flavour, Head, HostWeights, Init, Model, ModelConfig, Target,
-    TrainMode,
+    random_weights, Batch, EvalOut, Flavour, Head, HostWeights, Init, Model, ModelConfig, TrainMode,
 };
 use adarank::train::lm_eval::{evaluate_lm, perplexity, LmScorer};
 use adarank::train::Task;
@@ -58,7 +57,9 @@ fn eval_set(metric: LmMetric, label_first: Vec<u32>, classes: Vec<u32>) -> LmEva
 
 /// Labelled movie-like sentences as prompt + label word, tokenized with the fixture tokenizer.
 fn labelled(n: usize) -> (Vec<Labelled>, AsGeneration) {
-    let words = ["gorgeous", "dull", "witty", "lifeless", "quiet", "mess", "triumph", "film"];
+    let words = [
+        "gorgeous", "dull", "witty", "lifeless", "quiet", "mess", "triumph", "film",
+    ];
     let data = (0..n)
         .map(|i| Labelled {
             line: i + 1,
@@ -116,13 +117,19 @@ fn uniform_logits_have_the_vocabulary_as_perplexity() {
     let we = w.get_mut("embeddings.word_embeddings.weight").unwrap();
     we.data.iter_mut().for_each(|x| *x = 0.0);
     let be = Arc::new(Cpu::new());
-    let mut model =
-        Model::new(be, cfg, Head::LanguageModel, TrainMode::Full, Some(&w), 0).unwrap();
+    let mut model = Model::new(be, cfg, Head::LanguageModel, TrainMode::Full, Some(&w), 0).unwrap();
     let t = task(vocab, eval_set(LmMetric::Perplexity, vec![], vec![]), 13);
-    assert!(t.eval_batches().len() >= 2, "padding across several batches");
+    assert!(
+        t.eval_batches().len() >= 2,
+        "padding across several batches"
+    );
     let s = evaluate_lm(&mut model, t.eval_batches(), &t.eval_set).unwrap();
     assert_eq!(s.out.count, t.eval_data.target_tokens());
-    assert!((s.perplexity() - vocab as f64).abs() < 1e-3 * vocab as f64, "{}", s.perplexity());
+    assert!(
+        (s.perplexity() - vocab as f64).abs() < 1e-3 * vocab as f64,
+        "{}",
+        s.perplexity()
+    );
     assert!((s.eval_loss() - (vocab as f64).ln()).abs() < 1e-4);
     // The training loop's evaluation reports the same through the task.
     let e = adarank::train::evaluate(&mut model, &t, 5).unwrap();
@@ -147,7 +154,8 @@ fn hash_logits(prefix: &[u32], vocab: usize) -> Vec<f32> {
     }
     (0..vocab)
         .map(|v| {
-            let x = (h ^ (v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            let x = (h ^ (v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                .wrapping_mul(0xBF58_476D_1CE4_E5B9);
             (x >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect()
@@ -158,7 +166,11 @@ impl LmScorer for HashLm {
         self.vocab
     }
     fn eval_batch(&mut self, _b: &Batch) -> anyhow::Result<EvalOut> {
-        let (loss_sum, count) = if self.losses.is_empty() { (0.0, 1) } else { self.losses.remove(0) };
+        let (loss_sum, count) = if self.losses.is_empty() {
+            (0.0, 1)
+        } else {
+            self.losses.remove(0)
+        };
         Ok(EvalOut {
             loss_sum,
             count,
@@ -174,7 +186,12 @@ impl LmScorer for HashLm {
             })
             .collect())
     }
-    fn greedy(&mut self, prompt: &[u32], _max_new: usize, _stop: &[u32]) -> anyhow::Result<Vec<u32>> {
+    fn greedy(
+        &mut self,
+        prompt: &[u32],
+        _max_new: usize,
+        _stop: &[u32],
+    ) -> anyhow::Result<Vec<u32>> {
         Ok(self
             .answers
             .iter()
@@ -205,7 +222,11 @@ fn label_accuracy_is_the_argmax_over_label_words_at_the_answer() {
     let tok = tokenizer();
     let first = |w: &str| tok.inner.encode(w, false).unwrap().get_ids()[0];
     let label_first = vec![first(" negative"), first(" positive")];
-    let t = task(600, eval_set(LmMetric::Accuracy, label_first.clone(), vec![]), 21);
+    let t = task(
+        600,
+        eval_set(LmMetric::Accuracy, label_first.clone(), vec![]),
+        21,
+    );
     let mut m = HashLm {
         vocab: 600,
         losses: vec![],
@@ -219,14 +240,20 @@ fn label_accuracy_is_the_argmax_over_label_words_at_the_answer() {
         let at = ex.answer_at.unwrap();
         assert_eq!(ex.ids[at + 1], label_first[t.eval_set.classes[i] as usize]);
         let logits = hash_logits(&ex.ids[..=at], 600);
-        let (n, p) = (logits[label_first[0] as usize], logits[label_first[1] as usize]);
+        let (n, p) = (
+            logits[label_first[0] as usize],
+            logits[label_first[1] as usize],
+        );
         let pred = if p > n { 1 } else { 0 };
         assert_eq!(s.preds[i], pred, "example {i}");
         right += (pred == t.eval_set.classes[i]) as usize;
     }
     let acc = right as f64 / t.eval_data.len() as f64;
     assert_eq!(s.accuracy, Some(acc));
-    assert!(acc > 0.0 && acc < 1.0, "a test that can fail both ways: {acc}");
+    assert!(
+        acc > 0.0 && acc < 1.0,
+        "a test that can fail both ways: {acc}"
+    );
     assert_eq!(s.named()["accuracy"], acc);
 }
 
@@ -249,7 +276,12 @@ fn exact_match_compares_decoded_stripped_answers() {
             } else {
                 " positive".into()
             };
-            let mut ids = tok.inner.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+            let mut ids = tok
+                .inner
+                .encode(text.as_str(), false)
+                .unwrap()
+                .get_ids()
+                .to_vec();
             ids.push(tok.eos);
             (p.ids.clone(), ids)
         })
@@ -266,5 +298,4 @@ fn exact_match_compares_decoded_stripped_answers() {
     for (p, ex) in prompts.iter().zip(&t.eval_data.examples) {
         assert_eq!(p.ids[..], ex.ids[..=ex.answer_at.unwrap()]);
     }
-    let _ = Target::Tokens(vec![]);
 }

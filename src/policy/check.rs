@@ -296,8 +296,7 @@ impl Ctx<'_> {
                     Some(ModelSpec::Encoder(t) | ModelSpec::Decoder(t)) => Some(t.max_positions),
                     _ => None,
                 };
-                let data =
-                    sections::data(&mut f, kind, self.base_dir, shape.hidden, max_positions);
+                let data = sections::data(&mut f, kind, self.base_dir, shape.hidden, max_positions);
                 if let (Some(m), Some(dt)) = (&model, &data) {
                     super::lm::check(&mut f, m, dt);
                 }

@@ -28,7 +28,10 @@ fn string_list(f: &mut Fields<'_>, key: &str, example: &str) -> Option<Vec<Strin
             other => {
                 f.value_error(
                     it.span,
-                    format!("`data.{key}` holds non-empty strings, found {}", other.describe()),
+                    format!(
+                        "`data.{key}` holds non-empty strings, found {}",
+                        other.describe()
+                    ),
                     format!("write e.g. `{key} = {example}`"),
                 );
                 return None;
@@ -86,7 +89,9 @@ pub fn keys(f: &mut Fields<'_>) -> LmDataSpec {
         Some("right") => Truncation::Right,
         _ => Truncation::Left,
     };
-    let metric = f.choice("metric", LmMetric::NAMES).and_then(LmMetric::parse);
+    let metric = f
+        .choice("metric", LmMetric::NAMES)
+        .and_then(LmMetric::parse);
     let max_new = f
         .count_in("max_new", &super::bounds::MAX_LEN)
         .map(|v| v as usize);
@@ -167,11 +172,11 @@ pub fn tokenizer_of(path: &Path) -> Option<tokenizers::Tokenizer> {
 /// the run reports that with the file and line). `Some(None)`: a labelled record.
 fn jsonl_kind(path: &Path) -> Option<Option<JsonlKind>> {
     use std::io::{BufRead, BufReader, Read};
-    let file = std::fs::File::open(path).ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() {
+    // Only a regular file is opened: opening a named pipe would wait for a writer.
+    if !std::fs::metadata(path).ok()?.is_file() {
         return None;
     }
+    let file = std::fs::File::open(path).ok()?;
     let reader = BufReader::new(file.take(crate::data::lm::read::MAX_LINE_BYTES));
     for line in reader.lines() {
         let line = line.ok()?;
@@ -256,7 +261,11 @@ pub fn check(f: &mut Fields<'_>, model: &ModelSpec, data: &DataSpec) {
             None => "`as = generation`".into(),
         };
         f.value_error(
-            if gen.is_some() { span_of(f, "as") } else { f.header },
+            if gen.is_some() {
+                span_of(f, "as")
+            } else {
+                f.header
+            },
             format!("{what} need a pretrained causal LM (decoder); this model is not one"),
             "use a Llama-family model (a GGUF file or a Hugging Face Llama/Qwen2/Mistral), or \
              a labelled {\"text\", \"label\"} set for this encoder"

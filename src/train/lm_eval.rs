@@ -92,16 +92,10 @@ impl LmScores {
 }
 
 /// Scores `batches` (the task's evaluation batches) with the metrics `set` asks for.
-pub fn evaluate_lm(
-    s: &mut dyn LmScorer,
-    batches: &[Batch],
-    set: &LmEvalSet,
-) -> Result<LmScores> {
+pub fn evaluate_lm(s: &mut dyn LmScorer, batches: &[Batch], set: &LmEvalSet) -> Result<LmScores> {
     let mut scores = LmScores::default();
     for b in batches {
-        scores
-            .out
-            .merge(&s.eval_batch(b).context("evaluation")?);
+        scores.out.merge(&s.eval_batch(b).context("evaluation")?);
     }
     if set.labelled() {
         ensure!(

@@ -128,7 +128,12 @@ impl<'a> Encoder<'a> {
     }
 
     /// `[BOS] prompt completion EOS`, targets on the completion and EOS.
-    pub fn prompt_completion(&self, prompt: &str, completion: &str, line: usize) -> Result<LmExample> {
+    pub fn prompt_completion(
+        &self,
+        prompt: &str,
+        completion: &str,
+        line: usize,
+    ) -> Result<LmExample> {
         let prompt = self.ids(prompt).context("the prompt")?;
         let mut answer = self.ids(completion).context("the completion")?;
         answer.push(self.tok.eos);
@@ -136,7 +141,13 @@ impl<'a> Encoder<'a> {
     }
 
     /// `prefix prompt answer`, cutting the prompt first when too long.
-    fn join(&self, prefix: Vec<u32>, mut prompt: Vec<u32>, mut answer: Vec<u32>, line: usize) -> Result<LmExample> {
+    fn join(
+        &self,
+        prefix: Vec<u32>,
+        mut prompt: Vec<u32>,
+        mut answer: Vec<u32>,
+        line: usize,
+    ) -> Result<LmExample> {
         let max = self.settings.max_len;
         if prefix.len() + answer.len() >= max {
             // Not even one prompt token fits beside the answer: keep what fits of the answer
@@ -288,6 +299,9 @@ pub fn encode_record(enc: &Encoder<'_>, r: &Record) -> Result<LmExample> {
 /// Start of the last run of targets (never 0: the first position is no target).
 fn last_run_start(is_target: &[bool]) -> Option<usize> {
     let last = is_target.iter().rposition(|&t| t)?;
-    let start = is_target[..last].iter().rposition(|&t| !t).map_or(0, |p| p + 1);
+    let start = is_target[..last]
+        .iter()
+        .rposition(|&t| !t)
+        .map_or(0, |p| p + 1);
     (start > 0).then_some(start)
 }

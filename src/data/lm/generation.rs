@@ -28,9 +28,9 @@ impl AsGeneration {
     pub fn render_prompt(&self, text: &str, pair: Option<&str>) -> Result<String> {
         let needs_pair = self.prompt.contains("{text_pair}");
         match (needs_pair, pair) {
-            (true, None) => bail!(
-                "the prompt template has {{text_pair}} but the example has no second text"
-            ),
+            (true, None) => {
+                bail!("the prompt template has {{text_pair}} but the example has no second text")
+            }
             (false, Some(_)) => bail!(
                 "the example is a sentence pair but the prompt template has no {{text_pair}}; \
                  add it, e.g. \"Premise: {{text}}\\nHypothesis: {{text_pair}}\\nAnswer:\""
@@ -101,7 +101,10 @@ impl LabelWords {
     /// are the same (they could not be told apart by the first token's score).
     pub fn new(tok: &LmTokenizer, labels: &[String]) -> Result<Self> {
         if labels.len() < 2 {
-            bail!("`labels` needs at least two label words (got {})", labels.len());
+            bail!(
+                "`labels` needs at least two label words (got {})",
+                labels.len()
+            );
         }
         let mut ids = Vec::with_capacity(labels.len());
         for w in labels {

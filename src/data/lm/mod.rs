@@ -28,7 +28,9 @@ pub mod task;
 pub use data::{LmData, LM_EVAL_BATCH};
 pub use encode::{encode_record, render_chat, Encoder, LmExample};
 pub use generation::{AsGeneration, LabelWords};
-pub use read::{read_labelled, read_records, JsonlKind, Label, Labelled, Message, Record, RecordBody};
+pub use read::{
+    read_labelled, read_records, JsonlKind, Label, Labelled, Message, Record, RecordBody,
+};
 pub use task::{GenPrompt, LmEvalSet, LmTask};
 
 use serde::{Deserialize, Serialize};

@@ -27,7 +27,9 @@ fn files(spec: &DataSpec, split: Split) -> Option<(&'static str, PathBuf, PathBu
             let e = d.join(format!("{}.tsv", split.name()));
             ("movies", d.join("train.tsv"), e, subset)
         }
-        DataSpec::Sst2 { dir, subset } => ("sst2", dir.join("train.tsv"), dir.join("dev.tsv"), subset),
+        DataSpec::Sst2 { dir, subset } => {
+            ("sst2", dir.join("train.tsv"), dir.join("dev.tsv"), subset)
+        }
         DataSpec::Mnli { dir, subset } => (
             "mnli",
             dir.join("train.tsv"),
@@ -107,25 +109,47 @@ pub fn lm_task(
     let tokenize = |what: &str, path: &PathBuf, ex: Result<Vec<LmExample>>| {
         ex.with_context(|| format!("{name} data, {what} split ({})", path.display()))
     };
-    let (train, eval, classes, label_first, references, labelled) = if let Some(g) = &lm.generation {
+    let (train, eval, classes, label_first, references, labelled) = if let Some(g) = &lm.generation
+    {
         let (mut tr, mut ev) = match spec {
-            DataSpec::Jsonl { .. } => (read::read_labelled(&train_path)?, read::read_labelled(&eval_path)?),
-            _ => (labelled_tsv(spec, &train_path)?, labelled_tsv(spec, &eval_path)?),
+            DataSpec::Jsonl { .. } => (
+                read::read_labelled(&train_path)?,
+                read::read_labelled(&eval_path)?,
+            ),
+            _ => (
+                labelled_tsv(spec, &train_path)?,
+                labelled_tsv(spec, &eval_path)?,
+            ),
         };
         subset_of(&mut tr, &mut ev, subset);
         let words = LabelWords::new(&pre.tokenizer, &g.labels)
             .with_context(|| format!("{name} data: the label words"))?;
-        let (train, _) = g.examples(&enc, &tr).with_context(|| format!("{}", train_path.display()))?;
-        let (eval, classes) = g.examples(&enc, &ev).with_context(|| format!("{}", eval_path.display()))?;
-        let refs = classes.iter().map(|&c| g.labels[c as usize].clone()).collect();
+        let (train, _) = g
+            .examples(&enc, &tr)
+            .with_context(|| format!("{}", train_path.display()))?;
+        let (eval, classes) = g
+            .examples(&enc, &ev)
+            .with_context(|| format!("{}", eval_path.display()))?;
+        let refs = classes
+            .iter()
+            .map(|&c| g.labels[c as usize].clone())
+            .collect();
         (train, eval, classes, words.first, refs, true)
     } else if let DataSpec::Jsonl { .. } = spec {
         let mut tr = read::read_records(&train_path, lm.format)?;
         let mut ev = read::read_records(&eval_path, lm.format.or(Some(tr[0].body.kind())))?;
         subset_of(&mut tr, &mut ev, subset);
         let refs = ev.iter().map(|r| reference(&r.body)).collect();
-        let train = tokenize("training", &train_path, tr.iter().map(|r| encode_record(&enc, r)).collect());
-        let eval = tokenize("evaluation", &eval_path, ev.iter().map(|r| encode_record(&enc, r)).collect());
+        let train = tokenize(
+            "training",
+            &train_path,
+            tr.iter().map(|r| encode_record(&enc, r)).collect(),
+        );
+        let eval = tokenize(
+            "evaluation",
+            &eval_path,
+            ev.iter().map(|r| encode_record(&enc, r)).collect(),
+        );
         (train?, eval?, Vec::new(), Vec::new(), refs, false)
     } else {
         return Ok(None);

@@ -179,33 +179,40 @@ fn string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>> {
 /// The kind a record's keys say it is.
 fn kind_of_record(obj: &Map<String, Value>) -> Result<JsonlKind> {
     let has = |k: &str| obj.contains_key(k);
-    Ok(match (has("messages"), has("prompt"), has("completion"), has("text")) {
-        (true, false, false, false) => JsonlKind::Messages,
-        (false, true, true, false) => JsonlKind::PromptCompletion,
-        (false, false, false, true) => {
-            if has("label") {
-                bail!(
+    Ok(
+        match (
+            has("messages"),
+            has("prompt"),
+            has("completion"),
+            has("text"),
+        ) {
+            (true, false, false, false) => JsonlKind::Messages,
+            (false, true, true, false) => JsonlKind::PromptCompletion,
+            (false, false, false, true) => {
+                if has("label") {
+                    bail!(
                     "a {{\"text\", \"label\"}} record is labelled data: read it with `data jsonl \
                      {{ as = generation, prompt = .., labels = [..] }}`, or drop \"label\" for \
                      plain language modelling"
                 );
+                }
+                JsonlKind::Text
             }
-            JsonlKind::Text
-        }
-        (false, true, false, _) => bail!("\"prompt\" without \"completion\""),
-        (false, false, true, _) => bail!("\"completion\" without \"prompt\""),
-        (false, false, false, false) => bail!(
+            (false, true, false, _) => bail!("\"prompt\" without \"completion\""),
+            (false, false, true, _) => bail!("\"completion\" without \"prompt\""),
+            (false, false, false, false) => bail!(
             "no \"text\", \"prompt\"/\"completion\" or \"messages\" key; a record is one of {}, \
              {} or {}",
             JsonlKind::Text.example(),
             JsonlKind::PromptCompletion.example(),
             JsonlKind::Messages.example()
         ),
-        _ => bail!(
-            "the record mixes the keys of two kinds (\"messages\", \"prompt\"/\"completion\", \
+            _ => bail!(
+                "the record mixes the keys of two kinds (\"messages\", \"prompt\"/\"completion\", \
              \"text\"); write one kind per record"
-        ),
-    })
+            ),
+        },
+    )
 }
 
 fn messages(v: &Value) -> Result<Vec<Message>> {
@@ -282,16 +289,14 @@ pub fn read_labelled(path: &Path) -> Result<Vec<Labelled>> {
         let text_pair = string(obj, "text_pair")?;
         let label = match obj.get("label") {
             Some(Value::String(s)) => Label::Name(s.clone()),
-            Some(v) => Label::Index(
-                v.as_u64()
-                    .filter(|&x| x <= u32::MAX as u64)
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "\"label\" is {v}; it must be a class index (0, 1, ..) or a label \
+            Some(v) => Label::Index(v.as_u64().filter(|&x| x <= u32::MAX as u64).ok_or_else(
+                || {
+                    anyhow!(
+                        "\"label\" is {v}; it must be a class index (0, 1, ..) or a label \
                              name (\"positive\")"
-                        )
-                    })? as u32,
-            ),
+                    )
+                },
+            )? as u32),
             None => bail!("missing \"label\""),
         };
         out.push(Labelled {

@@ -9,6 +9,7 @@ pub mod glue;
 pub mod hf;
 pub mod hf_llm;
 pub mod jsonl;
+pub mod lm;
 pub mod plan;
 pub mod pretrained;
 pub mod squad;

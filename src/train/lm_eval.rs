@@ -6,6 +6,7 @@
 
 use crate::backend::Backend;
 use crate::data::lm::{LmEvalSet, LmMetric};
+use crate::model::generate::{GenConfig, Sampling};
 use crate::model::{Batch, EvalOut, Model};
 use anyhow::{ensure, Context, Result};
 use std::collections::BTreeMap;
@@ -156,19 +157,15 @@ impl<B: Backend> LmScorer for Model<B> {
     fn eval_batch(&mut self, batch: &Batch) -> Result<EvalOut> {
         self.evaluate(batch)
     }
-    fn logits_at(&mut self, _batch: &Batch, _rows: &[usize]) -> Result<Vec<f32>> {
-        // The seam to the decoder's own `Model::logits_at` (src/model/generate.rs, written with
-        // the Llama model): until it is in the build, label accuracy cannot run on a model.
-        anyhow::bail!(
-            "label accuracy needs Model::logits_at, which this build does not have; choose \
-             `metric = perplexity` or `metric = eval_loss`"
-        )
+    fn logits_at(&mut self, batch: &Batch, rows: &[usize]) -> Result<Vec<f32>> {
+        Model::logits_at(self, batch, rows)
     }
-    fn greedy(&mut self, _prompt: &[u32], _max_new: usize, _stop: &[u32]) -> Result<Vec<u32>> {
-        // The seam to `Model::generate` (src/model/generate.rs), as for `logits_at`.
-        anyhow::bail!(
-            "exact match needs Model::generate, which this build does not have; choose \
-             `metric = perplexity` or `metric = eval_loss`"
-        )
+    fn greedy(&mut self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
+        let g = GenConfig {
+            max_new,
+            stop: stop.to_vec(),
+            sampling: Sampling::greedy(),
+        };
+        self.generate(prompt, &g)
     }
 }

@@ -62,12 +62,7 @@ impl LmExample {
 pub type ChatRenderer = dyn Fn(&[Message], bool) -> Result<String> + Send + Sync;
 
 /// Renders `messages` with a checkpoint's Jinja chat template, as transformers'
-/// `apply_chat_template(tokenize=False)` does.
-///
-/// The one seam between this module and the chat-template renderer (`data::chat`, on its own
-/// branch until merged): when it lands, this body becomes
-/// `crate::data::chat::render_chat(template, &msgs, add_generation_prompt, bos, eos)` with
-/// `msgs` the messages as `ChatMessage`s.
+/// `apply_chat_template(tokenize=False)` does (through `data::chat`).
 pub fn render_chat(
     template: &str,
     messages: &[Message],
@@ -75,11 +70,14 @@ pub fn render_chat(
     bos: &str,
     eos: &str,
 ) -> Result<String> {
-    let _ = (template, messages, add_generation_prompt, bos, eos);
-    bail!(
-        "this build cannot render chat templates (the Jinja renderer `data::chat` is not part \
-         of it); `messages` records need it"
-    )
+    let msgs: Vec<crate::data::chat::ChatMessage> = messages
+        .iter()
+        .map(|m| crate::data::chat::ChatMessage {
+            role: m.role.clone(),
+            content: m.content.clone(),
+        })
+        .collect();
+    crate::data::chat::render_chat(template, &msgs, add_generation_prompt, bos, eos)
 }
 
 /// Tokenizes records for one model.

@@ -110,6 +110,10 @@ pub fn transformer(spec: &ModelSpec) -> Result<ModelConfig> {
              (`model encoder {{ ... }}`); pretrained models train on real data",
             dir.display()
         ),
+        ModelSpec::Gguf(_) => bail!(
+            "model gguf: the planted and synthetic tasks need a randomly initialised model \
+             (`model encoder {{ ... }}`); pretrained models train on real data"
+        ),
     };
     let cfg = ModelConfig {
         flavour,

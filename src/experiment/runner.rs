@@ -644,6 +644,7 @@ fn run_cell<B: Backend>(
     let base_model = match &arm.model {
         ModelSpec::Hf { name, .. } => Some(name.clone()),
         ModelSpec::Path { dir, .. } => Some(dir.display().to_string()),
+        ModelSpec::Gguf(g) => g.file().map(|f| f.display().to_string()),
         ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => None,
     };
     let (mut task, samples) = build_task(arm, ckpt, seed, split).map_err(DataError)?;

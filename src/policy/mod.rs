@@ -11,6 +11,7 @@ mod format;
 pub mod known_models;
 mod layers;
 mod locate;
+pub mod model_source;
 pub mod parse;
 pub mod plan;
 pub mod plugins;

@@ -38,7 +38,9 @@ pub fn pass_flops(
     let mut fwd = 0.0;
     let mut bwd = 0.0;
     for layer in 0..model.layers {
-        for (k, kind) in ModuleKind::ALL.into_iter().enumerate() {
+        // Only the model's own modules (the gate is Llama's); slots stay in `ALL` order.
+        for &kind in model.module_kinds() {
+            let k = ModuleKind::ALL.iter().position(|&a| a == kind).unwrap_or(0);
             let (rows, cols) = model.module_shape(kind);
             let (rows, cols) = (rows as f64, cols as f64);
             let r = if full {

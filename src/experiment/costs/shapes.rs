@@ -6,12 +6,11 @@
 use super::super::arm::{engine_config, train_mode, transformer, EVAL_BATCH};
 use crate::adapter::ModuleKind;
 use crate::backend::DType;
-use crate::data::hf::{self, BertConfig};
 use crate::data::plan::{CLASSIFY_EVAL_BATCH, SPAN_EVAL_BATCH};
 use crate::engine::Method;
-use crate::model::{Flavour, Head, ModelConfig, Pooling, TrainMode};
-use crate::policy::known_models;
-use crate::policy::{ArmPlan, DataSpec, ModelSpec, TrainLength};
+use crate::model::{Head, ModelConfig, Pooling, TrainMode};
+use crate::policy::model_source::{self, Origin};
+use crate::policy::{ArmPlan, DataSpec, GgufSpec, ModelSpec, TrainLength};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
@@ -128,7 +127,7 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
                     crate::policy::Pooling::Cls => Pooling::Cls,
                     crate::policy::Pooling::Mean => Pooling::Mean,
                 },
-                ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => Pooling::Mean,
+                ModelSpec::Encoder(_) | ModelSpec::Decoder(_) | ModelSpec::Gguf(_) => Pooling::Mean,
             };
             (
                 Head::Classify { classes, pooling },
@@ -216,37 +215,27 @@ fn bounded_seq(max_len: usize, model: &ModelConfig, notes: &mut Vec<String>) -> 
     seq
 }
 
-/// The model a `model` section describes: its own shape, a Hugging Face model's known shape,
-/// or the config.json of a checkpoint on disk (read, never its weights).
+/// The model a `model` section describes: its own shape, or a pretrained model's from its
+/// files (config.json, the GGUF header) when they are here, else from the known table
+/// (`policy::model_source`, the same answer `adarank check` gets).
 pub fn model_config(spec: &ModelSpec, notes: &mut Vec<String>) -> Result<ModelConfig> {
-    match spec {
-        ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => transformer(spec),
-        ModelSpec::Hf { name, .. } => match known_models::lookup(name) {
-            Some(k) => Ok(ModelConfig {
-                flavour: Flavour::Encoder,
-                vocab: k.vocab,
-                max_positions: k.max_positions,
-                type_vocab: k.type_vocab,
-                hidden: k.hidden,
-                layers: k.layers,
-                heads: k.heads,
-                ffn: k.ffn,
-                ln_eps: 1e-12,
-                llama: None,
-            }),
-            None => {
-                let dir = hf::resolve(name).with_context(|| {
-                    format!(
-                        "`{name}` is not among the models adarank knows by name, and its \
-                         config.json is not in the Hugging Face cache"
-                    )
-                })?;
-                notes.push(format!("shape of {name} read from {}", dir.display()));
-                Ok(BertConfig::from_file(&dir.join("config.json"))?.model_config())
-            }
-        },
-        ModelSpec::Path { dir, .. } => {
-            Ok(BertConfig::from_file(&dir.join("config.json"))?.model_config())
+    let (cfg, origin) =
+        model_source::shape(spec).map_err(|p| anyhow::anyhow!("{} ({})", p.message, p.help))?;
+    match origin {
+        Origin::Policy => transformer(spec),
+        Origin::File(f) => {
+            notes.push(format!("model shape read from {}", f.display()));
+            Ok(cfg)
+        }
+        Origin::Known => {
+            let note = match spec {
+                ModelSpec::Gguf(GgufSpec::Name(n)) => model_source::gguf_missing_note(n),
+                _ => None,
+            };
+            notes.push(note.unwrap_or_else(|| {
+                "model shape from adarank's table of known models (not downloaded yet)".into()
+            }));
+            Ok(cfg)
         }
     }
 }

@@ -59,8 +59,8 @@ impl BertConfig {
                 crate::data::hf_llm::family_of(path, &v)?
             {
                 bail!(
-                    "{}: a causal LM ({}), not a BERT-family encoder; it loads through \
-                     `data::hf_llm::load_llm`",
+                    "{}: a causal LM ({}), not a BERT-family encoder; the classification and \
+                     span tasks need an encoder",
                     path.display(),
                     v.pointer("/architectures/0")
                         .and_then(|a| a.as_str())

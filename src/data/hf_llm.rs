@@ -322,14 +322,23 @@ pub fn load_llm(dir: &Path) -> Result<Pretrained> {
     })
 }
 
-/// The safetensors files of a folder: `model.safetensors`, or the shards its
-/// `model.safetensors.index.json` names, with the tensor → file map of the index.
-fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<BTreeMap<String, String>>)> {
+/// The safetensors files of a folder.
+struct WeightFiles {
+    /// `model.safetensors`, or the shards `model.safetensors.index.json` names.
+    files: Vec<PathBuf>,
+    /// The index's tensor → shard file map (sharded checkpoints only).
+    index: Option<BTreeMap<String, String>>,
+}
+
+fn weight_files(dir: &Path) -> Result<WeightFiles> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     if !index.is_file() {
         if single.is_file() {
-            return Ok((vec![single], None));
+            return Ok(WeightFiles {
+                files: vec![single],
+                index: None,
+            });
         }
         bail!(
             "{}: no weights: neither model.safetensors nor model.safetensors.index.json is \
@@ -372,14 +381,17 @@ fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, Option<BTreeMap<String, Str
         }
         paths.push(p);
     }
-    Ok((paths, Some(by_tensor)))
+    Ok(WeightFiles {
+        files: paths,
+        index: Some(by_tensor),
+    })
 }
 
 /// Every tensor of `llama_tensors(cfg)` as f32, checked for shape; tensors the model does not
 /// use (e.g. a tied checkpoint's `lm_head.weight`, old `rotary_emb.inv_freq`) are skipped.
 fn load_weights(dir: &Path, cfg: &ModelConfig) -> Result<HostWeights> {
     let expected: BTreeMap<String, Vec<usize>> = llama_tensors(cfg).into_iter().collect();
-    let (files, index) = weight_files(dir)?;
+    let WeightFiles { files, index } = weight_files(dir)?;
     let mut weights = HostWeights::new();
     for path in &files {
         let bytes =

@@ -23,6 +23,12 @@ pub fn load_model(spec: &ModelSpec) -> Result<Option<Checkpoint>> {
     let (mut ck, pooling) = match spec {
         ModelSpec::Hf { name, pooling } => (hf::load(name)?, pooling),
         ModelSpec::Path { dir, pooling } => (hf::load_dir(dir)?, pooling),
+        // The causal-LM tasks load through `data::gguf` and `data::hf_llm`, not this
+        // encoder checkpoint.
+        ModelSpec::Gguf(_) => anyhow::bail!(
+            "model gguf: a causal LM; the text-classification and span tasks need a \
+             BERT-family encoder"
+        ),
         ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => return Ok(None),
     };
     ck.pooling = match pooling {

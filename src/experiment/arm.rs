@@ -110,6 +110,10 @@ pub fn transformer(spec: &ModelSpec) -> Result<ModelConfig> {
              (`model encoder {{ ... }}`); pretrained models train on real data",
             dir.display()
         ),
+        ModelSpec::Gguf(_) => bail!(
+            "model gguf: the planted and synthetic tasks need a randomly initialised model \
+             (`model encoder {{ ... }}`); pretrained models train on real data"
+        ),
     };
     let cfg = ModelConfig {
         flavour,
@@ -127,14 +131,15 @@ pub fn transformer(spec: &ModelSpec) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-/// Which adapter slots the arm's LoRA covers, in the model's slot order.
+/// Which adapter slots the arm's LoRA covers, in the model's slot order (`ModuleKind::LLAMA`
+/// orders every kind as both families' slots do; an encoder's targets never hold the gate).
 fn covered(l: &LoraOn, layers: usize) -> Vec<(usize, ModuleKind)> {
     let mut out = Vec::new();
     for layer in 0..layers {
         if l.layers.as_ref().is_some_and(|ls| !ls.contains(&layer)) {
             continue;
         }
-        for kind in ModuleKind::ALL {
+        for kind in ModuleKind::LLAMA {
             if l.targets.contains(&kind) {
                 out.push((layer, kind));
             }
@@ -143,18 +148,15 @@ fn covered(l: &LoraOn, layers: usize) -> Vec<(usize, ModuleKind)> {
     out
 }
 
-/// Indices (in the model's `adapters()` order: layer-major, then `ModuleKind::ALL`) of the slots
-/// the arm's LoRA targets; the rank engine sees only these.
-pub fn targeted_slots(arm: &ArmPlan, layers: usize) -> Vec<usize> {
+/// Indices (in the model's `adapters()` order, `ModelConfig::slots`) of the slots the arm's
+/// LoRA targets; the rank engine sees only these.
+pub fn targeted_slots(arm: &ArmPlan, model: &ModelConfig) -> Vec<usize> {
     let Some(l) = arm.lora.on() else {
         return Vec::new();
     };
-    covered(l, layers)
+    covered(l, model.layers)
         .into_iter()
-        .map(|(layer, kind)| {
-            layer * ModuleKind::ALL.len()
-                + ModuleKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
-        })
+        .filter_map(|(layer, kind)| model.slot_index(layer, kind))
         .collect()
 }
 

@@ -660,6 +660,7 @@ fn run_cell<B: Backend>(
     let base_model = match &arm.model {
         ModelSpec::Hf { name, .. } => Some(name.clone()),
         ModelSpec::Path { dir, .. } => Some(dir.display().to_string()),
+        ModelSpec::Gguf(g) => g.file().map(|f| f.display().to_string()),
         ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => None,
     };
     let (mut task, samples) = build_task(arm, ckpt, seed, split).map_err(DataError)?;
@@ -710,7 +711,7 @@ fn run_cell<B: Backend>(
         }
         st = cs.runner;
     }
-    let slots = targeted_slots(arm, task.model_config().layers);
+    let slots = targeted_slots(arm, &task.model_config());
     let mut start_record = None;
     if let Some(e) = &mut engine {
         start_record = e.on_start(&mut SlotView {

@@ -275,10 +275,9 @@ impl Ctx<'_> {
                 None
             }
         };
-        let shape = Shape {
-            layers: model.as_ref().and_then(|m| m.layers()),
-            hidden: model.as_ref().and_then(|m| m.hidden()),
-            ffn: model.as_ref().and_then(|m| m.ffn()),
+        let (model, shape) = match model {
+            Some((spec, cfg)) => (Some(spec), Shape { model: Some(cfg) }),
+            None => (None, Shape::default()),
         };
         let data = match self.section(cfg, "data") {
             Some(Section::On {
@@ -296,7 +295,8 @@ impl Ctx<'_> {
                     Some(ModelSpec::Encoder(t) | ModelSpec::Decoder(t)) => Some(t.max_positions),
                     _ => None,
                 };
-                let data = sections::data(&mut f, kind, self.base_dir, shape.hidden, max_positions);
+                let data =
+                    sections::data(&mut f, kind, self.base_dir, shape.hidden(), max_positions);
                 if let (Some(m), Some(dt)) = (&model, &data) {
                     super::lm::check(&mut f, m, dt);
                 }
@@ -337,7 +337,7 @@ impl Ctx<'_> {
                     entries,
                     d,
                 };
-                (sections::lora(&mut f, shape).map(LoraSpec::On), None)
+                (sections::lora(&mut f, &shape).map(LoraSpec::On), None)
             }
             None => {
                 let mut f = Fields {
@@ -346,7 +346,7 @@ impl Ctx<'_> {
                     entries: &no_entries,
                     d,
                 };
-                (sections::lora(&mut f, shape).map(LoraSpec::On), None)
+                (sections::lora(&mut f, &shape).map(LoraSpec::On), None)
             }
         };
         let adalora = match self.section(cfg, "adalora") {

@@ -153,6 +153,8 @@ pub fn model_kind(model: &ModelSpec) -> ModelKind {
             }
         }
         ModelSpec::Path { dir, .. } => kind_of_dir(dir),
+        // GGUF files hold Llama-family decoders (the loader refuses other architectures).
+        ModelSpec::Gguf(g) => g.file().map_or(ModelKind::Unknown, ModelKind::CausalLm),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod known_models;
 mod layers;
 pub mod lm;
 mod locate;
+pub mod model_source;
 pub mod parse;
 pub mod plan;
 pub mod plugins;

@@ -72,42 +72,61 @@ pub enum ModelSpec {
     Hf { name: String, pooling: Pooling },
     /// A pretrained model in a local directory (config.json + model.safetensors + tokenizer).
     Path { dir: PathBuf, pooling: Pooling },
+    /// A pretrained causal LM in a GGUF file.
+    Gguf(GgufSpec),
+}
+
+/// Which GGUF file a `model gguf` section names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GgufSpec {
+    /// A known checkpoint (`policy::known_models::gguf`), looked up in the assets folder when
+    /// the cell runs, so a plan stays valid on another machine.
+    Name(String),
+    /// A file, resolved against the policy file's directory.
+    Path(PathBuf),
+}
+
+impl GgufSpec {
+    /// The file: `$ADARANK_ASSETS/gguf/FILE` for a known name (see `data::assets`), else the
+    /// path. `None` for a name no table entry has (the checker refuses those).
+    pub fn file(&self) -> Option<PathBuf> {
+        match self {
+            GgufSpec::Name(n) => super::known_models::gguf(n)
+                .map(|k| crate::data::assets::assets_dir().join("gguf").join(k.file)),
+            GgufSpec::Path(p) => Some(p.clone()),
+        }
+    }
 }
 
 impl ModelSpec {
+    /// The known shape of a pretrained model (`policy::known_models`), without looking at
+    /// files; the policy's own shape for a random one.
+    fn known(&self) -> Option<crate::model::ModelConfig> {
+        match self {
+            ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => super::model_source::transformer(self),
+            ModelSpec::Hf { name, .. } => super::known_models::lookup(name).map(|m| m.config()),
+            ModelSpec::Gguf(GgufSpec::Name(n)) => super::known_models::gguf(n)
+                .and_then(|g| super::known_models::lookup(g.shape_of))
+                .map(|m| m.config()),
+            ModelSpec::Path { .. } | ModelSpec::Gguf(GgufSpec::Path(_)) => None,
+        }
+    }
     /// Number of transformer layers when it is known without loading weights.
     pub fn layers(&self) -> Option<usize> {
-        match self {
-            ModelSpec::Encoder(t) | ModelSpec::Decoder(t) => Some(t.layers),
-            ModelSpec::Hf { name, .. } => super::known_models::lookup(name).map(|m| m.layers),
-            ModelSpec::Path { .. } => None,
-        }
+        self.known().map(|m| m.layers)
     }
     /// Hidden width when it is known without loading weights.
     pub fn hidden(&self) -> Option<usize> {
-        match self {
-            ModelSpec::Encoder(t) | ModelSpec::Decoder(t) => Some(t.hidden),
-            ModelSpec::Hf { name, .. } => super::known_models::lookup(name).map(|m| m.hidden),
-            ModelSpec::Path { .. } => None,
-        }
+        self.known().map(|m| m.hidden)
     }
     /// Feed-forward width when it is known without loading weights.
     pub fn ffn(&self) -> Option<usize> {
-        match self {
-            ModelSpec::Encoder(t) | ModelSpec::Decoder(t) => Some(t.ffn),
-            ModelSpec::Hf { name, .. } => super::known_models::lookup(name).map(|m| m.ffn),
-            ModelSpec::Path { .. } => None,
-        }
+        self.known().map(|m| m.ffn)
     }
     /// `(vocab, max_positions)` when known without loading weights.
     pub fn vocab_positions(&self) -> Option<(usize, usize)> {
-        match self {
-            ModelSpec::Encoder(t) | ModelSpec::Decoder(t) => Some((t.vocab, t.max_positions)),
-            ModelSpec::Hf { name, .. } => {
-                super::known_models::lookup(name).map(|m| (m.vocab, m.max_positions))
-            }
-            ModelSpec::Path { .. } => None,
-        }
+        self.known().map(|m| (m.vocab, m.max_positions))
     }
 }
 

@@ -7,10 +7,11 @@ use super::fields::Fields;
 use super::plan::*;
 use super::suggest;
 use crate::adapter::ModuleKind;
+use crate::model::ModelConfig;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub const MODEL_KINDS: &[&str] = &["encoder", "decoder", "hf", "path"];
+pub const MODEL_KINDS: &[&str] = &["encoder", "decoder", "hf", "path", "gguf"];
 pub const DATA_KINDS: &[&str] = &[
     "planted",
     "synthetic",
@@ -37,7 +38,29 @@ fn pooling(f: &mut Fields<'_>) -> Pooling {
     }
 }
 
-pub fn model(f: &mut Fields<'_>, kind: &Ident, base_dir: &Path) -> Option<ModelSpec> {
+/// The model section with its shape: the policy's own, or what the pretrained model's files
+/// (or the known table) say; a model that cannot be found or is not supported is reported at
+/// the key that names it.
+pub fn model(
+    f: &mut Fields<'_>,
+    kind: &Ident,
+    base_dir: &Path,
+) -> Option<(ModelSpec, ModelConfig)> {
+    let spec = model_spec(f, kind, base_dir)?;
+    match super::model_source::shape(&spec) {
+        Ok((cfg, _)) => Some((spec, cfg)),
+        Err(p) => {
+            let span = ["name", "dir", "path"]
+                .iter()
+                .find_map(|k| f.get(k))
+                .map_or(f.header, |e| e.value.span);
+            f.value_error(span, p.message, p.help);
+            None
+        }
+    }
+}
+
+fn model_spec(f: &mut Fields<'_>, kind: &Ident, base_dir: &Path) -> Option<ModelSpec> {
     match kind.node.as_str() {
         "encoder" | "decoder" => {
             f.only(
@@ -91,8 +114,50 @@ pub fn model(f: &mut Fields<'_>, kind: &Ident, base_dir: &Path) -> Option<ModelS
                 pooling,
             })
         }
+        "gguf" => gguf(f, base_dir),
         _ => {
             unknown_kind(f, kind, MODEL_KINDS);
+            None
+        }
+    }
+}
+
+/// `model gguf { name = ".." }` (a known checkpoint) or `model gguf { path = ".." }`.
+fn gguf(f: &mut Fields<'_>, base_dir: &Path) -> Option<ModelSpec> {
+    f.only(&["name", "path"], "`model gguf`");
+    let name = f.string("name", "\"smollm2-135m-instruct\"");
+    let path = f.string("path", "\"models/model.gguf\"");
+    match (name, path) {
+        (Some(n), None) => {
+            if super::known_models::gguf(&n).is_none() {
+                let span = f.get("name").map_or(f.header, |e| e.value.span);
+                let p = super::model_source::unknown_gguf(&n);
+                let help = match suggest::closest(&n, super::known_models::gguf_names()) {
+                    Some(c) => format!("did you mean `{c}`? {}", p.help),
+                    None => p.help,
+                };
+                f.value_error(span, p.message, help);
+                return None;
+            }
+            Some(ModelSpec::Gguf(GgufSpec::Name(n)))
+        }
+        (None, Some(p)) => Some(ModelSpec::Gguf(GgufSpec::Path(
+            crate::engine::source::normalize(&base_dir.join(p)),
+        ))),
+        (Some(_), Some(_)) => {
+            let span = f.get("path").map_or(f.header, |e| e.key.span);
+            f.value_error(
+                span,
+                "`model gguf` sets both `name` and `path`".into(),
+                "keep one: `name` for a known checkpoint in the assets folder, `path` for a file"
+                    .into(),
+            );
+            None
+        }
+        (None, None) => {
+            if f.get("name").is_none() && f.get("path").is_none() {
+                f.missing("name", "name = \"smollm2-135m-instruct\"");
+            }
             None
         }
     }
@@ -291,28 +356,30 @@ pub fn data(
     }
 }
 
-const KIND_NAMES: [&str; 6] = ["q", "k", "v", "o", "ffn_in", "ffn_out"];
+const KIND_NAMES: [&str; 7] = ["q", "k", "v", "o", "ffn_in", "ffn_out", "gate"];
 
-/// What the model tells us about adapter slots, when known statically.
-#[derive(Clone, Copy)]
+/// What the model tells us about adapter slots: its shape when known statically.
+#[derive(Clone, Debug, Default)]
 pub struct Shape {
-    pub layers: Option<usize>,
-    pub hidden: Option<usize>,
-    pub ffn: Option<usize>,
+    pub model: Option<ModelConfig>,
 }
 
 impl Shape {
-    /// Parameters one rank of an adapter on `kind` costs: rows + cols of the adapted weight.
+    pub fn layers(&self) -> Option<usize> {
+        self.model.as_ref().map(|m| m.layers)
+    }
+    pub fn hidden(&self) -> Option<usize> {
+        self.model.as_ref().map(|m| m.hidden)
+    }
+    /// Parameters one rank of an adapter on `kind` costs: rows + cols of the adapted weight
+    /// (k and v are narrower than q under grouped-query attention).
     pub fn rank_cost(&self, kind: ModuleKind) -> Option<usize> {
-        let c = self.hidden?;
-        Some(match kind {
-            ModuleKind::FfnIn | ModuleKind::FfnOut | ModuleKind::Gate => c + self.ffn?,
-            _ => 2 * c,
-        })
+        let (rows, cols) = self.model.as_ref()?.module_shape(kind);
+        Some(rows + cols)
     }
 }
 
-pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
+pub fn lora(f: &mut Fields<'_>, shape: &Shape) -> Option<LoraOn> {
     f.only(
         &[
             "targets",
@@ -329,14 +396,15 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
         "`lora`",
     );
     let errors_before = f.d.len();
-    let targets = targets(f).unwrap_or_else(|| vec![ModuleKind::Q, ModuleKind::V]);
-    let layers = lora_layers(f, shape.layers);
+    let kinds = shape.model.as_ref().map(|m| m.module_kinds());
+    let targets = targets(f, kinds).unwrap_or_else(|| vec![ModuleKind::Q, ModuleKind::V]);
+    let layers = lora_layers(f, shape.layers());
     let alpha = f.real_in("alpha", &bounds::ALPHA, "16").unwrap_or(16.0);
     let rslora = f.boolean("rslora").unwrap_or(false);
     // 0 lets an allocator remove an adapter (its tensors are freed; it can come back).
     let min_rank = f.count_in("min_rank", &bounds::RANK_OR_ZERO).unwrap_or(1) as usize;
     let max_rank = f.count_in("max_rank", &bounds::RANK).unwrap_or(64) as usize;
-    let rank = rank_spec(f, &targets, layers.as_deref(), shape.layers, max_rank);
+    let rank = rank_spec(f, &targets, layers.as_deref(), shape.layers(), max_rank);
     let init_rank = match (f.count_in("init_rank", &bounds::RANK), &rank) {
         (Some(r), _) => r as usize,
         (None, Some(RankSpec::Uniform(r))) => *r,
@@ -368,7 +436,7 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
         );
         return None;
     }
-    if let Some(h) = shape.hidden {
+    if let Some(h) = shape.hidden() {
         if max_rank > h && f.get("max_rank").is_some() {
             let span = at(f, "max_rank");
             f.value_error(
@@ -388,7 +456,8 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
         );
         return None;
     }
-    if let (Some(b), Some(n_layers)) = (budget, layers.as_ref().map(|l| l.len()).or(shape.layers)) {
+    if let (Some(b), Some(n_layers)) = (budget, layers.as_ref().map(|l| l.len()).or(shape.layers()))
+    {
         let slots = n_layers * targets.len();
         let (lo, hi) = (slots * min_rank, slots * max_rank);
         if b < lo || b > hi {
@@ -406,7 +475,7 @@ pub fn lora(f: &mut Fields<'_>, shape: Shape) -> Option<LoraOn> {
     }
     if let (Some(p), Some(n_layers)) = (
         param_budget,
-        layers.as_ref().map(|l| l.len()).or(shape.layers),
+        layers.as_ref().map(|l| l.len()).or(shape.layers()),
     ) {
         let per_layer: Option<usize> = targets.iter().map(|k| shape.rank_cost(*k)).sum();
         if let Some(per_layer) = per_layer {
@@ -451,6 +520,7 @@ fn kind_help(w: &str) -> String {
         "output" | "out" | "dense" | "o_proj" => Some("o"),
         "intermediate" | "ffn" | "up" | "fc1" | "up_proj" => Some("ffn_in"),
         "down" | "fc2" | "down_proj" => Some("ffn_out"),
+        "gate_proj" | "w1" => Some("gate"),
         _ => None,
     };
     match alias {
@@ -459,7 +529,8 @@ fn kind_help(w: &str) -> String {
     }
 }
 
-fn targets(f: &mut Fields<'_>) -> Option<Vec<ModuleKind>> {
+/// `lora.targets`; with the model's module kinds known, a kind it does not have is an error.
+fn targets(f: &mut Fields<'_>, kinds: Option<&[ModuleKind]>) -> Option<Vec<ModuleKind>> {
     let e = f.get("targets")?;
     let Value::List(items) = &e.value.node else {
         f.type_error(e, "a list of module kinds", "[q, v]");
@@ -487,6 +558,19 @@ fn targets(f: &mut Fields<'_>) -> Option<Vec<ModuleKind>> {
             f.value_error(it.span, format!("unknown module kind `{w}`"), kind_help(w));
             return None;
         };
+        if let Some(ks) = kinds.filter(|ks| !ks.contains(&k)) {
+            let names: Vec<&str> = ks.iter().map(|k| k.name()).collect();
+            f.value_error(
+                it.span,
+                format!("the model has no `{w}` module"),
+                format!(
+                    "its modules are {}; `gate` (SwiGLU's gate_proj) exists only in \
+                     Llama-family models",
+                    suggest::quoted(&names)
+                ),
+            );
+            return None;
+        }
         if out.contains(&k) {
             f.value_error(
                 it.span,

@@ -6,10 +6,10 @@
 //! peak; a change to what the model allocates must be made here too.
 
 use super::shapes::{ArmShape, BatchShape};
-use crate::adapter::ModuleKind;
 use crate::backend::{DType, MemKind};
+use crate::data::hf_llm::llama_tensors;
 use crate::model::weights::{body_shapes, head_shapes};
-use crate::model::{pooler, Head, Pooling};
+use crate::model::{pooler, Flavour, Head, Pooling};
 use serde::Serialize;
 
 /// Bytes by ledger kind, in [`MemKind::ALL`] order. f64 holds every byte count exactly below
@@ -138,9 +138,7 @@ fn live_adapters<'a>(
         .enumerate()
         .filter(|(_, &r)| r > 0)
         .map(|(i, &r)| {
-            let (rows, cols) = s
-                .model
-                .module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
+            let (rows, cols) = s.model.module_shape(s.model.slot_of(i).1);
             (r, rows, cols)
         })
 }
@@ -149,15 +147,61 @@ fn prod(shape: &[usize]) -> f64 {
     shape.iter().map(|&d| d as f64).product()
 }
 
+/// The body's weights: the encoder/decoder's BERT-named tensors, or the Llama family's
+/// (RMSNorm gains without β, no position table, GQA-wide k/v, the gate, and `lm_head` unless
+/// the head is tied to the embedding).
+fn body(s: &ArmShape) -> Vec<(String, Vec<usize>)> {
+    match s.model.flavour {
+        Flavour::Llama => llama_tensors(&s.model),
+        Flavour::Encoder | Flavour::Decoder => body_shapes(&s.model),
+    }
+}
+
+/// Bytes per `per` values of a frozen matrix stored as `dtype`: f32 4/1, bf16 2/1, and GGUF's
+/// block formats 34/32 (Q8_0: 32 int8 and an f16 scale), 18/32 (Q4_0: 32 nibbles and a scale),
+/// 20/32 (Q4_1: a scale and a minimum). Matched by the storage type's serialized name, so the
+/// block formats count here as soon as `DType` has them.
+pub fn frozen_bytes_per(dtype: DType) -> (f64, f64) {
+    let name = serde_json::to_value(dtype)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    match name.as_str() {
+        "bf16" => (2.0, 1.0),
+        "q8_0" => (34.0, 32.0),
+        "q4_0" => (18.0, 32.0),
+        "q4_1" => (20.0, 32.0),
+        _ => (4.0, 1.0),
+    }
+}
+
+/// Bytes of a frozen matrix of `shape` stored as `dtype`, in whole 4-byte words: bf16 packs two
+/// values a word (`Param::frozen`), a block format whole 32-value blocks per row.
+fn frozen_matrix_bytes(dtype: DType, shape: &[usize]) -> f64 {
+    let (bytes, per) = frozen_bytes_per(dtype);
+    let cols = *shape.last().unwrap_or(&1) as f64;
+    let rows = prod(shape) / cols.max(1.0);
+    let row_bytes = if per > 1.0 {
+        (cols / per).ceil() * bytes
+    } else {
+        cols * bytes
+    };
+    if per > 1.0 {
+        rows * (row_bytes / 4.0).ceil() * 4.0
+    } else {
+        (rows * row_bytes / 4.0).ceil() * 4.0
+    }
+}
+
 /// Parameters with their gradients and moments (`Param::new`, `Lora::set_factors`).
 pub fn params(s: &ArmShape, ranks: &[usize]) -> ByKind {
     let mut m = ByKind::default();
-    for (_, shape) in body_shapes(&s.model) {
+    for (_, shape) in body(s) {
         if s.full {
             m.trainable(prod(&shape));
-        } else if s.frozen == DType::Bf16 && shape.len() >= 2 {
-            // Two bf16 values per 4-byte word (`Param::frozen`).
-            m.hold(MemKind::Frozen, (prod(&shape) / 2.0).ceil());
+        } else if shape.len() >= 2 {
+            // `hold` counts f32 values: a quarter of the bytes.
+            m.hold(MemKind::Frozen, frozen_matrix_bytes(s.frozen, &shape) / 4.0);
         } else {
             m.hold(MemKind::Frozen, prod(&shape));
         }
@@ -200,7 +244,7 @@ fn pooler_shapes(s: &ArmShape) -> Vec<(String, Vec<usize>)> {
 fn trainable_tensors(s: &ArmShape, ranks: &[usize]) -> usize {
     let heads = head_shapes(&s.model, &s.head).len();
     if s.full {
-        return body_shapes(&s.model).len() + pooler_shapes(s).len() + heads;
+        return body(s).len() + pooler_shapes(s).len() + heads;
     }
     let per = if s.svd { 3 } else { 2 };
     heads + per * ranks.iter().filter(|&&r| r > 0).count()
@@ -234,20 +278,25 @@ fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
         c.head_dim() as f64,
     );
     let (bhtd, bhtt) = (bt * h * t * d, bt * h * t * t);
-    let mut m = ByKind::default();
-    let act = MemKind::Activation;
-    // Acts: key mask, embedding sum and its LayerNorm statistics, the encoder's normalised
-    // embeddings or the decoder's final LayerNorm output, and the final statistics.
-    m.hold(act, n + n * ch + 2.0 * n + n * ch + 2.0 * n);
-    // LayerActs, per layer: a_in (decoder) or r2 (encoder), q, k, v, ctx, r1, f_in, out;
-    // four LayerNorm statistics; f1 (gelu(f1) is recomputed, not saved); probs.
-    let per_layer = 5.0 * n * ch + 3.0 * bhtd + 4.0 * n + n * f + bhtt;
-    m.hold(act, c.layers as f64 * per_layer);
-    // Work (nc, nc2, nf, nf2, dq, dk, dv, bhtt, bhtt2) and Flow (three [N, C]).
-    m.hold(
-        MemKind::Scratch,
-        2.0 * n * ch + 2.0 * n * f + 3.0 * bhtd + 2.0 * bhtt + 3.0 * n * ch,
-    );
+    let mut m = if c.flavour == Flavour::Llama {
+        llama_pass(s, b)
+    } else {
+        let mut m = ByKind::default();
+        let act = MemKind::Activation;
+        // Acts: key mask, embedding sum and its LayerNorm statistics, the encoder's normalised
+        // embeddings or the decoder's final LayerNorm output, and the final statistics.
+        m.hold(act, n + n * ch + 2.0 * n + n * ch + 2.0 * n);
+        // LayerActs, per layer: a_in (decoder) or r2 (encoder), q, k, v, ctx, r1, f_in, out;
+        // four LayerNorm statistics; f1 (gelu(f1) is recomputed, not saved); probs.
+        let per_layer = 5.0 * n * ch + 3.0 * bhtd + 4.0 * n + n * f + bhtt;
+        m.hold(act, c.layers as f64 * per_layer);
+        // Work (nc, nc2, nf, nf2, dq, dk, dv, bhtt, bhtt2) and Flow (three [N, C]).
+        m.hold(
+            MemKind::Scratch,
+            2.0 * n * ch + 2.0 * n * f + 3.0 * bhtd + 2.0 * bhtt + 3.0 * n * ch,
+        );
+        m
+    };
     if train && !s.full {
         // The adapters' backward workspace, kept across steps: two [n, r_max].
         let r_max = ranks.iter().copied().max().unwrap_or(0) as f64;
@@ -263,6 +312,39 @@ fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
         );
     }
     m.plus(&brief)
+}
+
+/// What a Llama-family pass saves and shares, from the block's activation list (its exact
+/// buffers are pinned by `tests/plan_costs.rs` once the block is in): the embedding output,
+/// the final RMSNorm output and its 1/rms; per layer the input RMSNorm output and 1/rms,
+/// q [N, C], k and v [N, KV], the rotated copies of q and k, the attention probabilities
+/// [B, H, T, T], ctx and the residual r1 [N, C], the post-attention RMSNorm output and 1/rms,
+/// gate and up [N, F] and the block output [N, C]. The scratch mirrors the encoder's (two [N, C],
+/// three [N, F] for the SwiGLU backward, the q/k/v gradients, k and v repeated over the heads
+/// of their group, two score-sized buffers, and three [N, C] flowing between layers).
+fn llama_pass(s: &ArmShape, b: BatchShape) -> ByKind {
+    let c = &s.model;
+    let (bt, t) = (b.batch as f64, b.seq as f64);
+    let n = bt * t;
+    let (ch, f, kv) = (c.hidden as f64, c.ffn as f64, c.kv_width() as f64);
+    let (bhtd, bhtt) = (
+        bt * c.heads as f64 * t * c.head_dim() as f64,
+        bt * c.heads as f64 * t * t,
+    );
+    let mut m = ByKind::default();
+    m.hold(MemKind::Activation, 2.0 * n * ch + n);
+    let per_layer = 7.0 * n * ch + 3.0 * n * kv + 2.0 * n + 2.0 * n * f + bhtt;
+    m.hold(MemKind::Activation, c.layers as f64 * per_layer);
+    m.hold(
+        MemKind::Scratch,
+        2.0 * n * ch
+            + 3.0 * n * f
+            + (n * ch + 2.0 * n * kv)
+            + 2.0 * bhtd
+            + 2.0 * bhtt
+            + 3.0 * n * ch,
+    );
+    m
 }
 
 /// The head's buffers during its forward, loss and (when `train`) backward (`Model::head_pass`,

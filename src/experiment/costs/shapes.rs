@@ -4,14 +4,12 @@
 //! the start and at their largest.
 
 use super::super::arm::{engine_config, train_mode, transformer, EVAL_BATCH};
-use crate::adapter::ModuleKind;
 use crate::backend::DType;
-use crate::data::hf::{self, BertConfig};
 use crate::data::plan::{CLASSIFY_EVAL_BATCH, SPAN_EVAL_BATCH};
 use crate::engine::Method;
-use crate::model::{Flavour, Head, ModelConfig, Pooling, TrainMode};
-use crate::policy::known_models;
-use crate::policy::{ArmPlan, DataSpec, ModelSpec, TrainLength};
+use crate::model::{Head, ModelConfig, Pooling, TrainMode};
+use crate::policy::model_source::{self, Origin};
+use crate::policy::{ArmPlan, DataSpec, GgufSpec, ModelSpec, TrainLength};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
@@ -45,7 +43,7 @@ pub struct ArmShape {
     /// Storage of the frozen weights (`train.weights`; f32 for full fine-tuning).
     #[serde(skip_serializing_if = "DType::is_f32")]
     pub frozen: DType,
-    /// Rank of every adapter slot at the start (layer-major, `ModuleKind::ALL` order; 0 = none).
+    /// Rank of every adapter slot at the start (`ModelConfig::slots` order; 0 = none).
     pub start_ranks: Vec<usize>,
     /// The rank plan with the most memory the arm can reach: for an arm that re-allocates, the
     /// budget given to the slots whose rank costs the most memory, each up to its maximum;
@@ -128,7 +126,7 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
                     crate::policy::Pooling::Cls => Pooling::Cls,
                     crate::policy::Pooling::Mean => Pooling::Mean,
                 },
-                ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => Pooling::Mean,
+                ModelSpec::Encoder(_) | ModelSpec::Decoder(_) | ModelSpec::Gguf(_) => Pooling::Mean,
             };
             (
                 Head::Classify { classes, pooling },
@@ -145,13 +143,15 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
         }
     };
     let mode = train_mode(arm, model.layers);
-    let slots = model.layers * ModuleKind::ALL.len();
+    let slots = model.slots();
     let mut start_ranks = vec![0; slots];
     let (full, svd) = match &mode {
         TrainMode::Full => (true, false),
         TrainMode::Lora(l) => {
             for (&(layer, kind), &r) in &l.ranks {
-                start_ranks[slot_index(layer, kind)] = r;
+                if let Some(i) = model.slot_index(layer, kind) {
+                    start_ranks[i] = r;
+                }
             }
             (false, l.svd_form)
         }
@@ -200,11 +200,6 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
     })
 }
 
-/// Index of slot (layer, kind) in `adapters()` order.
-pub fn slot_index(layer: usize, kind: ModuleKind) -> usize {
-    layer * ModuleKind::ALL.len() + ModuleKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
-}
-
 /// Real data pads each batch to its longest sequence, at most `max_len` tokens (and the
 /// model's positions): the plan takes that bound.
 fn bounded_seq(max_len: usize, model: &ModelConfig, notes: &mut Vec<String>) -> usize {
@@ -216,37 +211,27 @@ fn bounded_seq(max_len: usize, model: &ModelConfig, notes: &mut Vec<String>) -> 
     seq
 }
 
-/// The model a `model` section describes: its own shape, a Hugging Face model's known shape,
-/// or the config.json of a checkpoint on disk (read, never its weights).
+/// The model a `model` section describes: its own shape, or a pretrained model's from its
+/// files (config.json, the GGUF header) when they are here, else from the known table
+/// (`policy::model_source`, the same answer `adarank check` gets).
 pub fn model_config(spec: &ModelSpec, notes: &mut Vec<String>) -> Result<ModelConfig> {
-    match spec {
-        ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => transformer(spec),
-        ModelSpec::Hf { name, .. } => match known_models::lookup(name) {
-            Some(k) => Ok(ModelConfig {
-                flavour: Flavour::Encoder,
-                vocab: k.vocab,
-                max_positions: k.max_positions,
-                type_vocab: k.type_vocab,
-                hidden: k.hidden,
-                layers: k.layers,
-                heads: k.heads,
-                ffn: k.ffn,
-                ln_eps: 1e-12,
-                llama: None,
-            }),
-            None => {
-                let dir = hf::resolve(name).with_context(|| {
-                    format!(
-                        "`{name}` is not among the models adarank knows by name, and its \
-                         config.json is not in the Hugging Face cache"
-                    )
-                })?;
-                notes.push(format!("shape of {name} read from {}", dir.display()));
-                Ok(BertConfig::from_file(&dir.join("config.json"))?.model_config())
-            }
-        },
-        ModelSpec::Path { dir, .. } => {
-            Ok(BertConfig::from_file(&dir.join("config.json"))?.model_config())
+    let (cfg, origin) =
+        model_source::shape(spec).map_err(|p| anyhow::anyhow!("{} ({})", p.message, p.help))?;
+    match origin {
+        Origin::Policy => transformer(spec),
+        Origin::File(f) => {
+            notes.push(format!("model shape read from {}", f.display()));
+            Ok(cfg)
+        }
+        Origin::Known => {
+            let note = match spec {
+                ModelSpec::Gguf(GgufSpec::Name(n)) => model_source::gguf_missing_note(n),
+                _ => None,
+            };
+            notes.push(note.unwrap_or_else(|| {
+                "model shape from adarank's table of known models (not downloaded yet)".into()
+            }));
+            Ok(cfg)
         }
     }
 }
@@ -264,7 +249,7 @@ fn largest_plan(
     max: usize,
 ) -> Vec<usize> {
     let covered: Vec<usize> = (0..start.len()).filter(|&i| start[i] > 0).collect();
-    let shape = |i: usize| model.module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
+    let shape = |i: usize| model.module_shape(model.slot_of(i).1);
     let cap = |i: usize| {
         let (r, c) = shape(i);
         max.min(r.min(c))

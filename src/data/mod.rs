@@ -5,6 +5,7 @@
 pub mod assets;
 pub mod batch;
 pub mod chat;
+pub mod gguf;
 pub mod glue;
 pub mod hf;
 pub mod hf_llm;

@@ -161,11 +161,10 @@ pub fn model_kind(model: &ModelSpec) -> ModelKind {
 /// The tokenizer of a causal LM on disk, for checking label words; `None` when it cannot be
 /// read here (the run reads it and refuses bad label words then).
 ///
-/// A GGUF file's tokenizer comes from its metadata (the GGUF loader's `load_tokenizer`, not in
-/// this build: the seam is here); a folder's from its tokenizer.json.
+/// A GGUF file's tokenizer comes from its metadata, a folder's from its tokenizer.json.
 pub fn tokenizer_of(path: &Path) -> Option<tokenizers::Tokenizer> {
     if path.extension().is_some_and(|e| e == "gguf") {
-        return None;
+        return crate::data::gguf::read_tokenizer(path).ok().map(|t| t.inner);
     }
     tokenizers::Tokenizer::from_file(path.join("tokenizer.json")).ok()
 }

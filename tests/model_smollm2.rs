@@ -58,21 +58,9 @@ fn model<B: Backend>(be: Arc<B>, p: &Pretrained) -> Model<B> {
     .unwrap()
 }
 
-/// SmolLM2 from the fetched GGUF; `None` (skipped, or a panic under ADARANK_REQUIRE_ASSETS=1)
-/// when the asset is missing.
+/// SmolLM2 from the fetched GGUF (`None`: skipped, or a panic under ADARANK_REQUIRE_ASSETS=1).
 fn smollm2() -> Option<Pretrained> {
-    let path = adarank::data::assets::smollm2_gguf();
-    if !path.exists() {
-        let msg = format!(
-            "{} missing (run scripts/fetch-assets or `adarank fetch`)",
-            path.display()
-        );
-        if std::env::var("ADARANK_REQUIRE_ASSETS").is_ok_and(|v| v == "1") {
-            panic!("{msg}; ADARANK_REQUIRE_ASSETS=1 forbids skipping");
-        }
-        eprintln!("SKIP {msg}");
-        return None;
-    }
+    let path = adarank::data::assets::require_smollm2("model_smollm2")?;
     Some(adarank::data::gguf::load(&path).unwrap())
 }
 

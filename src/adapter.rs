@@ -210,7 +210,7 @@ impl ResizeOptions {
     pub fn policy_default() -> Self {
         Self {
             keep_basis: true,
-            keep_moments: true,
+            keep_moments: false,
             fixed_scale: true,
             rewarm: 0,
         }

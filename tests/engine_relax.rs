@@ -149,3 +149,42 @@ fn whole_budget_to_the_last_layer_removes_the_others() {
     assert!((before - after).abs() < 1e-9, "{before} vs {after}");
     assert!(model.adapter_host(0).unwrap().b.iter().all(|v| *v == 0.0));
 }
+
+/// What the relaxation trains counts against the budget: at every re-allocation the held
+/// components (the nearly closed ones included) stay within the total rank 48 and miss it by
+/// less than one component per adapter (the held count is a step function of the offset).
+#[test]
+fn held_components_stay_within_the_budget() {
+    let mut cfg = EngineConfig::new(
+        Method::Adaptive {
+            complexity: "tests/fixtures/complexity_by_index.rhai".into(),
+            allocator: "plugins/log_rule.rhai".into(),
+            learner: Some("plugins/learn_gates.rhai".into()),
+        },
+        48,
+        6,
+    );
+    cfg.min_rank = 1;
+    cfg.max_rank = 16;
+    cfg.seed = 1;
+    let out = run_planted(
+        PlantedConfig::new(vec![1, 2, 3, 4, 6, 8, 10, 14], 1),
+        cfg,
+        phases(),
+        300,
+    )
+    .unwrap();
+    let relaxed: Vec<_> = out
+        .allocations
+        .iter()
+        .filter(|a| a.reason == "reallocate")
+        .collect();
+    assert_eq!(relaxed.len(), 3);
+    for a in relaxed {
+        let rule = a.rule.as_ref().expect("the log rule's record");
+        // Every slot of the linear task costs 32 + 32 per rank.
+        let held = rule.held_params / 64;
+        assert!(held <= 48 && held > 48 - 8, "step {}: {held} held", a.step);
+        assert!(a.slots.iter().all(|s| s.raw.is_some()));
+    }
+}

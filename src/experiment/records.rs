@@ -359,3 +359,37 @@ impl Summary {
         self.lr_choices.iter().find(|c| c.arm == arm)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spike_ratio_is_mean_after_over_mean_before() {
+        // Steps 1..=30: loss 1 up to step 10, 3 for steps 11..=15, 1 after. A re-allocation
+        // after step 10: the 10 steps after average (5·3 + 5·1)/10 = 2, the 10 before 1.
+        let losses: Vec<f64> = (1..=30)
+            .map(|s| if (11..=15).contains(&s) { 3.0 } else { 1.0 })
+            .collect();
+        let s = spikes(&losses, &[10, 5, 25]);
+        // Step 5 has no full window before it, step 25 none after.
+        assert_eq!(
+            s,
+            vec![Spike {
+                step: 10,
+                ratio: 2.0
+            }]
+        );
+    }
+
+    #[test]
+    fn train_cost_counts_mean_and_peak() {
+        let mut c = TrainCost::default();
+        for (p, f) in [(100, 1.0), (300, 2.0), (200, 3.0)] {
+            c.add_step(p, f);
+        }
+        assert_eq!(c.params_peak, 300);
+        assert_eq!(c.params_mean(), 200.0);
+        assert_eq!(c.flops, 6.0);
+    }
+}

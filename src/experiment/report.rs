@@ -485,7 +485,7 @@ pub fn cost_table(s: &Summary) -> Option<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| arm | final params | peak params | mean params over training | vs baseline | training GFLOPs |"
+        "| arm | final trainable params (head included) | peak adapter params | mean adapter params over training | vs baseline | training GFLOPs |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     for a in &s.arms {

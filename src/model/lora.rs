@@ -493,3 +493,27 @@ impl<B: Backend> Lora<B> {
         self.a.iter().chain(self.b.iter()).chain(self.lambda.iter())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeping_leading_components_drops_exactly_the_trailing_ones() {
+        let (rows, cols) = (5, 7);
+        let mut f = init_factors(rows, cols, 4, false, 3);
+        for (i, b) in f.b.iter_mut().enumerate() {
+            *b = ((i * 7 % 11) as f32 - 5.0) / 10.0;
+        }
+        let (s, s_new) = (2.0, 0.5);
+        let kept = keep_leading(rows, cols, &f, s, 2, s_new);
+        // Oracle: Σ_{j<2} s·b_j·a_jᵀ summed entry by entry from the old factors.
+        let got = delta_w(rows, cols, &kept, s_new);
+        for i in 0..rows {
+            for c in 0..cols {
+                let want: f32 = (0..2).map(|j| s * f.b[i * 4 + j] * f.a[j * cols + c]).sum();
+                assert!((got[i * cols + c] - want).abs() < 1e-5, "({i}, {c})");
+            }
+        }
+    }
+}

@@ -188,6 +188,48 @@ pub struct GradStats {
     pub gram: Vec<f64>,
 }
 
+/// How a resize treats what training built up in an adapter. Each switch removes one cause of
+/// the loss spike a re-allocation can bring (plugins/README.md, "Re-allocation without a
+/// spike"); the default is the plain behaviour (truncated SVD, fresh moments, scale α/r).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResizeOptions {
+    /// Shrink by dropping the trailing components instead of re-factorising ΔW by a truncated
+    /// SVD: the survivors keep their coordinates (the relaxation orders components by gate, so
+    /// the trailing ones are the nearly closed ones).
+    #[serde(default)]
+    pub keep_basis: bool,
+    /// Components that survive a resize in their own coordinates keep their AdamW moments and
+    /// step counter; new components start with m = 0 and v at the tensor's mean v, so their
+    /// first steps are no larger than the others'. Without it every resized adapter restarts
+    /// Adam (zero moments, step 0: a first move of about lr on every coordinate).
+    #[serde(default)]
+    pub keep_moments: bool,
+    /// Keep the output scale at α/init_rank through resizes (as AdaLoRA does) instead of α/r,
+    /// so a shrunk adapter's effective step does not grow.
+    #[serde(default)]
+    pub fixed_scale: bool,
+    /// A resized adapter's learning rate re-warms linearly from 0 over this many steps (0: no
+    /// re-warm).
+    #[serde(default)]
+    pub rewarm: u32,
+}
+
+impl ResizeOptions {
+    /// What a policy gets unless it says otherwise (`lora.resize_*`, docs/allocation.md): the
+    /// combination that measured best on `examples/paper_table.rank`.
+    pub fn policy_default() -> Self {
+        Self {
+            keep_basis: true,
+            keep_moments: false,
+            fixed_scale: true,
+            rewarm: 0,
+        }
+    }
+    pub fn is_policy_default(&self) -> bool {
+        *self == Self::policy_default()
+    }
+}
+
 /// What the rank engine and exporters need from a model: adapters as host data, and resizing.
 /// `Model<B>` implements it; tests implement it on plain structs.
 pub trait AdapterStore {
@@ -204,6 +246,11 @@ pub trait AdapterStore {
     /// Change adapter `i` to `rank`: shrink by truncated SVD of B·A, grow with B = 0 columns;
     /// device buffers are reallocated at the new size.
     fn resize_adapter(&mut self, i: usize, rank: usize) -> anyhow::Result<()>;
+    /// How later resizes treat what training built up (see [`ResizeOptions`]); stores without
+    /// the choice keep their one behaviour.
+    fn set_resize_options(&mut self, _o: ResizeOptions) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// A sample of the inputs slot `i` saw in the last forward pass: [n, cols] (for EVA-like
     /// allocators that read input-activation spectra). `None` when the model did not keep one.
     fn input_sample(&self, _i: usize) -> Option<HostTensor> {

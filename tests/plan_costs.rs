@@ -100,17 +100,18 @@ fn quickstart_bf16_peaks_match_the_plan() {
 
 #[test]
 fn paper_table_peaks_match_the_plan() {
-    // 60 steps instead of 300, the phases scaled down with them.
+    // 80 steps instead of 400, the phases scaled down with them.
     peaks_agree(&example(
         "paper_table.rank",
         &[
-            ("steps = 300", "steps = 60"),
-            ("until step 150", "until step 30"),
+            ("steps = 400", "steps = 80"),
+            ("checkpoint_every = 100", "checkpoint_every = 20"),
+            ("until step 200 {}", "until step 40 {}"),
             (
-                "until step 250 { every 50 steps",
-                "until step 50 { every 10 steps",
+                "until step 300 { every 50 steps",
+                "until step 60 { every 10 steps",
             ),
-            ("until step 151", "until step 31"),
+            ("until step 201", "until step 41"),
         ],
     ));
 }

@@ -22,8 +22,24 @@ pub struct SlotAllocation {
     /// (before rounding), AdaLoRA's mean kept triplet score, SoRA's Σ|g|.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
+    /// The log rule's raw term α·ln C_i, before the offset and the clamp to [r_min, r_max]
+    /// (`raw + offset` is the unclamped rank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<f64>,
     pub before: usize,
     pub after: usize,
+}
+
+/// What the log rule did at one allocation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleLog {
+    /// The offset δ in r_i = clamp(α·ln C_i + δ, r_min, r_max) actually applied.
+    pub offset: f64,
+    pub at_min: usize,
+    pub at_max: usize,
+    /// Trainable parameters the adapters hold right after this allocation (while relaxed,
+    /// the nearly closed components included).
+    pub held_params: usize,
 }
 
 /// One allocation of one cell: the starting ranks (`reason: "init"`) and every re-allocation,
@@ -44,6 +60,10 @@ pub struct Allocation {
     pub alpha: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta: Option<f64>,
+    /// The rule's offset actually applied (the relaxation's, or the one rounding to the budget
+    /// found), and how many slots' real-valued ranks sit at r_min and at r_max.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleLog>,
     pub slots: Vec<SlotAllocation>,
     /// Tensors changed size (false when AdaLoRA only masked, or nothing changed).
     #[serde(default)]

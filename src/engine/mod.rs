@@ -102,6 +102,9 @@ pub struct EngineConfig {
     /// Gather gradient statistics every this many backward passes (≥ 1).
     #[serde(default = "one")]
     pub stats_every: usize,
+    /// How re-allocations resize the adapters (handed to the store at `on_start`).
+    #[serde(default)]
+    pub resize: crate::adapter::ResizeOptions,
 }
 
 fn one() -> usize {
@@ -122,6 +125,7 @@ impl EngineConfig {
             params: BTreeMap::new(),
             limits: Limits::default(),
             stats_every: 1,
+            resize: Default::default(),
         }
     }
 }
@@ -707,6 +711,7 @@ impl Core {
             param_budget: self.cfg.param_budget,
             alpha: self.learned.get("alpha").copied(),
             beta: self.learned.get("beta").copied(),
+            rule: None,
             slots: self
                 .infos
                 .iter()
@@ -716,6 +721,7 @@ impl Core {
                     cost: a.rows + a.cols,
                     complexity: complexity.get(i).copied(),
                     score: score.get(i).copied(),
+                    raw: None,
                     before: before[i],
                     after: after[i],
                 })
@@ -850,6 +856,7 @@ impl RankEngine {
     pub fn on_start(&mut self, store: &mut dyn AdapterStore) -> Result<Option<Allocation>> {
         let c = &mut self.core;
         c.calls.on_start += 1;
+        store.set_resize_options(c.cfg.resize)?;
         let infos = store.adapters();
         if infos.is_empty() {
             return Err(cfg_err("the model has no adapter slots"));

@@ -25,6 +25,15 @@
 //! grow with B = 0 components); leaving the re-allocating phases folds the gates into B and
 //! resizes to the integer ranks of the allocator — exactly the budget — for the rest of
 //! training.
+//!
+//! **What the relaxation trains counts against the budget.** The held components (the nearly
+//! closed ones included) are what trains and what memory holds, so under a hard budget the
+//! engine chooses the offset itself: the largest δ with Σ_i c_i·held(clamp(α·ln C_i + δ)) ≤ B,
+//! c_i what one rank of adapter i costs against the budget in force (rows + cols under a
+//! parameter budget, 1 under a rank budget). The relaxed ranks thus sit about 0.7 of a
+//! component below the integer allocation, and an adapter never trains more than the budget.
+//! That δ is the learner's β from then on (the log shows the offset actually applied). A
+//! learner with a soft budget (`budget_penalty` > 0) keeps its own β.
 
 use super::{Core, EngineCtx, Plugin, Result, Role};
 use crate::adapter::AdapterStore;
@@ -50,6 +59,12 @@ pub struct Relaxation {
     /// Σ over steps since the last re-allocation of ∂L/∂r_i, and the step count.
     pub grad_sum: Vec<f64>,
     pub grad_steps: u64,
+    /// What one rank of each adapter costs against the budget in force, and that budget
+    /// (the held components' cost stays within it); budget 0: the learner's β is used as is.
+    #[serde(default)]
+    pub costs: Vec<f64>,
+    #[serde(default)]
+    pub budget: f64,
 }
 
 pub fn sigmoid(z: f64) -> f64 {
@@ -89,20 +104,61 @@ impl Relaxation {
         self.grad_sum.iter().map(|g| g / n).collect()
     }
 
-    /// r_i = clamp(α·x_i + β, r_min, min(r_max, min(rows, cols))) from the learner's state.
-    fn solve(&mut self, core: &Core) {
+    /// r_i = clamp(α·x_i + β, r_min, min(r_max, min(rows, cols))) from the learner's state;
+    /// under a hard budget β is the offset that keeps the held components within it (module
+    /// docs), written back as the learner's β.
+    fn solve(&mut self, core: &mut Core) {
         let a = core.learned.get("alpha").copied().unwrap_or(1.0);
-        let b = core.learned.get("beta").copied().unwrap_or(0.0);
+        let mut b = core.learned.get("beta").copied().unwrap_or(0.0);
         let lo = core.cfg.min_rank as f64;
-        self.r = self
-            .x
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let hi = core.cfg.max_rank.min(core.limit(i)) as f64;
-                (a * x + b).clamp(lo, hi.max(lo))
-            })
+        let his: Vec<f64> = (0..self.x.len())
+            .map(|i| (core.cfg.max_rank.min(core.limit(i)) as f64).max(lo))
             .collect();
+        let ranks_at = |d: f64| -> Vec<f64> {
+            self.x
+                .iter()
+                .zip(&his)
+                .map(|(x, hi)| (a * x + d).clamp(lo, *hi))
+                .collect()
+        };
+        if self.budget > 0.0 && self.costs.len() == self.x.len() {
+            let limits: Vec<usize> = (0..self.x.len()).map(|i| core.limit(i)).collect();
+            let held_cost = |d: f64| -> f64 {
+                ranks_at(d)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| self.held(*r, limits[i]) as f64 * self.costs[i])
+                    .sum()
+            };
+            let ax: Vec<f64> = self.x.iter().map(|x| a * x).collect();
+            let top = his.iter().cloned().fold(lo, f64::max);
+            let mut d_lo = lo - ax.iter().cloned().fold(f64::MIN, f64::max) - 1.0;
+            let mut d_hi = top - ax.iter().cloned().fold(f64::MAX, f64::min) + 1.0;
+            if held_cost(d_hi) <= self.budget {
+                d_lo = d_hi;
+            }
+            // The held cost is a non-decreasing step function of δ: the largest δ within budget.
+            for _ in 0..100 {
+                let mid = 0.5 * (d_lo + d_hi);
+                if held_cost(mid) <= self.budget {
+                    d_lo = mid;
+                } else {
+                    d_hi = mid;
+                }
+            }
+            b = d_lo;
+            core.learned.insert("beta".into(), b);
+        }
+        self.r = ranks_at(b);
+    }
+
+    /// Parameters (or components, under a rank budget) the held components cost.
+    pub fn held_cost(&self, core: &Core) -> f64 {
+        core.infos
+            .iter()
+            .zip(&self.costs)
+            .map(|(a, c)| a.rank as f64 * c)
+            .sum()
     }
 
     fn upload_gates(&self, core: &Core, store: &mut dyn AdapterStore) -> Result<()> {
@@ -144,6 +200,7 @@ impl Relaxation {
         complexity: &[f64],
     ) -> Result<bool> {
         self.x = complexity.iter().map(|c| c.ln()).collect();
+        self.set_budget(core);
         self.solve(core);
         let held: Vec<usize> = (0..self.r.len())
             .map(|i| self.held(self.r[i], core.limit(i)))
@@ -154,6 +211,29 @@ impl Relaxation {
         self.grad_steps = 0;
         self.upload_gates(core, store)?;
         Ok(resized)
+    }
+
+    /// The budget the held components must stay within, and each adapter's cost against it;
+    /// none for a learner with a soft budget.
+    fn set_budget(&mut self, core: &Core) {
+        let soft = core
+            .cfg
+            .params
+            .get("budget_penalty")
+            .and_then(|v| v.as_f64())
+            .is_some_and(|p| p > 0.0);
+        let (budget, costs) = match core.cfg.param_budget {
+            Some(p) => (
+                p as f64,
+                core.infos
+                    .iter()
+                    .map(|a| (a.rows + a.cols) as f64)
+                    .collect(),
+            ),
+            None => (core.cfg.budget as f64, vec![1.0; core.infos.len()]),
+        };
+        self.budget = if soft { 0.0 } else { budget };
+        self.costs = costs;
     }
 
     /// One training step while relaxed: ∂L/∂r_i from the gate gradients, the learner's
@@ -192,6 +272,8 @@ impl Relaxation {
                 Dynamic::from_bool(self.r[i] > lo && self.r[i] < hi),
             );
             m.insert("rank".into(), Dynamic::from_int(rank as INT));
+            let cost = self.costs.get(i).copied().unwrap_or(1.0);
+            m.insert("cost".into(), Dynamic::from_float(cost as FLOAT));
             grads.push(Dynamic::from_map(m));
         }
         self.grad_steps += 1;
@@ -226,11 +308,19 @@ impl Relaxation {
                 h.grad_b.clear();
                 h.grad_lambda = None;
                 store.set_adapter_host(i, &h)?;
-                store.set_gates(i, None)?;
+                // Gates of 1 (the same ΔW as none) until the resize: the components are still
+                // in the relaxation's order, which a store keeping the basis relies on.
+                store.set_gates(i, Some(&vec![1.0; r]))?;
             }
         }
         self.active = false;
-        core.apply_ranks(store, ranks)
+        let resized = core.apply_ranks(store, ranks)?;
+        for i in 0..core.infos.len() {
+            if core.infos[i].rank > 0 {
+                store.set_gates(i, None)?;
+            }
+        }
+        Ok(resized)
     }
 
     /// Put the gates back on a model restored from a checkpoint.

@@ -4,7 +4,7 @@
 //! A learner that defines `learn_step(state, grads, ctx)` relaxes the ranks between
 //! re-allocations (see [`super::relax`]): α and β then learn from the task loss every step.
 
-use super::method::{Allocation, RankMethod};
+use super::method::{Allocation, RankMethod, RuleLog};
 use super::relax::{self, Relaxation};
 use super::{cfg_err, stats, Bounds, Core, EngineCtx, Method, Plugin, Result, Role, SlotExtra};
 use crate::adapter::{AdapterStore, ModuleKind};
@@ -226,7 +226,7 @@ impl Scripted {
         }
         // While relaxed, the tensors hold a few nearly closed components beyond the integer
         // allocation; `after` is the allocation (what the relaxed ranks round to).
-        let rec = core.record(
+        let mut rec = core.record(
             step,
             reason,
             &before,
@@ -236,7 +236,60 @@ impl Scripted {
             &scores,
             resized,
         );
+        let relaxed_offset = self
+            .relax
+            .as_ref()
+            .filter(|rx| rx.active)
+            .and_then(|_| core.learned.get("beta").copied());
+        Self::log_rule(core, &mut rec, &c, relaxed_offset);
         Ok(Some(rec))
+    }
+
+    /// The log rule's raw terms α·ln C_i, the offset applied (the relaxation's, or the one
+    /// that meets the budget in real numbers), the slots at r_min / r_max and the parameters
+    /// held, into the record.
+    fn log_rule(core: &Core, rec: &mut Allocation, c: &[f64], relaxed_offset: Option<f64>) {
+        let Some(alpha) = core.learned.get("alpha").copied() else {
+            return;
+        };
+        let raw: Vec<f64> = c.iter().map(|x| alpha * x.ln()).collect();
+        let (lo, n) = (core.cfg.min_rank as f64, raw.len());
+        let his: Vec<f64> = (0..n)
+            .map(|i| (core.cfg.max_rank.min(core.limit(i)) as f64).max(lo))
+            .collect();
+        let offset = relaxed_offset.unwrap_or_else(|| {
+            let hi = his.iter().cloned().fold(lo, f64::max);
+            match core.cfg.param_budget {
+                Some(p) => {
+                    let costs: Vec<u64> = core
+                        .infos
+                        .iter()
+                        .map(|a| (a.rows + a.cols) as u64)
+                        .collect();
+                    let y = super::rounding::shift_to_cost(&raw, &costs, p as f64, lo, hi);
+                    // δ = y_i − raw_i for any slot strictly inside the bounds.
+                    y.iter()
+                        .zip(&raw)
+                        .find(|(v, _)| **v > lo && **v < hi)
+                        .map_or(0.0, |(v, r)| v - r)
+                }
+                None => super::rounding::budget_shift(&raw, core.cfg.budget as f64, lo, hi),
+            }
+        });
+        let r: Vec<f64> = raw
+            .iter()
+            .zip(&his)
+            .map(|(x, hi)| (x + offset).clamp(lo, *hi))
+            .collect();
+        for (s, x) in rec.slots.iter_mut().zip(&raw) {
+            s.raw = Some(*x);
+        }
+        rec.rule = Some(RuleLog {
+            offset,
+            at_min: r.iter().filter(|v| **v <= lo).count(),
+            at_max: r.iter().zip(&his).filter(|(v, hi)| **v >= **hi).count(),
+            held_params: core.infos.iter().map(|a| a.rank * (a.rows + a.cols)).sum(),
+        });
     }
 }
 

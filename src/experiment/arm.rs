@@ -427,6 +427,7 @@ pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Opt
     cfg.param_budget = l.param_budget;
     cfg.min_rank = l.min_rank;
     cfg.max_rank = l.max_rank;
+    cfg.resize = l.resize;
     cfg.seed = seed;
     // Plugin paths in the plan are already resolved against the policy file's directory.
     Some(cfg)

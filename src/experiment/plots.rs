@@ -757,6 +757,7 @@ mod tests {
                 param_budget: None,
                 alpha: None,
                 beta: None,
+                rule: None,
                 slots: ranks
                     .iter()
                     .enumerate()
@@ -765,6 +766,7 @@ mod tests {
                         cost: 8,
                         complexity: None,
                         score: None,
+                        raw: None,
                         before: 0,
                         after: *r,
                     })
@@ -838,6 +840,7 @@ mod tests {
             grad_norm: None,
             tokens: 1,
             trainable_params: 1,
+            adapter_bytes: 16,
             eval_loss: eval,
             eval_accuracy: None,
         }

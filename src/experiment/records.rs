@@ -20,7 +20,13 @@ pub struct MetricRecord {
     pub grad_norm: Option<f64>,
     /// Tokens (or examples) seen in this step.
     pub tokens: u64,
+    /// Adapter parameters held this step (while ranks are relaxed, the nearly closed
+    /// components included): what trained.
     pub trainable_params: u64,
+    /// Bytes those parameters hold on the device: weight, gradient and two AdamW moments in
+    /// f32, 16 per parameter.
+    #[serde(default)]
+    pub adapter_bytes: u64,
     /// Set on steps with an evaluation (the policy's `evaluate`, `train.eval_every`, and the
     /// last step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +172,70 @@ pub struct CellResult {
     /// The learning rate the cell trained at.
     #[serde(default)]
     pub lr: f64,
+    /// What training cost, step by step (trainable parameters held, GEMM FLOPs).
+    #[serde(default)]
+    pub cost: TrainCost,
+    /// The loss spike at every re-allocation that changed the adapters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spikes: Vec<Spike>,
+}
+
+/// What a cell trained, over all its steps: the cost an equal-cost comparison must match (the
+/// final parameter count says nothing about a phase 1 at a higher rank or a relaxation's extra
+/// components).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainCost {
+    pub steps: u64,
+    /// Σ over steps of the adapter parameters held (÷ steps: the mean over training).
+    pub params_sum: f64,
+    pub params_peak: u64,
+    /// GEMM FLOPs of all training steps (forward and backward, from the shapes and the ranks
+    /// held at each step; `costs::flops`).
+    pub flops: f64,
+}
+
+impl TrainCost {
+    pub fn add_step(&mut self, params: u64, flops: f64) {
+        self.steps += 1;
+        self.params_sum += params as f64;
+        self.params_peak = self.params_peak.max(params);
+        self.flops += flops;
+    }
+    pub fn params_mean(&self) -> f64 {
+        self.params_sum / self.steps.max(1) as f64
+    }
+}
+
+/// The loss spike of one re-allocation: mean training loss over the `SPIKE_WINDOW` steps
+/// after it over the mean of the `SPIKE_WINDOW` steps up to it (1: no spike).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spike {
+    pub step: u64,
+    pub ratio: f64,
+}
+
+/// Steps on either side of a re-allocation the spike ratio averages.
+pub const SPIKE_WINDOW: usize = 10;
+
+/// Spike ratios at `steps` from the training losses (`losses[k]` is the loss of step k + 1);
+/// re-allocations without a full window on both sides are left out.
+pub fn spikes(losses: &[f64], steps: &[u64]) -> Vec<Spike> {
+    let w = SPIKE_WINDOW;
+    steps
+        .iter()
+        .filter_map(|&s| {
+            let s = s as usize;
+            if s < w || s + w > losses.len() {
+                return None;
+            }
+            let before: f64 = losses[s - w..s].iter().sum::<f64>() / w as f64;
+            let after: f64 = losses[s..s + w].iter().sum::<f64>() / w as f64;
+            (before > 0.0).then(|| Spike {
+                step: s as u64,
+                ratio: after / before,
+            })
+        })
+        .collect()
 }
 
 impl CellResult {
@@ -190,6 +260,8 @@ impl CellResult {
             eval_examples: 0,
             eval_split: String::new(),
             lr: 0.0,
+            cost: TrainCost::default(),
+            spikes: Vec::new(),
         }
     }
 
@@ -285,5 +357,39 @@ impl Summary {
     }
     pub fn lr_choice(&self, arm: &str) -> Option<&LrChoice> {
         self.lr_choices.iter().find(|c| c.arm == arm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spike_ratio_is_mean_after_over_mean_before() {
+        // Steps 1..=30: loss 1 up to step 10, 3 for steps 11..=15, 1 after. A re-allocation
+        // after step 10: the 10 steps after average (5·3 + 5·1)/10 = 2, the 10 before 1.
+        let losses: Vec<f64> = (1..=30)
+            .map(|s| if (11..=15).contains(&s) { 3.0 } else { 1.0 })
+            .collect();
+        let s = spikes(&losses, &[10, 5, 25]);
+        // Step 5 has no full window before it, step 25 none after.
+        assert_eq!(
+            s,
+            vec![Spike {
+                step: 10,
+                ratio: 2.0
+            }]
+        );
+    }
+
+    #[test]
+    fn train_cost_counts_mean_and_peak() {
+        let mut c = TrainCost::default();
+        for (p, f) in [(100, 1.0), (300, 2.0), (200, 3.0)] {
+            c.add_step(p, f);
+        }
+        assert_eq!(c.params_peak, 300);
+        assert_eq!(c.params_mean(), 200.0);
+        assert_eq!(c.flops, 6.0);
     }
 }

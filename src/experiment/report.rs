@@ -453,6 +453,135 @@ pub fn lr_table(s: &Summary) -> Option<String> {
     Some(out)
 }
 
+/// Arms whose mean-over-training cost may differ from the baseline's by this share before the
+/// report flags them.
+pub const COST_TOLERANCE: f64 = 0.05;
+
+/// Mean over seeds of an arm's mean-over-training trainable parameters (`None` without a
+/// finished cell that counted them).
+fn mean_trained(s: &Summary, arm: &str) -> Option<f64> {
+    stat(&done_cells(s, arm), |c| {
+        (c.cost.steps > 0).then(|| c.cost.params_mean())
+    })
+    .map(|m| m.mean)
+}
+
+/// The relative difference of `arm`'s mean-over-training parameters to the baseline's, when
+/// both are known and the baseline trains adapters.
+fn cost_gap(s: &Summary, arm: &str) -> Option<f64> {
+    let base = mean_trained(s, s.baseline.as_deref()?)?;
+    let mine = mean_trained(s, arm)?;
+    (base > 0.0 && mine > 0.0).then(|| mine / base - 1.0)
+}
+
+/// What each arm trained: final, peak and mean-over-training adapter parameters and training
+/// GEMM FLOPs (means over seeds), and the mean's difference to the baseline, flagged beyond
+/// [`COST_TOLERANCE`]. Equal final parameters are not equal cost: a phase 1 above the budget,
+/// a relaxation's extra components or AdaLoRA's initial rank all train more.
+pub fn cost_table(s: &Summary) -> Option<String> {
+    if s.cells.iter().all(|c| c.cost.steps == 0) {
+        return None;
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| arm | final trainable params (head included) | peak adapter params | mean adapter params over training | vs baseline | training GFLOPs |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for a in &s.arms {
+        let cells = done_cells(s, &a.name);
+        if cells.iter().all(|c| c.cost.steps == 0) {
+            continue;
+        }
+        let f0 = |v: f64| format!("{v:.0}");
+        let vs = match cost_gap(s, &a.name) {
+            Some(g) if g.abs() > COST_TOLERANCE => format!("**{:+.1}% ⚠**", 100.0 * g),
+            Some(g) => format!("{:+.1}%", 100.0 * g),
+            None => "—".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {vs} | {} |",
+            a.name,
+            mean_only(stat(&cells, |c| Some(c.trainable_params as f64)), f0),
+            mean_only(stat(&cells, |c| Some(c.cost.params_peak as f64)), f0),
+            mean_only(stat(&cells, |c| Some(c.cost.params_mean())), f0),
+            mean_only(stat(&cells, |c| Some(c.cost.flops / 1e9)), |v| format!(
+                "{v:.2}"
+            )),
+        );
+    }
+    Some(out)
+}
+
+/// The arm that holds the best allocation known (the planted ranks, as a fixed allocation at
+/// the budget): named `oracle`.
+pub const ORACLE_ARM: &str = "oracle";
+
+/// Re-allocations: the mean and largest loss spike per arm (mean training loss over the 10
+/// steps after a re-allocation over the 10 before), and, with an `oracle` arm, how much of the
+/// baseline-to-oracle gap each arm closes: (baseline − arm) / (baseline − oracle) in the
+/// metric's better direction (1 = as good as the oracle, 0 = no better than the baseline).
+pub fn allocation_table(s: &Summary) -> Option<String> {
+    let base = s.baseline.as_deref();
+    let metric_mean = |arm: &str| stat(&done_cells(s, arm), |c| c.metric).map(|m| m.mean);
+    let sign = if s.metric.higher_is_better { -1.0 } else { 1.0 };
+    let gap = match (base.and_then(metric_mean), metric_mean(ORACLE_ARM)) {
+        (Some(b), Some(o)) => Some((b, sign * (b - o))),
+        _ => None,
+    };
+    let any_spike = s.cells.iter().any(|c| !c.spikes.is_empty());
+    if !any_spike && gap.is_none() {
+        return None;
+    }
+    let mut out = String::new();
+    if let Some((_, g)) = gap {
+        if g <= 0.0 {
+            let _ = writeln!(
+                out,
+                "The oracle does not beat the baseline here (gap {}): this task cannot show an                  allocation winning.
+",
+                signed(&s.metric.name, -sign * g)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "| arm | re-allocations | spike ratio, mean | spike ratio, largest | gap closed |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for a in &s.arms {
+        let cells = done_cells(s, &a.name);
+        let ratios: Vec<f64> = cells
+            .iter()
+            .flat_map(|c| c.spikes.iter().map(|x| x.ratio))
+            .collect();
+        let closed = match (gap, metric_mean(&a.name)) {
+            (Some((b, g)), Some(m)) if g > 0.0 && Some(a.name.as_str()) != base => {
+                format!("{:.0}%", 100.0 * sign * (b - m) / g)
+            }
+            _ => "—".into(),
+        };
+        if ratios.is_empty() && closed == "—" {
+            continue;
+        }
+        let mean = mean_std(&ratios);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {closed} |",
+            a.name,
+            ratios.len(),
+            mean.map_or("—".into(), |m| format!("{:.3}", m.mean)),
+            ratios
+                .iter()
+                .cloned()
+                .reduce(f64::max)
+                .map_or("—".into(), |v| format!("{v:.3}")),
+        );
+    }
+    Some(out)
+}
+
 /// What a reader must know before trusting the tables: too few seeds, cells that stopped
 /// early, a selection made on the split the final metric is read from.
 pub fn warnings(s: &Summary) -> Vec<String> {
@@ -465,6 +594,15 @@ pub fn warnings(s: &Summary) -> Vec<String> {
                  below n = 3 (t₀.₉₇₅ = 12.7 at n = 2); run more seeds before quoting it.",
                 a.name,
                 if n == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    for a in &s.arms {
+        if let Some(g) = cost_gap(s, &a.name).filter(|g| g.abs() > COST_TOLERANCE) {
+            w.push(format!(
+                "`{}` trained {:+.1}% adapter parameters over training (mean over steps)                  against the baseline: not an equal-cost comparison (see Cost).",
+                a.name,
+                100.0 * g
             ));
         }
     }
@@ -616,6 +754,14 @@ pub fn report_md(s: &Summary, plots: &[String]) -> String {
     }
     if let Some(t) = ablation_table(s, None) {
         out.push_str("\n## Ablations\n\n");
+        out.push_str(&t);
+    }
+    if let Some(t) = cost_table(s) {
+        out.push_str("\n## Cost\n\n");
+        out.push_str(&t);
+    }
+    if let Some(t) = allocation_table(s) {
+        out.push_str("\n## Re-allocations\n\n");
         out.push_str(&t);
     }
     if let Some(t) = hparams_table(s) {

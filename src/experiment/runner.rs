@@ -412,6 +412,14 @@ struct RunnerState {
     driver: DriverState,
     tokens: u64,
     wall_s: f64,
+    /// What trained so far, the training losses and the steps of re-allocations that changed
+    /// the adapters (for the spike ratios).
+    #[serde(default)]
+    cost: TrainCost,
+    #[serde(default)]
+    losses: Vec<f64>,
+    #[serde(default)]
+    realloc_steps: Vec<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -483,6 +491,9 @@ struct CellHooks<'a> {
     final_eval: Option<EvalMetrics>,
     /// The last step's record, written once the loop's final evaluation is known.
     last_record: Option<MetricRecord>,
+    /// The arm's shapes, for the GEMM FLOPs of each step (`None` where the cost model does
+    /// not know the shapes: FLOPs are then not counted).
+    shape: Option<super::costs::ArmShape>,
 }
 
 impl CellHooks<'_> {
@@ -549,7 +560,24 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
             };
             self.driver.after_step(step, m.loss as f64, &mut host)?
         };
+        let changed = out
+            .allocations
+            .iter()
+            .any(|a| a.step > 0 && (a.resized || a.reason == "mask"));
+        if changed {
+            self.st.realloc_steps.push(step);
+        }
+        self.st.losses.push(m.loss as f64);
         self.record_allocations(out.allocations)?;
+        let params: u64 = model
+            .adapters()
+            .iter()
+            .map(|a| a.params_at(a.rank) as u64)
+            .sum();
+        let flops = self.shape.as_ref().map_or(0.0, |s| {
+            super::costs::flops::step_flops(s, &model.ranks()).total()
+        });
+        self.st.cost.add_step(params, flops);
         let eval = out
             .evaluated
             .as_ref()
@@ -563,11 +591,8 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
             lr: m.lr as f64,
             grad_norm: Some(m.grad_norm as f64),
             tokens: self.tokens_per_step,
-            trainable_params: model
-                .adapters()
-                .iter()
-                .map(|a| a.params_at(a.rank) as u64)
-                .sum(),
+            trainable_params: params,
+            adapter_bytes: 16 * params,
             eval_loss: eval.and_then(|e| e.0),
             eval_accuracy: eval.and_then(|e| e.1),
         };
@@ -621,6 +646,7 @@ fn fixed_allocation(infos: &[crate::adapter::AdapterInfo]) -> Allocation {
         param_budget: None,
         alpha: None,
         beta: None,
+        rule: None,
         slots: infos
             .iter()
             .map(|a| SlotAllocation {
@@ -628,6 +654,7 @@ fn fixed_allocation(infos: &[crate::adapter::AdapterInfo]) -> Allocation {
                 cost: a.rows + a.cols,
                 complexity: None,
                 score: None,
+                raw: None,
                 before: a.rank,
                 after: a.rank,
             })
@@ -761,6 +788,7 @@ fn run_cell<B: Backend>(
         wall_before,
         final_eval: None,
         last_record: None,
+        shape: super::costs::arm_shape(arm).ok(),
     };
     if from == 0 {
         hooks.record_allocations(start_record.into_iter().collect())?;
@@ -845,5 +873,7 @@ fn run_cell<B: Backend>(
         eval_examples: hooks.eval.iter().map(|b| b.batch as u64).sum(),
         eval_split: eval_split.to_string(),
         lr: arm.train.lr,
+        spikes: spikes(&hooks.st.losses, &hooks.st.realloc_steps),
+        cost: hooks.st.cost.clone(),
     })
 }

@@ -46,6 +46,9 @@ impl<S: AdapterStore + ?Sized> AdapterStore for SlotView<'_, S> {
         let j = self.inner(i)?;
         self.store.resize_adapter(j, rank)
     }
+    fn set_resize_options(&mut self, o: crate::adapter::ResizeOptions) -> Result<()> {
+        self.store.set_resize_options(o)
+    }
     fn input_sample(&self, i: usize) -> Option<HostTensor> {
         self.store.input_sample(*self.slots.get(i)?)
     }

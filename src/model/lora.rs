@@ -1,11 +1,17 @@
 //! LoRA adapters: creation, scale, and rank changes (shrink by truncated SVD, grow with zeros).
 //!
-//! **AdamW moments on a resize.** When an adapter's rank changes, its A, B (and λ) are replaced
-//! by factors in a new basis, so the old per-coordinate moments no longer describe the new
-//! coordinates. The rule: a resized adapter's moments are reset to zero and its AdamW step
-//! counter restarts at 0, so bias correction treats it exactly like a freshly created adapter
-//! (no oversized first updates from zero moments under an old, large step count). Adapters whose
-//! rank does not change keep their moments and step counters untouched.
+//! **AdamW moments on a resize.** By default, when an adapter's rank changes, its A, B (and λ)
+//! are replaced by factors in a new basis, so the old per-coordinate moments no longer describe
+//! the new coordinates: a resized adapter's moments are reset to zero and its AdamW step
+//! counter restarts at 0, so bias correction treats it exactly like a freshly created adapter.
+//! Adapters whose rank does not change keep their moments and step counters untouched.
+//!
+//! The rank engine can ask for gentler resizes ([`crate::adapter::ResizeOptions`]): shrinking
+//! by dropping trailing components ([`keep_leading`]) and growing ([`grow_factors`]) leave the
+//! surviving components in their own coordinates, so their moments can be kept
+//! ([`Lora::carry_moments`]); a zeroed, restarted Adam moves every coordinate by about lr on
+//! its first steps (bias correction makes m̂/√v̂ ≈ ±1), which is a loss spike on a trained
+//! adapter.
 
 use super::linear::Lora;
 use super::param::Param;
@@ -225,6 +231,52 @@ pub fn grow_factors(
     }
 }
 
+/// The first `new_rank` components of `f` (no re-factorisation: ΔW loses exactly the dropped
+/// components), rescaled as in [`grow_factors`] so the kept ones keep their share of ΔW at
+/// scale `new_scale`.
+pub fn keep_leading(
+    rows: usize,
+    cols: usize,
+    f: &Factors,
+    scale: f32,
+    new_rank: usize,
+    new_scale: f32,
+) -> Factors {
+    let (r, svd) = (f.rank, f.lambda.is_some());
+    let k = if svd || new_rank == 0 {
+        1.0
+    } else {
+        (scale / new_scale).sqrt()
+    };
+    let a = f.a[..new_rank * cols].iter().map(|v| v * k).collect();
+    let mut b = Vec::with_capacity(rows * new_rank);
+    for row in f.b.chunks_exact(r.max(1)).take(rows) {
+        b.extend(row[..new_rank].iter().map(|v| v * k));
+    }
+    Factors {
+        rank: new_rank,
+        a,
+        b,
+        lambda: f.lambda.as_ref().map(|l| l[..new_rank].to_vec()),
+    }
+}
+
+/// AdamW state of A and B, read back to carry it through a resize.
+pub struct Moments {
+    pub rank: usize,
+    /// (m, v, step) of A [rank, cols] and of B [rows, rank].
+    pub a: (Vec<f32>, Vec<f32>, u32),
+    pub b: (Vec<f32>, Vec<f32>, u32),
+}
+
+fn mean(v: &[f32]) -> f32 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f32>() / v.len() as f32
+    }
+}
+
 fn to64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
@@ -370,6 +422,65 @@ impl<B: Backend> Lora<B> {
         Ok(())
     }
 
+    /// A and B's AdamW moments and step counters (LoRA form; `None` at rank 0 or without
+    /// moments).
+    pub fn moments(&self, be: &B) -> Result<Option<Moments>> {
+        let (Some(a), Some(b)) = (self.a.as_ref(), self.b.as_ref()) else {
+            return Ok(None);
+        };
+        let (Some(oa), Some(ob)) = (a.opt.as_ref(), b.opt.as_ref()) else {
+            return Ok(None);
+        };
+        Ok(Some(Moments {
+            rank: self.rank,
+            a: (be.download(&oa.m)?, be.download(&oa.v)?, oa.step),
+            b: (be.download(&ob.m)?, be.download(&ob.v)?, ob.step),
+        }))
+    }
+
+    /// After a resize that kept components 0..min(old, new) in their coordinates (scaled by
+    /// `k`): their moments come back (m·k, v·k²) with the old step counters; new components
+    /// start at m = 0 and v = the tensor's mean v, so their first Adam steps are of the
+    /// ordinary size rather than ≈ lr on every coordinate.
+    pub fn carry_moments(
+        &mut self,
+        be: &B,
+        rows: usize,
+        cols: usize,
+        old: &Moments,
+        k: f32,
+    ) -> Result<()> {
+        let (r, ro) = (self.rank, old.rank);
+        let n = r.min(ro);
+        let (Some(a), Some(b)) = (self.a.as_mut(), self.b.as_mut()) else {
+            return Ok(());
+        };
+        // A: component j is row j.
+        let (va_mean, vb_mean) = (mean(&old.a.1), mean(&old.b.1));
+        let mut ma = vec![0.0f32; r * cols];
+        let mut vaa = vec![va_mean; r * cols];
+        for i in 0..n * cols {
+            ma[i] = old.a.0[i] * k;
+            vaa[i] = old.a.1[i] * k * k;
+        }
+        // B: component j is column j of every row.
+        let mut mb = vec![0.0f32; rows * r];
+        let mut vbb = vec![vb_mean; rows * r];
+        for row in 0..rows {
+            for j in 0..n {
+                mb[row * r + j] = old.b.0[row * ro + j] * k;
+                vbb[row * r + j] = old.b.1[row * ro + j] * k * k;
+            }
+        }
+        for (p, m, v, step) in [(a, ma, vaa, old.a.2), (b, mb, vbb, old.b.2)] {
+            let o = p.opt.as_mut().expect("adapter factors train");
+            be.write(&mut o.m, &m)?;
+            be.write(&mut o.v, &v)?;
+            o.step = step;
+        }
+        Ok(())
+    }
+
     /// The trainable tensors of this slot, A, B, λ (in that order).
     pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Param<B>> {
         self.a
@@ -380,5 +491,29 @@ impl<B: Backend> Lora<B> {
 
     pub fn params(&self) -> impl Iterator<Item = &Param<B>> {
         self.a.iter().chain(self.b.iter()).chain(self.lambda.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeping_leading_components_drops_exactly_the_trailing_ones() {
+        let (rows, cols) = (5, 7);
+        let mut f = init_factors(rows, cols, 4, false, 3);
+        for (i, b) in f.b.iter_mut().enumerate() {
+            *b = ((i * 7 % 11) as f32 - 5.0) / 10.0;
+        }
+        let (s, s_new) = (2.0, 0.5);
+        let kept = keep_leading(rows, cols, &f, s, 2, s_new);
+        // Oracle: Σ_{j<2} s·b_j·a_jᵀ summed entry by entry from the old factors.
+        let got = delta_w(rows, cols, &kept, s_new);
+        for i in 0..rows {
+            for c in 0..cols {
+                let want: f32 = (0..2).map(|j| s * f.b[i * 4 + j] * f.a[j * cols + c]).sum();
+                assert!((got[i * cols + c] - want).abs() < 1e-5, "({i}, {c})");
+            }
+        }
     }
 }

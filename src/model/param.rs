@@ -13,6 +13,9 @@ pub struct OptState<B: Backend> {
     /// AdamW steps taken by this parameter (bias correction); restarts at 0 when a resize
     /// resets the moments.
     pub step: u32,
+    /// Learning-rate re-warm after a resize: (steps taken since, window). The step's rate is
+    /// lr·min(1, (taken + 1)/window); `None` once the window has passed (or never resized).
+    pub rewarm: Option<(u32, u32)>,
 }
 
 pub struct Param<B: Backend> {
@@ -101,6 +104,21 @@ impl<B: Backend> OptState<B> {
             m: b.zeros(len, MemKind::Optim)?,
             v: b.zeros(len, MemKind::Optim)?,
             step: 0,
+            rewarm: None,
         })
+    }
+
+    /// The factor on the learning rate this step (advancing a re-warm window).
+    pub fn take_rewarm(&mut self) -> f32 {
+        match self.rewarm {
+            Some((done, window)) if done + 1 < window => {
+                self.rewarm = Some((done + 1, window));
+                (done + 1) as f32 / window as f32
+            }
+            _ => {
+                self.rewarm = None;
+                1.0
+            }
+        }
     }
 }

@@ -3,12 +3,12 @@
 
 use super::config::{Flavour, TrainMode};
 use super::linear::{Gates, GradAcc, ImportanceState, Lora, OrthScratch};
-use super::lora::{grow_factors, lora_scale, shrink_factors, Factors};
+use super::lora::{grow_factors, keep_leading, lora_scale, shrink_factors, Factors};
 use super::transformer::Model;
 use super::weights::{name_seed, HostWeights};
 use crate::adapter::{
     AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor, Importance, ModuleKind,
-    TripletImportance,
+    ResizeOptions, TripletImportance,
 };
 use crate::backend::{Backend, Gemm, MemKind, Tensor};
 use anyhow::{bail, ensure, Context, Result};
@@ -373,6 +373,11 @@ impl<B: Backend> AdapterStore for Model<B> {
         self.blocks[l].linear(kind).w.host(&*self.be)
     }
 
+    fn set_resize_options(&mut self, o: ResizeOptions) -> Result<()> {
+        self.resize_opts = o;
+        Ok(())
+    }
+
     fn resize_adapter(&mut self, i: usize, rank: usize) -> Result<()> {
         let (l, kind) = self.slot(i)?;
         let (alpha, rslora, svd) = self.lora_settings()?;
@@ -383,7 +388,9 @@ impl<B: Backend> AdapterStore for Model<B> {
             rows.min(cols)
         );
         let seed = name_seed(self.seed, &format!("{l}.{kind}.grow.{}", self.resizes));
+        let opts = self.resize_opts;
         let be = self.be.clone();
+        let path = self.cfg.module_path(l, kind);
         let lora = self.blocks[l].linear_mut(kind).lora.as_mut().unwrap();
         if lora.rank == rank {
             return Ok(());
@@ -392,15 +399,49 @@ impl<B: Backend> AdapterStore for Model<B> {
         if svd && lora.init_rank == 0 {
             lora.init_rank = rank;
         }
-        let s_new = lora_scale(alpha, rank, rslora, svd, lora.init_rank);
-        let g = if rank < lora.rank {
-            shrink_factors(rows, cols, &f, lora.scale, rank, s_new, seed)?
-        } else {
+        let mut s_new = lora_scale(alpha, rank, rslora, svd, lora.init_rank);
+        if opts.fixed_scale && !svd && rank > 0 {
+            // The scale the adapter was built with (α/init_rank), kept whatever its rank.
+            s_new = if lora.rank > 0 {
+                lora.scale
+            } else {
+                lora_scale(alpha, lora.init_rank.max(1), rslora, false, 0)
+            };
+        }
+        // Survivors stay in their own coordinates unless a truncated SVD re-factorises ΔW.
+        // Dropping trailing components is only right while gates order them (the relaxation:
+        // the trailing ones are the nearly closed); an ungated adapter's components are in no
+        // order, so it shrinks by SVD whatever the option says.
+        let keep_basis = opts.keep_basis && lora.gates.is_some();
+        let in_place = rank > lora.rank || keep_basis;
+        let g = if rank > lora.rank {
             grow_factors(rows, cols, &f, lora.scale, rank, s_new, seed)
+        } else if keep_basis {
+            keep_leading(rows, cols, &f, lora.scale, rank, s_new)
+        } else {
+            shrink_factors(rows, cols, &f, lora.scale, rank, s_new, seed)?
         };
-        let path = self.cfg.module_path(l, kind);
-        let lora = self.blocks[l].linear_mut(kind).lora.as_mut().unwrap();
+        let moments = if opts.keep_moments && in_place && !svd {
+            lora.moments(&*be)?
+        } else {
+            None
+        };
+        let k = if lora.rank == 0 || rank == 0 {
+            1.0
+        } else {
+            (lora.scale / s_new).sqrt()
+        };
         lora.set_factors(&*be, &path, rows, cols, &g, s_new)?;
+        if let Some(m) = moments {
+            lora.carry_moments(&*be, rows, cols, &m, k)?;
+        }
+        if opts.rewarm > 0 {
+            for p in lora.params_mut() {
+                if let Some(o) = p.opt.as_mut() {
+                    o.rewarm = Some((0, opts.rewarm));
+                }
+            }
+        }
         self.resizes += 1;
         Ok(())
     }

@@ -74,6 +74,8 @@ pub struct Model<B: Backend> {
     pub(crate) step: u64,
     /// Rank changes made so far (seeds the random rows of grown adapters).
     pub(crate) resizes: u64,
+    /// How resizes treat moments, basis and scale (set by the rank engine).
+    pub(crate) resize_opts: crate::adapter::ResizeOptions,
     /// Device buffers of the optimizer step's gradient norm, kept across steps.
     pub(crate) step_stats: Option<StepStats<B>>,
 }
@@ -286,6 +288,7 @@ impl<B: Backend> Model<B> {
             acts: None,
             step: 0,
             resizes: 0,
+            resize_opts: Default::default(),
             step_stats: None,
         })
     }
@@ -502,6 +505,7 @@ impl<B: Backend> Model<B> {
             let Some(o) = p.opt.as_mut() else { continue };
             o.step += 1;
             let cfg = AdamW {
+                lr: opt.lr * o.take_rewarm(),
                 step: o.step,
                 weight_decay: if decay { opt.weight_decay } else { 0.0 },
                 ..*opt

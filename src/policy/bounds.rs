@@ -98,6 +98,12 @@ pub const RANK: Count = Count {
     max: 65_536,
     why: "a rank cannot exceed the width of the layer it adapts",
 };
+/// `lora.rewarm`: steps over which a resized adapter's learning rate re-warms.
+pub const REWARM: Count = Count {
+    min: 0,
+    max: 1_000_000,
+    why: "a re-warm longer than any training run is a frozen adapter",
+};
 pub const RANK_OR_ZERO: Count = Count {
     min: 0,
     max: 65_536,

@@ -2,7 +2,7 @@
 //! filled in and every path is resolved against the policy file's directory, so nothing
 //! downstream needs the policy text (docs/language.md documents each field and its default).
 
-use crate::adapter::ModuleKind;
+use crate::adapter::{ModuleKind, ResizeOptions};
 pub use crate::backend::DType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -274,6 +274,13 @@ pub struct LoraOn {
     pub min_rank: usize,
     /// Default 64.
     pub max_rank: usize,
+    /// How re-allocations resize the adapters (`resize_basis`, `resize_moments`,
+    /// `resize_scale`, `rewarm`).
+    #[serde(
+        default = "ResizeOptions::policy_default",
+        skip_serializing_if = "ResizeOptions::is_policy_default"
+    )]
+    pub resize: ResizeOptions,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -392,6 +392,10 @@ pub fn lora(f: &mut Fields<'_>, shape: &Shape) -> Option<LoraOn> {
             "param_budget",
             "min_rank",
             "max_rank",
+            "resize_basis",
+            "resize_moments",
+            "resize_scale",
+            "rewarm",
         ],
         "`lora`",
     );
@@ -414,6 +418,7 @@ pub fn lora(f: &mut Fields<'_>, shape: &Shape) -> Option<LoraOn> {
     let param_budget = f
         .count_in("param_budget", &bounds::PARAM_BUDGET)
         .map(|b| b as usize);
+    let resize = resize_options(f);
     if f.d.len() > errors_before {
         return None;
     }
@@ -508,7 +513,28 @@ pub fn lora(f: &mut Fields<'_>, shape: &Shape) -> Option<LoraOn> {
         param_budget,
         min_rank,
         max_rank,
+        resize,
     })
+}
+
+/// `resize_basis = keep | svd`, `resize_moments = keep | reset`, `resize_scale = fixed |
+/// rank`, `rewarm = N` (steps): how a re-allocation resizes the adapters, one switch per cause
+/// of a loss spike (docs/allocation.md).
+fn resize_options(f: &mut Fields<'_>) -> crate::adapter::ResizeOptions {
+    let mut o = crate::adapter::ResizeOptions::policy_default();
+    if let Some(c) = f.choice("resize_basis", &["keep", "svd"]) {
+        o.keep_basis = c == "keep";
+    }
+    if let Some(c) = f.choice("resize_moments", &["keep", "reset"]) {
+        o.keep_moments = c == "keep";
+    }
+    if let Some(c) = f.choice("resize_scale", &["fixed", "rank"]) {
+        o.fixed_scale = c == "fixed";
+    }
+    if let Some(n) = f.count_in("rewarm", &bounds::REWARM) {
+        o.rewarm = n as u32;
+    }
+    o
 }
 
 /// Module kinds are short names; people often write the Hugging Face layer names instead.

@@ -64,6 +64,9 @@ impl adarank::adapter::AdapterStore for Counting {
     fn adapters(&self) -> Vec<adarank::adapter::AdapterInfo> {
         self.inner.adapters()
     }
+    fn set_resize_options(&mut self, o: adarank::adapter::ResizeOptions) -> anyhow::Result<()> {
+        self.inner.set_resize_options(o)
+    }
     fn adapter_host(&self, i: usize) -> anyhow::Result<adarank::adapter::AdapterHost> {
         bump(&self.host_reads);
         self.inner.adapter_host(i)

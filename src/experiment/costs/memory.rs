@@ -257,7 +257,7 @@ fn adapter_inputs(s: &ArmShape, b: BatchShape, ranks: &[usize]) -> ByKind {
         return m;
     }
     let n = b.tokens() as f64;
-    let per = if s.svd { 2.0 } else { 1.0 };
+    let per = if s.svd || s.gated { 2.0 } else { 1.0 };
     let r: f64 = ranks.iter().map(|&r| r as f64).sum();
     m.hold(MemKind::Activation, per * n * r);
     m

@@ -38,6 +38,10 @@ pub struct ArmShape {
     pub full: bool,
     /// AdaLoRA's SVD form (a λ vector per adapter).
     pub svd: bool,
+    /// Gates on the components (SoRA, or a relaxed learner's soft ranks): like λ, each adapter
+    /// then saves x·Aᵀ and its gated copy.
+    #[serde(default)]
+    pub gated: bool,
     /// AdaLoRA's orthogonality penalty is added to the adapters' gradients.
     pub orth_reg: bool,
     /// Storage of the frozen weights (`train.weights`; f32 for full fine-tuning).
@@ -156,7 +160,17 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
             (false, l.svd_form)
         }
     };
-    let peak_ranks = match engine_config(arm, model.layers, steps.unwrap_or(1), 0) {
+    let engine = engine_config(arm, model.layers, steps.unwrap_or(1), 0);
+    // A learner that defines `learn_step` relaxes the ranks with gates; only an arm that
+    // re-allocates runs its learner.
+    let relaxed = engine.as_ref().is_some_and(|e| match &e.method {
+        Method::Adaptive {
+            learner: Some(p), ..
+        } => crate::engine::source::read(p).is_ok_and(|t| t.contains("fn learn_step")),
+        _ => false,
+    });
+    let gated = arm.sora.is_some() || relaxed;
+    let peak_ranks = match engine {
         Some(e) if !matches!(e.method, Method::AdaLora(_)) => {
             // Under a parameter budget the engine's rank total is only a feasibility cap; the
             // ranks the budget can buy are at most what the cheapest slots afford.
@@ -182,6 +196,7 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
         head,
         full,
         svd,
+        gated,
         orth_reg: arm.adalora.as_ref().is_some_and(|a| a.orth_reg > 0.0),
         frozen: if full { DType::F32 } else { arm.train.weights },
         start_ranks,

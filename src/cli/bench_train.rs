@@ -8,7 +8,7 @@
 //! steps cost the device (dispatches, read-backs) beside the timed ones.
 //!
 //! `--profile` adds the wall time of each op (CPU) or dispatch (GPU) per step; `scripts/bench-vs-pytorch` runs PyTorch +
-//! PEFT on the same configuration beside it (README, "Speed").
+//! PEFT on the same configuration beside it (docs/performance.md).
 
 use crate::adapter::ModuleKind;
 use crate::backend::cpu::Cpu;

@@ -303,8 +303,8 @@ fn one_f64() -> f64 {
 /// lr per step, and a triplet with unit-norm P and Q columns contributes s·λ_j to ΔW, while a
 /// LoRA rank-1 component B·A moves by about s·lr·‖a‖·√rows per step (every entry of B moves by
 /// lr): at PEFT's scale α/init_rank, AdaLoRA's updates are ~17–34× smaller than LoRA's on
-/// MiniLM (rows 384–1536) at the same learning rate, and it under-trains. The README's AdaLoRA
-/// section gives the measurement.
+/// MiniLM (rows 384–1536) at the same learning rate, and it under-trains. docs/results.md, "AdaLoRA
+/// at LoRA's learning rate", gives the measurement.
 pub const ADALORA_GAIN: f64 = 16.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

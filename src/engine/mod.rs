@@ -21,6 +21,7 @@ pub mod error;
 pub mod host;
 pub mod method;
 pub mod planted;
+pub mod reads;
 pub mod relax;
 pub mod rounding;
 pub mod schedule;

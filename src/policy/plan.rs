@@ -3,7 +3,13 @@
 //! downstream needs the policy text (docs/language.md documents each field and its default).
 
 use crate::adapter::ModuleKind;
+/// `train.device`: the run's own type (one definition, shared with `--device`).
+pub use crate::backend::device::DeviceChoice as Device;
 pub use crate::backend::DType;
+/// A classification head's pooling: the model's own type.
+pub use crate::model::config::Pooling;
+/// `train.decay`: the learning-rate schedule's own type.
+pub use crate::train::schedule::Decay;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,13 +57,6 @@ pub struct ArmPlan {
     /// At least one; the last one runs to the end of training unless it is bounded by a metric,
     /// an epoch count or a plugin condition, in which case its end stops training early.
     pub phases: Vec<PhaseSpec>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pooling {
-    Mean,
-    Cls,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -314,22 +313,6 @@ pub enum TrainLength {
     Epochs(usize),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decay {
-    Linear,
-    Cosine,
-    Constant,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Device {
-    Auto,
-    Cpu,
-    Gpu,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainSpec {
     /// `steps = N` or `epochs = N` (exactly one).
@@ -384,6 +367,10 @@ pub struct PluginSpec {
     pub allocator: Option<PathBuf>,
     /// Defines `learn(state, adapters, ctx)`.
     pub learner: Option<PathBuf>,
+    /// The parameters the policy sets for these plugins and the arm's phase conditions
+    /// (`plugin "log_rule" { alpha = 2 }`), read in scripts with `param`/`param_or`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

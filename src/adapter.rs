@@ -39,6 +39,24 @@ impl ModuleKind {
         ModuleKind::Gate,
     ];
 
+    /// The adapter slot of `kind` in `layer`: slots are layer-major, then in [`Self::ALL`]
+    /// order. The one place this layout is written; [`Self::of_slot`] is its inverse.
+    pub fn slot(layer: usize, kind: ModuleKind) -> usize {
+        // `ALL` lists the variants in declaration order (tested below), so the discriminant is
+        // the position.
+        layer * Self::ALL.len() + kind as usize
+    }
+
+    /// The layer and kind of adapter slot `i`.
+    pub fn of_slot(i: usize) -> (usize, ModuleKind) {
+        (i / Self::ALL.len(), Self::ALL[i % Self::ALL.len()])
+    }
+
+    /// How many adapter slots `layers` layers have.
+    pub fn slots(layers: usize) -> usize {
+        layers * Self::ALL.len()
+    }
+
     /// The name used in policy files, reports and plugin maps.
     pub fn name(self) -> &'static str {
         match self {
@@ -369,6 +387,19 @@ impl TripletImportance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_layout_round_trips_in_all_order() {
+        for (p, k) in ModuleKind::ALL.into_iter().enumerate() {
+            assert_eq!(ModuleKind::slot(0, k), p);
+            for layer in [0, 1, 5] {
+                let i = ModuleKind::slot(layer, k);
+                assert_eq!(i, layer * ModuleKind::ALL.len() + p);
+                assert_eq!(ModuleKind::of_slot(i), (layer, k));
+            }
+        }
+        assert_eq!(ModuleKind::slots(3), 3 * ModuleKind::ALL.len());
+    }
 
     #[test]
     fn subset_keeps_the_chosen_triplets_importance() {

@@ -478,7 +478,6 @@ fn loop_config(a: &BenchTrainArgs, steps: u64) -> TrainConfig {
         clip: Some(1.0),
         accum: 1,
         eval_every: 0,
-        seed: 1,
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,

@@ -99,10 +99,7 @@ pub fn arm_params(arm: &ArmPlan) -> Option<ArmParams> {
         .enumerate()
         .filter(|(_, r)| **r > 0)
         .map(|(i, _)| {
-            let (layer, kind) = (
-                i / ModuleKind::ALL.len(),
-                ModuleKind::ALL[i % ModuleKind::ALL.len()],
-            );
+            let (layer, kind) = ModuleKind::of_slot(i);
             let (rows, cols) = cfg.module_shape(kind);
             (layer, kind, (rows + cols) as u64)
         })

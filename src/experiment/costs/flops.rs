@@ -38,14 +38,14 @@ pub fn pass_flops(
     let mut fwd = 0.0;
     let mut bwd = 0.0;
     for layer in 0..model.layers {
-        for (k, kind) in ModuleKind::ALL.into_iter().enumerate() {
+        for kind in ModuleKind::ALL {
             let (rows, cols) = model.module_shape(kind);
             let (rows, cols) = (rows as f64, cols as f64);
             let r = if full {
                 0.0
             } else {
                 ranks
-                    .get(layer * ModuleKind::ALL.len() + k)
+                    .get(ModuleKind::slot(layer, kind))
                     .copied()
                     .unwrap_or(0) as f64
             };

@@ -138,9 +138,7 @@ fn live_adapters<'a>(
         .enumerate()
         .filter(|(_, &r)| r > 0)
         .map(|(i, &r)| {
-            let (rows, cols) = s
-                .model
-                .module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
+            let (rows, cols) = s.model.module_shape(ModuleKind::of_slot(i).1);
             (r, rows, cols)
         })
 }

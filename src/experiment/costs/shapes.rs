@@ -124,10 +124,7 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
             let eval = subset.eval_samples.unwrap_or(CLASSIFY_EVAL_BATCH);
             // `pooling = cls` adds BERT's pooler (`model::pooler`).
             let pooling = match &arm.model {
-                ModelSpec::Hf { pooling, .. } | ModelSpec::Path { pooling, .. } => match pooling {
-                    crate::policy::Pooling::Cls => Pooling::Cls,
-                    crate::policy::Pooling::Mean => Pooling::Mean,
-                },
+                ModelSpec::Hf { pooling, .. } | ModelSpec::Path { pooling, .. } => *pooling,
                 ModelSpec::Encoder(_) | ModelSpec::Decoder(_) => Pooling::Mean,
             };
             (
@@ -145,13 +142,13 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
         }
     };
     let mode = train_mode(arm, model.layers);
-    let slots = model.layers * ModuleKind::ALL.len();
+    let slots = ModuleKind::slots(model.layers);
     let mut start_ranks = vec![0; slots];
     let (full, svd) = match &mode {
         TrainMode::Full => (true, false),
         TrainMode::Lora(l) => {
             for (&(layer, kind), &r) in &l.ranks {
-                start_ranks[slot_index(layer, kind)] = r;
+                start_ranks[ModuleKind::slot(layer, kind)] = r;
             }
             (false, l.svd_form)
         }
@@ -198,11 +195,6 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
         steps,
         notes,
     })
-}
-
-/// Index of slot (layer, kind) in `adapters()` order.
-pub fn slot_index(layer: usize, kind: ModuleKind) -> usize {
-    layer * ModuleKind::ALL.len() + ModuleKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
 }
 
 /// Real data pads each batch to its longest sequence, at most `max_len` tokens (and the
@@ -264,7 +256,7 @@ fn largest_plan(
     max: usize,
 ) -> Vec<usize> {
     let covered: Vec<usize> = (0..start.len()).filter(|&i| start[i] > 0).collect();
-    let shape = |i: usize| model.module_shape(ModuleKind::ALL[i % ModuleKind::ALL.len()]);
+    let shape = |i: usize| model.module_shape(ModuleKind::of_slot(i).1);
     let cap = |i: usize| {
         let (r, c) = shape(i);
         max.min(r.min(c))

@@ -276,7 +276,6 @@ fn main() -> anyhow::Result<()> {
             warmup: 10,
             decay: Decay::Linear,
             clip: Some(1.0),
-            seed,
             ..Default::default()
         };
         let mut probe = Probe {

@@ -48,6 +48,13 @@ impl ModuleKind {
         ModuleKind::FfnOut,
     ];
 
+    /// Slot `i` of an encoder or GPT-style decoder (layer-major, six kinds a layer in
+    /// [`Self::ALL`] order). A model's own layout, the Llama family's seven kinds included, is
+    /// `ModelConfig::slot_of`.
+    pub fn encoder_slot(i: usize) -> (usize, ModuleKind) {
+        (i / Self::ALL.len(), Self::ALL[i % Self::ALL.len()])
+    }
+
     /// The name used in policy files, reports and plugin maps.
     pub fn name(self) -> &'static str {
         match self {
@@ -425,6 +432,31 @@ impl TripletImportance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_layouts_round_trip_for_both_families() {
+        use crate::model::{Flavour, ModelConfig};
+        for (flavour, kinds) in [
+            (Flavour::Encoder, &ModuleKind::ALL[..]),
+            (Flavour::Llama, &ModuleKind::LLAMA[..]),
+        ] {
+            let cfg = ModelConfig {
+                layers: 3,
+                ..ModelConfig::tiny(flavour)
+            };
+            assert_eq!(cfg.slots(), 3 * kinds.len());
+            for i in 0..cfg.slots() {
+                let (layer, kind) = cfg.slot_of(i);
+                assert_eq!((layer, kind), (i / kinds.len(), kinds[i % kinds.len()]));
+                assert_eq!(cfg.slot_index(layer, kind), Some(i));
+                if flavour == Flavour::Encoder {
+                    assert_eq!(ModuleKind::encoder_slot(i), (layer, kind));
+                }
+            }
+        }
+        let enc = ModelConfig::tiny(Flavour::Encoder);
+        assert_eq!(enc.slot_index(0, ModuleKind::Gate), None);
+    }
 
     #[test]
     fn subset_keeps_the_chosen_triplets_importance() {

@@ -123,7 +123,6 @@ fn run_on<B: Backend>(backend: Arc<B>, method: Method, seed: u64) -> Outcome {
         warmup: 10,
         decay: Decay::Linear,
         clip: Some(1.0),
-        seed,
         ..Default::default()
     };
     let t0 = Instant::now();

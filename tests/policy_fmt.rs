@@ -105,3 +105,36 @@ fn syntax_errors_are_diagnostics() {
     assert!(text.contains("<input>:1:"), "{text}");
     assert!(text.contains("expected"), "{text}");
 }
+
+#[test]
+fn plugin_parameters_round_trip() {
+    let src = r#"experiment p {
+  complexity=plugin "spectral_gradient"{grad_weight=0.2
+     w0_weight = 1   # why 1
+  }
+  allocator = plugin "log_rule" { alpha = 2k, mode = "x", on = true, }
+  phase a until plugin "loss_plateau" {window=10} { every 5 steps: reallocate }
+  phase b until plugin "loss_plateau" {}
+  arm x { learner = plugin "learn_gates" { alpha_lr = 3e-2 } }
+}
+"#;
+    let want = r#"experiment p {
+  # why 1
+  complexity = plugin "spectral_gradient" { grad_weight = 0.2, w0_weight = 1 }
+  allocator = plugin "log_rule" { alpha = 2k, mode = "x", on = true }
+  phase a until plugin "loss_plateau" { window = 10 } { every 5 steps: reallocate }
+  phase b until plugin "loss_plateau" {}
+  arm x {
+    learner = plugin "learn_gates" { alpha_lr = 3e-2 }
+  }
+}
+"#;
+    let out = policy::format(src).unwrap();
+    assert_eq!(out, want);
+    assert_eq!(policy::format(&out).unwrap(), out);
+    let parsed = policy::parse(src, "p.rank").unwrap();
+    assert_eq!(parsed, policy::parse(&out, "p.rank").unwrap());
+    // The parameters are part of the meaning: a changed value parses differently.
+    let changed = out.replace("grad_weight = 0.2", "grad_weight = 0.3");
+    assert_ne!(parsed, policy::parse(&changed, "p.rank").unwrap());
+}

@@ -10,7 +10,18 @@ use super::Backend;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+/// Also a policy's `train.device` (`policy::Device`), so the plan and the command line share it.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// A real GPU if there is one, else the CPU backend.

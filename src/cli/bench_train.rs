@@ -8,7 +8,7 @@
 //! steps cost the device (dispatches, read-backs) beside the timed ones.
 //!
 //! `--profile` adds the wall time of each op (CPU) or dispatch (GPU) per step; `scripts/bench-vs-pytorch` runs PyTorch +
-//! PEFT on the same configuration beside it (README, "Speed").
+//! PEFT on the same configuration beside it (docs/performance.md).
 
 use crate::backend::cpu::Cpu;
 use crate::backend::profile::OpTotal;
@@ -523,7 +523,6 @@ fn loop_config(a: &BenchTrainArgs, steps: u64) -> TrainConfig {
         clip: Some(1.0),
         accum: 1,
         eval_every: 0,
-        seed: 1,
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,

@@ -46,6 +46,8 @@ pub struct AdaLoraConfig {
     pub allocator: Option<PathBuf>,
 }
 
+/// PEFT's defaults, except `delta_t` (PEFT: 1), which is 10 here; a policy's `adalora { }` block
+/// takes every default it does not set from this one place.
 impl Default for AdaLoraConfig {
     fn default() -> Self {
         Self {
@@ -53,7 +55,7 @@ impl Default for AdaLoraConfig {
             target_rank: 8,
             tinit: 0,
             tfinal: 0,
-            delta_t: 1,
+            delta_t: 10,
             beta1: 0.85,
             beta2: 0.85,
             orth_reg: 0.5,

@@ -21,6 +21,7 @@ pub mod error;
 pub mod host;
 pub mod method;
 pub mod planted;
+pub mod reads;
 pub mod relax;
 pub mod rounding;
 pub mod schedule;
@@ -99,16 +100,9 @@ pub struct EngineConfig {
     pub params: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub limits: Limits,
-    /// Gather gradient statistics every this many backward passes (≥ 1).
-    #[serde(default = "one")]
-    pub stats_every: usize,
     /// How re-allocations resize the adapters (handed to the store at `on_start`).
     #[serde(default)]
     pub resize: crate::adapter::ResizeOptions,
-}
-
-fn one() -> usize {
-    1
 }
 
 impl EngineConfig {
@@ -124,7 +118,6 @@ impl EngineConfig {
             base_dir: None,
             params: BTreeMap::new(),
             limits: Limits::default(),
-            stats_every: 1,
             resize: Default::default(),
         }
     }
@@ -319,11 +312,8 @@ impl Core {
     }
 
     /// Add this backward pass's gradient statistics of every adapter to the device
-    /// accumulators, every `stats_every` passes.
+    /// accumulators.
     pub fn gather(&mut self, store: &mut dyn AdapterStore) -> Result<()> {
-        if !(self.calls.after_backward - 1).is_multiple_of(self.cfg.stats_every) {
-            return Ok(());
-        }
         for i in 0..self.infos.len() {
             if self.infos[i].rank > 0 {
                 store.gather_grad_stats(i)?;
@@ -756,9 +746,6 @@ impl RankEngine {
                 "min_rank {} > max_rank {}",
                 cfg.min_rank, cfg.max_rank
             )));
-        }
-        if cfg.stats_every == 0 {
-            return Err(cfg_err("stats_every must be at least 1"));
         }
         let mut core = Core::new(cfg);
         let method: Box<dyn RankMethod> = match core.cfg.method.clone() {

@@ -160,8 +160,7 @@ impl PlantedStore {
         let d = cfg.dim;
         let mut layers = vec![];
         for (i, &k) in cfg.planted.iter().enumerate() {
-            let kind = ModuleKind::ALL[i % ModuleKind::ALL.len()];
-            let layer = i / ModuleKind::ALL.len();
+            let (layer, kind) = ModuleKind::encoder_slot(i);
             let w0 = gaussian(&mut rng, d * d, 1.0 / (d as f32).sqrt());
             let (u, v) = (orthonormal(&mut rng, d, k), orthonormal(&mut rng, d, k));
             let t = &u * v.transpose() * cfg.sigma as f64;

@@ -40,9 +40,11 @@ use crate::adapter::AdapterStore;
 use rhai::{Array, Dynamic, Map, FLOAT, INT};
 use serde::{Deserialize, Serialize};
 
-/// Defaults of the relaxation's two settings (plugin parameters `gate_tau`, `gate_floor`).
+/// Defaults of the relaxation's two settings, and the plugin parameters that change them.
 pub const TAU: f64 = 0.25;
 pub const FLOOR: f64 = 0.05;
+pub const TAU_PARAM: &str = "gate_tau";
+pub const FLOOR_PARAM: &str = "gate_floor";
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Relaxation {

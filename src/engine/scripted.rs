@@ -85,8 +85,8 @@ impl Scripted {
             .filter(|p| p.defines(Role::LearnerStep.function(), 3))
             .map(|_| {
                 Relaxation::new(
-                    param_f64(core, "gate_tau", relax::TAU),
-                    param_f64(core, "gate_floor", relax::FLOOR),
+                    param_f64(core, relax::TAU_PARAM, relax::TAU),
+                    param_f64(core, relax::FLOOR_PARAM, relax::FLOOR),
                 )
             });
         core.note_mentions(

@@ -8,12 +8,9 @@ use crate::data::{self, hf::Checkpoint};
 use crate::engine::{AdaLoraConfig, EngineConfig, Method, SoraConfig};
 use crate::model::{Flavour, LoraConfig, ModelConfig, TrainMode};
 use crate::policy::{
-    ActionKind, ArmPlan, DataSpec, Decay as PDecay, LoraOn, LoraSpec, ModelSpec, RankSpec,
-    TrainLength,
+    ActionKind, ArmPlan, DataSpec, LoraOn, LoraSpec, ModelSpec, RankSpec, TrainLength,
 };
-use crate::train::{
-    Decay, PlantedConfig, PlantedTask, SyntheticConfig, SyntheticTask, Task, TrainConfig,
-};
+use crate::train::{PlantedConfig, PlantedTask, SyntheticConfig, SyntheticTask, Task, TrainConfig};
 use anyhow::{bail, Context, Result};
 
 /// Sequences per evaluation batch of the built-in tasks.
@@ -319,24 +316,19 @@ pub fn steps_per_epoch(arm: &ArmPlan, samples: usize) -> usize {
     samples.div_ceil(arm.train.batch * arm.train.accum).max(1)
 }
 
-pub fn train_config(arm: &ArmPlan, steps: u64, seed: u64) -> TrainConfig {
+pub fn train_config(arm: &ArmPlan, steps: u64) -> TrainConfig {
     let t = &arm.train;
     TrainConfig {
         steps,
         batch: t.batch,
         lr: t.lr as f32,
         warmup: t.warmup as u64,
-        decay: match t.decay {
-            PDecay::Linear => Decay::Linear,
-            PDecay::Cosine => Decay::Cosine,
-            PDecay::Constant => Decay::Constant,
-        },
+        decay: t.decay,
         weight_decay: t.weight_decay as f32,
         clip: t.clip.map(|c| c as f32),
         accum: t.accum,
         // Evaluations are the runner's (phase actions and the end).
         eval_every: 0,
-        seed,
         ..TrainConfig::default()
     }
 }
@@ -421,6 +413,7 @@ pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Opt
         None => l.budget.unwrap_or(l.init_rank * slots),
     };
     let mut cfg = EngineConfig::new(method, rank_budget, l.init_rank);
+    cfg.params.clone_from(&arm.plugins.params);
     if let Some(p) = l.param_budget {
         cfg.params.insert("param_budget".into(), p.into());
     }

@@ -164,6 +164,16 @@ impl CellProgress {
         }
     }
 
+    /// A line of the cell's own (a policy's `log` action): above the bars on a terminal,
+    /// prefixed with the cell's label otherwise.
+    pub fn log(&self, msg: &str) {
+        match (self.mode, &self.bar) {
+            (ProgressMode::Bars, Some(b)) => b.println(format!("[{}] {msg}", self.label)),
+            (ProgressMode::Quiet, _) => {}
+            _ => eprintln!("[{}] {msg}", self.label),
+        }
+    }
+
     pub fn finish(&self, msg: &str) {
         match self.mode {
             ProgressMode::Bars => match (&self.bar, &self.overall) {

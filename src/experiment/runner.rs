@@ -596,6 +596,9 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
             eval_loss: eval.and_then(|e| e.0),
             eval_accuracy: eval.and_then(|e| e.1),
         };
+        if out.log {
+            self.progress.log(&log_line(&record, &model.adapters()));
+        }
         if out.stop || step >= self.total_steps {
             // The training loop evaluates after this step: the record waits for it.
             self.last_record = Some(record);
@@ -635,6 +638,20 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
         }
         Ok(())
     }
+}
+
+/// What a policy's `log` action prints: the step's record and every adapter's rank.
+fn log_line(r: &MetricRecord, adapters: &[crate::adapter::AdapterInfo]) -> String {
+    let ranks: Vec<String> = adapters.iter().map(|a| a.rank.to_string()).collect();
+    format!(
+        "step {} ({}): loss {:.4}, lr {:.3e}, trainable {}, ranks [{}]",
+        r.step,
+        r.phase,
+        r.loss,
+        r.lr,
+        r.trainable_params,
+        ranks.join(" ")
+    )
 }
 
 /// The starting ranks of an arm without a rank engine (fixed, layer-wise), as an allocation.
@@ -693,7 +710,7 @@ fn run_cell<B: Backend>(
     let (mut task, samples) = build_task(arm, ckpt, seed, split).map_err(DataError)?;
     let eval_split = crate::data::plan::split_of(&arm.data, split).name();
     let steps = total_steps(arm, samples)?;
-    let cfg = train_config(arm, steps, seed);
+    let cfg = train_config(arm, steps);
     let mode = train_mode(arm, task.model_config().layers);
     let mut model = build_model(be.clone(), task.as_ref(), mode, seed)
         .with_context(|| format!("building the model of arm {}", arm.name))?;

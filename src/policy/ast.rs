@@ -119,8 +119,8 @@ pub enum Value {
     Word(String),
     List(Vec<Spanned<Value>>),
     Map(Vec<(Ident, Spanned<Value>)>),
-    /// `plugin "path.rhai"`.
-    Plugin(Spanned<String>),
+    /// `plugin "path.rhai"`, optionally with parameters: `plugin "log_rule" { alpha = 2 }`.
+    Plugin(PluginRef),
     /// `sweep [3e-4, 1e-3]`: candidate values, one chosen per arm on the dev split.
     Sweep(Vec<Spanned<Value>>),
 }
@@ -165,7 +165,15 @@ pub enum Cond {
         op: CmpOp,
         value: Spanned<Number>,
     },
-    Plugin(Spanned<String>),
+    Plugin(PluginRef),
+}
+
+/// `plugin "spectral_gradient" { grad_weight = 0.2 }`: a script and the parameters the policy
+/// sets for it (each a one-part [`Setting`]; empty when none are written).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginRef {
+    pub path: Spanned<String>,
+    pub params: Vec<Setting>,
 }
 
 /// `every 50 steps: reallocate, evaluate`.

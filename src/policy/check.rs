@@ -6,10 +6,10 @@ use super::diag::Diagnostic;
 use super::fields::Fields;
 use super::layers::{Config, Entry, Layer, Section};
 use super::plan::*;
-use super::plugins::{self, PluginChecker, Role};
+use super::plugins::{self, ParamSetting, PluginChecker, Role};
 use super::sections::{self, Shape};
 use super::suggest;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 pub const METRICS: &[&str] = &[
@@ -64,6 +64,7 @@ pub fn check(
         base_dir,
         plugin_checker,
         experiment: exp.name.span,
+        params: Vec::new(),
     };
     let mut arms = Vec::new();
     let base_plan = ctx.arm_plan(&base_name, false, false, &base, d);
@@ -221,6 +222,8 @@ struct Ctx<'a> {
     base_dir: &'a Path,
     plugin_checker: &'a mut PluginChecker,
     experiment: Span,
+    /// The plugin parameters of the arm being checked, each with the plugin that takes it.
+    params: Vec<(ParamSetting, String)>,
 }
 
 impl Ctx<'_> {
@@ -251,6 +254,7 @@ impl Ctx<'_> {
         d: &mut Vec<Diagnostic>,
     ) -> Option<ArmPlan> {
         let before = d.len();
+        self.params.clear();
         let model = match self.section(cfg, "model") {
             Some(Section::On {
                 kind: Some(kind),
@@ -425,6 +429,7 @@ impl Ctx<'_> {
         let lora_on = matches!(lora, Some(LoraSpec::On(_)));
         let has_adalora = matches!(adalora, Some(Some(_))) || matches!(sora, Some(Some(_)));
         let phases = self.phases(cfg, steps, lora_on, has_adalora, plugins.as_ref(), d);
+        let params = self.arm_params(d);
         if d.len() > before {
             return None;
         }
@@ -438,7 +443,7 @@ impl Ctx<'_> {
             adalora: adalora?,
             sora: sora?,
             train: train?,
-            plugins: plugins?,
+            plugins: PluginSpec { params, ..plugins? },
             phases: phases?,
         })
     }
@@ -454,16 +459,7 @@ impl Ctx<'_> {
             return Ok(None);
         };
         match &e.value.node {
-            Value::Plugin(r) => {
-                let path = plugins::resolve(&r.node, self.base_dir);
-                match self.plugin_checker.check(&r.node, &path, role, r.span) {
-                    Some(diag) => {
-                        d.push(diag);
-                        Err(())
-                    }
-                    None => Ok(Some(path)),
-                }
-            }
+            Value::Plugin(r) => self.plugin_ref(r, role, d).map(Some).ok_or(()),
             Value::Word(w) if w == "none" => Ok(None),
             other => {
                 let (f, _) = role.function();
@@ -476,6 +472,54 @@ impl Ctx<'_> {
         }
     }
 
+    /// Resolves and checks a plugin reference and the parameters it sets (kept for the arm).
+    fn plugin_ref(
+        &mut self,
+        r: &PluginRef,
+        role: Role,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<std::path::PathBuf> {
+        let path = plugins::resolve(&r.path.node, self.base_dir);
+        if let Some(diag) = self
+            .plugin_checker
+            .check(&r.path.node, &path, role, r.path.span)
+        {
+            d.push(diag);
+            return None;
+        }
+        let params = self.plugin_checker.check_params(r, &path, role, d)?;
+        let owner = format!("the {} plugin `{}`", role.name(), r.path.node);
+        self.params
+            .extend(params.into_iter().map(|p| (p, owner.clone())));
+        Some(path)
+    }
+
+    /// The arm's plugin parameters as one map (the engine hands one set to all its plugins):
+    /// a name two plugins both read must not be set to two values.
+    fn arm_params(&mut self, d: &mut Vec<Diagnostic>) -> BTreeMap<String, serde_json::Value> {
+        let mut out: BTreeMap<String, (serde_json::Value, &str)> = BTreeMap::new();
+        for (p, owner) in &self.params {
+            match out.get(&p.name.node) {
+                Some((v, first)) if *v != p.value => d.push(
+                    Diagnostic::new(
+                        p.name.span,
+                        format!(
+                            "`{}` is set to {v} for {first} and to {} here",
+                            p.name.node, p.value
+                        ),
+                        "a second value",
+                    )
+                    .help("the plugins of an arm share one set of parameters: give both the same value"),
+                ),
+                Some(_) => {}
+                None => {
+                    out.insert(p.name.node.clone(), (p.value.clone(), owner));
+                }
+            }
+        }
+        out.into_iter().map(|(k, (v, _))| (k, v)).collect()
+    }
+
     fn plugins(&mut self, cfg: &Config, d: &mut Vec<Diagnostic>) -> Option<PluginSpec> {
         let complexity = self.plugin(cfg, "complexity", Role::Complexity, d);
         let allocator = self.plugin(cfg, "allocator", Role::Allocator, d);
@@ -484,6 +528,7 @@ impl Ctx<'_> {
             complexity: complexity.ok()?,
             allocator: allocator.ok()?,
             learner: learner.ok()?,
+            params: BTreeMap::new(),
         })
     }
 
@@ -711,14 +756,7 @@ impl Ctx<'_> {
                 })
             }
             Cond::Plugin(r) => {
-                let path = plugins::resolve(&r.node, self.base_dir);
-                if let Some(diag) =
-                    self.plugin_checker
-                        .check(&r.node, &path, Role::Condition, r.span)
-                {
-                    d.push(diag);
-                    return None;
-                }
+                let path = self.plugin_ref(r, Role::Condition, d)?;
                 Some(Until::Plugin { path })
             }
         }

@@ -51,6 +51,8 @@ fn loose_comments<'a>(p: &Pair<'a, Rule>, out: &mut Vec<Pair<'a, Rule>>) {
     for c in p.clone().into_inner() {
         match c.as_rule() {
             Rule::COMMENT => out.push(c),
+            // A plugin reference is always printed on one line, its parameters included.
+            Rule::plugin_ref => out.extend(c.into_inner().flatten().filter(is_comment)),
             Rule::list | Rule::map => {}
             _ => loose_comments(&c, out),
         }
@@ -445,6 +447,9 @@ fn until(p: &Pair<'_, Rule>) -> String {
         .into_inner()
         .find(|c| !is_comment(c) && c.as_rule() != Rule::kw_until)
         .expect("grammar: condition");
+    if c.as_rule() == Rule::plugin_ref {
+        return plugin_inline(&c);
+    }
     let parts: Vec<String> = c
         .clone()
         .into_inner()
@@ -452,11 +457,42 @@ fn until(p: &Pair<'_, Rule>) -> String {
         .map(|x| match x.as_rule() {
             Rule::kw_step => "step".to_string(),
             Rule::kw_epoch => "epoch".to_string(),
-            Rule::kw_plugin => "plugin".to_string(),
             _ => x.as_str().to_string(),
         })
         .collect();
     parts.join(" ")
+}
+
+/// `plugin "name" { key = value, ... }` on one line (comments inside are the caller's business).
+fn plugin_inline(p: &Pair<'_, Rule>) -> String {
+    let mut text = String::from("plugin");
+    for c in p.clone().into_inner().filter(|c| !is_comment(c)) {
+        match c.as_rule() {
+            Rule::string => {
+                text.push(' ');
+                text.push_str(c.as_str());
+            }
+            Rule::plugin_args => {
+                let entries: Vec<String> = c
+                    .into_inner()
+                    .filter(|e| !is_comment(e))
+                    .map(|e| {
+                        let mut it = e.into_inner().filter(|x| !is_comment(x));
+                        let key = it.next().map(|k| k.as_str().to_string());
+                        let value = it.next().map(|v| inline(&v));
+                        format!(
+                            "{} = {}",
+                            key.unwrap_or_default(),
+                            value.unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                text.push_str(&format!(" {{ {} }}", entries.join(", ")));
+            }
+            _ => {}
+        }
+    }
+    text
 }
 
 fn action(p: &Pair<'_, Rule>) -> String {
@@ -499,13 +535,7 @@ fn inline(v: &Pair<'_, Rule>) -> String {
                 format!("{{ {} }}", items.join(", "))
             }
         }
-        Rule::plugin_ref => {
-            let s = kids()
-                .find(|c| c.as_rule() == Rule::string)
-                .map(|c| c.as_str().to_string())
-                .unwrap_or_default();
-            format!("plugin {s}")
-        }
+        Rule::plugin_ref => plugin_inline(v),
         Rule::sweep => {
             let list = kids()
                 .find(|c| c.as_rule() == Rule::list)

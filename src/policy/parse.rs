@@ -141,6 +141,7 @@ fn rule_name(r: Rule) -> Option<&'static str> {
         Rule::action | Rule::kw_every => "an action (`every N steps: reallocate`)",
         Rule::action_name => "an action name",
         Rule::plugin_ref | Rule::kw_plugin => "`plugin \"file.rhai\"`",
+        Rule::plugin_args => "plugin parameters (`{ name = value }`)",
         Rule::sweep | Rule::kw_sweep => "`sweep [v1, v2, ...]`",
         Rule::list => "a list",
         Rule::map => "a map",
@@ -191,6 +192,34 @@ fn build_items<'a>(pairs: impl Iterator<Item = Pair<'a, Rule>>, src: usize) -> V
         .collect()
 }
 
+fn build_plugin_ref(p: Pair<'_, Rule>, src: usize) -> PluginRef {
+    let mut path = None;
+    let mut params = Vec::new();
+    for c in children(p) {
+        match c.as_rule() {
+            Rule::kw_plugin => {}
+            Rule::string => path = Some(build_string(c, src)),
+            Rule::plugin_args => params.extend(children(c).map(|e| build_entry(e, src))),
+            r => unreachable!("grammar: unexpected in plugin reference {r:?}"),
+        }
+    }
+    PluginRef {
+        path: path.expect("grammar: plugin path"),
+        params,
+    }
+}
+
+/// `key = value` inside a block or a plugin's parameters: a one-part setting.
+fn build_entry(p: Pair<'_, Rule>, src: usize) -> Setting {
+    let mut it = children(p);
+    let k = ident(it.next().expect("grammar: entry key"), src);
+    let value = build_value(it.next().expect("grammar: entry value"), src);
+    Setting {
+        path: vec![k],
+        value,
+    }
+}
+
 fn build_block(p: Pair<'_, Rule>, src: usize) -> Block {
     let span = span_of(&p, src);
     let mut key = None;
@@ -200,15 +229,7 @@ fn build_block(p: Pair<'_, Rule>, src: usize) -> Block {
         match c.as_rule() {
             Rule::key => key = Some(ident(c, src)),
             Rule::block_kind => kind = Some(ident(c, src)),
-            Rule::entry => {
-                let mut it = children(c);
-                let k = ident(it.next().expect("grammar: entry key"), src);
-                let value = build_value(it.next().expect("grammar: entry value"), src);
-                entries.push(Setting {
-                    path: vec![k],
-                    value,
-                });
-            }
+            Rule::entry => entries.push(build_entry(c, src)),
             r => unreachable!("grammar: unexpected in block {r:?}"),
         }
     }
@@ -281,12 +302,7 @@ fn build_value(p: Pair<'_, Rule>, src: usize) -> Spanned<Value> {
         Rule::number => Value::Number(build_number(p, src).node),
         Rule::string => Value::Str(unquote(p.as_str())),
         Rule::word => Value::Word(p.as_str().to_string()),
-        Rule::plugin_ref => {
-            let s = children(p)
-                .find(|c| c.as_rule() == Rule::string)
-                .expect("grammar: plugin path");
-            Value::Plugin(build_string(s, src))
-        }
+        Rule::plugin_ref => Value::Plugin(build_plugin_ref(p, src)),
         Rule::list => Value::List(children(p).map(|c| build_value(c, src)).collect()),
         Rule::sweep => {
             let list = children(p)
@@ -352,12 +368,7 @@ fn build_until(p: Pair<'_, Rule>, src: usize) -> Spanned<Cond> {
     let cond = match c.as_rule() {
         Rule::step_cond => Cond::Step(number_in(c)),
         Rule::epoch_cond => Cond::Epoch(number_in(c)),
-        Rule::plugin_ref => {
-            let s = children(c)
-                .find(|x| x.as_rule() == Rule::string)
-                .expect("grammar: plugin path");
-            Cond::Plugin(build_string(s, src))
-        }
+        Rule::plugin_ref => Cond::Plugin(build_plugin_ref(c, src)),
         Rule::metric_cond => {
             let mut it = children(c);
             let name = ident(it.next().expect("grammar: metric"), src);

@@ -3,7 +3,13 @@
 //! downstream needs the policy text (docs/language.md documents each field and its default).
 
 use crate::adapter::{ModuleKind, ResizeOptions};
+/// `train.device`: the run's own type (one definition, shared with `--device`).
+pub use crate::backend::device::DeviceChoice as Device;
 pub use crate::backend::DType;
+/// A classification head's pooling: the model's own type.
+pub use crate::model::config::Pooling;
+/// `train.decay`: the learning-rate schedule's own type.
+pub use crate::train::schedule::Decay;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,13 +57,6 @@ pub struct ArmPlan {
     /// At least one; the last one runs to the end of training unless it is bounded by a metric,
     /// an epoch count or a plugin condition, in which case its end stops training early.
     pub phases: Vec<PhaseSpec>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pooling {
-    Mean,
-    Cls,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -358,8 +357,8 @@ fn one_f64() -> f64 {
 /// lr per step, and a triplet with unit-norm P and Q columns contributes s·λ_j to ΔW, while a
 /// LoRA rank-1 component B·A moves by about s·lr·‖a‖·√rows per step (every entry of B moves by
 /// lr): at PEFT's scale α/init_rank, AdaLoRA's updates are ~17–34× smaller than LoRA's on
-/// MiniLM (rows 384–1536) at the same learning rate, and it under-trains. The README's AdaLoRA
-/// section gives the measurement.
+/// MiniLM (rows 384–1536) at the same learning rate, and it under-trains. docs/results.md, "AdaLoRA
+/// at LoRA's learning rate", gives the measurement.
 pub const ADALORA_GAIN: f64 = 16.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,22 +366,6 @@ pub const ADALORA_GAIN: f64 = 16.0;
 pub enum TrainLength {
     Steps(usize),
     Epochs(usize),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decay {
-    Linear,
-    Cosine,
-    Constant,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Device {
-    Auto,
-    Cpu,
-    Gpu,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -439,6 +422,10 @@ pub struct PluginSpec {
     pub allocator: Option<PathBuf>,
     /// Defines `learn(state, adapters, ctx)`.
     pub learner: Option<PathBuf>,
+    /// The parameters the policy sets for these plugins and the arm's phase conditions
+    /// (`plugin "log_rule" { alpha = 2 }`), read in scripts with `param`/`param_or`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

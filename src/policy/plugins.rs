@@ -3,8 +3,9 @@
 //! resolver (`engine::source`) and the same sandboxed engine (`engine::PluginHost`, strict
 //! variables included); its defined functions are compared with the role's function and arity.
 
-use super::ast::Span;
+use super::ast::{PluginRef, Span, Spanned, Value};
 use super::diag::Diagnostic;
+use crate::engine::reads::{self, ParamReads};
 use crate::engine::source::{self, ReadError};
 use crate::engine::{Limits, PluginHost};
 use std::collections::HashMap;
@@ -61,8 +62,15 @@ enum Unusable {
     Compile(String, Option<(usize, usize)>),
 }
 
-/// The functions a compiled script defines (name → parameter names), or why it can't be used.
-type Compiled = Result<Vec<(String, Vec<String>)>, Unusable>;
+/// What a compiled script offers: the functions it defines (name → parameter names) and the
+/// plugin parameters it reads.
+struct Script {
+    fns: Vec<(String, Vec<String>)>,
+    reads: ParamReads,
+}
+
+/// A script, or why it can't be used.
+type Compiled = Result<Script, Unusable>;
 
 /// Compiles each script at most once per load (arms share plugins).
 #[derive(Default)]
@@ -95,7 +103,10 @@ impl PluginChecker {
                     let msg = e.message.trim_start_matches("syntax error: ");
                     Unusable::Compile(msg.to_string(), e.line.zip(e.col))
                 })?;
-            Ok(plugin.functions())
+            Ok(Script {
+                fns: plugin.functions(),
+                reads: reads::param_reads(&text),
+            })
         })
     }
 
@@ -114,7 +125,7 @@ impl PluginChecker {
         let want = format!("fn {fname}({})", params.join(", "));
         let fns =
             match self.compiled(path) {
-                Ok(fns) => fns,
+                Ok(script) => &script.fns,
                 Err(Unusable::Read(ReadError::NoSuchShipped(name))) => {
                     let names: Vec<&str> = crate::engine::shipped::SHIPPED
                         .iter()
@@ -222,6 +233,151 @@ impl PluginChecker {
                 role.a()
             )),
         )
+    }
+}
+
+/// A plugin parameter a policy sets, with the span of its name.
+pub struct ParamSetting {
+    pub name: Spanned<String>,
+    pub value: serde_json::Value,
+}
+
+impl PluginChecker {
+    /// The parameter names a policy may set for the script at `path` in `role`: those it reads,
+    /// the relaxation's for a learner that defines `learn_step`, none that the engine sets.
+    /// `None` when any name goes (plugin checks are off, or the script reads `params()`).
+    fn settable(&mut self, path: &Path, role: Role) -> Option<Vec<String>> {
+        if self.skip {
+            return None;
+        }
+        let script = self.compiled(path).as_ref().ok()?;
+        if script.reads.any {
+            return None;
+        }
+        let relaxed = role == Role::Learner
+            && script
+                .fns
+                .iter()
+                .any(|(n, p)| n == "learn_step" && p.len() == 3);
+        let mut names: Vec<String> = script.reads.names.iter().cloned().collect();
+        if relaxed {
+            names.extend(reads::RELAXATION.iter().map(|s| s.to_string()));
+        }
+        names.retain(|n| !reads::ENGINE_SET.iter().any(|(e, _)| e == n));
+        names.sort();
+        names.dedup();
+        Some(names)
+    }
+
+    /// Checks the parameters a policy sets for a plugin that passed [`Self::check`]: each is
+    /// one the script reads (with a suggestion for a misspelt name), set once, not one the
+    /// engine sets, and a number, a string or `true`/`false`. All mistakes go to `d`.
+    pub fn check_params(
+        &mut self,
+        r: &PluginRef,
+        path: &Path,
+        role: Role,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<Vec<ParamSetting>> {
+        if r.params.is_empty() {
+            return Some(Vec::new());
+        }
+        let settable = self.settable(path, role);
+        let before = d.len();
+        let mut out: Vec<ParamSetting> = Vec::new();
+        for s in &r.params {
+            let key = &s.path[0];
+            if let Some((_, from)) = reads::ENGINE_SET.iter().find(|(e, _)| *e == key.node) {
+                d.push(
+                    Diagnostic::new(
+                        key.span,
+                        format!("`{}` is set by the engine from `{from}`", key.node),
+                        "not a policy's to set",
+                    )
+                    .help(format!("set `{from}` instead")),
+                );
+                continue;
+            }
+            if let Some(names) = &settable {
+                if !names.contains(&key.node) {
+                    d.push(unknown_param(key, &r.path.node, role, names));
+                    continue;
+                }
+            }
+            if out.iter().any(|p| p.name.node == key.node) {
+                d.push(
+                    Diagnostic::new(key.span, format!("`{}` is set twice", key.node), "again")
+                        .help("keep one of the two"),
+                );
+                continue;
+            }
+            match param_value(&s.value) {
+                Ok(value) => out.push(ParamSetting {
+                    name: key.clone(),
+                    value,
+                }),
+                Err(diag) => d.push(diag),
+            }
+        }
+        (d.len() == before).then_some(out)
+    }
+}
+
+fn unknown_param(
+    key: &Spanned<String>,
+    reference: &str,
+    role: Role,
+    names: &[String],
+) -> Diagnostic {
+    let candidates = names.iter().map(String::as_str);
+    let hint = match super::suggest::closest(&key.node, candidates) {
+        Some(c) => format!("did you mean `{c}`? "),
+        None => String::new(),
+    };
+    let reads = if names.is_empty() {
+        "it reads none".to_string()
+    } else {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        format!("it reads {}", super::suggest::quoted(&names))
+    };
+    Diagnostic::new(
+        key.span,
+        format!(
+            "{} plugin `{reference}` has no parameter `{}`",
+            role.name(),
+            key.node
+        ),
+        "unknown parameter",
+    )
+    .help(format!(
+        "{hint}{reads} (the names its source passes to `param` or `param_or`)"
+    ))
+}
+
+/// A plugin parameter's value as the engine hands it to scripts: a whole number as written
+/// without a decimal point or exponent stays an integer (rhai keeps ints and floats apart).
+fn param_value(v: &Spanned<Value>) -> Result<serde_json::Value, Diagnostic> {
+    let wrong = |found: String| {
+        Diagnostic::new(
+            v.span,
+            format!("a plugin parameter is a number, a string or true/false, found {found}"),
+            "here",
+        )
+        .help("write e.g. `grad_weight = 0.2`, `mode = \"fast\"` or `resize = true`")
+    };
+    match &v.node {
+        Value::Number(n) if n.is_share() => Err(wrong(format!("the share `{}`", n.text))),
+        Value::Number(n) => {
+            let whole = !n.text.contains(['.', 'e', 'E']);
+            if whole && n.value.abs() <= 9.007_199_254_740_992e15 {
+                Ok((n.value as i64).into())
+            } else {
+                Ok(n.value.into())
+            }
+        }
+        Value::Str(s) => Ok(s.clone().into()),
+        Value::Word(w) if w == "true" || w == "false" => Ok((w == "true").into()),
+        other => Err(wrong(other.describe())),
     }
 }
 

@@ -828,15 +828,26 @@ pub fn adalora(
             Some(init_rank)
         }
     };
-    let tinit = f.count_in("tinit", &bounds::ADALORA_STEPS).unwrap_or(0) as usize;
-    let tfinal = f.count_in("tfinal", &bounds::ADALORA_STEPS).unwrap_or(0) as usize;
-    let delta_t = f.count_in("delta_t", &bounds::STEP_COUNT).unwrap_or(10) as usize;
-    let beta1 = f.real_in("beta1", &bounds::BETA, "0.85").unwrap_or(0.85);
-    let beta2 = f.real_in("beta2", &bounds::BETA, "0.85").unwrap_or(0.85);
+    let dflt = crate::engine::AdaLoraConfig::default();
+    let tinit = f
+        .count_in("tinit", &bounds::ADALORA_STEPS)
+        .map_or(dflt.tinit, |v| v as usize);
+    let tfinal = f
+        .count_in("tfinal", &bounds::ADALORA_STEPS)
+        .map_or(dflt.tfinal, |v| v as usize);
+    let delta_t = f
+        .count_in("delta_t", &bounds::STEP_COUNT)
+        .map_or(dflt.delta_t, |v| v as usize);
+    let beta1 = f
+        .real_in("beta1", &bounds::BETA, "0.85")
+        .unwrap_or(dflt.beta1);
+    let beta2 = f
+        .real_in("beta2", &bounds::BETA, "0.85")
+        .unwrap_or(dflt.beta2);
     let orth_reg = f
         .real_in("orth_reg", &bounds::ORTH_REG, "0.5")
-        .unwrap_or(0.5);
-    let resize = f.boolean("resize").unwrap_or(false);
+        .unwrap_or(dflt.orth_reg);
+    let resize = f.boolean("resize").unwrap_or(dflt.resize);
     let peft_compat = f.boolean("peft_compat").unwrap_or(false);
     let gain = f.real_in("gain", &bounds::GAIN, "16");
     if let (true, Some(e)) = (peft_compat, f.get("gain")) {

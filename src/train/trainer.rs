@@ -30,8 +30,6 @@ pub struct TrainConfig {
     pub accum: usize,
     /// Evaluate every this many steps (0: only at the end).
     pub eval_every: u64,
-    /// Seeds the model (adapter init) in [`build_model`].
-    pub seed: u64,
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
@@ -49,7 +47,6 @@ impl Default for TrainConfig {
             clip: Some(1.0),
             accum: 1,
             eval_every: 0,
-            seed: 0,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,

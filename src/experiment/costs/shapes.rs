@@ -126,10 +126,7 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
             let eval = subset.eval_samples.unwrap_or(CLASSIFY_EVAL_BATCH);
             // `pooling = cls` adds BERT's pooler (`model::pooler`).
             let pooling = match &arm.model {
-                ModelSpec::Hf { pooling, .. } | ModelSpec::Path { pooling, .. } => match pooling {
-                    crate::policy::Pooling::Cls => Pooling::Cls,
-                    crate::policy::Pooling::Mean => Pooling::Mean,
-                },
+                ModelSpec::Hf { pooling, .. } | ModelSpec::Path { pooling, .. } => *pooling,
                 ModelSpec::Encoder(_) | ModelSpec::Decoder(_) | ModelSpec::Gguf(_) => Pooling::Mean,
             };
             (

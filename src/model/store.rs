@@ -73,7 +73,7 @@ impl<B: Backend> Model<B> {
     pub fn ranks(&self) -> Vec<usize> {
         self.blocks
             .iter()
-            .flat_map(|b| ModuleKind::ALL.map(|k| b.linear(k).lora.as_ref().map_or(0, |l| l.rank)))
+            .flat_map(|b| ModuleKind::ALL.map(|k| b.lora(k).map_or(0, |l| l.rank)))
             .collect()
     }
 
@@ -124,7 +124,7 @@ impl<B: Backend> Model<B> {
         let mut lambda_masks = vec![];
         for b in &self.blocks {
             for k in ModuleKind::ALL {
-                let l = b.linear(k).lora.as_ref();
+                let l = b.lora(k);
                 scales.push(l.map_or(0.0, |l| l.scale));
                 init_ranks.push(l.map_or(0, |l| l.init_rank));
                 lambda_masks.push(match l {
@@ -162,7 +162,7 @@ impl<B: Backend> Model<B> {
             let (l, kind) = self.slot(i)?;
             let (rows, cols) = self.cfg.module_shape(kind);
             let path = kind.hf_bert_path(l);
-            match self.blocks[l].linear_mut(kind).lora.as_mut() {
+            match self.blocks[l].lora_mut(kind) {
                 Some(lora) => {
                     if lora.rank != m.ranks[i] {
                         let r = m.ranks[i];
@@ -225,18 +225,14 @@ impl<B: Backend> Model<B> {
     fn lora_at(&self, i: usize) -> Result<&Lora<B>> {
         let (l, kind) = self.slot(i)?;
         self.blocks[l]
-            .linear(kind)
-            .lora
-            .as_ref()
+            .lora(kind)
             .context("the model has no adapters (full fine-tuning)")
     }
 
     fn lora_at_mut(&mut self, i: usize) -> Result<&mut Lora<B>> {
         let (l, kind) = self.slot(i)?;
         self.blocks[l]
-            .linear_mut(kind)
-            .lora
-            .as_mut()
+            .lora_mut(kind)
             .context("the model has no adapters (full fine-tuning)")
     }
 
@@ -245,12 +241,7 @@ impl<B: Backend> Model<B> {
         let be = self.be.clone();
         for b in &mut self.blocks {
             for kind in ModuleKind::ALL {
-                if let Some(g) = b
-                    .linear_mut(kind)
-                    .lora
-                    .as_mut()
-                    .and_then(|l| l.gates.as_mut())
-                {
+                if let Some(g) = b.lora_mut(kind).and_then(|l| l.gates.as_mut()) {
                     be.fill(&mut g.grad, 0.0);
                 }
             }
@@ -281,7 +272,7 @@ impl<B: Backend> AdapterStore for Model<B> {
     fn adapter_host(&self, i: usize) -> Result<AdapterHost> {
         let (l, kind) = self.slot(i)?;
         let be = &*self.be;
-        let Some(lora) = self.blocks[l].linear(kind).lora.as_ref() else {
+        let Some(lora) = self.blocks[l].lora(kind) else {
             bail!("adapter_host: the model has no adapters (full fine-tuning)");
         };
         let f = lora.factors(be)?;
@@ -382,7 +373,7 @@ impl<B: Backend> AdapterStore for Model<B> {
         );
         let seed = name_seed(self.seed, &format!("{l}.{kind}.grow.{}", self.resizes));
         let be = self.be.clone();
-        let lora = self.blocks[l].linear_mut(kind).lora.as_mut().unwrap();
+        let lora = self.blocks[l].lora_mut(kind).unwrap();
         if lora.rank == rank {
             return Ok(());
         }

@@ -540,7 +540,7 @@ impl<B: Backend> Model<B> {
         let be = self.be.clone();
         for b in &mut self.blocks {
             for kind in ModuleKind::ALL {
-                let Some(l) = b.linear_mut(kind).lora.as_mut() else {
+                let Some(l) = b.lora_mut(kind) else {
                     continue;
                 };
                 if l.mask.iter().any(|&m| m) {
@@ -764,7 +764,7 @@ impl<B: Backend> Model<B> {
         let r_max = self
             .blocks
             .iter()
-            .flat_map(|b| ModuleKind::ALL.map(|k| b.linear(k).lora.as_ref().map_or(0, |l| l.rank)))
+            .flat_map(|b| ModuleKind::ALL.map(|k| b.lora(k).map_or(0, |l| l.rank)))
             .max()
             .unwrap_or(0);
         a.work.adapter.ensure(be, d.n() * r_max)?;

@@ -602,13 +602,27 @@ impl PluginHost {
         let left = total.saturating_sub(spent);
         let budget = per_call.min(left);
         let by_total = left < per_call;
+        let total_spent = || {
+            format!(
+                "stopped: the plugin calls of this cell used up their total time budget of {} ms \
+                 ({} ms a call)",
+                self.limits.total_budget_ms, self.limits.time_budget_ms
+            )
+        };
+        if budget.is_zero() {
+            let e = self.host_error(
+                plugin,
+                role,
+                adapter,
+                PluginErrorKind::Timeout,
+                total_spent(),
+            );
+            return Err(Box::new(e));
+        }
         let started = std::time::Instant::now();
         let out = std::thread::scope(|sc| {
             let run = || -> Result<Dynamic, (Box<EvalAltResult>, Option<String>)> {
                 self.guard.arm(budget);
-                if budget.is_zero() {
-                    return Err(("stopped: no time left".into(), None));
-                }
                 let mut scope = Scope::new();
                 let meter = heap::Meter::start();
                 let result =
@@ -640,6 +654,7 @@ impl PluginHost {
                     plugin,
                     role,
                     adapter,
+                    PluginErrorKind::Limit,
                     format!("could not start its call: {e}"),
                 )))
             }
@@ -648,6 +663,7 @@ impl PluginHost {
                     plugin,
                     role,
                     adapter,
+                    PluginErrorKind::Limit,
                     "its call ended in a panic of the plugin host".into(),
                 )))
             }
@@ -655,14 +671,11 @@ impl PluginHost {
         result.map_err(|(e, why)| {
             let mut err = self.map_error(plugin, role, adapter, &e);
             if let Some(why) = why {
-                err.kind = PluginErrorKind::Script;
+                err.kind = PluginErrorKind::BadReturn;
+                err.value = None;
                 err.message = why;
             } else if by_total && err.kind == PluginErrorKind::Timeout {
-                err.message = format!(
-                    "stopped: the plugin calls of this cell used up their total time budget of \
-                     {} ms ({} ms a call)",
-                    self.limits.total_budget_ms, self.limits.time_budget_ms
-                );
+                err.message = total_spent();
             }
             Box::new(err)
         })
@@ -674,6 +687,7 @@ impl PluginHost {
         plugin: &Plugin,
         role: Role,
         adapter: Option<&str>,
+        kind: PluginErrorKind,
         message: String,
     ) -> PluginError {
         let (line, col) = plugin.fn_position(role.function());
@@ -682,7 +696,7 @@ impl PluginHost {
             line,
             col,
             role,
-            kind: PluginErrorKind::Limit,
+            kind,
             adapter: adapter.map(str::to_string),
             value: None,
             message,

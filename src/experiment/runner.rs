@@ -847,7 +847,15 @@ fn run_cell<B: Backend>(
         )?;
     }
     let infos = model.adapters();
-    let trainable_params = model.trainable_params() as u64;
+    // AdaLoRA's pruned triplets (λ held at 0) are neither rank nor trained parameters of the
+    // result: a triplet is a row of A, a column of B and its λ.
+    let masked = model.masked_components();
+    let trainable_params = model.trainable_params() as u64
+        - infos
+            .iter()
+            .zip(&masked)
+            .map(|(a, &m)| (m * (a.rows + a.cols + 1)) as u64)
+            .sum::<u64>();
     let _ = std::fs::remove_file(&ck_path);
     Ok(CellResult {
         arm: arm.name.clone(),
@@ -868,7 +876,11 @@ fn run_cell<B: Backend>(
         wall_s: wall,
         tokens_per_s: tokens as f64 / wall.max(1e-9),
         trainable_params,
-        final_ranks: infos.into_iter().map(|a| (a.name, a.rank)).collect(),
+        final_ranks: infos
+            .into_iter()
+            .zip(masked)
+            .map(|(a, m)| (a.name, a.rank - m))
+            .collect(),
         planned_steps: steps,
         eval_examples: hooks.eval.iter().map(|b| b.batch as u64).sum(),
         eval_split: eval_split.to_string(),

@@ -77,6 +77,20 @@ impl<B: Backend> Model<B> {
             .collect()
     }
 
+    /// Components of every slot that AdaLoRA's mask holds at λ = 0, in `adapters()` order: a
+    /// masked triplet adds nothing to ΔW, so the effective rank and parameters leave it out.
+    pub fn masked_components(&self) -> Vec<usize> {
+        self.blocks
+            .iter()
+            .flat_map(|b| {
+                ModuleKind::ALL.map(|k| {
+                    b.lora(k)
+                        .map_or(0, |l| l.mask.iter().filter(|&&m| m).count())
+                })
+            })
+            .collect()
+    }
+
     /// AdaLoRA: hold λ_j of slot `i` at 0 where `mask[j]` is true (set now and after every
     /// optimizer step) until the mask changes or the adapter is resized.
     pub fn set_lambda_mask(&mut self, i: usize, mask: &[bool]) -> Result<()> {

@@ -348,7 +348,8 @@ fn fifos_and_devices_where_files_belong_are_named_never_waited_on() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let rd = RunDir::open(&out).unwrap();
-    let ck = rd.checkpoint("fixed", 1);
+    // The base arm runs first: its checkpoint is the one left.
+    let ck = rd.checkpoint("adaptive", 1);
     assert!(ck.is_file(), "no checkpoint to replace");
     std::fs::remove_file(&ck).unwrap();
     mkfifo(&ck);
@@ -421,7 +422,16 @@ fn status_tells_a_dead_cell_from_a_running_one() {
         .output()
         .unwrap();
     let t = text(&o);
-    assert!(t.contains("lost") && t.contains("has ended"), "{t}");
+    let fixed = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("fixed seed 1"))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        fixed(&t).contains("lost") && fixed(&t).contains("has ended"),
+        "{t}"
+    );
     // The same cell held by a live process (this test) reads as running.
     let live = tempfile::tempdir().unwrap();
     let out = running_by(live.path(), adarank::experiment::lock::Holder::me());
@@ -429,7 +439,10 @@ fn status_tells_a_dead_cell_from_a_running_one() {
         .output()
         .unwrap();
     let t = text(&o);
-    assert!(t.contains("running") && !t.contains("lost"), "{t}");
+    assert!(
+        fixed(&t).contains("running") && !fixed(&t).contains("lost"),
+        "{t}"
+    );
 }
 
 #[test]

@@ -91,20 +91,173 @@ pub fn check_regular(path: &Path, what: &str, max_bytes: u64) -> Result<u64, Tex
     Ok(meta.len())
 }
 
+/// Opens `path` for reading only if it is a regular file of at most `max_bytes`. The open itself
+/// never blocks: it is non-blocking (a FIFO swapped in after [`check_regular`] would otherwise
+/// wait for a writer), and the type is checked again on the open descriptor, so what is read is
+/// the regular file that was checked. Returns the file and its length.
+pub fn open_regular(
+    path: &Path,
+    what: &str,
+    max_bytes: u64,
+) -> Result<(std::fs::File, u64), TextFileError> {
+    check_regular(path, what, max_bytes)?;
+    let err = |message: String| TextFileError {
+        path: path.to_path_buf(),
+        line: None,
+        offset: None,
+        message,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = opts
+        .open(path)
+        .map_err(|e| err(format!("cannot read the {what}: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| err(format!("cannot read the {what}: {e}")))?;
+    if let Some(kind) = not_a_file(&meta) {
+        return Err(err(format!(
+            "is {kind}, not a {what} file; give the path of a regular file"
+        )));
+    }
+    if meta.len() > max_bytes {
+        return Err(err(format!(
+            "{} bytes, more than the {max_bytes} a {what} may have; is this the right file?",
+            meta.len()
+        )));
+    }
+    Ok((file, meta.len()))
+}
+
+/// The longest line a line-oriented data file may have: one example's text is at most a few
+/// kilobytes, and a line this long is a file that is not what it should be (a binary, or one
+/// JSON document without newlines).
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// The lines of a UTF-8 text file, read one at a time so memory stays bounded by the longest
+/// line (at most [`MAX_LINE_BYTES`]) rather than the file, and an error on line 1 of a huge file
+/// is found at once. Yields `(line number, line without its "\n" or "\r\n")`.
+pub struct Lines {
+    path: PathBuf,
+    what: String,
+    reader: std::io::BufReader<std::io::Take<std::fs::File>>,
+    line: usize,
+    read: u64,
+    max_bytes: u64,
+    buf: Vec<u8>,
+}
+
+/// Opens `path` (a regular file of at most `max_bytes`) for reading line by line.
+pub fn lines(path: &Path, what: &str, max_bytes: u64) -> Result<Lines, TextFileError> {
+    let (file, _) = open_regular(path, what, max_bytes)?;
+    Ok(Lines {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+        reader: std::io::BufReader::with_capacity(1 << 16, file.take(max_bytes.saturating_add(1))),
+        line: 0,
+        read: 0,
+        max_bytes,
+        buf: Vec::new(),
+    })
+}
+
+impl Lines {
+    fn error(&self, line: Option<usize>, message: String) -> TextFileError {
+        TextFileError {
+            path: self.path.clone(),
+            line,
+            offset: None,
+            message,
+        }
+    }
+
+    /// The next line, `None` at the end of the file.
+    pub fn next_line(&mut self) -> Option<Result<(usize, String), TextFileError>> {
+        use std::io::BufRead;
+        self.buf.clear();
+        self.line += 1;
+        let n = self.line;
+        // At most one byte past the cap, so an endless line is refused without being held.
+        let mut limited = (&mut self.reader).take(MAX_LINE_BYTES as u64 + 1);
+        let got = match limited.read_until(b'\n', &mut self.buf) {
+            Ok(got) => got,
+            Err(e) => {
+                let what = self.what.clone();
+                return Some(Err(
+                    self.error(Some(n), format!("cannot read the {what}: {e}"))
+                ));
+            }
+        };
+        if got == 0 {
+            return None;
+        }
+        self.read += got as u64;
+        if self.read > self.max_bytes {
+            let max = self.max_bytes;
+            return Some(Err(
+                self.error(None, format!("grew past {max} bytes while being read"))
+            ));
+        }
+        if self.buf.len() > MAX_LINE_BYTES && !self.buf.ends_with(b"\n") {
+            return Some(Err(self.error(
+                Some(n),
+                format!(
+                    "a line longer than {MAX_LINE_BYTES} bytes; one example per line is expected \
+                     (is this a binary file, or a document without line breaks?)"
+                ),
+            )));
+        }
+        let mut bytes = std::mem::take(&mut self.buf);
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+            if bytes.ends_with(b"\r") {
+                bytes.pop();
+            }
+        }
+        Some(match String::from_utf8(bytes) {
+            Ok(s) => Ok((n, s)),
+            Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                let bytes = e.as_bytes();
+                let col = String::from_utf8_lossy(&bytes[..at]).chars().count() + 1;
+                let what = self.what.clone();
+                Err(self.error(
+                    Some(n),
+                    format!(
+                        "column {col}: byte 0x{:02x} is not valid UTF-8; the {what} must be UTF-8 \
+                         text (re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8`)",
+                        bytes[at]
+                    ),
+                ))
+            }
+        })
+    }
+}
+
+impl Iterator for Lines {
+    type Item = Result<(usize, String), TextFileError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_line()
+    }
+}
+
 /// Reads `path` as UTF-8 text: `what` names its role in messages ("policy", "plugin script",
 /// "training data"); `max_bytes` bounds what is read even if the file grows meanwhile.
 pub fn read(path: &Path, what: &str, max_bytes: u64) -> Result<String, TextFileError> {
-    let len = check_regular(path, what, max_bytes)?;
     let err = |line: Option<usize>, message: String| TextFileError {
         path: path.to_path_buf(),
         line,
         offset: None,
         message,
     };
-    let file =
-        std::fs::File::open(path).map_err(|e| err(None, format!("cannot read the {what}: {e}")))?;
+    let (file, len) = open_regular(path, what, max_bytes)?;
     let mut bytes = Vec::with_capacity(len as usize);
-    file.take(max_bytes + 1)
+    file.take(max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| err(None, format!("cannot read the {what}: {e}")))?;
     if bytes.len() as u64 > max_bytes {
@@ -185,5 +338,47 @@ mod tests {
         std::fs::write(&p, vec![b'x'; 2000]).unwrap();
         let e = read(&p, "plugin script", 1000).unwrap_err();
         assert!(e.to_string().contains("2000 bytes"), "{e}");
+    }
+
+    #[test]
+    fn lines_stream_with_locations_and_a_line_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.jsonl");
+        std::fs::write(&p, b"one\r\ntwo\n\ncaf\xe9\n").unwrap();
+        let mut it = lines(&p, "data", 1 << 20).unwrap();
+        assert_eq!(it.next().unwrap().unwrap(), (1, "one".to_string()));
+        assert_eq!(it.next().unwrap().unwrap(), (2, "two".to_string()));
+        assert_eq!(it.next().unwrap().unwrap(), (3, String::new()));
+        let e = it.next().unwrap().unwrap_err();
+        assert!(
+            e.to_string().contains("t.jsonl:4: column 4: byte 0xe9"),
+            "{e}"
+        );
+        // A line past the cap is refused after reading just past the cap, not the whole file.
+        let big = dir.path().join("big.jsonl");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_LINE_BYTES as u64 * 4).unwrap(); // sparse: no disk used
+        let e = lines(&big, "data", u64::MAX)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("big.jsonl:1: a line longer than"),
+            "{e}"
+        );
+        // The FIFO is named at open, never waited on.
+        #[cfg(unix)]
+        {
+            let fifo = dir.path().join("pipe");
+            if std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                let e = lines(&fifo, "data", 1 << 20).err().unwrap();
+                assert!(e.to_string().contains("named pipe"), "{e}");
+            }
+        }
     }
 }

@@ -44,7 +44,10 @@ fn the_binary_runs_the_quickstart_outside_its_source_tree() {
     };
 
     let out = adarank(&["check", "quickstart.rank", "--plan"]);
-    assert!(out.contains("quickstart.rank: ok (4 arms"), "{out}");
+    // stdout is the plan alone (the ok line goes to stderr), one JSON document per policy.
+    let plan: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(plan["arms"].as_array().map(Vec::len), Some(4), "{out}");
     for p in ["spectral_gradient", "log_rule", "learn_gates"] {
         assert!(out.contains(&format!("\"builtin:{p}.rhai\"")), "{p}: {out}");
     }

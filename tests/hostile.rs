@@ -316,6 +316,12 @@ fn data_cases(tmp: &Path) -> Vec<Case> {
                 .is_ok_and(|s| s.success());
             assert!(ok, "mkfifo failed");
         }
+        if name == "jsonl_endless_line" {
+            // 64 MiB of zero bytes without a line break, sparse (no disk used): the loader must
+            // refuse it at its line cap, not hold it whole.
+            let f = std::fs::File::create(case_dir.join("train.jsonl")).unwrap();
+            f.set_len(64 << 20).unwrap();
+        }
         let text = std::fs::read_to_string(case_dir.join("policy.rank")).unwrap();
         let expect = header(&text, "expect").unwrap_or_else(|| panic!("{name}: no # expect"));
         let args = [

@@ -262,3 +262,67 @@ fn condition_must_return_bool() {
     assert_eq!(err.plugin().unwrap().kind, PluginErrorKind::BadReturn);
     assert_eq!(err.plugin().unwrap().role, Role::Condition);
 }
+
+#[test]
+fn the_total_budget_bounds_every_call_of_a_host_together() {
+    use adarank::engine::{Plugin, PluginHost};
+    // Each call stays under its own budget by ending early on the deadline; together they meet
+    // the total, and from then on every call is refused at once.
+    let limits = Limits {
+        time_budget_ms: 300,
+        total_budget_ms: 700,
+        max_operations: u64::MAX,
+        ..Limits::default()
+    };
+    let host = PluginHost::new(limits, 0);
+    let p: Plugin = host
+        .compile(
+            "slow.rhai",
+            "fn done(ctx) {\n    let x = 0;\n    loop { x += 1; }\n}\n",
+        )
+        .unwrap();
+    let ctx = rhai::Dynamic::from_map(rhai::Map::new());
+    let mut messages = Vec::new();
+    for _ in 0..5 {
+        let e = host
+            .call(&p, Role::Condition, None, (ctx.clone(),))
+            .unwrap_err();
+        assert_eq!(e.kind, PluginErrorKind::Timeout, "{e}");
+        messages.push(e.message.clone());
+    }
+    assert!(
+        messages[0].contains("time budget of 300 ms"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[3].contains("total time budget of 700 ms")
+            && messages[4].contains("total time budget of 700 ms"),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn a_plugin_may_not_return_a_closure_or_a_deeply_nested_value() {
+    use adarank::engine::{Plugin, PluginHost};
+    let host = PluginHost::new(Limits::default(), 0);
+    for (src, want) in [
+        ("fn done(ctx) { |x| x }\n", "function pointer or closure"),
+        ("fn done(ctx) { [[[[[[1]]]]]] }\n", "nested deeper than"),
+        (
+            "fn done(ctx) { #{a: [#{b: Fn(\"done\")}]} }\n",
+            "function pointer or closure",
+        ),
+    ] {
+        let p: Plugin = host.compile("ret.rhai", src).unwrap();
+        let e = host
+            .call(
+                &p,
+                Role::Condition,
+                None,
+                (rhai::Dynamic::from_map(rhai::Map::new()),),
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, PluginErrorKind::BadReturn, "{e}");
+        assert!(e.message.contains(want), "{src}: {e}");
+    }
+}

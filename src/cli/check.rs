@@ -29,8 +29,8 @@ pub struct CheckArgs {
     /// Override a setting as the file would write it, e.g. `--set train.steps=100`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Print each checked policy's plan as JSON, and each arm's timeline (the step of every
-    /// action) on stderr.
+    /// Print each checked policy's plan as JSON on stdout (nothing else goes there), and the
+    /// ok line and each arm's timeline (the step of every action) on stderr.
     #[arg(long)]
     pub plan: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -110,9 +110,15 @@ pub fn main(args: CheckArgs) -> anyhow::Result<()> {
                             eprintln!("{}", render_timeline(t));
                         }
                     }
-                    println!("{}", ok_line(file, p));
                     let counts: Vec<_> = p.arms.iter().filter_map(budget::arm_params).collect();
-                    print!("{}", budget::describe(&counts));
+                    if args.plan {
+                        // stdout holds the plan alone, so it can be piped to a JSON reader.
+                        eprintln!("{}", ok_line(file, p));
+                        eprint!("{}", budget::describe(&counts));
+                    } else {
+                        println!("{}", ok_line(file, p));
+                        print!("{}", budget::describe(&counts));
+                    }
                     if let Some(w) = budget::mismatch(&counts) {
                         eprintln!("warning: {w}");
                     }

@@ -18,8 +18,16 @@ pub struct FmtArgs {
 pub fn main(args: FmtArgs) -> anyhow::Result<()> {
     let mut bad = 0usize;
     for file in &args.files {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
+        // Regular files only, size-capped: a FIFO would block the open for ever and a device
+        // such as /dev/zero would be read until memory runs out.
+        let text = match crate::textfile::read(file, "policy", policy::MAX_POLICY_BYTES) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                bad += 1;
+                continue;
+            }
+        };
         let formatted = match policy::format(&text) {
             Ok(f) => f,
             Err(mut d) => {

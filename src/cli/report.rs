@@ -14,6 +14,10 @@ pub struct ReportArgs {
     /// Where a merged report goes (required with several run directories).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Merge runs of different experiments into one report (arms of the same name must still
+    /// have the same plan); without it such a merge is refused.
+    #[arg(long)]
+    pub mixed: bool,
 }
 
 pub fn main(args: ReportArgs) -> Result<()> {
@@ -38,7 +42,22 @@ pub fn main(args: ReportArgs) -> Result<()> {
             println!("{}", one.report().display());
         }
         (_, Some(out)) => {
-            let rd = rundir::merge(&dirs, out)?;
+            let (rd, notes) = rundir::merge(&dirs, out, args.mixed)?;
+            for n in &notes {
+                eprintln!("note: {n}");
+            }
+            let s = rd.load_summary()?;
+            eprintln!(
+                "merged {} runs ({}): {} cells of arms {}",
+                dirs.len(),
+                s.experiment,
+                s.cells.len(),
+                s.arms
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             println!("{}", rd.report().display());
         }
         (_, None) => bail!("merging {} runs needs --out DIR", dirs.len()),

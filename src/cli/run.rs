@@ -127,7 +127,11 @@ fn slurm(args: RunArgs, policy: Option<crate::policy::Policy>, device: DeviceCho
         println!(
             "# dry run: nothing submitted. Run directory {}; submit with:\n# {}",
             sub.run_dir.display(),
-            sub.command.join(" ")
+            sub.command
+                .iter()
+                .map(|a| slurm::sh_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     } else {
         println!(

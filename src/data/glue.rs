@@ -25,17 +25,16 @@ pub struct TextTable {
 
 impl TextTable {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = crate::textfile::read(path, "data", crate::textfile::MAX_DATA_BYTES)?;
-        let mut lines = text.split('\n').enumerate().map(|(i, l)| {
-            // CRLF files (Windows exports) read the same as LF ones.
-            (i + 1, l.strip_suffix('\r').unwrap_or(l))
-        });
-        let header: Vec<String> = match lines.next() {
+        // Line by line (CRLF files read the same as LF ones): a malformed row of a huge file is
+        // found without reading the rest, and the file is never held twice.
+        let mut lines = crate::textfile::lines(path, "data", crate::textfile::MAX_DATA_BYTES)?;
+        let header: Vec<String> = match lines.next().transpose()? {
             Some((_, h)) if !h.is_empty() => h.split('\t').map(str::to_string).collect(),
             _ => bail!("{}:1: empty file; expected a header row", path.display()),
         };
         let mut rows = Vec::new();
-        for (n, line) in lines {
+        for next in lines {
+            let (n, line) = next?;
             if line.is_empty() {
                 continue;
             }

@@ -5,11 +5,17 @@ use crate::data::glue::Example;
 use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 
+/// Largest class index a label may name: the classifier head has one row per class, so a label
+/// is refused where it is read rather than sizing a head of billions of rows.
+pub const MAX_LABEL: u64 = crate::policy::bounds::CLASSES.max - 1;
+
+/// Reads the file line by line (memory follows the examples kept, not the file, and a mistake
+/// on line 1 is reported before the rest is read).
 pub fn load(path: &Path) -> Result<Vec<Example>> {
-    let text = crate::textfile::read(path, "data", crate::textfile::MAX_DATA_BYTES)?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
+    for next in crate::textfile::lines(path, "data", crate::textfile::MAX_DATA_BYTES)? {
+        let (n, line) = next?;
+        let line = line.as_str();
         if line.trim().is_empty() {
             continue;
         }
@@ -33,15 +39,23 @@ pub fn load(path: &Path) -> Result<Vec<Example>> {
             Some(_) => bail!("{}: \"text_pair\" must be a string", at()),
         };
         let label = match obj.get("label") {
-            Some(l) => l
-                .as_u64()
-                .filter(|&x| x <= u32::MAX as u64)
-                .ok_or_else(|| {
+            Some(l) => {
+                let x = l.as_u64().ok_or_else(|| {
                     anyhow!(
                         "{}: \"label\" is {l}; it must be a class index (0, 1, 2, ..)",
                         at()
                     )
-                })? as u32,
+                })?;
+                if x > MAX_LABEL {
+                    bail!(
+                        "{}: \"label\" is {x}, above the largest class index {MAX_LABEL} (a \
+                         classifier has at most {} classes); labels number the classes 0, 1, 2, ..",
+                        at(),
+                        MAX_LABEL + 1
+                    );
+                }
+                x as u32
+            }
             None => bail!("{}: missing \"label\"", at()),
         };
         out.push(Example {

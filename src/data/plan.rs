@@ -142,11 +142,11 @@ pub fn classify_task(
         format.load(p)
     };
     let (mut tr, mut ev) = (read(&train)?, read(&eval)?);
+    let classes = format.classes(&tr);
+    if format == TextFormat::Jsonl {
+        same_classes(&train, &tr, &eval, &ev)?;
+    }
     apply_subset(&mut tr, &mut ev, subset);
-    let classes = match format {
-        TextFormat::Jsonl => format.classes(&tr).max(format.classes(&ev)),
-        _ => format.classes(&tr),
-    };
     ckpt.tokenizer
         .set_max_len(subset.max_len.unwrap_or(max_len))?;
     Ok(Some(ClassifyTask::new(
@@ -158,6 +158,34 @@ pub fn classify_task(
         CLASSIFY_EVAL_BATCH,
         seed,
     )?))
+}
+
+/// JSONL files name their classes by index, so the number of classes is read off the labels:
+/// a held-out file whose labels span a different number of classes than the training file was
+/// labelled another way (or is the wrong file), and its accuracy would be meaningless.
+fn same_classes(train: &Path, tr: &[Example], dev: &Path, ev: &[Example]) -> Result<()> {
+    let count = |x: &[Example]| x.iter().map(|e| e.label as usize + 1).max().unwrap_or(0);
+    let (ct, cd) = (count(tr), count(ev));
+    if ct == cd {
+        return Ok(());
+    }
+    let top = |x: &[Example], c: usize| {
+        x.iter()
+            .find(|e| e.label as usize + 1 == c)
+            .map_or(0, |e| e.line)
+    };
+    bail!(
+        "{}:{}: the held-out labels run to class {} ({cd} classes), but the training file {} has \
+         {ct} classes (its largest label, {}, is on line {}); label both files with the same class \
+         indices 0 to {}, or check that this is the right dev file",
+        dev.display(),
+        top(ev, cd),
+        cd - 1,
+        train.display(),
+        ct - 1,
+        top(tr, ct),
+        ct - 1,
+    )
 }
 
 /// `train_samples`: a fixed random subset (same for every seed, so arms and seeds compare on the

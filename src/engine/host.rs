@@ -35,6 +35,10 @@ pub struct Limits {
     pub max_map_size: usize,
     /// Wall-clock budget of one role call.
     pub time_budget_ms: u64,
+    /// Wall-clock budget of every call of one host together (one cell's rank engine): a plugin
+    /// that stays under the per-call budget but is called hundreds of times cannot stretch a
+    /// run without end.
+    pub total_budget_ms: u64,
     /// Heap a call may grow (net bytes allocated on its thread while it runs).
     pub max_heap_bytes: u64,
     /// Bytes of `print`/`debug` output kept between two reads of the log.
@@ -51,6 +55,7 @@ impl Default for Limits {
             max_array_size: 1 << 20,
             max_map_size: 1 << 14,
             time_budget_ms: 5_000,
+            total_budget_ms: 30_000,
             max_heap_bytes: 256 << 20,
             max_print_bytes: 64 << 10,
         }
@@ -151,6 +156,38 @@ pub struct PluginHost {
     guard: Arc<Guard>,
     params: Arc<RwLock<Map>>,
     rng: Arc<Mutex<StdRng>>,
+    /// Wall-clock time every call so far took, against [`Limits::total_budget_ms`].
+    spent: Mutex<Duration>,
+}
+
+/// Stack of the thread a plugin call runs on. rhai walks nested values recursively (a chain of
+/// closures each capturing the one before is dropped one level per closure), and the heap limit
+/// still allows hundreds of thousands of levels: far more than a main thread's 8 MiB. Only the
+/// pages a call touches are ever committed.
+const CALL_STACK_BYTES: usize = 1 << 30;
+
+/// Deepest nesting of arrays and maps a plugin may return: roles return a number, an array of
+/// numbers or a map of numbers. A deeper value (or a function pointer) is refused on the call's
+/// own thread, where dropping it cannot overflow the caller's stack.
+const MAX_RESULT_DEPTH: usize = 4;
+
+/// Why `v` is not a plain value a role can return, if it is not.
+fn plain_value(v: &Dynamic, depth: usize) -> Option<String> {
+    if depth > MAX_RESULT_DEPTH {
+        return Some(format!(
+            "returned values nested deeper than {MAX_RESULT_DEPTH} levels"
+        ));
+    }
+    if v.is_fnptr() {
+        return Some("returned a function pointer or closure, not a value".into());
+    }
+    if let Some(a) = v.read_lock::<Array>() {
+        return a.iter().find_map(|x| plain_value(x, depth + 1));
+    }
+    if let Some(m) = v.read_lock::<Map>() {
+        return m.values().find_map(|x| plain_value(x, depth + 1));
+    }
+    None
 }
 
 fn to_f64(d: &Dynamic) -> Result<f64, Box<EvalAltResult>> {
@@ -239,6 +276,7 @@ impl PluginHost {
             guard,
             params,
             rng,
+            spent: Mutex::new(Duration::ZERO),
         };
         host.register_helpers();
         host
@@ -394,12 +432,14 @@ impl PluginHost {
                     .into_iter()
                     .map(|x| x.max(0.0).round() as u64)
                     .collect();
-                let fit = rounding::round_to_param_budget(
+                let stop = || ot().is_err();
+                let fit = rounding::round_to_param_budget_until(
                     &v,
                     &c,
                     budget as u64,
                     rmin as usize,
                     rmax as usize,
+                    &stop,
                 )
                 .map_err(|m| format!("round_to_param_budget: {m}"))?;
                 let mut m = Map::new();
@@ -546,22 +586,121 @@ impl PluginHost {
 
     /// Call the role's function with the time budget armed. `adapter` names the adapter the
     /// call is about, for the error.
+    /// The call runs on a thread of its own with a large stack ([`CALL_STACK_BYTES`]), where its
+    /// values are also dropped; its deadline is the per-call budget or what is left of the
+    /// host's total budget, whichever comes first.
     pub fn call(
         &self,
         plugin: &Plugin,
         role: Role,
         adapter: Option<&str>,
-        args: impl FuncArgs,
+        args: impl FuncArgs + Send,
     ) -> PluginResult<Dynamic> {
-        self.guard
-            .arm(Duration::from_millis(self.limits.time_budget_ms));
-        let mut scope = Scope::new();
-        let meter = heap::Meter::start();
-        let result = self
-            .engine
-            .call_fn::<Dynamic>(&mut scope, &plugin.ast, role.function(), args);
-        drop(meter);
-        result.map_err(|e| Box::new(self.map_error(plugin, role, adapter, &e)))
+        let per_call = Duration::from_millis(self.limits.time_budget_ms);
+        let total = Duration::from_millis(self.limits.total_budget_ms);
+        let spent = *self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let left = total.saturating_sub(spent);
+        let budget = per_call.min(left);
+        let by_total = left < per_call;
+        let total_spent = || {
+            format!(
+                "stopped: the plugin calls of this cell used up their total time budget of {} ms \
+                 ({} ms a call)",
+                self.limits.total_budget_ms, self.limits.time_budget_ms
+            )
+        };
+        if budget.is_zero() {
+            let e = self.host_error(
+                plugin,
+                role,
+                adapter,
+                PluginErrorKind::Timeout,
+                total_spent(),
+            );
+            return Err(Box::new(e));
+        }
+        let started = std::time::Instant::now();
+        let out = std::thread::scope(|sc| {
+            let run = || -> Result<Dynamic, (Box<EvalAltResult>, Option<String>)> {
+                self.guard.arm(budget);
+                let mut scope = Scope::new();
+                let meter = heap::Meter::start();
+                let result =
+                    self.engine
+                        .call_fn::<Dynamic>(&mut scope, &plugin.ast, role.function(), args);
+                let checked = match result {
+                    Ok(v) => match plain_value(&v, 0) {
+                        None => Ok(v),
+                        Some(why) => Err(("not a plain value".into(), Some(why))),
+                    },
+                    Err(e) => Err((e, None)),
+                };
+                drop(scope);
+                drop(meter);
+                checked
+            };
+            std::thread::Builder::new()
+                .name("plugin".into())
+                .stack_size(CALL_STACK_BYTES)
+                .spawn_scoped(sc, run)
+                .map(|h| h.join())
+        });
+        *self.spent.lock().unwrap_or_else(|p| p.into_inner()) += started.elapsed();
+        let result = match out {
+            Ok(Ok(r)) => r,
+            // No thread (out of threads or memory): say so rather than run on a small stack.
+            Err(e) => {
+                return Err(Box::new(self.host_error(
+                    plugin,
+                    role,
+                    adapter,
+                    PluginErrorKind::Limit,
+                    format!("could not start its call: {e}"),
+                )))
+            }
+            Ok(Err(_)) => {
+                return Err(Box::new(self.host_error(
+                    plugin,
+                    role,
+                    adapter,
+                    PluginErrorKind::Limit,
+                    "its call ended in a panic of the plugin host".into(),
+                )))
+            }
+        };
+        result.map_err(|(e, why)| {
+            let mut err = self.map_error(plugin, role, adapter, &e);
+            if let Some(why) = why {
+                err.kind = PluginErrorKind::BadReturn;
+                err.value = None;
+                err.message = why;
+            } else if by_total && err.kind == PluginErrorKind::Timeout {
+                err.message = total_spent();
+            }
+            Box::new(err)
+        })
+    }
+
+    /// An error of the host around a call (not of the script's own statements).
+    fn host_error(
+        &self,
+        plugin: &Plugin,
+        role: Role,
+        adapter: Option<&str>,
+        kind: PluginErrorKind,
+        message: String,
+    ) -> PluginError {
+        let (line, col) = plugin.fn_position(role.function());
+        PluginError {
+            file: plugin.file.clone(),
+            line,
+            col,
+            role,
+            kind,
+            adapter: adapter.map(str::to_string),
+            value: None,
+            message,
+        }
     }
 
     fn map_error(

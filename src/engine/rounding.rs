@@ -202,6 +202,19 @@ pub fn round_to_param_budget(
     r_min: usize,
     r_max: usize,
 ) -> Result<CostFit, String> {
+    round_to_param_budget_until(x, costs, budget, r_min, r_max, &|| false)
+}
+
+/// [`round_to_param_budget`] that gives up with an error as soon as `stop()` says so: the local
+/// search over many cost classes can take long, and a plugin's call has a time budget.
+pub fn round_to_param_budget_until(
+    x: &[f64],
+    costs: &[u64],
+    budget: u64,
+    r_min: usize,
+    r_max: usize,
+    stop: &dyn Fn() -> bool,
+) -> Result<CostFit, String> {
     let n = x.len();
     if costs.len() != n {
         return Err(format!("{} ranks but {} costs", n, costs.len()));
@@ -217,24 +230,35 @@ pub fn round_to_param_budget(
             "adapter {i} has cost 0; a rank costs rows + cols > 0"
         ));
     }
-    let total: u64 = costs.iter().sum();
-    let (lo, hi) = (total * r_min as u64, total * r_max as u64);
+    let too_big = || format!("the costs of {n} adapters times rank {r_max} do not fit in 64 bits");
+    let total = costs
+        .iter()
+        .try_fold(0u64, |a, &c| a.checked_add(c))
+        .ok_or_else(too_big)?;
+    let lo = total.checked_mul(r_min as u64).ok_or_else(too_big)?;
+    let hi = total.checked_mul(r_max as u64).ok_or_else(too_big)?;
     if budget < lo || budget > hi {
         return Err(format!(
             "parameter budget {budget} cannot be met by {n} adapters with ranks in \
              [{r_min}, {r_max}] (possible costs {lo}..={hi})"
         ));
     }
-    let y = shift_to_cost(x, costs, budget as f64, r_min as f64, r_max as f64);
-    // Cost classes: (cost, member indices), cheapest first.
-    let mut classes: Vec<(u64, Vec<usize>)> = Vec::new();
-    for (i, &c) in costs.iter().enumerate() {
-        match classes.iter_mut().find(|(k, _)| *k == c) {
-            Some((_, m)) => m.push(i),
-            None => classes.push((c, vec![i])),
-        }
+    if n == 0 {
+        // No adapters: the only budget in range is 0, met by no ranks at all.
+        return Ok(CostFit {
+            ranks: Vec::new(),
+            params: 0,
+            gap: 0,
+        });
     }
-    classes.sort_by_key(|(c, _)| *c);
+    let y = shift_to_cost(x, costs, budget as f64, r_min as f64, r_max as f64);
+    // Cost classes: (cost, member indices), cheapest first (a map: thousands of distinct
+    // costs stay linear).
+    let mut by_cost: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
+    for (i, &c) in costs.iter().enumerate() {
+        by_cost.entry(c).or_default().push(i);
+    }
+    let classes: Vec<(u64, Vec<usize>)> = by_cost.into_iter().collect();
     let spec: Vec<ClassSpec> = classes
         .iter()
         .map(|(c, m)| ClassSpec {
@@ -245,7 +269,8 @@ pub fn round_to_param_budget(
             n: m.len(),
         })
         .collect();
-    let totals = class_totals(&spec, budget);
+    let totals = class_totals(&spec, budget, stop)
+        .ok_or_else(|| "stopped: ran past its time budget (searching class totals)".to_string())?;
     let mut ranks = vec![0usize; n];
     for ((_, members), t) in classes.iter().zip(&totals) {
         let ys: Vec<f64> = members.iter().map(|&i| y[i]).collect();
@@ -273,7 +298,8 @@ struct ClassSpec {
 }
 
 /// Class totals t_k in [lo_k, hi_k] minimising (|Σ c_k·t_k − budget|, Σ (t_k − real_k)²/n_k).
-fn class_totals(spec: &[ClassSpec], budget: u64) -> Vec<u64> {
+/// `None` when `stop()` said to give up.
+fn class_totals(spec: &[ClassSpec], budget: u64, stop: &dyn Fn() -> bool) -> Option<Vec<u64>> {
     let key = |t: &[u64]| -> (u64, f64) {
         let spent: u64 = t.iter().zip(spec).map(|(t, s)| t * s.cost).sum();
         let dist = t
@@ -284,9 +310,14 @@ fn class_totals(spec: &[ClassSpec], budget: u64) -> Vec<u64> {
         (spent.abs_diff(budget), dist)
     };
     let better = |a: (u64, f64), b: (u64, f64)| a.0 < b.0 || (a.0 == b.0 && a.1 < b.1 - 1e-12);
-    let (last, head) = spec.split_last().expect("at least one class");
-    let cases: u128 = head.iter().map(|s| (s.hi - s.lo + 1) as u128).product();
+    let (last, head) = spec.split_last()?;
+    // Saturating: thousands of classes overflow any integer, and then only the search applies.
+    let cases: u128 = head
+        .iter()
+        .try_fold(1u128, |a, s| a.checked_mul((s.hi - s.lo + 1) as u128))
+        .unwrap_or(u128::MAX);
     let mut best: Option<(Vec<u64>, (u64, f64))> = None;
+    let mut polls = 0u32;
     if cases <= 1 << 20 {
         // Exact: every combination of the first classes, the last one's total by rounding.
         let mut t: Vec<u64> = head.iter().map(|s| s.lo).collect();
@@ -302,11 +333,15 @@ fn class_totals(spec: &[ClassSpec], budget: u64) -> Vec<u64> {
                     best = Some((full, k));
                 }
             }
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(4096) && stop() {
+                return None;
+            }
             // Next combination (odometer over the first classes).
             let mut i = 0;
             loop {
                 if i == head.len() {
-                    return best.expect("one case at least").0;
+                    return best.map(|b| b.0);
                 }
                 if t[i] < head[i].hi {
                     t[i] += 1;
@@ -327,6 +362,9 @@ fn class_totals(spec: &[ClassSpec], budget: u64) -> Vec<u64> {
     loop {
         let mut step: Option<(Vec<u64>, (u64, f64))> = None;
         for a in 0..spec.len() {
+            if stop() {
+                return None;
+            }
             for da in [1i64, -1] {
                 for b in std::iter::once(None).chain((0..spec.len()).map(Some)) {
                     if b == Some(a) {
@@ -356,7 +394,7 @@ fn class_totals(spec: &[ClassSpec], budget: u64) -> Vec<u64> {
                 t = c;
                 k_now = k;
             }
-            None => return t,
+            None => return Some(t),
         }
     }
 }
@@ -551,5 +589,23 @@ mod tests {
             .contains("cannot be met"));
         assert!(round_to_param_budget(&[1.0], &[0], 0, 0, 10).is_err());
         assert!(round_to_param_budget(&[1.0, 2.0], &[1], 2, 0, 10).is_err());
+    }
+
+    #[test]
+    fn param_budget_on_no_adapters_and_many_costs_ends() {
+        // No adapters and a zero budget: nothing to round, no panic.
+        let fit = round_to_param_budget(&[], &[], 0, 1, 4).unwrap();
+        assert_eq!(fit.ranks, Vec::<usize>::new());
+        assert!(round_to_param_budget(&[], &[], 5, 1, 4).is_err());
+        // Costs whose sum overflows are refused, not wrapped.
+        assert!(round_to_param_budget(&[1.0, 1.0], &[u64::MAX, 2], 10, 1, 4).is_err());
+        // Thousands of distinct costs: the class count overflows any product, the search is
+        // used, and a stop request ends it at once.
+        let n = 3000;
+        let x: Vec<f64> = (0..n).map(|i| 1.0 + i as f64 / 1000.0).collect();
+        let costs: Vec<u64> = (0..n as u64).map(|i| 10 + i).collect();
+        let budget = costs.iter().sum::<u64>() * 2;
+        let e = round_to_param_budget_until(&x, &costs, budget, 1, 4, &|| true).unwrap_err();
+        assert!(e.contains("stopped"), "{e}");
     }
 }

@@ -171,7 +171,26 @@ impl Scripted {
         }
         self.params(core);
         let draws = core.rng_draws;
-        let ranks = core.call_allocator(&self.allocator, maps, budget, &Bounds::Policy)?;
+        let ranks = core
+            .call_allocator(&self.allocator, maps, budget, &Bounds::Policy)
+            .map_err(|e| match (e, &self.learner) {
+                // The allocator computes from the learner's state: when it fails, the state
+                // the learner produced is the first suspect, so the error names both.
+                (super::EngineError::Plugin(mut p), Some(l)) => {
+                    p.message = format!(
+                        "{} (on the state that learner {} returned: {})",
+                        p.message,
+                        l.file,
+                        core.learned
+                            .iter()
+                            .map(|(k, v)| format!("{k} = {v:e}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    super::EngineError::Plugin(p)
+                }
+                (e, _) => e,
+            })?;
         core.rng_draws = draws + 1;
         core.calls.allocations += 1;
         Ok((c, ranks))

@@ -193,7 +193,7 @@ pub fn build_task(
             let targets: Vec<(usize, ModuleKind)> = match arm.lora.on() {
                 Some(l) => covered(l, model.layers),
                 None => (0..model.layers)
-                    .flat_map(|l| ModuleKind::ALL.map(|k| (l, k)))
+                    .flat_map(|l| model.module_kinds().iter().map(move |&k| (l, k)))
                     .collect(),
             };
             let mut per_slot = Vec::new();

@@ -97,9 +97,16 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
     write_atomic(path, &out)
 }
 
+/// Largest checkpoint read back: the trainable state of the largest model a run can hold.
+const MAX_CHECKPOINT_BYTES: u64 = 256 << 30;
+
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    // A regular file only: a FIFO in its place would block the resume for ever, a device would
+    // never end.
+    let (mut file, len) = crate::textfile::open_regular(path, "checkpoint", MAX_CHECKPOINT_BYTES)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    std::io::Read::read_to_end(&mut file, &mut bytes)
+        .with_context(|| format!("reading checkpoint {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a checkpoint file", path.display()))?;
     let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)?;

@@ -317,8 +317,16 @@ pub fn eval_cell<B: Backend>(
     file: Option<&Path>,
     split: Option<Split>,
 ) -> Result<Evaluation> {
-    let arm = &cell.info.arm;
     let seed = cell.info.seed;
+    // An explicit `--split` asks for that split, all of it: the policy's `eval_samples` (a cap
+    // that keeps a run's evaluations cheap) does not apply. Without it, the run's own examples.
+    let mut whole = cell.info.arm.clone();
+    if split.is_some() {
+        if let Some(sub) = crate::policy::plan::subset_mut(&mut whole.data) {
+            sub.eval_samples = None;
+        }
+    }
+    let arm = &whole;
     let mut ckpt = load_checkpoint(arm).map_err(DataError)?;
     let split = split.unwrap_or(cell.info.split);
     let (task, _) = build_task(arm, ckpt.as_mut(), seed, split).map_err(DataError)?;

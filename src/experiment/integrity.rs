@@ -5,6 +5,7 @@
 //! different methods and the report would compare them as one.
 
 use super::fsio::{read_json, write_json_atomic};
+use super::records::CellStatus;
 use super::rundir::RunDir;
 use crate::policy::{Policy, Until};
 use anyhow::{bail, Context, Result};
@@ -87,10 +88,32 @@ pub fn record(rd: &RunDir, policy: &Policy, arms: &[String], seeds: &[u64]) -> R
 }
 
 /// Checks that the plan and plugins of a run to resume are the ones it started with, and returns
-/// its record (for the original filters). A run directory made before records existed has none.
+/// its record (for the original filters). Without run.json nothing vouches for the finished
+/// cells' plan and plugins: refused once any cell has a result; a run with none yet has nothing
+/// to protect, and its record is rebuilt from what is there now (the caller says so).
 pub fn verify(rd: &RunDir, policy: &Policy) -> Result<Option<RunRecord>> {
     let path = rd.root.join(RUN_JSON);
     if !path.exists() {
+        let s = rd.load_summary()?;
+        let started = s
+            .cells
+            .iter()
+            .any(|c| matches!(c.status, CellStatus::Done | CellStatus::Failed))
+            || !rd.load_metrics()?.is_empty();
+        if started {
+            bail!(
+                "{} is missing: it holds the hashes of the plan and plugins the finished cells \
+                 ran, so resuming could mix two methods in one arm. Restore it (from a backup), \
+                 or start a new run: `adarank run POLICY.rank --out NEW_DIR`",
+                path.display()
+            );
+        }
+        record(rd, policy, &[], &[])?;
+        eprintln!(
+            "resume: {} was missing; no cell had a result yet, so it is rebuilt from \
+             policy.json and the plugins as they are now",
+            path.display()
+        );
         return Ok(None);
     }
     let rec: RunRecord = read_json(&path)?;
@@ -141,4 +164,72 @@ pub fn verify(rd: &RunDir, policy: &Policy) -> Result<Option<RunRecord>> {
 
 fn short(h: &str) -> &str {
     &h[..h.len().min(12)]
+}
+
+/// What a finished cell must still have on disk for `--resume` to trust it: a metric record for
+/// every step it ran, and its exported folder. Returns why not, if not.
+fn damage(
+    rd: &RunDir,
+    c: &super::records::CellResult,
+    metrics: &[super::records::MetricRecord],
+) -> Option<String> {
+    let steps: std::collections::BTreeSet<u64> = metrics
+        .iter()
+        .filter(|m| m.arm == c.arm && m.seed == c.seed && (1..=c.steps).contains(&m.step))
+        .map(|m| m.step)
+        .collect();
+    if (steps.len() as u64) < c.steps {
+        return Some(format!(
+            "metrics.jsonl holds {} of its {} steps (truncated or edited)",
+            steps.len(),
+            c.steps
+        ));
+    }
+    let dir = rd.adapters(&c.arm, c.seed);
+    for f in ["final_state.safetensors", "adarank.json"] {
+        if !dir.join(f).is_file() {
+            return Some(format!("{} is missing", dir.join(f).display()));
+        }
+    }
+    None
+}
+
+/// Checks every finished cell of a run being resumed ([`damage`]); a damaged cell is reset to
+/// pending (its records dropped from the logs, its folder removed) so this resume runs it again.
+/// Returns one line per cell rebuilt, for the user.
+pub fn reset_damaged_cells(rd: &RunDir) -> Result<Vec<String>> {
+    let metrics = rd.load_metrics()?;
+    let summary = rd.load_summary()?;
+    let damaged: Vec<(String, u64, String)> = summary
+        .cells
+        .iter()
+        .filter(|c| c.status == CellStatus::Done)
+        .filter_map(|c| damage(rd, c, &metrics).map(|why| (c.arm.clone(), c.seed, why)))
+        .collect();
+    if damaged.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hit = |arm: &str, seed: u64| damaged.iter().any(|(a, s, _)| a == arm && *s == seed);
+    super::fsio::filter_jsonl::<super::records::MetricRecord>(&rd.metrics(), |r| {
+        !hit(&r.arm, r.seed)
+    })?;
+    super::fsio::filter_jsonl::<super::records::RankRecord>(&rd.allocations(), |r| {
+        !hit(&r.arm, r.seed)
+    })?;
+    rd.update_summary(|s| {
+        for (arm, seed, _) in &damaged {
+            s.put(super::records::CellResult::pending(arm, *seed));
+        }
+    })?;
+    let mut out = Vec::new();
+    for (arm, seed, why) in &damaged {
+        let dir = rd.adapters(arm, *seed);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        out.push(format!(
+            "arm {arm} seed {seed}: finished, but {why}; running it again"
+        ));
+    }
+    Ok(out)
 }

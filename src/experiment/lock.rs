@@ -19,22 +19,15 @@ pub struct DirLock {
     _file: File,
 }
 
-/// The lock file of a run directory.
-pub fn dir_lock_path(root: &Path) -> PathBuf {
-    root.join(".lock")
-}
-
-/// Waits for and takes the lock of the run directory `root` (released when dropped).
+/// Waits for and takes the lock of the run directory `root` (released when dropped). The lock
+/// is on the directory itself (`flock` takes a directory's descriptor), not on a file in it: a
+/// lock file can be deleted while held, and the next process would lock a new file and go ahead
+/// beside the holder; the directory cannot be replaced without removing the run.
 pub fn lock_dir(root: &Path) -> Result<DirLock> {
-    let path = dir_lock_path(root);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    let file = File::open(root)
+        .with_context(|| format!("opening the run directory {} to lock it", root.display()))?;
     file.lock()
-        .with_context(|| format!("locking {}", path.display()))?;
+        .with_context(|| format!("locking the run directory {}", root.display()))?;
     Ok(DirLock { _file: file })
 }
 
@@ -44,21 +37,71 @@ pub struct Holder {
     pub pid: u32,
     pub host: String,
     pub since: String,
+    /// The process's start time (clock ticks after boot, `/proc/PID/stat`) and the boot's id:
+    /// with the pid they name one process for good, so a pid reused after a crash or a reboot
+    /// is not taken for the holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<String>,
+}
+
+/// Start time of process `pid` in clock ticks after boot (field 22 of `/proc/PID/stat`); `None`
+/// when there is no such process or no `/proc`.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "this machine".into())
 }
 
 impl Holder {
-    fn me() -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "this machine".into());
+    /// This process.
+    pub fn me() -> Self {
+        let pid = std::process::id();
         Holder {
-            pid: std::process::id(),
-            host,
+            pid,
+            host: host_name(),
             since: chrono::Utc::now().to_rfc3339(),
+            start: process_start(pid),
+            boot: boot_id(),
         }
+    }
+
+    /// Whether the holder still runs: `Some(false)` when it ran on this machine, since this boot,
+    /// and its pid is gone or now names a process started at another time; `None` when this
+    /// machine cannot tell (another host, or a record without a start time).
+    pub fn alive(&self) -> Option<bool> {
+        if self.host != host_name() {
+            return None;
+        }
+        let start = self.start?;
+        if self.boot.is_some() && self.boot != boot_id() {
+            return Some(false);
+        }
+        Some(process_start(self.pid) == Some(start))
+    }
+
+    /// Is this record this very process?
+    pub fn is_me(&self) -> bool {
+        self.pid == std::process::id()
+            && self.host == host_name()
+            && self.start == process_start(self.pid)
     }
 }
 
@@ -139,6 +182,18 @@ impl CellLock {
     }
 }
 
+/// Whether some process holds cell (`arm`, `seed`)'s lock, tested without taking it for long
+/// (`None`: no lock file, or it cannot be opened).
+pub fn cell_is_held(root: &Path, arm: &str, seed: u64) -> Option<bool> {
+    let path = cell_lock_path(root, arm, seed);
+    let file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+    match file.try_lock() {
+        Ok(()) => Some(false),
+        Err(TryLockError::WouldBlock) => Some(true),
+        Err(TryLockError::Error(_)) => None,
+    }
+}
+
 fn open_cell_lock(root: &Path, arm: &str, seed: u64) -> Result<(File, PathBuf)> {
     let path = cell_lock_path(root, arm, seed);
     if let Some(dir) = path.parent() {
@@ -210,11 +265,43 @@ mod tests {
             pid: 999_999,
             host: "node7".into(),
             since: "yesterday".into(),
+            start: None,
+            boot: None,
         };
         std::fs::write(&path, serde_json::to_string(&dead).unwrap()).unwrap();
         match CellLock::try_claim(dir.path(), "a", 1).unwrap() {
             Claim::Got { stale, .. } => assert_eq!(stale, Some(dead)),
             Claim::Busy(_) => panic!("nobody holds it"),
         }
+    }
+
+    #[test]
+    fn a_holder_is_alive_while_its_process_runs() {
+        let me = Holder::me();
+        assert_eq!(me.alive(), Some(true));
+        assert!(me.is_me());
+        // The same pid with another start time is another process (a pid reused).
+        let reused = Holder {
+            start: me.start.map(|s| s + 1),
+            ..me.clone()
+        };
+        assert_eq!(reused.alive(), Some(false));
+        // A child that has exited (and been reaped) is dead.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = process_start(pid);
+        child.wait().unwrap();
+        let gone = Holder {
+            pid,
+            start: start.or(Some(1)),
+            ..me.clone()
+        };
+        assert_eq!(gone.alive(), Some(false));
+        // Another machine's process cannot be judged from here.
+        let remote = Holder {
+            host: "elsewhere-node".into(),
+            ..me
+        };
+        assert_eq!(remote.alive(), None);
     }
 }

@@ -54,11 +54,15 @@ impl Progress {
     pub fn plan_cells(&mut self, total: u64) {
         self.cells.set((0, total));
         if self.mode == ProgressMode::Bars && total > 1 {
-            let b = self.multi.add(ProgressBar::new(total));
+            // Counted in thousandths of a cell, advanced by each cell's steps: indicatif's eta
+            // is the remaining count over the recent rate, and counting whole cells made that
+            // rate jump from 0 to a cell at a time (an eta of days, then hours, for minutes).
+            let b = self.multi.add(ProgressBar::new(total * CELL_UNITS));
             b.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>24} [{bar:30}] {pos}/{len} cells, {elapsed} elapsed, eta {eta}  {msg}",
-                )
+                ProgressStyle::with_template(&format!(
+                    "{{prefix:>24}} [{{bar:30}}] {{percent:>3}}% of {total} cells, {{elapsed}} \
+                     elapsed, eta {{eta}}  {{msg}}"
+                ))
                 .expect("static template")
                 .progress_chars("#> "),
             );
@@ -86,7 +90,7 @@ impl Progress {
         let (started, total) = self.cells.get();
         self.cells.set((started + 1, total));
         if let Some(b) = &self.overall {
-            b.set_position(started);
+            b.set_position(started * CELL_UNITS);
         }
         let label = if total > 1 {
             format!("{arm} seed {seed} ({}/{total})", started + 1)
@@ -107,6 +111,7 @@ impl Progress {
         });
         CellProgress {
             mode: self.mode,
+            index: started,
             overall: self.overall.clone(),
             label,
             total: total_steps,
@@ -118,8 +123,13 @@ impl Progress {
     }
 }
 
+/// Units of the overall bar per cell.
+const CELL_UNITS: u64 = 1000;
+
 pub struct CellProgress {
     mode: ProgressMode,
+    /// Cells of this invocation started before this one.
+    index: u64,
     /// The run's bar across cells, which keeps the last finished cell's outcome.
     overall: Option<ProgressBar>,
     label: String,
@@ -137,6 +147,10 @@ impl CellProgress {
                 if let Some(b) = &self.bar {
                     b.set_position(step);
                     b.set_message(format!("loss {loss:.4}"));
+                }
+                if let Some(o) = &self.overall {
+                    let within = step.min(self.total) * CELL_UNITS / self.total.max(1);
+                    o.set_position(self.index * CELL_UNITS + within);
                 }
             }
             ProgressMode::Lines => {
@@ -197,20 +211,23 @@ impl Progress {
     pub fn finish(&self) {
         if let Some(b) = &self.overall {
             let (_, total) = self.cells.get();
-            b.set_position(total);
+            b.set_position(total * CELL_UNITS);
             b.finish();
         }
     }
 }
 
-/// The short table left on screen after a run: per arm the metric's mean ± std over the done
+/// The short table left on screen after a run: per arm the metric's mean ± 95% CI over the done
 /// seeds, how many seeds are done (and failed), and the mean wall time of a cell.
 pub fn result_table(s: &Summary) -> String {
     let metric = &s.metric.name;
     let fmt = |v: f64| super::report::fmt_metric(metric, v);
+    // The same statistic as the report's table: mean ± half-width of the 95% Student-t
+    // interval (a standard deviation here would read as the report's CI and be ~2.5× narrower
+    // at three seeds).
     let mut rows = vec![[
         "arm".to_string(),
-        metric.clone(),
+        format!("{metric} (mean ± 95% CI)"),
         "seeds".to_string(),
         "wall/cell".to_string(),
     ]];
@@ -226,7 +243,10 @@ pub fn result_table(s: &Summary) -> String {
             .count();
         let values: Vec<f64> = done.iter().filter_map(|c| c.metric).collect();
         let value = match super::stats::mean_std(&values) {
-            Some(m) if m.n > 1 => format!("{} ± {}", fmt(m.mean), fmt(m.std)),
+            Some(m) if m.n > 1 => match m.ci95() {
+                Some(h) => format!("{} ± {}", fmt(m.mean), fmt(h)),
+                None => fmt(m.mean),
+            },
             Some(m) => fmt(m.mean),
             None => "—".to_string(),
         };

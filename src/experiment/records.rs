@@ -172,6 +172,11 @@ pub struct CellResult {
     /// The learning rate the cell trained at.
     #[serde(default)]
     pub lr: f64,
+    /// The process running the cell, while `status` is `running`: a second process finds the
+    /// cell taken here even when the cell's lock file was deleted, and `status` tells a live
+    /// holder from a dead one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<super::lock::Holder>,
     /// What training cost, step by step (trainable parameters held, GEMM FLOPs).
     #[serde(default)]
     pub cost: TrainCost,
@@ -260,6 +265,7 @@ impl CellResult {
             eval_examples: 0,
             eval_split: String::new(),
             lr: 0.0,
+            holder: None,
             cost: TrainCost::default(),
             spikes: Vec::new(),
         }

@@ -28,6 +28,47 @@ pub fn file_safe(name: &str) -> String {
         .collect()
 }
 
+/// A run writes `policy.rank`, `report.md`, `results.csv`, `plots/`, `adapters/` … into its
+/// folder, replacing files of those names: a folder that exists and holds anything is someone's
+/// files, not a place for a new run.
+fn refuse_foreign_folder(root: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", root.display())),
+    };
+    let meta = if meta.file_type().is_symlink() {
+        std::fs::metadata(root).with_context(|| format!("reading {}", root.display()))?
+    } else {
+        meta
+    };
+    if !meta.is_dir() {
+        bail!(
+            "--out {}: is a file, not a folder; give a new folder for the run",
+            root.display()
+        );
+    }
+    let mut entries =
+        std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))?;
+    if let Some(first) = entries.next() {
+        let first = first.with_context(|| format!("reading {}", root.display()))?;
+        let more = entries.count();
+        bail!(
+            "--out {}: the folder is not empty ({}{}) and is not a run directory; a run writes \
+             policy.rank, report.md, results.csv, plots/ and adapters/ there and would replace \
+             files of those names. Give a new or empty folder (or `--resume` a run directory)",
+            root.display(),
+            first.file_name().to_string_lossy(),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
 impl RunDir {
     /// `base/<experiment>-<UTC timestamp>`.
     pub fn default_path(base: &Path, experiment: &str) -> PathBuf {
@@ -49,6 +90,7 @@ impl RunDir {
         if root.join(SUMMARY).exists() {
             return Err(taken());
         }
+        refuse_foreign_folder(root)?;
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         match std::fs::OpenOptions::new()
             .write(true)
@@ -217,13 +259,71 @@ impl RunDir {
     }
 }
 
+/// Each arm's resolved plan in a run's policy.json, by name (empty when the file is missing).
+fn arm_plans(d: &RunDir) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    let path = d.policy_json();
+    if !path.exists() {
+        return Ok(Default::default());
+    }
+    let v: serde_json::Value = read_json(&path)?;
+    Ok(v.get("arms")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some((a.get("name")?.as_str()?.to_string(), a.clone())))
+        .collect())
+}
+
+/// Refuses a merge that would pool unlike cells into one arm's mean and interval: runs of
+/// different experiments (unless `mixed`), or an arm whose plan differs between runs.
+fn check_mergeable(dirs: &[RunDir], mixed: bool) -> Result<()> {
+    let mut first: Option<(String, &RunDir)> = None;
+    let mut plans: std::collections::BTreeMap<String, (serde_json::Value, &RunDir)> =
+        Default::default();
+    for d in dirs {
+        let s = d.load_summary()?;
+        match &first {
+            None => first = Some((s.experiment.clone(), d)),
+            Some((name, at)) if *name != s.experiment && !mixed => bail!(
+                "cannot merge {} (experiment `{}`) with {} (experiment `{name}`): they are \
+                 different experiments. Merging is for runs of one experiment (e.g. arms or seeds \
+                 run apart); to put different experiments in one report anyway, pass --mixed",
+                d.root.display(),
+                s.experiment,
+                at.root.display(),
+            ),
+            _ => {}
+        }
+        for (arm, plan) in arm_plans(d)? {
+            match plans.get(&arm) {
+                Some((p, at)) if *p != plan => bail!(
+                    "cannot merge: arm `{arm}` of {} is not the arm `{arm}` of {} (their \
+                     resolved plans in policy.json differ), so their cells cannot share one \
+                     mean and interval; rename one of the arms, or merge runs of one policy",
+                    d.root.display(),
+                    at.root.display()
+                ),
+                Some(_) => {}
+                None => {
+                    plans.insert(arm, (plan, d));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Merges finished runs into `out`: arms and seeds in first-seen order, cells from every run
 /// (a cell present in several runs is taken from the first that finished it), logs concatenated.
-pub fn merge(dirs: &[RunDir], out: &Path) -> Result<RunDir> {
+/// Refuses runs of different experiments unless `mixed`, and an arm whose plan differs between
+/// runs always. Returns the merged directory and, for the user, every cell left out and why.
+pub fn merge(dirs: &[RunDir], out: &Path, mixed: bool) -> Result<(RunDir, Vec<String>)> {
+    check_mergeable(dirs, mixed)?;
     let mut merged: Option<Summary> = None;
     let mut metrics = Vec::new();
     let mut ranks = Vec::new();
     let mut names = Vec::new();
+    let mut notes = Vec::new();
     for d in dirs {
         let s = d.load_summary()?;
         names.push(s.experiment.clone());
@@ -268,6 +368,13 @@ pub fn merge(dirs: &[RunDir], out: &Path) -> Result<RunDir> {
         for c in &s.cells {
             if taken.contains(&(c.arm.clone(), c.seed)) {
                 m.put(c.clone());
+            } else if c.status == CellStatus::Done {
+                notes.push(format!(
+                    "arm {} seed {} of {}: left out, an earlier run already has it",
+                    c.arm,
+                    c.seed,
+                    d.root.display()
+                ));
             }
         }
         metrics.extend(
@@ -308,5 +415,5 @@ pub fn merge(dirs: &[RunDir], out: &Path) -> Result<RunDir> {
     )?;
     rd.write_summary(&s)?;
     rd.render_with(&s, &metrics, &ranks)?;
-    Ok(rd)
+    Ok((rd, notes))
 }

@@ -216,6 +216,10 @@ pub fn run_on<B: Backend>(
             let policy: Policy = read_json(&rd.policy_json())?;
             // The same plan and plugins as the cells already finished, or a refusal.
             let record = integrity::verify(&rd, &policy)?;
+            // Finished cells whose records or folder are gone are run again, and said so.
+            for line in integrity::reset_damaged_cells(&rd)? {
+                eprintln!("resume: {line}");
+            }
             // A resumed run covers the cells the run was started for, unless told otherwise.
             let (arms, seeds) = match &record {
                 Some(r) => (
@@ -324,22 +328,42 @@ pub fn run_on<B: Backend>(
                     lock
                 }
             };
-            // Another process may have finished the cell before we got its lock.
-            let (_, go) = rd.update_summary(|s| {
+            // Another process may have finished the cell before we got its lock, or may be
+            // running it under a lock file that was deleted (then our lock is on a new file):
+            // the summary's record of the running holder, checked under the directory's lock,
+            // decides.
+            let (_, claim) = rd.update_summary(|s| {
                 if done(s) {
-                    return false;
+                    return Err(None);
                 }
                 let mut running = s
                     .cell(&arm.name, seed)
                     .cloned()
                     .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
+                if let Some(h) = running.holder.as_ref().filter(|h| {
+                    running.status == CellStatus::Running && !h.is_me() && h.alive() == Some(true)
+                }) {
+                    return Err(Some(h.clone()));
+                }
                 running.status = CellStatus::Running;
                 running.error = None;
+                running.holder = Some(super::lock::Holder::me());
                 s.put(running);
-                true
+                Ok(())
             })?;
-            if !go {
-                continue;
+            match claim {
+                Ok(()) => {}
+                Err(None) => continue,
+                Err(Some(h)) => {
+                    progress.println(&format!(
+                        "arm {} seed {seed}: being run by {h} (its lock file is gone, the summary \
+                         still records it); left to it",
+                        arm.name
+                    ));
+                    left.push(format!("arm {} seed {seed} ({h})", arm.name));
+                    drop(cell_lock);
+                    continue;
+                }
             }
             let result = run_cell(
                 be.clone(),
@@ -377,6 +401,7 @@ pub fn run_on<B: Backend>(
                             .cloned()
                             .unwrap_or_else(|| CellResult::pending(&arm.name, seed));
                         failed.status = CellStatus::Failed;
+                        failed.holder = None;
                         failed.error = Some(msg);
                         failed.steps = steps;
                         s.put(failed);
@@ -420,6 +445,24 @@ struct RunnerState {
     losses: Vec<f64>,
     #[serde(default)]
     realloc_steps: Vec<u64>,
+    /// The ledger's peaks up to the checkpoint, in [`MemKind::ALL`] order, and of the total: a
+    /// resumed cell measures only from the resume on, and its reported peak must be the one an
+    /// uninterrupted cell reports.
+    #[serde(default)]
+    peak: [u64; 6],
+    #[serde(default)]
+    total_peak: u64,
+}
+
+impl RunnerState {
+    /// The peaks so far with `mem`'s (measured since the last resume) folded in.
+    fn fold_peaks(&self, mem: &crate::backend::LedgerSnapshot) -> ([u64; 6], u64) {
+        let mut peak = self.peak;
+        for (p, m) in peak.iter_mut().zip(mem.peak) {
+            *p = (*p).max(m);
+        }
+        (peak, self.total_peak.max(mem.total_peak))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -519,6 +562,7 @@ impl CellHooks<'_> {
         let ms = model.state()?;
         let mut runner = self.st.clone();
         runner.driver = self.driver.state();
+        (runner.peak, runner.total_peak) = self.st.fold_peaks(&model.memory());
         runner.wall_s = self.wall_before + self.started.elapsed().as_secs_f64();
         let state = CheckpointState {
             runner,
@@ -823,6 +867,7 @@ fn run_cell<B: Backend>(
         .context("the training loop ended without an evaluation")?;
     let done_steps = model.step();
     let mem = model.memory();
+    let (peak, total_peak) = hooks.st.fold_peaks(&mem);
     let final_loss = hooks.driver.state().losses.back().copied();
     let tokens = hooks.st.tokens;
     let metric = match fe.named.get(super::arm::metric_of(arm).0) {
@@ -865,7 +910,15 @@ fn run_cell<B: Backend>(
         )?;
     }
     let infos = model.adapters();
-    let trainable_params = model.trainable_params() as u64;
+    // AdaLoRA's pruned triplets (λ held at 0) are neither rank nor trained parameters of the
+    // result: a triplet is a row of A, a column of B and its λ.
+    let masked = model.masked_components();
+    let trainable_params = model.trainable_params() as u64
+        - infos
+            .iter()
+            .zip(&masked)
+            .map(|(a, &m)| (m * (a.rows + a.cols + 1)) as u64)
+            .sum::<u64>();
     let _ = std::fs::remove_file(&ck_path);
     Ok(CellResult {
         arm: arm.name.clone(),
@@ -877,20 +930,26 @@ fn run_cell<B: Backend>(
         eval_loss: Some(fe.loss),
         eval_accuracy: (!hooks.metric_is_loss).then_some(fe.accuracy),
         final_train_loss: final_loss,
-        peak_bytes: mem.total_peak,
+        peak_bytes: total_peak,
         peak_by_kind: MemKind::ALL
             .iter()
-            .map(|k| (k.name().to_string(), mem.peak_of(*k)))
+            .zip(peak)
+            .map(|(k, p)| (k.name().to_string(), p))
             .collect(),
         wall_s: wall,
         tokens_per_s: tokens as f64 / wall.max(1e-9),
         trainable_params,
-        final_ranks: infos.into_iter().map(|a| (a.name, a.rank)).collect(),
+        final_ranks: infos
+            .into_iter()
+            .zip(masked)
+            .map(|(a, m)| (a.name, a.rank - m))
+            .collect(),
         planned_steps: steps,
         eval_examples: hooks.eval.iter().map(|b| b.batch as u64).sum(),
         eval_split: eval_split.to_string(),
         lr: arm.train.lr,
         spikes: spikes(&hooks.st.losses, &hooks.st.realloc_steps),
         cost: hooks.st.cost.clone(),
+        holder: None,
     })
 }

@@ -33,6 +33,69 @@ pub struct SlurmOptions {
     pub exe: Option<PathBuf>,
 }
 
+impl SlurmOptions {
+    /// Refuses a `--partition`, `--time` or `--gres` value that is not a plain Slurm value.
+    /// They go into `#SBATCH` lines, which sbatch reads without shell quoting, and into the
+    /// command line printed for the user: a newline there would start a line of the script (a
+    /// command the job would run), and spaces or quotes would change what sbatch parses.
+    pub fn validate(&self) -> Result<()> {
+        for (flag, value) in [
+            ("--partition", &self.partition),
+            ("--time", &self.time),
+            ("--gres", &self.gres),
+        ] {
+            if let Some(v) = value {
+                slurm_value(flag, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Slurm option value: letters, digits and `_ - . , : = + @ %` (partition and account names,
+/// lists of them, `2:00:00`, `1-0`, `gpu:a100:2`), at most 200 characters.
+fn slurm_value(flag: &str, v: &str) -> Result<()> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "_-.,:=+@%".contains(c);
+    if v.is_empty() || v.len() > 200 {
+        bail!("{flag}: must be 1 to 200 characters, found {}", v.len());
+    }
+    if let Some(c) = v.chars().find(|&c| !ok(c)) {
+        bail!(
+            "{flag} {}: the character {c:?} is not allowed in a Slurm value (letters, digits \
+             and _ - . , : = + @ % only); it would be written into the sbatch script",
+            sh_quote(v)
+        );
+    }
+    Ok(())
+}
+
+/// A path written into the sbatch script (`#SBATCH --output`, `--chdir`, the command): sbatch
+/// reads `#SBATCH` lines unquoted, so a control character (a newline above all) would end the
+/// line and make the rest a line of the script.
+fn script_path(what: &str, p: &Path) -> Result<()> {
+    let s = p.to_str().with_context(|| {
+        format!(
+            "{what} {}: not valid UTF-8; Slurm scripts need a UTF-8 path",
+            p.display()
+        )
+    })?;
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        bail!(
+            "{what} {}: holds the control character {c:?}; a path written into an sbatch \
+             script must not (rename the folder)",
+            sh_quote(s)
+        );
+    }
+    if what != "the adarank binary" && s.chars().any(|c| c.is_whitespace()) {
+        bail!(
+            "{what} {}: holds white space, which `#SBATCH --output`/`--chdir` lines cannot quote; \
+             use a path without spaces",
+            sh_quote(s)
+        );
+    }
+    Ok(())
+}
+
 /// One cell of the array and its index.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ArrayCell {
@@ -200,6 +263,17 @@ pub fn submit_new(
     o: &SlurmOptions,
 ) -> Result<Submission> {
     check_filters(policy, arms, seeds)?;
+    o.validate()?;
+    let exe = match &o.exe {
+        Some(e) => e.clone(),
+        None => std::env::current_exe().context("locating the adarank binary")?,
+    };
+    let workdir = absolute(Path::new("."))?;
+    script_path("the adarank binary", &exe)?;
+    script_path("the working directory", &workdir)?;
+    if let Some(out) = out {
+        script_path("--out", &absolute(out)?)?;
+    }
     let mut cells = Vec::new();
     for a in &policy.arms {
         for &seed in &policy.seeds {
@@ -220,19 +294,8 @@ pub fn submit_new(
     );
     let (rd, _) = start_run_dir(policy, out, &device, device_flag(o.device), arms, seeds)?;
     let rd = RunDir::open(&absolute(&rd.root)?)?;
-    let exe = match &o.exe {
-        Some(e) => e.clone(),
-        None => std::env::current_exe().context("locating the adarank binary")?,
-    };
     let path = rd.root.join("slurm").join("adarank.sbatch");
-    let text = script(
-        &policy.name,
-        &rd.root,
-        &absolute(Path::new("."))?,
-        &exe,
-        &cells,
-        o,
-    );
+    let text = script(&policy.name, &rd.root, &workdir, &exe, &cells, o);
     write_atomic(&path, text.as_bytes())?;
     let mut job = JobFile {
         script: path.clone(),
@@ -247,6 +310,7 @@ pub fn submit_new(
 /// Submits again the cells of a run directory that are neither done nor in Slurm's queue
 /// (failed, lost when their task was killed, or never submitted).
 pub fn resubmit(run_dir: &Path, o: &SlurmOptions) -> Result<Submission> {
+    o.validate()?;
     let rd = RunDir::open(&absolute(run_dir)?)?;
     let Some(mut job) = JobFile::load(&rd)? else {
         bail!(

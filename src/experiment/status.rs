@@ -118,7 +118,7 @@ pub fn status(rd: &RunDir) -> Result<RunStatus> {
                      memory, node failure or scancel); see its log"
                         .into(),
                 ),
-                None if s == CellStatus::Running => (State::Running, String::new()),
+                None if s == CellStatus::Running => running_or_lost(rd, c),
                 None if index.is_some() && queue_known => {
                     (State::Pending, "not in Slurm's queue".into())
                 }
@@ -151,6 +151,31 @@ pub fn status(rd: &RunDir) -> Result<RunStatus> {
         slurm: q.map(|q| q.is_some()),
         script: job.map(|j| j.script),
     })
+}
+
+/// A cell the summary records as running, outside Slurm: its holder's process decides. A
+/// holder that is gone (pid absent, or reused by a process started at another time) ended
+/// without recording a result; on another machine, a free cell lock says the same.
+fn running_or_lost(rd: &RunDir, c: &super::records::CellResult) -> (State, String) {
+    let lost = |why: String| {
+        (
+            State::Lost,
+            format!(
+                "{why}, without recording a result (killed?); `adarank run --resume` runs it again"
+            ),
+        )
+    };
+    match c.holder.as_ref().map(|h| (h, h.alive())) {
+        Some((h, Some(true))) => (State::Running, format!("pid {} on {}", h.pid, h.host)),
+        Some((h, Some(false))) => lost(format!(
+            "its process (pid {} on {}) has ended",
+            h.pid, h.host
+        )),
+        _ => match super::lock::cell_is_held(&rd.root, &c.arm, c.seed) {
+            Some(false) => lost("nobody holds its lock".into()),
+            _ => (State::Running, String::new()),
+        },
+    }
 }
 
 /// The last non-empty line of a log.

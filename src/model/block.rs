@@ -103,6 +103,20 @@ impl<B: Backend> Block<B> {
             ModuleKind::Gate => self.gate.as_mut().expect("a Llama-family block"),
         }
     }
+    /// The adapter on `kind`, `None` where it has none or the block has no such module (an
+    /// encoder or GPT-2 block has no `Gate`; slots are numbered over every kind).
+    pub fn lora(&self, kind: ModuleKind) -> Option<&super::linear::Lora<B>> {
+        if kind == ModuleKind::Gate && self.gate.is_none() {
+            return None;
+        }
+        self.linear(kind).lora.as_ref()
+    }
+    pub fn lora_mut(&mut self, kind: ModuleKind) -> Option<&mut super::linear::Lora<B>> {
+        if kind == ModuleKind::Gate && self.gate.is_none() {
+            return None;
+        }
+        self.linear_mut(kind).lora.as_mut()
+    }
     /// Every parameter of the block (frozen or not), in a fixed order.
     pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
         let mut out = Vec::new();

@@ -79,6 +79,23 @@ impl<B: Backend> Model<B> {
             .collect()
     }
 
+    /// Components of every slot that AdaLoRA's mask holds at λ = 0, in `adapters()` order: a
+    /// masked triplet adds nothing to ΔW, so the effective rank and parameters leave it out.
+    pub fn masked_components(&self) -> Vec<usize> {
+        let kinds = self.cfg.module_kinds();
+        self.blocks
+            .iter()
+            .flat_map(|b| {
+                kinds.iter().map(|&k| {
+                    b.linear(k)
+                        .lora
+                        .as_ref()
+                        .map_or(0, |l| l.mask.iter().filter(|&&m| m).count())
+                })
+            })
+            .collect()
+    }
+
     /// AdaLoRA: hold λ_j of slot `i` at 0 where `mask[j]` is true (set now and after every
     /// optimizer step) until the mask changes or the adapter is resized.
     pub fn set_lambda_mask(&mut self, i: usize, mask: &[bool]) -> Result<()> {
@@ -227,18 +244,14 @@ impl<B: Backend> Model<B> {
     fn lora_at(&self, i: usize) -> Result<&Lora<B>> {
         let (l, kind) = self.slot(i)?;
         self.blocks[l]
-            .linear(kind)
-            .lora
-            .as_ref()
+            .lora(kind)
             .context("the model has no adapters (full fine-tuning)")
     }
 
     fn lora_at_mut(&mut self, i: usize) -> Result<&mut Lora<B>> {
         let (l, kind) = self.slot(i)?;
         self.blocks[l]
-            .linear_mut(kind)
-            .lora
-            .as_mut()
+            .lora_mut(kind)
             .context("the model has no adapters (full fine-tuning)")
     }
 
@@ -283,7 +296,7 @@ impl<B: Backend> AdapterStore for Model<B> {
     fn adapter_host(&self, i: usize) -> Result<AdapterHost> {
         let (l, kind) = self.slot(i)?;
         let be = &*self.be;
-        let Some(lora) = self.blocks[l].linear(kind).lora.as_ref() else {
+        let Some(lora) = self.blocks[l].lora(kind) else {
             bail!("adapter_host: the model has no adapters (full fine-tuning)");
         };
         let f = lora.factors(be)?;

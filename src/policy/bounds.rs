@@ -89,9 +89,10 @@ pub const SUBSET: Count = Count {
     why: "it selects from a data file; no data file of this harness has that many rows",
 };
 pub const CLASSES: Count = Count {
-    min: 1,
+    min: 2,
     max: 100_000,
-    why: "the classifier head has one row per class",
+    why: "the classifier head has one row per class, and with one class there is nothing to \
+          classify",
 };
 pub const RANK: Count = Count {
     min: 1,

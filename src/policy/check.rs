@@ -21,6 +21,10 @@ pub const METRICS: &[&str] = &[
     "grad_norm",
 ];
 const DEFAULT_BASE: &str = "adaptive";
+/// Longest arm name: it is part of file names (`adapters/ARM-seedK`, `ARM@lr=RATE-seedK.json`
+/// of a sweep cell, lock files), and a file system takes 255 bytes a name, so this leaves room
+/// for every suffix the run adds.
+pub const MAX_ARM_NAME: usize = 128;
 
 pub struct Checked {
     pub arms: Vec<ArmPlan>,
@@ -44,8 +48,20 @@ pub fn check(
         None => DEFAULT_BASE.to_string(),
         Some(Spanned {
             node: Value::Word(w),
-            ..
-        }) => w.clone(),
+            span,
+        }) => {
+            if w.len() > MAX_ARM_NAME {
+                d.push(
+                    Diagnostic::new(
+                        *span,
+                        format!("the base arm's name has {} bytes; at most {MAX_ARM_NAME} fit in the run's file names", w.len()),
+                        "too long",
+                    )
+                    .help("an arm's name becomes part of its folders (`adapters/ARM-seedK`); shorten it"),
+                );
+            }
+            w.clone()
+        }
         Some(v) => {
             d.push(
                 Diagnostic::new(
@@ -80,6 +96,20 @@ pub fn check(
     for item in &exp.items {
         let Item::Arm(arm) = item else { continue };
         let name = &arm.name.node;
+        if name.len() > MAX_ARM_NAME {
+            d.push(
+                Diagnostic::new(
+                    arm.name.span,
+                    format!(
+                        "arm name of {} bytes; at most {MAX_ARM_NAME} fit in the run's file names",
+                        name.len()
+                    ),
+                    "too long",
+                )
+                .help("an arm's name becomes part of its folders (`adapters/ARM-seedK`, `predictions/ARM-seedK.jsonl`, sweep cells `ARM@lr=RATE`) and a file system takes 255 bytes a name; shorten it"),
+            );
+            continue;
+        }
         if !names.insert(name.as_str()) {
             let help = if *name == base_name {
                 format!(
@@ -226,6 +256,47 @@ struct Ctx<'a> {
     params: Vec<(ParamSetting, String)>,
 }
 
+/// The metrics an evaluation of `data` reports to phase conditions: the held-out loss always,
+/// accuracy where the task classifies (the planted task is a regression). The other names of
+/// [`METRICS`] are never measured at an evaluation, so a phase waiting on one would never end.
+pub fn evaluated_metrics(data: &DataSpec) -> &'static [&'static str] {
+    match data {
+        DataSpec::Planted { .. } => &["eval_loss"],
+        _ => &["eval_loss", "accuracy"],
+    }
+}
+
+/// A phase ending on a metric the arm's evaluation never reports would never end (and the phases
+/// after it never start): refused here, where the run would only find out by running to the end.
+fn metrics_the_data_reports(cfg: &Config, data: &DataSpec, d: &mut Vec<Diagnostic>) {
+    let have = evaluated_metrics(data);
+    for p in &cfg.phases {
+        let Some(Spanned {
+            node: Cond::Metric { name, .. },
+            ..
+        }) = &p.until
+        else {
+            continue;
+        };
+        if METRICS.contains(&name.node.as_str()) && !have.contains(&name.node.as_str()) {
+            d.push(
+                Diagnostic::new(
+                    name.span,
+                    format!(
+                        "phase `{}` waits for `{}`, which this arm's evaluation never reports",
+                        p.name.node, name.node
+                    ),
+                    "never measured",
+                )
+                .help(format!(
+                    "an evaluation of this data reports {}; bound the phase on one of them, a step or an epoch",
+                    have.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(" and ")
+                )),
+            );
+        }
+    }
+}
+
 impl Ctx<'_> {
     fn section<'c>(&self, cfg: &'c Config, key: &str) -> Option<&'c Section> {
         cfg.sections.get(key)
@@ -295,12 +366,20 @@ impl Ctx<'_> {
                     entries,
                     d,
                 };
-                let max_positions = match &model {
-                    Some(ModelSpec::Encoder(t) | ModelSpec::Decoder(t)) => Some(t.max_positions),
-                    _ => None,
+                let (max_positions, vocab) = match &model {
+                    Some(ModelSpec::Encoder(t) | ModelSpec::Decoder(t)) => {
+                        (Some(t.max_positions), Some(t.vocab))
+                    }
+                    _ => (None, None),
                 };
-                let data =
-                    sections::data(&mut f, kind, self.base_dir, shape.hidden(), max_positions);
+                let data = sections::data(
+                    &mut f,
+                    kind,
+                    self.base_dir,
+                    shape.hidden(),
+                    max_positions,
+                    vocab,
+                );
                 if let (Some(m), Some(dt)) = (&model, &data) {
                     super::lm::check(&mut f, m, dt);
                 }
@@ -430,6 +509,12 @@ impl Ctx<'_> {
         let has_adalora = matches!(adalora, Some(Some(_))) || matches!(sora, Some(Some(_)));
         let phases = self.phases(cfg, steps, lora_on, has_adalora, plugins.as_ref(), d);
         let params = self.arm_params(d);
+        if let Some(data) = &data {
+            metrics_the_data_reports(cfg, data, d);
+            if let Some(model) = &model {
+                self.model_fits_data(cfg, model, data, d);
+            }
+        }
         if d.len() > before {
             return None;
         }
@@ -446,6 +531,41 @@ impl Ctx<'_> {
             plugins: PluginSpec { params, ..plugins? },
             phases: phases?,
         })
+    }
+
+    /// Generated data (planted, synthetic) is built for a randomly initialised model of the
+    /// policy's shape; real text needs a pretrained model's tokenizer. Either mismatch is found
+    /// here rather than when the cell starts.
+    fn model_fits_data(
+        &self,
+        cfg: &Config,
+        model: &ModelSpec,
+        data: &DataSpec,
+        d: &mut Vec<Diagnostic>,
+    ) {
+        let generated = matches!(data, DataSpec::Planted { .. } | DataSpec::Synthetic { .. });
+        let random = matches!(model, ModelSpec::Encoder(_) | ModelSpec::Decoder(_));
+        if generated == random {
+            return;
+        }
+        let span = |s: &str| match cfg.sections.get(s) {
+            Some(Section::On { header, .. }) => *header,
+            _ => self.experiment,
+        };
+        let (message, help) = if generated {
+            (
+                "the planted and synthetic tasks need a randomly initialised model",
+                "use `model encoder { layers = .., hidden = .., heads = .. }` with generated data, or real data (`data movies`, `data jsonl { .. }`) with a pretrained model",
+            )
+        } else {
+            (
+                "real text needs a pretrained model (its tokenizer and weights)",
+                "use `model hf { name = \"...\" }` or `model path { dir = \"...\" }` with real data, or generated data (`data planted`, `data synthetic`) with `model encoder`",
+            )
+        };
+        d.push(
+            Diagnostic::new(span("data"), message, "this data does not fit the model").help(help),
+        );
     }
 
     fn plugin(

@@ -195,6 +195,18 @@ pub enum DataSpec {
     },
 }
 
+/// The subset settings of a real data set (`None` for generated data, whose sizes are its own).
+pub fn subset_mut(d: &mut DataSpec) -> Option<&mut Subset> {
+    match d {
+        DataSpec::Movies { subset, .. }
+        | DataSpec::Sst2 { subset, .. }
+        | DataSpec::Mnli { subset, .. }
+        | DataSpec::Squad { subset, .. }
+        | DataSpec::Jsonl { subset, .. } => Some(subset),
+        DataSpec::Planted { .. } | DataSpec::Synthetic { .. } => None,
+    }
+}
+
 /// Limits common to real data sets; `None` = use everything / the train section's `max_len`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Subset {

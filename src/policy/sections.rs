@@ -235,6 +235,7 @@ pub fn data(
     base_dir: &Path,
     hidden: Option<usize>,
     max_positions: Option<usize>,
+    vocab: Option<usize>,
 ) -> Option<DataSpec> {
     let what = format!("`data {}`", kind.node);
     let path = |f: &mut Fields<'_>, key: &str, example: &str| {
@@ -299,6 +300,25 @@ pub fn data(
             let classes = f.required_in("classes", &bounds::CLASSES, "2");
             let (samples, eval_samples, seq) = generated_sizes(f, max_positions);
             let seed = f.count("seed").unwrap_or(0);
+            // The generator draws each class's marker tokens from the vocabulary: two per
+            // class plus the shared ones, so a small vocabulary cannot hold many classes.
+            if let (Some(c), Some(v)) = (classes, vocab) {
+                if v <= 2 * (c as usize + 1) {
+                    let span = f.get("classes").map_or(f.header, |e| e.value.span);
+                    f.value_error(
+                        span,
+                        format!(
+                            "{c} classes need a vocabulary of more than {}, the model has {v}",
+                            2 * (c + 1)
+                        ),
+                        format!(
+                            "lower `classes` below {}, or raise the model's `vocab`",
+                            v / 2
+                        ),
+                    );
+                    return None;
+                }
+            }
             Some(DataSpec::Synthetic {
                 classes: classes? as usize,
                 samples: samples as usize,

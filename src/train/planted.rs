@@ -109,8 +109,16 @@ impl PlantedTask {
         let slots = m.layers * ModuleKind::ALL.len();
         let mut planted = Vec::with_capacity(slots);
         let mut deltas = Vec::with_capacity(slots);
+        let per = ModuleKind::ALL.len();
         for i in 0..slots {
-            let (layer, kind) = (i / 6, ModuleKind::ALL[i % 6]);
+            let (layer, kind) = (i / per, ModuleKind::ALL[i % per]);
+            // Slots are numbered over every kind; a block without this module (an encoder has
+            // no gate) has nothing planted there.
+            if !m.module_kinds().contains(&kind) {
+                planted.push(0);
+                deltas.push(vec![]);
+                continue;
+            }
             let (rows, cols) = m.module_shape(kind);
             let r = cfg.ranks[i % cfg.ranks.len()];
             ensure!(
@@ -236,7 +244,8 @@ impl PlantedTask {
             ..Default::default()
         };
         for (i, &r) in self.planted.iter().enumerate() {
-            l.ranks.insert((i / 6, ModuleKind::ALL[i % 6]), r);
+            let per = ModuleKind::ALL.len();
+            l.ranks.insert((i / per, ModuleKind::ALL[i % per]), r);
         }
         l
     }

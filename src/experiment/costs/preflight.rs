@@ -128,7 +128,10 @@ pub fn preflight(policy: &Policy, arms: &[String], memory: f64, where_: &str) ->
             .or_else(|| l.setting(&arm.name, section, None))
             .unwrap_or_else(|| l.arm(&arm.name));
         let d = Diagnostic::new(span, message, by_kind(peak)).help(help);
-        return Err(anyhow!("{}", l.error(d)));
+        // The rendered diagnostic starts with its own `error: `; the binary adds one to every
+        // error it prints, so it goes here (no "error: error:").
+        let text = l.error(d).to_string();
+        return Err(anyhow!("{}", text.strip_prefix("error: ").unwrap_or(&text)));
     }
     Ok(())
 }

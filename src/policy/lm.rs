@@ -164,7 +164,9 @@ pub fn model_kind(model: &ModelSpec) -> ModelKind {
 /// A GGUF file's tokenizer comes from its metadata, a folder's from its tokenizer.json.
 pub fn tokenizer_of(path: &Path) -> Option<tokenizers::Tokenizer> {
     if path.extension().is_some_and(|e| e == "gguf") {
-        return crate::data::gguf::read_tokenizer(path).ok().map(|t| t.inner);
+        return crate::data::gguf::read_tokenizer(path)
+            .ok()
+            .map(|t| t.inner);
     }
     tokenizers::Tokenizer::from_file(path.join("tokenizer.json")).ok()
 }

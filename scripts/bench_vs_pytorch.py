@@ -62,7 +62,7 @@ def parse():
     p.add_argument("--random-weights", action="store_true",
                    help="smollm2: PyTorch builds SmolLM2's shape with random weights instead of "
                         "loading the GGUF (the step times the same; for machines without it)")
-    p.add_argument("--weights", default="f32", choices=("f32", "bf16"),
+    p.add_argument("--weights", default="f32", choices=("f32", "bf16", "q8_0", "q4_1", "q4_0"),
                    help="adarank's frozen weights (PyTorch stays f32)")
     p.add_argument("--adarank", default="target/release/adarank", help="adarank binary")
     a = p.parse_args()

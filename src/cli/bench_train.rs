@@ -134,6 +134,15 @@ pub struct BenchTrainArgs {
 pub enum Weights {
     F32,
     Bf16,
+    /// GGUF's 8-bit blocks (34 bytes per 32 values), dequantized inside the GEMM.
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// GGUF's 4-bit blocks with an offset (20 bytes per 32 values).
+    #[value(name = "q4_1")]
+    Q4_1,
+    /// GGUF's 4-bit blocks (18 bytes per 32 values).
+    #[value(name = "q4_0")]
+    Q4_0,
 }
 
 impl Weights {
@@ -141,6 +150,9 @@ impl Weights {
         match self {
             Weights::F32 => DType::F32,
             Weights::Bf16 => DType::Bf16,
+            Weights::Q8_0 => DType::Q8_0,
+            Weights::Q4_1 => DType::Q4_1,
+            Weights::Q4_0 => DType::Q4_0,
         }
     }
 }

@@ -20,6 +20,13 @@ pub const SPAN_EVAL_BATCH: usize = 32;
 /// The pretrained checkpoint a model section names (`None` for randomly initialised models).
 /// The policy's `pooling` overrides the one the checkpoint's own config names.
 pub fn load_model(spec: &ModelSpec) -> Result<Option<Checkpoint>> {
+    // A causal LM is loaded with its task (`load_llm`), not as an encoder checkpoint.
+    if matches!(
+        crate::policy::lm::model_kind(spec),
+        crate::policy::lm::ModelKind::CausalLm(_)
+    ) {
+        return Ok(None);
+    }
     let (mut ck, pooling) = match spec {
         ModelSpec::Hf { name, pooling } => (hf::load(name)?, pooling),
         ModelSpec::Path { dir, pooling } => (hf::load_dir(dir)?, pooling),
@@ -36,6 +43,15 @@ pub fn load_model(spec: &ModelSpec) -> Result<Option<Checkpoint>> {
         plan::Pooling::Cls => Pooling::Cls,
     };
     Ok(Some(ck))
+}
+
+/// A Llama-family causal LM from a GGUF file or a Hugging Face folder.
+pub fn load_llm(path: &std::path::Path) -> Result<crate::data::pretrained::Pretrained> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        crate::data::gguf::load(path)
+    } else {
+        crate::data::hf_llm::load_llm(path)
+    }
 }
 
 /// Which held-out split a cell evaluates on: model selection (a learning-rate sweep) reads the

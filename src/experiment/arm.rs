@@ -178,6 +178,21 @@ pub fn build_task(
     seed: u64,
     split: Split,
 ) -> Result<(Box<dyn Task>, Option<usize>)> {
+    if let crate::policy::lm::ModelKind::CausalLm(path) = crate::policy::lm::model_kind(&arm.model)
+    {
+        let pre = data::plan::load_llm(&path)
+            .with_context(|| format!("loading the model of arm {}", arm.name))?;
+        let Some(t) = data::lm::plan::lm_task(&arm.data, &pre, arm.train.max_len, seed, split)?
+        else {
+            bail!(
+                "arm {}: a causal LM trains on text (JSONL records, or a labelled set with \
+                 `as = generation`)",
+                arm.name
+            )
+        };
+        let n = t.train_len();
+        return Ok((Box::new(t), Some(n)));
+    }
     match &arm.data {
         DataSpec::Planted {
             ranks,

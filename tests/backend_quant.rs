@@ -89,7 +89,10 @@ fn dequantize_and_quantize_match_gguf_on_corner_blocks() {
 fn dequantize_matches_gguf_on_smollm2_rows() {
     let fx = fixture();
     let rows = fx["real"]["rows"].as_array().unwrap();
-    assert!(rows.len() >= 6, "the fixture has rows of Q8_0 and Q4_1 tensors");
+    assert!(
+        rows.len() >= 6,
+        "the fixture has rows of Q8_0 and Q4_1 tensors"
+    );
     for row in rows {
         let dtype = dtype_of(row["type"].as_str().unwrap());
         let bytes = hex(row["bytes"].as_str().unwrap());
@@ -126,7 +129,10 @@ fn whole_smollm2_tensors_dequantize_as_gguf_does() {
     let mut file = std::fs::File::open(&path).unwrap();
     for t in fx["real"]["whole_tensors"].as_array().unwrap() {
         let dtype = dtype_of(t["type"].as_str().unwrap());
-        let (offset, n_bytes) = (t["offset"].as_u64().unwrap(), t["n_bytes"].as_u64().unwrap());
+        let (offset, n_bytes) = (
+            t["offset"].as_u64().unwrap(),
+            t["n_bytes"].as_u64().unwrap(),
+        );
         let len = t["len"].as_u64().unwrap() as usize;
         let mut bytes = vec![0u8; n_bytes as usize];
         file.seek(SeekFrom::Start(offset)).unwrap();
@@ -193,7 +199,9 @@ fn quantization_error_stays_within_half_a_step() {
 
 #[test]
 fn bad_block_input_is_a_clear_error() {
-    let e = dequantize(DType::Q8_0, &[0u8; 34], 33).unwrap_err().to_string();
+    let e = dequantize(DType::Q8_0, &[0u8; 34], 33)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not whole blocks of 32"), "{e}");
     let e = dequantize(DType::Q4_1, &[0u8; 39], 64)
         .unwrap_err()
@@ -312,8 +320,7 @@ fn quantized_gemm_matches_the_f64_oracle_on_both_layouts() {
     ];
     for (si, &(m, free, aligned)) in shapes.iter().enumerate() {
         for dtype in FORMATS {
-            for (trans_a, trans_b) in [(false, true), (false, false), (true, true), (true, false)]
-            {
+            for (trans_a, trans_b) in [(false, true), (false, false), (true, true), (true, false)] {
                 // NT: B = W [n, k], k aligned; NN: B = W [k, n], n aligned.
                 let (n, k) = if trans_b {
                     (free, aligned)
@@ -357,9 +364,13 @@ fn quantized_gemm_matches_the_f64_oracle_on_both_layouts() {
 #[test]
 fn backend_matmul_with_blocks_equals_matmul_with_their_f32_values() {
     let cpu = Cpu::new();
-    for (i, &(m, n, k, trans_b)) in [(64, 200, 576, true), (300, 576, 192, false), (5, 96, 33, false)]
-        .iter()
-        .enumerate()
+    for (i, &(m, n, k, trans_b)) in [
+        (64, 200, 576, true),
+        (300, 576, 192, false),
+        (5, 96, 33, false),
+    ]
+    .iter()
+    .enumerate()
     {
         let dtype = FORMATS[i % 3];
         let s = Gemm {
@@ -424,7 +435,11 @@ fn tied_head_and_embedding_read_one_q8_0_table() {
         cpu.embedding_forward(&it, &table, &mut out, hidden, accumulate);
         for (r, &id) in ids.iter().enumerate() {
             for d in 0..hidden {
-                let base = if accumulate { before[r * hidden + d] } else { 0.0 };
+                let base = if accumulate {
+                    before[r * hidden + d]
+                } else {
+                    0.0
+                };
                 let row = if id == Ids::<Cpu>::IGNORE {
                     0.0
                 } else {

@@ -152,7 +152,10 @@ fn embedding_from_corner_blocks_matches_the_host_dequantizer() {
                 } else {
                     gv.to_bits() == want.to_bits()
                 };
-                assert!(ok, "{dtype:?} row {r} (id {id}) value {d}: {gv}, host {want}");
+                assert!(
+                    ok,
+                    "{dtype:?} row {r} (id {id}) value {d}: {gv}, host {want}"
+                );
             }
         }
     }

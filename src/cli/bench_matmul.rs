@@ -42,12 +42,16 @@ pub struct BenchMatmulArgs {
 
 /// A stored type from its name (`DType::name`).
 fn parse_dtype(text: &str) -> Result<DType> {
-    [DType::F32, DType::Bf16, DType::Q8_0, DType::Q4_0, DType::Q4_1]
-        .into_iter()
-        .find(|d| d.name() == text.to_ascii_lowercase())
-        .ok_or_else(|| {
-            anyhow::anyhow!("--weights: {text:?} is not one of f32, bf16, q8_0, q4_0, q4_1")
-        })
+    [
+        DType::F32,
+        DType::Bf16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+    ]
+    .into_iter()
+    .find(|d| d.name() == text.to_ascii_lowercase())
+    .ok_or_else(|| anyhow::anyhow!("--weights: {text:?} is not one of f32, bf16, q8_0, q4_0, q4_1"))
 }
 
 /// A GEMM from `LAYOUT:MxNxK[xBATCH]`.
@@ -218,7 +222,13 @@ fn bench_cpu_typed(cpu: &Cpu, spec: &Gemm, reps: usize, dtype: DType) -> Result<
 }
 
 /// GFLOP/s of the CPU backend on `spec` for each stored type of B, with the ratio to the first.
-fn bench_cpu_weights(cpu: &Cpu, text: &str, spec: &Gemm, reps: usize, types: &[DType]) -> Result<()> {
+fn bench_cpu_weights(
+    cpu: &Cpu,
+    text: &str,
+    spec: &Gemm,
+    reps: usize,
+    types: &[DType],
+) -> Result<()> {
     let mut first = None;
     let mut parts = Vec::new();
     for &t in types {

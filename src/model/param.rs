@@ -55,7 +55,10 @@ impl<B: Backend> Param<B> {
             return Self::new(b, name, t, false);
         }
         let w = if dtype.is_quantized() {
-            let (rows, cols) = (t.data.len() / t.shape[t.shape.len() - 1].max(1), t.shape[t.shape.len() - 1]);
+            let (rows, cols) = (
+                t.data.len() / t.shape[t.shape.len() - 1].max(1),
+                t.shape[t.shape.len() - 1],
+            );
             crate::backend::quant::check_matrix(dtype, rows, cols)
                 .map_err(|e| anyhow::anyhow!("frozen weight {name}: {e}"))?;
             let bytes = crate::backend::quantize(dtype, &t.data)?;

@@ -588,7 +588,10 @@ impl Backend for Gpu {
         match t.dtype() {
             DType::F32 => self.stage_into(raw(t), bytemuck::cast_slice(data)),
             DType::Bf16 => self.stage_into(raw(t), bytemuck::cast_slice(&bf16_words(data))),
-            q => self.stage_into(raw(t), &padded_to_words(&crate::backend::quantize(q, data)?)),
+            q => self.stage_into(
+                raw(t),
+                &padded_to_words(&crate::backend::quantize(q, data)?),
+            ),
         }
     }
     fn ids(&self, ids: &[u32]) -> Result<Ids<Self>> {

@@ -19,7 +19,14 @@ modules_to_save), AdamW (lr 1e-4, no weight decay), gradient clipping at 1.0, sd
 one untimed warm-up step, median of the timed steps. Modes: `lora` (LoRA training step), `full`
 (full fine-tuning step), `forward` (loss of the LoRA model, no gradients).
 
-The two models differ where the frameworks differ: PyTorch's BertForSequenceClassification pools
+`--model smollm2` benchmarks the LLM instead: SmolLM2-135M-Instruct, PyTorch's
+LlamaForCausalLM loaded from the GGUF file `scripts/fetch-assets` brings (dequantized to f32),
+adarank's Llama-family model of the same shape (random weights: the step times the same),
+batch 8 × sequence 128 unless given, loss on every token, LoRA r = 8, α = 16, dropout 0 on
+q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj and down_proj of every layer (210 adapters),
+AdamW, clipping at 1.0, sdpa attention.
+
+The two encoder models differ where the frameworks differ: PyTorch's BertForSequenceClassification pools
 the [CLS] token through the pretrained pooler (384×384, tanh), adarank mean-pools (as
 sentence-transformers does) — under 0.1% of the FLOPs.
 """
@@ -46,15 +53,110 @@ def parse():
     p.add_argument("--modes", default="lora,full,forward", help="comma list of lora, full, forward")
     p.add_argument("--steps", type=int, default=5, help="timed steps per process (median)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--batch", type=int, default=0, help="default 32 (8 for smollm2)")
+    p.add_argument("--seq", type=int, default=0, help="default 64 (128 for smollm2)")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--model", default="",
-                   help="model folder (both sides load it); empty: random weights of MiniLM's shape")
+                   help="model folder (both sides load it); `smollm2`: the LLM (see above); "
+                        "empty: random weights of MiniLM's shape")
+    p.add_argument("--random-weights", action="store_true",
+                   help="smollm2: PyTorch builds SmolLM2's shape with random weights instead of "
+                        "loading the GGUF (the step times the same; for machines without it)")
     p.add_argument("--weights", default="f32", choices=("f32", "bf16"),
                    help="adarank's frozen weights (PyTorch stays f32)")
     p.add_argument("--adarank", default="target/release/adarank", help="adarank binary")
-    return p.parse_args()
+    a = p.parse_args()
+    llm = a.model == "smollm2"
+    a.batch = a.batch or (8 if llm else 32)
+    a.seq = a.seq or (128 if llm else 64)
+    return a
+
+
+def smollm2_gguf():
+    """The GGUF file scripts/fetch-assets unpacks (the asset rule of src/data/assets.rs)."""
+    root = os.environ.get("ADARANK_ASSETS") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "adarank")
+    path = os.path.join(root, "gguf", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.exists(path):
+        sys.exit(f"{path} not found: run scripts/fetch-assets")
+    return path
+
+
+def llm_worker(a):
+    """The SmolLM2 step in PyTorch: LlamaForCausalLM from the GGUF, f32, loss on every token."""
+    import torch
+    import peft
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(1)
+    dev = a.torch_device
+    if dev == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    if a.random_weights:
+        from transformers import LlamaConfig, LlamaForCausalLM
+        cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                          rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
+                          tie_word_embeddings=True)
+        model = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa",
+                                              torch_dtype=torch.float32)
+    else:
+        path = smollm2_gguf()
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(path), gguf_file=os.path.basename(path), torch_dtype=torch.float32,
+            attn_implementation="sdpa")
+    if a.worker in ("lora", "forward"):
+        lc = peft.LoraConfig(
+            task_type=peft.TaskType.CAUSAL_LM, r=a.rank, lora_alpha=16, lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                            "down_proj"])
+        model = peft.get_peft_model(model, lc)
+        adapters = sum(1 for m in model.modules() if isinstance(m, peft.tuners.lora.Linear))
+    else:
+        adapters = 0
+    model.train()
+    model.to(dev)
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (a.batch, a.seq), generator=g).to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, eps=1e-8)
+
+    def step():
+        # labels = ids: transformers shifts them, so every position but the last has a target.
+        if a.worker == "forward":
+            with torch.no_grad():
+                return model(input_ids=ids, labels=ids).loss.item()
+        opt.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss.item()
+
+    timed_steps(a, step, adapters, dev)
+
+
+def timed_steps(a, step, adapters, dev):
+    import torch
+    import peft
+    times = []
+    for i in range(a.steps + 1):
+        t0 = time.perf_counter()
+        step()  # ends in .item(): the step has finished on the device too
+        if i > 0:
+            times.append(time.perf_counter() - t0)
+    s = statistics.median(times)
+    print(json.dumps({
+        "side": "pytorch", "mode": a.worker, "device": dev, "secs": s,
+        "tokens_per_s": a.batch * a.seq / s, "peak_rss_gib": peak_rss_gib(),
+        "peak_gpu_gib": (torch.cuda.max_memory_allocated() / (1 << 30)) if dev == "cuda" else None,
+        "adapters": adapters, "torch": torch.__version__, "peft": peft.__version__,
+    }))
 
 
 def peak_rss_gib():
@@ -95,6 +197,8 @@ def matmul_worker(a):
 def worker(a):
     if a.worker == "matmul":
         return matmul_worker(a)
+    if a.model == "smollm2":
+        return llm_worker(a)
     import torch
     import peft
     from transformers import BertConfig, BertForSequenceClassification
@@ -147,19 +251,7 @@ def worker(a):
         opt.step()
         return loss.item()
 
-    times = []
-    for i in range(a.steps + 1):
-        t0 = time.perf_counter()
-        step()  # ends in .item(): the step has finished on the device too
-        if i > 0:
-            times.append(time.perf_counter() - t0)
-    s = statistics.median(times)
-    print(json.dumps({
-        "side": "pytorch", "mode": a.worker, "device": dev, "secs": s,
-        "tokens_per_s": a.batch * a.seq / s, "peak_rss_gib": peak_rss_gib(),
-        "peak_gpu_gib": (torch.cuda.max_memory_allocated() / (1 << 30)) if dev == "cuda" else None,
-        "adapters": adapters, "torch": torch.__version__, "peft": peft.__version__,
-    }))
+    timed_steps(a, step, adapters, dev)
 
 
 def run_json(cmd, env):

@@ -27,16 +27,25 @@ pub enum ModuleKind {
 }
 
 impl ModuleKind {
-    /// Every kind, in slot order. The encoder and the GPT-style decoder have the first six;
-    /// `Gate` is last so their slot order does not depend on it.
-    pub const ALL: [ModuleKind; 7] = [
+    /// The kinds of an encoder or GPT-style decoder block, in slot order.
+    pub const ALL: [ModuleKind; 6] = [
         ModuleKind::Q,
         ModuleKind::K,
         ModuleKind::V,
         ModuleKind::O,
         ModuleKind::FfnIn,
         ModuleKind::FfnOut,
+    ];
+
+    /// The kinds of a Llama-family block, in slot order — PEFT's q, k, v, o, gate, up, down.
+    pub const LLAMA: [ModuleKind; 7] = [
+        ModuleKind::Q,
+        ModuleKind::K,
+        ModuleKind::V,
+        ModuleKind::O,
         ModuleKind::Gate,
+        ModuleKind::FfnIn,
+        ModuleKind::FfnOut,
     ];
 
     /// The name used in policy files, reports and plugin maps.
@@ -58,7 +67,7 @@ impl ModuleKind {
         match s {
             "up" => Some(ModuleKind::FfnIn),
             "down" => Some(ModuleKind::FfnOut),
-            _ => ModuleKind::ALL.into_iter().find(|k| k.name() == s),
+            _ => ModuleKind::LLAMA.into_iter().find(|k| k.name() == s),
         }
     }
 

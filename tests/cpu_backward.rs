@@ -401,3 +401,242 @@ fn ledger_counts_every_tensor_by_kind() {
     assert_eq!(s.total_current, 0);
     assert_eq!(s.total_peak, 4040);
 }
+
+#[test]
+fn rmsnorm_backward_matches_finite_differences() {
+    let b = Cpu::new();
+    let mut rng = StdRng::seed_from_u64(9);
+    for (rows, cols) in [(5, 37), (3, 1), (2, 70)] {
+        let x = rnd(&mut rng, rows * cols, 2.0);
+        let gamma = rnd(&mut rng, cols, 1.5);
+        let w = rnd(&mut rng, rows * cols, 1.0);
+        let fwd = |x: &[f32], gamma: &[f32]| {
+            let mut y = b.zeros(rows * cols, MemKind::Scratch).unwrap();
+            let mut r = b.zeros(rows, MemKind::Scratch).unwrap();
+            b.rmsnorm_forward(&up(&b, x), &up(&b, gamma), &mut y, &mut r, rows, cols, 1e-5);
+            (y, r)
+        };
+        let (y, rstd) = fwd(&x, &gamma);
+        // Closed form: y = x / sqrt(mean x² + eps) · γ.
+        for r in 0..rows {
+            let xr = &x[r * cols..(r + 1) * cols];
+            let s = 1.0 / (dot(xr, xr) / cols as f64 + 1e-5).sqrt();
+            assert!((rstd.buf[r] as f64 - s).abs() < 1e-5 * s);
+            for c in 0..cols {
+                let want = xr[c] as f64 * s * gamma[c] as f64;
+                assert!((y.buf[r * cols + c] as f64 - want).abs() < 1e-5 * (1.0 + want.abs()));
+            }
+        }
+        let mut dx = up(&b, &vec![f32::NAN; rows * cols]); // written, not accumulated
+        let mut dg = up(&b, &vec![0.25; cols]); // accumulates: starts non-zero on purpose
+        b.rmsnorm_backward(
+            &up(&b, &w),
+            &up(&b, &x),
+            &up(&b, &gamma),
+            &rstd,
+            &mut dx,
+            Some(&mut dg),
+            rows,
+            cols,
+        );
+        check_grad("rmsnorm dx", &x, &dx.buf, 60, |x| {
+            dot(&fwd(x, &gamma).0.buf, &w)
+        });
+        let dg: Vec<f32> = dg.buf.iter().map(|v| v - 0.25).collect();
+        check_grad("rmsnorm dgamma", &gamma, &dg, cols, |g| {
+            dot(&fwd(&x, g).0.buf, &w)
+        });
+    }
+}
+
+#[test]
+fn swiglu_backward_matches_finite_differences() {
+    let b = Cpu::new();
+    let mut rng = StdRng::seed_from_u64(10);
+    let n = 301;
+    let gate = rnd(&mut rng, n, 4.0);
+    let upv = rnd(&mut rng, n, 2.0);
+    let w = rnd(&mut rng, n, 1.0);
+    let fwd = |g: &[f32], u: &[f32]| {
+        let mut o = b.zeros(n, MemKind::Scratch).unwrap();
+        b.swiglu_forward(&up(&b, g), &up(&b, u), &mut o);
+        o
+    };
+    // Closed form: silu(z) = z·σ(z).
+    let o = fwd(&gate, &upv);
+    for i in 0..n {
+        let (g, u) = (gate[i] as f64, upv[i] as f64);
+        let want = g / (1.0 + (-g).exp()) * u;
+        assert!((o.buf[i] as f64 - want).abs() < 1e-6 * (1.0 + want.abs()));
+    }
+    let (mut dg, mut du) = (
+        b.zeros(n, MemKind::Scratch).unwrap(),
+        b.zeros(n, MemKind::Scratch).unwrap(),
+    );
+    b.swiglu_backward(&up(&b, &gate), &up(&b, &upv), &up(&b, &w), &mut dg, &mut du);
+    check_grad("swiglu dgate", &gate, &dg.buf, n, |g| {
+        dot(&fwd(g, &upv).buf, &w)
+    });
+    check_grad("swiglu dup", &upv, &du.buf, n, |u| {
+        dot(&fwd(&gate, u).buf, &w)
+    });
+    // Far tails: σ saturates to 0 or 1 without NaN (e^−z overflows to +∞ below −88.7).
+    let tails = [-200.0f32, -90.0, 90.0, 200.0];
+    let mut o = b.zeros(4, MemKind::Scratch).unwrap();
+    b.swiglu_forward(&up(&b, &tails), &up(&b, &[1.0; 4]), &mut o);
+    assert_eq!(
+        o.buf.iter().map(|v| v.abs()).collect::<Vec<_>>(),
+        [0.0, 0.0, 90.0, 200.0]
+    );
+    let (mut dg, mut du) = (
+        b.zeros(4, MemKind::Scratch).unwrap(),
+        b.zeros(4, MemKind::Scratch).unwrap(),
+    );
+    b.swiglu_backward(
+        &up(&b, &tails),
+        &up(&b, &[1.0; 4]),
+        &up(&b, &[1.0; 4]),
+        &mut dg,
+        &mut du,
+    );
+    assert_eq!(
+        dg.buf.iter().map(|v| v.abs()).collect::<Vec<_>>(),
+        [0.0, 0.0, 1.0, 1.0]
+    );
+}
+
+/// A RoPE table for `positions` positions of head dim `d` from arbitrary angles (the op does
+/// not care how they were made; `model::rope` has its own test against transformers).
+fn rope_angles(rng: &mut StdRng, positions: usize, d: usize) -> Vec<f32> {
+    (0..positions * d / 2)
+        .flat_map(|_| {
+            let a = rng.random_range(-3.2f32..3.2);
+            [a.cos(), a.sin()]
+        })
+        .collect()
+}
+
+#[test]
+fn rope_is_a_rotation_and_its_inverse_is_the_backward() {
+    let b = Cpu::new();
+    let mut rng = StdRng::seed_from_u64(11);
+    let (n, heads, d, positions) = (7, 3, 10, 12);
+    let table = rope_angles(&mut rng, positions, d);
+    let pos: Vec<u32> = vec![0, 11, 3, 3, 7, 1, 10];
+    let ids = b.ids(&pos).unwrap();
+    let tt = up(&b, &table);
+    let x = rnd(&mut rng, n * heads * d, 1.0);
+    let w = rnd(&mut rng, n * heads * d, 1.0);
+    let rope = |x: &[f32], inverse: bool| {
+        let mut y = up(&b, &vec![f32::NAN; n * heads * d]);
+        b.rope(&up(&b, x), &mut y, &tt, &ids, heads, d, inverse);
+        y.buf
+    };
+    // Closed form: HF's x·cos + rotate_half(x)·sin, head by head.
+    let y = rope(&x, false);
+    let half = d / 2;
+    for r in 0..n {
+        for h in 0..heads {
+            for i in 0..d {
+                let base = (r * heads + h) * d;
+                let j = i % half;
+                let (c, s) = (
+                    table[(pos[r] as usize * half + j) * 2],
+                    table[(pos[r] as usize * half + j) * 2 + 1],
+                );
+                let rot = if i < half {
+                    -x[base + i + half]
+                } else {
+                    x[base + i - half]
+                };
+                let want = x[base + i] * c + rot * s;
+                assert!(
+                    (y[base + i] - want).abs() < 1e-6,
+                    "row {r} head {h} col {i}"
+                );
+            }
+        }
+    }
+    // Norm preserved per head pair, and the inverse undoes the rotation.
+    assert!((dot(&y, &y) - dot(&x, &x)).abs() < 1e-4 * dot(&x, &x));
+    let back = rope(&y, true);
+    for (a, b) in back.iter().zip(&x) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    // As a linear map: ∂(Σ w ⊙ rope(x))/∂x = rope(w, inverse).
+    let g = rope(&w, true);
+    check_grad("rope", &x, &g, n * heads * d, |x| dot(&rope(x, false), &w));
+    // And the inverse map's backward is the forward.
+    let g = rope(&w, false);
+    check_grad("rope inverse", &x, &g, 50, |x| dot(&rope(x, true), &w));
+}
+
+#[test]
+fn grouped_query_attention_backward_matches_finite_differences() {
+    let b = Cpu::new();
+    let mut rng = StdRng::seed_from_u64(12);
+    let (batch, heads, tq, tk, d) = (2, 4, 3, 5, 3);
+    for kv_heads in [1, 2, heads] {
+        for causal in [true, false] {
+            let spec = Attn {
+                batch,
+                heads,
+                kv_heads,
+                tq,
+                tk,
+                scale: 0.6,
+                causal,
+            };
+            let (nq, nk) = (batch * tq * heads * d, batch * tk * kv_heads * d);
+            let q = rnd(&mut rng, nq, 1.0);
+            let k = rnd(&mut rng, nk, 1.0);
+            let v = rnd(&mut rng, nk, 1.0);
+            let w = rnd(&mut rng, nq, 1.0);
+            let z = |n| b.zeros(n, MemKind::Scratch).unwrap();
+            let fwd = |q: &[f32], k: &[f32], v: &[f32]| {
+                let (mut p, mut c, mut s) = (z(spec.len()), z(nq), z(spec.len()));
+                b.attention_forward(
+                    &up(&b, q),
+                    &up(&b, k),
+                    &up(&b, v),
+                    None,
+                    &mut p,
+                    &mut c,
+                    &mut s,
+                    &spec,
+                    d,
+                )
+                .unwrap();
+                (p, c)
+            };
+            let (p, _) = fwd(&q, &k, &v);
+            let (mut dq, mut dk, mut dv) = (z(nq), z(nk), z(nk));
+            let (mut t1, mut t2) = (z(spec.len()), z(spec.len()));
+            b.attention_backward(
+                &up(&b, &q),
+                &up(&b, &k),
+                &up(&b, &v),
+                &p,
+                &up(&b, &w),
+                &mut dq,
+                &mut dk,
+                &mut dv,
+                &mut t1,
+                &mut t2,
+                &spec,
+                d,
+            )
+            .unwrap();
+            let name = format!("attention kv_heads {kv_heads} causal {causal}");
+            check_grad(&format!("{name} dq"), &q, &dq.buf, nq, |q| {
+                dot(&fwd(q, &k, &v).1.buf, &w)
+            });
+            check_grad(&format!("{name} dk"), &k, &dk.buf, nk, |k| {
+                dot(&fwd(&q, k, &v).1.buf, &w)
+            });
+            check_grad(&format!("{name} dv"), &v, &dv.buf, nk, |v| {
+                dot(&fwd(&q, &k, v).1.buf, &w)
+            });
+        }
+    }
+}

@@ -2,7 +2,8 @@
 //! shapes (nothing a multiple of a vector width), with the tolerance each test states.
 //!
 //! - fused attention (no permuted copies, one task per head) against the default composition
-//!   of permutes, batched GEMMs and the softmax ops (`attention_*_unfused`);
+//!   of permutes, batched GEMMs and the softmax ops (`attention_*_unfused`), and grouped-query
+//!   attention (both) against multi-head attention on k, v repeated per query head;
 //! - the branch-free exp, GELU and GELU' against std's exp and libm's erf;
 //! - layer norm forward and backward, and the column sums, against f64 loops;
 //! - the unpacked loops of GEMMs with a small dimension (LoRA's rank-r products) against the
@@ -26,32 +27,35 @@ fn zeros(b: &Cpu, n: usize) -> Tensor<Cpu> {
 
 /// Fused attention = unfused composition within 1e-5 (scaled: |Δ| ≤ 1e-5·(1 + |want|)), for
 /// odd batch, heads, lengths and head dims, causal or not, with and without a key mask that
-/// hides whole sequences.
+/// hides whole sequences, multi-head and grouped-query (kv heads 1, a divisor, all).
 #[test]
 fn fused_attention_matches_the_unfused_composition() {
     let b = Cpu::new();
     let cases = [
-        (2, 3, 7, 7, 5, false, true),
-        (3, 2, 9, 9, 3, true, true),
-        (1, 5, 13, 13, 8, false, false),
-        (2, 1, 6, 11, 4, true, false),
-        (4, 12, 17, 17, 32, false, true),
+        (2, 3, 3, 7, 7, 5, false, true),
+        (3, 2, 1, 9, 9, 3, true, true),
+        (1, 5, 5, 13, 13, 8, false, false),
+        (2, 1, 1, 6, 11, 4, true, false),
+        (4, 12, 12, 17, 17, 32, false, true),
+        (2, 9, 3, 5, 8, 16, true, true),
+        (3, 6, 2, 7, 7, 5, true, false),
+        (2, 4, 1, 9, 13, 3, false, true),
     ];
-    for (ci, &(batch, heads, tq, tk, d, causal, masked)) in cases.iter().enumerate() {
+    for (ci, &(batch, heads, kv_heads, tq, tk, d, causal, masked)) in cases.iter().enumerate() {
         let spec = Attn {
             batch,
             heads,
-            kv_heads: heads,
+            kv_heads,
             tq,
             tk,
             scale: 1.0 / (d as f32).sqrt(),
             causal,
         };
-        let c = heads * d;
+        let (c, ckv) = (heads * d, kv_heads * d);
         let seed = 10 * ci as u64;
         let q = up(&b, &rand_vec(batch * tq * c, seed + 1));
-        let k = up(&b, &rand_vec(batch * tk * c, seed + 2));
-        let v = up(&b, &rand_vec(batch * tk * c, seed + 3));
+        let k = up(&b, &rand_vec(batch * tk * ckv, seed + 2));
+        let v = up(&b, &rand_vec(batch * tk * ckv, seed + 3));
         let dctx = up(&b, &rand_vec(batch * tq * c, seed + 4));
         // Key mask: the last key of every sequence hidden, the whole of sequence 1 hidden.
         let mask: Vec<f32> = (0..batch * tk)
@@ -66,7 +70,7 @@ fn fused_attention_matches_the_unfused_composition() {
             .collect();
         let km = up(&b, &mask);
         let km = masked.then_some(&km);
-        let name = format!("case {ci} (B {batch}, H {heads}, tq {tq}, tk {tk}, D {d}, causal {causal}, mask {masked})");
+        let name = format!("case {ci} (B {batch}, H {heads}, KVH {kv_heads}, tq {tq}, tk {tk}, D {d}, causal {causal}, mask {masked})");
 
         let (mut p1, mut c1, mut s1) = (
             zeros(&b, spec.len()),
@@ -87,8 +91,8 @@ fn fused_attention_matches_the_unfused_composition() {
         let grads = |fused: bool| {
             let (mut dq, mut dk, mut dv) = (
                 zeros(&b, batch * tq * c),
-                zeros(&b, batch * tk * c),
-                zeros(&b, batch * tk * c),
+                zeros(&b, batch * tk * ckv),
+                zeros(&b, batch * tk * ckv),
             );
             let (mut t1, mut t2) = (zeros(&b, spec.len()), zeros(&b, spec.len()));
             if fused {
@@ -114,6 +118,159 @@ fn fused_attention_matches_the_unfused_composition() {
             let row = heads * tq * tk;
             assert!(p1.buf[row..2 * row].iter().all(|&p| p == 0.0), "{name}");
         }
+    }
+}
+
+/// k or v of `kv_heads` heads, [B, T, KVH·D], repeated on the host to one head per query head,
+/// [B, T, H·D] (query head h reads kv head h / (H / KVH)).
+fn repeat_kv(x: &[f32], rows: usize, heads: usize, kv_heads: usize, d: usize) -> Vec<f32> {
+    let group = heads / kv_heads;
+    let mut out = Vec::with_capacity(rows * heads * d);
+    for r in 0..rows {
+        for h in 0..heads {
+            let src = (r * kv_heads + h / group) * d;
+            out.extend_from_slice(&x[src..src + d]);
+        }
+    }
+    out
+}
+
+/// The adjoint of `repeat_kv`: a kv head's gradient is the sum over the query heads that read it.
+fn sum_groups(x: &[f32], rows: usize, heads: usize, kv_heads: usize, d: usize) -> Vec<f32> {
+    let group = heads / kv_heads;
+    let mut out = vec![0.0f32; rows * kv_heads * d];
+    for r in 0..rows {
+        for h in 0..heads {
+            let (src, dst) = ((r * heads + h) * d, (r * kv_heads + h / group) * d);
+            for e in 0..d {
+                out[dst + e] += x[src + e];
+            }
+        }
+    }
+    out
+}
+
+/// Grouped-query attention, fused and unfused, against the brute-force reference: k and v
+/// repeated on the host to one head per query head and run as multi-head attention (probs
+/// and ctx must match; dk, dv must be the sums of the repeated heads' gradients over each
+/// group), within 1e-5 scaled. Causal with tq < tk, key masks, kv heads 1, 2, 3 of 6.
+#[test]
+fn grouped_query_attention_matches_repeated_kv_heads() {
+    let b = Cpu::new();
+    for (ci, &(batch, heads, kv_heads, tq, tk, d, causal)) in [
+        (2, 6, 1, 5, 8, 7, true),
+        (3, 6, 2, 9, 9, 4, false),
+        (2, 6, 3, 4, 6, 16, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mha = Attn {
+            batch,
+            heads,
+            kv_heads: heads,
+            tq,
+            tk,
+            scale: 0.45,
+            causal,
+        };
+        let gqa = Attn { kv_heads, ..mha };
+        let seed = 100 + 10 * ci as u64;
+        let (nq, nkv) = (batch * tq * heads * d, batch * tk * kv_heads * d);
+        let (qv, kv, vv, dcv) = (
+            rand_vec(nq, seed),
+            rand_vec(nkv, seed + 1),
+            rand_vec(nkv, seed + 2),
+            rand_vec(nq, seed + 3),
+        );
+        let mask: Vec<f32> = (0..batch * tk)
+            .map(|i| if i % 4 == 2 { 0.0 } else { 1.0 })
+            .collect();
+        let km = up(&b, &mask);
+        let (q, dctx) = (up(&b, &qv), up(&b, &dcv));
+        let rows = batch * tk;
+        let (kr, vr) = (
+            up(&b, &repeat_kv(&kv, rows, heads, kv_heads, d)),
+            up(&b, &repeat_kv(&vv, rows, heads, kv_heads, d)),
+        );
+        let (k, v) = (up(&b, &kv), up(&b, &vv));
+        let run = |spec: &Attn, k: &Tensor<Cpu>, v: &Tensor<Cpu>, fused: bool| {
+            let nk = batch * tk * spec.kv_heads * d;
+            let (mut p, mut ctx, mut s) =
+                (zeros(&b, mha.len()), zeros(&b, nq), zeros(&b, mha.len()));
+            let (mut dq, mut dk, mut dv) = (zeros(&b, nq), zeros(&b, nk), zeros(&b, nk));
+            let (mut t1, mut t2) = (zeros(&b, mha.len()), zeros(&b, mha.len()));
+            if fused {
+                b.attention_forward(&q, k, v, Some(&km), &mut p, &mut ctx, &mut s, spec, d)
+                    .unwrap();
+                b.attention_backward(
+                    &q, k, v, &p, &dctx, &mut dq, &mut dk, &mut dv, &mut t1, &mut t2, spec, d,
+                )
+                .unwrap();
+            } else {
+                attention_forward_unfused(
+                    &b,
+                    &q,
+                    k,
+                    v,
+                    Some(&km),
+                    &mut p,
+                    &mut ctx,
+                    &mut s,
+                    spec,
+                    d,
+                )
+                .unwrap();
+                attention_backward_unfused(
+                    &b, &q, k, v, &p, &dctx, &mut dq, &mut dk, &mut dv, &mut t1, &mut t2, spec, d,
+                )
+                .unwrap();
+            }
+            [p.buf, ctx.buf, dq.buf, dk.buf, dv.buf]
+        };
+        let [p0, c0, dq0, dk0, dv0] = run(&mha, &kr, &vr, false);
+        let (dk0, dv0) = (
+            sum_groups(&dk0, rows, heads, kv_heads, d),
+            sum_groups(&dv0, rows, heads, kv_heads, d),
+        );
+        for fused in [true, false] {
+            let [p, c, dq, dk, dv] = run(&gqa, &k, &v, fused);
+            let name = format!("case {ci} (H {heads}, KVH {kv_heads}, fused {fused})");
+            assert_close(&format!("{name}: probs"), &p, &p0, 1e-5);
+            assert_close(&format!("{name}: ctx"), &c, &c0, 1e-5);
+            assert_close(&format!("{name}: dq"), &dq, &dq0, 1e-5);
+            assert_close(&format!("{name}: dk"), &dk, &dk0, 1e-5);
+            assert_close(&format!("{name}: dv"), &dv, &dv0, 1e-5);
+        }
+    }
+}
+
+/// kv_heads that do not divide heads (or are zero) are refused with an error naming both.
+#[test]
+fn grouped_query_attention_refuses_a_ragged_grouping() {
+    let b = Cpu::new();
+    for kv_heads in [0, 4] {
+        let spec = Attn {
+            batch: 1,
+            heads: 6,
+            kv_heads,
+            tq: 2,
+            tk: 2,
+            scale: 1.0,
+            causal: false,
+        };
+        let t = || zeros(&b, 64);
+        let (mut p, mut c, mut s) = (t(), t(), t());
+        let err = b
+            .attention_forward(&t(), &t(), &t(), None, &mut p, &mut c, &mut s, &spec, 4)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kv_heads") && err.contains("divide"), "{err}");
+        let err =
+            attention_forward_unfused(&b, &t(), &t(), &t(), None, &mut p, &mut c, &mut s, &spec, 4)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("kv_heads"), "{err}");
     }
 }
 

@@ -173,7 +173,7 @@ fn hub_names_resolve_through_the_cache_layout() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("models--acme--other") && e.contains("adarank fetch"),
+        e.contains("models--acme--other") && e.contains("huggingface-cli download acme/other"),
         "{e}"
     );
     let e = hf::resolve_in("not a model", &roots)

@@ -570,3 +570,226 @@ fn permute0213_matches_cpu() {
         assert_eq!(down(&g, &gy), cy.buf, "permute0213 {dims:?}");
     }
 }
+
+/// RMSNorm forward and backward (dgamma accumulating onto non-zero values) at odd widths, one
+/// row up to more rows than a workgroup: 1e-5 forward, 1e-4 backward (row sums in another
+/// order, amplified by rstd).
+#[test]
+fn rmsnorm_matches_cpu_at_odd_widths() {
+    let Some(g) = test_gpu() else { return };
+    let cpu = Cpu::new();
+    for (rows, cols) in [(1usize, 1usize), (5, 7), (70, 37), (130, 576), (3, 1031)] {
+        let seed = (rows * 1000 + cols) as u64;
+        let x: Vec<f32> = rand_vec(rows * cols, seed)
+            .iter()
+            .map(|v| 3.0 * v + 0.2)
+            .collect();
+        let gamma = rand_vec(cols, seed + 1);
+        let (gx, cx) = up_both(&g, &cpu, &x);
+        let (gg, cg) = up_both(&g, &cpu, &gamma);
+        let (mut gy, mut cy) = up_both(&g, &cpu, &vec![7.0; rows * cols]);
+        let (mut gr, mut cr) = up_both(&g, &cpu, &vec![7.0; rows]);
+        g.rmsnorm_forward(&gx, &gg, &mut gy, &mut gr, rows, cols, 1e-5);
+        cpu.rmsnorm_forward(&cx, &cg, &mut cy, &mut cr, rows, cols, 1e-5);
+        assert_close("rmsnorm y", &down(&g, &gy), &cy.buf, 1e-5);
+        assert_close("rmsnorm rstd", &down(&g, &gr), &cr.buf, 1e-5);
+        let (gdy, cdy) = up_both(&g, &cpu, &rand_vec(rows * cols, seed + 2));
+        let (mut gdx, mut cdx) = up_both(&g, &cpu, &vec![7.0; rows * cols]);
+        let (mut gdg, mut cdg) = up_both(&g, &cpu, &vec![0.5; cols]);
+        g.rmsnorm_backward(&gdy, &gx, &gg, &gr, &mut gdx, Some(&mut gdg), rows, cols);
+        cpu.rmsnorm_backward(&cdy, &cx, &cg, &cr, &mut cdx, Some(&mut cdg), rows, cols);
+        assert_close("rmsnorm dx", &down(&g, &gdx), &cdx.buf, 1e-4);
+        assert_close("rmsnorm dgamma", &down(&g, &gdg), &cdg.buf, 1e-4);
+        // Without dgamma, dx alone.
+        g.rmsnorm_backward(&gdy, &gx, &gg, &gr, &mut gdx, None, rows, cols);
+        assert_close("rmsnorm dx alone", &down(&g, &gdx), &cdx.buf, 1e-4);
+    }
+}
+
+/// RoPE both ways (forward and inverse) with repeated and out-of-order positions, at head
+/// dims 2 (one pair) to 64 and odd head counts; same f32 arithmetic, so 1e-6.
+#[test]
+fn rope_matches_cpu_both_ways() {
+    let Some(g) = test_gpu() else { return };
+    let cpu = Cpu::new();
+    for (n, heads, d, positions) in [
+        (1usize, 1usize, 2usize, 1usize),
+        (7, 3, 10, 12),
+        (130, 9, 64, 300),
+        (65, 2, 6, 4),
+    ] {
+        let table = adarank::model::rope::rope_table(d, positions, 10_000.0, None);
+        let pos: Vec<u32> = (0..n)
+            .map(|i| ((i * 7919 + 3) % positions) as u32)
+            .collect();
+        let (gt, ct) = up_both(&g, &cpu, &table);
+        let (gp, cp) = (g.ids(&pos).unwrap(), cpu.ids(&pos).unwrap());
+        let x = rand_vec(n * heads * d, (n * d) as u64);
+        let (gx, cx) = up_both(&g, &cpu, &x);
+        for inverse in [false, true] {
+            let (mut gy, mut cy) = up_both(&g, &cpu, &vec![7.0; n * heads * d]);
+            g.rope(&gx, &mut gy, &gt, &gp, heads, d, inverse);
+            cpu.rope(&cx, &mut cy, &ct, &cp, heads, d, inverse);
+            let what = format!("rope {n}×{heads}×{d} inverse {inverse}");
+            assert_close(&what, &down(&g, &gy), &cy.buf, 1e-6);
+        }
+    }
+}
+
+/// A position beyond the table, or an IGNORE position, is refused and named by the next sync
+/// (on a device of its own: errors are reported device-wide).
+#[test]
+fn rope_refuses_positions_outside_the_table() {
+    if test_gpu().is_none() {
+        return;
+    }
+    let g = Gpu::open(adarank::backend::gpu::AdapterFilter::AllowCpu)
+        .unwrap()
+        .unwrap();
+    let table = g
+        .upload(&adarank::model::rope::rope_table(4, 5, 10_000.0, None), K)
+        .unwrap();
+    let x = g.zeros(2 * 4, K).unwrap();
+    let mut y = g.zeros(2 * 4, K).unwrap();
+    g.rope(&x, &mut y, &table, &g.ids(&[1, 5]).unwrap(), 1, 4, false);
+    let err = format!("{:#}", g.sync().unwrap_err());
+    assert!(
+        err.contains("rope") && err.contains("outside the table of 5 positions"),
+        "{err}"
+    );
+    g.rope(
+        &x,
+        &mut y,
+        &table,
+        &g.ids(&[1, Ids::<Gpu>::IGNORE]).unwrap(),
+        1,
+        4,
+        false,
+    );
+    let err = format!("{:#}", g.sync().unwrap_err());
+    assert!(err.contains("IGNORE"), "{err}");
+}
+
+/// SwiGLU forward and backward on lengths with and without the vec4 path, gates out to the
+/// far tails (σ saturating): 1e-5 (the GPU's exp may differ from the CPU's by an ulp or two).
+#[test]
+fn swiglu_matches_cpu() {
+    let Some(g) = test_gpu() else { return };
+    let cpu = Cpu::new();
+    for n in [1usize, 7, 1024, 4099] {
+        let mut gate: Vec<f32> = rand_vec(n, n as u64).iter().map(|v| 12.0 * v).collect();
+        if n > 4 {
+            gate[..4].copy_from_slice(&[-150.0, -89.0, 89.0, 150.0]);
+        }
+        let upv = rand_vec(n, n as u64 + 1);
+        let dout = rand_vec(n, n as u64 + 2);
+        let (gg, cg) = up_both(&g, &cpu, &gate);
+        let (gu, cu) = up_both(&g, &cpu, &upv);
+        let (gd, cd) = up_both(&g, &cpu, &dout);
+        let (mut go, mut co) = up_both(&g, &cpu, &vec![7.0; n]);
+        g.swiglu_forward(&gg, &gu, &mut go);
+        cpu.swiglu_forward(&cg, &cu, &mut co);
+        assert_close(
+            &format!("swiglu_forward {n}"),
+            &down(&g, &go),
+            &co.buf,
+            1e-5,
+        );
+        let (mut gdg, mut cdg) = up_both(&g, &cpu, &vec![7.0; n]);
+        let (mut gdu, mut cdu) = up_both(&g, &cpu, &vec![7.0; n]);
+        g.swiglu_backward(&gg, &gu, &gd, &mut gdg, &mut gdu);
+        cpu.swiglu_backward(&cg, &cu, &cd, &mut cdg, &mut cdu);
+        assert_close(
+            &format!("swiglu dgate {n}"),
+            &down(&g, &gdg),
+            &cdg.buf,
+            1e-5,
+        );
+        assert_close(&format!("swiglu dup {n}"), &down(&g, &gdu), &cdu.buf, 1e-5);
+    }
+}
+
+/// Grouped-query attention (the GPU runs the unfused composition) against the CPU backend's
+/// fused kernel: kv heads 1, a divisor and all of the query heads, causal with tq < tk, a key
+/// mask; 1e-4 (per-head GEMMs summed in another order, through the softmax).
+#[test]
+fn grouped_query_attention_matches_cpu() {
+    let Some(g) = test_gpu() else { return };
+    let cpu = Cpu::new();
+    for (batch, heads, kv_heads, tq, tk, d, causal) in [
+        (2, 4, 1, 5, 7, 8, true),
+        (1, 9, 3, 13, 13, 16, true),
+        (3, 6, 2, 9, 9, 5, false),
+        (2, 3, 3, 6, 6, 4, true),
+    ] {
+        let spec = Attn {
+            batch,
+            heads,
+            kv_heads,
+            tq,
+            tk,
+            scale: 1.0 / (d as f32).sqrt(),
+            causal,
+        };
+        let (nq, nk) = (batch * tq * heads * d, batch * tk * kv_heads * d);
+        let seed = (heads * 100 + kv_heads * 10 + d) as u64;
+        let mask: Vec<f32> = (0..batch * tk)
+            .map(|i| if i % 5 == 4 { 0.0 } else { 1.0 })
+            .collect();
+        let (gq, cq) = up_both(&g, &cpu, &rand_vec(nq, seed));
+        let (gk, ck) = up_both(&g, &cpu, &rand_vec(nk, seed + 1));
+        let (gv, cv) = up_both(&g, &cpu, &rand_vec(nk, seed + 2));
+        let (gdc, cdc) = up_both(&g, &cpu, &rand_vec(nq, seed + 3));
+        let (gm, cm) = up_both(&g, &cpu, &mask);
+        let gz = |n| g.zeros(n, K).unwrap();
+        let cz = |n| cpu.zeros(n, K).unwrap();
+        let (mut gp, mut gc, mut gs) = (gz(spec.len()), gz(nq), gz(spec.len()));
+        let (mut cp, mut cc, mut cs) = (cz(spec.len()), cz(nq), cz(spec.len()));
+        g.attention_forward(
+            &gq,
+            &gk,
+            &gv,
+            Some(&gm),
+            &mut gp,
+            &mut gc,
+            &mut gs,
+            &spec,
+            d,
+        )
+        .unwrap();
+        cpu.attention_forward(
+            &cq,
+            &ck,
+            &cv,
+            Some(&cm),
+            &mut cp,
+            &mut cc,
+            &mut cs,
+            &spec,
+            d,
+        )
+        .unwrap();
+        let what = format!("attention H {heads} KVH {kv_heads} causal {causal}");
+        assert_close(&format!("{what}: probs"), &down(&g, &gp), &cp.buf, 1e-4);
+        assert_close(&format!("{what}: ctx"), &down(&g, &gc), &cc.buf, 1e-4);
+        let (mut gdq, mut gdk, mut gdv) = (gz(nq), gz(nk), gz(nk));
+        let (mut cdq, mut cdk, mut cdv) = (cz(nq), cz(nk), cz(nk));
+        let (mut g1, mut g2, mut c1, mut c2) = (
+            gz(spec.len()),
+            gz(spec.len()),
+            cz(spec.len()),
+            cz(spec.len()),
+        );
+        g.attention_backward(
+            &gq, &gk, &gv, &gp, &gdc, &mut gdq, &mut gdk, &mut gdv, &mut g1, &mut g2, &spec, d,
+        )
+        .unwrap();
+        cpu.attention_backward(
+            &cq, &ck, &cv, &cp, &cdc, &mut cdq, &mut cdk, &mut cdv, &mut c1, &mut c2, &spec, d,
+        )
+        .unwrap();
+        assert_close(&format!("{what}: dq"), &down(&g, &gdq), &cdq.buf, 1e-4);
+        assert_close(&format!("{what}: dk"), &down(&g, &gdk), &cdk.buf, 1e-4);
+        assert_close(&format!("{what}: dv"), &down(&g, &gdv), &cdv.buf, 1e-4);
+    }
+}

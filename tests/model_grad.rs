@@ -6,8 +6,8 @@
 use adarank::adapter::{AdapterStore, ModuleKind};
 use adarank::backend::cpu::Cpu;
 use adarank::model::{
-    random_weights, Batch, Flavour, Head, HostWeights, Init, LoraConfig, Model, ModelConfig,
-    Pooling, Target, TrainMode,
+    random_weights, Batch, Flavour, Head, HostWeights, Init, LlamaArch, LoraConfig, Model,
+    ModelConfig, Pooling, Target, TrainMode,
 };
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -18,6 +18,9 @@ const REL: f32 = 0.02;
 const ABS: f32 = 2e-4;
 
 fn cfg(flavour: Flavour) -> ModelConfig {
+    if flavour == Flavour::Llama {
+        return llama_cfg(false, true);
+    }
     ModelConfig {
         flavour,
         vocab: 17,
@@ -29,6 +32,29 @@ fn cfg(flavour: Flavour) -> ModelConfig {
         ffn: 20,
         ln_eps: 1e-5,
         llama: None,
+    }
+}
+
+/// A Llama-family model with grouped-query attention (4 query heads sharing 2 kv heads),
+/// optionally Qwen2's q/k/v biases and an LM head of its own.
+fn llama_cfg(qkv_bias: bool, tie_embeddings: bool) -> ModelConfig {
+    ModelConfig {
+        flavour: Flavour::Llama,
+        vocab: 17,
+        max_positions: 8,
+        type_vocab: 0,
+        hidden: 16,
+        layers: 2,
+        heads: 4,
+        ffn: 20,
+        ln_eps: 1e-5,
+        llama: Some(LlamaArch {
+            kv_heads: 2,
+            rope_theta: 100.0,
+            rope_scaling: None,
+            tie_embeddings,
+            qkv_bias,
+        }),
     }
 }
 
@@ -81,7 +107,11 @@ fn batch(cfg: &ModelConfig, head: &Head, seed: u64) -> Batch {
 }
 
 fn lora(layers: usize, svd: bool) -> TrainMode {
-    let mut l = LoraConfig::uniform(layers, &ModuleKind::ALL, 2, 4.0);
+    lora_on(layers, svd, &ModuleKind::ALL)
+}
+
+fn lora_on(layers: usize, svd: bool, kinds: &[ModuleKind]) -> TrainMode {
+    let mut l = LoraConfig::uniform(layers, kinds, 2, 4.0);
     l.ranks.insert((1, ModuleKind::V), 0); // a slot without adapter
     l.ranks.insert((0, ModuleKind::FfnIn), 3);
     l.svd_form = svd;
@@ -116,7 +146,11 @@ fn shifted(w: &HostWeights, u: &HostWeights, e: f32) -> HostWeights {
 }
 
 fn check(flavour: Flavour, head: Head, mode: TrainMode, seed: u64) {
-    let c = cfg(flavour);
+    check_cfg(cfg(flavour), head, mode, seed)
+}
+
+fn check_cfg(c: ModelConfig, head: Head, mode: TrainMode, seed: u64) {
+    let flavour = c.flavour;
     let w = random_weights(&c, &head, Init::FanIn, seed);
     let is_lora = matches!(mode, TrainMode::Lora(_));
     let svd = matches!(&mode, TrainMode::Lora(l) if l.svd_form);
@@ -147,7 +181,9 @@ fn check(flavour: Flavour, head: Head, mode: TrainMode, seed: u64) {
     if is_lora {
         assert!(theta.keys().any(|k| k.contains("lora_A")));
         assert!(
-            !theta.keys().any(|k| k.ends_with("query.weight")),
+            !theta
+                .keys()
+                .any(|k| k.ends_with("query.weight") || k.ends_with("q_proj.weight")),
             "W0 must be frozen"
         );
         assert_eq!(theta.keys().any(|k| k.contains("lora_E")), svd);
@@ -246,4 +282,29 @@ fn encoder_adalora_regress_matches_finite_differences() {
 #[test]
 fn encoder_full_span_matches_finite_differences() {
     check(Flavour::Encoder, Head::Span, TrainMode::Full, 6);
+}
+
+#[test]
+fn llama_lora_lm_matches_finite_differences() {
+    // Every Llama module adapted: RMSNorm, RoPE, grouped-query attention and SwiGLU backward.
+    let mode = lora_on(2, false, &ModuleKind::LLAMA);
+    check_cfg(llama_cfg(false, true), Head::LanguageModel, mode, 8);
+}
+
+#[test]
+fn llama_full_lm_untied_qkv_bias_matches_finite_differences() {
+    // Full fine-tuning reaches the RMSNorm scales, Qwen2's biases, the embeddings and a separate
+    // LM head.
+    check_cfg(
+        llama_cfg(true, false),
+        Head::LanguageModel,
+        TrainMode::Full,
+        9,
+    );
+}
+
+#[test]
+fn llama_adalora_lm_matches_finite_differences() {
+    let mode = lora_on(2, true, &ModuleKind::LLAMA);
+    check_cfg(llama_cfg(true, true), Head::LanguageModel, mode, 10);
 }

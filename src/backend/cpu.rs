@@ -6,6 +6,7 @@
 
 mod attention;
 pub mod bf16;
+mod llama;
 pub mod quant;
 pub mod simd;
 use super::profile::{self, gemm_key};
@@ -420,6 +421,17 @@ impl Backend for Cpu {
         let _p = self.profile.span(|| "copy".into(), 0.0);
         dst.buf[..src.len()].copy_from_slice(&src.buf);
     }
+    fn copy_range(
+        &self,
+        src: &Tensor<Self>,
+        src_at: usize,
+        dst: &mut Tensor<Self>,
+        dst_at: usize,
+        len: usize,
+    ) {
+        let _p = self.profile.span(|| "copy_range".into(), 0.0);
+        dst.buf[dst_at..dst_at + len].copy_from_slice(&src.buf[src_at..src_at + len]);
+    }
     fn scale(&self, x: &mut Tensor<Self>, s: f32) {
         let _p = self.profile.span(|| "scale".into(), 0.0);
         x.buf
@@ -789,6 +801,149 @@ impl Backend for Cpu {
         }
     }
 
+    fn rmsnorm_forward(
+        &self,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        y: &mut Tensor<Self>,
+        rstd: &mut Tensor<Self>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) {
+        let _p = self.profile.span(|| "rmsnorm_forward".into(), 0.0);
+        if cols == 0 {
+            return;
+        }
+        y.buf[..rows * cols]
+            .par_chunks_mut(cols)
+            .zip(x.buf[..rows * cols].par_chunks(cols))
+            .zip(rstd.buf[..rows].par_iter_mut())
+            .with_min_len(ROW_CHUNK)
+            .for_each(|((y, x), rs)| *rs = llama::rmsnorm_row(x, &gamma.buf[..cols], y, eps));
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dy: &Tensor<Self>,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        dx: &mut Tensor<Self>,
+        dgamma: Option<&mut Tensor<Self>>,
+        rows: usize,
+        cols: usize,
+    ) {
+        let _p = self.profile.span(|| "rmsnorm_backward".into(), 0.0);
+        if cols == 0 {
+            return;
+        }
+        let (dy, x, rstd) = (
+            &dy.buf[..rows * cols],
+            &x.buf[..rows * cols],
+            &rstd.buf[..rows],
+        );
+        dx.buf[..rows * cols]
+            .par_chunks_mut(cols)
+            .zip(dy.par_chunks(cols).zip(x.par_chunks(cols)))
+            .zip(rstd.par_iter())
+            .with_min_len(ROW_CHUNK)
+            .for_each(|((dx, (dy, x)), &s)| {
+                llama::rmsnorm_grad_row(dy, x, &gamma.buf[..cols], s, dx)
+            });
+        if let Some(dg) = dgamma {
+            dg.buf[..cols]
+                .par_chunks_mut(llama::COL_BLOCK)
+                .enumerate()
+                .for_each(|(bi, o)| {
+                    llama::rmsnorm_dgamma_block(dy, x, rstd, cols, bi * llama::COL_BLOCK, o)
+                });
+        }
+    }
+
+    fn rope(
+        &self,
+        x: &Tensor<Self>,
+        y: &mut Tensor<Self>,
+        table: &Tensor<Self>,
+        positions: &Ids<Self>,
+        heads: usize,
+        head_dim: usize,
+        inverse: bool,
+    ) {
+        let _p = self.profile.span(|| "rope".into(), 0.0);
+        let (n, row) = (positions.len(), heads * head_dim);
+        assert!(
+            head_dim.is_multiple_of(2),
+            "rope: head_dim {head_dim} is odd; the half-split rotation needs an even one"
+        );
+        assert!(
+            x.len() >= n * row && y.len() >= n * row,
+            "rope: {n} positions of {heads} heads × {head_dim} need {} values; x has {}, y {}",
+            n * row,
+            x.len(),
+            y.len()
+        );
+        let table_positions = table.len().checked_div(head_dim).unwrap_or(0);
+        let max = positions.buf.iter().max().copied();
+        assert!(
+            max.is_none_or(|p| (p as usize) < table_positions) || row == 0,
+            "rope: position {max:?} is outside the table of {table_positions} positions \
+             (build it for more positions with model::rope::rope_table)"
+        );
+        llama::rope_rows(
+            &x.buf,
+            &mut y.buf,
+            &table.buf,
+            &positions.buf,
+            heads,
+            head_dim,
+            inverse,
+        );
+    }
+
+    fn swiglu_forward(&self, gate: &Tensor<Self>, up: &Tensor<Self>, out: &mut Tensor<Self>) {
+        let _p = self.profile.span(|| "swiglu_forward".into(), 0.0);
+        let n = gate.len().min(up.len()).min(out.len());
+        out.buf[..n]
+            .par_chunks_mut(ELEM_CHUNK)
+            .zip(
+                gate.buf[..n]
+                    .par_chunks(ELEM_CHUNK)
+                    .zip(up.buf[..n].par_chunks(ELEM_CHUNK)),
+            )
+            .for_each(|(o, (g, u))| llama::swiglu_slice(g, u, o));
+    }
+
+    fn swiglu_backward(
+        &self,
+        gate: &Tensor<Self>,
+        up: &Tensor<Self>,
+        dout: &Tensor<Self>,
+        dgate: &mut Tensor<Self>,
+        dup: &mut Tensor<Self>,
+    ) {
+        let _p = self.profile.span(|| "swiglu_backward".into(), 0.0);
+        let n = [gate.len(), up.len(), dout.len(), dgate.len(), dup.len()]
+            .into_iter()
+            .min()
+            .unwrap_or(0);
+        dgate.buf[..n]
+            .par_chunks_mut(ELEM_CHUNK)
+            .zip(dup.buf[..n].par_chunks_mut(ELEM_CHUNK))
+            .enumerate()
+            .for_each(|(ci, (dg, du))| {
+                let r = ci * ELEM_CHUNK..ci * ELEM_CHUNK + dg.len();
+                llama::swiglu_grad_slice(
+                    &gate.buf[r.clone()],
+                    &up.buf[r.clone()],
+                    &dout.buf[r],
+                    dg,
+                    du,
+                )
+            });
+    }
+
     fn softmax_forward(
         &self,
         scores: &Tensor<Self>,
@@ -882,6 +1037,7 @@ impl Backend for Cpu {
             || "attention_forward".into(),
             2.0 * attention_gemm_flops(spec, head_dim),
         );
+        spec.check_heads()?;
         let (qn, kn) = attention_sizes(spec, head_dim);
         ensure!(
             q.len() >= qn && k.len() >= kn && v.len() >= kn && ctx.len() >= qn,
@@ -896,6 +1052,11 @@ impl Backend for Cpu {
             "attention_forward {spec:?}: probs of {} values or a short key mask",
             probs.len()
         );
+        if spec.is_empty() {
+            // No query or no key: every context row attends to nothing.
+            ctx.buf[..qn].fill(0.0);
+            return Ok(());
+        }
         // Two GEMMs per head: q·kᵀ and probs·v.
         self.gemm_flops.fetch_add(
             (2.0 * attention_gemm_flops(spec, head_dim)) as u64,
@@ -933,6 +1094,7 @@ impl Backend for Cpu {
             || "attention_backward".into(),
             4.0 * attention_gemm_flops(spec, head_dim),
         );
+        spec.check_heads()?;
         let (qn, kn) = attention_sizes(spec, head_dim);
         ensure!(
             [q.len(), dctx.len(), dq.len()].iter().all(|&l| l >= qn)
@@ -943,6 +1105,12 @@ impl Backend for Cpu {
                 && dprobs.len() >= spec.len(),
             "attention_backward {spec:?}, head dim {head_dim}: an operand is too short"
         );
+        if spec.is_empty() {
+            for t in [&mut dq.buf[..qn], &mut dk.buf[..kn], &mut dv.buf[..kn]] {
+                t.fill(0.0);
+            }
+            return Ok(());
+        }
         // Four GEMMs per head: dprobs, dv, dq, dk.
         self.gemm_flops.fetch_add(
             (4.0 * attention_gemm_flops(spec, head_dim)) as u64,
@@ -1158,16 +1326,19 @@ pub fn clip_scale(norm: f32, clip: f32) -> f32 {
     }
 }
 
-/// Profile key of a GEMM: layout, shape and batch, e.g. "matmul NT 2048×1536×384".
-/// FLOPs of one of attention's GEMMs over all heads: 2·tq·tk·D per head.
+/// FLOPs of one of attention's GEMMs over all heads: 2·tq·tk·D per query head. Grouped-query
+/// attention shares k and v between query heads, not the products: each query head still
+/// multiplies its own rows, so the count does not depend on `kv_heads`.
 fn attention_gemm_flops(spec: &Attn, head_dim: usize) -> f64 {
     2.0 * (spec.batch * spec.heads) as f64 * (spec.tq * spec.tk * head_dim) as f64
 }
 
-/// Values of q (and ctx), and of k (and v), for an attention of `spec`.
+/// Values of q (and ctx), and of k (and v: `kv_heads` heads), for an attention of `spec`.
 fn attention_sizes(spec: &Attn, head_dim: usize) -> (usize, usize) {
-    let row = spec.heads * head_dim;
-    (spec.batch * spec.tq * row, spec.batch * spec.tk * row)
+    (
+        spec.batch * spec.tq * spec.heads * head_dim,
+        spec.batch * spec.tk * spec.kv_heads * head_dim,
+    )
 }
 
 vectorized! {

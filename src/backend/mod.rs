@@ -244,6 +244,23 @@ pub struct Attn {
 }
 
 impl Attn {
+    /// Query heads per key/value head (1 for multi-head attention).
+    pub fn group(&self) -> usize {
+        self.heads / self.kv_heads.max(1)
+    }
+    /// Ok when the head counts make sense: at least one kv head, and `kv_heads` dividing
+    /// `heads` (each kv head serves a whole group of query heads).
+    pub fn check_heads(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.kv_heads >= 1 && self.heads.is_multiple_of(self.kv_heads),
+            "attention {self:?}: kv_heads {} must be at least 1 and divide heads {}",
+            self.kv_heads,
+            self.heads
+        );
+        Ok(())
+    }
+    /// Rows of scores and probs, [batch, heads, tq]: one per query head (kv heads share keys,
+    /// not scores).
     pub fn rows(&self) -> usize {
         self.batch * self.heads * self.tq
     }
@@ -363,6 +380,16 @@ pub trait Backend: Send + Sync + 'static {
     fn fill(&self, x: &mut Tensor<Self>, value: f32);
     /// dst[..src.len()] = src
     fn copy(&self, src: &Tensor<Self>, dst: &mut Tensor<Self>);
+    /// dst[dst_at..dst_at + len] = src[src_at..src_at + len] — rows between buffers of other
+    /// shapes: a chunk of rows out of a batch, or rows appended to a generation's key/value cache.
+    fn copy_range(
+        &self,
+        src: &Tensor<Self>,
+        src_at: usize,
+        dst: &mut Tensor<Self>,
+        dst_at: usize,
+        len: usize,
+    );
     /// x *= s
     fn scale(&self, x: &mut Tensor<Self>, s: f32);
     /// y += alpha · x
@@ -458,6 +485,66 @@ pub trait Backend: Send + Sync + 'static {
         rows: usize,
         cols: usize,
     );
+    /// Row-wise RMSNorm over `cols` (Llama's LlamaRMSNorm, computed in f32):
+    /// rstd[r] = 1/sqrt(mean_c x[r,c]² + eps); y[r,c] = x[r,c]·rstd[r]·gamma[c].
+    /// x, y: [rows, cols]; gamma: [cols]; rstd: [rows] saved for the backward.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_forward(
+        &self,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        y: &mut Tensor<Self>,
+        rstd: &mut Tensor<Self>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    );
+    /// Backward of [`Backend::rmsnorm_forward`]: dx (written) = ∂L/∂x =
+    /// rstd·(dy⊙gamma − x̂·mean_c(dy⊙gamma⊙x̂)) with x̂ = x·rstd; dgamma accumulates (`+=`)
+    /// Σ_r dy⊙x̂ when given. dy, x, dx: [rows, cols]; gamma, dgamma: [cols]; rstd: [rows].
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dy: &Tensor<Self>,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        dx: &mut Tensor<Self>,
+        dgamma: Option<&mut Tensor<Self>>,
+        rows: usize,
+        cols: usize,
+    );
+    /// Rotary position embedding, Hugging Face's half-split (`rotate_half`) form, on
+    /// x: [N, heads·head_dim] (head h in columns h·D..(h+1)·D, N rows = tokens); y: the same.
+    /// Row n is at position positions[n] (positions: [N]); table: [P, D/2, 2] holds (cos θ, sin θ)
+    /// of frequency i at position p at (p·D/2 + i)·2 (+1 for sin), P > every position (see
+    /// `model::rope::rope_table`). With x1 = x[.., :D/2], x2 = x[.., D/2:] of each head:
+    /// y1 = x1·cos − x2·sin, y2 = x2·cos + x1·sin.
+    /// With `inverse` the rotation is by −θ (sin negated): a rotation's inverse is its transpose,
+    /// so that is also the backward, dx = rope(dy, inverse).
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: &Tensor<Self>,
+        y: &mut Tensor<Self>,
+        table: &Tensor<Self>,
+        positions: &Ids<Self>,
+        heads: usize,
+        head_dim: usize,
+        inverse: bool,
+    );
+    /// SwiGLU's gating: out = silu(gate) ⊙ up, silu(z) = z·σ(z). gate, up, out: [n].
+    fn swiglu_forward(&self, gate: &Tensor<Self>, up: &Tensor<Self>, out: &mut Tensor<Self>);
+    /// Backward of [`Backend::swiglu_forward`]: dgate = dout ⊙ up ⊙ silu'(gate) with
+    /// silu'(z) = σ(z)·(1 + z·(1 − σ(z))), dup = dout ⊙ silu(gate) (both written). All [n].
+    fn swiglu_backward(
+        &self,
+        gate: &Tensor<Self>,
+        up: &Tensor<Self>,
+        dout: &Tensor<Self>,
+        dgate: &mut Tensor<Self>,
+        dup: &mut Tensor<Self>,
+    );
     /// probs = softmax(scale · scores) over the last axis, with the causal mask and an optional
     /// key mask `key_mask: [batch, tk]` (1 keep, 0 drop). A row with no visible key is all zero.
     fn softmax_forward(
@@ -475,10 +562,12 @@ pub trait Backend: Send + Sync + 'static {
         dscores: &mut Tensor<Self>,
         spec: &Attn,
     );
-    /// Multi-head attention on projections in the layout linear layers write: q: [B, tq, H·D],
-    /// k, v: [B, tk, H·D] (head h is columns h·D..(h+1)·D). probs: [B, H, tq, tk] =
-    /// softmax(scale · q_h·k_hᵀ) with the masks of `softmax_forward` (saved for the backward);
-    /// ctx: [B, tq, H·D] = probs_h · v_h. `scores`: scratch [B, H, tq, tk].
+    /// Multi-head (or grouped-query) attention on projections in the layout linear layers
+    /// write: q: [B, tq, H·D], k, v: [B, tk, KVH·D] with KVH = `spec.kv_heads` (head h is
+    /// columns h·D..(h+1)·D). Query head h reads kv head h / (H / KVH). probs: [B, H, tq, tk] =
+    /// softmax(scale · q_h·k_{kv(h)}ᵀ) with the masks of `softmax_forward` (saved for the
+    /// backward); ctx: [B, tq, H·D] = probs_h · v_{kv(h)}. `scores`: scratch [B, H, tq, tk].
+    /// An error when KVH does not divide H.
     ///
     /// The default composes permutes, batched GEMMs and `softmax_forward`
     /// ([`attention_forward_unfused`]); a backend may fuse it.
@@ -498,7 +587,8 @@ pub trait Backend: Send + Sync + 'static {
         attention_forward_unfused(self, q, k, v, key_mask, probs, ctx, scores, spec, head_dim)
     }
     /// Backward of [`Backend::attention_forward`]: dctx: [B, tq, H·D] → dq: [B, tq, H·D],
-    /// dk, dv: [B, tk, H·D] (written). `dprobs`, `dscores`: scratch [B, H, tq, tk].
+    /// dk, dv: [B, tk, KVH·D] (written; a kv head's gradient sums over its query heads).
+    /// `dprobs`, `dscores`: scratch [B, H, tq, tk].
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -584,6 +674,10 @@ pub trait Backend: Send + Sync + 'static {
 
 /// [`Backend::attention_forward`] composed of permutes into [B, H, T, D], batched GEMMs and
 /// `softmax_forward`: the default, and the oracle fused implementations are tested against.
+///
+/// Grouped-query attention costs no copies of k and v per query head: in the [B, H, tq, D]
+/// layout the `group` query heads of one kv head are contiguous, so they are one
+/// (group·tq × D) matrix, and each product is one GEMM per (b, kv head) over it.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward_unfused<B: Backend + ?Sized>(
     be: &B,
@@ -597,26 +691,29 @@ pub fn attention_forward_unfused<B: Backend + ?Sized>(
     spec: &Attn,
     head_dim: usize,
 ) -> Result<()> {
+    spec.check_heads()?;
     let Attn {
         batch: b,
         heads: h,
+        kv_heads: kvh,
         tq,
         tk,
         ..
     } = *spec;
     let d = head_dim;
-    let bh = b * h;
+    // gq: query rows of one kv group; bkv: (b, kv head) pairs, the GEMMs' batch.
+    let (gq, bkv) = (spec.group() * tq, b * kvh);
     let z = |len| be.zeros(len, MemKind::Scratch);
-    let (mut qh, mut kh, mut vh) = (z(bh * tq * d)?, z(bh * tk * d)?, z(bh * tk * d)?);
+    let (mut qh, mut kh, mut vh) = (z(b * h * tq * d)?, z(bkv * tk * d)?, z(bkv * tk * d)?);
     be.permute0213(q, &mut qh, [b, tq, h, d]);
-    be.permute0213(k, &mut kh, [b, tk, h, d]);
-    be.permute0213(v, &mut vh, [b, tk, h, d]);
-    // scores: [B, H, tq, tk] = qh · khᵀ (the scale is applied inside the softmax)
+    be.permute0213(k, &mut kh, [b, tk, kvh, d]);
+    be.permute0213(v, &mut vh, [b, tk, kvh, d]);
+    // scores: [B, H, tq, tk] = qh · khᵀ per kv group (the scale is applied inside the softmax)
     be.matmul(
         &qh,
         &kh,
         scores,
-        &Gemm::nt(tq, tk, d).batched(bh, tq * d, tk * d, tq * tk),
+        &Gemm::nt(gq, tk, d).batched(bkv, gq * d, tk * d, gq * tk),
     );
     be.softmax_forward(scores, probs, key_mask, spec);
     // ctxh: [B, H, tq, D] = probs · vh (into qh, no longer needed)
@@ -624,13 +721,15 @@ pub fn attention_forward_unfused<B: Backend + ?Sized>(
         probs,
         &vh,
         &mut qh,
-        &Gemm::nn(tq, d, tk).batched(bh, tq * tk, tk * d, tq * d),
+        &Gemm::nn(gq, d, tk).batched(bkv, gq * tk, tk * d, gq * d),
     );
     be.permute0213(&qh, ctx, [b, h, tq, d]);
     Ok(())
 }
 
 /// [`Backend::attention_backward`] composed of permutes, batched GEMMs and `softmax_backward`.
+/// A kv head's dk and dv sum over its query heads inside one GEMM (the group's rows are its
+/// depth), as in the forward.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward_unfused<B: Backend + ?Sized>(
     be: &B,
@@ -647,53 +746,55 @@ pub fn attention_backward_unfused<B: Backend + ?Sized>(
     spec: &Attn,
     head_dim: usize,
 ) -> Result<()> {
+    spec.check_heads()?;
     let Attn {
         batch: b,
         heads: h,
+        kv_heads: kvh,
         tq,
         tk,
         ..
     } = *spec;
     let d = head_dim;
-    let bh = b * h;
+    let (gq, bkv) = (spec.group() * tq, b * kvh);
     let z = |len| be.zeros(len, MemKind::Scratch);
-    let (mut qh, mut kh, mut vh) = (z(bh * tq * d)?, z(bh * tk * d)?, z(bh * tk * d)?);
-    let (mut dch, mut gh) = (z(bh * tq * d)?, z(bh * tk * d)?);
+    let (mut qh, mut kh, mut vh) = (z(b * h * tq * d)?, z(bkv * tk * d)?, z(bkv * tk * d)?);
+    let (mut dch, mut gh) = (z(b * h * tq * d)?, z(bkv * tk * d)?);
     be.permute0213(q, &mut qh, [b, tq, h, d]);
-    be.permute0213(k, &mut kh, [b, tk, h, d]);
-    be.permute0213(v, &mut vh, [b, tk, h, d]);
+    be.permute0213(k, &mut kh, [b, tk, kvh, d]);
+    be.permute0213(v, &mut vh, [b, tk, kvh, d]);
     be.permute0213(dctx, &mut dch, [b, tq, h, d]);
     // dprobs: [B, H, tq, tk] = dctxh · vhᵀ
     be.matmul(
         &dch,
         &vh,
         dprobs,
-        &Gemm::nt(tq, tk, d).batched(bh, tq * d, tk * d, tq * tk),
+        &Gemm::nt(gq, tk, d).batched(bkv, gq * d, tk * d, gq * tk),
     );
-    // dvh: [B, H, tk, D] = probsᵀ · dctxh
+    // dvh: [B, KVH, tk, D] = probsᵀ · dctxh (summed over the group's query heads)
     be.matmul(
         probs,
         &dch,
         &mut gh,
-        &Gemm::tn(tk, d, tq).batched(bh, tq * tk, tq * d, tk * d),
+        &Gemm::tn(tk, d, gq).batched(bkv, gq * tk, gq * d, tk * d),
     );
-    be.permute0213(&gh, dv, [b, h, tk, d]);
+    be.permute0213(&gh, dv, [b, kvh, tk, d]);
     be.softmax_backward(probs, dprobs, dscores, spec);
     // dqh: [B, H, tq, D] = dscores · kh (into dch, no longer needed)
     be.matmul(
         dscores,
         &kh,
         &mut dch,
-        &Gemm::nn(tq, d, tk).batched(bh, tq * tk, tk * d, tq * d),
+        &Gemm::nn(gq, d, tk).batched(bkv, gq * tk, tk * d, gq * d),
     );
     be.permute0213(&dch, dq, [b, h, tq, d]);
-    // dkh: [B, H, tk, D] = dscoresᵀ · qh
+    // dkh: [B, KVH, tk, D] = dscoresᵀ · qh (summed over the group's query heads)
     be.matmul(
         dscores,
         &qh,
         &mut gh,
-        &Gemm::tn(tk, d, tq).batched(bh, tq * tk, tq * d, tk * d),
+        &Gemm::tn(tk, d, gq).batched(bkv, gq * tk, gq * d, tk * d),
     );
-    be.permute0213(&gh, dk, [b, h, tk, d]);
+    be.permute0213(&gh, dk, [b, kvh, tk, d]);
     Ok(())
 }

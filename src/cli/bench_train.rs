@@ -10,7 +10,6 @@
 //! `--profile` adds the wall time of each op (CPU) or dispatch (GPU) per step; `scripts/bench-vs-pytorch` runs PyTorch +
 //! PEFT on the same configuration beside it (README, "Speed").
 
-use crate::adapter::ModuleKind;
 use crate::backend::cpu::Cpu;
 use crate::backend::profile::OpTotal;
 use crate::backend::{Backend, Counters, DType};
@@ -21,7 +20,8 @@ use crate::engine::{AdaLoraConfig, Allocation, EngineConfig, Method, RankEngine}
 use crate::experiment::costs::devices::gemm_gflops;
 use crate::experiment::costs::{pass_flops, BatchShape};
 use crate::model::{
-    Batch, Flavour, Head, HostWeights, LoraConfig, Model, ModelConfig, Pooling, Target, TrainMode,
+    Batch, Flavour, Head, HostWeights, LlamaArch, LoraConfig, Model, ModelConfig, Pooling, Target,
+    TrainMode,
 };
 use crate::policy::{Action, ActionKind, PhaseSpec, Until};
 use crate::train::{train, Decay, Hooks, Metered, NoHooks, StepCost, Task, TrainConfig};
@@ -105,7 +105,9 @@ pub struct BenchTrainArgs {
     pub no_full: bool,
     /// Pretrained weights (a folder or hub name, as `adarank run` takes): the model's shape comes
     /// from its config.json and overrides --layers, --hidden, --heads, --ffn and --vocab.
-    /// Without it the weights are random (BERT init), which times the same.
+    /// Without it the weights are random (BERT init), which times the same. `smollm2` is
+    /// SmolLM2-135M's shape (Llama family, 30 layers, GQA 9/3 heads, vocabulary 49,152) as a
+    /// causal LM with random weights.
     #[arg(long)]
     pub model: Option<String>,
     /// Also print one JSON line per mode (for scripts/bench-vs-pytorch).
@@ -152,18 +154,18 @@ struct Flops {
     full_step: f64,
 }
 
-fn count_flops(a: &BenchTrainArgs) -> Flops {
-    let (cfg, head) = (config(a), head());
-    let ranks = vec![a.rank; a.layers * ModuleKind::ALL.len()];
+fn count_flops(a: &BenchTrainArgs, cfg: &ModelConfig) -> Flops {
+    let head = head(cfg);
+    let ranks = vec![a.rank; cfg.slots()];
     let shape = BatchShape {
         batch: a.batch,
         seq: a.seq,
     };
-    let lora = pass_flops(&cfg, &head, false, &ranks, shape, true);
+    let lora = pass_flops(cfg, &head, false, &ranks, shape, true);
     Flops {
         forward: lora.forward,
         lora_step: lora.total(),
-        full_step: pass_flops(&cfg, &head, true, &[], shape, true).total(),
+        full_step: pass_flops(cfg, &head, true, &[], shape, true).total(),
     }
 }
 
@@ -183,25 +185,68 @@ pub fn config(a: &BenchTrainArgs) -> ModelConfig {
     }
 }
 
-fn head() -> Head {
-    Head::Classify {
-        classes: 2,
-        pooling: Pooling::Mean,
+/// SmolLM2-135M's shape (`--model smollm2`), from its GGUF metadata.
+pub fn smollm2_config() -> ModelConfig {
+    ModelConfig {
+        flavour: Flavour::Llama,
+        vocab: 49152,
+        max_positions: 8192,
+        type_vocab: 0,
+        hidden: 576,
+        layers: 30,
+        heads: 9,
+        ffn: 1536,
+        ln_eps: 1e-5,
+        llama: Some(LlamaArch {
+            kv_heads: 3,
+            rope_theta: 100000.0,
+            rope_scaling: None,
+            tie_embeddings: true,
+            qkv_bias: false,
+        }),
     }
 }
 
-fn batch(a: &BenchTrainArgs) -> Batch {
+/// An encoder is benchmarked as a 2-class classifier (mean pooling), a decoder as a causal LM
+/// with a loss on every token (as `scripts/bench_vs_pytorch.py` trains PyTorch's).
+fn head(cfg: &ModelConfig) -> Head {
+    match cfg.flavour {
+        Flavour::Encoder => Head::Classify {
+            classes: 2,
+            pooling: Pooling::Mean,
+        },
+        Flavour::Decoder | Flavour::Llama => Head::LanguageModel,
+    }
+}
+
+fn batch(a: &BenchTrainArgs, cfg: &ModelConfig) -> Batch {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let n = a.batch * a.seq;
+    let ids: Vec<u32> = (0..n)
+        .map(|_| rng.random_range(0..cfg.vocab as u32))
+        .collect();
+    let target = match head(cfg) {
+        // Next-token targets within each sequence; the last position has none.
+        Head::LanguageModel => Target::Tokens(
+            (0..n)
+                .map(|i| {
+                    if (i + 1) % a.seq == 0 {
+                        u32::MAX
+                    } else {
+                        ids[i + 1]
+                    }
+                })
+                .collect(),
+        ),
+        _ => Target::Classes((0..a.batch).map(|_| rng.random_range(0..2)).collect()),
+    };
     Batch {
         batch: a.batch,
         seq: a.seq,
-        ids: (0..n)
-            .map(|_| rng.random_range(0..a.vocab as u32))
-            .collect(),
+        ids,
         type_ids: vec![],
         mask: vec![],
-        target: Target::Classes((0..a.batch).map(|_| rng.random_range(0..2)).collect()),
+        target,
     }
 }
 
@@ -294,12 +339,12 @@ fn forward_steps<B: Backend>(
     let mut m = Model::new(
         be.clone(),
         cfg.clone(),
-        head(),
-        lora_mode(a, false),
+        head(cfg),
+        lora_mode(a, cfg, false),
         weights,
         1,
     )?;
-    let b = batch(a);
+    let b = batch(a, cfg);
     be.ledger().reset_peak();
     m.loss(&b)?;
     be.sync()?;
@@ -363,7 +408,7 @@ impl BenchMethod {
         let Some((method, phases)) = self.method(a, event) else {
             return Ok(None);
         };
-        let adapters = a.layers * ModuleKind::ALL.len();
+        let adapters = model.config().slots();
         let mut c = EngineConfig::new(method, a.rank * adapters, a.rank);
         c.min_rank = 1;
         c.max_rank = 4 * a.rank;
@@ -427,13 +472,13 @@ fn phase(name: &str, until: Until, every_step: Option<ActionKind>) -> PhaseSpec 
     }
 }
 
-/// The LoRA model of the benchmark: rank --rank on all six kinds of every layer; in AdaLoRA's
-/// SVD form when `svd`.
-fn lora_mode(a: &BenchTrainArgs, svd: bool) -> TrainMode {
+/// The LoRA model of the benchmark: rank --rank on every kind of module of every layer (six in
+/// an encoder, seven in the Llama family); in AdaLoRA's SVD form when `svd`.
+fn lora_mode(a: &BenchTrainArgs, cfg: &ModelConfig, svd: bool) -> TrainMode {
     TrainMode::Lora(LoraConfig {
         frozen: a.weights.dtype(),
         svd_form: svd,
-        ..LoraConfig::uniform(a.layers, &ModuleKind::ALL, a.rank, 16.0)
+        ..LoraConfig::uniform(cfg.layers, cfg.module_kinds(), a.rank, 16.0)
     })
 }
 
@@ -452,7 +497,7 @@ impl Task for BenchTask<'_> {
         self.cfg.clone()
     }
     fn head(&self) -> Head {
-        head()
+        head(&self.cfg)
     }
     fn base_weights(&self) -> Result<Option<HostWeights>> {
         Ok(self.weights.cloned())
@@ -518,9 +563,9 @@ pub fn train_steps<B: Backend>(
     };
     let train_mode = match mode {
         Mode::Full => TrainMode::Full,
-        Mode::Lora | Mode::Forward => lora_mode(a, method == BenchMethod::Adalora),
+        Mode::Lora | Mode::Forward => lora_mode(a, cfg, method == BenchMethod::Adalora),
     };
-    let mut m = Model::new(be.clone(), cfg.clone(), head(), train_mode, weights, 1)?;
+    let mut m = Model::new(be.clone(), cfg.clone(), head(cfg), train_mode, weights, 1)?;
     let timed_end = 1 + a.steps as u64;
     let event = timed_end + 1;
     let mut driver = method.driver(a, &mut m, event)?;
@@ -531,7 +576,7 @@ pub fn train_steps<B: Backend>(
     };
     let mut task = BenchTask {
         cfg: cfg.clone(),
-        batch: batch(a),
+        batch: batch(a, cfg),
         weights,
     };
     let to = |steps| loop_config(a, steps);
@@ -596,7 +641,7 @@ fn run<B: Backend>(
     weights: Option<&HostWeights>,
     profile: TakeProfile<B>,
 ) -> Result<()> {
-    let fl = count_flops(a);
+    let fl = count_flops(a, cfg);
     let rate = gemm_rate(&*be, a)?;
     println!(
         "device: {}; GEMM {}×{}×{} (x·Wᵀ): {:.1} GFLOP/s",
@@ -726,7 +771,15 @@ fn peak_rss_gib() -> Option<f64> {
 }
 
 pub fn main(mut a: BenchTrainArgs) -> Result<()> {
-    let (cfg, weights) = match &a.model {
+    let (cfg, weights) = match a.model.as_deref() {
+        // SmolLM2-135M's shape with random weights: the step times the same as with the real
+        // ones (scripts/bench-vs-pytorch loads the real GGUF into PyTorch beside it).
+        Some("smollm2") => {
+            let c = smollm2_config();
+            (a.layers, a.hidden, a.heads, a.ffn, a.vocab) =
+                (c.layers, c.hidden, c.heads, c.ffn, c.vocab);
+            (c, None)
+        }
         Some(spec) => {
             let ck = crate::data::hf::load(spec)?;
             let c = ck.config.model_config();
@@ -749,21 +802,24 @@ pub fn main(mut a: BenchTrainArgs) -> Result<()> {
     if a.rank > a.hidden.min(a.ffn) {
         bail!("--rank {} exceeds the hidden size {}", a.rank, a.hidden);
     }
+    let kinds: Vec<&str> = cfg.module_kinds().iter().map(|k| k.name()).collect();
     println!(
-        "adarank bench train — encoder, {} layers, hidden {}, {} heads, FFN {}, vocab {}, \
-         seq {}, batch {} ({} tokens/step); LoRA rank {} on q, k, v, o, ffn_in, ffn_out \
-         ({} adapters); AdamW, frozen weights {:?}, median of {} steps; weights: {}; rank \
-         method: {}",
+        "adarank bench train — {:?}, {} layers, hidden {}, {} heads ({} kv), FFN {}, vocab {}, \
+         seq {}, batch {} ({} tokens/step); LoRA rank {} on {} ({} adapters); AdamW, frozen \
+         weights {:?}, median of {} steps; weights: {}; rank method: {}",
+        cfg.flavour,
         a.layers,
         a.hidden,
         a.heads,
+        cfg.kv_heads(),
         a.ffn,
         a.vocab,
         a.seq,
         a.batch,
         a.batch * a.seq,
         a.rank,
-        6 * a.layers,
+        kinds.join(", "),
+        cfg.slots(),
         a.weights,
         a.steps,
         a.model.as_deref().unwrap_or("random"),

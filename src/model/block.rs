@@ -7,6 +7,7 @@
 //!                             out = r1 + FfnOut(gelu(FfnIn(f)))
 //! No dropout: training is deterministic, and the planted-rank task wants exact targets.
 
+use super::config::Flavour;
 use super::linear::{AdapterScratch, Linear};
 use super::param::Param;
 use crate::adapter::ModuleKind;
@@ -50,10 +51,17 @@ impl Dims {
     }
 }
 
-/// LayerNorm γ, β: [C] each.
+/// LayerNorm γ, β: [C] each; an RMSNorm (the Llama family) has γ only.
 pub struct Norm<B: Backend> {
     pub gamma: Param<B>,
-    pub beta: Param<B>,
+    pub beta: Option<Param<B>>,
+}
+
+impl<B: Backend> Norm<B> {
+    /// LayerNorm's β (a LayerNorm always has one).
+    pub fn beta(&self) -> &Param<B> {
+        self.beta.as_ref().expect("a LayerNorm has β")
+    }
 }
 
 /// Parameters of one block.
@@ -114,14 +122,14 @@ impl<B: Backend> Block<B> {
             .chain(gate.as_mut())
         {
             out.push(&mut lin.w);
-            out.push(&mut lin.bias);
+            out.extend(lin.bias.as_mut());
             if let Some(l) = lin.lora.as_mut() {
                 out.extend(l.params_mut());
             }
         }
         for n in [ln_a, ln_f] {
             out.push(&mut n.gamma);
-            out.push(&mut n.beta);
+            out.extend(n.beta.as_mut());
         }
         out
     }
@@ -133,35 +141,40 @@ pub struct LayerActs<B: Backend> {
     pub a_in: Option<Tensor<B>>,
     pub ln_a_mean: Tensor<B>, // [N]
     pub ln_a_rstd: Tensor<B>, // [N]
-    /// Projections, head h in columns h·D..(h+1)·D (no permuted copies).
+    /// Projections, head h in columns h·D..(h+1)·D (no permuted copies); in the Llama family
+    /// q and k after the rotary embedding.
     pub q: Tensor<B>, // [N, C] = [B, T, H·D]
-    pub k: Tensor<B>,         // [N, C]
-    pub v: Tensor<B>,         // [N, C]
+    pub k: Tensor<B>,         // [N, KV] = [B, T, KVH·D]
+    pub v: Tensor<B>,         // [N, KV]
     pub probs: Tensor<B>,     // [B, H, T, T]
     pub ctx: Tensor<B>,       // [N, C] attention output before O
     pub r1: Tensor<B>,        // [N, C] x + O(ctx)
     pub f_in: Tensor<B>,      // [N, C] FFN input (encoder h = LN_a(r1); decoder LN_f(r1))
     pub ln_f_mean: Tensor<B>, // [N]
     pub ln_f_rstd: Tensor<B>, // [N]
-    /// FfnIn(f_in): [N, F]. gelu(f1), the FfnOut input, is not saved: the backward recomputes
-    /// it (one vectorized pass) rather than keep N×F values per layer alive.
+    /// FfnIn(f_in): [N, F]. gelu(f1) (or the Llama family's silu(gate) ⊙ f1), the FfnOut input,
+    /// is not saved: the backward recomputes it (one vectorized pass) rather than keep N×F
+    /// values per layer alive.
     pub f1: Tensor<B>,
+    /// The Llama family's Gate(f_in): [N, F].
+    pub gate: Option<Tensor<B>>,
     /// Encoder: h + FfnOut(g) before LN_f: [N, C].
     pub r2: Option<Tensor<B>>,
     pub out: Tensor<B>, // [N, C]
 }
 
 impl<B: Backend> LayerActs<B> {
-    pub fn new(be: &B, d: Dims, decoder: bool) -> Result<Self> {
-        let (n, c, f) = (d.n(), d.c, d.f);
+    pub fn new(be: &B, d: Dims, flavour: Flavour) -> Result<Self> {
+        let (n, c, f, kv) = (d.n(), d.c, d.f, d.kvh * d.d);
+        let pre_norm = flavour != Flavour::Encoder;
         let z = |len| be.zeros(len, MemKind::Activation);
         Ok(Self {
-            a_in: if decoder { Some(z(n * c)?) } else { None },
+            a_in: if pre_norm { Some(z(n * c)?) } else { None },
             ln_a_mean: z(n)?,
             ln_a_rstd: z(n)?,
             q: z(n * c)?,
-            k: z(n * c)?,
-            v: z(n * c)?,
+            k: z(n * kv)?,
+            v: z(n * kv)?,
             probs: z(d.b * d.h * d.t * d.t)?,
             ctx: z(n * c)?,
             r1: z(n * c)?,
@@ -169,7 +182,12 @@ impl<B: Backend> LayerActs<B> {
             ln_f_mean: z(n)?,
             ln_f_rstd: z(n)?,
             f1: z(n * f)?,
-            r2: if decoder { None } else { Some(z(n * c)?) },
+            gate: if flavour == Flavour::Llama {
+                Some(z(n * f)?)
+            } else {
+                None
+            },
+            r2: if pre_norm { None } else { Some(z(n * c)?) },
             out: z(n * c)?,
         })
     }
@@ -182,8 +200,12 @@ pub struct Work<B: Backend> {
     pub nf: Tensor<B>,    // [N, F]
     pub nf2: Tensor<B>,   // [N, F]
     pub dq: Tensor<B>,    // [N, C]
-    pub dk: Tensor<B>,    // [N, C]
-    pub dv: Tensor<B>,    // [N, C]
+    pub dk: Tensor<B>,    // [N, KV]
+    pub dv: Tensor<B>,    // [N, KV]
+    /// The Llama family's third [N, F] (SwiGLU's backward has two outputs beside its input)
+    /// and an [N, KV] for k before and after its rotation.
+    pub nf3: Option<Tensor<B>>,
+    pub nkv: Option<Tensor<B>>,
     pub bhtt: Tensor<B>,  // [B, H, T, T]
     pub bhtt2: Tensor<B>, // [B, H, T, T]
     /// The adapters' backward scratch, kept across steps.
@@ -210,18 +232,21 @@ impl<B: Backend> Flow<B> {
 }
 
 impl<B: Backend> Work<B> {
-    pub fn new(be: &B, d: Dims) -> Result<Self> {
-        let (n, c, f) = (d.n(), d.c, d.f);
+    pub fn new(be: &B, d: Dims, flavour: Flavour) -> Result<Self> {
+        let (n, c, f, kv) = (d.n(), d.c, d.f, d.kvh * d.d);
         let z = |len| be.zeros(len, MemKind::Scratch);
         let bhtt = d.b * d.h * d.t * d.t;
+        let llama = flavour == Flavour::Llama;
         Ok(Self {
             nc: z(n * c)?,
             nc2: z(n * c)?,
             nf: z(n * f)?,
             nf2: z(n * f)?,
             dq: z(n * c)?,
-            dk: z(n * c)?,
-            dv: z(n * c)?,
+            dk: z(n * kv)?,
+            dv: z(n * kv)?,
+            nf3: if llama { Some(z(n * f)?) } else { None },
+            nkv: if llama { Some(z(n * kv)?) } else { None },
             bhtt: z(bhtt)?,
             bhtt2: z(bhtt)?,
             adapter: AdapterScratch::default(),
@@ -243,7 +268,7 @@ fn ln_forward<B: Backend>(
     be.layernorm_forward(
         x,
         &norm.gamma.w,
-        &norm.beta.w,
+        &norm.beta().w,
         y,
         mean,
         rstd,
@@ -268,7 +293,7 @@ fn ln_backward<B: Backend>(
     let Norm { gamma, beta } = norm;
     let gw = &gamma.w;
     let dg = gamma.opt.as_mut().map(|o| &mut o.g);
-    let db = beta.opt.as_mut().map(|o| &mut o.g);
+    let db = beta.as_mut().and_then(|b| b.opt.as_mut()).map(|o| &mut o.g);
     be.layernorm_backward(dy, x, gw, mean, rstd, dx, dg, db, d.n(), d.c);
 }
 

@@ -124,8 +124,35 @@ impl ModelConfig {
     /// The module kinds a block of this flavour has, in slot order.
     pub fn module_kinds(&self) -> &'static [ModuleKind] {
         match self.flavour {
-            Flavour::Llama => &ModuleKind::ALL,
-            Flavour::Encoder | Flavour::Decoder => &ModuleKind::ALL[..6],
+            Flavour::Llama => &ModuleKind::LLAMA,
+            Flavour::Encoder | Flavour::Decoder => &ModuleKind::ALL,
+        }
+    }
+
+    /// Adapter slots: one per (layer, kind), layer-major, kinds in [`Self::module_kinds`] order.
+    pub fn slots(&self) -> usize {
+        self.layers * self.module_kinds().len()
+    }
+
+    /// (layer, kind) of adapter slot `i` (see [`Self::slots`]).
+    pub fn slot_of(&self, i: usize) -> (usize, ModuleKind) {
+        let kinds = self.module_kinds();
+        (i / kinds.len(), kinds[i % kinds.len()])
+    }
+
+    /// Index of the slot of (layer, kind), if the model has that kind.
+    pub fn slot_index(&self, layer: usize, kind: ModuleKind) -> Option<usize> {
+        let kinds = self.module_kinds();
+        let k = kinds.iter().position(|&x| x == kind)?;
+        Some(layer * kinds.len() + k)
+    }
+
+    /// The module path of a linear layer, without `.weight`/`.bias`: the Hugging Face name of
+    /// the flavour (BERT's for the encoder and the GPT-style decoder, Llama's for the family).
+    pub fn module_path(&self, layer: usize, kind: ModuleKind) -> String {
+        match self.flavour {
+            Flavour::Llama => kind.hf_llama_path(layer),
+            Flavour::Encoder | Flavour::Decoder => kind.hf_bert_path(layer),
         }
     }
 

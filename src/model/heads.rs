@@ -22,6 +22,9 @@ fn split<B: Backend>(a: &mut Acts<B>) -> (&Tensor<B>, &mut Tensor<B>) {
     (hidden, &mut flow.dres)
 }
 
+/// Logits the LM head holds at once (32 MiB of f32): a chunk of rows at this size.
+const LM_CHUNK_VALUES: usize = 1 << 23;
+
 fn argmax(row: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
@@ -232,34 +235,7 @@ impl<B: Backend> Model<B> {
                     "batch: {} token targets for {n} positions",
                     y.len()
                 );
-                let v = self.cfg.vocab;
-                let targets = target_ids(be, y, v, "token")?;
-                let count = y.iter().filter(|&&v| v != Ids::<B>::IGNORE).count();
-                let (hidden, dres) = split(self.acts.as_mut().unwrap());
-                let word = &mut self.emb.word;
-                // logits: [N, V] = hidden · word_embeddingsᵀ (tied)
-                let mut logits = be.zeros(n * v, MemKind::Activation)?;
-                be.matmul(hidden, &word.w, &mut logits, &Gemm::nt(n, v, c));
-                let mut dlogits = be.zeros(n * v, MemKind::Activation)?;
-                let mut losses = be.zeros(n, MemKind::Scratch)?;
-                let scale = grad.unwrap_or(0.0) / count.max(1) as f32;
-                be.cross_entropy(&logits, &targets, &mut dlogits, &mut losses, n, v, scale);
-                be.sum(&losses, sum, 0);
-                out.count = count;
-                if eval {
-                    let l = be.download(&logits)?;
-                    for (i, row) in l.chunks(v).enumerate() {
-                        if y[i] != Ids::<B>::IGNORE {
-                            out.correct += (argmax(row) == y[i]) as usize;
-                        }
-                    }
-                }
-                if grad.is_some() {
-                    be.matmul(&dlogits, &word.w, dres, &Gemm::nn(n, c, v));
-                    if let Some(g) = word.grad() {
-                        be.matmul(&dlogits, hidden, g, &Gemm::tn(v, c, n).accumulate());
-                    }
-                }
+                self.lm_head_pass(y, grad, eval, sum, &mut out)?;
             }
             (Head::Span, Target::Spans { start, end }) => {
                 ensure!(
@@ -342,6 +318,78 @@ impl<B: Backend> Model<B> {
             },
             out,
         ))
+    }
+
+    /// The language-model head over the last forward's N positions, in chunks of rows so that
+    /// no [N, V] logits exist at once (vocabularies of 50k–150k make them the largest tensor of
+    /// a step, and more than a GPU binding holds): per chunk, logits = h·Wᵀ, the cross-entropy
+    /// and its gradient, and with `grad` dL/dh into the flow buffer (and dW when W trains). W is
+    /// the untied `lm_head` or the token embeddings. `sum[0]` gets Σ losses; `out.correct` the
+    /// arg-max hits when `eval`.
+    fn lm_head_pass(
+        &mut self,
+        y: &[u32],
+        grad: Option<f32>,
+        eval: bool,
+        sum: &mut Tensor<B>,
+        out: &mut EvalOut,
+    ) -> Result<()> {
+        let be = self.be.clone();
+        let be = &*be;
+        let (c, v) = (self.cfg.hidden, self.cfg.vocab);
+        let n = y.len();
+        if let Some((i, &id)) = y
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id != Ids::<B>::IGNORE && id as usize >= v)
+        {
+            bail!("target {i}: token {id} is out of range (the head has {v})");
+        }
+        let count = y.iter().filter(|&&v| v != Ids::<B>::IGNORE).count();
+        out.count = count;
+        let scale = grad.unwrap_or(0.0) / count.max(1) as f32;
+        let rows = (LM_CHUNK_VALUES / v).clamp(1, n);
+        let z = |len| be.zeros(len, MemKind::Activation);
+        let (mut h, mut logits, mut dlogits) = (z(rows * c)?, z(rows * v)?, z(rows * v)?);
+        let mut dh = if grad.is_some() { Some(z(rows * c)?) } else { None };
+        let (mut losses, mut part) = (be.zeros(rows, MemKind::Scratch)?, be.zeros(1, MemKind::Scratch)?);
+        be.fill(sum, 0.0);
+        let (hidden, dres) = split(self.acts.as_mut().unwrap());
+        let w = match self.lm_head.as_mut() {
+            Some(w) => w,
+            None => &mut self.emb.word,
+        };
+        for r0 in (0..n).step_by(rows) {
+            let k = rows.min(n - r0);
+            // h: [k, C] = hidden rows r0..r0+k; logits: [k, V] = h · Wᵀ
+            be.copy_range(hidden, r0 * c, &mut h, 0, k * c);
+            be.matmul(&h, &w.w, &mut logits, &Gemm::nt(k, v, c));
+            let targets = be.ids(&y[r0..r0 + k])?;
+            // A last, shorter chunk leaves stale losses past k: zero them before summing.
+            be.fill(&mut losses, 0.0);
+            be.cross_entropy(&logits, &targets, &mut dlogits, &mut losses, k, v, scale);
+            be.sum(&losses, &mut part, 0);
+            be.axpy(1.0, &part, sum);
+            if eval {
+                let l = be.download(&logits)?;
+                for (i, row) in l[..k * v].chunks(v).enumerate() {
+                    let t = y[r0 + i];
+                    if t != Ids::<B>::IGNORE {
+                        out.correct += (argmax(row) == t) as usize;
+                    }
+                }
+            }
+            if let Some(dh) = dh.as_mut() {
+                // dh: [k, C] = dlogits · W, into the flow buffer's rows r0..r0+k
+                be.matmul(&dlogits, &w.w, dh, &Gemm::nn(k, c, v));
+                be.copy_range(dh, 0, dres, r0 * c, k * c);
+                if let Some(g) = w.grad() {
+                    // dW += dlogitsᵀ · h
+                    be.matmul(&dlogits, &h, g, &Gemm::tn(v, c, k).accumulate());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Pooled linear head: pooled [B, C] = Σ_t pw[b, t]·hidden[b, t, :]; logits [B, K] =

@@ -87,8 +87,8 @@ pub struct GradAcc<B: Backend> {
 pub struct Linear<B: Backend> {
     /// W0: [rows, cols]
     pub w: Param<B>,
-    /// b: [rows]
-    pub bias: Param<B>,
+    /// b: [rows] (none in the Llama family, but Qwen2's q, k, v)
+    pub bias: Option<Param<B>>,
     pub lora: Option<Lora<B>>,
     pub rows: usize,
     pub cols: usize,
@@ -165,8 +165,21 @@ impl<B: Backend> Linear<B> {
         n: usize,
     ) -> Result<()> {
         let (rows, cols) = (self.rows, self.cols);
-        be.bias_rows(&self.bias.w, residual, y, n, rows);
-        be.matmul(x, &self.w.w, y, &Gemm::nt(n, rows, cols).accumulate());
+        // Bias and residual go in first and the GEMM accumulates onto them; with neither, the
+        // GEMM overwrites y.
+        let gemm = Gemm::nt(n, rows, cols);
+        let gemm = match (&self.bias, residual) {
+            (Some(b), r) => {
+                be.bias_rows(&b.w, r, y, n, rows);
+                gemm.accumulate()
+            }
+            (None, Some(r)) => {
+                be.copy(r, y);
+                gemm.accumulate()
+            }
+            (None, None) => gemm,
+        };
+        be.matmul(x, &self.w.w, y, &gemm);
         if let Some(l) = self.lora.as_mut() {
             let r = l.rank;
             if r == 0 {
@@ -217,7 +230,7 @@ impl<B: Backend> Linear<B> {
         scratch: &mut AdapterScratch<B>,
     ) -> Result<()> {
         let (rows, cols) = (self.rows, self.cols);
-        if let Some(g) = self.bias.grad() {
+        if let Some(g) = self.bias.as_mut().and_then(|b| b.grad()) {
             be.col_sum(dy, g, n, rows, true);
         }
         if let Some(g) = self.w.grad() {

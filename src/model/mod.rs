@@ -15,18 +15,22 @@
 
 pub mod block;
 pub mod config;
+pub mod generate;
 pub mod heads;
 pub mod linear;
+pub mod llama;
 pub mod lora;
 pub mod named;
 pub mod param;
 pub mod pooler;
+pub mod rope;
 pub mod store;
 pub mod transformer;
 pub mod weights;
 
 pub use config::{
-    Batch, EvalOut, Flavour, Head, LoraConfig, ModelConfig, Pooling, Target, TrainMode,
+    Batch, EvalOut, Flavour, Head, LlamaArch, LoraConfig, ModelConfig, Pooling, RopeScaling,
+    Target, TrainMode,
 };
 pub use lora::{delta_w, Factors};
 pub use store::{ModelState, StateMeta};

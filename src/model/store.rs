@@ -47,17 +47,14 @@ pub struct ModelState {
 }
 
 impl<B: Backend> Model<B> {
-    /// (layer, kind) of adapter slot `i` (layer-major, `ModuleKind::ALL` order).
+    /// (layer, kind) of adapter slot `i` (layer-major, `ModelConfig::module_kinds` order).
     pub fn slot(&self, i: usize) -> Result<(usize, ModuleKind)> {
-        let n = self.cfg.layers * ModuleKind::ALL.len();
+        let n = self.cfg.slots();
         ensure!(
             i < n,
             "adapter index {i} out of range (the model has {n} slots)"
         );
-        Ok((
-            i / ModuleKind::ALL.len(),
-            ModuleKind::ALL[i % ModuleKind::ALL.len()],
-        ))
+        Ok(self.cfg.slot_of(i))
     }
 
     fn lora_settings(&self) -> Result<(f32, bool, bool)> {
@@ -71,9 +68,14 @@ impl<B: Backend> Model<B> {
 
     /// Current rank of every slot, in `adapters()` order.
     pub fn ranks(&self) -> Vec<usize> {
+        let kinds = self.cfg.module_kinds();
         self.blocks
             .iter()
-            .flat_map(|b| ModuleKind::ALL.map(|k| b.linear(k).lora.as_ref().map_or(0, |l| l.rank)))
+            .flat_map(|b| {
+                kinds
+                    .iter()
+                    .map(|&k| b.linear(k).lora.as_ref().map_or(0, |l| l.rank))
+            })
             .collect()
     }
 
@@ -123,7 +125,7 @@ impl<B: Backend> Model<B> {
         let mut init_ranks = vec![];
         let mut lambda_masks = vec![];
         for b in &self.blocks {
-            for k in ModuleKind::ALL {
+            for &k in self.cfg.module_kinds() {
                 let l = b.linear(k).lora.as_ref();
                 scales.push(l.map_or(0.0, |l| l.scale));
                 init_ranks.push(l.map_or(0, |l| l.init_rank));
@@ -150,7 +152,7 @@ impl<B: Backend> Model<B> {
     /// Restores a checkpoint taken by [`Model::state`] on a model built the same way (same
     /// config, head, mode and base weights): adapters are first reallocated at the saved ranks.
     pub fn load_state(&mut self, st: &ModelState) -> Result<()> {
-        let slots = self.cfg.layers * ModuleKind::ALL.len();
+        let slots = self.cfg.slots();
         let m = &st.meta;
         ensure!(
             m.ranks.len() == slots && m.scales.len() == slots && m.init_ranks.len() == slots,
@@ -161,7 +163,7 @@ impl<B: Backend> Model<B> {
         for i in 0..slots {
             let (l, kind) = self.slot(i)?;
             let (rows, cols) = self.cfg.module_shape(kind);
-            let path = kind.hf_bert_path(l);
+            let path = self.cfg.module_path(l, kind);
             match self.blocks[l].linear_mut(kind).lora.as_mut() {
                 Some(lora) => {
                     if lora.rank != m.ranks[i] {
@@ -244,7 +246,7 @@ impl<B: Backend> Model<B> {
     pub(crate) fn zero_gate_grads(&mut self) {
         let be = self.be.clone();
         for b in &mut self.blocks {
-            for kind in ModuleKind::ALL {
+            for &kind in self.cfg.module_kinds() {
                 if let Some(g) = b
                     .linear_mut(kind)
                     .lora
@@ -261,8 +263,8 @@ impl<B: Backend> Model<B> {
 impl<B: Backend> AdapterStore for Model<B> {
     fn adapters(&self) -> Vec<AdapterInfo> {
         let ranks = self.ranks();
-        (0..self.cfg.layers)
-            .flat_map(|l| ModuleKind::ALL.map(|k| (l, k)))
+        (0..self.cfg.slots())
+            .map(|i| self.cfg.slot_of(i))
             .zip(ranks)
             .map(|((layer, kind), rank)| {
                 let (rows, cols) = self.cfg.module_shape(kind);
@@ -396,7 +398,9 @@ impl<B: Backend> AdapterStore for Model<B> {
         } else {
             grow_factors(rows, cols, &f, lora.scale, rank, s_new, seed)
         };
-        lora.set_factors(&*be, &kind.hf_bert_path(l), rows, cols, &g, s_new)?;
+        let path = self.cfg.module_path(l, kind);
+        let lora = self.blocks[l].linear_mut(kind).lora.as_mut().unwrap();
+        lora.set_factors(&*be, &path, rows, cols, &g, s_new)?;
         self.resizes += 1;
         Ok(())
     }
@@ -567,7 +571,9 @@ impl<B: Backend> AdapterStore for Model<B> {
             b,
             lambda,
         };
-        lora.set_factors(&*be, &kind.hf_bert_path(l), rows, cols, &g, s_new)?;
+        let path = self.cfg.module_path(l, kind);
+        let lora = self.blocks[l].linear_mut(kind).lora.as_mut().unwrap();
+        lora.set_factors(&*be, &path, rows, cols, &g, s_new)?;
         self.resizes += 1;
         Ok(())
     }
@@ -705,9 +711,9 @@ impl<B: Backend> AdapterStore for Model<B> {
         let (l, kind) = self.slot(i).ok()?;
         let a = self.acts.as_ref()?;
         let la = &a.layers[l];
-        let decoder = self.cfg.flavour == Flavour::Decoder;
+        let pre_norm = self.cfg.flavour != Flavour::Encoder;
         let (t, cols) = match kind {
-            ModuleKind::Q | ModuleKind::K | ModuleKind::V if decoder => {
+            ModuleKind::Q | ModuleKind::K | ModuleKind::V if pre_norm => {
                 (la.a_in.as_ref()?, self.cfg.hidden)
             }
             ModuleKind::Q | ModuleKind::K | ModuleKind::V => (
@@ -720,15 +726,25 @@ impl<B: Backend> AdapterStore for Model<B> {
             ),
             ModuleKind::O => (&la.ctx, self.cfg.hidden),
             ModuleKind::FfnIn | ModuleKind::Gate => (&la.f_in, self.cfg.hidden),
-            // The FfnOut input gelu(f1) is not kept (see `LayerActs::f1`): computed here.
+            // The FfnOut input gelu(f1) (Llama: silu(gate) ⊙ f1) is not kept (see
+            // `LayerActs::f1`): computed here.
             ModuleKind::FfnOut => (&la.f1, self.cfg.ffn),
         };
         let v = self.be.download(t).ok()?;
         let rows = (v.len() / cols).min(SAMPLE_ROWS);
         let mut v = v[..rows * cols].to_vec();
         if kind == ModuleKind::FfnOut {
-            v.iter_mut()
-                .for_each(|x| *x = crate::backend::cpu::gelu(*x));
+            match &la.gate {
+                Some(g) => {
+                    let g = self.be.download(g).ok()?;
+                    for (x, &g) in v.iter_mut().zip(&g) {
+                        *x *= g / (1.0 + (-g).exp());
+                    }
+                }
+                None => v
+                    .iter_mut()
+                    .for_each(|x| *x = crate::backend::cpu::gelu(*x)),
+            }
         }
         Some(HostTensor::new(vec![rows, cols], v))
     }

@@ -2,12 +2,16 @@
 //! and backward passes over a batch, gradient bookkeeping and the AdamW step.
 
 use super::block::{block_backward, block_forward, Block, Dims, Flow, LayerActs, Norm, Work};
+use super::llama::{llama_block_backward, llama_block_forward, RopeInput};
 use super::config::{Batch, Flavour, Head, LoraConfig, ModelConfig, Pooling, TrainMode};
 use super::linear::{Linear, Lora};
 use super::lora::{init_factors, lora_scale};
 use super::param::Param;
 use super::pooler::{self, Pooler};
-use super::weights::{body_shapes, head_shapes, init_tensor, name_seed, HostWeights, Init};
+use super::weights::{
+    body_shapes, head_shapes, init_tensor, name_seed, HostWeights, Init, LLAMA_EMBED, LLAMA_HEAD,
+    LLAMA_NORM,
+};
 use crate::adapter::{HostTensor, ModuleKind};
 use crate::backend::{AdamW, Backend, DType, Ids, LedgerSnapshot, MemKind, Tensor};
 use anyhow::{bail, ensure, Context, Result};
@@ -16,7 +20,7 @@ use std::sync::Arc;
 /// Token, position and (encoder) token-type tables, and the encoder's embedding LayerNorm.
 pub struct Embeddings<B: Backend> {
     pub word: Param<B>,          // [V, C]
-    pub pos: Param<B>,           // [P, C]
+    pub pos: Option<Param<B>>,   // [P, C] (not in the Llama family: RoPE)
     pub types: Option<Param<B>>, // [types, C] (encoder)
     pub ln: Option<Norm<B>>,     // encoder
 }
@@ -52,8 +56,14 @@ pub struct Model<B: Backend> {
     pub(crate) seed: u64,
     pub(crate) emb: Embeddings<B>,
     pub(crate) blocks: Vec<Block<B>>,
-    /// Decoder: `final_layernorm`.
+    /// Decoder: `final_layernorm`; Llama family: `model.norm` (RMSNorm).
     pub(crate) final_ln: Option<Norm<B>>,
+    /// The Llama family's own LM head `lm_head.weight` [V, C] when it is not tied to the
+    /// embeddings.
+    pub(crate) lm_head: Option<Param<B>>,
+    /// The Llama family's RoPE table [P, D/2, 2] (cos, sin) for positions 0..P, grown to the
+    /// longest sequence seen (see `rope.rs`).
+    pub(crate) rope: Option<(Tensor<B>, usize)>,
     /// BERT's pooler, for `pooling = cls` classification (see `pooler.rs`).
     pub(crate) pooler: Option<Pooler<B>>,
     /// `classifier.*` or `qa_outputs.*`: weight [K, C], bias [K].
@@ -151,7 +161,7 @@ impl<B: Backend> Model<B> {
             TrainMode::Lora(l) => l.frozen,
             TrainMode::Full => DType::F32,
         };
-        let mut body = std::collections::BTreeMap::new();
+        let mut body = Body::default();
         for (name, shape) in body_shapes(&cfg) {
             let t = get(&name, &shape, false)?;
             let p = if full {
@@ -159,19 +169,8 @@ impl<B: Backend> Model<B> {
             } else {
                 Param::frozen(be, name.clone(), &t, frozen)?
             };
-            body.insert(name, p);
+            body.0.insert(name, p);
         }
-        let mut take = |name: &str| body.remove(name).expect("body weight listed above");
-        let emb = Embeddings {
-            word: take("embeddings.word_embeddings.weight"),
-            pos: take("embeddings.position_embeddings.weight"),
-            types: (cfg.flavour == Flavour::Encoder)
-                .then(|| take("embeddings.token_type_embeddings.weight")),
-            ln: (cfg.flavour == Flavour::Encoder).then(|| Norm {
-                gamma: take("embeddings.LayerNorm.weight"),
-                beta: take("embeddings.LayerNorm.bias"),
-            }),
-        };
         let lora_cfg = match &mode {
             TrainMode::Lora(l) => Some(l.clone()),
             TrainMode::Full => None,
@@ -184,16 +183,20 @@ impl<B: Backend> Model<B> {
                     cfg.layers,
                     cfg.layers
                 );
-                let _ = kind;
+                ensure!(
+                    cfg.module_kinds().contains(&kind),
+                    "LoRA rank given for `{kind}`, which a {:?} block does not have",
+                    cfg.flavour
+                );
             }
         }
+        let llama = cfg.flavour == Flavour::Llama;
+        let emb = body.embeddings(&cfg);
         let mut blocks = Vec::with_capacity(cfg.layers);
         for l in 0..cfg.layers {
             let mut lin = |kind: ModuleKind| -> Result<Linear<B>> {
                 let (rows, cols) = cfg.module_shape(kind);
-                let path = kind.hf_bert_path(l);
-                let w = take(&format!("{path}.weight"));
-                let bias = take(&format!("{path}.bias"));
+                let path = cfg.module_path(l, kind);
                 let lora = match &lora_cfg {
                     None => None,
                     Some(lc) => {
@@ -202,25 +205,26 @@ impl<B: Backend> Model<B> {
                     }
                 };
                 Ok(Linear {
-                    w,
-                    bias,
+                    w: body.take(&format!("{path}.weight")),
+                    bias: body.0.remove(&format!("{path}.bias")),
                     lora,
                     rows,
                     cols,
                 })
             };
-            let q = lin(ModuleKind::Q)?;
-            let k = lin(ModuleKind::K)?;
-            let v = lin(ModuleKind::V)?;
-            let o = lin(ModuleKind::O)?;
-            let ffn_in = lin(ModuleKind::FfnIn)?;
-            let ffn_out = lin(ModuleKind::FfnOut)?;
-            let mut norm = |p: &str| Norm {
-                gamma: take(&format!("encoder.layer.{l}.{p}.weight")),
-                beta: take(&format!("encoder.layer.{l}.{p}.bias")),
+            let (q, k, v, o) = (
+                lin(ModuleKind::Q)?,
+                lin(ModuleKind::K)?,
+                lin(ModuleKind::V)?,
+                lin(ModuleKind::O)?,
+            );
+            let gate = if llama {
+                Some(lin(ModuleKind::Gate)?)
+            } else {
+                None
             };
-            let ln_a = norm("attention.output.LayerNorm");
-            let ln_f = norm("output.LayerNorm");
+            let (ffn_in, ffn_out) = (lin(ModuleKind::FfnIn)?, lin(ModuleKind::FfnOut)?);
+            let (ln_a, ln_f) = body.block_norms(&cfg, l);
             blocks.push(Block {
                 q,
                 k,
@@ -228,15 +232,14 @@ impl<B: Backend> Model<B> {
                 o,
                 ffn_in,
                 ffn_out,
-                gate: None,
+                gate,
                 ln_a,
                 ln_f,
             });
         }
-        let final_ln = (cfg.flavour == Flavour::Decoder).then(|| Norm {
-            gamma: take("final_layernorm.weight"),
-            beta: take("final_layernorm.bias"),
-        });
+        let final_ln = body.final_norm(&cfg);
+        let lm_head = body.0.remove(LLAMA_HEAD);
+        debug_assert!(body.0.is_empty(), "body weights left: {:?}", body.0.keys());
         // Head weights always train (LoRA trains the task head, as PEFT's modules_to_save).
         let mut hp = head_shapes(&cfg, &head).into_iter();
         let mut head_param = || -> Result<Option<Param<B>>> {
@@ -275,6 +278,8 @@ impl<B: Backend> Model<B> {
             emb,
             blocks,
             final_ln,
+            lm_head,
+            rope: None,
             pooler,
             head_w,
             head_b,
@@ -317,19 +322,20 @@ impl<B: Backend> Model<B> {
             ln,
         } = &mut self.emb;
         out.push(word);
-        out.push(pos);
+        out.extend(pos.iter_mut());
         out.extend(types.iter_mut());
         if let Some(n) = ln {
             out.push(&mut n.gamma);
-            out.push(&mut n.beta);
+            out.extend(n.beta.as_mut());
         }
         for b in &mut self.blocks {
             out.extend(b.params_mut());
         }
         if let Some(n) = &mut self.final_ln {
             out.push(&mut n.gamma);
-            out.push(&mut n.beta);
+            out.extend(n.beta.as_mut());
         }
+        out.extend(self.lm_head.iter_mut());
         if let Some(p) = &mut self.pooler {
             out.push(&mut p.w);
             out.push(&mut p.b);
@@ -539,7 +545,7 @@ impl<B: Backend> Model<B> {
     pub(crate) fn apply_lambda_masks(&mut self) -> Result<()> {
         let be = self.be.clone();
         for b in &mut self.blocks {
-            for kind in ModuleKind::ALL {
+            for &kind in self.cfg.module_kinds() {
                 let Some(l) = b.linear_mut(kind).lora.as_mut() else {
                     continue;
                 };
@@ -609,8 +615,10 @@ impl<B: Backend> Model<B> {
     }
 
     fn ensure_acts(&mut self, d: Dims, batch: &Batch) -> Result<()> {
+        self.ensure_rope(d.t)?;
         let be = &*self.be;
-        let decoder = self.cfg.flavour == Flavour::Decoder;
+        let flavour = self.cfg.flavour;
+        let pre_norm = flavour != Flavour::Encoder;
         let n = d.n();
         let ids = be.ids(&batch.ids)?;
         let pos: Vec<u32> = (0..n).map(|i| (i % d.t) as u32).collect();
@@ -636,14 +644,14 @@ impl<B: Backend> Model<B> {
                 emb_sum: z(n * d.c)?,
                 emb_mean: z(n)?,
                 emb_rstd: z(n)?,
-                emb_out: if decoder { None } else { Some(z(n * d.c)?) },
+                emb_out: if pre_norm { None } else { Some(z(n * d.c)?) },
                 layers: (0..self.cfg.layers)
-                    .map(|_| LayerActs::new(be, d, decoder))
+                    .map(|_| LayerActs::new(be, d, flavour))
                     .collect::<Result<_>>()?,
-                final_out: if decoder { Some(z(n * d.c)?) } else { None },
+                final_out: if pre_norm { Some(z(n * d.c)?) } else { None },
                 final_mean: z(n)?,
                 final_rstd: z(n)?,
-                work: Work::new(be, d)?,
+                work: Work::new(be, d, flavour)?,
                 flow: Flow::new(be, d)?,
             });
         }
@@ -651,6 +659,30 @@ impl<B: Backend> Model<B> {
         a.ids = ids;
         a.type_ids = be.ids(&types)?;
         be.write(&mut a.key_mask, &mask)?;
+        Ok(())
+    }
+
+    /// The Llama family's RoPE table, grown to cover positions 0..t (nothing for other flavours).
+    pub(crate) fn ensure_rope(&mut self, t: usize) -> Result<()> {
+        let Some(arch) = &self.cfg.llama else {
+            return Ok(());
+        };
+        if self.rope.as_ref().is_some_and(|(_, p)| *p >= t) {
+            return Ok(());
+        }
+        // Grow geometrically so a run whose sequences lengthen step by step rebuilds it rarely.
+        let p = t
+            .max(self.rope.as_ref().map_or(0, |(_, p)| 2 * p))
+            .min(self.cfg.max_positions)
+            .max(t);
+        let table = super::rope::rope_table(
+            self.cfg.head_dim(),
+            p,
+            arch.rope_theta,
+            arch.rope_scaling.as_ref(),
+        );
+        self.rope = None;
+        self.rope = Some((self.be.upload(&table, MemKind::Frozen)?, p));
         Ok(())
     }
 
@@ -674,12 +706,14 @@ impl<B: Backend> Model<B> {
         self.ensure_acts(d, batch)?;
         let be = &*self.be;
         let eps = self.cfg.ln_eps;
-        let decoder = self.cfg.flavour == Flavour::Decoder;
+        let flavour = self.cfg.flavour;
         let a = self.acts.as_mut().unwrap();
         let c = d.c;
-        // emb_sum: [N, C] = word[ids] + pos[t] (+ types[type_ids])
+        // emb_sum: [N, C] = word[ids] (+ pos[t]) (+ types[type_ids])
         be.embedding_forward(&a.ids, &self.emb.word.w, &mut a.emb_sum, c, false);
-        be.embedding_forward(&a.pos_ids, &self.emb.pos.w, &mut a.emb_sum, c, true);
+        if let Some(pos) = &self.emb.pos {
+            be.embedding_forward(&a.pos_ids, &pos.w, &mut a.emb_sum, c, true);
+        }
         if let Some(ty) = &self.emb.types {
             be.embedding_forward(&a.type_ids, &ty.w, &mut a.emb_sum, c, true);
         }
@@ -687,7 +721,7 @@ impl<B: Backend> Model<B> {
             be.layernorm_forward(
                 &a.emb_sum,
                 &ln.gamma.w,
-                &ln.beta.w,
+                &ln.beta().w,
                 out,
                 &mut a.emb_mean,
                 &mut a.emb_rstd,
@@ -702,37 +736,52 @@ impl<B: Backend> Model<B> {
             layers,
             work,
             key_mask,
+            pos_ids,
             ..
         } = a;
         let x0: &Tensor<B> = emb_out.as_ref().unwrap_or(emb_sum);
         for l in 0..self.blocks.len() {
             let (prev, rest) = layers.split_at_mut(l);
             let x = if l == 0 { x0 } else { &prev[l - 1].out };
-            block_forward(
-                be,
-                &mut self.blocks[l],
-                &mut rest[0],
-                x,
-                key_mask,
-                work,
-                d,
-                decoder,
-                eps,
-            )
+            let blk = &mut self.blocks[l];
+            match (&self.rope, flavour) {
+                (Some((table, _)), Flavour::Llama) => {
+                    let rope = RopeInput {
+                        table,
+                        positions: pos_ids,
+                    };
+                    llama_block_forward(be, blk, &mut rest[0], x, key_mask, &rope, work, d, eps)
+                }
+                _ => block_forward(
+                    be,
+                    blk,
+                    &mut rest[0],
+                    x,
+                    key_mask,
+                    work,
+                    d,
+                    flavour == Flavour::Decoder,
+                    eps,
+                ),
+            }
             .with_context(|| format!("forward of layer {l}"))?;
         }
         if let (Some(ln), Some(out)) = (&self.final_ln, a.final_out.as_mut()) {
-            be.layernorm_forward(
-                &a.layers.last().unwrap().out,
-                &ln.gamma.w,
-                &ln.beta.w,
-                out,
-                &mut a.final_mean,
-                &mut a.final_rstd,
-                d.n(),
-                c,
-                eps,
-            );
+            let last = &a.layers.last().unwrap().out;
+            match &ln.beta {
+                Some(beta) => be.layernorm_forward(
+                    last,
+                    &ln.gamma.w,
+                    &beta.w,
+                    out,
+                    &mut a.final_mean,
+                    &mut a.final_rstd,
+                    d.n(),
+                    c,
+                    eps,
+                ),
+                None => be.rmsnorm_forward(last, &ln.gamma.w, out, &mut a.final_rstd, d.n(), c, eps),
+            }
         }
         Ok(())
     }
@@ -757,31 +806,50 @@ impl<B: Backend> Model<B> {
     /// Backward through the body; `acts.flow.dres` holds dL/dhidden [N, C] on entry.
     pub(crate) fn backward_body(&mut self) -> Result<()> {
         let be = &*self.be;
-        let decoder = self.cfg.flavour == Flavour::Decoder;
+        let flavour = self.cfg.flavour;
         let a = self.acts.as_mut().expect("backward after forward");
         let d = a.d;
         let full = self.emb.word.trainable();
         let r_max = self
             .blocks
             .iter()
-            .flat_map(|b| ModuleKind::ALL.map(|k| b.linear(k).lora.as_ref().map_or(0, |l| l.rank)))
+            .flat_map(|b| {
+                self.cfg
+                    .module_kinds()
+                    .iter()
+                    .map(|&k| b.linear(k).lora.as_ref().map_or(0, |l| l.rank))
+            })
             .max()
             .unwrap_or(0);
         a.work.adapter.ensure(be, d.n() * r_max)?;
         if let Some(ln) = self.final_ln.as_mut() {
             let Norm { gamma, beta } = ln;
-            be.layernorm_backward(
-                &a.flow.dres,
-                &a.layers.last().unwrap().out,
-                &gamma.w,
-                &a.final_mean,
-                &a.final_rstd,
-                &mut a.flow.dres2,
-                gamma.opt.as_mut().map(|o| &mut o.g),
-                beta.opt.as_mut().map(|o| &mut o.g),
-                d.n(),
-                d.c,
-            );
+            let last = &a.layers.last().unwrap().out;
+            let dg = gamma.opt.as_mut().map(|o| &mut o.g);
+            match beta {
+                Some(beta) => be.layernorm_backward(
+                    &a.flow.dres,
+                    last,
+                    &gamma.w,
+                    &a.final_mean,
+                    &a.final_rstd,
+                    &mut a.flow.dres2,
+                    dg,
+                    beta.opt.as_mut().map(|o| &mut o.g),
+                    d.n(),
+                    d.c,
+                ),
+                None => be.rmsnorm_backward(
+                    &a.flow.dres,
+                    last,
+                    &gamma.w,
+                    &a.final_rstd,
+                    &mut a.flow.dres2,
+                    dg,
+                    d.n(),
+                    d.c,
+                ),
+            }
             std::mem::swap(&mut a.flow.dres, &mut a.flow.dres2);
         }
         let Acts {
@@ -790,27 +858,36 @@ impl<B: Backend> Model<B> {
             layers,
             work,
             flow,
-            key_mask,
+            pos_ids,
             ..
         } = &mut *a;
-        let _ = key_mask;
         let x0: &Tensor<B> = emb_out.as_ref().unwrap_or(emb_sum);
         for l in (0..self.blocks.len()).rev() {
             let x = if l == 0 { x0 } else { &layers[l - 1].out };
             // Below layer 0 only the embeddings remain; their gradient is needed only when they
             // train (full fine-tuning).
             let need_dx = l > 0 || full;
-            block_backward(
-                be,
-                &mut self.blocks[l],
-                &layers[l],
-                x,
-                work,
-                flow,
-                d,
-                decoder,
-                need_dx,
-            )
+            let blk = &mut self.blocks[l];
+            match (&self.rope, flavour) {
+                (Some((table, _)), Flavour::Llama) => {
+                    let rope = RopeInput {
+                        table,
+                        positions: pos_ids,
+                    };
+                    llama_block_backward(be, blk, &layers[l], x, &rope, work, flow, d, need_dx)
+                }
+                _ => block_backward(
+                    be,
+                    blk,
+                    &layers[l],
+                    x,
+                    work,
+                    flow,
+                    d,
+                    flavour == Flavour::Decoder,
+                    need_dx,
+                ),
+            }
             .with_context(|| format!("backward of layer {l}"))?;
         }
         if !full {
@@ -826,7 +903,7 @@ impl<B: Backend> Model<B> {
                 &a.emb_rstd,
                 &mut a.flow.dres2,
                 gamma.opt.as_mut().map(|o| &mut o.g),
-                beta.opt.as_mut().map(|o| &mut o.g),
+                beta.as_mut().and_then(|b| b.opt.as_mut()).map(|o| &mut o.g),
                 d.n(),
                 d.c,
             );
@@ -837,13 +914,87 @@ impl<B: Backend> Model<B> {
         if let Some(g) = self.emb.word.grad() {
             be.embedding_backward(&a.ids, demb, g, d.c);
         }
-        if let Some(g) = self.emb.pos.grad() {
+        if let Some(g) = self.emb.pos.as_mut().and_then(|p| p.grad()) {
             be.embedding_backward(&a.pos_ids, demb, g, d.c);
         }
         if let Some(g) = self.emb.types.as_mut().and_then(|t| t.grad()) {
             be.embedding_backward(&a.type_ids, demb, g, d.c);
         }
         Ok(())
+    }
+}
+
+/// The body's parameters by name while [`Model::new`] hands them to the structs that own them.
+struct Body<B: Backend>(std::collections::BTreeMap<String, Param<B>>);
+
+impl<B: Backend> Default for Body<B> {
+    fn default() -> Self {
+        Self(Default::default())
+    }
+}
+
+impl<B: Backend> Body<B> {
+    fn take(&mut self, name: &str) -> Param<B> {
+        self.0.remove(name).expect("body weight listed by body_shapes")
+    }
+
+    fn norm(&mut self, prefix: &str) -> Norm<B> {
+        Norm {
+            gamma: self.take(&format!("{prefix}.weight")),
+            beta: Some(self.take(&format!("{prefix}.bias"))),
+        }
+    }
+
+    fn rms(&mut self, name: &str) -> Norm<B> {
+        Norm {
+            gamma: self.take(name),
+            beta: None,
+        }
+    }
+
+    fn embeddings(&mut self, cfg: &ModelConfig) -> Embeddings<B> {
+        match cfg.flavour {
+            Flavour::Llama => Embeddings {
+                word: self.take(LLAMA_EMBED),
+                pos: None,
+                types: None,
+                ln: None,
+            },
+            Flavour::Encoder => Embeddings {
+                word: self.take("embeddings.word_embeddings.weight"),
+                pos: Some(self.take("embeddings.position_embeddings.weight")),
+                types: Some(self.take("embeddings.token_type_embeddings.weight")),
+                ln: Some(self.norm("embeddings.LayerNorm")),
+            },
+            Flavour::Decoder => Embeddings {
+                word: self.take("embeddings.word_embeddings.weight"),
+                pos: Some(self.take("embeddings.position_embeddings.weight")),
+                types: None,
+                ln: None,
+            },
+        }
+    }
+
+    /// A block's two norms (`Block::ln_a`, `Block::ln_f`).
+    fn block_norms(&mut self, cfg: &ModelConfig, l: usize) -> (Norm<B>, Norm<B>) {
+        match cfg.flavour {
+            Flavour::Llama => (
+                self.rms(&format!("model.layers.{l}.input_layernorm.weight")),
+                self.rms(&format!("model.layers.{l}.post_attention_layernorm.weight")),
+            ),
+            Flavour::Encoder | Flavour::Decoder => (
+                self.norm(&format!("encoder.layer.{l}.attention.output.LayerNorm")),
+                self.norm(&format!("encoder.layer.{l}.output.LayerNorm")),
+            ),
+        }
+    }
+
+    fn final_norm(&mut self, cfg: &ModelConfig) -> Option<Norm<B>> {
+        match cfg.flavour {
+            Flavour::Llama => Some(self.rms(LLAMA_NORM)),
+            Flavour::Decoder => Some(self.norm("final_layernorm")),
+            Flavour::Encoder => None,
+        }
     }
 }
 

@@ -1,8 +1,10 @@
-//! Weight names and shapes (Hugging Face BERT names without `bert.`), and random initialisation.
+//! Weight names and shapes, and random initialisation.
 //!
-//! The decoder reuses the BERT block names so that one loader serves both flavours:
-//! `attention.output.LayerNorm` is its pre-attention norm, `output.LayerNorm` its pre-FFN norm,
-//! and `final_layernorm` the norm after the last block.
+//! The encoder has Hugging Face BERT names without `bert.`. The GPT-style decoder reuses them so
+//! that one loader serves both: `attention.output.LayerNorm` is its pre-attention norm,
+//! `output.LayerNorm` its pre-FFN norm, and `final_layernorm` the norm after the last block. The
+//! Llama family has transformers' `LlamaForCausalLM` names (`model.layers.{i}.self_attn.q_proj`,
+//! …; see `data::pretrained`).
 
 use super::config::{Flavour, Head, ModelConfig, Pooling};
 use crate::adapter::{HostTensor, ModuleKind};
@@ -13,13 +15,18 @@ use std::collections::BTreeMap;
 /// Named host tensors: safetensors loading and random init meet here.
 pub type HostWeights = BTreeMap<String, HostTensor>;
 
-/// The weight path of a module's linear layer, without `.weight`/`.bias`.
-pub fn module_path(layer: usize, kind: ModuleKind) -> String {
-    kind.hf_bert_path(layer)
-}
+/// The Llama family's embedding table (and tied LM head).
+pub const LLAMA_EMBED: &str = "model.embed_tokens.weight";
+/// The Llama family's untied LM head.
+pub const LLAMA_HEAD: &str = "lm_head.weight";
+/// The Llama family's final RMSNorm.
+pub const LLAMA_NORM: &str = "model.norm.weight";
 
 /// Every body weight the model needs, with its shape, in a fixed order.
 pub fn body_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    if cfg.flavour == Flavour::Llama {
+        return llama_shapes(cfg);
+    }
     let (c, v, p) = (cfg.hidden, cfg.vocab, cfg.max_positions);
     let mut out = vec![
         ("embeddings.word_embeddings.weight".to_string(), vec![v, c]),
@@ -39,7 +46,7 @@ pub fn body_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     for l in 0..cfg.layers {
         for kind in ModuleKind::ALL {
             let (rows, cols) = cfg.module_shape(kind);
-            let path = module_path(l, kind);
+            let path = cfg.module_path(l, kind);
             out.push((format!("{path}.weight"), vec![rows, cols]));
             out.push((format!("{path}.bias"), vec![rows]));
         }
@@ -51,6 +58,34 @@ pub fn body_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     if cfg.flavour == Flavour::Decoder {
         out.push(("final_layernorm.weight".into(), vec![c]));
         out.push(("final_layernorm.bias".into(), vec![c]));
+    }
+    out
+}
+
+/// [`body_shapes`] of the Llama family: no position table, no token types, RMSNorms (γ only),
+/// no biases but Qwen2's on q, k and v, an LM head of its own unless tied.
+fn llama_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (c, v) = (cfg.hidden, cfg.vocab);
+    let arch = cfg.llama.as_ref().expect("Llama flavour has its settings");
+    let mut out = vec![(LLAMA_EMBED.to_string(), vec![v, c])];
+    for l in 0..cfg.layers {
+        out.push((format!("model.layers.{l}.input_layernorm.weight"), vec![c]));
+        for &kind in cfg.module_kinds() {
+            let (rows, cols) = cfg.module_shape(kind);
+            let path = cfg.module_path(l, kind);
+            out.push((format!("{path}.weight"), vec![rows, cols]));
+            if arch.qkv_bias && matches!(kind, ModuleKind::Q | ModuleKind::K | ModuleKind::V) {
+                out.push((format!("{path}.bias"), vec![rows]));
+            }
+        }
+        out.push((
+            format!("model.layers.{l}.post_attention_layernorm.weight"),
+            vec![c],
+        ));
+    }
+    out.push((LLAMA_NORM.to_string(), vec![c]));
+    if !arch.tie_embeddings {
+        out.push((LLAMA_HEAD.to_string(), vec![v, c]));
     }
     out
 }
@@ -109,7 +144,8 @@ pub fn normal_tensor(shape: Vec<usize>, std: f32, seed: u64) -> HostTensor {
 /// Initial value of one named tensor: LayerNorm γ = 1, biases and β = 0, matrices random.
 pub fn init_tensor(name: &str, shape: &[usize], init: Init, seed: u64) -> HostTensor {
     let n: usize = shape.iter().product();
-    if name.ends_with("LayerNorm.weight") || name.ends_with("layernorm.weight") {
+    // LayerNorm and RMSNorm scales (`…LayerNorm.weight`, `…layernorm.weight`, `model.norm.weight`).
+    if name.ends_with("Norm.weight") || name.ends_with("norm.weight") {
         return HostTensor::new(shape.to_vec(), vec![1.0; n]);
     }
     if shape.len() == 1 {

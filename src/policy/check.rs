@@ -296,7 +296,11 @@ impl Ctx<'_> {
                     Some(ModelSpec::Encoder(t) | ModelSpec::Decoder(t)) => Some(t.max_positions),
                     _ => None,
                 };
-                sections::data(&mut f, kind, self.base_dir, shape.hidden, max_positions)
+                let data = sections::data(&mut f, kind, self.base_dir, shape.hidden, max_positions);
+                if let (Some(m), Some(dt)) = (&model, &data) {
+                    super::lm::check(&mut f, m, dt);
+                }
+                data
             }
             _ => {
                 self.missing_section(cfg, "data", "data planted { ranks = [2, 8] }", d);

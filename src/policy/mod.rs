@@ -10,6 +10,7 @@ mod fields;
 mod format;
 pub mod known_models;
 mod layers;
+pub mod lm;
 mod locate;
 pub mod parse;
 pub mod plan;

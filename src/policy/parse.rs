@@ -256,8 +256,13 @@ fn unquote(s: &str) -> String {
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
         if c == '\\' {
-            if let Some(n) = chars.next() {
-                out.push(n);
+            // `\n` and `\t` are a newline and a tab (prompt templates need them); `\"` and
+            // `\\` the character itself.
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(n) => out.push(n),
+                None => {}
             }
         } else {
             out.push(c);

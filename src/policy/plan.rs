@@ -183,6 +183,35 @@ pub struct Subset {
     pub max_len: Option<usize>,
     pub train_samples: Option<usize>,
     pub eval_samples: Option<usize>,
+    /// How a causal LM reads the set (docs/llm-data.md); all defaults for encoders.
+    #[serde(default, skip_serializing_if = "LmDataSpec::is_default")]
+    pub lm: LmDataSpec,
+}
+
+/// The causal-LM keys of a real data section: `as = generation` with `prompt` and `labels`,
+/// `format` (JSONL record kind), `truncation`, `metric`, `max_new`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LmDataSpec {
+    /// `as = generation`: a labelled set as prompt + label word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<crate::data::lm::AsGeneration>,
+    /// `format`: the JSONL record kind; `None` = read from the file's first record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::data::lm::JsonlKind>,
+    #[serde(default)]
+    pub truncation: crate::data::lm::Truncation,
+    /// `metric`; `None` = the data set's default (accuracy for labelled sets, else perplexity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<crate::data::lm::LmMetric>,
+    /// `max_new`: longest greedy answer for exact match, in tokens; `None` = 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_new: Option<usize>,
+}
+
+impl LmDataSpec {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -100,7 +100,8 @@ pub fn model(f: &mut Fields<'_>, kind: &Ident, base_dir: &Path) -> Option<ModelS
 
 const SUBSET_KEYS: &[&str] = &["max_len", "train_samples", "eval_samples"];
 
-fn subset(f: &mut Fields<'_>) -> Subset {
+/// The limits of a real data set, and its causal-LM keys when it takes them (`lm`).
+fn subset(f: &mut Fields<'_>, lm: bool) -> Subset {
     Subset {
         max_len: f.count_in("max_len", &bounds::MAX_LEN).map(|v| v as usize),
         train_samples: f
@@ -109,6 +110,11 @@ fn subset(f: &mut Fields<'_>) -> Subset {
         eval_samples: f
             .count_in("eval_samples", &bounds::SUBSET)
             .map(|v| v as usize),
+        lm: if lm {
+            super::lm::keys(f)
+        } else {
+            LmDataSpec::default()
+        },
     }
 }
 
@@ -170,8 +176,10 @@ pub fn data(
         f.required_string(key, example)
             .map(|s| crate::engine::source::normalize(&base_dir.join(s)))
     };
+    // Every real data set but SQuAD takes the causal-LM keys too.
     let with_subset = |extra: &[&'static str]| -> Vec<&'static str> {
-        extra.iter().chain(SUBSET_KEYS).copied().collect()
+        let lm = super::lm::LM_KEYS.iter().filter(|_| kind.node != "squad");
+        extra.iter().chain(SUBSET_KEYS).chain(lm).copied().collect()
     };
     match kind.node.as_str() {
         "planted" => {
@@ -241,12 +249,12 @@ pub fn data(
                 .map(|s| crate::engine::source::normalize(&base_dir.join(s)));
             Some(DataSpec::Movies {
                 dir,
-                subset: subset(f),
+                subset: subset(f, true),
             })
         }
         "sst2" | "mnli" => {
             f.only(&with_subset(&["dir"]), &what);
-            let subset = subset(f);
+            let subset = subset(f, true);
             let dir = path(f, "dir", "\"data/glue/SST-2\"")?;
             Some(if kind.node == "sst2" {
                 DataSpec::Sst2 { dir, subset }
@@ -255,8 +263,18 @@ pub fn data(
             })
         }
         "squad" | "jsonl" => {
-            f.only(&with_subset(&["train", "dev"]), &what);
-            let subset = subset(f);
+            let extra: &[&str] = if kind.node == "jsonl" {
+                &["train", "dev", "format"]
+            } else {
+                &["train", "dev"]
+            };
+            f.only(&with_subset(extra), &what);
+            let mut subset = subset(f, kind.node == "jsonl");
+            if kind.node == "jsonl" {
+                subset.lm.format = f
+                    .choice("format", crate::data::lm::JsonlKind::NAMES)
+                    .and_then(crate::data::lm::JsonlKind::parse);
+            }
             let train = path(f, "train", "\"data/train.jsonl\"");
             let dev = path(f, "dev", "\"data/dev.jsonl\"");
             let (train, dev) = (train?, dev?);

@@ -2,6 +2,7 @@
 //! for the rank engine and runner, metrics, per-step costs (`meter`), and the built-in tasks
 //! (planted-rank teacher–student, synthetic classification).
 
+pub mod lm_eval;
 pub mod meter;
 pub mod order;
 pub mod planted;

@@ -27,6 +27,11 @@ pub trait Task {
     fn eval_examples(&self) -> Vec<EvalExample> {
         Vec::new()
     }
+    /// A causal-LM task's evaluation beyond the loss (label accuracy, exact match, the metric
+    /// it reports); `None` for every other task.
+    fn lm_eval(&self) -> Option<&crate::data::lm::LmEvalSet> {
+        None
+    }
 }
 
 /// One held-out example as predictions name it.

@@ -81,6 +81,10 @@ pub struct EvalMetrics {
     pub accuracy: f64,
     /// Everything the evaluation counted (predictions for MCC/F1, regression outputs).
     pub out: EvalOut,
+    /// A causal LM's metrics by name (`eval_loss`, `perplexity`, `accuracy`, `exact_match`);
+    /// empty for other tasks.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub named: std::collections::BTreeMap<String, f64>,
 }
 
 /// Rank of every adapter slot (in `adapters()` order) when it changed, and at the start.
@@ -160,6 +164,17 @@ pub fn evaluate<B: Backend>(
     task: &dyn Task,
     step: u64,
 ) -> Result<EvalMetrics> {
+    if let Some(set) = task.lm_eval() {
+        let s = super::lm_eval::evaluate_lm(model, task.eval_batches(), set)?;
+        let named = s.named();
+        return Ok(EvalMetrics {
+            step,
+            loss: s.eval_loss(),
+            accuracy: named["accuracy"],
+            out: s.out,
+            named,
+        });
+    }
     let mut out = EvalOut::default();
     for b in task.eval_batches() {
         out.merge(&model.evaluate(b).context("evaluation")?);
@@ -169,6 +184,7 @@ pub fn evaluate<B: Backend>(
         loss: out.loss(),
         accuracy: out.accuracy(),
         out,
+        named: Default::default(),
     })
 }
 

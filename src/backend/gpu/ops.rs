@@ -627,6 +627,26 @@ impl Backend for Gpu {
             enc.copy_buffer_to_buffer(raw(src), 0, raw(dst), 0, bytes)
         });
     }
+    fn copy_range(
+        &self,
+        src: &Tensor<Self>,
+        src_at: usize,
+        dst: &mut Tensor<Self>,
+        dst_at: usize,
+        len: usize,
+    ) {
+        let checks = [
+            len_is(src, src_at + len, "src"),
+            len_is(dst, dst_at + len, "dst"),
+        ];
+        if !self.require("copy_range", &checks) || len == 0 {
+            return;
+        }
+        let (from, to) = ((src_at * 4) as u64, (dst_at * 4) as u64);
+        self.encode("copy_range", |enc| {
+            enc.copy_buffer_to_buffer(raw(src), from, raw(dst), to, (len * 4) as u64)
+        });
+    }
     fn scale(&self, x: &mut Tensor<Self>, s: f32) {
         self.elementwise(
             "scale",
@@ -964,6 +984,205 @@ impl Backend for Gpu {
         if let Some(db) = dbeta {
             self.col_sum(dy, db, rows, cols, true);
         }
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        y: &mut Tensor<Self>,
+        rstd: &mut Tensor<Self>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) {
+        if !self.require(
+            "rmsnorm_forward",
+            &[
+                len_is(x, rows * cols, "x"),
+                len_is(y, rows * cols, "y"),
+                len_is(gamma, cols, "gamma"),
+                len_is(rstd, rows, "rstd"),
+            ],
+        ) {
+            return;
+        }
+        self.rows_op(
+            "rmsnorm_forward",
+            "rmsnorm",
+            "rmsnorm_forward",
+            rows,
+            cols,
+            &[
+                (1, Arg::Rows(raw(x))),
+                (2, Arg::Whole(raw(gamma), cols)),
+                (3, Arg::Rows(raw(y))),
+                (4, Arg::PerRow(raw(rstd))),
+            ],
+            |_, n| Params::default().u(n).u(cols).f(eps),
+            |n| n.div_ceil(64),
+        );
+    }
+    fn rmsnorm_backward(
+        &self,
+        dy: &Tensor<Self>,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        dx: &mut Tensor<Self>,
+        dgamma: Option<&mut Tensor<Self>>,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut checks = vec![
+            len_is(dy, rows * cols, "dy"),
+            len_is(x, rows * cols, "x"),
+            len_is(dx, rows * cols, "dx"),
+            len_is(gamma, cols, "gamma"),
+            len_is(rstd, rows, "rstd"),
+        ];
+        if let Some(g) = &dgamma {
+            checks.push(len_is(g, cols, "dgamma"));
+        }
+        if !self.require("rmsnorm_backward", &checks) {
+            return;
+        }
+        self.rows_op(
+            "rmsnorm_backward",
+            "rmsnorm",
+            "rmsnorm_backward",
+            rows,
+            cols,
+            &[
+                (1, Arg::Rows(raw(x))),
+                (2, Arg::Whole(raw(gamma), cols)),
+                (5, Arg::Rows(raw(dy))),
+                (6, Arg::PerRow(raw(rstd))),
+                (7, Arg::Rows(raw(dx))),
+            ],
+            |_, n| Params::default().u(n).u(cols).f(0.0),
+            |n| n.div_ceil(64),
+        );
+        if let Some(dg) = dgamma {
+            // Each row chunk adds its rows' share to dgamma.
+            self.rows_op(
+                "rmsnorm_backward",
+                "rmsnorm",
+                "rmsnorm_backward_dgamma",
+                rows,
+                cols,
+                &[
+                    (1, Arg::Rows(raw(x))),
+                    (5, Arg::Rows(raw(dy))),
+                    (6, Arg::PerRow(raw(rstd))),
+                    (8, Arg::Whole(raw(dg), cols)),
+                ],
+                |_, n| Params::default().u(n).u(cols).f(0.0),
+                |_| cols.div_ceil(64),
+            );
+        }
+    }
+    fn rope(
+        &self,
+        x: &Tensor<Self>,
+        y: &mut Tensor<Self>,
+        table: &Tensor<Self>,
+        positions: &Ids<Self>,
+        heads: usize,
+        head_dim: usize,
+        inverse: bool,
+    ) {
+        let (n, row) = (positions.len(), heads * head_dim);
+        let table_positions = table.len().checked_div(head_dim).unwrap_or(0);
+        if !self.require(
+            "rope",
+            &[
+                (
+                    head_dim.is_multiple_of(2),
+                    format!(
+                        "head_dim {head_dim} is odd; the half-split rotation needs an even one"
+                    ),
+                ),
+                len_is(x, n * row, "x"),
+                len_is(y, n * row, "y"),
+                (
+                    positions.buf.n_positions == n,
+                    "positions hold IGNORE ids; every row needs a position".into(),
+                ),
+                (
+                    positions
+                        .buf
+                        .max_id
+                        .is_none_or(|p| (p as usize) < table_positions),
+                    format!(
+                        "position {:?} is outside the table of {table_positions} positions \
+                         (build it for more positions with model::rope::rope_table)",
+                        positions.buf.max_id
+                    ),
+                ),
+            ],
+        ) {
+            return;
+        }
+        self.rows_op(
+            "rope",
+            "rope",
+            "rope_forward",
+            n,
+            row,
+            &[
+                (1, Arg::Rows(raw(x))),
+                (2, Arg::PerRow(&positions.buf.ids)),
+                (3, Arg::Whole(raw(table), table.len())),
+                (4, Arg::Rows(raw(y))),
+            ],
+            |_, rows| {
+                Params::default()
+                    .u(rows * heads)
+                    .u(heads)
+                    .u(head_dim / 2)
+                    .f(if inverse { -1.0 } else { 1.0 })
+            },
+            |rows| (rows * heads).div_ceil(64),
+        );
+    }
+    fn swiglu_forward(&self, gate: &Tensor<Self>, up: &Tensor<Self>, out: &mut Tensor<Self>) {
+        let n = gate.len().min(up.len()).min(out.len());
+        self.elementwise_vec4(
+            "swiglu_forward",
+            "swiglu",
+            ("swiglu_forward", "swiglu_forward_vec4"),
+            n,
+            &[((1, 7), raw(gate)), ((2, 8), raw(up)), ((4, 10), raw(out))],
+            |c| Params::default().u(c),
+        );
+    }
+    fn swiglu_backward(
+        &self,
+        gate: &Tensor<Self>,
+        up: &Tensor<Self>,
+        dout: &Tensor<Self>,
+        dgate: &mut Tensor<Self>,
+        dup: &mut Tensor<Self>,
+    ) {
+        let n = [gate.len(), up.len(), dout.len(), dgate.len(), dup.len()]
+            .into_iter()
+            .min()
+            .unwrap_or(0);
+        self.elementwise_vec4(
+            "swiglu_backward",
+            "swiglu",
+            ("swiglu_backward", "swiglu_backward_vec4"),
+            n,
+            &[
+                ((1, 7), raw(gate)),
+                ((2, 8), raw(up)),
+                ((3, 9), raw(dout)),
+                ((5, 11), raw(dgate)),
+                ((6, 12), raw(dup)),
+            ],
+            |c| Params::default().u(c),
+        );
     }
 
     fn softmax_forward(

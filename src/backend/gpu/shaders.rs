@@ -32,7 +32,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("permute", include_str!("../../../shaders/permute.wgsl")),
     ("reduce", include_str!("../../../shaders/reduce.wgsl")),
+    ("rmsnorm", include_str!("../../../shaders/rmsnorm.wgsl")),
+    ("rope", include_str!("../../../shaders/rope.wgsl")),
     ("softmax", include_str!("../../../shaders/softmax.wgsl")),
+    ("swiglu", include_str!("../../../shaders/swiglu.wgsl")),
     ("tanh", include_str!("../../../shaders/tanh.wgsl")),
 ];
 

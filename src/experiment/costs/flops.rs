@@ -22,7 +22,8 @@ impl PassFlops {
 }
 
 /// GEMM FLOPs of a forward (and, with `backward`, the backward) pass of a model at batch shape
-/// `b`, with adapters at `ranks` (layer-major, `ModuleKind::ALL` order; ignored when `full`).
+/// `b`, with adapters at `ranks` (layer-major, `ModelConfig::module_kinds` order; ignored when
+/// `full`).
 pub fn pass_flops(
     model: &ModelConfig,
     head: &Head,
@@ -37,15 +38,16 @@ pub fn pass_flops(
     let d = model.head_dim() as f64;
     let mut fwd = 0.0;
     let mut bwd = 0.0;
+    let kinds = model.module_kinds();
     for layer in 0..model.layers {
-        for (k, kind) in ModuleKind::ALL.into_iter().enumerate() {
+        for (k, &kind) in kinds.iter().enumerate() {
             let (rows, cols) = model.module_shape(kind);
             let (rows, cols) = (rows as f64, cols as f64);
             let r = if full {
                 0.0
             } else {
                 ranks
-                    .get(layer * ModuleKind::ALL.len() + k)
+                    .get(layer * kinds.len() + k)
                     .copied()
                     .unwrap_or(0) as f64
             };

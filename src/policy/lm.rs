@@ -1,0 +1,342 @@
+//! The causal-LM keys of a data section (`as`, `prompt`, `labels`, `format`, `truncation`,
+//! `metric`, `max_new`; docs/llm-data.md) and the checks that need the model beside the data:
+//! a decoder has no classification head (a labelled set needs `as = generation`), an encoder
+//! cannot take language-modelling records, a metric must be one the data set has, and label
+//! words must be told apart by their first token (checked with the model's tokenizer when it
+//! is on disk).
+
+use super::ast::*;
+use super::fields::Fields;
+use super::plan::{DataSpec, LmDataSpec, ModelSpec};
+use crate::data::lm::{AsGeneration, JsonlKind, LabelWords, LmMetric, Truncation};
+use std::path::{Path, PathBuf};
+
+/// Keys every real data section takes for causal LMs (`format` only `data jsonl`).
+pub const LM_KEYS: &[&str] = &["as", "prompt", "labels", "truncation", "metric", "max_new"];
+
+/// A list of strings, or a diagnostic.
+fn string_list(f: &mut Fields<'_>, key: &str, example: &str) -> Option<Vec<String>> {
+    let e = f.get(key)?;
+    let Value::List(items) = &e.value.node else {
+        f.type_error(e, "a list of strings", example);
+        return None;
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for it in items {
+        match &it.node {
+            Value::Str(s) if !s.is_empty() => out.push(s.clone()),
+            other => {
+                f.value_error(
+                    it.span,
+                    format!(
+                        "`data.{key}` holds non-empty strings, found {}",
+                        other.describe()
+                    ),
+                    format!("write e.g. `{key} = {example}`"),
+                );
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The causal-LM keys of a real data section (`format`, of `data jsonl` only, is read there).
+pub fn keys(f: &mut Fields<'_>) -> LmDataSpec {
+    let generation = match f.choice("as", &["generation", "classification"]) {
+        Some("generation") => {
+            let example_prompt = "\"Review: {text}\\nSentiment:\"";
+            let prompt = f.required_string("prompt", example_prompt);
+            if f.get("labels").is_none() {
+                f.missing("labels", "[\" negative\", \" positive\"]");
+            }
+            let labels = string_list(f, "labels", "[\" negative\", \" positive\"]");
+            if let Some(p) = prompt.as_ref().filter(|p| !p.contains("{text}")) {
+                let span = f.get("prompt").map_or(f.header, |e| e.value.span);
+                f.value_error(
+                    span,
+                    format!("the prompt template {p:?} has no `{{text}}`"),
+                    format!("`{{text}}` is where each example's text goes, e.g. `prompt = {example_prompt}`"),
+                );
+            }
+            if let Some(l) = labels.as_ref().filter(|l| l.len() < 2) {
+                let span = f.get("labels").map_or(f.header, |e| e.value.span);
+                f.value_error(
+                    span,
+                    format!("`data.labels` lists {} label word(s)", l.len()),
+                    "list one label word per class, in class order".into(),
+                );
+            }
+            match (prompt, labels) {
+                (Some(prompt), Some(labels)) => Some(AsGeneration { prompt, labels }),
+                _ => None,
+            }
+        }
+        _ => {
+            for key in ["prompt", "labels"] {
+                if let Some(e) = f.get(key) {
+                    f.value_error(
+                        e.key.span,
+                        format!("`data.{key}` applies only to a labelled set read as generation"),
+                        "add `as = generation` (a causal LM answering with label words), or remove it".into(),
+                    );
+                }
+            }
+            None
+        }
+    };
+    let truncation = match f.choice("truncation", &["left", "right"]) {
+        Some("right") => Truncation::Right,
+        _ => Truncation::Left,
+    };
+    let metric = f
+        .choice("metric", LmMetric::NAMES)
+        .and_then(LmMetric::parse);
+    let max_new = f
+        .count_in("max_new", &super::bounds::MAX_LEN)
+        .map(|v| v as usize);
+    LmDataSpec {
+        generation,
+        format: None,
+        truncation,
+        metric,
+        max_new,
+    }
+}
+
+/// What a model section is, as far as data is concerned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelKind {
+    /// A bidirectional encoder (random or pretrained): classification and span heads.
+    Encoder,
+    /// A randomly initialised decoder (no tokenizer: generated data only).
+    RandomDecoder,
+    /// A pretrained causal LM, with the folder or file its tokenizer is read from.
+    CausalLm(PathBuf),
+    /// Not known without loading it (not on disk yet).
+    Unknown,
+}
+
+/// Which `model_type`s of a Hugging Face config.json are causal LMs adarank loads.
+const CAUSAL_TYPES: &[&str] = &["llama", "qwen2", "mistral"];
+
+/// A folder's config.json: a causal LM, an encoder, or unreadable.
+fn kind_of_dir(dir: &Path) -> ModelKind {
+    if dir.extension().is_some_and(|e| e == "gguf") {
+        return ModelKind::CausalLm(dir.to_path_buf());
+    }
+    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
+        return ModelKind::Unknown;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return ModelKind::Unknown;
+    };
+    match v.get("model_type").and_then(|t| t.as_str()) {
+        Some(t) if CAUSAL_TYPES.contains(&t) => ModelKind::CausalLm(dir.to_path_buf()),
+        Some(_) => ModelKind::Encoder,
+        None => ModelKind::Unknown,
+    }
+}
+
+/// What `model` is (reads its config.json when the checkpoint is on disk).
+pub fn model_kind(model: &ModelSpec) -> ModelKind {
+    match model {
+        ModelSpec::Encoder(_) => ModelKind::Encoder,
+        ModelSpec::Decoder(_) => ModelKind::RandomDecoder,
+        ModelSpec::Hf { name, .. } => {
+            if super::known_models::lookup(name).is_some() {
+                return ModelKind::Encoder;
+            }
+            match crate::data::hf::resolve(name) {
+                Ok(dir) => kind_of_dir(&dir),
+                Err(_) => ModelKind::Unknown,
+            }
+        }
+        ModelSpec::Path { dir, .. } => kind_of_dir(dir),
+    }
+}
+
+/// The tokenizer of a causal LM on disk, for checking label words; `None` when it cannot be
+/// read here (the run reads it and refuses bad label words then).
+///
+/// A GGUF file's tokenizer comes from its metadata (the GGUF loader's `load_tokenizer`, not in
+/// this build: the seam is here); a folder's from its tokenizer.json.
+pub fn tokenizer_of(path: &Path) -> Option<tokenizers::Tokenizer> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        return None;
+    }
+    tokenizers::Tokenizer::from_file(path.join("tokenizer.json")).ok()
+}
+
+/// The record kind of a JSONL file as its first non-blank line says (`None` when unreadable:
+/// the run reports that with the file and line). `Some(None)`: a labelled record.
+fn jsonl_kind(path: &Path) -> Option<Option<JsonlKind>> {
+    use std::io::{BufRead, BufReader, Read};
+    // Only a regular file is opened: opening a named pipe would wait for a writer.
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
+    let file = std::fs::File::open(path).ok()?;
+    let reader = BufReader::new(file.take(crate::data::lm::read::MAX_LINE_BYTES));
+    for line in reader.lines() {
+        let line = line.ok()?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        let o = v.as_object()?;
+        return Some(if o.contains_key("label") {
+            None
+        } else if o.contains_key("messages") {
+            Some(JsonlKind::Messages)
+        } else if o.contains_key("prompt") {
+            Some(JsonlKind::PromptCompletion)
+        } else {
+            Some(JsonlKind::Text)
+        });
+    }
+    None
+}
+
+/// The LM keys and the kind of records a data section reads: `(lm, labelled, jsonl kind)`.
+/// `None` for generated data (planted, synthetic) and SQuAD.
+fn data_view(data: &DataSpec) -> Option<(&LmDataSpec, bool, Option<JsonlKind>)> {
+    match data {
+        DataSpec::Movies { subset, .. }
+        | DataSpec::Sst2 { subset, .. }
+        | DataSpec::Mnli { subset, .. } => Some((&subset.lm, true, None)),
+        DataSpec::Jsonl { train, subset, .. } => {
+            let kind = match subset.lm.format {
+                Some(k) => Some(k),
+                None => jsonl_kind(train).flatten(),
+            };
+            Some((&subset.lm, kind.is_none(), kind))
+        }
+        DataSpec::Planted { .. } | DataSpec::Synthetic { .. } | DataSpec::Squad { .. } => None,
+    }
+}
+
+fn span_of(f: &Fields<'_>, key: &str) -> Span {
+    f.get(key).map_or(f.header, |e| e.value.span)
+}
+
+/// The checks of a data section against its model (see the module docs). `f` is the data
+/// section's fields, for spans.
+pub fn check(f: &mut Fields<'_>, model: &ModelSpec, data: &DataSpec) {
+    let kind = model_kind(model);
+    let causal = matches!(kind, ModelKind::CausalLm(_));
+    if let (true, DataSpec::Squad { .. }) = (causal, data) {
+        f.value_error(
+            f.header,
+            "a causal LM has no span head for `data squad`".into(),
+            "write the questions as {\"prompt\", \"completion\"} records in `data jsonl`".into(),
+        );
+        return;
+    }
+    let Some((lm, labelled, jsonl)) = data_view(data) else {
+        return;
+    };
+    let gen = lm.generation.as_ref();
+    if causal && labelled && gen.is_none() {
+        f.value_error(
+            f.header,
+            "the model is a causal LM (decoder), which has no classification head for this \
+             labelled data set"
+                .into(),
+            "read it as generation: `as = generation, prompt = \"Review: {text}\\nSentiment:\", \
+             labels = [\" negative\", \" positive\"]`"
+                .into(),
+        );
+    }
+    if let (Some(k), Some(_)) = (jsonl, gen) {
+        f.value_error(
+            span_of(f, "as"),
+            format!("`as = generation` reads labelled {{\"text\", \"label\"}} records; this file holds {} records", k.name()),
+            "remove `as`, `prompt` and `labels`: the records say what to train on".into(),
+        );
+    }
+    if !causal && (gen.is_some() || jsonl.is_some()) && kind != ModelKind::Unknown {
+        let what = match jsonl {
+            Some(k) => format!("{} records", k.name()),
+            None => "`as = generation`".into(),
+        };
+        f.value_error(
+            if gen.is_some() {
+                span_of(f, "as")
+            } else {
+                f.header
+            },
+            format!("{what} need a pretrained causal LM (decoder); this model is not one"),
+            "use a Llama-family model (a GGUF file or a Hugging Face Llama/Qwen2/Mistral), or \
+             a labelled {\"text\", \"label\"} set for this encoder"
+                .into(),
+        );
+    }
+    check_metric(f, lm, labelled, jsonl, causal || kind == ModelKind::Unknown);
+    if let (Some(g), ModelKind::CausalLm(path)) = (gen, &kind) {
+        if let Some(tok) = tokenizer_of(path) {
+            let lm_tok = crate::data::pretrained::LmTokenizer {
+                inner: tok,
+                bos: None,
+                eos: 0,
+                pad: 0,
+                add_bos: false,
+                chat_template: None,
+            };
+            if let Err(e) = LabelWords::new(&lm_tok, &g.labels) {
+                f.value_error(
+                    span_of(f, "labels"),
+                    format!("{e:#}"),
+                    "the label words are scored by their first token at the answer position".into(),
+                );
+            }
+        }
+    }
+}
+
+/// A metric the data set has: accuracy needs label words, exact match a reference answer,
+/// perplexity a causal LM.
+fn check_metric(
+    f: &mut Fields<'_>,
+    lm: &LmDataSpec,
+    labelled: bool,
+    jsonl: Option<JsonlKind>,
+    maybe_causal: bool,
+) {
+    let Some(m) = lm.metric else { return };
+    let generation = lm.generation.is_some();
+    let ok = if generation || jsonl.is_some() {
+        m.available(generation, jsonl)
+    } else {
+        // An encoder's labelled set: its classification metrics.
+        matches!(m, LmMetric::Accuracy | LmMetric::EvalLoss) && labelled
+    };
+    if !ok || (!maybe_causal && matches!(m, LmMetric::Perplexity | LmMetric::ExactMatch)) {
+        let has: Vec<&str> = LmMetric::NAMES
+            .iter()
+            .copied()
+            .filter(|n| {
+                let x = LmMetric::parse(n).unwrap_or(LmMetric::EvalLoss);
+                if generation || jsonl.is_some() {
+                    x.available(generation, jsonl)
+                } else {
+                    matches!(x, LmMetric::Accuracy | LmMetric::EvalLoss)
+                }
+            })
+            .collect();
+        f.value_error(
+            span_of(f, "metric"),
+            format!("this data set has no `{}` metric", m.name()),
+            format!("it has: {}", has.join(", ")),
+        );
+    }
+}
+
+/// The metric an arm's data section reports when it is read as language modelling (`as =
+/// generation`, or LM records in `data jsonl`): the section's `metric`, else the default of
+/// its kind. `None` for every other data section.
+pub fn lm_metric(data: &DataSpec) -> Option<LmMetric> {
+    let (lm, _, jsonl) = data_view(data)?;
+    let generation = lm.generation.is_some();
+    (generation || jsonl.is_some()).then(|| lm.metric.unwrap_or(LmMetric::default_for(generation)))
+}

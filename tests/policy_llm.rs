@@ -1,0 +1,201 @@
+//! `check` refuses what a causal-LM run would fail on: a labelled set for a decoder without
+//! `as = generation` (it has no classification head), records a model cannot take, label words
+//! whose first tokens collide (read with the model's own tokenizer), metrics a data set does
+//! not have; each with the file, line and column of the culprit.
+
+use adarank::data::lm::{JsonlKind, LmMetric};
+use adarank::policy::{load_str, DataSpec, Diagnostics, Policy};
+use std::path::{Path, PathBuf};
+
+struct Models {
+    _dir: tempfile::TempDir,
+    llama: PathBuf,
+    bert: PathBuf,
+    data: PathBuf,
+}
+
+/// A Llama folder (config.json of model_type llama, the fixture tokenizer), a BERT folder, and
+/// the fixture JSONL files.
+fn models() -> Models {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lmdata");
+    let llama = dir.path().join("llama");
+    let bert = dir.path().join("bert");
+    std::fs::create_dir_all(&llama).unwrap();
+    std::fs::create_dir_all(&bert).unwrap();
+    std::fs::write(llama.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    std::fs::copy(
+        fixtures.join("tokenizer.json"),
+        llama.join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::write(bert.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    Models {
+        llama,
+        bert,
+        data: fixtures,
+        _dir: dir,
+    }
+}
+
+fn check(model: &Path, data: &str) -> Result<Policy, Diagnostics> {
+    let src = format!(
+        "experiment t {{\n  model path {{ dir = \"{}\" }}\n  {data}\n  train {{ steps = 10 }}\n}}\n",
+        model.display()
+    );
+    load_str(&src, "t.rank", Path::new("."), &[])
+}
+
+/// The error text, which must name `t.rank:3:` (the data line) and contain `want`.
+fn refused(model: &Path, data: &str, want: &str) {
+    let d = match check(model, data) {
+        Ok(_) => panic!("accepted: {data}"),
+        Err(d) => format!("{d}"),
+    };
+    assert!(d.contains("t.rank:3:"), "names the data line: {d}");
+    assert!(d.contains(want), "{want:?} in: {d}");
+}
+
+const GEN: &str = r#"as = generation, prompt = "Review: {text}\nSentiment:""#;
+
+#[test]
+fn a_decoder_reads_labelled_sets_as_generation_only() {
+    let m = models();
+    refused(&m.llama, "data movies { }", "no classification head");
+    refused(&m.llama, "data sst2 { dir = \"x\" }", "as = generation");
+    let p = check(
+        &m.llama,
+        &format!("data movies {{ {GEN}, labels = [\" negative\", \" positive\"] }}"),
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let DataSpec::Movies { subset, .. } = &p.arms[0].data else {
+        panic!()
+    };
+    let g = subset.lm.generation.as_ref().unwrap();
+    assert_eq!(g.prompt, "Review: {text}\nSentiment:", "\\n is a newline");
+    assert_eq!(g.labels, [" negative", " positive"]);
+    assert_eq!(
+        adarank::policy::lm::lm_metric(&p.arms[0].data),
+        Some(LmMetric::Accuracy)
+    );
+    // Labelled JSONL too.
+    let labelled = m.data.join("labelled.jsonl");
+    let l = labelled.display();
+    refused(
+        &m.llama,
+        &format!("data jsonl {{ train = \"{l}\", dev = \"{l}\" }}"),
+        "no classification head",
+    );
+}
+
+#[test]
+fn label_words_must_differ_in_their_first_token() {
+    let m = models();
+    // " positive" and " positively" both begin with the token of " positive"'s first piece.
+    refused(
+        &m.llama,
+        &format!("data movies {{ {GEN}, labels = [\" positive\", \" positively\"] }}"),
+        "begin with the same token",
+    );
+    refused(
+        &m.llama,
+        &format!("data movies {{ {GEN}, labels = [\" positive\"] }}"),
+        "1 label word",
+    );
+    refused(
+        &m.llama,
+        "data movies { as = generation, prompt = \"Sentiment:\", labels = [\" a\", \" b\"] }",
+        "has no `{text}`",
+    );
+    refused(
+        &m.llama,
+        "data movies { prompt = \"{text}\" }",
+        "applies only to a labelled set read as generation",
+    );
+}
+
+#[test]
+fn records_the_model_cannot_take_are_refused() {
+    let m = models();
+    let pc = m.data.join("pc.jsonl");
+    let pc = pc.display();
+    refused(
+        &m.bert,
+        &format!("data jsonl {{ train = \"{pc}\", dev = \"{pc}\" }}"),
+        "need a pretrained causal LM",
+    );
+    refused(
+        &m.bert,
+        &format!("data movies {{ {GEN}, labels = [\" negative\", \" positive\"] }}"),
+        "need a pretrained causal LM",
+    );
+    refused(
+        &m.llama,
+        &format!("data squad {{ train = \"{pc}\", dev = \"{pc}\" }}"),
+        "no span head",
+    );
+    refused(
+        &m.llama,
+        &format!(
+            "data jsonl {{ train = \"{pc}\", dev = \"{pc}\", {GEN}, labels = [\" a\", \" b\"] }}"
+        ),
+        "this file holds prompt_completion records",
+    );
+    let p = check(
+        &m.llama,
+        &format!("data jsonl {{ train = \"{pc}\", dev = \"{pc}\", truncation = right }}"),
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        adarank::policy::lm::lm_metric(&p.arms[0].data),
+        Some(LmMetric::Perplexity)
+    );
+    let p = check(
+        &m.llama,
+        &format!("data jsonl {{ train = \"{pc}\", dev = \"{pc}\", format = prompt_completion, metric = exact_match, max_new = 8 }}"),
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let DataSpec::Jsonl { subset, .. } = &p.arms[0].data else {
+        panic!()
+    };
+    assert_eq!(subset.lm.format, Some(JsonlKind::PromptCompletion));
+    assert_eq!(subset.lm.max_new, Some(8));
+}
+
+#[test]
+fn a_metric_the_data_set_does_not_have_is_refused() {
+    let m = models();
+    let text = m.data.join("text.jsonl");
+    let t = text.display();
+    refused(
+        &m.llama,
+        &format!("data jsonl {{ train = \"{t}\", dev = \"{t}\", metric = accuracy }}"),
+        "no `accuracy` metric",
+    );
+    refused(
+        &m.llama,
+        &format!("data jsonl {{ train = \"{t}\", dev = \"{t}\", metric = exact_match }}"),
+        "no `exact_match` metric",
+    );
+    refused(
+        &m.bert,
+        "data movies { metric = perplexity }",
+        "no `perplexity` metric",
+    );
+    refused(
+        &m.llama,
+        "data movies { metric = bleu }",
+        "not a valid `data.metric`",
+    );
+    // What each accepts.
+    check(
+        &m.llama,
+        &format!("data jsonl {{ train = \"{t}\", dev = \"{t}\", metric = eval_loss }}"),
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let p = check(&m.bert, "data movies { metric = eval_loss }").unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        adarank::experiment::arm::metric_of(&p.arms[0]),
+        ("eval_loss", false)
+    );
+}

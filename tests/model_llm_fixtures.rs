@@ -99,4 +99,3 @@ fn tiny_llama_from_the_hf_cache_matches_transformers() {
 fn tiny_qwen2_sharded_bf16_matches_transformers() {
     tiny("adarank-test/tiny-qwen2", "tiny-qwen2.json");
 }
-

@@ -195,13 +195,13 @@ impl<B: Backend> LayerActs<B> {
 
 /// Scratch shared by all blocks of one pass (forward and backward).
 pub struct Work<B: Backend> {
-    pub nc: Tensor<B>,    // [N, C]
-    pub nc2: Tensor<B>,   // [N, C]
-    pub nf: Tensor<B>,    // [N, F]
-    pub nf2: Tensor<B>,   // [N, F]
-    pub dq: Tensor<B>,    // [N, C]
-    pub dk: Tensor<B>,    // [N, KV]
-    pub dv: Tensor<B>,    // [N, KV]
+    pub nc: Tensor<B>,  // [N, C]
+    pub nc2: Tensor<B>, // [N, C]
+    pub nf: Tensor<B>,  // [N, F]
+    pub nf2: Tensor<B>, // [N, F]
+    pub dq: Tensor<B>,  // [N, C]
+    pub dk: Tensor<B>,  // [N, KV]
+    pub dv: Tensor<B>,  // [N, KV]
     /// The Llama family's third [N, F] (SwiGLU's backward has two outputs beside its input)
     /// and an [N, KV] for k before and after its rotation.
     pub nf3: Option<Tensor<B>>,

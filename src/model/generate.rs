@@ -184,7 +184,8 @@ impl<B: Backend> Model<B> {
                 &spec,
                 d,
             )?;
-            blk.o.forward_residual(be, &s.ctx, Some(&s.x), &mut s.r1, t)?;
+            blk.o
+                .forward_residual(be, &s.ctx, Some(&s.x), &mut s.r1, t)?;
             be.rmsnorm_forward(&s.r1, &blk.ln_f.gamma.w, &mut s.a, &mut s.rstd, t, c, eps);
             let gate = blk.gate.as_mut().expect("Llama block");
             gate.forward(be, &s.a, &mut s.g, t)?;

@@ -351,8 +351,15 @@ impl<B: Backend> Model<B> {
         let rows = (LM_CHUNK_VALUES / v).clamp(1, n);
         let z = |len| be.zeros(len, MemKind::Activation);
         let (mut h, mut logits, mut dlogits) = (z(rows * c)?, z(rows * v)?, z(rows * v)?);
-        let mut dh = if grad.is_some() { Some(z(rows * c)?) } else { None };
-        let (mut losses, mut part) = (be.zeros(rows, MemKind::Scratch)?, be.zeros(1, MemKind::Scratch)?);
+        let mut dh = if grad.is_some() {
+            Some(z(rows * c)?)
+        } else {
+            None
+        };
+        let (mut losses, mut part) = (
+            be.zeros(rows, MemKind::Scratch)?,
+            be.zeros(1, MemKind::Scratch)?,
+        );
         be.fill(sum, 0.0);
         let (hidden, dres) = split(self.acts.as_mut().unwrap());
         let w = match self.lm_head.as_mut() {

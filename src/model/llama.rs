@@ -66,11 +66,27 @@ pub fn llama_block_forward<B: Backend>(
     let a_in = acts.a_in.as_ref().unwrap();
     // q: [N, C] = rope(Q(a)), via the scratch nc
     blk.q.forward(be, a_in, &mut work.nc, n)?;
-    be.rope(&work.nc, &mut acts.q, rope.table, rope.positions, d.h, d.d, false);
+    be.rope(
+        &work.nc,
+        &mut acts.q,
+        rope.table,
+        rope.positions,
+        d.h,
+        d.d,
+        false,
+    );
     // k: [N, KV] = rope(K(a)), via the scratch nkv
     let nkv = work.nkv.as_mut().expect("Llama scratch");
     blk.k.forward(be, a_in, nkv, n)?;
-    be.rope(nkv, &mut acts.k, rope.table, rope.positions, d.kvh, d.d, false);
+    be.rope(
+        nkv,
+        &mut acts.k,
+        rope.table,
+        rope.positions,
+        d.kvh,
+        d.d,
+        false,
+    );
     // v: [N, KV] = V(a)
     blk.v.forward(be, a_in, &mut acts.v, n)?;
     // ctx: [N, C] = softmax(q·kᵀ/√D, causal)·v, kv head h/(H/KVH) for query head h
@@ -188,7 +204,15 @@ pub fn llama_block_backward<B: Backend>(
         d.d,
     )?;
     // Undo the rotations: dq into nc (dctx is consumed), dk into nkv.
-    be.rope(&work.dq, &mut work.nc, rope.table, rope.positions, d.h, d.d, true);
+    be.rope(
+        &work.dq,
+        &mut work.nc,
+        rope.table,
+        rope.positions,
+        d.h,
+        d.d,
+        true,
+    );
     let nkv = work.nkv.as_mut().expect("Llama scratch");
     be.rope(&work.dk, nkv, rope.table, rope.positions, d.kvh, d.d, true);
     // da: [N, C] = dv · V + dq · Q + dk · K (into dattn, when anything below needs it)
@@ -199,26 +223,11 @@ pub fn llama_block_backward<B: Backend>(
         .backward(be, a_in, &work.dv, da.as_deref_mut(), false, n, sc)?;
     blk.q
         .backward(be, a_in, &work.nc, da.as_deref_mut(), true, n, sc)?;
-    blk.k.backward(
-        be,
-        a_in,
-        work.nkv.as_ref().unwrap(),
-        da,
-        true,
-        n,
-        sc,
-    )?;
+    blk.k
+        .backward(be, a_in, work.nkv.as_ref().unwrap(), da, true, n, sc)?;
     if need_dx {
         // dx: [N, C] = dr1 + RMSNorm_a backward (into dres)
-        rms_backward(
-            be,
-            &mut blk.ln_a,
-            &*dattn,
-            x,
-            &acts.ln_a_rstd,
-            dres,
-            d,
-        );
+        rms_backward(be, &mut blk.ln_a, &*dattn, x, &acts.ln_a_rstd, dres, d);
         be.axpy(1.0, &*dres2, dres);
     }
     Ok(())

@@ -2,9 +2,9 @@
 //! and backward passes over a batch, gradient bookkeeping and the AdamW step.
 
 use super::block::{block_backward, block_forward, Block, Dims, Flow, LayerActs, Norm, Work};
-use super::llama::{llama_block_backward, llama_block_forward, RopeInput};
 use super::config::{Batch, Flavour, Head, LoraConfig, ModelConfig, Pooling, TrainMode};
 use super::linear::{Linear, Lora};
+use super::llama::{llama_block_backward, llama_block_forward, RopeInput};
 use super::lora::{init_factors, lora_scale};
 use super::param::Param;
 use super::pooler::{self, Pooler};
@@ -780,7 +780,9 @@ impl<B: Backend> Model<B> {
                     c,
                     eps,
                 ),
-                None => be.rmsnorm_forward(last, &ln.gamma.w, out, &mut a.final_rstd, d.n(), c, eps),
+                None => {
+                    be.rmsnorm_forward(last, &ln.gamma.w, out, &mut a.final_rstd, d.n(), c, eps)
+                }
             }
         }
         Ok(())
@@ -935,7 +937,9 @@ impl<B: Backend> Default for Body<B> {
 
 impl<B: Backend> Body<B> {
     fn take(&mut self, name: &str) -> Param<B> {
-        self.0.remove(name).expect("body weight listed by body_shapes")
+        self.0
+            .remove(name)
+            .expect("body weight listed by body_shapes")
     }
 
     fn norm(&mut self, prefix: &str) -> Norm<B> {

@@ -46,10 +46,7 @@ pub fn pass_flops(
             let r = if full {
                 0.0
             } else {
-                ranks
-                    .get(layer * kinds.len() + k)
-                    .copied()
-                    .unwrap_or(0) as f64
+                ranks.get(layer * kinds.len() + k).copied().unwrap_or(0) as f64
             };
             // y = x·W0ᵀ; the adapter's x·Aᵀ and (x·Aᵀ)·Bᵀ
             fwd += 2.0 * n * rows * cols + 2.0 * n * r * (rows + cols);

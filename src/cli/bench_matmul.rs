@@ -9,7 +9,7 @@
 use crate::backend::cpu::Cpu;
 use crate::backend::device::{Device, DeviceChoice};
 use crate::backend::gpu::{GemmKernel, Gpu};
-use crate::backend::{Backend, Gemm, MemKind};
+use crate::backend::{Backend, DType, Gemm, MemKind};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::time::Instant;
@@ -33,6 +33,25 @@ pub struct BenchMatmulArgs {
     /// `bench train --profile` lists a step's shapes).
     #[arg(long, value_delimiter = ',')]
     pub shapes: Vec<String>,
+    /// Also time --shapes on the CPU backend with B (a frozen weight) stored as each of these
+    /// types: f32, bf16, q8_0, q4_0, q4_1 (e.g. `--weights f32,q8_0,q4_1 --shapes
+    /// NT:1024x1536x576`); a block format needs B's stored rows to be whole 32-value blocks.
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Vec<String>,
+}
+
+/// A stored type from its name (`DType::name`).
+fn parse_dtype(text: &str) -> Result<DType> {
+    [
+        DType::F32,
+        DType::Bf16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+    ]
+    .into_iter()
+    .find(|d| d.name() == text.to_ascii_lowercase())
+    .ok_or_else(|| anyhow::anyhow!("--weights: {text:?} is not one of f32, bf16, q8_0, q4_0, q4_1"))
 }
 
 /// A GEMM from `LAYOUT:MxNxK[xBATCH]`.
@@ -177,14 +196,48 @@ fn bench_gemm_crate(n: usize, reps: usize) -> Result<f64> {
 
 /// The CPU backend with B stored bf16 (frozen weights): vdpbf16ps where the CPU has it.
 fn bench_cpu_bf16(cpu: &Cpu, spec: &Gemm, reps: usize) -> Result<f64> {
+    bench_cpu_typed(cpu, spec, reps, DType::Bf16)
+}
+
+/// The CPU backend on `spec` with B stored as `dtype` (random values, quantized for a block
+/// format).
+fn bench_cpu_typed(cpu: &Cpu, spec: &Gemm, reps: usize, dtype: DType) -> Result<f64> {
     let (ea, eb, ec) = spec.extents();
     let a = cpu.upload(&rand_vec(ea, 1), MemKind::Scratch)?;
-    let b = cpu.upload_bf16(&rand_vec(eb, 2), MemKind::Scratch)?;
+    let w = rand_vec(eb, 2);
+    let b = match dtype {
+        DType::F32 => cpu.upload(&w, MemKind::Scratch)?,
+        DType::Bf16 => cpu.upload_bf16(&w, MemKind::Scratch)?,
+        q => {
+            let width = if spec.trans_b { spec.k } else { spec.n };
+            crate::backend::quant::check_matrix(q, eb / width.max(1), width)?;
+            cpu.upload_blocks(&crate::backend::quantize(q, &w)?, q, eb, MemKind::Scratch)?
+        }
+    };
     let mut c = cpu.zeros(ec, MemKind::Scratch)?;
-    time_gflops(spec, reps, calls_for(spec.m), || {
+    time_gflops(spec, reps, calls_for_flops(spec.flops()), || {
         cpu.matmul(&a, &b, &mut c, spec);
         Ok(())
     })
+}
+
+/// GFLOP/s of the CPU backend on `spec` for each stored type of B, with the ratio to the first.
+fn bench_cpu_weights(
+    cpu: &Cpu,
+    text: &str,
+    spec: &Gemm,
+    reps: usize,
+    types: &[DType],
+) -> Result<()> {
+    let mut first = None;
+    let mut parts = Vec::new();
+    for &t in types {
+        let r = bench_cpu_typed(cpu, spec, reps, t)?;
+        let base = *first.get_or_insert(r);
+        parts.push(format!("{} {r:.1} ({:.2}×)", t.name(), r / base));
+    }
+    println!("{text:>22}: cpu {} GFLOP/s", parts.join(", "));
+    Ok(())
 }
 
 fn bench_gpu(gpu: &Gpu, kernel: GemmKernel, spec: &Gemm, reps: usize) -> Result<f64> {
@@ -306,7 +359,23 @@ pub fn main(args: BenchMatmulArgs) -> Result<()> {
             None => println!(),
         }
     }
-    if !shapes.is_empty() {
+    let types = args
+        .weights
+        .iter()
+        .map(|t| parse_dtype(t))
+        .collect::<Result<Vec<_>>>()?;
+    if !types.is_empty() {
+        if shapes.is_empty() {
+            bail!("--weights times the CPU backend on --shapes: give some, e.g. --shapes NT:1024x1536x576");
+        }
+        for (text, spec) in &shapes {
+            if spec.batch > 1 && types.iter().any(|t| !t.is_f32()) {
+                bail!("--weights: {text} is batched; frozen weights are single GEMMs");
+            }
+            bench_cpu_weights(&cpu, text, spec, args.reps, &types)?;
+        }
+    }
+    if !shapes.is_empty() && (gpu.is_some() || types.is_empty()) {
         let Some(g) = &gpu else {
             bail!("--shapes times GPU kernels: no GPU backend here (try --device gpu)");
         };

@@ -54,9 +54,9 @@ thread_local! {
     static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// C = α·op(A)·op(B) + β·C for a single (unbatched) GEMM with B in a block format; `threads`
-/// > 1 runs the tasks on rayon. The caller has checked the extents and that B's stored rows are
-/// whole blocks.
+/// C = α·op(A)·op(B) + β·C for a single (unbatched) GEMM with B in a block format; with more
+/// than one of `threads` the tasks run on rayon. The caller has checked the extents and that
+/// B's stored rows are whole blocks.
 pub fn gemm(s: &Gemm, a: &[f32], b: QuantMat, c: &mut [f32], threads: usize) {
     let (m, n, k) = (s.m, s.n, s.k);
     if m == 0 || n == 0 {

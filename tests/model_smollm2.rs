@@ -145,6 +145,9 @@ fn smollm2_gguf_logits_and_generation_match_transformers_on_the_gpu() {
     // lavapipe measured 1.7e-4 here (the CPU 8.2e-5): its f32 exp/GEMM differ from the CPU's
     // by more than the 1e-4 asked of them over 30 layers. The bound is the measured error with
     // a margin, so a kernel that drifts further still fails.
-    assert!(worst <= 2.5e-4, "SmolLM2 logits on the GPU differ by {worst}");
+    assert!(
+        worst <= 2.5e-4,
+        "SmolLM2 logits on the GPU differ by {worst}"
+    );
     smollm2_generations(g, &p, &f);
 }

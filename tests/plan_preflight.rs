@@ -32,7 +32,7 @@ fn an_evaluation_too_large_points_at_eval_samples() {
     let e = preflight(&p, &[], 2e6, "in the test")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("arm `adaptive` needs 2.68 MiB"), "{e}");
+    assert!(e.contains("arm `adaptive` needs 2.73 MiB"), "{e}");
     assert!(e.contains("more than the 1.91 MiB in the test"), "{e}");
     assert!(e.contains("examples/quickstart.rank:6:"), "{e}");
     assert!(e.contains("eval_samples = 128"), "{e}");

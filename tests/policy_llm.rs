@@ -23,7 +23,9 @@ fn models() -> Models {
     let bert = dir.path().join("bert");
     std::fs::create_dir_all(&llama).unwrap();
     std::fs::create_dir_all(&bert).unwrap();
-    std::fs::write(llama.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    // A complete Llama config.json (the checker reads the shape from it): the tiny fixture's,
+    // with the lmdata tokenizer's 600-token vocabulary.
+    std::fs::write(llama.join("config.json"), LLAMA_CONFIG).unwrap();
     std::fs::copy(
         fixtures.join("tokenizer.json"),
         llama.join("tokenizer.json"),
@@ -37,6 +39,8 @@ fn models() -> Models {
         _dir: dir,
     }
 }
+
+const LLAMA_CONFIG: &str = r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 1, "dtype": "float32", "eos_token_id": 2, "head_dim": 8, "hidden_act": "silu", "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64, "max_position_embeddings": 256, "mlp_bias": false, "model_type": "llama", "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "pad_token_id": null, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_parameters": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 64, "rope_theta": 10000.0, "rope_type": "llama3"}, "tie_word_embeddings": true, "transformers_version": "5.25.0", "use_cache": true, "vocab_size": 600}"#;
 
 fn check(model: &Path, data: &str) -> Result<Policy, Diagnostics> {
     let src = format!(

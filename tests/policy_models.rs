@@ -30,8 +30,14 @@ fn env() {
 
 fn load(model: &str, lora: &str) -> Result<Policy, Diagnostics> {
     env();
+    // A causal LM reads the movie sentences as generation; MiniLM as a classifier.
+    let data = if model.contains("MiniLM") {
+        "data movies {}"
+    } else {
+        "data movies { as = generation, prompt = \"Review: {text}\\nSentiment:\", labels = [\" negative\", \" positive\"] }"
+    };
     let src = format!(
-        "experiment m {{\n  {model}\n  data movies {{}}\n  lora {{ {lora} }}\n  train {{ steps = 10, batch = 4 }}\n  seeds = [1]\n}}\n"
+        "experiment m {{\n  {model}\n  {data}\n  lora {{ {lora} }}\n  train {{ steps = 10, batch = 4 }}\n  seeds = [1]\n}}\n"
     );
     policy::load_str(&src, "m.rank", &fixtures(), &[])
 }

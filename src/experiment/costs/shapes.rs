@@ -106,6 +106,23 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
             let eval = subset.eval_samples.unwrap_or(SPAN_EVAL_BATCH);
             (Head::Span, seq, eval.clamp(1, SPAN_EVAL_BATCH), None)
         }
+        // A causal LM reads every data set as text: its LM head is the (frozen, tied or own)
+        // vocabulary projection, no classifier.
+        DataSpec::Movies { subset, .. }
+        | DataSpec::Sst2 { subset, .. }
+        | DataSpec::Mnli { subset, .. }
+        | DataSpec::Jsonl { subset, .. }
+            if model.flavour == crate::model::Flavour::Llama =>
+        {
+            let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), &model, &mut notes);
+            let eval = subset.eval_samples.unwrap_or(CLASSIFY_EVAL_BATCH);
+            (
+                Head::LanguageModel,
+                seq,
+                eval.clamp(1, CLASSIFY_EVAL_BATCH),
+                None,
+            )
+        }
         DataSpec::Movies { subset, .. }
         | DataSpec::Sst2 { subset, .. }
         | DataSpec::Mnli { subset, .. }

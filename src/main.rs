@@ -24,6 +24,8 @@ enum Command {
     Eval(cli::eval::EvalArgs),
     /// Rewrite policy files in canonical layout.
     Fmt(cli::fmt::FmtArgs),
+    /// Generate text with a Llama-family model (the base model or a trained cell).
+    Generate(cli::generate::GenerateArgs),
     /// List compute adapters: name, backend, type, limits, features.
     Devices(cli::devices::DevicesArgs),
     /// Measure speed: `bench matmul`, `bench train`.
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cli::check::main(a),
         Command::Eval(a) => cli::eval::main(a),
         Command::Fmt(a) => cli::fmt::main(a),
+        Command::Generate(a) => cli::generate::main(a),
         Command::Devices(a) => cli::devices::main(a),
         Command::Bench(Bench::Matmul(a)) => cli::bench_matmul::main(a),
         Command::Bench(Bench::Train(a)) => cli::bench_train::main(a),

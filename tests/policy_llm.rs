@@ -31,7 +31,8 @@ fn models() -> Models {
         llama.join("tokenizer.json"),
     )
     .unwrap();
-    std::fs::write(bert.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    // MiniLM-L6's config.json (the checker reads the encoder's shape from it).
+    std::fs::write(bert.join("config.json"), BERT_CONFIG).unwrap();
     Models {
         llama,
         bert,
@@ -39,6 +40,8 @@ fn models() -> Models {
         _dir: dir,
     }
 }
+
+const BERT_CONFIG: &str = r#"{"architectures": ["BertModel"], "hidden_act": "gelu", "hidden_size": 384, "intermediate_size": 1536, "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": 12, "num_hidden_layers": 6, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": 30522}"#;
 
 const LLAMA_CONFIG: &str = r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 1, "dtype": "float32", "eos_token_id": 2, "head_dim": 8, "hidden_act": "silu", "hidden_size": 32, "initializer_range": 0.02, "intermediate_size": 64, "max_position_embeddings": 256, "mlp_bias": false, "model_type": "llama", "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2, "pad_token_id": null, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_parameters": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 64, "rope_theta": 10000.0, "rope_type": "llama3"}, "tie_word_embeddings": true, "transformers_version": "5.25.0", "use_cache": true, "vocab_size": 600}"#;
 

@@ -163,11 +163,11 @@ fn the_plan_costs_smollm2_with_its_real_shapes() {
     let params = memory::params(&s, &s.start_ranks);
     let frozen = params.of(adarank::backend::MemKind::Frozen);
     assert_eq!(frozen, 4.0 * 134_515_008.0);
-    // Trainable: the adapters (30 layers × 8 × (1152 + 768 + 768)) and the classifier head
-    // (2 × 576 + 2), each with its gradient and two moments.
+    // Trainable: the adapters only (30 layers × 8 × (1152 + 768 + 768)): a causal LM reads the
+    // movie sentences as generation through its own (frozen) LM head, with no classifier.
     let adapters = 30.0 * 8.0 * (1152.0 + 768.0 + 768.0);
     let trainable = params.of(adarank::backend::MemKind::Trainable);
-    assert_eq!(trainable, 4.0 * (adapters + 2.0 * 576.0 + 2.0));
+    assert_eq!(trainable, 4.0 * adapters);
     // Forward GEMMs of the language-model head at 1 × 128: every matrix once per token, the
     // attention scores and context per query head, and the tied head over the vocabulary.
     let b = BatchShape { batch: 1, seq: 128 };

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod eval;
 pub mod fetch;
 pub mod fmt;
+pub mod generate;
 pub mod plan;
 pub mod plugins;
 pub mod report;

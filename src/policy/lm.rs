@@ -144,12 +144,16 @@ pub fn model_kind(model: &ModelSpec) -> ModelKind {
         ModelSpec::Encoder(_) => ModelKind::Encoder,
         ModelSpec::Decoder(_) => ModelKind::RandomDecoder,
         ModelSpec::Hf { name, .. } => {
-            if super::known_models::lookup(name).is_some() {
-                return ModelKind::Encoder;
-            }
-            match crate::data::hf::resolve(name) {
-                Ok(dir) => kind_of_dir(&dir),
-                Err(_) => ModelKind::Unknown,
+            let resolved = crate::data::hf::resolve(name).ok();
+            match (super::known_models::lookup(name), resolved) {
+                // On disk: its config.json says.
+                (_, Some(dir)) => kind_of_dir(&dir),
+                // Known by name before the download: the known shape says.
+                (Some(k), None) if k.llama.is_some() => {
+                    ModelKind::CausalLm(crate::data::assets::assets_hf_cache().join(name))
+                }
+                (Some(_), None) => ModelKind::Encoder,
+                (None, None) => ModelKind::Unknown,
             }
         }
         ModelSpec::Path { dir, .. } => kind_of_dir(dir),

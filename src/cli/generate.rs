@@ -12,7 +12,7 @@ use crate::experiment::export::{load_final_state, read_cell_info};
 use crate::model::generate::{GenConfig, Sampling};
 use crate::model::{Head, LoraConfig, Model, TrainMode};
 use crate::policy::lm::{model_kind, ModelKind};
-use crate::policy::plan::{GgufSpec, ModelSpec};
+use crate::policy::plan::GgufSpec;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -151,14 +151,6 @@ fn build<B: Backend>(
         Some(arm) => train_mode(arm, pre.config.layers),
         None => TrainMode::Lora(LoraConfig::default()),
     };
-    if let Some(arm) = arm {
-        if !matches!(
-            arm.model,
-            ModelSpec::Gguf(_) | ModelSpec::Hf { .. } | ModelSpec::Path { .. }
-        ) {
-            bail!("the cell's model is not a pretrained causal LM");
-        }
-    }
     Model::new(
         be,
         pre.config.clone(),

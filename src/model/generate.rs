@@ -220,18 +220,17 @@ impl<B: Backend> Model<B> {
         if let Some(&r) = rows.iter().find(|&&r| r >= n) {
             bail!("logits_at: row {r} is outside the batch's {n} positions");
         }
-        self.forward_body(batch)?;
-        let be = self.be.clone();
-        let c = self.cfg.hidden;
-        let hidden = be.download(self.hidden())?;
-        let picked: Vec<f32> = rows
-            .iter()
-            .flat_map(|&r| hidden[r * c..(r + 1) * c].iter().copied())
-            .collect();
         if rows.is_empty() {
             return Ok(vec![]);
         }
-        let h = be.upload(&picked, MemKind::Scratch)?;
+        self.forward_body(batch)?;
+        let be = self.be.clone();
+        let c = self.cfg.hidden;
+        // h: [rows, C], the chosen rows of the final hidden states, copied on the device.
+        let mut h = be.zeros(rows.len() * c, MemKind::Scratch)?;
+        for (i, &r) in rows.iter().enumerate() {
+            be.copy_range(self.hidden(), r * c, &mut h, i * c, c);
+        }
         let v = self.cfg.vocab;
         let head = self.lm_head.as_ref().unwrap_or(&self.emb.word);
         let mut logits = be.zeros(rows.len() * v, MemKind::Scratch)?;

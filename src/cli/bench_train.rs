@@ -12,7 +12,7 @@
 
 use crate::backend::cpu::Cpu;
 use crate::backend::profile::OpTotal;
-use crate::backend::{Backend, Counters, DType};
+use crate::backend::{Backend, Counters, DType, LedgerSnapshot, MemKind};
 use crate::engine::driver::EngineDriver;
 use crate::engine::schedule::Schedule;
 use crate::engine::source::BUILTIN;
@@ -379,7 +379,7 @@ fn forward_steps<B: Backend>(
         timed,
         event: vec![],
         allocations: vec![],
-        peak: be.ledger().snapshot().total_peak,
+        ledger: be.ledger().snapshot(),
         profile: profile.map(|t| t(be)),
     })
 }
@@ -549,8 +549,8 @@ pub struct Trained {
     pub event: Vec<StepCost>,
     /// The allocations the method made (after its starting ranks).
     pub allocations: Vec<Allocation>,
-    /// The ledger's peak bytes from the first step on.
-    pub peak: u64,
+    /// The ledger from the first step on (its peaks: total and by kind).
+    pub ledger: LedgerSnapshot,
     /// Per-op wall times of the timed steps, when profiled.
     pub profile: Option<Vec<OpTotal>>,
 }
@@ -608,7 +608,7 @@ pub fn train_steps<B: Backend>(
         timed: meter.steps,
         event,
         allocations: driver.map(|d| d.allocations).unwrap_or_default(),
-        peak: be.ledger().snapshot().total_peak,
+        ledger: be.ledger().snapshot(),
         profile: ops,
     })
 }
@@ -705,7 +705,7 @@ fn print_table(rows: &[Row], tokens: f64, rate: f64) {
             r.flops / 1e9,
             ceiling,
             100.0 * tps / ceiling,
-            r.m.t.peak as f64 / (1 << 20) as f64
+            r.m.t.ledger.total_peak as f64 / (1 << 20) as f64
         );
     }
 }
@@ -762,7 +762,12 @@ fn print_json<B: Backend>(be: &B, a: &BenchTrainArgs, r: &Row, tokens: f64, rate
         "tokens_per_s": tokens / r.m.secs,
         "gemm_gflops": rate,
         "of_ceiling": (tokens / r.m.secs) / (tokens / (r.flops / (rate * 1e9))),
-        "peak_ledger_bytes": r.m.t.peak,
+        "peak_ledger_bytes": r.m.t.ledger.total_peak,
+        // Where the peak went (each kind's own peak; they need not coincide in time).
+        "peak_ledger_by_kind": MemKind::ALL
+            .iter()
+            .map(|&k| (k.name(), r.m.t.ledger.peak_of(k)))
+            .collect::<std::collections::BTreeMap<_, _>>(),
         "weights": format!("{:?}", a.weights).to_lowercase(),
         // The process peak: the caller runs one mode per process to read it per mode.
         "peak_rss_gib": peak_rss_gib().unwrap_or(f64::NAN),

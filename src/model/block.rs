@@ -151,7 +151,9 @@ impl<B: Backend> Block<B> {
 
 /// Activations one block saves for its backward pass.
 pub struct LayerActs<B: Backend> {
-    /// Decoder: LN_a(x), the attention input: [N, C] (encoder: the block input itself).
+    /// Decoder: LN_a(x), the attention input: [N, C] (encoder: the block input itself; the
+    /// Llama family recomputes RMSNorm_a(x) from the saved rstd in its backward instead of
+    /// keeping N×C values per layer: `None`).
     pub a_in: Option<Tensor<B>>,
     pub ln_a_mean: Tensor<B>, // [N]
     pub ln_a_rstd: Tensor<B>, // [N]
@@ -160,10 +162,15 @@ pub struct LayerActs<B: Backend> {
     pub q: Tensor<B>, // [N, C] = [B, T, H·D]
     pub k: Tensor<B>,         // [N, KV] = [B, T, KVH·D]
     pub v: Tensor<B>,         // [N, KV]
-    pub probs: Tensor<B>,     // [B, H, T, T]
-    pub ctx: Tensor<B>,       // [N, C] attention output before O
-    pub r1: Tensor<B>,        // [N, C] x + O(ctx)
-    pub f_in: Tensor<B>,      // [N, C] FFN input (encoder h = LN_a(r1); decoder LN_f(r1))
+    /// [B, H, T, T]; `None` in the Llama family, whose backward recomputes the softmax from
+    /// the saved q and k (one more q·kᵀ and P·v per layer, 1% of a step) rather than keep
+    /// B·H·T² values per layer.
+    pub probs: Option<Tensor<B>>,
+    pub ctx: Tensor<B>, // [N, C] attention output before O
+    pub r1: Tensor<B>,  // [N, C] x + O(ctx)
+    /// [N, C] FFN input (encoder h = LN_a(r1); decoder LN_f(r1)); `None` in the Llama family,
+    /// whose backward recomputes RMSNorm_f(r1) as it does the attention input.
+    pub f_in: Option<Tensor<B>>,
     pub ln_f_mean: Tensor<B>, // [N]
     pub ln_f_rstd: Tensor<B>, // [N]
     /// FfnIn(f_in): [N, F]. gelu(f1) (or the Llama family's silu(gate) ⊙ f1), the FfnOut input,
@@ -181,18 +188,27 @@ impl<B: Backend> LayerActs<B> {
     pub fn new(be: &B, d: Dims, flavour: Flavour) -> Result<Self> {
         let (n, c, f, kv) = (d.n(), d.c, d.f, d.kvh * d.d);
         let pre_norm = flavour != Flavour::Encoder;
+        let llama = flavour == Flavour::Llama;
         let z = |len| be.zeros(len, MemKind::Activation);
         Ok(Self {
-            a_in: if pre_norm { Some(z(n * c)?) } else { None },
+            a_in: if pre_norm && !llama {
+                Some(z(n * c)?)
+            } else {
+                None
+            },
             ln_a_mean: z(n)?,
             ln_a_rstd: z(n)?,
             q: z(n * c)?,
             k: z(n * kv)?,
             v: z(n * kv)?,
-            probs: z(d.b * d.h * d.t * d.t)?,
+            probs: if llama {
+                None
+            } else {
+                Some(z(d.b * d.h * d.t * d.t)?)
+            },
             ctx: z(n * c)?,
             r1: z(n * c)?,
-            f_in: z(n * c)?,
+            f_in: if llama { None } else { Some(z(n * c)?) },
             ln_f_mean: z(n)?,
             ln_f_rstd: z(n)?,
             f1: z(n * f)?,
@@ -220,6 +236,10 @@ pub struct Work<B: Backend> {
     /// and an [N, KV] for k before and after its rotation.
     pub nf3: Option<Tensor<B>>,
     pub nkv: Option<Tensor<B>>,
+    /// The Llama family's [N]: the rstd a recomputed RMSNorm writes (equal to the saved one),
+    /// and its [B, H, T, T]: the attention probabilities of the block at hand.
+    pub rstd: Option<Tensor<B>>,
+    pub probs: Option<Tensor<B>>,
     pub bhtt: Tensor<B>,  // [B, H, T, T]
     pub bhtt2: Tensor<B>, // [B, H, T, T]
     /// The adapters' backward scratch, kept across steps.
@@ -261,6 +281,8 @@ impl<B: Backend> Work<B> {
             dv: z(n * kv)?,
             nf3: if llama { Some(z(n * f)?) } else { None },
             nkv: if llama { Some(z(n * kv)?) } else { None },
+            rstd: if llama { Some(z(n)?) } else { None },
+            probs: if llama { Some(z(bhtt)?) } else { None },
             bhtt: z(bhtt)?,
             bhtt2: z(bhtt)?,
             adapter: AdapterScratch::default(),
@@ -333,7 +355,7 @@ fn attention_forward<B: Backend>(
         &acts.k,
         &acts.v,
         Some(key_mask),
-        &mut acts.probs,
+        acts.probs.as_mut().expect("encoder/decoder activations"),
         &mut acts.ctx,
         &mut work.bhtt,
         &d.attn(causal),
@@ -372,7 +394,7 @@ fn attention_backward<B: Backend>(
         &acts.q,
         &acts.k,
         &acts.v,
-        &acts.probs,
+        acts.probs.as_ref().expect("encoder/decoder activations"),
         &work.nc,
         &mut work.dq,
         &mut work.dk,
@@ -432,8 +454,10 @@ pub fn block_forward<B: Backend>(
     } else {
         (&mut acts.ln_a_mean, &mut acts.ln_a_rstd)
     };
-    ln_forward(be, norm, &acts.r1, &mut acts.f_in, mean, rstd, d, eps);
-    blk.ffn_in.forward(be, &acts.f_in, &mut acts.f1, n)?;
+    let f_in = acts.f_in.as_mut().expect("encoder/decoder activations");
+    ln_forward(be, norm, &acts.r1, f_in, mean, rstd, d, eps);
+    let f_in = acts.f_in.as_ref().unwrap();
+    blk.ffn_in.forward(be, f_in, &mut acts.f1, n)?;
     // g: [N, F] = gelu(f1), in scratch
     be.gelu_forward(&acts.f1, &mut work.nf);
     if decoder {
@@ -444,7 +468,7 @@ pub fn block_forward<B: Backend>(
         // r2 = h + FfnOut(g); out = LN_f(r2)
         let r2 = acts.r2.as_mut().expect("encoder activations");
         blk.ffn_out
-            .forward_residual(be, &work.nf, Some(&acts.f_in), r2, n)?;
+            .forward_residual(be, &work.nf, Some(f_in), r2, n)?;
         ln_forward(
             be,
             &blk.ln_f,
@@ -476,6 +500,7 @@ pub fn block_backward<B: Backend>(
     // Masked keys have probs 0, so softmax_backward already gives them dscores 0: no mask here.
     let n = d.n();
     let Flow { dres, dres2, dattn } = flow;
+    let f_in = acts.f_in.as_ref().expect("encoder/decoder activations");
     {
         if decoder {
             // out = r1 + FfnOut(gelu(FfnIn(LN_f(r1))))
@@ -486,7 +511,7 @@ pub fn block_backward<B: Backend>(
                 .backward(be, &work.nf2, &*dres, Some(&mut work.nf), false, n, sc)?;
             be.gelu_backward(&acts.f1, &work.nf, &mut work.nf2);
             blk.ffn_in
-                .backward(be, &acts.f_in, &work.nf2, Some(&mut work.nc2), false, n, sc)?;
+                .backward(be, f_in, &work.nf2, Some(&mut work.nc2), false, n, sc)?;
             // dr1 = dout + LN_f backward
             ln_backward(
                 be,
@@ -545,7 +570,7 @@ pub fn block_backward<B: Backend>(
                 .backward(be, &work.nf2, &*dres2, Some(&mut work.nf), false, n, sc)?;
             be.gelu_backward(&acts.f1, &work.nf, &mut work.nf2);
             blk.ffn_in
-                .backward(be, &acts.f_in, &work.nf2, Some(&mut work.nc2), false, n, sc)?;
+                .backward(be, f_in, &work.nf2, Some(&mut work.nc2), false, n, sc)?;
             be.axpy(1.0, &*dres2, &mut work.nc2);
             // h = LN_a(r1)
             ln_backward(

@@ -766,25 +766,35 @@ impl<B: Backend> AdapterStore for Model<B> {
         let a = self.acts.as_ref()?;
         let la = &a.layers[l];
         let pre_norm = self.cfg.flavour != Flavour::Encoder;
-        let (t, cols) = match kind {
-            ModuleKind::Q | ModuleKind::K | ModuleKind::V if pre_norm => {
-                (la.a_in.as_ref()?, self.cfg.hidden)
+        let block_in = || {
+            if l == 0 {
+                a.emb_out.as_ref().unwrap_or(&a.emb_sum)
+            } else {
+                &a.layers[l - 1].out
             }
-            ModuleKind::Q | ModuleKind::K | ModuleKind::V => (
-                if l == 0 {
-                    a.emb_out.as_ref()?
-                } else {
-                    &a.layers[l - 1].out
-                },
-                self.cfg.hidden,
-            ),
-            ModuleKind::O => (&la.ctx, self.cfg.hidden),
-            ModuleKind::FfnIn | ModuleKind::Gate => (&la.f_in, self.cfg.hidden),
+        };
+        let c = self.cfg.hidden;
+        let (v, cols) = match kind {
+            // The Llama family keeps no normed inputs (see `LayerActs::a_in`): RMSNorm again
+            // from the block input, the saved rstd and γ.
+            ModuleKind::Q | ModuleKind::K | ModuleKind::V if la.a_in.is_none() && pre_norm => {
+                (self.rms_rows(block_in(), &la.ln_a_rstd, l, true)?, c)
+            }
+            ModuleKind::Q | ModuleKind::K | ModuleKind::V if pre_norm => {
+                (self.be.download(la.a_in.as_ref()?).ok()?, c)
+            }
+            ModuleKind::Q | ModuleKind::K | ModuleKind::V => {
+                (self.be.download(block_in()).ok()?, c)
+            }
+            ModuleKind::O => (self.be.download(&la.ctx).ok()?, c),
+            ModuleKind::FfnIn | ModuleKind::Gate => match &la.f_in {
+                Some(f) => (self.be.download(f).ok()?, c),
+                None => (self.rms_rows(&la.r1, &la.ln_f_rstd, l, false)?, c),
+            },
             // The FfnOut input gelu(f1) (Llama: silu(gate) ⊙ f1) is not kept (see
             // `LayerActs::f1`): computed here.
-            ModuleKind::FfnOut => (&la.f1, self.cfg.ffn),
+            ModuleKind::FfnOut => (self.be.download(&la.f1).ok()?, self.cfg.ffn),
         };
-        let v = self.be.download(t).ok()?;
         let rows = (v.len() / cols).min(SAMPLE_ROWS);
         let mut v = v[..rows * cols].to_vec();
         if kind == ModuleKind::FfnOut {
@@ -801,6 +811,26 @@ impl<B: Backend> AdapterStore for Model<B> {
             }
         }
         Some(HostTensor::new(vec![rows, cols], v))
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// RMSNorm of the rows of `x` [N, C] with their saved `rstd` [N] and layer `l`'s γ (of the
+    /// attention norm when `attn`, else of the FFN's), on the host: a normed input the Llama
+    /// family does not keep.
+    fn rms_rows(&self, x: &Tensor<B>, rstd: &Tensor<B>, l: usize, attn: bool) -> Option<Vec<f32>> {
+        let blk = &self.blocks[l];
+        let norm = if attn { &blk.ln_a } else { &blk.ln_f };
+        let c = self.cfg.hidden;
+        let gamma = self.be.download(&norm.gamma.w).ok()?;
+        let rstd = self.be.download(rstd).ok()?;
+        let mut v = self.be.download(x).ok()?;
+        for (row, r) in v.chunks_mut(c).zip(&rstd) {
+            for (x, g) in row.iter_mut().zip(&gamma) {
+                *x *= r * g;
+            }
+        }
+        Some(v)
     }
 }
 

@@ -865,6 +865,7 @@ impl<B: Backend> Model<B> {
             work,
             flow,
             pos_ids,
+            key_mask,
             ..
         } = &mut *a;
         let x0: &Tensor<B> = emb_out.as_ref().unwrap_or(emb_sum);
@@ -880,7 +881,10 @@ impl<B: Backend> Model<B> {
                         table,
                         positions: pos_ids,
                     };
-                    llama_block_backward(be, blk, &layers[l], x, &rope, work, flow, d, need_dx)
+                    let eps = self.cfg.ln_eps;
+                    llama_block_backward(
+                        be, blk, &layers[l], x, key_mask, &rope, work, flow, d, need_dx, eps,
+                    )
                 }
                 _ => block_backward(
                     be,

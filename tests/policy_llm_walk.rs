@@ -171,7 +171,7 @@ fn policy(model: &str, data: &str, dir: &Path) -> String {
 /// `t.rank:LINE:COL` somewhere in the message.
 fn located(msg: &str) -> bool {
     msg.match_indices("t.rank:").any(|(i, m)| {
-        let rest = msg[i + m.len()..].as_bytes();
+        let rest = &msg.as_bytes()[i + m.len()..];
         let line = rest.iter().take_while(|b| b.is_ascii_digit()).count();
         line > 0
             && rest.get(line) == Some(&b':')

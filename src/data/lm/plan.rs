@@ -12,7 +12,7 @@ use crate::data::plan::Split;
 use crate::data::pretrained::Pretrained;
 use crate::policy::plan::{DataSpec, Subset};
 use crate::train::order::epoch_permutation;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -26,6 +26,11 @@ fn files(spec: &DataSpec, split: Split) -> Option<(&'static str, PathBuf, PathBu
             let d = dir.clone().unwrap_or_else(assets::movie_reviews_dir);
             let e = d.join(format!("{}.tsv", split.name()));
             ("movies", d.join("train.tsv"), e, subset)
+        }
+        DataSpec::Shakespeare { dir, subset } => {
+            let d = dir.clone().unwrap_or_else(assets::shakespeare_dir);
+            let e = d.join(format!("{}.jsonl", split.name()));
+            ("shakespeare", d.join("train.jsonl"), e, subset)
         }
         DataSpec::Sst2 { dir, subset } => {
             ("sst2", dir.join("train.tsv"), dir.join("dev.tsv"), subset)
@@ -100,6 +105,15 @@ pub fn lm_task(
     let Some((name, train_path, eval_path, subset)) = files(spec, split) else {
         return Ok(None);
     };
+    if let DataSpec::Shakespeare { dir: None, .. } = spec {
+        if !assets::shakespeare_present() {
+            bail!(
+                "{}: missing; run `adarank fetch` (or scripts/fetch-assets) to download \
+                 Shakespeare's plays",
+                train_path.display()
+            );
+        }
+    }
     let lm = &subset.lm;
     let settings = LmSettings {
         max_len: subset.max_len.unwrap_or(max_len),
@@ -135,7 +149,7 @@ pub fn lm_task(
             .map(|&c| g.labels[c as usize].clone())
             .collect();
         (train, eval, classes, words.first, refs, true)
-    } else if let DataSpec::Jsonl { .. } = spec {
+    } else if let DataSpec::Jsonl { .. } | DataSpec::Shakespeare { .. } = spec {
         let mut tr = read::read_records(&train_path, lm.format)?;
         let mut ev = read::read_records(&eval_path, lm.format.or(Some(tr[0].body.kind())))?;
         subset_of(&mut tr, &mut ev, subset);

@@ -107,12 +107,15 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
             (Head::Span, seq, eval.clamp(1, SPAN_EVAL_BATCH), None)
         }
         // A causal LM reads every data set as text: its LM head is the (frozen, tied or own)
-        // vocabulary projection, no classifier.
+        // vocabulary projection, no classifier. Shakespeare is text whatever the model (the
+        // checker refuses it for an encoder).
         DataSpec::Movies { subset, .. }
         | DataSpec::Sst2 { subset, .. }
         | DataSpec::Mnli { subset, .. }
         | DataSpec::Jsonl { subset, .. }
-            if model.flavour == crate::model::Flavour::Llama =>
+        | DataSpec::Shakespeare { subset, .. }
+            if model.flavour == crate::model::Flavour::Llama
+                || matches!(arm.data, DataSpec::Shakespeare { .. }) =>
         {
             let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), &model, &mut notes);
             let eval = subset.eval_samples.unwrap_or(CLASSIFY_EVAL_BATCH);
@@ -126,7 +129,8 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
         DataSpec::Movies { subset, .. }
         | DataSpec::Sst2 { subset, .. }
         | DataSpec::Mnli { subset, .. }
-        | DataSpec::Jsonl { subset, .. } => {
+        | DataSpec::Jsonl { subset, .. }
+        | DataSpec::Shakespeare { subset, .. } => {
             let classes = match &arm.data {
                 DataSpec::Mnli { .. } => 3,
                 DataSpec::Jsonl { .. } => {

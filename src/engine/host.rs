@@ -5,7 +5,7 @@
 //! no file, network or process functions (rhai has none unless registered), no `sleep`; limits
 //! on operations, call depth, expression depth and string/array/map sizes, with the built-ins
 //! that could outgrow them checking before they allocate (`safe.rs`); after every operation, a
-//! wall-clock deadline and the heap the call has grown (`guard.rs`, `heap.rs`); a capped print
+//! CPU-time budget and the heap the call has grown (`guard.rs`, `heap.rs`); a capped print
 //! log. A limit error names the statement that was running.
 
 mod guard;
@@ -33,9 +33,9 @@ pub struct Limits {
     pub max_string_size: usize,
     pub max_array_size: usize,
     pub max_map_size: usize,
-    /// Wall-clock budget of one role call.
+    /// CPU-time budget of one role call (its thread's clock: see `host/guard.rs`).
     pub time_budget_ms: u64,
-    /// Wall-clock budget of every call of one host together (one cell's rank engine): a plugin
+    /// CPU-time budget of every call of one host together (one cell's rank engine): a plugin
     /// that stays under the per-call budget but is called hundreds of times cannot stretch a
     /// run without end.
     pub total_budget_ms: u64,
@@ -156,7 +156,7 @@ pub struct PluginHost {
     guard: Arc<Guard>,
     params: Arc<RwLock<Map>>,
     rng: Arc<Mutex<StdRng>>,
-    /// Wall-clock time every call so far took, against [`Limits::total_budget_ms`].
+    /// CPU time every call so far took, against [`Limits::total_budget_ms`].
     spent: Mutex<Duration>,
 }
 
@@ -637,6 +637,7 @@ impl PluginHost {
                 };
                 drop(scope);
                 drop(meter);
+                self.guard.finish();
                 checked
             };
             std::thread::Builder::new()
@@ -645,7 +646,12 @@ impl PluginHost {
                 .spawn_scoped(sc, run)
                 .map(|h| h.join())
         });
-        *self.spent.lock().unwrap_or_else(|p| p.into_inner()) += started.elapsed();
+        // The call's CPU time (see `guard.rs`), or its wall-clock time if the thread never ran.
+        let used = match &out {
+            Ok(Ok(_)) => self.guard.last_cpu(),
+            _ => started.elapsed(),
+        };
+        *self.spent.lock().unwrap_or_else(|p| p.into_inner()) += used;
         let result = match out {
             Ok(Ok(r)) => r,
             // No thread (out of threads or memory): say so rather than run on a small stack.

@@ -1,6 +1,13 @@
-//! What the sandbox watches while a plugin call runs: its deadline, its heap, the statement it
-//! is on, and what it printed. Read after every rhai operation, so everything here is atomics
-//! and thread-locals on the hot path.
+//! What the sandbox watches while a plugin call runs: its time, its heap, the statement it is
+//! on, and what it printed. Read after every rhai operation, so everything here is atomics and
+//! thread-locals on the hot path.
+//!
+//! Time is the call's own CPU time (its thread's clock), so a busy machine — a build or a
+//! second run beside this one — cannot push a plugin that does its work in budget past it.
+//! Reading that clock is a system call, so the wall clock (a vDSO read) is the cheap first
+//! test: only when the wall-clock deadline passes is the CPU clock read, and the deadline moves
+//! on by the budget the call has left. A call starved of CPU for `STARVED_FACTOR` times its
+//! budget in wall-clock time is stopped all the same.
 
 use super::heap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -26,10 +33,31 @@ struct Log {
     dropped: usize,
 }
 
+/// Wall-clock multiple of the budget after which a call is stopped whatever CPU it got.
+pub const STARVED_FACTOR: u64 = 20;
+
+/// CPU time of the calling thread, in nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec the call writes; CLOCK_THREAD_CPUTIME_ID always exists
+    // on Linux. On failure `t` stays 0 and the wall clock still bounds the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 pub struct Guard {
     base: Instant,
-    /// Nanoseconds after `base` at which the running call is out of time.
+    /// Nanoseconds after `base` at which the running call's CPU clock is next read.
     deadline_ns: AtomicU64,
+    /// The running call's budget, its thread's CPU clock and the wall clock (after `base`) when
+    /// it was armed, and the CPU time the last finished call used.
+    budget_ns: AtomicU64,
+    cpu_start_ns: AtomicU64,
+    armed_ns: AtomicU64,
+    last_cpu_ns: AtomicU64,
     /// Line << 32 | column of the statement being run (0: none yet).
     position: AtomicU64,
     max_heap: u64,
@@ -43,6 +71,10 @@ impl Guard {
         Self {
             base: Instant::now(),
             deadline_ns: AtomicU64::new(u64::MAX),
+            budget_ns: AtomicU64::new(u64::MAX),
+            cpu_start_ns: AtomicU64::new(0),
+            armed_ns: AtomicU64::new(0),
+            last_cpu_ns: AtomicU64::new(0),
             position: AtomicU64::new(0),
             max_heap,
             max_log,
@@ -51,11 +83,14 @@ impl Guard {
         }
     }
 
-    /// Arms the guard for one call of at most `budget`.
+    /// Arms the guard for one call of at most `budget` of CPU time, on the thread that runs it.
     pub fn arm(&self, budget: Duration) {
         let now = self.base.elapsed().as_nanos() as u64;
-        self.deadline_ns
-            .store(now.saturating_add(budget.as_nanos() as u64), Relaxed);
+        let budget = budget.as_nanos() as u64;
+        self.budget_ns.store(budget, Relaxed);
+        self.cpu_start_ns.store(thread_cpu_ns(), Relaxed);
+        self.armed_ns.store(now, Relaxed);
+        self.deadline_ns.store(now.saturating_add(budget), Relaxed);
         self.position.store(0, Relaxed);
         *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -78,7 +113,7 @@ impl Guard {
             return Some(s);
         }
         let now = self.base.elapsed().as_nanos() as u64;
-        let stop = if now > self.deadline_ns.load(Relaxed) {
+        let stop = if now > self.deadline_ns.load(Relaxed) && self.out_of_cpu(now) {
             Stop::Time
         } else {
             let grown = heap::net();
@@ -90,6 +125,35 @@ impl Guard {
         };
         self.record(stop.clone());
         Some(stop)
+    }
+
+    /// With the wall-clock deadline passed: whether the call has used its CPU budget (or was
+    /// starved past `STARVED_FACTOR` budgets); if not, the deadline moves to when it could have.
+    fn out_of_cpu(&self, now: u64) -> bool {
+        let budget = self.budget_ns.load(Relaxed);
+        let used = self.cpu_used_ns();
+        let starved = now.saturating_sub(self.armed_ns.load(Relaxed)) / STARVED_FACTOR > budget;
+        if used >= budget || starved {
+            return true;
+        }
+        self.deadline_ns
+            .store(now.saturating_add(budget - used), Relaxed);
+        false
+    }
+
+    /// CPU time the running call has used so far (on its own thread).
+    fn cpu_used_ns(&self) -> u64 {
+        thread_cpu_ns().saturating_sub(self.cpu_start_ns.load(Relaxed))
+    }
+
+    /// Ends a call, on its thread: remembers the CPU time it used (see [`Guard::last_cpu`]).
+    pub fn finish(&self) {
+        self.last_cpu_ns.store(self.cpu_used_ns(), Relaxed);
+    }
+
+    /// CPU time of the last call [`Guard::finish`] ended.
+    pub fn last_cpu(&self) -> Duration {
+        Duration::from_nanos(self.last_cpu_ns.load(Relaxed))
     }
 
     /// Whether the running call is out of time (for adarank's own costly built-ins, which

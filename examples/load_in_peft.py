@@ -8,11 +8,13 @@ adapter_config.json, adarank.json). A classification export names the modules of
 BertForSequenceClassification (the encoder under `bert.`, the classifier in modules_to_save,
 task_type SEQ_CLS), so `PeftModel.from_pretrained` on that class loads every key. Then:
 
-- pooling = cls: the class's own forward is adarank's computation (BERT's pooler, dense + tanh
-  on the first token, then the classifier): the logits are `model(**enc).logits`.
-- pooling = mean (adarank's default, sentence-transformers' pooling): adarank's classifier reads
-  the mean of the final hidden states over the real tokens, not the pooler; `mean_pooled_logits`
-  computes exactly that with the loaded modules.
+- pooling = cls (adarank's default): the class's own forward is adarank's computation (BERT's
+  pooler, dense + tanh on the first token, then the classifier): the logits are
+  `model(**enc).logits`, and `pipeline()` and `Trainer` work as they are.
+- pooling = mean (sentence-transformers' pooling, when the policy asks for it): adarank's
+  classifier reads the mean of the final hidden states over the real tokens, not the pooler;
+  `mean_pooled_logits` computes exactly that with the loaded modules (the cell's README.md
+  says so too).
 
 A span (question answering) export loads into BertForQuestionAnswering the same way (qa_outputs
 in modules_to_save, task_type QUESTION_ANS); give `--question` and the sentences as contexts.
@@ -20,16 +22,32 @@ Call the wrapped model (`model.base_model.model`) rather than the PeftModel: PEF
 PeftModelForQuestionAnswering.forward drops `token_type_ids`, so BERT would see the context as
 segment A (start/end logits off by ~0.2 on MiniLM); `span_logits` does this.
 
-MODEL_DIR defaults to adapter_config.json's base_model_name_or_path (a hub name or a folder).
+MODEL_DIR defaults to adapter_config.json's base_model_name_or_path: a folder as it is, a hub
+name from adarank's own assets when `adarank fetch` put it there (`$ADARANK_ASSETS/hf`, else
+`~/.cache/adarank/hf`: no network needed), else from the hub.
 Needs: torch, transformers, peft (e.g. `pip install torch transformers peft`).
 """
 import argparse
+import glob
 import json
 import os
 
 import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, BertForQuestionAnswering, BertForSequenceClassification
+
+
+def resolve_base(base):
+    """A folder as it is; a hub name as the snapshot in adarank's assets when there is one (so
+    loading works offline, as adarank itself does), else the name for the hub."""
+    if os.path.isdir(base):
+        return base
+    assets = os.environ.get("ADARANK_ASSETS") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "adarank")
+    entry = "models--" + base.replace("/", "--")
+    snaps = sorted(glob.glob(os.path.join(assets, "hf", entry, "snapshots", "*")))
+    snaps = [s for s in snaps if os.path.isfile(os.path.join(s, "config.json"))]
+    return snaps[-1] if snaps else base
 
 
 def load(cell_dir, base=None):
@@ -39,7 +57,7 @@ def load(cell_dir, base=None):
     with open(os.path.join(cell_dir, "adapter_config.json")) as f:
         config = json.load(f)
     head = info["head"]
-    base = base or config["base_model_name_or_path"]
+    base = resolve_base(base or config["base_model_name_or_path"])
     if head == "span":
         model, pooling = BertForQuestionAnswering.from_pretrained(base), "span"
     elif "classify" in head:

@@ -13,6 +13,9 @@ For a handful of sentences it records the token ids, then:
   every key of the export and left no adapter or head key missing;
 - `logits_mean`: the same loaded modules through examples/load_in_peft.py's
   `mean_pooled_logits` (adarank's `pooling = mean`).
+For the first 48 labelled sentences of the movie reviews' test split (`labelled`), as a user of
+the stock class would classify them: the class's own logits and `pipeline("text-classification")`'s
+label (which must agree), and the accuracy they give (`accuracy_stock`).
 """
 import glob
 import json
@@ -41,12 +44,14 @@ SENTENCES = [
     "An ambitious, sprawling mess.",
 ]
 
+LABELLED = 48
+
 cell = sys.argv[1]
+assets = os.environ.get("ADARANK_ASSETS") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "adarank")
 if len(sys.argv) > 2:
     base = sys.argv[2]
 else:
-    assets = os.environ.get("ADARANK_ASSETS") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "adarank")
     snaps = glob.glob(os.path.join(
         assets, "hf/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/*"))
     if len(snaps) != 1:
@@ -89,6 +94,27 @@ with torch.no_grad():
             "logits_mean": load_in_peft.mean_pooled_logits(model, ids, mask)[0].tolist(),
         })
 
+# 3. Labelled sentences through the stock class as it stands, and through pipeline().
+with open(os.path.join(assets, "data/movie_reviews/test.tsv"), encoding="utf-8") as f:
+    rows = [line.rstrip("\n").split("\t") for line in f][1:LABELLED + 1]
+classify = transformers.pipeline("text-classification", model=model, tokenizer=tok)
+labelled = []
+with torch.no_grad():
+    for text, label in rows:
+        enc = tok(text, return_tensors="pt")
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0]
+        pred = int(logits.argmax())
+        piped = classify(text)[0]["label"]
+        assert piped == f"LABEL_{pred}", (piped, pred, text)
+        labelled.append({
+            "text": text,
+            "label": int(label),
+            "input_ids": enc["input_ids"][0].tolist(),
+            "logits_stock": logits.tolist(),
+            "pred_pipeline": pred,
+        })
+accuracy = sum(c["pred_pipeline"] == c["label"] for c in labelled) / len(labelled)
+
 out = {
     "export": os.path.relpath(cell, root),
     "base_model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -98,9 +124,12 @@ out = {
     "missing_keys": missing,
     "unexpected_keys": list(result.unexpected_keys),
     "cases": cases,
+    "labelled": labelled,
+    "accuracy_stock": accuracy,
 }
 path = os.path.join(cell, "peft_logits.json")
 with open(path, "w") as f:
     json.dump(out, f, indent=1)
     f.write("\n")
-print(f"wrote {path}: {len(cases)} sentences")
+print(f"wrote {path}: {len(cases)} sentences, {len(labelled)} labelled "
+      f"(stock class and pipeline(): accuracy {accuracy:.4f})")

@@ -133,3 +133,44 @@ fn jsonl_records_and_errors() {
         assert!(e.contains(&format!("bad.jsonl{want}")), "{e} (want {want})");
     }
 }
+
+/// Class names number the classes in sorted order, whatever order the file lists them in (so
+/// two files with the same classes agree), and the held-out file is read against the training
+/// file's names. The oracle is the sorted list written out by hand.
+#[test]
+fn jsonl_class_names_number_in_sorted_order() {
+    let d = tempfile::tempdir().unwrap();
+    let train = write(
+        &d,
+        "train.jsonl",
+        "{\"text\": \"a\", \"label\": \"neutral\"}\n{\"text\": \"b\", \"label\": \"positive\"}\n\
+         {\"text\": \"c\", \"label\": \"contradiction\"}\n{\"text\": \"d\", \"label\": \"neutral\"}\n",
+    );
+    let dev = write(
+        &d,
+        "dev.jsonl",
+        "{\"text\": \"e\", \"label\": \"positive\"}\n{\"text\": \"f\", \"label\": \"contradiction\"}\n",
+    );
+    let (tr, ev, names) = jsonl::load_pair(&train, &dev).unwrap();
+    // "contradiction" < "neutral" < "positive".
+    assert_eq!(
+        names.as_deref(),
+        Some(
+            &[
+                "contradiction".to_string(),
+                "neutral".into(),
+                "positive".into()
+            ][..]
+        )
+    );
+    assert_eq!(tr.iter().map(|e| e.label).collect::<Vec<_>>(), [1, 2, 0, 1]);
+    assert_eq!(ev.iter().map(|e| e.label).collect::<Vec<_>>(), [2, 0]);
+    // Indices stay indices; `load` (indices only) names a file of names at its first line.
+    let idx = write(&d, "idx.jsonl", "{\"text\": \"a\", \"label\": 1}\n");
+    assert_eq!(jsonl::load_pair(&idx, &idx).unwrap().2, None);
+    let e = jsonl::load(&train).unwrap_err().to_string();
+    assert!(
+        e.contains("train.jsonl:1: \"label\" names a class (\"neutral\")"),
+        "{e}"
+    );
+}

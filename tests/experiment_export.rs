@@ -7,7 +7,9 @@
 
 use adarank::adapter::{AdapterStore, ModuleKind};
 use adarank::backend::cpu::Cpu;
-use adarank::experiment::export::{export_cell, import_peft, load_final_state, CellInfo};
+use adarank::experiment::export::{
+    export_cell, import_peft, load_final_state, CellInfo, USAGE_NOTE,
+};
 use adarank::experiment::peft::{read_export, PeftConfig, CONFIG_FILE};
 use adarank::model::{
     random_weights, Batch, Flavour, Head, Init, LoraConfig, Model, ModelConfig, Pooling, Target,
@@ -194,4 +196,35 @@ fn span_exports_load_as_bert_for_question_answering() {
         "{k:?}"
     );
     assert_eq!(k.len(), 4 * 2 + 2);
+}
+
+/// The folder's README.md says how to load the export; for a mean-pooled classifier it says that
+/// the stock class's own forward (and so `pipeline()` and `Trainer`) would read the pooler and
+/// answer wrongly, and what to compute instead.
+#[test]
+fn the_cell_card_says_what_a_mean_pooled_head_needs() {
+    let card = |pooling| {
+        let head = Head::Classify {
+            classes: 2,
+            pooling,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = model(head, 3, 9);
+        export_cell(dir.path(), &mut m, &info(head), false, true).unwrap();
+        std::fs::read_to_string(dir.path().join(USAGE_NOTE)).unwrap()
+    };
+    let mean = card(Pooling::Mean);
+    for want in [
+        "BertForSequenceClassification",
+        "**Pooling: mean.**",
+        "`pipeline()`",
+        "wrong answers",
+        "mean_pooled_logits",
+        "logits = bert.classifier((hidden * m).sum(1) / m.sum(1))",
+    ] {
+        assert!(mean.contains(want), "{want:?} missing from\n{mean}");
+    }
+    let cls = card(Pooling::Cls);
+    assert!(cls.contains("give adarank's answers as they are"), "{cls}");
+    assert!(!cls.contains("Pooling: mean"), "{cls}");
 }

@@ -453,6 +453,11 @@ fn slurm_values_that_would_write_into_the_script_are_refused() {
         ("--partition", "gpu\necho INJECTED"),
         ("--time", "1:00:00; rm -rf ~"),
         ("--gres", "gpu:1 --wrap=id"),
+        // Our own: a carriage return (which would also hide the value on the terminal), a
+        // Unicode line separator, command substitution.
+        ("--time", "1:00:00\r#SBATCH --wrap=id"),
+        ("--partition", "gpu\u{2028}id"),
+        ("--gres", "gpu:$(id)"),
     ] {
         let out = dir.path().join("never");
         let o = adarank(&["run", p.to_str().unwrap(), "--slurm", "--dry-run"])
@@ -462,6 +467,10 @@ fn slurm_values_that_would_write_into_the_script_are_refused() {
         let t = text(&o);
         assert_eq!(o.status.code(), Some(2), "{t}");
         assert!(t.contains(flag) && t.contains("not allowed"), "{t}");
+        assert!(
+            !t.contains('\r'),
+            "a control character reached the terminal: {t:?}"
+        );
         assert!(!out.exists(), "a refused submission made a run directory");
     }
     // A folder whose name holds a newline cannot go into `#SBATCH --output`.

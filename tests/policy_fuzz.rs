@@ -3,6 +3,7 @@
 
 use adarank::policy;
 use proptest::prelude::*;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 const SEED_FILES: &[&str] = &[
@@ -331,4 +332,176 @@ fn hostile_mutations_100k_never_panic_and_accepted_plans_stay_in_limits() {
         "100000 cases, {} accepted by the checker, 0 failures",
         accepted.load(std::sync::atomic::Ordering::Relaxed)
     );
+}
+
+/// Exit status (or the signal that ended it), peak resident memory in bytes (`wait4`, the
+/// kernel's own accounting of the child) and stderr of one `adarank` child, killed at `limit`.
+fn run_measured(args: &[String], limit: std::time::Duration) -> (Result<i32, i32>, u64, String) {
+    use std::process::{Command, Stdio};
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_adarank"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let t0 = std::time::Instant::now();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    loop {
+        // SAFETY: a plain syscall on our own child with valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        assert_eq!(r, 0, "wait4 failed");
+        if t0.elapsed() > limit {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::mem::forget(child); // reaped by wait4
+    let code = if libc::WIFEXITED(status) {
+        Ok(libc::WEXITSTATUS(status))
+    } else {
+        Err(libc::WTERMSIG(status))
+    };
+    let stderr = std::fs::read_to_string(err.path()).unwrap_or_default();
+    (code, usage.ru_maxrss as u64 * 1024, stderr)
+}
+
+/// A one-step run of `src` (written to `dir/NAME.rank` beside the fixtures' plugins), its first
+/// arm and seed only, stopped after its first optimizer step as if killed (the policy's own
+/// schedule is kept: its phase bounds may not shrink to one step): exit status, peak RSS and
+/// stderr.
+fn one_step(
+    dir: &Path,
+    name: &str,
+    src: &str,
+    arm: &str,
+    seed: u64,
+) -> (Result<i32, i32>, u64, String) {
+    let file = dir.join("valid").join(format!("{name}.rank"));
+    std::fs::write(&file, src).unwrap();
+    let out = dir.join(format!("run-{name}"));
+    let args: Vec<String> = [
+        "run",
+        file.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--stop-after-steps",
+        "1",
+        "--arm",
+        arm,
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    run_measured(&args, std::time::Duration::from_secs(60))
+}
+
+/// The property the hostile corpus samples: a policy the checker accepts (the hostile mutations
+/// above, with plugins) runs — here one step of its first cell in a real `adarank run` child —
+/// without a panic (exit 101) or an abort (134, or any signal), and within the pre-flight's memory
+/// estimate: the process's peak RSS at most 10% of the plan's peak (+ 8 MiB of allocator slack)
+/// above a minimal run's (the binary, its threads and the plugin engine, which no estimate of a
+/// cell counts). Exit 2 is the stop after one step (or a failure while running). Cells the plan puts
+/// above 256 MiB or 5 GFLOP a step, or with more than 2048 held-out examples, are left out so
+/// the test stays near a minute; 24 policies, drawn deterministically.
+#[test]
+fn accepted_policies_run_a_step_without_abort_within_the_memory_estimate() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/policy");
+    std::fs::create_dir(tmp.path().join("valid")).unwrap();
+    symlink(fixtures.join("plugins"), tmp.path().join("plugins")).unwrap();
+    let valid = tmp.path().join("valid");
+    let device = adarank::experiment::costs::DeviceSpec::memory_only(f64::MAX, "");
+
+    // The floor: a one-layer, eight-wide model whose estimate is a few kilobytes.
+    let tiny = "experiment tiny {\n  model encoder { layers = 1, hidden = 8, heads = 2, ffn = 8, vocab = 16, max_positions = 8 }\n  data planted { ranks = [1], samples = 64, eval_samples = 16, seq = 4 }\n  lora { targets = [q], init_rank = 1, max_rank = 2 }\n  train { steps = 2, batch = 2 }\n  seeds = [1]\n}\n";
+    let tiny_arm = policy::load_str(tiny, "tiny.rank", &valid, &[])
+        .unwrap()
+        .arms[0]
+        .name
+        .clone();
+    let (code, floor, err) = one_step(tmp.path(), "tiny", tiny, &tiny_arm, 1);
+    assert_eq!(code, Ok(2), "{err}");
+
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
+    let strategy = (
+        0..SEED_FILES.len(),
+        proptest::collection::vec(hostile_edit(), 1..4),
+    );
+    let (mut ran, mut tried, mut exits) = (0, 0, BTreeMap::<String, usize>::new());
+    let mut failures = Vec::new();
+    // Largest (RSS over the floor) − 1.1 × estimate, MiB: the slack the bound leaves.
+    let mut worst = f64::NEG_INFINITY;
+    while ran < 24 && tried < 20_000 {
+        tried += 1;
+        let (file, edits) = strategy.new_tree(&mut runner).unwrap().current();
+        let src = apply_hostile(SEED_FILES[file], &edits);
+        let Ok(p) = policy::load_str(&src, "fuzz.rank", &valid, &[]) else {
+            continue;
+        };
+        let arm = &p.arms[0];
+        let Ok(c) = adarank::experiment::costs::arm_costs(&p, &arm.name, &device) else {
+            continue;
+        };
+        let eval_samples = match &arm.data {
+            policy::DataSpec::Planted { eval_samples, .. }
+            | policy::DataSpec::Synthetic { eval_samples, .. } => *eval_samples,
+            _ => usize::MAX,
+        };
+        let estimate = c.memory.peak.total();
+        if estimate > 256.0 * (1 << 20) as f64
+            || c.flops_per_step_peak.total() > 5e9
+            || eval_samples > 2048
+        {
+            continue;
+        }
+        let name = format!("fuzz{ran}");
+        let (code, rss, stderr) = one_step(tmp.path(), &name, &src, &arm.name, p.seeds[0]);
+        ran += 1;
+        let key = match code {
+            Ok(2) if stderr.contains("run stopped on request") => "stopped after a step".into(),
+            Ok(c) => format!("exit {c}"),
+            Err(s) => format!("signal {s}"),
+        };
+        *exits.entry(key.clone()).or_default() += 1;
+        let over_rss = rss as f64 - floor as f64;
+        worst = worst.max(over_rss / (1 << 20) as f64 - 1.1 * estimate / (1 << 20) as f64);
+        let mut why = Vec::new();
+        if !matches!(code, Ok(0..=2)) || stderr.contains("panicked") {
+            why.push(key);
+        }
+        if over_rss > 1.1 * estimate + 8.0 * (1 << 20) as f64 {
+            why.push(format!(
+                "peak RSS {:.1} MiB over the floor, estimate {:.1} MiB",
+                over_rss / (1 << 20) as f64,
+                estimate / (1 << 20) as f64
+            ));
+        }
+        if !why.is_empty() {
+            failures.push(format!("{}\n{src}\n{}", why.join("; "), stderr.trim()));
+        }
+    }
+    eprintln!(
+        "{ran} accepted policies run one step ({tried} drawn): {exits:?}; floor RSS {:.1} MiB; \
+         largest RSS over the floor beyond 1.1 × the estimate: {worst:+.1} MiB (8 allowed)",
+        floor as f64 / (1 << 20) as f64
+    );
+    assert!(ran >= 20, "only {ran} runnable policies in {tried}");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

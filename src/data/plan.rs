@@ -161,11 +161,25 @@ pub fn classify_task(
         )?;
         format.load(p)
     };
-    let (mut tr, mut ev) = (read(&train)?, read(&eval)?);
-    let classes = format.classes(&tr);
-    if format == TextFormat::Jsonl {
-        same_classes(&train, &tr, &eval, &ev)?;
-    }
+    let (mut tr, mut ev, classes) = if format == TextFormat::Jsonl {
+        for p in [&train, &eval] {
+            crate::textfile::check_regular(p, "jsonl data", crate::textfile::MAX_DATA_BYTES)?;
+        }
+        match crate::data::jsonl::load_pair(&train, &eval)? {
+            // Class names: the training file's names are the classes, and the held-out file was
+            // read against them (a name it adds is refused at its line).
+            (tr, ev, Some(names)) => (tr, ev, names.len()),
+            (tr, ev, None) => {
+                same_classes(&train, &tr, &eval, &ev)?;
+                let classes = format.classes(&tr);
+                (tr, ev, classes)
+            }
+        }
+    } else {
+        let (tr, ev) = (read(&train)?, read(&eval)?);
+        let classes = format.classes(&tr);
+        (tr, ev, classes)
+    };
     apply_subset(&mut tr, &mut ev, subset);
     ckpt.tokenizer
         .set_max_len(subset.max_len.unwrap_or(max_len))?;

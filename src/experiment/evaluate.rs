@@ -294,7 +294,12 @@ fn file_task(
             seed,
         )?));
     }
-    let examples: Vec<Example> = format_of(data)?.load(file)?;
+    let examples: Vec<Example> = match data {
+        // Class names are numbered by the training file's names (sorted), so they are read
+        // against them.
+        DataSpec::Jsonl { train, .. } => crate::data::jsonl::load_pair(train, file)?.1,
+        _ => format_of(data)?.load(file)?,
+    };
     // The file also stands in for the training split (a task needs one; it never trains).
     let task = ClassifyTask::new(
         &file.display().to_string(),

@@ -2,7 +2,9 @@
 //! - the PEFT export (`adapter_model.safetensors`, `adapter_config.json`) when the arm trains
 //!   adapters, laid out for the Hugging Face class that matches the head ([`hf_layout`]): the
 //!   head (and, for `pooling = cls`, BERT's pooler) in `modules_to_save`, `task_type` set, module
-//!   paths under that class's `bert.` prefix;
+//!   paths under that class's `bert.` prefix; beside it a `README.md` ([`usage_note`]) that
+//!   says how to load it, and for a mean-pooled classifier what a user must compute instead of
+//!   the stock forward;
 //! - `final_state.safetensors`: every trainable tensor of the final state (no optimizer moments)
 //!   with the adapter ranks and scales, so `adarank eval` rebuilds the trained model exactly,
 //!   full fine-tuning included;
@@ -178,6 +180,9 @@ pub fn export_cell<B: Backend>(
                 saved,
             },
         )?;
+        if let Some(text) = usage_note(&layout, model.head(), info) {
+            super::fsio::write_atomic(&dir.join(USAGE_NOTE), text.as_bytes())?;
+        }
     }
     let state = model.state()?;
     let tensors = state
@@ -194,6 +199,60 @@ pub fn export_cell<B: Backend>(
         },
     )?;
     write_json_atomic(&dir.join(CELL_INFO), info)
+}
+
+/// The model card of a PEFT export (Hugging Face shows a folder's `README.md`): the class to
+/// load it into and, for a mean-pooled classifier, that the stock class's own forward is not
+/// what was trained (it reads BERT's pooler, which loads without a missing key and gives other
+/// answers, silently) and what to call instead.
+pub const USAGE_NOTE: &str = "README.md";
+
+/// [`USAGE_NOTE`]'s text; `None` for an export no stock class loads.
+pub fn usage_note(layout: &HfLayout, head: &Head, info: &CellInfo) -> Option<String> {
+    let class = layout.class?;
+    let base = info.base_model.as_deref().unwrap_or("(the base model)");
+    let mut t = format!(
+        "# adarank export: arm `{}`, seed {}\n\nA PEFT LoRA adapter for `{class}` over `{base}` \
+         (`task_type` {}).\n\n```python\nfrom peft import PeftModel\nfrom transformers import {class}\n",
+        info.arm.name,
+        info.seed,
+        layout.task_type.unwrap_or("none"),
+    );
+    match *head {
+        Head::Classify { classes, pooling } => {
+            t += &format!(
+                "model = {class}.from_pretrained(\"{base}\", num_labels={classes})\n\
+                 model = PeftModel.from_pretrained(model, \"CELL_DIR\")\n```\n\n"
+            );
+            t += match pooling {
+                Pooling::Cls => {
+                    "The classifier reads BERT's pooler (`pooling = cls`), as the stock class \
+                     does: `model(**enc).logits`, `pipeline()` and `Trainer.evaluate` give \
+                     adarank's answers as they are.\n"
+                }
+                Pooling::Mean => {
+                    "**Pooling: mean.** This classifier was trained on the mean of the final \
+                     hidden states over the real tokens, not on BERT's pooler. The stock class \
+                     loads it without a missing key, but its own forward (`model(**enc)`, \
+                     `pipeline()`, `Trainer.evaluate`) feeds the classifier the pooler's output \
+                     and gives other, wrong answers. Compute the logits as adarank does:\n\n\
+                     ```python\nbert = model.base_model.model\n\
+                     hidden = bert.bert(input_ids=ids, attention_mask=mask).last_hidden_state\n\
+                     m = mask.unsqueeze(-1).to(hidden.dtype)\n\
+                     logits = bert.classifier((hidden * m).sum(1) / m.sum(1))\n```\n\n\
+                     (`mean_pooled_logits` in adarank's `examples/load_in_peft.py`), or train \
+                     with `pooling = cls`, the default.\n"
+                }
+            };
+        }
+        _ => {
+            t += &format!(
+                "model = {class}.from_pretrained(\"{base}\")\n\
+                 model = PeftModel.from_pretrained(model, \"CELL_DIR\")\n```\n"
+            );
+        }
+    }
+    Some(t)
 }
 
 /// Reads a cell folder's `adarank.json`.

@@ -63,10 +63,21 @@ fn slurm_value(flag: &str, v: &str) -> Result<()> {
         bail!(
             "{flag} {}: the character {c:?} is not allowed in a Slurm value (letters, digits \
              and _ - . , : = + @ % only); it would be written into the sbatch script",
-            sh_quote(v)
+            shown(v)
         );
     }
     Ok(())
+}
+
+/// A refused value as an error shows it: shell-quoted, or escaped (`"1:00\r#SBATCH"`) when it
+/// holds a control character, which printed as it is would act on the user's terminal (a
+/// carriage return hides what came before it).
+fn shown(v: &str) -> String {
+    if v.chars().any(char::is_control) {
+        format!("{v:?}")
+    } else {
+        sh_quote(v)
+    }
 }
 
 /// A path written into the sbatch script (`#SBATCH --output`, `--chdir`, the command): sbatch
@@ -83,7 +94,7 @@ fn script_path(what: &str, p: &Path) -> Result<()> {
         bail!(
             "{what} {}: holds the control character {c:?}; a path written into an sbatch \
              script must not (rename the folder)",
-            sh_quote(s)
+            shown(s)
         );
     }
     if what != "the adarank binary" && s.chars().any(|c| c.is_whitespace()) {

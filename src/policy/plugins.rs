@@ -123,77 +123,10 @@ impl PluginChecker {
         }
         let (fname, params) = role.function();
         let want = format!("fn {fname}({})", params.join(", "));
-        let fns =
-            match self.compiled(path) {
-                Ok(script) => &script.fns,
-                Err(Unusable::Read(ReadError::NoSuchShipped(name))) => {
-                    let names: Vec<&str> = crate::engine::shipped::SHIPPED
-                        .iter()
-                        .map(|s| s.file.trim_end_matches(".rhai"))
-                        .collect();
-                    let hint = match super::suggest::closest(name, names.iter().copied()) {
-                        Some(c) => format!("did you mean `{c}`? "),
-                        None => String::new(),
-                    };
-                    return Some(
-                        Diagnostic::new(
-                            span,
-                            format!("no shipped plugin is called `{name}`"),
-                            "not a shipped plugin",
-                        )
-                        .help(format!(
-                        "{hint}`adarank plugins` lists the shipped plugins; for your own script \
-                         give a path relative to the policy file, e.g. `plugin \"my_rule.rhai\"`"
-                    )),
-                    );
-                }
-                Err(Unusable::Read(ReadError::NotFound)) => return Some(
-                    Diagnostic::new(
-                        span,
-                        format!(
-                            "{} plugin `{reference}` not found at {}",
-                            role.name(),
-                            path.display()
-                        ),
-                        "no such file",
-                    )
-                    .help(
-                        "the path is relative to the policy file's directory; create the script \
-                         or fix the path",
-                    ),
-                ),
-                Err(Unusable::Read(ReadError::Io(e))) => {
-                    return Some(
-                        Diagnostic::new(
-                            span,
-                            format!("{} plugin `{reference}` cannot be read: {e}", role.name()),
-                            "this script",
-                        )
-                        .help("check the file's permissions"),
-                    )
-                }
-                Err(Unusable::Compile(e, at)) => {
-                    // The script's own position as file:line:col (the path as the policy
-                    // writes it), beside the policy's.
-                    let at = at
-                        .map(|(l, c)| format!(" at {reference}:{l}:{c}"))
-                        .unwrap_or_default();
-                    return Some(
-                        Diagnostic::new(
-                            span,
-                            format!(
-                                "{} plugin `{reference}` does not compile{at}: {e}",
-                                role.name()
-                            ),
-                            "this script",
-                        )
-                        .help(
-                            "fix the script; `adarank check` compiles it as `adarank run` will \
-                         (strict variables: every variable must be declared with `let`)",
-                        ),
-                    );
-                }
-            };
+        let fns = match self.compiled(path) {
+            Ok(script) => &script.fns,
+            Err(e) => return Some(unusable(e, reference, path, role, span)),
+        };
         let same_name: Vec<&Vec<String>> = fns
             .iter()
             .filter(|(n, _)| n == fname)
@@ -233,6 +166,69 @@ impl PluginChecker {
                 role.a()
             )),
         )
+    }
+}
+
+/// The diagnostic of a plugin script that cannot be used (missing, unreadable, not compiling).
+fn unusable(e: &Unusable, reference: &str, path: &Path, role: Role, span: Span) -> Diagnostic {
+    match e {
+        Unusable::Read(ReadError::NoSuchShipped(name)) => {
+            let names: Vec<&str> = crate::engine::shipped::SHIPPED
+                .iter()
+                .map(|s| s.file.trim_end_matches(".rhai"))
+                .collect();
+            let hint = match super::suggest::closest(name, names.iter().copied()) {
+                Some(c) => format!("did you mean `{c}`? "),
+                None => String::new(),
+            };
+            Diagnostic::new(
+                span,
+                format!("no shipped plugin is called `{name}`"),
+                "not a shipped plugin",
+            )
+            .help(format!(
+                "{hint}`adarank plugins` lists the shipped plugins; for your own script \
+                 give a path relative to the policy file, e.g. `plugin \"my_rule.rhai\"`"
+            ))
+        }
+        Unusable::Read(ReadError::NotFound) => Diagnostic::new(
+            span,
+            format!(
+                "{} plugin `{reference}` not found at {}",
+                role.name(),
+                path.display()
+            ),
+            "no such file",
+        )
+        .help(
+            "the path is relative to the policy file's directory; create the script \
+             or fix the path",
+        ),
+        Unusable::Read(ReadError::Io(e)) => Diagnostic::new(
+            span,
+            format!("{} plugin `{reference}` cannot be read: {e}", role.name()),
+            "this script",
+        )
+        .help("check the file's permissions"),
+        Unusable::Compile(e, at) => {
+            // The script's own position as file:line:col (the path as the policy
+            // writes it), beside the policy's.
+            let at = at
+                .map(|(l, c)| format!(" at {reference}:{l}:{c}"))
+                .unwrap_or_default();
+            Diagnostic::new(
+                span,
+                format!(
+                    "{} plugin `{reference}` does not compile{at}: {e}",
+                    role.name()
+                ),
+                "this script",
+            )
+            .help(
+                "fix the script; `adarank check` compiles it as `adarank run` will \
+                 (strict variables: every variable must be declared with `let`)",
+            )
+        }
     }
 }
 

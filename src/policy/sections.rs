@@ -32,10 +32,14 @@ fn unknown_kind(f: &mut Fields<'_>, kind: &Ident, kinds: &[&str]) {
     );
 }
 
+/// `cls` unless the policy says `mean`: the classifier the stock `BertForSequenceClassification`
+/// computes (BERT's pooler on the first token), so an export reads correctly in `pipeline()` and
+/// `Trainer.evaluate` as it is; a mean-pooled head would load there without a missing key and
+/// give other answers.
 fn pooling(f: &mut Fields<'_>) -> Pooling {
     match f.choice("pooling", &["mean", "cls"]) {
-        Some("cls") => Pooling::Cls,
-        _ => Pooling::Mean,
+        Some("mean") => Pooling::Mean,
+        _ => Pooling::Cls,
     }
 }
 

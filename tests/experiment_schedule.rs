@@ -133,6 +133,7 @@ experiment adalora_phases {
     };
     run(Some(policy.clone()), &opts).unwrap();
     let ranks = RunDir::open(&out).unwrap().load_ranks().unwrap();
+    let ranks: Vec<_> = ranks.iter().filter(|r| r.arm == "adalora").collect();
     let steps: Vec<u64> = ranks
         .iter()
         .filter(|r| r.step > 0)

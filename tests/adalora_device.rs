@@ -328,6 +328,8 @@ fn train_steps<B: Backend, S: Trains<B>>(
             ..Default::default()
         };
         allocations.extend(e.after_step(step, store, &ctx).unwrap());
+        // The schedule's budget event (`Schedule::with_method`); nothing off the budget steps.
+        allocations.extend(e.reallocate(step, store, &ctx).unwrap());
     }
     allocations
 }

@@ -123,7 +123,9 @@ fn train(resize: bool) -> (RankEngine, PlantedStore, Seen) {
             step: step as usize,
             ..Default::default()
         };
-        if let Some(ch) = e.after_step(step, &mut s, &ctx).unwrap() {
+        e.after_step(step, &mut s, &ctx).unwrap();
+        // The schedule's budget event (`Schedule::with_method`); nothing off the budget steps.
+        if let Some(ch) = e.reallocate(step, &mut s, &ctx).unwrap() {
             let (b, _) = budget_schedule(&c, 36, 18, step as usize);
             assert_eq!(ch.budget, Some(b));
             let after: Vec<usize> = ch.slots.iter().map(|x| x.after).collect();
@@ -268,6 +270,7 @@ fn resize_frees_adapter_memory_while_the_budget_falls() {
                 ..Default::default()
             };
             e.after_step(step, &mut model, &ctx).unwrap();
+            e.reallocate(step, &mut model, &ctx).unwrap();
             let s = be.ledger().snapshot();
             bytes.push(
                 [MemKind::Trainable, MemKind::Grad, MemKind::Optim]

@@ -37,7 +37,7 @@ use adarank::adapter::{AdapterStore, ModuleKind};
 use adarank::backend::cpu::Cpu;
 use adarank::backend::gpu::test_gpu;
 use adarank::backend::Backend;
-use adarank::engine::driver::EngineDriver;
+use adarank::engine::driver::{Collect, DriverHooks, EngineDriver};
 use adarank::engine::planted::spearman;
 use adarank::engine::schedule::Schedule;
 use adarank::engine::{AdaLoraConfig, EngineConfig, Method, RankEngine, SoraConfig};
@@ -126,16 +126,19 @@ fn run_on<B: Backend>(backend: Arc<B>, method: Method, seed: u64) -> Outcome {
         ..Default::default()
     };
     let t0 = Instant::now();
-    let mut driver = EngineDriver::new(
+    let driver = EngineDriver::new(
         Some(engine),
         Schedule::new(phases(), STEPS, STEPS, None),
         STEPS,
     );
-    let log = train(&mut model, &mut task, &tcfg, &mut driver).unwrap();
+    let adapters = model.adapters().len();
+    let mut hooks = DriverHooks::new(driver, adapters, Collect::default());
+    let log = train(&mut model, &mut task, &tcfg, &mut hooks).unwrap();
+    let (mut driver, allocations) = (hooks.driver, hooks.sink.allocations);
     let secs = t0.elapsed().as_secs_f64();
     let engine = driver.engine.take().unwrap();
     assert_eq!(engine.calls().after_backward, STEPS as usize);
-    for a in &driver.allocations {
+    for a in &allocations {
         if let Some(b) = a.budget {
             assert_eq!(a.total(), b, "step {}: {:?}", a.step, a.ranks());
         }
@@ -146,7 +149,7 @@ fn run_on<B: Backend>(backend: Arc<B>, method: Method, seed: u64) -> Outcome {
         rho: spearman(&r, &planted),
         loss: log.evals.last().unwrap().loss,
         ranks,
-        alphas: driver.allocations.iter().filter_map(|a| a.alpha).collect(),
+        alphas: allocations.iter().filter_map(|a| a.alpha).collect(),
         realloc_share: engine.calls().reallocate_seconds / secs,
         step_share: (engine.calls().after_backward_seconds + engine.calls().after_step_seconds)
             / secs,

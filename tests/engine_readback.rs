@@ -17,7 +17,7 @@ use adarank::backend::cpu::Cpu;
 use adarank::backend::gpu::{AdapterFilter, Gpu};
 use adarank::backend::Backend;
 use adarank::cli::bench_train::{self, BenchTrainArgs, Mode, Trained};
-use adarank::engine::driver::EngineDriver;
+use adarank::engine::driver::{Collect, DriverHooks, EngineDriver};
 use adarank::engine::schedule::Schedule;
 use adarank::engine::{AdaLoraConfig, EngineConfig, Method, RankEngine};
 use adarank::model::{LoraConfig, TrainMode};
@@ -139,7 +139,9 @@ fn adalora_reads_back_only_at_its_budget_steps() {
     let mut engine = RankEngine::new(EngineConfig::new(Method::AdaLora(c), 0, 4)).unwrap();
     engine.on_start(&mut model).unwrap();
     let schedule = Schedule::new(vec![], 10, u64::MAX, None);
-    let mut driver = EngineDriver::new(Some(engine), schedule, u64::MAX);
+    let driver = EngineDriver::new(Some(engine), schedule, u64::MAX);
+    let adapters = model.adapters().len();
+    let mut driver = DriverHooks::new(driver, adapters, Collect::default());
     let cfg = TrainConfig {
         steps: 10,
         batch: 8,
@@ -148,10 +150,10 @@ fn adalora_reads_back_only_at_its_budget_steps() {
     let mut meter = Metered::new(g.clone(), &mut driver);
     train(&mut model, &mut task, &cfg, &mut meter).unwrap();
     let costs = meter.steps;
-    let budget: Vec<u64> = driver.allocations.iter().map(|a| a.step).collect();
+    let budget: Vec<u64> = driver.sink.allocations.iter().map(|a| a.step).collect();
     assert_eq!(budget, [4, 6, 8]);
     // The final pattern holds: after the last step only the kept triplets have λ ≠ 0.
-    let held = driver.engine.as_ref().unwrap().ranks();
+    let held = driver.driver.engine.as_ref().unwrap().ranks();
     assert_eq!(held.iter().sum::<usize>(), 2 * held.len());
     for (i, &k) in held.iter().enumerate() {
         let lam = model.adapter_host(i).unwrap().lambda.unwrap();

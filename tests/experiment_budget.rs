@@ -4,7 +4,7 @@
 //! (oracle: `Model::trainable_params`, summed over the model's own parameter tensors).
 
 use adarank::experiment::budget::{arm_params, mismatch};
-use adarank::experiment::runner::{run, DeviceChoice, RunOptions};
+use adarank::experiment::run::{run, DeviceChoice, RunOptions};
 use adarank::experiment::{CellStatus, RunDir};
 use std::path::Path;
 

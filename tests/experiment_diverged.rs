@@ -3,7 +3,7 @@
 //! this (`tests/hostile/policies/`), so the plan here is changed after checking, as a library
 //! caller or an edited plan could.
 
-use adarank::experiment::runner::{run, DeviceChoice, RunOptions};
+use adarank::experiment::run::{run, DeviceChoice, RunOptions};
 use adarank::experiment::{CellStatus, RunDir};
 use adarank::policy::LoraSpec;
 use std::path::Path;

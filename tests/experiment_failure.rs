@@ -1,7 +1,7 @@
 //! A plugin error mid-run stops the run with the plugin's message, after the run directory has
 //! kept everything done so far; the summary says which cell failed.
 
-use adarank::experiment::runner::{run, DeviceChoice, RunOptions};
+use adarank::experiment::run::{run, DeviceChoice, RunOptions};
 use adarank::experiment::{CellStatus, RunDir};
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! metrics of an uninterrupted run on the CPU backend: finished cells are skipped, the
 //! interrupted cell restarts from its last checkpoint.
 
-use adarank::experiment::runner::{run, DeviceChoice, Interrupted, RunOptions};
+use adarank::experiment::run::{run, DeviceChoice, Interrupted, RunOptions};
 use adarank::experiment::{CellStatus, MetricRecord, RankRecord, RunDir};
 use std::path::Path;
 

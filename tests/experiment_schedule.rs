@@ -3,7 +3,7 @@
 //! static timeline (`adarank check --plan`) announces.
 
 use adarank::experiment::arm::timeline;
-use adarank::experiment::runner::{run, DeviceChoice, RunOptions};
+use adarank::experiment::run::{run, DeviceChoice, RunOptions};
 use adarank::experiment::RunDir;
 use std::path::Path;
 
@@ -71,4 +71,77 @@ fn eval_every_writes_evaluations_at_its_multiples_and_allocations_follow_the_tim
     let summary = rd.load_summary().unwrap();
     let cell = summary.cell("adaptive", 1).unwrap();
     assert_eq!(last.eval_loss, cell.eval_loss);
+}
+
+/// AdaLoRA re-allocates on its own budget schedule, whatever the phases say: the static
+/// timeline (`adarank check --plan`) lists its budget steps as `mask` events and none of the
+/// phases' `reallocate`s, and the run's allocations fall on exactly those steps.
+#[test]
+fn adalora_timeline_is_its_budget_steps_and_the_run_follows_it() {
+    let text = r#"
+experiment adalora_phases {
+  model encoder { layers = 2, hidden = 32, heads = 4, ffn = 64, vocab = 64, max_positions = 16 }
+  data synthetic { classes = 3, samples = 256, eval_samples = 32, seq = 16, seed = 5 }
+  lora { targets = [q, v], alpha = 8, init_rank = 4, max_rank = 8 }
+  train { steps = 30, batch = 8, lr = 5e-3, checkpoint_every = 12 }
+  adalora { init_rank = 6, target_rank = 3, tinit = 5, tfinal = 5, delta_t = 5 }
+
+  phase warm until step 8 {}
+  phase adapt until step 20 { every 4 steps: reallocate }
+  phase settle {}
+
+  baseline arm adalora {}
+  seeds = [1]
+}
+"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("adalora_phases.rank");
+    std::fs::write(&path, text).unwrap();
+    let policy = adarank::policy::load(&path, &[]).unwrap_or_else(|d| panic!("{d}"));
+    let arm = policy.arm("adalora").unwrap();
+    let events: Vec<(u64, String, String)> = timeline(arm)
+        .events
+        .into_iter()
+        .map(|e| (e.step, e.phase, e.action))
+        .collect();
+    let masks: Vec<u64> = events
+        .iter()
+        .filter(|e| e.2 == "mask")
+        .map(|e| e.0)
+        .collect();
+    // ΔT multiples in (tinit, T − tfinal], then the final phase's first step.
+    assert_eq!(masks, [10, 15, 20, 25, 26]);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.2 != "reallocate" && e.2 != "finalize"),
+        "{events:?}"
+    );
+    let checkpoints: Vec<u64> = events
+        .iter()
+        .filter(|e| e.2 == "checkpoint")
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(checkpoints, [12, 24]);
+
+    let out = tmp.path().join("run");
+    let opts = RunOptions {
+        out: Some(out.clone()),
+        device: DeviceChoice::Cpu,
+        quiet: true,
+        ..Default::default()
+    };
+    run(Some(policy.clone()), &opts).unwrap();
+    let ranks = RunDir::open(&out).unwrap().load_ranks().unwrap();
+    let ranks: Vec<_> = ranks.iter().filter(|r| r.arm == "adalora").collect();
+    let steps: Vec<u64> = ranks
+        .iter()
+        .filter(|r| r.step > 0)
+        .map(|r| r.step)
+        .collect();
+    assert_eq!(steps, masks);
+    assert!(ranks
+        .iter()
+        .filter(|r| r.step > 0)
+        .all(|r| r.reason == "mask"));
 }

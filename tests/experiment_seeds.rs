@@ -3,7 +3,7 @@
 //! the run itself — the same seed twice must give bit-identical step losses and final metric,
 //! two seeds must give different ones, for full fine-tuning too (no adapter init to vary).
 
-use adarank::experiment::runner::{run, DeviceChoice, RunOptions};
+use adarank::experiment::run::{run, DeviceChoice, RunOptions};
 use adarank::experiment::{MetricRecord, RunDir};
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! out; figures are rounded so float noise cannot break them.
 
 use adarank::experiment::report::{ablation_table, main_table, paired_table, rank_trajectories};
-use adarank::experiment::runner::{run, DeviceChoice, RunOptions};
+use adarank::experiment::run::{run, DeviceChoice, RunOptions};
 use adarank::experiment::{CellStatus, RunDir};
 use std::path::Path;
 

@@ -4,7 +4,7 @@
 //! cells' own records (their rate, their split), plus the identity "candidate at the chosen rate
 //! with seed 1 = the seed-1 cell up to the evaluation split".
 
-use adarank::experiment::runner::{run, DeviceChoice, RunOptions};
+use adarank::experiment::run::{run, DeviceChoice, RunOptions};
 use adarank::experiment::{CellStatus, MetricRecord, RunDir};
 use std::path::Path;
 

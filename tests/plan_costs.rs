@@ -11,7 +11,7 @@ use adarank::data::assets;
 use adarank::data::plan::Split;
 use adarank::experiment::arm::{build_task, load_checkpoint, train_mode};
 use adarank::experiment::costs::{self, devices, pass_flops, BatchShape};
-use adarank::experiment::runner::{run, DeviceChoice, RunOptions};
+use adarank::experiment::run::{run, DeviceChoice, RunOptions};
 use adarank::experiment::{CellStatus, RunDir};
 use adarank::model::{Flavour, Head, LoraConfig, Model, ModelConfig, Pooling, TrainMode};
 use adarank::policy::{self, Policy};

@@ -264,6 +264,66 @@ fn bench_gpu_b(gpu: &Gpu, kernel: GemmKernel, spec: &Gemm, reps: usize, bf16: bo
     Ok(g * calls as f64)
 }
 
+/// One size `n`: the gemm crate's reference rate, NN and NT on the CPU and every GPU kernel,
+/// and NT with B in bf16.
+fn bench_square(cpu: &Cpu, gpu: Option<&Gpu>, n: usize, reps: usize) -> Result<()> {
+    let reference = bench_gemm_crate(n, reps)?;
+    println!("{n:>6} reference: gemm crate direct {reference:.1} GFLOP/s (column-major NN)");
+    for (op, spec) in [("NN", Gemm::nn(n, n, n)), ("NT", Gemm::nt(n, n, n))] {
+        let c = bench_cpu(cpu, &spec, reps)?;
+        match gpu {
+            Some(g) => {
+                let blocked = bench_gpu(g, GemmKernel::RegisterBlocked, &spec, reps)?;
+                let tiled = bench_gpu(g, GemmKernel::Tiled, &spec, reps)?;
+                // Shapes that are not whole 128×64 tiles run split: the interior on the
+                // subgroup kernel, the edges on its small tiles.
+                let sub = if g.has_subgroups_of_8() {
+                    format!("{:.1}", bench_gpu(g, GemmKernel::Subgroup, &spec, reps)?)
+                } else {
+                    "-".into()
+                };
+                let best = blocked.max(tiled).max(sub.parse().unwrap_or(0.0));
+                println!(
+                    "{n:>6} {op:>3} {c:>12.1} {:>8.2} {blocked:>14.1} {tiled:>12.1} {sub:>13} {:>10.3}",
+                    c / reference,
+                    best / c
+                );
+            }
+            None => println!(
+                "{n:>6} {op:>3} {c:>12.1} {:>8.2} {:>14} {:>12} {:>13} {:>10}",
+                c / reference,
+                "-",
+                "-",
+                "-",
+                "-"
+            ),
+        }
+    }
+    // Frozen weights in bf16 (`train.weights = bf16`): the linear layer's x·Wᵀ.
+    let spec = Gemm::nt(n, n, n);
+    let f32_rate = bench_cpu(cpu, &spec, reps)?;
+    let bf = bench_cpu_bf16(cpu, &spec, reps)?;
+    let how = if crate::backend::cpu::bf16::native() {
+        "vdpbf16ps"
+    } else {
+        "widened to f32: no AVX-512 BF16 here"
+    };
+    print!(
+        "{n:>6} NT, B bf16: cpu {bf:.1} GFLOP/s ({how}) = {:.2}× its f32 {f32_rate:.1}",
+        bf / f32_rate
+    );
+    match gpu {
+        Some(g) => {
+            let k = g.gemm_kernel();
+            let gb = bench_gpu_b(g, k, &spec, reps, true)?;
+            let gf = bench_gpu_b(g, k, &spec, reps, false)?;
+            println!("; gpu {} {gb:.1} (f32 {gf:.1})", k.name());
+        }
+        None => println!(),
+    }
+    Ok(())
+}
+
 pub fn main(args: BenchMatmulArgs) -> Result<()> {
     let sizes = match &args.sizes {
         Some(s) => s.clone(),
@@ -301,63 +361,7 @@ pub fn main(args: BenchMatmulArgs) -> Result<()> {
         "n", "op", "cpu GFLOP/s", "cpu/ref", "gpu blocked", "gpu tiled", "gpu subgroup", "gpu/cpu"
     );
     for &n in &sizes {
-        let reference = bench_gemm_crate(n, args.reps)?;
-        println!("{n:>6} reference: gemm crate direct {reference:.1} GFLOP/s (column-major NN)");
-        for (op, spec) in [("NN", Gemm::nn(n, n, n)), ("NT", Gemm::nt(n, n, n))] {
-            let c = bench_cpu(&cpu, &spec, args.reps)?;
-            match &gpu {
-                Some(g) => {
-                    let blocked = bench_gpu(g, GemmKernel::RegisterBlocked, &spec, args.reps)?;
-                    let tiled = bench_gpu(g, GemmKernel::Tiled, &spec, args.reps)?;
-                    // Shapes that are not whole 128×64 tiles run split: the interior on the
-                    // subgroup kernel, the edges on its small tiles.
-                    let sub = if g.has_subgroups_of_8() {
-                        format!(
-                            "{:.1}",
-                            bench_gpu(g, GemmKernel::Subgroup, &spec, args.reps)?
-                        )
-                    } else {
-                        "-".into()
-                    };
-                    let best = blocked.max(tiled).max(sub.parse().unwrap_or(0.0));
-                    println!(
-                        "{n:>6} {op:>3} {c:>12.1} {:>8.2} {blocked:>14.1} {tiled:>12.1} {sub:>13} {:>10.3}",
-                        c / reference,
-                        best / c
-                    );
-                }
-                None => println!(
-                    "{n:>6} {op:>3} {c:>12.1} {:>8.2} {:>14} {:>12} {:>13} {:>10}",
-                    c / reference,
-                    "-",
-                    "-",
-                    "-",
-                    "-"
-                ),
-            }
-        }
-        // Frozen weights in bf16 (`train.weights = bf16`): the linear layer's x·Wᵀ.
-        let spec = Gemm::nt(n, n, n);
-        let f32_rate = bench_cpu(&cpu, &spec, args.reps)?;
-        let bf = bench_cpu_bf16(&cpu, &spec, args.reps)?;
-        let how = if crate::backend::cpu::bf16::native() {
-            "vdpbf16ps"
-        } else {
-            "widened to f32: no AVX-512 BF16 here"
-        };
-        print!(
-            "{n:>6} NT, B bf16: cpu {bf:.1} GFLOP/s ({how}) = {:.2}× its f32 {f32_rate:.1}",
-            bf / f32_rate
-        );
-        match &gpu {
-            Some(g) => {
-                let k = g.gemm_kernel();
-                let gb = bench_gpu_b(g, k, &spec, args.reps, true)?;
-                let gf = bench_gpu_b(g, k, &spec, args.reps, false)?;
-                println!("; gpu {} {gb:.1} (f32 {gf:.1})", k.name());
-            }
-            None => println!(),
-        }
+        bench_square(&cpu, gpu.as_deref(), n, args.reps)?;
     }
     let types = args
         .weights

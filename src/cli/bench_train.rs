@@ -13,7 +13,7 @@
 use crate::backend::cpu::Cpu;
 use crate::backend::profile::OpTotal;
 use crate::backend::{Backend, Counters, DType, LedgerSnapshot, MemKind};
-use crate::engine::driver::EngineDriver;
+use crate::engine::driver::{Collect, DriverHooks, EngineDriver};
 use crate::engine::schedule::Schedule;
 use crate::engine::source::BUILTIN;
 use crate::engine::{AdaLoraConfig, Allocation, EngineConfig, Method, RankEngine};
@@ -466,7 +466,7 @@ impl BenchMethod {
                     total_steps: event + 1,
                     ..AdaLoraConfig::default()
                 }),
-                // AdaLoRA runs its own schedule after every step.
+                // AdaLoRA re-allocates at its own budget steps (`Schedule::with_method`).
                 vec![],
             )),
         }
@@ -579,7 +579,10 @@ pub fn train_steps<B: Backend>(
     let mut m = Model::new(be.clone(), cfg.clone(), head(cfg), train_mode, weights, 1)?;
     let timed_end = 1 + a.steps as u64;
     let event = timed_end + 1;
-    let mut driver = method.driver(a, &mut m, event)?;
+    let adapters = m.config().slots();
+    let mut driver = method
+        .driver(a, &mut m, event)?
+        .map(|d| DriverHooks::new(d, adapters, Collect::default()));
     let mut fixed = NoHooks;
     let hooks: &mut dyn Hooks<B> = match driver.as_mut() {
         Some(d) => d,
@@ -607,7 +610,7 @@ pub fn train_steps<B: Backend>(
     Ok(Trained {
         timed: meter.steps,
         event,
-        allocations: driver.map(|d| d.allocations).unwrap_or_default(),
+        allocations: driver.map(|d| d.sink.allocations).unwrap_or_default(),
         ledger: be.ledger().snapshot(),
         profile: ops,
     })

@@ -1,7 +1,7 @@
 //! `adarank run` — run an experiment policy into a run directory. Progress goes to stderr; the
 //! result table and the report's path to stdout.
 
-use crate::experiment::runner::{self, DeviceChoice, RunOptions};
+use crate::experiment::run::{self as runner, DeviceChoice, RunOptions};
 use crate::experiment::slurm::{self, SlurmOptions};
 use anyhow::Result;
 use clap::Args;

@@ -54,17 +54,11 @@ pub struct SpanExample {
     pub answers: Vec<String>,
 }
 
+/// The questions of a SQuAD file, tokenized with their contexts; a malformed file or record is
+/// refused at its line.
 pub fn load(path: &Path, tok: &Tokenizer) -> Result<Vec<SpanExample>> {
     let text = crate::textfile::read(path, "SQuAD data", crate::textfile::MAX_DATA_BYTES)?;
-    let file: File = serde_json::from_str(&text).map_err(|e| {
-        anyhow!(
-            "{}:{}:{}: not SQuAD JSON ({{\"data\": [{{\"paragraphs\": [{{\"context\", \"qas\": \
-             [{{\"id\", \"question\", \"answers\", \"is_impossible\"}}]}}]}}]}}): {e}",
-            path.display(),
-            e.line(),
-            e.column()
-        )
-    })?;
+    let file = parse(path, &text)?;
     // Record errors at the line where the question's id is written.
     let at = |id: &str| {
         let line = text
@@ -78,57 +72,77 @@ pub fn load(path: &Path, tok: &Tokenizer) -> Result<Vec<SpanExample>> {
         for p in &article.paragraphs {
             let ctx_chars: Vec<char> = p.context.chars().collect();
             for qa in &p.qas {
-                if qa.is_impossible && !qa.answers.is_empty() {
-                    bail!(
-                        "{}: is_impossible is true but answers is not empty",
-                        at(&qa.id)
-                    );
-                }
-                if !qa.is_impossible && qa.answers.is_empty() {
-                    bail!(
-                        "{}: no answers; set \"is_impossible\": true for an unanswerable question",
-                        at(&qa.id)
-                    );
-                }
-                for a in &qa.answers {
-                    let n = a.text.chars().count();
-                    let found: String = ctx_chars.iter().skip(a.answer_start).take(n).collect();
-                    if n == 0 || a.answer_start + n > ctx_chars.len() || found != a.text {
-                        bail!(
-                            "{}: answer {:?} is not at answer_start {} of the context (found \
-                             {found:?}); answer_start counts characters from 0",
-                            at(&qa.id),
-                            a.text,
-                            a.answer_start
-                        );
-                    }
-                }
-                let enc = tok
-                    .encode_span(&qa.question, &p.context)
-                    .with_context(|| at(&qa.id))?;
-                let (start, end) = match qa.answers.first() {
-                    None => (0, 0),
-                    Some(a) => token_span(
-                        &enc,
-                        a.answer_start,
-                        a.answer_start + a.text.chars().count(),
-                    )
-                    .unwrap_or((0, 0)),
-                };
-                out.push(SpanExample {
-                    id: qa.id.clone(),
-                    question: qa.question.clone(),
-                    ids: enc.get_ids().to_vec(),
-                    type_ids: enc.get_type_ids().to_vec(),
-                    start,
-                    end,
-                    answerable: !qa.is_impossible,
-                    answers: qa.answers.iter().map(|a| a.text.clone()).collect(),
-                });
+                check_answers(qa, &ctx_chars).map_err(|e| anyhow!("{}: {e}", at(&qa.id)))?;
+                out.push(example(tok, qa, &p.context).with_context(|| at(&qa.id))?);
             }
         }
     }
     Ok(out)
+}
+
+/// The layout a SQuAD file must have, as an error names it.
+const LAYOUT: &str = concat!(
+    "{\"data\": [{\"paragraphs\": [{\"context\", \"qas\": [{\"id\", ",
+    "\"question\", \"answers\", \"is_impossible\"}]}]}]}"
+);
+
+/// The file's JSON, or an error at its line and column naming the expected layout.
+fn parse(path: &Path, text: &str) -> Result<File> {
+    serde_json::from_str(text).map_err(|e| {
+        anyhow!(
+            "{}:{}:{}: not SQuAD JSON ({LAYOUT}): {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+/// A question's answers agree with `is_impossible` and each lies at its `answer_start`.
+fn check_answers(qa: &Qa, ctx_chars: &[char]) -> Result<()> {
+    if qa.is_impossible && !qa.answers.is_empty() {
+        bail!("is_impossible is true but answers is not empty");
+    }
+    if !qa.is_impossible && qa.answers.is_empty() {
+        bail!("no answers; set \"is_impossible\": true for an unanswerable question");
+    }
+    for a in &qa.answers {
+        let n = a.text.chars().count();
+        let found: String = ctx_chars.iter().skip(a.answer_start).take(n).collect();
+        if n == 0 || a.answer_start + n > ctx_chars.len() || found != a.text {
+            bail!(
+                "answer {:?} is not at answer_start {} of the context (found {found:?}); \
+                 answer_start counts characters from 0",
+                a.text,
+                a.answer_start
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One question tokenized with its context, with the token span of its first answer.
+fn example(tok: &Tokenizer, qa: &Qa, context: &str) -> Result<SpanExample> {
+    let enc = tok.encode_span(&qa.question, context)?;
+    let (start, end) = match qa.answers.first() {
+        None => (0, 0),
+        Some(a) => token_span(
+            &enc,
+            a.answer_start,
+            a.answer_start + a.text.chars().count(),
+        )
+        .unwrap_or((0, 0)),
+    };
+    Ok(SpanExample {
+        id: qa.id.clone(),
+        question: qa.question.clone(),
+        ids: enc.get_ids().to_vec(),
+        type_ids: enc.get_type_ids().to_vec(),
+        start,
+        end,
+        answerable: !qa.is_impossible,
+        answers: qa.answers.iter().map(|a| a.text.clone()).collect(),
+    })
 }
 
 /// First and last context tokens covering characters [start, end) of the context; `None` when

@@ -85,6 +85,16 @@ pub fn budget_schedule(
     }
 }
 
+/// Whether AdaLoRA decides a budget at `step` (masks or prunes): every ΔT inside
+/// (tinit, T − tfinal], then once as the final phase begins, never at the last step (what it
+/// decided would be evaluated untrained). The schedule fires its budget events here
+/// ([`crate::engine::schedule::Schedule::with_method`]).
+pub fn is_budget_step(c: &AdaLoraConfig, step: usize) -> bool {
+    let (_, due) = budget_schedule(c, 1, 1, step);
+    let final_phase = step + c.tfinal > c.total_steps;
+    due && (!final_phase || step + c.tfinal == c.total_steps + 1) && step < c.total_steps
+}
+
 /// ‖PᵀP − I‖_F and its gradient with respect to P [rows, r] (row-major): 2·P·N/‖N‖.
 pub fn orth_penalty_p(rows: usize, r: usize, p: &[f32]) -> (f64, Vec<f32>) {
     let mut n = vec![0.0f64; r * r];
@@ -339,34 +349,45 @@ impl RankMethod for AdaLoraMethod {
         store: &mut dyn AdapterStore,
         _ctx: &EngineCtx,
     ) -> Result<Option<Allocation>> {
+        let (c, step) = (&self.c, step as usize);
+        let final_phase = step + c.tfinal > c.total_steps;
+        let first_final = final_phase && step + c.tfinal == c.total_steps + 1;
+        if final_phase && !first_final {
+            // PEFT keeps the final pattern: masked triplets stay at λ = 0.
+            self.apply_masks(core, store)?;
+        }
+        Ok(None)
+    }
+
+    /// A budget step ([`is_budget_step`]; the schedule's `mask`/`prune` event): the allocator
+    /// keeps the most important triplets within the step's budget. Any other step: nothing.
+    fn reallocate(
+        &mut self,
+        core: &mut Core,
+        step: u64,
+        store: &mut dyn AdapterStore,
+        _ctx: &EngineCtx,
+    ) -> Result<Option<Allocation>> {
         let c = self.c.clone();
         let step = step as usize;
+        if !is_budget_step(&c, step) {
+            return Ok(None);
+        }
         let n = core.infos.len();
         // Under `lora.param_budget` the schedule runs in parameters, from what the initial
         // triplets cost to the budget, and the allocator keeps triplets while they fit (a
         // triplet of adapter i costs rows_i + cols_i, as a LoRA rank does; its λ adds one).
-        let (budget, mask_now) = match core.cfg.param_budget {
+        let budget = match core.cfg.param_budget {
             Some(p) => {
                 let init: usize = core
                     .infos
                     .iter()
                     .map(|a| c.init_rank * (a.rows + a.cols))
                     .sum();
-                budget_schedule(&c, init, p.min(init), step)
+                budget_schedule(&c, init, p.min(init), step).0
             }
-            None => budget_schedule(&c, c.init_rank * n, c.target_rank * n, step),
+            None => budget_schedule(&c, c.init_rank * n, c.target_rank * n, step).0,
         };
-        let final_phase = step + c.tfinal > c.total_steps;
-        let first_final = final_phase && step + c.tfinal == c.total_steps + 1;
-        if final_phase && !first_final {
-            // PEFT keeps the final pattern: masked triplets stay at λ = 0.
-            self.apply_masks(core, store)?;
-            return Ok(None);
-        }
-        // Nothing new is decided after the last optimizer step: it would be evaluated untrained.
-        if !mask_now || step >= c.total_steps {
-            return Ok(None);
-        }
         // A budget step: the one place the importance state is read back.
         let importance = self.read_importance(core, store)?;
         let scores: Vec<Vec<f64>> = core
@@ -410,17 +431,6 @@ impl RankMethod for AdaLoraMethod {
             &kept_scores,
             resized,
         )))
-    }
-
-    fn reallocate(
-        &mut self,
-        _core: &mut Core,
-        _step: u64,
-        _store: &mut dyn AdapterStore,
-        _ctx: &EngineCtx,
-    ) -> Result<Option<Allocation>> {
-        // AdaLoRA follows its own budget schedule (tinit, ΔT, tfinal) after every step.
-        Ok(None)
     }
 
     fn ranks(&self, core: &Core) -> Vec<usize> {

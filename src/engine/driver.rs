@@ -3,15 +3,18 @@
 //! optimizer step it does its per-step work, then the [`Schedule`] advances phases and fires
 //! re-allocations, evaluations, checkpoints and logs.
 //!
-//! [`EngineDriver`] also implements the training loop's [`Hooks`] directly (the model is the
-//! adapter store), for tests and programs that need no run directory.
+//! [`DriverHooks`] is the training loop's one implementation of [`Hooks`]: the driver on the
+//! model's targeted slots, with a [`Sink`] for metrics, allocations and checkpoints (the
+//! runner's writes the run directory; [`Collect`] keeps allocations for tests and benchmarks).
 
 use super::schedule::{Event, Schedule, ScheduleHost, ScheduleState};
+use super::EngineState;
 use super::{Allocation, EngineCtx, RankEngine};
-use crate::adapter::AdapterStore;
+use crate::adapter::{AdapterStore, SlotView};
 use crate::backend::Backend;
-use crate::model::Model;
-use crate::train::trainer::{Control, EvalMetrics, Hooks, StepMetrics};
+use crate::data::lm::LmEvalSet;
+use crate::model::{Batch, Model};
+use crate::train::trainer::{evaluate_batches, Control, EvalMetrics, Hooks, StepMetrics};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -60,8 +63,6 @@ pub struct EngineDriver {
     steps_per_epoch: u64,
     losses: VecDeque<f64>,
     metrics: BTreeMap<String, f64>,
-    /// Every allocation so far, when used as training-loop hooks.
-    pub allocations: Vec<Allocation>,
 }
 
 struct Bridge<'a> {
@@ -95,10 +96,10 @@ impl ScheduleHost for Bridge<'_> {
     fn fire(&mut self, step: u64, phase: usize, event: Event) -> Result<()> {
         self.ctx.phase = phase;
         match event {
-            Event::Reallocate | Event::Finalize => {
+            Event::Reallocate | Event::Finalize | Event::Mask | Event::Prune => {
                 if let Some(e) = self.engine.as_mut() {
                     let store = self.host.store();
-                    let a = if event == Event::Reallocate {
+                    let a = if event != Event::Finalize {
                         e.reallocate(step, store, self.ctx)?
                     } else {
                         e.finalize(step, store, self.ctx)?
@@ -115,14 +116,19 @@ impl ScheduleHost for Bridge<'_> {
 }
 
 impl EngineDriver {
+    /// The driver of `engine` (if any) on `schedule`, which follows the engine's method
+    /// ([`Schedule::with_method`]: AdaLoRA's budget steps).
     pub fn new(engine: Option<RankEngine>, schedule: Schedule, steps_per_epoch: u64) -> Self {
+        let schedule = match &engine {
+            Some(e) => schedule.with_method(&e.config().method),
+            None => schedule,
+        };
         Self {
             engine,
             schedule,
             steps_per_epoch: steps_per_epoch.max(1),
             losses: VecDeque::new(),
             metrics: BTreeMap::new(),
-            allocations: vec![],
         }
     }
 
@@ -201,31 +207,161 @@ impl EngineDriver {
     }
 }
 
-/// The model as the driver's host, without evaluation data.
-struct ModelHost<'a, B: Backend> {
-    model: &'a mut Model<B>,
+/// Where the loop's hooks ([`DriverHooks`]) hand what a step produced. Every method has a
+/// default that keeps nothing; the runner's sink writes the run directory, [`Collect`] keeps
+/// the allocations in memory.
+pub trait Sink<B: Backend> {
+    /// Step `step` was taken (the update applied), before the engine and the schedule see it.
+    fn step_taken(&mut self, _step: u64, _m: &StepMetrics) -> Result<()> {
+        Ok(())
+    }
+    /// An evaluation the schedule asked for, by name.
+    fn evaluated(&mut self, _step: u64, _m: &BTreeMap<String, f64>) -> Result<()> {
+        Ok(())
+    }
+    /// Allocations made (the engine's start record, then each step's, in order).
+    fn allocations(&mut self, _a: Vec<Allocation>) -> Result<()> {
+        Ok(())
+    }
+    /// The step's metrics and what the driver did at it; `last` when training ends here (the
+    /// loop's final evaluation follows).
+    fn record(
+        &mut self,
+        _step: u64,
+        _model: &mut Model<B>,
+        _m: &StepMetrics,
+        _out: &DriverStep,
+        _last: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// A checkpoint is due after `step`: the engine's and the driver's state to keep with the
+    /// model's.
+    fn checkpoint(
+        &mut self,
+        _step: u64,
+        _model: &mut Model<B>,
+        _engine: Option<EngineState>,
+        _driver: DriverState,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Everything of step `step` is done.
+    fn stepped(&mut self, _step: u64, _m: &StepMetrics) -> Result<()> {
+        Ok(())
+    }
+    /// The loop's own evaluation (the final one, and `eval_every` of the loop's settings).
+    fn on_eval(&mut self, _e: &EvalMetrics) -> Result<()> {
+        Ok(())
+    }
 }
 
-impl<B: Backend> DriverHost for ModelHost<'_, B> {
+/// A sink that keeps every allocation (tests, benchmarks).
+#[derive(Default)]
+pub struct Collect {
+    pub allocations: Vec<Allocation>,
+}
+
+impl<B: Backend> Sink<B> for Collect {
+    fn allocations(&mut self, a: Vec<Allocation>) -> Result<()> {
+        self.allocations.extend(a);
+        Ok(())
+    }
+}
+
+/// The training loop's [`Hooks`]: the driver on the targeted slots of the model, evaluating on
+/// `eval` when the schedule asks, handing everything to the sink.
+pub struct DriverHooks<'a, S> {
+    pub driver: EngineDriver,
+    /// Indices into the model's adapters the engine sees (`lora.targets` × `lora.layers`).
+    pub slots: Vec<usize>,
+    /// The held-out batches of the schedule's evaluations (`None`: an evaluation is an error).
+    pub eval: Option<&'a [Batch]>,
+    /// A causal LM's evaluation set beyond the loss.
+    pub lm: Option<&'a LmEvalSet>,
+    pub sink: S,
+}
+
+impl<S> DriverHooks<'static, S> {
+    /// Hooks over every adapter of the model, without evaluation data.
+    pub fn new(driver: EngineDriver, adapters: usize, sink: S) -> Self {
+        Self {
+            driver,
+            slots: (0..adapters).collect(),
+            eval: None,
+            lm: None,
+            sink,
+        }
+    }
+}
+
+/// The model's targeted slots and the evaluation data, as the driver's host at one step.
+struct StepHost<'a, 'b, B: Backend, S> {
+    view: SlotView<'a, Model<B>>,
+    eval: Option<&'b [Batch]>,
+    lm: Option<&'b LmEvalSet>,
+    sink: &'a mut S,
+}
+
+impl<B: Backend, S: Sink<B>> DriverHost for StepHost<'_, '_, B, S> {
     fn store(&mut self) -> &mut dyn AdapterStore {
-        self.model
+        &mut self.view
     }
     fn evaluate(&mut self, step: u64) -> Result<BTreeMap<String, f64>> {
-        bail!(
-            "step {step}: the schedule asks for an evaluation, but these hooks have no \
-             evaluation data (use the experiment runner)"
-        )
+        let Some(eval) = self.eval else {
+            bail!(
+                "step {step}: the schedule asks for an evaluation, but these hooks have no \
+                 evaluation data (use the experiment runner)"
+            )
+        };
+        let m = evaluate_batches(self.view.store, eval, self.lm, step)?.metrics();
+        self.sink.evaluated(step, &m)?;
+        Ok(m)
     }
 }
 
-impl<B: Backend> Hooks<B> for EngineDriver {
+impl<S> DriverHooks<'_, S> {
+    /// The engine's start on the targeted slots (W0 spectra, first ranks): its allocation
+    /// record, if any; `None` without an engine.
+    pub fn start<B: Backend>(&mut self, model: &mut Model<B>) -> Result<Option<Allocation>> {
+        let mut view = SlotView::new(model, &self.slots);
+        match &mut self.driver.engine {
+            Some(e) => Ok(e.on_start(&mut view)?),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<B: Backend, S: Sink<B>> Hooks<B> for DriverHooks<'_, S> {
     fn after_backward(&mut self, step: u64, model: &mut Model<B>) -> Result<()> {
-        EngineDriver::after_backward(self, step, model)
+        self.driver
+            .after_backward(step, &mut SlotView::new(model, &self.slots))
     }
 
     fn after_step(&mut self, step: u64, model: &mut Model<B>, m: &StepMetrics) -> Result<Control> {
-        let out = EngineDriver::after_step(self, step, m.loss as f64, &mut ModelHost { model })?;
-        self.allocations.extend(out.allocations);
+        self.sink.step_taken(step, m)?;
+        let out = self.driver.after_step(
+            step,
+            m.loss as f64,
+            &mut StepHost {
+                view: SlotView::new(model, &self.slots),
+                eval: self.eval,
+                lm: self.lm,
+                sink: &mut self.sink,
+            },
+        )?;
+        self.sink.allocations(out.allocations.clone())?;
+        let last = out.stop || step >= self.driver.schedule.total_steps();
+        self.sink.record(step, model, m, &out, last)?;
+        if out.checkpoint && !last {
+            let engine = match &self.driver.engine {
+                Some(e) => Some(e.state(&SlotView::new(model, &self.slots))?),
+                None => None,
+            };
+            let driver = self.driver.state();
+            self.sink.checkpoint(step, model, engine, driver)?;
+        }
+        self.sink.stepped(step, m)?;
         Ok(if out.stop {
             Control::Stop
         } else {
@@ -234,8 +370,7 @@ impl<B: Backend> Hooks<B> for EngineDriver {
     }
 
     fn on_eval(&mut self, e: &EvalMetrics) -> Result<()> {
-        self.metrics.insert("eval_loss".into(), e.loss);
-        self.metrics.insert("accuracy".into(), e.accuracy);
-        Ok(())
+        self.driver.metrics.extend(e.metrics());
+        self.sink.on_eval(e)
     }
 }

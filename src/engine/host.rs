@@ -284,221 +284,12 @@ impl PluginHost {
 
     fn register_helpers(&mut self) {
         let e = &mut self.engine;
-        // The costly helpers run many steps inside one rhai operation: they look at the
-        // deadline themselves, before and while they work.
-        let g = self.guard.clone();
-        let out_of_time = move || -> Result<(), Box<EvalAltResult>> {
-            if g.out_of_time() {
-                return Err("stopped: ran past its time budget".into());
-            }
-            Ok(())
-        };
-        e.register_fn("sum", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
-            Ok(floats(&a)?.iter().sum::<f64>() as FLOAT)
-        });
-        e.register_fn("mean", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
-            let v = floats(&a)?;
-            if v.is_empty() {
-                return Err("mean of an empty array".into());
-            }
-            Ok((v.iter().sum::<f64>() / v.len() as f64) as FLOAT)
-        });
-        e.register_fn("max_of", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
-            let v = floats(&a)?;
-            v.iter()
-                .cloned()
-                .reduce(f64::max)
-                .map(|x| x as FLOAT)
-                .ok_or_else(|| "max_of an empty array".into())
-        });
-        e.register_fn("min_of", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
-            let v = floats(&a)?;
-            v.iter()
-                .cloned()
-                .reduce(f64::min)
-                .map(|x| x as FLOAT)
-                .ok_or_else(|| "min_of an empty array".into())
-        });
-        e.register_fn("clamp", |x: FLOAT, lo: FLOAT, hi: FLOAT| x.max(lo).min(hi));
-        e.register_fn("clamp", |x: INT, lo: INT, hi: INT| x.max(lo).min(hi));
-        let ot = out_of_time.clone();
-        e.register_fn(
-            "sorted_desc",
-            move |a: Array| -> Result<Array, Box<EvalAltResult>> {
-                ot()?;
-                let mut v = floats(&a)?;
-                v.sort_by(|x, y| y.total_cmp(x));
-                Ok(float_array(&v))
-            },
-        );
-        let ot = out_of_time.clone();
-        e.register_fn(
-            "argsort_desc",
-            move |a: Array| -> Result<Array, Box<EvalAltResult>> {
-                ot()?;
-                let v = floats(&a)?;
-                let mut idx: Vec<usize> = (0..v.len()).collect();
-                idx.sort_by(|&x, &y| v[y].total_cmp(&v[x]).then(x.cmp(&y)));
-                Ok(idx
-                    .into_iter()
-                    .map(|i| Dynamic::from_int(i as INT))
-                    .collect())
-            },
-        );
-        let g = self.guard.clone();
-        let ot = out_of_time.clone();
-        e.register_fn(
-            "round_to_budget",
-            move |a: Array,
-                  budget: INT,
-                  rmin: INT,
-                  rmax: INT|
-                  -> Result<Array, Box<EvalAltResult>> {
-                ot()?;
-                if budget < 0 || rmin < 0 || rmax < 0 {
-                    return Err("round_to_budget: negative budget or bound".into());
-                }
-                let v = floats(&a)?;
-                let r = rounding::round_to_budget_until(
-                    &v,
-                    budget as usize,
-                    rmin as usize,
-                    rmax as usize,
-                    &|| g.out_of_time(),
-                )
-                .map_err(|m| format!("round_to_budget: {m}"))?;
-                Ok(r.into_iter().map(|x| Dynamic::from_int(x as INT)).collect())
-            },
-        );
-        let g = self.guard.clone();
-        let ot = out_of_time.clone();
-        e.register_fn(
-            "budget_shift",
-            move |a: Array,
-                  budget: INT,
-                  rmin: INT,
-                  rmax: INT|
-                  -> Result<FLOAT, Box<EvalAltResult>> {
-                ot()?;
-                let v = floats(&a)?;
-                let n = v.len() as INT;
-                if rmin > rmax || budget < n * rmin || budget > n * rmax {
-                    return Err(format!(
-                        "budget_shift: budget {budget} cannot be met by {n} values in [{rmin}, {rmax}]"
-                    )
-                    .into());
-                }
-                if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-                    return Err(format!("budget_shift: value {x} is not finite").into());
-                }
-                rounding::budget_shift_until(&v, budget as f64, rmin as f64, rmax as f64, &|| {
-                    g.out_of_time()
-                })
-                .map(|d| d as FLOAT)
-                .ok_or_else(|| "budget_shift: stopped, out of time".into())
-            },
-        );
-        let ot = out_of_time.clone();
-        e.register_fn(
-            "proportional_fit",
-            move |c: Array, budget: INT| -> Result<Map, Box<EvalAltResult>> {
-                ot()?;
-                let v = floats(&c)?;
-                if v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
-                    return Err("proportional_fit: complexities must be finite and > 0".into());
-                }
-                let (a, b) = rounding::proportional_fit(&v, budget as f64);
-                let mut m = Map::new();
-                m.insert("alpha".into(), Dynamic::from_float(a as FLOAT));
-                m.insert("beta".into(), Dynamic::from_float(b as FLOAT));
-                Ok(m)
-            },
-        );
-        let ot = out_of_time.clone();
-        e.register_fn(
-            "round_to_param_budget",
-            move |a: Array,
-                  costs: Array,
-                  budget: INT,
-                  rmin: INT,
-                  rmax: INT|
-                  -> Result<Map, Box<EvalAltResult>> {
-                ot()?;
-                if budget < 0 || rmin < 0 || rmax < 0 {
-                    return Err("round_to_param_budget: negative budget or bound".into());
-                }
-                let v = floats(&a)?;
-                let c: Vec<u64> = floats(&costs)?
-                    .into_iter()
-                    .map(|x| x.max(0.0).round() as u64)
-                    .collect();
-                let stop = || ot().is_err();
-                let fit = rounding::round_to_param_budget_until(
-                    &v,
-                    &c,
-                    budget as u64,
-                    rmin as usize,
-                    rmax as usize,
-                    &stop,
-                )
-                .map_err(|m| format!("round_to_param_budget: {m}"))?;
-                let mut m = Map::new();
-                m.insert(
-                    "ranks".into(),
-                    Dynamic::from_array(
-                        fit.ranks
-                            .into_iter()
-                            .map(|x| Dynamic::from_int(x as INT))
-                            .collect(),
-                    ),
-                );
-                m.insert("params".into(), Dynamic::from_int(fit.params as INT));
-                m.insert("gap".into(), Dynamic::from_int(fit.gap as INT));
-                Ok(m)
-            },
-        );
-        let ot = out_of_time.clone();
-        e.register_fn(
-            "erank",
-            move |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
-                ot()?;
-                Ok(super::spectra::effective_rank(&floats(&a)?) as FLOAT)
-            },
-        );
-        e.register_fn(
-            "stable_rank",
-            move |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
-                out_of_time()?;
-                Ok(super::spectra::stable_rank(&floats(&a)?) as FLOAT)
-            },
-        );
-        let p = self.params.clone();
-        e.register_fn(
-            "param",
-            move |name: &str| -> Result<Dynamic, Box<EvalAltResult>> {
-                p.read()
-                    .unwrap_or_else(|x| x.into_inner())
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| format!("no plugin parameter `{name}`").into())
-            },
-        );
-        let p = self.params.clone();
-        e.register_fn("param_or", move |name: &str, default: Dynamic| -> Dynamic {
-            p.read()
-                .unwrap_or_else(|x| x.into_inner())
-                .get(name)
-                .cloned()
-                .unwrap_or(default)
-        });
-        let p = self.params.clone();
-        e.register_fn("params", move || -> Map {
-            p.read().unwrap_or_else(|x| x.into_inner()).clone()
-        });
-        let r = self.rng.clone();
-        e.register_fn("rand", move || -> FLOAT {
-            r.lock().unwrap_or_else(|x| x.into_inner()).random::<f64>() as FLOAT
-        });
+        register_arithmetic(e);
+        register_sorting(e, &self.guard);
+        register_rounding(e, &self.guard);
+        register_fits(e, &self.guard);
+        register_spectra(e, &self.guard);
+        register_params(e, &self.params, &self.rng);
     }
 
     pub fn limits(&self) -> &Limits {
@@ -798,4 +589,246 @@ impl PluginHost {
 /// Rhai array of floats from f64s (for the maps the engine hands to scripts).
 pub fn to_float_array(v: &[f64]) -> Array {
     float_array(v)
+}
+
+/// The costly helpers run many steps inside one rhai operation: they look at the deadline
+/// themselves, before and while they work.
+fn deadline(
+    guard: &Arc<Guard>,
+) -> impl Fn() -> Result<(), Box<EvalAltResult>> + Clone + Send + Sync + 'static {
+    let g = guard.clone();
+    move || {
+        if g.out_of_time() {
+            return Err("stopped: ran past its time budget".into());
+        }
+        Ok(())
+    }
+}
+
+/// `sum`, `mean`, `max_of`, `min_of`, `clamp`.
+fn register_arithmetic(e: &mut rhai::Engine) {
+    e.register_fn("sum", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+        Ok(floats(&a)?.iter().sum::<f64>() as FLOAT)
+    });
+    e.register_fn("mean", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+        let v = floats(&a)?;
+        if v.is_empty() {
+            return Err("mean of an empty array".into());
+        }
+        Ok((v.iter().sum::<f64>() / v.len() as f64) as FLOAT)
+    });
+    e.register_fn("max_of", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+        let v = floats(&a)?;
+        v.iter()
+            .cloned()
+            .reduce(f64::max)
+            .map(|x| x as FLOAT)
+            .ok_or_else(|| "max_of an empty array".into())
+    });
+    e.register_fn("min_of", |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+        let v = floats(&a)?;
+        v.iter()
+            .cloned()
+            .reduce(f64::min)
+            .map(|x| x as FLOAT)
+            .ok_or_else(|| "min_of an empty array".into())
+    });
+    e.register_fn("clamp", |x: FLOAT, lo: FLOAT, hi: FLOAT| x.max(lo).min(hi));
+    e.register_fn("clamp", |x: INT, lo: INT, hi: INT| x.max(lo).min(hi));
+}
+
+/// `sorted_desc`, `argsort_desc`.
+fn register_sorting(e: &mut rhai::Engine, guard: &Arc<Guard>) {
+    let out_of_time = deadline(guard);
+    let ot = out_of_time.clone();
+    e.register_fn(
+        "sorted_desc",
+        move |a: Array| -> Result<Array, Box<EvalAltResult>> {
+            ot()?;
+            let mut v = floats(&a)?;
+            v.sort_by(|x, y| y.total_cmp(x));
+            Ok(float_array(&v))
+        },
+    );
+    let ot = out_of_time.clone();
+    e.register_fn(
+        "argsort_desc",
+        move |a: Array| -> Result<Array, Box<EvalAltResult>> {
+            ot()?;
+            let v = floats(&a)?;
+            let mut idx: Vec<usize> = (0..v.len()).collect();
+            idx.sort_by(|&x, &y| v[y].total_cmp(&v[x]).then(x.cmp(&y)));
+            Ok(idx
+                .into_iter()
+                .map(|i| Dynamic::from_int(i as INT))
+                .collect())
+        },
+    );
+}
+
+/// `round_to_budget`, `budget_shift`: the rounding that meets an integer rank budget.
+fn register_rounding(e: &mut rhai::Engine, guard: &Arc<Guard>) {
+    let out_of_time = deadline(guard);
+    let g = guard.clone();
+    let ot = out_of_time.clone();
+    e.register_fn(
+        "round_to_budget",
+        move |a: Array, budget: INT, rmin: INT, rmax: INT| -> Result<Array, Box<EvalAltResult>> {
+            ot()?;
+            if budget < 0 || rmin < 0 || rmax < 0 {
+                return Err("round_to_budget: negative budget or bound".into());
+            }
+            let v = floats(&a)?;
+            let r = rounding::round_to_budget_until(
+                &v,
+                budget as usize,
+                rmin as usize,
+                rmax as usize,
+                &|| g.out_of_time(),
+            )
+            .map_err(|m| format!("round_to_budget: {m}"))?;
+            Ok(r.into_iter().map(|x| Dynamic::from_int(x as INT)).collect())
+        },
+    );
+    let g = guard.clone();
+    let ot = out_of_time.clone();
+    e.register_fn(
+        "budget_shift",
+        move |a: Array, budget: INT, rmin: INT, rmax: INT| -> Result<FLOAT, Box<EvalAltResult>> {
+            ot()?;
+            let v = floats(&a)?;
+            let n = v.len() as INT;
+            if rmin > rmax || budget < n * rmin || budget > n * rmax {
+                return Err(format!(
+                    "budget_shift: budget {budget} cannot be met by {n} values in [{rmin}, {rmax}]"
+                )
+                .into());
+            }
+            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                return Err(format!("budget_shift: value {x} is not finite").into());
+            }
+            rounding::budget_shift_until(&v, budget as f64, rmin as f64, rmax as f64, &|| {
+                g.out_of_time()
+            })
+            .map(|d| d as FLOAT)
+            .ok_or_else(|| "budget_shift: stopped, out of time".into())
+        },
+    );
+}
+
+/// `proportional_fit`, `round_to_param_budget`.
+fn register_fits(e: &mut rhai::Engine, guard: &Arc<Guard>) {
+    let out_of_time = deadline(guard);
+    let ot = out_of_time.clone();
+    e.register_fn(
+        "proportional_fit",
+        move |c: Array, budget: INT| -> Result<Map, Box<EvalAltResult>> {
+            ot()?;
+            let v = floats(&c)?;
+            if v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                return Err("proportional_fit: complexities must be finite and > 0".into());
+            }
+            let (a, b) = rounding::proportional_fit(&v, budget as f64);
+            let mut m = Map::new();
+            m.insert("alpha".into(), Dynamic::from_float(a as FLOAT));
+            m.insert("beta".into(), Dynamic::from_float(b as FLOAT));
+            Ok(m)
+        },
+    );
+    let ot = out_of_time.clone();
+    e.register_fn(
+        "round_to_param_budget",
+        move |a: Array,
+              costs: Array,
+              budget: INT,
+              rmin: INT,
+              rmax: INT|
+              -> Result<Map, Box<EvalAltResult>> {
+            ot()?;
+            if budget < 0 || rmin < 0 || rmax < 0 {
+                return Err("round_to_param_budget: negative budget or bound".into());
+            }
+            let v = floats(&a)?;
+            let c: Vec<u64> = floats(&costs)?
+                .into_iter()
+                .map(|x| x.max(0.0).round() as u64)
+                .collect();
+            let stop = || ot().is_err();
+            let fit = rounding::round_to_param_budget_until(
+                &v,
+                &c,
+                budget as u64,
+                rmin as usize,
+                rmax as usize,
+                &stop,
+            )
+            .map_err(|m| format!("round_to_param_budget: {m}"))?;
+            let mut m = Map::new();
+            m.insert(
+                "ranks".into(),
+                Dynamic::from_array(
+                    fit.ranks
+                        .into_iter()
+                        .map(|x| Dynamic::from_int(x as INT))
+                        .collect(),
+                ),
+            );
+            m.insert("params".into(), Dynamic::from_int(fit.params as INT));
+            m.insert("gap".into(), Dynamic::from_int(fit.gap as INT));
+            Ok(m)
+        },
+    );
+}
+
+/// `erank`, `stable_rank`.
+fn register_spectra(e: &mut rhai::Engine, guard: &Arc<Guard>) {
+    let out_of_time = deadline(guard);
+    let ot = out_of_time.clone();
+    e.register_fn(
+        "erank",
+        move |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+            ot()?;
+            Ok(super::spectra::effective_rank(&floats(&a)?) as FLOAT)
+        },
+    );
+    let ot = out_of_time.clone();
+    e.register_fn(
+        "stable_rank",
+        move |a: Array| -> Result<FLOAT, Box<EvalAltResult>> {
+            ot()?;
+            Ok(super::spectra::stable_rank(&floats(&a)?) as FLOAT)
+        },
+    );
+}
+
+/// `param`, `param_or`, `params`: the policy's plugin parameters and the learner's state;
+/// `rand`, seeded per plugin.
+fn register_params(e: &mut rhai::Engine, params: &Arc<RwLock<Map>>, rng: &Arc<Mutex<StdRng>>) {
+    let p = params.clone();
+    e.register_fn(
+        "param",
+        move |name: &str| -> Result<Dynamic, Box<EvalAltResult>> {
+            p.read()
+                .unwrap_or_else(|x| x.into_inner())
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("no plugin parameter `{name}`").into())
+        },
+    );
+    let p = params.clone();
+    e.register_fn("param_or", move |name: &str, default: Dynamic| -> Dynamic {
+        p.read()
+            .unwrap_or_else(|x| x.into_inner())
+            .get(name)
+            .cloned()
+            .unwrap_or(default)
+    });
+    let p = params.clone();
+    e.register_fn("params", move || -> Map {
+        p.read().unwrap_or_else(|x| x.into_inner()).clone()
+    });
+    let r = rng.clone();
+    e.register_fn("rand", move || -> FLOAT {
+        r.lock().unwrap_or_else(|x| x.into_inner()).random::<f64>() as FLOAT
+    });
 }

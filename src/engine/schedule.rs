@@ -21,12 +21,19 @@
 //!    phase ending at step 150 re-allocates at 150 and 200) — and `s` is before the phase's
 //!    static end (a step bound) and before the last training step. An action therefore never
 //!    fires on the step that ends its phase, and nothing is re-allocated after the last
-//!    optimizer step: every re-allocation is followed by training. Order within a step:
-//!    reallocate, checkpoint, log.
+//!    optimizer step: every re-allocation is followed by training. `train.checkpoint_every`
+//!    adds a checkpoint at each of its multiples before the last step, in any phase. Order
+//!    within a step: reallocate, checkpoint, log.
 //! 4. **Finalize**: entering a phase without `reallocate` after a phase that had one fires
 //!    `Finalize` once (a method that relaxes ranks between re-allocations makes them integer and
 //!    exact here).
+//!
+//! AdaLoRA ([`Schedule::with_method`]) re-allocates on its own budget schedule instead: its
+//! `mask` (or `prune`) event fires first at each budget step, and the phases' `reallocate` and
+//! `finalize` do not apply.
 
+use super::adalora::{self, AdaLoraConfig};
+use super::Method;
 use crate::policy::{ActionKind, PhaseSpec, Until};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -44,6 +51,9 @@ pub enum Event {
     Evaluate,
     Checkpoint,
     Log,
+    /// AdaLoRA's budget step, masking triplets (`resize = false`) or pruning them.
+    Mask,
+    Prune,
 }
 
 impl Event {
@@ -54,6 +64,8 @@ impl Event {
             Event::Evaluate => "evaluate",
             Event::Checkpoint => "checkpoint",
             Event::Log => "log",
+            Event::Mask => "mask",
+            Event::Prune => "prune",
         }
     }
 }
@@ -103,6 +115,9 @@ pub struct Schedule {
     total: u64,
     steps_per_epoch: u64,
     eval_every: Option<u64>,
+    checkpoint_every: Option<u64>,
+    /// AdaLoRA's budget steps and their event: they replace the phases' re-allocations.
+    budget: Option<(AdaLoraConfig, Event)>,
     st: ScheduleState,
 }
 
@@ -129,8 +144,28 @@ impl Schedule {
             total,
             steps_per_epoch: steps_per_epoch.max(1),
             eval_every: eval_every.filter(|n| *n > 0),
+            checkpoint_every: None,
+            budget: None,
             st: ScheduleState::default(),
         }
+    }
+
+    /// Also checkpoint at every multiple of `n` steps (`train.checkpoint_every`) before the
+    /// last step, whatever the phase.
+    pub fn with_checkpoint_every(mut self, n: Option<u64>) -> Self {
+        self.checkpoint_every = n.filter(|n| *n > 0);
+        self
+    }
+
+    /// The schedule of `method`: AdaLoRA re-allocates at its own budget steps
+    /// ([`adalora::is_budget_step`]), which fire as `mask` or `prune` events, first within a
+    /// step; the phases' `reallocate` and `finalize` do not apply to it.
+    pub fn with_method(mut self, method: &Method) -> Self {
+        if let Method::AdaLora(c) = method {
+            let ev = if c.resize { Event::Prune } else { Event::Mask };
+            self.budget = Some((c.clone(), ev));
+        }
+        self
     }
 
     pub fn state(&self) -> &ScheduleState {
@@ -151,6 +186,12 @@ impl Schedule {
 
     fn reallocates(p: &PhaseSpec) -> bool {
         p.actions.iter().any(|a| a.what == ActionKind::Reallocate)
+    }
+
+    /// AdaLoRA's budget event at `step`, if it has one there.
+    fn budget_event(&self, step: u64) -> Option<Event> {
+        let (c, ev) = self.budget.as_ref()?;
+        adalora::is_budget_step(c, step as usize).then_some(*ev)
     }
 
     /// Whether the current phase's action `kind` is due at `step` (rule 3).
@@ -197,6 +238,11 @@ impl Schedule {
     /// Apply the rules after optimizer step `step` (see the module docs).
     pub fn after_step(&mut self, step: u64, host: &mut dyn ScheduleHost) -> Result<StepOutcome> {
         let mut out = StepOutcome::default();
+        if let Some(ev) = self.budget_event(step) {
+            host.fire(step, self.st.phase, ev)?;
+            out.fired.push(ev);
+        }
+        let phases_reallocate = self.budget.is_none();
         loop {
             if out.evaluated.is_none() && self.eval_due(step) {
                 out.evaluated = Some(host.evaluate(step)?);
@@ -209,7 +255,7 @@ impl Schedule {
                 let had = Self::reallocates(self.phase());
                 self.st.phase += 1;
                 self.st.start = step;
-                if had && !Self::reallocates(self.phase()) {
+                if phases_reallocate && had && !Self::reallocates(self.phase()) {
                     host.fire(step, self.st.phase, Event::Finalize)?;
                     out.fired.push(Event::Finalize);
                 }
@@ -222,12 +268,35 @@ impl Schedule {
             (ActionKind::Checkpoint, Event::Checkpoint),
             (ActionKind::Log, Event::Log),
         ] {
-            if self.due(step, kind) {
+            let every = match kind {
+                ActionKind::Checkpoint => self.checkpoint_every,
+                _ => None,
+            };
+            let phase_due = self.due(step, kind) && (phases_reallocate || ev != Event::Reallocate);
+            if phase_due || every.is_some_and(|n| step < self.total && step.is_multiple_of(n)) {
                 host.fire(step, self.st.phase, ev)?;
                 out.fired.push(ev);
             }
         }
         Ok(out)
+    }
+
+    /// The events after `reached` that no phase decides: AdaLoRA's budget steps and
+    /// `checkpoint_every`, listed without a phase.
+    fn static_tail(&self, reached: u64, out: &mut Vec<Planned>) {
+        for step in reached + 1..self.total {
+            let every = self
+                .checkpoint_every
+                .is_some_and(|n| step.is_multiple_of(n));
+            let events = self.budget_event(step).into_iter();
+            for event in events.chain(every.then_some(Event::Checkpoint)) {
+                out.push(Planned {
+                    step,
+                    phase: String::new(),
+                    event,
+                });
+            }
+        }
     }
 
     /// Every event of the arm from step 1 while phase ends are static (step and epoch bounds);
@@ -282,12 +351,27 @@ impl Schedule {
                     dynamic: &mut dynamic,
                 },
             );
+            // Events that belong to no phase (`checkpoint_every`, AdaLoRA's budget steps) are
+            // listed without one.
+            let phase_checkpoint = s.due(step, ActionKind::Checkpoint);
             for p in &mut out[before..] {
-                if p.phase.is_empty() {
+                let own = match p.event {
+                    Event::Mask | Event::Prune => false,
+                    Event::Checkpoint => phase_checkpoint,
+                    _ => true,
+                };
+                if !own {
+                    p.phase = String::new();
+                } else if p.phase.is_empty() {
                     p.phase = phase_name.clone();
                 }
             }
             if dynamic.is_some() || r.map(|o| o.stop).unwrap_or(true) {
+                // Budget steps and `checkpoint_every` do not depend on the phases: past a
+                // dynamic phase end they are still known.
+                if dynamic.is_some() {
+                    s.static_tail(step, &mut out);
+                }
                 break;
             }
         }
@@ -439,6 +523,44 @@ mod tests {
         assert_eq!(fired[0], (4, Event::Finalize));
         assert_eq!(fired[1], (7, Event::Log));
         assert_eq!(fired.last(), Some(&(11, Event::Log)));
+    }
+
+    #[test]
+    fn adalora_reallocates_at_its_budget_steps_only() {
+        let c = AdaLoraConfig {
+            tinit: 5,
+            tfinal: 5,
+            delta_t: 5,
+            total_steps: 30,
+            ..Default::default()
+        };
+        let s = Schedule::new(
+            vec![phase("adapt", Until::End, &[(10, ActionKind::Reallocate)])],
+            30,
+            1000,
+            None,
+        )
+        .with_checkpoint_every(Some(12))
+        .with_method(&Method::AdaLora(c));
+        let (t, _) = s.timeline();
+        let got: Vec<(u64, &str, Event)> = t
+            .iter()
+            .map(|p| (p.step, p.phase.as_str(), p.event))
+            .collect();
+        // ΔT multiples in (tinit, T − tfinal], then the final phase's first step; the phase's
+        // `reallocate` does not apply; checkpoints at multiples of 12 belong to no phase.
+        assert_eq!(
+            got,
+            vec![
+                (10, "", Event::Mask),
+                (12, "", Event::Checkpoint),
+                (15, "", Event::Mask),
+                (20, "", Event::Mask),
+                (24, "", Event::Checkpoint),
+                (25, "", Event::Mask),
+                (26, "", Event::Mask),
+            ]
+        );
     }
 
     #[test]

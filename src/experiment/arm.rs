@@ -489,14 +489,20 @@ pub fn timeline(arm: &ArmPlan) -> Timeline {
     let spe = samples
         .map(|n| steps_per_epoch(arm, n) as u64)
         .unwrap_or(u64::MAX);
-    let sched = Schedule::new(
+    let mut sched = Schedule::new(
         arm.phases.clone(),
         total,
         spe,
         arm.train.eval_every.map(|n| n as u64),
-    );
+    )
+    .with_checkpoint_every(arm.train.checkpoint_every.map(|n| n as u64));
+    // The method decides which events apply (AdaLoRA: its budget steps); its layer count does
+    // not matter here.
+    if let Some(c) = engine_config(arm, 1, total, 0) {
+        sched = sched.with_method(&c.method);
+    }
     let (planned, dynamic) = sched.timeline();
-    let mut events: Vec<TimelineEvent> = planned
+    let events: Vec<TimelineEvent> = planned
         .into_iter()
         .filter(|p| arm.lora.on().is_some() || p.event.name() != "finalize")
         .map(|p| TimelineEvent {
@@ -505,45 +511,6 @@ pub fn timeline(arm: &ArmPlan) -> Timeline {
             action: p.event.name().into(),
         })
         .collect();
-    if let Some(n) = arm.train.checkpoint_every.filter(|n| *n > 0) {
-        // `train.checkpoint_every`, besides the phases' own `checkpoint` actions.
-        for step in (n as u64..total).step_by(n) {
-            if !events
-                .iter()
-                .any(|e| e.step == step && e.action == "checkpoint")
-            {
-                events.push(TimelineEvent {
-                    step,
-                    phase: String::new(),
-                    action: "checkpoint".into(),
-                });
-            }
-        }
-    }
-    if let Some(a) = &arm.adalora {
-        let c = AdaLoraConfig {
-            init_rank: a.init_rank,
-            target_rank: a.target_rank,
-            tinit: a.tinit,
-            tfinal: a.tfinal,
-            delta_t: a.delta_t,
-            total_steps: total as usize,
-            ..Default::default()
-        };
-        let action = if a.resize { "prune" } else { "mask" };
-        for step in 1..total as usize {
-            let (_, due) = crate::engine::adalora::budget_schedule(&c, 1, 1, step);
-            let final_phase = step + c.tfinal > c.total_steps;
-            if due && (!final_phase || step + c.tfinal == c.total_steps + 1) {
-                events.push(TimelineEvent {
-                    step: step as u64,
-                    phase: String::new(),
-                    action: action.into(),
-                });
-            }
-        }
-    }
-    events.sort_by_key(|e| e.step);
     Timeline {
         arm: arm.name.clone(),
         steps: Some(total),

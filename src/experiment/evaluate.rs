@@ -8,7 +8,7 @@
 //! evaluated (the split in `adarank.json`, built as the runner built it), so loss and accuracy
 //! equal `results.csv`'s to the last bit on the same backend.
 
-use super::arm::{build_task, load_checkpoint, train_mode};
+use super::arm::load_checkpoint;
 use super::export::{self, CellInfo};
 use super::fsio::write_atomic;
 use super::records::CellStatus;
@@ -20,7 +20,7 @@ use crate::data::plan::Split;
 use crate::data::{ClassifyTask, DataError, TextFormat};
 use crate::model::{EvalOut, Head, Model, Target};
 use crate::policy::DataSpec;
-use crate::train::{build_model, Task};
+use crate::train::Task;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -334,27 +334,21 @@ pub fn eval_cell<B: Backend>(
     let arm = &whole;
     let mut ckpt = load_checkpoint(arm).map_err(DataError)?;
     let split = split.unwrap_or(cell.info.split);
-    let (task, _) = build_task(arm, ckpt.as_mut(), seed, split).map_err(DataError)?;
-    let layers = task.model_config().layers;
-    let mut model = build_model(be, task.as_ref(), train_mode(arm, layers), seed)
-        .with_context(|| format!("building the model of arm {}", arm.name))?;
-    if cell.dir.join(export::FINAL_STATE).is_file() {
-        export::load_final_state(&cell.dir, &mut model)?;
-    } else {
-        export::import_peft(&cell.dir, &mut model)?;
-    }
+    let mut built = super::cell::Cell::build(be, arm, seed, split, ckpt.as_mut())?;
+    built.load_trained(&cell.dir)?;
     let Some(file) = file else {
-        return predict(&mut model, task.as_ref());
+        return built.predict();
     };
     let Some(ck) = ckpt.as_mut() else {
         bail!("--data applies to text data sets on a pretrained model");
     };
+    let model = &mut built.model;
     let classes = match model.head() {
         Head::Classify { classes, .. } => *classes,
         _ => 0,
     };
     let eval_task = file_task(&arm.data, ck, classes, file, seed).map_err(DataError)?;
-    predict(&mut model, eval_task.as_ref())
+    predict(model, eval_task.as_ref())
 }
 
 /// Where predictions of `cell` on `label` go under `dir`: `<arm>-seed<k>.<label>`.

@@ -25,7 +25,8 @@ pub use records::{
 pub use rundir::RunDir;
 pub mod arm;
 pub mod budget;
-pub mod runner;
-pub mod slots;
+pub mod cell;
+pub mod run;
+mod sink;
 pub mod slurm;
 pub mod sweep;

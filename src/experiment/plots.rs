@@ -161,20 +161,7 @@ pub fn loss_curves(
     if curves.is_empty() {
         return Ok(None);
     }
-    let mut ys: Vec<f64> = Vec::new();
-    for (_, c) in &curves {
-        ys.extend(c.smooth.iter().flat_map(|p| [p.1 - p.2, p.1 + p.2]));
-        ys.extend(c.eval.iter().map(|p| p.1));
-        // The first raw values (before smoothing catches up) set the top.
-        ys.extend(c.raw.iter().take(3).map(|p| p.1));
-    }
-    let lo = ys
-        .iter()
-        .cloned()
-        .filter(|y| *y > 0.0)
-        .fold(f64::INFINITY, f64::min);
-    let lo = if lo.is_finite() { lo } else { 0.0 };
-    let hi = ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = loss_range(&curves);
     let log = lo > 0.0 && hi / lo > 10.0;
     let tf = move |y: f64| if log { y.max(lo * 1e-3).log10() } else { y };
     let (ylo, yhi) = (tf(lo), tf(hi));
@@ -188,30 +175,7 @@ pub fn loss_curves(
         let root = SVGBackend::with_string(&mut buf, (960, 560)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let (title, body) = root.split_vertically(52);
-        title
-            .draw(&Text::new(
-                "Training loss",
-                (480, 8),
-                TextStyle::from(("sans-serif", 20)).pos(Pos::new(HPos::Center, VPos::Top)),
-            ))
-            .map_err(err)?;
-        let spread = if seeds > 1 {
-            format!("band: mean ± 1 sd over {seeds} seeds; ")
-        } else {
-            String::new()
-        };
-        title
-            .draw(&Text::new(
-                format!(
-                    "line: EMA over {window} step{}; {spread}faint: raw per step; dots: evaluation",
-                    if window == 1 { "" } else { "s" }
-                ),
-                (480, 32),
-                TextStyle::from(("sans-serif", 12))
-                    .color(&RGBColor(90, 90, 90))
-                    .pos(Pos::new(HPos::Center, VPos::Top)),
-            ))
-            .map_err(err)?;
+        loss_titles(&title, window, seeds)?;
         let mut chart = ChartBuilder::on(&body)
             .margin(12)
             .x_label_area_size(40)
@@ -228,54 +192,10 @@ pub fn loss_curves(
             .draw()
             .map_err(err)?;
         for (i, c) in &curves {
-            let col = color(*i);
-            if c.seeds > 1 {
-                let upper = c.smooth.iter().map(|p| (p.0, tf(p.1 + p.2)));
-                let lower = c
-                    .smooth
-                    .iter()
-                    .rev()
-                    .map(|p| (p.0, tf((p.1 - p.2).max(lo * 1e-3))));
-                chart
-                    .draw_series(std::iter::once(Polygon::new(
-                        upper.chain(lower).collect::<Vec<_>>(),
-                        col.mix(0.18).filled(),
-                    )))
-                    .map_err(err)?;
-            }
-            chart
-                .draw_series(LineSeries::new(
-                    c.raw.iter().map(|&(x, y)| (x, tf(y))),
-                    col.mix(0.25).stroke_width(1),
-                ))
-                .map_err(err)?;
+            loss_background(&mut chart, color(*i), c, &tf, lo)?;
         }
         for (i, c) in &curves {
-            let col = color(*i);
-            chart
-                .draw_series(LineSeries::new(
-                    c.smooth.iter().map(|p| (p.0, tf(p.1))),
-                    col.stroke_width(2),
-                ))
-                .map_err(err)?
-                .label(c.name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2))
-                });
-            chart
-                .draw_series(
-                    c.eval
-                        .iter()
-                        .map(|&(x, y)| Circle::new((x, tf(y)), 4, ShapeStyle::from(&col).filled())),
-                )
-                .map_err(err)?;
-            chart
-                .draw_series(
-                    c.eval
-                        .iter()
-                        .map(|&(x, y)| Circle::new((x, tf(y)), 4, WHITE.stroke_width(1))),
-                )
-                .map_err(err)?;
+            loss_foreground(&mut chart, color(*i), c, &tf)?;
         }
         chart
             .configure_series_labels()
@@ -287,6 +207,129 @@ pub fn loss_curves(
         root.present().map_err(err)?;
     }
     Ok(Some(buf))
+}
+
+type Svg<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+/// A chart on f64 × f64 axes, as every plot here draws.
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// The loss axis' range: the smoothed curves' bands, the evaluations, and the first raw values
+/// (before smoothing catches up); the low end is the least positive value.
+fn loss_range(curves: &[(usize, ArmCurves)]) -> (f64, f64) {
+    let mut ys: Vec<f64> = Vec::new();
+    for (_, c) in curves {
+        ys.extend(c.smooth.iter().flat_map(|p| [p.1 - p.2, p.1 + p.2]));
+        ys.extend(c.eval.iter().map(|p| p.1));
+        // The first raw values (before smoothing catches up) set the top.
+        ys.extend(c.raw.iter().take(3).map(|p| p.1));
+    }
+    let lo = ys
+        .iter()
+        .cloned()
+        .filter(|y| *y > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let lo = if lo.is_finite() { lo } else { 0.0 };
+    let hi = ys.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
+}
+
+/// The loss plot's title and the line saying what each mark is.
+fn loss_titles(title: &Svg, window: usize, seeds: usize) -> Result<()> {
+    title
+        .draw(&Text::new(
+            "Training loss",
+            (480, 8),
+            TextStyle::from(("sans-serif", 20)).pos(Pos::new(HPos::Center, VPos::Top)),
+        ))
+        .map_err(err)?;
+    let spread = if seeds > 1 {
+        format!("band: mean ± 1 sd over {seeds} seeds; ")
+    } else {
+        String::new()
+    };
+    title
+        .draw(&Text::new(
+            format!(
+                "line: EMA over {window} step{}; {spread}faint: raw per step; dots: evaluation",
+                if window == 1 { "" } else { "s" }
+            ),
+            (480, 32),
+            TextStyle::from(("sans-serif", 12))
+                .color(&RGBColor(90, 90, 90))
+                .pos(Pos::new(HPos::Center, VPos::Top)),
+        ))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// One arm's seed band (more than one seed) and faint raw losses, drawn under every arm's line.
+fn loss_background(
+    chart: &mut Chart,
+    col: RGBColor,
+    c: &ArmCurves,
+    tf: &dyn Fn(f64) -> f64,
+    lo: f64,
+) -> Result<()> {
+    if c.seeds > 1 {
+        let upper = c.smooth.iter().map(|p| (p.0, tf(p.1 + p.2)));
+        let lower = c
+            .smooth
+            .iter()
+            .rev()
+            .map(|p| (p.0, tf((p.1 - p.2).max(lo * 1e-3))));
+        chart
+            .draw_series(std::iter::once(Polygon::new(
+                upper.chain(lower).collect::<Vec<_>>(),
+                col.mix(0.18).filled(),
+            )))
+            .map_err(err)?;
+    }
+    chart
+        .draw_series(LineSeries::new(
+            c.raw.iter().map(|&(x, y)| (x, tf(y))),
+            col.mix(0.25).stroke_width(1),
+        ))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// One arm's smoothed line (with its legend entry) and evaluation dots.
+fn loss_foreground(
+    chart: &mut Chart,
+    col: RGBColor,
+    c: &ArmCurves,
+    tf: &dyn Fn(f64) -> f64,
+) -> Result<()> {
+    chart
+        .draw_series(LineSeries::new(
+            c.smooth.iter().map(|p| (p.0, tf(p.1))),
+            col.stroke_width(2),
+        ))
+        .map_err(err)?
+        .label(c.name.as_str())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+    chart
+        .draw_series(
+            c.eval
+                .iter()
+                .map(|&(x, y)| Circle::new((x, tf(y)), 4, ShapeStyle::from(&col).filled())),
+        )
+        .map_err(err)?;
+    chart
+        .draw_series(
+            c.eval
+                .iter()
+                .map(|&(x, y)| Circle::new((x, tf(y)), 4, WHITE.stroke_width(1))),
+        )
+        .map_err(err)?;
+    Ok(())
 }
 
 /// Perceptually uniform colour of rank `r` on a scale up to `max` (viridis: dark for low ranks,
@@ -376,113 +419,135 @@ pub fn rank_heatmap(
             .y_labels(0)
             .draw()
             .map_err(err)?;
-        // Row labels at row centres (the mesh would put them on row boundaries); slots without
-        // an adapter are greyed.
-        for (i, name) in slots.iter().enumerate() {
-            let (px, py) = chart.backend_coord(&(0.0, (n - 1 - i) as f64 + 0.5));
-            let grey = if adapted[i] {
-                BLACK
-            } else {
-                RGBColor(170, 170, 170)
-            };
-            let style = TextStyle::from(("sans-serif", 11).into_font())
-                .color(&grey)
-                .pos(Pos::new(HPos::Right, VPos::Center));
-            main.draw(&Text::new(name.clone(), (px - 6, py), style))
-                .map_err(err)?;
-        }
-        for (k, rec) in recs.iter().enumerate() {
-            let x0 = rec.step as f64;
-            let x1 = recs.get(k + 1).map(|r| r.step as f64).unwrap_or(end);
-            if x1 <= x0 && k + 1 < recs.len() {
-                continue;
-            }
-            chart
-                .draw_series(
-                    rec.slots
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| adapted[*i])
-                        .map(|(i, s)| {
-                            // Slot 0 at the top.
-                            let y = (n - 1 - i) as f64;
-                            Rectangle::new(
-                                [(x0, y), (x1.max(x0 + 0.5), y + 1.0)],
-                                rank_colour(s.after, max_rank).filled(),
-                            )
-                        }),
-                )
-                .map_err(err)?;
-        }
-        // Thin white lines between layers (slot names are "layer.kind").
-        let layer = |s: &str| s.split('.').next().unwrap_or("").to_string();
-        for i in 1..n {
-            if layer(&slots[i]) != layer(&slots[i - 1]) {
-                let y = (n - i) as f64;
-                chart
-                    .draw_series(std::iter::once(PathElement::new(
-                        vec![(0.0, y), (end, y)],
-                        WHITE.stroke_width(2),
-                    )))
-                    .map_err(err)?;
-            }
-        }
-        // The scale: one swatch per rank when there are few, else a bar with round ticks.
-        let label = |t: String, y: i32| {
-            Text::new(
-                t,
-                (36, y),
-                TextStyle::from(("sans-serif", 11)).pos(Pos::new(HPos::Left, VPos::Center)),
-            )
-        };
-        bar.draw(&Text::new("rank", (10, 30), ("sans-serif", 12)))
-            .map_err(err)?;
-        let top = 50;
-        if max_rank <= 16 {
-            let h = 18;
-            for r in 0..=max_rank {
-                let y = top + (max_rank - r) as i32 * h;
-                bar.draw(&Rectangle::new(
-                    [(10, y), (30, y + h - 2)],
-                    rank_colour(r, max_rank).filled(),
-                ))
-                .map_err(err)?;
-                bar.draw(&label(r.to_string(), y + h / 2 - 1))
-                    .map_err(err)?;
-            }
-        } else {
-            let h = 200;
-            for p in 0..h {
-                let r = (h - 1 - p) as f64 / (h - 1) as f64 * max_rank as f64;
-                let c = ViridisRGB.get_color_normalized(r, 0.0, max_rank as f64);
-                bar.draw(&Rectangle::new(
-                    [(10, top + p), (30, top + p + 1)],
-                    c.filled(),
-                ))
-                .map_err(err)?;
-            }
-            for t in nice_ticks(max_rank) {
-                let y = top + ((1.0 - t as f64 / max_rank as f64) * (h - 1) as f64) as i32;
-                bar.draw(&label(t.to_string(), y)).map_err(err)?;
-            }
-        }
-        if adapted.iter().any(|a| !a) {
-            let scale = if max_rank <= 16 {
-                18 * (max_rank as i32 + 1)
-            } else {
-                200
-            };
-            let y = top + scale + 24;
-            bar.draw(&Rectangle::new(
-                [(10, y), (30, y + 16)],
-                RGBColor(170, 170, 170).stroke_width(1),
-            ))
-            .map_err(err)?;
-            bar.draw(&label("none".into(), y + 8)).map_err(err)?;
-        }
+        heatmap_rows(&main, &mut chart, &slots, &adapted, &recs, end, max_rank)?;
+        rank_scale(&bar, max_rank, adapted.iter().any(|a| !a))?;
         root.present().map_err(err)?;
     }
     Ok(Some(buf))
+}
+
+/// The heatmap's rows: slot names at row centres (greyed without an adapter), a rectangle per
+/// slot and interval between rank changes, thin white lines between layers.
+fn heatmap_rows(
+    main: &Svg,
+    chart: &mut Chart,
+    slots: &[String],
+    adapted: &[bool],
+    recs: &[&RankRecord],
+    end: f64,
+    max_rank: usize,
+) -> Result<()> {
+    let n = slots.len();
+    // Row labels at row centres (the mesh would put them on row boundaries); slots without
+    // an adapter are greyed.
+    for (i, name) in slots.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(0.0, (n - 1 - i) as f64 + 0.5));
+        let grey = if adapted[i] {
+            BLACK
+        } else {
+            RGBColor(170, 170, 170)
+        };
+        let style = TextStyle::from(("sans-serif", 11).into_font())
+            .color(&grey)
+            .pos(Pos::new(HPos::Right, VPos::Center));
+        main.draw(&Text::new(name.clone(), (px - 6, py), style))
+            .map_err(err)?;
+    }
+    for (k, rec) in recs.iter().enumerate() {
+        let x0 = rec.step as f64;
+        let x1 = recs.get(k + 1).map(|r| r.step as f64).unwrap_or(end);
+        if x1 <= x0 && k + 1 < recs.len() {
+            continue;
+        }
+        chart
+            .draw_series(
+                rec.slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| adapted[*i])
+                    .map(|(i, s)| {
+                        // Slot 0 at the top.
+                        let y = (n - 1 - i) as f64;
+                        Rectangle::new(
+                            [(x0, y), (x1.max(x0 + 0.5), y + 1.0)],
+                            rank_colour(s.after, max_rank).filled(),
+                        )
+                    }),
+            )
+            .map_err(err)?;
+    }
+    // Thin white lines between layers (slot names are "layer.kind").
+    let layer = |s: &str| s.split('.').next().unwrap_or("").to_string();
+    for i in 1..n {
+        if layer(&slots[i]) != layer(&slots[i - 1]) {
+            let y = (n - i) as f64;
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(0.0, y), (end, y)],
+                    WHITE.stroke_width(2),
+                )))
+                .map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The colour scale beside a heatmap, with a "none" swatch when some slot has no adapter.
+fn rank_scale(bar: &Svg, max_rank: usize, unadapted: bool) -> Result<()> {
+    // The scale: one swatch per rank when there are few, else a bar with round ticks.
+    let label = |t: String, y: i32| {
+        Text::new(
+            t,
+            (36, y),
+            TextStyle::from(("sans-serif", 11)).pos(Pos::new(HPos::Left, VPos::Center)),
+        )
+    };
+    bar.draw(&Text::new("rank", (10, 30), ("sans-serif", 12)))
+        .map_err(err)?;
+    let top = 50;
+    if max_rank <= 16 {
+        let h = 18;
+        for r in 0..=max_rank {
+            let y = top + (max_rank - r) as i32 * h;
+            bar.draw(&Rectangle::new(
+                [(10, y), (30, y + h - 2)],
+                rank_colour(r, max_rank).filled(),
+            ))
+            .map_err(err)?;
+            bar.draw(&label(r.to_string(), y + h / 2 - 1))
+                .map_err(err)?;
+        }
+    } else {
+        let h = 200;
+        for p in 0..h {
+            let r = (h - 1 - p) as f64 / (h - 1) as f64 * max_rank as f64;
+            let c = ViridisRGB.get_color_normalized(r, 0.0, max_rank as f64);
+            bar.draw(&Rectangle::new(
+                [(10, top + p), (30, top + p + 1)],
+                c.filled(),
+            ))
+            .map_err(err)?;
+        }
+        for t in nice_ticks(max_rank) {
+            let y = top + ((1.0 - t as f64 / max_rank as f64) * (h - 1) as f64) as i32;
+            bar.draw(&label(t.to_string(), y)).map_err(err)?;
+        }
+    }
+    if unadapted {
+        let scale = if max_rank <= 16 {
+            18 * (max_rank as i32 + 1)
+        } else {
+            200
+        };
+        let y = top + scale + 24;
+        bar.draw(&Rectangle::new(
+            [(10, y), (30, y + 16)],
+            RGBColor(170, 170, 170).stroke_width(1),
+        ))
+        .map_err(err)?;
+        bar.draw(&label("none".into(), y + 8)).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// One cell's allocations over training: α and β (top) and every slot's rank (bottom, one
@@ -530,89 +595,112 @@ pub fn allocation_trajectory(
         root.fill(&WHITE).map_err(err)?;
         let (top, bottom) = root.split_vertically(260);
         if !all.is_empty() {
-            let lo = all.iter().cloned().fold(f64::INFINITY, f64::min);
-            let hi = all.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let pad = ((hi - lo) * 0.1).max(0.1);
-            let mut chart = ChartBuilder::on(&top)
-                .caption(
-                    format!("α and β of {arm} seed {seed} at each allocation"),
-                    ("sans-serif", 20),
-                )
-                .margin(12)
-                .x_label_area_size(30)
-                .y_label_area_size(60)
-                .build_cartesian_2d(0f64..end, (lo - pad)..(hi + pad))
-                .map_err(err)?;
-            chart.configure_mesh().x_desc("step").draw().map_err(err)?;
-            for (i, (name, pts)) in params.iter().enumerate() {
-                if pts.is_empty() {
-                    continue;
-                }
-                let c = color(i);
-                chart
-                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-                    .map_err(err)?
-                    .label(*name)
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                    });
-                chart
-                    .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
-                    .map_err(err)?;
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(err)?;
+            alpha_beta_panel(
+                &top,
+                &format!("α and β of {arm} seed {seed} at each allocation"),
+                &params,
+                &all,
+                end,
+            )?;
         }
-        let mut chart = ChartBuilder::on(&bottom)
-            .caption("Rank of every slot", ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..end, 0f64..max_rank * 1.1)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("step")
-            .y_desc("rank")
-            .draw()
-            .map_err(err)?;
-        for (i, name) in slots.iter().enumerate() {
-            // A step line: each allocation's rank held until the next one.
-            let mut pts: Vec<(f64, f64)> = Vec::new();
-            for (k, r) in recs.iter().enumerate() {
-                let y = r.slots.get(i).map_or(0, |s| s.after) as f64;
-                let x0 = r.step as f64;
-                let x1 = recs.get(k + 1).map_or(end, |n| n.step as f64);
-                pts.push((x0, y));
-                pts.push((x1, y));
-            }
-            let c = color(i);
-            chart
-                .draw_series(LineSeries::new(pts, c.stroke_width(2)))
-                .map_err(err)?
-                .label(name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
-        }
-        if slots.len() <= 24 {
-            // Ranks change after phase 1, so the upper left is usually free.
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(err)?;
-        }
+        slot_rank_panel(&bottom, &slots, &recs, end, max_rank)?;
         root.present().map_err(err)?;
     }
     Ok(Some(buf))
+}
+
+/// α and β at each allocation, over the steps.
+fn alpha_beta_panel(
+    top: &Svg,
+    caption: &str,
+    params: &[(&str, Vec<(f64, f64)>)],
+    all: &[f64],
+    end: f64,
+) -> Result<()> {
+    let lo = all.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = all.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let pad = ((hi - lo) * 0.1).max(0.1);
+    let mut chart = ChartBuilder::on(top)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..end, (lo - pad)..(hi + pad))
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("step").draw().map_err(err)?;
+    for (i, (name, pts)) in params.iter().enumerate() {
+        if pts.is_empty() {
+            continue;
+        }
+        let c = color(i);
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart
+            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Every slot's rank as a step line: each allocation's rank held until the next one.
+fn slot_rank_panel(
+    bottom: &Svg,
+    slots: &[String],
+    recs: &[&RankRecord],
+    end: f64,
+    max_rank: f64,
+) -> Result<()> {
+    let mut chart = ChartBuilder::on(bottom)
+        .caption("Rank of every slot", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..end, 0f64..max_rank * 1.1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("rank")
+        .draw()
+        .map_err(err)?;
+    for (i, name) in slots.iter().enumerate() {
+        // A step line: each allocation's rank held until the next one.
+        let mut pts: Vec<(f64, f64)> = Vec::new();
+        for (k, r) in recs.iter().enumerate() {
+            let y = r.slots.get(i).map_or(0, |s| s.after) as f64;
+            let x0 = r.step as f64;
+            let x1 = recs.get(k + 1).map_or(end, |n| n.step as f64);
+            pts.push((x0, y));
+            pts.push((x1, y));
+        }
+        let c = color(i);
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+            .map_err(err)?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    if slots.len() <= 24 {
+        // Ranks change after phase 1, so the upper left is usually free.
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Final rank of every adapted slot, one panel per arm (arms without adapters are left out):
@@ -699,46 +787,62 @@ pub fn final_ranks(s: &Summary) -> Result<Option<String>> {
                 .draw()
                 .map_err(err)?;
             if last {
-                // Slot names under the bars, written downward from the axis.
-                let style = TextStyle::from(("sans-serif", 11).into_font())
-                    .transform(FontTransform::Rotate90)
-                    .pos(Pos::new(HPos::Left, VPos::Center));
-                for (i, name) in slots.iter().enumerate() {
-                    // backend_coord is in the whole image's pixels: draw on the root.
-                    let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
-                    root.draw(&Text::new(name.clone(), (px, py + 6), style.clone()))
-                        .map_err(err)?;
-                }
+                slot_names(&root, &chart, &slots)?;
             }
-            let col = color(*ci);
-            let stats: Vec<(usize, f64, usize, usize)> = slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, slot)| {
-                    let v = by_slot.get(slot).filter(|v| !v.is_empty())?;
-                    let mean = v.iter().sum::<usize>() as f64 / v.len() as f64;
-                    let (lo, hi) = (*v.iter().min()?, *v.iter().max()?);
-                    Some((i, mean, lo, hi))
-                })
-                .collect();
-            chart
-                .draw_series(stats.iter().map(|&(i, mean, _, _)| {
-                    Rectangle::new(
-                        [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, mean)],
-                        col.filled(),
-                    )
-                }))
-                .map_err(err)?;
-            chart
-                .draw_series(stats.iter().filter(|s| s.2 != s.3).map(|&(i, _, lo, hi)| {
-                    let x = i as f64 + 0.5;
-                    PathElement::new(vec![(x, lo as f64), (x, hi as f64)], BLACK.stroke_width(1))
-                }))
-                .map_err(err)?;
+            rank_bars(&mut chart, color(*ci), &slots, by_slot)?;
         }
         root.present().map_err(err)?;
     }
     Ok(Some(buf))
+}
+
+/// Slot names under the bottom panel's bars, written downward from the axis.
+fn slot_names(root: &Svg, chart: &Chart, slots: &[String]) -> Result<()> {
+    // Slot names under the bars, written downward from the axis.
+    let style = TextStyle::from(("sans-serif", 11).into_font())
+        .transform(FontTransform::Rotate90)
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, name) in slots.iter().enumerate() {
+        // backend_coord is in the whole image's pixels: draw on the root.
+        let (px, py) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+        root.draw(&Text::new(name.clone(), (px, py + 6), style.clone()))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// One arm's bars (mean final rank over seeds) and whiskers (min–max where seeds differ).
+fn rank_bars(
+    chart: &mut Chart,
+    col: RGBColor,
+    slots: &[String],
+    by_slot: &BTreeMap<String, Vec<usize>>,
+) -> Result<()> {
+    let stats: Vec<(usize, f64, usize, usize)> = slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, slot)| {
+            let v = by_slot.get(slot).filter(|v| !v.is_empty())?;
+            let mean = v.iter().sum::<usize>() as f64 / v.len() as f64;
+            let (lo, hi) = (*v.iter().min()?, *v.iter().max()?);
+            Some((i, mean, lo, hi))
+        })
+        .collect();
+    chart
+        .draw_series(stats.iter().map(|&(i, mean, _, _)| {
+            Rectangle::new(
+                [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, mean)],
+                col.filled(),
+            )
+        }))
+        .map_err(err)?;
+    chart
+        .draw_series(stats.iter().filter(|s| s.2 != s.3).map(|&(i, _, lo, hi)| {
+            let x = i as f64 + 0.5;
+            PathElement::new(vec![(x, lo as f64), (x, hi as f64)], BLACK.stroke_width(1))
+        }))
+        .map_err(err)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 
 use super::fsio::{read_json, write_atomic, write_json_atomic};
 use super::records::CellStatus;
+use super::run::{check_filters, start_run_dir, DeviceChoice};
 use super::rundir::{file_safe, RunDir};
-use super::runner::{check_filters, start_run_dir, DeviceChoice};
 use crate::policy::Policy;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

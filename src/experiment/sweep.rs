@@ -164,7 +164,7 @@ fn run_candidate(
     let plan = at_rate(arm, lr, candidate_name(&arm.name, lr));
     let (status, metric, error) = match run_cell(&plan, seed, Split::Dev) {
         Ok(cell) => (CellStatus::Done, cell.metric, None),
-        Err(e) if e.downcast_ref::<super::runner::Interrupted>().is_some() => return Err(e),
+        Err(e) if e.downcast_ref::<super::run::Interrupted>().is_some() => return Err(e),
         Err(e) => (CellStatus::Failed, None, Some(format!("{e:#}"))),
     };
     rd.update_summary(|s| {

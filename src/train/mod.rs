@@ -17,6 +17,6 @@ pub use schedule::{lr_at, Decay};
 pub use synthetic::{SyntheticConfig, SyntheticTask};
 pub use task::{EvalExample, Task};
 pub use trainer::{
-    build_model, evaluate, train, Control, EvalMetrics, Hooks, NoHooks, RankMetrics, StepMetrics,
-    TrainConfig, TrainLog,
+    build_model, evaluate, evaluate_batches, train, Control, EvalMetrics, Hooks, NoHooks,
+    RankMetrics, StepMetrics, TrainConfig, TrainLog,
 };

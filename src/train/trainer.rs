@@ -6,7 +6,8 @@ use super::schedule::{lr_at, Decay};
 use super::task::Task;
 use crate::adapter::AdapterStore;
 use crate::backend::{AdamW, Backend};
-use crate::model::{EvalOut, Model, TrainMode};
+use crate::data::lm::LmEvalSet;
+use crate::model::{Batch, EvalOut, Model, TrainMode};
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -161,8 +162,19 @@ pub fn evaluate<B: Backend>(
     task: &dyn Task,
     step: u64,
 ) -> Result<EvalMetrics> {
-    if let Some(set) = task.lm_eval() {
-        let s = super::lm_eval::evaluate_lm(model, task.eval_batches(), set)?;
+    evaluate_batches(model, task.eval_batches(), task.lm_eval(), step)
+}
+
+/// Loss and accuracy over `eval`, and a causal LM's own metrics where `lm` is its evaluation
+/// set: the one evaluation of the loop, the schedule's evaluations and a run's final one.
+pub fn evaluate_batches<B: Backend>(
+    model: &mut Model<B>,
+    eval: &[Batch],
+    lm: Option<&LmEvalSet>,
+    step: u64,
+) -> Result<EvalMetrics> {
+    if let Some(set) = lm {
+        let s = super::lm_eval::evaluate_lm(model, eval, set)?;
         let named = s.named();
         return Ok(EvalMetrics {
             step,
@@ -173,7 +185,7 @@ pub fn evaluate<B: Backend>(
         });
     }
     let mut out = EvalOut::default();
-    for b in task.eval_batches() {
+    for b in eval {
         out.merge(&model.evaluate(b).context("evaluation")?);
     }
     Ok(EvalMetrics {
@@ -183,6 +195,21 @@ pub fn evaluate<B: Backend>(
         out,
         named: Default::default(),
     })
+}
+
+impl EvalMetrics {
+    /// The metrics by name, as the schedule's conditions and plugins read them: a causal LM's
+    /// own, else `eval_loss` and `accuracy`.
+    pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        if !self.named.is_empty() {
+            return self.named.clone();
+        }
+        [
+            ("eval_loss".to_string(), self.loss),
+            ("accuracy".to_string(), self.accuracy),
+        ]
+        .into()
+    }
 }
 
 fn rank_metrics<B: Backend>(model: &Model<B>, step: u64) -> RankMetrics {

@@ -40,13 +40,17 @@ pub fn pass_flops(
     let mut bwd = 0.0;
     let kinds = model.module_kinds();
     for layer in 0..model.layers {
-        for (k, &kind) in kinds.iter().enumerate() {
+        for &kind in kinds {
             let (rows, cols) = model.module_shape(kind);
             let (rows, cols) = (rows as f64, cols as f64);
             let r = if full {
                 0.0
             } else {
-                ranks.get(layer * kinds.len() + k).copied().unwrap_or(0) as f64
+                model
+                    .slot_index(layer, kind)
+                    .and_then(|i| ranks.get(i))
+                    .copied()
+                    .unwrap_or(0) as f64
             };
             // y = x·W0ᵀ; the adapter's x·Aᵀ and (x·Aᵀ)·Bᵀ
             fwd += 2.0 * n * rows * cols + 2.0 * n * r * (rows + cols);

@@ -73,7 +73,49 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
     let model = model_config(&arm.model, &mut notes)
         .with_context(|| format!("arm {}: the model's shape", arm.name))?;
     let t = &arm.train;
-    let (head, seq, eval_batch, samples) = match &arm.data {
+    let (head, seq, eval_batch, samples) = data_shape(arm, &model, &mut notes);
+    let steps = match t.length {
+        TrainLength::Steps(n) => Some(n as u64),
+        TrainLength::Epochs(e) => {
+            samples.map(|n| (e * n.div_ceil(t.batch * t.accum).max(1)) as u64)
+        }
+    };
+    let (full, svd, start_ranks) = start_ranks(arm, &model);
+    let (gated, peak_ranks) = peak_ranks(arm, &model, &start_ranks, steps);
+    Ok(ArmShape {
+        arm: arm.name.clone(),
+        model,
+        head,
+        full,
+        svd,
+        gated,
+        orth_reg: arm.adalora.as_ref().is_some_and(|a| a.orth_reg > 0.0),
+        frozen: if full { DType::F32 } else { arm.train.weights },
+        start_ranks,
+        peak_ranks,
+        train: BatchShape {
+            batch: t.batch,
+            seq,
+        },
+        accum: t.accum,
+        eval: BatchShape {
+            batch: eval_batch,
+            seq,
+        },
+        steps,
+        notes,
+    })
+}
+
+/// The head, sequence length, evaluation batch and (generated data only) training samples of
+/// `arm`'s data on `model`.
+fn data_shape(
+    arm: &ArmPlan,
+    model: &ModelConfig,
+    notes: &mut Vec<String>,
+) -> (Head, usize, usize, Option<usize>) {
+    let t = &arm.train;
+    match &arm.data {
         DataSpec::Planted {
             seq,
             eval_samples,
@@ -102,7 +144,7 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
             Some(*samples),
         ),
         DataSpec::Squad { subset, .. } => {
-            let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), &model, &mut notes);
+            let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), model, notes);
             let eval = subset.eval_samples.unwrap_or(SPAN_EVAL_BATCH);
             (Head::Span, seq, eval.clamp(1, SPAN_EVAL_BATCH), None)
         }
@@ -117,7 +159,7 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
             if model.flavour == crate::model::Flavour::Llama
                 || matches!(arm.data, DataSpec::Shakespeare { .. }) =>
         {
-            let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), &model, &mut notes);
+            let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), model, notes);
             let eval = subset.eval_samples.unwrap_or(CLASSIFY_EVAL_BATCH);
             (
                 Head::LanguageModel,
@@ -143,7 +185,7 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
                 }
                 _ => 2,
             };
-            let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), &model, &mut notes);
+            let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), model, notes);
             let eval = subset.eval_samples.unwrap_or(CLASSIFY_EVAL_BATCH);
             // `pooling = cls` adds BERT's pooler (`model::pooler`).
             let pooling = match &arm.model {
@@ -157,13 +199,12 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
                 None,
             )
         }
-    };
-    let steps = match t.length {
-        TrainLength::Steps(n) => Some(n as u64),
-        TrainLength::Epochs(e) => {
-            samples.map(|n| (e * n.div_ceil(t.batch * t.accum).max(1)) as u64)
-        }
-    };
+    }
+}
+
+/// Whether the arm trains every weight, whether its adapters are in SVD form, and every slot's
+/// starting rank.
+fn start_ranks(arm: &ArmPlan, model: &ModelConfig) -> (bool, bool, Vec<usize>) {
     let mode = train_mode(arm, model.layers);
     let slots = model.slots();
     let mut start_ranks = vec![0; slots];
@@ -178,6 +219,16 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
             (false, l.svd_form)
         }
     };
+    (full, svd, start_ranks)
+}
+
+/// Whether the arm's adapters are gated, and every slot's largest rank during training.
+fn peak_ranks(
+    arm: &ArmPlan,
+    model: &ModelConfig,
+    start_ranks: &[usize],
+    steps: Option<u64>,
+) -> (bool, Vec<usize>) {
     let engine = engine_config(arm, model.layers, steps.unwrap_or(1), 0);
     // A learner that defines `learn_step` relaxes the ranks with gates; only an arm that
     // re-allocates runs its learner.
@@ -203,34 +254,12 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
                 (Some(p), Some(c)) => e.budget.min(p / c),
                 _ => e.budget,
             };
-            largest_plan(&model, &start_ranks, budget, e.min_rank, e.max_rank)
+            largest_plan(model, start_ranks, budget, e.min_rank, e.max_rank)
         }
         // AdaLoRA masks triplets but keeps its tensors at the initial rank.
-        _ => start_ranks.clone(),
+        _ => start_ranks.to_vec(),
     };
-    Ok(ArmShape {
-        arm: arm.name.clone(),
-        model,
-        head,
-        full,
-        svd,
-        gated,
-        orth_reg: arm.adalora.as_ref().is_some_and(|a| a.orth_reg > 0.0),
-        frozen: if full { DType::F32 } else { arm.train.weights },
-        start_ranks,
-        peak_ranks,
-        train: BatchShape {
-            batch: t.batch,
-            seq,
-        },
-        accum: t.accum,
-        eval: BatchShape {
-            batch: eval_batch,
-            seq,
-        },
-        steps,
-        notes,
-    })
+    (gated, peak_ranks)
 }
 
 /// Real data pads each batch to its longest sequence, at most `max_len` tokens (and the

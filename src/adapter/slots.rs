@@ -2,15 +2,19 @@
 //! engine allocates the budget over `lora.targets` × `lora.layers` only, never over untargeted
 //! modules.
 
-use crate::adapter::{
-    AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor, TripletImportance,
-};
+use super::{AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor, TripletImportance};
 use anyhow::{Context, Result};
 
 pub struct SlotView<'a, S: AdapterStore + ?Sized = dyn AdapterStore> {
     pub store: &'a mut S,
     /// Indices into `store.adapters()`, in order.
     pub slots: &'a [usize],
+}
+
+impl<'a, S: AdapterStore + ?Sized> SlotView<'a, S> {
+    pub fn new(store: &'a mut S, slots: &'a [usize]) -> Self {
+        Self { store, slots }
+    }
 }
 
 impl<S: AdapterStore + ?Sized> SlotView<'_, S> {

@@ -237,4 +237,29 @@ mod tests {
         assert_eq!(g.stopped(), Some(Stop::Time));
         assert_eq!(g.position(), None, "arming resets the position");
     }
+
+    #[test]
+    fn time_is_the_calls_cpu_time_not_the_wall_clock() {
+        let g = Guard::new(1 << 20, 10);
+        let budget = Duration::from_millis(30);
+        g.arm(budget);
+        // Off the CPU past the wall-clock deadline (as a call is on a machine busy with other
+        // work): not out of time.
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(g.check(), None, "a waiting call used no CPU time");
+        // Spinning: stopped once its own CPU time reaches the budget, not before.
+        let start = thread_cpu_ns();
+        while g.check().is_none() {
+            std::hint::black_box(0u64);
+        }
+        let spun = thread_cpu_ns() - start;
+        assert!(
+            spun as u128 >= budget.as_nanos() * 9 / 10,
+            "stopped after {spun} ns of CPU, budget {budget:?}"
+        );
+        // Starved for STARVED_FACTOR budgets of wall-clock time: stopped all the same.
+        g.arm(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(STARVED_FACTOR + 5));
+        assert_eq!(g.check(), Some(Stop::Time));
+    }
 }

@@ -2,8 +2,8 @@
 //! ledger's measured peak of a real run (CPU backend) for memory, and the CPU backend's own tally
 //! of the GEMMs it ran for FLOPs. Every arm of `examples/quickstart.rank`,
 //! `examples/paper_table.rank` and `examples/movie_sentiment.rank` (the last two shortened where
-//! the full run would take minutes), and of `tests/experiments/synthetic_adalora.rank`, must peak
-//! within 5% of the plan.
+//! the full run would take minutes), of `tests/experiments/synthetic_adalora.rank` and of a tiny
+//! Llama-family model (`llama_peaks_match_the_plan`), must peak within 5% of the plan.
 
 use adarank::adapter::ModuleKind;
 use adarank::backend::cpu::Cpu;
@@ -296,4 +296,36 @@ fn bench_train_configuration_flops_match_the_backends_tally() {
         );
         assert_eq!(planned.total(), be.gemm_flops() as f64, "full = {full}");
     }
+}
+
+/// A Llama-family model (the tiny GGUF fixture: RMSNorm, RoPE, grouped-query attention,
+/// SwiGLU) under the adaptive method, fixed rank and full fine-tuning on text records: the
+/// plan's Llama pass (what a block keeps and what its backward recomputes) against the ledger.
+#[test]
+fn llama_peaks_match_the_plan() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let text = root.join("lmdata/text.jsonl");
+    let src = format!(
+        r#"experiment llama_plan {{
+  model gguf {{ path = "{gguf}" }}
+  data jsonl {{ train = "{text}", dev = "{text}", metric = perplexity, max_len = 8, eval_samples = 2 }}
+  lora {{ targets = [q, k, v, o, gate, up, down], alpha = 8, init_rank = 2, budget = 28, max_rank = 4 }}
+  train {{ steps = 8, batch = 2, lr = 1e-3 }}
+  complexity = plugin "spectral_gradient"
+  allocator = plugin "log_rule"
+  learner = plugin "learn_gates"
+  phase uniform until step 2 {{}}
+  phase adapt until step 6 {{ every 2 steps: reallocate }}
+  phase settle {{}}
+  baseline arm fixed {{ phase adapt {{}} }}
+  arm full {{ lora = off }}
+  seeds = [1]
+}}
+"#,
+        gguf = root.join("llm/tiny_llama.gguf").display(),
+        text = text.display(),
+    );
+    let policy =
+        policy::load_str(&src, "llama_plan.rank", &root, &[]).unwrap_or_else(|d| panic!("{d}"));
+    peaks_agree(&policy);
 }

@@ -314,34 +314,32 @@ fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
     m.plus(&brief)
 }
 
-/// What a Llama-family pass saves and shares, from the block's activation list (its exact
-/// buffers are pinned by `tests/plan_costs.rs` once the block is in): the embedding output,
-/// the final RMSNorm output and its 1/rms; per layer the input RMSNorm output and 1/rms,
-/// q [N, C], k and v [N, KV], the rotated copies of q and k, the attention probabilities
-/// [B, H, T, T], ctx and the residual r1 [N, C], the post-attention RMSNorm output and 1/rms,
-/// gate and up [N, F] and the block output [N, C]. The scratch mirrors the encoder's (two [N, C],
-/// three [N, F] for the SwiGLU backward, the q/k/v gradients, k and v repeated over the heads
-/// of their group, two score-sized buffers, and three [N, C] flowing between layers).
+/// What a Llama-family pass saves and shares (`LayerActs` and `Work` for `Flavour::Llama`):
+/// the embedding output, the final RMSNorm output and its 1/rms; per layer q [N, C], k and v
+/// [N, KV] (q and k rotated), ctx, the residual r1 and the block output [N, C], gate and up
+/// [N, F] and four [N] statistics. The normed inputs and the attention probabilities are not
+/// kept (the backward recomputes them, `model/llama.rs`), so they are scratch shared by all
+/// layers: two [N, C] (the normed inputs among them), three [N, F] for the SwiGLU backward, the
+/// q/k/v gradients and one more [N, KV], an [N] rstd, three score-sized buffers (the
+/// probabilities among them), and three [N, C] flowing between layers.
 fn llama_pass(s: &ArmShape, b: BatchShape) -> ByKind {
     let c = &s.model;
     let (bt, t) = (b.batch as f64, b.seq as f64);
     let n = bt * t;
     let (ch, f, kv) = (c.hidden as f64, c.ffn as f64, c.kv_width() as f64);
-    let (bhtd, bhtt) = (
-        bt * c.heads as f64 * t * c.head_dim() as f64,
-        bt * c.heads as f64 * t * t,
-    );
+    let bhtt = bt * c.heads as f64 * t * t;
     let mut m = ByKind::default();
     m.hold(MemKind::Activation, 2.0 * n * ch + n);
-    let per_layer = 7.0 * n * ch + 3.0 * n * kv + 2.0 * n + 2.0 * n * f + bhtt;
+    let per_layer = 4.0 * n * ch + 2.0 * n * kv + 4.0 * n + 2.0 * n * f;
     m.hold(MemKind::Activation, c.layers as f64 * per_layer);
     m.hold(
         MemKind::Scratch,
         2.0 * n * ch
             + 3.0 * n * f
             + (n * ch + 2.0 * n * kv)
-            + 2.0 * bhtd
-            + 2.0 * bhtt
+            + n * kv
+            + n
+            + 3.0 * bhtt
             + 3.0 * n * ch,
     );
     m

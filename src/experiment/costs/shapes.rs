@@ -5,6 +5,7 @@
 
 use super::super::arm::{engine_config, train_mode, transformer, EVAL_BATCH};
 use crate::backend::DType;
+use crate::data::lm::LM_EVAL_BATCH;
 use crate::data::plan::{CLASSIFY_EVAL_BATCH, SPAN_EVAL_BATCH};
 use crate::engine::Method;
 use crate::model::{Head, ModelConfig, Pooling, TrainMode};
@@ -160,13 +161,9 @@ fn data_shape(
                 || matches!(arm.data, DataSpec::Shakespeare { .. }) =>
         {
             let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), model, notes);
-            let eval = subset.eval_samples.unwrap_or(CLASSIFY_EVAL_BATCH);
-            (
-                Head::LanguageModel,
-                seq,
-                eval.clamp(1, CLASSIFY_EVAL_BATCH),
-                None,
-            )
+            // The causal-LM task evaluates in batches of LM_EVAL_BATCH (`data::lm::task`).
+            let eval = subset.eval_samples.unwrap_or(LM_EVAL_BATCH);
+            (Head::LanguageModel, seq, eval.clamp(1, LM_EVAL_BATCH), None)
         }
         DataSpec::Movies { subset, .. }
         | DataSpec::Sst2 { subset, .. }

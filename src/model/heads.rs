@@ -154,37 +154,7 @@ impl<B: Backend> Model<B> {
         let mut loss_scale = 1.0f64;
         match (head, &batch.target) {
             (Head::Classify { classes, pooling }, Target::Classes(y)) => {
-                ensure!(
-                    y.len() == b,
-                    "batch: {} class targets for {b} sequences",
-                    y.len()
-                );
-                let targets = target_ids(be, y, classes, "class")?;
-                let pw = pooling_weights(batch, pooling);
-                let logits = self.pooled_head(
-                    be.upload(&pw, MemKind::Scratch)?,
-                    d,
-                    classes,
-                    grad,
-                    |be, logits, dlogits, count| {
-                        let mut losses = be.zeros(b, MemKind::Scratch)?;
-                        let scale = grad.unwrap_or(0.0) / count.max(1) as f32;
-                        be.cross_entropy(logits, &targets, dlogits, &mut losses, b, classes, scale);
-                        be.sum(&losses, sum, 0);
-                        Ok(())
-                    },
-                    y.iter().filter(|&&v| v != Ids::<B>::IGNORE).count(),
-                )?;
-                out.count = y.iter().filter(|&&v| v != Ids::<B>::IGNORE).count();
-                if eval {
-                    let l = be.download(&logits)?;
-                    for (s, row) in l.chunks(classes).enumerate() {
-                        let p = argmax(row);
-                        out.preds.push(p);
-                        out.correct += (p == y[s]) as usize;
-                    }
-                    out.logits = l;
-                }
+                self.classify_head_pass(batch, y, (classes, pooling), grad, eval, sum, &mut out)?;
             }
             (Head::Regress, Target::Values(y)) if y.len() == b && y.len() != n * c => {
                 let pw = pooling_weights(batch, Pooling::Mean);
@@ -238,73 +208,9 @@ impl<B: Backend> Model<B> {
                 self.lm_head_pass(y, grad, eval, sum, &mut out)?;
             }
             (Head::Span, Target::Spans { start, end }) => {
-                ensure!(
-                    start.len() == b && end.len() == b,
-                    "batch: {} start and {} end positions for {b} sequences",
-                    start.len(),
-                    end.len()
-                );
-                let mut y = Vec::with_capacity(2 * b);
-                for s in 0..b {
-                    y.push(start[s]);
-                    y.push(end[s]);
-                }
-                let targets = target_ids(be, &y, t, "answer position")?;
-                let (hidden, dres) = split(self.acts.as_mut().unwrap());
-                let (w, bias) = (self.head_w.as_mut().unwrap(), self.head_b.as_mut().unwrap());
-                // logits: [N, 2] → lt: [B, 2, T] (rows of T positions)
-                let mut logits = be.zeros(n * 2, MemKind::Activation)?;
-                be.matmul(hidden, &w.w, &mut logits, &Gemm::nt(n, 2, c));
-                be.add_bias(&mut logits, &bias.w, n, 2);
-                let mut lt = be.zeros(n * 2, MemKind::Activation)?;
-                be.permute0213(&logits, &mut lt, [b, t, 2, 1]);
-                if batch.mask.contains(&0.0) {
-                    // Padded positions can be neither start nor end: −1e4 on their logits
-                    // (a constant, so no gradient reaches them).
-                    let mut pad = vec![0.0f32; 2 * n];
-                    for s in 0..b {
-                        for j in 0..2 {
-                            for i in 0..t {
-                                if batch.mask[s * t + i] == 0.0 {
-                                    pad[(2 * s + j) * t + i] = -1e4;
-                                }
-                            }
-                        }
-                    }
-                    be.axpy(1.0, &be.upload(&pad, MemKind::Scratch)?, &mut lt);
-                }
-                let mut dlt = be.zeros(n * 2, MemKind::Activation)?;
-                let mut losses = be.zeros(2 * b, MemKind::Scratch)?;
-                let scale = grad.unwrap_or(0.0) / (2 * b) as f32;
-                be.cross_entropy(&lt, &targets, &mut dlt, &mut losses, 2 * b, t, scale);
-                // The loss of a sequence is the mean of its start and end losses.
-                be.sum(&losses, sum, 0);
+                self.span_head_pass(batch, (start, end), grad, eval, sum, &mut out)?;
+                // `sum` holds start and end losses: halved, a sequence's mean of the two.
                 loss_scale = 0.5;
-                out.count = b;
-                if eval {
-                    let l = be.download(&lt)?;
-                    for s in 0..b {
-                        let ps = argmax(&l[(2 * s) * t..(2 * s + 1) * t]);
-                        let pe = argmax(&l[(2 * s + 1) * t..(2 * s + 2) * t]);
-                        out.preds.extend([ps, pe]);
-                        out.logits.extend([
-                            l[(2 * s) * t + ps as usize],
-                            l[(2 * s + 1) * t + pe as usize],
-                        ]);
-                        out.correct += (ps == start[s] && pe == end[s]) as usize;
-                    }
-                }
-                if grad.is_some() {
-                    // dlogits: [N, 2]
-                    be.permute0213(&dlt, &mut logits, [b, 2, t, 1]);
-                    if let Some(g) = w.grad() {
-                        be.matmul(&logits, hidden, g, &Gemm::tn(2, c, n).accumulate());
-                    }
-                    if let Some(g) = bias.grad() {
-                        be.col_sum(&logits, g, n, 2, true);
-                    }
-                    be.matmul(&logits, &w.w, dres, &Gemm::nn(n, c, 2));
-                }
             }
             (Head::Classify { .. }, _) => return Err(mismatch("Classes")),
             (Head::Regress, _) => return Err(mismatch("Values")),
@@ -318,6 +224,141 @@ impl<B: Backend> Model<B> {
             },
             out,
         ))
+    }
+
+    /// The classification head: pooled logits and their cross-entropy into `sum[0]`, the
+    /// arg-max predictions when `eval`.
+    #[allow(clippy::too_many_arguments)]
+    fn classify_head_pass(
+        &mut self,
+        batch: &Batch,
+        y: &[u32],
+        (classes, pooling): (usize, Pooling),
+        grad: Option<f32>,
+        eval: bool,
+        sum: &mut Tensor<B>,
+        out: &mut EvalOut,
+    ) -> Result<()> {
+        let be = self.be.clone();
+        let be = &*be;
+        let d = self.dims(batch);
+        let b = d.b;
+        ensure!(
+            y.len() == b,
+            "batch: {} class targets for {b} sequences",
+            y.len()
+        );
+        let targets = target_ids(be, y, classes, "class")?;
+        let pw = pooling_weights(batch, pooling);
+        let logits = self.pooled_head(
+            be.upload(&pw, MemKind::Scratch)?,
+            d,
+            classes,
+            grad,
+            |be, logits, dlogits, count| {
+                let mut losses = be.zeros(b, MemKind::Scratch)?;
+                let scale = grad.unwrap_or(0.0) / count.max(1) as f32;
+                be.cross_entropy(logits, &targets, dlogits, &mut losses, b, classes, scale);
+                be.sum(&losses, sum, 0);
+                Ok(())
+            },
+            y.iter().filter(|&&v| v != Ids::<B>::IGNORE).count(),
+        )?;
+        out.count = y.iter().filter(|&&v| v != Ids::<B>::IGNORE).count();
+        if eval {
+            let l = be.download(&logits)?;
+            for (s, row) in l.chunks(classes).enumerate() {
+                let p = argmax(row);
+                out.preds.push(p);
+                out.correct += (p == y[s]) as usize;
+            }
+            out.logits = l;
+        }
+        Ok(())
+    }
+
+    /// The span head: per sequence, start and end logits over its positions and a
+    /// cross-entropy for each, into `sum[0]`; with `grad` the head's gradients and dL/dhidden.
+    fn span_head_pass(
+        &mut self,
+        batch: &Batch,
+        (start, end): (&[u32], &[u32]),
+        grad: Option<f32>,
+        eval: bool,
+        sum: &mut Tensor<B>,
+        out: &mut EvalOut,
+    ) -> Result<()> {
+        let be = self.be.clone();
+        let be = &*be;
+        let d = self.dims(batch);
+        let (b, t, c, n) = (d.b, d.t, d.c, d.n());
+        ensure!(
+            start.len() == b && end.len() == b,
+            "batch: {} start and {} end positions for {b} sequences",
+            start.len(),
+            end.len()
+        );
+        let mut y = Vec::with_capacity(2 * b);
+        for s in 0..b {
+            y.push(start[s]);
+            y.push(end[s]);
+        }
+        let targets = target_ids(be, &y, t, "answer position")?;
+        let (hidden, dres) = split(self.acts.as_mut().unwrap());
+        let (w, bias) = (self.head_w.as_mut().unwrap(), self.head_b.as_mut().unwrap());
+        // logits: [N, 2] → lt: [B, 2, T] (rows of T positions)
+        let mut logits = be.zeros(n * 2, MemKind::Activation)?;
+        be.matmul(hidden, &w.w, &mut logits, &Gemm::nt(n, 2, c));
+        be.add_bias(&mut logits, &bias.w, n, 2);
+        let mut lt = be.zeros(n * 2, MemKind::Activation)?;
+        be.permute0213(&logits, &mut lt, [b, t, 2, 1]);
+        if batch.mask.contains(&0.0) {
+            // Padded positions can be neither start nor end: −1e4 on their logits
+            // (a constant, so no gradient reaches them).
+            let mut pad = vec![0.0f32; 2 * n];
+            for s in 0..b {
+                for j in 0..2 {
+                    for i in 0..t {
+                        if batch.mask[s * t + i] == 0.0 {
+                            pad[(2 * s + j) * t + i] = -1e4;
+                        }
+                    }
+                }
+            }
+            be.axpy(1.0, &be.upload(&pad, MemKind::Scratch)?, &mut lt);
+        }
+        let mut dlt = be.zeros(n * 2, MemKind::Activation)?;
+        let mut losses = be.zeros(2 * b, MemKind::Scratch)?;
+        let scale = grad.unwrap_or(0.0) / (2 * b) as f32;
+        be.cross_entropy(&lt, &targets, &mut dlt, &mut losses, 2 * b, t, scale);
+        // The loss of a sequence is the mean of its start and end losses.
+        be.sum(&losses, sum, 0);
+        out.count = b;
+        if eval {
+            let l = be.download(&lt)?;
+            for s in 0..b {
+                let ps = argmax(&l[(2 * s) * t..(2 * s + 1) * t]);
+                let pe = argmax(&l[(2 * s + 1) * t..(2 * s + 2) * t]);
+                out.preds.extend([ps, pe]);
+                out.logits.extend([
+                    l[(2 * s) * t + ps as usize],
+                    l[(2 * s + 1) * t + pe as usize],
+                ]);
+                out.correct += (ps == start[s] && pe == end[s]) as usize;
+            }
+        }
+        if grad.is_some() {
+            // dlogits: [N, 2]
+            be.permute0213(&dlt, &mut logits, [b, 2, t, 1]);
+            if let Some(g) = w.grad() {
+                be.matmul(&logits, hidden, g, &Gemm::tn(2, c, n).accumulate());
+            }
+            if let Some(g) = bias.grad() {
+                be.col_sum(&logits, g, n, 2, true);
+            }
+            be.matmul(&logits, &w.w, dres, &Gemm::nn(n, c, 2));
+        }
+        Ok(())
     }
 
     /// The language-model head over the last forward's N positions, in chunks of rows so that

@@ -44,7 +44,65 @@ pub fn check(
     let override_items: Vec<Item> = overrides.iter().cloned().map(Item::Setting).collect();
     base.apply(&override_items, Layer::Override, d);
 
-    let base_name = match base.top.get("base").map(|e| &e.value) {
+    let base_name = base_arm_name(&base, d);
+    let seeds = seeds(&base, d);
+
+    let mut ctx = Ctx {
+        base_dir,
+        plugin_checker,
+        experiment: exp.name.span,
+        params: Vec::new(),
+    };
+    let mut arms = Vec::new();
+    let base_plan = ctx.arm_plan(&base_name, false, false, &base, d);
+    arms.push(base_plan);
+
+    // Sets, not scans: a file may declare a hundred thousand arms, and checking stays linear.
+    let mut names: HashSet<&str> = HashSet::from([base_name.as_str()]);
+    let base_errors: HashSet<((usize, usize, usize), String)> = d
+        .iter()
+        .map(|x| (x.span.key(), x.message.clone()))
+        .collect();
+    let mut baseline: Option<(String, Span)> = None;
+    for item in &exp.items {
+        let Item::Arm(arm) = item else { continue };
+        let name = &arm.name.node;
+        if !arm_name_is_new(arm, &base_name, &mut names, d) {
+            continue;
+        }
+        let (is_baseline, ablation) = markers(arm, d);
+        if is_baseline {
+            note_baseline(arm, &mut baseline, d);
+        }
+        let mut cfg = base.clone();
+        cfg.apply(&arm.items, Layer::Arm, d);
+        let mut arm_d = Vec::new();
+        let plan = ctx.arm_plan(name, is_baseline, ablation, &cfg, &mut arm_d);
+        // Mistakes of the base experiment show once; new ones say which arm meets them.
+        for mut e in arm_d {
+            if !base_errors.contains(&(e.span.key(), e.message.clone())) {
+                e.message = format!("{} (in arm `{name}`)", e.message);
+                d.push(e);
+            }
+        }
+        // One run opens one device: `train.device` belongs to the experiment.
+        one_device(arm, &arms, &plan, d);
+        arms.push(plan);
+    }
+    let arms: Option<Vec<ArmPlan>> = arms.into_iter().collect();
+    if !d.is_empty() {
+        return None;
+    }
+    Some(Checked {
+        arms: arms?,
+        seeds: seeds?,
+        baseline: baseline.map(|b| b.0),
+    })
+}
+
+/// The base arm's name (`base = NAME`), `adaptive` when unset or not a name.
+fn base_arm_name(base: &Config, d: &mut Vec<Diagnostic>) -> String {
+    match base.top.get("base").map(|e| &e.value) {
         None => DEFAULT_BASE.to_string(),
         Some(Spanned {
             node: Value::Word(w),
@@ -73,31 +131,19 @@ pub fn check(
             );
             DEFAULT_BASE.to_string()
         }
-    };
-    let seeds = seeds(&base, d);
+    }
+}
 
-    let mut ctx = Ctx {
-        base_dir,
-        plugin_checker,
-        experiment: exp.name.span,
-        params: Vec::new(),
-    };
-    let mut arms = Vec::new();
-    let base_plan = ctx.arm_plan(&base_name, false, false, &base, d);
-    arms.push(base_plan);
-
-    // Sets, not scans: a file may declare a hundred thousand arms, and checking stays linear.
-    let mut names: HashSet<&str> = HashSet::from([base_name.as_str()]);
-    let base_errors: HashSet<((usize, usize, usize), String)> = d
-        .iter()
-        .map(|x| (x.span.key(), x.message.clone()))
-        .collect();
-    let mut baseline: Option<(String, Span)> = None;
-    for item in &exp.items {
-        let Item::Arm(arm) = item else { continue };
-        let name = &arm.name.node;
-        if name.len() > MAX_ARM_NAME {
-            d.push(
+/// An arm's name must fit in file names and be unique; `false` skips the arm.
+fn arm_name_is_new<'a>(
+    arm: &'a Arm,
+    base_name: &str,
+    names: &mut HashSet<&'a str>,
+    d: &mut Vec<Diagnostic>,
+) -> bool {
+    let name = &arm.name.node;
+    if name.len() > MAX_ARM_NAME {
+        d.push(
                 Diagnostic::new(
                     arm.name.span,
                     format!(
@@ -108,84 +154,89 @@ pub fn check(
                 )
                 .help("an arm's name becomes part of its folders (`adapters/ARM-seedK`, `predictions/ARM-seedK.jsonl`, sweep cells `ARM@lr=RATE`) and a file system takes 255 bytes a name; shorten it"),
             );
-            continue;
-        }
-        if !names.insert(name.as_str()) {
-            let help = if *name == base_name {
-                format!(
-                    "`{name}` is the base experiment's arm; rename this arm or set `base = OTHER`"
-                )
-            } else {
-                "give each arm its own name".to_string()
-            };
+        return false;
+    }
+    if !names.insert(name.as_str()) {
+        let help = if *name == base_name {
+            format!("`{name}` is the base experiment's arm; rename this arm or set `base = OTHER`")
+        } else {
+            "give each arm its own name".to_string()
+        };
+        d.push(
+            Diagnostic::new(
+                arm.name.span,
+                format!("arm `{name}` is declared twice"),
+                "again here",
+            )
+            .help(help),
+        );
+        return false;
+    }
+    true
+}
+
+/// The arm's `baseline` and `ablation` markers, each written at most once.
+fn markers(arm: &Arm, d: &mut Vec<Diagnostic>) -> (bool, bool) {
+    let mut is_baseline = false;
+    let mut ablation = false;
+    for m in &arm.markers {
+        let flag = if m.node == "baseline" {
+            &mut is_baseline
+        } else {
+            &mut ablation
+        };
+        if *flag {
             d.push(
                 Diagnostic::new(
-                    arm.name.span,
-                    format!("arm `{name}` is declared twice"),
+                    m.span,
+                    format!("`{}` is written twice", m.node),
                     "again here",
                 )
-                .help(help),
+                .help("write it once"),
             );
-            continue;
         }
-        let mut is_baseline = false;
-        let mut ablation = false;
-        for m in &arm.markers {
-            let flag = if m.node == "baseline" {
-                &mut is_baseline
-            } else {
-                &mut ablation
-            };
-            if *flag {
-                d.push(
-                    Diagnostic::new(
-                        m.span,
-                        format!("`{}` is written twice", m.node),
-                        "again here",
-                    )
-                    .help("write it once"),
-                );
-            }
-            *flag = true;
-        }
-        if is_baseline {
-            if let Some((first, _)) = &baseline {
-                let span = arm
-                    .markers
-                    .iter()
-                    .find(|m| m.node == "baseline")
-                    .map_or(arm.name.span, |m| m.span);
-                d.push(
-                    Diagnostic::new(
-                        span,
-                        format!("a second baseline arm (`{first}` is already the baseline)"),
-                        "second baseline",
-                    )
-                    .help("mark exactly one arm `baseline`; reports compare every arm with it"),
-                );
-            } else {
-                baseline = Some((name.clone(), arm.name.span));
-            }
-        }
-        let mut cfg = base.clone();
-        cfg.apply(&arm.items, Layer::Arm, d);
-        let mut arm_d = Vec::new();
-        let plan = ctx.arm_plan(name, is_baseline, ablation, &cfg, &mut arm_d);
-        // Mistakes of the base experiment show once; new ones say which arm meets them.
-        for mut e in arm_d {
-            if !base_errors.contains(&(e.span.key(), e.message.clone())) {
-                e.message = format!("{} (in arm `{name}`)", e.message);
-                d.push(e);
-            }
-        }
-        // One run opens one device: `train.device` belongs to the experiment.
-        let base_device = arms
-            .first()
-            .and_then(|b| b.as_ref())
-            .map(|b| b.train.device);
-        if let (Some(p), Some(bd)) = (&plan, base_device) {
-            if p.train.device != bd {
-                d.push(
+        *flag = true;
+    }
+    (is_baseline, ablation)
+}
+
+/// Records the baseline arm; a second one is a mistake.
+fn note_baseline(arm: &Arm, baseline: &mut Option<(String, Span)>, d: &mut Vec<Diagnostic>) {
+    let name = &arm.name.node;
+    if let Some((first, _)) = &baseline {
+        let span = arm
+            .markers
+            .iter()
+            .find(|m| m.node == "baseline")
+            .map_or(arm.name.span, |m| m.span);
+        d.push(
+            Diagnostic::new(
+                span,
+                format!("a second baseline arm (`{first}` is already the baseline)"),
+                "second baseline",
+            )
+            .help("mark exactly one arm `baseline`; reports compare every arm with it"),
+        );
+    } else {
+        *baseline = Some((name.clone(), arm.name.span));
+    }
+}
+
+/// One run opens one device: an arm may not move `train.device` off the experiment's.
+fn one_device(
+    arm: &Arm,
+    arms: &[Option<ArmPlan>],
+    plan: &Option<ArmPlan>,
+    d: &mut Vec<Diagnostic>,
+) {
+    let name = &arm.name.node;
+    let base_device = arms
+        .first()
+        .and_then(|b| b.as_ref())
+        .map(|b| b.train.device);
+    if let (Some(p), Some(bd)) = (&plan, base_device) {
+        if p.train.device != bd {
+            d.push(
                     Diagnostic::new(
                         arm.name.span,
                         format!(
@@ -196,19 +247,8 @@ pub fn check(
                     )
                     .help("every arm of a run trains on one device: set `train.device` in the experiment, not in an arm (or pass `--device`)"),
                 );
-            }
         }
-        arms.push(plan);
     }
-    let arms: Option<Vec<ArmPlan>> = arms.into_iter().collect();
-    if !d.is_empty() {
-        return None;
-    }
-    Some(Checked {
-        arms: arms?,
-        seeds: seeds?,
-        baseline: baseline.map(|b| b.0),
-    })
 }
 
 fn seeds(cfg: &Config, d: &mut Vec<Diagnostic>) -> Option<Vec<u64>> {
@@ -246,6 +286,183 @@ fn seeds(cfg: &Config, d: &mut Vec<Diagnostic>) -> Option<Vec<u64>> {
         out.push(s);
     }
     Some(out)
+}
+
+/// A phase bound's step or epoch count: a whole number ≥ 1.
+fn phase_count(n: &Spanned<Number>, d: &mut Vec<Diagnostic>) -> Option<usize> {
+    match n.node.as_count() {
+        Some(v) if v > 0 => Some(v as usize),
+        // Whole, but past what a float holds exactly (and any training length).
+        None if n.node.value.fract() == 0.0 && n.node.value > 0.0 => {
+            d.push(
+                Diagnostic::new(
+                    n.span,
+                    format!("`{}` is beyond any training length", n.node.text),
+                    "too large",
+                )
+                .help(
+                    "a phase bound counts steps or epochs of this run; write e.g. `until step 100`",
+                ),
+            );
+            None
+        }
+        _ => {
+            d.push(
+                Diagnostic::new(
+                    n.span,
+                    format!(
+                        "a phase bound is a whole number ≥ 1, found `{}`",
+                        n.node.text
+                    ),
+                    "here",
+                )
+                .help("write e.g. `until step 100` or `until epoch 2`"),
+            );
+            None
+        }
+    }
+}
+
+/// `until step 25%`: the share of `train.steps` as a step bound, at least step 1.
+fn share_as_step(
+    c: &Spanned<Cond>,
+    n: &Spanned<Number>,
+    steps: Option<usize>,
+    d: &mut Vec<Diagnostic>,
+) -> Option<Spanned<Cond>> {
+    let share = n.node.value;
+    let Some(s) = steps else {
+        d.push(
+            Diagnostic::new(
+                n.span,
+                "a bound as a share of training needs `train.steps`",
+                "share of what?",
+            )
+            .help("set `train.steps`, or bound the phase by `epoch N`"),
+        );
+        return None;
+    };
+    if !(share > 0.0 && share <= 1.0) {
+        d.push(
+            Diagnostic::new(
+                n.span,
+                format!("`{}` is not a share of training", n.node.text),
+                "here",
+            )
+            .help("a share lies between 0% and 100%, e.g. `until step 25%`"),
+        );
+        return None;
+    }
+    let v = ((share * s as f64).round() as usize).max(1);
+    let resolved = Spanned::new(
+        Cond::Step(Spanned::new(
+            Number {
+                text: v.to_string(),
+                value: v as f64,
+            },
+            n.span,
+        )),
+        c.span,
+    );
+    Some(resolved)
+}
+
+/// `until step N`: after the previous step bound, within training, and the last phase ends with it.
+fn step_bound<'p>(
+    n: &Spanned<Number>,
+    name: &'p str,
+    is_last: bool,
+    steps: Option<usize>,
+    prev_step: &mut (usize, Option<&'p str>),
+    d: &mut Vec<Diagnostic>,
+) -> Option<Until> {
+    let v = phase_count(n, d)?;
+    if v <= prev_step.0 && prev_step.1.is_some() {
+        let prev = prev_step.1.unwrap_or_default();
+        d.push(
+            Diagnostic::new(n.span, format!("phase `{name}` ends at step {v}, but phase `{prev}` before it already ends at step {}", prev_step.0), "not after the previous bound")
+                .help("phases run in file order, so their step bounds must increase; reorder the phases or fix the bound"),
+        );
+        return None;
+    }
+    if let Some(s) = steps {
+        if v > s {
+            d.push(
+                Diagnostic::new(n.span, format!("phase `{name}` ends at step {v}, after training ends (train.steps = {s})"), "beyond train.steps")
+                    .help("lower the bound, raise train.steps, or give the bound as a share of training (`until step 60%`) so it follows train.steps"),
+            );
+            return None;
+        }
+        if is_last && v < s {
+            d.push(
+                Diagnostic::new(
+                    n.span,
+                    format!(
+                        "the last phase `{name}` ends at step {v}, but training runs to step {s}"
+                    ),
+                    "steps after this belong to no phase",
+                )
+                .help(
+                    "drop this `until` so the last phase runs to the end, or add a phase after it",
+                ),
+            );
+            return None;
+        }
+    }
+    *prev_step = (v, Some(name));
+    Some(Until::Step(v))
+}
+
+/// `until epoch N`: after the previous epoch bound.
+fn epoch_bound<'p>(
+    n: &Spanned<Number>,
+    name: &'p str,
+    prev_epoch: &mut (usize, Option<&'p str>),
+    d: &mut Vec<Diagnostic>,
+) -> Option<Until> {
+    let v = phase_count(n, d)?;
+    if v <= prev_epoch.0 && prev_epoch.1.is_some() {
+        let prev = prev_epoch.1.unwrap_or_default();
+        d.push(
+            Diagnostic::new(n.span, format!("phase `{name}` ends at epoch {v}, but phase `{prev}` before it already ends at epoch {}", prev_epoch.0), "not after the previous bound")
+                .help("phases run in file order, so their epoch bounds must increase"),
+        );
+        return None;
+    }
+    *prev_epoch = (v, Some(name));
+    Some(Until::Epoch(v))
+}
+
+/// `until METRIC < X`: a known metric and a finite threshold.
+fn metric_bound(
+    metric: &Ident,
+    op: CmpOp,
+    value: &Spanned<Number>,
+    d: &mut Vec<Diagnostic>,
+) -> Option<Until> {
+    if !METRICS.contains(&metric.node.as_str()) {
+        d.push(
+            Diagnostic::new(
+                metric.span,
+                format!("unknown metric `{}`", metric.node),
+                "unknown metric",
+            )
+            .help(suggest::help(&metric.node, "metric", METRICS)),
+        );
+        return None;
+    }
+    if !value.node.value.is_finite() {
+        d.push(
+            Diagnostic::new(value.span, "the threshold is not a finite number", "here")
+                .help("write e.g. `eval_loss < 0.3`"),
+        );
+        return None;
+    }
+    Some(Until::Metric {
+        name: metric.node.clone(),
+        op,
+        value: value.node.value,
+    })
 }
 
 struct Ctx<'a> {
@@ -326,7 +543,52 @@ impl Ctx<'_> {
     ) -> Option<ArmPlan> {
         let before = d.len();
         self.params.clear();
-        let model = match self.section(cfg, "model") {
+        let model = self.model_section(cfg, d);
+        let (model, shape) = match model {
+            Some((spec, cfg)) => (Some(spec), Shape { model: Some(cfg) }),
+            None => (None, Shape::default()),
+        };
+        let data = self.data_section(cfg, &model, &shape, d);
+        let train = self.train_section(cfg, d);
+        let steps = train.as_ref().and_then(|t| t.steps());
+        let (lora, lora_off_span) = self.lora_section(cfg, &shape, d);
+        let adalora = self.adalora_section(cfg, &lora, lora_off_span, steps, d);
+        let sora = self.sora_section(cfg, &lora, lora_off_span, &adalora, d);
+        let plugins = self.plugins(cfg, d);
+        let lora_on = matches!(lora, Some(LoraSpec::On(_)));
+        let has_adalora = matches!(adalora, Some(Some(_))) || matches!(sora, Some(Some(_)));
+        let phases = self.phases(cfg, steps, lora_on, has_adalora, plugins.as_ref(), d);
+        let params = self.arm_params(d);
+        if let Some(data) = &data {
+            metrics_the_data_reports(cfg, data, d);
+            if let Some(model) = &model {
+                self.model_fits_data(cfg, model, data, d);
+            }
+        }
+        if d.len() > before {
+            return None;
+        }
+        Some(ArmPlan {
+            name: name.to_string(),
+            is_baseline,
+            ablation,
+            model: model?,
+            data: data?,
+            lora: lora?,
+            adalora: adalora?,
+            sora: sora?,
+            train: train?,
+            plugins: PluginSpec { params, ..plugins? },
+            phases: phases?,
+        })
+    }
+
+    fn model_section(
+        &mut self,
+        cfg: &Config,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<(ModelSpec, crate::model::ModelConfig)> {
+        match self.section(cfg, "model") {
             Some(Section::On {
                 kind: Some(kind),
                 header,
@@ -349,12 +611,18 @@ impl Ctx<'_> {
                 );
                 None
             }
-        };
-        let (model, shape) = match model {
-            Some((spec, cfg)) => (Some(spec), Shape { model: Some(cfg) }),
-            None => (None, Shape::default()),
-        };
-        let data = match self.section(cfg, "data") {
+        }
+    }
+
+    /// The data section, checked against the model it feeds (positions, vocabulary, LM fit).
+    fn data_section(
+        &mut self,
+        cfg: &Config,
+        model: &Option<ModelSpec>,
+        shape: &Shape,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<DataSpec> {
+        match self.section(cfg, "data") {
             Some(Section::On {
                 kind: Some(kind),
                 header,
@@ -366,7 +634,7 @@ impl Ctx<'_> {
                     entries,
                     d,
                 };
-                let (max_positions, vocab) = match &model {
+                let (max_positions, vocab) = match model {
                     Some(ModelSpec::Encoder(t) | ModelSpec::Decoder(t)) => {
                         (Some(t.max_positions), Some(t.vocab))
                     }
@@ -380,7 +648,7 @@ impl Ctx<'_> {
                     max_positions,
                     vocab,
                 );
-                if let (Some(m), Some(dt)) = (&model, &data) {
+                if let (Some(m), Some(dt)) = (model, &data) {
                     super::lm::check(&mut f, m, dt);
                 }
                 data
@@ -389,8 +657,11 @@ impl Ctx<'_> {
                 self.missing_section(cfg, "data", "data planted { ranks = [2, 8] }", d);
                 None
             }
-        };
-        let train = match self.section(cfg, "train") {
+        }
+    }
+
+    fn train_section(&mut self, cfg: &Config, d: &mut Vec<Diagnostic>) -> Option<TrainSpec> {
+        match self.section(cfg, "train") {
             Some(Section::On {
                 header, entries, ..
             }) => {
@@ -406,10 +677,18 @@ impl Ctx<'_> {
                 self.missing_section(cfg, "train", "train { steps = 1000 }", d);
                 None
             }
-        };
-        let steps = train.as_ref().and_then(|t| t.steps());
+        }
+    }
+
+    /// The lora section and, when it is `off`, where: the rank methods need LoRA on.
+    fn lora_section(
+        &mut self,
+        cfg: &Config,
+        shape: &Shape,
+        d: &mut Vec<Diagnostic>,
+    ) -> (Option<LoraSpec>, Option<Span>) {
         let no_entries: [Entry; 0] = [];
-        let (lora, lora_off_span) = match self.section(cfg, "lora") {
+        match self.section(cfg, "lora") {
             Some(Section::Off(span)) => (Some(LoraSpec::Off), Some(*span)),
             Some(Section::On {
                 header, entries, ..
@@ -420,7 +699,7 @@ impl Ctx<'_> {
                     entries,
                     d,
                 };
-                (sections::lora(&mut f, &shape).map(LoraSpec::On), None)
+                (sections::lora(&mut f, shape).map(LoraSpec::On), None)
             }
             None => {
                 let mut f = Fields {
@@ -429,10 +708,20 @@ impl Ctx<'_> {
                     entries: &no_entries,
                     d,
                 };
-                (sections::lora(&mut f, &shape).map(LoraSpec::On), None)
+                (sections::lora(&mut f, shape).map(LoraSpec::On), None)
             }
-        };
-        let adalora = match self.section(cfg, "adalora") {
+        }
+    }
+
+    fn adalora_section(
+        &mut self,
+        cfg: &Config,
+        lora: &Option<LoraSpec>,
+        lora_off_span: Option<Span>,
+        steps: Option<usize>,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<Option<AdaLoraSpec>> {
+        match self.section(cfg, "adalora") {
             Some(Section::On {
                 header, entries, ..
             }) => {
@@ -465,8 +754,18 @@ impl Ctx<'_> {
                 sections::adalora(&mut f, lora_init, param_budget, steps).map(Some)
             }
             Some(Section::Off(_)) | None => Some(None),
-        };
-        let sora = match self.section(cfg, "sora") {
+        }
+    }
+
+    fn sora_section(
+        &mut self,
+        cfg: &Config,
+        lora: &Option<LoraSpec>,
+        lora_off_span: Option<Span>,
+        adalora: &Option<Option<AdaLoraSpec>>,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<Option<SoraSpec>> {
+        match self.section(cfg, "sora") {
             Some(Section::On {
                 header, entries, ..
             }) => {
@@ -503,34 +802,7 @@ impl Ctx<'_> {
                 sections::sora(&mut f, lora_init).map(Some)
             }
             Some(Section::Off(_)) | None => Some(None),
-        };
-        let plugins = self.plugins(cfg, d);
-        let lora_on = matches!(lora, Some(LoraSpec::On(_)));
-        let has_adalora = matches!(adalora, Some(Some(_))) || matches!(sora, Some(Some(_)));
-        let phases = self.phases(cfg, steps, lora_on, has_adalora, plugins.as_ref(), d);
-        let params = self.arm_params(d);
-        if let Some(data) = &data {
-            metrics_the_data_reports(cfg, data, d);
-            if let Some(model) = &model {
-                self.model_fits_data(cfg, model, data, d);
-            }
         }
-        if d.len() > before {
-            return None;
-        }
-        Some(ArmPlan {
-            name: name.to_string(),
-            is_baseline,
-            ablation,
-            model: model?,
-            data: data?,
-            lora: lora?,
-            adalora: adalora?,
-            sora: sora?,
-            train: train?,
-            plugins: PluginSpec { params, ..plugins? },
-            phases: phases?,
-        })
     }
 
     /// Generated data (planted, synthetic) is built for a randomly initialised model of the
@@ -733,148 +1005,18 @@ impl Ctx<'_> {
         prev_epoch: &mut (usize, Option<&'p str>),
         d: &mut Vec<Diagnostic>,
     ) -> Option<Until> {
-        let count = |n: &Spanned<Number>, d: &mut Vec<Diagnostic>| match n.node.as_count() {
-            Some(v) if v > 0 => Some(v as usize),
-            // Whole, but past what a float holds exactly (and any training length).
-            None if n.node.value.fract() == 0.0 && n.node.value > 0.0 => {
-                d.push(
-                    Diagnostic::new(
-                        n.span,
-                        format!("`{}` is beyond any training length", n.node.text),
-                        "too large",
-                    )
-                    .help("a phase bound counts steps or epochs of this run; write e.g. `until step 100`"),
-                );
-                None
-            }
-            _ => {
-                d.push(
-                    Diagnostic::new(
-                        n.span,
-                        format!(
-                            "a phase bound is a whole number ≥ 1, found `{}`",
-                            n.node.text
-                        ),
-                        "here",
-                    )
-                    .help("write e.g. `until step 100` or `until epoch 2`"),
-                );
-                None
-            }
-        };
         match &c.node {
             Cond::Step(n) if n.node.is_share() => {
-                let share = n.node.value;
-                let Some(s) = steps else {
-                    d.push(
-                        Diagnostic::new(
-                            n.span,
-                            "a bound as a share of training needs `train.steps`",
-                            "share of what?",
-                        )
-                        .help("set `train.steps`, or bound the phase by `epoch N`"),
-                    );
-                    return None;
-                };
-                if !(share > 0.0 && share <= 1.0) {
-                    d.push(
-                        Diagnostic::new(
-                            n.span,
-                            format!("`{}` is not a share of training", n.node.text),
-                            "here",
-                        )
-                        .help("a share lies between 0% and 100%, e.g. `until step 25%`"),
-                    );
-                    return None;
-                }
-                let v = ((share * s as f64).round() as usize).max(1);
-                let resolved = Spanned::new(
-                    Cond::Step(Spanned::new(
-                        Number {
-                            text: v.to_string(),
-                            value: v as f64,
-                        },
-                        n.span,
-                    )),
-                    c.span,
-                );
+                let resolved = share_as_step(c, n, steps, d)?;
                 self.until(&resolved, name, is_last, steps, prev_step, prev_epoch, d)
             }
-            Cond::Step(n) => {
-                let v = count(n, d)?;
-                if v <= prev_step.0 && prev_step.1.is_some() {
-                    let prev = prev_step.1.unwrap_or_default();
-                    d.push(
-                        Diagnostic::new(n.span, format!("phase `{name}` ends at step {v}, but phase `{prev}` before it already ends at step {}", prev_step.0), "not after the previous bound")
-                            .help("phases run in file order, so their step bounds must increase; reorder the phases or fix the bound"),
-                    );
-                    return None;
-                }
-                if let Some(s) = steps {
-                    if v > s {
-                        d.push(
-                            Diagnostic::new(n.span, format!("phase `{name}` ends at step {v}, after training ends (train.steps = {s})"), "beyond train.steps")
-                                .help("lower the bound, raise train.steps, or give the bound as a share of training (`until step 60%`) so it follows train.steps"),
-                        );
-                        return None;
-                    }
-                    if is_last && v < s {
-                        d.push(
-                            Diagnostic::new(n.span, format!("the last phase `{name}` ends at step {v}, but training runs to step {s}"), "steps after this belong to no phase")
-                                .help("drop this `until` so the last phase runs to the end, or add a phase after it"),
-                        );
-                        return None;
-                    }
-                }
-                *prev_step = (v, Some(name));
-                Some(Until::Step(v))
-            }
-            Cond::Epoch(n) => {
-                let v = count(n, d)?;
-                if v <= prev_epoch.0 && prev_epoch.1.is_some() {
-                    let prev = prev_epoch.1.unwrap_or_default();
-                    d.push(
-                        Diagnostic::new(n.span, format!("phase `{name}` ends at epoch {v}, but phase `{prev}` before it already ends at epoch {}", prev_epoch.0), "not after the previous bound")
-                            .help("phases run in file order, so their epoch bounds must increase"),
-                    );
-                    return None;
-                }
-                *prev_epoch = (v, Some(name));
-                Some(Until::Epoch(v))
-            }
+            Cond::Step(n) => step_bound(n, name, is_last, steps, prev_step, d),
+            Cond::Epoch(n) => epoch_bound(n, name, prev_epoch, d),
             Cond::Metric {
                 name: metric,
                 op,
                 value,
-            } => {
-                if !METRICS.contains(&metric.node.as_str()) {
-                    d.push(
-                        Diagnostic::new(
-                            metric.span,
-                            format!("unknown metric `{}`", metric.node),
-                            "unknown metric",
-                        )
-                        .help(suggest::help(
-                            &metric.node,
-                            "metric",
-                            METRICS,
-                        )),
-                    );
-                    return None;
-                }
-                if !value.node.value.is_finite() {
-                    d.push(
-                        Diagnostic::new(value.span, "the threshold is not a finite number", "here")
-                            .help("write e.g. `eval_loss < 0.3`"),
-                    );
-                    return None;
-                }
-                Some(Until::Metric {
-                    name: metric.node.clone(),
-                    op: *op,
-                    value: value.node.value,
-                })
-            }
+            } => metric_bound(metric, *op, value, d),
             Cond::Plugin(r) => {
                 let path = self.plugin_ref(r, Role::Condition, d)?;
                 Some(Until::Plugin { path })

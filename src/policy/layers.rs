@@ -210,28 +210,7 @@ impl Config {
         seen.insert(dotted.clone(), s.path_span());
         let head = s.path[0].node.as_str();
         match s.path.len() {
-            1 if SECTIONS.contains(&head) => {
-                let off = matches!(&s.value.node, Value::Word(w) if w == "off");
-                if !SWITCHABLE.contains(&head) {
-                    d.push(
-                        Diagnostic::new(s.value.span, format!("`{head}` cannot be set to a value"), "")
-                            .help(format!("write a block: `{head} KIND {{ ... }}`, or set one key: `{head}.KEY = ...`")),
-                    );
-                } else if !off {
-                    d.push(
-                        Diagnostic::new(
-                            s.value.span,
-                            format!("`{head}` can only be set to `off`"),
-                            "expected `off`",
-                        )
-                        .help(format!(
-                            "write `{head} = off`, or a block `{head} {{ ... }}`"
-                        )),
-                    );
-                } else {
-                    self.replace_section(head, Section::Off(s.path_span()));
-                }
-            }
+            1 if SECTIONS.contains(&head) => self.switch_section(s, head, d),
             1 if TOP.contains(&head) => {
                 self.top.insert(
                     head.to_string(),
@@ -252,47 +231,7 @@ impl Config {
                     .help(suggest::help(head, "setting", &all)),
                 );
             }
-            2 if SECTIONS.contains(&head) => {
-                let key = &s.path[1];
-                match self.sections.get(head) {
-                    Some(Section::On { .. }) => {}
-                    Some(Section::Off(_)) => {
-                        d.push(
-                            Diagnostic::new(
-                                s.path_span(),
-                                format!("`{head}` is off here, so `{dotted}` has no effect"),
-                                "",
-                            )
-                            .help(format!("remove `{head} = off`, or this setting")),
-                        );
-                        return;
-                    }
-                    None if KINDED.contains(&head) => {
-                        d.push(
-                            Diagnostic::new(
-                                s.path[0].span,
-                                format!("there is no `{head}` block to set `{}` in", key.node),
-                                "",
-                            )
-                            .help(format!(
-                                "declare the section first: `{head} KIND {{ ... }}`"
-                            )),
-                        );
-                        return;
-                    }
-                    None => {
-                        self.replace_section(
-                            head,
-                            Section::On {
-                                kind: None,
-                                header: s.path[0].span,
-                                entries: Vec::new(),
-                            },
-                        );
-                    }
-                }
-                self.set_entry(head, key, &s.value);
-            }
+            2 if SECTIONS.contains(&head) => self.set_section_key(s, head, &dotted, d),
             2 => {
                 d.push(
                     Diagnostic::new(
@@ -310,6 +249,79 @@ impl Config {
                 );
             }
         }
+    }
+
+    /// `SECTION = off`: only a switchable section, and only to `off`.
+    fn switch_section(&mut self, s: &Setting, head: &str, d: &mut Vec<Diagnostic>) {
+        let off = matches!(&s.value.node, Value::Word(w) if w == "off");
+        if !SWITCHABLE.contains(&head) {
+            d.push(
+                Diagnostic::new(
+                    s.value.span,
+                    format!("`{head}` cannot be set to a value"),
+                    "",
+                )
+                .help(format!(
+                    "write a block: `{head} KIND {{ ... }}`, or set one key: `{head}.KEY = ...`"
+                )),
+            );
+        } else if !off {
+            d.push(
+                Diagnostic::new(
+                    s.value.span,
+                    format!("`{head}` can only be set to `off`"),
+                    "expected `off`",
+                )
+                .help(format!(
+                    "write `{head} = off`, or a block `{head} {{ ... }}`"
+                )),
+            );
+        } else {
+            self.replace_section(head, Section::Off(s.path_span()));
+        }
+    }
+
+    /// `SECTION.KEY = VALUE`: into a section that is on, opening a kindless one when needed.
+    fn set_section_key(&mut self, s: &Setting, head: &str, dotted: &str, d: &mut Vec<Diagnostic>) {
+        let key = &s.path[1];
+        match self.sections.get(head) {
+            Some(Section::On { .. }) => {}
+            Some(Section::Off(_)) => {
+                d.push(
+                    Diagnostic::new(
+                        s.path_span(),
+                        format!("`{head}` is off here, so `{dotted}` has no effect"),
+                        "",
+                    )
+                    .help(format!("remove `{head} = off`, or this setting")),
+                );
+                return;
+            }
+            None if KINDED.contains(&head) => {
+                d.push(
+                    Diagnostic::new(
+                        s.path[0].span,
+                        format!("there is no `{head}` block to set `{}` in", key.node),
+                        "",
+                    )
+                    .help(format!(
+                        "declare the section first: `{head} KIND {{ ... }}`"
+                    )),
+                );
+                return;
+            }
+            None => {
+                self.replace_section(
+                    head,
+                    Section::On {
+                        kind: None,
+                        header: s.path[0].span,
+                        entries: Vec::new(),
+                    },
+                );
+            }
+        }
+        self.set_entry(head, key, &s.value);
     }
 
     fn apply_phase(

@@ -234,6 +234,96 @@ fn within_list(
     Some(list)
 }
 
+/// `data planted { .. }`: planted ranks a model of `hidden` width can hold.
+fn planted(
+    f: &mut Fields<'_>,
+    what: &str,
+    hidden: Option<usize>,
+    max_positions: Option<usize>,
+) -> Option<DataSpec> {
+    f.only(
+        &["ranks", "samples", "eval_samples", "seq", "seed", "scale"],
+        what,
+    );
+    if f.get("ranks").is_none() {
+        f.missing("ranks", "[0, 2, 8, 16]");
+    }
+    let ranks = f.count_list("ranks", "[0, 2, 8, 16]");
+    let ranks = ranks.and_then(|r| within_list(f, "ranks", r, &bounds::RANK_OR_ZERO));
+    let (samples, eval_samples, seq) = generated_sizes(f, max_positions);
+    let seed = f.count("seed").unwrap_or(0);
+    let scale = f.real_in("scale", &bounds::SCALE, "1.0").unwrap_or(1.0);
+    let ranks = ranks?;
+    if ranks.is_empty() {
+        let span = f.get("ranks").map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            "`data.ranks` is empty".into(),
+            "list at least one planted rank, e.g. `ranks = [2, 8]`".into(),
+        );
+        return None;
+    }
+    if let Some(h) = hidden {
+        for (r, span) in &ranks {
+            if *r as usize > h {
+                f.value_error(
+                    *span,
+                    format!("planted rank {r} exceeds the model's hidden width {h}"),
+                    format!("a ΔW of a {h}-wide layer has rank at most {h}"),
+                );
+                return None;
+            }
+        }
+    }
+    Some(DataSpec::Planted {
+        ranks: ranks.into_iter().map(|(r, _)| r as usize).collect(),
+        samples: samples as usize,
+        eval_samples: eval_samples as usize,
+        seq: seq as usize,
+        seed,
+        scale,
+    })
+}
+
+/// `data synthetic { .. }`: classes the model's vocabulary has marker tokens for.
+fn synthetic(
+    f: &mut Fields<'_>,
+    what: &str,
+    max_positions: Option<usize>,
+    vocab: Option<usize>,
+) -> Option<DataSpec> {
+    f.only(&["classes", "samples", "eval_samples", "seq", "seed"], what);
+    let classes = f.required_in("classes", &bounds::CLASSES, "2");
+    let (samples, eval_samples, seq) = generated_sizes(f, max_positions);
+    let seed = f.count("seed").unwrap_or(0);
+    // The generator draws each class's marker tokens from the vocabulary: two per
+    // class plus the shared ones, so a small vocabulary cannot hold many classes.
+    if let (Some(c), Some(v)) = (classes, vocab) {
+        if v <= 2 * (c as usize + 1) {
+            let span = f.get("classes").map_or(f.header, |e| e.value.span);
+            f.value_error(
+                span,
+                format!(
+                    "{c} classes need a vocabulary of more than {}, the model has {v}",
+                    2 * (c + 1)
+                ),
+                format!(
+                    "lower `classes` below {}, or raise the model's `vocab`",
+                    v / 2
+                ),
+            );
+            return None;
+        }
+    }
+    Some(DataSpec::Synthetic {
+        classes: classes? as usize,
+        samples: samples as usize,
+        eval_samples: eval_samples as usize,
+        seq: seq as usize,
+        seed,
+    })
+}
+
 pub fn data(
     f: &mut Fields<'_>,
     kind: &Ident,
@@ -253,85 +343,8 @@ pub fn data(
         extra.iter().chain(SUBSET_KEYS).chain(lm).copied().collect()
     };
     match kind.node.as_str() {
-        "planted" => {
-            f.only(
-                &["ranks", "samples", "eval_samples", "seq", "seed", "scale"],
-                &what,
-            );
-            if f.get("ranks").is_none() {
-                f.missing("ranks", "[0, 2, 8, 16]");
-            }
-            let ranks = f.count_list("ranks", "[0, 2, 8, 16]");
-            let ranks = ranks.and_then(|r| within_list(f, "ranks", r, &bounds::RANK_OR_ZERO));
-            let (samples, eval_samples, seq) = generated_sizes(f, max_positions);
-            let seed = f.count("seed").unwrap_or(0);
-            let scale = f.real_in("scale", &bounds::SCALE, "1.0").unwrap_or(1.0);
-            let ranks = ranks?;
-            if ranks.is_empty() {
-                let span = f.get("ranks").map_or(f.header, |e| e.value.span);
-                f.value_error(
-                    span,
-                    "`data.ranks` is empty".into(),
-                    "list at least one planted rank, e.g. `ranks = [2, 8]`".into(),
-                );
-                return None;
-            }
-            if let Some(h) = hidden {
-                for (r, span) in &ranks {
-                    if *r as usize > h {
-                        f.value_error(
-                            *span,
-                            format!("planted rank {r} exceeds the model's hidden width {h}"),
-                            format!("a ΔW of a {h}-wide layer has rank at most {h}"),
-                        );
-                        return None;
-                    }
-                }
-            }
-            Some(DataSpec::Planted {
-                ranks: ranks.into_iter().map(|(r, _)| r as usize).collect(),
-                samples: samples as usize,
-                eval_samples: eval_samples as usize,
-                seq: seq as usize,
-                seed,
-                scale,
-            })
-        }
-        "synthetic" => {
-            f.only(
-                &["classes", "samples", "eval_samples", "seq", "seed"],
-                &what,
-            );
-            let classes = f.required_in("classes", &bounds::CLASSES, "2");
-            let (samples, eval_samples, seq) = generated_sizes(f, max_positions);
-            let seed = f.count("seed").unwrap_or(0);
-            // The generator draws each class's marker tokens from the vocabulary: two per
-            // class plus the shared ones, so a small vocabulary cannot hold many classes.
-            if let (Some(c), Some(v)) = (classes, vocab) {
-                if v <= 2 * (c as usize + 1) {
-                    let span = f.get("classes").map_or(f.header, |e| e.value.span);
-                    f.value_error(
-                        span,
-                        format!(
-                            "{c} classes need a vocabulary of more than {}, the model has {v}",
-                            2 * (c + 1)
-                        ),
-                        format!(
-                            "lower `classes` below {}, or raise the model's `vocab`",
-                            v / 2
-                        ),
-                    );
-                    return None;
-                }
-            }
-            Some(DataSpec::Synthetic {
-                classes: classes? as usize,
-                samples: samples as usize,
-                eval_samples: eval_samples as usize,
-                seq: seq as usize,
-                seed,
-            })
-        }
+        "planted" => planted(f, &what, hidden, max_positions),
+        "synthetic" => synthetic(f, &what, max_positions, vocab),
         "movies" => {
             f.only(&with_subset(&["dir"]), &what);
             let dir = f
@@ -461,7 +474,47 @@ pub fn lora(f: &mut Fields<'_>, shape: &Shape) -> Option<LoraOn> {
         );
         return None;
     }
-    let at = |f: &Fields<'_>, key: &str| f.get(key).map_or(f.header, |e| e.value.span);
+    if !rank_bounds_agree(f, shape, min_rank, max_rank, init_rank)
+        || !budgets_feasible(
+            f,
+            shape,
+            &targets,
+            layers.as_deref(),
+            budget,
+            param_budget,
+            (min_rank, max_rank),
+        )
+    {
+        return None;
+    }
+    Some(LoraOn {
+        targets,
+        layers,
+        alpha,
+        rslora,
+        init_rank,
+        rank: rank.unwrap_or(RankSpec::Uniform(init_rank)),
+        budget,
+        param_budget,
+        min_rank,
+        max_rank,
+        resize,
+    })
+}
+
+/// Where `key`'s value is written, or the section header when it is not.
+fn at(f: &Fields<'_>, key: &str) -> Span {
+    f.get(key).map_or(f.header, |e| e.value.span)
+}
+
+/// min_rank ≤ init_rank ≤ max_rank ≤ the model's width.
+fn rank_bounds_agree(
+    f: &mut Fields<'_>,
+    shape: &Shape,
+    min_rank: usize,
+    max_rank: usize,
+    init_rank: usize,
+) -> bool {
     if min_rank > max_rank {
         let span = at(f, "min_rank");
         f.value_error(
@@ -469,7 +522,7 @@ pub fn lora(f: &mut Fields<'_>, shape: &Shape) -> Option<LoraOn> {
             format!("`min_rank = {min_rank}` is above `max_rank = {max_rank}`"),
             "make min_rank ≤ max_rank".into(),
         );
-        return None;
+        return false;
     }
     if let Some(h) = shape.hidden() {
         if max_rank > h && f.get("max_rank").is_some() {
@@ -479,7 +532,7 @@ pub fn lora(f: &mut Fields<'_>, shape: &Shape) -> Option<LoraOn> {
                 format!("`max_rank = {max_rank}` exceeds the model's hidden width {h}"),
                 format!("an adapter on a {h}-wide layer has rank at most {h}; lower max_rank"),
             );
-            return None;
+            return false;
         }
     }
     if init_rank < min_rank || init_rank > max_rank {
@@ -489,10 +542,23 @@ pub fn lora(f: &mut Fields<'_>, shape: &Shape) -> Option<LoraOn> {
             format!("`init_rank = {init_rank}` lies outside [min_rank, max_rank] = [{min_rank}, {max_rank}]"),
             "choose an initial rank between min_rank and max_rank, or widen the bounds".into(),
         );
-        return None;
+        return false;
     }
-    if let (Some(b), Some(n_layers)) = (budget, layers.as_ref().map(|l| l.len()).or(shape.layers()))
-    {
+    true
+}
+
+/// A rank or parameter budget the adapter slots can meet with every rank in [min_rank, max_rank].
+fn budgets_feasible(
+    f: &mut Fields<'_>,
+    shape: &Shape,
+    targets: &[ModuleKind],
+    layers: Option<&[usize]>,
+    budget: Option<usize>,
+    param_budget: Option<usize>,
+    ranks: (usize, usize),
+) -> bool {
+    let (min_rank, max_rank) = ranks;
+    if let (Some(b), Some(n_layers)) = (budget, layers.map(|l| l.len()).or(shape.layers())) {
         let slots = n_layers * targets.len();
         let (lo, hi) = (slots * min_rank, slots * max_rank);
         if b < lo || b > hi {
@@ -505,13 +571,10 @@ pub fn lora(f: &mut Fields<'_>, shape: &Shape) -> Option<LoraOn> {
                 ),
                 format!("set `budget` within {lo}..={hi}, or change min_rank/max_rank, targets or layers"),
             );
-            return None;
+            return false;
         }
     }
-    if let (Some(p), Some(n_layers)) = (
-        param_budget,
-        layers.as_ref().map(|l| l.len()).or(shape.layers()),
-    ) {
+    if let (Some(p), Some(n_layers)) = (param_budget, layers.map(|l| l.len()).or(shape.layers())) {
         let per_layer: Option<usize> = targets.iter().map(|k| shape.rank_cost(*k)).sum();
         if let Some(per_layer) = per_layer {
             let (lo, hi) = (
@@ -528,23 +591,11 @@ pub fn lora(f: &mut Fields<'_>, shape: &Shape) -> Option<LoraOn> {
                     ),
                     format!("set `param_budget` within {lo}..={hi}, or change min_rank/max_rank, targets or layers"),
                 );
-                return None;
+                return false;
             }
         }
     }
-    Some(LoraOn {
-        targets,
-        layers,
-        alpha,
-        rslora,
-        init_rank,
-        rank: rank.unwrap_or(RankSpec::Uniform(init_rank)),
-        budget,
-        param_budget,
-        min_rank,
-        max_rank,
-        resize,
-    })
+    true
 }
 
 /// `resize_basis = keep | svd`, `resize_moments = keep | reset`, `resize_scale = fixed |
@@ -689,117 +740,18 @@ fn rank_spec(
     max_rank: usize,
 ) -> Option<RankSpec> {
     let e = f.get("rank")?;
-    let check_r = |f: &mut Fields<'_>, v: &Spanned<Value>| -> Option<usize> {
-        match &v.node {
-            Value::Number(n) => match n.as_count() {
-                Some(r) if r as usize <= max_rank => Some(r as usize),
-                Some(r) => {
-                    f.value_error(
-                        v.span,
-                        format!("rank {r} exceeds `max_rank = {max_rank}`"),
-                        "lower the rank or raise lora.max_rank".into(),
-                    );
-                    None
-                }
-                None => {
-                    f.value_error(
-                        v.span,
-                        format!("a rank is a whole number, found `{}`", n.text),
-                        "write e.g. `8`".into(),
-                    );
-                    None
-                }
-            },
-            other => {
-                f.value_error(
-                    v.span,
-                    format!("a rank is a whole number, found {}", other.describe()),
-                    "write e.g. `8`".into(),
-                );
-                None
-            }
-        }
-    };
     match &e.value.node {
-        Value::Number(_) => check_r(f, &e.value).map(RankSpec::Uniform),
+        Value::Number(_) => rank_value(f, &e.value, max_rank).map(RankSpec::Uniform),
         Value::Map(entries) => {
             let per_slot = entries.iter().any(|(k, _)| k.node.contains('.'));
             let mut kinds = BTreeMap::new();
             let mut slots = BTreeMap::new();
             for (k, v) in entries {
-                let r = check_r(f, v)?;
+                let r = rank_value(f, v, max_rank)?;
                 if per_slot {
-                    let Some((l, kind)) = k.node.split_once('.').and_then(|(l, kn)| {
-                        Some((l.parse::<usize>().ok()?, ModuleKind::parse(kn)?))
-                    }) else {
-                        f.value_error(
-                            k.span,
-                            format!("`{}` is not an adapter slot", k.node),
-                            "a per-slot map has keys `LAYER.KIND`, e.g. `{ 0.q: 4, 3.ffn_in: 8 }` (don't mix kinds and slots)".into(),
-                        );
-                        return None;
-                    };
-                    if !targets.contains(&kind) {
-                        f.value_error(
-                            k.span,
-                            format!(
-                                "slot `{}` is on `{kind}`, which is not in `lora.targets`",
-                                k.node
-                            ),
-                            "add the kind to targets or drop this entry".into(),
-                        );
-                        return None;
-                    }
-                    let layer_ok = match (layers, model_layers) {
-                        (Some(ls), _) => ls.contains(&l),
-                        (None, Some(n)) => l < n,
-                        (None, None) => true,
-                    };
-                    if !layer_ok {
-                        f.value_error(
-                            k.span,
-                            format!(
-                                "slot `{}` names layer {l}, which carries no adapter",
-                                k.node
-                            ),
-                            "use a layer of the model (numbered from 0) that is in lora.layers"
-                                .into(),
-                        );
-                        return None;
-                    }
-                    if slots.insert(k.node.clone(), r).is_some() {
-                        f.value_error(
-                            k.span,
-                            format!("slot `{}` is given twice", k.node),
-                            "keep one".into(),
-                        );
-                        return None;
-                    }
+                    slot_rank(f, k, r, targets, (layers, model_layers), &mut slots)?;
                 } else {
-                    let Some(kind) = ModuleKind::parse(&k.node) else {
-                        f.value_error(
-                            k.span,
-                            format!("unknown module kind `{}`", k.node),
-                            kind_help(&k.node),
-                        );
-                        return None;
-                    };
-                    if !targets.contains(&kind) {
-                        f.value_error(
-                            k.span,
-                            format!("`lora.rank` names `{kind}`, which is not in `lora.targets`"),
-                            format!("add `{kind}` to targets, or drop it from the rank map"),
-                        );
-                        return None;
-                    }
-                    if kinds.insert(kind, r).is_some() {
-                        f.value_error(
-                            k.span,
-                            format!("`{kind}` is given twice"),
-                            "keep one".into(),
-                        );
-                        return None;
-                    }
+                    kind_rank(f, k, r, targets, &mut kinds)?;
                 }
             }
             Some(if per_slot {
@@ -813,6 +765,134 @@ fn rank_spec(
             None
         }
     }
+}
+
+/// One rank of `lora.rank`: a whole number up to `max_rank`.
+fn rank_value(f: &mut Fields<'_>, v: &Spanned<Value>, max_rank: usize) -> Option<usize> {
+    match &v.node {
+        Value::Number(n) => match n.as_count() {
+            Some(r) if r as usize <= max_rank => Some(r as usize),
+            Some(r) => {
+                f.value_error(
+                    v.span,
+                    format!("rank {r} exceeds `max_rank = {max_rank}`"),
+                    "lower the rank or raise lora.max_rank".into(),
+                );
+                None
+            }
+            None => {
+                f.value_error(
+                    v.span,
+                    format!("a rank is a whole number, found `{}`", n.text),
+                    "write e.g. `8`".into(),
+                );
+                None
+            }
+        },
+        other => {
+            f.value_error(
+                v.span,
+                format!("a rank is a whole number, found {}", other.describe()),
+                "write e.g. `8`".into(),
+            );
+            None
+        }
+    }
+}
+
+/// One `LAYER.KIND: RANK` entry of a per-slot rank map: a targeted kind on an adapted layer,
+/// given once.
+fn slot_rank(
+    f: &mut Fields<'_>,
+    k: &Ident,
+    r: usize,
+    targets: &[ModuleKind],
+    (layers, model_layers): (Option<&[usize]>, Option<usize>),
+    slots: &mut BTreeMap<String, usize>,
+) -> Option<()> {
+    let Some((l, kind)) = k
+        .node
+        .split_once('.')
+        .and_then(|(l, kn)| Some((l.parse::<usize>().ok()?, ModuleKind::parse(kn)?)))
+    else {
+        f.value_error(
+            k.span,
+            format!("`{}` is not an adapter slot", k.node),
+            "a per-slot map has keys `LAYER.KIND`, e.g. `{ 0.q: 4, 3.ffn_in: 8 }` (don't mix kinds and slots)".into(),
+        );
+        return None;
+    };
+    if !targets.contains(&kind) {
+        f.value_error(
+            k.span,
+            format!(
+                "slot `{}` is on `{kind}`, which is not in `lora.targets`",
+                k.node
+            ),
+            "add the kind to targets or drop this entry".into(),
+        );
+        return None;
+    }
+    let layer_ok = match (layers, model_layers) {
+        (Some(ls), _) => ls.contains(&l),
+        (None, Some(n)) => l < n,
+        (None, None) => true,
+    };
+    if !layer_ok {
+        f.value_error(
+            k.span,
+            format!(
+                "slot `{}` names layer {l}, which carries no adapter",
+                k.node
+            ),
+            "use a layer of the model (numbered from 0) that is in lora.layers".into(),
+        );
+        return None;
+    }
+    if slots.insert(k.node.clone(), r).is_some() {
+        f.value_error(
+            k.span,
+            format!("slot `{}` is given twice", k.node),
+            "keep one".into(),
+        );
+        return None;
+    }
+    Some(())
+}
+
+/// One `KIND: RANK` entry of a per-kind rank map: a targeted kind, given once.
+fn kind_rank(
+    f: &mut Fields<'_>,
+    k: &Ident,
+    r: usize,
+    targets: &[ModuleKind],
+    kinds: &mut BTreeMap<ModuleKind, usize>,
+) -> Option<()> {
+    let Some(kind) = ModuleKind::parse(&k.node) else {
+        f.value_error(
+            k.span,
+            format!("unknown module kind `{}`", k.node),
+            kind_help(&k.node),
+        );
+        return None;
+    };
+    if !targets.contains(&kind) {
+        f.value_error(
+            k.span,
+            format!("`lora.rank` names `{kind}`, which is not in `lora.targets`"),
+            format!("add `{kind}` to targets, or drop it from the rank map"),
+        );
+        return None;
+    }
+    if kinds.insert(kind, r).is_some() {
+        f.value_error(
+            k.span,
+            format!("`{kind}` is given twice"),
+            "keep one".into(),
+        );
+        return None;
+    }
+    Some(())
 }
 
 /// `param_budget`: the arm's `lora.param_budget`, which replaces `target_rank` as the final size.
@@ -998,23 +1078,7 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
     let before = f.d.len();
     let steps = f.count_in("steps", &bounds::STEPS);
     let epochs = f.count_in("epochs", &bounds::EPOCHS);
-    let length = match (steps, epochs, f.get("steps"), f.get("epochs")) {
-        (Some(s), None, _, None) => Some(TrainLength::Steps(s as usize)),
-        (None, Some(e), None, _) => Some(TrainLength::Epochs(e as usize)),
-        (_, _, Some(_), Some(e)) => {
-            f.value_error(
-                e.key.span,
-                "`train` sets both `steps` and `epochs`".into(),
-                "training length is one or the other: remove one".into(),
-            );
-            None
-        }
-        (_, _, None, None) => {
-            f.missing("steps", "1000");
-            None
-        }
-        _ => None,
-    };
+    let length = train_length(f, steps, epochs);
     let batch = f.count_in("batch", &bounds::BATCH).unwrap_or(32) as usize;
     let (lr, lr_sweep) = learning_rate(f).unwrap_or((1e-3, vec![]));
     let warmup = f.count_in("warmup", &bounds::WARMUP).unwrap_or(0) as usize;
@@ -1026,16 +1090,7 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
     let weight_decay = f
         .real_in("weight_decay", &bounds::WEIGHT_DECAY, "0.01")
         .unwrap_or(0.0);
-    let clip = match f.get("clip").map(|e| &e.value.node) {
-        Some(Value::Word(w)) if w == "off" => None,
-        Some(Value::Number(_)) => f.real_in("clip", &bounds::CLIP, "1.0"),
-        Some(_) => {
-            let e = f.get("clip").expect("checked above");
-            f.type_error(e, "a positive number or `off`", "1.0");
-            None
-        }
-        None => Some(1.0),
-    };
+    let clip = clip(f);
     let accum = f.count_in("accum", &bounds::ACCUM).unwrap_or(1) as usize;
     let eval_every = f
         .count_in("eval_every", &bounds::STEP_COUNT)
@@ -1057,50 +1112,8 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
     if f.d.len() > before {
         return None;
     }
-    if (batch * accum) as u64 > bounds::EXAMPLES_PER_STEP {
-        let span = f
-            .get("accum")
-            .or(f.get("batch"))
-            .map_or(f.header, |e| e.value.span);
-        f.value_error(
-            span,
-            format!(
-                "`batch × accum` = {batch} × {accum} = {} examples per optimizer step is above the \
-                 limit of {}",
-                batch * accum,
-                super::fields::group(bounds::EXAMPLES_PER_STEP)
-            ),
-            "each optimizer step runs batch × accum examples forward and backward; lower one of them".into(),
-        );
+    if !train_values_agree(f, batch, accum, lr, weight_decay, warmup, &length) {
         return None;
-    }
-    if lr * weight_decay >= bounds::MAX_LR_TIMES_DECAY {
-        let span = f
-            .get("weight_decay")
-            .or(f.get("lr"))
-            .map_or(f.header, |e| e.value.span);
-        f.value_error(
-            span,
-            format!(
-                "`lr × weight_decay` = {lr} × {weight_decay} = {} is not below 1",
-                lr * weight_decay
-            ),
-            "decoupled weight decay multiplies every weight by 1 − lr·weight_decay at each step, \
-             which then flips or zeroes them; typical values are weight_decay = 0.01–0.1"
-                .into(),
-        );
-        return None;
-    }
-    if let TrainLength::Steps(s) = length {
-        if warmup >= s {
-            let span = f.get("warmup").map_or(f.header, |e| e.value.span);
-            f.value_error(
-                span,
-                format!("`warmup = {warmup}` is not shorter than training ({s} steps)"),
-                "make warmup smaller than steps".into(),
-            );
-            return None;
-        }
     }
     Some(TrainSpec {
         length,
@@ -1118,6 +1131,104 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         device,
         weights,
     })
+}
+
+/// `steps` or `epochs`, exactly one of them.
+fn train_length(
+    f: &mut Fields<'_>,
+    steps: Option<u64>,
+    epochs: Option<u64>,
+) -> Option<TrainLength> {
+    match (steps, epochs, f.get("steps"), f.get("epochs")) {
+        (Some(s), None, _, None) => Some(TrainLength::Steps(s as usize)),
+        (None, Some(e), None, _) => Some(TrainLength::Epochs(e as usize)),
+        (_, _, Some(_), Some(e)) => {
+            f.value_error(
+                e.key.span,
+                "`train` sets both `steps` and `epochs`".into(),
+                "training length is one or the other: remove one".into(),
+            );
+            None
+        }
+        (_, _, None, None) => {
+            f.missing("steps", "1000");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// `clip = off` or a positive norm; 1.0 when unset.
+fn clip(f: &mut Fields<'_>) -> Option<f64> {
+    match f.get("clip").map(|e| &e.value.node) {
+        Some(Value::Word(w)) if w == "off" => None,
+        Some(Value::Number(_)) => f.real_in("clip", &bounds::CLIP, "1.0"),
+        Some(_) => {
+            let e = f.get("clip").expect("checked above");
+            f.type_error(e, "a positive number or `off`", "1.0");
+            None
+        }
+        None => Some(1.0),
+    }
+}
+
+/// Values each in bounds can still clash: examples a step, decay against the rate, warmup
+/// against the length.
+fn train_values_agree(
+    f: &mut Fields<'_>,
+    batch: usize,
+    accum: usize,
+    lr: f64,
+    weight_decay: f64,
+    warmup: usize,
+    length: &TrainLength,
+) -> bool {
+    if (batch * accum) as u64 > bounds::EXAMPLES_PER_STEP {
+        let span = f
+            .get("accum")
+            .or(f.get("batch"))
+            .map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            format!(
+                "`batch × accum` = {batch} × {accum} = {} examples per optimizer step is above the \
+                 limit of {}",
+                batch * accum,
+                super::fields::group(bounds::EXAMPLES_PER_STEP)
+            ),
+            "each optimizer step runs batch × accum examples forward and backward; lower one of them".into(),
+        );
+        return false;
+    }
+    if lr * weight_decay >= bounds::MAX_LR_TIMES_DECAY {
+        let span = f
+            .get("weight_decay")
+            .or(f.get("lr"))
+            .map_or(f.header, |e| e.value.span);
+        f.value_error(
+            span,
+            format!(
+                "`lr × weight_decay` = {lr} × {weight_decay} = {} is not below 1",
+                lr * weight_decay
+            ),
+            "decoupled weight decay multiplies every weight by 1 − lr·weight_decay at each step, \
+             which then flips or zeroes them; typical values are weight_decay = 0.01–0.1"
+                .into(),
+        );
+        return false;
+    }
+    if let TrainLength::Steps(s) = *length {
+        if warmup >= s {
+            let span = f.get("warmup").map_or(f.header, |e| e.value.span);
+            f.value_error(
+                span,
+                format!("`warmup = {warmup}` is not shorter than training ({s} steps)"),
+                "make warmup smaller than steps".into(),
+            );
+            return false;
+        }
+    }
+    true
 }
 
 /// `lr = 1e-3`, or `lr = sweep [3e-4, 1e-3, 3e-3]`: at least two distinct rates in (0, 10]. A

@@ -200,34 +200,7 @@ pub fn llama_block_backward<B: Backend>(
     // dctx: [N, C] = dr1 · O (into nc); O's own gradients
     blk.o
         .backward(be, &acts.ctx, &*dres2, Some(&mut work.nc), false, n, sc)?;
-    // probs: [B, H, T, T] again (not saved), with ctx again into dq (overwritten below)
-    let probs = work.probs.as_mut().expect("Llama scratch");
-    be.attention_forward(
-        &acts.q,
-        &acts.k,
-        &acts.v,
-        Some(key_mask),
-        probs,
-        &mut work.dq,
-        &mut work.bhtt,
-        &d.attn(true),
-        d.d,
-    )?;
-    // dq (rotated): [N, C], dk (rotated): [N, KV], dv: [N, KV]
-    be.attention_backward(
-        &acts.q,
-        &acts.k,
-        &acts.v,
-        work.probs.as_ref().unwrap(),
-        &work.nc,
-        &mut work.dq,
-        &mut work.dk,
-        &mut work.dv,
-        &mut work.bhtt,
-        &mut work.bhtt2,
-        &d.attn(true),
-        d.d,
-    )?;
+    attention_grads(be, acts, key_mask, work, d)?;
     // Undo the rotations: dq into nc (dctx is consumed), dk into nkv.
     be.rope(
         &work.dq,
@@ -258,5 +231,45 @@ pub fn llama_block_backward<B: Backend>(
         rms_backward(be, &mut blk.ln_a, &*dattn, x, &acts.ln_a_rstd, dres, d);
         be.axpy(1.0, &*dres2, dres);
     }
+    Ok(())
+}
+
+/// With dctx in `work.nc`: the attention probabilities again (not saved; ctx again into dq,
+/// overwritten), then dq, dk (both rotated) and dv into `work`.
+fn attention_grads<B: Backend>(
+    be: &B,
+    acts: &LayerActs<B>,
+    key_mask: &Tensor<B>,
+    work: &mut Work<B>,
+    d: Dims,
+) -> Result<()> {
+    // probs: [B, H, T, T] again (not saved), with ctx again into dq (overwritten below)
+    let probs = work.probs.as_mut().expect("Llama scratch");
+    be.attention_forward(
+        &acts.q,
+        &acts.k,
+        &acts.v,
+        Some(key_mask),
+        probs,
+        &mut work.dq,
+        &mut work.bhtt,
+        &d.attn(true),
+        d.d,
+    )?;
+    // dq (rotated): [N, C], dk (rotated): [N, KV], dv: [N, KV]
+    be.attention_backward(
+        &acts.q,
+        &acts.k,
+        &acts.v,
+        work.probs.as_ref().unwrap(),
+        &work.nc,
+        &mut work.dq,
+        &mut work.dk,
+        &mut work.dv,
+        &mut work.bhtt,
+        &mut work.bhtt2,
+        &d.attn(true),
+        d.d,
+    )?;
     Ok(())
 }

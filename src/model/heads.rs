@@ -249,6 +249,7 @@ impl<B: Backend> Model<B> {
             y.len()
         );
         let targets = target_ids(be, y, classes, "class")?;
+        let scored = y.iter().filter(|&&v| v != Ids::<B>::IGNORE).count();
         let pw = pooling_weights(batch, pooling);
         let logits = self.pooled_head(
             be.upload(&pw, MemKind::Scratch)?,
@@ -262,9 +263,9 @@ impl<B: Backend> Model<B> {
                 be.sum(&losses, sum, 0);
                 Ok(())
             },
-            y.iter().filter(|&&v| v != Ids::<B>::IGNORE).count(),
+            scored,
         )?;
-        out.count = y.iter().filter(|&&v| v != Ids::<B>::IGNORE).count();
+        out.count = scored;
         if eval {
             let l = be.download(&logits)?;
             for (s, row) in l.chunks(classes).enumerate() {

@@ -222,6 +222,11 @@ pub struct ResizeOptions {
     /// re-warm).
     #[serde(default)]
     pub rewarm: u32,
+    /// Steps over which the components a relaxed re-allocation drops fade out under training
+    /// before they are cut (the gates move gradually to the new relaxed ranks; the rank
+    /// engine's relaxation reads it, the store does not). 0: cut at once.
+    #[serde(default)]
+    pub fade: u32,
 }
 
 impl ResizeOptions {
@@ -232,7 +237,8 @@ impl ResizeOptions {
             keep_basis: true,
             keep_moments: false,
             fixed_scale: true,
-            rewarm: 0,
+            rewarm: 10,
+            fade: 10,
         }
     }
     pub fn is_policy_default(&self) -> bool {

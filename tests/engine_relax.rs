@@ -188,3 +188,112 @@ fn held_components_stay_within_the_budget() {
         assert!(a.slots.iter().all(|s| s.raw.is_some()));
     }
 }
+
+/// Trains the small planted task on the real model under the learned rule with `resize`, a
+/// re-allocation at step 40, and returns, for the steps after it: the eval loss just before
+/// and just after the engine's work at each step (no optimizer step between the two, so the
+/// difference is what the engine changed in the model), the held ranks and the records.
+fn engine_change_per_step(
+    resize: adarank::adapter::ResizeOptions,
+) -> (
+    Vec<(u64, f64, f64, Vec<usize>)>,
+    Vec<adarank::engine::Allocation>,
+) {
+    use adarank::backend::AdamW;
+    let be = Arc::new(Cpu::new());
+    let mut task = PlantedTask::new(adarank::train::PlantedConfig::small(1)).unwrap();
+    let layers = task.model_config().layers;
+    let lora = LoraConfig::uniform(layers, &ModuleKind::ALL, 4, 16.0);
+    let mut model = build_model(be.clone(), &task, TrainMode::Lora(lora), 1).unwrap();
+    let mut cfg = EngineConfig::new(
+        Method::Adaptive {
+            complexity: "plugins/spectral_gradient.rhai".into(),
+            allocator: "plugins/log_rule.rhai".into(),
+            learner: Some("plugins/learn_gates.rhai".into()),
+        },
+        48,
+        4,
+    );
+    cfg.min_rank = 1;
+    cfg.max_rank = 8;
+    cfg.seed = 1;
+    cfg.resize = resize;
+    let mut e = RankEngine::new(cfg).unwrap();
+    e.on_start(&mut model).unwrap();
+    let eval = task.eval_batches()[0].clone();
+    let (mut per_step, mut records) = (vec![], vec![]);
+    for step in 1..=60u64 {
+        model.zero_grads();
+        model
+            .forward_backward(&task.train_batch(step, 8).unwrap(), 1.0)
+            .unwrap();
+        e.after_backward(step, &mut model).unwrap();
+        let opt = AdamW {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: step as u32,
+        };
+        model.optimizer_step(&opt, Some(1.0)).unwrap();
+        let ctx = EngineCtx {
+            step: step as usize,
+            ..Default::default()
+        };
+        let before = model.evaluate(&eval).unwrap().loss();
+        records.extend(e.after_step(step, &mut model, &ctx).unwrap());
+        if step == 40 {
+            records.extend(e.reallocate(step, &mut model, &ctx).unwrap());
+        }
+        let after = model.evaluate(&eval).unwrap().loss();
+        if step >= 40 {
+            let ranks = model.adapters().iter().map(|a| a.rank).collect();
+            per_step.push((step, before, after, ranks));
+        }
+    }
+    (per_step, records)
+}
+
+/// A fade (`lora.fade`): the decision changes nothing at once (each adapter re-factorised as
+/// its SVD, every gate open), the adapters keep their size for the fade's steps, and the cut
+/// removes components the gates have already closed — so the cut moves the loss far less than
+/// cutting at once does (the oracle: the same run with `fade = 0`, whose decision step
+/// truncates ungated adapters).
+#[test]
+fn a_fade_cuts_what_the_gates_already_closed() {
+    use adarank::adapter::ResizeOptions;
+    let fade = ResizeOptions {
+        fade: 10,
+        ..ResizeOptions::policy_default()
+    };
+    let at_once = ResizeOptions { fade: 0, ..fade };
+    let (faded, rec) = engine_change_per_step(fade);
+    let (cut_now, rec_now) = engine_change_per_step(at_once);
+    let reasons: Vec<(u64, &str)> = rec.iter().map(|a| (a.step, a.reason.as_str())).collect();
+    assert!(reasons.contains(&(40, "fade")), "{reasons:?}");
+    assert!(reasons.contains(&(50, "cut")), "{reasons:?}");
+    assert!(rec_now
+        .iter()
+        .any(|a| a.step == 40 && a.reason == "reallocate"));
+    let change = |rows: &[(u64, f64, f64, Vec<usize>)], step: u64| -> f64 {
+        let r = rows.iter().find(|r| r.0 == step).unwrap();
+        (r.2 - r.1).abs() / r.1
+    };
+    // The decision: ΔW unchanged but for the last gate at σ(1.5/τ).
+    assert!(change(&faded, 40) < 0.02, "{}", change(&faded, 40));
+    // No adapter changes size before the cut, and the cut changes some.
+    let ranks_at = |s: u64| faded.iter().find(|r| r.0 == s).unwrap().3.clone();
+    for s in 40..50 {
+        assert_eq!(ranks_at(s), vec![4; 12], "step {s}");
+    }
+    assert_ne!(ranks_at(50), vec![4; 12]);
+    // The cut moves the loss by far less than truncating at once.
+    let (c_fade, c_now) = (change(&faded, 50), change(&cut_now, 40));
+    println!("relative loss change: cut after a fade {c_fade:.4}, cut at once {c_now:.4}");
+    assert!(
+        c_now > 0.05,
+        "cutting at once changed the loss by only {c_now}"
+    );
+    assert!(c_fade < c_now / 4.0, "{c_fade} vs {c_now}");
+}

@@ -350,6 +350,23 @@ impl Core {
         Ok(changed)
     }
 
+    /// Re-factorise adapter `i` as the SVD of its ΔW at the same rank (components ordered by
+    /// singular value, ΔW unchanged, optimizer moments and statistics restarted), through the
+    /// store's own resizing: a grow by one B = 0 component leaves ΔW as it is, and the shrink
+    /// back of an ungated adapter is a truncated SVD that drops exactly that empty direction.
+    /// An adapter at rank 0 or at full rank (nothing to grow into) is left as it is.
+    pub fn rebase(&mut self, store: &mut dyn AdapterStore, i: usize) -> Result<bool> {
+        let r = self.infos[i].rank;
+        if r == 0 || r >= self.limit(i) {
+            return Ok(false);
+        }
+        store.set_gates(i, None)?;
+        store.resize_adapter(i, r + 1)?;
+        store.resize_adapter(i, r)?;
+        self.reset_stats(store, i)?;
+        Ok(true)
+    }
+
     /// Keep only components `keep` of adapter `i` (exact removal, no re-factorisation).
     pub fn keep_components(
         &mut self,

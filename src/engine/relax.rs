@@ -67,6 +67,44 @@ pub struct Relaxation {
     pub costs: Vec<f64>,
     #[serde(default)]
     pub budget: f64,
+    /// Steps over which a re-allocation's dropped components fade out before they are cut
+    /// (`lora.fade`; 0: cut at once), and the fade in progress.
+    #[serde(default)]
+    pub fade_steps: u32,
+    #[serde(default)]
+    pub fade: Option<Fade>,
+}
+
+/// A re-allocation fading in: the gates follow relaxed ranks that move linearly from `from`
+/// (where they stood at the decision) to the learner's current r_i over `steps` steps, while
+/// every adapter keeps the components it held. At the end (the cut) each adapter is resized
+/// to what r_i holds: the components it drops have gates near the floor by then, so cutting
+/// them changes ΔW by little — the loss pays for the change gradually, under training,
+/// instead of all at once. The held components stay those of the last allocation, so the
+/// budget holds throughout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fade {
+    pub from: Vec<f64>,
+    pub steps: u32,
+    pub done: u32,
+    /// The allocator's integer ranks of the decision (for the cut's record).
+    pub ranks: Vec<usize>,
+}
+
+impl Fade {
+    /// How far the gates have moved: 0 at the decision, 1 at the cut.
+    pub fn progress(&self) -> f64 {
+        (self.done as f64 / self.steps.max(1) as f64).min(1.0)
+    }
+}
+
+/// What a relaxed re-allocation did to the tensors.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Realloc {
+    /// Tensors changed size.
+    pub resized: bool,
+    /// A fade started: the cut comes `fade_steps` steps later.
+    pub fading: bool,
 }
 
 pub fn sigmoid(z: f64) -> f64 {
@@ -74,11 +112,28 @@ pub fn sigmoid(z: f64) -> f64 {
 }
 
 impl Relaxation {
-    pub fn new(tau: f64, floor: f64) -> Self {
+    pub fn new(tau: f64, floor: f64, fade_steps: u32) -> Self {
         Self {
             tau,
             floor,
+            fade_steps,
             ..Default::default()
+        }
+    }
+
+    /// The relaxed ranks the gates follow now: r_i, or during a fade the point between where
+    /// they stood at the decision and r_i.
+    pub fn gate_ranks(&self) -> Vec<f64> {
+        match &self.fade {
+            Some(f) => {
+                let p = f.progress();
+                f.from
+                    .iter()
+                    .zip(&self.r)
+                    .map(|(a, b)| a + (b - a) * p)
+                    .collect()
+            }
+            None => self.r.clone(),
         }
     }
 
@@ -164,12 +219,13 @@ impl Relaxation {
     }
 
     fn upload_gates(&self, core: &Core, store: &mut dyn AdapterStore) -> Result<()> {
+        let r = self.gate_ranks();
         for (i, a) in core.infos.iter().enumerate() {
             if a.rank == 0 {
                 continue;
             }
             let g: Vec<f32> = self
-                .gates(self.r[i], a.rank)
+                .gates(r[i], a.rank)
                 .into_iter()
                 .map(|v| v as f32)
                 .collect();
@@ -180,12 +236,13 @@ impl Relaxation {
 
     /// Gates of every adapter as they are now (for the adapters' `gates` statistic).
     pub fn current_gates(&self, core: &Core) -> Vec<Vec<f64>> {
+        let r = self.gate_ranks();
         core.infos
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                if self.active && i < self.r.len() {
-                    self.gates(self.r[i], a.rank)
+                if self.active && i < r.len() {
+                    self.gates(r[i], a.rank)
                 } else {
                     vec![]
                 }
@@ -194,25 +251,71 @@ impl Relaxation {
     }
 
     /// A re-allocation while relaxed (or entering the relaxation): new ln C, the learner's
-    /// α and β, each adapter resized to the components it should hold, gates set.
+    /// α and β, then either each adapter resized to the components it should hold and the
+    /// gates set, or (with `fade_steps`) a fade towards that, cut `fade_steps` steps later.
+    /// `ranks`: the allocator's integer ranks, for the cut's record. A fade still in progress
+    /// is cut first.
     pub fn reallocate(
         &mut self,
         core: &mut Core,
         store: &mut dyn AdapterStore,
         complexity: &[f64],
-    ) -> Result<bool> {
+        ranks: &[usize],
+    ) -> Result<Realloc> {
+        let mut out = Realloc::default();
+        if self.fade.is_some() {
+            out.resized |= self.cut(core, store)?;
+        }
+        let entering = !self.active;
+        // Where the gates stand: entering, all open (an ungated adapter is ΔW as trained;
+        // at rank + 1 the last gate is σ(1.5/τ) ≈ 1).
+        let from: Vec<f64> = if entering {
+            core.infos.iter().map(|a| a.rank as f64 + 1.0).collect()
+        } else {
+            self.gate_ranks()
+        };
         self.x = complexity.iter().map(|c| c.ln()).collect();
         self.set_budget(core);
         self.solve(core);
+        self.active = true;
+        self.grad_sum = vec![0.0; self.r.len()];
+        self.grad_steps = 0;
+        if self.fade_steps == 0 {
+            out.resized |= self.hold(core, store)?;
+            return Ok(out);
+        }
+        if entering {
+            // Gates close the trailing components, so those must be the smallest directions
+            // of ΔW: each adapter re-factorised as its SVD, at the same rank.
+            for i in 0..core.infos.len() {
+                core.rebase(store, i)?;
+            }
+        }
+        self.fade = Some(Fade {
+            from,
+            steps: self.fade_steps,
+            done: 0,
+            ranks: ranks.to_vec(),
+        });
+        out.fading = true;
+        self.upload_gates(core, store)?;
+        Ok(out)
+    }
+
+    /// Resize each adapter to the components its r_i holds and set the gates.
+    fn hold(&mut self, core: &mut Core, store: &mut dyn AdapterStore) -> Result<bool> {
         let held: Vec<usize> = (0..self.r.len())
             .map(|i| self.held(self.r[i], core.limit(i)))
             .collect();
         let resized = core.apply_ranks(store, &held)?;
-        self.active = true;
-        self.grad_sum = vec![0.0; held.len()];
-        self.grad_steps = 0;
         self.upload_gates(core, store)?;
         Ok(resized)
+    }
+
+    /// End the fade in progress: each adapter keeps what its r_i holds.
+    fn cut(&mut self, core: &mut Core, store: &mut dyn AdapterStore) -> Result<bool> {
+        self.fade = None;
+        self.hold(core, store)
     }
 
     /// The budget the held components must stay within, and each adapter's cost against it;
@@ -239,28 +342,34 @@ impl Relaxation {
     }
 
     /// One training step while relaxed: ∂L/∂r_i from the gate gradients, the learner's
-    /// `learn_step`, new gates.
+    /// `learn_step`, new gates; a fade one step further, cut at its end. Returns the fade's
+    /// integer ranks and whether tensors changed size when this step cut a fade.
     pub fn step(
         &mut self,
         core: &mut Core,
         store: &mut dyn AdapterStore,
         learner: &Plugin,
         ctx: &EngineCtx,
-    ) -> Result<()> {
+    ) -> Result<Option<(Vec<usize>, bool)>> {
         let n = core.infos.len();
         let mut grads = Array::with_capacity(n);
         let lo = core.cfg.min_rank as f64;
+        // During a fade the gates follow r_eff = from + (r − from)·p: ∂r_eff/∂r = p.
+        let (gr, dr) = (
+            self.gate_ranks(),
+            self.fade.as_ref().map_or(1.0, |f| f.progress()),
+        );
         for i in 0..n {
             let rank = core.infos[i].rank;
             let mut d = 0.0;
             if rank > 0 {
                 let gg = store.gate_grad(i)?;
-                let g = self.gates(self.r[i], rank);
-                d = gg
-                    .iter()
-                    .zip(&g)
-                    .map(|(dl, gv)| *dl as f64 * self.dgate(*gv))
-                    .sum();
+                let g = self.gates(gr[i], rank);
+                d = dr
+                    * gg.iter()
+                        .zip(&g)
+                        .map(|(dl, gv)| *dl as f64 * self.dgate(*gv))
+                        .sum::<f64>();
             }
             self.grad_sum[i] += d;
             let hi = core.cfg.max_rank.min(core.limit(i)) as f64;
@@ -282,7 +391,15 @@ impl Relaxation {
         let ctx_map = core.ctx_map(ctx, core.cfg.budget);
         core.call_learner(learner, Role::LearnerStep, grads, ctx_map)?;
         self.solve(core);
-        self.upload_gates(core, store)
+        if let Some(f) = self.fade.as_mut() {
+            f.done += 1;
+            if f.done >= f.steps {
+                let ranks = std::mem::take(&mut f.ranks);
+                return Ok(Some((ranks, self.cut(core, store)?)));
+            }
+        }
+        self.upload_gates(core, store)?;
+        Ok(None)
     }
 
     /// Leave the relaxation: fold each adapter's gates into B (ΔW as trained), remove the
@@ -294,12 +411,13 @@ impl Relaxation {
         ranks: &[usize],
     ) -> Result<bool> {
         if self.active {
+            let gr = self.gate_ranks();
             for i in 0..core.infos.len() {
                 let r = core.infos[i].rank;
                 if r == 0 {
                     continue;
                 }
-                let g = self.gates(self.r[i], r);
+                let g = self.gates(gr[i], r);
                 let mut h = store.adapter_host(i)?;
                 for row in h.b.chunks_exact_mut(r) {
                     for (v, gj) in row.iter_mut().zip(&g) {
@@ -316,6 +434,7 @@ impl Relaxation {
             }
         }
         self.active = false;
+        self.fade = None;
         let resized = core.apply_ranks(store, ranks)?;
         for i in 0..core.infos.len() {
             if core.infos[i].rank > 0 {
@@ -340,7 +459,7 @@ mod tests {
 
     #[test]
     fn gates_open_below_the_rank_and_close_above() {
-        let r = Relaxation::new(0.25, 0.05);
+        let r = Relaxation::new(0.25, 0.05, 0);
         let g = r.gates(3.0, 5);
         // j = 3: σ(0.5/0.25) = σ(2); j = 4: σ(−2).
         assert!((g[2] - sigmoid(2.0)).abs() < 1e-12);
@@ -354,7 +473,7 @@ mod tests {
 
     #[test]
     fn dgate_is_the_derivative_of_the_gate() {
-        let r = Relaxation::new(0.4, 0.05);
+        let r = Relaxation::new(0.4, 0.05, 0);
         let h = 1e-6;
         for j in 1..=4 {
             let g = |x: f64| r.gates(x, 4)[j - 1];

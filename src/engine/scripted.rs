@@ -87,6 +87,7 @@ impl Scripted {
                 Relaxation::new(
                     param_f64(core, relax::TAU_PARAM, relax::TAU),
                     param_f64(core, relax::FLOOR_PARAM, relax::FLOOR),
+                    core.cfg.resize.fade,
                 )
             });
         core.note_mentions(
@@ -223,8 +224,9 @@ impl Scripted {
                 ("finalize", rx.finish(core, store, &ranks)?, s)
             }
             Some(rx) => {
-                let resized = rx.reallocate(core, store, &c)?;
-                ("reallocate", resized, rx.r.clone())
+                let out = rx.reallocate(core, store, &c, &ranks)?;
+                let reason = if out.fading { "fade" } else { "reallocate" };
+                (reason, out.resized, rx.r.clone())
             }
             None => (
                 "reallocate",
@@ -380,13 +382,26 @@ impl RankMethod for Scripted {
     fn after_step(
         &mut self,
         core: &mut Core,
-        _step: u64,
+        step: u64,
         store: &mut dyn AdapterStore,
         ctx: &EngineCtx,
     ) -> Result<Option<Allocation>> {
         if let (Some(rx), Some(l)) = (self.relax.as_mut(), self.learner.as_ref()) {
             if rx.active {
-                rx.step(core, store, l, ctx)?;
+                let before = core.ranks();
+                if let Some((ranks, resized)) = rx.step(core, store, l, ctx)? {
+                    let scores = rx.r.clone();
+                    return Ok(Some(core.record(
+                        step,
+                        "cut",
+                        &before,
+                        &ranks,
+                        Some(core.cfg.budget),
+                        &self.complexities,
+                        &scores,
+                        resized,
+                    )));
+                }
             }
         }
         Ok(None)

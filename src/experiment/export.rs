@@ -393,6 +393,7 @@ pub fn import_peft<B: Backend>(dir: &Path, model: &mut Model<B>) -> Result<()> {
         scales,
         lambda_masks: vec![],
         param_steps,
+        rewarms: BTreeMap::new(),
     };
     let svd = matches!(model.mode(), TrainMode::Lora(l) if l.svd_form);
     if !svd {

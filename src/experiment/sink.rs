@@ -124,7 +124,7 @@ impl<B: Backend> Sink<B> for RunSink<'_> {
         let changed = out
             .allocations
             .iter()
-            .any(|a| a.step > 0 && (a.resized || a.reason == "mask"));
+            .any(|a| a.step > 0 && (a.resized || a.reason == "mask" || a.reason == "fade"));
         if changed {
             self.st.realloc_steps.push(step);
         }

@@ -35,6 +35,10 @@ pub struct StateMeta {
     pub lambda_masks: Vec<Vec<bool>>,
     /// AdamW step counter of every trainable tensor, by name.
     pub param_steps: BTreeMap<String, u32>,
+    /// Learning-rate re-warms in progress after a resize, by tensor name: (steps taken,
+    /// window). A resumed cell must take the same reduced steps an uninterrupted one does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rewarms: BTreeMap<String, (u32, u32)>,
 }
 
 /// Everything needed to resume training exactly: trainable tensors by name, their AdamW moments
@@ -124,6 +128,7 @@ impl<B: Backend> Model<B> {
         let be = self.be.clone();
         let mut tensors = HostWeights::new();
         let mut param_steps = BTreeMap::new();
+        let mut rewarms = BTreeMap::new();
         for p in self.params_mut() {
             let Some(o) = p.opt.as_ref() else { continue };
             tensors.insert(p.name.clone(), p.host(&be)?);
@@ -137,6 +142,9 @@ impl<B: Backend> Model<B> {
                 HostTensor::new(shape, be.download(&o.v)?),
             );
             param_steps.insert(p.name.clone(), o.step);
+            if let Some(w) = o.rewarm {
+                rewarms.insert(p.name.clone(), w);
+            }
         }
         let mut scales = vec![];
         let mut init_ranks = vec![];
@@ -161,6 +169,7 @@ impl<B: Backend> Model<B> {
                 init_ranks,
                 lambda_masks,
                 param_steps,
+                rewarms,
             },
             tensors,
         })
@@ -233,6 +242,7 @@ impl<B: Backend> Model<B> {
                 .param_steps
                 .get(&p.name)
                 .with_context(|| format!("checkpoint lacks the step count of `{}`", p.name))?;
+            o.rewarm = m.rewarms.get(&p.name).copied();
         }
         self.step = m.step;
         self.resizes = m.resizes;

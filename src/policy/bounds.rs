@@ -105,6 +105,12 @@ pub const REWARM: Count = Count {
     max: 1_000_000,
     why: "a re-warm longer than any training run is a frozen adapter",
 };
+/// `lora.fade`: steps over which a re-allocation's dropped components fade out.
+pub const FADE: Count = Count {
+    min: 0,
+    max: 1_000_000,
+    why: "a fade longer than any training run never reaches its cut",
+};
 pub const RANK_OR_ZERO: Count = Count {
     min: 0,
     max: 65_536,

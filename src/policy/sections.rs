@@ -439,6 +439,7 @@ pub fn lora(f: &mut Fields<'_>, shape: &Shape) -> Option<LoraOn> {
             "resize_moments",
             "resize_scale",
             "rewarm",
+            "fade",
         ],
         "`lora`",
     );
@@ -599,7 +600,7 @@ fn budgets_feasible(
 }
 
 /// `resize_basis = keep | svd`, `resize_moments = keep | reset`, `resize_scale = fixed |
-/// rank`, `rewarm = N` (steps): how a re-allocation resizes the adapters, one switch per cause
+/// rank`, `rewarm = N`, `fade = N` (steps): how a re-allocation resizes the adapters, one switch per cause
 /// of a loss spike (docs/allocation.md).
 fn resize_options(f: &mut Fields<'_>) -> crate::adapter::ResizeOptions {
     let mut o = crate::adapter::ResizeOptions::policy_default();
@@ -614,6 +615,9 @@ fn resize_options(f: &mut Fields<'_>) -> crate::adapter::ResizeOptions {
     }
     if let Some(n) = f.count_in("rewarm", &bounds::REWARM) {
         o.rewarm = n as u32;
+    }
+    if let Some(n) = f.count_in("fade", &bounds::FADE) {
+        o.fade = n as u32;
     }
     o
 }

@@ -18,6 +18,7 @@
 pub mod adalora;
 pub mod driver;
 pub mod error;
+pub mod fade;
 pub mod host;
 pub mod method;
 pub mod planted;

@@ -4,6 +4,7 @@
 //! A learner that defines `learn_step(state, grads, ctx)` relaxes the ranks between
 //! re-allocations (see [`super::relax`]): α and β then learn from the task loss every step.
 
+use super::fade::PendingCut;
 use super::method::{Allocation, RankMethod, RuleLog};
 use super::relax::{self, Relaxation};
 use super::{cfg_err, stats, Bounds, Core, EngineCtx, Method, Plugin, Result, Role, SlotExtra};
@@ -26,6 +27,8 @@ pub struct Scripted {
     learner: Option<Plugin>,
     /// Some when the learner defines `learn_step`.
     relax: Option<Relaxation>,
+    /// Unrelaxed re-allocations under `lora.fade`: the cut the last decision waits for.
+    pending: Option<PendingCut>,
     /// C_i at the last re-allocation.
     complexities: Vec<f64>,
     /// ‖ΔW‖²_F right after the last re-allocation (kept when a plugin reads
@@ -101,6 +104,7 @@ impl Scripted {
             allocator,
             learner,
             relax,
+            pending: None,
             complexities: vec![],
             energies: vec![],
         })
@@ -228,11 +232,10 @@ impl Scripted {
                 let reason = if out.fading { "fade" } else { "reallocate" };
                 (reason, out.resized, rx.r.clone())
             }
-            None => (
-                "reallocate",
-                core.apply_ranks(store, &ranks)?,
-                Self::scores(core, &c),
-            ),
+            None => {
+                let (reason, resized) = self.unrelaxed(core, store, &ranks)?;
+                (reason, resized, Self::scores(core, &c))
+            }
         };
         if core.mentioned.contains(&"delta_energy_prev") {
             self.energies = (0..core.infos.len())
@@ -264,6 +267,50 @@ impl Scripted {
             .and_then(|_| core.learned.get("beta").copied());
         Self::log_rule(core, &mut rec, &c, relaxed_offset);
         Ok(Some(rec))
+    }
+
+    /// An unrelaxed re-allocation: at once, or (`lora.fade`) a fade towards `ranks` cut
+    /// `fade` steps later. A cut still pending is made first.
+    fn unrelaxed(
+        &mut self,
+        core: &mut Core,
+        store: &mut dyn AdapterStore,
+        ranks: &[usize],
+    ) -> Result<(&'static str, bool)> {
+        let mut resized = false;
+        if let Some(p) = self.pending.take() {
+            resized |= p.cut(core, store)?;
+        }
+        let steps = core.cfg.resize.fade;
+        let shrinks = ranks.iter().zip(&core.infos).any(|(r, a)| *r < a.rank);
+        if steps == 0 || !shrinks {
+            return Ok(("reallocate", core.apply_ranks(store, ranks)? || resized));
+        }
+        self.pending = Some(PendingCut::start(core, store, ranks, steps)?);
+        Ok(("fade", resized))
+    }
+
+    /// The record of a fade's cut.
+    #[allow(clippy::too_many_arguments)]
+    fn cut_record(
+        core: &Core,
+        step: u64,
+        before: &[usize],
+        ranks: &[usize],
+        complexities: &[f64],
+        scores: &[f64],
+        resized: bool,
+    ) -> Allocation {
+        core.record(
+            step,
+            "cut",
+            before,
+            ranks,
+            Some(core.cfg.budget),
+            complexities,
+            scores,
+            resized,
+        )
     }
 
     /// The log rule's raw terms α·ln C_i, the offset applied (the relaxation's, or the one
@@ -363,6 +410,9 @@ impl RankMethod for Scripted {
             if let Some(rx) = &self.relax {
                 rx.resume(core, store)?;
             }
+            if let Some(p) = &self.pending {
+                p.upload_gates(core, store)?;
+            }
         }
         Ok(())
     }
@@ -386,22 +436,28 @@ impl RankMethod for Scripted {
         store: &mut dyn AdapterStore,
         ctx: &EngineCtx,
     ) -> Result<Option<Allocation>> {
+        let before = core.ranks();
         if let (Some(rx), Some(l)) = (self.relax.as_mut(), self.learner.as_ref()) {
             if rx.active {
-                let before = core.ranks();
                 if let Some((ranks, resized)) = rx.step(core, store, l, ctx)? {
                     let scores = rx.r.clone();
-                    return Ok(Some(core.record(
-                        step,
-                        "cut",
-                        &before,
-                        &ranks,
-                        Some(core.cfg.budget),
-                        &self.complexities,
-                        &scores,
-                        resized,
+                    let c = &self.complexities;
+                    return Ok(Some(Self::cut_record(
+                        core, step, &before, &ranks, c, &scores, resized,
                     )));
                 }
+            }
+        }
+        if let Some(p) = self.pending.as_mut() {
+            if p.step(core, store)? {
+                let p = self.pending.take().unwrap();
+                let ranks = p.ranks.clone();
+                let resized = p.cut(core, store)?;
+                let scores = Self::scores(core, &self.complexities);
+                let c = &self.complexities;
+                return Ok(Some(Self::cut_record(
+                    core, step, &before, &ranks, c, &scores, resized,
+                )));
             }
         }
         Ok(None)
@@ -433,6 +489,7 @@ impl RankMethod for Scripted {
     fn state(&self, _core: &Core, _store: &dyn AdapterStore) -> Result<serde_json::Value> {
         Ok(serde_json::json!({
             "relax": self.relax,
+            "pending": self.pending,
             "complexities": self.complexities,
             "energies": self.energies,
         }))
@@ -446,6 +503,12 @@ impl RankMethod for Scripted {
             self.relax = Some(
                 serde_json::from_value(r.clone())
                     .map_err(|e| cfg_err(format!("engine state: relaxation: {e}")))?,
+            );
+        }
+        if let Some(p) = v.get("pending").filter(|p| !p.is_null()) {
+            self.pending = Some(
+                serde_json::from_value(p.clone())
+                    .map_err(|e| cfg_err(format!("engine state: pending cut: {e}")))?,
             );
         }
         if let Some(e) = v.get("energies") {

@@ -547,3 +547,57 @@ fn a_billion_planted_samples_train_in_bounded_memory() {
     let mib = usage.ru_maxrss as u64 / 1024;
     assert!(mib < 512, "peak resident memory {mib} MiB");
 }
+
+/// Arms run apart (`--arm`) merge even when one run's policy changed an arm the other never
+/// ran — that run has no cell of it to pool — but an arm both runs finished, trained
+/// differently, is still refused.
+#[test]
+fn a_report_merges_arms_run_apart_and_refuses_an_arm_both_ran_differently() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = policy(dir.path(), "first", 8);
+    let changed = dir.path().join("changed.rank");
+    std::fs::write(
+        &changed,
+        std::fs::read_to_string(&first)
+            .unwrap()
+            .replace("every 2 steps", "every 3 steps"),
+    )
+    .unwrap();
+    let run_arm = |p: &Path, out: &Path, arm: &str| {
+        let o = adarank(&["run", p.to_str().unwrap(), "--quiet", "--device", "cpu"])
+            .args(["--out", out.to_str().unwrap(), "--arm", arm])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    };
+    let (fixed, adaptive) = (dir.path().join("fixed"), dir.path().join("adaptive"));
+    run_arm(&first, &fixed, "fixed");
+    run_arm(&changed, &adaptive, "adaptive");
+    let merged = dir.path().join("merged");
+    let o = adarank(&[
+        "report",
+        fixed.to_str().unwrap(),
+        adaptive.to_str().unwrap(),
+    ])
+    .args(["--out", merged.to_str().unwrap()])
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let s = RunDir::open(&merged).unwrap().load_summary().unwrap();
+    let mut arms: Vec<&str> = s.cells.iter().map(|c| c.arm.as_str()).collect();
+    arms.sort();
+    assert_eq!(arms, ["adaptive", "fixed"]);
+    // The first policy's adaptive arm, finished too: two different arms under one name.
+    let both = dir.path().join("both");
+    run_to_end(&first, &both);
+    let o = adarank(&["report", adaptive.to_str().unwrap(), both.to_str().unwrap()])
+        .args(["--out", dir.path().join("refused").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("arm `adaptive`") && text(&o).contains("plans in policy.json differ"),
+        "{}",
+        text(&o)
+    );
+}

@@ -275,7 +275,9 @@ fn arm_plans(d: &RunDir) -> Result<std::collections::BTreeMap<String, serde_json
 }
 
 /// Refuses a merge that would pool unlike cells into one arm's mean and interval: runs of
-/// different experiments (unless `mixed`), or an arm whose plan differs between runs.
+/// different experiments (unless `mixed`), or an arm whose plan differs between runs that
+/// both finished cells of it. A run that finished no cell of an arm (it ran other arms of the
+/// policy with `--arm`) brings nothing of that arm to pool, whatever its plan says.
 fn check_mergeable(dirs: &[RunDir], mixed: bool) -> Result<()> {
     let mut first: Option<(String, &RunDir)> = None;
     let mut plans: std::collections::BTreeMap<String, (serde_json::Value, &RunDir)> =
@@ -294,7 +296,16 @@ fn check_mergeable(dirs: &[RunDir], mixed: bool) -> Result<()> {
             ),
             _ => {}
         }
+        let finished = |arm: &str| {
+            s.cells
+                .iter()
+                .any(|c| c.arm == arm && c.status == CellStatus::Done)
+                || s.lr_choice(arm).is_some()
+        };
         for (arm, plan) in arm_plans(d)? {
+            if !finished(&arm) {
+                continue;
+            }
             match plans.get(&arm) {
                 Some((p, at)) if *p != plan => bail!(
                     "cannot merge: arm `{arm}` of {} is not the arm `{arm}` of {} (their \

@@ -241,9 +241,6 @@ impl ResizeOptions {
             fade: 10,
         }
     }
-    pub fn is_policy_default(&self) -> bool {
-        *self == Self::policy_default()
-    }
 }
 
 /// What the rank engine and exporters need from a model: adapters as host data, and resizing.

@@ -294,11 +294,10 @@ pub struct LoraOn {
     /// Default 64.
     pub max_rank: usize,
     /// How re-allocations resize the adapters (`resize_basis`, `resize_moments`,
-    /// `resize_scale`, `rewarm`).
-    #[serde(
-        default = "ResizeOptions::policy_default",
-        skip_serializing_if = "ResizeOptions::is_policy_default"
-    )]
+    /// `resize_scale`, `rewarm`, `fade`). Always written: the defaults change between
+    /// versions, and two runs must not look alike to `report`'s merge when they resized
+    /// differently. A policy.json written before it was recorded reads as today's default.
+    #[serde(default = "ResizeOptions::policy_default")]
     pub resize: ResizeOptions,
 }
 

@@ -189,16 +189,16 @@ fn held_components_stay_within_the_budget() {
     }
 }
 
+/// (step, eval loss before the engine's work, after it, the ranks after it).
+type StepChange = (u64, f64, f64, Vec<usize>);
+
 /// Trains the small planted task on the real model under the learned rule with `resize`, a
 /// re-allocation at step 40, and returns, for the steps after it: the eval loss just before
 /// and just after the engine's work at each step (no optimizer step between the two, so the
 /// difference is what the engine changed in the model), the held ranks and the records.
 fn engine_change_per_step(
     resize: adarank::adapter::ResizeOptions,
-) -> (
-    Vec<(u64, f64, f64, Vec<usize>)>,
-    Vec<adarank::engine::Allocation>,
-) {
+) -> (Vec<StepChange>, Vec<adarank::engine::Allocation>) {
     use adarank::backend::AdamW;
     let be = Arc::new(Cpu::new());
     let mut task = PlantedTask::new(adarank::train::PlantedConfig::small(1)).unwrap();
@@ -276,7 +276,7 @@ fn a_fade_cuts_what_the_gates_already_closed() {
     assert!(rec_now
         .iter()
         .any(|a| a.step == 40 && a.reason == "reallocate"));
-    let change = |rows: &[(u64, f64, f64, Vec<usize>)], step: u64| -> f64 {
+    let change = |rows: &[StepChange], step: u64| -> f64 {
         let r = rows.iter().find(|r| r.0 == step).unwrap();
         (r.2 - r.1).abs() / r.1
     };

@@ -359,12 +359,12 @@ impl Relaxation {
             self.gate_ranks(),
             self.fade.as_ref().map_or(1.0, |f| f.progress()),
         );
-        for i in 0..n {
+        for (i, gri) in gr.iter().enumerate().take(n) {
             let rank = core.infos[i].rank;
             let mut d = 0.0;
             if rank > 0 {
                 let gg = store.gate_grad(i)?;
-                let g = self.gates(gr[i], rank);
+                let g = self.gates(*gri, rank);
                 d = dr
                     * gg.iter()
                         .zip(&g)
@@ -412,12 +412,12 @@ impl Relaxation {
     ) -> Result<bool> {
         if self.active {
             let gr = self.gate_ranks();
-            for i in 0..core.infos.len() {
+            for (i, gri) in gr.iter().enumerate().take(core.infos.len()) {
                 let r = core.infos[i].rank;
                 if r == 0 {
                     continue;
                 }
-                let g = self.gates(gr[i], r);
+                let g = self.gates(*gri, r);
                 let mut h = store.adapter_host(i)?;
                 for row in h.b.chunks_exact_mut(r) {
                     for (v, gj) in row.iter_mut().zip(&g) {

@@ -18,6 +18,12 @@ import sys
 TM = 16  # rows of C per invocation
 TN = 64  # columns of C per subgroup, shared by its 8 invocations
 LANES = 8  # workgroup = one subgroup of 8 (the host requires a minimum subgroup size of 8)
+# k is summed in slices of KC steps, each into fresh accumulators added to running totals at
+# its end. llvmpipe runs WGSL's fma() as a multiply and an add (two roundings: measured, the
+# fused result 2^-24 of tests/gpu_precision.rs comes out 0), and one running sum over k = 576
+# or 1536 rounds into an ever larger accumulator; slices of 64 cut the GEMM's error 3-6x
+# (SmolLM2's logits: 1.5e-4 -> 7.8e-5 from transformers') for ~2% GEMM time (slices of 32: ~18%).
+KC = 64
 
 
 def shared_decls() -> str:
@@ -158,24 +164,33 @@ fn {entry}(@builtin(workgroup_id) wid: vec3<u32>,
         for q in range(tn // LANES):
             w(f"    let cb{q} = c0 + {q * LANES}u + lane;")
             w(f"    let bo{q} = b_base + select(cb{q}, cb{q} * p.ldb, TRANS_B);")
+    # k in slices of KC: each slice sums into fresh accumulators (acc), added to the totals
+    # (tot) at its end. See KC for why.
     for i in range(tm):
-        w("    " + " ".join(f"var acc{i}_{q} = vec4<f32>(0.0);" for q in range(q4)))
+        w("    " + " ".join(f"var tot{i}_{q} = vec4<f32>(0.0);" for q in range(q4)))
     w("    var ka = 0u;")
     w("    var kb = 0u;")
-    w("    for (var kk = 0u; kk < p.k; kk++) {")
+    w(f"    for (var k0 = 0u; k0 < p.k; k0 += {KC}u) {{")
+    w(f"        let k1 = min(k0 + {KC}u, p.k);")
+    for i in range(tm):
+        w("        " + " ".join(f"var acc{i}_{q} = vec4<f32>(0.0);" for q in range(q4)))
+    w("        for (var kk = k0; kk < k1; kk++) {")
     for q in range(tn // LANES):
-        w(f"        let bl{q} = load_b(bo{q} + kb);")
+        w(f"            let bl{q} = load_b(bo{q} + kb);")
     for q in range(q4):
         src = (4 * q) // LANES
         lanes = [(4 * q + e) % LANES for e in range(4)]
         parts = ", ".join(f"subgroupBroadcast(bl{src}, {l}u)" for l in lanes)
-        w(f"        let b{q} = vec4<f32>({parts});")
+        w(f"            let b{q} = vec4<f32>({parts});")
     for i in range(tm):
-        w(f"        let a{i} = vec4<f32>(a[ao{i} + ka]);")
+        w(f"            let a{i} = vec4<f32>(a[ao{i} + ka]);")
         for q in range(q4):
-            w(f"        acc{i}_{q} = fma(a{i}, b{q}, acc{i}_{q});")
-    w("        ka += a_kstep;")
-    w("        kb += b_kstep;")
+            w(f"            acc{i}_{q} = fma(a{i}, b{q}, acc{i}_{q});")
+    w("            ka += a_kstep;")
+    w("            kb += b_kstep;")
+    w("        }")
+    for i in range(tm):
+        w("        " + " ".join(f"tot{i}_{q} += acc{i}_{q};" for q in range(q4)))
     w("    }")
     if guarded:
         w(f"    let cols = min(p.n - min(p.n, c0), {tn}u);")
@@ -185,14 +200,14 @@ fn {entry}(@builtin(workgroup_id) wid: vec3<u32>,
             for q in range(q4):
                 for e, comp in enumerate("xyzw"):
                     j = 4 * q + e
-                    w(f"        if ({j}u < cols) {{ store(row + {j}u, acc{i}_{q}.{comp}); }}")
+                    w(f"        if ({j}u < cols) {{ store(row + {j}u, tot{i}_{q}.{comp}); }}")
             w("    }")
     else:
         for i in range(tm):
             w(f"    let row{i} = c_base + (r0 + {i}u) * p.ldc + c0;")
             for q in range(q4):
                 for e, comp in enumerate("xyzw"):
-                    w(f"    store(row{i} + {4 * q + e}u, acc{i}_{q}.{comp});")
+                    w(f"    store(row{i} + {4 * q + e}u, tot{i}_{q}.{comp});")
     w("}")
 
 

@@ -156,255 +156,290 @@ fn matmul_small_16x8(@builtin(workgroup_id) wid: vec3<u32>,
     let ao15 = a_base + select(ra15 * p.lda, ra15, TRANS_A);
     let cb0 = min(c0 + 0u + lane, p.n - 1u);
     let bo0 = b_base + select(cb0, cb0 * p.ldb, TRANS_B);
-    var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0);
-    var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0);
-    var acc2_0 = vec4<f32>(0.0); var acc2_1 = vec4<f32>(0.0);
-    var acc3_0 = vec4<f32>(0.0); var acc3_1 = vec4<f32>(0.0);
-    var acc4_0 = vec4<f32>(0.0); var acc4_1 = vec4<f32>(0.0);
-    var acc5_0 = vec4<f32>(0.0); var acc5_1 = vec4<f32>(0.0);
-    var acc6_0 = vec4<f32>(0.0); var acc6_1 = vec4<f32>(0.0);
-    var acc7_0 = vec4<f32>(0.0); var acc7_1 = vec4<f32>(0.0);
-    var acc8_0 = vec4<f32>(0.0); var acc8_1 = vec4<f32>(0.0);
-    var acc9_0 = vec4<f32>(0.0); var acc9_1 = vec4<f32>(0.0);
-    var acc10_0 = vec4<f32>(0.0); var acc10_1 = vec4<f32>(0.0);
-    var acc11_0 = vec4<f32>(0.0); var acc11_1 = vec4<f32>(0.0);
-    var acc12_0 = vec4<f32>(0.0); var acc12_1 = vec4<f32>(0.0);
-    var acc13_0 = vec4<f32>(0.0); var acc13_1 = vec4<f32>(0.0);
-    var acc14_0 = vec4<f32>(0.0); var acc14_1 = vec4<f32>(0.0);
-    var acc15_0 = vec4<f32>(0.0); var acc15_1 = vec4<f32>(0.0);
+    var tot0_0 = vec4<f32>(0.0); var tot0_1 = vec4<f32>(0.0);
+    var tot1_0 = vec4<f32>(0.0); var tot1_1 = vec4<f32>(0.0);
+    var tot2_0 = vec4<f32>(0.0); var tot2_1 = vec4<f32>(0.0);
+    var tot3_0 = vec4<f32>(0.0); var tot3_1 = vec4<f32>(0.0);
+    var tot4_0 = vec4<f32>(0.0); var tot4_1 = vec4<f32>(0.0);
+    var tot5_0 = vec4<f32>(0.0); var tot5_1 = vec4<f32>(0.0);
+    var tot6_0 = vec4<f32>(0.0); var tot6_1 = vec4<f32>(0.0);
+    var tot7_0 = vec4<f32>(0.0); var tot7_1 = vec4<f32>(0.0);
+    var tot8_0 = vec4<f32>(0.0); var tot8_1 = vec4<f32>(0.0);
+    var tot9_0 = vec4<f32>(0.0); var tot9_1 = vec4<f32>(0.0);
+    var tot10_0 = vec4<f32>(0.0); var tot10_1 = vec4<f32>(0.0);
+    var tot11_0 = vec4<f32>(0.0); var tot11_1 = vec4<f32>(0.0);
+    var tot12_0 = vec4<f32>(0.0); var tot12_1 = vec4<f32>(0.0);
+    var tot13_0 = vec4<f32>(0.0); var tot13_1 = vec4<f32>(0.0);
+    var tot14_0 = vec4<f32>(0.0); var tot14_1 = vec4<f32>(0.0);
+    var tot15_0 = vec4<f32>(0.0); var tot15_1 = vec4<f32>(0.0);
     var ka = 0u;
     var kb = 0u;
-    for (var kk = 0u; kk < p.k; kk++) {
-        let bl0 = load_b(bo0 + kb);
-        let b0 = vec4<f32>(subgroupBroadcast(bl0, 0u), subgroupBroadcast(bl0, 1u), subgroupBroadcast(bl0, 2u), subgroupBroadcast(bl0, 3u));
-        let b1 = vec4<f32>(subgroupBroadcast(bl0, 4u), subgroupBroadcast(bl0, 5u), subgroupBroadcast(bl0, 6u), subgroupBroadcast(bl0, 7u));
-        let a0 = vec4<f32>(a[ao0 + ka]);
-        acc0_0 = fma(a0, b0, acc0_0);
-        acc0_1 = fma(a0, b1, acc0_1);
-        let a1 = vec4<f32>(a[ao1 + ka]);
-        acc1_0 = fma(a1, b0, acc1_0);
-        acc1_1 = fma(a1, b1, acc1_1);
-        let a2 = vec4<f32>(a[ao2 + ka]);
-        acc2_0 = fma(a2, b0, acc2_0);
-        acc2_1 = fma(a2, b1, acc2_1);
-        let a3 = vec4<f32>(a[ao3 + ka]);
-        acc3_0 = fma(a3, b0, acc3_0);
-        acc3_1 = fma(a3, b1, acc3_1);
-        let a4 = vec4<f32>(a[ao4 + ka]);
-        acc4_0 = fma(a4, b0, acc4_0);
-        acc4_1 = fma(a4, b1, acc4_1);
-        let a5 = vec4<f32>(a[ao5 + ka]);
-        acc5_0 = fma(a5, b0, acc5_0);
-        acc5_1 = fma(a5, b1, acc5_1);
-        let a6 = vec4<f32>(a[ao6 + ka]);
-        acc6_0 = fma(a6, b0, acc6_0);
-        acc6_1 = fma(a6, b1, acc6_1);
-        let a7 = vec4<f32>(a[ao7 + ka]);
-        acc7_0 = fma(a7, b0, acc7_0);
-        acc7_1 = fma(a7, b1, acc7_1);
-        let a8 = vec4<f32>(a[ao8 + ka]);
-        acc8_0 = fma(a8, b0, acc8_0);
-        acc8_1 = fma(a8, b1, acc8_1);
-        let a9 = vec4<f32>(a[ao9 + ka]);
-        acc9_0 = fma(a9, b0, acc9_0);
-        acc9_1 = fma(a9, b1, acc9_1);
-        let a10 = vec4<f32>(a[ao10 + ka]);
-        acc10_0 = fma(a10, b0, acc10_0);
-        acc10_1 = fma(a10, b1, acc10_1);
-        let a11 = vec4<f32>(a[ao11 + ka]);
-        acc11_0 = fma(a11, b0, acc11_0);
-        acc11_1 = fma(a11, b1, acc11_1);
-        let a12 = vec4<f32>(a[ao12 + ka]);
-        acc12_0 = fma(a12, b0, acc12_0);
-        acc12_1 = fma(a12, b1, acc12_1);
-        let a13 = vec4<f32>(a[ao13 + ka]);
-        acc13_0 = fma(a13, b0, acc13_0);
-        acc13_1 = fma(a13, b1, acc13_1);
-        let a14 = vec4<f32>(a[ao14 + ka]);
-        acc14_0 = fma(a14, b0, acc14_0);
-        acc14_1 = fma(a14, b1, acc14_1);
-        let a15 = vec4<f32>(a[ao15 + ka]);
-        acc15_0 = fma(a15, b0, acc15_0);
-        acc15_1 = fma(a15, b1, acc15_1);
-        ka += a_kstep;
-        kb += b_kstep;
+    for (var k0 = 0u; k0 < p.k; k0 += 64u) {
+        let k1 = min(k0 + 64u, p.k);
+        var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0);
+        var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0);
+        var acc2_0 = vec4<f32>(0.0); var acc2_1 = vec4<f32>(0.0);
+        var acc3_0 = vec4<f32>(0.0); var acc3_1 = vec4<f32>(0.0);
+        var acc4_0 = vec4<f32>(0.0); var acc4_1 = vec4<f32>(0.0);
+        var acc5_0 = vec4<f32>(0.0); var acc5_1 = vec4<f32>(0.0);
+        var acc6_0 = vec4<f32>(0.0); var acc6_1 = vec4<f32>(0.0);
+        var acc7_0 = vec4<f32>(0.0); var acc7_1 = vec4<f32>(0.0);
+        var acc8_0 = vec4<f32>(0.0); var acc8_1 = vec4<f32>(0.0);
+        var acc9_0 = vec4<f32>(0.0); var acc9_1 = vec4<f32>(0.0);
+        var acc10_0 = vec4<f32>(0.0); var acc10_1 = vec4<f32>(0.0);
+        var acc11_0 = vec4<f32>(0.0); var acc11_1 = vec4<f32>(0.0);
+        var acc12_0 = vec4<f32>(0.0); var acc12_1 = vec4<f32>(0.0);
+        var acc13_0 = vec4<f32>(0.0); var acc13_1 = vec4<f32>(0.0);
+        var acc14_0 = vec4<f32>(0.0); var acc14_1 = vec4<f32>(0.0);
+        var acc15_0 = vec4<f32>(0.0); var acc15_1 = vec4<f32>(0.0);
+        for (var kk = k0; kk < k1; kk++) {
+            let bl0 = load_b(bo0 + kb);
+            let b0 = vec4<f32>(subgroupBroadcast(bl0, 0u), subgroupBroadcast(bl0, 1u), subgroupBroadcast(bl0, 2u), subgroupBroadcast(bl0, 3u));
+            let b1 = vec4<f32>(subgroupBroadcast(bl0, 4u), subgroupBroadcast(bl0, 5u), subgroupBroadcast(bl0, 6u), subgroupBroadcast(bl0, 7u));
+            let a0 = vec4<f32>(a[ao0 + ka]);
+            acc0_0 = fma(a0, b0, acc0_0);
+            acc0_1 = fma(a0, b1, acc0_1);
+            let a1 = vec4<f32>(a[ao1 + ka]);
+            acc1_0 = fma(a1, b0, acc1_0);
+            acc1_1 = fma(a1, b1, acc1_1);
+            let a2 = vec4<f32>(a[ao2 + ka]);
+            acc2_0 = fma(a2, b0, acc2_0);
+            acc2_1 = fma(a2, b1, acc2_1);
+            let a3 = vec4<f32>(a[ao3 + ka]);
+            acc3_0 = fma(a3, b0, acc3_0);
+            acc3_1 = fma(a3, b1, acc3_1);
+            let a4 = vec4<f32>(a[ao4 + ka]);
+            acc4_0 = fma(a4, b0, acc4_0);
+            acc4_1 = fma(a4, b1, acc4_1);
+            let a5 = vec4<f32>(a[ao5 + ka]);
+            acc5_0 = fma(a5, b0, acc5_0);
+            acc5_1 = fma(a5, b1, acc5_1);
+            let a6 = vec4<f32>(a[ao6 + ka]);
+            acc6_0 = fma(a6, b0, acc6_0);
+            acc6_1 = fma(a6, b1, acc6_1);
+            let a7 = vec4<f32>(a[ao7 + ka]);
+            acc7_0 = fma(a7, b0, acc7_0);
+            acc7_1 = fma(a7, b1, acc7_1);
+            let a8 = vec4<f32>(a[ao8 + ka]);
+            acc8_0 = fma(a8, b0, acc8_0);
+            acc8_1 = fma(a8, b1, acc8_1);
+            let a9 = vec4<f32>(a[ao9 + ka]);
+            acc9_0 = fma(a9, b0, acc9_0);
+            acc9_1 = fma(a9, b1, acc9_1);
+            let a10 = vec4<f32>(a[ao10 + ka]);
+            acc10_0 = fma(a10, b0, acc10_0);
+            acc10_1 = fma(a10, b1, acc10_1);
+            let a11 = vec4<f32>(a[ao11 + ka]);
+            acc11_0 = fma(a11, b0, acc11_0);
+            acc11_1 = fma(a11, b1, acc11_1);
+            let a12 = vec4<f32>(a[ao12 + ka]);
+            acc12_0 = fma(a12, b0, acc12_0);
+            acc12_1 = fma(a12, b1, acc12_1);
+            let a13 = vec4<f32>(a[ao13 + ka]);
+            acc13_0 = fma(a13, b0, acc13_0);
+            acc13_1 = fma(a13, b1, acc13_1);
+            let a14 = vec4<f32>(a[ao14 + ka]);
+            acc14_0 = fma(a14, b0, acc14_0);
+            acc14_1 = fma(a14, b1, acc14_1);
+            let a15 = vec4<f32>(a[ao15 + ka]);
+            acc15_0 = fma(a15, b0, acc15_0);
+            acc15_1 = fma(a15, b1, acc15_1);
+            ka += a_kstep;
+            kb += b_kstep;
+        }
+        tot0_0 += acc0_0; tot0_1 += acc0_1;
+        tot1_0 += acc1_0; tot1_1 += acc1_1;
+        tot2_0 += acc2_0; tot2_1 += acc2_1;
+        tot3_0 += acc3_0; tot3_1 += acc3_1;
+        tot4_0 += acc4_0; tot4_1 += acc4_1;
+        tot5_0 += acc5_0; tot5_1 += acc5_1;
+        tot6_0 += acc6_0; tot6_1 += acc6_1;
+        tot7_0 += acc7_0; tot7_1 += acc7_1;
+        tot8_0 += acc8_0; tot8_1 += acc8_1;
+        tot9_0 += acc9_0; tot9_1 += acc9_1;
+        tot10_0 += acc10_0; tot10_1 += acc10_1;
+        tot11_0 += acc11_0; tot11_1 += acc11_1;
+        tot12_0 += acc12_0; tot12_1 += acc12_1;
+        tot13_0 += acc13_0; tot13_1 += acc13_1;
+        tot14_0 += acc14_0; tot14_1 += acc14_1;
+        tot15_0 += acc15_0; tot15_1 += acc15_1;
     }
     let cols = min(p.n - min(p.n, c0), 8u);
     if (r0 + 0u < p.m) {
         let row = c_base + (r0 + 0u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc0_0.x); }
-        if (1u < cols) { store(row + 1u, acc0_0.y); }
-        if (2u < cols) { store(row + 2u, acc0_0.z); }
-        if (3u < cols) { store(row + 3u, acc0_0.w); }
-        if (4u < cols) { store(row + 4u, acc0_1.x); }
-        if (5u < cols) { store(row + 5u, acc0_1.y); }
-        if (6u < cols) { store(row + 6u, acc0_1.z); }
-        if (7u < cols) { store(row + 7u, acc0_1.w); }
+        if (0u < cols) { store(row + 0u, tot0_0.x); }
+        if (1u < cols) { store(row + 1u, tot0_0.y); }
+        if (2u < cols) { store(row + 2u, tot0_0.z); }
+        if (3u < cols) { store(row + 3u, tot0_0.w); }
+        if (4u < cols) { store(row + 4u, tot0_1.x); }
+        if (5u < cols) { store(row + 5u, tot0_1.y); }
+        if (6u < cols) { store(row + 6u, tot0_1.z); }
+        if (7u < cols) { store(row + 7u, tot0_1.w); }
     }
     if (r0 + 1u < p.m) {
         let row = c_base + (r0 + 1u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc1_0.x); }
-        if (1u < cols) { store(row + 1u, acc1_0.y); }
-        if (2u < cols) { store(row + 2u, acc1_0.z); }
-        if (3u < cols) { store(row + 3u, acc1_0.w); }
-        if (4u < cols) { store(row + 4u, acc1_1.x); }
-        if (5u < cols) { store(row + 5u, acc1_1.y); }
-        if (6u < cols) { store(row + 6u, acc1_1.z); }
-        if (7u < cols) { store(row + 7u, acc1_1.w); }
+        if (0u < cols) { store(row + 0u, tot1_0.x); }
+        if (1u < cols) { store(row + 1u, tot1_0.y); }
+        if (2u < cols) { store(row + 2u, tot1_0.z); }
+        if (3u < cols) { store(row + 3u, tot1_0.w); }
+        if (4u < cols) { store(row + 4u, tot1_1.x); }
+        if (5u < cols) { store(row + 5u, tot1_1.y); }
+        if (6u < cols) { store(row + 6u, tot1_1.z); }
+        if (7u < cols) { store(row + 7u, tot1_1.w); }
     }
     if (r0 + 2u < p.m) {
         let row = c_base + (r0 + 2u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc2_0.x); }
-        if (1u < cols) { store(row + 1u, acc2_0.y); }
-        if (2u < cols) { store(row + 2u, acc2_0.z); }
-        if (3u < cols) { store(row + 3u, acc2_0.w); }
-        if (4u < cols) { store(row + 4u, acc2_1.x); }
-        if (5u < cols) { store(row + 5u, acc2_1.y); }
-        if (6u < cols) { store(row + 6u, acc2_1.z); }
-        if (7u < cols) { store(row + 7u, acc2_1.w); }
+        if (0u < cols) { store(row + 0u, tot2_0.x); }
+        if (1u < cols) { store(row + 1u, tot2_0.y); }
+        if (2u < cols) { store(row + 2u, tot2_0.z); }
+        if (3u < cols) { store(row + 3u, tot2_0.w); }
+        if (4u < cols) { store(row + 4u, tot2_1.x); }
+        if (5u < cols) { store(row + 5u, tot2_1.y); }
+        if (6u < cols) { store(row + 6u, tot2_1.z); }
+        if (7u < cols) { store(row + 7u, tot2_1.w); }
     }
     if (r0 + 3u < p.m) {
         let row = c_base + (r0 + 3u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc3_0.x); }
-        if (1u < cols) { store(row + 1u, acc3_0.y); }
-        if (2u < cols) { store(row + 2u, acc3_0.z); }
-        if (3u < cols) { store(row + 3u, acc3_0.w); }
-        if (4u < cols) { store(row + 4u, acc3_1.x); }
-        if (5u < cols) { store(row + 5u, acc3_1.y); }
-        if (6u < cols) { store(row + 6u, acc3_1.z); }
-        if (7u < cols) { store(row + 7u, acc3_1.w); }
+        if (0u < cols) { store(row + 0u, tot3_0.x); }
+        if (1u < cols) { store(row + 1u, tot3_0.y); }
+        if (2u < cols) { store(row + 2u, tot3_0.z); }
+        if (3u < cols) { store(row + 3u, tot3_0.w); }
+        if (4u < cols) { store(row + 4u, tot3_1.x); }
+        if (5u < cols) { store(row + 5u, tot3_1.y); }
+        if (6u < cols) { store(row + 6u, tot3_1.z); }
+        if (7u < cols) { store(row + 7u, tot3_1.w); }
     }
     if (r0 + 4u < p.m) {
         let row = c_base + (r0 + 4u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc4_0.x); }
-        if (1u < cols) { store(row + 1u, acc4_0.y); }
-        if (2u < cols) { store(row + 2u, acc4_0.z); }
-        if (3u < cols) { store(row + 3u, acc4_0.w); }
-        if (4u < cols) { store(row + 4u, acc4_1.x); }
-        if (5u < cols) { store(row + 5u, acc4_1.y); }
-        if (6u < cols) { store(row + 6u, acc4_1.z); }
-        if (7u < cols) { store(row + 7u, acc4_1.w); }
+        if (0u < cols) { store(row + 0u, tot4_0.x); }
+        if (1u < cols) { store(row + 1u, tot4_0.y); }
+        if (2u < cols) { store(row + 2u, tot4_0.z); }
+        if (3u < cols) { store(row + 3u, tot4_0.w); }
+        if (4u < cols) { store(row + 4u, tot4_1.x); }
+        if (5u < cols) { store(row + 5u, tot4_1.y); }
+        if (6u < cols) { store(row + 6u, tot4_1.z); }
+        if (7u < cols) { store(row + 7u, tot4_1.w); }
     }
     if (r0 + 5u < p.m) {
         let row = c_base + (r0 + 5u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc5_0.x); }
-        if (1u < cols) { store(row + 1u, acc5_0.y); }
-        if (2u < cols) { store(row + 2u, acc5_0.z); }
-        if (3u < cols) { store(row + 3u, acc5_0.w); }
-        if (4u < cols) { store(row + 4u, acc5_1.x); }
-        if (5u < cols) { store(row + 5u, acc5_1.y); }
-        if (6u < cols) { store(row + 6u, acc5_1.z); }
-        if (7u < cols) { store(row + 7u, acc5_1.w); }
+        if (0u < cols) { store(row + 0u, tot5_0.x); }
+        if (1u < cols) { store(row + 1u, tot5_0.y); }
+        if (2u < cols) { store(row + 2u, tot5_0.z); }
+        if (3u < cols) { store(row + 3u, tot5_0.w); }
+        if (4u < cols) { store(row + 4u, tot5_1.x); }
+        if (5u < cols) { store(row + 5u, tot5_1.y); }
+        if (6u < cols) { store(row + 6u, tot5_1.z); }
+        if (7u < cols) { store(row + 7u, tot5_1.w); }
     }
     if (r0 + 6u < p.m) {
         let row = c_base + (r0 + 6u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc6_0.x); }
-        if (1u < cols) { store(row + 1u, acc6_0.y); }
-        if (2u < cols) { store(row + 2u, acc6_0.z); }
-        if (3u < cols) { store(row + 3u, acc6_0.w); }
-        if (4u < cols) { store(row + 4u, acc6_1.x); }
-        if (5u < cols) { store(row + 5u, acc6_1.y); }
-        if (6u < cols) { store(row + 6u, acc6_1.z); }
-        if (7u < cols) { store(row + 7u, acc6_1.w); }
+        if (0u < cols) { store(row + 0u, tot6_0.x); }
+        if (1u < cols) { store(row + 1u, tot6_0.y); }
+        if (2u < cols) { store(row + 2u, tot6_0.z); }
+        if (3u < cols) { store(row + 3u, tot6_0.w); }
+        if (4u < cols) { store(row + 4u, tot6_1.x); }
+        if (5u < cols) { store(row + 5u, tot6_1.y); }
+        if (6u < cols) { store(row + 6u, tot6_1.z); }
+        if (7u < cols) { store(row + 7u, tot6_1.w); }
     }
     if (r0 + 7u < p.m) {
         let row = c_base + (r0 + 7u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc7_0.x); }
-        if (1u < cols) { store(row + 1u, acc7_0.y); }
-        if (2u < cols) { store(row + 2u, acc7_0.z); }
-        if (3u < cols) { store(row + 3u, acc7_0.w); }
-        if (4u < cols) { store(row + 4u, acc7_1.x); }
-        if (5u < cols) { store(row + 5u, acc7_1.y); }
-        if (6u < cols) { store(row + 6u, acc7_1.z); }
-        if (7u < cols) { store(row + 7u, acc7_1.w); }
+        if (0u < cols) { store(row + 0u, tot7_0.x); }
+        if (1u < cols) { store(row + 1u, tot7_0.y); }
+        if (2u < cols) { store(row + 2u, tot7_0.z); }
+        if (3u < cols) { store(row + 3u, tot7_0.w); }
+        if (4u < cols) { store(row + 4u, tot7_1.x); }
+        if (5u < cols) { store(row + 5u, tot7_1.y); }
+        if (6u < cols) { store(row + 6u, tot7_1.z); }
+        if (7u < cols) { store(row + 7u, tot7_1.w); }
     }
     if (r0 + 8u < p.m) {
         let row = c_base + (r0 + 8u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc8_0.x); }
-        if (1u < cols) { store(row + 1u, acc8_0.y); }
-        if (2u < cols) { store(row + 2u, acc8_0.z); }
-        if (3u < cols) { store(row + 3u, acc8_0.w); }
-        if (4u < cols) { store(row + 4u, acc8_1.x); }
-        if (5u < cols) { store(row + 5u, acc8_1.y); }
-        if (6u < cols) { store(row + 6u, acc8_1.z); }
-        if (7u < cols) { store(row + 7u, acc8_1.w); }
+        if (0u < cols) { store(row + 0u, tot8_0.x); }
+        if (1u < cols) { store(row + 1u, tot8_0.y); }
+        if (2u < cols) { store(row + 2u, tot8_0.z); }
+        if (3u < cols) { store(row + 3u, tot8_0.w); }
+        if (4u < cols) { store(row + 4u, tot8_1.x); }
+        if (5u < cols) { store(row + 5u, tot8_1.y); }
+        if (6u < cols) { store(row + 6u, tot8_1.z); }
+        if (7u < cols) { store(row + 7u, tot8_1.w); }
     }
     if (r0 + 9u < p.m) {
         let row = c_base + (r0 + 9u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc9_0.x); }
-        if (1u < cols) { store(row + 1u, acc9_0.y); }
-        if (2u < cols) { store(row + 2u, acc9_0.z); }
-        if (3u < cols) { store(row + 3u, acc9_0.w); }
-        if (4u < cols) { store(row + 4u, acc9_1.x); }
-        if (5u < cols) { store(row + 5u, acc9_1.y); }
-        if (6u < cols) { store(row + 6u, acc9_1.z); }
-        if (7u < cols) { store(row + 7u, acc9_1.w); }
+        if (0u < cols) { store(row + 0u, tot9_0.x); }
+        if (1u < cols) { store(row + 1u, tot9_0.y); }
+        if (2u < cols) { store(row + 2u, tot9_0.z); }
+        if (3u < cols) { store(row + 3u, tot9_0.w); }
+        if (4u < cols) { store(row + 4u, tot9_1.x); }
+        if (5u < cols) { store(row + 5u, tot9_1.y); }
+        if (6u < cols) { store(row + 6u, tot9_1.z); }
+        if (7u < cols) { store(row + 7u, tot9_1.w); }
     }
     if (r0 + 10u < p.m) {
         let row = c_base + (r0 + 10u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc10_0.x); }
-        if (1u < cols) { store(row + 1u, acc10_0.y); }
-        if (2u < cols) { store(row + 2u, acc10_0.z); }
-        if (3u < cols) { store(row + 3u, acc10_0.w); }
-        if (4u < cols) { store(row + 4u, acc10_1.x); }
-        if (5u < cols) { store(row + 5u, acc10_1.y); }
-        if (6u < cols) { store(row + 6u, acc10_1.z); }
-        if (7u < cols) { store(row + 7u, acc10_1.w); }
+        if (0u < cols) { store(row + 0u, tot10_0.x); }
+        if (1u < cols) { store(row + 1u, tot10_0.y); }
+        if (2u < cols) { store(row + 2u, tot10_0.z); }
+        if (3u < cols) { store(row + 3u, tot10_0.w); }
+        if (4u < cols) { store(row + 4u, tot10_1.x); }
+        if (5u < cols) { store(row + 5u, tot10_1.y); }
+        if (6u < cols) { store(row + 6u, tot10_1.z); }
+        if (7u < cols) { store(row + 7u, tot10_1.w); }
     }
     if (r0 + 11u < p.m) {
         let row = c_base + (r0 + 11u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc11_0.x); }
-        if (1u < cols) { store(row + 1u, acc11_0.y); }
-        if (2u < cols) { store(row + 2u, acc11_0.z); }
-        if (3u < cols) { store(row + 3u, acc11_0.w); }
-        if (4u < cols) { store(row + 4u, acc11_1.x); }
-        if (5u < cols) { store(row + 5u, acc11_1.y); }
-        if (6u < cols) { store(row + 6u, acc11_1.z); }
-        if (7u < cols) { store(row + 7u, acc11_1.w); }
+        if (0u < cols) { store(row + 0u, tot11_0.x); }
+        if (1u < cols) { store(row + 1u, tot11_0.y); }
+        if (2u < cols) { store(row + 2u, tot11_0.z); }
+        if (3u < cols) { store(row + 3u, tot11_0.w); }
+        if (4u < cols) { store(row + 4u, tot11_1.x); }
+        if (5u < cols) { store(row + 5u, tot11_1.y); }
+        if (6u < cols) { store(row + 6u, tot11_1.z); }
+        if (7u < cols) { store(row + 7u, tot11_1.w); }
     }
     if (r0 + 12u < p.m) {
         let row = c_base + (r0 + 12u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc12_0.x); }
-        if (1u < cols) { store(row + 1u, acc12_0.y); }
-        if (2u < cols) { store(row + 2u, acc12_0.z); }
-        if (3u < cols) { store(row + 3u, acc12_0.w); }
-        if (4u < cols) { store(row + 4u, acc12_1.x); }
-        if (5u < cols) { store(row + 5u, acc12_1.y); }
-        if (6u < cols) { store(row + 6u, acc12_1.z); }
-        if (7u < cols) { store(row + 7u, acc12_1.w); }
+        if (0u < cols) { store(row + 0u, tot12_0.x); }
+        if (1u < cols) { store(row + 1u, tot12_0.y); }
+        if (2u < cols) { store(row + 2u, tot12_0.z); }
+        if (3u < cols) { store(row + 3u, tot12_0.w); }
+        if (4u < cols) { store(row + 4u, tot12_1.x); }
+        if (5u < cols) { store(row + 5u, tot12_1.y); }
+        if (6u < cols) { store(row + 6u, tot12_1.z); }
+        if (7u < cols) { store(row + 7u, tot12_1.w); }
     }
     if (r0 + 13u < p.m) {
         let row = c_base + (r0 + 13u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc13_0.x); }
-        if (1u < cols) { store(row + 1u, acc13_0.y); }
-        if (2u < cols) { store(row + 2u, acc13_0.z); }
-        if (3u < cols) { store(row + 3u, acc13_0.w); }
-        if (4u < cols) { store(row + 4u, acc13_1.x); }
-        if (5u < cols) { store(row + 5u, acc13_1.y); }
-        if (6u < cols) { store(row + 6u, acc13_1.z); }
-        if (7u < cols) { store(row + 7u, acc13_1.w); }
+        if (0u < cols) { store(row + 0u, tot13_0.x); }
+        if (1u < cols) { store(row + 1u, tot13_0.y); }
+        if (2u < cols) { store(row + 2u, tot13_0.z); }
+        if (3u < cols) { store(row + 3u, tot13_0.w); }
+        if (4u < cols) { store(row + 4u, tot13_1.x); }
+        if (5u < cols) { store(row + 5u, tot13_1.y); }
+        if (6u < cols) { store(row + 6u, tot13_1.z); }
+        if (7u < cols) { store(row + 7u, tot13_1.w); }
     }
     if (r0 + 14u < p.m) {
         let row = c_base + (r0 + 14u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc14_0.x); }
-        if (1u < cols) { store(row + 1u, acc14_0.y); }
-        if (2u < cols) { store(row + 2u, acc14_0.z); }
-        if (3u < cols) { store(row + 3u, acc14_0.w); }
-        if (4u < cols) { store(row + 4u, acc14_1.x); }
-        if (5u < cols) { store(row + 5u, acc14_1.y); }
-        if (6u < cols) { store(row + 6u, acc14_1.z); }
-        if (7u < cols) { store(row + 7u, acc14_1.w); }
+        if (0u < cols) { store(row + 0u, tot14_0.x); }
+        if (1u < cols) { store(row + 1u, tot14_0.y); }
+        if (2u < cols) { store(row + 2u, tot14_0.z); }
+        if (3u < cols) { store(row + 3u, tot14_0.w); }
+        if (4u < cols) { store(row + 4u, tot14_1.x); }
+        if (5u < cols) { store(row + 5u, tot14_1.y); }
+        if (6u < cols) { store(row + 6u, tot14_1.z); }
+        if (7u < cols) { store(row + 7u, tot14_1.w); }
     }
     if (r0 + 15u < p.m) {
         let row = c_base + (r0 + 15u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc15_0.x); }
-        if (1u < cols) { store(row + 1u, acc15_0.y); }
-        if (2u < cols) { store(row + 2u, acc15_0.z); }
-        if (3u < cols) { store(row + 3u, acc15_0.w); }
-        if (4u < cols) { store(row + 4u, acc15_1.x); }
-        if (5u < cols) { store(row + 5u, acc15_1.y); }
-        if (6u < cols) { store(row + 6u, acc15_1.z); }
-        if (7u < cols) { store(row + 7u, acc15_1.w); }
+        if (0u < cols) { store(row + 0u, tot15_0.x); }
+        if (1u < cols) { store(row + 1u, tot15_0.y); }
+        if (2u < cols) { store(row + 2u, tot15_0.z); }
+        if (3u < cols) { store(row + 3u, tot15_0.w); }
+        if (4u < cols) { store(row + 4u, tot15_1.x); }
+        if (5u < cols) { store(row + 5u, tot15_1.y); }
+        if (6u < cols) { store(row + 6u, tot15_1.z); }
+        if (7u < cols) { store(row + 7u, tot15_1.w); }
     }
 }
 
@@ -443,384 +478,403 @@ fn matmul_small_8x32(@builtin(workgroup_id) wid: vec3<u32>,
     let bo2 = b_base + select(cb2, cb2 * p.ldb, TRANS_B);
     let cb3 = min(c0 + 24u + lane, p.n - 1u);
     let bo3 = b_base + select(cb3, cb3 * p.ldb, TRANS_B);
-    var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0); var acc0_2 = vec4<f32>(0.0); var acc0_3 = vec4<f32>(0.0); var acc0_4 = vec4<f32>(0.0); var acc0_5 = vec4<f32>(0.0); var acc0_6 = vec4<f32>(0.0); var acc0_7 = vec4<f32>(0.0);
-    var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0); var acc1_2 = vec4<f32>(0.0); var acc1_3 = vec4<f32>(0.0); var acc1_4 = vec4<f32>(0.0); var acc1_5 = vec4<f32>(0.0); var acc1_6 = vec4<f32>(0.0); var acc1_7 = vec4<f32>(0.0);
-    var acc2_0 = vec4<f32>(0.0); var acc2_1 = vec4<f32>(0.0); var acc2_2 = vec4<f32>(0.0); var acc2_3 = vec4<f32>(0.0); var acc2_4 = vec4<f32>(0.0); var acc2_5 = vec4<f32>(0.0); var acc2_6 = vec4<f32>(0.0); var acc2_7 = vec4<f32>(0.0);
-    var acc3_0 = vec4<f32>(0.0); var acc3_1 = vec4<f32>(0.0); var acc3_2 = vec4<f32>(0.0); var acc3_3 = vec4<f32>(0.0); var acc3_4 = vec4<f32>(0.0); var acc3_5 = vec4<f32>(0.0); var acc3_6 = vec4<f32>(0.0); var acc3_7 = vec4<f32>(0.0);
-    var acc4_0 = vec4<f32>(0.0); var acc4_1 = vec4<f32>(0.0); var acc4_2 = vec4<f32>(0.0); var acc4_3 = vec4<f32>(0.0); var acc4_4 = vec4<f32>(0.0); var acc4_5 = vec4<f32>(0.0); var acc4_6 = vec4<f32>(0.0); var acc4_7 = vec4<f32>(0.0);
-    var acc5_0 = vec4<f32>(0.0); var acc5_1 = vec4<f32>(0.0); var acc5_2 = vec4<f32>(0.0); var acc5_3 = vec4<f32>(0.0); var acc5_4 = vec4<f32>(0.0); var acc5_5 = vec4<f32>(0.0); var acc5_6 = vec4<f32>(0.0); var acc5_7 = vec4<f32>(0.0);
-    var acc6_0 = vec4<f32>(0.0); var acc6_1 = vec4<f32>(0.0); var acc6_2 = vec4<f32>(0.0); var acc6_3 = vec4<f32>(0.0); var acc6_4 = vec4<f32>(0.0); var acc6_5 = vec4<f32>(0.0); var acc6_6 = vec4<f32>(0.0); var acc6_7 = vec4<f32>(0.0);
-    var acc7_0 = vec4<f32>(0.0); var acc7_1 = vec4<f32>(0.0); var acc7_2 = vec4<f32>(0.0); var acc7_3 = vec4<f32>(0.0); var acc7_4 = vec4<f32>(0.0); var acc7_5 = vec4<f32>(0.0); var acc7_6 = vec4<f32>(0.0); var acc7_7 = vec4<f32>(0.0);
+    var tot0_0 = vec4<f32>(0.0); var tot0_1 = vec4<f32>(0.0); var tot0_2 = vec4<f32>(0.0); var tot0_3 = vec4<f32>(0.0); var tot0_4 = vec4<f32>(0.0); var tot0_5 = vec4<f32>(0.0); var tot0_6 = vec4<f32>(0.0); var tot0_7 = vec4<f32>(0.0);
+    var tot1_0 = vec4<f32>(0.0); var tot1_1 = vec4<f32>(0.0); var tot1_2 = vec4<f32>(0.0); var tot1_3 = vec4<f32>(0.0); var tot1_4 = vec4<f32>(0.0); var tot1_5 = vec4<f32>(0.0); var tot1_6 = vec4<f32>(0.0); var tot1_7 = vec4<f32>(0.0);
+    var tot2_0 = vec4<f32>(0.0); var tot2_1 = vec4<f32>(0.0); var tot2_2 = vec4<f32>(0.0); var tot2_3 = vec4<f32>(0.0); var tot2_4 = vec4<f32>(0.0); var tot2_5 = vec4<f32>(0.0); var tot2_6 = vec4<f32>(0.0); var tot2_7 = vec4<f32>(0.0);
+    var tot3_0 = vec4<f32>(0.0); var tot3_1 = vec4<f32>(0.0); var tot3_2 = vec4<f32>(0.0); var tot3_3 = vec4<f32>(0.0); var tot3_4 = vec4<f32>(0.0); var tot3_5 = vec4<f32>(0.0); var tot3_6 = vec4<f32>(0.0); var tot3_7 = vec4<f32>(0.0);
+    var tot4_0 = vec4<f32>(0.0); var tot4_1 = vec4<f32>(0.0); var tot4_2 = vec4<f32>(0.0); var tot4_3 = vec4<f32>(0.0); var tot4_4 = vec4<f32>(0.0); var tot4_5 = vec4<f32>(0.0); var tot4_6 = vec4<f32>(0.0); var tot4_7 = vec4<f32>(0.0);
+    var tot5_0 = vec4<f32>(0.0); var tot5_1 = vec4<f32>(0.0); var tot5_2 = vec4<f32>(0.0); var tot5_3 = vec4<f32>(0.0); var tot5_4 = vec4<f32>(0.0); var tot5_5 = vec4<f32>(0.0); var tot5_6 = vec4<f32>(0.0); var tot5_7 = vec4<f32>(0.0);
+    var tot6_0 = vec4<f32>(0.0); var tot6_1 = vec4<f32>(0.0); var tot6_2 = vec4<f32>(0.0); var tot6_3 = vec4<f32>(0.0); var tot6_4 = vec4<f32>(0.0); var tot6_5 = vec4<f32>(0.0); var tot6_6 = vec4<f32>(0.0); var tot6_7 = vec4<f32>(0.0);
+    var tot7_0 = vec4<f32>(0.0); var tot7_1 = vec4<f32>(0.0); var tot7_2 = vec4<f32>(0.0); var tot7_3 = vec4<f32>(0.0); var tot7_4 = vec4<f32>(0.0); var tot7_5 = vec4<f32>(0.0); var tot7_6 = vec4<f32>(0.0); var tot7_7 = vec4<f32>(0.0);
     var ka = 0u;
     var kb = 0u;
-    for (var kk = 0u; kk < p.k; kk++) {
-        let bl0 = load_b(bo0 + kb);
-        let bl1 = load_b(bo1 + kb);
-        let bl2 = load_b(bo2 + kb);
-        let bl3 = load_b(bo3 + kb);
-        let b0 = vec4<f32>(subgroupBroadcast(bl0, 0u), subgroupBroadcast(bl0, 1u), subgroupBroadcast(bl0, 2u), subgroupBroadcast(bl0, 3u));
-        let b1 = vec4<f32>(subgroupBroadcast(bl0, 4u), subgroupBroadcast(bl0, 5u), subgroupBroadcast(bl0, 6u), subgroupBroadcast(bl0, 7u));
-        let b2 = vec4<f32>(subgroupBroadcast(bl1, 0u), subgroupBroadcast(bl1, 1u), subgroupBroadcast(bl1, 2u), subgroupBroadcast(bl1, 3u));
-        let b3 = vec4<f32>(subgroupBroadcast(bl1, 4u), subgroupBroadcast(bl1, 5u), subgroupBroadcast(bl1, 6u), subgroupBroadcast(bl1, 7u));
-        let b4 = vec4<f32>(subgroupBroadcast(bl2, 0u), subgroupBroadcast(bl2, 1u), subgroupBroadcast(bl2, 2u), subgroupBroadcast(bl2, 3u));
-        let b5 = vec4<f32>(subgroupBroadcast(bl2, 4u), subgroupBroadcast(bl2, 5u), subgroupBroadcast(bl2, 6u), subgroupBroadcast(bl2, 7u));
-        let b6 = vec4<f32>(subgroupBroadcast(bl3, 0u), subgroupBroadcast(bl3, 1u), subgroupBroadcast(bl3, 2u), subgroupBroadcast(bl3, 3u));
-        let b7 = vec4<f32>(subgroupBroadcast(bl3, 4u), subgroupBroadcast(bl3, 5u), subgroupBroadcast(bl3, 6u), subgroupBroadcast(bl3, 7u));
-        let a0 = vec4<f32>(a[ao0 + ka]);
-        acc0_0 = fma(a0, b0, acc0_0);
-        acc0_1 = fma(a0, b1, acc0_1);
-        acc0_2 = fma(a0, b2, acc0_2);
-        acc0_3 = fma(a0, b3, acc0_3);
-        acc0_4 = fma(a0, b4, acc0_4);
-        acc0_5 = fma(a0, b5, acc0_5);
-        acc0_6 = fma(a0, b6, acc0_6);
-        acc0_7 = fma(a0, b7, acc0_7);
-        let a1 = vec4<f32>(a[ao1 + ka]);
-        acc1_0 = fma(a1, b0, acc1_0);
-        acc1_1 = fma(a1, b1, acc1_1);
-        acc1_2 = fma(a1, b2, acc1_2);
-        acc1_3 = fma(a1, b3, acc1_3);
-        acc1_4 = fma(a1, b4, acc1_4);
-        acc1_5 = fma(a1, b5, acc1_5);
-        acc1_6 = fma(a1, b6, acc1_6);
-        acc1_7 = fma(a1, b7, acc1_7);
-        let a2 = vec4<f32>(a[ao2 + ka]);
-        acc2_0 = fma(a2, b0, acc2_0);
-        acc2_1 = fma(a2, b1, acc2_1);
-        acc2_2 = fma(a2, b2, acc2_2);
-        acc2_3 = fma(a2, b3, acc2_3);
-        acc2_4 = fma(a2, b4, acc2_4);
-        acc2_5 = fma(a2, b5, acc2_5);
-        acc2_6 = fma(a2, b6, acc2_6);
-        acc2_7 = fma(a2, b7, acc2_7);
-        let a3 = vec4<f32>(a[ao3 + ka]);
-        acc3_0 = fma(a3, b0, acc3_0);
-        acc3_1 = fma(a3, b1, acc3_1);
-        acc3_2 = fma(a3, b2, acc3_2);
-        acc3_3 = fma(a3, b3, acc3_3);
-        acc3_4 = fma(a3, b4, acc3_4);
-        acc3_5 = fma(a3, b5, acc3_5);
-        acc3_6 = fma(a3, b6, acc3_6);
-        acc3_7 = fma(a3, b7, acc3_7);
-        let a4 = vec4<f32>(a[ao4 + ka]);
-        acc4_0 = fma(a4, b0, acc4_0);
-        acc4_1 = fma(a4, b1, acc4_1);
-        acc4_2 = fma(a4, b2, acc4_2);
-        acc4_3 = fma(a4, b3, acc4_3);
-        acc4_4 = fma(a4, b4, acc4_4);
-        acc4_5 = fma(a4, b5, acc4_5);
-        acc4_6 = fma(a4, b6, acc4_6);
-        acc4_7 = fma(a4, b7, acc4_7);
-        let a5 = vec4<f32>(a[ao5 + ka]);
-        acc5_0 = fma(a5, b0, acc5_0);
-        acc5_1 = fma(a5, b1, acc5_1);
-        acc5_2 = fma(a5, b2, acc5_2);
-        acc5_3 = fma(a5, b3, acc5_3);
-        acc5_4 = fma(a5, b4, acc5_4);
-        acc5_5 = fma(a5, b5, acc5_5);
-        acc5_6 = fma(a5, b6, acc5_6);
-        acc5_7 = fma(a5, b7, acc5_7);
-        let a6 = vec4<f32>(a[ao6 + ka]);
-        acc6_0 = fma(a6, b0, acc6_0);
-        acc6_1 = fma(a6, b1, acc6_1);
-        acc6_2 = fma(a6, b2, acc6_2);
-        acc6_3 = fma(a6, b3, acc6_3);
-        acc6_4 = fma(a6, b4, acc6_4);
-        acc6_5 = fma(a6, b5, acc6_5);
-        acc6_6 = fma(a6, b6, acc6_6);
-        acc6_7 = fma(a6, b7, acc6_7);
-        let a7 = vec4<f32>(a[ao7 + ka]);
-        acc7_0 = fma(a7, b0, acc7_0);
-        acc7_1 = fma(a7, b1, acc7_1);
-        acc7_2 = fma(a7, b2, acc7_2);
-        acc7_3 = fma(a7, b3, acc7_3);
-        acc7_4 = fma(a7, b4, acc7_4);
-        acc7_5 = fma(a7, b5, acc7_5);
-        acc7_6 = fma(a7, b6, acc7_6);
-        acc7_7 = fma(a7, b7, acc7_7);
-        ka += a_kstep;
-        kb += b_kstep;
+    for (var k0 = 0u; k0 < p.k; k0 += 64u) {
+        let k1 = min(k0 + 64u, p.k);
+        var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0); var acc0_2 = vec4<f32>(0.0); var acc0_3 = vec4<f32>(0.0); var acc0_4 = vec4<f32>(0.0); var acc0_5 = vec4<f32>(0.0); var acc0_6 = vec4<f32>(0.0); var acc0_7 = vec4<f32>(0.0);
+        var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0); var acc1_2 = vec4<f32>(0.0); var acc1_3 = vec4<f32>(0.0); var acc1_4 = vec4<f32>(0.0); var acc1_5 = vec4<f32>(0.0); var acc1_6 = vec4<f32>(0.0); var acc1_7 = vec4<f32>(0.0);
+        var acc2_0 = vec4<f32>(0.0); var acc2_1 = vec4<f32>(0.0); var acc2_2 = vec4<f32>(0.0); var acc2_3 = vec4<f32>(0.0); var acc2_4 = vec4<f32>(0.0); var acc2_5 = vec4<f32>(0.0); var acc2_6 = vec4<f32>(0.0); var acc2_7 = vec4<f32>(0.0);
+        var acc3_0 = vec4<f32>(0.0); var acc3_1 = vec4<f32>(0.0); var acc3_2 = vec4<f32>(0.0); var acc3_3 = vec4<f32>(0.0); var acc3_4 = vec4<f32>(0.0); var acc3_5 = vec4<f32>(0.0); var acc3_6 = vec4<f32>(0.0); var acc3_7 = vec4<f32>(0.0);
+        var acc4_0 = vec4<f32>(0.0); var acc4_1 = vec4<f32>(0.0); var acc4_2 = vec4<f32>(0.0); var acc4_3 = vec4<f32>(0.0); var acc4_4 = vec4<f32>(0.0); var acc4_5 = vec4<f32>(0.0); var acc4_6 = vec4<f32>(0.0); var acc4_7 = vec4<f32>(0.0);
+        var acc5_0 = vec4<f32>(0.0); var acc5_1 = vec4<f32>(0.0); var acc5_2 = vec4<f32>(0.0); var acc5_3 = vec4<f32>(0.0); var acc5_4 = vec4<f32>(0.0); var acc5_5 = vec4<f32>(0.0); var acc5_6 = vec4<f32>(0.0); var acc5_7 = vec4<f32>(0.0);
+        var acc6_0 = vec4<f32>(0.0); var acc6_1 = vec4<f32>(0.0); var acc6_2 = vec4<f32>(0.0); var acc6_3 = vec4<f32>(0.0); var acc6_4 = vec4<f32>(0.0); var acc6_5 = vec4<f32>(0.0); var acc6_6 = vec4<f32>(0.0); var acc6_7 = vec4<f32>(0.0);
+        var acc7_0 = vec4<f32>(0.0); var acc7_1 = vec4<f32>(0.0); var acc7_2 = vec4<f32>(0.0); var acc7_3 = vec4<f32>(0.0); var acc7_4 = vec4<f32>(0.0); var acc7_5 = vec4<f32>(0.0); var acc7_6 = vec4<f32>(0.0); var acc7_7 = vec4<f32>(0.0);
+        for (var kk = k0; kk < k1; kk++) {
+            let bl0 = load_b(bo0 + kb);
+            let bl1 = load_b(bo1 + kb);
+            let bl2 = load_b(bo2 + kb);
+            let bl3 = load_b(bo3 + kb);
+            let b0 = vec4<f32>(subgroupBroadcast(bl0, 0u), subgroupBroadcast(bl0, 1u), subgroupBroadcast(bl0, 2u), subgroupBroadcast(bl0, 3u));
+            let b1 = vec4<f32>(subgroupBroadcast(bl0, 4u), subgroupBroadcast(bl0, 5u), subgroupBroadcast(bl0, 6u), subgroupBroadcast(bl0, 7u));
+            let b2 = vec4<f32>(subgroupBroadcast(bl1, 0u), subgroupBroadcast(bl1, 1u), subgroupBroadcast(bl1, 2u), subgroupBroadcast(bl1, 3u));
+            let b3 = vec4<f32>(subgroupBroadcast(bl1, 4u), subgroupBroadcast(bl1, 5u), subgroupBroadcast(bl1, 6u), subgroupBroadcast(bl1, 7u));
+            let b4 = vec4<f32>(subgroupBroadcast(bl2, 0u), subgroupBroadcast(bl2, 1u), subgroupBroadcast(bl2, 2u), subgroupBroadcast(bl2, 3u));
+            let b5 = vec4<f32>(subgroupBroadcast(bl2, 4u), subgroupBroadcast(bl2, 5u), subgroupBroadcast(bl2, 6u), subgroupBroadcast(bl2, 7u));
+            let b6 = vec4<f32>(subgroupBroadcast(bl3, 0u), subgroupBroadcast(bl3, 1u), subgroupBroadcast(bl3, 2u), subgroupBroadcast(bl3, 3u));
+            let b7 = vec4<f32>(subgroupBroadcast(bl3, 4u), subgroupBroadcast(bl3, 5u), subgroupBroadcast(bl3, 6u), subgroupBroadcast(bl3, 7u));
+            let a0 = vec4<f32>(a[ao0 + ka]);
+            acc0_0 = fma(a0, b0, acc0_0);
+            acc0_1 = fma(a0, b1, acc0_1);
+            acc0_2 = fma(a0, b2, acc0_2);
+            acc0_3 = fma(a0, b3, acc0_3);
+            acc0_4 = fma(a0, b4, acc0_4);
+            acc0_5 = fma(a0, b5, acc0_5);
+            acc0_6 = fma(a0, b6, acc0_6);
+            acc0_7 = fma(a0, b7, acc0_7);
+            let a1 = vec4<f32>(a[ao1 + ka]);
+            acc1_0 = fma(a1, b0, acc1_0);
+            acc1_1 = fma(a1, b1, acc1_1);
+            acc1_2 = fma(a1, b2, acc1_2);
+            acc1_3 = fma(a1, b3, acc1_3);
+            acc1_4 = fma(a1, b4, acc1_4);
+            acc1_5 = fma(a1, b5, acc1_5);
+            acc1_6 = fma(a1, b6, acc1_6);
+            acc1_7 = fma(a1, b7, acc1_7);
+            let a2 = vec4<f32>(a[ao2 + ka]);
+            acc2_0 = fma(a2, b0, acc2_0);
+            acc2_1 = fma(a2, b1, acc2_1);
+            acc2_2 = fma(a2, b2, acc2_2);
+            acc2_3 = fma(a2, b3, acc2_3);
+            acc2_4 = fma(a2, b4, acc2_4);
+            acc2_5 = fma(a2, b5, acc2_5);
+            acc2_6 = fma(a2, b6, acc2_6);
+            acc2_7 = fma(a2, b7, acc2_7);
+            let a3 = vec4<f32>(a[ao3 + ka]);
+            acc3_0 = fma(a3, b0, acc3_0);
+            acc3_1 = fma(a3, b1, acc3_1);
+            acc3_2 = fma(a3, b2, acc3_2);
+            acc3_3 = fma(a3, b3, acc3_3);
+            acc3_4 = fma(a3, b4, acc3_4);
+            acc3_5 = fma(a3, b5, acc3_5);
+            acc3_6 = fma(a3, b6, acc3_6);
+            acc3_7 = fma(a3, b7, acc3_7);
+            let a4 = vec4<f32>(a[ao4 + ka]);
+            acc4_0 = fma(a4, b0, acc4_0);
+            acc4_1 = fma(a4, b1, acc4_1);
+            acc4_2 = fma(a4, b2, acc4_2);
+            acc4_3 = fma(a4, b3, acc4_3);
+            acc4_4 = fma(a4, b4, acc4_4);
+            acc4_5 = fma(a4, b5, acc4_5);
+            acc4_6 = fma(a4, b6, acc4_6);
+            acc4_7 = fma(a4, b7, acc4_7);
+            let a5 = vec4<f32>(a[ao5 + ka]);
+            acc5_0 = fma(a5, b0, acc5_0);
+            acc5_1 = fma(a5, b1, acc5_1);
+            acc5_2 = fma(a5, b2, acc5_2);
+            acc5_3 = fma(a5, b3, acc5_3);
+            acc5_4 = fma(a5, b4, acc5_4);
+            acc5_5 = fma(a5, b5, acc5_5);
+            acc5_6 = fma(a5, b6, acc5_6);
+            acc5_7 = fma(a5, b7, acc5_7);
+            let a6 = vec4<f32>(a[ao6 + ka]);
+            acc6_0 = fma(a6, b0, acc6_0);
+            acc6_1 = fma(a6, b1, acc6_1);
+            acc6_2 = fma(a6, b2, acc6_2);
+            acc6_3 = fma(a6, b3, acc6_3);
+            acc6_4 = fma(a6, b4, acc6_4);
+            acc6_5 = fma(a6, b5, acc6_5);
+            acc6_6 = fma(a6, b6, acc6_6);
+            acc6_7 = fma(a6, b7, acc6_7);
+            let a7 = vec4<f32>(a[ao7 + ka]);
+            acc7_0 = fma(a7, b0, acc7_0);
+            acc7_1 = fma(a7, b1, acc7_1);
+            acc7_2 = fma(a7, b2, acc7_2);
+            acc7_3 = fma(a7, b3, acc7_3);
+            acc7_4 = fma(a7, b4, acc7_4);
+            acc7_5 = fma(a7, b5, acc7_5);
+            acc7_6 = fma(a7, b6, acc7_6);
+            acc7_7 = fma(a7, b7, acc7_7);
+            ka += a_kstep;
+            kb += b_kstep;
+        }
+        tot0_0 += acc0_0; tot0_1 += acc0_1; tot0_2 += acc0_2; tot0_3 += acc0_3; tot0_4 += acc0_4; tot0_5 += acc0_5; tot0_6 += acc0_6; tot0_7 += acc0_7;
+        tot1_0 += acc1_0; tot1_1 += acc1_1; tot1_2 += acc1_2; tot1_3 += acc1_3; tot1_4 += acc1_4; tot1_5 += acc1_5; tot1_6 += acc1_6; tot1_7 += acc1_7;
+        tot2_0 += acc2_0; tot2_1 += acc2_1; tot2_2 += acc2_2; tot2_3 += acc2_3; tot2_4 += acc2_4; tot2_5 += acc2_5; tot2_6 += acc2_6; tot2_7 += acc2_7;
+        tot3_0 += acc3_0; tot3_1 += acc3_1; tot3_2 += acc3_2; tot3_3 += acc3_3; tot3_4 += acc3_4; tot3_5 += acc3_5; tot3_6 += acc3_6; tot3_7 += acc3_7;
+        tot4_0 += acc4_0; tot4_1 += acc4_1; tot4_2 += acc4_2; tot4_3 += acc4_3; tot4_4 += acc4_4; tot4_5 += acc4_5; tot4_6 += acc4_6; tot4_7 += acc4_7;
+        tot5_0 += acc5_0; tot5_1 += acc5_1; tot5_2 += acc5_2; tot5_3 += acc5_3; tot5_4 += acc5_4; tot5_5 += acc5_5; tot5_6 += acc5_6; tot5_7 += acc5_7;
+        tot6_0 += acc6_0; tot6_1 += acc6_1; tot6_2 += acc6_2; tot6_3 += acc6_3; tot6_4 += acc6_4; tot6_5 += acc6_5; tot6_6 += acc6_6; tot6_7 += acc6_7;
+        tot7_0 += acc7_0; tot7_1 += acc7_1; tot7_2 += acc7_2; tot7_3 += acc7_3; tot7_4 += acc7_4; tot7_5 += acc7_5; tot7_6 += acc7_6; tot7_7 += acc7_7;
     }
     let cols = min(p.n - min(p.n, c0), 32u);
     if (r0 + 0u < p.m) {
         let row = c_base + (r0 + 0u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc0_0.x); }
-        if (1u < cols) { store(row + 1u, acc0_0.y); }
-        if (2u < cols) { store(row + 2u, acc0_0.z); }
-        if (3u < cols) { store(row + 3u, acc0_0.w); }
-        if (4u < cols) { store(row + 4u, acc0_1.x); }
-        if (5u < cols) { store(row + 5u, acc0_1.y); }
-        if (6u < cols) { store(row + 6u, acc0_1.z); }
-        if (7u < cols) { store(row + 7u, acc0_1.w); }
-        if (8u < cols) { store(row + 8u, acc0_2.x); }
-        if (9u < cols) { store(row + 9u, acc0_2.y); }
-        if (10u < cols) { store(row + 10u, acc0_2.z); }
-        if (11u < cols) { store(row + 11u, acc0_2.w); }
-        if (12u < cols) { store(row + 12u, acc0_3.x); }
-        if (13u < cols) { store(row + 13u, acc0_3.y); }
-        if (14u < cols) { store(row + 14u, acc0_3.z); }
-        if (15u < cols) { store(row + 15u, acc0_3.w); }
-        if (16u < cols) { store(row + 16u, acc0_4.x); }
-        if (17u < cols) { store(row + 17u, acc0_4.y); }
-        if (18u < cols) { store(row + 18u, acc0_4.z); }
-        if (19u < cols) { store(row + 19u, acc0_4.w); }
-        if (20u < cols) { store(row + 20u, acc0_5.x); }
-        if (21u < cols) { store(row + 21u, acc0_5.y); }
-        if (22u < cols) { store(row + 22u, acc0_5.z); }
-        if (23u < cols) { store(row + 23u, acc0_5.w); }
-        if (24u < cols) { store(row + 24u, acc0_6.x); }
-        if (25u < cols) { store(row + 25u, acc0_6.y); }
-        if (26u < cols) { store(row + 26u, acc0_6.z); }
-        if (27u < cols) { store(row + 27u, acc0_6.w); }
-        if (28u < cols) { store(row + 28u, acc0_7.x); }
-        if (29u < cols) { store(row + 29u, acc0_7.y); }
-        if (30u < cols) { store(row + 30u, acc0_7.z); }
-        if (31u < cols) { store(row + 31u, acc0_7.w); }
+        if (0u < cols) { store(row + 0u, tot0_0.x); }
+        if (1u < cols) { store(row + 1u, tot0_0.y); }
+        if (2u < cols) { store(row + 2u, tot0_0.z); }
+        if (3u < cols) { store(row + 3u, tot0_0.w); }
+        if (4u < cols) { store(row + 4u, tot0_1.x); }
+        if (5u < cols) { store(row + 5u, tot0_1.y); }
+        if (6u < cols) { store(row + 6u, tot0_1.z); }
+        if (7u < cols) { store(row + 7u, tot0_1.w); }
+        if (8u < cols) { store(row + 8u, tot0_2.x); }
+        if (9u < cols) { store(row + 9u, tot0_2.y); }
+        if (10u < cols) { store(row + 10u, tot0_2.z); }
+        if (11u < cols) { store(row + 11u, tot0_2.w); }
+        if (12u < cols) { store(row + 12u, tot0_3.x); }
+        if (13u < cols) { store(row + 13u, tot0_3.y); }
+        if (14u < cols) { store(row + 14u, tot0_3.z); }
+        if (15u < cols) { store(row + 15u, tot0_3.w); }
+        if (16u < cols) { store(row + 16u, tot0_4.x); }
+        if (17u < cols) { store(row + 17u, tot0_4.y); }
+        if (18u < cols) { store(row + 18u, tot0_4.z); }
+        if (19u < cols) { store(row + 19u, tot0_4.w); }
+        if (20u < cols) { store(row + 20u, tot0_5.x); }
+        if (21u < cols) { store(row + 21u, tot0_5.y); }
+        if (22u < cols) { store(row + 22u, tot0_5.z); }
+        if (23u < cols) { store(row + 23u, tot0_5.w); }
+        if (24u < cols) { store(row + 24u, tot0_6.x); }
+        if (25u < cols) { store(row + 25u, tot0_6.y); }
+        if (26u < cols) { store(row + 26u, tot0_6.z); }
+        if (27u < cols) { store(row + 27u, tot0_6.w); }
+        if (28u < cols) { store(row + 28u, tot0_7.x); }
+        if (29u < cols) { store(row + 29u, tot0_7.y); }
+        if (30u < cols) { store(row + 30u, tot0_7.z); }
+        if (31u < cols) { store(row + 31u, tot0_7.w); }
     }
     if (r0 + 1u < p.m) {
         let row = c_base + (r0 + 1u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc1_0.x); }
-        if (1u < cols) { store(row + 1u, acc1_0.y); }
-        if (2u < cols) { store(row + 2u, acc1_0.z); }
-        if (3u < cols) { store(row + 3u, acc1_0.w); }
-        if (4u < cols) { store(row + 4u, acc1_1.x); }
-        if (5u < cols) { store(row + 5u, acc1_1.y); }
-        if (6u < cols) { store(row + 6u, acc1_1.z); }
-        if (7u < cols) { store(row + 7u, acc1_1.w); }
-        if (8u < cols) { store(row + 8u, acc1_2.x); }
-        if (9u < cols) { store(row + 9u, acc1_2.y); }
-        if (10u < cols) { store(row + 10u, acc1_2.z); }
-        if (11u < cols) { store(row + 11u, acc1_2.w); }
-        if (12u < cols) { store(row + 12u, acc1_3.x); }
-        if (13u < cols) { store(row + 13u, acc1_3.y); }
-        if (14u < cols) { store(row + 14u, acc1_3.z); }
-        if (15u < cols) { store(row + 15u, acc1_3.w); }
-        if (16u < cols) { store(row + 16u, acc1_4.x); }
-        if (17u < cols) { store(row + 17u, acc1_4.y); }
-        if (18u < cols) { store(row + 18u, acc1_4.z); }
-        if (19u < cols) { store(row + 19u, acc1_4.w); }
-        if (20u < cols) { store(row + 20u, acc1_5.x); }
-        if (21u < cols) { store(row + 21u, acc1_5.y); }
-        if (22u < cols) { store(row + 22u, acc1_5.z); }
-        if (23u < cols) { store(row + 23u, acc1_5.w); }
-        if (24u < cols) { store(row + 24u, acc1_6.x); }
-        if (25u < cols) { store(row + 25u, acc1_6.y); }
-        if (26u < cols) { store(row + 26u, acc1_6.z); }
-        if (27u < cols) { store(row + 27u, acc1_6.w); }
-        if (28u < cols) { store(row + 28u, acc1_7.x); }
-        if (29u < cols) { store(row + 29u, acc1_7.y); }
-        if (30u < cols) { store(row + 30u, acc1_7.z); }
-        if (31u < cols) { store(row + 31u, acc1_7.w); }
+        if (0u < cols) { store(row + 0u, tot1_0.x); }
+        if (1u < cols) { store(row + 1u, tot1_0.y); }
+        if (2u < cols) { store(row + 2u, tot1_0.z); }
+        if (3u < cols) { store(row + 3u, tot1_0.w); }
+        if (4u < cols) { store(row + 4u, tot1_1.x); }
+        if (5u < cols) { store(row + 5u, tot1_1.y); }
+        if (6u < cols) { store(row + 6u, tot1_1.z); }
+        if (7u < cols) { store(row + 7u, tot1_1.w); }
+        if (8u < cols) { store(row + 8u, tot1_2.x); }
+        if (9u < cols) { store(row + 9u, tot1_2.y); }
+        if (10u < cols) { store(row + 10u, tot1_2.z); }
+        if (11u < cols) { store(row + 11u, tot1_2.w); }
+        if (12u < cols) { store(row + 12u, tot1_3.x); }
+        if (13u < cols) { store(row + 13u, tot1_3.y); }
+        if (14u < cols) { store(row + 14u, tot1_3.z); }
+        if (15u < cols) { store(row + 15u, tot1_3.w); }
+        if (16u < cols) { store(row + 16u, tot1_4.x); }
+        if (17u < cols) { store(row + 17u, tot1_4.y); }
+        if (18u < cols) { store(row + 18u, tot1_4.z); }
+        if (19u < cols) { store(row + 19u, tot1_4.w); }
+        if (20u < cols) { store(row + 20u, tot1_5.x); }
+        if (21u < cols) { store(row + 21u, tot1_5.y); }
+        if (22u < cols) { store(row + 22u, tot1_5.z); }
+        if (23u < cols) { store(row + 23u, tot1_5.w); }
+        if (24u < cols) { store(row + 24u, tot1_6.x); }
+        if (25u < cols) { store(row + 25u, tot1_6.y); }
+        if (26u < cols) { store(row + 26u, tot1_6.z); }
+        if (27u < cols) { store(row + 27u, tot1_6.w); }
+        if (28u < cols) { store(row + 28u, tot1_7.x); }
+        if (29u < cols) { store(row + 29u, tot1_7.y); }
+        if (30u < cols) { store(row + 30u, tot1_7.z); }
+        if (31u < cols) { store(row + 31u, tot1_7.w); }
     }
     if (r0 + 2u < p.m) {
         let row = c_base + (r0 + 2u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc2_0.x); }
-        if (1u < cols) { store(row + 1u, acc2_0.y); }
-        if (2u < cols) { store(row + 2u, acc2_0.z); }
-        if (3u < cols) { store(row + 3u, acc2_0.w); }
-        if (4u < cols) { store(row + 4u, acc2_1.x); }
-        if (5u < cols) { store(row + 5u, acc2_1.y); }
-        if (6u < cols) { store(row + 6u, acc2_1.z); }
-        if (7u < cols) { store(row + 7u, acc2_1.w); }
-        if (8u < cols) { store(row + 8u, acc2_2.x); }
-        if (9u < cols) { store(row + 9u, acc2_2.y); }
-        if (10u < cols) { store(row + 10u, acc2_2.z); }
-        if (11u < cols) { store(row + 11u, acc2_2.w); }
-        if (12u < cols) { store(row + 12u, acc2_3.x); }
-        if (13u < cols) { store(row + 13u, acc2_3.y); }
-        if (14u < cols) { store(row + 14u, acc2_3.z); }
-        if (15u < cols) { store(row + 15u, acc2_3.w); }
-        if (16u < cols) { store(row + 16u, acc2_4.x); }
-        if (17u < cols) { store(row + 17u, acc2_4.y); }
-        if (18u < cols) { store(row + 18u, acc2_4.z); }
-        if (19u < cols) { store(row + 19u, acc2_4.w); }
-        if (20u < cols) { store(row + 20u, acc2_5.x); }
-        if (21u < cols) { store(row + 21u, acc2_5.y); }
-        if (22u < cols) { store(row + 22u, acc2_5.z); }
-        if (23u < cols) { store(row + 23u, acc2_5.w); }
-        if (24u < cols) { store(row + 24u, acc2_6.x); }
-        if (25u < cols) { store(row + 25u, acc2_6.y); }
-        if (26u < cols) { store(row + 26u, acc2_6.z); }
-        if (27u < cols) { store(row + 27u, acc2_6.w); }
-        if (28u < cols) { store(row + 28u, acc2_7.x); }
-        if (29u < cols) { store(row + 29u, acc2_7.y); }
-        if (30u < cols) { store(row + 30u, acc2_7.z); }
-        if (31u < cols) { store(row + 31u, acc2_7.w); }
+        if (0u < cols) { store(row + 0u, tot2_0.x); }
+        if (1u < cols) { store(row + 1u, tot2_0.y); }
+        if (2u < cols) { store(row + 2u, tot2_0.z); }
+        if (3u < cols) { store(row + 3u, tot2_0.w); }
+        if (4u < cols) { store(row + 4u, tot2_1.x); }
+        if (5u < cols) { store(row + 5u, tot2_1.y); }
+        if (6u < cols) { store(row + 6u, tot2_1.z); }
+        if (7u < cols) { store(row + 7u, tot2_1.w); }
+        if (8u < cols) { store(row + 8u, tot2_2.x); }
+        if (9u < cols) { store(row + 9u, tot2_2.y); }
+        if (10u < cols) { store(row + 10u, tot2_2.z); }
+        if (11u < cols) { store(row + 11u, tot2_2.w); }
+        if (12u < cols) { store(row + 12u, tot2_3.x); }
+        if (13u < cols) { store(row + 13u, tot2_3.y); }
+        if (14u < cols) { store(row + 14u, tot2_3.z); }
+        if (15u < cols) { store(row + 15u, tot2_3.w); }
+        if (16u < cols) { store(row + 16u, tot2_4.x); }
+        if (17u < cols) { store(row + 17u, tot2_4.y); }
+        if (18u < cols) { store(row + 18u, tot2_4.z); }
+        if (19u < cols) { store(row + 19u, tot2_4.w); }
+        if (20u < cols) { store(row + 20u, tot2_5.x); }
+        if (21u < cols) { store(row + 21u, tot2_5.y); }
+        if (22u < cols) { store(row + 22u, tot2_5.z); }
+        if (23u < cols) { store(row + 23u, tot2_5.w); }
+        if (24u < cols) { store(row + 24u, tot2_6.x); }
+        if (25u < cols) { store(row + 25u, tot2_6.y); }
+        if (26u < cols) { store(row + 26u, tot2_6.z); }
+        if (27u < cols) { store(row + 27u, tot2_6.w); }
+        if (28u < cols) { store(row + 28u, tot2_7.x); }
+        if (29u < cols) { store(row + 29u, tot2_7.y); }
+        if (30u < cols) { store(row + 30u, tot2_7.z); }
+        if (31u < cols) { store(row + 31u, tot2_7.w); }
     }
     if (r0 + 3u < p.m) {
         let row = c_base + (r0 + 3u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc3_0.x); }
-        if (1u < cols) { store(row + 1u, acc3_0.y); }
-        if (2u < cols) { store(row + 2u, acc3_0.z); }
-        if (3u < cols) { store(row + 3u, acc3_0.w); }
-        if (4u < cols) { store(row + 4u, acc3_1.x); }
-        if (5u < cols) { store(row + 5u, acc3_1.y); }
-        if (6u < cols) { store(row + 6u, acc3_1.z); }
-        if (7u < cols) { store(row + 7u, acc3_1.w); }
-        if (8u < cols) { store(row + 8u, acc3_2.x); }
-        if (9u < cols) { store(row + 9u, acc3_2.y); }
-        if (10u < cols) { store(row + 10u, acc3_2.z); }
-        if (11u < cols) { store(row + 11u, acc3_2.w); }
-        if (12u < cols) { store(row + 12u, acc3_3.x); }
-        if (13u < cols) { store(row + 13u, acc3_3.y); }
-        if (14u < cols) { store(row + 14u, acc3_3.z); }
-        if (15u < cols) { store(row + 15u, acc3_3.w); }
-        if (16u < cols) { store(row + 16u, acc3_4.x); }
-        if (17u < cols) { store(row + 17u, acc3_4.y); }
-        if (18u < cols) { store(row + 18u, acc3_4.z); }
-        if (19u < cols) { store(row + 19u, acc3_4.w); }
-        if (20u < cols) { store(row + 20u, acc3_5.x); }
-        if (21u < cols) { store(row + 21u, acc3_5.y); }
-        if (22u < cols) { store(row + 22u, acc3_5.z); }
-        if (23u < cols) { store(row + 23u, acc3_5.w); }
-        if (24u < cols) { store(row + 24u, acc3_6.x); }
-        if (25u < cols) { store(row + 25u, acc3_6.y); }
-        if (26u < cols) { store(row + 26u, acc3_6.z); }
-        if (27u < cols) { store(row + 27u, acc3_6.w); }
-        if (28u < cols) { store(row + 28u, acc3_7.x); }
-        if (29u < cols) { store(row + 29u, acc3_7.y); }
-        if (30u < cols) { store(row + 30u, acc3_7.z); }
-        if (31u < cols) { store(row + 31u, acc3_7.w); }
+        if (0u < cols) { store(row + 0u, tot3_0.x); }
+        if (1u < cols) { store(row + 1u, tot3_0.y); }
+        if (2u < cols) { store(row + 2u, tot3_0.z); }
+        if (3u < cols) { store(row + 3u, tot3_0.w); }
+        if (4u < cols) { store(row + 4u, tot3_1.x); }
+        if (5u < cols) { store(row + 5u, tot3_1.y); }
+        if (6u < cols) { store(row + 6u, tot3_1.z); }
+        if (7u < cols) { store(row + 7u, tot3_1.w); }
+        if (8u < cols) { store(row + 8u, tot3_2.x); }
+        if (9u < cols) { store(row + 9u, tot3_2.y); }
+        if (10u < cols) { store(row + 10u, tot3_2.z); }
+        if (11u < cols) { store(row + 11u, tot3_2.w); }
+        if (12u < cols) { store(row + 12u, tot3_3.x); }
+        if (13u < cols) { store(row + 13u, tot3_3.y); }
+        if (14u < cols) { store(row + 14u, tot3_3.z); }
+        if (15u < cols) { store(row + 15u, tot3_3.w); }
+        if (16u < cols) { store(row + 16u, tot3_4.x); }
+        if (17u < cols) { store(row + 17u, tot3_4.y); }
+        if (18u < cols) { store(row + 18u, tot3_4.z); }
+        if (19u < cols) { store(row + 19u, tot3_4.w); }
+        if (20u < cols) { store(row + 20u, tot3_5.x); }
+        if (21u < cols) { store(row + 21u, tot3_5.y); }
+        if (22u < cols) { store(row + 22u, tot3_5.z); }
+        if (23u < cols) { store(row + 23u, tot3_5.w); }
+        if (24u < cols) { store(row + 24u, tot3_6.x); }
+        if (25u < cols) { store(row + 25u, tot3_6.y); }
+        if (26u < cols) { store(row + 26u, tot3_6.z); }
+        if (27u < cols) { store(row + 27u, tot3_6.w); }
+        if (28u < cols) { store(row + 28u, tot3_7.x); }
+        if (29u < cols) { store(row + 29u, tot3_7.y); }
+        if (30u < cols) { store(row + 30u, tot3_7.z); }
+        if (31u < cols) { store(row + 31u, tot3_7.w); }
     }
     if (r0 + 4u < p.m) {
         let row = c_base + (r0 + 4u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc4_0.x); }
-        if (1u < cols) { store(row + 1u, acc4_0.y); }
-        if (2u < cols) { store(row + 2u, acc4_0.z); }
-        if (3u < cols) { store(row + 3u, acc4_0.w); }
-        if (4u < cols) { store(row + 4u, acc4_1.x); }
-        if (5u < cols) { store(row + 5u, acc4_1.y); }
-        if (6u < cols) { store(row + 6u, acc4_1.z); }
-        if (7u < cols) { store(row + 7u, acc4_1.w); }
-        if (8u < cols) { store(row + 8u, acc4_2.x); }
-        if (9u < cols) { store(row + 9u, acc4_2.y); }
-        if (10u < cols) { store(row + 10u, acc4_2.z); }
-        if (11u < cols) { store(row + 11u, acc4_2.w); }
-        if (12u < cols) { store(row + 12u, acc4_3.x); }
-        if (13u < cols) { store(row + 13u, acc4_3.y); }
-        if (14u < cols) { store(row + 14u, acc4_3.z); }
-        if (15u < cols) { store(row + 15u, acc4_3.w); }
-        if (16u < cols) { store(row + 16u, acc4_4.x); }
-        if (17u < cols) { store(row + 17u, acc4_4.y); }
-        if (18u < cols) { store(row + 18u, acc4_4.z); }
-        if (19u < cols) { store(row + 19u, acc4_4.w); }
-        if (20u < cols) { store(row + 20u, acc4_5.x); }
-        if (21u < cols) { store(row + 21u, acc4_5.y); }
-        if (22u < cols) { store(row + 22u, acc4_5.z); }
-        if (23u < cols) { store(row + 23u, acc4_5.w); }
-        if (24u < cols) { store(row + 24u, acc4_6.x); }
-        if (25u < cols) { store(row + 25u, acc4_6.y); }
-        if (26u < cols) { store(row + 26u, acc4_6.z); }
-        if (27u < cols) { store(row + 27u, acc4_6.w); }
-        if (28u < cols) { store(row + 28u, acc4_7.x); }
-        if (29u < cols) { store(row + 29u, acc4_7.y); }
-        if (30u < cols) { store(row + 30u, acc4_7.z); }
-        if (31u < cols) { store(row + 31u, acc4_7.w); }
+        if (0u < cols) { store(row + 0u, tot4_0.x); }
+        if (1u < cols) { store(row + 1u, tot4_0.y); }
+        if (2u < cols) { store(row + 2u, tot4_0.z); }
+        if (3u < cols) { store(row + 3u, tot4_0.w); }
+        if (4u < cols) { store(row + 4u, tot4_1.x); }
+        if (5u < cols) { store(row + 5u, tot4_1.y); }
+        if (6u < cols) { store(row + 6u, tot4_1.z); }
+        if (7u < cols) { store(row + 7u, tot4_1.w); }
+        if (8u < cols) { store(row + 8u, tot4_2.x); }
+        if (9u < cols) { store(row + 9u, tot4_2.y); }
+        if (10u < cols) { store(row + 10u, tot4_2.z); }
+        if (11u < cols) { store(row + 11u, tot4_2.w); }
+        if (12u < cols) { store(row + 12u, tot4_3.x); }
+        if (13u < cols) { store(row + 13u, tot4_3.y); }
+        if (14u < cols) { store(row + 14u, tot4_3.z); }
+        if (15u < cols) { store(row + 15u, tot4_3.w); }
+        if (16u < cols) { store(row + 16u, tot4_4.x); }
+        if (17u < cols) { store(row + 17u, tot4_4.y); }
+        if (18u < cols) { store(row + 18u, tot4_4.z); }
+        if (19u < cols) { store(row + 19u, tot4_4.w); }
+        if (20u < cols) { store(row + 20u, tot4_5.x); }
+        if (21u < cols) { store(row + 21u, tot4_5.y); }
+        if (22u < cols) { store(row + 22u, tot4_5.z); }
+        if (23u < cols) { store(row + 23u, tot4_5.w); }
+        if (24u < cols) { store(row + 24u, tot4_6.x); }
+        if (25u < cols) { store(row + 25u, tot4_6.y); }
+        if (26u < cols) { store(row + 26u, tot4_6.z); }
+        if (27u < cols) { store(row + 27u, tot4_6.w); }
+        if (28u < cols) { store(row + 28u, tot4_7.x); }
+        if (29u < cols) { store(row + 29u, tot4_7.y); }
+        if (30u < cols) { store(row + 30u, tot4_7.z); }
+        if (31u < cols) { store(row + 31u, tot4_7.w); }
     }
     if (r0 + 5u < p.m) {
         let row = c_base + (r0 + 5u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc5_0.x); }
-        if (1u < cols) { store(row + 1u, acc5_0.y); }
-        if (2u < cols) { store(row + 2u, acc5_0.z); }
-        if (3u < cols) { store(row + 3u, acc5_0.w); }
-        if (4u < cols) { store(row + 4u, acc5_1.x); }
-        if (5u < cols) { store(row + 5u, acc5_1.y); }
-        if (6u < cols) { store(row + 6u, acc5_1.z); }
-        if (7u < cols) { store(row + 7u, acc5_1.w); }
-        if (8u < cols) { store(row + 8u, acc5_2.x); }
-        if (9u < cols) { store(row + 9u, acc5_2.y); }
-        if (10u < cols) { store(row + 10u, acc5_2.z); }
-        if (11u < cols) { store(row + 11u, acc5_2.w); }
-        if (12u < cols) { store(row + 12u, acc5_3.x); }
-        if (13u < cols) { store(row + 13u, acc5_3.y); }
-        if (14u < cols) { store(row + 14u, acc5_3.z); }
-        if (15u < cols) { store(row + 15u, acc5_3.w); }
-        if (16u < cols) { store(row + 16u, acc5_4.x); }
-        if (17u < cols) { store(row + 17u, acc5_4.y); }
-        if (18u < cols) { store(row + 18u, acc5_4.z); }
-        if (19u < cols) { store(row + 19u, acc5_4.w); }
-        if (20u < cols) { store(row + 20u, acc5_5.x); }
-        if (21u < cols) { store(row + 21u, acc5_5.y); }
-        if (22u < cols) { store(row + 22u, acc5_5.z); }
-        if (23u < cols) { store(row + 23u, acc5_5.w); }
-        if (24u < cols) { store(row + 24u, acc5_6.x); }
-        if (25u < cols) { store(row + 25u, acc5_6.y); }
-        if (26u < cols) { store(row + 26u, acc5_6.z); }
-        if (27u < cols) { store(row + 27u, acc5_6.w); }
-        if (28u < cols) { store(row + 28u, acc5_7.x); }
-        if (29u < cols) { store(row + 29u, acc5_7.y); }
-        if (30u < cols) { store(row + 30u, acc5_7.z); }
-        if (31u < cols) { store(row + 31u, acc5_7.w); }
+        if (0u < cols) { store(row + 0u, tot5_0.x); }
+        if (1u < cols) { store(row + 1u, tot5_0.y); }
+        if (2u < cols) { store(row + 2u, tot5_0.z); }
+        if (3u < cols) { store(row + 3u, tot5_0.w); }
+        if (4u < cols) { store(row + 4u, tot5_1.x); }
+        if (5u < cols) { store(row + 5u, tot5_1.y); }
+        if (6u < cols) { store(row + 6u, tot5_1.z); }
+        if (7u < cols) { store(row + 7u, tot5_1.w); }
+        if (8u < cols) { store(row + 8u, tot5_2.x); }
+        if (9u < cols) { store(row + 9u, tot5_2.y); }
+        if (10u < cols) { store(row + 10u, tot5_2.z); }
+        if (11u < cols) { store(row + 11u, tot5_2.w); }
+        if (12u < cols) { store(row + 12u, tot5_3.x); }
+        if (13u < cols) { store(row + 13u, tot5_3.y); }
+        if (14u < cols) { store(row + 14u, tot5_3.z); }
+        if (15u < cols) { store(row + 15u, tot5_3.w); }
+        if (16u < cols) { store(row + 16u, tot5_4.x); }
+        if (17u < cols) { store(row + 17u, tot5_4.y); }
+        if (18u < cols) { store(row + 18u, tot5_4.z); }
+        if (19u < cols) { store(row + 19u, tot5_4.w); }
+        if (20u < cols) { store(row + 20u, tot5_5.x); }
+        if (21u < cols) { store(row + 21u, tot5_5.y); }
+        if (22u < cols) { store(row + 22u, tot5_5.z); }
+        if (23u < cols) { store(row + 23u, tot5_5.w); }
+        if (24u < cols) { store(row + 24u, tot5_6.x); }
+        if (25u < cols) { store(row + 25u, tot5_6.y); }
+        if (26u < cols) { store(row + 26u, tot5_6.z); }
+        if (27u < cols) { store(row + 27u, tot5_6.w); }
+        if (28u < cols) { store(row + 28u, tot5_7.x); }
+        if (29u < cols) { store(row + 29u, tot5_7.y); }
+        if (30u < cols) { store(row + 30u, tot5_7.z); }
+        if (31u < cols) { store(row + 31u, tot5_7.w); }
     }
     if (r0 + 6u < p.m) {
         let row = c_base + (r0 + 6u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc6_0.x); }
-        if (1u < cols) { store(row + 1u, acc6_0.y); }
-        if (2u < cols) { store(row + 2u, acc6_0.z); }
-        if (3u < cols) { store(row + 3u, acc6_0.w); }
-        if (4u < cols) { store(row + 4u, acc6_1.x); }
-        if (5u < cols) { store(row + 5u, acc6_1.y); }
-        if (6u < cols) { store(row + 6u, acc6_1.z); }
-        if (7u < cols) { store(row + 7u, acc6_1.w); }
-        if (8u < cols) { store(row + 8u, acc6_2.x); }
-        if (9u < cols) { store(row + 9u, acc6_2.y); }
-        if (10u < cols) { store(row + 10u, acc6_2.z); }
-        if (11u < cols) { store(row + 11u, acc6_2.w); }
-        if (12u < cols) { store(row + 12u, acc6_3.x); }
-        if (13u < cols) { store(row + 13u, acc6_3.y); }
-        if (14u < cols) { store(row + 14u, acc6_3.z); }
-        if (15u < cols) { store(row + 15u, acc6_3.w); }
-        if (16u < cols) { store(row + 16u, acc6_4.x); }
-        if (17u < cols) { store(row + 17u, acc6_4.y); }
-        if (18u < cols) { store(row + 18u, acc6_4.z); }
-        if (19u < cols) { store(row + 19u, acc6_4.w); }
-        if (20u < cols) { store(row + 20u, acc6_5.x); }
-        if (21u < cols) { store(row + 21u, acc6_5.y); }
-        if (22u < cols) { store(row + 22u, acc6_5.z); }
-        if (23u < cols) { store(row + 23u, acc6_5.w); }
-        if (24u < cols) { store(row + 24u, acc6_6.x); }
-        if (25u < cols) { store(row + 25u, acc6_6.y); }
-        if (26u < cols) { store(row + 26u, acc6_6.z); }
-        if (27u < cols) { store(row + 27u, acc6_6.w); }
-        if (28u < cols) { store(row + 28u, acc6_7.x); }
-        if (29u < cols) { store(row + 29u, acc6_7.y); }
-        if (30u < cols) { store(row + 30u, acc6_7.z); }
-        if (31u < cols) { store(row + 31u, acc6_7.w); }
+        if (0u < cols) { store(row + 0u, tot6_0.x); }
+        if (1u < cols) { store(row + 1u, tot6_0.y); }
+        if (2u < cols) { store(row + 2u, tot6_0.z); }
+        if (3u < cols) { store(row + 3u, tot6_0.w); }
+        if (4u < cols) { store(row + 4u, tot6_1.x); }
+        if (5u < cols) { store(row + 5u, tot6_1.y); }
+        if (6u < cols) { store(row + 6u, tot6_1.z); }
+        if (7u < cols) { store(row + 7u, tot6_1.w); }
+        if (8u < cols) { store(row + 8u, tot6_2.x); }
+        if (9u < cols) { store(row + 9u, tot6_2.y); }
+        if (10u < cols) { store(row + 10u, tot6_2.z); }
+        if (11u < cols) { store(row + 11u, tot6_2.w); }
+        if (12u < cols) { store(row + 12u, tot6_3.x); }
+        if (13u < cols) { store(row + 13u, tot6_3.y); }
+        if (14u < cols) { store(row + 14u, tot6_3.z); }
+        if (15u < cols) { store(row + 15u, tot6_3.w); }
+        if (16u < cols) { store(row + 16u, tot6_4.x); }
+        if (17u < cols) { store(row + 17u, tot6_4.y); }
+        if (18u < cols) { store(row + 18u, tot6_4.z); }
+        if (19u < cols) { store(row + 19u, tot6_4.w); }
+        if (20u < cols) { store(row + 20u, tot6_5.x); }
+        if (21u < cols) { store(row + 21u, tot6_5.y); }
+        if (22u < cols) { store(row + 22u, tot6_5.z); }
+        if (23u < cols) { store(row + 23u, tot6_5.w); }
+        if (24u < cols) { store(row + 24u, tot6_6.x); }
+        if (25u < cols) { store(row + 25u, tot6_6.y); }
+        if (26u < cols) { store(row + 26u, tot6_6.z); }
+        if (27u < cols) { store(row + 27u, tot6_6.w); }
+        if (28u < cols) { store(row + 28u, tot6_7.x); }
+        if (29u < cols) { store(row + 29u, tot6_7.y); }
+        if (30u < cols) { store(row + 30u, tot6_7.z); }
+        if (31u < cols) { store(row + 31u, tot6_7.w); }
     }
     if (r0 + 7u < p.m) {
         let row = c_base + (r0 + 7u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc7_0.x); }
-        if (1u < cols) { store(row + 1u, acc7_0.y); }
-        if (2u < cols) { store(row + 2u, acc7_0.z); }
-        if (3u < cols) { store(row + 3u, acc7_0.w); }
-        if (4u < cols) { store(row + 4u, acc7_1.x); }
-        if (5u < cols) { store(row + 5u, acc7_1.y); }
-        if (6u < cols) { store(row + 6u, acc7_1.z); }
-        if (7u < cols) { store(row + 7u, acc7_1.w); }
-        if (8u < cols) { store(row + 8u, acc7_2.x); }
-        if (9u < cols) { store(row + 9u, acc7_2.y); }
-        if (10u < cols) { store(row + 10u, acc7_2.z); }
-        if (11u < cols) { store(row + 11u, acc7_2.w); }
-        if (12u < cols) { store(row + 12u, acc7_3.x); }
-        if (13u < cols) { store(row + 13u, acc7_3.y); }
-        if (14u < cols) { store(row + 14u, acc7_3.z); }
-        if (15u < cols) { store(row + 15u, acc7_3.w); }
-        if (16u < cols) { store(row + 16u, acc7_4.x); }
-        if (17u < cols) { store(row + 17u, acc7_4.y); }
-        if (18u < cols) { store(row + 18u, acc7_4.z); }
-        if (19u < cols) { store(row + 19u, acc7_4.w); }
-        if (20u < cols) { store(row + 20u, acc7_5.x); }
-        if (21u < cols) { store(row + 21u, acc7_5.y); }
-        if (22u < cols) { store(row + 22u, acc7_5.z); }
-        if (23u < cols) { store(row + 23u, acc7_5.w); }
-        if (24u < cols) { store(row + 24u, acc7_6.x); }
-        if (25u < cols) { store(row + 25u, acc7_6.y); }
-        if (26u < cols) { store(row + 26u, acc7_6.z); }
-        if (27u < cols) { store(row + 27u, acc7_6.w); }
-        if (28u < cols) { store(row + 28u, acc7_7.x); }
-        if (29u < cols) { store(row + 29u, acc7_7.y); }
-        if (30u < cols) { store(row + 30u, acc7_7.z); }
-        if (31u < cols) { store(row + 31u, acc7_7.w); }
+        if (0u < cols) { store(row + 0u, tot7_0.x); }
+        if (1u < cols) { store(row + 1u, tot7_0.y); }
+        if (2u < cols) { store(row + 2u, tot7_0.z); }
+        if (3u < cols) { store(row + 3u, tot7_0.w); }
+        if (4u < cols) { store(row + 4u, tot7_1.x); }
+        if (5u < cols) { store(row + 5u, tot7_1.y); }
+        if (6u < cols) { store(row + 6u, tot7_1.z); }
+        if (7u < cols) { store(row + 7u, tot7_1.w); }
+        if (8u < cols) { store(row + 8u, tot7_2.x); }
+        if (9u < cols) { store(row + 9u, tot7_2.y); }
+        if (10u < cols) { store(row + 10u, tot7_2.z); }
+        if (11u < cols) { store(row + 11u, tot7_2.w); }
+        if (12u < cols) { store(row + 12u, tot7_3.x); }
+        if (13u < cols) { store(row + 13u, tot7_3.y); }
+        if (14u < cols) { store(row + 14u, tot7_3.z); }
+        if (15u < cols) { store(row + 15u, tot7_3.w); }
+        if (16u < cols) { store(row + 16u, tot7_4.x); }
+        if (17u < cols) { store(row + 17u, tot7_4.y); }
+        if (18u < cols) { store(row + 18u, tot7_4.z); }
+        if (19u < cols) { store(row + 19u, tot7_4.w); }
+        if (20u < cols) { store(row + 20u, tot7_5.x); }
+        if (21u < cols) { store(row + 21u, tot7_5.y); }
+        if (22u < cols) { store(row + 22u, tot7_5.z); }
+        if (23u < cols) { store(row + 23u, tot7_5.w); }
+        if (24u < cols) { store(row + 24u, tot7_6.x); }
+        if (25u < cols) { store(row + 25u, tot7_6.y); }
+        if (26u < cols) { store(row + 26u, tot7_6.z); }
+        if (27u < cols) { store(row + 27u, tot7_6.w); }
+        if (28u < cols) { store(row + 28u, tot7_7.x); }
+        if (29u < cols) { store(row + 29u, tot7_7.y); }
+        if (30u < cols) { store(row + 30u, tot7_7.z); }
+        if (31u < cols) { store(row + 31u, tot7_7.w); }
     }
 }
 
@@ -853,120 +907,125 @@ fn matmul_small_1x64(@builtin(workgroup_id) wid: vec3<u32>,
     let bo6 = b_base + select(cb6, cb6 * p.ldb, TRANS_B);
     let cb7 = min(c0 + 56u + lane, p.n - 1u);
     let bo7 = b_base + select(cb7, cb7 * p.ldb, TRANS_B);
-    var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0); var acc0_2 = vec4<f32>(0.0); var acc0_3 = vec4<f32>(0.0); var acc0_4 = vec4<f32>(0.0); var acc0_5 = vec4<f32>(0.0); var acc0_6 = vec4<f32>(0.0); var acc0_7 = vec4<f32>(0.0); var acc0_8 = vec4<f32>(0.0); var acc0_9 = vec4<f32>(0.0); var acc0_10 = vec4<f32>(0.0); var acc0_11 = vec4<f32>(0.0); var acc0_12 = vec4<f32>(0.0); var acc0_13 = vec4<f32>(0.0); var acc0_14 = vec4<f32>(0.0); var acc0_15 = vec4<f32>(0.0);
+    var tot0_0 = vec4<f32>(0.0); var tot0_1 = vec4<f32>(0.0); var tot0_2 = vec4<f32>(0.0); var tot0_3 = vec4<f32>(0.0); var tot0_4 = vec4<f32>(0.0); var tot0_5 = vec4<f32>(0.0); var tot0_6 = vec4<f32>(0.0); var tot0_7 = vec4<f32>(0.0); var tot0_8 = vec4<f32>(0.0); var tot0_9 = vec4<f32>(0.0); var tot0_10 = vec4<f32>(0.0); var tot0_11 = vec4<f32>(0.0); var tot0_12 = vec4<f32>(0.0); var tot0_13 = vec4<f32>(0.0); var tot0_14 = vec4<f32>(0.0); var tot0_15 = vec4<f32>(0.0);
     var ka = 0u;
     var kb = 0u;
-    for (var kk = 0u; kk < p.k; kk++) {
-        let bl0 = load_b(bo0 + kb);
-        let bl1 = load_b(bo1 + kb);
-        let bl2 = load_b(bo2 + kb);
-        let bl3 = load_b(bo3 + kb);
-        let bl4 = load_b(bo4 + kb);
-        let bl5 = load_b(bo5 + kb);
-        let bl6 = load_b(bo6 + kb);
-        let bl7 = load_b(bo7 + kb);
-        let b0 = vec4<f32>(subgroupBroadcast(bl0, 0u), subgroupBroadcast(bl0, 1u), subgroupBroadcast(bl0, 2u), subgroupBroadcast(bl0, 3u));
-        let b1 = vec4<f32>(subgroupBroadcast(bl0, 4u), subgroupBroadcast(bl0, 5u), subgroupBroadcast(bl0, 6u), subgroupBroadcast(bl0, 7u));
-        let b2 = vec4<f32>(subgroupBroadcast(bl1, 0u), subgroupBroadcast(bl1, 1u), subgroupBroadcast(bl1, 2u), subgroupBroadcast(bl1, 3u));
-        let b3 = vec4<f32>(subgroupBroadcast(bl1, 4u), subgroupBroadcast(bl1, 5u), subgroupBroadcast(bl1, 6u), subgroupBroadcast(bl1, 7u));
-        let b4 = vec4<f32>(subgroupBroadcast(bl2, 0u), subgroupBroadcast(bl2, 1u), subgroupBroadcast(bl2, 2u), subgroupBroadcast(bl2, 3u));
-        let b5 = vec4<f32>(subgroupBroadcast(bl2, 4u), subgroupBroadcast(bl2, 5u), subgroupBroadcast(bl2, 6u), subgroupBroadcast(bl2, 7u));
-        let b6 = vec4<f32>(subgroupBroadcast(bl3, 0u), subgroupBroadcast(bl3, 1u), subgroupBroadcast(bl3, 2u), subgroupBroadcast(bl3, 3u));
-        let b7 = vec4<f32>(subgroupBroadcast(bl3, 4u), subgroupBroadcast(bl3, 5u), subgroupBroadcast(bl3, 6u), subgroupBroadcast(bl3, 7u));
-        let b8 = vec4<f32>(subgroupBroadcast(bl4, 0u), subgroupBroadcast(bl4, 1u), subgroupBroadcast(bl4, 2u), subgroupBroadcast(bl4, 3u));
-        let b9 = vec4<f32>(subgroupBroadcast(bl4, 4u), subgroupBroadcast(bl4, 5u), subgroupBroadcast(bl4, 6u), subgroupBroadcast(bl4, 7u));
-        let b10 = vec4<f32>(subgroupBroadcast(bl5, 0u), subgroupBroadcast(bl5, 1u), subgroupBroadcast(bl5, 2u), subgroupBroadcast(bl5, 3u));
-        let b11 = vec4<f32>(subgroupBroadcast(bl5, 4u), subgroupBroadcast(bl5, 5u), subgroupBroadcast(bl5, 6u), subgroupBroadcast(bl5, 7u));
-        let b12 = vec4<f32>(subgroupBroadcast(bl6, 0u), subgroupBroadcast(bl6, 1u), subgroupBroadcast(bl6, 2u), subgroupBroadcast(bl6, 3u));
-        let b13 = vec4<f32>(subgroupBroadcast(bl6, 4u), subgroupBroadcast(bl6, 5u), subgroupBroadcast(bl6, 6u), subgroupBroadcast(bl6, 7u));
-        let b14 = vec4<f32>(subgroupBroadcast(bl7, 0u), subgroupBroadcast(bl7, 1u), subgroupBroadcast(bl7, 2u), subgroupBroadcast(bl7, 3u));
-        let b15 = vec4<f32>(subgroupBroadcast(bl7, 4u), subgroupBroadcast(bl7, 5u), subgroupBroadcast(bl7, 6u), subgroupBroadcast(bl7, 7u));
-        let a0 = vec4<f32>(a[ao0 + ka]);
-        acc0_0 = fma(a0, b0, acc0_0);
-        acc0_1 = fma(a0, b1, acc0_1);
-        acc0_2 = fma(a0, b2, acc0_2);
-        acc0_3 = fma(a0, b3, acc0_3);
-        acc0_4 = fma(a0, b4, acc0_4);
-        acc0_5 = fma(a0, b5, acc0_5);
-        acc0_6 = fma(a0, b6, acc0_6);
-        acc0_7 = fma(a0, b7, acc0_7);
-        acc0_8 = fma(a0, b8, acc0_8);
-        acc0_9 = fma(a0, b9, acc0_9);
-        acc0_10 = fma(a0, b10, acc0_10);
-        acc0_11 = fma(a0, b11, acc0_11);
-        acc0_12 = fma(a0, b12, acc0_12);
-        acc0_13 = fma(a0, b13, acc0_13);
-        acc0_14 = fma(a0, b14, acc0_14);
-        acc0_15 = fma(a0, b15, acc0_15);
-        ka += a_kstep;
-        kb += b_kstep;
+    for (var k0 = 0u; k0 < p.k; k0 += 64u) {
+        let k1 = min(k0 + 64u, p.k);
+        var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0); var acc0_2 = vec4<f32>(0.0); var acc0_3 = vec4<f32>(0.0); var acc0_4 = vec4<f32>(0.0); var acc0_5 = vec4<f32>(0.0); var acc0_6 = vec4<f32>(0.0); var acc0_7 = vec4<f32>(0.0); var acc0_8 = vec4<f32>(0.0); var acc0_9 = vec4<f32>(0.0); var acc0_10 = vec4<f32>(0.0); var acc0_11 = vec4<f32>(0.0); var acc0_12 = vec4<f32>(0.0); var acc0_13 = vec4<f32>(0.0); var acc0_14 = vec4<f32>(0.0); var acc0_15 = vec4<f32>(0.0);
+        for (var kk = k0; kk < k1; kk++) {
+            let bl0 = load_b(bo0 + kb);
+            let bl1 = load_b(bo1 + kb);
+            let bl2 = load_b(bo2 + kb);
+            let bl3 = load_b(bo3 + kb);
+            let bl4 = load_b(bo4 + kb);
+            let bl5 = load_b(bo5 + kb);
+            let bl6 = load_b(bo6 + kb);
+            let bl7 = load_b(bo7 + kb);
+            let b0 = vec4<f32>(subgroupBroadcast(bl0, 0u), subgroupBroadcast(bl0, 1u), subgroupBroadcast(bl0, 2u), subgroupBroadcast(bl0, 3u));
+            let b1 = vec4<f32>(subgroupBroadcast(bl0, 4u), subgroupBroadcast(bl0, 5u), subgroupBroadcast(bl0, 6u), subgroupBroadcast(bl0, 7u));
+            let b2 = vec4<f32>(subgroupBroadcast(bl1, 0u), subgroupBroadcast(bl1, 1u), subgroupBroadcast(bl1, 2u), subgroupBroadcast(bl1, 3u));
+            let b3 = vec4<f32>(subgroupBroadcast(bl1, 4u), subgroupBroadcast(bl1, 5u), subgroupBroadcast(bl1, 6u), subgroupBroadcast(bl1, 7u));
+            let b4 = vec4<f32>(subgroupBroadcast(bl2, 0u), subgroupBroadcast(bl2, 1u), subgroupBroadcast(bl2, 2u), subgroupBroadcast(bl2, 3u));
+            let b5 = vec4<f32>(subgroupBroadcast(bl2, 4u), subgroupBroadcast(bl2, 5u), subgroupBroadcast(bl2, 6u), subgroupBroadcast(bl2, 7u));
+            let b6 = vec4<f32>(subgroupBroadcast(bl3, 0u), subgroupBroadcast(bl3, 1u), subgroupBroadcast(bl3, 2u), subgroupBroadcast(bl3, 3u));
+            let b7 = vec4<f32>(subgroupBroadcast(bl3, 4u), subgroupBroadcast(bl3, 5u), subgroupBroadcast(bl3, 6u), subgroupBroadcast(bl3, 7u));
+            let b8 = vec4<f32>(subgroupBroadcast(bl4, 0u), subgroupBroadcast(bl4, 1u), subgroupBroadcast(bl4, 2u), subgroupBroadcast(bl4, 3u));
+            let b9 = vec4<f32>(subgroupBroadcast(bl4, 4u), subgroupBroadcast(bl4, 5u), subgroupBroadcast(bl4, 6u), subgroupBroadcast(bl4, 7u));
+            let b10 = vec4<f32>(subgroupBroadcast(bl5, 0u), subgroupBroadcast(bl5, 1u), subgroupBroadcast(bl5, 2u), subgroupBroadcast(bl5, 3u));
+            let b11 = vec4<f32>(subgroupBroadcast(bl5, 4u), subgroupBroadcast(bl5, 5u), subgroupBroadcast(bl5, 6u), subgroupBroadcast(bl5, 7u));
+            let b12 = vec4<f32>(subgroupBroadcast(bl6, 0u), subgroupBroadcast(bl6, 1u), subgroupBroadcast(bl6, 2u), subgroupBroadcast(bl6, 3u));
+            let b13 = vec4<f32>(subgroupBroadcast(bl6, 4u), subgroupBroadcast(bl6, 5u), subgroupBroadcast(bl6, 6u), subgroupBroadcast(bl6, 7u));
+            let b14 = vec4<f32>(subgroupBroadcast(bl7, 0u), subgroupBroadcast(bl7, 1u), subgroupBroadcast(bl7, 2u), subgroupBroadcast(bl7, 3u));
+            let b15 = vec4<f32>(subgroupBroadcast(bl7, 4u), subgroupBroadcast(bl7, 5u), subgroupBroadcast(bl7, 6u), subgroupBroadcast(bl7, 7u));
+            let a0 = vec4<f32>(a[ao0 + ka]);
+            acc0_0 = fma(a0, b0, acc0_0);
+            acc0_1 = fma(a0, b1, acc0_1);
+            acc0_2 = fma(a0, b2, acc0_2);
+            acc0_3 = fma(a0, b3, acc0_3);
+            acc0_4 = fma(a0, b4, acc0_4);
+            acc0_5 = fma(a0, b5, acc0_5);
+            acc0_6 = fma(a0, b6, acc0_6);
+            acc0_7 = fma(a0, b7, acc0_7);
+            acc0_8 = fma(a0, b8, acc0_8);
+            acc0_9 = fma(a0, b9, acc0_9);
+            acc0_10 = fma(a0, b10, acc0_10);
+            acc0_11 = fma(a0, b11, acc0_11);
+            acc0_12 = fma(a0, b12, acc0_12);
+            acc0_13 = fma(a0, b13, acc0_13);
+            acc0_14 = fma(a0, b14, acc0_14);
+            acc0_15 = fma(a0, b15, acc0_15);
+            ka += a_kstep;
+            kb += b_kstep;
+        }
+        tot0_0 += acc0_0; tot0_1 += acc0_1; tot0_2 += acc0_2; tot0_3 += acc0_3; tot0_4 += acc0_4; tot0_5 += acc0_5; tot0_6 += acc0_6; tot0_7 += acc0_7; tot0_8 += acc0_8; tot0_9 += acc0_9; tot0_10 += acc0_10; tot0_11 += acc0_11; tot0_12 += acc0_12; tot0_13 += acc0_13; tot0_14 += acc0_14; tot0_15 += acc0_15;
     }
     let cols = min(p.n - min(p.n, c0), 64u);
     if (r0 + 0u < p.m) {
         let row = c_base + (r0 + 0u) * p.ldc + c0;
-        if (0u < cols) { store(row + 0u, acc0_0.x); }
-        if (1u < cols) { store(row + 1u, acc0_0.y); }
-        if (2u < cols) { store(row + 2u, acc0_0.z); }
-        if (3u < cols) { store(row + 3u, acc0_0.w); }
-        if (4u < cols) { store(row + 4u, acc0_1.x); }
-        if (5u < cols) { store(row + 5u, acc0_1.y); }
-        if (6u < cols) { store(row + 6u, acc0_1.z); }
-        if (7u < cols) { store(row + 7u, acc0_1.w); }
-        if (8u < cols) { store(row + 8u, acc0_2.x); }
-        if (9u < cols) { store(row + 9u, acc0_2.y); }
-        if (10u < cols) { store(row + 10u, acc0_2.z); }
-        if (11u < cols) { store(row + 11u, acc0_2.w); }
-        if (12u < cols) { store(row + 12u, acc0_3.x); }
-        if (13u < cols) { store(row + 13u, acc0_3.y); }
-        if (14u < cols) { store(row + 14u, acc0_3.z); }
-        if (15u < cols) { store(row + 15u, acc0_3.w); }
-        if (16u < cols) { store(row + 16u, acc0_4.x); }
-        if (17u < cols) { store(row + 17u, acc0_4.y); }
-        if (18u < cols) { store(row + 18u, acc0_4.z); }
-        if (19u < cols) { store(row + 19u, acc0_4.w); }
-        if (20u < cols) { store(row + 20u, acc0_5.x); }
-        if (21u < cols) { store(row + 21u, acc0_5.y); }
-        if (22u < cols) { store(row + 22u, acc0_5.z); }
-        if (23u < cols) { store(row + 23u, acc0_5.w); }
-        if (24u < cols) { store(row + 24u, acc0_6.x); }
-        if (25u < cols) { store(row + 25u, acc0_6.y); }
-        if (26u < cols) { store(row + 26u, acc0_6.z); }
-        if (27u < cols) { store(row + 27u, acc0_6.w); }
-        if (28u < cols) { store(row + 28u, acc0_7.x); }
-        if (29u < cols) { store(row + 29u, acc0_7.y); }
-        if (30u < cols) { store(row + 30u, acc0_7.z); }
-        if (31u < cols) { store(row + 31u, acc0_7.w); }
-        if (32u < cols) { store(row + 32u, acc0_8.x); }
-        if (33u < cols) { store(row + 33u, acc0_8.y); }
-        if (34u < cols) { store(row + 34u, acc0_8.z); }
-        if (35u < cols) { store(row + 35u, acc0_8.w); }
-        if (36u < cols) { store(row + 36u, acc0_9.x); }
-        if (37u < cols) { store(row + 37u, acc0_9.y); }
-        if (38u < cols) { store(row + 38u, acc0_9.z); }
-        if (39u < cols) { store(row + 39u, acc0_9.w); }
-        if (40u < cols) { store(row + 40u, acc0_10.x); }
-        if (41u < cols) { store(row + 41u, acc0_10.y); }
-        if (42u < cols) { store(row + 42u, acc0_10.z); }
-        if (43u < cols) { store(row + 43u, acc0_10.w); }
-        if (44u < cols) { store(row + 44u, acc0_11.x); }
-        if (45u < cols) { store(row + 45u, acc0_11.y); }
-        if (46u < cols) { store(row + 46u, acc0_11.z); }
-        if (47u < cols) { store(row + 47u, acc0_11.w); }
-        if (48u < cols) { store(row + 48u, acc0_12.x); }
-        if (49u < cols) { store(row + 49u, acc0_12.y); }
-        if (50u < cols) { store(row + 50u, acc0_12.z); }
-        if (51u < cols) { store(row + 51u, acc0_12.w); }
-        if (52u < cols) { store(row + 52u, acc0_13.x); }
-        if (53u < cols) { store(row + 53u, acc0_13.y); }
-        if (54u < cols) { store(row + 54u, acc0_13.z); }
-        if (55u < cols) { store(row + 55u, acc0_13.w); }
-        if (56u < cols) { store(row + 56u, acc0_14.x); }
-        if (57u < cols) { store(row + 57u, acc0_14.y); }
-        if (58u < cols) { store(row + 58u, acc0_14.z); }
-        if (59u < cols) { store(row + 59u, acc0_14.w); }
-        if (60u < cols) { store(row + 60u, acc0_15.x); }
-        if (61u < cols) { store(row + 61u, acc0_15.y); }
-        if (62u < cols) { store(row + 62u, acc0_15.z); }
-        if (63u < cols) { store(row + 63u, acc0_15.w); }
+        if (0u < cols) { store(row + 0u, tot0_0.x); }
+        if (1u < cols) { store(row + 1u, tot0_0.y); }
+        if (2u < cols) { store(row + 2u, tot0_0.z); }
+        if (3u < cols) { store(row + 3u, tot0_0.w); }
+        if (4u < cols) { store(row + 4u, tot0_1.x); }
+        if (5u < cols) { store(row + 5u, tot0_1.y); }
+        if (6u < cols) { store(row + 6u, tot0_1.z); }
+        if (7u < cols) { store(row + 7u, tot0_1.w); }
+        if (8u < cols) { store(row + 8u, tot0_2.x); }
+        if (9u < cols) { store(row + 9u, tot0_2.y); }
+        if (10u < cols) { store(row + 10u, tot0_2.z); }
+        if (11u < cols) { store(row + 11u, tot0_2.w); }
+        if (12u < cols) { store(row + 12u, tot0_3.x); }
+        if (13u < cols) { store(row + 13u, tot0_3.y); }
+        if (14u < cols) { store(row + 14u, tot0_3.z); }
+        if (15u < cols) { store(row + 15u, tot0_3.w); }
+        if (16u < cols) { store(row + 16u, tot0_4.x); }
+        if (17u < cols) { store(row + 17u, tot0_4.y); }
+        if (18u < cols) { store(row + 18u, tot0_4.z); }
+        if (19u < cols) { store(row + 19u, tot0_4.w); }
+        if (20u < cols) { store(row + 20u, tot0_5.x); }
+        if (21u < cols) { store(row + 21u, tot0_5.y); }
+        if (22u < cols) { store(row + 22u, tot0_5.z); }
+        if (23u < cols) { store(row + 23u, tot0_5.w); }
+        if (24u < cols) { store(row + 24u, tot0_6.x); }
+        if (25u < cols) { store(row + 25u, tot0_6.y); }
+        if (26u < cols) { store(row + 26u, tot0_6.z); }
+        if (27u < cols) { store(row + 27u, tot0_6.w); }
+        if (28u < cols) { store(row + 28u, tot0_7.x); }
+        if (29u < cols) { store(row + 29u, tot0_7.y); }
+        if (30u < cols) { store(row + 30u, tot0_7.z); }
+        if (31u < cols) { store(row + 31u, tot0_7.w); }
+        if (32u < cols) { store(row + 32u, tot0_8.x); }
+        if (33u < cols) { store(row + 33u, tot0_8.y); }
+        if (34u < cols) { store(row + 34u, tot0_8.z); }
+        if (35u < cols) { store(row + 35u, tot0_8.w); }
+        if (36u < cols) { store(row + 36u, tot0_9.x); }
+        if (37u < cols) { store(row + 37u, tot0_9.y); }
+        if (38u < cols) { store(row + 38u, tot0_9.z); }
+        if (39u < cols) { store(row + 39u, tot0_9.w); }
+        if (40u < cols) { store(row + 40u, tot0_10.x); }
+        if (41u < cols) { store(row + 41u, tot0_10.y); }
+        if (42u < cols) { store(row + 42u, tot0_10.z); }
+        if (43u < cols) { store(row + 43u, tot0_10.w); }
+        if (44u < cols) { store(row + 44u, tot0_11.x); }
+        if (45u < cols) { store(row + 45u, tot0_11.y); }
+        if (46u < cols) { store(row + 46u, tot0_11.z); }
+        if (47u < cols) { store(row + 47u, tot0_11.w); }
+        if (48u < cols) { store(row + 48u, tot0_12.x); }
+        if (49u < cols) { store(row + 49u, tot0_12.y); }
+        if (50u < cols) { store(row + 50u, tot0_12.z); }
+        if (51u < cols) { store(row + 51u, tot0_12.w); }
+        if (52u < cols) { store(row + 52u, tot0_13.x); }
+        if (53u < cols) { store(row + 53u, tot0_13.y); }
+        if (54u < cols) { store(row + 54u, tot0_13.z); }
+        if (55u < cols) { store(row + 55u, tot0_13.w); }
+        if (56u < cols) { store(row + 56u, tot0_14.x); }
+        if (57u < cols) { store(row + 57u, tot0_14.y); }
+        if (58u < cols) { store(row + 58u, tot0_14.z); }
+        if (59u < cols) { store(row + 59u, tot0_14.w); }
+        if (60u < cols) { store(row + 60u, tot0_15.x); }
+        if (61u < cols) { store(row + 61u, tot0_15.y); }
+        if (62u < cols) { store(row + 62u, tot0_15.z); }
+        if (63u < cols) { store(row + 63u, tot0_15.w); }
     }
 }

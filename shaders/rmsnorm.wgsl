@@ -26,6 +26,36 @@ fn row_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
 }
 
+// Σ x² over the row at `base`, in 16 partial sums (4 vec4 lanes, column c in lane c mod 16),
+// then the lanes in order and the tail: the CPU backend's `simd::dot` order. A running sum over
+// a 576-wide row rounds 576 times into one accumulator; 16 short sums lose 4× less.
+fn sum_squares(base: u32) -> f32 {
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    let body = p.cols / 16u * 16u;
+    for (var c = 0u; c < body; c += 16u) {
+        let o = base + c;
+        let v0 = vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
+        let v1 = vec4<f32>(x[o + 4u], x[o + 5u], x[o + 6u], x[o + 7u]);
+        let v2 = vec4<f32>(x[o + 8u], x[o + 9u], x[o + 10u], x[o + 11u]);
+        let v3 = vec4<f32>(x[o + 12u], x[o + 13u], x[o + 14u], x[o + 15u]);
+        a0 += v0 * v0;
+        a1 += v1 * v1;
+        a2 += v2 * v2;
+        a3 += v3 * v3;
+    }
+    // Left to right, as written.
+    var s = a0.x + a0.y + a0.z + a0.w + a1.x + a1.y + a1.z + a1.w
+        + a2.x + a2.y + a2.z + a2.w + a3.x + a3.y + a3.z + a3.w;
+    for (var c = body; c < p.cols; c++) {
+        let v = x[base + c];
+        s += v * v;
+    }
+    return s;
+}
+
 // x, y: [rows, cols]; gamma: [cols]; rstd: [rows]
 @compute @workgroup_size(64)
 fn rmsnorm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -33,11 +63,7 @@ fn rmsnorm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     let row = row_index(wid, nwg, lid);
     if (row >= p.rows) { return; }
     let base = row * p.cols;
-    var s2 = 0.0;
-    for (var c = 0u; c < p.cols; c++) {
-        let v = x[base + c];
-        s2 += v * v;
-    }
+    let s2 = sum_squares(base);
     let rs = 1.0 / sqrt(s2 / f32(p.cols) + p.eps);
     for (var c = 0u; c < p.cols; c++) {
         y[base + c] = x[base + c] * rs * gamma[c];

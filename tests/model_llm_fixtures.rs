@@ -188,12 +188,9 @@ fn smollm2_gguf_logits_and_generation_match_transformers_on_the_gpu() {
     let f = fixture("smollm2.json");
     let worst = smollm2_logits(g.clone(), &p, &f);
     println!("SmolLM2 GPU: max |Δ| over log-sum-exp, top-20 and subset logits = {worst:.2e}");
-    // lavapipe measured 1.7e-4 here (the CPU 8.2e-5): its f32 exp/GEMM differ from the CPU's
-    // by more than the 1e-4 asked of them over 30 layers. The bound is the measured error with
-    // a margin, so a kernel that drifts further still fails.
-    assert!(
-        worst <= 2.5e-4,
-        "SmolLM2 logits on the GPU differ by {worst}"
-    );
+    // lavapipe measured 7.8e-5 here (the CPU 8.2e-5; 1.7e-4 before its GEMMs summed k in
+    // slices, its softmax and SiLU took their own exp and its RMSNorm 16 partial sums:
+    // tests/gpu_precision.rs has each op against f64).
+    assert!(worst <= 1e-4, "SmolLM2 logits on the GPU differ by {worst}");
     smollm2_generations(g, &p, &f);
 }

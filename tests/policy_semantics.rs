@@ -134,7 +134,7 @@ fn defaults_are_filled_in() {
     );
     assert_eq!(a.train.batch, 32);
     assert_eq!(a.train.decay, Decay::Linear);
-    assert_eq!(a.train.device, Device::Auto);
+    assert_eq!(a.train.device, DeviceChoice::Auto);
     assert_eq!(a.train.clip, Some(1.0));
     assert_eq!(
         a.phases,

@@ -57,11 +57,9 @@ const POLICY_JSON: &str = "policy.json";
 
 /// The device a policy asks for (`train.device` of its base arm; every arm has the same).
 pub fn policy_device(p: &Policy) -> DeviceChoice {
-    match p.arms.first().map(|a| a.train.device) {
-        Some(crate::policy::Device::Cpu) => DeviceChoice::Cpu,
-        Some(crate::policy::Device::Gpu) => DeviceChoice::Gpu,
-        Some(crate::policy::Device::Auto) | None => DeviceChoice::Auto,
-    }
+    p.arms
+        .first()
+        .map_or(DeviceChoice::Auto, |a| a.train.device)
 }
 
 /// The checked policy a run directory was started with.

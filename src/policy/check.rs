@@ -6,9 +6,10 @@ use super::diag::Diagnostic;
 use super::fields::Fields;
 use super::layers::{Config, Entry, Layer, Section};
 use super::plan::*;
-use super::plugins::{self, ParamSetting, PluginChecker, Role};
+use super::plugins::{self, ParamSetting, PluginChecker};
 use super::sections::{self, Shape};
 use super::suggest;
+use crate::engine::Role;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
@@ -854,7 +855,7 @@ impl Ctx<'_> {
             Value::Plugin(r) => self.plugin_ref(r, role, d).map(Some).ok_or(()),
             Value::Word(w) if w == "none" => Ok(None),
             other => {
-                let (f, _) = role.function();
+                let f = role.function();
                 d.push(
                     Diagnostic::new(e.value.span, format!("`{key}` must be a plugin, found {}", other.describe()), "expected `plugin \"...\"`")
                         .help(format!("write `{key} = plugin \"../plugins/NAME.rhai\"` (a script defining `{f}`), or `{key} = none`")),

@@ -4,7 +4,7 @@
 
 use crate::adapter::{ModuleKind, ResizeOptions};
 /// `train.device`: the run's own type (one definition, shared with `--device`).
-pub use crate::backend::device::DeviceChoice as Device;
+pub use crate::backend::device::DeviceChoice;
 pub use crate::backend::DType;
 /// A classification head's pooling: the model's own type.
 pub use crate::model::config::Pooling;
@@ -416,7 +416,7 @@ pub struct TrainSpec {
     /// Default 128.
     pub max_len: usize,
     /// Default auto.
-    pub device: Device,
+    pub device: DeviceChoice,
     /// Storage of the frozen weights (`f32` or `bf16`). Default f32; left out of serialized
     /// plans when f32, so existing plans read the same.
     #[serde(default, skip_serializing_if = "DType::is_f32")]

@@ -12,7 +12,7 @@ use super::records::*;
 use super::rundir::RunDir;
 use crate::backend::device::Device;
 use crate::backend::Backend;
-use crate::data::plan::Split;
+use crate::data::prepare::Split;
 use crate::policy::{ArmPlan, Policy};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -217,7 +217,7 @@ pub fn run_on<B: Backend>(
             progress: &progress,
             resuming: opts.resume.is_some(),
             stop_after: opts.stop_after_steps,
-            checkpoints: HashMap::new(),
+            pretrained: HashMap::new(),
         },
         left: Vec::new(),
     };

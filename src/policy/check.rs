@@ -557,8 +557,9 @@ impl Ctx<'_> {
         let sora = self.sora_section(cfg, &lora, lora_off_span, &adalora, d);
         let plugins = self.plugins(cfg, d);
         let lora_on = matches!(lora, Some(LoraSpec::On(_)));
-        let has_adalora = matches!(adalora, Some(Some(_))) || matches!(sora, Some(Some(_)));
-        let phases = self.phases(cfg, steps, lora_on, has_adalora, plugins.as_ref(), d);
+        // AdaLoRA or SoRA: a built-in method that reallocates without an allocator plugin.
+        let builtin_method = matches!(adalora, Some(Some(_))) || matches!(sora, Some(Some(_)));
+        let phases = self.phases(cfg, steps, lora_on, builtin_method, plugins.as_ref(), d);
         let params = self.arm_params(d);
         if let Some(data) = &data {
             metrics_the_data_reports(cfg, data, d);
@@ -930,7 +931,7 @@ impl Ctx<'_> {
         cfg: &Config,
         steps: Option<usize>,
         lora_on: bool,
-        has_adalora: bool,
+        builtin_method: bool,
         plugins: Option<&PluginSpec>,
         d: &mut Vec<Diagnostic>,
     ) -> Option<Vec<PhaseSpec>> {
@@ -980,7 +981,7 @@ impl Ctx<'_> {
                 Some(Until::End) if i == last => steps,
                 _ => None,
             };
-            let actions = self.actions(p, start, end, lora_on, has_adalora, plugins, d);
+            let actions = self.actions(p, start, end, lora_on, builtin_method, plugins, d);
             if i == last && lora_on {
                 self.no_reallocation_at_the_end(p, d);
             }
@@ -1058,7 +1059,7 @@ impl Ctx<'_> {
         start: usize,
         end: Option<usize>,
         lora_on: bool,
-        has_adalora: bool,
+        builtin_method: bool,
         plugins: Option<&PluginSpec>,
         d: &mut Vec<Diagnostic>,
     ) -> Option<Vec<Action>> {
@@ -1129,7 +1130,7 @@ impl Ctx<'_> {
                         continue;
                     }
                     let has_allocator = plugins.is_some_and(|p| p.allocator.is_some());
-                    if !has_allocator && !has_adalora && plugins.is_some() {
+                    if !has_allocator && !builtin_method && plugins.is_some() {
                         d.push(
                             Diagnostic::new(w.span, "`reallocate` needs an allocator", "nothing to reallocate with")
                                 .help("set `allocator = plugin \"../plugins/log_rule.rhai\"`, or add an `adalora { ... }` block"),

@@ -9,7 +9,7 @@ pub use crate::backend::DType;
 /// A classification head's pooling: the model's own type.
 pub use crate::model::config::Pooling;
 /// `train.decay`: the learning-rate schedule's own type.
-pub use crate::train::schedule::Decay;
+pub use crate::train::lr_schedule::Decay;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -23,7 +23,7 @@
 use adarank::adapter::{AdapterStore, ModuleKind};
 use adarank::backend::cpu::Cpu;
 use adarank::backend::Backend;
-use adarank::engine::planted::spearman;
+use adarank::testkit::planted::spearman;
 use adarank::model::{Batch, LoraConfig, Model, TrainMode};
 use adarank::train::{
     build_model, train, Control, Decay, Hooks, PlantedConfig, PlantedTask, StepMetrics, Task,

@@ -20,7 +20,6 @@ pub mod driver;
 pub mod error;
 pub mod host;
 pub mod method;
-pub mod planted;
 pub mod reads;
 pub mod role;
 pub mod relax;

@@ -302,12 +302,6 @@ impl PluginHost {
     pub fn set_params(&self, m: Map) {
         *self.params.write().unwrap_or_else(|x| x.into_inner()) = m;
     }
-    pub fn set_param(&self, key: &str, v: Dynamic) {
-        self.params
-            .write()
-            .unwrap_or_else(|x| x.into_inner())
-            .insert(key.into(), v);
-    }
 
     /// Re-seed `rand()` (the random allocator draws from it).
     pub fn reseed(&self, seed: u64) {

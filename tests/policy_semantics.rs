@@ -38,7 +38,6 @@ fn base_is_the_first_arm_and_arms_follow_in_order() {
         ["ours", "fixed", "per_slot", "adalora", "no_learner", "full"]
     );
     assert_eq!(p.baseline.as_deref(), Some("fixed"));
-    assert!(p.arm("fixed").unwrap().is_baseline);
     assert!(p.arm("no_learner").unwrap().ablation);
     assert!(!p.arm("ours").unwrap().ablation);
     assert_eq!(p.seeds, vec![1, 2, 3]);

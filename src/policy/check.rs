@@ -55,7 +55,7 @@ pub fn check(
         params: Vec::new(),
     };
     let mut arms = Vec::new();
-    let base_plan = ctx.arm_plan(&base_name, false, false, &base, d);
+    let base_plan = ctx.arm_plan(&base_name, false, &base, d);
     arms.push(base_plan);
 
     // Sets, not scans: a file may declare a hundred thousand arms, and checking stays linear.
@@ -78,7 +78,7 @@ pub fn check(
         let mut cfg = base.clone();
         cfg.apply(&arm.items, Layer::Arm, d);
         let mut arm_d = Vec::new();
-        let plan = ctx.arm_plan(name, is_baseline, ablation, &cfg, &mut arm_d);
+        let plan = ctx.arm_plan(name, ablation, &cfg, &mut arm_d);
         // Mistakes of the base experiment show once; new ones say which arm meets them.
         for mut e in arm_d {
             if !base_errors.contains(&(e.span.key(), e.message.clone())) {
@@ -537,7 +537,6 @@ impl Ctx<'_> {
     fn arm_plan(
         &mut self,
         name: &str,
-        is_baseline: bool,
         ablation: bool,
         cfg: &Config,
         d: &mut Vec<Diagnostic>,
@@ -572,7 +571,6 @@ impl Ctx<'_> {
         }
         Some(ArmPlan {
             name: name.to_string(),
-            is_baseline,
             ablation,
             model: model?,
             data: data?,

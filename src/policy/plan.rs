@@ -42,7 +42,6 @@ impl Policy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ArmPlan {
     pub name: String,
-    pub is_baseline: bool,
     /// Declared with the `ablation` marker.
     pub ablation: bool,
     pub model: ModelSpec,
@@ -122,10 +121,6 @@ impl ModelSpec {
     /// Feed-forward width when it is known without loading weights.
     pub fn ffn(&self) -> Option<usize> {
         self.known().map(|m| m.ffn)
-    }
-    /// `(vocab, max_positions)` when known without loading weights.
-    pub fn vocab_positions(&self) -> Option<(usize, usize)> {
-        self.known().map(|m| (m.vocab, m.max_positions))
     }
 }
 
@@ -489,14 +484,6 @@ impl CmpOp {
             CmpOp::Le => lhs <= rhs,
             CmpOp::Gt => lhs > rhs,
             CmpOp::Ge => lhs >= rhs,
-        }
-    }
-    pub fn symbol(self) -> &'static str {
-        match self {
-            CmpOp::Lt => "<",
-            CmpOp::Le => "<=",
-            CmpOp::Gt => ">",
-            CmpOp::Ge => ">=",
         }
     }
 }

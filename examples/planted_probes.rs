@@ -23,8 +23,8 @@
 use adarank::adapter::{AdapterStore, ModuleKind};
 use adarank::backend::cpu::Cpu;
 use adarank::backend::Backend;
-use adarank::engine::planted::spearman;
 use adarank::model::{Batch, LoraConfig, Model, TrainMode};
+use adarank::testkit::planted::spearman;
 use adarank::train::{
     build_model, train, Control, Decay, Hooks, PlantedConfig, PlantedTask, StepMetrics, Task,
     TrainConfig,

@@ -11,5 +11,8 @@ pub mod engine;
 pub mod experiment;
 pub mod model;
 pub mod policy;
+/// Test scaffolding, compiled only with the `test-support` feature (the tests turn it on).
+#[cfg(feature = "test-support")]
+pub mod testkit;
 pub mod textfile;
 pub mod train;

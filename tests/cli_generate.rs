@@ -30,7 +30,7 @@ fn ids_of(v: &Value) -> Vec<u32> {
 
 #[test]
 fn generate_reproduces_transformers_greedy_chat_answers() {
-    if adarank::data::assets::require_smollm2("cli_generate").is_none() {
+    if adarank::testkit::require_smollm2("cli_generate").is_none() {
         return;
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llm/smollm2.json");

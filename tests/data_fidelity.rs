@@ -7,6 +7,7 @@ use adarank::backend::cpu::Cpu;
 use adarank::backend::Backend;
 use adarank::data::{assets, hf};
 use adarank::model::{Batch, Head, LoraConfig, Model, Pooling, Target, TrainMode};
+use adarank::testkit;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -72,7 +73,7 @@ fn check_backend<B: Backend>(backend: Arc<B>, label: &str) {
 
 #[test]
 fn minilm_hidden_states_match_transformers_cpu() {
-    if !assets::require_assets("minilm_hidden_states_match_transformers_cpu") {
+    if !testkit::require_assets("minilm_hidden_states_match_transformers_cpu") {
         return;
     }
     check_backend(Arc::new(Cpu::new()), "cpu");
@@ -80,10 +81,10 @@ fn minilm_hidden_states_match_transformers_cpu() {
 
 #[test]
 fn minilm_hidden_states_match_transformers_gpu() {
-    if !assets::require_assets("minilm_hidden_states_match_transformers_gpu") {
+    if !testkit::require_assets("minilm_hidden_states_match_transformers_gpu") {
         return;
     }
-    let Some(gpu) = adarank::backend::gpu::test_gpu() else {
+    let Some(gpu) = adarank::testkit::test_gpu() else {
         return;
     };
     check_backend(gpu, "gpu");

@@ -8,8 +8,9 @@
 //!   absurd counts): an error naming the file, never a panic.
 
 use adarank::backend::dequantize;
-use adarank::data::{assets, gguf};
+use adarank::data::gguf;
 use adarank::model::Flavour;
+use adarank::testkit;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -162,7 +163,7 @@ fn tiny_llama_tokenizer_from_metadata() {
 
 #[test]
 fn smollm2_matches_transformers() {
-    let Some(path) = assets::require_smollm2("smollm2_matches_transformers") else {
+    let Some(path) = testkit::require_smollm2("smollm2_matches_transformers") else {
         return;
     };
     let fx = fixture("gguf_smollm2_weights.json");

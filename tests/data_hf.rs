@@ -3,6 +3,7 @@
 
 use adarank::data::assets;
 use adarank::data::hf::{self, BertConfig, Pooling};
+use adarank::testkit;
 use safetensors::Dtype;
 use std::path::Path;
 
@@ -209,7 +210,7 @@ fn pooling_from_sentence_transformers_config() {
 
 #[test]
 fn minilm_loads_by_hub_name() {
-    if !assets::require_assets("minilm_loads_by_hub_name") {
+    if !testkit::require_assets("minilm_loads_by_hub_name") {
         return;
     }
     let ck = hf::load(assets::MINILM).unwrap();

@@ -9,7 +9,8 @@
 //! split do). We follow the second; the first must agree everywhere except where whitespace runs
 //! into a number, the one place transformers' GGUF converter splits differently.
 
-use adarank::data::{assets, gguf};
+use adarank::data::gguf;
+use adarank::testkit;
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -37,7 +38,7 @@ fn space_before_number(s: &str) -> bool {
 
 #[test]
 fn smollm2_token_ids_match_transformers() {
-    let Some(path) = assets::require_smollm2("smollm2_token_ids_match_transformers") else {
+    let Some(path) = testkit::require_smollm2("smollm2_token_ids_match_transformers") else {
         return;
     };
     let tok = gguf::read_tokenizer(&path).unwrap();
@@ -73,7 +74,7 @@ fn smollm2_token_ids_match_transformers() {
 
 #[test]
 fn smollm2_special_tokens_and_template() {
-    let Some(path) = assets::require_smollm2("smollm2_special_tokens_and_template") else {
+    let Some(path) = testkit::require_smollm2("smollm2_special_tokens_and_template") else {
         return;
     };
     let tok = gguf::read_tokenizer(&path).unwrap();

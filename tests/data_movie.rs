@@ -1,11 +1,12 @@
 //! The movie-review sentences `scripts/fetch-assets` writes (needs the assets).
 
 use adarank::data::{assets, glue};
+use adarank::testkit;
 use std::collections::HashSet;
 
 #[test]
 fn movie_review_splits_match_the_source_counts() {
-    if !assets::require_assets("movie_review_splits_match_the_source_counts") {
+    if !testkit::require_assets("movie_review_splits_match_the_source_counts") {
         return;
     }
     let dir = assets::movie_reviews_dir();

@@ -1,14 +1,15 @@
 //! From policy text to checkpoint and task: examples/movie_sentiment.rank and a JSONL policy.
 //! Needs the assets.
 
-use adarank::data::{assets, plan};
+use adarank::data::prepare;
 use adarank::model::{Head, Pooling, Target};
+use adarank::testkit;
 use adarank::train::Task;
 use std::path::Path;
 
 #[test]
 fn movie_sentiment_example_builds_its_task() {
-    if !assets::require_assets("movie_sentiment_example_builds_its_task") {
+    if !testkit::require_assets("movie_sentiment_example_builds_its_task") {
         return;
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/movie_sentiment.rank");
@@ -28,12 +29,18 @@ fn movie_sentiment_example_builds_its_task() {
     let names: Vec<&str> = policy.arms.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["adaptive", "lora_fixed", "layerwise", "full_ft"]);
     let arm = &policy.arms[0];
-    let mut ck = plan::load_model(&arm.model)
+    let mut ck = prepare::load_model(&arm.model)
         .unwrap()
         .expect("a pretrained model");
-    let mut task = plan::classify_task(&arm.data, &mut ck, arm.train.max_len, 1, plan::Split::Dev)
-        .unwrap()
-        .expect("a classification task");
+    let mut task = prepare::classify_task(
+        &arm.data,
+        &mut ck,
+        arm.train.max_len,
+        1,
+        prepare::Split::Dev,
+    )
+    .unwrap()
+    .expect("a classification task");
     assert_eq!(ck.tokenizer.max_len(), 64);
     assert_eq!(task.train_data().len(), 8454);
     assert_eq!(task.eval_data().len(), 512);
@@ -52,7 +59,7 @@ fn movie_sentiment_example_builds_its_task() {
 
 #[test]
 fn jsonl_policy_builds_a_three_class_task() {
-    if !assets::require_assets("jsonl_policy_builds_a_three_class_task") {
+    if !testkit::require_assets("jsonl_policy_builds_a_three_class_task") {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -77,10 +84,16 @@ fn jsonl_policy_builds_a_three_class_task() {
     let policy =
         adarank::policy::load_str(src, "j.rank", d.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
     let arm = &policy.arms[0];
-    let mut ck = plan::load_model(&arm.model).unwrap().unwrap();
-    let task = plan::classify_task(&arm.data, &mut ck, arm.train.max_len, 0, plan::Split::Test)
-        .unwrap()
-        .unwrap();
+    let mut ck = prepare::load_model(&arm.model).unwrap().unwrap();
+    let task = prepare::classify_task(
+        &arm.data,
+        &mut ck,
+        arm.train.max_len,
+        0,
+        prepare::Split::Test,
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(
         task.head(),
         Head::Classify {

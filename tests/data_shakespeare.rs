@@ -8,12 +8,12 @@
 //! the splits are whole plays, 29/4/4, with the counts the fetch script pins, and no Gutenberg
 //! boilerplate is left.
 
-use adarank::data::assets;
-use adarank::data::lm::plan::lm_task;
+use adarank::data::lm::prepare::lm_task;
 use adarank::data::lm::{JsonlKind, LmMetric, Truncation, IGNORE};
-use adarank::data::plan::{load_llm, Split};
+use adarank::data::prepare::{load_llm, Split};
 use adarank::model::Target;
 use adarank::policy::{load_str, DataSpec, Diagnostics, Policy};
+use adarank::testkit;
 use adarank::train::Task;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -223,7 +223,7 @@ fn check_says_to_fetch_a_missing_asset() {
 
 #[test]
 fn the_fetched_splits_are_whole_plays() {
-    let Some(dir) = assets::require_shakespeare("the_fetched_splits_are_whole_plays") else {
+    let Some(dir) = testkit::require_shakespeare("the_fetched_splits_are_whole_plays") else {
         return;
     };
     let mut plays: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();

@@ -3,6 +3,7 @@
 //! question-answering example). Needs the assets.
 
 use adarank::data::{assets, hf, squad};
+use adarank::testkit;
 use serde_json::Value;
 use std::path::Path;
 
@@ -21,7 +22,7 @@ fn u32s(v: &Value) -> Vec<u32> {
 
 #[test]
 fn minilm_token_ids_match_transformers() {
-    if !assets::require_assets("minilm_token_ids_match_transformers") {
+    if !testkit::require_assets("minilm_token_ids_match_transformers") {
         return;
     }
     let ck = hf::load(assets::MINILM).unwrap();
@@ -36,7 +37,7 @@ fn minilm_token_ids_match_transformers() {
 
 #[test]
 fn truncation_is_ours_not_the_files() {
-    if !assets::require_assets("truncation_is_ours_not_the_files") {
+    if !testkit::require_assets("truncation_is_ours_not_the_files") {
         return;
     }
     let mut tok = hf::load(assets::MINILM).unwrap().tokenizer;
@@ -52,7 +53,7 @@ fn truncation_is_ours_not_the_files() {
 
 #[test]
 fn squad_targets_match_transformers() {
-    if !assets::require_assets("squad_targets_match_transformers") {
+    if !testkit::require_assets("squad_targets_match_transformers") {
         return;
     }
     let mut tok = hf::load(assets::MINILM).unwrap().tokenizer;
@@ -77,7 +78,7 @@ fn squad_targets_match_transformers() {
 
 #[test]
 fn squad_errors_name_the_question() {
-    if !assets::require_assets("squad_errors_name_the_question") {
+    if !testkit::require_assets("squad_errors_name_the_question") {
         return;
     }
     let tok = hf::load(assets::MINILM).unwrap().tokenizer;
@@ -100,7 +101,7 @@ fn squad_errors_name_the_question() {
 fn squad_task_batches_carry_span_targets() {
     use adarank::model::Target;
     use adarank::train::Task;
-    if !assets::require_assets("squad_task_batches_carry_span_targets") {
+    if !testkit::require_assets("squad_task_batches_carry_span_targets") {
         return;
     }
     let ck = hf::load(assets::MINILM).unwrap();

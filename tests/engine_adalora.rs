@@ -5,8 +5,8 @@ mod common;
 
 use adarank::adapter::AdapterStore;
 use adarank::engine::adalora::budget_schedule;
-use adarank::engine::planted::{PlantedConfig, PlantedStore};
 use adarank::engine::{AdaLoraConfig, EngineConfig, EngineCtx, Method, RankEngine};
+use adarank::testkit::planted::{PlantedConfig, PlantedStore};
 use common::Counting;
 
 fn cfg(resize: bool) -> AdaLoraConfig {

@@ -1,9 +1,9 @@
 //! The shipped learner, log rule, phase condition and baselines against independent oracles.
 
 use adarank::adapter::{AdapterStore, ModuleKind};
-use adarank::engine::planted::{PlantedConfig, PlantedStore};
 use adarank::engine::shipped::find;
 use adarank::engine::{EngineConfig, EngineCtx, Limits, Method, PluginHost, RankEngine, Role};
+use adarank::testkit::planted::{PlantedConfig, PlantedStore};
 use rhai::{Array, Dynamic, Map};
 use std::collections::BTreeMap;
 

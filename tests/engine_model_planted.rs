@@ -35,14 +35,14 @@
 
 use adarank::adapter::{AdapterStore, ModuleKind};
 use adarank::backend::cpu::Cpu;
-use adarank::backend::gpu::test_gpu;
 use adarank::backend::Backend;
 use adarank::engine::driver::{Collect, DriverHooks, EngineDriver};
-use adarank::engine::planted::spearman;
 use adarank::engine::schedule::Schedule;
 use adarank::engine::{AdaLoraConfig, EngineConfig, Method, RankEngine, SoraConfig};
 use adarank::model::{LoraConfig, TrainMode};
 use adarank::policy::{Action, ActionKind, PhaseSpec, Until};
+use adarank::testkit::planted::spearman;
+use adarank::testkit::test_gpu;
 use adarank::train::{build_model, train, Decay, PlantedConfig, PlantedTask, Task, TrainConfig};
 use std::sync::Arc;
 use std::time::Instant;

@@ -2,9 +2,9 @@
 //! (Spearman ≥ 0.8) and its loss beats uniform fixed rank at the same budget, on every seed.
 //! AdaLoRA, EVA-like and random are run alongside and printed (`--nocapture`) for the report.
 
-use adarank::engine::planted::{run_planted, spearman, PlantedConfig, PlantedOutcome};
 use adarank::engine::{AdaLoraConfig, EngineConfig, Method};
 use adarank::policy::{Action, ActionKind, PhaseSpec, Until};
+use adarank::testkit::planted::{run_planted, spearman, PlantedConfig, PlantedOutcome};
 
 const PLANTED: [usize; 8] = [1, 2, 3, 4, 6, 8, 10, 14];
 const BUDGET: usize = 48; // = Σ planted; uniform fixed rank 6 spends the same

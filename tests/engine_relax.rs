@@ -4,10 +4,10 @@
 use adarank::adapter::{AdapterStore, ModuleKind};
 use adarank::backend::cpu::Cpu;
 use adarank::backend::{Backend, MemKind};
-use adarank::engine::planted::{run_planted, PlantedConfig};
 use adarank::engine::{EngineConfig, EngineCtx, Method, RankEngine};
 use adarank::model::{LoraConfig, TrainMode};
 use adarank::policy::{Action, ActionKind, PhaseSpec, Until};
+use adarank::testkit::planted::{run_planted, PlantedConfig};
 use adarank::train::{build_model, PlantedTask, Task};
 use std::sync::Arc;
 

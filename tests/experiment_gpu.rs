@@ -45,7 +45,7 @@ fn final_loss(summary: &serde_json::Value) -> f64 {
 
 #[test]
 fn gpu_run_matches_cpu_run() {
-    if adarank::backend::gpu::test_gpu().is_none() {
+    if adarank::testkit::test_gpu().is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -3,11 +3,12 @@
 //! why, when the assets are missing — unless `ADARANK_REQUIRE_ASSETS=1`.
 
 use adarank::data::assets;
+use adarank::testkit;
 use std::process::Command;
 
 #[test]
 fn movie_sentiment_runs_one_arm() {
-    if !assets::require_assets("movie_sentiment_runs_one_arm") {
+    if !testkit::require_assets("movie_sentiment_runs_one_arm") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -17,6 +17,7 @@ use adarank::experiment::arm::train_mode;
 use adarank::model::{
     Batch, Flavour, Head, LoraConfig, Model, ModelConfig, Pooling, Target, TrainMode,
 };
+use adarank::testkit;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -115,7 +116,7 @@ fn minilm_gap<B: Backend>(be: Arc<B>) -> (f32, f32, u64, u64) {
 
 #[test]
 fn minilm_bf16_hidden_states_within_1e_2_of_f32_cpu() {
-    if !assets::require_assets("minilm_bf16_hidden_states_within_1e_2_of_f32_cpu") {
+    if !testkit::require_assets("minilm_bf16_hidden_states_within_1e_2_of_f32_cpu") {
         return;
     }
     let (gap, mean, f32_bytes, bf16_bytes) = minilm_gap(Arc::new(Cpu::new()));
@@ -134,10 +135,10 @@ fn minilm_bf16_hidden_states_within_1e_2_of_f32_cpu() {
 
 #[test]
 fn minilm_bf16_hidden_states_within_1e_2_of_f32_gpu() {
-    if !assets::require_assets("minilm_bf16_hidden_states_within_1e_2_of_f32_gpu") {
+    if !testkit::require_assets("minilm_bf16_hidden_states_within_1e_2_of_f32_gpu") {
         return;
     }
-    let Some(g) = adarank::backend::gpu::test_gpu() else {
+    let Some(g) = adarank::testkit::test_gpu() else {
         return;
     };
     let (gap, mean, f32_bytes, bf16_bytes) = minilm_gap(g);

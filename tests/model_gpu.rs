@@ -6,9 +6,9 @@
 
 use adarank::adapter::ModuleKind;
 use adarank::backend::cpu::Cpu;
-use adarank::backend::gpu::test_gpu;
 use adarank::backend::Backend;
 use adarank::model::{LoraConfig, TrainMode};
+use adarank::testkit::test_gpu;
 use adarank::train::{build_model, train, Decay, NoHooks, PlantedConfig, PlantedTask, TrainConfig};
 use std::sync::Arc;
 

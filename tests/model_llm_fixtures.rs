@@ -108,7 +108,7 @@ fn tiny_qwen2_sharded_bf16_matches_transformers() {
 
 /// SmolLM2 from the fetched GGUF (`None`: skipped, or a panic under ADARANK_REQUIRE_ASSETS=1).
 fn smollm2() -> Option<Pretrained> {
-    let path = adarank::data::assets::require_smollm2("model_llm_fixtures")?;
+    let path = adarank::testkit::require_smollm2("model_llm_fixtures")?;
     Some(adarank::data::gguf::load(&path).unwrap())
 }
 
@@ -182,7 +182,7 @@ fn smollm2_gguf_greedy_generation_matches_transformers_on_the_cpu() {
 #[test]
 fn smollm2_gguf_logits_and_generation_match_transformers_on_the_gpu() {
     let Some(p) = smollm2() else { return };
-    let Some(g) = adarank::backend::gpu::test_gpu() else {
+    let Some(g) = adarank::testkit::test_gpu() else {
         return;
     };
     let f = fixture("smollm2.json");

@@ -7,12 +7,12 @@
 
 use adarank::adapter::ModuleKind;
 use adarank::backend::cpu::Cpu;
-use adarank::backend::gpu::test_gpu;
 use adarank::backend::Backend;
 use adarank::model::{
     random_weights, Batch, Flavour, Head, Init, LoraConfig, Model, ModelConfig, Pooling, Target,
     TrainMode,
 };
+use adarank::testkit::test_gpu;
 use std::sync::Arc;
 
 fn cfg() -> ModelConfig {

@@ -14,6 +14,7 @@ use adarank::data::{assets, hf};
 use adarank::model::{
     Batch, Flavour, Head, LoraConfig, Model, ModelConfig, Pooling, Target, TrainMode,
 };
+use adarank::testkit;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -92,7 +93,7 @@ fn minilm_gap(dtype: DType) -> (f64, u64, u64) {
 
 #[test]
 fn minilm_with_quantized_weights_stays_near_f32() {
-    if !assets::require_assets("minilm_with_quantized_weights_stays_near_f32") {
+    if !testkit::require_assets("minilm_with_quantized_weights_stays_near_f32") {
         return;
     }
     // (format, most relative RMS gap, frozen-bytes ratio range). Measured: Q8_0 1.6e-2, Q4_1
@@ -181,7 +182,7 @@ fn lora_training_with_q8_0_weights_tracks_f32() {
         assert!((x - y).abs() <= 0.02 * x, "f32 {x} vs q8_0 {y}");
     }
     assert!(a[4] < a[0] && b[4] < b[0]);
-    let Some(g) = adarank::backend::gpu::test_gpu() else {
+    let Some(g) = adarank::testkit::test_gpu() else {
         return;
     };
     let c = losses(g, DType::Q8_0);

@@ -17,6 +17,7 @@ use adarank::experiment::arm::train_mode;
 use adarank::experiment::export::{import_peft, read_cell_info};
 use adarank::model::{Batch, Head, Model, Pooling, Target};
 use adarank::policy::ModelSpec;
+use adarank::testkit;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -73,7 +74,7 @@ fn logits_in(dir: &str, pooling: Pooling, cases: &[serde_json::Value]) -> Vec<Ve
 
 #[test]
 fn our_logits_match_peft_loading_our_export() {
-    if !assets::require_assets("peft_fixture") {
+    if !testkit::require_assets("peft_fixture") {
         return;
     }
     let fixture = fixture(DIR);
@@ -113,7 +114,7 @@ fn argmax(v: &[f64]) -> usize {
 
 #[test]
 fn the_stock_class_on_the_default_export_gives_our_accuracy() {
-    if !assets::require_assets("peft_fixture") {
+    if !testkit::require_assets("peft_fixture") {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

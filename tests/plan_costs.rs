@@ -7,14 +7,14 @@
 
 use adarank::adapter::ModuleKind;
 use adarank::backend::cpu::Cpu;
-use adarank::data::assets;
-use adarank::data::plan::Split;
-use adarank::experiment::arm::{build_task, load_checkpoint, train_mode};
+use adarank::data::prepare::Split;
+use adarank::experiment::arm::{build_task, load_pretrained, train_mode};
 use adarank::experiment::costs::{self, devices, pass_flops, BatchShape};
 use adarank::experiment::run::{run, DeviceChoice, RunOptions};
 use adarank::experiment::{CellStatus, RunDir};
 use adarank::model::{Flavour, Head, LoraConfig, Model, ModelConfig, Pooling, TrainMode};
 use adarank::policy::{self, Policy};
+use adarank::testkit;
 use adarank::train::build_model;
 use std::path::Path;
 use std::sync::Arc;
@@ -129,7 +129,7 @@ fn adalora_peaks_match_the_plan() {
 
 #[test]
 fn movie_sentiment_peaks_match_the_plan() {
-    if !assets::require_assets("movie_sentiment_peaks_match_the_plan") {
+    if !testkit::require_assets("movie_sentiment_peaks_match_the_plan") {
         return;
     }
     // Four steps instead of 300; re-allocations at steps 1 and 2 and the final allocation at 3
@@ -150,7 +150,7 @@ fn movie_sentiment_peaks_match_the_plan() {
 
 #[test]
 fn bert_pooler_peaks_and_flops_match_the_plan() {
-    if !assets::require_assets("bert_pooler_peaks_and_flops_match_the_plan") {
+    if !testkit::require_assets("bert_pooler_peaks_and_flops_match_the_plan") {
         return;
     }
     // `pooling = cls` adds BERT's pooler: frozen weights under LoRA, trained under full
@@ -176,7 +176,7 @@ fn bert_pooler_peaks_and_flops_match_the_plan() {
 fn flops_agree(policy: &Policy) {
     for arm in &policy.arms {
         let be = Arc::new(Cpu::new());
-        let mut ck = load_checkpoint(arm).unwrap();
+        let mut ck = load_pretrained(arm).unwrap();
         let (mut task, _) = build_task(arm, ck.as_mut(), 1, Split::Test).unwrap();
         let layers = task.model_config().layers;
         let mode = train_mode(arm, layers);
@@ -242,7 +242,7 @@ fn step_flops_match_the_backends_tally() {
 
 #[test]
 fn movie_sentiment_flops_match_the_backends_tally() {
-    if !assets::require_assets("movie_sentiment_flops_match_the_backends_tally") {
+    if !testkit::require_assets("movie_sentiment_flops_match_the_backends_tally") {
         return;
     }
     flops_agree(&example("movie_sentiment.rank", &[]));

@@ -2,11 +2,11 @@
 //! naming file:line:col, the adapter and the value — never a panic.
 
 use adarank::adapter::AdapterStore;
-use adarank::engine::planted::{PlantedConfig, PlantedStore};
 use adarank::engine::{
     EngineConfig, EngineCtx, EngineError, Limits, Method, PluginError, PluginErrorKind, RankEngine,
     Role,
 };
+use adarank::testkit::planted::{PlantedConfig, PlantedStore};
 use std::path::PathBuf;
 
 fn store() -> PlantedStore {

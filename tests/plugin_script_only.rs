@@ -2,8 +2,8 @@
 //! ranks as it says.
 
 use adarank::adapter::AdapterStore;
-use adarank::engine::planted::{PlantedConfig, PlantedStore};
 use adarank::engine::{EngineConfig, EngineCtx, Method, RankEngine};
+use adarank::testkit::planted::{PlantedConfig, PlantedStore};
 
 fn store() -> PlantedStore {
     let mut c = PlantedConfig::new(vec![2; 12], 4);

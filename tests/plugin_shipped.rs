@@ -19,14 +19,9 @@ fn shipped_plugins_compile_and_define_their_role() {
         let compiled = host
             .compile(p.file, p.source)
             .unwrap_or_else(|e| panic!("{e}"));
-        let (role, arity) = match p.role() {
-            "complexity" => (Role::Complexity, 2),
-            "allocator" => (Role::Allocator, 2),
-            "learner" => (Role::Learner, 3),
-            "condition" => (Role::Condition, 1),
-            other => panic!("{}: unknown role `{other}`", p.file),
-        };
-        host.require(&compiled, role, arity).unwrap();
+        let role = Role::from_name(p.role())
+            .unwrap_or_else(|| panic!("{}: unknown role `{}`", p.file, p.role()));
+        host.require(&compiled, role).unwrap();
         assert!(p.description().len() > 10, "{}", p.file);
     }
 }

@@ -38,7 +38,6 @@ fn base_is_the_first_arm_and_arms_follow_in_order() {
         ["ours", "fixed", "per_slot", "adalora", "no_learner", "full"]
     );
     assert_eq!(p.baseline.as_deref(), Some("fixed"));
-    assert!(p.arm("fixed").unwrap().is_baseline);
     assert!(p.arm("no_learner").unwrap().ablation);
     assert!(!p.arm("ours").unwrap().ablation);
     assert_eq!(p.seeds, vec![1, 2, 3]);
@@ -134,7 +133,7 @@ fn defaults_are_filled_in() {
     );
     assert_eq!(a.train.batch, 32);
     assert_eq!(a.train.decay, Decay::Linear);
-    assert_eq!(a.train.device, Device::Auto);
+    assert_eq!(a.train.device, DeviceChoice::Auto);
     assert_eq!(a.train.clip, Some(1.0));
     assert_eq!(
         a.phases,

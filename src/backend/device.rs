@@ -10,7 +10,8 @@ use super::Backend;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
-/// Also a policy's `train.device` (`policy::Device`), so the plan and the command line share it.
+/// Also a policy's `train.device` (re-exported as `policy::DeviceChoice`), so the plan and the
+/// command line share it.
 #[derive(
     Clone,
     Copy,

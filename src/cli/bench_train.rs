@@ -11,6 +11,7 @@
 //! PEFT on the same configuration beside it (docs/performance.md).
 
 use crate::backend::cpu::Cpu;
+use crate::backend::device::{Device, DeviceChoice};
 use crate::backend::profile::OpTotal;
 use crate::backend::{Backend, Counters, DType, LedgerSnapshot, MemKind};
 use crate::engine::driver::{Collect, DriverHooks, EngineDriver};
@@ -31,13 +32,6 @@ use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Device {
-    Cpu,
-    Gpu,
-    Both,
-}
 
 /// What one measurement times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -69,9 +63,11 @@ impl Mode {
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchTrainArgs {
-    /// Which backend(s) to measure.
-    #[arg(long, value_enum, default_value = "both")]
-    pub device: Device,
+    /// The backend to measure: `cpu`, `gpu` (any wgpu adapter, software ones included) or
+    /// `auto` (the one `adarank run` would take). Left out: both, the GPU skipped when wgpu
+    /// finds no adapter.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceChoice>,
     #[arg(long, default_value_t = 6)]
     pub layers: usize,
     #[arg(long, default_value_t = 384)]
@@ -845,7 +841,16 @@ pub fn main(mut a: BenchTrainArgs) -> Result<()> {
         a.method.label()
     );
     let w = weights.as_ref();
-    if matches!(a.device, Device::Cpu | Device::Both) {
+    let (cpu, gpu) = match a.device {
+        None => (true, true),
+        Some(DeviceChoice::Cpu) => (true, false),
+        Some(DeviceChoice::Gpu) => (false, true),
+        Some(DeviceChoice::Auto) => match Device::open(DeviceChoice::Auto)? {
+            Device::Cpu(_) => (true, false),
+            Device::Gpu(_) => (false, true),
+        },
+    };
+    if cpu {
         if a.profile {
             run(
                 Arc::new(Cpu::profiled()),
@@ -858,7 +863,7 @@ pub fn main(mut a: BenchTrainArgs) -> Result<()> {
             run(Arc::new(Cpu::new()), &a, &cfg, w, None)?;
         }
     }
-    if matches!(a.device, Device::Gpu | Device::Both) {
+    if gpu {
         // Software adapters (lavapipe) count: they run the real kernels, slowly.
         match crate::backend::gpu::Gpu::open(crate::backend::gpu::AdapterFilter::AllowCpu)? {
             Some(g) if a.profile => run(
@@ -869,7 +874,7 @@ pub fn main(mut a: BenchTrainArgs) -> Result<()> {
                 Some(crate::backend::gpu::Gpu::take_profile),
             )?,
             Some(g) => run(Arc::new(g), &a, &cfg, w, None)?,
-            None if a.device == Device::Gpu => {
+            None if a.device.is_some() => {
                 bail!("--device gpu: no wgpu adapter found (set WGPU_BACKEND=vulkan, install a driver)")
             }
             None => println!("gpu: skipped — no wgpu adapter found"),

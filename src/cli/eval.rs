@@ -4,7 +4,7 @@
 
 use crate::backend::device::{Device, DeviceChoice};
 use crate::backend::Backend;
-use crate::data::plan::Split;
+use crate::data::prepare::Split;
 use crate::experiment::evaluate::{self, CellDir, Evaluation};
 use crate::experiment::fsio::write_atomic;
 use crate::experiment::progress::text_table;

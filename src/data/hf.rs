@@ -181,8 +181,9 @@ impl BertConfig {
     }
 }
 
-/// A loaded checkpoint: config, frozen weights, tokenizer, pooling.
-pub struct Checkpoint {
+/// A loaded pretrained encoder (BERT family): config, frozen weights, tokenizer, pooling. Not
+/// to be confused with a run's training checkpoints (`experiment::checkpoint`).
+pub struct PretrainedEncoder {
     /// The folder it was loaded from (a snapshot folder for hub names).
     pub dir: PathBuf,
     pub config: BertConfig,
@@ -291,12 +292,12 @@ fn snapshot_in(repo: &Path) -> Result<Option<PathBuf>> {
 
 /// Load a checkpoint by folder or hub name (see `resolve`). The tokenizer's maximum length is
 /// the sentence-transformers `max_seq_length` when given, else `max_position_embeddings`.
-pub fn load(spec: &str) -> Result<Checkpoint> {
+pub fn load(spec: &str) -> Result<PretrainedEncoder> {
     load_dir(&resolve(spec)?)
 }
 
 /// Load a checkpoint from a folder.
-pub fn load_dir(dir: &Path) -> Result<Checkpoint> {
+pub fn load_dir(dir: &Path) -> Result<PretrainedEncoder> {
     let need = |name: &str| -> Result<PathBuf> {
         let p = dir.join(name);
         if p.is_file() {
@@ -325,7 +326,7 @@ pub fn load_dir(dir: &Path) -> Result<Checkpoint> {
         );
     }
     let pooling = read_pooling(dir)?;
-    Ok(Checkpoint {
+    Ok(PretrainedEncoder {
         dir: dir.to_path_buf(),
         config,
         weights,

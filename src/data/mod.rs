@@ -5,22 +5,22 @@
 pub mod assets;
 pub mod batch;
 pub mod chat;
+pub mod classify_task;
 pub mod gguf;
 pub mod glue;
 pub mod hf;
 pub mod hf_llm;
 pub mod jsonl;
 pub mod lm;
-pub mod plan;
+pub mod prepare;
 pub mod pretrained;
 pub mod squad;
-pub mod task;
 pub mod tokenizer;
 
 pub use batch::{ClassifyBatch, ClassifyData};
+pub use classify_task::{ClassifyTask, TextFormat};
 pub use glue::{Example, TextTable};
-pub use hf::{BertConfig, Checkpoint};
-pub use task::{ClassifyTask, TextFormat};
+pub use hf::{BertConfig, PretrainedEncoder};
 pub use tokenizer::{Encoded, Tokenizer};
 
 /// The data or pretrained model a policy names cannot be loaded (missing file, wrong format,

@@ -175,7 +175,7 @@ pub struct SpanTask {
 
 impl SpanTask {
     pub fn new(
-        ckpt: &crate::data::hf::Checkpoint,
+        ckpt: &crate::data::hf::PretrainedEncoder,
         train: Vec<SpanExample>,
         eval: &[SpanExample],
         eval_batch: usize,

@@ -195,7 +195,7 @@ impl AdaLoraMethod {
             .allocator
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}adalora.rhai", super::source::BUILTIN)));
-        let allocator = core.load_plugin(&path, Role::Allocator, 2)?;
+        let allocator = core.load_plugin(&path, Role::Allocator)?;
         core.note_mentions([&allocator]);
         Ok(Self {
             c,

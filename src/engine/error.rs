@@ -1,45 +1,9 @@
 //! Typed errors of the rank engine. A plugin failure carries where in the script it happened and
 //! what it returned, so the runner can save what was done so far and report it.
 
+use super::role::Role;
 use serde::Serialize;
 use std::fmt;
-
-/// The role a plugin was called in (see plugins/README.md for the signatures).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Complexity,
-    Allocator,
-    Learner,
-    /// The learner's per-step function `learn_step` (relaxed ranks).
-    LearnerStep,
-    Condition,
-    /// Compiling or loading the script, before any role function ran.
-    Load,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Complexity => "complexity",
-            Role::Allocator => "allocator",
-            Role::Learner | Role::LearnerStep => "learner",
-            Role::Condition => "condition",
-            Role::Load => "load",
-        }
-    }
-    /// The rhai function a plugin of this role must define.
-    pub fn function(self) -> &'static str {
-        match self {
-            Role::Complexity => "complexity",
-            Role::Allocator => "allocate",
-            Role::Learner => "learn",
-            Role::LearnerStep => "learn_step",
-            Role::Condition => "done",
-            Role::Load => "",
-        }
-    }
-}
 
 /// What went wrong in a plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

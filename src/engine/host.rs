@@ -12,7 +12,8 @@ mod guard;
 mod heap;
 mod safe;
 
-use super::error::{PluginError, PluginErrorKind, PluginResult, Role};
+use super::error::{PluginError, PluginErrorKind, PluginResult};
+use super::role::Role;
 use super::rounding;
 use guard::{Guard, Stop};
 use rand::rngs::StdRng;
@@ -301,12 +302,6 @@ impl PluginHost {
     pub fn set_params(&self, m: Map) {
         *self.params.write().unwrap_or_else(|x| x.into_inner()) = m;
     }
-    pub fn set_param(&self, key: &str, v: Dynamic) {
-        self.params
-            .write()
-            .unwrap_or_else(|x| x.into_inner())
-            .insert(key.into(), v);
-    }
 
     /// Re-seed `rand()` (the random allocator draws from it).
     pub fn reseed(&self, seed: u64) {
@@ -354,8 +349,9 @@ impl PluginHost {
         }
     }
 
-    /// Check that `plugin` defines the function of `role` with `arity` parameters.
-    pub fn require(&self, plugin: &Plugin, role: Role, arity: usize) -> PluginResult<()> {
+    /// Check that `plugin` defines the function of `role` with its parameters ([`Role::arity`]).
+    pub fn require(&self, plugin: &Plugin, role: Role) -> PluginResult<()> {
+        let arity = role.arity();
         if plugin.defines(role.function(), arity) {
             return Ok(());
         }

@@ -21,9 +21,9 @@ pub mod error;
 pub mod fade;
 pub mod host;
 pub mod method;
-pub mod planted;
 pub mod reads;
 pub mod relax;
+pub mod role;
 pub mod rounding;
 pub mod schedule;
 pub mod scripted;
@@ -34,9 +34,10 @@ pub mod spectra;
 pub mod stats;
 
 pub use adalora::AdaLoraConfig;
-pub use error::{EngineError, PluginError, PluginErrorKind, PluginResult, Result, Role};
+pub use error::{EngineError, PluginError, PluginErrorKind, PluginResult, Result};
 pub use host::{Limits, Plugin, PluginHost};
 pub use method::{Allocation, RankMethod, SlotAllocation};
+pub use role::{Role, RoleSpec, ROLES};
 pub use sora::SoraConfig;
 pub use stats::{SlotExtra, W0Stats, STATS, W0_SV_KEEP};
 
@@ -256,11 +257,11 @@ impl Core {
     /// Load and compile a plugin for `role` with the resolver `adarank check` uses
     /// ([`source::resolve`]): plan paths are already resolved; a relative path given through
     /// the API is taken against `base_dir`.
-    pub fn load_plugin(&self, p: &Path, role: Role, arity: usize) -> Result<Plugin> {
+    pub fn load_plugin(&self, p: &Path, role: Role) -> Result<Plugin> {
         let base = self.cfg.base_dir.clone().unwrap_or_default();
         let full = source::resolve(&p.to_string_lossy(), &base);
         let plugin = source::load(&self.host, &full)?;
-        self.host.require(&plugin, role, arity)?;
+        self.host.require(&plugin, role)?;
         Ok(plugin)
     }
 
@@ -980,7 +981,7 @@ impl RankEngine {
         self.core.calls.phase_done += 1;
         let key = plugin.to_path_buf();
         if !self.conditions.contains_key(&key) {
-            let p = self.core.load_plugin(plugin, Role::Condition, 1)?;
+            let p = self.core.load_plugin(plugin, Role::Condition)?;
             self.conditions.insert(key.clone(), p);
         }
         let p = self.conditions[&key].clone();

@@ -77,15 +77,13 @@ impl Scripted {
             }
         };
         let complexity = c
-            .map(|p| core.load_plugin(&p, Role::Complexity, 2))
+            .map(|p| core.load_plugin(&p, Role::Complexity))
             .transpose()?;
-        let allocator = core.load_plugin(&a, Role::Allocator, 2)?;
-        let learner = l
-            .map(|p| core.load_plugin(&p, Role::Learner, 3))
-            .transpose()?;
+        let allocator = core.load_plugin(&a, Role::Allocator)?;
+        let learner = l.map(|p| core.load_plugin(&p, Role::Learner)).transpose()?;
         let relax = learner
             .as_ref()
-            .filter(|p| p.defines(Role::LearnerStep.function(), 3))
+            .filter(|p| p.defines(Role::LearnerStep.function(), Role::LearnerStep.arity()))
             .map(|_| {
                 Relaxation::new(
                     param_f64(core, relax::TAU_PARAM, relax::TAU),

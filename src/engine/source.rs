@@ -15,8 +15,9 @@
 //! Scripts are compiled by the sandboxed [`PluginHost`] in both places, so `check` applies the
 //! engine's settings (strict variables, no `eval`, no `import`) and rejects what `run` would.
 
-use super::error::{PluginError, PluginErrorKind, PluginResult, Role};
+use super::error::{PluginError, PluginErrorKind, PluginResult};
 use super::host::{Plugin, PluginHost};
+use super::role::Role;
 use super::shipped::{self, Shipped};
 use std::path::{Component, Path, PathBuf};
 

@@ -3,8 +3,8 @@
 
 use super::records::HParams;
 use crate::adapter::ModuleKind;
-use crate::data::plan::Split;
-use crate::data::{self, hf::Checkpoint};
+use crate::data::prepare::Split;
+use crate::data::{self, hf::PretrainedEncoder};
 use crate::engine::{AdaLoraConfig, EngineConfig, Method, SoraConfig};
 use crate::model::{Flavour, LoraConfig, ModelConfig, TrainMode};
 use crate::policy::{
@@ -158,31 +158,31 @@ pub fn targeted_slots(arm: &ArmPlan, model: &ModelConfig) -> Vec<usize> {
 }
 
 /// The pretrained checkpoint an arm's model section names (`None` for random models).
-pub fn load_checkpoint(arm: &ArmPlan) -> Result<Option<Checkpoint>> {
-    data::plan::load_model(&arm.model)
+pub fn load_pretrained(arm: &ArmPlan) -> Result<Option<PretrainedEncoder>> {
+    data::prepare::load_model(&arm.model)
         .with_context(|| format!("loading the model of arm {}", arm.name))
 }
 
 /// A key for sharing loaded checkpoints between arms with the same model section.
-pub fn checkpoint_key(arm: &ArmPlan) -> String {
+pub fn pretrained_key(arm: &ArmPlan) -> String {
     serde_json::to_string(&arm.model).unwrap_or_default()
 }
 
 /// The task an arm trains on, and the number of training samples (for epochs). `ckpt` is the
-/// arm's pretrained checkpoint ([`load_checkpoint`]), needed by the real data sets. The data
+/// arm's pretrained checkpoint ([`load_pretrained`]), needed by the real data sets. The data
 /// section's own seed fixes the task (planted teacher, synthetic data, splits); the run `seed`
-/// orders the training data. The task evaluates on `split` (see [`data::plan::split_of`]).
+/// orders the training data. The task evaluates on `split` (see [`data::prepare::split_of`]).
 pub fn build_task(
     arm: &ArmPlan,
-    ckpt: Option<&mut Checkpoint>,
+    ckpt: Option<&mut PretrainedEncoder>,
     seed: u64,
     split: Split,
 ) -> Result<(Box<dyn Task>, Option<usize>)> {
     if let crate::policy::lm::ModelKind::CausalLm(path) = crate::policy::lm::model_kind(&arm.model)
     {
-        let pre = data::plan::load_llm(&path)
+        let pre = data::prepare::load_llm(&path)
             .with_context(|| format!("loading the model of arm {}", arm.name))?;
-        let Some(t) = data::lm::plan::lm_task(&arm.data, &pre, arm.train.max_len, seed, split)?
+        let Some(t) = data::lm::prepare::lm_task(&arm.data, &pre, arm.train.max_len, seed, split)?
         else {
             bail!(
                 "arm {}: a causal LM trains on text (JSONL records, or a labelled set with \
@@ -273,11 +273,11 @@ pub fn build_task(
                 )
             };
             let max_len = arm.train.max_len;
-            if let Some(t) = data::plan::classify_task(other, ckpt, max_len, seed, split)? {
+            if let Some(t) = data::prepare::classify_task(other, ckpt, max_len, seed, split)? {
                 let n = t.train_len();
                 return Ok((Box::new(t), Some(n)));
             }
-            if let Some(t) = data::plan::span_task(other, ckpt, max_len, seed)? {
+            if let Some(t) = data::prepare::span_task(other, ckpt, max_len, seed)? {
                 let n = t.train_len();
                 return Ok((Box::new(t), Some(n)));
             }

@@ -3,7 +3,7 @@
 //! candidate) and `adarank eval` build cells only here.
 
 use super::arm::{
-    build_task, checkpoint_key, engine_config, load_checkpoint, metric_is_loss, steps_per_epoch,
+    build_task, engine_config, load_pretrained, metric_is_loss, pretrained_key, steps_per_epoch,
     targeted_slots, total_steps, train_config, train_mode,
 };
 use super::checkpoint;
@@ -16,8 +16,8 @@ use super::rundir::RunDir;
 use super::sink::{fixed_allocation, CheckpointState, RunSink, RunnerState};
 use crate::adapter::{AdapterStore, SlotView};
 use crate::backend::{Backend, MemKind};
-use crate::data::hf::Checkpoint as HfCheckpoint;
-use crate::data::plan::Split;
+use crate::data::hf::PretrainedEncoder;
+use crate::data::prepare::Split;
 use crate::data::DataError;
 use crate::engine::driver::{DriverHooks, EngineDriver};
 use crate::engine::schedule::Schedule;
@@ -47,13 +47,13 @@ pub struct Cell<'a, B: Backend> {
 
 impl<'a, B: Backend> Cell<'a, B> {
     /// The cell's task (evaluating on `split`) and its untrained model; `ckpt` is the arm's
-    /// pretrained checkpoint ([`load_checkpoint`]), shared between cells.
+    /// pretrained checkpoint ([`load_pretrained`]), shared between cells.
     pub fn build(
         be: Arc<B>,
         arm: &'a ArmPlan,
         seed: u64,
         split: Split,
-        ckpt: Option<&mut HfCheckpoint>,
+        ckpt: Option<&mut PretrainedEncoder>,
     ) -> Result<Self> {
         let (task, samples) = build_task(arm, ckpt, seed, split).map_err(DataError)?;
         let layers = task.model_config().layers;
@@ -115,7 +115,7 @@ pub(super) struct Cells<'r, B: Backend> {
     pub resuming: bool,
     /// Simulates a kill: the run stops after this many more training steps.
     pub stop_after: Option<u64>,
-    pub checkpoints: HashMap<String, Option<HfCheckpoint>>,
+    pub pretrained: HashMap<String, Option<PretrainedEncoder>>,
 }
 
 /// Where a cell's training ended: the final evaluation, the runner's carried state and the
@@ -133,12 +133,12 @@ struct Trained {
 impl<B: Backend> Cells<'_, B> {
     /// Builds, trains (or resumes), exports and evaluates one cell; its result for the summary.
     pub fn run_cell(&mut self, arm: &ArmPlan, seed: u64, split: Split) -> Result<CellResult> {
-        let key = checkpoint_key(arm);
-        if !self.checkpoints.contains_key(&key) {
-            let loaded = load_checkpoint(arm).map_err(DataError)?;
-            self.checkpoints.insert(key.clone(), loaded);
+        let key = pretrained_key(arm);
+        if !self.pretrained.contains_key(&key) {
+            let loaded = load_pretrained(arm).map_err(DataError)?;
+            self.pretrained.insert(key.clone(), loaded);
         }
-        let ckpt = self.checkpoints.get_mut(&key).and_then(Option::as_mut);
+        let ckpt = self.pretrained.get_mut(&key).and_then(Option::as_mut);
         let base_has_pooler = ckpt
             .as_ref()
             .is_some_and(|c| c.weights.contains_key(crate::model::pooler::WEIGHT));
@@ -229,7 +229,7 @@ impl<B: Backend> Cells<'_, B> {
                 metrics: JsonlWriter::open(&self.rd.metrics())?,
                 ranks: JsonlWriter::open(&self.rd.allocations())?,
                 progress: self.progress.cell(&arm.name, seed, steps, from),
-                budget: &mut self.stop_after,
+                stop_after: &mut self.stop_after,
                 started: Instant::now(),
                 wall_before,
                 final_eval: None,
@@ -366,7 +366,7 @@ fn cell_result<B: Backend>(cell: &mut Cell<B>, t: Trained) -> CellResult {
             .iter()
             .map(|b| b.batch as u64)
             .sum(),
-        eval_split: crate::data::plan::split_of(&arm.data, cell.split)
+        eval_split: crate::data::prepare::split_of(&arm.data, cell.split)
             .name()
             .to_string(),
         lr: arm.train.lr,

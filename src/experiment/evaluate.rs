@@ -8,15 +8,15 @@
 //! evaluated (the split in `adarank.json`, built as the runner built it), so loss and accuracy
 //! equal `results.csv`'s to the last bit on the same backend.
 
-use super::arm::load_checkpoint;
+use super::arm::load_pretrained;
 use super::export::{self, CellInfo};
 use super::fsio::write_atomic;
 use super::records::CellStatus;
 use super::rundir::{file_safe, RunDir};
 use crate::backend::Backend;
 use crate::data::glue::Example;
-use crate::data::hf::Checkpoint;
-use crate::data::plan::Split;
+use crate::data::hf::PretrainedEncoder;
+use crate::data::prepare::Split;
 use crate::data::{ClassifyTask, DataError, TextFormat};
 use crate::model::{EvalOut, Head, Model, Target};
 use crate::policy::DataSpec;
@@ -272,7 +272,7 @@ fn format_of(data: &DataSpec) -> Result<TextFormat> {
 /// head. Every example of the file is evaluated.
 fn file_task(
     data: &DataSpec,
-    ckpt: &mut Checkpoint,
+    ckpt: &mut PretrainedEncoder,
     classes: usize,
     file: &Path,
     seed: u64,
@@ -290,7 +290,7 @@ fn file_task(
             ckpt,
             ev.clone(),
             &ev,
-            crate::data::plan::SPAN_EVAL_BATCH,
+            crate::data::prepare::SPAN_EVAL_BATCH,
             seed,
         )?));
     }
@@ -307,7 +307,7 @@ fn file_task(
         &examples,
         &examples,
         classes,
-        crate::data::plan::CLASSIFY_EVAL_BATCH,
+        crate::data::prepare::CLASSIFY_EVAL_BATCH,
         seed,
     )?;
     Ok(Box::new(task))
@@ -332,7 +332,7 @@ pub fn eval_cell<B: Backend>(
         }
     }
     let arm = &whole;
-    let mut ckpt = load_checkpoint(arm).map_err(DataError)?;
+    let mut ckpt = load_pretrained(arm).map_err(DataError)?;
     let split = split.unwrap_or(cell.info.split);
     let mut built = super::cell::Cell::build(be, arm, seed, split, ckpt.as_mut())?;
     built.load_trained(&cell.dir)?;

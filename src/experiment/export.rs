@@ -18,7 +18,7 @@ use super::fsio::write_json_atomic;
 use super::peft::{self, ExportOptions};
 use crate::adapter::{AdapterStore, HostTensor, ModuleKind};
 use crate::backend::Backend;
-use crate::data::plan::Split;
+use crate::data::prepare::Split;
 use crate::model::{Flavour, Head, Model, ModelState, Pooling, StateMeta, TrainMode};
 use crate::policy::ArmPlan;
 use anyhow::{bail, ensure, Context, Result};

@@ -16,7 +16,7 @@ pub mod progress;
 pub mod records;
 pub mod report;
 pub mod rundir;
-pub mod stats;
+pub mod seed_stats;
 pub mod status;
 
 pub use records::{

@@ -242,7 +242,7 @@ pub fn result_table(s: &Summary) -> String {
             .filter(|c| c.status == CellStatus::Failed)
             .count();
         let values: Vec<f64> = done.iter().filter_map(|c| c.metric).collect();
-        let value = match super::stats::mean_std(&values) {
+        let value = match super::seed_stats::mean_std(&values) {
             Some(m) if m.n > 1 => match m.ci95() {
                 Some(h) => format!("{} ± {}", fmt(m.mean), fmt(h)),
                 None => fmt(m.mean),

@@ -4,7 +4,7 @@
 //! the hyperparameters of every arm, learning-rate sweeps, and warnings (few seeds, early stops).
 
 use super::records::{CellResult, CellStatus, RankRecord, Summary};
-use super::stats::{mean_std, paired, paired_diff, MeanStd, PermutationTest};
+use super::seed_stats::{mean_std, paired, paired_diff, MeanStd, PermutationTest};
 use std::fmt::Write;
 
 pub fn fmt_bytes(b: f64) -> String {

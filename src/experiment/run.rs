@@ -12,7 +12,7 @@ use super::records::*;
 use super::rundir::RunDir;
 use crate::backend::device::Device;
 use crate::backend::Backend;
-use crate::data::plan::Split;
+use crate::data::prepare::Split;
 use crate::policy::{ArmPlan, Policy};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -57,11 +57,9 @@ const POLICY_JSON: &str = "policy.json";
 
 /// The device a policy asks for (`train.device` of its base arm; every arm has the same).
 pub fn policy_device(p: &Policy) -> DeviceChoice {
-    match p.arms.first().map(|a| a.train.device) {
-        Some(crate::policy::Device::Cpu) => DeviceChoice::Cpu,
-        Some(crate::policy::Device::Gpu) => DeviceChoice::Gpu,
-        Some(crate::policy::Device::Auto) | None => DeviceChoice::Auto,
-    }
+    p.arms
+        .first()
+        .map_or(DeviceChoice::Auto, |a| a.train.device)
 }
 
 /// The checked policy a run directory was started with.
@@ -219,7 +217,7 @@ pub fn run_on<B: Backend>(
             progress: &progress,
             resuming: opts.resume.is_some(),
             stop_after: opts.stop_after_steps,
-            checkpoints: HashMap::new(),
+            pretrained: HashMap::new(),
         },
         left: Vec::new(),
     };

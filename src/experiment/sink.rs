@@ -72,7 +72,7 @@ pub(super) struct RunSink<'a> {
     pub ranks: JsonlWriter,
     pub progress: CellProgress,
     /// Steps left before a requested stop (`--stop-after-steps`, for resume tests).
-    pub budget: &'a mut Option<u64>,
+    pub stop_after: &'a mut Option<u64>,
     pub started: Instant,
     /// Wall time of the cell before this process resumed it.
     pub wall_before: f64,
@@ -197,7 +197,7 @@ impl<B: Backend> Sink<B> for RunSink<'_> {
 
     fn stepped(&mut self, step: u64, m: &StepMetrics) -> Result<()> {
         self.progress.update(step, m.loss as f64);
-        if let Some(left) = self.budget.as_mut() {
+        if let Some(left) = self.stop_after.as_mut() {
             *left = left.saturating_sub(1);
             if *left == 0 {
                 bail!(Interrupted {

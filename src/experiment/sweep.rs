@@ -8,7 +8,7 @@
 use super::lock::{CellLock, Claim};
 use super::records::{CellResult, CellStatus, LrCandidate, LrChoice, Summary};
 use super::rundir::RunDir;
-use crate::data::plan::{split_of, Split};
+use crate::data::prepare::{split_of, Split};
 use crate::policy::{ArmPlan, Policy};
 use anyhow::Result;
 

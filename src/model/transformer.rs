@@ -13,7 +13,7 @@ use super::weights::{
     LLAMA_NORM,
 };
 use crate::adapter::{HostTensor, ModuleKind};
-use crate::backend::{AdamW, Backend, DType, Ids, LedgerSnapshot, MemKind, Tensor};
+use crate::backend::{AdamW, Backend, Ids, LedgerSnapshot, MemKind, Tensor};
 use anyhow::{bail, ensure, Context, Result};
 use std::sync::Arc;
 
@@ -123,154 +123,40 @@ impl<B: Backend> Model<B> {
         seed: u64,
     ) -> Result<Self> {
         cfg.validate()?;
-        match head {
-            Head::Classify { classes, .. } => {
-                ensure!(classes >= 1, "classification head needs at least 1 class")
-            }
-            Head::Span => {}
-            Head::Regress | Head::LanguageModel => {}
+        if let Head::Classify { classes, .. } = head {
+            ensure!(classes >= 1, "classification head needs at least 1 class")
         }
         let be = &*backend;
         let full = mode == TrainMode::Full;
-        let get = |name: &str, shape: &[usize], is_head: bool| -> Result<HostTensor> {
-            match weights {
-                None => Ok(init_tensor(name, shape, Init::Bert, seed)),
-                Some(w) => match w.get(name) {
-                    Some(t) => {
-                        ensure!(
-                            t.shape == shape,
-                            "weight `{name}`: expected shape {shape:?}, found {:?}",
-                            t.shape
-                        );
-                        ensure!(
-                            t.data.len() == shape.iter().product::<usize>(),
-                            "weight `{name}`: shape {shape:?} but {} values",
-                            t.data.len()
-                        );
-                        Ok(t.clone())
-                    }
-                    None if is_head => Ok(init_tensor(name, shape, Init::Bert, seed)),
-                    None => bail!(
-                        "weight `{name}` (shape {shape:?}) is missing from the loaded weights; \
-                         check that the checkpoint is a {:?} with {} layers",
-                        cfg.flavour,
-                        cfg.layers
-                    ),
-                },
-            }
+        let src = WeightSource {
+            weights,
+            cfg: &cfg,
+            seed,
         };
-        let frozen = match &mode {
-            TrainMode::Lora(l) => l.frozen,
-            TrainMode::Full => DType::F32,
-        };
-        let mut body = Body::default();
-        for (name, shape) in body_shapes(&cfg) {
-            let t = get(&name, &shape, false)?;
-            let p = if full {
-                Param::new(be, name.clone(), &t, true)?
-            } else {
-                Param::frozen(be, name.clone(), &t, frozen)?
-            };
-            body.0.insert(name, p);
-        }
         let lora_cfg = match &mode {
             TrainMode::Lora(l) => Some(l.clone()),
             TrainMode::Full => None,
         };
+        let mut body = Body::default();
+        for (name, shape) in body_shapes(&cfg) {
+            let t = src.get(&name, &shape, false)?;
+            let p = match &lora_cfg {
+                None => Param::new(be, name.clone(), &t, true)?,
+                Some(l) => Param::frozen(be, name.clone(), &t, l.frozen)?,
+            };
+            body.0.insert(name, p);
+        }
         if let Some(l) = &lora_cfg {
-            for &(layer, kind) in l.ranks.keys() {
-                ensure!(
-                    layer < cfg.layers,
-                    "LoRA rank given for layer {layer}, but the model has {} layers (0..{})",
-                    cfg.layers,
-                    cfg.layers
-                );
-                ensure!(
-                    cfg.module_kinds().contains(&kind),
-                    "LoRA rank given for `{kind}`, which a {:?} block does not have",
-                    cfg.flavour
-                );
-            }
+            check_lora_slots(&cfg, l)?;
         }
-        let llama = cfg.flavour == Flavour::Llama;
         let emb = body.embeddings(&cfg);
-        let mut blocks = Vec::with_capacity(cfg.layers);
-        for l in 0..cfg.layers {
-            let mut lin = |kind: ModuleKind| -> Result<Linear<B>> {
-                let (rows, cols) = cfg.module_shape(kind);
-                let path = cfg.module_path(l, kind);
-                let lora = match &lora_cfg {
-                    None => None,
-                    Some(lc) => {
-                        let r = lc.ranks.get(&(l, kind)).copied().unwrap_or(0);
-                        Some(new_lora(be, lc, &path, rows, cols, r, seed, l, kind)?)
-                    }
-                };
-                Ok(Linear {
-                    w: body.take(&format!("{path}.weight")),
-                    bias: body.0.remove(&format!("{path}.bias")),
-                    lora,
-                    rows,
-                    cols,
-                })
-            };
-            let (q, k, v, o) = (
-                lin(ModuleKind::Q)?,
-                lin(ModuleKind::K)?,
-                lin(ModuleKind::V)?,
-                lin(ModuleKind::O)?,
-            );
-            let gate = if llama {
-                Some(lin(ModuleKind::Gate)?)
-            } else {
-                None
-            };
-            let (ffn_in, ffn_out) = (lin(ModuleKind::FfnIn)?, lin(ModuleKind::FfnOut)?);
-            let (ln_a, ln_f) = body.block_norms(&cfg, l);
-            blocks.push(Block {
-                q,
-                k,
-                v,
-                o,
-                ffn_in,
-                ffn_out,
-                gate,
-                ln_a,
-                ln_f,
-            });
-        }
+        let blocks = (0..cfg.layers)
+            .map(|l| body.block(be, &cfg, lora_cfg.as_ref(), seed, l))
+            .collect::<Result<Vec<_>>>()?;
         let final_ln = body.final_norm(&cfg);
         let lm_head = body.0.remove(LLAMA_HEAD);
         debug_assert!(body.0.is_empty(), "body weights left: {:?}", body.0.keys());
-        // Head weights always train (LoRA trains the task head, as PEFT's modules_to_save).
-        let mut hp = head_shapes(&cfg, &head).into_iter();
-        let mut head_param = || -> Result<Option<Param<B>>> {
-            match hp.next() {
-                None => Ok(None),
-                Some((name, shape)) => {
-                    let t = get(&name, &shape, true)?;
-                    Ok(Some(Param::new(be, name, &t, true)?))
-                }
-            }
-        };
-        let head_w = head_param()?;
-        let head_b = head_param()?;
-        let pooler = match head {
-            Head::Classify {
-                pooling: Pooling::Cls,
-                ..
-            } => {
-                let [w, b] = [pooler::WEIGHT, pooler::BIAS].map(|n| {
-                    let (_, shape) = pooler::shapes(cfg.hidden)
-                        .into_iter()
-                        .find(|(m, _)| m == n)
-                        .expect("listed");
-                    get(n, &shape, true)
-                });
-                Some(Pooler::new(be, &w?, &b?, full)?)
-            }
-            _ => None,
-        };
+        let (head_w, head_b, pooler) = src.head(be, &head, full)?;
         Ok(Self {
             be: backend.clone(),
             cfg,
@@ -829,34 +715,7 @@ impl<B: Backend> Model<B> {
             .unwrap_or(0);
         a.work.adapter.ensure(be, d.n() * r_max)?;
         if let Some(ln) = self.final_ln.as_mut() {
-            let Norm { gamma, beta } = ln;
-            let last = &a.layers.last().unwrap().out;
-            let dg = gamma.opt.as_mut().map(|o| &mut o.g);
-            match beta {
-                Some(beta) => be.layernorm_backward(
-                    &a.flow.dres,
-                    last,
-                    &gamma.w,
-                    &a.final_mean,
-                    &a.final_rstd,
-                    &mut a.flow.dres2,
-                    dg,
-                    beta.opt.as_mut().map(|o| &mut o.g),
-                    d.n(),
-                    d.c,
-                ),
-                None => be.rmsnorm_backward(
-                    &a.flow.dres,
-                    last,
-                    &gamma.w,
-                    &a.final_rstd,
-                    &mut a.flow.dres2,
-                    dg,
-                    d.n(),
-                    d.c,
-                ),
-            }
-            std::mem::swap(&mut a.flow.dres, &mut a.flow.dres2);
+            final_norm_backward(be, ln, a);
         }
         let Acts {
             emb_sum,
@@ -903,35 +762,175 @@ impl<B: Backend> Model<B> {
         if !full {
             return Ok(());
         }
-        let demb = if let Some(ln) = self.emb.ln.as_mut() {
-            let Norm { gamma, beta } = ln;
-            be.layernorm_backward(
-                &a.flow.dres,
-                &a.emb_sum,
-                &gamma.w,
-                &a.emb_mean,
-                &a.emb_rstd,
-                &mut a.flow.dres2,
-                gamma.opt.as_mut().map(|o| &mut o.g),
-                beta.as_mut().and_then(|b| b.opt.as_mut()).map(|o| &mut o.g),
-                d.n(),
-                d.c,
-            );
-            &a.flow.dres2
-        } else {
-            &a.flow.dres
-        };
-        if let Some(g) = self.emb.word.grad() {
-            be.embedding_backward(&a.ids, demb, g, d.c);
-        }
-        if let Some(g) = self.emb.pos.as_mut().and_then(|p| p.grad()) {
-            be.embedding_backward(&a.pos_ids, demb, g, d.c);
-        }
-        if let Some(g) = self.emb.types.as_mut().and_then(|t| t.grad()) {
-            be.embedding_backward(&a.type_ids, demb, g, d.c);
-        }
+        embeddings_backward(be, &mut self.emb, a);
         Ok(())
     }
+}
+
+/// Backward through the final norm: `flow.dres` (dL/d its output) becomes dL/d the last
+/// block's output; the norm's gradients are accumulated when it trains.
+fn final_norm_backward<B: Backend>(be: &B, ln: &mut Norm<B>, a: &mut Acts<B>) {
+    let d = a.d;
+    let Norm { gamma, beta } = ln;
+    let last = &a.layers.last().unwrap().out;
+    let dg = gamma.opt.as_mut().map(|o| &mut o.g);
+    match beta {
+        Some(beta) => be.layernorm_backward(
+            &a.flow.dres,
+            last,
+            &gamma.w,
+            &a.final_mean,
+            &a.final_rstd,
+            &mut a.flow.dres2,
+            dg,
+            beta.opt.as_mut().map(|o| &mut o.g),
+            d.n(),
+            d.c,
+        ),
+        None => be.rmsnorm_backward(
+            &a.flow.dres,
+            last,
+            &gamma.w,
+            &a.final_rstd,
+            &mut a.flow.dres2,
+            dg,
+            d.n(),
+            d.c,
+        ),
+    }
+    std::mem::swap(&mut a.flow.dres, &mut a.flow.dres2);
+}
+
+/// Backward into the embedding tables (full fine-tuning only): through the encoder's embedding
+/// LayerNorm, then each table's rows by the ids that read them.
+fn embeddings_backward<B: Backend>(be: &B, emb: &mut Embeddings<B>, a: &mut Acts<B>) {
+    let d = a.d;
+    let demb = if let Some(ln) = emb.ln.as_mut() {
+        let Norm { gamma, beta } = ln;
+        be.layernorm_backward(
+            &a.flow.dres,
+            &a.emb_sum,
+            &gamma.w,
+            &a.emb_mean,
+            &a.emb_rstd,
+            &mut a.flow.dres2,
+            gamma.opt.as_mut().map(|o| &mut o.g),
+            beta.as_mut().and_then(|b| b.opt.as_mut()).map(|o| &mut o.g),
+            d.n(),
+            d.c,
+        );
+        &a.flow.dres2
+    } else {
+        &a.flow.dres
+    };
+    if let Some(g) = emb.word.grad() {
+        be.embedding_backward(&a.ids, demb, g, d.c);
+    }
+    if let Some(g) = emb.pos.as_mut().and_then(|p| p.grad()) {
+        be.embedding_backward(&a.pos_ids, demb, g, d.c);
+    }
+    if let Some(g) = emb.types.as_mut().and_then(|t| t.grad()) {
+        be.embedding_backward(&a.type_ids, demb, g, d.c);
+    }
+}
+
+/// Where [`Model::new`] reads each tensor: the loaded weights, checked against the shape the
+/// config asks for, or a draw from `seed` (BERT init) when there are none. A missing head
+/// weight is drawn too (a pretrained body gets a fresh task head); a missing body weight is an
+/// error naming it.
+struct WeightSource<'a> {
+    weights: Option<&'a HostWeights>,
+    cfg: &'a ModelConfig,
+    seed: u64,
+}
+
+impl WeightSource<'_> {
+    fn get(&self, name: &str, shape: &[usize], is_head: bool) -> Result<HostTensor> {
+        let Some(w) = self.weights else {
+            return Ok(init_tensor(name, shape, Init::Bert, self.seed));
+        };
+        match w.get(name) {
+            Some(t) => {
+                ensure!(
+                    t.shape == shape,
+                    "weight `{name}`: expected shape {shape:?}, found {:?}",
+                    t.shape
+                );
+                ensure!(
+                    t.data.len() == shape.iter().product::<usize>(),
+                    "weight `{name}`: shape {shape:?} but {} values",
+                    t.data.len()
+                );
+                Ok(t.clone())
+            }
+            None if is_head => Ok(init_tensor(name, shape, Init::Bert, self.seed)),
+            None => bail!(
+                "weight `{name}` (shape {shape:?}) is missing from the loaded weights; \
+                 check that the checkpoint is a {:?} with {} layers",
+                self.cfg.flavour,
+                self.cfg.layers
+            ),
+        }
+    }
+
+    /// The task head's weight and bias, and BERT's pooler for `pooling = cls`. Head weights
+    /// always train (LoRA trains the task head, as PEFT's modules_to_save).
+    #[allow(clippy::type_complexity)]
+    fn head<B: Backend>(
+        &self,
+        be: &B,
+        head: &Head,
+        full: bool,
+    ) -> Result<(Option<Param<B>>, Option<Param<B>>, Option<Pooler<B>>)> {
+        let mut hp = head_shapes(self.cfg, head).into_iter();
+        let mut head_param = || -> Result<Option<Param<B>>> {
+            match hp.next() {
+                None => Ok(None),
+                Some((name, shape)) => {
+                    let t = self.get(&name, &shape, true)?;
+                    Ok(Some(Param::new(be, name, &t, true)?))
+                }
+            }
+        };
+        let head_w = head_param()?;
+        let head_b = head_param()?;
+        let pooler = match head {
+            Head::Classify {
+                pooling: Pooling::Cls,
+                ..
+            } => {
+                let [w, b] = [pooler::WEIGHT, pooler::BIAS].map(|n| {
+                    let (_, shape) = pooler::shapes(self.cfg.hidden)
+                        .into_iter()
+                        .find(|(m, _)| m == n)
+                        .expect("listed");
+                    self.get(n, &shape, true)
+                });
+                Some(Pooler::new(be, &w?, &b?, full)?)
+            }
+            _ => None,
+        };
+        Ok((head_w, head_b, pooler))
+    }
+}
+
+/// Every slot `LoraConfig::ranks` names exists in the model: a layer below `cfg.layers`, a
+/// module kind its blocks have.
+fn check_lora_slots(cfg: &ModelConfig, l: &LoraConfig) -> Result<()> {
+    for &(layer, kind) in l.ranks.keys() {
+        ensure!(
+            layer < cfg.layers,
+            "LoRA rank given for layer {layer}, but the model has {} layers (0..{})",
+            cfg.layers,
+            cfg.layers
+        );
+        ensure!(
+            cfg.module_kinds().contains(&kind),
+            "LoRA rank given for `{kind}`, which a {:?} block does not have",
+            cfg.flavour
+        );
+    }
+    Ok(())
 }
 
 /// The body's parameters by name while [`Model::new`] hands them to the structs that own them.
@@ -985,6 +984,60 @@ impl<B: Backend> Body<B> {
                 ln: None,
             },
         }
+    }
+
+    /// Block `l`: its linear layers (each with an adapter at its rank in `lora`, ΔW = 0, when
+    /// the model trains LoRA) and its two norms.
+    fn block(
+        &mut self,
+        be: &B,
+        cfg: &ModelConfig,
+        lora: Option<&LoraConfig>,
+        seed: u64,
+        l: usize,
+    ) -> Result<Block<B>> {
+        let mut lin = |kind: ModuleKind| -> Result<Linear<B>> {
+            let (rows, cols) = cfg.module_shape(kind);
+            let path = cfg.module_path(l, kind);
+            let lora = match lora {
+                None => None,
+                Some(lc) => {
+                    let r = lc.ranks.get(&(l, kind)).copied().unwrap_or(0);
+                    Some(new_lora(be, lc, &path, rows, cols, r, seed, l, kind)?)
+                }
+            };
+            Ok(Linear {
+                w: self.take(&format!("{path}.weight")),
+                bias: self.0.remove(&format!("{path}.bias")),
+                lora,
+                rows,
+                cols,
+            })
+        };
+        let (q, k, v, o) = (
+            lin(ModuleKind::Q)?,
+            lin(ModuleKind::K)?,
+            lin(ModuleKind::V)?,
+            lin(ModuleKind::O)?,
+        );
+        let gate = if cfg.flavour == Flavour::Llama {
+            Some(lin(ModuleKind::Gate)?)
+        } else {
+            None
+        };
+        let (ffn_in, ffn_out) = (lin(ModuleKind::FfnIn)?, lin(ModuleKind::FfnOut)?);
+        let (ln_a, ln_f) = self.block_norms(cfg, l);
+        Ok(Block {
+            q,
+            k,
+            v,
+            o,
+            ffn_in,
+            ffn_out,
+            gate,
+            ln_a,
+            ln_f,
+        })
     }
 
     /// A block's two norms (`Block::ln_a`, `Block::ln_f`).

@@ -6,9 +6,10 @@ use super::diag::Diagnostic;
 use super::fields::Fields;
 use super::layers::{Config, Entry, Layer, Section};
 use super::plan::*;
-use super::plugins::{self, ParamSetting, PluginChecker, Role};
+use super::plugins::{self, ParamSetting, PluginChecker};
 use super::sections::{self, Shape};
 use super::suggest;
+use crate::engine::Role;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
@@ -54,7 +55,7 @@ pub fn check(
         params: Vec::new(),
     };
     let mut arms = Vec::new();
-    let base_plan = ctx.arm_plan(&base_name, false, false, &base, d);
+    let base_plan = ctx.arm_plan(&base_name, false, &base, d);
     arms.push(base_plan);
 
     // Sets, not scans: a file may declare a hundred thousand arms, and checking stays linear.
@@ -77,7 +78,7 @@ pub fn check(
         let mut cfg = base.clone();
         cfg.apply(&arm.items, Layer::Arm, d);
         let mut arm_d = Vec::new();
-        let plan = ctx.arm_plan(name, is_baseline, ablation, &cfg, &mut arm_d);
+        let plan = ctx.arm_plan(name, ablation, &cfg, &mut arm_d);
         // Mistakes of the base experiment show once; new ones say which arm meets them.
         for mut e in arm_d {
             if !base_errors.contains(&(e.span.key(), e.message.clone())) {
@@ -536,7 +537,6 @@ impl Ctx<'_> {
     fn arm_plan(
         &mut self,
         name: &str,
-        is_baseline: bool,
         ablation: bool,
         cfg: &Config,
         d: &mut Vec<Diagnostic>,
@@ -556,8 +556,9 @@ impl Ctx<'_> {
         let sora = self.sora_section(cfg, &lora, lora_off_span, &adalora, d);
         let plugins = self.plugins(cfg, d);
         let lora_on = matches!(lora, Some(LoraSpec::On(_)));
-        let has_adalora = matches!(adalora, Some(Some(_))) || matches!(sora, Some(Some(_)));
-        let phases = self.phases(cfg, steps, lora_on, has_adalora, plugins.as_ref(), d);
+        // AdaLoRA or SoRA: a built-in method that reallocates without an allocator plugin.
+        let builtin_method = matches!(adalora, Some(Some(_))) || matches!(sora, Some(Some(_)));
+        let phases = self.phases(cfg, steps, lora_on, builtin_method, plugins.as_ref(), d);
         let params = self.arm_params(d);
         if let Some(data) = &data {
             metrics_the_data_reports(cfg, data, d);
@@ -570,7 +571,6 @@ impl Ctx<'_> {
         }
         Some(ArmPlan {
             name: name.to_string(),
-            is_baseline,
             ablation,
             model: model?,
             data: data?,
@@ -854,7 +854,7 @@ impl Ctx<'_> {
             Value::Plugin(r) => self.plugin_ref(r, role, d).map(Some).ok_or(()),
             Value::Word(w) if w == "none" => Ok(None),
             other => {
-                let (f, _) = role.function();
+                let f = role.function();
                 d.push(
                     Diagnostic::new(e.value.span, format!("`{key}` must be a plugin, found {}", other.describe()), "expected `plugin \"...\"`")
                         .help(format!("write `{key} = plugin \"../plugins/NAME.rhai\"` (a script defining `{f}`), or `{key} = none`")),
@@ -929,7 +929,7 @@ impl Ctx<'_> {
         cfg: &Config,
         steps: Option<usize>,
         lora_on: bool,
-        has_adalora: bool,
+        builtin_method: bool,
         plugins: Option<&PluginSpec>,
         d: &mut Vec<Diagnostic>,
     ) -> Option<Vec<PhaseSpec>> {
@@ -979,7 +979,7 @@ impl Ctx<'_> {
                 Some(Until::End) if i == last => steps,
                 _ => None,
             };
-            let actions = self.actions(p, start, end, lora_on, has_adalora, plugins, d);
+            let actions = self.actions(p, start, end, lora_on, builtin_method, plugins, d);
             if i == last && lora_on {
                 self.no_reallocation_at_the_end(p, d);
             }
@@ -1057,7 +1057,7 @@ impl Ctx<'_> {
         start: usize,
         end: Option<usize>,
         lora_on: bool,
-        has_adalora: bool,
+        builtin_method: bool,
         plugins: Option<&PluginSpec>,
         d: &mut Vec<Diagnostic>,
     ) -> Option<Vec<Action>> {
@@ -1128,7 +1128,7 @@ impl Ctx<'_> {
                         continue;
                     }
                     let has_allocator = plugins.is_some_and(|p| p.allocator.is_some());
-                    if !has_allocator && !has_adalora && plugins.is_some() {
+                    if !has_allocator && !builtin_method && plugins.is_some() {
                         d.push(
                             Diagnostic::new(w.span, "`reallocate` needs an allocator", "nothing to reallocate with")
                                 .help("set `allocator = plugin \"../plugins/log_rule.rhai\"`, or add an `adalora { ... }` block"),

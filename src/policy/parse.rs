@@ -4,7 +4,7 @@
 use super::ast::*;
 use super::diag::Diagnostic;
 use super::plan::CmpOp;
-use pest::iterators::{Pair, Pairs};
+use pest::iterators::Pair;
 use pest::Parser;
 
 #[derive(pest_derive::Parser)]
@@ -424,9 +424,4 @@ fn build_arm(p: Pair<'_, Rule>, src: usize) -> Arm {
         items,
         span,
     }
-}
-
-/// Pairs of a parse, for the formatter.
-pub fn parse_pairs(text: &str) -> Result<Pairs<'_, Rule>, Box<pest::error::Error<Rule>>> {
-    PolicyParser::parse(Rule::file, text).map_err(Box::new)
 }

@@ -4,12 +4,12 @@
 
 use crate::adapter::{ModuleKind, ResizeOptions};
 /// `train.device`: the run's own type (one definition, shared with `--device`).
-pub use crate::backend::device::DeviceChoice as Device;
+pub use crate::backend::device::DeviceChoice;
 pub use crate::backend::DType;
 /// A classification head's pooling: the model's own type.
 pub use crate::model::config::Pooling;
 /// `train.decay`: the learning-rate schedule's own type.
-pub use crate::train::schedule::Decay;
+pub use crate::train::lr_schedule::Decay;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,7 +42,6 @@ impl Policy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ArmPlan {
     pub name: String,
-    pub is_baseline: bool,
     /// Declared with the `ablation` marker.
     pub ablation: bool,
     pub model: ModelSpec,
@@ -122,10 +121,6 @@ impl ModelSpec {
     /// Feed-forward width when it is known without loading weights.
     pub fn ffn(&self) -> Option<usize> {
         self.known().map(|m| m.ffn)
-    }
-    /// `(vocab, max_positions)` when known without loading weights.
-    pub fn vocab_positions(&self) -> Option<(usize, usize)> {
-        self.known().map(|m| (m.vocab, m.max_positions))
     }
 }
 
@@ -415,7 +410,7 @@ pub struct TrainSpec {
     /// Default 128.
     pub max_len: usize,
     /// Default auto.
-    pub device: Device,
+    pub device: DeviceChoice,
     /// Storage of the frozen weights (`f32` or `bf16`). Default f32; left out of serialized
     /// plans when f32, so existing plans read the same.
     #[serde(default, skip_serializing_if = "DType::is_f32")]
@@ -488,14 +483,6 @@ impl CmpOp {
             CmpOp::Le => lhs <= rhs,
             CmpOp::Gt => lhs > rhs,
             CmpOp::Ge => lhs >= rhs,
-        }
-    }
-    pub fn symbol(self) -> &'static str {
-        match self {
-            CmpOp::Lt => "<",
-            CmpOp::Le => "<=",
-            CmpOp::Gt => ">",
-            CmpOp::Ge => ">=",
         }
     }
 }

@@ -7,47 +7,9 @@ use super::ast::{PluginRef, Span, Spanned, Value};
 use super::diag::Diagnostic;
 use crate::engine::reads::{self, ParamReads};
 use crate::engine::source::{self, ReadError};
-use crate::engine::{Limits, PluginHost};
+use crate::engine::{Limits, PluginHost, Role};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-/// What a plugin is used for, and the function it must define.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Complexity,
-    Allocator,
-    Learner,
-    Condition,
-}
-
-impl Role {
-    pub fn function(self) -> (&'static str, &'static [&'static str]) {
-        match self {
-            Role::Complexity => ("complexity", &["adapter", "ctx"]),
-            Role::Allocator => ("allocate", &["adapters", "budget"]),
-            Role::Learner => ("learn", &["state", "adapters", "ctx"]),
-            Role::Condition => ("done", &["ctx"]),
-        }
-    }
-    /// "a complexity plugin", "an allocator plugin".
-    pub fn a(self) -> String {
-        let n = self.name();
-        let article = if n.starts_with(['a', 'e', 'i', 'o', 'u']) {
-            "an"
-        } else {
-            "a"
-        };
-        format!("{article} {n} plugin")
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Complexity => "complexity",
-            Role::Allocator => "allocator",
-            Role::Learner => "learner",
-            Role::Condition => "phase condition",
-        }
-    }
-}
 
 /// Resolves a plugin reference written in a policy (see [`crate::engine::source`]: a bare name
 /// is the embedded shipped plugin, anything else a path relative to the policy's directory).
@@ -121,8 +83,8 @@ impl PluginChecker {
         if self.skip {
             return None;
         }
-        let (fname, params) = role.function();
-        let want = format!("fn {fname}({})", params.join(", "));
+        let (fname, arity) = (role.function(), role.arity());
+        let want = role.signature();
         let fns = match self.compiled(path) {
             Ok(script) => &script.fns,
             Err(e) => return Some(unusable(e, reference, path, role, span)),
@@ -132,7 +94,7 @@ impl PluginChecker {
             .filter(|(n, _)| n == fname)
             .map(|(_, p)| p)
             .collect();
-        if same_name.iter().any(|p| p.len() == params.len()) {
+        if same_name.iter().any(|p| p.len() == arity) {
             return None;
         }
         let message = if let Some(p) = same_name.first() {
@@ -251,10 +213,9 @@ impl PluginChecker {
             return None;
         }
         let relaxed = role == Role::Learner
-            && script
-                .fns
-                .iter()
-                .any(|(n, p)| n == "learn_step" && p.len() == 3);
+            && script.fns.iter().any(|(n, p)| {
+                n == Role::LearnerStep.function() && p.len() == Role::LearnerStep.arity()
+            });
         let mut names: Vec<String> = script.reads.names.iter().cloned().collect();
         if relaxed {
             names.extend(reads::RELAXATION.iter().map(|s| s.to_string()));

@@ -1104,9 +1104,9 @@ pub fn train(f: &mut Fields<'_>) -> Option<TrainSpec> {
         .map(|v| v as usize);
     let max_len = f.count_in("max_len", &bounds::MAX_LEN).unwrap_or(128) as usize;
     let device = match f.choice("device", &["auto", "cpu", "gpu"]) {
-        Some("cpu") => Device::Cpu,
-        Some("gpu") => Device::Gpu,
-        _ => Device::Auto,
+        Some("cpu") => DeviceChoice::Cpu,
+        Some("gpu") => DeviceChoice::Gpu,
+        _ => DeviceChoice::Auto,
     };
     let weights = match f.choice("weights", &["f32", "bf16"]) {
         Some("bf16") => DType::Bf16,

@@ -3,17 +3,17 @@
 //! (planted-rank teacher–student, synthetic classification).
 
 pub mod lm_eval;
+pub mod lr_schedule;
 pub mod meter;
 pub mod order;
 pub mod planted;
-pub mod schedule;
 pub mod synthetic;
 pub mod task;
 pub mod trainer;
 
+pub use lr_schedule::{lr_at, Decay};
 pub use meter::{Metered, StepCost};
 pub use planted::{PlantedConfig, PlantedTask};
-pub use schedule::{lr_at, Decay};
 pub use synthetic::{SyntheticConfig, SyntheticTask};
 pub use task::{EvalExample, Task};
 pub use trainer::{

@@ -2,7 +2,7 @@
 //! global-norm clipping, periodic evaluation, metrics every step, and hooks where the rank
 //! engine and the experiment runner plug in.
 
-use super::schedule::{lr_at, Decay};
+use super::lr_schedule::{lr_at, Decay};
 use super::task::Task;
 use crate::adapter::AdapterStore;
 use crate::backend::{AdamW, Backend};

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 
 // Not every test file that shares these helpers needs a GPU (`cpu_fused.rs` does not).
 #[allow(unused_imports)]
-pub use adarank::backend::gpu::test_gpu;
+pub use adarank::testkit::test_gpu;
 
 pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -39,14 +39,14 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 /// tensors and gate gradients (`host_reads`), gradient statistics (`stat_reads`) and input
 /// samples (`samples`) — on a real model, each is a device download.
 pub struct Counting {
-    pub inner: adarank::engine::planted::PlantedStore,
+    pub inner: adarank::testkit::planted::PlantedStore,
     pub host_reads: std::cell::Cell<usize>,
     pub stat_reads: std::cell::Cell<usize>,
     pub samples: std::cell::Cell<usize>,
 }
 
 impl Counting {
-    pub fn new(inner: adarank::engine::planted::PlantedStore) -> Self {
+    pub fn new(inner: adarank::testkit::planted::PlantedStore) -> Self {
         Self {
             inner,
             host_reads: Default::default(),

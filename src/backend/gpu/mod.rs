@@ -21,7 +21,7 @@ use super::Ledger;
 use anyhow::{bail, Context, Result};
 use dispatch::{ErrorLog, PipelineCache};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// Which GEMM kernel `matmul` runs (see `shaders/matmul.wgsl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -320,32 +320,6 @@ impl Gpu {
         self.flush_and_wait();
         self.errors.take()
     }
-}
-
-/// The shared GPU for tests: opened once per test binary (lavapipe is fine). `None`, after
-/// printing why, when no adapter exists — unless `ADARANK_REQUIRE_GPU=1`, when it panics so
-/// the test fails instead of skipping.
-pub fn test_gpu() -> Option<Arc<Gpu>> {
-    static GPU: OnceLock<Option<Arc<Gpu>>> = OnceLock::new();
-    let g = GPU.get_or_init(|| match Gpu::open(AdapterFilter::AllowCpu) {
-        Ok(Some(g)) => Some(Arc::new(g)),
-        Ok(None) => None,
-        Err(e) => {
-            eprintln!("test_gpu: opening the adapter failed: {e:#}");
-            None
-        }
-    });
-    if g.is_none() {
-        let require = std::env::var("ADARANK_REQUIRE_GPU").is_ok_and(|v| v == "1");
-        if require {
-            panic!(
-                "ADARANK_REQUIRE_GPU=1 but no wgpu adapter was found \
-                 (install a Vulkan driver, e.g. scripts/install-vulkan, and set WGPU_BACKEND=vulkan)"
-            );
-        }
-        eprintln!("skipped: no wgpu adapter found (set ADARANK_REQUIRE_GPU=1 to fail instead)");
-    }
-    g.clone()
 }
 
 /// Fails with a clear message when `bytes` cannot be bound in one piece.

@@ -21,7 +21,7 @@
 pub mod data;
 pub mod encode;
 pub mod generation;
-pub mod plan;
+pub mod prepare;
 pub mod read;
 pub mod task;
 

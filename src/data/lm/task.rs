@@ -3,7 +3,7 @@
 //! answers (exact match), and which metric the run reports.
 
 use super::data::LmData;
-use super::{LmMetric, IGNORE};
+use super::LmMetric;
 use crate::data::pretrained::LmTokenizer;
 use crate::model::{Batch, Head, HostWeights, ModelConfig};
 use crate::train::Task;
@@ -136,13 +136,5 @@ impl Task for LmTask {
     }
     fn lm_eval(&self) -> Option<&LmEvalSet> {
         Some(&self.eval_set)
-    }
-}
-
-/// Whether a batch has any next-token target (a batch of prompts cut to nothing has none).
-pub fn has_targets(b: &Batch) -> bool {
-    match &b.target {
-        crate::model::Target::Tokens(t) => t.iter().any(|&x| x != IGNORE),
-        _ => false,
     }
 }

@@ -6,7 +6,7 @@
 use super::super::arm::{engine_config, train_mode, transformer, EVAL_BATCH};
 use crate::backend::DType;
 use crate::data::lm::LM_EVAL_BATCH;
-use crate::data::plan::{CLASSIFY_EVAL_BATCH, SPAN_EVAL_BATCH};
+use crate::data::prepare::{CLASSIFY_EVAL_BATCH, SPAN_EVAL_BATCH};
 use crate::engine::Method;
 use crate::model::{Head, ModelConfig, Pooling, TrainMode};
 use crate::policy::model_source::{self, Origin};

@@ -8,12 +8,12 @@
 //! is small enough for tests that train several methods × seeds in seconds. Resizing uses the
 //! model's own factor arithmetic (`model::lora`), so the tests check what runs.
 
-use super::driver::EngineDriver;
-use super::schedule::Schedule;
-use super::{Allocation, EngineConfig, EngineCtx, RankEngine};
 use crate::adapter::{
     AdapterHost, AdapterInfo, AdapterStore, GradStats, HostTensor, ModuleKind, TripletImportance,
 };
+use crate::engine::driver::EngineDriver;
+use crate::engine::schedule::Schedule;
+use crate::engine::{Allocation, EngineConfig, EngineCtx, RankEngine};
 use crate::model::lora::{grow_factors, init_factors, shrink_factors, Factors};
 use crate::policy::PhaseSpec;
 use nalgebra::DMatrix;
@@ -415,7 +415,7 @@ impl AdapterStore for PlantedStore {
         if acc.gram.len() != r * r {
             acc.gram = vec![0.0; r * r];
         }
-        super::spectra::add_gram(l.info.rows, r, &l.gb, &mut acc.gram);
+        crate::engine::spectra::add_gram(l.info.rows, r, &l.gb, &mut acc.gram);
         Ok(())
     }
     fn grad_stats(&self, i: usize) -> anyhow::Result<GradStats> {
@@ -496,7 +496,7 @@ impl AdapterStore for PlantedStore {
         if r == 0 {
             return Ok(());
         }
-        let (ga, gb) = super::adalora::orth_grads(&h, rows, cols, r, weight);
+        let (ga, gb) = crate::engine::adalora::orth_grads(&h, rows, cols, r, weight);
         for (g, x) in l.ga.iter_mut().zip(&ga) {
             *g += x;
         }
@@ -526,7 +526,7 @@ pub struct PlantedOutcome {
     pub allocations: Vec<Allocation>,
     pub train_seconds: f64,
     pub realloc_seconds: f64,
-    pub engine_calls: super::EngineCalls,
+    pub engine_calls: crate::engine::EngineCalls,
 }
 
 /// Train the planted task for `steps` steps under `engine_cfg`, with `phases` applied by the
@@ -538,7 +538,7 @@ pub fn run_planted(
     steps: u64,
 ) -> anyhow::Result<PlantedOutcome> {
     struct Host<'a>(&'a mut PlantedStore);
-    impl super::driver::DriverHost for Host<'_> {
+    impl crate::engine::driver::DriverHost for Host<'_> {
         fn store(&mut self) -> &mut dyn AdapterStore {
             self.0
         }

@@ -4,9 +4,9 @@
 
 use crate::data::assets;
 use crate::data::batch::epoch_permutation;
+use crate::data::classify_task::{ClassifyTask, TextFormat};
 use crate::data::glue::Example;
-use crate::data::hf::{self, Checkpoint};
-use crate::data::task::{ClassifyTask, TextFormat};
+use crate::data::hf::{self, PretrainedEncoder};
 use crate::model::Pooling;
 use crate::policy::plan::{self, DataSpec, ModelSpec, Subset};
 use anyhow::{bail, Result};
@@ -19,7 +19,7 @@ pub const SPAN_EVAL_BATCH: usize = 32;
 
 /// The pretrained checkpoint a model section names (`None` for randomly initialised models).
 /// The policy's `pooling` overrides the one the checkpoint's own config names.
-pub fn load_model(spec: &ModelSpec) -> Result<Option<Checkpoint>> {
+pub fn load_model(spec: &ModelSpec) -> Result<Option<PretrainedEncoder>> {
     // A causal LM is loaded with its task (`load_llm`), not as an encoder checkpoint.
     if matches!(
         crate::policy::lm::model_kind(spec),
@@ -105,7 +105,7 @@ pub fn split_of(spec: &DataSpec, split: Split) -> Split {
 /// to set its tokenizer's maximum length.
 pub fn classify_task(
     spec: &DataSpec,
-    ckpt: &mut Checkpoint,
+    ckpt: &mut PretrainedEncoder,
     max_len: usize,
     seed: u64,
     split: Split,
@@ -239,7 +239,7 @@ fn apply_subset(train: &mut Vec<Example>, eval: &mut Vec<Example>, s: &Subset) {
 /// `train_samples` takes a fixed random subset of the questions, `eval_samples` the first ones.
 pub fn span_task(
     spec: &DataSpec,
-    ckpt: &mut Checkpoint,
+    ckpt: &mut PretrainedEncoder,
     max_len: usize,
     seed: u64,
 ) -> Result<Option<crate::data::squad::SpanTask>> {

@@ -8,7 +8,7 @@ use super::task::{LmEvalSet, LmTask};
 use super::{LmData, LmMetric, LmSettings};
 use crate::data::assets;
 use crate::data::glue;
-use crate::data::plan::Split;
+use crate::data::prepare::Split;
 use crate::data::pretrained::Pretrained;
 use crate::policy::plan::{DataSpec, Subset};
 use crate::train::order::epoch_permutation;

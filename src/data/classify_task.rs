@@ -3,7 +3,7 @@
 
 use crate::data::batch::{ClassifyBatch, ClassifyData};
 use crate::data::glue::{self, Example};
-use crate::data::hf::Checkpoint;
+use crate::data::hf::PretrainedEncoder;
 use crate::data::{assets, jsonl};
 use crate::model::{Batch, Head, HostWeights, ModelConfig, Pooling, Target};
 use crate::train::{EvalExample, Task};
@@ -70,7 +70,7 @@ impl ClassifyTask {
     /// Tokenize `train` and `eval` with the checkpoint's tokenizer (at its current max length).
     pub fn new(
         name: &str,
-        ckpt: &Checkpoint,
+        ckpt: &PretrainedEncoder,
         train: &[Example],
         eval: &[Example],
         classes: usize,
@@ -118,7 +118,7 @@ impl ClassifyTask {
     /// `eval_split` ("dev" or "test") for evaluation, optionally only its first `eval_samples`
     /// sentences (the files are in hash order, so a prefix is a fixed random sample).
     pub fn movie_reviews(
-        ckpt: &Checkpoint,
+        ckpt: &PretrainedEncoder,
         eval_split: &str,
         eval_samples: Option<usize>,
         seed: u64,

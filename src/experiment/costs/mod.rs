@@ -191,7 +191,7 @@ fn describe_shape(s: &ArmShape) -> String {
 /// one line per distinct set of terms.
 fn host_lines(arms: &[ArmCosts]) -> String {
     let mut lines: Vec<(String, Vec<&str>)> = Vec::new();
-    for a in &arms[..] {
+    for a in arms {
         let h = &a.memory.host;
         if h.held.is_empty() && h.building.is_empty() {
             continue;

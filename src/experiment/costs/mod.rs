@@ -203,7 +203,7 @@ fn host_lines(arms: &[ArmCosts]) -> String {
                 .join(", ")
         };
         let text = format!(
-            "held {}; while the model is built {}",
+            "kept: {}; while the model is built: {}",
             terms(&h.held),
             terms(&h.building)
         );

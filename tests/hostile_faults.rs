@@ -380,6 +380,53 @@ fn fifos_and_devices_where_files_belong_are_named_never_waited_on() {
         .contains("train { steps = 4 }"));
 }
 
+/// The run's own logs are checked like its checkpoints: a metrics.jsonl appended to itself
+/// (every step recorded twice) makes the finished cells untrustworthy, so resume runs them again
+/// and says why; a FIFO in the log's place is named, never waited on, by `run --resume` and by
+/// `status`.
+#[test]
+fn logs_written_twice_or_replaced_by_a_fifo_are_caught_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = policy(dir.path(), "twice", 12);
+    let out = dir.path().join("run");
+    run_to_end(&p, &out);
+    let rd = RunDir::open(&out).unwrap();
+    let before = rd.load_summary().unwrap();
+    let log = std::fs::read_to_string(rd.metrics()).unwrap();
+    std::fs::write(rd.metrics(), format!("{log}{log}")).unwrap();
+    let o = output_within(resume(&out, &["--quiet"]), Duration::from_secs(120));
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("arm fixed seed 1: finished, but metrics.jsonl repeats 12 of its steps"),
+        "{t}"
+    );
+    let after = rd.load_summary().unwrap();
+    for arm in ["fixed", "adaptive"] {
+        assert_eq!(
+            steps_by_cell(&rd)[&(arm.to_string(), 1)],
+            (1..=12).collect::<Vec<u64>>(),
+            "{arm}: each step once"
+        );
+        let (x, y) = (before.cell(arm, 1).unwrap(), after.cell(arm, 1).unwrap());
+        assert_eq!(
+            x.metric, y.metric,
+            "{arm}: the rebuilt cell measures the same"
+        );
+    }
+    std::fs::remove_file(rd.metrics()).unwrap();
+    mkfifo(&rd.metrics());
+    let o = output_within(resume(&out, &["--quiet"]), Duration::from_secs(60));
+    let t = text(&o);
+    assert!(matches!(o.status.code(), Some(1 | 2)), "{t}");
+    assert!(t.contains("metrics.jsonl: is a named pipe"), "{t}");
+    let o = output_within(
+        adarank(&["status", out.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    assert!(matches!(o.status.code(), Some(0..=2)), "{}", text(&o));
+}
+
 /// A cell recorded as running by `holder`, on a run stopped after 2 steps.
 fn running_by(dir: &Path, holder: adarank::experiment::lock::Holder) -> PathBuf {
     let p = policy(dir, "stale", 10);

@@ -409,9 +409,10 @@ fn one_step(
 /// The property the hostile corpus samples: a policy the checker accepts (the hostile mutations
 /// above, with plugins) runs — here one step of its first cell in a real `adarank run` child —
 /// without a panic (exit 101) or an abort (134, or any signal), and within the pre-flight's memory
-/// estimate: the process's peak RSS at most 10% of the plan's peak (+ 8 MiB of allocator slack)
-/// above a minimal run's (the binary, its threads and the plugin engine, which no estimate of a
-/// cell counts). Exit 2 is the stop after one step (or a failure while running). Cells the plan puts
+/// estimate: the process's peak RSS at most 10% above the plan's process peak (the ledger's
+/// peak and the named host terms: the planted teacher, the task's base weights, ΔW, held-out set
+/// and batch) over a minimal run's (the binary, its threads and the plugin engine, which no
+/// estimate of a cell counts). `ADARANK_FUZZ_VERBOSE=1` prints every policy's figures. Exit 2 is the stop after one step (or a failure while running). Cells the plan puts
 /// above 256 MiB or 5 GFLOP a step, or with more than 2048 held-out examples, are left out so
 /// the test stays near a minute; 24 policies, drawn deterministically.
 #[test]
@@ -464,7 +465,7 @@ fn accepted_policies_run_a_step_without_abort_within_the_memory_estimate() {
             | policy::DataSpec::Synthetic { eval_samples, .. } => *eval_samples,
             _ => usize::MAX,
         };
-        let estimate = c.memory.peak.total();
+        let estimate = c.memory.process;
         if estimate > 256.0 * (1 << 20) as f64
             || c.flops_per_step_peak.total() > 5e9
             || eval_samples > 2048
@@ -481,12 +482,23 @@ fn accepted_policies_run_a_step_without_abort_within_the_memory_estimate() {
         };
         *exits.entry(key.clone()).or_default() += 1;
         let over_rss = rss as f64 - floor as f64;
+        if std::env::var_os("ADARANK_FUZZ_VERBOSE").is_some() {
+            eprintln!(
+                "{name}: {key}; RSS over the floor {:.2} MiB, estimate {:.2} MiB (ledger {}; \
+                 host {}), shape {}",
+                over_rss / (1 << 20) as f64,
+                estimate / (1 << 20) as f64,
+                serde_json::to_string(&c.memory.peak).unwrap_or_default(),
+                serde_json::to_string(&c.memory.host).unwrap_or_default(),
+                serde_json::to_string(&c.shape).unwrap_or_default()
+            );
+        }
         worst = worst.max(over_rss / (1 << 20) as f64 - 1.1 * estimate / (1 << 20) as f64);
         let mut why = Vec::new();
         if !matches!(code, Ok(0..=2)) || stderr.contains("panicked") {
             why.push(key);
         }
-        if over_rss > 1.1 * estimate + 8.0 * (1 << 20) as f64 {
+        if over_rss > 1.1 * estimate {
             why.push(format!(
                 "peak RSS {:.1} MiB over the floor, estimate {:.1} MiB",
                 over_rss / (1 << 20) as f64,
@@ -499,7 +511,7 @@ fn accepted_policies_run_a_step_without_abort_within_the_memory_estimate() {
     }
     eprintln!(
         "{ran} accepted policies run one step ({tried} drawn): {exits:?}; floor RSS {:.1} MiB; \
-         largest RSS over the floor beyond 1.1 × the estimate: {worst:+.1} MiB (8 allowed)",
+         largest RSS over the floor beyond 1.1 × the estimate: {worst:+.1} MiB (0 allowed)",
         floor as f64 / (1 << 20) as f64
     );
     assert!(ran >= 20, "only {ran} runnable policies in {tried}");

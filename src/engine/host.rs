@@ -694,7 +694,10 @@ fn register_rounding(e: &mut rhai::Engine, guard: &Arc<Guard>) {
             ot()?;
             let v = floats(&a)?;
             let n = v.len() as INT;
-            if rmin > rmax || budget < n * rmin || budget > n * rmax {
+            // In i128: n·rmin and n·rmax of hostile bounds overflow i64 (a panic, or a wrapped
+            // sum that lets an impossible budget through).
+            let (n128, b128) = (n as i128, budget as i128);
+            if rmin > rmax || b128 < n128 * rmin as i128 || b128 > n128 * rmax as i128 {
                 return Err(format!(
                     "budget_shift: budget {budget} cannot be met by {n} values in [{rmin}, {rmax}]"
                 )

@@ -145,6 +145,35 @@ fn covered(l: &LoraOn, layers: usize) -> Vec<(usize, ModuleKind)> {
     out
 }
 
+/// The planted rank of every slot of `model` (layer-major, then [`ModuleKind::ALL`]): the
+/// policy assigns its planted ranks to the LoRA-covered slots in order, cycling; the task
+/// wants one per slot of the model (all six kinds), 0 where nothing is planted.
+pub fn planted_slots(arm: &ArmPlan, model: &ModelConfig) -> Vec<(usize, ModuleKind, usize)> {
+    let DataSpec::Planted { ranks, .. } = &arm.data else {
+        return Vec::new();
+    };
+    let targets: Vec<(usize, ModuleKind)> = match arm.lora.on() {
+        Some(l) => covered(l, model.layers),
+        None => (0..model.layers)
+            .flat_map(|l| model.module_kinds().iter().map(move |&k| (l, k)))
+            .collect(),
+    };
+    let mut out = Vec::new();
+    let mut k = 0;
+    for layer in 0..model.layers {
+        for kind in ModuleKind::ALL {
+            let r = if targets.contains(&(layer, kind)) && !ranks.is_empty() {
+                k += 1;
+                ranks[(k - 1) % ranks.len()]
+            } else {
+                0
+            };
+            out.push((layer, kind, r));
+        }
+    }
+    out
+}
+
 /// Indices (in the model's `adapters()` order, `ModelConfig::slots`) of the slots the arm's
 /// LoRA targets; the rank engine sees only these.
 pub fn targeted_slots(arm: &ArmPlan, model: &ModelConfig) -> Vec<usize> {
@@ -195,34 +224,18 @@ pub fn build_task(
     }
     match &arm.data {
         DataSpec::Planted {
-            ranks,
             samples,
             eval_samples,
             seq,
             seed: data_seed,
             scale,
+            ..
         } => {
             let model = transformer(&arm.model)?;
-            // The policy assigns planted ranks to the LoRA-covered slots in order; the task
-            // wants one per slot of the model (all six kinds), 0 where nothing is planted.
-            let targets: Vec<(usize, ModuleKind)> = match arm.lora.on() {
-                Some(l) => covered(l, model.layers),
-                None => (0..model.layers)
-                    .flat_map(|l| model.module_kinds().iter().map(move |&k| (l, k)))
-                    .collect(),
-            };
-            let mut per_slot = Vec::new();
-            let mut k = 0;
-            for layer in 0..model.layers {
-                for kind in ModuleKind::ALL {
-                    if targets.contains(&(layer, kind)) && !ranks.is_empty() {
-                        per_slot.push(ranks[k % ranks.len()]);
-                        k += 1;
-                    } else {
-                        per_slot.push(0);
-                    }
-                }
-            }
+            let per_slot = planted_slots(arm, &model)
+                .into_iter()
+                .map(|(_, _, r)| r)
+                .collect();
             let cfg = PlantedConfig {
                 model,
                 ranks: per_slot,

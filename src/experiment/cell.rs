@@ -158,11 +158,37 @@ impl<B: Backend> Cells<'_, B> {
     ) -> Result<(u64, RunnerState)> {
         let (arm, seed) = (cell.arm, cell.seed);
         let ck_path = self.rd.checkpoint(&arm.name, seed);
-        let ck = if self.resuming && ck_path.exists() {
+        let mut ck = if self.resuming && ck_path.exists() {
             Some(checkpoint::load(&ck_path)?)
         } else {
             None
         };
+        // The checkpoint continues the cell's records up to its step: they must hold each of
+        // the steps before it once (the checkpointed step's own record may still wait for its
+        // evaluation). Records written twice or lost make the cell start again instead.
+        if let Some(c) = &ck {
+            let steps: Vec<u64> = self
+                .rd
+                .load_metrics()?
+                .into_iter()
+                .filter(|r| r.arm == arm.name && r.seed == seed && (1..=c.step).contains(&r.step))
+                .map(|r| r.step)
+                .collect();
+            let distinct: std::collections::BTreeSet<u64> = steps.iter().copied().collect();
+            let lost = (1..c.step).filter(|s| !distinct.contains(s)).count();
+            if lost > 0 || distinct.len() != steps.len() {
+                eprintln!(
+                    "arm {} seed {seed}: metrics.jsonl holds {} records of its {} checkpointed \
+                     steps ({} distinct, {lost} missing; edited or written twice): the cell \
+                     starts again from step 0",
+                    arm.name,
+                    steps.len(),
+                    c.step,
+                    distinct.len()
+                );
+                ck = None;
+            }
+        }
         let keep_to = ck.as_ref().map(|c| c.step as i64).unwrap_or(-1);
         let mine = |a: &str, s: u64| a == arm.name && s == seed;
         filter_jsonl::<MetricRecord>(&self.rd.metrics(), |r| {

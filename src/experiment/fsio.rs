@@ -43,8 +43,38 @@ pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Resul
     write_atomic(path, text.as_bytes())
 }
 
+/// Largest file of a run directory read whole (logs of very long runs stay far below it).
+const RUN_FILE_MAX: u64 = 1 << 36;
+
+/// The bytes of a run directory's file, opened only if it is a regular file: a FIFO put in its
+/// place would block the reader for ever (`textfile::open_regular`), a device never end.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let (mut f, len) = crate::textfile::open_regular(path, "run directory's", RUN_FILE_MAX)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes)
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    String::from_utf8(read_bytes(path)?)
+        .with_context(|| format!("{}: not UTF-8 text", path.display()))
+}
+
+/// Refuses to open for writing anything that exists and is not a regular file (opening a FIFO
+/// for writing waits for a reader).
+fn writable(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => crate::textfile::check_regular(path, "run directory's", u64::MAX)
+            .map(|_| ())
+            .map_err(Into::into),
+        Err(_) => Ok(()),
+    }
+}
+
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_text(path)?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -63,6 +93,7 @@ pub struct JsonlWriter {
 
 impl JsonlWriter {
     pub fn open(path: &Path) -> Result<Self> {
+        writable(path)?;
         OpenOptions::new()
             .create(true)
             .append(true)
@@ -77,6 +108,7 @@ impl JsonlWriter {
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
         let _lock = super::lock::lock_dir(dir_of(&self.path))?;
+        writable(&self.path)?;
         OpenOptions::new()
             .create(true)
             .append(true)
@@ -89,10 +121,10 @@ impl JsonlWriter {
 /// Reads a JSON-lines log. A last line without its newline is the trace of a process killed
 /// mid-write and is dropped; any other malformed line is an error naming the line.
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    if !path.exists() {
+    if fs::symlink_metadata(path).is_err() {
         return Ok(Vec::new());
     }
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_text(path)?;
     let complete = match text.rfind('\n') {
         Some(i) => &text[..=i],
         None => "",
@@ -117,7 +149,7 @@ pub fn filter_jsonl<T: DeserializeOwned + Serialize>(
     let _lock = super::lock::lock_dir(dir_of(path))?;
     let records: Vec<T> = read_jsonl(path)?;
     // A line torn by a kill must go before anything is appended after it.
-    let torn = fs::read(path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
+    let torn = read_bytes(path).is_ok_and(|b| b.last().is_some_and(|&c| c != b'\n'));
     if !torn && records.iter().all(&keep) {
         // Nothing to drop: leave the file alone, so a cell starting fresh never rewrites a
         // log that other cells of the run are appending to.

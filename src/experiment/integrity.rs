@@ -76,7 +76,7 @@ fn plugin_hashes(policy: &Policy) -> Result<BTreeMap<String, String>> {
 
 /// Records the plan's hashes and the filters of a new run.
 pub fn record(rd: &RunDir, policy: &Policy, arms: &[String], seeds: &[u64]) -> Result<()> {
-    let policy_bytes = std::fs::read(rd.policy_json())
+    let policy_bytes = super::fsio::read_bytes(&rd.policy_json())
         .with_context(|| format!("reading {}", rd.policy_json().display()))?;
     let rec = RunRecord {
         policy_sha256: sha256_hex(&policy_bytes),
@@ -118,7 +118,7 @@ pub fn verify(rd: &RunDir, policy: &Policy) -> Result<Option<RunRecord>> {
     }
     let rec: RunRecord = read_json(&path)?;
     let new_run = "start a new run instead: `adarank run POLICY.rank --out NEW_DIR`";
-    let policy_bytes = std::fs::read(rd.policy_json())
+    let policy_bytes = super::fsio::read_bytes(&rd.policy_json())
         .with_context(|| format!("reading {}", rd.policy_json().display()))?;
     let now = sha256_hex(&policy_bytes);
     if now != rec.policy_sha256 {
@@ -166,18 +166,27 @@ fn short(h: &str) -> &str {
     &h[..h.len().min(12)]
 }
 
-/// What a finished cell must still have on disk for `--resume` to trust it: a metric record for
-/// every step it ran, and its exported folder. Returns why not, if not.
+/// What a finished cell must still have on disk for `--resume` to trust it: one metric record
+/// for every step it ran, and its exported folder. Returns why not, if not.
 fn damage(
     rd: &RunDir,
     c: &super::records::CellResult,
     metrics: &[super::records::MetricRecord],
 ) -> Option<String> {
-    let steps: std::collections::BTreeSet<u64> = metrics
+    let ran: Vec<u64> = metrics
         .iter()
         .filter(|m| m.arm == c.arm && m.seed == c.seed && (1..=c.steps).contains(&m.step))
         .map(|m| m.step)
         .collect();
+    let steps: std::collections::BTreeSet<u64> = ran.iter().copied().collect();
+    // A step recorded twice (a file appended to itself, two runs writing one cell) would be
+    // counted twice by every reader: the cell's records are not to be trusted either.
+    if ran.len() > steps.len() {
+        return Some(format!(
+            "metrics.jsonl repeats {} of its steps (edited or written twice)",
+            ran.len() - steps.len()
+        ));
+    }
     if (steps.len() as u64) < c.steps {
         return Some(format!(
             "metrics.jsonl holds {} of its {} steps (truncated or edited)",

@@ -180,7 +180,8 @@ fn running_or_lost(rd: &RunDir, c: &super::records::CellResult) -> (State, Strin
 
 /// The last non-empty line of a log.
 fn last_line(p: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(p).ok()?;
+    // A regular file only: `status` never waits on a FIFO put in a log's place.
+    let text = String::from_utf8(super::fsio::read_bytes(p).ok()?).ok()?;
     text.lines()
         .rev()
         .find(|l| !l.trim().is_empty())

@@ -22,6 +22,9 @@ pub struct DeviceSpec {
     pub flops_per_s: f64,
     /// Where the rate comes from.
     pub rate_source: String,
+    /// The device's memory is the host's (the CPU, a software adapter): what a cell holds on
+    /// the host beside the ledger counts against it too (`Memory::process`).
+    pub host: bool,
 }
 
 impl DeviceSpec {
@@ -33,6 +36,24 @@ impl DeviceSpec {
             memory,
             flops_per_s: f64::INFINITY,
             rate_source: String::new(),
+            host: true,
+        }
+    }
+
+    /// A GPU known only by its memory: host buffers do not count against it.
+    pub fn gpu_memory_only(memory: f64, description: &str) -> Self {
+        Self {
+            host: false,
+            ..Self::memory_only(memory, description)
+        }
+    }
+
+    /// What a cell with `m` needs of this device's memory.
+    pub fn needs(&self, m: &super::Memory) -> f64 {
+        if self.host {
+            m.process
+        } else {
+            m.peak.total()
         }
     }
 }
@@ -137,6 +158,7 @@ pub fn device(name: &str, gflops: Option<f64>) -> Result<DeviceSpec> {
             memory: available_memory().unwrap_or(f64::INFINITY),
             flops_per_s: rate,
             rate_source: source,
+            host: true,
         });
     }
     let Some(g) = GPUS.iter().find(|g| g.names.contains(&key.as_str())) else {
@@ -158,6 +180,7 @@ pub fn device(name: &str, gflops: Option<f64>) -> Result<DeviceSpec> {
         memory: g.memory_gb * 1e9,
         flops_per_s: rate,
         rate_source: source,
+        host: false,
     })
 }
 

@@ -5,7 +5,7 @@
 //! backward and of the gradient norm. `tests/plan_memory.rs` holds it to the ledger's measured
 //! peak; a change to what the model allocates must be made here too.
 
-use super::shapes::{ArmShape, BatchShape};
+use super::shapes::{ArmShape, BatchShape, TaskKind};
 use crate::backend::{DType, MemKind};
 use crate::data::hf_llm::llama_tensors;
 use crate::model::weights::{body_shapes, head_shapes};
@@ -72,6 +72,37 @@ pub struct Memory {
     pub peak: ByKind,
     pub train_step: ByKind,
     pub evaluation: ByKind,
+    /// What the cell holds in host memory outside the ledger.
+    pub host: Host,
+    /// The cell's peak on a device whose memory is the host's (the CPU backend, a software
+    /// adapter): the ledger's peak and the host terms, as they coexist ([`Host::process_peak`]).
+    pub process: f64,
+}
+
+/// Bytes a cell holds in host memory outside its backend's ledger, by name: what the built-in
+/// tasks keep beside the model (`train::planted`, `train::synthetic`). A real data set's
+/// tokenizer, rows and checkpoint are not modelled (a plan note says so).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Host {
+    /// Held for the whole cell.
+    pub held: Vec<(&'static str, f64)>,
+    /// Held only while the model is built, when the ledger holds its parameters and nothing
+    /// else.
+    pub building: Vec<(&'static str, f64)>,
+}
+
+impl Host {
+    pub fn held_total(&self) -> f64 {
+        self.held.iter().map(|(_, b)| b).sum()
+    }
+    pub fn building_total(&self) -> f64 {
+        self.building.iter().map(|(_, b)| b).sum()
+    }
+    /// The process's peak beyond the binary: everything held, plus the larger of the ledger's
+    /// peak and (while the model is built) its parameters with the weights handed to it.
+    pub fn process_peak(&self, ledger_peak: f64, ledger_params: f64) -> f64 {
+        self.held_total() + ledger_peak.max(ledger_params + self.building_total())
+    }
 }
 
 pub fn memory(s: &ArmShape) -> Memory {
@@ -88,12 +119,63 @@ pub fn memory(s: &ArmShape) -> Memory {
             .plus(&pass(s, b, ranks, train))
             .plus(&adapter_inputs(s, b, ranks))
     };
+    let peak = start.max(largest);
+    let host = host(s);
     Memory {
         start,
-        peak: start.max(largest),
+        process: host.process_peak(peak.total(), params(s, &s.start_ranks).total()),
+        host,
+        peak,
         train_step: alone(s.train, true),
         evaluation: alone(s.eval, false),
     }
+}
+
+/// The host terms of `s`'s task (`TaskShape`): its held-out set and current training batch,
+/// and for the planted task its teacher (a second model on its own CPU ledger: f32 weights, no
+/// adapters, a body pass at the larger batch shape), the base weights it keeps and its dense
+/// planted ΔW. While the student is built, the task hands it a host copy of the body's weights
+/// (the planted task a clone of its base, the synthetic task freshly drawn ones).
+fn host(s: &ArmShape) -> Host {
+    let t = &s.task;
+    let mut h = Host::default();
+    if t.kind == TaskKind::Data {
+        return h;
+    }
+    let f32_body: f64 = body(s).iter().map(|(_, shape)| 4.0 * prod(shape)).sum();
+    // Per sequence: its ids (u32) and its target, the teacher's final hidden states [seq, C]
+    // (planted) or one class (synthetic).
+    let per_seq = |seq: usize| match t.kind {
+        TaskKind::Planted => 4.0 * seq as f64 * (1.0 + s.model.hidden as f64),
+        _ => 4.0 * (seq as f64 + 1.0),
+    };
+    h.held.push((
+        "held-out set",
+        t.eval_sequences as f64 * per_seq(s.eval.seq),
+    ));
+    h.held.push((
+        "training batch",
+        s.train.batch as f64 * per_seq(s.train.seq),
+    ));
+    if t.kind == TaskKind::Planted {
+        let teacher = ArmShape {
+            full: false,
+            svd: false,
+            gated: false,
+            frozen: DType::F32,
+            head: Head::Regress,
+            ..s.clone()
+        };
+        let teacher_peak = params(&teacher, &[])
+            .plus(&body_pass(&teacher, s.train).max(body_pass(&teacher, s.eval)));
+        h.held.push(("planted teacher", teacher_peak.total()));
+        h.held.push(("planted base weights", f32_body));
+        let delta: f64 = t.planted.iter().map(|&(r, c)| (r * c) as f64).sum();
+        h.held.push(("planted ΔW", 4.0 * delta));
+    }
+    h.building
+        .push(("base weights handed to the model", f32_body));
+    h
 }
 
 /// Largest total the ledger holds with adapters at `ranks`: the parameters, plus the larger of
@@ -302,7 +384,6 @@ fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
         let r_max = ranks.iter().copied().max().unwrap_or(0) as f64;
         m.hold(MemKind::Scratch, 2.0 * n * r_max);
     }
-    let brief = head_buffers(s, b, train);
     if train {
         // The step's device statistics, kept across steps (`StepStats`): one sum of squares
         // per trainable tensor, the 4-value read-back, the loss slot and accumulator.
@@ -311,7 +392,18 @@ fn pass(s: &ArmShape, b: BatchShape, ranks: &[usize], train: bool) -> ByKind {
             trainable_tensors(s, ranks).max(1) as f64 + 6.0,
         );
     }
-    m.plus(&brief)
+    m.plus(&head_buffers(s, b, train))
+}
+
+/// What a forward pass through the body alone holds (`Model::forward_body`): [`pass`] without
+/// the head's buffers.
+fn body_pass(s: &ArmShape, b: BatchShape) -> ByKind {
+    let mut m = pass(s, b, &[], false);
+    let head = head_buffers(s, b, false);
+    for (a, h) in m.0.iter_mut().zip(head.0) {
+        *a -= h;
+    }
+    m
 }
 
 /// What a Llama-family pass saves and shares (`LayerActs` and `Work` for `Flavour::Llama`):

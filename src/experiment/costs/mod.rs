@@ -14,9 +14,9 @@ pub mod shapes;
 
 pub use devices::DeviceSpec;
 pub use flops::{pass_flops, PassFlops};
-pub use memory::{ByKind, Memory};
+pub use memory::{ByKind, Host, Memory};
 pub use preflight::{check_device, device_memory, preflight};
-pub use shapes::{arm_shape, ArmShape, BatchShape};
+pub use shapes::{arm_shape, ArmShape, BatchShape, TaskKind, TaskShape};
 
 use super::arm::method_label;
 use super::report::fmt_bytes;
@@ -86,7 +86,7 @@ pub fn arm_costs(policy: &Policy, arm: &str, device: &DeviceSpec) -> Result<ArmC
         flops_per_step: flops,
         step_seconds,
         train_seconds: shape.steps.map(|s| s as f64 * step_seconds),
-        fits: memory.peak.total() <= device.memory,
+        fits: device.needs(&memory) <= device.memory,
         memory,
         shape,
     })
@@ -186,6 +186,45 @@ fn describe_shape(s: &ArmShape) -> String {
     .to_lowercase()
 }
 
+/// The host terms behind the `host` column (process = what stays held + the larger of the
+/// ledger's peak and its parameters with the weights handed over while the model is built),
+/// one line per distinct set of terms.
+fn host_lines(arms: &[ArmCosts]) -> String {
+    let mut lines: Vec<(String, Vec<&str>)> = Vec::new();
+    for a in arms {
+        let h = &a.memory.host;
+        if h.held.is_empty() && h.building.is_empty() {
+            continue;
+        }
+        let terms = |v: &[(&str, f64)]| {
+            v.iter()
+                .map(|(n, b)| format!("{n} {}", fmt_bytes(*b)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let text = format!(
+            "kept: {}; while the model is built: {}",
+            terms(&h.held),
+            terms(&h.building)
+        );
+        match lines.iter_mut().find(|(t, _)| *t == text) {
+            Some((_, names)) => names.push(&a.arm),
+            None => lines.push((text, vec![&a.arm])),
+        }
+    }
+    let mut out = String::new();
+    if !lines.is_empty() {
+        out.push_str(
+            "host: bytes the task holds in host memory beside the ledger; process: the cell's \
+             peak where the device's memory is the host's\n",
+        );
+    }
+    for (text, names) in lines {
+        let _ = writeln!(out, "  host of {}: {text}", names.join(", "));
+    }
+    out
+}
+
 impl PlanReport {
     /// The tables `adarank plan` prints.
     pub fn render(&self) -> String {
@@ -243,6 +282,8 @@ impl PlanReport {
             "train step",
             "evaluation",
             "start",
+            "host",
+            "process",
             "fits",
         ]
         .map(String::from)
@@ -255,10 +296,13 @@ impl PlanReport {
             row.push(fmt_bytes(a.memory.train_step.total()));
             row.push(fmt_bytes(a.memory.evaluation.total()));
             row.push(fmt_bytes(a.memory.start.total()));
+            row.push(fmt_bytes(a.memory.process - p.total()));
+            row.push(fmt_bytes(a.memory.process));
             row.push(if a.fits { "yes" } else { "NO" }.into());
             rows.push(row);
         }
         out.push_str(&table(&rows));
+        out.push_str(&host_lines(&self.arms));
         out.push_str(
             "\ncompute (GEMM FLOPs of one optimizer step; time = FLOPs ÷ the GEMM rate, a lower \
              bound)\n",

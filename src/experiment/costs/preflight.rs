@@ -32,11 +32,26 @@ pub fn device_memory(dev: &Device) -> Option<(f64, String)> {
     }
 }
 
+/// Whether the memory [`device_memory`] gives for `dev` is the host's.
+fn is_host(dev: &Device) -> bool {
+    match dev {
+        Device::Cpu(_) => true,
+        Device::Gpu(g) => g.is_cpu_adapter(),
+    }
+}
+
 /// The pre-flight check of a run on `dev`: every arm among `arms` (all when empty) must fit the
 /// memory `dev` has. A GPU of unknown memory is not checked (said on stderr).
 pub fn check_device(dev: &Device, policy: &Policy, arms: &[String]) -> Result<()> {
     match device_memory(dev) {
-        Some((memory, where_)) => preflight(policy, arms, memory, &where_),
+        Some((memory, where_)) => {
+            let device = if is_host(dev) {
+                DeviceSpec::memory_only(memory, &where_)
+            } else {
+                DeviceSpec::gpu_memory_only(memory, &where_)
+            };
+            preflight(policy, arms, &device)
+        }
         None => {
             eprintln!(
                 "note: the memory of {} is not known to adarank; the run is not checked against \
@@ -48,24 +63,36 @@ pub fn check_device(dev: &Device, policy: &Policy, arms: &[String]) -> Result<()
     }
 }
 
-fn by_kind(m: &ByKind) -> String {
-    MemKind::ALL
+/// The ledger's peak by kind and, where host buffers count, the host's named terms.
+fn by_kind(m: &ByKind, all: &super::Memory, device: &DeviceSpec) -> String {
+    let mut parts: Vec<String> = MemKind::ALL
         .iter()
         .filter(|&&k| m.of(k) > 0.0)
         .map(|&k| format!("{} {}", k.name(), fmt_bytes(m.of(k))))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    if device.host {
+        let h = &all.host;
+        parts.extend(
+            h.held
+                .iter()
+                .chain(&h.building)
+                .filter(|(_, b)| *b > 0.0)
+                .map(|(n, b)| format!("{n} {}", fmt_bytes(*b))),
+        );
+    }
+    parts.join(", ")
 }
 
-/// Refuses the first arm among `arms` (all when empty) whose planned peak exceeds `memory`
-/// bytes (`where_` says whose memory it is, e.g. "available on this machine").
-pub fn preflight(policy: &Policy, arms: &[String], memory: f64, where_: &str) -> Result<()> {
-    let device = DeviceSpec::memory_only(memory, where_);
+/// Refuses the first arm among `arms` (all when empty) whose planned peak exceeds `device`'s
+/// memory (its description says whose it is, e.g. "available on this machine"; where it is the
+/// host's, the cell's host terms count too).
+pub fn preflight(policy: &Policy, arms: &[String], device: &DeviceSpec) -> Result<()> {
+    let (memory, where_) = (device.memory, device.description.as_str());
     for arm in &policy.arms {
         if !arms.is_empty() && !arms.contains(&arm.name) {
             continue;
         }
-        let c = arm_costs(policy, &arm.name, &device)?;
+        let c = arm_costs(policy, &arm.name, device)?;
         if c.fits {
             continue;
         }
@@ -92,7 +119,7 @@ pub fn preflight(policy: &Policy, arms: &[String], memory: f64, where_: &str) ->
             (
                 "train",
                 Some("batch"),
-                smaller_batch(policy, &arm.name, memory),
+                smaller_batch(policy, &arm.name, device),
             )
         } else if c.shape.full {
             (
@@ -113,7 +140,7 @@ pub fn preflight(policy: &Policy, arms: &[String], memory: f64, where_: &str) ->
         let message = format!(
             "arm `{}` needs {} of memory at its peak, more than the {} {where_}",
             arm.name,
-            fmt_bytes(peak.total()),
+            fmt_bytes(device.needs(&c.memory)),
             fmt_bytes(memory)
         );
         let help = format!(
@@ -121,13 +148,16 @@ pub fn preflight(policy: &Policy, arms: &[String], memory: f64, where_: &str) ->
             policy.source_path.display()
         );
         let Some(l) = Locator::new(policy) else {
-            return Err(anyhow!("{message} ({}); {help}", by_kind(peak)));
+            return Err(anyhow!(
+                "{message} ({}); {help}",
+                by_kind(peak, &c.memory, device)
+            ));
         };
         let span = l
             .setting(&arm.name, section, key)
             .or_else(|| l.setting(&arm.name, section, None))
             .unwrap_or_else(|| l.arm(&arm.name));
-        let d = Diagnostic::new(span, message, by_kind(peak)).help(help);
+        let d = Diagnostic::new(span, message, by_kind(peak, &c.memory, device)).help(help);
         // The rendered diagnostic starts with its own `error: `; the binary adds one to every
         // error it prints, so it goes here (no "error: error:").
         let text = l.error(d).to_string();
@@ -138,12 +168,12 @@ pub fn preflight(policy: &Policy, arms: &[String], memory: f64, where_: &str) ->
 
 /// What to do: the largest micro-batch (halving) that fits, with the accumulation that keeps
 /// the effective batch, or why the batch is not the problem.
-fn smaller_batch(policy: &Policy, arm: &str, memory: f64) -> String {
+fn smaller_batch(policy: &Policy, arm: &str, device: &DeviceSpec) -> String {
+    let memory = device.memory;
     let Some(plan) = policy.arm(arm) else {
         return "lower train.batch".into();
     };
     let (b, accum) = (plan.train.batch, plan.train.accum);
-    let device = DeviceSpec::memory_only(memory, "");
     let mut try_b = b / 2;
     let mut smallest = None;
     while try_b >= 1 {
@@ -152,13 +182,13 @@ fn smaller_batch(policy: &Policy, arm: &str, memory: f64) -> String {
             a.train.batch = try_b;
             a.train.accum = accum * b.div_ceil(try_b);
         }
-        if let Ok(c) = arm_costs(&p, arm, &device) {
+        if let Ok(c) = arm_costs(&p, arm, device) {
             if c.fits {
                 return format!(
                     "`train.batch = {try_b}` with `train.accum = {}` keeps the effective batch and \
                      needs {}",
                     accum * b.div_ceil(try_b),
-                    fmt_bytes(c.memory.peak.total())
+                    fmt_bytes(device.needs(&c.memory))
                 );
             }
             smallest = Some(c);

@@ -3,7 +3,7 @@
 //! or a config.json), the head, the train and evaluation batch shapes and the adapter ranks at
 //! the start and at their largest.
 
-use super::super::arm::{engine_config, train_mode, transformer, EVAL_BATCH};
+use super::super::arm::{engine_config, planted_slots, train_mode, transformer, EVAL_BATCH};
 use crate::backend::DType;
 use crate::data::lm::LM_EVAL_BATCH;
 use crate::data::prepare::{CLASSIFY_EVAL_BATCH, SPAN_EVAL_BATCH};
@@ -66,6 +66,51 @@ pub struct ArmShape {
     pub steps: Option<u64>,
     /// What the shapes assume, said once in the output.
     pub notes: Vec<String>,
+    /// What the task keeps in host memory beside the model.
+    pub task: TaskShape,
+}
+
+/// Which task a cell trains on, as far as its host memory goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    Planted,
+    Synthetic,
+    /// A data set read from files (not modelled in host memory).
+    #[default]
+    Data,
+}
+
+/// The host-side shape of a built-in task (`memory::host`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TaskShape {
+    pub kind: TaskKind,
+    /// Held-out sequences the task keeps: whole evaluation batches of `eval.batch`.
+    pub eval_sequences: usize,
+    /// The planted task: (rows, cols) of every slot given a dense planted ΔW.
+    pub planted: Vec<(usize, usize)>,
+}
+
+/// The host-side shape of `arm`'s task on `model`.
+fn task_shape(arm: &ArmPlan, model: &ModelConfig) -> TaskShape {
+    let eval = |n: usize| n.div_ceil(EVAL_BATCH).max(1) * n.clamp(1, EVAL_BATCH);
+    match &arm.data {
+        DataSpec::Planted { eval_samples, .. } => TaskShape {
+            kind: TaskKind::Planted,
+            eval_sequences: eval(*eval_samples),
+            planted: planted_slots(arm, model)
+                .into_iter()
+                .filter(|&(_, kind, r)| r > 0 && model.module_kinds().contains(&kind))
+                .map(|(_, kind, _)| model.module_shape(kind))
+                .collect(),
+        },
+        DataSpec::Synthetic { eval_samples, .. } => TaskShape {
+            kind: TaskKind::Synthetic,
+            eval_sequences: eval(*eval_samples),
+            planted: vec![],
+        },
+        _ => TaskShape::default(),
+    }
 }
 
 /// The shapes of `arm`'s cell (its plugin paths are already resolved by the checker).
@@ -83,6 +128,14 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
     };
     let (full, svd, start_ranks) = start_ranks(arm, &model);
     let (gated, peak_ranks) = peak_ranks(arm, &model, &start_ranks, steps);
+    let task = task_shape(arm, &model);
+    if task.kind == TaskKind::Data {
+        notes.push(
+            "host memory of a data set read from files (its tokenizer, its rows, the checkpoint \
+             as read) is not counted: the peak is the backend's alone"
+                .into(),
+        );
+    }
     Ok(ArmShape {
         arm: arm.name.clone(),
         model,
@@ -104,6 +157,7 @@ pub fn arm_shape(arm: &ArmPlan) -> Result<ArmShape> {
             seq,
         },
         steps,
+        task,
         notes,
     })
 }

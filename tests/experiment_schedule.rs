@@ -53,9 +53,19 @@ fn eval_every_writes_evaluations_at_its_multiples_and_allocations_follow_the_tim
         .map(|e| e.step)
         .collect();
     assert_eq!(planned, vec![10, 20, 30]);
-    let mine: Vec<_> = allocs.iter().filter(|r| r.arm == "adaptive").collect();
+    // The decisions are the timeline's; each one fades in over `lora.fade` (10) steps and its
+    // cut is recorded by the engine when that many steps have passed.
+    let all: Vec<_> = allocs.iter().filter(|r| r.arm == "adaptive").collect();
+    let (cuts, mine): (Vec<_>, Vec<_>) = all.into_iter().partition(|r| r.reason == "cut");
     let steps: Vec<u64> = mine.iter().map(|r| r.step).collect();
     assert_eq!(steps, [vec![0], planned].concat());
+    let fades: Vec<u64> = mine
+        .iter()
+        .filter(|r| r.reason == "fade")
+        .map(|r| r.step + 10)
+        .collect();
+    let cut_steps: Vec<u64> = cuts.iter().map(|r| r.step).collect();
+    assert_eq!(cut_steps, fades, "a cut 10 steps after each fade");
     for r in &mine[1..] {
         assert!(r.alpha.is_some() && r.beta.is_some(), "{:?}", r.allocation);
         assert_eq!(r.budget, Some(24));

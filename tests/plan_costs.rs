@@ -111,7 +111,10 @@ fn paper_table_peaks_match_the_plan() {
                 "until step 300 { every 50 steps",
                 "until step 60 { every 10 steps",
             ),
-            ("until step 201", "until step 41"),
+            (
+                "until step 211 { every 50 steps",
+                "until step 51 { every 10 steps",
+            ),
         ],
     ));
 }

@@ -29,6 +29,14 @@ impl TextTable {
         // found without reading the rest, and the file is never held twice.
         let mut lines = crate::textfile::lines(path, "data", crate::textfile::MAX_DATA_BYTES)?;
         let header: Vec<String> = match lines.next().transpose()? {
+            // A bare CR inside the first line: the file ends its lines with CR alone (classic
+            // Mac), so it reads as one line — say so instead of "no data rows".
+            Some((_, h)) if h.contains('\r') => bail!(
+                "{}:1:{}: a carriage return with no line feed after it: this file ends its lines \
+                 with CR alone; convert them to LF (e.g. `tr '\\r' '\\n' < FILE > NEW`)",
+                path.display(),
+                h.chars().position(|c| c == '\r').unwrap_or(0) + 1
+            ),
             Some((_, h)) if !h.is_empty() => h.split('\t').map(str::to_string).collect(),
             _ => bail!("{}:1: empty file; expected a header row", path.display()),
         };

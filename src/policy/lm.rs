@@ -321,9 +321,11 @@ pub fn check(f: &mut Fields<'_>, model: &ModelSpec, data: &DataSpec) {
             "the model is a causal LM (decoder), which has no classification head for this \
              labelled data set"
                 .into(),
-            "read it as generation: `as = generation, prompt = \"Review: {text}\\nSentiment:\", \
-             labels = [\" negative\", \" positive\"]`"
-                .into(),
+            concat!(
+                "read it as generation: `as = generation, prompt = \"Review: {text}\\nSentiment:\", ",
+                "labels = [\" negative\", \" positive\"]`"
+            )
+            .into(),
         );
     }
     if let (Some(k), Some(_)) = (jsonl, gen) {
@@ -345,9 +347,11 @@ pub fn check(f: &mut Fields<'_>, model: &ModelSpec, data: &DataSpec) {
                 f.header
             },
             format!("{what} need a pretrained causal LM (decoder); this model is not one"),
-            "use a Llama-family model (a GGUF file or a Hugging Face Llama/Qwen2/Mistral), or \
-             a labelled {\"text\", \"label\"} set for this encoder"
-                .into(),
+            concat!(
+                "use a Llama-family model (a GGUF file or a Hugging Face Llama/Qwen2/Mistral), ",
+                "or a labelled {\"text\", \"label\"} set for this encoder"
+            )
+            .into(),
         );
     }
     check_metric(f, lm, labelled, jsonl, causal || kind == ModelKind::Unknown);

@@ -5,7 +5,7 @@
 //! record the run directory keeps (`allocations.jsonl`).
 
 use super::{Core, EngineCtx, Result};
-use crate::adapter::AdapterStore;
+use crate::adapter::{AdapterInfo, AdapterStore};
 use serde::{Deserialize, Serialize};
 
 /// One slot in an [`Allocation`].
@@ -88,6 +88,48 @@ impl Allocation {
     /// Trainable adapter parameters after this allocation.
     pub fn params(&self) -> usize {
         self.slots.iter().map(|s| s.after * s.cost).sum()
+    }
+
+    /// One record per slot of `infos`: ranks `before` → `after`, with the complexity and score
+    /// the method computed (none where the slices are short).
+    pub fn slots_of(
+        infos: &[AdapterInfo],
+        before: &[usize],
+        after: &[usize],
+        complexity: &[f64],
+        score: &[f64],
+    ) -> Vec<SlotAllocation> {
+        infos
+            .iter()
+            .enumerate()
+            .map(|(i, a)| SlotAllocation {
+                name: a.name.clone(),
+                cost: a.rows + a.cols,
+                complexity: complexity.get(i).copied(),
+                score: score.get(i).copied(),
+                raw: None,
+                before: before[i],
+                after: after[i],
+            })
+            .collect()
+    }
+
+    /// The starting record of an arm without a rank method: the ranks the model was built
+    /// with, kept for the whole cell.
+    pub fn fixed(infos: &[AdapterInfo]) -> Self {
+        let ranks: Vec<usize> = infos.iter().map(|a| a.rank).collect();
+        Self {
+            step: 0,
+            reason: "init".into(),
+            budget: None,
+            param_budget: None,
+            alpha: None,
+            beta: None,
+            rule: None,
+            slots: Self::slots_of(infos, &ranks, &ranks, &[], &[]),
+            resized: false,
+            seconds: 0.0,
+        }
     }
 }
 

@@ -721,20 +721,7 @@ impl Core {
             alpha: self.learned.get("alpha").copied(),
             beta: self.learned.get("beta").copied(),
             rule: None,
-            slots: self
-                .infos
-                .iter()
-                .enumerate()
-                .map(|(i, a)| SlotAllocation {
-                    name: a.name.clone(),
-                    cost: a.rows + a.cols,
-                    complexity: complexity.get(i).copied(),
-                    score: score.get(i).copied(),
-                    raw: None,
-                    before: before[i],
-                    after: after[i],
-                })
-                .collect(),
+            slots: Allocation::slots_of(&self.infos, before, after, complexity, score),
             resized,
             seconds: 0.0,
         }

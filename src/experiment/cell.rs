@@ -13,7 +13,7 @@ use super::fsio::{filter_jsonl, JsonlWriter};
 use super::progress::Progress;
 use super::records::*;
 use super::rundir::RunDir;
-use super::sink::{fixed_allocation, CheckpointState, RunSink, RunnerState};
+use super::sink::{CheckpointState, RunSink, RunnerState};
 use crate::adapter::{AdapterStore, SlotView};
 use crate::backend::{Backend, MemKind};
 use crate::data::hf::PretrainedEncoder;
@@ -266,7 +266,7 @@ impl<B: Backend> Cells<'_, B> {
         let start_record = match hooks.start(&mut cell.model)? {
             Some(a) => Some(a),
             None if hooks.driver.engine.is_none() && arm.lora.on().is_some() && from == 0 => {
-                Some(fixed_allocation(&cell.view().adapters()))
+                Some(crate::engine::Allocation::fixed(&cell.view().adapters()))
             }
             None => None,
         };

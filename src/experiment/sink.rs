@@ -11,7 +11,7 @@ use super::rundir::RunDir;
 use crate::adapter::AdapterStore;
 use crate::backend::Backend;
 use crate::engine::driver::{DriverState, DriverStep, Sink};
-use crate::engine::{Allocation, EngineState, SlotAllocation};
+use crate::engine::{Allocation, EngineState};
 use crate::model::{Model, StateMeta};
 use crate::policy::ArmPlan;
 use crate::train::{EvalMetrics, StepMetrics};
@@ -232,31 +232,4 @@ fn log_line(r: &MetricRecord, adapters: &[crate::adapter::AdapterInfo]) -> Strin
         r.trainable_params,
         ranks.join(" ")
     )
-}
-
-/// The starting ranks of an arm without a rank engine (fixed, layer-wise), as an allocation.
-pub(super) fn fixed_allocation(infos: &[crate::adapter::AdapterInfo]) -> Allocation {
-    Allocation {
-        step: 0,
-        reason: "init".into(),
-        budget: None,
-        param_budget: None,
-        alpha: None,
-        beta: None,
-        rule: None,
-        slots: infos
-            .iter()
-            .map(|a| SlotAllocation {
-                name: a.name.clone(),
-                cost: a.rows + a.cols,
-                complexity: None,
-                score: None,
-                raw: None,
-                before: a.rank,
-                after: a.rank,
-            })
-            .collect(),
-        resized: false,
-        seconds: 0.0,
-    }
 }

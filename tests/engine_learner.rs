@@ -1,11 +1,9 @@
-//! The shipped learner, log rule, phase condition and baselines against independent oracles.
+//! The shipped learner, log rule, phase condition and allocators against independent oracles.
 
-use adarank::adapter::{AdapterStore, ModuleKind};
 use adarank::engine::shipped::find;
 use adarank::engine::{EngineConfig, EngineCtx, Limits, Method, PluginHost, RankEngine, Role};
 use adarank::testkit::planted::{PlantedConfig, PlantedStore};
 use rhai::{Array, Dynamic, Map};
-use std::collections::BTreeMap;
 
 fn adapters_with(c: &[f64]) -> Array {
     c.iter()
@@ -123,55 +121,6 @@ fn store() -> PlantedStore {
     let mut c = PlantedConfig::new(vec![1; 12], 2);
     c.dim = 8;
     PlantedStore::new(c, 4)
-}
-
-#[test]
-fn fixed_and_layerwise_set_their_ranks_at_start() {
-    let mut s = store();
-    let mut e = RankEngine::new(EngineConfig::new(Method::Fixed, 0, 3)).unwrap();
-    e.on_start(&mut s).unwrap();
-    assert!(s.adapters().iter().all(|a| a.rank == 3));
-    assert!(e
-        .reallocate(10, &mut s, &EngineCtx::default())
-        .unwrap()
-        .is_none());
-
-    let ranks: BTreeMap<ModuleKind, usize> = [
-        (ModuleKind::Q, 5),
-        (ModuleKind::V, 2),
-        (ModuleKind::FfnOut, 1),
-    ]
-    .into();
-    let mut s = store();
-    let mut e = RankEngine::new(EngineConfig::new(
-        Method::Layerwise {
-            ranks: ranks.clone(),
-        },
-        0,
-        3,
-    ))
-    .unwrap();
-    e.on_start(&mut s).unwrap();
-    for a in s.adapters() {
-        assert_eq!(
-            a.rank,
-            ranks.get(&a.kind).copied().unwrap_or(0),
-            "{}",
-            a.name
-        );
-    }
-}
-
-#[test]
-fn layerwise_kind_that_matches_nothing_is_an_error() {
-    // Two adapters only: kinds q and k. A rank for ffn_in must not be ignored silently.
-    let mut c = PlantedConfig::new(vec![1, 1], 2);
-    c.dim = 8;
-    let mut s = PlantedStore::new(c, 2);
-    let ranks: BTreeMap<ModuleKind, usize> = [(ModuleKind::Q, 2), (ModuleKind::FfnIn, 2)].into();
-    let mut e = RankEngine::new(EngineConfig::new(Method::Layerwise { ranks }, 0, 2)).unwrap();
-    let err = e.on_start(&mut s).unwrap_err().to_string();
-    assert!(err.contains("ffn_in"), "{err}");
 }
 
 #[test]

@@ -52,10 +52,6 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Method {
-    /// Every adapter at `init_rank` (shipped `fixed.rhai`).
-    Fixed,
-    /// A rank per module kind (shipped `layerwise.rhai`); kinds not named get rank 0.
-    Layerwise { ranks: BTreeMap<ModuleKind, usize> },
     /// The paper's method: phase 1 uniform at `init_rank`, then at each re-allocation
     /// complexity per adapter → learner (α, β) → allocator.
     Adaptive {
@@ -81,9 +77,8 @@ pub enum Method {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EngineConfig {
     pub method: Method,
-    /// Total rank Σ r_i the allocator must meet (Adaptive, Script). For Fixed and Layerwise,
-    /// 0 means unchecked; otherwise their sum must not exceed it. For AdaLoRA it is ignored
-    /// (the target is target_rank × adapters).
+    /// Total rank Σ r_i the allocator must meet (Adaptive, Script; 0: unchecked). For AdaLoRA
+    /// it is ignored (the target is target_rank × adapters).
     pub budget: usize,
     /// Trainable-parameter budget Σ r_i·(rows_i + cols_i), when the policy sets one: handed to
     /// scripts as `ctx.param_budget` (each adapter's `cost` is its parameters per rank).
@@ -213,8 +208,6 @@ pub(crate) fn number(v: &Dynamic) -> Option<f64> {
 pub enum Bounds {
     /// The policy's [r_min, r_max], capped by min(rows, cols).
     Policy,
-    /// Anything up to min(rows, cols) (fixed and layer-wise ranks are the policy's own).
-    Slot,
     /// Up to a cap per adapter (AdaLoRA: the triplets the adapter holds).
     Caps(Vec<usize>),
 }
@@ -675,7 +668,6 @@ impl Core {
             let lim = self.limit(i);
             let (lo, hi) = match bounds {
                 Bounds::Caps(c) => (0, c[i]),
-                Bounds::Slot => (0, lim),
                 Bounds::Policy => (self.cfg.min_rank.min(lim), self.cfg.max_rank.min(lim)),
             };
             if r < lo || r > hi {

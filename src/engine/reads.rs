@@ -15,8 +15,6 @@ pub const ENGINE_SET: &[(&str, &str)] = &[
     ("r_max", "lora.max_rank"),
     ("init_rank", "lora.init_rank"),
     ("param_budget", "lora.param_budget"),
-    ("rank", "lora.rank"),
-    ("ranks", "lora.rank = { kind: rank }"),
 ];
 
 /// The relaxation's settings (soft rank gates between re-allocations): read by the engine, not

@@ -1,5 +1,6 @@
-//! The scripted method: complexity → learner → allocator, all rhai plugins. Fixed and
-//! layer-wise LoRA are scripted methods that allocate once, at the start.
+//! The scripted method: complexity → learner → allocator, all rhai plugins. Every adapter
+//! starts at `init_rank`; the allocator decides at the schedule's `reallocate`. (A fixed or
+//! layer-wise arm needs no engine: the model is built with its ranks and nothing resizes it.)
 //!
 //! A learner that defines `learn_step(state, grads, ctx)` relaxes the ranks between
 //! re-allocations (see [`super::relax`]): α and β then learn from the task loss every step.
@@ -8,21 +9,12 @@ use super::fade::PendingCut;
 use super::method::{Allocation, RankMethod, RuleLog};
 use super::relax::{self, Relaxation};
 use super::{cfg_err, stats, Bounds, Core, EngineCtx, Method, Plugin, Result, Role, SlotExtra};
-use crate::adapter::{AdapterStore, ModuleKind};
-use rhai::{Array, Dynamic, Map, INT};
-use std::collections::BTreeMap;
+use crate::adapter::AdapterStore;
+use rhai::{Array, Dynamic};
 use std::path::PathBuf;
 
-enum Kind {
-    Fixed,
-    Layerwise(BTreeMap<ModuleKind, usize>),
-    /// Re-allocates at the schedule's `reallocate`.
-    Adaptive,
-}
-
 pub struct Scripted {
-    kind: Kind,
-    complexity: Option<Plugin>,
+    complexity: Plugin,
     allocator: Plugin,
     learner: Option<Plugin>,
     /// Some when the learner defines `learn_step`.
@@ -50,25 +42,17 @@ fn param_f64(core: &Core, key: &str, default: f64) -> f64 {
 
 impl Scripted {
     pub fn new(core: &mut Core, method: Method) -> Result<Self> {
-        let (kind, c, a, l) = match method {
-            Method::Fixed => (Kind::Fixed, None, shipped("fixed.rhai"), None),
-            Method::Layerwise { ranks } => (
-                Kind::Layerwise(ranks),
-                None,
-                shipped("layerwise.rhai"),
-                None,
-            ),
+        let (c, a, l) = match method {
             Method::Adaptive {
                 complexity,
                 allocator,
                 learner,
-            } => (Kind::Adaptive, Some(complexity), allocator, learner),
+            } => (complexity, allocator, learner),
             Method::Script {
                 allocator,
                 complexity,
             } => (
-                Kind::Adaptive,
-                Some(complexity.unwrap_or_else(|| shipped("spectral_gradient.rhai"))),
+                complexity.unwrap_or_else(|| shipped("spectral_gradient.rhai")),
                 allocator,
                 None,
             ),
@@ -76,9 +60,7 @@ impl Scripted {
                 return Err(cfg_err("not a scripted method"));
             }
         };
-        let complexity = c
-            .map(|p| core.load_plugin(&p, Role::Complexity))
-            .transpose()?;
+        let complexity = core.load_plugin(&c, Role::Complexity)?;
         let allocator = core.load_plugin(&a, Role::Allocator)?;
         let learner = l.map(|p| core.load_plugin(&p, Role::Learner)).transpose()?;
         let relax = learner
@@ -92,12 +74,11 @@ impl Scripted {
                 )
             });
         core.note_mentions(
-            [complexity.as_ref(), Some(&allocator), learner.as_ref()]
+            [Some(&complexity), Some(&allocator), learner.as_ref()]
                 .into_iter()
                 .flatten(),
         );
         Ok(Self {
-            kind,
             complexity,
             allocator,
             learner,
@@ -106,28 +87,6 @@ impl Scripted {
             complexities: vec![],
             energies: vec![],
         })
-    }
-
-    fn params(&self, core: &Core) {
-        match &self.kind {
-            Kind::Fixed => {
-                let r = core
-                    .cfg
-                    .params
-                    .get("rank")
-                    .and_then(|v| v.as_i64())
-                    .unwrap_or(core.cfg.init_rank as i64);
-                core.reset_params(&[("rank", Dynamic::from_int(r as INT))]);
-            }
-            Kind::Layerwise(ranks) => {
-                let r: Map = ranks
-                    .iter()
-                    .map(|(k, v)| (k.name().into(), Dynamic::from_int(*v as INT)))
-                    .collect();
-                core.reset_params(&[("ranks", Dynamic::from_map(r))]);
-            }
-            Kind::Adaptive => core.reset_params(&[]),
-        }
     }
 
     fn extras(&self, core: &Core) -> Vec<SlotExtra> {
@@ -163,16 +122,13 @@ impl Scripted {
         let budget = core.cfg.budget;
         let mut maps = core.adapter_maps(store, &self.extras(core))?;
         let ctx_map = core.ctx_map(ctx, budget);
-        let c = match &self.complexity {
-            Some(p) => core.call_complexity(p, &mut maps, &ctx_map)?,
-            None => vec![1.0; maps.len()],
-        };
+        let c = core.call_complexity(&self.complexity, &mut maps, &ctx_map)?;
         self.complexities = c.clone();
         if let Some(l) = &self.learner {
             let arr: Array = maps.iter().cloned().map(Dynamic::from_map).collect();
             core.call_learner(l, Role::Learner, arr, ctx_map)?;
         }
-        self.params(core);
+        core.reset_params(&[]);
         let draws = core.rng_draws;
         let ranks = core
             .call_allocator(&self.allocator, maps, budget, &Bounds::Policy)
@@ -215,9 +171,6 @@ impl Scripted {
         ctx: &EngineCtx,
         last: bool,
     ) -> Result<Option<Allocation>> {
-        if !matches!(self.kind, Kind::Adaptive) {
-            return Ok(None);
-        }
         let before = core.ranks();
         let (c, ranks) = self.decide(core, store, ctx)?;
         let (reason, resized, scores) = match self.relax.as_mut() {
@@ -360,41 +313,17 @@ impl Scripted {
 }
 
 impl RankMethod for Scripted {
-    fn start(&mut self, core: &mut Core, store: &mut dyn AdapterStore) -> Result<Vec<usize>> {
+    fn start(&mut self, core: &mut Core, _store: &mut dyn AdapterStore) -> Result<Vec<usize>> {
         let n = core.infos.len();
-        match &self.kind {
-            Kind::Fixed | Kind::Layerwise(_) => {
-                if let Kind::Layerwise(ranks) = &self.kind {
-                    if let Some(k) = ranks
-                        .keys()
-                        .find(|k| !core.infos.iter().any(|a| a.kind == **k))
-                    {
-                        return Err(cfg_err(format!(
-                            "layerwise rank given for module kind `{k}`, which no adapter has"
-                        )));
-                    }
-                }
-                self.params(core);
-                let maps = core.adapter_maps(store, &[])?;
-                let budget = if core.cfg.budget > 0 {
-                    core.cfg.budget
-                } else {
-                    (0..n).map(|i| core.limit(i)).sum()
-                };
-                core.call_allocator(&self.allocator, maps, budget, &Bounds::Slot)
-            }
-            Kind::Adaptive => {
-                let c = &core.cfg;
-                if c.budget > 0 && (c.budget < n * c.min_rank || c.budget > n * c.max_rank) {
-                    return Err(cfg_err(format!(
-                        "budget {} cannot be met by {n} adapters with ranks in [{}, {}]",
-                        c.budget, c.min_rank, c.max_rank
-                    )));
-                }
-                self.params(core);
-                Ok(vec![c.init_rank; n])
-            }
+        let c = &core.cfg;
+        if c.budget > 0 && (c.budget < n * c.min_rank || c.budget > n * c.max_rank) {
+            return Err(cfg_err(format!(
+                "budget {} cannot be met by {n} adapters with ranks in [{}, {}]",
+                c.budget, c.min_rank, c.max_rank
+            )));
         }
+        core.reset_params(&[]);
+        Ok(vec![c.init_rank; n])
     }
 
     fn started(
@@ -403,7 +332,7 @@ impl RankMethod for Scripted {
         store: &mut dyn AdapterStore,
         resumed: bool,
     ) -> Result<()> {
-        self.params(core);
+        core.reset_params(&[]);
         if resumed {
             if let Some(rx) = &self.relax {
                 rx.resume(core, store)?;
@@ -421,10 +350,7 @@ impl RankMethod for Scripted {
         _step: u64,
         store: &mut dyn AdapterStore,
     ) -> Result<()> {
-        if matches!(self.kind, Kind::Adaptive) {
-            core.gather(store)?;
-        }
-        Ok(())
+        core.gather(store)
     }
 
     fn after_step(

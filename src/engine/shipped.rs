@@ -21,7 +21,6 @@ pub const SHIPPED: &[Shipped] = shipped!(
     "fit_proportional.rhai",
     "log_rule.rhai",
     "fixed.rhai",
-    "layerwise.rhai",
     "adalora.rhai",
     "eva.rhai",
     "random.rhai",

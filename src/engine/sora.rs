@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn threshold_rises_linearly() {
         let mut core = Core::new(super::super::EngineConfig::new(
-            super::super::Method::Fixed,
+            super::super::Method::Sora(SoraConfig::default()),
             0,
             1,
         ));

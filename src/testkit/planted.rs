@@ -13,7 +13,7 @@ use crate::adapter::{
 };
 use crate::engine::driver::EngineDriver;
 use crate::engine::schedule::Schedule;
-use crate::engine::{Allocation, EngineConfig, EngineCtx, RankEngine};
+use crate::engine::{Allocation, EngineConfig, RankEngine};
 use crate::model::lora::{grow_factors, init_factors, shrink_factors, Factors};
 use crate::policy::PhaseSpec;
 use nalgebra::DMatrix;
@@ -537,6 +537,34 @@ pub fn run_planted(
     phases: Vec<PhaseSpec>,
     steps: u64,
 ) -> anyhow::Result<PlantedOutcome> {
+    let init_rank = engine_cfg.init_rank;
+    train(
+        task,
+        init_rank,
+        Some(RankEngine::new(engine_cfg)?),
+        phases,
+        steps,
+    )
+}
+
+/// Train the planted task at one rank everywhere, without a rank engine: how a policy's fixed
+/// arm runs (`lora.rank = r` and no re-allocation), so the engine's methods are compared with
+/// the baseline a run would print.
+pub fn run_planted_fixed(
+    task: PlantedConfig,
+    rank: usize,
+    steps: u64,
+) -> anyhow::Result<PlantedOutcome> {
+    train(task, rank, None, Vec::new(), steps)
+}
+
+fn train(
+    task: PlantedConfig,
+    init_rank: usize,
+    mut engine: Option<RankEngine>,
+    phases: Vec<PhaseSpec>,
+    steps: u64,
+) -> anyhow::Result<PlantedOutcome> {
     struct Host<'a>(&'a mut PlantedStore);
     impl crate::engine::driver::DriverHost for Host<'_> {
         fn store(&mut self) -> &mut dyn AdapterStore {
@@ -550,14 +578,12 @@ pub fn run_planted(
         }
     }
     let t0 = Instant::now();
-    let mut store = PlantedStore::new(task, engine_cfg.init_rank);
-    let mut engine = RankEngine::new(engine_cfg)?;
-    let mut allocations: Vec<Allocation> = engine.on_start(&mut store)?.into_iter().collect();
-    let mut driver = EngineDriver::new(
-        Some(engine),
-        Schedule::new(phases, steps, steps, None),
-        steps,
-    );
+    let mut store = PlantedStore::new(task, init_rank);
+    let mut allocations: Vec<Allocation> = match engine.as_mut() {
+        Some(e) => e.on_start(&mut store)?.into_iter().collect(),
+        None => Vec::new(),
+    };
+    let mut driver = EngineDriver::new(engine, Schedule::new(phases, steps, steps, None), steps);
     for step in 1..=steps {
         let loss = store.forward_backward();
         driver.after_backward(step, &mut store)?;
@@ -568,15 +594,21 @@ pub fn run_planted(
             break;
         }
     }
-    let engine = driver.engine.take().expect("the driver holds the engine");
-    let _ = EngineCtx::default();
+    let (ranks, realloc_seconds, engine_calls) = match driver.engine.take() {
+        Some(e) => (e.ranks(), e.calls().reallocate_seconds, e.calls().clone()),
+        None => (
+            store.adapters().iter().map(|a| a.rank).collect(),
+            0.0,
+            Default::default(),
+        ),
+    };
     Ok(PlantedOutcome {
-        ranks: engine.ranks(),
+        ranks,
         final_loss: store.eval_loss(),
         allocations,
         train_seconds: t0.elapsed().as_secs_f64(),
-        realloc_seconds: engine.calls().reallocate_seconds,
-        engine_calls: engine.calls().clone(),
+        realloc_seconds,
+        engine_calls,
     })
 }
 

@@ -10,7 +10,7 @@
 //!   f32 values, so it differs only by its f32 additions: |Δ| ≤ 1e-5 · (Σ_k |α·a_ik·b_kj| +
 //!   |β·c_ij|). Also the CPU backend's own f32 matmul over the dequantized B, same bound.
 
-use adarank::backend::cpu::{quant as cq, Cpu};
+use adarank::backend::cpu::{quant_gemm as cq, Cpu};
 use adarank::backend::quant::{check_blocks, check_matrix, dequantize_into, BLOCK};
 use adarank::backend::{dequantize, quantize, Backend, DType, Gemm, Ids, MemKind};
 use rand::{Rng, SeedableRng};

@@ -8,7 +8,7 @@
 //! the splits are whole plays, 29/4/4, with the counts the fetch script pins, and no Gutenberg
 //! boilerplate is left.
 
-use adarank::data::lm::prepare::lm_task;
+use adarank::data::lm::from_section::lm_task;
 use adarank::data::lm::{JsonlKind, LmMetric, Truncation, IGNORE};
 use adarank::data::prepare::{load_llm, Split};
 use adarank::model::Target;

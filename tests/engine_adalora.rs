@@ -6,7 +6,7 @@ mod common;
 use adarank::adapter::AdapterStore;
 use adarank::engine::adalora::budget_schedule;
 use adarank::engine::{AdaLoraConfig, EngineConfig, EngineCtx, Method, RankEngine};
-use adarank::testkit::planted::{PlantedConfig, PlantedStore};
+use adarank::testkit::planted_layers::{PlantedConfig, PlantedStore};
 use common::Counting;
 
 fn cfg(resize: bool) -> AdaLoraConfig {

@@ -2,7 +2,7 @@
 
 use adarank::engine::shipped::find;
 use adarank::engine::{EngineConfig, EngineCtx, Limits, Method, PluginHost, RankEngine, Role};
-use adarank::testkit::planted::{PlantedConfig, PlantedStore};
+use adarank::testkit::planted_layers::{PlantedConfig, PlantedStore};
 use rhai::{Array, Dynamic, Map};
 
 fn adapters_with(c: &[f64]) -> Array {

@@ -41,7 +41,7 @@ use adarank::engine::schedule::Schedule;
 use adarank::engine::{AdaLoraConfig, EngineConfig, Method, RankEngine, SoraConfig};
 use adarank::model::{LoraConfig, TrainMode};
 use adarank::policy::{Action, ActionKind, PhaseSpec, Until};
-use adarank::testkit::planted::spearman;
+use adarank::testkit::planted_layers::spearman;
 use adarank::testkit::test_gpu;
 use adarank::train::{build_model, train, Decay, PlantedConfig, PlantedTask, Task, TrainConfig};
 use std::sync::Arc;

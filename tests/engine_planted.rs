@@ -4,7 +4,7 @@
 
 use adarank::engine::{AdaLoraConfig, EngineConfig, Method};
 use adarank::policy::{Action, ActionKind, PhaseSpec, Until};
-use adarank::testkit::planted::{
+use adarank::testkit::planted_layers::{
     run_planted, run_planted_fixed, spearman, PlantedConfig, PlantedOutcome,
 };
 

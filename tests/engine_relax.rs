@@ -7,7 +7,7 @@ use adarank::backend::{Backend, MemKind};
 use adarank::engine::{EngineConfig, EngineCtx, Method, RankEngine};
 use adarank::model::{LoraConfig, TrainMode};
 use adarank::policy::{Action, ActionKind, PhaseSpec, Until};
-use adarank::testkit::planted::{run_planted, PlantedConfig};
+use adarank::testkit::planted_layers::{run_planted, PlantedConfig};
 use adarank::train::{build_model, PlantedTask, Task};
 use std::sync::Arc;
 

@@ -11,7 +11,7 @@ use adarank::backend::cpu::Cpu;
 use adarank::backend::Backend;
 use adarank::engine::{EngineConfig, EngineCtx, Method, RankEngine};
 use adarank::model::{LoraConfig, Model, TrainMode};
-use adarank::testkit::planted::{PlantedConfig as LinearPlanted, PlantedStore};
+use adarank::testkit::planted_layers::{PlantedConfig as LinearPlanted, PlantedStore};
 use adarank::train::{build_model, PlantedConfig, PlantedTask, Task};
 use common::{test_gpu, Counting};
 use std::sync::Arc;

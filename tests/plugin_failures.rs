@@ -6,7 +6,7 @@ use adarank::engine::{
     EngineConfig, EngineCtx, EngineError, Limits, Method, PluginError, PluginErrorKind, RankEngine,
     Role,
 };
-use adarank::testkit::planted::{PlantedConfig, PlantedStore};
+use adarank::testkit::planted_layers::{PlantedConfig, PlantedStore};
 use std::path::PathBuf;
 
 fn store() -> PlantedStore {

@@ -3,7 +3,7 @@
 
 use adarank::adapter::AdapterStore;
 use adarank::engine::{EngineConfig, EngineCtx, Method, RankEngine};
-use adarank::testkit::planted::{PlantedConfig, PlantedStore};
+use adarank::testkit::planted_layers::{PlantedConfig, PlantedStore};
 
 fn store() -> PlantedStore {
     let mut c = PlantedConfig::new(vec![2; 12], 4);

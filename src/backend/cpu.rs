@@ -6,8 +6,8 @@
 
 mod attention;
 pub mod bf16;
-mod llama;
-pub mod quant;
+mod llama_ops;
+pub mod quant_gemm;
 pub mod simd;
 use super::profile::{self, gemm_key};
 mod skinny;
@@ -134,7 +134,7 @@ impl Cpu {
         &bytemuck::cast_slice::<f32, u8>(&t.buf)[..t.dtype().bytes(t.len())]
     }
 
-    /// matmul with B in a block format (see [`quant`]).
+    /// matmul with B in a block format (see [`quant_gemm`]).
     fn matmul_quant(&self, a: &Tensor<Self>, b: &Tensor<Self>, c: &mut Tensor<Self>, spec: &Gemm) {
         let (br, bc) = if spec.trans_b {
             (spec.n, spec.k)
@@ -152,14 +152,14 @@ impl Cpu {
              of 32 values",
             b.dtype().name()
         );
-        let bm = quant::QuantMat {
+        let bm = quant_gemm::QuantMat {
             dtype: b.dtype(),
             bytes: Self::block_bytes(b),
             rows: br,
             cols: bc,
         };
         let threads = if spec.flops() > 2e6 { self.threads } else { 1 };
-        quant::gemm(spec, &a.buf, bm, &mut c.buf, threads);
+        quant_gemm::gemm(spec, &a.buf, bm, &mut c.buf, threads);
     }
 
     /// matmul with a bf16 B (see [`bf16`]).
@@ -820,7 +820,7 @@ impl Backend for Cpu {
             .zip(x.buf[..rows * cols].par_chunks(cols))
             .zip(rstd.buf[..rows].par_iter_mut())
             .with_min_len(ROW_CHUNK)
-            .for_each(|((y, x), rs)| *rs = llama::rmsnorm_row(x, &gamma.buf[..cols], y, eps));
+            .for_each(|((y, x), rs)| *rs = llama_ops::rmsnorm_row(x, &gamma.buf[..cols], y, eps));
     }
 
     fn rmsnorm_backward(
@@ -849,14 +849,14 @@ impl Backend for Cpu {
             .zip(rstd.par_iter())
             .with_min_len(ROW_CHUNK)
             .for_each(|((dx, (dy, x)), &s)| {
-                llama::rmsnorm_grad_row(dy, x, &gamma.buf[..cols], s, dx)
+                llama_ops::rmsnorm_grad_row(dy, x, &gamma.buf[..cols], s, dx)
             });
         if let Some(dg) = dgamma {
             dg.buf[..cols]
-                .par_chunks_mut(llama::COL_BLOCK)
+                .par_chunks_mut(llama_ops::COL_BLOCK)
                 .enumerate()
                 .for_each(|(bi, o)| {
-                    llama::rmsnorm_dgamma_block(dy, x, rstd, cols, bi * llama::COL_BLOCK, o)
+                    llama_ops::rmsnorm_dgamma_block(dy, x, rstd, cols, bi * llama_ops::COL_BLOCK, o)
                 });
         }
     }
@@ -891,7 +891,7 @@ impl Backend for Cpu {
             "rope: position {max:?} is outside the table of {table_positions} positions \
              (build it for more positions with model::rope::rope_table)"
         );
-        llama::rope_rows(
+        llama_ops::rope_rows(
             &x.buf,
             &mut y.buf,
             &table.buf,
@@ -912,7 +912,7 @@ impl Backend for Cpu {
                     .par_chunks(ELEM_CHUNK)
                     .zip(up.buf[..n].par_chunks(ELEM_CHUNK)),
             )
-            .for_each(|(o, (g, u))| llama::swiglu_slice(g, u, o));
+            .for_each(|(o, (g, u))| llama_ops::swiglu_slice(g, u, o));
     }
 
     fn swiglu_backward(
@@ -934,7 +934,7 @@ impl Backend for Cpu {
             .enumerate()
             .for_each(|(ci, (dg, du))| {
                 let r = ci * ELEM_CHUNK..ci * ELEM_CHUNK + dg.len();
-                llama::swiglu_grad_slice(
+                llama_ops::swiglu_grad_slice(
                     &gate.buf[r.clone()],
                     &up.buf[r.clone()],
                     &dout.buf[r],

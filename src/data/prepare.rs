@@ -8,7 +8,7 @@ use crate::data::classify_task::{ClassifyTask, TextFormat};
 use crate::data::glue::Example;
 use crate::data::hf::{self, PretrainedEncoder};
 use crate::model::Pooling;
-use crate::policy::plan::{self, DataSpec, ModelSpec, Subset};
+use crate::policy::arm_plan::{self as plan, DataSpec, ModelSpec, Subset};
 use anyhow::{bail, Result};
 use std::path::Path;
 

@@ -211,7 +211,8 @@ pub fn build_task(
     {
         let pre = data::prepare::load_llm(&path)
             .with_context(|| format!("loading the model of arm {}", arm.name))?;
-        let Some(t) = data::lm::prepare::lm_task(&arm.data, &pre, arm.train.max_len, seed, split)?
+        let Some(t) =
+            data::lm::from_section::lm_task(&arm.data, &pre, arm.train.max_len, seed, split)?
         else {
             bail!(
                 "arm {}: a causal LM trains on text (JSONL records, or a labelled set with \

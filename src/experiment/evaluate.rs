@@ -327,7 +327,7 @@ pub fn eval_cell<B: Backend>(
     // that keeps a run's evaluations cheap) does not apply. Without it, the run's own examples.
     let mut whole = cell.info.arm.clone();
     if split.is_some() {
-        if let Some(sub) = crate::policy::plan::subset_mut(&mut whole.data) {
+        if let Some(sub) = crate::policy::arm_plan::subset_mut(&mut whole.data) {
             sub.eval_samples = None;
         }
     }

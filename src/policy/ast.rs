@@ -1,7 +1,7 @@
 //! The syntax tree of a `.rank` file, built from pest pairs by `parse.rs`. It records what was
 //! written (with spans for diagnostics) and gives no meaning to keys: that is the checker's job.
 
-use super::plan::CmpOp;
+use super::arm_plan::CmpOp;
 
 /// Byte range in one of the sources of a load (the policy file or a `--set` argument).
 ///

@@ -1,11 +1,11 @@
 //! The checker: from the AST (plus `--set` overrides) to one typed plan per arm, with every
 //! mistake found on the way collected as a diagnostic.
 
+use super::arm_plan::*;
 use super::ast::*;
 use super::diag::Diagnostic;
 use super::fields::Fields;
 use super::layers::{Config, Entry, Layer, Section};
-use super::plan::*;
 use super::plugins::{self, ParamSetting, PluginChecker};
 use super::sections::{self, Shape};
 use super::suggest;

@@ -7,9 +7,9 @@
 //! run reads them (every record of one kind, every label one of the label words), and
 //! `messages` records need the model's chat template.
 
+use super::arm_plan::{DataSpec, LmDataSpec, ModelSpec, Subset};
 use super::ast::*;
 use super::fields::Fields;
-use super::plan::{DataSpec, LmDataSpec, ModelSpec, Subset};
 use crate::data::lm::{AsGeneration, JsonlKind, LabelWords, LmMetric, Truncation};
 use std::path::{Path, PathBuf};
 

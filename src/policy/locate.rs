@@ -2,9 +2,9 @@
 //! run's memory pre-flight): the arm's own items win, then the last `--set`, then the base
 //! experiment — the order in which `layers.rs` merges them.
 
+use super::arm_plan::Policy;
 use super::ast::{Experiment, Item, Setting, Span, Value};
 use super::diag::{Diagnostic, Diagnostics, Source};
-use super::plan::Policy;
 use super::{parse, OVERRIDE_SOURCE};
 
 /// A checked policy's text parsed again, with its `--set` overrides, to point into.

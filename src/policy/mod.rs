@@ -2,6 +2,7 @@
 //! (`check.rs` over `layers.rs` and `sections.rs`), formatter (`format.rs`) and diagnostics
 //! (`diag.rs`). The runner consumes the plans of `plan.rs`; docs/language.md is the reference.
 
+pub mod arm_plan;
 pub mod ast;
 pub mod bounds;
 mod check;
@@ -14,14 +15,13 @@ pub mod lm;
 mod locate;
 pub mod model_source;
 pub mod parse;
-pub mod plan;
 pub mod plugins;
 mod sections;
 mod suggest;
 
+pub use arm_plan::*;
 pub use diag::{Diagnostic, Diagnostics, Source};
 pub use locate::Locator;
-pub use plan::*;
 
 use std::path::{Path, PathBuf};
 

@@ -4,8 +4,8 @@
 //! `known_models` records for its name, so a policy checks before the download; a model that
 //! is neither on disk nor known is an error that says where adarank looked and how to get it.
 
+use super::arm_plan::{GgufSpec, ModelSpec};
 use super::known_models;
-use super::plan::{GgufSpec, ModelSpec};
 use crate::data::{hf, hf_llm};
 use crate::model::{Flavour, ModelConfig};
 use std::path::{Path, PathBuf};

@@ -1,9 +1,9 @@
 //! Builds the AST from pest pairs. The grammar is `grammar/policy.pest`; comments come through
 //! as pairs (the formatter keeps them), so every walk here skips `Rule::COMMENT`.
 
+use super::arm_plan::CmpOp;
 use super::ast::*;
 use super::diag::Diagnostic;
-use super::plan::CmpOp;
 use pest::iterators::Pair;
 use pest::Parser;
 

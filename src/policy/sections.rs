@@ -1,10 +1,10 @@
 //! Typing of each section into its plan type, with defaults filled in (docs/language.md lists
 //! them) and the checks that need only the section itself plus the model's shape.
 
+use super::arm_plan::*;
 use super::ast::*;
 use super::bounds;
 use super::fields::Fields;
-use super::plan::*;
 use super::suggest;
 use crate::adapter::ModuleKind;
 use crate::model::ModelConfig;

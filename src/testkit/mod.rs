@@ -2,9 +2,9 @@
 //! on through the crate's dev-dependency on itself (Cargo.toml), so `cargo build --release`
 //! does not carry it. It holds the shared GPU of a test binary, the skip-or-fail rule for
 //! tests that need fetched assets, and the engine's planted-rank task on plain structs
-//! ([`planted`]).
+//! ([`planted_layers`]).
 
-pub mod planted;
+pub mod planted_layers;
 
 use crate::backend::gpu::{AdapterFilter, Gpu};
 use crate::data::assets;

@@ -39,14 +39,14 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 /// tensors and gate gradients (`host_reads`), gradient statistics (`stat_reads`) and input
 /// samples (`samples`) — on a real model, each is a device download.
 pub struct Counting {
-    pub inner: adarank::testkit::planted::PlantedStore,
+    pub inner: adarank::testkit::planted_layers::PlantedStore,
     pub host_reads: std::cell::Cell<usize>,
     pub stat_reads: std::cell::Cell<usize>,
     pub samples: std::cell::Cell<usize>,
 }
 
 impl Counting {
-    pub fn new(inner: adarank::testkit::planted::PlantedStore) -> Self {
+    pub fn new(inner: adarank::testkit::planted_layers::PlantedStore) -> Self {
         Self {
             inner,
             host_reads: Default::default(),

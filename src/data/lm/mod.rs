@@ -15,23 +15,23 @@
 //!
 //! Files: `read` (JSONL records, streamed line by line with clear errors), `encode` (records to
 //! token ids and loss masks), `generation` (labelled sets as generation), `data` (padded batches
-//! and the run-seeded training order), `task` (the [`crate::train::Task`]), `plan` (a policy's
-//! data section on a loaded model to its task).
+//! and the run-seeded training order), `lm_task` (the [`crate::train::Task`]), `from_section` (a
+//! policy's data section on a loaded model to its task).
 
 pub mod data;
 pub mod encode;
+pub mod from_section;
 pub mod generation;
-pub mod prepare;
+pub mod lm_task;
 pub mod read;
-pub mod task;
 
 pub use data::{LmData, LM_EVAL_BATCH};
 pub use encode::{encode_record, render_chat, Encoder, LmExample};
 pub use generation::{AsGeneration, LabelWords};
+pub use lm_task::{GenPrompt, LmEvalSet, LmTask};
 pub use read::{
     read_labelled, read_records, JsonlKind, Label, Labelled, Message, Record, RecordBody,
 };
-pub use task::{GenPrompt, LmEvalSet, LmTask};
 
 use serde::{Deserialize, Serialize};
 

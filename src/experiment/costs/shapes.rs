@@ -215,7 +215,7 @@ fn data_shape(
                 || matches!(arm.data, DataSpec::Shakespeare { .. }) =>
         {
             let seq = bounded_seq(subset.max_len.unwrap_or(t.max_len), model, notes);
-            // The causal-LM task evaluates in batches of LM_EVAL_BATCH (`data::lm::task`).
+            // The causal-LM task evaluates in batches of LM_EVAL_BATCH (`data::lm::lm_task`).
             let eval = subset.eval_samples.unwrap_or(LM_EVAL_BATCH);
             (Head::LanguageModel, seq, eval.clamp(1, LM_EVAL_BATCH), None)
         }

@@ -3,14 +3,14 @@
 
 use super::encode::{encode_record, Encoder, LmExample};
 use super::generation::LabelWords;
+use super::lm_task::{LmEvalSet, LmTask};
 use super::read::{self, Label, Labelled, RecordBody};
-use super::task::{LmEvalSet, LmTask};
 use super::{LmData, LmMetric, LmSettings};
 use crate::data::assets;
 use crate::data::glue;
 use crate::data::prepare::Split;
 use crate::data::pretrained::Pretrained;
-use crate::policy::plan::{DataSpec, Subset};
+use crate::policy::arm_plan::{DataSpec, Subset};
 use crate::train::order::epoch_permutation;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;

@@ -66,6 +66,17 @@ fn eval_every_writes_evaluations_at_its_multiples_and_allocations_follow_the_tim
         .collect();
     let cut_steps: Vec<u64> = cuts.iter().map(|r| r.step).collect();
     assert_eq!(cut_steps, fades, "a cut 10 steps after each fade");
+    // ... and the timeline announces them.
+    let announced: Vec<u64> = timeline(arm)
+        .events
+        .iter()
+        .filter(|e| e.action == "cut")
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(
+        announced, cut_steps,
+        "check --plan lists the cuts the run makes"
+    );
     for r in &mine[1..] {
         assert!(r.alpha.is_some() && r.beta.is_some(), "{:?}", r.allocation);
         assert_eq!(r.budget, Some(24));

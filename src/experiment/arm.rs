@@ -461,7 +461,9 @@ pub struct TimelineEvent {
     pub step: u64,
     pub phase: String,
     /// `reallocate`, `finalize` (a no-op for methods that do not relax ranks), `evaluate`,
-    /// `checkpoint`, `log`, or AdaLoRA's `mask` / `prune`.
+    /// `checkpoint`, `log`, AdaLoRA's `mask` / `prune`, or `cut`: where a re-allocation's fade
+    /// (`lora.fade`) ends and the adapters resize (listed without a phase; under an allocator
+    /// without a learner only a re-allocation that shrinks an adapter fades).
     pub action: String,
 }
 
@@ -478,6 +480,34 @@ pub struct Timeline {
     /// Methods that act after every step on their own (SoRA's gates).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub every_step: Option<String>,
+}
+
+/// The fades' cuts of a scripted method, as the engine makes them (`engine::fade`,
+/// `engine::relax`): a re-allocation at step s fades over `fade` steps and is cut at s + fade,
+/// unless the next decision comes first (that decision makes the cut itself) or training ends
+/// first. `finalize` (a relaxed method's last decision) cuts at once.
+fn add_cuts(events: &mut Vec<TimelineEvent>, fade: u64, total: u64) {
+    if fade == 0 {
+        return;
+    }
+    let decisions: Vec<(u64, bool)> = events
+        .iter()
+        .filter(|e| e.action == "reallocate" || e.action == "finalize")
+        .map(|e| (e.step, e.action == "reallocate"))
+        .collect();
+    for (i, &(s, fades)) in decisions.iter().enumerate() {
+        let cut = s + fade;
+        let next = decisions.get(i + 1).map_or(u64::MAX, |d| d.0);
+        if fades && cut <= total && cut <= next {
+            events.push(TimelineEvent {
+                step: cut,
+                phase: String::new(),
+                action: "cut".into(),
+            });
+        }
+    }
+    // At one step the engine's step work (the cut) comes before the schedule's events.
+    events.sort_by_key(|e| (e.step, e.action != "cut"));
 }
 
 /// The static timeline of `arm` (for `adarank check --plan`), by the same [`Schedule`] the
@@ -516,7 +546,7 @@ pub fn timeline(arm: &ArmPlan) -> Timeline {
         sched = sched.with_method(&c.method);
     }
     let (planned, dynamic) = sched.timeline();
-    let events: Vec<TimelineEvent> = planned
+    let mut events: Vec<TimelineEvent> = planned
         .into_iter()
         .filter(|p| arm.lora.on().is_some() || p.event.name() != "finalize")
         .map(|p| TimelineEvent {
@@ -525,6 +555,11 @@ pub fn timeline(arm: &ArmPlan) -> Timeline {
             action: p.event.name().into(),
         })
         .collect();
+    if let (Some(l), Some(c)) = (arm.lora.on(), engine_config(arm, 1, total, 0)) {
+        if matches!(c.method, Method::Adaptive { .. } | Method::Script { .. }) {
+            add_cuts(&mut events, l.resize.fade as u64, total);
+        }
+    }
     Timeline {
         arm: arm.name.clone(),
         steps: Some(total),

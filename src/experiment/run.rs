@@ -282,7 +282,54 @@ fn reopen(dir: &Path, opts: &RunOptions) -> Result<(RunDir, Policy, Vec<String>,
         Some(r) => (or(&opts.arms, &r.arms), or(&opts.seeds, &r.seeds)),
         None => (opts.arms.clone(), opts.seeds.clone()),
     };
+    resize_recorded(&rd, &policy, &arms, &seeds)?;
     Ok((rd, policy, arms, seeds))
+}
+
+/// Refuses to resume an arm that resizes adapters and still has cells to run when its stored
+/// plan does not say how it resizes (`lora.resize`, absent from plans written before the plan
+/// recorded it). Reading it would give today's default, which has not always been the
+/// default: the remaining cells would train differently from the finished ones they are
+/// pooled with.
+fn resize_recorded(rd: &RunDir, policy: &Policy, arms: &[String], seeds: &[u64]) -> Result<()> {
+    let stored: serde_json::Value = read_json(&rd.policy_json())?;
+    let summary = rd.load_summary()?;
+    let unrecorded: Vec<&str> = policy
+        .arms
+        .iter()
+        .filter(|a| arms.is_empty() || arms.contains(&a.name))
+        .filter(|a| {
+            a.lora.on().is_some()
+                && (super::arm::reallocates(a) || a.adalora.is_some() || a.sora.is_some())
+        })
+        .filter(|a| {
+            policy
+                .seeds
+                .iter()
+                .filter(|s| seeds.is_empty() || seeds.contains(s))
+                .any(|s| !is_done(&summary, &a.name, *s))
+        })
+        .filter(|a| {
+            let plan = stored["arms"]
+                .as_array()
+                .and_then(|v| v.iter().find(|p| p["name"] == a.name.as_str()));
+            plan.is_some_and(|p| p["lora"]["on"].get("resize").is_none())
+        })
+        .map(|a| a.name.as_str())
+        .collect();
+    if !unrecorded.is_empty() {
+        bail!(
+            "cannot resume {}: its policy.json does not record how arm(s) {} resize their \
+             adapters (`lora.resize`), so the cells left would train under this version's \
+             default, which may not be what the finished cells trained under. Run the policy \
+             anew (`adarank run POLICY.rank`), or report the finished cells as they are \
+             (`adarank report {}`)",
+            rd.root.display(),
+            unrecorded.join(", "),
+            rd.root.display()
+        );
+    }
+    Ok(())
 }
 
 /// The loop over a run's cells: what it needs to run one ([`Cells`]) and the cells it left to

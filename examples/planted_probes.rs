@@ -24,7 +24,7 @@ use adarank::adapter::{AdapterStore, ModuleKind};
 use adarank::backend::cpu::Cpu;
 use adarank::backend::Backend;
 use adarank::model::{Batch, LoraConfig, Model, TrainMode};
-use adarank::testkit::planted::spearman;
+use adarank::testkit::planted_layers::spearman;
 use adarank::train::{
     build_model, train, Control, Decay, Hooks, PlantedConfig, PlantedTask, StepMetrics, Task,
     TrainConfig,

@@ -80,10 +80,7 @@ fn an_arm_that_resizes_is_not_resumed_without_its_recorded_resize() {
     o.arms = vec!["fixed".into()];
     run(None, &o).unwrap();
     let s = RunDir::open(&dir).unwrap().load_summary().unwrap();
-    assert_eq!(
-        s.cell("fixed", 1).map(|c| c.status.clone()),
-        Some(CellStatus::Done)
-    );
+    assert_eq!(s.cell("fixed", 1).map(|c| c.status), Some(CellStatus::Done));
     assert!(s
         .cell("adaptive", 1)
         .is_none_or(|c| c.status != CellStatus::Done));

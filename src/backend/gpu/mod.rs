@@ -20,7 +20,7 @@ pub use pool::{GpuBuf, GpuIds};
 use super::Ledger;
 use anyhow::{bail, Context, Result};
 use dispatch::{ErrorLog, PipelineCache};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Which GEMM kernel `matmul` runs (see `shaders/matmul.wgsl`).
@@ -87,7 +87,8 @@ pub struct Gpu {
     pipelines: PipelineCache,
     pending: Mutex<dispatch::Pending>,
     errors: Arc<ErrorLog>,
-    gemm: AtomicU8,
+    /// The GEMM kernel `matmul` uses, chosen for the adapter when the device opens.
+    gemm: GemmKernel,
     /// A one-element buffer bound where a kernel's optional input is absent.
     dummy: wgpu::Buffer,
     counters: CounterCells,
@@ -238,7 +239,7 @@ impl Gpu {
             pool,
             pending: Mutex::new(dispatch::Pending::default()),
             errors,
-            gemm: AtomicU8::new(gemm as u8),
+            gemm,
             dummy,
             counters: CounterCells::default(),
             profile: super::profile::Profile::new(false),
@@ -278,35 +279,17 @@ impl Gpu {
     }
 
     pub fn gemm_kernel(&self) -> GemmKernel {
-        match self.gemm.load(Ordering::Relaxed) {
-            0 => GemmKernel::RegisterBlocked,
-            1 => GemmKernel::Tiled,
-            2 => GemmKernel::Subgroup,
-            _ => GemmKernel::SubgroupSmall,
-        }
+        self.gemm
     }
     /// Whether `GemmKernel::Subgroup` can run here (else `matmul_with` falls back to
     /// `RegisterBlocked` for it).
     pub fn has_subgroups_of_8(&self) -> bool {
         subgroups_of_8(&self.features, &self.info)
     }
-    /// Chooses the GEMM kernel for all following `matmul` calls on this device.
-    pub fn set_gemm_kernel(&self, k: GemmKernel) {
-        self.gemm.store(k as u8, Ordering::Relaxed);
-    }
 
     /// Dispatches, submits and transfers since the device was opened.
     pub fn counters(&self) -> crate::backend::Counters {
         self.counters.snapshot()
-    }
-
-    /// Bytes of freed buffers kept for reuse (not counted in the ledger: nothing holds them).
-    pub fn pool_cached_bytes(&self) -> u64 {
-        self.pool.cached_bytes()
-    }
-    /// Releases the buffer pool's parked buffers.
-    pub fn trim_pool(&self) -> u64 {
-        self.pool.trim()
     }
 
     /// Largest byte range one storage binding may cover.

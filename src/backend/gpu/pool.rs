@@ -96,10 +96,6 @@ impl Pool {
         f.bytes = 0;
         b
     }
-
-    pub fn cached_bytes(&self) -> u64 {
-        self.free.lock().unwrap().bytes
-    }
 }
 
 /// Creates a buffer inside error scopes, so that a too-large or out-of-memory request comes back

@@ -66,6 +66,31 @@ impl Default for AdaLoraConfig {
     }
 }
 
+impl AdaLoraConfig {
+    /// The engine's settings for a policy's `adalora { }` block, over a run of `total_steps`,
+    /// with the arm's allocator script if it names one. (`gain` and `peft_compat` set the
+    /// adapters' output scale: the model reads them, not the engine.)
+    pub fn from_spec(
+        a: &crate::policy::AdaLoraSpec,
+        total_steps: u64,
+        allocator: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            init_rank: a.init_rank,
+            target_rank: a.target_rank,
+            tinit: a.tinit,
+            tfinal: a.tfinal,
+            delta_t: a.delta_t,
+            beta1: a.beta1,
+            beta2: a.beta2,
+            orth_reg: a.orth_reg,
+            total_steps: total_steps as usize,
+            resize: a.resize,
+            allocator,
+        }
+    }
+}
+
 /// PEFT's `budget_schedule`: (budget, whether to mask at this step).
 pub fn budget_schedule(
     c: &AdaLoraConfig,

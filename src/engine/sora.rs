@@ -29,6 +29,8 @@ pub struct SoraConfig {
     pub total_steps: usize,
 }
 
+/// A policy's `sora { }` block takes every default it does not set from this one place
+/// (`threshold_max` defaults to the block's own `threshold`).
 impl Default for SoraConfig {
     fn default() -> Self {
         Self {
@@ -37,6 +39,19 @@ impl Default for SoraConfig {
             threshold: 1e-3,
             threshold_max: 1e-3,
             total_steps: 0,
+        }
+    }
+}
+
+impl SoraConfig {
+    /// The engine's settings for a policy's `sora { }` block, over a run of `total_steps`.
+    pub fn from_spec(s: &crate::policy::SoraSpec, total_steps: u64) -> Self {
+        Self {
+            init_rank: s.init_rank,
+            gate_lr: s.gate_lr,
+            threshold: s.threshold,
+            threshold_max: s.threshold_max,
+            total_steps: total_steps as usize,
         }
     }
 }

@@ -398,27 +398,13 @@ pub fn engine_config(arm: &ArmPlan, layers: usize, steps: u64, seed: u64) -> Opt
         LoraSpec::On(l) => l,
     };
     let method = if let Some(a) = &arm.adalora {
-        Method::AdaLora(AdaLoraConfig {
-            init_rank: a.init_rank,
-            target_rank: a.target_rank,
-            tinit: a.tinit,
-            tfinal: a.tfinal,
-            delta_t: a.delta_t,
-            beta1: a.beta1,
-            beta2: a.beta2,
-            orth_reg: a.orth_reg,
-            total_steps: steps as usize,
-            resize: a.resize,
-            allocator: arm.plugins.allocator.clone(),
-        })
+        Method::AdaLora(AdaLoraConfig::from_spec(
+            a,
+            steps,
+            arm.plugins.allocator.clone(),
+        ))
     } else if let Some(s) = &arm.sora {
-        Method::Sora(SoraConfig {
-            init_rank: s.init_rank,
-            gate_lr: s.gate_lr,
-            threshold: s.threshold,
-            threshold_max: s.threshold_max,
-            total_steps: steps as usize,
-        })
+        Method::Sora(SoraConfig::from_spec(s, steps))
     } else if reallocates(arm) {
         let allocator = arm.plugins.allocator.clone()?;
         match &arm.plugins.complexity {

@@ -1027,15 +1027,16 @@ pub fn sora(f: &mut Fields<'_>, lora_init: usize) -> Option<SoraSpec> {
         "`sora`",
     );
     let before = f.d.len();
+    let dflt = crate::engine::SoraConfig::default();
     let init_rank = f
         .count_in("init_rank", &bounds::RANK)
         .map_or(lora_init, |v| v as usize);
     let gate_lr = f
         .real_in("gate_lr", &bounds::GATE_LR, "1e-2")
-        .unwrap_or(1e-2);
+        .unwrap_or(dflt.gate_lr);
     let threshold = f
         .real_in("threshold", &bounds::THRESHOLD, "1e-3")
-        .unwrap_or(1e-3);
+        .unwrap_or(dflt.threshold);
     let threshold_max = f
         .real_in("threshold_max", &bounds::THRESHOLD, "1e-2")
         .unwrap_or(threshold);

@@ -291,7 +291,7 @@ pub struct LoraOn {
     /// How re-allocations resize the adapters (`resize_basis`, `resize_moments`,
     /// `resize_scale`, `rewarm`, `fade`). Always written: the defaults change between
     /// versions, and two runs must not look alike to `report`'s merge when they resized
-    /// differently. A policy.json without it reads as the policy default.
+    /// differently. A policy.json written before it was recorded reads as today's default.
     #[serde(default = "ResizeOptions::policy_default")]
     pub resize: ResizeOptions,
 }

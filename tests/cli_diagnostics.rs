@@ -124,7 +124,8 @@ fn exit_statuses_and_streams() {
 #[test]
 fn no_vulkan_loader_noise_without_a_desktop_session() {
     // `devices` creates a Vulkan instance, as `--device auto` does. Mesa's device-select layer
-    // used to print "error: XDG_RUNTIME_DIR is invalid or not set" on every instance here.
+    // prints "error: XDG_RUNTIME_DIR is invalid or not set" on every instance without a desktop
+    // session unless adarank quiets it (backend/device.rs).
     let o = Command::new(env!("CARGO_BIN_EXE_adarank"))
         .arg("devices")
         .env_remove("XDG_RUNTIME_DIR")

@@ -10,8 +10,8 @@
 //! values σ = strength·‖W0‖_F/√min(rows, cols), i.e. `strength` times W0's RMS singular value:
 //! as in a real fine-tuning change, each planted direction has a comparable size, so a rank-r
 //! ΔW carries r times the energy of a rank-1 one (‖ΔW‖_F = strength·‖W0‖_F·√(r/min(rows, cols))).
-//! A fixed ‖ΔW‖_F whatever the rank (the first design) made high-rank changes spread thin and
-//! hid the rank from every statistic an allocator can see.
+//! A fixed ‖ΔW‖_F whatever the rank would spread high-rank changes thin and hide the rank from
+//! every statistic an allocator can see.
 
 use super::task::Task;
 use crate::adapter::ModuleKind;

@@ -73,3 +73,32 @@ fn sweep_chooses_on_dev_and_trains_every_seed_at_the_choice() {
     assert!(report.contains("(chosen from 1e-4, 3e-2)"), "{report}");
     assert!(s.cell("full", 1).unwrap().lr == 1e-3);
 }
+
+/// The progress lines count the sweep's candidates among the cells: `(k/N)` never passes N,
+/// and the last cell is N of N (the candidates run as cells of their own before the seeds).
+#[test]
+fn progress_counts_the_sweep_candidates_among_the_cells() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("sweep.rank");
+    std::fs::write(&policy, POLICY).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adarank"))
+        .args(["run", "--device", "cpu", "--out"])
+        .arg(tmp.path().join("run"))
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Two sweeping arms × (2 candidates + 2 seeds) + `full`'s 2 seeds.
+    let counts: Vec<(u64, u64)> = err
+        .lines()
+        .filter_map(|l| {
+            let inner = l.split_once(" (")?.1.split_once(")]")?.0;
+            let (k, n) = inner.split_once('/')?;
+            Some((k.parse().ok()?, n.parse().ok()?))
+        })
+        .collect();
+    assert!(!counts.is_empty(), "{err}");
+    assert!(counts.iter().all(|&(k, n)| n == 10 && k <= n), "{counts:?}");
+    assert_eq!(counts.last(), Some(&(10, 10)), "{err}");
+}

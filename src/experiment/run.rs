@@ -250,16 +250,32 @@ fn plan_progress(
     seeds: &[u64],
 ) -> Result<()> {
     let summary = rd.load_summary()?;
-    p.plan_cells(
-        policy
-            .arms
+    let mut cells = 0;
+    for a in policy
+        .arms
+        .iter()
+        .filter(|a| arms.is_empty() || arms.contains(&a.name))
+    {
+        let left = policy
+            .seeds
             .iter()
-            .flat_map(|a| policy.seeds.iter().map(move |s| (a, s)))
-            .filter(|(a, _)| arms.is_empty() || arms.contains(&a.name))
-            .filter(|(_, s)| seeds.is_empty() || seeds.contains(s))
-            .filter(|(a, s)| !is_done(&summary, &a.name, **s))
-            .count() as u64,
-    );
+            .filter(|s| seeds.is_empty() || seeds.contains(s))
+            .filter(|s| !is_done(&summary, &a.name, **s))
+            .count();
+        // An arm's learning-rate candidates run as cells of their own before its seeds.
+        let candidates = match summary.lr_choice(&a.name) {
+            Some(c) => c
+                .candidates
+                .iter()
+                .filter(|k| k.status != CellStatus::Done)
+                .count(),
+            None => a.train.lr_sweep.len(),
+        };
+        if left > 0 {
+            cells += left + candidates;
+        }
+    }
+    p.plan_cells(cells as u64);
     p.println(&format!("run directory: {}", rd.root.display()));
     Ok(())
 }

@@ -161,6 +161,10 @@ pub struct PluginHost {
     spent: Mutex<Duration>,
 }
 
+/// How a call on the plugin thread failed: rhai's error, and the host's own kind and message
+/// when the host refused what the call returned.
+type CallError = (Box<EvalAltResult>, Option<(PluginErrorKind, String)>);
+
 /// Stack of the thread a plugin call runs on. rhai walks nested values recursively (a chain of
 /// closures each capturing the one before is dropped one level per closure), and the heap limit
 /// still allows hundreds of thousands of levels: far more than a main thread's 8 MiB. Only the
@@ -467,37 +471,33 @@ impl PluginHost {
         }
         let started = std::time::Instant::now();
         let out = std::thread::scope(|sc| {
-            let run =
-                || -> Result<Dynamic, (Box<EvalAltResult>, Option<(PluginErrorKind, String)>)> {
-                    self.guard.arm(budget);
-                    let mut scope = Scope::new();
-                    let meter = heap::Meter::start();
-                    let result = self.engine.call_fn::<Dynamic>(
-                        &mut scope,
-                        &plugin.ast,
-                        role.function(),
-                        args,
-                    );
-                    let checked = match result {
-                        Ok(v) => match plain_value(&v, 0) {
-                            Some(why) => Err((
-                                "not a plain value".into(),
-                                Some((PluginErrorKind::BadReturn, why)),
-                            )),
-                            None => match oversize(&v, &self.limits, role.function()) {
-                                Some(why) => {
-                                    Err(("too large".into(), Some((PluginErrorKind::Limit, why))))
-                                }
-                                None => Ok(v),
-                            },
+            let run = || -> Result<Dynamic, CallError> {
+                self.guard.arm(budget);
+                let mut scope = Scope::new();
+                let meter = heap::Meter::start();
+                let result =
+                    self.engine
+                        .call_fn::<Dynamic>(&mut scope, &plugin.ast, role.function(), args);
+                let checked = match result {
+                    Ok(v) => match plain_value(&v, 0) {
+                        Some(why) => Err((
+                            "not a plain value".into(),
+                            Some((PluginErrorKind::BadReturn, why)),
+                        )),
+                        None => match oversize(&v, &self.limits, role.function()) {
+                            Some(why) => {
+                                Err(("too large".into(), Some((PluginErrorKind::Limit, why))))
+                            }
+                            None => Ok(v),
                         },
-                        Err(e) => Err((e, None)),
-                    };
-                    drop(scope);
-                    drop(meter);
-                    self.guard.finish();
-                    checked
+                    },
+                    Err(e) => Err((e, None)),
                 };
+                drop(scope);
+                drop(meter);
+                self.guard.finish();
+                checked
+            };
             std::thread::Builder::new()
                 .name("plugin".into())
                 .stack_size(CALL_STACK_BYTES)

@@ -81,6 +81,9 @@ pub fn render_chat(
     crate::data::chat::render_chat(template, &msgs, add_generation_prompt, bos, eos)
 }
 
+/// Token ids and their byte offsets (start, end) in the text they came from.
+type IdsOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// Tokenizes records for one model.
 pub struct Encoder<'a> {
     pub tok: &'a LmTokenizer,
@@ -130,7 +133,7 @@ impl<'a> Encoder<'a> {
     /// Token ids of `text` (no special tokens) and their byte offsets in it, of a part holding
     /// at least the whole text's `keep` tokens at `side` (`data::bounded`): a long text is
     /// tokenized only as far as the truncation keeps.
-    fn part(&self, text: &str, keep: usize, side: Side) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    fn part(&self, text: &str, keep: usize, side: Side) -> Result<IdsOffsets> {
         let (range, enc) = bounded::encode_part(text, keep, side, |t| {
             self.tok
                 .inner

@@ -648,3 +648,67 @@ fn a_report_merges_arms_run_apart_and_refuses_an_arm_both_ran_differently() {
         text(&o)
     );
 }
+
+/// metrics.jsonl records and results.csv rows without what the wall clock sets.
+fn comparable(out: &Path) -> (Vec<String>, Vec<String>) {
+    let mut metrics: Vec<String> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    metrics.sort();
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let rows = csv
+        .lines()
+        .map(|l| {
+            l.split(',')
+                .zip(&header)
+                .filter(|(_, h)| !matches!(**h, "wall_s" | "tokens_per_s"))
+                .map(|(v, _)| v)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    (metrics, rows)
+}
+
+/// A real `kill -9` (ADARANK_TEST_KILL_AFTER_STEP, a hook in experiment/sink.rs) of a cell whose
+/// `checkpoint_every` divides its steps, at the last checkpoint (step 5 of 10) and after the
+/// last step (step 10: its record waits for the final evaluation; no checkpoint is written at
+/// the last step, whose state the final export holds), then `--resume`: the same records and
+/// results.csv rows as an uninterrupted run, each step recorded once.
+#[test]
+fn a_kill_at_the_last_checkpoint_or_the_last_step_resumes_to_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = policy(dir.path(), "last", 10);
+    let whole = dir.path().join("whole");
+    run_to_end(&p, &whole);
+    let want = comparable(&whole);
+    assert_eq!(want.0.len(), 2 * 10, "two cells of 10 steps");
+    for at in [5, 10] {
+        let cut = dir.path().join(format!("cut{at}"));
+        let o = output_within(
+            {
+                let mut c = adarank(&["run", p.to_str().unwrap(), "--quiet", "--device", "cpu"]);
+                c.args(["--out", cut.to_str().unwrap()])
+                    .env("ADARANK_TEST_KILL_AFTER_STEP", at.to_string());
+                c
+            },
+            Duration::from_secs(120),
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(o.status.signal(), Some(libc::SIGKILL), "{}", text(&o));
+        let ck = std::fs::read_dir(cut.join("checkpoints")).unwrap().count();
+        assert_eq!(ck, 1, "kill after step {at}: one checkpoint (step 5) left");
+        let o = output_within(resume(&cut, &["--quiet"]), Duration::from_secs(120));
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let got = comparable(&cut);
+        assert_eq!(got.0, want.0, "kill after step {at}: metrics.jsonl differs");
+        assert_eq!(got.1, want.1, "kill after step {at}: results.csv differs");
+        let steps = steps_by_cell(&RunDir::open(&cut).unwrap());
+        for (cell, s) in steps {
+            assert_eq!(s, (1..=10).collect::<Vec<u64>>(), "{cell:?}");
+        }
+    }
+}

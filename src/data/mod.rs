@@ -4,6 +4,7 @@
 
 pub mod assets;
 pub mod batch;
+pub mod bounded;
 pub mod chat;
 pub mod classify_task;
 pub mod gguf;

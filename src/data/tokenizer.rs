@@ -2,6 +2,7 @@
 //! the file's own padding and truncation (MiniLM's fixes both at 128) are turned off, and
 //! sequences are cut at `max_len` tokens including [CLS]/[SEP].
 
+use super::bounded::{self, Side};
 use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
 use tokenizers::{Encoding, TruncationParams, TruncationStrategy};
@@ -12,6 +13,8 @@ pub struct Tokenizer {
     pair: tokenizers::Tokenizer,
     /// Truncates only the second sequence (SQuAD: never cut the question).
     span: tokenizers::Tokenizer,
+    /// Truncates nothing: counts the tokens of a long text's part (`data::bounded`).
+    plain: tokenizers::Tokenizer,
     max_len: usize,
     pad_id: u32,
     path: PathBuf,
@@ -33,8 +36,13 @@ impl Tokenizer {
             .iter()
             .find_map(|t| inner.token_to_id(t))
             .unwrap_or(0);
+        let mut plain = inner.clone();
+        plain
+            .with_truncation(None)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let mut t = Tokenizer {
             span: inner.clone(),
+            plain,
             pair: inner,
             max_len: 0,
             pad_id,
@@ -80,8 +88,69 @@ impl Tokenizer {
         Ok(())
     }
 
-    /// Encode a sentence or a sentence pair with special tokens, truncated longest-first.
+    /// The head of `text` whose first `keep` tokens are the whole text's (`data::bounded`),
+    /// and how many tokens it has.
+    fn head<'t>(&self, text: &'t str, keep: usize) -> Result<(&'t str, usize)> {
+        let (range, enc) = bounded::encode_part(text, keep, Side::Head, |t| {
+            self.plain
+                .encode(t, false)
+                .map_err(|e| anyhow!("tokenizing {t:?}: {e}"))
+        })?;
+        Ok((&text[range], enc.len()))
+    }
+
+    fn count(&self, text: &str) -> Result<usize> {
+        bounded::count_tokens(text, |t| {
+            self.plain
+                .encode(t, false)
+                .map_err(|e| anyhow!("tokenizing {t:?}: {e}"))
+        })
+    }
+
+    /// Heads of `a` and `b` that truncate longest-first as the whole texts do. The truncation
+    /// keeps at most `max_len` tokens of either, so heads of more than that keep the same ones,
+    /// except that when both are cut by it, the longer text keeps one token more (an odd
+    /// length): each head must then be longer than the other exactly when its text is.
+    fn heads<'t>(&self, a: &'t str, b: &'t str) -> Result<(&'t str, &'t str)> {
+        let keep = self.max_len;
+        let (mut ha, mut hb) = (self.head(a, keep)?, self.head(b, keep)?);
+        let (cut_a, cut_b) = (ha.0.len() < a.len(), hb.0.len() < b.len());
+        // Whether `a` has more tokens than `b` (the truncation gives the extra token to `a`
+        // then); a head cut past the other's count proves it, else the texts are counted.
+        let a_longer = match (cut_a, cut_b) {
+            (false, false) => return Ok((ha.0, hb.0)),
+            (true, false) => {
+                if ha.1 <= hb.1 {
+                    ha = self.head(a, hb.1)?;
+                }
+                return Ok((ha.0, hb.0));
+            }
+            (false, true) => {
+                if hb.1 < ha.1 {
+                    hb = self.head(b, ha.1 - 1)?;
+                }
+                return Ok((ha.0, hb.0));
+            }
+            (true, true) => self.count(a)? > self.count(b)?,
+        };
+        if a_longer && ha.1 <= hb.1 {
+            ha = self.head(a, hb.1)?;
+        } else if !a_longer && ha.1 > hb.1 {
+            hb = self.head(b, ha.1 - 1)?;
+        }
+        Ok((ha.0, hb.0))
+    }
+
+    /// Encode a sentence or a sentence pair with special tokens, truncated longest-first. A long
+    /// text is tokenized only as far as the truncation keeps (`data::bounded`).
     pub fn encode(&self, a: &str, b: Option<&str>) -> Result<Encoded> {
+        let (a, b) = match b {
+            Some(b) => {
+                let (a, b) = self.heads(a, b)?;
+                (a, Some(b))
+            }
+            None => (self.head(a, self.max_len)?.0, None),
+        };
         let enc = match b {
             Some(b) => self.pair.encode((a, b), true),
             None => self.pair.encode(a, true),

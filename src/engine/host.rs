@@ -161,6 +161,10 @@ pub struct PluginHost {
     spent: Mutex<Duration>,
 }
 
+/// How a call on the plugin thread failed: rhai's error, and the host's own kind and message
+/// when the host refused what the call returned.
+type CallError = (Box<EvalAltResult>, Option<(PluginErrorKind, String)>);
+
 /// Stack of the thread a plugin call runs on. rhai walks nested values recursively (a chain of
 /// closures each capturing the one before is dropped one level per closure), and the heap limit
 /// still allows hundreds of thousands of levels: far more than a main thread's 8 MiB. Only the
@@ -187,6 +191,65 @@ fn plain_value(v: &Dynamic, depth: usize) -> Option<String> {
     }
     if let Some(m) = v.read_lock::<Map>() {
         return m.values().find_map(|x| plain_value(x, depth + 1));
+    }
+    None
+}
+
+/// Items of the arrays, keys of the maps and bytes of the strings (keys included) in `v`, nested
+/// ones counted too, as rhai's own size check counts them.
+fn sizes(v: &Dynamic) -> (usize, usize, usize) {
+    let add =
+        |a: (usize, usize, usize), b: (usize, usize, usize)| (a.0 + b.0, a.1 + b.1, a.2 + b.2);
+    if let Some(a) = v.read_lock::<Array>() {
+        return a.iter().map(sizes).fold((a.len(), 0, 0), add);
+    }
+    if let Some(m) = v.read_lock::<Map>() {
+        let keys = m.keys().map(|k| k.len()).sum();
+        return m.values().map(sizes).fold((0, m.len(), keys), add);
+    }
+    if let Some(s) = v.read_lock::<rhai::ImmutableString>() {
+        return (0, 0, s.len());
+    }
+    (0, 0, 0)
+}
+
+/// Why the value a role returned is past the sandbox's size limits, if it is. rhai checks a map's
+/// size when it is written as a literal, by a property (`m.k = v`) or by a method, but not when
+/// `m[k] = v` adds a key: a map grown that way is held only by the heap limit inside the call,
+/// and is refused here, on the call's thread, before the engine copies it (a learner's state is
+/// copied into the engine, back into the next call, and into the records).
+fn oversize(v: &Dynamic, limits: &Limits, function: &str) -> Option<String> {
+    let (items, keys, bytes) = sizes(v);
+    let over = |what: &str, n: usize, max: usize, knob: &str| {
+        format!(
+            "stopped: `{function}` returned a value with {n} {what}, past the plugin \
+             sandbox's limit of {max} (`{knob}` in EngineConfig.limits); return only the \
+             numbers the role needs"
+        )
+    };
+    if keys > limits.max_map_size {
+        return Some(over(
+            "keys in its maps",
+            keys,
+            limits.max_map_size,
+            "max_map_size",
+        ));
+    }
+    if items > limits.max_array_size {
+        return Some(over(
+            "items in its arrays",
+            items,
+            limits.max_array_size,
+            "max_array_size",
+        ));
+    }
+    if bytes > limits.max_string_size {
+        return Some(over(
+            "bytes in its strings and keys",
+            bytes,
+            limits.max_string_size,
+            "max_string_size",
+        ));
     }
     None
 }
@@ -408,7 +471,7 @@ impl PluginHost {
         }
         let started = std::time::Instant::now();
         let out = std::thread::scope(|sc| {
-            let run = || -> Result<Dynamic, (Box<EvalAltResult>, Option<String>)> {
+            let run = || -> Result<Dynamic, CallError> {
                 self.guard.arm(budget);
                 let mut scope = Scope::new();
                 let meter = heap::Meter::start();
@@ -417,8 +480,16 @@ impl PluginHost {
                         .call_fn::<Dynamic>(&mut scope, &plugin.ast, role.function(), args);
                 let checked = match result {
                     Ok(v) => match plain_value(&v, 0) {
-                        None => Ok(v),
-                        Some(why) => Err(("not a plain value".into(), Some(why))),
+                        Some(why) => Err((
+                            "not a plain value".into(),
+                            Some((PluginErrorKind::BadReturn, why)),
+                        )),
+                        None => match oversize(&v, &self.limits, role.function()) {
+                            Some(why) => {
+                                Err(("too large".into(), Some((PluginErrorKind::Limit, why))))
+                            }
+                            None => Ok(v),
+                        },
                     },
                     Err(e) => Err((e, None)),
                 };
@@ -463,8 +534,8 @@ impl PluginHost {
         };
         result.map_err(|(e, why)| {
             let mut err = self.map_error(plugin, role, adapter, &e);
-            if let Some(why) = why {
-                err.kind = PluginErrorKind::BadReturn;
+            if let Some((kind, why)) = why {
+                err.kind = kind;
                 err.value = None;
                 err.message = why;
             } else if by_total && err.kind == PluginErrorKind::Timeout {

@@ -197,6 +197,7 @@ impl<B: Backend> Sink<B> for RunSink<'_> {
 
     fn stepped(&mut self, step: u64, m: &StepMetrics) -> Result<()> {
         self.progress.update(step, m.loss as f64);
+        kill_hook(step);
         if let Some(left) = self.stop_after.as_mut() {
             *left = left.saturating_sub(1);
             if *left == 0 {
@@ -217,6 +218,24 @@ impl<B: Backend> Sink<B> for RunSink<'_> {
             self.metrics.append(&r)?;
         }
         Ok(())
+    }
+}
+
+/// Test hook: with `ADARANK_TEST_KILL_AFTER_STEP=N` in its environment the process sends
+/// itself SIGKILL once a cell's step N is done — its record written (or, at the last step,
+/// waiting for the final evaluation) and its checkpoint saved, if one was due — so that a test
+/// can kill a real run at an exact point and resume it (tests/hostile_faults.rs). `--stop-
+/// after-steps` stops as cleanly as an error does; this leaves what a `kill -9` leaves.
+fn kill_hook(step: u64) {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var("ADARANK_TEST_KILL_AFTER_STEP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if *at == Some(step) {
+        // SAFETY: signals this process; SIGKILL cannot be caught, so nothing runs after it.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
 }
 

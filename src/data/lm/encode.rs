@@ -19,6 +19,7 @@
 
 use super::read::{Message, Record, RecordBody};
 use super::{LmSettings, Truncation, IGNORE};
+use crate::data::bounded::{self, Side};
 use crate::data::pretrained::LmTokenizer;
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -80,6 +81,9 @@ pub fn render_chat(
     crate::data::chat::render_chat(template, &msgs, add_generation_prompt, bos, eos)
 }
 
+/// Token ids and their byte offsets (start, end) in the text they came from.
+type IdsOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// Tokenizes records for one model.
 pub struct Encoder<'a> {
     pub tok: &'a LmTokenizer,
@@ -118,6 +122,32 @@ impl<'a> Encoder<'a> {
             .to_vec())
     }
 
+    /// The side of a sequence its truncation keeps.
+    fn kept_side(&self) -> Side {
+        match self.settings.truncation {
+            Truncation::Left => Side::Tail,
+            Truncation::Right => Side::Head,
+        }
+    }
+
+    /// Token ids of `text` (no special tokens) and their byte offsets in it, of a part holding
+    /// at least the whole text's `keep` tokens at `side` (`data::bounded`): a long text is
+    /// tokenized only as far as the truncation keeps.
+    fn part(&self, text: &str, keep: usize, side: Side) -> Result<IdsOffsets> {
+        let (range, enc) = bounded::encode_part(text, keep, side, |t| {
+            self.tok
+                .inner
+                .encode(t, false)
+                .map_err(|e| anyhow!("tokenizing: {e}"))
+        })?;
+        let offsets = enc
+            .get_offsets()
+            .iter()
+            .map(|&(s, e)| (s + range.start, e + range.start))
+            .collect();
+        Ok((enc.get_ids().to_vec(), offsets))
+    }
+
     fn bos(&self) -> Vec<u32> {
         match (self.tok.add_bos, self.tok.bos) {
             (true, Some(b)) => vec![b],
@@ -132,10 +162,23 @@ impl<'a> Encoder<'a> {
         completion: &str,
         line: usize,
     ) -> Result<LmExample> {
-        let prompt = self.ids(prompt).context("the prompt")?;
-        let mut answer = self.ids(completion).context("the completion")?;
+        // At most `max_len` tokens of either are kept (see `join`): of the completion its
+        // head; of the prompt its last token when the answer fills the sequence, else the
+        // side the settings keep.
+        let max = self.settings.max_len;
+        let mut answer = self
+            .part(completion, max, Side::Head)
+            .context("the completion")?
+            .0;
         answer.push(self.tok.eos);
-        self.join(self.bos(), prompt, answer, line)
+        let prefix = self.bos();
+        let prompt = match prefix.len() + answer.len() >= max {
+            true => self.part(prompt, 1, Side::Tail),
+            false => self.part(prompt, max, self.kept_side()),
+        }
+        .context("the prompt")?
+        .0;
+        self.join(prefix, prompt, answer, line)
     }
 
     /// `prefix prompt answer`, cutting the prompt first when too long.
@@ -182,7 +225,8 @@ impl<'a> Encoder<'a> {
     /// `[BOS] text`, every token a target.
     pub fn text(&self, text: &str, line: usize) -> Result<LmExample> {
         let mut ids = self.bos();
-        ids.extend(self.ids(text)?);
+        let max = self.settings.max_len;
+        ids.extend(self.part(text, max, self.kept_side())?.0);
         if ids.len() < 2 {
             bail!("line {line}: the text has fewer than two tokens, so nothing in it can be predicted");
         }
@@ -229,18 +273,15 @@ impl<'a> Encoder<'a> {
         let full = render(messages, false).with_context(|| format!("line {line}"))?;
         let spans = assistant_spans(render.as_ref(), messages, &full)
             .with_context(|| format!("line {line}"))?;
-        let enc = self
-            .tok
-            .inner
-            .encode(full.as_str(), false)
-            .map_err(|e| anyhow!("line {line}: tokenizing: {e}"))?;
-        let is_target: Vec<bool> = enc
-            .get_offsets()
+        let (ids, offsets) = self
+            .part(&full, self.settings.max_len, self.kept_side())
+            .with_context(|| format!("line {line}"))?;
+        let is_target: Vec<bool> = offsets
             .iter()
             .map(|&(s, e)| spans.iter().any(|&(a, b)| s < b && e > a))
             .collect();
         let mut ex = LmExample {
-            ids: enc.get_ids().to_vec(),
+            ids,
             is_target,
             answer_at: None,
             line,

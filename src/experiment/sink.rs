@@ -197,6 +197,7 @@ impl<B: Backend> Sink<B> for RunSink<'_> {
 
     fn stepped(&mut self, step: u64, m: &StepMetrics) -> Result<()> {
         self.progress.update(step, m.loss as f64);
+        #[cfg(feature = "test-support")]
         kill_hook(step);
         if let Some(left) = self.stop_after.as_mut() {
             *left = left.saturating_sub(1);
@@ -225,7 +226,9 @@ impl<B: Backend> Sink<B> for RunSink<'_> {
 /// itself SIGKILL once a cell's step N is done — its record written (or, at the last step,
 /// waiting for the final evaluation) and its checkpoint saved, if one was due — so that a test
 /// can kill a real run at an exact point and resume it (tests/hostile_faults.rs). `--stop-
-/// after-steps` stops as cleanly as an error does; this leaves what a `kill -9` leaves.
+/// after-steps` stops as cleanly as an error does; this leaves what a `kill -9` leaves. Test
+/// scaffolding: only a build with the `test-support` feature (the tests') carries it.
+#[cfg(feature = "test-support")]
 fn kill_hook(step: u64) {
     static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     let at = AT.get_or_init(|| {

@@ -13,6 +13,34 @@ use adarank::testkit;
 use rand::{Rng, SeedableRng};
 use tokenizers::{TruncationParams, TruncationStrategy};
 
+/// The `keep` tokens the part (cut from the text at byte `start`) keeps on `side` are the whole
+/// text's, ids and offsets alike.
+fn assert_keeps(
+    name: &str,
+    keep: usize,
+    side: Side,
+    full: &tokenizers::Encoding,
+    part: &tokenizers::Encoding,
+    start: usize,
+) {
+    let k = keep.min(full.len());
+    assert!(part.len() >= k, "{name}: {} tokens < {k}", part.len());
+    let (want, got) = match side {
+        Side::Head => (0..k, 0..k),
+        Side::Tail => (full.len() - k..full.len(), part.len() - k..part.len()),
+    };
+    assert_eq!(
+        &part.get_ids()[got.clone()],
+        &full.get_ids()[want.clone()],
+        "{name}: keep {keep} {side:?}"
+    );
+    let shifted: Vec<(usize, usize)> = part.get_offsets()[got]
+        .iter()
+        .map(|&(s, e)| (s + start, e + start))
+        .collect();
+    assert_eq!(shifted, full.get_offsets()[want], "{name}: offsets");
+}
+
 /// (name, text) pairs, each tens of kilobytes: far past the bytes the bounded path starts with.
 fn texts() -> Vec<(String, String)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -104,22 +132,7 @@ fn bounded_parts_keep_the_whole_texts_tokens_minilm() {
                 if keep == 8 && name != "no space at all" {
                     assert!(range.len() < text.len(), "{name}: not cut");
                 }
-                let k = keep.min(full.len());
-                assert!(part.len() >= k, "{name}: {} tokens < {k}", part.len());
-                let (want, got) = match side {
-                    Side::Head => (0..k, 0..k),
-                    Side::Tail => (full.len() - k..full.len(), part.len() - k..part.len()),
-                };
-                assert_eq!(
-                    &part.get_ids()[got.clone()],
-                    &full.get_ids()[want.clone()],
-                    "{name}: keep {keep} {side:?}"
-                );
-                let shifted: Vec<(usize, usize)> = part.get_offsets()[got]
-                    .iter()
-                    .map(|&(s, e)| (s + range.start, e + range.start))
-                    .collect();
-                assert_eq!(shifted, full.get_offsets()[want], "{name}: offsets");
+                assert_keeps(name, keep, side, &full, &part, range.start);
             }
         }
     }
@@ -230,21 +243,7 @@ fn bounded_lm_records_keep_the_whole_texts_tokens_smollm2() {
                 if keep == 8 && name != "no space at all" {
                     assert!(range.len() < text.len(), "{name}: not cut");
                 }
-                let k = keep.min(full.len());
-                let (want, got) = match side {
-                    Side::Head => (0..k, 0..k),
-                    Side::Tail => (full.len() - k..full.len(), part.len() - k..part.len()),
-                };
-                assert_eq!(
-                    &part.get_ids()[got.clone()],
-                    &full.get_ids()[want.clone()],
-                    "{name}: keep {keep} {side:?}"
-                );
-                let shifted: Vec<(usize, usize)> = part.get_offsets()[got]
-                    .iter()
-                    .map(|&(s, e)| (s + range.start, e + range.start))
-                    .collect();
-                assert_eq!(shifted, full.get_offsets()[want], "{name}: offsets");
+                assert_keeps(name, keep, side, &full, &part, range.start);
             }
         }
     }

@@ -220,38 +220,35 @@ fn sizes(v: &Dynamic) -> (usize, usize, usize) {
 /// copied into the engine, back into the next call, and into the records).
 fn oversize(v: &Dynamic, limits: &Limits, function: &str) -> Option<String> {
     let (items, keys, bytes) = sizes(v);
-    let over = |what: &str, n: usize, max: usize, knob: &str| {
+    [
+        (
+            keys,
+            limits.max_map_size,
+            "keys in its maps",
+            "max_map_size",
+        ),
+        (
+            items,
+            limits.max_array_size,
+            "items in its arrays",
+            "max_array_size",
+        ),
+        (
+            bytes,
+            limits.max_string_size,
+            "bytes in its strings and keys",
+            "max_string_size",
+        ),
+    ]
+    .into_iter()
+    .find(|(n, max, _, _)| n > max)
+    .map(|(n, max, what, knob)| {
         format!(
             "stopped: `{function}` returned a value with {n} {what}, past the plugin \
              sandbox's limit of {max} (`{knob}` in EngineConfig.limits); return only the \
              numbers the role needs"
         )
-    };
-    if keys > limits.max_map_size {
-        return Some(over(
-            "keys in its maps",
-            keys,
-            limits.max_map_size,
-            "max_map_size",
-        ));
-    }
-    if items > limits.max_array_size {
-        return Some(over(
-            "items in its arrays",
-            items,
-            limits.max_array_size,
-            "max_array_size",
-        ));
-    }
-    if bytes > limits.max_string_size {
-        return Some(over(
-            "bytes in its strings and keys",
-            bytes,
-            limits.max_string_size,
-            "max_string_size",
-        ));
-    }
-    None
+    })
 }
 
 fn to_f64(d: &Dynamic) -> Result<f64, Box<EvalAltResult>> {

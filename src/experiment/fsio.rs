@@ -57,7 +57,7 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn read_text(path: &Path) -> Result<String> {
+pub(super) fn read_text(path: &Path) -> Result<String> {
     String::from_utf8(read_bytes(path)?)
         .with_context(|| format!("{}: not UTF-8 text", path.display()))
 }

@@ -4,7 +4,7 @@
 
 use super::arm::method_label;
 use super::cell::Cells;
-use super::fsio::{read_json, write_atomic, write_json_atomic};
+use super::fsio::{read_json, read_text, write_atomic, write_json_atomic};
 use super::integrity;
 use super::lock::{CellLock, Claim};
 use super::progress::{Progress, ProgressMode};
@@ -256,23 +256,10 @@ fn plan_progress(
         .iter()
         .filter(|a| arms.is_empty() || arms.contains(&a.name))
     {
-        let left = policy
-            .seeds
-            .iter()
-            .filter(|s| seeds.is_empty() || seeds.contains(s))
-            .filter(|s| !is_done(&summary, &a.name, **s))
-            .count();
-        // An arm's learning-rate candidates run as cells of their own before its seeds.
-        let candidates = match summary.lr_choice(&a.name) {
-            Some(c) => c
-                .candidates
-                .iter()
-                .filter(|k| k.status != CellStatus::Done)
-                .count(),
-            None => a.train.lr_sweep.len(),
-        };
+        let left = seeds_left(&summary, policy, &a.name, seeds);
         if left > 0 {
-            cells += left + candidates;
+            // An arm's learning-rate candidates run as cells of their own before its seeds.
+            cells += left + super::sweep::candidates_left(a, &summary);
         }
     }
     p.plan_cells(cells as u64);
@@ -283,7 +270,12 @@ fn plan_progress(
 /// A run directory to resume, its policy and the `arms`/`seeds` filters it covers.
 fn reopen(dir: &Path, opts: &RunOptions) -> Result<(RunDir, Policy, Vec<String>, Vec<u64>)> {
     let rd = RunDir::open(dir)?;
-    let policy: Policy = read_json(&rd.policy_json())?;
+    let path = rd.policy_json();
+    let text = read_text(&path)?;
+    let parse = || format!("parsing {}", path.display());
+    let policy: Policy = serde_json::from_str(&text).with_context(parse)?;
+    // As written, for what a plan may lack (`resize_recorded`).
+    let stored: serde_json::Value = serde_json::from_str(&text).with_context(parse)?;
     // The same plan and plugins as the cells already finished, or a refusal.
     let record = integrity::verify(&rd, &policy)?;
     // Finished cells whose records or folder are gone are run again, and said so.
@@ -298,7 +290,7 @@ fn reopen(dir: &Path, opts: &RunOptions) -> Result<(RunDir, Policy, Vec<String>,
         Some(r) => (or(&opts.arms, &r.arms), or(&opts.seeds, &r.seeds)),
         None => (opts.arms.clone(), opts.seeds.clone()),
     };
-    resize_recorded(&rd, &policy, &arms, &seeds)?;
+    resize_recorded(&rd, &policy, &stored, &arms, &seeds)?;
     Ok((rd, policy, arms, seeds))
 }
 
@@ -307,24 +299,21 @@ fn reopen(dir: &Path, opts: &RunOptions) -> Result<(RunDir, Policy, Vec<String>,
 /// recorded it). Reading it would give today's default, which has not always been the
 /// default: the remaining cells would train differently from the finished ones they are
 /// pooled with.
-fn resize_recorded(rd: &RunDir, policy: &Policy, arms: &[String], seeds: &[u64]) -> Result<()> {
-    let stored: serde_json::Value = read_json(&rd.policy_json())?;
+fn resize_recorded(
+    rd: &RunDir,
+    policy: &Policy,
+    stored: &serde_json::Value,
+    arms: &[String],
+    seeds: &[u64],
+) -> Result<()> {
     let summary = rd.load_summary()?;
     let unrecorded: Vec<&str> = policy
         .arms
         .iter()
         .filter(|a| arms.is_empty() || arms.contains(&a.name))
-        .filter(|a| {
-            a.lora.on().is_some()
-                && (super::arm::reallocates(a) || a.adalora.is_some() || a.sora.is_some())
-        })
-        .filter(|a| {
-            policy
-                .seeds
-                .iter()
-                .filter(|s| seeds.is_empty() || seeds.contains(s))
-                .any(|s| !is_done(&summary, &a.name, *s))
-        })
+        // An arm with a rank engine is one whose adapters change size.
+        .filter(|a| super::arm::engine_config(a, 1, 1, 0).is_some())
+        .filter(|a| seeds_left(&summary, policy, &a.name, seeds) > 0)
         .filter(|a| {
             let plan = stored["arms"]
                 .as_array()
@@ -492,6 +481,16 @@ impl<B: Backend> Runner<'_, B> {
             }
         }
     }
+}
+
+/// Seeds of `arm` within the `--seed` filter `seeds` that have not finished.
+fn seeds_left(s: &Summary, policy: &Policy, arm: &str, seeds: &[u64]) -> usize {
+    policy
+        .seeds
+        .iter()
+        .filter(|x| seeds.is_empty() || seeds.contains(x))
+        .filter(|x| !is_done(s, arm, **x))
+        .count()
 }
 
 fn is_done(s: &Summary, arm: &str, seed: u64) -> bool {

@@ -47,6 +47,19 @@ pub fn best(candidates: &[LrCandidate], higher_is_better: bool) -> Option<f64> {
     best.map(|(lr, _)| lr)
 }
 
+/// How many of `arm`'s learning-rate candidates [`choose_lr`] has yet to run: every one before
+/// the sweep starts, none for an arm without a sweep.
+pub fn candidates_left(arm: &ArmPlan, s: &Summary) -> usize {
+    match s.lr_choice(&arm.name) {
+        Some(c) => c
+            .candidates
+            .iter()
+            .filter(|k| k.status != CellStatus::Done)
+            .count(),
+        None => arm.train.lr_sweep.len(),
+    }
+}
+
 /// Runs the candidates of `arm`'s sweep that have not run yet (through `run_cell`, which trains
 /// one arm × seed cell evaluated on the split it is given), records every dev score and the
 /// choice in the run directory's summary, and returns the arm at the chosen rate. An arm without

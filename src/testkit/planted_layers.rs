@@ -100,6 +100,29 @@ struct Layer {
     importance: TripletImportance,
 }
 
+impl Layer {
+    /// A layer without factors, gradients or optimizer state.
+    fn new(info: AdapterInfo, w0: Vec<f32>, target: Vec<f32>) -> Self {
+        Self {
+            info,
+            w0,
+            target,
+            a: vec![],
+            b: vec![],
+            lambda: None,
+            gates: None,
+            ga: vec![],
+            gb: vec![],
+            gl: None,
+            gg: vec![],
+            opt: Default::default(),
+            inputs: None,
+            acc: GradStats::default(),
+            importance: TripletImportance::default(),
+        }
+    }
+}
+
 /// The student: one LoRA adapter per layer, an [`AdapterStore`].
 pub struct PlantedStore {
     cfg: PlantedConfig,
@@ -165,8 +188,8 @@ impl PlantedStore {
             let (u, v) = (orthonormal(&mut rng, d, k), orthonormal(&mut rng, d, k));
             let t = &u * v.transpose() * cfg.sigma as f64;
             let target: Vec<f32> = (0..d * d).map(|x| t[(x / d, x % d)] as f32).collect();
-            let mut l = Layer {
-                info: AdapterInfo {
+            let mut l = Layer::new(
+                AdapterInfo {
                     name: AdapterInfo::slot_name(layer, kind),
                     layer,
                     kind,
@@ -176,19 +199,7 @@ impl PlantedStore {
                 },
                 w0,
                 target,
-                a: vec![],
-                b: vec![],
-                lambda: None,
-                gates: None,
-                ga: vec![],
-                gb: vec![],
-                gl: None,
-                gg: vec![],
-                opt: Default::default(),
-                inputs: None,
-                acc: GradStats::default(),
-                importance: TripletImportance::default(),
-            };
+            );
             l.set(init_factors(d, d, init_rank, cfg.svd_form, rng.random()));
             layers.push(l);
         }
@@ -697,21 +708,11 @@ mod tests {
 
     fn clone_layer(l: &Layer) -> Layer {
         Layer {
-            info: l.info.clone(),
-            w0: l.w0.clone(),
-            target: l.target.clone(),
             a: l.a.clone(),
             b: l.b.clone(),
             lambda: l.lambda.clone(),
             gates: l.gates.clone(),
-            ga: vec![],
-            gb: vec![],
-            gl: None,
-            gg: vec![],
-            opt: Default::default(),
-            inputs: None,
-            acc: GradStats::default(),
-            importance: TripletImportance::default(),
+            ..Layer::new(l.info.clone(), l.w0.clone(), l.target.clone())
         }
     }
 
